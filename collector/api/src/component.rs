@@ -1,0 +1,327 @@
+//! Component traits and the context the engine hands to them.
+//!
+//! The engine owns every loop: it receives batches, calls the component, sends what comes out,
+//! counts records in and out, applies queue policies and runs shutdown. Components only transform
+//! data and report what they themselves dropped ([`Telemetry::add_dropped`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::data::{Batch, Resource, Signal};
+
+/// The error type components return. Any error ends the component and starts an orderly
+/// shutdown of the whole collector; the engine reports it with the component's id.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A source of telemetry. `run` produces batches until the data ends or [`Shutdown`] fires.
+#[async_trait]
+pub trait Receiver: Send {
+    /// Produces batches with [`ReceiverContext::emit`]. Return `Ok(())` when the data ends
+    /// (e.g. a configured count was reached) or soon after `ctx.shutdown()` fires.
+    async fn run(self: Box<Self>, ctx: ReceiverContext) -> Result<(), BoxError>;
+}
+
+/// A transformation between receivers and exporters.
+///
+/// A processor that changes a batch calls `Arc::make_mut(&mut batch)`: the batch is copied only
+/// when another pipeline shares it.
+#[async_trait]
+pub trait Processor: Send {
+    /// Handles one input batch, pushing any output to `out`.
+    async fn process(&mut self, batch: Arc<Batch>, out: &mut Output) -> Result<(), BoxError>;
+
+    /// How often the engine calls [`Processor::tick`]; `None` (the default) for never.
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Called every [`Processor::tick_interval`] with the wall-clock time (e.g. to close windows).
+    async fn tick(&mut self, _now: SystemTime, _out: &mut Output) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// Called once after the last input at shutdown: push everything still held.
+    async fn flush(&mut self, _out: &mut Output) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// A destination for telemetry.
+#[async_trait]
+pub trait Exporter: Send {
+    /// Sends one batch. Retry transient failures inside; report records given up on with
+    /// [`Telemetry::add_dropped`] and return `Ok`. An `Err` ends the collector.
+    async fn export(&mut self, batch: Arc<Batch>) -> Result<(), BoxError>;
+
+    /// Called once after the last batch: flush buffers, close files and connections.
+    async fn shutdown(&mut self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// Batches a processor produced for one call. The engine sends them downstream and counts them.
+#[derive(Debug, Default)]
+pub struct Output {
+    batches: Vec<Arc<Batch>>,
+}
+
+impl Output {
+    /// An empty output.
+    pub fn new() -> Self {
+        Output::default()
+    }
+
+    /// Queues a batch for the next stage. Empty batches are skipped.
+    pub fn push(&mut self, batch: impl Into<Arc<Batch>>) {
+        let batch = batch.into();
+        if !batch.is_empty() {
+            self.batches.push(batch);
+        }
+    }
+
+    /// Takes the queued batches, leaving the output empty.
+    pub fn take(&mut self) -> Vec<Arc<Batch>> {
+        std::mem::take(&mut self.batches)
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
+
+/// Fires when the collector shuts down. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// Fires a [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl Shutdown {
+    /// A new signal and its trigger.
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Shutdown(rx))
+    }
+
+    /// True once shutdown has begun (or the trigger is gone).
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow() || self.0.has_changed().is_err()
+    }
+
+    /// Completes when shutdown begins.
+    pub async fn wait(&self) {
+        let mut rx = self.0.clone();
+        // An error means the trigger was dropped: treat as shutdown.
+        let _ = rx.wait_for(|&fired| fired).await;
+    }
+}
+
+impl ShutdownTrigger {
+    /// Starts shutdown; every [`Shutdown`] completes.
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// Where a receiver's batches go. Implemented by the engine (and by the testing harness).
+#[async_trait]
+pub trait BatchSink: Send + Sync {
+    /// Delivers a batch downstream, waiting when a `block` queue is full.
+    async fn send(&self, batch: Batch);
+}
+
+/// What a running receiver gets from the engine.
+#[derive(Clone)]
+pub struct ReceiverContext {
+    sink: Arc<dyn BatchSink>,
+    shutdown: Shutdown,
+    signals: Vec<Signal>,
+}
+
+impl ReceiverContext {
+    /// Used by the engine and harnesses.
+    pub fn new(sink: Arc<dyn BatchSink>, shutdown: Shutdown, signals: Vec<Signal>) -> Self {
+        ReceiverContext {
+            sink,
+            shutdown,
+            signals,
+        }
+    }
+
+    /// True when some pipeline takes `signal` from this receiver: skip producing the others.
+    pub fn wants(&self, signal: Signal) -> bool {
+        self.signals.contains(&signal)
+    }
+
+    /// Sends a batch to every pipeline that takes its signal from this receiver.
+    pub async fn emit(&self, batch: Batch) {
+        if !batch.is_empty() && self.wants(batch.signal()) {
+            self.sink.send(batch).await;
+        }
+    }
+
+    /// The shutdown signal.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+}
+
+/// Counters of one component instance. The engine counts records in and out; components add
+/// what they drop themselves (with a reason) and their own named counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    received: AtomicU64,
+    emitted: AtomicU64,
+    errors: AtomicU64,
+    dropped: Mutex<Vec<(&'static str, u64)>>,
+    extra: Mutex<Vec<(&'static str, String, u64)>>,
+}
+
+/// A handle on a component's [`Counters`]. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Telemetry(Arc<Counters>);
+
+fn add_to<K: PartialEq + Clone>(list: &Mutex<Vec<(K, u64)>>, key: K, n: u64) {
+    let mut list = list.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match list.iter_mut().find(|(k, _)| *k == key) {
+        Some(entry) => entry.1 += n,
+        None => list.push((key, n)),
+    }
+}
+
+impl Telemetry {
+    /// Counts records taken in (done by the engine).
+    pub fn add_received(&self, n: u64) {
+        self.0.received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts records passed on (done by the engine).
+    pub fn add_emitted(&self, n: u64) {
+        self.0.emitted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts an error that the component survived.
+    pub fn add_error(&self) {
+        self.0.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `n` records dropped for `reason` (e.g. `"queue_full"`, `"sampled_out"`).
+    pub fn add_dropped(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            add_to(&self.0.dropped, reason, n);
+        }
+    }
+
+    /// Sets a component-specific counter, exported as `oxeye_<name>_total{source="<source>"}`
+    /// (e.g. kernel-side counters read from a map).
+    pub fn set_counter(&self, name: &'static str, source: &str, value: u64) {
+        let mut list = self.0.extra.lock().unwrap_or_else(|p| p.into_inner());
+        match list.iter_mut().find(|(n, s, _)| *n == name && s == source) {
+            Some(entry) => entry.2 = value,
+            None => list.push((name, source.to_string(), value)),
+        }
+    }
+
+    /// Records taken in.
+    pub fn received(&self) -> u64 {
+        self.0.received.load(Ordering::Relaxed)
+    }
+
+    /// Records passed on.
+    pub fn emitted(&self) -> u64 {
+        self.0.emitted.load(Ordering::Relaxed)
+    }
+
+    /// Errors survived.
+    pub fn errors(&self) -> u64 {
+        self.0.errors.load(Ordering::Relaxed)
+    }
+
+    /// Records dropped, per reason.
+    pub fn dropped(&self) -> Vec<(&'static str, u64)> {
+        self.0
+            .dropped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records dropped, all reasons.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Component-specific counters as `(name, source, value)`.
+    pub fn counters(&self) -> Vec<(&'static str, String, u64)> {
+        self.0
+            .extra
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// What a factory gets when the engine builds a component instance.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    /// The component id as written in config (`type` or `type/name`).
+    pub id: String,
+    /// The pipeline this instance belongs to (processors only; receivers and exporters are shared).
+    pub pipeline: Option<String>,
+    /// Signals this instance will handle (the pipelines it is wired into).
+    pub signals: Vec<Signal>,
+    /// Resource attributes for batches this component creates (`host.name`, `os.type`,
+    /// `service.name` and `service.resource` from config).
+    pub resource: Arc<Resource>,
+    /// This instance's counters.
+    pub telemetry: Telemetry,
+}
+
+impl BuildContext {
+    /// A context for tests and harnesses: all signals, a plain resource, fresh counters.
+    pub fn for_test(id: &str) -> Self {
+        BuildContext {
+            id: id.to_string(),
+            pipeline: None,
+            signals: Signal::ALL.to_vec(),
+            resource: Arc::new(Resource::default()),
+            telemetry: Telemetry::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shutdown_fires_and_trigger_drop_counts_as_shutdown() {
+        let (trigger, shutdown) = Shutdown::new();
+        assert!(!shutdown.is_triggered());
+        trigger.trigger();
+        shutdown.wait().await;
+        assert!(shutdown.is_triggered());
+
+        let (trigger, shutdown) = Shutdown::new();
+        drop(trigger);
+        shutdown.wait().await;
+        assert!(shutdown.is_triggered());
+    }
+
+    #[test]
+    fn telemetry_sums_drops_per_reason() {
+        let t = Telemetry::default();
+        t.add_dropped("queue_full", 3);
+        t.add_dropped("queue_full", 2);
+        t.add_dropped("late", 1);
+        t.add_dropped("none", 0);
+        assert_eq!(t.dropped(), vec![("queue_full", 5), ("late", 1)]);
+        assert_eq!(t.dropped_total(), 6);
+    }
+}

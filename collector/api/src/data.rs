@@ -1,0 +1,583 @@
+//! The data model: spans and flows, moved in batches that carry their resource.
+//!
+//! Batches travel between stages as `Arc<Batch>`: a receiver feeding several pipelines shares one
+//! allocation. A processor that changes a batch calls [`std::sync::Arc::make_mut`], which copies
+//! only when another pipeline still holds the same batch.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The kinds of telemetry a pipeline carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Signal {
+    /// Spans (one per probed call, grouped into traces).
+    Traces,
+    /// Network flow records.
+    Flows,
+}
+
+impl Signal {
+    /// Every signal, in display order.
+    pub const ALL: &'static [Signal] = &[Signal::Traces, Signal::Flows];
+
+    /// The name used in config (`traces`, `flows`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Flows => "flows",
+        }
+    }
+
+    /// Parses a config name (`traces`, `flows`).
+    pub fn parse(s: &str) -> Option<Signal> {
+        Signal::ALL.iter().copied().find(|sig| sig.as_str() == s)
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// A string.
+    Str(Arc<str>),
+    /// A signed integer.
+    Int(i64),
+    /// A float.
+    F64(f64),
+    /// A boolean.
+    Bool(bool),
+    /// Raw bytes.
+    Bytes(Arc<[u8]>),
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Str(s.into())
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Str(s.into())
+    }
+}
+impl From<Arc<str>> for Value {
+    fn from(s: Arc<str>) -> Self {
+        Value::Str(s)
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::F64(v)
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Bool(v)
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Str(s) => f.write_str(s),
+            Value::Int(v) => write!(f, "{v}"),
+            Value::F64(v) => write!(f, "{v}"),
+            Value::Bool(v) => write!(f, "{v}"),
+            Value::Bytes(b) => {
+                for byte in b.iter() {
+                    write!(f, "{byte:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Ordered key/value attributes. Keys follow OpenTelemetry semantic conventions where one
+/// exists, `oxeye.*` otherwise. Small, so a `Vec` beats a map; `set` replaces an existing key.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attributes(Vec<(Arc<str>, Value)>);
+
+impl Attributes {
+    /// No attributes (does not allocate).
+    pub const fn new() -> Self {
+        Attributes(Vec::new())
+    }
+
+    /// Sets `key` to `value`, replacing an existing value.
+    pub fn set(&mut self, key: impl Into<Arc<str>>, value: impl Into<Value>) {
+        let key = key.into();
+        let value = value.into();
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| &**k == key).map(|(_, v)| v)
+    }
+
+    /// Iterates in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+
+    /// Number of attributes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Into<Arc<str>>, V: Into<Value>> FromIterator<(K, V)> for Attributes {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut attrs = Attributes::new();
+        for (k, v) in iter {
+            attrs.set(k, v);
+        }
+        attrs
+    }
+}
+
+/// Attributes that describe the source of a batch (`host.name`, `os.type`, `service.name`, ...).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resource {
+    /// The resource attributes.
+    pub attributes: Attributes,
+}
+
+/// A 16-byte trace id. All zero means invalid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceId(pub [u8; 16]);
+
+/// An 8-byte span id. All zero means invalid / absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpanId(pub [u8; 8]);
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    for b in bytes {
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+/// OpenTelemetry span kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SpanKind {
+    /// Internal operation (the default for probed functions).
+    #[default]
+    Internal,
+    /// Server side of a request.
+    Server,
+    /// Client side of a request.
+    Client,
+    /// Producer of a message.
+    Producer,
+    /// Consumer of a message.
+    Consumer,
+}
+
+impl SpanKind {
+    /// Lower-case name (`internal`, `server`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::Internal => "internal",
+            SpanKind::Server => "server",
+            SpanKind::Client => "client",
+            SpanKind::Producer => "producer",
+            SpanKind::Consumer => "consumer",
+        }
+    }
+}
+
+/// OpenTelemetry status code.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StatusCode {
+    /// Not set.
+    #[default]
+    Unset,
+    /// Explicitly OK.
+    Ok,
+    /// Failed (e.g. a syscall returned a negative errno).
+    Error,
+}
+
+impl StatusCode {
+    /// Lower-case name (`unset`, `ok`, `error`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusCode::Unset => "unset",
+            StatusCode::Ok => "ok",
+            StatusCode::Error => "error",
+        }
+    }
+}
+
+/// A task's `comm` (executable name as the kernel keeps it): up to 16 bytes, stored inline.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    /// Builds from a name, truncated to 15 bytes like the kernel does.
+    pub fn new(name: &str) -> Self {
+        let mut buf = [0u8; 16];
+        let n = name.len().min(15);
+        buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+        Comm(buf)
+    }
+
+    /// The name up to the first NUL (lossy for invalid UTF-8).
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.0[..end])
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// Where a span ran: process, thread, executable name and CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskContext {
+    /// `process.pid` (kernel tgid).
+    pub pid: u32,
+    /// `thread.id` (kernel pid).
+    pub tid: u32,
+    /// `process.executable.name`.
+    pub comm: Comm,
+    /// `cpu.logical_number`.
+    pub cpu: u32,
+}
+
+/// One symbolized stack frame.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Frame {
+    /// The raw address.
+    pub address: u64,
+    /// Function name, demangled, when known.
+    pub function: Option<Arc<str>>,
+    /// Module (binary, library or `[kernel]`).
+    pub module: Option<Arc<str>>,
+    /// Offset of the address within the function (or the module when the function is unknown).
+    pub offset: u64,
+    /// Source file, when debug info exists.
+    pub file: Option<Arc<str>>,
+    /// Source line, when debug info exists.
+    pub line: Option<u32>,
+}
+
+/// A span: one timed operation, with eBPF context and stacks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Span {
+    /// Trace id shared by every span of a trace.
+    pub trace_id: TraceId,
+    /// This span's id.
+    pub span_id: SpanId,
+    /// The parent's span id; `None` for a root span.
+    pub parent_span_id: Option<SpanId>,
+    /// Operation name (function or syscall).
+    pub name: Arc<str>,
+    /// Span kind.
+    pub kind: SpanKind,
+    /// Start, Unix nanoseconds.
+    pub start_unix_ns: u64,
+    /// End, Unix nanoseconds.
+    pub end_unix_ns: u64,
+    /// Status code.
+    pub status: StatusCode,
+    /// Status message (empty when none).
+    pub status_message: Option<Arc<str>>,
+    /// Free-form attributes.
+    pub attributes: Attributes,
+    /// Process / thread / CPU, when known.
+    pub task: Option<TaskContext>,
+    /// Return value of the probed call, when captured.
+    pub return_value: Option<i64>,
+    /// First raw arguments of the probed call, when captured.
+    pub args: Vec<u64>,
+    /// Raw kernel stack addresses, innermost first.
+    pub kernel_stack: Vec<u64>,
+    /// Raw user stack addresses, innermost first.
+    pub user_stack: Vec<u64>,
+    /// Frames after symbolization, innermost first (kernel frames before user frames).
+    pub frames: Vec<Frame>,
+}
+
+impl Span {
+    /// Duration in nanoseconds (0 when end precedes start).
+    pub fn duration_ns(&self) -> u64 {
+        self.end_unix_ns.saturating_sub(self.start_unix_ns)
+    }
+}
+
+/// Transport protocol of a flow (`network.transport`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP.
+    Icmp,
+    /// ICMPv6.
+    Icmpv6,
+    /// Another IP protocol number.
+    Other(u8),
+    /// Not IP at all (see [`Flow::ether_type`]).
+    #[default]
+    None,
+}
+
+impl Transport {
+    /// The semantic-convention value (`tcp`, `udp`, `icmp`, `icmpv6`) or `ip-<n>` / `none`.
+    pub fn as_str(self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Transport::Tcp => "tcp".into(),
+            Transport::Udp => "udp".into(),
+            Transport::Icmp => "icmp".into(),
+            Transport::Icmpv6 => "icmpv6".into(),
+            Transport::Other(p) => format!("ip-{p}").into(),
+            Transport::None => "none".into(),
+        }
+    }
+}
+
+/// Direction of a flow relative to the observed interface (`network.io.direction`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// Received on the interface.
+    #[default]
+    Receive,
+    /// Transmitted by the interface.
+    Transmit,
+}
+
+impl Direction {
+    /// The semantic-convention value (`receive`, `transmit`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Receive => "receive",
+            Direction::Transmit => "transmit",
+        }
+    }
+}
+
+/// The OR of TCP flags seen on a flow (bit layout of the TCP header's flag byte).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpFlags(pub u8);
+
+impl TcpFlags {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// PSH.
+    pub const PSH: u8 = 0x08;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
+    /// URG.
+    pub const URG: u8 = 0x20;
+    /// ECE.
+    pub const ECE: u8 = 0x40;
+    /// CWR.
+    pub const CWR: u8 = 0x80;
+
+    /// Names of the set flags, in header order (`FIN`, `SYN`, ...).
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+        (0..8)
+            .filter(move |i| self.0 & (1 << i) != 0)
+            .map(|i| NAMES[i])
+    }
+}
+
+/// A network flow record: traffic between two endpoints seen on one interface in one direction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Flow {
+    /// `source.address`.
+    pub src_addr: IpAddr,
+    /// `destination.address`.
+    pub dst_addr: IpAddr,
+    /// `source.port` (0 when the transport has none).
+    pub src_port: u16,
+    /// `destination.port` (0 when the transport has none).
+    pub dst_port: u16,
+    /// `network.transport`.
+    pub transport: Transport,
+    /// EtherType of the frame (0x0800 IPv4, 0x86DD IPv6, ...).
+    pub ether_type: u16,
+    /// Interface index.
+    pub ifindex: u32,
+    /// `network.interface.name`, when known.
+    pub interface: Option<Arc<str>>,
+    /// `network.io.direction`.
+    pub direction: Direction,
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes counted (frame length).
+    pub bytes: u64,
+    /// OR of TCP flags seen.
+    pub tcp_flags: TcpFlags,
+    /// First packet, Unix ns.
+    pub first_seen_unix_ns: u64,
+    /// Last packet, Unix ns.
+    pub last_seen_unix_ns: u64,
+    /// Start of the window this record covers, Unix ns.
+    pub window_start_unix_ns: u64,
+    /// End of the window this record covers, Unix ns.
+    pub window_end_unix_ns: u64,
+    /// Free-form attributes.
+    pub attributes: Attributes,
+}
+
+impl Flow {
+    /// `network.type`: `ipv4` or `ipv6`.
+    pub fn network_type(&self) -> &'static str {
+        match self.src_addr {
+            IpAddr::V4(_) => "ipv4",
+            IpAddr::V6(_) => "ipv6",
+        }
+    }
+}
+
+/// The records of one batch: all of one signal.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Records {
+    /// Spans.
+    Spans(Vec<Span>),
+    /// Flow records.
+    Flows(Vec<Flow>),
+}
+
+impl Records {
+    /// The signal these records belong to.
+    pub fn signal(&self) -> Signal {
+        match self {
+            Records::Spans(_) => Signal::Traces,
+            Records::Flows(_) => Signal::Flows,
+        }
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        match self {
+            Records::Spans(v) => v.len(),
+            Records::Flows(v) => v.len(),
+        }
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A batch of records of one signal with the resource they came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// Where the records came from (shared by every batch of a receiver).
+    pub resource: Arc<Resource>,
+    /// The records.
+    pub records: Records,
+}
+
+impl Batch {
+    /// A batch of spans.
+    pub fn spans(resource: Arc<Resource>, spans: Vec<Span>) -> Self {
+        Batch {
+            resource,
+            records: Records::Spans(spans),
+        }
+    }
+
+    /// A batch of flows.
+    pub fn flows(resource: Arc<Resource>, flows: Vec<Flow>) -> Self {
+        Batch {
+            resource,
+            records: Records::Flows(flows),
+        }
+    }
+
+    /// The signal of the batch.
+    pub fn signal(&self) -> Signal {
+        self.records.signal()
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when the batch holds no records.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn make_mut_copies_only_shared_batches() {
+        let batch = Arc::new(Batch::spans(Arc::default(), vec![Span::default()]));
+        let shared = Arc::clone(&batch);
+        let mut mine = batch;
+        Arc::make_mut(&mut mine).records = Records::Spans(vec![]);
+        assert_eq!(shared.len(), 1, "the other holder keeps the original");
+        assert_eq!(mine.len(), 0);
+        assert!(!Arc::ptr_eq(&mine, &shared));
+    }
+
+    #[test]
+    fn attributes_set_replaces() {
+        let mut a = Attributes::new();
+        a.set("k", 1i64);
+        a.set("k", "v");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a.get("k"), Some(&Value::from("v")));
+    }
+
+    #[test]
+    fn tcp_flag_names_and_comm() {
+        let names: Vec<_> = TcpFlags(TcpFlags::SYN | TcpFlags::ACK).names().collect();
+        assert_eq!(names, ["SYN", "ACK"]);
+        assert_eq!(
+            Comm::new("a-very-long-command-name").as_str(),
+            "a-very-long-com"
+        );
+    }
+}

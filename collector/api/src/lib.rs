@@ -1,0 +1,37 @@
+//! The oxeye plugin API.
+//!
+//! Every oxeye component — the built-in ones and the ones users write as their own crates —
+//! is built against this crate alone:
+//!
+//! * [`data`]: the records that move through a pipeline ([`Span`], [`Flow`]) in [`Batch`]es.
+//! * [`component`]: the [`Receiver`], [`Processor`] and [`Exporter`] traits. The engine owns the
+//!   loops around them (input, ticks, flush, output, counting, shutdown, backpressure).
+//! * [`factory`]: the [`Factory`] trait (type name, signals, typed config, validate, build) and
+//!   the [`register!`] macro that makes a factory known to the `oxeye` binary at link time.
+//! * [`config`]: serde helpers for component configs (durations) and [`ConfigErrors`].
+//! * `testing` (feature): harnesses that drive one component in unit tests.
+#![deny(missing_docs)]
+
+pub mod component;
+pub mod config;
+pub mod data;
+pub mod factory;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use component::{
+    BoxError, BuildContext, Exporter, Output, Processor, Receiver, ReceiverContext, Shutdown,
+    Telemetry,
+};
+pub use config::{ConfigErrors, FieldError};
+pub use data::{
+    Attributes, Batch, Comm, Direction, Flow, Frame, Records, Resource, Signal, Span, SpanId,
+    SpanKind, StatusCode, TaskContext, TcpFlags, TraceId, Transport, Value,
+};
+pub use factory::{Factory, Instance, Kind, Registration};
+
+/// Re-exports used by the [`register!`] macro. Not part of the stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+}

@@ -1,0 +1,263 @@
+//! Harnesses that drive one component in plain `#[test]`s (feature `testing`).
+//!
+//! ```ignore
+//! use oxeye_api::testing::{self, ProcessorHarness};
+//! let mut h = ProcessorHarness::new::<MyFactory>("ratio: 0.5").unwrap();
+//! let out = h.process(testing::span_batch(1000)).unwrap();
+//! assert!(testing::count(&out) <= 1000);
+//! assert!(testing::check::<MyFactory>("ratio: 2").is_err());
+//! ```
+//!
+//! Each harness owns a single-threaded tokio runtime, so tests need no async setup.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::component::{
+    BatchSink, BoxError, BuildContext, Exporter, Output, Processor, ReceiverContext, Shutdown,
+    Telemetry,
+};
+use crate::config::ConfigErrors;
+use crate::data::{Batch, Direction, Flow, Records, Resource, Span, SpanId, TraceId, Transport};
+use crate::factory::{Factory, Instance, Registration};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime always builds")
+}
+
+fn yaml(text: &str) -> Result<serde_yaml::Value, ConfigErrors> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let mut errors = ConfigErrors::new();
+        errors.push("", format!("not valid YAML: {e}"));
+        errors
+    })
+}
+
+/// Deserializes and validates a config for `F` given as YAML text, exactly as `oxeye validate`
+/// does (paths in the errors are relative to the component's config).
+pub fn check<F: Factory>(config_yaml: &str) -> Result<(), ConfigErrors> {
+    Registration::of::<F>("test").check(&yaml(config_yaml)?)
+}
+
+fn build<F: Factory>(config_yaml: &str, ctx: BuildContext) -> Result<Instance, BoxError> {
+    Ok(Registration::of::<F>("test").build(&yaml(config_yaml)?, ctx)?)
+}
+
+/// Records in a list of batches.
+pub fn count(batches: &[Arc<Batch>]) -> usize {
+    batches.iter().map(|b| b.len()).sum()
+}
+
+/// `n` simple spans: one trace per 4 spans, 1 ms each, named `op-<i % 3>`.
+pub fn span_batch(n: usize) -> Batch {
+    let spans = (0..n)
+        .map(|i| {
+            let trace = (i / 4) as u128 + 1;
+            Span {
+                trace_id: TraceId(trace.to_be_bytes()),
+                span_id: SpanId((i as u64 + 1).to_be_bytes()),
+                parent_span_id: (i % 4 != 0)
+                    .then(|| SpanId(((i - i % 4) as u64 + 1).to_be_bytes())),
+                name: format!("op-{}", i % 3).into(),
+                start_unix_ns: 1_000_000_000 + i as u64 * 1_000,
+                end_unix_ns: 1_001_000_000 + i as u64 * 1_000,
+                ..Span::default()
+            }
+        })
+        .collect();
+    Batch::spans(Arc::new(Resource::default()), spans)
+}
+
+/// `n` simple flows: 10.0.0.1:(10000+i%50) → 10.0.0.2:443 over TCP, 1 packet of 100 bytes each.
+pub fn flow_batch(n: usize) -> Batch {
+    let flows = (0..n)
+        .map(|i| Flow {
+            src_addr: [10, 0, 0, 1].into(),
+            dst_addr: [10, 0, 0, 2].into(),
+            src_port: 10_000 + (i % 50) as u16,
+            dst_port: 443,
+            transport: Transport::Tcp,
+            ether_type: 0x0800,
+            ifindex: 1,
+            interface: None,
+            direction: Direction::Receive,
+            packets: 1,
+            bytes: 100,
+            tcp_flags: Default::default(),
+            first_seen_unix_ns: 1_000_000_000,
+            last_seen_unix_ns: 1_000_000_000,
+            window_start_unix_ns: 0,
+            window_end_unix_ns: 0,
+            attributes: Default::default(),
+        })
+        .collect();
+    Batch::flows(Arc::new(Resource::default()), flows)
+}
+
+/// Drives one processor: batches in, ticks and a final flush, output and counters out.
+pub struct ProcessorHarness {
+    processor: Box<dyn Processor>,
+    telemetry: Telemetry,
+    rt: tokio::runtime::Runtime,
+}
+
+impl ProcessorHarness {
+    /// Builds `F` from its config as YAML text (`""` for the defaults).
+    pub fn new<F: Factory<Component = Box<dyn Processor>>>(
+        config_yaml: &str,
+    ) -> Result<Self, BoxError> {
+        let ctx = BuildContext::for_test(F::TYPE);
+        let telemetry = ctx.telemetry.clone();
+        match build::<F>(config_yaml, ctx)? {
+            Instance::Processor(processor) => Ok(ProcessorHarness {
+                processor,
+                telemetry,
+                rt: runtime(),
+            }),
+            _ => unreachable!("Component = Box<dyn Processor>"),
+        }
+    }
+
+    /// Feeds one batch; returns what the processor emitted for it.
+    pub fn process(&mut self, batch: Batch) -> Result<Vec<Arc<Batch>>, BoxError> {
+        let mut out = Output::new();
+        self.telemetry.add_received(batch.len() as u64);
+        self.rt
+            .block_on(self.processor.process(Arc::new(batch), &mut out))?;
+        Ok(self.emitted(out))
+    }
+
+    /// Feeds a batch that another pipeline also holds (to test copy-on-write).
+    pub fn process_shared(&mut self, batch: Arc<Batch>) -> Result<Vec<Arc<Batch>>, BoxError> {
+        let mut out = Output::new();
+        self.telemetry.add_received(batch.len() as u64);
+        self.rt.block_on(self.processor.process(batch, &mut out))?;
+        Ok(self.emitted(out))
+    }
+
+    /// Calls `tick` with the given wall-clock time.
+    pub fn tick(&mut self, now: SystemTime) -> Result<Vec<Arc<Batch>>, BoxError> {
+        let mut out = Output::new();
+        self.rt.block_on(self.processor.tick(now, &mut out))?;
+        Ok(self.emitted(out))
+    }
+
+    /// Calls `flush`, as at shutdown.
+    pub fn flush(&mut self) -> Result<Vec<Arc<Batch>>, BoxError> {
+        let mut out = Output::new();
+        self.rt.block_on(self.processor.flush(&mut out))?;
+        Ok(self.emitted(out))
+    }
+
+    /// The processor's requested tick interval.
+    pub fn tick_interval(&self) -> Option<Duration> {
+        self.processor.tick_interval()
+    }
+
+    /// Counters: received / emitted as the engine would count them, plus the processor's drops.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    fn emitted(&self, mut out: Output) -> Vec<Arc<Batch>> {
+        let batches = out.take();
+        self.telemetry.add_emitted(count(&batches) as u64);
+        batches
+    }
+}
+
+/// Drives one exporter.
+pub struct ExporterHarness {
+    exporter: Box<dyn Exporter>,
+    telemetry: Telemetry,
+    rt: tokio::runtime::Runtime,
+}
+
+impl ExporterHarness {
+    /// Builds `F` from its config as YAML text.
+    pub fn new<F: Factory<Component = Box<dyn Exporter>>>(
+        config_yaml: &str,
+    ) -> Result<Self, BoxError> {
+        let ctx = BuildContext::for_test(F::TYPE);
+        let telemetry = ctx.telemetry.clone();
+        match build::<F>(config_yaml, ctx)? {
+            Instance::Exporter(exporter) => Ok(ExporterHarness {
+                exporter,
+                telemetry,
+                rt: runtime(),
+            }),
+            _ => unreachable!("Component = Box<dyn Exporter>"),
+        }
+    }
+
+    /// Exports one batch.
+    pub fn export(&mut self, batch: Batch) -> Result<(), BoxError> {
+        self.rt.block_on(self.exporter.export(Arc::new(batch)))
+    }
+
+    /// Shuts the exporter down (flush, close).
+    pub fn shutdown(&mut self) -> Result<(), BoxError> {
+        self.rt.block_on(self.exporter.shutdown())
+    }
+
+    /// The exporter's own counters (drops, errors).
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+}
+
+struct Collect(Mutex<Vec<Batch>>);
+
+#[async_trait]
+impl BatchSink for Collect {
+    async fn send(&self, batch: Batch) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(batch);
+    }
+}
+
+/// Runs a receiver built from `config_yaml` until it returns by itself or `limit` passes (then
+/// shutdown fires and it must stop within 5 s). Returns every batch it emitted.
+pub fn run_receiver<F: Factory<Component = Box<dyn crate::Receiver>>>(
+    config_yaml: &str,
+    limit: Duration,
+) -> Result<Vec<Batch>, BoxError> {
+    let ctx = BuildContext::for_test(F::TYPE);
+    let receiver = match build::<F>(config_yaml, ctx)? {
+        Instance::Receiver(r) => r,
+        _ => unreachable!("Component = Box<dyn Receiver>"),
+    };
+    let sink = Arc::new(Collect(Mutex::new(Vec::new())));
+    let (trigger, shutdown) = Shutdown::new();
+    let ctx = ReceiverContext::new(sink.clone(), shutdown, crate::Signal::ALL.to_vec());
+    runtime().block_on(async move {
+        let mut run = std::pin::pin!(receiver.run(ctx));
+        tokio::select! {
+            r = &mut run => r?,
+            _ = tokio::time::sleep(limit) => {
+                trigger.trigger();
+                tokio::time::timeout(Duration::from_secs(5), run)
+                    .await
+                    .map_err(|_| "receiver did not stop within 5 s of shutdown")??;
+            }
+        }
+        Ok::<_, BoxError>(())
+    })?;
+    let batches = std::mem::take(&mut *sink.0.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(batches)
+}
+
+/// Spans of a list of batches, in order (panics on a flow batch: for tests).
+pub fn spans(batches: &[Arc<Batch>]) -> Vec<&Span> {
+    batches
+        .iter()
+        .flat_map(|b| match &b.records {
+            Records::Spans(s) => s.iter(),
+            Records::Flows(_) => panic!("expected spans, got flows"),
+        })
+        .collect()
+}

@@ -1,0 +1,274 @@
+//! The `oxeye` command line: `run`, `validate`, `components`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use oxeye_api::{Kind, Registration};
+use tracing::{error, info, warn};
+
+use crate::config::{self, Loaded};
+use crate::engine::Engine;
+use crate::{secs, telemetry, DEFAULT_PIPELINE};
+
+const EXAMPLES: &str = "\
+Examples:
+  oxeye run                                  run the embedded default pipeline
+  oxeye run -c config/pipeline.yaml          run a pipeline from YAML
+  oxeye validate -c config/pipeline.yaml     check a config without starting anything
+  oxeye components                           list the registered component types
+  RATE=5000 oxeye run -c p.yaml              values like ${env:RATE:-100} come from the environment
+
+Exit codes: 0 ok; 1 a component failed or the shutdown deadline passed; 2 invalid config.
+Logs go to stderr (level from service.telemetry.logs.level, or OXEYE_LOG=debug).";
+
+/// oxeye: an eBPF-native, OpenTelemetry-style telemetry pipeline.
+#[derive(Parser, Debug)]
+#[command(name = "oxeye", version, about, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a pipeline until its receivers finish or SIGINT/SIGTERM (a second signal stops at once).
+    #[command(after_help = EXAMPLES)]
+    Run {
+        /// Pipeline config (YAML). Without it, the embedded default pipeline runs.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
+    },
+    /// Parse and validate a config, build the graph, start nothing. Prints every problem.
+    #[command(after_help = EXAMPLES)]
+    Validate {
+        /// Pipeline config (YAML).
+        #[arg(short, long, value_name = "FILE")]
+        config: std::path::PathBuf,
+    },
+    /// List registered component types and the signals each accepts.
+    Components,
+}
+
+/// Entry point of the `oxeye` binary, and of custom builds that link extra component crates.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let duplicates = config::duplicate_registrations();
+    if !duplicates.is_empty() {
+        for d in &duplicates {
+            eprintln!("oxeye: error: {d}");
+        }
+        return ExitCode::from(2);
+    }
+    match cli.command {
+        Command::Components => components(),
+        Command::Validate { config } => match read(&config) {
+            Ok((name, text)) => validate(&name, &text),
+            Err(code) => code,
+        },
+        Command::Run { config } => {
+            let (name, text) = match config {
+                Some(path) => match read(&path) {
+                    Ok(v) => v,
+                    Err(code) => return code,
+                },
+                None => (
+                    "<default pipeline>".to_string(),
+                    DEFAULT_PIPELINE.to_string(),
+                ),
+            };
+            run(&name, &text)
+        }
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<(String, String), ExitCode> {
+    let name = path.display().to_string();
+    std::fs::read_to_string(path)
+        .map(|text| (name.clone(), text))
+        .map_err(|e| {
+            eprintln!("oxeye: error: cannot read config {name}: {e}");
+            ExitCode::from(2)
+        })
+}
+
+fn components() -> ExitCode {
+    let mut regs: Vec<&Registration> = Registration::all().collect();
+    regs.sort_by_key(|r| (r.kind, r.type_name));
+    println!(
+        "{:<10} {:<12} {:<14} {:<28} DESCRIPTION",
+        "KIND", "TYPE", "SIGNALS", "CRATE"
+    );
+    for r in regs {
+        let signals: Vec<&str> = r.signals.iter().map(|s| s.as_str()).collect();
+        println!(
+            "{:<10} {:<12} {:<14} {:<28} {}",
+            r.kind.as_str(),
+            r.type_name,
+            signals.join(","),
+            r.crate_name,
+            r.description
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_diagnostics(loaded: &Loaded) -> usize {
+    for d in &loaded.diagnostics {
+        eprintln!("{d}");
+    }
+    loaded.errors().count()
+}
+
+fn validate(name: &str, text: &str) -> ExitCode {
+    let loaded = config::load(name, text);
+    let errors = print_diagnostics(&loaded);
+    match &loaded.config {
+        Some(cfg) if errors == 0 => {
+            let count = |k: Kind| cfg.components.keys().filter(|(kind, _)| *kind == k).count();
+            let pipelines: Vec<&str> = cfg.pipelines.iter().map(|p| p.id.as_str()).collect();
+            println!(
+                "{name}: valid: {} pipeline(s) ({}), {} receiver(s), {} processor(s), {} exporter(s)",
+                pipelines.len(),
+                pipelines.join(", "),
+                count(Kind::Receiver),
+                count(Kind::Processor),
+                count(Kind::Exporter)
+            );
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{name}: invalid: {errors} error(s)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logs(level: &str) {
+    let filter = std::env::var("OXEYE_LOG").unwrap_or_else(|_| level.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn run(name: &str, text: &str) -> ExitCode {
+    let loaded = config::load(name, text);
+    if print_diagnostics(&loaded) > 0 {
+        eprintln!(
+            "{name}: invalid config, nothing started (check it with `oxeye validate -c {name}`)"
+        );
+        return ExitCode::from(2);
+    }
+    let Some(cfg) = loaded.config else {
+        return ExitCode::from(2);
+    };
+    init_logs(cfg.telemetry.logs.level.as_str());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("oxeye: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let engine = match Engine::build(&cfg) {
+            Ok(engine) => engine,
+            Err(errors) => {
+                for e in errors {
+                    error!("cannot build {e}");
+                }
+                return ExitCode::FAILURE;
+            }
+        };
+        let registry = engine.registry();
+        let mut background = Vec::new();
+        if let Some(address) = &cfg.telemetry.metrics.address {
+            match telemetry::bind(address).await {
+                Ok(listener) => {
+                    info!("self-metrics on http://{}/metrics", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+                    background.push(tokio::spawn(telemetry::serve(listener, Arc::clone(&registry))));
+                }
+                Err(e) => {
+                    error!("service.telemetry.metrics.address: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        let every = cfg.telemetry.logs.summary_interval;
+        if !every.is_zero() {
+            background.push(tokio::spawn(telemetry::summarize(Arc::clone(&registry), every)));
+        }
+        let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(4);
+        background.push(tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+                warn!("cannot install signal handlers; stop with SIGKILL");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                if stop_tx.send(()).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        let pipelines: Vec<&str> = cfg.pipelines.iter().map(|p| p.id.as_str()).collect();
+        info!(config = name, "running {} pipeline(s): {}", pipelines.len(), pipelines.join(", "));
+        let report = engine.run(stop_rx).await;
+        for task in background {
+            task.abort();
+        }
+        let reg = &report.registry;
+        let summary = format!(
+            "stopped after {}: {} records in, {} out, {} dropped",
+            secs(report.elapsed),
+            reg.records_in(),
+            reg.records_out(),
+            reg.records_dropped()
+        );
+        if report.clean() {
+            info!("{summary}");
+            ExitCode::SUCCESS
+        } else {
+            let abandoned: u64 = report.abandoned.iter().map(|(_, n)| n).sum();
+            error!(
+                "{summary}; {} failed component(s), {} abandoned at the deadline ({abandoned} queued records lost)",
+                report.failures.len(),
+                report.abandoned.len()
+            );
+            ExitCode::FAILURE
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn diagnostics_print_file_line_path() {
+        let loaded = crate::config::load("p.yaml", "receivers:\n  synthetic: {seed: x}\n");
+        let first = loaded
+            .diagnostics
+            .first()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        assert!(first.starts_with("p.yaml:2:"), "{first}");
+        assert!(first.contains("receivers.synthetic.seed"), "{first}");
+    }
+}

@@ -1,0 +1,743 @@
+//! The runtime: builds every component of a [`Config`], joins them with bounded channels, runs
+//! one task per stage instance and shuts down in order.
+//!
+//! Shape: each receiver feeds the first stage of every pipeline that lists it (fan-out shares one
+//! `Arc<Batch>`); each processor is an instance per pipeline; the last stage of a pipeline feeds
+//! every exporter it lists; an exporter shared by several pipelines merges their edges (fan-in).
+//! Every edge is its own channel with its own capacity and full-queue policy.
+//!
+//! Shutdown: receivers stop; when a stage's inputs are all closed it flushes and closes its
+//! outputs; exporters drain and shut down. Nothing accepted is lost unless the deadline passes,
+//! in which case the unfinished components and the records still queued to them are reported.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use oxeye_api::component::{BatchSink, ShutdownTrigger};
+use oxeye_api::{
+    Batch, BoxError, BuildContext, Exporter, Instance, Kind, Output, Processor, Receiver,
+    ReceiverContext, Shutdown, Signal, Telemetry,
+};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, QueueConfig, WhenFull};
+
+/// Counters of one edge (a channel between two stages).
+#[derive(Debug)]
+pub struct EdgeStats {
+    /// Pipeline id.
+    pub pipeline: String,
+    /// Upstream stage label.
+    pub from: String,
+    /// Downstream stage label.
+    pub to: String,
+    /// Capacity in batches.
+    pub capacity: usize,
+    queued_batches: AtomicU64,
+    queued_records: AtomicU64,
+}
+
+impl EdgeStats {
+    /// Batches waiting in the queue.
+    pub fn depth(&self) -> u64 {
+        self.queued_batches.load(Ordering::Relaxed)
+    }
+    /// Records waiting in the queue.
+    pub fn queued_records(&self) -> u64 {
+        self.queued_records.load(Ordering::Relaxed)
+    }
+    fn add(&self, records: usize) {
+        self.queued_batches.fetch_add(1, Ordering::Relaxed);
+        self.queued_records
+            .fetch_add(records as u64, Ordering::Relaxed);
+    }
+    fn sub(&self, records: usize) {
+        self.queued_batches.fetch_sub(1, Ordering::Relaxed);
+        self.queued_records
+            .fetch_sub(records as u64, Ordering::Relaxed);
+    }
+}
+
+/// The sending end of an edge.
+struct Edge {
+    tx: mpsc::Sender<Arc<Batch>>,
+    when_full: WhenFull,
+    stats: Arc<EdgeStats>,
+    /// The downstream component: records refused by its queue count as its drops.
+    downstream: Telemetry,
+}
+
+impl Edge {
+    async fn send(&self, batch: Arc<Batch>) {
+        let n = batch.len();
+        self.stats.add(n);
+        let result = match self.when_full {
+            WhenFull::Block => self.tx.send(batch).await.map_err(|_| "downstream_failed"),
+            WhenFull::DropNewest => self.tx.try_send(batch).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => "queue_full",
+                mpsc::error::TrySendError::Closed(_) => "downstream_failed",
+            }),
+        };
+        if let Err(reason) = result {
+            self.stats.sub(n);
+            self.downstream.add_dropped(reason, n as u64);
+        }
+    }
+}
+
+/// The receiving ends of all edges into a stage, polled round-robin.
+struct Inputs {
+    rxs: Vec<(mpsc::Receiver<Arc<Batch>>, Arc<EdgeStats>)>,
+    next: usize,
+    /// The owning stage: what is still queued when it stops early counts as its drops.
+    owner: Telemetry,
+}
+
+impl Drop for Inputs {
+    fn drop(&mut self) {
+        // Only non-empty when the stage failed or was abandoned: count, never lose silently.
+        for (rx, stats) in &mut self.rxs {
+            rx.close();
+            while let Ok(batch) = rx.try_recv() {
+                stats.sub(batch.len());
+                self.owner
+                    .add_dropped("component_stopped", batch.len() as u64);
+            }
+        }
+    }
+}
+
+impl Inputs {
+    /// The next batch from any input; `None` once every input is closed and empty.
+    async fn recv(&mut self) -> Option<Arc<Batch>> {
+        std::future::poll_fn(|cx| {
+            let mut i = 0;
+            while i < self.rxs.len() {
+                let idx = (self.next + i) % self.rxs.len();
+                match self.rxs[idx].0.poll_recv(cx) {
+                    Poll::Ready(Some(batch)) => {
+                        self.rxs[idx].1.sub(batch.len());
+                        self.next = idx + 1;
+                        return Poll::Ready(Some(batch));
+                    }
+                    Poll::Ready(None) => {
+                        self.rxs.swap_remove(idx);
+                    }
+                    Poll::Pending => i += 1,
+                }
+            }
+            if self.rxs.is_empty() {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// A receiver's fan-out: every edge of every pipeline that takes the batch's signal.
+struct FanOut {
+    routes: Vec<(Signal, Vec<Edge>)>,
+    telemetry: Telemetry,
+}
+
+#[async_trait]
+impl BatchSink for FanOut {
+    async fn send(&self, batch: Batch) {
+        let signal = batch.signal();
+        let batch = Arc::new(batch);
+        self.telemetry.add_emitted(batch.len() as u64);
+        for (s, edges) in &self.routes {
+            if *s == signal {
+                for edge in edges {
+                    edge.send(Arc::clone(&batch)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn send_all(out: &mut Output, edges: &[Edge], telemetry: &Telemetry) {
+    for batch in out.take() {
+        telemetry.add_emitted(batch.len() as u64);
+        for edge in edges {
+            edge.send(Arc::clone(&batch)).await;
+        }
+    }
+}
+
+async fn run_processor(
+    mut p: Box<dyn Processor>,
+    mut inputs: Inputs,
+    outputs: Vec<Edge>,
+    telemetry: Telemetry,
+) -> Result<(), BoxError> {
+    let mut out = Output::new();
+    let mut ticker = p.tick_interval().filter(|d| !d.is_zero()).map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    loop {
+        let next = match ticker.as_mut() {
+            Some(t) => tokio::select! {
+                b = inputs.recv() => Some(b),
+                _ = t.tick() => None,
+            },
+            None => Some(inputs.recv().await),
+        };
+        match next {
+            Some(Some(batch)) => {
+                let n = batch.len() as u64;
+                telemetry.add_received(n);
+                if let Err(e) = p.process(batch, &mut out).await {
+                    telemetry.add_dropped("component_failed", n);
+                    return Err(e);
+                }
+            }
+            Some(None) => break,
+            None => p.tick(SystemTime::now(), &mut out).await?,
+        }
+        send_all(&mut out, &outputs, &telemetry).await;
+    }
+    p.flush(&mut out).await?;
+    send_all(&mut out, &outputs, &telemetry).await;
+    Ok(())
+}
+
+async fn run_exporter(
+    mut e: Box<dyn Exporter>,
+    mut inputs: Inputs,
+    telemetry: Telemetry,
+) -> Result<(), BoxError> {
+    while let Some(batch) = inputs.recv().await {
+        let n = batch.len() as u64;
+        telemetry.add_received(n);
+        if let Err(err) = e.export(batch).await {
+            telemetry.add_dropped("component_failed", n);
+            return Err(err);
+        }
+        telemetry.add_emitted(n);
+    }
+    e.shutdown().await
+}
+
+/// One component instance as seen by telemetry and reports.
+#[derive(Clone, Debug)]
+pub struct ComponentInfo {
+    /// Kind.
+    pub kind: Kind,
+    /// Id as written in config.
+    pub id: String,
+    /// Pipeline (processors only).
+    pub pipeline: Option<String>,
+    /// Its counters.
+    pub telemetry: Telemetry,
+}
+
+impl ComponentInfo {
+    /// `receivers/synthetic`, `processors/nop[traces]`.
+    pub fn label(&self) -> String {
+        match &self.pipeline {
+            Some(p) => format!("{}/{}[{}]", self.kind.section(), self.id, p),
+            None => format!("{}/{}", self.kind.section(), self.id),
+        }
+    }
+}
+
+/// Everything self-telemetry reads while the engine runs.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Every component instance.
+    pub components: Vec<ComponentInfo>,
+    /// Every edge.
+    pub edges: Vec<Arc<EdgeStats>>,
+    /// True once every stage runs, false again when shutdown starts.
+    pub ready: AtomicBool,
+    /// True until a component fails.
+    pub healthy: AtomicBool,
+}
+
+impl Registry {
+    /// Records produced by receivers.
+    pub fn records_in(&self) -> u64 {
+        self.sum(Kind::Receiver, |t| t.emitted())
+    }
+    /// Records exported.
+    pub fn records_out(&self) -> u64 {
+        self.sum(Kind::Exporter, |t| t.emitted())
+    }
+    /// Records dropped anywhere, any reason.
+    pub fn records_dropped(&self) -> u64 {
+        self.components
+            .iter()
+            .map(|c| c.telemetry.dropped_total())
+            .sum()
+    }
+    /// Records waiting in queues.
+    pub fn records_queued(&self) -> u64 {
+        self.edges.iter().map(|e| e.queued_records()).sum()
+    }
+    fn sum(&self, kind: Kind, f: impl Fn(&Telemetry) -> u64) -> u64 {
+        self.components
+            .iter()
+            .filter(|c| c.kind == kind)
+            .map(|c| f(&c.telemetry))
+            .sum()
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Report {
+    /// Components and their final counters.
+    pub registry: Arc<Registry>,
+    /// `label: message` of every component that failed or panicked.
+    pub failures: Vec<String>,
+    /// `(label, records queued to it)` of every component still running at the deadline.
+    pub abandoned: Vec<(String, u64)>,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// True when no component failed and nothing was abandoned.
+    pub fn clean(&self) -> bool {
+        self.failures.is_empty() && self.abandoned.is_empty()
+    }
+
+    /// Counters of the component with this kind and id (summed over pipelines).
+    pub fn received(&self, kind: Kind, id: &str) -> u64 {
+        self.of(kind, id).map(|t| t.received()).sum()
+    }
+    /// Records emitted (receivers, processors) or exported (exporters).
+    pub fn emitted(&self, kind: Kind, id: &str) -> u64 {
+        self.of(kind, id).map(|t| t.emitted()).sum()
+    }
+    /// Records dropped by (or refused at the queue of) the component, all reasons.
+    pub fn dropped(&self, kind: Kind, id: &str) -> u64 {
+        self.of(kind, id).map(|t| t.dropped_total()).sum()
+    }
+    fn of<'a>(&'a self, kind: Kind, id: &'a str) -> impl Iterator<Item = &'a Telemetry> + 'a {
+        self.registry
+            .components
+            .iter()
+            .filter(move |c| c.kind == kind && c.id == id)
+            .map(|c| &c.telemetry)
+    }
+}
+
+/// A component that could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{label}: {message}")]
+pub struct BuildError {
+    /// `receivers/ebpf`, ...
+    pub label: String,
+    /// The factory's error.
+    pub message: String,
+}
+
+/// A wired but not yet started collector.
+pub struct Engine {
+    registry: Arc<Registry>,
+    stages: Vec<Stage>,
+    trigger: ShutdownTrigger,
+    shutdown_timeout: Duration,
+}
+
+enum Task {
+    Receiver(Box<dyn Receiver>, ReceiverContext),
+    Processor(Box<dyn Processor>, Inputs, Vec<Edge>),
+    Exporter(Box<dyn Exporter>, Inputs),
+}
+
+struct Stage {
+    info: ComponentInfo,
+    task: Task,
+    input_edges: Vec<Arc<EdgeStats>>,
+}
+
+fn edge(
+    pipeline: &str,
+    from: String,
+    to: &ComponentInfo,
+    queue: QueueConfig,
+    edges: &mut Vec<Arc<EdgeStats>>,
+) -> (Edge, mpsc::Receiver<Arc<Batch>>, Arc<EdgeStats>) {
+    let (tx, rx) = mpsc::channel(queue.capacity);
+    let stats = Arc::new(EdgeStats {
+        pipeline: pipeline.to_string(),
+        from,
+        to: to.label(),
+        capacity: queue.capacity,
+        queued_batches: AtomicU64::new(0),
+        queued_records: AtomicU64::new(0),
+    });
+    edges.push(Arc::clone(&stats));
+    let e = Edge {
+        tx,
+        when_full: queue.when_full,
+        stats: Arc::clone(&stats),
+        downstream: to.telemetry.clone(),
+    };
+    (e, rx, stats)
+}
+
+impl Engine {
+    /// Builds every component and wires the graph. Nothing runs yet.
+    pub fn build(config: &Config) -> Result<Engine, Vec<BuildError>> {
+        let (trigger, shutdown) = Shutdown::new();
+        let mut errors = Vec::new();
+        let mut edges = Vec::new();
+
+        // One info (and counters) per receiver and exporter, per (pipeline, processor).
+        let info = |kind: Kind, id: &str, pipeline: Option<&str>| ComponentInfo {
+            kind,
+            id: id.to_string(),
+            pipeline: pipeline.map(str::to_string),
+            telemetry: Telemetry::default(),
+        };
+        let mut receivers: BTreeMap<String, (ComponentInfo, Vec<(Signal, Vec<Edge>)>)> =
+            BTreeMap::new();
+        let mut exporters: BTreeMap<
+            String,
+            (
+                ComponentInfo,
+                Vec<(mpsc::Receiver<Arc<Batch>>, Arc<EdgeStats>)>,
+                Vec<Signal>,
+            ),
+        > = BTreeMap::new();
+        let mut processors: Vec<(
+            ComponentInfo,
+            Signal,
+            Vec<(mpsc::Receiver<Arc<Batch>>, Arc<EdgeStats>)>,
+            Vec<Edge>,
+        )> = Vec::new();
+
+        for p in &config.pipelines {
+            for r in &p.receivers {
+                receivers
+                    .entry(r.clone())
+                    .or_insert_with(|| (info(Kind::Receiver, r, None), Vec::new()));
+            }
+            for x in &p.exporters {
+                let entry = exporters
+                    .entry(x.clone())
+                    .or_insert_with(|| (info(Kind::Exporter, x, None), Vec::new(), Vec::new()));
+                if !entry.2.contains(&p.signal) {
+                    entry.2.push(p.signal);
+                }
+            }
+            // Walk the chain backwards: each stage's outputs are the edges into the next.
+            let mut downstream: Vec<Edge> = Vec::new();
+            let chain_infos: Vec<ComponentInfo> = p
+                .processors
+                .iter()
+                .map(|id| info(Kind::Processor, id, Some(&p.id)))
+                .collect();
+            let from_last = chain_infos.last().map(|i| i.label());
+            for x in &p.exporters {
+                let entry = exporters.get_mut(x).expect("inserted above");
+                let from = from_last
+                    .clone()
+                    .unwrap_or_else(|| format!("pipelines/{}", p.id));
+                let (e, rx, stats) = edge(&p.id, from, &entry.0, p.queue_into(x), &mut edges);
+                entry.1.push((rx, stats));
+                downstream.push(e);
+            }
+            for (i, proc_info) in chain_infos.iter().enumerate().rev() {
+                let from = if i > 0 {
+                    chain_infos[i - 1].label()
+                } else {
+                    format!("pipelines/{}", p.id)
+                };
+                let (e, rx, stats) = edge(
+                    &p.id,
+                    from,
+                    proc_info,
+                    p.queue_into(&p.processors[i]),
+                    &mut edges,
+                );
+                processors.push((
+                    proc_info.clone(),
+                    p.signal,
+                    vec![(rx, stats)],
+                    std::mem::take(&mut downstream),
+                ));
+                downstream = vec![e];
+            }
+            // The pipeline's entry: receivers share the first stage's input edges. Each receiver
+            // needs its own sender; cloning the edge's sender makes the receivers fan in.
+            for r in &p.receivers {
+                let entry = receivers.get_mut(r).expect("inserted above");
+                let edges_for_r: Vec<Edge> = downstream
+                    .iter()
+                    .map(|e| Edge {
+                        tx: e.tx.clone(),
+                        when_full: e.when_full,
+                        stats: Arc::clone(&e.stats),
+                        downstream: e.downstream.clone(),
+                    })
+                    .collect();
+                match entry.1.iter_mut().find(|(s, _)| *s == p.signal) {
+                    Some((_, v)) => v.extend(edges_for_r),
+                    None => entry.1.push((p.signal, edges_for_r)),
+                }
+            }
+            // `downstream` (the originals) drops here; only receivers hold the entry senders.
+        }
+        processors.reverse();
+
+        let mut stages = Vec::new();
+        let mut components = Vec::new();
+        let build = |kind: Kind,
+                     id: &str,
+                     info: &ComponentInfo,
+                     signals: Vec<Signal>|
+         -> Result<Instance, BuildError> {
+            let def = &config.components[&(kind, id.to_string())];
+            let ctx = BuildContext {
+                id: id.to_string(),
+                pipeline: info.pipeline.clone(),
+                signals,
+                resource: Arc::clone(&config.resource),
+                telemetry: info.telemetry.clone(),
+            };
+            def.registration
+                .build(&def.config, ctx)
+                .map_err(|e| BuildError {
+                    label: info.label(),
+                    message: e.to_string(),
+                })
+        };
+        for (id, (info, routes)) in receivers {
+            let signals: Vec<Signal> = routes.iter().map(|(s, _)| *s).collect();
+            match build(Kind::Receiver, &id, &info, signals.clone()) {
+                Ok(Instance::Receiver(r)) => {
+                    let sink = Arc::new(FanOut {
+                        routes,
+                        telemetry: info.telemetry.clone(),
+                    });
+                    let ctx = ReceiverContext::new(sink, shutdown.clone(), signals);
+                    components.push(info.clone());
+                    stages.push(Stage {
+                        info,
+                        task: Task::Receiver(r, ctx),
+                        input_edges: Vec::new(),
+                    });
+                }
+                Ok(_) => unreachable!("factory kind checked by registration"),
+                Err(e) => errors.push(e),
+            }
+        }
+        for (info, signal, rxs, outs) in processors {
+            let id = info.id.clone();
+            match build(Kind::Processor, &id, &info, vec![signal]) {
+                Ok(Instance::Processor(p)) => {
+                    components.push(info.clone());
+                    let input_edges = rxs.iter().map(|(_, s)| Arc::clone(s)).collect();
+                    let owner = info.telemetry.clone();
+                    stages.push(Stage {
+                        info,
+                        task: Task::Processor(
+                            p,
+                            Inputs {
+                                rxs,
+                                next: 0,
+                                owner,
+                            },
+                            outs,
+                        ),
+                        input_edges,
+                    });
+                }
+                Ok(_) => unreachable!("factory kind checked by registration"),
+                Err(e) => errors.push(e),
+            }
+        }
+        for (id, (info, rxs, signals)) in exporters {
+            match build(Kind::Exporter, &id, &info, signals) {
+                Ok(Instance::Exporter(x)) => {
+                    components.push(info.clone());
+                    let input_edges = rxs.iter().map(|(_, s)| Arc::clone(s)).collect();
+                    let owner = info.telemetry.clone();
+                    stages.push(Stage {
+                        info,
+                        task: Task::Exporter(
+                            x,
+                            Inputs {
+                                rxs,
+                                next: 0,
+                                owner,
+                            },
+                        ),
+                        input_edges,
+                    });
+                }
+                Ok(_) => unreachable!("factory kind checked by registration"),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let registry = Arc::new(Registry {
+            components,
+            edges,
+            ready: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
+        });
+        Ok(Engine {
+            registry,
+            stages,
+            trigger,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// What telemetry reads; valid before and during the run.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
+    }
+
+    /// Runs until every receiver has finished and everything drained, or until `stop` yields
+    /// (first time: orderly shutdown within the deadline; second time: give up at once).
+    pub async fn run(self, mut stop: mpsc::Receiver<()>) -> Report {
+        let started = Instant::now();
+        let Engine {
+            registry,
+            stages,
+            trigger,
+            shutdown_timeout,
+        } = self;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, Result<(), String>)>();
+        struct Running {
+            info: ComponentInfo,
+            input_edges: Vec<Arc<EdgeStats>>,
+            abort: tokio::task::AbortHandle,
+            done: bool,
+        }
+        let mut running = Vec::new();
+        let mut receivers_left = 0;
+        for (idx, stage) in stages.into_iter().enumerate() {
+            let telemetry = stage.info.telemetry.clone();
+            let fut: std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> =
+                match stage.task {
+                    Task::Receiver(r, ctx) => {
+                        receivers_left += 1;
+                        Box::pin(r.run(ctx))
+                    }
+                    Task::Processor(p, inputs, outs) => {
+                        Box::pin(run_processor(p, inputs, outs, telemetry))
+                    }
+                    Task::Exporter(x, inputs) => Box::pin(run_exporter(x, inputs, telemetry)),
+                };
+            let handle = tokio::spawn(fut);
+            running.push(Running {
+                info: stage.info,
+                input_edges: stage.input_edges,
+                abort: handle.abort_handle(),
+                done: false,
+            });
+            let done_tx = done_tx.clone();
+            tokio::spawn(async move {
+                let result = match handle.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) if e.is_panic() => {
+                        let payload = e.into_panic();
+                        let msg = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown payload".into());
+                        Err(format!("panicked: {msg}"))
+                    }
+                    Err(_) => Err("aborted".into()),
+                };
+                let _ = done_tx.send((idx, result));
+            });
+        }
+        drop(done_tx);
+        registry.ready.store(true, Ordering::Relaxed);
+
+        let mut left = running.len();
+        let mut failures = Vec::new();
+        let mut abandoned = Vec::new();
+        let mut stopping = false;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let begin_shutdown = |stopping: &mut bool, deadline: &mut Option<tokio::time::Instant>| {
+            if !*stopping {
+                *stopping = true;
+                trigger.trigger();
+                registry.ready.store(false, Ordering::Relaxed);
+                *deadline = Some(tokio::time::Instant::now() + shutdown_timeout);
+            }
+        };
+        while left > 0 {
+            let sleep_until = deadline
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400));
+            tokio::select! {
+                signal = stop.recv(), if !stop.is_closed() => {
+                    if signal.is_none() {
+                        continue;
+                    }
+                    if stopping {
+                        warn!("second stop request: giving up on draining");
+                        deadline = Some(tokio::time::Instant::now());
+                    } else {
+                        info!(timeout = ?shutdown_timeout, "shutting down: stopping receivers, draining pipelines");
+                        begin_shutdown(&mut stopping, &mut deadline);
+                    }
+                }
+                Some((idx, result)) = done_rx.recv() => {
+                    left -= 1;
+                    let r = &mut running[idx];
+                    r.done = true;
+                    if r.info.kind == Kind::Receiver {
+                        receivers_left -= 1;
+                        if receivers_left == 0 && !stopping {
+                            info!("all receivers finished; draining pipelines");
+                            stopping = true;
+                            registry.ready.store(false, Ordering::Relaxed);
+                        }
+                    }
+                    if let Err(msg) = result {
+                        let label = r.info.label();
+                        error!(component = %label, "component failed: {msg}; shutting down");
+                        r.info.telemetry.add_error();
+                        registry.healthy.store(false, Ordering::Relaxed);
+                        failures.push(format!("{label}: {msg}"));
+                        // A failure after a natural end still needs the deadline.
+                        stopping = false;
+                        begin_shutdown(&mut stopping, &mut deadline);
+                    }
+                }
+                _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
+                    for r in running.iter().filter(|r| !r.done) {
+                        let queued: u64 = r.input_edges.iter().map(|e| e.queued_records()).sum();
+                        let label = r.info.label();
+                        error!(component = %label, queued_records = queued, "shutdown deadline passed: abandoning");
+                        abandoned.push((label, queued));
+                        r.abort.abort();
+                    }
+                    break;
+                }
+            }
+        }
+        registry.ready.store(false, Ordering::Relaxed);
+        Report {
+            registry,
+            failures,
+            abandoned,
+            elapsed: started.elapsed(),
+        }
+    }
+}
