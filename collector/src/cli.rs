@@ -264,8 +264,8 @@ mod tests {
     fn diagnostics_print_file_line_path() {
         let loaded = crate::config::load("p.yaml", "receivers:\n  synthetic: {seed: x}\n");
         let first = loaded
-            .diagnostics
-            .first()
+            .errors()
+            .next()
             .map(|d| d.to_string())
             .unwrap_or_default();
         assert!(first.starts_with("p.yaml:2:"), "{first}");

@@ -378,8 +378,45 @@ struct ExpandError {
     message: String,
 }
 
-/// Expands `${env:VAR}` and `${env:VAR:-default}`; `$$` is a literal `$`.
+/// Byte index where a YAML comment starts on `line` (a `#` at the start or after whitespace,
+/// outside quotes), if any.
+fn comment_start(line: &str) -> Option<usize> {
+    let mut quote: Option<char> = None;
+    let mut prev = ' ';
+    for (i, c) in line.char_indices() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '#' && prev.is_whitespace() => return Some(i),
+            None => {}
+        }
+        prev = c;
+    }
+    None
+}
+
+/// Expands `${env:VAR}` and `${env:VAR:-default}` outside comments; `$$` is a literal `$`.
 fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> (String, Vec<ExpandError>) {
+    let mut out = String::with_capacity(text.len());
+    let mut errors = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let code_end = comment_start(line).unwrap_or(line.len());
+        let (code, comment) = line.split_at(code_end);
+        let (expanded, errs) = expand_line(code, lookup);
+        out.push_str(&expanded);
+        out.push_str(comment);
+        errors.extend(errs.into_iter().map(|e| ExpandError {
+            offset: offset + e.offset,
+            message: e.message,
+        }));
+        offset += line.len();
+    }
+    (out, errors)
+}
+
+fn expand_line(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> (String, Vec<ExpandError>) {
     let mut out = String::with_capacity(text.len());
     let mut errors = Vec::new();
     let mut rest = text;
@@ -466,13 +503,7 @@ impl Ctx<'_> {
     fn report(&mut self, severity: Severity, path: impl Into<String>, message: impl Into<String>) {
         let path = path.into();
         let message = message.into();
-        // For an unknown field, point at the field itself rather than its parent.
-        let lookup = message
-            .strip_prefix("unknown field `")
-            .and_then(|m| m.split('`').next())
-            .map(|field| join(&path, field))
-            .unwrap_or_else(|| path.clone());
-        let loc = self.locations.find(&lookup);
+        let loc = self.locations.find(&path);
         self.diagnostics.push(Diagnostic {
             severity,
             file: self.file.to_string(),
