@@ -73,10 +73,37 @@ struct Edge {
     downstream: Telemetry,
 }
 
+/// Records a stage holds while an await is pending. If the stage stops before `done` (error,
+/// panic, abort at the deadline), the drop counts them as dropped: nothing is lost silently.
+struct InFlight<'a> {
+    telemetry: &'a Telemetry,
+    records: u64,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(telemetry: &'a Telemetry, records: usize) -> Self {
+        InFlight {
+            telemetry,
+            records: records as u64,
+        }
+    }
+    fn done(mut self) {
+        self.records = 0;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.telemetry
+            .add_dropped("component_stopped", self.records);
+    }
+}
+
 impl Edge {
     async fn send(&self, batch: Arc<Batch>) {
         let n = batch.len();
         self.stats.add(n);
+        let in_flight = InFlight::new(&self.downstream, n);
         let result = match self.when_full {
             WhenFull::Block => self.tx.send(batch).await.map_err(|_| "downstream_failed"),
             WhenFull::DropNewest => self.tx.try_send(batch).map_err(|e| match e {
@@ -84,6 +111,7 @@ impl Edge {
                 mpsc::error::TrySendError::Closed(_) => "downstream_failed",
             }),
         };
+        in_flight.done();
         if let Err(reason) = result {
             self.stats.sub(n);
             self.downstream.add_dropped(reason, n as u64);
@@ -195,12 +223,10 @@ async fn run_processor(
         };
         match next {
             Some(Some(batch)) => {
-                let n = batch.len() as u64;
-                telemetry.add_received(n);
-                if let Err(e) = p.process(batch, &mut out).await {
-                    telemetry.add_dropped("component_failed", n);
-                    return Err(e);
-                }
+                telemetry.add_received(batch.len() as u64);
+                let in_flight = InFlight::new(&telemetry, batch.len());
+                p.process(batch, &mut out).await?;
+                in_flight.done();
             }
             Some(None) => break,
             None => p.tick(SystemTime::now(), &mut out).await?,
@@ -220,10 +246,9 @@ async fn run_exporter(
     while let Some(batch) = inputs.recv().await {
         let n = batch.len() as u64;
         telemetry.add_received(n);
-        if let Err(err) = e.export(batch).await {
-            telemetry.add_dropped("component_failed", n);
-            return Err(err);
-        }
+        let in_flight = InFlight::new(&telemetry, batch.len());
+        e.export(batch).await?;
+        in_flight.done();
         telemetry.add_emitted(n);
     }
     e.shutdown().await
@@ -728,6 +753,13 @@ impl Engine {
                         abandoned.push((label, queued));
                         r.abort.abort();
                     }
+                    // Let the aborted tasks unwind so what they held is counted as dropped.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while left > 0 && done_rx.recv().await.is_some() {
+                            left -= 1;
+                        }
+                    })
+                    .await;
                     break;
                 }
             }

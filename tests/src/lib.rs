@@ -1,1 +1,262 @@
+//! Helpers for oxeye's end-to-end tests: test-only components (registered through the public
+//! API exactly like a user's crate), running pipelines in-process, and running the binary.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use oxeye_api::{
+    Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Output, Processor, Signal,
+};
+use serde::Deserialize;
+
+/// `capture/<name>` exporter: keeps every batch in memory, per component id, for assertions.
+pub struct Capture {
+    id: String,
+}
+
+fn store() -> &'static Mutex<HashMap<String, Vec<Arc<Batch>>>> {
+    static STORE: OnceLock<Mutex<HashMap<String, Vec<Arc<Batch>>>>> = OnceLock::new();
+    STORE.get_or_init(Default::default)
+}
+
+/// Takes what `capture/<id>` received so far. Ids are global: use unique ids per test.
+pub fn captured(id: &str) -> Vec<Arc<Batch>> {
+    store()
+        .lock()
+        .expect("store")
+        .remove(id)
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Exporter for Capture {
+    async fn export(&mut self, batch: Arc<Batch>) -> Result<(), BoxError> {
+        store()
+            .lock()
+            .expect("store")
+            .entry(self.id.clone())
+            .or_default()
+            .push(batch);
+        Ok(())
+    }
+}
+
+/// No config.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// Factory of [`Capture`].
+pub struct CaptureFactory;
+impl Factory for CaptureFactory {
+    type Config = Empty;
+    type Component = Box<dyn Exporter>;
+    const TYPE: &'static str = "capture";
+    const SIGNALS: &'static [Signal] = Signal::ALL;
+    const DESCRIPTION: &'static str = "test: keeps batches in memory";
+    fn build(_: Empty, ctx: BuildContext) -> Result<Self::Component, BoxError> {
+        Ok(Box::new(Capture { id: ctx.id }))
+    }
+}
+oxeye_api::register!(CaptureFactory);
+
+/// `tag` processor: sets an attribute on every span (copy-on-write through `Arc::make_mut`).
+pub struct Tag {
+    key: String,
+    value: String,
+}
+
+/// Config of [`Tag`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagConfig {
+    /// Attribute key.
+    pub key: String,
+    /// Attribute value.
+    pub value: String,
+}
+
+#[async_trait]
+impl Processor for Tag {
+    async fn process(&mut self, mut batch: Arc<Batch>, out: &mut Output) -> Result<(), BoxError> {
+        if let oxeye_api::Records::Spans(spans) = &mut Arc::make_mut(&mut batch).records {
+            for s in spans {
+                s.attributes.set(self.key.as_str(), self.value.as_str());
+            }
+        }
+        out.push(batch);
+        Ok(())
+    }
+}
+
+/// Factory of [`Tag`].
+pub struct TagFactory;
+impl Factory for TagFactory {
+    type Config = TagConfig;
+    type Component = Box<dyn Processor>;
+    const TYPE: &'static str = "tag";
+    const SIGNALS: &'static [Signal] = &[Signal::Traces];
+    const DESCRIPTION: &'static str = "test: sets an attribute on every span";
+    fn validate(c: &TagConfig) -> Result<(), ConfigErrors> {
+        let mut e = ConfigErrors::new();
+        if c.key.is_empty() {
+            e.push("key", "must not be empty");
+        }
+        e.into_result()
+    }
+    fn build(c: TagConfig, _: BuildContext) -> Result<Self::Component, BoxError> {
+        Ok(Box::new(Tag {
+            key: c.key,
+            value: c.value,
+        }))
+    }
+}
+oxeye_api::register!(TagFactory);
+
+/// `fail` processor: passes `after` batches, then panics or returns an error.
+pub struct Fail {
+    left: u64,
+    panic: bool,
+}
+
+/// Config of [`Fail`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailConfig {
+    /// Batches passed before failing.
+    pub after: u64,
+    /// Panic (true) or return an error (false).
+    #[serde(default)]
+    pub panic: bool,
+}
+
+#[async_trait]
+impl Processor for Fail {
+    async fn process(&mut self, batch: Arc<Batch>, out: &mut Output) -> Result<(), BoxError> {
+        if self.left == 0 {
+            if self.panic {
+                panic!("fail processor: deliberate panic");
+            }
+            return Err("fail processor: deliberate error".into());
+        }
+        self.left -= 1;
+        out.push(batch);
+        Ok(())
+    }
+}
+
+/// Factory of [`Fail`].
+pub struct FailFactory;
+impl Factory for FailFactory {
+    type Config = FailConfig;
+    type Component = Box<dyn Processor>;
+    const TYPE: &'static str = "fail";
+    const SIGNALS: &'static [Signal] = Signal::ALL;
+    const DESCRIPTION: &'static str = "test: fails after N batches";
+    fn build(c: FailConfig, _: BuildContext) -> Result<Self::Component, BoxError> {
+        Ok(Box::new(Fail {
+            left: c.after,
+            panic: c.panic,
+        }))
+    }
+}
+oxeye_api::register!(FailFactory);
+
+/// Runs a config in-process on a fresh multi-thread runtime until it ends by itself.
+pub fn run(yaml: &str) -> oxeye::engine::Report {
+    run_with_stop(yaml, None)
+}
+
+/// Runs a config in-process; if `stop_after` is set, requests shutdown after that long.
+pub fn run_with_stop(yaml: &str, stop_after: Option<Duration>) -> oxeye::engine::Report {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        if let Some(after) = stop_after {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = tx.send(()).await;
+                // Keep the channel open so the engine does not see a closed stop channel.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        } else {
+            std::mem::forget(tx);
+        }
+        match oxeye::run_config("test.yaml", yaml, rx).await {
+            Ok(report) => report,
+            Err(errors) => panic!("config rejected: {errors:#?}"),
+        }
+    })
+}
+
+/// The `oxeye` binary built by `cargo build` (the test command builds it first).
+pub fn oxeye_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("OXEYE_BIN") {
+        return p.into();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+    let bin = target.join("debug/oxeye");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build -p oxeye` first (tests/run.sh does), or set OXEYE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Writes `yaml` to a fresh temp file and returns its path.
+pub fn temp_config(name: &str, yaml: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("oxeye-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    path
+}
+
+/// Starts `oxeye <args>` with piped stdout/stderr.
+pub fn spawn(args: &[&str]) -> Child {
+    Command::new(oxeye_bin())
+        .args(args)
+        .env_remove("OXEYE_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start oxeye")
+}
+
+/// Sends a signal to a child.
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a pid we own; no memory is shared.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill failed");
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Parses `N records in, M out, D dropped` from oxeye's final log line.
+pub fn final_counts(stderr: &str) -> Option<(u64, u64, u64)> {
+    let line = stderr.lines().rev().find(|l| l.contains("records in,"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let find = |w: &str| -> Option<u64> {
+        let i = words.iter().position(|x| x.trim_end_matches(',') == w)?;
+        words.get(i - 1)?.parse().ok()
+    };
+    Some((find("records")?, find("out")?, find("dropped")?))
+}

@@ -1,0 +1,267 @@
+//! Pipelines from YAML with the synthetic receiver, run in-process: counts, fan-out, queue
+//! policies, shutdown and failures.
+
+use std::time::Duration;
+
+use oxeye_api::{Kind, Records};
+use oxeye_tests::{captured, run, run_with_stop};
+
+#[test]
+fn count_in_equals_count_out_through_three_processors() {
+    let report = run("
+receivers:
+  synthetic: {seed: 7, spans: {count: 100000}, flows: {count: 50000}}
+processors:
+  nop/a:
+  nop/b:
+  nop/c:
+exporters:
+  nop:
+service:
+  telemetry: {logs: {summary_interval: 0s}}
+  pipelines:
+    traces: {receivers: [synthetic], processors: [nop/a, nop/b, nop/c], exporters: [nop]}
+    flows: {receivers: [synthetic], processors: [nop/a, nop/b, nop/c], exporters: [nop]}
+");
+    assert!(report.clean(), "{:?}", report.failures);
+    assert_eq!(report.emitted(Kind::Receiver, "synthetic"), 150_000);
+    for p in ["nop/a", "nop/b", "nop/c"] {
+        assert_eq!(report.received(Kind::Processor, p), 150_000, "{p}");
+        assert_eq!(report.emitted(Kind::Processor, p), 150_000, "{p}");
+    }
+    assert_eq!(report.received(Kind::Exporter, "nop"), 150_000);
+    assert_eq!(report.emitted(Kind::Exporter, "nop"), 150_000);
+    assert_eq!(report.registry.records_dropped(), 0);
+    assert_eq!(report.registry.records_queued(), 0);
+}
+
+#[test]
+fn fan_out_delivers_to_every_exporter_and_mutation_copies() {
+    let report = run(
+        "
+receivers:
+  synthetic: {seed: 1, spans: {count: 5000}}
+processors:
+  tag: {key: team, value: red}
+exporters:
+  capture/fanout-plain:
+  capture/fanout-tagged:
+  capture/fanout-both:
+service:
+  telemetry: {logs: {summary_interval: 0s}}
+  pipelines:
+    traces/plain: {receivers: [synthetic], exporters: [capture/fanout-plain, capture/fanout-both]}
+    traces/tagged: {receivers: [synthetic], processors: [tag], exporters: [capture/fanout-tagged, capture/fanout-both]}
+",
+    );
+    assert!(report.clean(), "{:?}", report.failures);
+    let count = |id: &str| -> (usize, usize) {
+        let batches = captured(id);
+        let mut total = 0;
+        let mut tagged = 0;
+        for b in &batches {
+            let Records::Spans(spans) = &b.records else {
+                panic!("spans expected")
+            };
+            total += spans.len();
+            tagged += spans
+                .iter()
+                .filter(|s| s.attributes.get("team").is_some())
+                .count();
+        }
+        (total, tagged)
+    };
+    // The tag processor mutated its copy only: the plain pipeline's spans stay untouched.
+    assert_eq!(count("capture/fanout-plain"), (5000, 0));
+    assert_eq!(count("capture/fanout-tagged"), (5000, 5000));
+    // Fan-in: the shared exporter receives both pipelines.
+    assert_eq!(count("capture/fanout-both"), (10000, 5000));
+}
+
+#[test]
+fn drop_newest_counts_every_drop_and_does_not_slow_the_others() {
+    const N: u64 = 400 * 256;
+    let started = std::time::Instant::now();
+    let report = run(&format!(
+        "
+receivers:
+  synthetic: {{seed: 2, batch_size: 256, spans: {{count: {N}}}}}
+exporters:
+  nop/fast:
+  nop/slow: {{delay: 10ms}}
+service:
+  telemetry: {{logs: {{summary_interval: 0s}}}}
+  pipelines:
+    traces:
+      receivers: [synthetic]
+      exporters: [nop/fast, nop/slow]
+      queues: {{nop/slow: {{capacity: 2, when_full: drop_newest}}}}
+"
+    ));
+    let elapsed = started.elapsed();
+    assert!(report.clean(), "{:?}", report.failures);
+    assert_eq!(report.received(Kind::Exporter, "nop/fast"), N);
+    let slow_in = report.received(Kind::Exporter, "nop/slow");
+    let slow_dropped = report.dropped(Kind::Exporter, "nop/slow");
+    assert!(slow_dropped > 0, "the slow queue must overflow");
+    assert_eq!(
+        slow_in + slow_dropped,
+        N,
+        "every record is delivered or counted as dropped"
+    );
+    assert_eq!(report.emitted(Kind::Exporter, "nop/slow"), slow_in);
+    // Blocking on the slow exporter would take 400 batches x 10 ms = 4 s.
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "took {elapsed:?}: the slow exporter slowed the run"
+    );
+}
+
+#[test]
+fn block_slows_the_receiver_without_loss() {
+    const BATCHES: u64 = 60;
+    let started = std::time::Instant::now();
+    let report = run(&format!(
+        "
+receivers:
+  synthetic: {{seed: 2, batch_size: 100, spans: {{count: {}}}}}
+exporters:
+  nop/slow: {{delay: 10ms}}
+service:
+  telemetry: {{logs: {{summary_interval: 0s}}}}
+  pipelines:
+    traces:
+      receivers: [synthetic]
+      exporters: [nop/slow]
+      queue: {{capacity: 2}}
+",
+        BATCHES * 100
+    ));
+    let elapsed = started.elapsed();
+    assert!(report.clean(), "{:?}", report.failures);
+    assert_eq!(report.received(Kind::Exporter, "nop/slow"), BATCHES * 100);
+    assert_eq!(report.registry.records_dropped(), 0);
+    // Every batch waited for the exporter: the run cannot be faster than the exporter.
+    assert!(
+        elapsed >= Duration::from_millis(10 * BATCHES),
+        "took {elapsed:?}"
+    );
+}
+
+#[test]
+fn stop_drains_an_endless_run_without_loss() {
+    let report = run_with_stop(
+        "
+receivers:
+  synthetic: {seed: 5, spans: {rate: 50000}, flows: {rate: 50000}}
+processors:
+  nop:
+exporters:
+  nop: {delay: 1ms}
+service:
+  telemetry: {logs: {summary_interval: 0s}}
+  pipelines:
+    traces: {receivers: [synthetic], processors: [nop], exporters: [nop]}
+    flows: {receivers: [synthetic], exporters: [nop]}
+",
+        Some(Duration::from_millis(700)),
+    );
+    assert!(
+        report.clean(),
+        "{:?} {:?}",
+        report.failures,
+        report.abandoned
+    );
+    let produced = report.emitted(Kind::Receiver, "synthetic");
+    assert!(produced > 1000, "produced {produced}");
+    assert_eq!(report.emitted(Kind::Exporter, "nop"), produced);
+    assert_eq!(report.registry.records_dropped(), 0);
+}
+
+#[test]
+fn deadline_reports_abandoned_components_and_records() {
+    let started = std::time::Instant::now();
+    let report = run_with_stop(
+        "
+receivers:
+  synthetic: {seed: 5, batch_size: 10, spans: {rate: 2000}}
+exporters:
+  nop: {delay: 30s}
+service:
+  shutdown_timeout: 500ms
+  telemetry: {logs: {summary_interval: 0s}}
+  pipelines:
+    traces: {receivers: [synthetic], exporters: [nop], queue: {capacity: 8}}
+",
+        Some(Duration::from_millis(300)),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "deadline not enforced"
+    );
+    assert!(!report.clean());
+    let exporter = report
+        .abandoned
+        .iter()
+        .find(|(label, _)| label == "exporters/nop");
+    let (_, queued) = exporter.expect("the stuck exporter is reported");
+    assert!(
+        *queued > 0,
+        "queued records are reported: {:?}",
+        report.abandoned
+    );
+    // The receiver, blocked on the full queue, is abandoned too.
+    assert!(
+        report
+            .abandoned
+            .iter()
+            .any(|(l, _)| l == "receivers/synthetic"),
+        "{:?}",
+        report.abandoned
+    );
+    // What was abandoned is counted as dropped, not lost silently: in == out + dropped.
+    let reg = &report.registry;
+    assert_eq!(reg.records_in(), reg.records_out() + reg.records_dropped());
+    assert!(report.dropped(Kind::Exporter, "nop") >= *queued);
+}
+
+#[test]
+fn panic_and_error_are_reported_with_the_component_id_and_shut_down() {
+    for (panic, needle) in [
+        (true, "panicked: fail processor: deliberate panic"),
+        (false, "deliberate error"),
+    ] {
+        let report = run(&format!(
+            "
+receivers:
+  synthetic: {{seed: 5, spans: {{rate: 10000}}}}
+processors:
+  fail: {{after: 3, panic: {panic}}}
+exporters:
+  nop:
+service:
+  shutdown_timeout: 2s
+  telemetry: {{logs: {{summary_interval: 0s}}}}
+  pipelines:
+    traces: {{receivers: [synthetic], processors: [fail], exporters: [nop]}}
+"
+        ));
+        assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+        let f = &report.failures[0];
+        assert!(f.starts_with("processors/fail[traces]: "), "{f}");
+        assert!(f.contains(needle), "{f}");
+        assert!(
+            report.abandoned.is_empty(),
+            "orderly shutdown: {:?}",
+            report.abandoned
+        );
+        // Records that reached the exporter are all accounted for; the failed batch is counted.
+        assert_eq!(
+            report.received(Kind::Exporter, "nop"),
+            report.emitted(Kind::Processor, "fail")
+        );
+        assert!(report.dropped(Kind::Processor, "fail") > 0);
+        let reg = &report.registry;
+        assert_eq!(reg.records_in(), reg.records_out() + reg.records_dropped());
+    }
+}
