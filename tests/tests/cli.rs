@@ -1,0 +1,231 @@
+//! The `oxeye` binary: validate exit codes, JSON lines on stdout, SIGTERM drain, metrics.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use oxeye_tests::{final_counts, free_port, oxeye_bin, signal, spawn, temp_config};
+
+fn output(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(oxeye_bin())
+        .args(args)
+        .output()
+        .expect("run oxeye")
+}
+
+#[test]
+fn validate_exit_codes_and_messages() {
+    let good = temp_config("validate-good", oxeye::DEFAULT_PIPELINE);
+    let out = output(&["validate", "-c", good.to_str().expect("utf8")]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid: 2 pipeline(s)"));
+
+    let bad = temp_config(
+        "validate-bad",
+        "receivers:\n  synthetic: {spans: {rate: fast}}\nexporters:\n  stdout: {format: xml}\nservice:\n  pipelines:\n    traces: {receivers: [synthetic], exporters: [stdout, otlp]}\n",
+    );
+    let path = bad.to_str().expect("utf8");
+    let out = output(&["validate", "-c", path]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{path}:2:23: error: receivers.synthetic.spans.rate: invalid type"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{path}:4:12: error: exporters.stdout.format: unknown variant `xml`"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("service.pipelines.traces.exporters[1]: undefined exporter `otlp`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("invalid: 3 error(s)"), "{stderr}");
+
+    // `run` refuses the same file with the same exit code, starting nothing.
+    let out = output(&["run", "-c", path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+
+    let out = output(&["validate", "-c", "/nonexistent/p.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config /nonexistent/p.yaml"));
+}
+
+#[test]
+fn components_lists_every_builtin() {
+    let out = output(&["components"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "receiver   synthetic",
+        "processor  nop",
+        "exporter   stdout",
+        "exporter   nop",
+        "traces,flows",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    let help = String::from_utf8_lossy(&output(&["--help"]).stdout).to_string();
+    assert!(help.contains("Examples:"), "{help}");
+}
+
+#[test]
+fn stdout_json_lines_carry_otel_names_and_exact_counts() {
+    let cfg = temp_config(
+        "json",
+        "receivers:\n  synthetic: {seed: 9, spans: {count: 3000}, flows: {count: 2000}}\nexporters:\n  stdout: {format: json}\nservice:\n  resource: {service.name: edge-7}\n  pipelines:\n    traces: {receivers: [synthetic], exporters: [stdout]}\n    flows: {receivers: [synthetic], exporters: [stdout]}\n",
+    );
+    let out = output(&["run", "-c", cfg.to_str().expect("utf8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let mut spans = 0;
+    let mut flows = 0;
+    let mut children = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
+        assert_eq!(v["resource"]["service.name"], "edge-7");
+        match v["signal"].as_str() {
+            Some("traces") => {
+                spans += 1;
+                assert_eq!(v["trace_id"].as_str().map(str::len), Some(32));
+                assert_eq!(v["span_id"].as_str().map(str::len), Some(16));
+                assert!(
+                    v["name"].is_string() && v["process.pid"].is_u64() && v["thread.id"].is_u64()
+                );
+                assert!(v["end_time_unix_nano"].as_u64() >= v["start_time_unix_nano"].as_u64());
+                if v["parent_span_id"].is_string() {
+                    children += 1;
+                }
+            }
+            Some("flows") => {
+                flows += 1;
+                assert!(v["source.address"].is_string() && v["destination.port"].is_u64());
+                assert!(matches!(
+                    v["network.transport"].as_str(),
+                    Some("tcp" | "udp")
+                ));
+                assert!(v["packets"].as_u64() >= Some(1) && v["bytes"].as_u64() >= Some(64));
+            }
+            other => panic!("unexpected signal {other:?}"),
+        }
+    }
+    assert_eq!((spans, flows), (3000, 2000));
+    assert!(children > 0, "nested spans have parents");
+    assert_eq!(final_counts(&stderr), Some((5000, 5000, 0)), "{stderr}");
+}
+
+#[test]
+fn sigterm_drains_an_endless_run_and_exits_zero() {
+    let cfg = temp_config(
+        "sigterm",
+        "receivers:\n  synthetic: {seed: 4, spans: {rate: 20000}, flows: {rate: 20000}}\nprocessors:\n  nop:\nexporters:\n  stdout: {format: json}\nservice:\n  pipelines:\n    traces: {receivers: [synthetic], processors: [nop], exporters: [stdout]}\n    flows: {receivers: [synthetic], exporters: [stdout]}\n",
+    );
+    let mut child = spawn(&["run", "-c", cfg.to_str().expect("utf8")]);
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).expect("read stdout");
+        s
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, libc::SIGTERM);
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr");
+    let lines = reader.join().expect("reader").lines().count() as u64;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let (inn, out, dropped) = final_counts(&stderr).expect("final summary line");
+    assert!(inn > 1000, "{stderr}");
+    assert_eq!((out, dropped), (inn, 0), "{stderr}");
+    assert_eq!(lines, inn, "every record accepted was written");
+    assert!(stderr.contains("shutting down"), "{stderr}");
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body
+}
+
+#[test]
+fn metrics_health_and_readiness_endpoints() {
+    let port = free_port();
+    let cfg = temp_config(
+        "metrics",
+        &format!(
+            "receivers:\n  synthetic: {{seed: 4, spans: {{rate: 5000}}}}\nexporters:\n  nop:\n  nop/slow: {{delay: 200ms}}\nservice:\n  telemetry:\n    metrics: {{address: ':{port}'}}\n    logs: {{summary_interval: 200ms}}\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [nop, nop/slow], queues: {{nop/slow: {{capacity: 1, when_full: drop_newest}}}}}}\n"
+        ),
+    );
+    let mut child = spawn(&["run", "-c", cfg.to_str().expect("utf8")]);
+    // Follow stderr: the endpoint is up once oxeye logs it.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let err = child.stderr.take().expect("stderr");
+    let follower = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rx
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .expect("oxeye never logged its metrics endpoint")
+        .contains("self-metrics on")
+    {}
+    std::thread::sleep(Duration::from_millis(800));
+    let metrics = http_get(port, "/metrics");
+    let ready = http_get(port, "/readyz");
+    let health = http_get(port, "/healthz");
+    let missing = http_get(port, "/nope");
+    signal(&child, libc::SIGINT);
+    let status = child.wait().expect("wait");
+    let stderr = follower.join().expect("stderr follower");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let value = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+    };
+    assert!(value("oxeye_component_emitted_records_total{kind=\"receiver\",id=\"synthetic\"}") > 0);
+    assert!(value("oxeye_component_received_records_total{kind=\"exporter\",id=\"nop\"}") > 0);
+    assert!(value("oxeye_component_dropped_records_total{kind=\"exporter\",id=\"nop/slow\",reason=\"queue_full\"}") > 0);
+    assert!(metrics.contains("oxeye_queue_capacity_batches{pipeline=\"traces\",from=\"pipelines/traces\",to=\"exporters/nop/slow\"} 1"), "{metrics}");
+    assert!(metrics.contains("# TYPE oxeye_queue_depth_batches gauge"));
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.ends_with("ready\n"),
+        "{ready}"
+    );
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    assert!(
+        stderr.contains("records/s in"),
+        "periodic summary line: {stderr}"
+    );
+}
