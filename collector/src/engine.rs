@@ -100,6 +100,16 @@ impl Drop for InFlight<'_> {
 }
 
 impl Edge {
+    /// Another sending end of the same edge (several receivers feeding one pipeline).
+    fn clone_sender(&self) -> Edge {
+        Edge {
+            tx: self.tx.clone(),
+            when_full: self.when_full,
+            stats: Arc::clone(&self.stats),
+            downstream: self.downstream.clone(),
+        }
+    }
+
     async fn send(&self, batch: Arc<Batch>) {
         let n = batch.len();
         self.stats.add(n);
@@ -389,232 +399,180 @@ struct Stage {
     input_edges: Vec<Arc<EdgeStats>>,
 }
 
-fn edge(
-    pipeline: &str,
-    from: String,
-    to: &ComponentInfo,
-    queue: QueueConfig,
-    edges: &mut Vec<Arc<EdgeStats>>,
-) -> (Edge, mpsc::Receiver<Arc<Batch>>, Arc<EdgeStats>) {
-    let (tx, rx) = mpsc::channel(queue.capacity);
-    let stats = Arc::new(EdgeStats {
-        pipeline: pipeline.to_string(),
-        from,
-        to: to.label(),
-        capacity: queue.capacity,
-        queued_batches: AtomicU64::new(0),
-        queued_records: AtomicU64::new(0),
-    });
-    edges.push(Arc::clone(&stats));
-    let e = Edge {
-        tx,
-        when_full: queue.when_full,
-        stats: Arc::clone(&stats),
-        downstream: to.telemetry.clone(),
-    };
-    (e, rx, stats)
+type InputEnd = (mpsc::Receiver<Arc<Batch>>, Arc<EdgeStats>);
+
+/// A stage while the graph is wired: its edges in and out, before its component is built.
+struct Wiring {
+    info: ComponentInfo,
+    inputs: Vec<InputEnd>,
+    /// Per signal, the edges out (one signal except for receivers).
+    outputs: Vec<(Signal, Vec<Edge>)>,
+    signals: Vec<Signal>,
+}
+
+impl Wiring {
+    fn new(kind: Kind, id: &str, pipeline: Option<&str>) -> Self {
+        Wiring {
+            info: ComponentInfo {
+                kind,
+                id: id.to_string(),
+                pipeline: pipeline.map(str::to_string),
+                telemetry: Telemetry::default(),
+            },
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            signals: Vec::new(),
+        }
+    }
+
+    /// Opens an edge from `from` into this stage and returns its sending end.
+    fn connect(
+        &mut self,
+        pipeline: &str,
+        from: String,
+        queue: QueueConfig,
+        all: &mut Vec<Arc<EdgeStats>>,
+    ) -> Edge {
+        let (tx, rx) = mpsc::channel(queue.capacity);
+        let stats = Arc::new(EdgeStats {
+            pipeline: pipeline.to_string(),
+            from,
+            to: self.info.label(),
+            capacity: queue.capacity,
+            queued_batches: AtomicU64::new(0),
+            queued_records: AtomicU64::new(0),
+        });
+        all.push(Arc::clone(&stats));
+        self.inputs.push((rx, Arc::clone(&stats)));
+        Edge {
+            tx,
+            when_full: queue.when_full,
+            stats,
+            downstream: self.info.telemetry.clone(),
+        }
+    }
+
+    fn add_outputs(&mut self, signal: Signal, edges: Vec<Edge>) {
+        if !self.signals.contains(&signal) {
+            self.signals.push(signal);
+        }
+        match self.outputs.iter_mut().find(|(s, _)| *s == signal) {
+            Some((_, v)) => v.extend(edges),
+            None => self.outputs.push((signal, edges)),
+        }
+    }
 }
 
 impl Engine {
     /// Builds every component and wires the graph. Nothing runs yet.
     pub fn build(config: &Config) -> Result<Engine, Vec<BuildError>> {
         let (trigger, shutdown) = Shutdown::new();
-        let mut errors = Vec::new();
         let mut edges = Vec::new();
-
-        // One info (and counters) per receiver and exporter, per (pipeline, processor).
-        let info = |kind: Kind, id: &str, pipeline: Option<&str>| ComponentInfo {
-            kind,
-            id: id.to_string(),
-            pipeline: pipeline.map(str::to_string),
-            telemetry: Telemetry::default(),
-        };
-        let mut receivers: BTreeMap<String, (ComponentInfo, Vec<(Signal, Vec<Edge>)>)> =
-            BTreeMap::new();
-        let mut exporters: BTreeMap<
-            String,
-            (
-                ComponentInfo,
-                Vec<(mpsc::Receiver<Arc<Batch>>, Arc<EdgeStats>)>,
-                Vec<Signal>,
-            ),
-        > = BTreeMap::new();
-        let mut processors: Vec<(
-            ComponentInfo,
-            Signal,
-            Vec<(mpsc::Receiver<Arc<Batch>>, Arc<EdgeStats>)>,
-            Vec<Edge>,
-        )> = Vec::new();
+        // Receivers and exporters are shared by pipelines; processors are one per pipeline.
+        let mut receivers: BTreeMap<&str, Wiring> = BTreeMap::new();
+        let mut exporters: BTreeMap<&str, Wiring> = BTreeMap::new();
+        let mut processors: Vec<Wiring> = Vec::new();
 
         for p in &config.pipelines {
-            for r in &p.receivers {
-                receivers
-                    .entry(r.clone())
-                    .or_insert_with(|| (info(Kind::Receiver, r, None), Vec::new()));
-            }
-            for x in &p.exporters {
-                let entry = exporters
-                    .entry(x.clone())
-                    .or_insert_with(|| (info(Kind::Exporter, x, None), Vec::new(), Vec::new()));
-                if !entry.2.contains(&p.signal) {
-                    entry.2.push(p.signal);
-                }
-            }
-            // Walk the chain backwards: each stage's outputs are the edges into the next.
-            let mut downstream: Vec<Edge> = Vec::new();
-            let chain_infos: Vec<ComponentInfo> = p
+            let entry = format!("pipelines/{}", p.id);
+            let mut chain: Vec<Wiring> = p
                 .processors
                 .iter()
-                .map(|id| info(Kind::Processor, id, Some(&p.id)))
+                .map(|id| Wiring::new(Kind::Processor, id, Some(&p.id)))
                 .collect();
-            let from_last = chain_infos.last().map(|i| i.label());
+            // The last stage (last processor, or the pipeline entry) feeds every exporter.
+            let last_label = chain.last().map_or(entry.clone(), |w| w.info.label());
+            let mut into_exporters = Vec::new();
             for x in &p.exporters {
-                let entry = exporters.get_mut(x).expect("inserted above");
-                let from = from_last
-                    .clone()
-                    .unwrap_or_else(|| format!("pipelines/{}", p.id));
-                let (e, rx, stats) = edge(&p.id, from, &entry.0, p.queue_into(x), &mut edges);
-                entry.1.push((rx, stats));
-                downstream.push(e);
-            }
-            for (i, proc_info) in chain_infos.iter().enumerate().rev() {
-                let from = if i > 0 {
-                    chain_infos[i - 1].label()
-                } else {
-                    format!("pipelines/{}", p.id)
-                };
-                let (e, rx, stats) = edge(
+                let w = exporters
+                    .entry(x)
+                    .or_insert_with(|| Wiring::new(Kind::Exporter, x, None));
+                w.signals.push(p.signal);
+                into_exporters.push(w.connect(
                     &p.id,
-                    from,
-                    proc_info,
-                    p.queue_into(&p.processors[i]),
+                    last_label.clone(),
+                    p.queue_into(x),
                     &mut edges,
-                );
-                processors.push((
-                    proc_info.clone(),
-                    p.signal,
-                    vec![(rx, stats)],
-                    std::mem::take(&mut downstream),
                 ));
-                downstream = vec![e];
             }
-            // The pipeline's entry: receivers share the first stage's input edges. Each receiver
-            // needs its own sender; cloning the edge's sender makes the receivers fan in.
+            // Each processor feeds the next; the pipeline entry feeds the first processor.
+            let mut next_inputs = into_exporters;
+            for i in (0..chain.len()).rev() {
+                let from = if i == 0 {
+                    entry.clone()
+                } else {
+                    chain[i - 1].info.label()
+                };
+                let e = chain[i].connect(&p.id, from, p.queue_into(&p.processors[i]), &mut edges);
+                chain[i].add_outputs(p.signal, std::mem::replace(&mut next_inputs, vec![e]));
+            }
+            processors.extend(chain);
+            // Every receiver of the pipeline sends into the entry edges (fan-in by cloned senders).
             for r in &p.receivers {
-                let entry = receivers.get_mut(r).expect("inserted above");
-                let edges_for_r: Vec<Edge> = downstream
-                    .iter()
-                    .map(|e| Edge {
-                        tx: e.tx.clone(),
-                        when_full: e.when_full,
-                        stats: Arc::clone(&e.stats),
-                        downstream: e.downstream.clone(),
-                    })
-                    .collect();
-                match entry.1.iter_mut().find(|(s, _)| *s == p.signal) {
-                    Some((_, v)) => v.extend(edges_for_r),
-                    None => entry.1.push((p.signal, edges_for_r)),
-                }
+                let w = receivers
+                    .entry(r)
+                    .or_insert_with(|| Wiring::new(Kind::Receiver, r, None));
+                let clones = next_inputs.iter().map(Edge::clone_sender).collect();
+                w.add_outputs(p.signal, clones);
             }
-            // `downstream` (the originals) drops here; only receivers hold the entry senders.
         }
-        processors.reverse();
 
         let mut stages = Vec::new();
-        let mut components = Vec::new();
-        let build = |kind: Kind,
-                     id: &str,
-                     info: &ComponentInfo,
-                     signals: Vec<Signal>|
-         -> Result<Instance, BuildError> {
-            let def = &config.components[&(kind, id.to_string())];
+        let mut errors = Vec::new();
+        for w in receivers
+            .into_values()
+            .chain(processors)
+            .chain(exporters.into_values())
+        {
+            let def = &config.components[&(w.info.kind, w.info.id.clone())];
             let ctx = BuildContext {
-                id: id.to_string(),
-                pipeline: info.pipeline.clone(),
-                signals,
+                id: w.info.id.clone(),
+                pipeline: w.info.pipeline.clone(),
+                signals: w.signals.clone(),
                 resource: Arc::clone(&config.resource),
-                telemetry: info.telemetry.clone(),
+                telemetry: w.info.telemetry.clone(),
             };
-            def.registration
-                .build(&def.config, ctx)
-                .map_err(|e| BuildError {
-                    label: info.label(),
-                    message: e.to_string(),
-                })
-        };
-        for (id, (info, routes)) in receivers {
-            let signals: Vec<Signal> = routes.iter().map(|(s, _)| *s).collect();
-            match build(Kind::Receiver, &id, &info, signals.clone()) {
-                Ok(Instance::Receiver(r)) => {
+            let instance = match def.registration.build(&def.config, ctx) {
+                Ok(instance) => instance,
+                Err(e) => {
+                    errors.push(BuildError {
+                        label: w.info.label(),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let input_edges = w.inputs.iter().map(|(_, s)| Arc::clone(s)).collect();
+            let inputs = Inputs {
+                rxs: w.inputs,
+                next: 0,
+                owner: w.info.telemetry.clone(),
+            };
+            let task = match instance {
+                Instance::Receiver(r) => {
                     let sink = Arc::new(FanOut {
-                        routes,
-                        telemetry: info.telemetry.clone(),
+                        routes: w.outputs,
+                        telemetry: w.info.telemetry.clone(),
                     });
-                    let ctx = ReceiverContext::new(sink, shutdown.clone(), signals);
-                    components.push(info.clone());
-                    stages.push(Stage {
-                        info,
-                        task: Task::Receiver(r, ctx),
-                        input_edges: Vec::new(),
-                    });
+                    Task::Receiver(r, ReceiverContext::new(sink, shutdown.clone(), w.signals))
                 }
-                Ok(_) => unreachable!("factory kind checked by registration"),
-                Err(e) => errors.push(e),
-            }
-        }
-        for (info, signal, rxs, outs) in processors {
-            let id = info.id.clone();
-            match build(Kind::Processor, &id, &info, vec![signal]) {
-                Ok(Instance::Processor(p)) => {
-                    components.push(info.clone());
-                    let input_edges = rxs.iter().map(|(_, s)| Arc::clone(s)).collect();
-                    let owner = info.telemetry.clone();
-                    stages.push(Stage {
-                        info,
-                        task: Task::Processor(
-                            p,
-                            Inputs {
-                                rxs,
-                                next: 0,
-                                owner,
-                            },
-                            outs,
-                        ),
-                        input_edges,
-                    });
+                Instance::Processor(p) => {
+                    let outs = w.outputs.into_iter().flat_map(|(_, e)| e).collect();
+                    Task::Processor(p, inputs, outs)
                 }
-                Ok(_) => unreachable!("factory kind checked by registration"),
-                Err(e) => errors.push(e),
-            }
-        }
-        for (id, (info, rxs, signals)) in exporters {
-            match build(Kind::Exporter, &id, &info, signals) {
-                Ok(Instance::Exporter(x)) => {
-                    components.push(info.clone());
-                    let input_edges = rxs.iter().map(|(_, s)| Arc::clone(s)).collect();
-                    let owner = info.telemetry.clone();
-                    stages.push(Stage {
-                        info,
-                        task: Task::Exporter(
-                            x,
-                            Inputs {
-                                rxs,
-                                next: 0,
-                                owner,
-                            },
-                        ),
-                        input_edges,
-                    });
-                }
-                Ok(_) => unreachable!("factory kind checked by registration"),
-                Err(e) => errors.push(e),
-            }
+                Instance::Exporter(x) => Task::Exporter(x, inputs),
+            };
+            stages.push(Stage {
+                info: w.info,
+                task,
+                input_edges,
+            });
         }
         if !errors.is_empty() {
             return Err(errors);
         }
         let registry = Arc::new(Registry {
-            components,
+            components: stages.iter().map(|s| s.info.clone()).collect(),
             edges,
             ready: AtomicBool::new(false),
             healthy: AtomicBool::new(true),

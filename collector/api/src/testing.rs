@@ -45,7 +45,7 @@ pub fn check<F: Factory>(config_yaml: &str) -> Result<(), ConfigErrors> {
 }
 
 fn build<F: Factory>(config_yaml: &str, ctx: BuildContext) -> Result<Instance, BoxError> {
-    Ok(Registration::of::<F>("test").build(&yaml(config_yaml)?, ctx)?)
+    Registration::of::<F>("test").build(&yaml(config_yaml)?, ctx)
 }
 
 /// Records in a list of batches.

@@ -250,8 +250,7 @@ impl SpanGen {
         self.pending.push_back(span);
         if depth < 2 {
             let n = self.rng.below(4);
-            if n > 0 {
-                let slot = dur / n;
+            if let Some(slot) = dur.checked_div(n) {
                 for i in 0..n {
                     let child_dur = (slot as f64 * (0.2 + 0.7 * self.rng.unit())) as u64;
                     let name =
@@ -550,10 +549,10 @@ mod tests {
         let ys: Vec<Span> = (0..1000).map(|_| b.next(1_000_000_000_000)).collect();
         assert_eq!(xs, ys);
         // Every parent precedes its children in the same trace, and children nest in time.
-        let mut seen = std::collections::HashMap::new();
+        let mut seen: std::collections::HashMap<SpanId, &Span> = std::collections::HashMap::new();
         for s in &xs {
             if let Some(p) = s.parent_span_id {
-                let parent: &Span = *seen.get(&p).expect("parent emitted before child");
+                let parent: &Span = seen.get(&p).expect("parent emitted before child");
                 assert_eq!(parent.trace_id, s.trace_id);
                 assert!(
                     s.start_unix_ns >= parent.start_unix_ns && s.end_unix_ns <= parent.end_unix_ns
