@@ -1,1 +1,80 @@
-fn main() {}
+//! Pipeline throughput: `synthetic → 3 nop processors → nop exporter` on ONE tokio thread.
+//!
+//! Prints records/s and CPU ns per record (getrusage) for spans and flows, the median of
+//! several runs, next to a baseline without processors (generator + engine only).
+//! A benchmark, not a test: it never fails on speed.
+//!
+//!     cargo bench -p oxeye-tests --bench pipeline            # OXEYE_BENCH_RECORDS=2000000 to change N
+
+use std::time::{Duration, Instant};
+
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the struct we pass; no other memory is touched.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn max_rss_mib() -> f64 {
+    // SAFETY: as above.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss as f64 / 1024.0
+}
+
+fn config(signal: &str, n: u64, processors: usize) -> String {
+    let gen = if signal == "traces" { "spans" } else { "flows" };
+    let procs: Vec<String> = (0..processors).map(|i| format!("nop/{i}")).collect();
+    let decl: String = procs.iter().map(|p| format!("  {p}:\n")).collect();
+    format!(
+        "receivers:\n  synthetic: {{seed: 7, batch_size: 1024, {gen}: {{count: {n}}}}}\nprocessors:\n{decl}exporters:\n  nop:\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    {signal}: {{receivers: [synthetic], processors: [{}], exporters: [nop]}}\n",
+        procs.join(", ")
+    )
+}
+
+/// One run: (records/s wall, CPU ns per record).
+fn run_once(yaml: &str, n: u64) -> (f64, f64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let report = rt.block_on(async {
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        oxeye::run_config("bench.yaml", yaml, rx).await.expect("valid config")
+    });
+    let wall = t0.elapsed();
+    let cpu = cpu_time() - cpu0;
+    let out = report.registry.records_out();
+    assert_eq!(out, n, "every record must arrive");
+    (n as f64 / wall.as_secs_f64(), cpu.as_nanos() as f64 / n as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing: run small then.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n: u64 = std::env::var("OXEYE_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 20_000 } else { 5_000_000 });
+    let runs = if quick { 1 } else { 5 };
+    println!("oxeye pipeline benchmark: {n} records per run, median of {runs} runs, 1 tokio thread");
+    println!("{:<8} {:<28} {:>14} {:>16}", "signal", "pipeline", "records/s", "CPU ns/record");
+    for signal in ["traces", "flows"] {
+        for (label, procs) in [("synthetic -> nop exporter", 0), ("synthetic -> 3 nop -> nop", 3)] {
+            let yaml = config(signal, n, procs);
+            let results: Vec<(f64, f64)> = (0..runs).map(|_| run_once(&yaml, n)).collect();
+            let rate = median(results.iter().map(|r| r.0).collect());
+            let ns = median(results.iter().map(|r| r.1).collect());
+            println!("{signal:<8} {label:<28} {:>12.2} M {ns:>16.1}", rate / 1e6);
+        }
+    }
+    println!("peak RSS {:.1} MiB", max_rss_mib());
+}
