@@ -43,13 +43,18 @@ fn run_once(yaml: &str, n: u64) -> (f64, f64) {
     let t0 = Instant::now();
     let report = rt.block_on(async {
         let (_tx, rx) = tokio::sync::mpsc::channel(1);
-        oxeye::run_config("bench.yaml", yaml, rx).await.expect("valid config")
+        oxeye::run_config("bench.yaml", yaml, rx)
+            .await
+            .expect("valid config")
     });
     let wall = t0.elapsed();
     let cpu = cpu_time() - cpu0;
     let out = report.registry.records_out();
     assert_eq!(out, n, "every record must arrive");
-    (n as f64 / wall.as_secs_f64(), cpu.as_nanos() as f64 / n as f64)
+    (
+        n as f64 / wall.as_secs_f64(),
+        cpu.as_nanos() as f64 / n as f64,
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -65,10 +70,18 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 20_000 } else { 5_000_000 });
     let runs = if quick { 1 } else { 5 };
-    println!("oxeye pipeline benchmark: {n} records per run, median of {runs} runs, 1 tokio thread");
-    println!("{:<8} {:<28} {:>14} {:>16}", "signal", "pipeline", "records/s", "CPU ns/record");
+    println!(
+        "oxeye pipeline benchmark: {n} records per run, median of {runs} runs, 1 tokio thread"
+    );
+    println!(
+        "{:<8} {:<28} {:>14} {:>16}",
+        "signal", "pipeline", "records/s", "CPU ns/record"
+    );
     for signal in ["traces", "flows"] {
-        for (label, procs) in [("synthetic -> nop exporter", 0), ("synthetic -> 3 nop -> nop", 3)] {
+        for (label, procs) in [
+            ("synthetic -> nop exporter", 0),
+            ("synthetic -> 3 nop -> nop", 3),
+        ] {
             let yaml = config(signal, n, procs);
             let results: Vec<(f64, f64)> = (0..runs).map(|_| run_once(&yaml, n)).collect();
             let rate = median(results.iter().map(|r| r.0).collect());

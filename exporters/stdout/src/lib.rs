@@ -389,3 +389,17 @@ mod tests {
         assert!(out.ends_with("\"resource\":{}}\n"), "{out}");
     }
 }
+
+#[cfg(test)]
+mod harness_tests {
+    use super::*;
+    use oxeye_api::testing::{self, ExporterHarness};
+
+    #[test]
+    fn exports_through_the_harness() {
+        let mut h = ExporterHarness::new::<StdoutFactory>("format: json").unwrap();
+        h.export(testing::flow_batch(3)).unwrap();
+        h.shutdown().unwrap();
+        assert!(testing::check::<StdoutFactory>("format: xml").is_err());
+    }
+}

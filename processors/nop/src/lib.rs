@@ -43,3 +43,24 @@ impl Factory for NopFactory {
 }
 
 oxeye_api::register!(NopFactory);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxeye_api::testing::{self, ProcessorHarness};
+
+    #[test]
+    fn passes_every_batch_through_unchanged() {
+        let mut h = ProcessorHarness::new::<NopFactory>("").unwrap();
+        let input = testing::span_batch(100);
+        let out = h.process(input.clone()).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(*out[0], input);
+        assert!(h.flush().unwrap().is_empty());
+        assert_eq!(
+            (h.telemetry().received(), h.telemetry().emitted()),
+            (100, 100)
+        );
+        assert!(testing::check::<NopFactory>("extra: 1").is_err());
+    }
+}

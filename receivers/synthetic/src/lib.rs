@@ -588,3 +588,51 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod harness_tests {
+    use super::*;
+    use oxeye_api::testing::{check, run_receiver};
+
+    #[test]
+    fn counts_are_exact_and_unconfigured_signals_are_not_generated() {
+        let batches = run_receiver::<SyntheticFactory>(
+            "{seed: 3, batch_size: 100, spans: {count: 1050}}",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 1050);
+        assert!(batches
+            .iter()
+            .all(|b| b.signal() == Signal::Traces && b.len() <= 100));
+    }
+
+    #[test]
+    fn rate_limits_and_stops_on_shutdown() {
+        let started = Instant::now();
+        let batches =
+            run_receiver::<SyntheticFactory>("{flows: {rate: 2000}}", Duration::from_millis(500))
+                .unwrap();
+        let n: usize = batches.iter().map(|b| b.len()).sum();
+        // 0.5 s at 2000/s: about 1000 records, never a burst far beyond the rate.
+        assert!((700..=1200).contains(&n), "{n} records");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn validation() {
+        let e =
+            check::<SyntheticFactory>("{batch_size: 0, flows: {distinct: 0, zipf_exponent: -1}}")
+                .unwrap_err();
+        let paths: Vec<&str> = e.0.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["batch_size", "flows.distinct", "flows.zipf_exponent"]
+        );
+        assert!(check::<SyntheticFactory>("{}")
+            .unwrap_err()
+            .to_string()
+            .contains("nothing is generated"));
+        assert!(check::<SyntheticFactory>("{spans: {}, sped: 1}").is_err());
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every oxeye test: set-up, build, unit + component-harness + pipeline + CLI tests, and
+# the benchmarks in quick mode (so they cannot rot). This is the README's test command.
+set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
+cd "$(dirname "$0")/.."
+
+tests/setup.sh
+echo "[test] building"
+cargo build --workspace --all-targets
+echo "[test] running"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --all-targets 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$rc"
