@@ -15,4 +15,34 @@ if ! rustup component list --toolchain "$channel" --installed 2>/dev/null | grep
   rustup component add --toolchain "$channel" rustfmt clippy
 fi
 
-say "ready ($(rustc --version))"
+# eBPF toolchain (GUIDE §4): nightly with rust-src builds the programs for bpfel-unknown-none;
+# bpf-linker links them with the nightly's own LLVM, found through a stable folder of symlinks.
+if ! rustup toolchain list | grep -q '^nightly'; then
+  echo "[setup] the nightly toolchain is missing (rustup toolchain list): it is needed to build eBPF programs" >&2
+  exit 1
+fi
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  say "adding rust-src to nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+sysroot=$(rustc +nightly --print sysroot)
+llvm_so=$(ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null | head -n 1)
+[ -n "$llvm_so" ] || { echo "[setup] no libLLVM.so.* in $sysroot/lib" >&2; exit 1; }
+llvm_major=$(basename "$llvm_so" | sed -n 's/^libLLVM\.so\.\([0-9]*\).*/\1/p')
+llvm_dir="$HOME/.local/share/oxeye/llvm-nightly"
+mkdir -p "$llvm_dir/lib"
+ln -sfn "$llvm_so" "$llvm_dir/lib/libLLVM.so"
+ln -sfn "$llvm_so" "$llvm_dir/lib/$(basename "$llvm_so")"   # the name bpf-linker loads at run time
+if ! bpf-linker --version >/dev/null 2>&1; then
+  say "installing bpf-linker 0.13.0 against the nightly's LLVM $llvm_major (about a minute)"
+  LLVM_PREFIX="$llvm_dir" cargo +nightly install --locked bpf-linker@0.13.0 \
+    --no-default-features --features "llvm-$llvm_major"
+fi
+
+# Kernel tests: iproute2 (ip, tc) for namespaces, veth and clsact.
+if ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
+  say "installing iproute2"
+  apt-get update -qq && apt-get install -y -qq iproute2
+fi
+
+say "ready ($(rustc --version); $(bpf-linker --version))"
