@@ -19,6 +19,7 @@ pub mod builtin {
     pub use oxeye_exporter_nop as nop_exporter;
     pub use oxeye_exporter_stdout as stdout;
     pub use oxeye_processor_nop as nop_processor;
+    pub use oxeye_receiver_ebpf as ebpf;
     pub use oxeye_receiver_synthetic as synthetic;
 }
 

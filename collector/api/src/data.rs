@@ -464,11 +464,14 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// `network.type`: `ipv4` or `ipv6`.
+    /// `network.type`: `ipv4`, `ipv6`, or `other` for a non-IP frame.
     pub fn network_type(&self) -> &'static str {
-        match self.src_addr {
-            IpAddr::V4(_) => "ipv4",
-            IpAddr::V6(_) => "ipv6",
+        match (self.ether_type, self.src_addr) {
+            (0x0800, _) => "ipv4",
+            (0x86dd, _) => "ipv6",
+            (0, IpAddr::V4(_)) => "ipv4",
+            (0, IpAddr::V6(_)) => "ipv6",
+            _ => "other",
         }
     }
 }

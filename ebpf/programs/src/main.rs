@@ -1,0 +1,306 @@
+//! oxeye's flow programs: XDP on ingress, TC (clsact/tcx) on egress. Both always pass the packet.
+//!
+//! Each packet is parsed (Ethernet, up to two 802.1Q/802.1ad tags, IPv4 with options and
+//! fragments, IPv6 with a bounded walk over extension headers, TCP/UDP/ICMP/ICMPv6) into a
+//! [`FlowKey`] and counted in the active one of two per-CPU LRU hashes. User space flips the
+//! active map, waits for in-flight programs, and drains the other one with a batch
+//! lookup-and-delete, so no update is lost to a concurrent delete.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST, TC_ACT_OK},
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::{classifier, map, xdp},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
+};
+use oxeye_ebpf_common::{
+    FlowKey, FlowStats, COUNTERS_PER_PROGRAM, C_FLOWS_CREATED, C_MALFORMED, C_MAP_INSERT_FAILED,
+    C_PACKETS, C_SAMPLED_OUT, DIR_EGRESS, DIR_INGRESS, PROG_TC, PROG_XDP,
+};
+
+/// User space sets the real size with `max_flows`.
+#[map]
+static FLOWS_A: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(65536, 0);
+#[map]
+static FLOWS_B: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(65536, 0);
+/// Slot 0: which flow map is active (0 = A, 1 = B).
+#[map]
+static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+/// `program * COUNTERS_PER_PROGRAM + counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(16, 0);
+
+/// Count 1 packet in N (scaled back up); 1 = every packet. Set by user space at load.
+#[unsafe(no_mangle)]
+static SAMPLE_EVERY: u32 = 1;
+
+const EEXIST: i32 = 17;
+/// Extension headers walked at most; a longer chain is malformed.
+const MAX_IPV6_EXT: usize = 8;
+
+#[inline(always)]
+fn count(prog: u32, counter: u32, n: u64) -> u64 {
+    match COUNTERS.get_ptr_mut(prog * COUNTERS_PER_PROGRAM + counter) {
+        Some(slot) => unsafe {
+            *slot += n;
+            *slot
+        },
+        None => 0,
+    }
+}
+
+/// `N` bytes at `off`, if the packet has them.
+#[inline(always)]
+fn bytes<const N: usize>(data: usize, end: usize, off: usize) -> Option<&'static [u8; N]> {
+    if data + off + N > end {
+        return None;
+    }
+    Some(unsafe { &*((data + off) as *const [u8; N]) })
+}
+
+#[inline(always)]
+fn be16(b: &[u8], i: usize) -> u16 {
+    ((b[i] as u16) << 8) | b[i + 1] as u16
+}
+
+/// Transport header at `off`: ports and TCP flags. `Err` = truncated or malformed.
+#[inline(always)]
+fn l4(data: usize, end: usize, off: usize, key: &mut FlowKey) -> Result<u8, ()> {
+    match key.proto {
+        6 => {
+            let t = bytes::<20>(data, end, off).ok_or(())?;
+            if t[12] >> 4 < 5 {
+                return Err(());
+            }
+            key.src_port = be16(t, 0);
+            key.dst_port = be16(t, 2);
+            Ok(t[13])
+        }
+        17 => {
+            let u = bytes::<8>(data, end, off).ok_or(())?;
+            key.src_port = be16(u, 0);
+            key.dst_port = be16(u, 2);
+            Ok(0)
+        }
+        1 | 58 => {
+            let i = bytes::<4>(data, end, off).ok_or(())?;
+            key.dst_port = be16(i, 0); // type << 8 | code
+            Ok(0)
+        }
+        _ => Ok(0),
+    }
+}
+
+#[inline(always)]
+fn ipv4(data: usize, end: usize, off: usize, key: &mut FlowKey) -> Result<u8, ()> {
+    let ip = bytes::<20>(data, end, off).ok_or(())?;
+    if ip[0] >> 4 != 4 {
+        return Err(());
+    }
+    let hlen = ((ip[0] & 0x0f) as usize) * 4;
+    if hlen < 20 || data + off + hlen > end {
+        return Err(());
+    }
+    key.src[..4].copy_from_slice(&ip[12..16]);
+    key.dst[..4].copy_from_slice(&ip[16..20]);
+    key.proto = ip[9];
+    if be16(ip, 6) & 0x1fff != 0 {
+        // A later fragment: no transport header, counted without ports.
+        return Ok(0);
+    }
+    l4(data, end, off + hlen, key)
+}
+
+#[inline(always)]
+fn ipv6(data: usize, end: usize, off: usize, key: &mut FlowKey) -> Result<u8, ()> {
+    let ip = bytes::<40>(data, end, off).ok_or(())?;
+    if ip[0] >> 4 != 6 {
+        return Err(());
+    }
+    key.src.copy_from_slice(&ip[8..24]);
+    key.dst.copy_from_slice(&ip[24..40]);
+    let mut next = ip[6];
+    let mut off = off + 40;
+    for _ in 0..MAX_IPV6_EXT {
+        match next {
+            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+            0 | 43 | 60 => {
+                let h = bytes::<2>(data, end, off).ok_or(())?;
+                next = h[0];
+                off += (h[1] as usize + 1) * 8;
+            }
+            // Authentication header: (len + 2) * 4 bytes.
+            51 => {
+                let h = bytes::<2>(data, end, off).ok_or(())?;
+                next = h[0];
+                off += (h[1] as usize + 2) * 4;
+            }
+            44 => {
+                let h = bytes::<8>(data, end, off).ok_or(())?;
+                next = h[0];
+                off += 8;
+                if be16(h, 2) & 0xfff8 != 0 {
+                    key.proto = next;
+                    return Ok(0);
+                }
+            }
+            _ => break,
+        }
+        if off > 1024 {
+            return Err(());
+        }
+    }
+    if matches!(next, 0 | 43 | 60 | 51 | 44) {
+        return Err(()); // chain longer than we walk
+    }
+    key.proto = next;
+    l4(data, end, off, key)
+}
+
+/// Parses a frame into `key`; returns the TCP flags.
+#[inline(always)]
+fn parse(data: usize, end: usize, key: &mut FlowKey) -> Result<u8, ()> {
+    let eth = bytes::<14>(data, end, 0).ok_or(())?;
+    let mut ether_type = be16(eth, 12);
+    let mut off = 14;
+    for _ in 0..2 {
+        if ether_type == 0x8100 || ether_type == 0x88a8 {
+            let tag = bytes::<4>(data, end, off).ok_or(())?;
+            ether_type = be16(tag, 2);
+            off += 4;
+        }
+    }
+    key.ether_type = ether_type;
+    match ether_type {
+        0x0800 => ipv4(data, end, off, key),
+        0x86dd => ipv6(data, end, off, key),
+        _ => Ok(0),
+    }
+}
+
+#[inline(always)]
+fn update(
+    map: &LruPerCpuHashMap<FlowKey, FlowStats>,
+    prog: u32,
+    key: &FlowKey,
+    packets: u64,
+    bytes: u64,
+    flags: u8,
+) {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(s) = map.get_ptr_mut(key) {
+        unsafe {
+            (*s).packets += packets;
+            (*s).bytes += bytes;
+            if (*s).first_seen_ns == 0 {
+                (*s).first_seen_ns = now; // this CPU's first packet of a flow made elsewhere
+            }
+            (*s).last_seen_ns = now;
+            (*s).tcp_flags |= flags;
+        }
+        return;
+    }
+    let value = FlowStats {
+        packets,
+        bytes,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        tcp_flags: flags,
+        _pad: [0; 7],
+    };
+    match map.insert(key, &value, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            count(prog, C_FLOWS_CREATED, 1);
+        }
+        Err(e) if e == -EEXIST => {
+            // Another CPU created it between our lookup and insert.
+            if let Some(s) = map.get_ptr_mut(key) {
+                unsafe {
+                    (*s).packets += packets;
+                    (*s).bytes += bytes;
+                    (*s).first_seen_ns = now;
+                    (*s).last_seen_ns = now;
+                    (*s).tcp_flags |= flags;
+                }
+            } else {
+                count(prog, C_MAP_INSERT_FAILED, 1);
+            }
+        }
+        Err(_) => {
+            count(prog, C_MAP_INSERT_FAILED, 1);
+        }
+    }
+}
+
+#[inline(always)]
+fn handle(prog: u32, data: usize, end: usize, len: u64, ifindex: u32, direction: u8) {
+    let seen = count(prog, C_PACKETS, 1);
+    let every = unsafe { core::ptr::read_volatile(&SAMPLE_EVERY) } as u64;
+    if every > 1 && seen % every != 0 {
+        count(prog, C_SAMPLED_OUT, 1);
+        return;
+    }
+    let scale = if every > 1 { every } else { 1 };
+    let mut key = FlowKey {
+        ifindex,
+        direction,
+        ..FlowKey::default()
+    };
+    let Ok(flags) = parse(data, end, &mut key) else {
+        count(prog, C_MALFORMED, 1);
+        return;
+    };
+    let active = CONTROL.get(0).copied().unwrap_or(0);
+    if active == 0 {
+        update(&FLOWS_A, prog, &key, scale, len * scale, flags);
+    } else {
+        update(&FLOWS_B, prog, &key, scale, len * scale, flags);
+    }
+}
+
+#[xdp]
+pub fn oxeye_xdp(ctx: XdpContext) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    handle(
+        PROG_XDP,
+        data,
+        end,
+        (end - data) as u64,
+        ifindex,
+        DIR_INGRESS,
+    );
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn oxeye_tc(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    // Headers may sit outside the linear area: pull what the parser can need.
+    let want = if len < 128 { len } else { 128 };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        let _ = ctx.pull_data(want);
+    }
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    handle(
+        PROG_TC,
+        ctx.data(),
+        ctx.data_end(),
+        len as u64,
+        ifindex,
+        DIR_EGRESS,
+    );
+    TC_ACT_OK as i32
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

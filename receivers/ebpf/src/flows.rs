@@ -1,0 +1,388 @@
+//! Network flows: load the XDP and TC programs, attach them, harvest the flow maps.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
+
+use aya::maps::{Array, Map, MapData, PerCpuArray};
+use aya::programs::{
+    tc::SchedClassifierLinkId, tc::TcAttachType, xdp::XdpLinkId, SchedClassifier, Xdp, XdpMode,
+};
+use aya::{Ebpf, EbpfLoader};
+use oxeye_api::{Attributes, Direction, Flow, TcpFlags, Telemetry, Transport};
+use oxeye_ebpf_common::{
+    FlowKey, FlowStats, CONTROL_ACTIVE_MAP, COUNTERS_PER_PROGRAM, COUNTER_NAMES, C_FLOWS_CREATED,
+    DIR_EGRESS, PROG_TC, PROG_XDP,
+};
+use tracing::{info, warn};
+
+use crate::sys;
+use crate::{FlowsConfig, Interfaces, XdpModeConfig};
+
+/// The programs, compiled for bpfel-unknown-none by build.rs.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oxeye-ebpf"));
+
+/// Resolves the configured interfaces to names, checking that each exists.
+pub fn resolve_interfaces(spec: &Interfaces) -> Result<Vec<String>, String> {
+    let names = match spec {
+        Interfaces::Default => vec![sys::default_route_interface().ok_or(
+            "no default route in this network namespace: list the interfaces to watch under `flows.interfaces`",
+        )?],
+        Interfaces::All => {
+            let all: Vec<String> = sys::interfaces().into_iter().filter(|n| !sys::is_loopback(n)).collect();
+            if all.is_empty() {
+                return Err("`interfaces: all` found no non-loopback interface".into());
+            }
+            all
+        }
+        Interfaces::List(list) => list.clone(),
+    };
+    for name in &names {
+        if sys::if_index(name).is_none() {
+            return Err(format!(
+                "interface `{name}` does not exist (interfaces here: {})",
+                sys::interfaces().join(", ")
+            ));
+        }
+    }
+    Ok(names)
+}
+
+/// Loaded and attached flow programs. Dropping it detaches everything: the attachments are BPF
+/// links, which the kernel also removes if the process dies.
+pub struct FlowProbe {
+    ebpf: Ebpf,
+    xdp_links: Vec<XdpLinkId>,
+    tc_links: Vec<SchedClassifierLinkId>,
+    maps: [MapData; 2],
+    active: usize,
+    cpus: usize,
+    /// ifindex → name, for `network.interface.name`.
+    names: HashMap<u32, Arc<str>>,
+    telemetry: Telemetry,
+    harvested: u64,
+    last_harvest_ns: u64,
+}
+
+fn os_error(e: &aya::programs::ProgramError) -> Option<i32> {
+    use std::error::Error;
+    let mut source: Option<&dyn Error> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
+        }
+        source = err.source();
+    }
+    None
+}
+
+fn attach_xdp(
+    xdp: &mut Xdp,
+    iface: &str,
+    mode: XdpModeConfig,
+) -> Result<(&'static str, XdpLinkId), String> {
+    let busy = |e: &aya::programs::ProgramError| {
+        matches!(os_error(e), Some(libc::EBUSY) | Some(libc::EEXIST))
+    };
+    let already = |iface: &str| {
+        format!(
+            "interface `{iface}` already has an XDP program attached by another tool; oxeye does not replace it. \
+             Detach it (`ip link set dev {iface} xdp off`) or leave `{iface}` out of flows.interfaces"
+        )
+    };
+    let try_mode = |xdp: &mut Xdp, m: XdpMode| xdp.attach(iface, m);
+    match mode {
+        XdpModeConfig::Native => try_mode(xdp, XdpMode::Driver)
+            .map(|id| ("native", id))
+            .map_err(|e| {
+                if busy(&e) {
+                    already(iface)
+                } else {
+                    format!("native XDP on `{iface}`: {e}; use `mode: generic` or `auto`")
+                }
+            }),
+        XdpModeConfig::Generic => try_mode(xdp, XdpMode::Skb)
+            .map(|id| ("generic", id))
+            .map_err(|e| {
+                if busy(&e) {
+                    already(iface)
+                } else {
+                    format!("generic XDP on `{iface}`: {e}")
+                }
+            }),
+        XdpModeConfig::Auto => match try_mode(xdp, XdpMode::Driver) {
+            Ok(id) => Ok(("native", id)),
+            Err(e) if busy(&e) => Err(already(iface)),
+            Err(e) => {
+                info!(
+                    interface = iface,
+                    "native XDP unavailable ({e}); falling back to generic XDP"
+                );
+                try_mode(xdp, XdpMode::Skb)
+                    .map(|id| ("generic", id))
+                    .map_err(|e| {
+                        if busy(&e) {
+                            already(iface)
+                        } else {
+                            format!("XDP on `{iface}` (native and generic failed): {e}")
+                        }
+                    })
+            }
+        },
+    }
+}
+
+impl FlowProbe {
+    /// Loads the programs and attaches them to every interface.
+    pub fn start(
+        cfg: &FlowsConfig,
+        interfaces: &[String],
+        telemetry: Telemetry,
+    ) -> Result<FlowProbe, String> {
+        let missing = sys::missing_capabilities();
+        if !missing.is_empty() {
+            return Err(format!(
+                "the ebpf receiver needs root or {}; this process lacks {}. Run as root, or grant them: \
+                 setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v oxeye)",
+                "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+                missing.join(", ")
+            ));
+        }
+        let sample_every: u32 = cfg.sample_every;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("SAMPLE_EVERY", &sample_every, true)
+            .map_max_entries("FLOWS_A", cfg.max_flows)
+            .map_max_entries("FLOWS_B", cfg.max_flows)
+            .load(PROGRAMS)
+            .map_err(|e| format!("loading the flow programs: {e}"))?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
+        let mut names = HashMap::new();
+        let mut xdp_links = Vec::new();
+        let mut tc_links = Vec::new();
+        {
+            let xdp: &mut Xdp = ebpf
+                .program_mut("oxeye_xdp")
+                .ok_or("program oxeye_xdp missing")?
+                .try_into()
+                .map_err(|e| format!("oxeye_xdp: {e}"))?;
+            xdp.load()
+                .map_err(|e| format!("the kernel rejected the XDP program: {e}"))?;
+            for iface in interfaces {
+                let (mode, link) = attach_xdp(xdp, iface, cfg.mode)?;
+                xdp_links.push(link);
+                info!(interface = %iface, mode, "XDP flow program attached (ingress)");
+                names.insert(sys::if_index(iface).unwrap_or(0), Arc::from(iface.as_str()));
+            }
+        }
+        if cfg.egress {
+            let tc: &mut SchedClassifier = ebpf
+                .program_mut("oxeye_tc")
+                .ok_or("program oxeye_tc missing")?
+                .try_into()
+                .map_err(|e| format!("oxeye_tc: {e}"))?;
+            tc.load()
+                .map_err(|e| format!("the kernel rejected the TC program: {e}"))?;
+            for iface in interfaces {
+                let link = tc
+                    .attach(iface, TcAttachType::Egress)
+                    .map_err(|e| format!("TC egress on `{iface}`: {e}"))?;
+                tc_links.push(link);
+                info!(interface = %iface, "TC flow program attached (egress)");
+            }
+        }
+        let take = |ebpf: &mut Ebpf, name: &str| match ebpf.take_map(name) {
+            Some(Map::PerCpuLruHashMap(m)) => Ok(m),
+            _ => Err(format!("map {name} missing or of the wrong type")),
+        };
+        let maps = [take(&mut ebpf, "FLOWS_A")?, take(&mut ebpf, "FLOWS_B")?];
+        Ok(FlowProbe {
+            ebpf,
+            xdp_links,
+            tc_links,
+            maps,
+            active: 0,
+            cpus,
+            names,
+            telemetry,
+            harvested: 0,
+            last_harvest_ns: sys::unix_now_ns(),
+        })
+    }
+
+    fn set_active(&mut self, index: usize) -> Result<(), String> {
+        let mut control: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut("CONTROL").ok_or("map CONTROL missing")?)
+                .map_err(|e| format!("CONTROL: {e}"))?;
+        control
+            .set(CONTROL_ACTIVE_MAP, index as u32, 0)
+            .map_err(|e| format!("switching flow maps: {e}"))?;
+        self.active = index;
+        Ok(())
+    }
+
+    /// Switches the programs to the other map, waits for those still on the old one, and drains it.
+    pub async fn harvest(&mut self) -> Result<Vec<Flow>, String> {
+        let old = self.active;
+        self.set_active(1 - old)?;
+        // Programs that read the old index finish within microseconds.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        let flows = self.drain(old)?;
+        self.update_counters();
+        Ok(flows)
+    }
+
+    /// Drains both maps (at shutdown, after detaching).
+    pub fn drain_all(&mut self) -> Result<Vec<Flow>, String> {
+        let mut flows = self.drain(self.active)?;
+        flows.extend(self.drain(1 - self.active)?);
+        self.update_counters();
+        Ok(flows)
+    }
+
+    /// Detaches every program (maps stay readable).
+    pub fn detach(&mut self) {
+        if let Some(Ok(xdp)) = self.ebpf.program_mut("oxeye_xdp").map(<&mut Xdp>::try_from) {
+            for link in self.xdp_links.drain(..) {
+                if let Err(e) = xdp.detach(link) {
+                    warn!("detaching XDP: {e}");
+                }
+            }
+        }
+        if let Some(Ok(tc)) = self
+            .ebpf
+            .program_mut("oxeye_tc")
+            .map(<&mut SchedClassifier>::try_from)
+        {
+            for link in self.tc_links.drain(..) {
+                if let Err(e) = tc.detach(link) {
+                    warn!("detaching TC: {e}");
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self, index: usize) -> Result<Vec<Flow>, String> {
+        let now = sys::unix_now_ns();
+        let offset = sys::monotonic_to_unix_offset();
+        let window_start = self.last_harvest_ns;
+        self.last_harvest_ns = now;
+        let mut flows = Vec::new();
+        let fd = self.maps[index].fd().as_fd().as_raw_fd();
+        let names = &self.names;
+        sys::drain_percpu_hash::<FlowKey, FlowStats>(fd, self.cpus, |key, per_cpu| {
+            flows.push(to_flow(key, per_cpu, offset, window_start, now, names));
+        })
+        .map_err(|e| format!("draining flow map: {e}"))?;
+        self.harvested += flows.len() as u64;
+        Ok(flows)
+    }
+
+    fn update_counters(&mut self) {
+        let Some(map) = self.ebpf.map("COUNTERS") else {
+            return;
+        };
+        let Ok(counters) = PerCpuArray::<_, u64>::try_from(map) else {
+            return;
+        };
+        let mut created = 0;
+        for (prog, source) in [(PROG_XDP, "xdp"), (PROG_TC, "tc")] {
+            for (slot, name) in COUNTER_NAMES.iter().enumerate() {
+                let index = prog * COUNTERS_PER_PROGRAM + slot as u32;
+                let total: u64 = counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0);
+                if slot as u32 == C_FLOWS_CREATED {
+                    created += total;
+                } else {
+                    self.telemetry.set_counter(name, source, total);
+                }
+            }
+        }
+        // Entries created but never harvested were evicted by the LRU (map full).
+        self.telemetry.set_counter(
+            "ebpf_flows_evicted",
+            "flows",
+            created.saturating_sub(self.harvested),
+        );
+    }
+}
+
+fn to_flow(
+    key: &FlowKey,
+    per_cpu: &[FlowStats],
+    offset: u64,
+    window_start: u64,
+    window_end: u64,
+    names: &HashMap<u32, Arc<str>>,
+) -> Flow {
+    let mut packets = 0;
+    let mut bytes = 0;
+    let mut first = u64::MAX;
+    let mut last = 0;
+    let mut flags = 0;
+    for s in per_cpu.iter().filter(|s| s.packets > 0) {
+        packets += s.packets;
+        bytes += s.bytes;
+        first = first.min(s.first_seen_ns);
+        last = last.max(s.last_seen_ns);
+        flags |= s.tcp_flags;
+    }
+    let (src_addr, dst_addr): (IpAddr, IpAddr) = match key.ether_type {
+        0x86dd => (
+            Ipv6Addr::from(key.src).into(),
+            Ipv6Addr::from(key.dst).into(),
+        ),
+        0x0800 => (
+            Ipv4Addr::new(key.src[0], key.src[1], key.src[2], key.src[3]).into(),
+            Ipv4Addr::new(key.dst[0], key.dst[1], key.dst[2], key.dst[3]).into(),
+        ),
+        _ => (Ipv4Addr::UNSPECIFIED.into(), Ipv4Addr::UNSPECIFIED.into()),
+    };
+    let transport = match (key.ether_type, key.proto) {
+        (0x0800 | 0x86dd, 6) => Transport::Tcp,
+        (0x0800 | 0x86dd, 17) => Transport::Udp,
+        (0x0800 | 0x86dd, 1) => Transport::Icmp,
+        (0x0800 | 0x86dd, 58) => Transport::Icmpv6,
+        (0x0800 | 0x86dd, p) => Transport::Other(p),
+        _ => Transport::None,
+    };
+    let mut attributes = Attributes::new();
+    let (src_port, dst_port) = match transport {
+        Transport::Icmp | Transport::Icmpv6 => {
+            attributes.set("oxeye.icmp.type", (key.dst_port >> 8) as i64);
+            attributes.set("oxeye.icmp.code", (key.dst_port & 0xff) as i64);
+            (0, 0)
+        }
+        _ => (key.src_port, key.dst_port),
+    };
+    Flow {
+        src_addr,
+        dst_addr,
+        src_port,
+        dst_port,
+        transport,
+        ether_type: key.ether_type,
+        ifindex: key.ifindex,
+        interface: names.get(&key.ifindex).cloned(),
+        direction: if key.direction == DIR_EGRESS {
+            Direction::Transmit
+        } else {
+            Direction::Receive
+        },
+        packets,
+        bytes,
+        tcp_flags: TcpFlags(flags),
+        first_seen_unix_ns: if first == u64::MAX {
+            0
+        } else {
+            first.wrapping_add(offset)
+        },
+        last_seen_unix_ns: if last == 0 {
+            0
+        } else {
+            last.wrapping_add(offset)
+        },
+        window_start_unix_ns: window_start,
+        window_end_unix_ns: window_end,
+        attributes,
+    }
+}

@@ -1,0 +1,170 @@
+//! Small Linux facts and syscalls the receiver needs: capabilities, interfaces, clocks, and the
+//! batch lookup-and-delete that aya 0.14 does not wrap.
+
+use std::os::fd::RawFd;
+
+/// Capabilities an eBPF receiver needs, with the bit of each in `CapEff`.
+const NEEDED: [(&str, u32); 3] = [("CAP_BPF", 39), ("CAP_NET_ADMIN", 12), ("CAP_PERFMON", 38)];
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// The needed capabilities this process lacks (CAP_SYS_ADMIN stands in for BPF and PERFMON).
+pub fn missing_capabilities() -> Vec<&'static str> {
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    NEEDED
+        .iter()
+        .filter(|(name, bit)| !(has(*bit) || (*name != "CAP_NET_ADMIN" && has(CAP_SYS_ADMIN))))
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+/// Index of an interface, if it exists.
+pub fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// Every interface name in this network namespace.
+pub fn interfaces() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// True for the loopback interface.
+pub fn is_loopback(name: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/type")).is_ok_and(|t| t.trim() == "772")
+}
+
+/// The interface of the IPv4 (else IPv6) default route.
+pub fn default_route_interface() -> Option<String> {
+    let v4 = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|s| {
+            s.lines().skip(1).find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_string())
+            })
+        });
+    v4.or_else(|| {
+        std::fs::read_to_string("/proc/net/ipv6_route")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() == 10
+                        && f[0] == "00000000000000000000000000000000"
+                        && f[1] == "00"
+                        && f[9] != "lo")
+                        .then(|| f[9].to_string())
+                })
+            })
+    })
+}
+
+fn clock(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Unix ns minus kernel monotonic ns: add it to a `bpf_ktime_get_coarse_ns` value.
+pub fn monotonic_to_unix_offset() -> u64 {
+    clock(libc::CLOCK_REALTIME).wrapping_sub(clock(libc::CLOCK_MONOTONIC))
+}
+
+/// Unix time now, ns.
+pub fn unix_now_ns() -> u64 {
+    clock(libc::CLOCK_REALTIME)
+}
+
+/// `bpf_attr` for the BPF_MAP_*_BATCH commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+
+/// Moves every entry of a per-CPU hash map out with BPF_MAP_LOOKUP_AND_DELETE_BATCH, calling
+/// `each(key, per_cpu_values)` per entry. `value_size` is the size of one CPU's value.
+pub fn drain_percpu_hash<K: Copy + Default, V: Copy + Default>(
+    map_fd: RawFd,
+    cpus: usize,
+    mut each: impl FnMut(&K, &[V]),
+) -> std::io::Result<usize> {
+    assert_eq!(
+        std::mem::size_of::<V>() % 8,
+        0,
+        "per-CPU values are 8-byte aligned"
+    );
+    let mut chunk = 4096usize;
+    let mut token = 0u32;
+    let mut first = true;
+    let mut total = 0;
+    loop {
+        let mut keys = vec![K::default(); chunk];
+        let mut values = vec![V::default(); chunk * cpus];
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &mut token as *mut u32 as u64
+            },
+            out_batch: &mut token as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: map_fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: attr points at buffers sized for `chunk` keys and `chunk * cpus` values, as
+        // the kernel expects for a per-CPU map; all live across the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_AND_DELETE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        for i in 0..attr.count as usize {
+            each(&keys[i], &values[i * cpus..(i + 1) * cpus]);
+        }
+        total += attr.count as usize;
+        match err {
+            None => first = false,
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(total),
+            // A bucket holds more entries than fit: retry it with room for them.
+            Some(e) if e.raw_os_error() == Some(libc::ENOSPC) && chunk < 1 << 20 => chunk *= 4,
+            Some(e) => return Err(e),
+        }
+    }
+}
