@@ -39,10 +39,15 @@ if ! bpf-linker --version >/dev/null 2>&1; then
     --no-default-features --features "llvm-$llvm_major"
 fi
 
-# Kernel tests: iproute2 (ip, tc) for namespaces, veth and clsact.
-if ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
-  say "installing iproute2"
-  apt-get update -qq && apt-get install -y -qq iproute2
+# Kernel tests: iproute2 (ip, tc) for namespaces and veth, ethtool to turn offloads off so
+# frames on the wire are what the programs see, bpftool to check nothing is left attached.
+missing_pkgs=()
+command -v ip >/dev/null && command -v tc >/dev/null || missing_pkgs+=(iproute2)
+command -v ethtool >/dev/null || missing_pkgs+=(ethtool)
+command -v bpftool >/dev/null || missing_pkgs+=(bpftool)
+if [ ${#missing_pkgs[@]} -gt 0 ]; then
+  say "installing ${missing_pkgs[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_pkgs[@]}" >/dev/null
 fi
 
 say "ready ($(rustc --version); $(bpf-linker --version))"

@@ -1,6 +1,8 @@
 //! Helpers for oxeye's end-to-end tests: test-only components (registered through the public
 //! API exactly like a user's crate), running pipelines in-process, and running the binary.
 
+pub mod netns;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -165,7 +165,17 @@ impl Receiver for EbpfReceiver {
         // Detach first, so the final drain sees every packet counted.
         probe.detach();
         let flows = probe.drain_all()?;
-        info!(flows = flows.len(), "flow programs detached; final harvest");
+        let counters: Vec<String> = self
+            .telemetry
+            .counters()
+            .iter()
+            .map(|(name, source, n)| format!("{source}.{}={n}", name.trim_start_matches("ebpf_")))
+            .collect();
+        info!(
+            flows = flows.len(),
+            "flow programs detached; final harvest; kernel counters: {}",
+            counters.join(" ")
+        );
         emit(&ctx, &self.resource, flows).await;
         Ok(())
     }
