@@ -22,7 +22,8 @@ fn validate_exit_codes_and_messages() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("valid: 2 pipeline(s)"));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("valid: 1 pipeline(s) (flows), 1 receiver(s)"));
 
     let bad = temp_config(
         "validate-bad",

@@ -458,3 +458,165 @@ fn vlan_tagged_frames_exact_counts() {
         assert_eq!(&got, want, "{key:?}");
     }
 }
+
+fn oxeye_output_in_ns(
+    ns: &str,
+    config: &std::path::Path,
+    timeout: Duration,
+) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(oxeye_tests::oxeye_bin())
+        .args(["run", "-c"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start oxeye");
+    let deadline = std::time::Instant::now() + timeout;
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "oxeye did not exit on its own"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn clear_startup_errors() {
+    let pair = VethPair::new("er");
+    // An interface that does not exist.
+    let cfg = temp_config(
+        "er-missing",
+        "receivers:\n  ebpf: {flows: {interfaces: [nosuch0]}}\nexporters:\n  nop:\nservice:\n  pipelines:\n    flows: {receivers: [ebpf], exporters: [nop]}\n",
+    );
+    let (code, stderr) = oxeye_output_in_ns(&pair.ns_a, &cfg, Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "receivers/ebpf: interface `nosuch0` does not exist (interfaces here: lo, oxaer)"
+        ),
+        "{stderr}"
+    );
+
+    // XDP already attached by someone else (here: another oxeye): not replaced.
+    let (first, first_err) = OxeyeInNs::start(&pair.ns_a, &config(&pair, "er-first"), READY);
+    let (code, stderr) = oxeye_output_in_ns(
+        &pair.ns_a,
+        &config(&pair, "er-second"),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("interface `oxaer` already has an XDP program attached by another tool"),
+        "{stderr}"
+    );
+    let (code, _, _) = first.stop(first_err);
+    assert_eq!(code, Some(0), "the first instance is unaffected");
+    assert!(pair.leftovers().is_empty(), "{:?}", pair.leftovers());
+
+    // Without privileges: names the capabilities and the fix.
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.ns_a,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(oxeye_tests::oxeye_bin())
+        .args(["run", "-c"])
+        .arg(config(&pair, "er-unprivileged"))
+        .output()
+        .expect("run unprivileged");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("needs root or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("setcap cap_bpf,cap_net_admin,cap_perfmon+ep"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sampling_scales_counts_and_self_metrics_expose_kernel_counters() {
+    let pair = VethPair::new("sm");
+    let port = oxeye_tests::free_port();
+    let cfg = temp_config(
+        "sm",
+        &format!(
+            "receivers:\n  ebpf:\n    flows: {{interfaces: [{}], flush_interval: 200ms, sample_every: 4}}\nexporters:\n  stdout: {{format: json}}\nservice:\n  telemetry: {{metrics: {{address: '127.0.0.1:{port}'}}, logs: {{summary_interval: 0s}}}}\n  pipelines:\n    flows: {{receivers: [ebpf], exporters: [stdout]}}\n",
+            pair.va
+        ),
+    );
+    let (ox, err) = OxeyeInNs::start(&pair.ns_a, &cfg, READY);
+    let (a, b) = pair.v4.clone();
+    let server: SocketAddr = SocketAddr::new(a.parse().expect("ip"), 9999);
+    let client: SocketAddr = SocketAddr::new(b.parse().expect("ip"), 40001);
+    const N: u64 = 400;
+    in_ns(&pair.ns_b, move || {
+        let s = UdpSocket::bind(client).expect("bind");
+        for _ in 0..N {
+            s.send_to(&[0u8; 100], server).expect("send");
+        }
+    })
+    .join()
+    .expect("sender");
+    std::thread::sleep(Duration::from_millis(500));
+    let metrics = in_ns(&pair.ns_a, move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("write");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read");
+        body
+    })
+    .join()
+    .expect("metrics");
+    let (out, _) = stop_and_check(&pair, ox, err);
+    let flows = oxeye_flows(&out);
+    let key: Tuple = (b, a, 40001, 9999, "udp".into(), "receive".into());
+    let got = flows.get(&key).copied().expect("sampled flow present");
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(2);
+    assert_eq!(got.packets % 4, 0, "scaled by the sampling rate");
+    assert!(
+        got.packets.abs_diff(N) <= 4 * cpus,
+        "{} packets estimated for {N}",
+        got.packets
+    );
+    assert_eq!(got.bytes, got.packets * (14 + 20 + 8 + 100));
+    let value = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+    };
+    assert!(value("oxeye_ebpf_packets_total{kind=\"receiver\",id=\"ebpf\",source=\"xdp\"}") >= N);
+    assert!(
+        value("oxeye_ebpf_sampled_out_packets_total{kind=\"receiver\",id=\"ebpf\",source=\"xdp\"}")
+            > 0
+    );
+    assert_eq!(
+        value("oxeye_ebpf_malformed_packets_total{kind=\"receiver\",id=\"ebpf\",source=\"xdp\"}"),
+        0
+    );
+    assert_eq!(
+        value("oxeye_ebpf_flows_evicted_total{kind=\"receiver\",id=\"ebpf\",source=\"flows\"}"),
+        0
+    );
+}

@@ -23,6 +23,19 @@ use crate::{FlowsConfig, Interfaces, XdpModeConfig};
 /// The programs, compiled for bpfel-unknown-none by build.rs.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oxeye-ebpf"));
 
+/// Fails, naming what is missing and how to grant it, unless the process may load and attach.
+pub fn check_privileges() -> Result<(), String> {
+    let missing = sys::missing_capabilities();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the ebpf receiver needs root or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; this process lacks {}. \
+         Run as root, or grant them: setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v oxeye)",
+        missing.join(", ")
+    ))
+}
+
 /// Resolves the configured interfaces to names, checking that each exists.
 pub fn resolve_interfaces(spec: &Interfaces) -> Result<Vec<String>, String> {
     let names = match spec {
@@ -65,6 +78,17 @@ pub struct FlowProbe {
     last_harvest_ns: u64,
 }
 
+/// The error and its causes, `a: b: c` (aya's top-level messages omit the OS error).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 fn os_error(e: &aya::programs::ProgramError) -> Option<i32> {
     use std::error::Error;
     let mut source: Option<&dyn Error> = Some(e);
@@ -99,7 +123,10 @@ fn attach_xdp(
                 if busy(&e) {
                     already(iface)
                 } else {
-                    format!("native XDP on `{iface}`: {e}; use `mode: generic` or `auto`")
+                    format!(
+                        "native XDP on `{iface}`: {}; use `mode: generic` or `auto`",
+                        chain(&e)
+                    )
                 }
             }),
         XdpModeConfig::Generic => try_mode(xdp, XdpMode::Skb)
@@ -108,7 +135,7 @@ fn attach_xdp(
                 if busy(&e) {
                     already(iface)
                 } else {
-                    format!("generic XDP on `{iface}`: {e}")
+                    format!("generic XDP on `{iface}`: {}", chain(&e))
                 }
             }),
         XdpModeConfig::Auto => match try_mode(xdp, XdpMode::Driver) {
@@ -125,7 +152,10 @@ fn attach_xdp(
                         if busy(&e) {
                             already(iface)
                         } else {
-                            format!("XDP on `{iface}` (native and generic failed): {e}")
+                            format!(
+                                "XDP on `{iface}` (native and generic failed): {}",
+                                chain(&e)
+                            )
                         }
                     })
             }
@@ -140,22 +170,13 @@ impl FlowProbe {
         interfaces: &[String],
         telemetry: Telemetry,
     ) -> Result<FlowProbe, String> {
-        let missing = sys::missing_capabilities();
-        if !missing.is_empty() {
-            return Err(format!(
-                "the ebpf receiver needs root or {}; this process lacks {}. Run as root, or grant them: \
-                 setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v oxeye)",
-                "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
-                missing.join(", ")
-            ));
-        }
         let sample_every: u32 = cfg.sample_every;
         let mut ebpf = EbpfLoader::new()
             .override_global("SAMPLE_EVERY", &sample_every, true)
             .map_max_entries("FLOWS_A", cfg.max_flows)
             .map_max_entries("FLOWS_B", cfg.max_flows)
             .load(PROGRAMS)
-            .map_err(|e| format!("loading the flow programs: {e}"))?;
+            .map_err(|e| format!("loading the flow programs: {}", chain(&e)))?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
         let mut names = HashMap::new();
         let mut xdp_links = Vec::new();
@@ -186,7 +207,7 @@ impl FlowProbe {
             for iface in interfaces {
                 let link = tc
                     .attach(iface, TcAttachType::Egress)
-                    .map_err(|e| format!("TC egress on `{iface}`: {e}"))?;
+                    .map_err(|e| format!("TC egress on `{iface}`: {}", chain(&e)))?;
                 tc_links.push(link);
                 info!(interface = %iface, "TC flow program attached (egress)");
             }

@@ -235,6 +235,7 @@ impl Factory for EbpfFactory {
     fn build(config: EbpfConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {
         let flows = match config.flows {
             Some(f) => {
+                flows::check_privileges()?;
                 let names = flows::resolve_interfaces(&f.interfaces)?;
                 Some((f, names))
             }
