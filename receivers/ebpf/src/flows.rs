@@ -144,7 +144,8 @@ fn attach_xdp(
             Err(e) => {
                 info!(
                     interface = iface,
-                    "native XDP unavailable ({e}); falling back to generic XDP"
+                    "native XDP unavailable ({}); falling back to generic XDP",
+                    chain(&e)
                 );
                 try_mode(xdp, XdpMode::Skb)
                     .map(|id| ("generic", id))
@@ -188,7 +189,7 @@ impl FlowProbe {
                 .try_into()
                 .map_err(|e| format!("oxeye_xdp: {e}"))?;
             xdp.load()
-                .map_err(|e| format!("the kernel rejected the XDP program: {e}"))?;
+                .map_err(|e| format!("the kernel rejected the XDP program: {}", chain(&e)))?;
             for iface in interfaces {
                 let (mode, link) = attach_xdp(xdp, iface, cfg.mode)?;
                 xdp_links.push(link);
@@ -203,7 +204,7 @@ impl FlowProbe {
                 .try_into()
                 .map_err(|e| format!("oxeye_tc: {e}"))?;
             tc.load()
-                .map_err(|e| format!("the kernel rejected the TC program: {e}"))?;
+                .map_err(|e| format!("the kernel rejected the TC program: {}", chain(&e)))?;
             for iface in interfaces {
                 let link = tc
                     .attach(iface, TcAttachType::Egress)
