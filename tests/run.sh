@@ -7,12 +7,12 @@ cd "$(dirname "$0")/.."
 
 tests/setup.sh
 echo "[test] building"
-cargo build --workspace --all-targets
+cargo build --all-targets
 echo "[test] running"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --all-targets 2>&1 | tee "$log"
+cargo test --all-targets 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run, summed over every test binary.

@@ -191,10 +191,13 @@ fn packet_socket(ifname: &str) -> (OwnedFd, libc::sockaddr_ll) {
     (fd, addr)
 }
 
-/// Captures every frame on `ifname` (inside `ns`) until stopped: `(outgoing, frame)`.
+/// A captured frame: `(outgoing, bytes)`.
+pub type Frame = (bool, Vec<u8>);
+
+/// Captures every frame on `ifname` (inside `ns`) until stopped.
 pub struct Capture {
     stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<Vec<(bool, Vec<u8>)>>>,
+    handle: Option<JoinHandle<Vec<Frame>>>,
 }
 
 impl Capture {
@@ -249,10 +252,7 @@ impl Capture {
                 };
                 if n > 0 {
                     let n = (n as usize).min(buf.len());
-                    frames.push((
-                        from.sll_pkttype == libc::PACKET_OUTGOING as u8,
-                        buf[..n].to_vec(),
-                    ));
+                    frames.push((from.sll_pkttype == libc::PACKET_OUTGOING, buf[..n].to_vec()));
                 }
             }
             frames
@@ -267,7 +267,7 @@ impl Capture {
     }
 
     /// Stops and returns the frames.
-    pub fn finish(mut self) -> Vec<(bool, Vec<u8>)> {
+    pub fn finish(mut self) -> Vec<Frame> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle
             .take()
@@ -315,9 +315,12 @@ pub fn inject(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) {
 /// Flow identity used by the tests: (src, dst, sport, dport, transport, direction).
 pub type Tuple = (String, String, u16, u16, String, String);
 
+/// (src, dst, sport, dport, transport) of a frame.
+pub type FiveTuple = (String, String, u16, u16, String);
+
 /// Parses an Ethernet frame (optionally 802.1Q-tagged) into `(src, dst, sport, dport, transport)`
 /// and its TCP flags, for the ground-truth side of the tests.
-pub fn frame_tuple(f: &[u8]) -> Option<((String, String, u16, u16, String), u8)> {
+pub fn frame_tuple(f: &[u8]) -> Option<(FiveTuple, u8)> {
     let mut off = 14;
     let mut et = u16::from_be_bytes([*f.get(12)?, *f.get(13)?]);
     while et == 0x8100 || et == 0x88a8 {

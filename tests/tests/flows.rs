@@ -119,6 +119,26 @@ fn udp_exact(tag: &str, v6: bool) {
     std::thread::sleep(Duration::from_millis(300));
     let (out, _) = stop_and_check(&pair, ox, err);
     let flows = oxeye_flows(&out);
+    // Kernel timestamps (jiffies) come out as Unix ns within the test's run.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    for line in out
+        .lines()
+        .filter(|l| l.contains("\"destination.port\":9999"))
+    {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
+        let (first, last) = (
+            v["first_seen_unix_nano"].as_u64().expect("first"),
+            v["last_seen_unix_nano"].as_u64().expect("last"),
+        );
+        assert!(first <= last, "{line}");
+        assert!(
+            now - first < 30_000_000_000 && last < now + 1_000_000_000,
+            "timestamps off: {line}"
+        );
+    }
     let l3 = if v6 { 40 } else { 20 };
     let expected_bytes: u64 = sizes.iter().map(|s| (14 + l3 + 8 + s) as u64).sum();
     let key: Tuple = (

@@ -32,10 +32,10 @@ pub struct FlowStats {
     pub packets: u64,
     /// Bytes of the frames (scaled by the sampling rate).
     pub bytes: u64,
-    /// First packet, kernel monotonic (coarse) ns.
-    pub first_seen_ns: u64,
-    /// Last packet, kernel monotonic (coarse) ns.
-    pub last_seen_ns: u64,
+    /// First packet, kernel jiffies (user space converts with the CLOCK samples).
+    pub first_seen: u64,
+    /// Last packet, kernel jiffies.
+    pub last_seen: u64,
     /// OR of the TCP flags seen.
     pub tcp_flags: u8,
     /// Explicit padding.

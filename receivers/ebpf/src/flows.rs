@@ -21,7 +21,8 @@ use crate::sys;
 use crate::{FlowsConfig, Interfaces, XdpModeConfig};
 
 /// The programs, compiled for bpfel-unknown-none by build.rs.
-static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oxeye-ebpf"));
+pub(crate) static PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oxeye-ebpf"));
 
 /// Fails, naming what is missing and how to grant it, unless the process may load and attach.
 pub fn check_privileges() -> Result<(), String> {
@@ -62,6 +63,62 @@ pub fn resolve_interfaces(spec: &Interfaces) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// Turns kernel jiffies (what the programs stamp flows with: ~4 ns against ~25 for a clock read)
+/// into monotonic ns, from (jiffies, ns) pairs sampled together by test-running `oxeye_clock`.
+pub(crate) struct Clock {
+    hz: u64,
+    jiffies: u64,
+    mono_ns: u64,
+}
+
+fn clock_sample(ebpf: &mut Ebpf) -> Result<(u64, u64), String> {
+    let prog: &mut Xdp = ebpf
+        .program_mut("oxeye_clock")
+        .ok_or("program oxeye_clock missing")?
+        .try_into()
+        .map_err(|e| format!("oxeye_clock: {e}"))?;
+    let fd = prog
+        .fd()
+        .map_err(|e| format!("oxeye_clock: {e}"))?
+        .as_fd()
+        .as_raw_fd();
+    sys::test_run(fd, &sys::sample_frame(), 1)
+        .map_err(|e| format!("sampling the kernel clock: {e}"))?;
+    let clock: Array<_, u64> = Array::try_from(ebpf.map("CLOCK").ok_or("map CLOCK missing")?)
+        .map_err(|e| format!("CLOCK: {e}"))?;
+    let get = |i| clock.get(&i, 0).map_err(|e| format!("CLOCK: {e}"));
+    Ok((get(0)?, get(1)?))
+}
+
+impl Clock {
+    /// Two samples 200 ms apart give the kernel's HZ (one of the values Linux allows).
+    async fn calibrate(ebpf: &mut Ebpf) -> Result<Clock, String> {
+        let (j1, n1) = clock_sample(ebpf)?;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (j2, n2) = clock_sample(ebpf)?;
+        let measured = (j2.wrapping_sub(j1)) as f64 * 1e9 / (n2.saturating_sub(n1)).max(1) as f64;
+        let hz = [100u64, 250, 300, 1000]
+            .into_iter()
+            .min_by(|a, b| {
+                (*a as f64 - measured)
+                    .abs()
+                    .total_cmp(&(*b as f64 - measured).abs())
+            })
+            .unwrap_or(250);
+        Ok(Clock {
+            hz,
+            jiffies: j2,
+            mono_ns: n2,
+        })
+    }
+
+    /// Monotonic ns at the start of jiffy `j`.
+    fn mono_ns(&self, j: u64) -> u64 {
+        let delta = j.wrapping_sub(self.jiffies) as i64;
+        (self.mono_ns as i64 + delta * (1_000_000_000 / self.hz) as i64) as u64
+    }
+}
+
 /// Loaded and attached flow programs. Dropping it detaches everything: the attachments are BPF
 /// links, which the kernel also removes if the process dies.
 pub struct FlowProbe {
@@ -76,6 +133,7 @@ pub struct FlowProbe {
     telemetry: Telemetry,
     harvested: u64,
     last_harvest_ns: u64,
+    clock: Clock,
 }
 
 /// The error and its causes, `a: b: c` (aya's top-level messages omit the OS error).
@@ -166,7 +224,7 @@ fn attach_xdp(
 
 impl FlowProbe {
     /// Loads the programs and attaches them to every interface.
-    pub fn start(
+    pub async fn start(
         cfg: &FlowsConfig,
         interfaces: &[String],
         telemetry: Telemetry,
@@ -179,6 +237,17 @@ impl FlowProbe {
             .load(PROGRAMS)
             .map_err(|e| format!("loading the flow programs: {}", chain(&e)))?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
+        {
+            let clock: &mut Xdp = ebpf
+                .program_mut("oxeye_clock")
+                .ok_or("program oxeye_clock missing")?
+                .try_into()
+                .map_err(|e| format!("oxeye_clock: {e}"))?;
+            clock
+                .load()
+                .map_err(|e| format!("the kernel rejected the clock program: {}", chain(&e)))?;
+        }
+        let clock = Clock::calibrate(&mut ebpf).await?;
         let mut names = HashMap::new();
         let mut xdp_links = Vec::new();
         let mut tc_links = Vec::new();
@@ -229,6 +298,7 @@ impl FlowProbe {
             telemetry,
             harvested: 0,
             last_harvest_ns: sys::unix_now_ns(),
+            clock,
         })
     }
 
@@ -286,15 +356,19 @@ impl FlowProbe {
 
     fn drain(&mut self, index: usize) -> Result<Vec<Flow>, String> {
         let now = sys::unix_now_ns();
-        let offset = sys::monotonic_to_unix_offset();
-        let window_start = self.last_harvest_ns;
+        let window = (self.last_harvest_ns, now);
         self.last_harvest_ns = now;
-        let mut flows = Vec::new();
-        let fd = self.maps[index].fd().as_fd().as_raw_fd();
-        let names = &self.names;
-        sys::drain_percpu_hash::<FlowKey, FlowStats>(fd, self.cpus, |key, per_cpu| {
-            flows.push(to_flow(key, per_cpu, offset, window_start, now, names));
-        })
+        // A fresh sample keeps the jiffies conversion from drifting.
+        let (jiffies, mono_ns) = clock_sample(&mut self.ebpf)?;
+        self.clock.jiffies = jiffies;
+        self.clock.mono_ns = mono_ns;
+        let flows = drain_map(
+            &self.maps[index],
+            self.cpus,
+            window,
+            &self.names,
+            Some(&self.clock),
+        )
         .map_err(|e| format!("draining flow map: {e}"))?;
         self.harvested += flows.len() as u64;
         Ok(flows)
@@ -328,10 +402,29 @@ impl FlowProbe {
     }
 }
 
+/// Moves every entry out of a flow map and turns it into a record for `window` (Unix ns).
+pub(crate) fn drain_map(
+    map: &MapData,
+    cpus: usize,
+    window: (u64, u64),
+    names: &HashMap<u32, Arc<str>>,
+    clock: Option<&Clock>,
+) -> std::io::Result<Vec<Flow>> {
+    let offset = sys::monotonic_to_unix_offset();
+    // Jiffies → Unix ns; without a clock (benchmarks) the raw value stays.
+    let to_unix = |j: u64| clock.map_or(j, |c| c.mono_ns(j).wrapping_add(offset));
+    let mut flows = Vec::new();
+    let fd = map.fd().as_fd().as_raw_fd();
+    sys::drain_percpu_hash::<FlowKey, FlowStats>(fd, cpus, |key, per_cpu| {
+        flows.push(to_flow(key, per_cpu, &to_unix, window.0, window.1, names));
+    })?;
+    Ok(flows)
+}
+
 fn to_flow(
     key: &FlowKey,
     per_cpu: &[FlowStats],
-    offset: u64,
+    to_unix: &dyn Fn(u64) -> u64,
     window_start: u64,
     window_end: u64,
     names: &HashMap<u32, Arc<str>>,
@@ -344,8 +437,8 @@ fn to_flow(
     for s in per_cpu.iter().filter(|s| s.packets > 0) {
         packets += s.packets;
         bytes += s.bytes;
-        first = first.min(s.first_seen_ns);
-        last = last.max(s.last_seen_ns);
+        first = first.min(s.first_seen);
+        last = last.max(s.last_seen);
         flags |= s.tcp_flags;
     }
     let (src_addr, dst_addr): (IpAddr, IpAddr) = match key.ether_type {
@@ -393,16 +486,8 @@ fn to_flow(
         packets,
         bytes,
         tcp_flags: TcpFlags(flags),
-        first_seen_unix_ns: if first == u64::MAX {
-            0
-        } else {
-            first.wrapping_add(offset)
-        },
-        last_seen_unix_ns: if last == 0 {
-            0
-        } else {
-            last.wrapping_add(offset)
-        },
+        first_seen_unix_ns: if first == u64::MAX { 0 } else { to_unix(first) },
+        last_seen_unix_ns: if last == 0 { 0 } else { to_unix(last) },
         window_start_unix_ns: window_start,
         window_end_unix_ns: window_end,
         attributes,

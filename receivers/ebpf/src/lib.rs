@@ -15,6 +15,7 @@
 //!       sample_every: 1            # 1-in-N packet sampling, counts scaled back up
 //! ```
 
+pub mod bench;
 mod flows;
 mod sys;
 
@@ -150,7 +151,7 @@ impl Receiver for EbpfReceiver {
             ctx.shutdown().wait().await;
             return Ok(());
         };
-        let mut probe = flows::FlowProbe::start(&cfg, &interfaces, self.telemetry.clone())?;
+        let mut probe = flows::FlowProbe::start(&cfg, &interfaces, self.telemetry.clone()).await?;
         let mut tick = tokio::time::interval(cfg.flush_interval);
         tick.tick().await;
         loop {
