@@ -435,6 +435,14 @@ impl OxeyeInNs {
     }
 }
 
+impl OxeyeInNs {
+    /// SIGKILL and reap: no chance to clean up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for OxeyeInNs {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -640,3 +640,29 @@ fn sampling_scales_counts_and_self_metrics_expose_kernel_counters() {
         0
     );
 }
+
+/// Killed without a chance to clean up (SIGKILL, like a crash): the kernel removes the links.
+#[test]
+fn nothing_left_attached_after_a_crash() {
+    let pair = VethPair::new("kl");
+    let (ox, err) = OxeyeInNs::start(&pair.ns_a, &config(&pair, "kl"), READY);
+    let links = std::process::Command::new("ip")
+        .args(["-n", &pair.ns_a, "link", "show", &pair.va])
+        .output()
+        .expect("ip");
+    assert!(
+        String::from_utf8_lossy(&links.stdout).contains("xdp"),
+        "attached while running"
+    );
+    ox.kill();
+    drop(err);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !pair.leftovers().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left attached after SIGKILL: {:?}",
+            pair.leftovers()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
