@@ -82,3 +82,149 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowStats {}
 }
+
+// ---------------------------------------------------------------------------------------------
+// Spans
+
+/// Sources at most (index into `SOURCES`, the attach cookie of uprobes).
+pub const MAX_SOURCES: u32 = 64;
+/// Nesting depth tracked per thread; deeper calls are counted, not traced.
+pub const MAX_DEPTH: usize = 8;
+/// Raw arguments captured at most.
+pub const MAX_ARGS: usize = 6;
+/// Frames per captured stack.
+pub const STACK_DEPTH: usize = 32;
+
+/// `SourceConfig::stack` bits.
+pub const STACK_KERNEL: u32 = 1;
+/// User stack.
+pub const STACK_USER: u32 = 2;
+
+/// Per-source settings, read by the programs at entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// Only this process (tgid); 0 = any.
+    pub pid: u32,
+    /// Only this thread; 0 = any.
+    pub tid: u32,
+    /// Only this cgroup (v2 id); 0 = any.
+    pub cgroup_id: u64,
+    /// Spans shorter than this are not emitted (decided at exit).
+    pub min_duration_ns: u64,
+    /// Only tasks with this comm (NUL-padded); all zero = any.
+    pub comm: [u8; 16],
+    /// Raw arguments to capture (0..=MAX_ARGS).
+    pub nargs: u32,
+    /// STACK_KERNEL | STACK_USER.
+    pub stack: u32,
+    /// 1 when configured (slots of unused sources are 0).
+    pub enabled: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// A span still open on a thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenSpan {
+    /// Its span id.
+    pub span_id: u64,
+    /// Entry time, kernel monotonic ns.
+    pub start_ns: u64,
+    /// Source index.
+    pub source: u32,
+    /// Kernel stack length (frames).
+    pub kstack_len: u32,
+    /// User stack length (frames).
+    pub ustack_len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Arguments at entry.
+    pub args: [u64; MAX_ARGS],
+}
+
+/// Per-thread state: the stack of open spans and the trace they belong to.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThreadState {
+    /// Open spans.
+    pub depth: u32,
+    /// Calls entered beyond MAX_DEPTH and not yet exited (not traced).
+    pub overflow: u32,
+    /// Trace id of the current tree.
+    pub trace_id: [u8; 16],
+    /// The open spans, outermost first.
+    pub open: [OpenSpan; MAX_DEPTH],
+    /// Stacks captured at entry, per open span: kernel then user.
+    pub stacks: [[u64; 2 * STACK_DEPTH]; MAX_DEPTH],
+}
+
+/// A finished span, as written to the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SpanEvent {
+    /// Trace id.
+    pub trace_id: [u8; 16],
+    /// Span id.
+    pub span_id: u64,
+    /// Parent span id; 0 for a root.
+    pub parent_span_id: u64,
+    /// Entry, kernel monotonic ns.
+    pub start_ns: u64,
+    /// Exit, kernel monotonic ns.
+    pub end_ns: u64,
+    /// Return value.
+    pub ret: i64,
+    /// Arguments at entry.
+    pub args: [u64; MAX_ARGS],
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// CPU of the exit.
+    pub cpu: u32,
+    /// Source index.
+    pub source: u32,
+    /// Task comm.
+    pub comm: [u8; 16],
+    /// Kernel stack length (frames, in `stacks[..kstack_len]`).
+    pub kstack_len: u32,
+    /// User stack length (frames, in `stacks[STACK_DEPTH..STACK_DEPTH + ustack_len]`).
+    pub ustack_len: u32,
+    /// Kernel frames then user frames.
+    pub stacks: [u64; 2 * STACK_DEPTH],
+}
+
+/// Slots of the span programs' per-CPU `SPAN_COUNTERS`.
+pub const S_SPANS: u32 = 0;
+/// Ring buffer full: span lost (counted).
+pub const S_RINGBUF_FULL: u32 = 1;
+/// Exits whose entry was never seen or was evicted.
+pub const S_ORPHAN_EXITS: u32 = 2;
+/// Entries whose exit never came (popped when an outer exit arrived).
+pub const S_ORPHAN_ENTRIES: u32 = 3;
+/// Stack capture failures.
+pub const S_STACK_FAILURES: u32 = 4;
+/// Calls nested deeper than MAX_DEPTH (not traced).
+pub const S_TOO_DEEP: u32 = 5;
+/// Spans shorter than `min_duration` (filtered in the kernel).
+pub const S_SHORTER_THAN_MIN: u32 = 6;
+/// Slots per source.
+pub const SPAN_COUNTERS_PER_SOURCE: u32 = 8;
+/// Names of the span counters, by slot.
+pub const SPAN_COUNTER_NAMES: [&str; 7] = [
+    "ebpf_spans",
+    "ebpf_ringbuf_full",
+    "ebpf_orphan_exits",
+    "ebpf_orphan_entries",
+    "ebpf_stack_failures",
+    "ebpf_calls_too_deep",
+    "ebpf_spans_shorter_than_min",
+];
+
+#[cfg(feature = "user")]
+mod span_pod {
+    // SAFETY: plain #[repr(C)] data with explicit padding.
+    unsafe impl aya::Pod for super::SourceConfig {}
+}

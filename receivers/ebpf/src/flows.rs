@@ -137,12 +137,22 @@ pub struct FlowProbe {
 }
 
 /// The error and its causes, `a: b: c` (aya's top-level messages omit the OS error).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
         text.push_str(&format!(": {s}"));
         source = s.source();
+    }
+    // A verifier log runs to thousands of lines; its end says what failed.
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() > 12 {
+        let tail = lines[lines.len() - 10..].join("\n");
+        text = format!(
+            "{}\n[... {} lines of verifier log ...]\n{tail}",
+            lines[0],
+            lines.len() - 11
+        );
     }
     text
 }

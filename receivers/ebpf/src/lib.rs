@@ -2,6 +2,8 @@
 //!
 //! `flows:` — network flows counted by an XDP program (ingress) and a TC program (egress) on
 //! each watched interface, harvested every `flush_interval` into `flows` batches.
+//! `spans:` — one span per probed call (syscall tracepoint pairs, uprobes, kprobes), nested per
+//! thread into traces, with optional stacks, drained from a ring buffer into `traces` batches.
 //!
 //! ```yaml
 //! receivers:
@@ -16,7 +18,9 @@
 //! ```
 
 pub mod bench;
+pub mod doctor;
 mod flows;
+mod spans;
 mod sys;
 
 use std::fmt;
@@ -28,6 +32,7 @@ use oxeye_api::{
     Batch, BoxError, BuildContext, ConfigErrors, Factory, Flow, Receiver, ReceiverContext,
     Resource, Signal, Telemetry,
 };
+use oxeye_ebpf_common::SPAN_COUNTER_NAMES;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use tracing::info;
@@ -118,17 +123,159 @@ impl Default for FlowsConfig {
     }
 }
 
+/// How a `kprobe:` source attaches.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// fentry/fexit where the kernel supports it, else kprobe/kretprobe.
+    #[default]
+    Auto,
+    /// kprobe/kretprobe only.
+    Kprobe,
+    /// fentry/fexit only.
+    Fentry,
+}
+
+/// Stacks to capture at entry.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StackMode {
+    /// None.
+    #[default]
+    None,
+    /// Kernel stack.
+    Kernel,
+    /// User stack.
+    User,
+    /// Both.
+    Both,
+}
+
+/// One span source: exactly one of `syscall`, `uprobe`, `kprobe`, plus filters and options.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// `syscalls:sys_enter_<name>` / `sys_exit_<name>`.
+    pub syscall: Option<String>,
+    /// `<path>:<symbol>` of a binary or library.
+    pub uprobe: Option<String>,
+    /// A kernel function.
+    pub kprobe: Option<String>,
+    /// kprobe attach mode.
+    #[serde(default)]
+    pub attach: AttachMode,
+    /// Only this process (and, for uprobes, attach to it only).
+    pub pid: Option<u32>,
+    /// Only this thread.
+    pub tid: Option<u32>,
+    /// Only tasks with this comm (at most 15 bytes).
+    pub comm: Option<String>,
+    /// Only tasks in this cgroup v2 directory.
+    pub cgroup: Option<String>,
+    /// Emit only spans at least this long (decided in the kernel).
+    #[serde(default, with = "opt_duration")]
+    pub min_duration: Option<Duration>,
+    /// Raw arguments to capture (0..=6).
+    #[serde(default)]
+    pub args: u32,
+    /// Keep the return value (`oxeye.return_value`).
+    #[serde(default = "yes")]
+    pub return_value: bool,
+    /// Stacks captured at entry.
+    #[serde(default)]
+    pub stack: StackMode,
+}
+
+fn yes() -> bool {
+    true
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a duration such as `10us` or `1ms`"))?;
+        oxeye_api::config::parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a source probes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A syscall.
+    Syscall(String),
+    /// A user function.
+    Uprobe {
+        /// Binary or library.
+        path: String,
+        /// Symbol.
+        symbol: String,
+    },
+    /// A kernel function.
+    Kprobe(String),
+}
+
+impl SourceSpec {
+    /// The probe (validated: exactly one kind is set, and an uprobe is `path:symbol`).
+    pub fn kind(&self) -> SourceKind {
+        match (&self.syscall, &self.uprobe, &self.kprobe) {
+            (Some(s), _, _) => SourceKind::Syscall(s.clone()),
+            (_, Some(u), _) => {
+                let (path, symbol) = u.rsplit_once(':').unwrap_or((u.as_str(), ""));
+                SourceKind::Uprobe {
+                    path: path.to_string(),
+                    symbol: symbol.to_string(),
+                }
+            }
+            (_, _, Some(k)) => SourceKind::Kprobe(k.clone()),
+            _ => SourceKind::Syscall(String::new()),
+        }
+    }
+}
+
+/// `spans:` settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpansConfig {
+    /// What to probe.
+    pub sources: Vec<SourceSpec>,
+    /// Ring buffer size in bytes (a power of two, at least 4096).
+    pub ring_size: u32,
+    /// Wake the reader once this many bytes wait; the reader also drains every `drain_interval`.
+    pub wakeup_bytes: u64,
+    /// Longest a span waits in the ring buffer.
+    #[serde(with = "oxeye_api::config::duration")]
+    pub drain_interval: Duration,
+}
+
+impl Default for SpansConfig {
+    fn default() -> Self {
+        SpansConfig {
+            sources: Vec::new(),
+            ring_size: 4 << 20,
+            wakeup_bytes: 256 << 10,
+            drain_interval: Duration::from_millis(100),
+        }
+    }
+}
+
 /// Receiver config.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EbpfConfig {
     /// Network flows from XDP and TC.
     pub flows: Option<FlowsConfig>,
+    /// Spans from syscalls, user and kernel functions.
+    pub spans: Option<SpansConfig>,
 }
 
 /// The receiver.
 pub struct EbpfReceiver {
     flows: Option<(FlowsConfig, Vec<String>)>,
+    spans: Option<SpansConfig>,
     resource: Arc<Resource>,
     telemetry: Telemetry,
 }
@@ -144,41 +291,112 @@ async fn emit(ctx: &ReceiverContext, resource: &Arc<Resource>, flows: Vec<Flow>)
     }
 }
 
+async fn run_flows(
+    ctx: &ReceiverContext,
+    cfg: FlowsConfig,
+    interfaces: Vec<String>,
+    resource: &Arc<Resource>,
+    telemetry: &Telemetry,
+) -> Result<(), BoxError> {
+    let mut probe = flows::FlowProbe::start(&cfg, &interfaces, telemetry.clone()).await?;
+    let mut tick = tokio::time::interval(cfg.flush_interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let flows = probe.harvest().await?;
+                emit(ctx, resource, flows).await;
+            }
+            _ = ctx.shutdown().wait() => break,
+        }
+    }
+    // Detach first, so the final drain sees every packet counted.
+    probe.detach();
+    let flows = probe.drain_all()?;
+    let counters: Vec<String> = telemetry
+        .counters()
+        .iter()
+        .filter(|(name, _, _)| {
+            name.starts_with("ebpf_") && !name.contains("span") && !name.contains("orphan")
+        })
+        .map(|(name, source, n)| format!("{source}.{}={n}", name.trim_start_matches("ebpf_")))
+        .collect();
+    info!(
+        flows = flows.len(),
+        "flow programs detached; final harvest; kernel counters: {}",
+        counters.join(" ")
+    );
+    emit(ctx, resource, flows).await;
+    Ok(())
+}
+
+async fn run_spans(
+    ctx: &ReceiverContext,
+    cfg: SpansConfig,
+    resource: &Arc<Resource>,
+    telemetry: &Telemetry,
+) -> Result<(), BoxError> {
+    let mut probe = spans::SpanProbe::start(&cfg, telemetry.clone())?;
+    loop {
+        tokio::select! {
+            _ = probe.wait(cfg.drain_interval) => {
+                let spans = probe.drain();
+                probe.update_counters();
+                emit_spans(ctx, resource, spans).await;
+            }
+            _ = ctx.shutdown().wait() => break,
+        }
+    }
+    probe.detach();
+    let spans = probe.drain();
+    probe.update_counters();
+    let counters: Vec<String> = telemetry
+        .counters()
+        .iter()
+        .filter(|(name, _, n)| {
+            SPAN_COUNTER_NAMES.contains(name) && (*n > 0 || *name == "ebpf_spans")
+        })
+        .map(|(name, source, n)| format!("{source} {}={n}", name.trim_start_matches("ebpf_")))
+        .collect();
+    info!(
+        spans = spans.len(),
+        "span sources detached; final drain; kernel counters: {}",
+        counters.join(", ")
+    );
+    emit_spans(ctx, resource, spans).await;
+    Ok(())
+}
+
+async fn emit_spans(ctx: &ReceiverContext, resource: &Arc<Resource>, spans: Vec<oxeye_api::Span>) {
+    let mut spans = spans;
+    while !spans.is_empty() {
+        let rest = spans.split_off(spans.len().min(BATCH));
+        ctx.emit(Batch::spans(resource.clone(), spans)).await;
+        spans = rest;
+    }
+}
+
 #[async_trait]
 impl Receiver for EbpfReceiver {
     async fn run(self: Box<Self>, ctx: ReceiverContext) -> Result<(), BoxError> {
-        let Some((cfg, interfaces)) = self.flows.filter(|_| ctx.wants(Signal::Flows)) else {
-            ctx.shutdown().wait().await;
-            return Ok(());
-        };
-        let mut probe = flows::FlowProbe::start(&cfg, &interfaces, self.telemetry.clone()).await?;
-        let mut tick = tokio::time::interval(cfg.flush_interval);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let flows = probe.harvest().await?;
-                    emit(&ctx, &self.resource, flows).await;
+        let this = *self;
+        let flows = async {
+            match this.flows.filter(|_| ctx.wants(Signal::Flows)) {
+                Some((cfg, interfaces)) => {
+                    run_flows(&ctx, cfg, interfaces, &this.resource, &this.telemetry).await
                 }
-                _ = ctx.shutdown().wait() => break,
+                None => Ok(()),
             }
-        }
-        // Detach first, so the final drain sees every packet counted.
-        probe.detach();
-        let flows = probe.drain_all()?;
-        let counters: Vec<String> = self
-            .telemetry
-            .counters()
-            .iter()
-            .map(|(name, source, n)| format!("{source}.{}={n}", name.trim_start_matches("ebpf_")))
-            .collect();
-        info!(
-            flows = flows.len(),
-            "flow programs detached; final harvest; kernel counters: {}",
-            counters.join(" ")
-        );
-        emit(&ctx, &self.resource, flows).await;
-        Ok(())
+        };
+        let spans = async {
+            match this.spans.filter(|_| ctx.wants(Signal::Traces)) {
+                Some(cfg) => run_spans(&ctx, cfg, &this.resource, &this.telemetry).await,
+                None => Ok(()),
+            }
+        };
+        // Either failing ends the receiver; the engine then shuts everything down in order.
+        let (f, s) = tokio::join!(flows, spans);
+        f.and(s)
     }
 }
 
@@ -189,18 +407,24 @@ impl Factory for EbpfFactory {
     type Config = EbpfConfig;
     type Component = Box<dyn Receiver>;
     const TYPE: &'static str = "ebpf";
-    const SIGNALS: &'static [Signal] = &[Signal::Flows];
+    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
     const DESCRIPTION: &'static str =
         "kernel telemetry: network flows from XDP (ingress) and TC (egress); needs root";
 
     fn validate(c: &EbpfConfig) -> Result<(), ConfigErrors> {
         let mut e = ConfigErrors::new();
-        let Some(f) = &c.flows else {
+        if c.flows.is_none() && c.spans.is_none() {
             e.push(
                 "",
-                "configure `flows:` (spans arrive with a later release), or nothing is collected",
+                "configure `flows:` and/or `spans:`, or nothing is collected",
             );
             return Err(e);
+        }
+        if let Some(s) = &c.spans {
+            validate_spans(s, &mut e);
+        }
+        let Some(f) = &c.flows else {
+            return e.into_result();
         };
         if f.flush_interval.is_zero() {
             e.push("flows.flush_interval", "must be greater than 0");
@@ -234,9 +458,9 @@ impl Factory for EbpfFactory {
     }
 
     fn build(config: EbpfConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {
+        flows::check_privileges()?;
         let flows = match config.flows {
             Some(f) => {
-                flows::check_privileges()?;
                 let names = flows::resolve_interfaces(&f.interfaces)?;
                 Some((f, names))
             }
@@ -244,9 +468,76 @@ impl Factory for EbpfFactory {
         };
         Ok(Box::new(EbpfReceiver {
             flows,
+            spans: config.spans,
             resource: ctx.resource,
             telemetry: ctx.telemetry,
         }))
+    }
+}
+
+fn validate_spans(s: &SpansConfig, e: &mut ConfigErrors) {
+    if s.sources.is_empty() {
+        e.push(
+            "spans.sources",
+            "no sources: add e.g. `- syscall: openat` or `- uprobe: /usr/bin/app:handle`",
+        );
+    }
+    if s.sources.len() > oxeye_ebpf_common::MAX_SOURCES as usize {
+        e.push(
+            "spans.sources",
+            format!("at most {} sources", oxeye_ebpf_common::MAX_SOURCES),
+        );
+    }
+    if s.ring_size < 4096 || !s.ring_size.is_power_of_two() {
+        e.push(
+            "spans.ring_size",
+            format!(
+                "must be a power of two of at least 4096 bytes, got {}",
+                s.ring_size
+            ),
+        );
+    }
+    if s.drain_interval.is_zero() {
+        e.push("spans.drain_interval", "must be greater than 0");
+    }
+    for (i, src) in s.sources.iter().enumerate() {
+        let p = format!("spans.sources[{i}]");
+        let kinds = [&src.syscall, &src.uprobe, &src.kprobe]
+            .iter()
+            .filter(|k| k.is_some())
+            .count();
+        if kinds != 1 {
+            e.push(&p, "give exactly one of `syscall:`, `uprobe:` or `kprobe:`");
+            continue;
+        }
+        if let Some(u) = &src.uprobe {
+            if !matches!(u.rsplit_once(':'), Some((path, sym)) if !path.is_empty() && !sym.is_empty())
+            {
+                e.push(
+                    format!("{p}.uprobe"),
+                    format!("`{u}`: expected <path>:<symbol>, e.g. /usr/bin/app:handle_request"),
+                );
+            }
+        }
+        if src.kprobe.is_none() && src.attach != AttachMode::Auto {
+            e.push(format!("{p}.attach"), "only applies to `kprobe:` sources");
+        }
+        if src.args as usize > oxeye_ebpf_common::MAX_ARGS {
+            e.push(
+                format!("{p}.args"),
+                format!("at most {} arguments", oxeye_ebpf_common::MAX_ARGS),
+            );
+        }
+        if src
+            .comm
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.len() > 15)
+        {
+            e.push(
+                format!("{p}.comm"),
+                "must be 1 to 15 bytes (the kernel keeps 15)",
+            );
+        }
     }
 }
 

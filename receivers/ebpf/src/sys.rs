@@ -230,3 +230,138 @@ pub fn sample_frame() -> [u8; 60] {
     f[36..38].copy_from_slice(&53u16.to_be_bytes());
     f
 }
+
+/// The tracefs mount, mounting it at /sys/kernel/tracing if nothing is mounted yet.
+pub fn tracefs() -> Result<std::path::PathBuf, String> {
+    for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if std::path::Path::new(p).join("events").is_dir() {
+            return Ok(p.into());
+        }
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: mount(2) with NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "tracefs is not mounted and mounting it failed ({}); mount it: mount -t tracefs nodev /sys/kernel/tracing",
+            std::io::Error::last_os_error()
+        ));
+    }
+    tracing::info!("mounted tracefs at /sys/kernel/tracing");
+    Ok("/sys/kernel/tracing".into())
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    type_: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+    config2: u64,
+    branch_sample_type: u64,
+    sample_regs_user: u64,
+    sample_stack_user: u32,
+    clockid: i32,
+    sample_regs_intr: u64,
+    aux_watermark: u32,
+    sample_max_stack: u16,
+    _reserved2: u16,
+    aux_sample_size: u32,
+    _reserved3: u32,
+    sig_data: u64,
+    config3: u64,
+}
+
+const PERF_TYPE_TRACEPOINT: u32 = 2;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PERF_EVENT: u32 = 41;
+
+/// Attaches a loaded tracepoint program to tracepoint `id` with a BPF cookie (the span source),
+/// which aya 0.14's `TracePoint::attach` cannot set. Dropping the returned fds detaches.
+pub fn attach_tracepoint_with_cookie(
+    prog_fd: RawFd,
+    id: u64,
+    cookie: u64,
+) -> std::io::Result<[std::os::fd::OwnedFd; 2]> {
+    use std::os::fd::FromRawFd;
+    let attr = PerfEventAttr {
+        type_: PERF_TYPE_TRACEPOINT,
+        size: std::mem::size_of::<PerfEventAttr>() as u32,
+        config: id,
+        wakeup_events: 1,
+        ..PerfEventAttr::default()
+    };
+    // SAFETY: perf_event_open with an attr of the declared size; pid -1, cpu 0 as for BPF tracepoints.
+    let perf = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const PerfEventAttr,
+            -1i32,
+            0i32,
+            -1i32,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if perf < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("perf_event_open: {e}"),
+        ));
+    }
+    // SAFETY: a fresh fd we own.
+    let perf = unsafe { std::os::fd::OwnedFd::from_raw_fd(perf as RawFd) };
+    // bpf_attr.link_create: prog_fd, target_fd, attach_type, flags, then perf_event.bpf_cookie.
+    let mut attr = [0u64; 16];
+    attr[0] =
+        prog_fd as u32 as u64 | ((std::os::fd::AsRawFd::as_raw_fd(&perf) as u32 as u64) << 32);
+    attr[1] = BPF_PERF_EVENT as u64;
+    attr[2] = cookie;
+    // SAFETY: attr is a zeroed bpf_attr-sized buffer with the link_create fields set.
+    let link = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if link < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("BPF_LINK_CREATE: {e}"),
+        ));
+    }
+    // SAFETY: a fresh fd we own.
+    let link = unsafe { std::os::fd::OwnedFd::from_raw_fd(link as RawFd) };
+    Ok([link, perf])
+}
+
+/// Address of a kernel function from /proc/kallsyms (root sees real addresses).
+pub fn kallsyms_address(func: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (addr, kind, name) = (f.next()?, f.next()?, f.next()?);
+        (name == func && matches!(kind, "t" | "T"))
+            .then(|| u64::from_str_radix(addr, 16).ok())
+            .flatten()
+    })
+}

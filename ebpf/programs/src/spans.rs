@@ -1,0 +1,325 @@
+//! oxeye's span programs: a probed call's entry and exit become one span.
+//!
+//! Entry pushes an open span on the thread's stack (`THREADS`, an LRU hash keyed by thread, so
+//! missed exits cannot leak); the first open span of a thread starts a trace. Exit pops the
+//! matching open span and writes a [`SpanEvent`] to the ring buffer with its parent (the span
+//! below it) and the stacks captured at entry. Sources: syscall tracepoint pairs and
+//! uprobe/uretprobe pairs (the source index is the attach cookie), and kprobe/kretprobe pairs
+//! (looked up by function address, as kprobe links here carry no cookie).
+//!
+//! Ring-buffer wakeups are adaptive: a record wakes the reader only once `WAKEUP_BYTES` are
+//! waiting; the reader also drains on a timer. A wakeup per record costs microseconds per span.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_func_ip, bpf_get_prandom_u32, bpf_get_smp_processor_id,
+        bpf_get_stack, bpf_ktime_get_ns,
+    },
+    macros::{fentry, kprobe, kretprobe, map, tracepoint, uprobe, uretprobe},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{FEntryContext, ProbeContext, RetProbeContext, TracePointContext},
+    EbpfContext,
+};
+use oxeye_ebpf_common::{
+    SourceConfig, SpanEvent, ThreadState, MAX_ARGS, MAX_DEPTH, MAX_SOURCES,
+    SPAN_COUNTERS_PER_SOURCE, STACK_DEPTH, STACK_KERNEL, STACK_USER, S_ORPHAN_ENTRIES,
+    S_ORPHAN_EXITS, S_RINGBUF_FULL, S_SHORTER_THAN_MIN, S_SPANS, S_STACK_FAILURES, S_TOO_DEEP,
+};
+
+#[map]
+static THREADS: LruHashMap<u32, ThreadState> = LruHashMap::with_max_entries(16384, 0);
+/// A zeroed ThreadState to insert from (too big for the 512-byte BPF stack).
+#[map]
+static SCRATCH: PerCpuArray<ThreadState> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SOURCES: Array<SourceConfig> = Array::with_max_entries(MAX_SOURCES, 0);
+/// Kernel function address → source index (kprobe sources).
+#[map]
+static KFUNCS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SOURCES, 0);
+/// User space sets the size (`ring_size`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+/// `source * SPAN_COUNTERS_PER_SOURCE + counter`.
+#[map]
+static SPAN_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(MAX_SOURCES * SPAN_COUNTERS_PER_SOURCE, 0);
+
+/// Wake the reader once this many bytes wait in the ring (set at load).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 262144;
+
+#[inline(always)]
+fn count(source: u32, counter: u32) {
+    if let Some(c) = SPAN_COUNTERS.get_ptr_mut(source * SPAN_COUNTERS_PER_SOURCE + counter) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn random_u64() -> u64 {
+    let v =
+        ((unsafe { bpf_get_prandom_u32() } as u64) << 32) | unsafe { bpf_get_prandom_u32() } as u64;
+    if v == 0 {
+        1
+    } else {
+        v
+    }
+}
+
+/// The source's config, if this task passes its filters.
+#[inline(always)]
+fn admitted(source: u32) -> Option<(&'static SourceConfig, u32, u32)> {
+    let cfg = SOURCES.get(source)?;
+    if cfg.enabled == 0 {
+        return None;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if (cfg.pid != 0 && cfg.pid != tgid) || (cfg.tid != 0 && cfg.tid != tid) {
+        return None;
+    }
+    if cfg.comm[0] != 0 {
+        let comm = bpf_get_current_comm().ok()?;
+        if comm != cfg.comm {
+            return None;
+        }
+    }
+    if cfg.cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } != cfg.cgroup_id {
+        return None;
+    }
+    Some((cfg, tgid, tid))
+}
+
+#[inline(always)]
+fn enter<C: EbpfContext>(ctx: &C, source: u32, arg: impl Fn(usize) -> u64) {
+    let Some((cfg, _tgid, tid)) = admitted(source) else {
+        return;
+    };
+    let state = match THREADS.get_ptr_mut(&tid) {
+        Some(s) => s,
+        None => {
+            let Some(zero) = SCRATCH.get_ptr(0) else {
+                return;
+            };
+            if THREADS.insert(&tid, unsafe { &*zero }, 0).is_err() {
+                return;
+            }
+            match THREADS.get_ptr_mut(&tid) {
+                Some(s) => s,
+                None => return,
+            }
+        }
+    };
+    let state = unsafe { &mut *state };
+    let d = state.depth as usize;
+    if d >= MAX_DEPTH {
+        state.overflow += 1;
+        count(source, S_TOO_DEEP);
+        return;
+    }
+    if d == 0 {
+        let hi = random_u64().to_be_bytes();
+        let lo = random_u64().to_be_bytes();
+        state.trace_id[..8].copy_from_slice(&hi);
+        state.trace_id[8..].copy_from_slice(&lo);
+    }
+    let open = &mut state.open[d];
+    open.span_id = random_u64();
+    open.source = source;
+    open.args = [0; MAX_ARGS];
+    let n = cfg.nargs as usize;
+    for i in 0..MAX_ARGS {
+        if i < n {
+            open.args[i] = arg(i);
+        }
+    }
+    open.kstack_len = 0;
+    open.ustack_len = 0;
+    let stacks = &mut state.stacks[d];
+    if cfg.stack & STACK_KERNEL != 0 {
+        let r = unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                stacks.as_mut_ptr() as *mut _,
+                (STACK_DEPTH * 8) as u32,
+                0,
+            )
+        };
+        if r < 0 {
+            count(source, S_STACK_FAILURES);
+        } else {
+            open.kstack_len = (r / 8) as u32;
+        }
+    }
+    if cfg.stack & STACK_USER != 0 {
+        let user = unsafe { stacks.as_mut_ptr().add(STACK_DEPTH) };
+        let r = unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                user as *mut _,
+                (STACK_DEPTH * 8) as u32,
+                BPF_F_USER_STACK as u64,
+            )
+        };
+        if r < 0 {
+            count(source, S_STACK_FAILURES);
+        } else {
+            open.ustack_len = (r / 8) as u32;
+        }
+    }
+    // Read the clock last, so the span does not include our own work.
+    open.start_ns = unsafe { bpf_ktime_get_ns() };
+    state.depth = d as u32 + 1;
+}
+
+#[inline(always)]
+fn exit(source: u32, ret: i64) {
+    let end_ns = unsafe { bpf_ktime_get_ns() };
+    let Some((cfg, tgid, tid)) = admitted(source) else {
+        return;
+    };
+    let Some(state) = THREADS.get_ptr_mut(&tid) else {
+        count(source, S_ORPHAN_EXITS);
+        return;
+    };
+    let state = unsafe { &mut *state };
+    if state.overflow > 0 {
+        state.overflow -= 1;
+        return;
+    }
+    // The innermost open span of this source; anything above it missed its exit. Constant
+    // indexes (the loop unrolls) keep the verifier's bounds simple.
+    let depth = state.depth as usize;
+    let mut found = MAX_DEPTH;
+    for k in 0..MAX_DEPTH {
+        if k < depth && state.open[k].source == source {
+            found = k;
+        }
+    }
+    if found >= MAX_DEPTH {
+        count(source, S_ORPHAN_EXITS);
+        return;
+    }
+    let i = found;
+    for k in 0..MAX_DEPTH {
+        if k > i && k < depth {
+            count(source, S_ORPHAN_ENTRIES);
+        }
+    }
+    state.depth = i as u32;
+    let open = &state.open[i];
+    if end_ns.saturating_sub(open.start_ns) < cfg.min_duration_ns {
+        count(source, S_SHORTER_THAN_MIN);
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<SpanEvent>(0) else {
+        count(source, S_RINGBUF_FULL);
+        return;
+    };
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.trace_id = state.trace_id;
+    ev.span_id = open.span_id;
+    ev.parent_span_id = if i > 0 && i - 1 < MAX_DEPTH {
+        state.open[i - 1].span_id
+    } else {
+        0
+    };
+    ev.start_ns = open.start_ns;
+    ev.end_ns = end_ns;
+    ev.ret = ret;
+    ev.args = open.args;
+    ev.pid = tgid;
+    ev.tid = tid;
+    ev.cpu = unsafe { bpf_get_smp_processor_id() };
+    ev.source = source;
+    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    ev.kstack_len = open.kstack_len;
+    ev.ustack_len = open.ustack_len;
+    ev.stacks = state.stacks[i];
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64)
+        >= unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) }
+    {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
+    count(source, S_SPANS);
+}
+
+#[inline(always)]
+fn tp_u64(ctx: &TracePointContext, off: usize) -> u64 {
+    unsafe { *(ctx.as_ptr().add(off) as *const u64) }
+}
+
+/// `syscalls:sys_enter_*`: the arguments from offset 16. The source is the attach cookie.
+/// Arguments are read with a helper: a direct read past the syscall's last argument would make
+/// the kernel refuse the attachment (EACCES) for syscalls with fewer arguments.
+#[tracepoint]
+pub fn oxeye_sys_enter(ctx: TracePointContext) -> u32 {
+    let source = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    enter(&ctx, source, |i| {
+        unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
+    });
+    0
+}
+
+/// `syscalls:sys_exit_*`: `ret` at 16.
+#[tracepoint]
+pub fn oxeye_sys_exit(ctx: TracePointContext) -> u32 {
+    let source = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    exit(source, tp_u64(&ctx, 16) as i64);
+    0
+}
+
+#[kprobe]
+pub fn oxeye_kprobe(ctx: ProbeContext) -> u32 {
+    let ip = unsafe { bpf_get_func_ip(ctx.as_ptr()) };
+    if let Some(&source) = unsafe { KFUNCS.get(&ip) } {
+        enter(&ctx, source, |i| ctx.arg::<u64>(i).unwrap_or(0));
+    }
+    0
+}
+
+#[kretprobe]
+pub fn oxeye_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ip = unsafe { bpf_get_func_ip(ctx.as_ptr()) };
+    if let Some(&source) = unsafe { KFUNCS.get(&ip) } {
+        exit(source, ctx.ret::<i64>());
+    }
+    0
+}
+
+/// Loaded (never attached) by `oxeye doctor` and `attach: auto` to learn whether fentry works.
+#[fentry(function = "do_sys_openat2")]
+pub fn oxeye_fentry_probe(_ctx: FEntryContext) -> u32 {
+    0
+}
+
+#[uprobe]
+pub fn oxeye_uprobe(ctx: ProbeContext) -> u32 {
+    let source = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    enter(&ctx, source, |i| ctx.arg::<u64>(i).unwrap_or(0));
+    0
+}
+
+#[uretprobe]
+pub fn oxeye_uretprobe(ctx: RetProbeContext) -> u32 {
+    let source = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    exit(source, ctx.ret::<i64>());
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,134 @@
+//! `oxeye doctor`: what this kernel supports, and what oxeye will pick.
+
+use aya::programs::{KProbe, TracePoint};
+use aya::EbpfLoader;
+
+use crate::sys;
+
+/// One line of the report.
+pub struct Check {
+    /// What was checked.
+    pub what: &'static str,
+    /// Whether it works.
+    pub ok: bool,
+    /// The evidence, or why not.
+    pub detail: String,
+}
+
+fn check(what: &'static str, r: Result<String, String>) -> Check {
+    match r {
+        Ok(detail) => Check {
+            what,
+            ok: true,
+            detail,
+        },
+        Err(detail) => Check {
+            what,
+            ok: false,
+            detail,
+        },
+    }
+}
+
+/// Runs every check (loads programs; attaches nothing).
+pub fn report() -> Vec<Check> {
+    let mut checks = Vec::new();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    checks.push(Check {
+        what: "kernel",
+        ok: true,
+        detail: release.trim().to_string(),
+    });
+    let missing = sys::missing_capabilities();
+    checks.push(check(
+        "privileges",
+        if missing.is_empty() {
+            Ok("CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON".into())
+        } else {
+            Err(format!("missing {}", missing.join(", ")))
+        },
+    ));
+    checks.push(check(
+        "BTF",
+        if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            Ok("/sys/kernel/btf/vmlinux".into())
+        } else {
+            Err("no /sys/kernel/btf/vmlinux".into())
+        },
+    ));
+    let loaded = EbpfLoader::new()
+        .load(crate::spans::PROGRAMS)
+        .map_err(|e| crate::flows::chain(&e));
+    checks.push(check(
+        "ring buffer",
+        loaded
+            .as_ref()
+            .map(|_| "BPF_MAP_TYPE_RINGBUF created".to_string())
+            .map_err(Clone::clone),
+    ));
+    match loaded {
+        Ok(mut ebpf) => {
+            let tp = (|| -> Result<String, String> {
+                let root = sys::tracefs()?;
+                let p: &mut TracePoint = ebpf
+                    .program_mut("oxeye_sys_enter")
+                    .ok_or("missing")?
+                    .try_into()
+                    .map_err(|e| format!("{e}"))?;
+                p.load().map_err(|e| crate::flows::chain(&e))?;
+                Ok(format!("syscalls:* tracepoints under {}", root.display()))
+            })();
+            checks.push(check("tracepoint", tp));
+            checks.push(check(
+                "uprobe",
+                if std::path::Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+                    Ok("uprobe PMU present".into())
+                } else {
+                    Err("no uprobe PMU (CONFIG_UPROBE_EVENTS off)".into())
+                },
+            ));
+            let (fentry, kprobe) = crate::spans::kernel_function_support(&mut ebpf);
+            let kprobe = kprobe.and_then(|()| {
+                let p: &mut KProbe = ebpf
+                    .program_mut("oxeye_kprobe")
+                    .ok_or("missing")?
+                    .try_into()
+                    .map_err(|e| format!("{e}"))?;
+                p.load().map_err(|e| crate::flows::chain(&e))?;
+                let link = p
+                    .attach("do_sys_openat2", 0)
+                    .map_err(|e| crate::flows::chain(&e))?;
+                p.detach(link).map_err(|e| crate::flows::chain(&e))?;
+                Ok(())
+            });
+            checks.push(check(
+                "fentry/fexit",
+                fentry
+                    .clone()
+                    .map(|()| "loads against do_sys_openat2".into()),
+            ));
+            checks.push(check(
+                "kprobe/kretprobe",
+                kprobe.clone().map(|()| "attaches to do_sys_openat2".into()),
+            ));
+            let pick = match (&fentry, &kprobe) {
+                (_, Ok(())) => Ok("`kprobe:` sources attach with kprobe/kretprobe".to_string()),
+                (Ok(()), Err(_)) => Err("fentry loads but fentry spans are not implemented yet and kprobes are unavailable: use `syscall:` sources".to_string()),
+                (Err(_), Err(_)) => Err("`kprobe:` sources fail here; use `syscall:` (tracepoint) or `uprobe:` sources".to_string()),
+            };
+            checks.push(check("kernel functions", pick));
+        }
+        Err(e) => checks.push(check("span programs", Err(e))),
+    }
+    checks.push(Check {
+        what: "XDP",
+        ok: true,
+        detail: "generic (skb) mode on every interface; native where the driver supports it (veth, virtio_net, most 10G+ NICs); `mode: auto` tries native first".into(),
+    });
+    checks.push(Check {
+        what: "TC",
+        ok: true,
+        detail: "egress via tcx links on kernels >= 6.6, else clsact + netlink filter".into(),
+    });
+    checks
+}

@@ -1,0 +1,388 @@
+//! Spans: load the span programs, attach every source, drain the ring buffer into `traces`.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::{FEntry, KProbe, TracePoint, UProbe};
+use aya::{Btf, Ebpf, EbpfLoader};
+use oxeye_api::{Comm, Span, SpanId, StatusCode, TaskContext, Telemetry, TraceId};
+use oxeye_ebpf_common::{
+    SourceConfig, SpanEvent, SPAN_COUNTERS_PER_SOURCE, SPAN_COUNTER_NAMES, STACK_DEPTH,
+    STACK_KERNEL, STACK_USER,
+};
+use tokio::io::unix::AsyncFd;
+use tracing::info;
+
+use crate::sys;
+use crate::{AttachMode, SourceKind, SourceSpec, SpansConfig, StackMode};
+
+/// The span programs, compiled for bpfel-unknown-none by build.rs.
+pub(crate) static PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oxeye-spans"));
+
+/// What a source turned into, for naming its spans and counters.
+struct Source {
+    /// Span name (function or syscall).
+    name: Arc<str>,
+    /// Counter label, e.g. `syscall:openat`.
+    label: String,
+    return_value: bool,
+    nargs: usize,
+    syscall: bool,
+}
+
+/// Why kernel functions cannot be traced here, if they cannot: (fentry error, kprobe error).
+pub fn kernel_function_support(ebpf: &mut Ebpf) -> (Result<(), String>, Result<(), String>) {
+    let fentry = (|| -> Result<(), String> {
+        let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
+        let p: &mut FEntry = ebpf
+            .program_mut("oxeye_fentry_probe")
+            .ok_or("program missing")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        p.load("do_sys_openat2", &btf)
+            .map_err(|e| crate::flows::chain(&e))
+    })();
+    let kprobe = if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        Ok(())
+    } else {
+        Err("this kernel has no kprobe PMU (CONFIG_KPROBES is off)".to_string())
+    };
+    (fentry, kprobe)
+}
+
+fn kernel_function_error(func: &str, fentry: &str, kprobe: &str) -> String {
+    format!(
+        "kprobe:{func}: kernel functions cannot be traced on this kernel: fentry failed ({fentry}); \
+         kprobe failed ({kprobe}). Use a `syscall:` source (tracepoints work here), or run where \
+         CONFIG_KPROBES or fentry is available (`oxeye doctor` shows what this kernel supports)"
+    )
+}
+
+/// Loaded programs with every source attached. Dropping it detaches everything.
+pub struct SpanProbe {
+    /// The programs; `None` once detached (dropping unloads and detaches them).
+    ebpf: Option<Ebpf>,
+    counters: PerCpuArray<MapData, u64>,
+    ring: AsyncFd<RingBuf<MapData>>,
+    sources: Vec<Source>,
+    /// Tracepoint links (link fd, perf fd); dropping detaches.
+    _tp_links: Vec<[OwnedFd; 2]>,
+    telemetry: Telemetry,
+    offset: u64,
+}
+
+impl SpanProbe {
+    /// Loads the programs and attaches every configured source.
+    pub fn start(cfg: &SpansConfig, telemetry: Telemetry) -> Result<SpanProbe, String> {
+        let wakeup = cfg.wakeup_bytes;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("WAKEUP_BYTES", &wakeup, true)
+            .map_max_entries("EVENTS", cfg.ring_size)
+            .load(PROGRAMS)
+            .map_err(|e| format!("loading the span programs: {}", crate::flows::chain(&e)))?;
+        let mut configs: Array<MapData, SourceConfig> =
+            Array::try_from(ebpf.take_map("SOURCES").ok_or("map SOURCES missing")?)
+                .map_err(|e| format!("SOURCES: {e}"))?;
+        let mut kfuncs: BpfHashMap<MapData, u64, u32> =
+            BpfHashMap::try_from(ebpf.take_map("KFUNCS").ok_or("map KFUNCS missing")?)
+                .map_err(|e| format!("KFUNCS: {e}"))?;
+        let needs = |k: fn(&SourceKind) -> bool| cfg.sources.iter().any(|s| k(&s.kind()));
+        for (prog, wanted) in [
+            (
+                "oxeye_sys_enter",
+                needs(|k| matches!(k, SourceKind::Syscall(_))),
+            ),
+            (
+                "oxeye_sys_exit",
+                needs(|k| matches!(k, SourceKind::Syscall(_))),
+            ),
+        ] {
+            if wanted {
+                let p: &mut TracePoint = ebpf
+                    .program_mut(prog)
+                    .ok_or("program missing")?
+                    .try_into()
+                    .map_err(|e| format!("{prog}: {e}"))?;
+                p.load().map_err(|e| {
+                    format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
+                })?;
+            }
+        }
+        for prog in ["oxeye_uprobe", "oxeye_uretprobe"] {
+            if needs(|k| matches!(k, SourceKind::Uprobe { .. })) {
+                let p: &mut UProbe = ebpf
+                    .program_mut(prog)
+                    .ok_or("program missing")?
+                    .try_into()
+                    .map_err(|e| format!("{prog}: {e}"))?;
+                p.load().map_err(|e| {
+                    format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
+                })?;
+            }
+        }
+        let mut tp_links = Vec::new();
+        let mut sources = Vec::new();
+        let tracefs = if needs(|k| matches!(k, SourceKind::Syscall(_))) {
+            Some(sys::tracefs()?)
+        } else {
+            None
+        };
+        for (index, spec) in cfg.sources.iter().enumerate() {
+            let index = index as u32;
+            let kind = spec.kind();
+            let (name, label, syscall) = match &kind {
+                SourceKind::Syscall(name) => (name.clone(), format!("syscall:{name}"), true),
+                SourceKind::Uprobe { path, symbol } => {
+                    (symbol.clone(), format!("uprobe:{path}:{symbol}"), false)
+                }
+                SourceKind::Kprobe(func) => (func.clone(), format!("kprobe:{func}"), false),
+            };
+            configs
+                .set(index, source_config(spec)?, 0)
+                .map_err(|e| format!("{label}: writing its config: {e}"))?;
+            match &kind {
+                SourceKind::Syscall(name) => {
+                    let root = tracefs.as_ref().ok_or("tracefs")?;
+                    for (prog, dir) in [
+                        ("oxeye_sys_enter", "sys_enter"),
+                        ("oxeye_sys_exit", "sys_exit"),
+                    ] {
+                        let id_path = root.join(format!("events/syscalls/{dir}_{name}/id"));
+                        let id: u64 = std::fs::read_to_string(&id_path)
+                            .map_err(|_| format!("{label}: no tracepoint syscalls:{dir}_{name} on this kernel (is `{name}` a syscall name?)"))?
+                            .trim()
+                            .parse()
+                            .map_err(|e| format!("{}: {e}", id_path.display()))?;
+                        let p: &mut TracePoint = ebpf
+                            .program_mut(prog)
+                            .ok_or("program missing")?
+                            .try_into()
+                            .map_err(|e| format!("{e}"))?;
+                        let fd = p.fd().map_err(|e| format!("{e}"))?.as_fd().as_raw_fd();
+                        tp_links.push(
+                            sys::attach_tracepoint_with_cookie(fd, id, index as u64).map_err(
+                                |e| format!("{label}: attaching syscalls:{dir}_{name}: {e}"),
+                            )?,
+                        );
+                    }
+                }
+                SourceKind::Uprobe { path, symbol } => {
+                    let scope = match spec.pid.and_then(std::num::NonZeroU32::new) {
+                        Some(pid) => UProbeScope::OneProcess(pid),
+                        None => UProbeScope::AllProcesses,
+                    };
+                    for prog in ["oxeye_uprobe", "oxeye_uretprobe"] {
+                        let p: &mut UProbe = ebpf
+                            .program_mut(prog)
+                            .ok_or("program missing")?
+                            .try_into()
+                            .map_err(|e| format!("{e}"))?;
+                        let point = UProbeAttachPoint {
+                            location: UProbeAttachLocation::Symbol(symbol),
+                            cookie: Some(index as u64),
+                        };
+                        p.attach(point, path, scope).map_err(|e| {
+                            format!("{label}: attaching: {}", crate::flows::chain(&e))
+                        })?;
+                    }
+                }
+                SourceKind::Kprobe(func) => {
+                    attach_kprobe(&mut ebpf, &mut kfuncs, func, index, spec.attach)?;
+                }
+            }
+            info!(source = %label, "span source attached");
+            sources.push(Source {
+                name: Arc::from(name.as_str()),
+                label,
+                return_value: spec.return_value,
+                nargs: spec.args as usize,
+                syscall,
+            });
+        }
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or("map EVENTS missing")?)
+            .map_err(|e| format!("EVENTS: {e}"))?;
+        // SAFETY: the RingBuf owns its fd for as long as the AsyncFd owns the RingBuf.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| format!("watching the ring buffer: {}", e.into_parts().1))?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map("SPAN_COUNTERS")
+                .ok_or("map SPAN_COUNTERS missing")?,
+        )
+        .map_err(|e| format!("SPAN_COUNTERS: {e}"))?;
+        Ok(SpanProbe {
+            ebpf: Some(ebpf),
+            counters,
+            ring,
+            sources,
+            _tp_links: tp_links,
+            telemetry,
+            offset: sys::monotonic_to_unix_offset(),
+        })
+    }
+
+    /// Waits until the ring buffer has data or `timeout` passes.
+    pub async fn wait(&self, timeout: Duration) {
+        if let Ok(Ok(mut guard)) = tokio::time::timeout(timeout, self.ring.readable()).await {
+            // Drained right after; readiness is re-armed by the next wakeup.
+            guard.clear_ready();
+        }
+    }
+
+    /// Moves every waiting event out of the ring buffer as spans.
+    pub fn drain(&mut self) -> Vec<Span> {
+        self.offset = sys::monotonic_to_unix_offset();
+        let mut spans = Vec::new();
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<SpanEvent>() {
+                continue;
+            }
+            // SAFETY: the programs write whole SpanEvents; read_unaligned copes with alignment.
+            let ev: SpanEvent =
+                unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SpanEvent) };
+            if let Some(source) = self.sources.get(ev.source as usize) {
+                spans.push(to_span(&ev, source, self.offset));
+            }
+        }
+        spans
+    }
+
+    /// Copies the kernel counters into self-metrics, labelled by source.
+    pub fn update_counters(&mut self) {
+        let counters = &self.counters;
+        for (i, source) in self.sources.iter().enumerate() {
+            for (slot, name) in SPAN_COUNTER_NAMES.iter().enumerate() {
+                let index = i as u32 * SPAN_COUNTERS_PER_SOURCE + slot as u32;
+                let total: u64 = counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0);
+                self.telemetry.set_counter(name, &source.label, total);
+            }
+        }
+    }
+
+    /// Detaches every source (the ring buffer stays readable for a final drain).
+    pub fn detach(&mut self) {
+        self._tp_links.clear();
+        self.ebpf = None;
+    }
+}
+
+fn attach_kprobe(
+    ebpf: &mut Ebpf,
+    kfuncs: &mut BpfHashMap<MapData, u64, u32>,
+    func: &str,
+    index: u32,
+    mode: AttachMode,
+) -> Result<(), String> {
+    let (fentry, kprobe) = kernel_function_support(ebpf);
+    let fentry_err = fentry
+        .err()
+        .unwrap_or_else(|| "fentry spans are not implemented yet; kprobe is used".into());
+    let kprobe_err = match (&kprobe, mode) {
+        (Err(e), _) => e.clone(),
+        (Ok(()), AttachMode::Fentry) => "not requested (attach: fentry)".into(),
+        (Ok(()), _) => {
+            let addr = sys::kallsyms_address(func).ok_or_else(|| {
+                format!("kprobe:{func}: no such kernel function in /proc/kallsyms")
+            })?;
+            kfuncs
+                .insert(addr, index, 0)
+                .map_err(|e| format!("KFUNCS: {e}"))?;
+            for prog in ["oxeye_kprobe", "oxeye_kretprobe"] {
+                let p: &mut KProbe = ebpf
+                    .program_mut(prog)
+                    .ok_or("program missing")?
+                    .try_into()
+                    .map_err(|e| format!("{e}"))?;
+                if p.fd().is_err() {
+                    p.load().map_err(|e| {
+                        format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
+                    })?;
+                }
+                if let Err(e) = p.attach(func, 0) {
+                    return Err(kernel_function_error(
+                        func,
+                        &fentry_err,
+                        &crate::flows::chain(&e),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+    };
+    Err(kernel_function_error(func, &fentry_err, &kprobe_err))
+}
+
+fn source_config(spec: &SourceSpec) -> Result<SourceConfig, String> {
+    let mut comm = [0u8; 16];
+    if let Some(c) = &spec.comm {
+        comm[..c.len().min(15)].copy_from_slice(&c.as_bytes()[..c.len().min(15)]);
+    }
+    let cgroup_id = match &spec.cgroup {
+        Some(path) => {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path)
+                .map_err(|e| format!("cgroup `{path}`: {e} (give a cgroup v2 directory, e.g. /sys/fs/cgroup/system.slice/foo.service)"))?
+                .ino()
+        }
+        None => 0,
+    };
+    Ok(SourceConfig {
+        pid: spec.pid.unwrap_or(0),
+        tid: spec.tid.unwrap_or(0),
+        cgroup_id,
+        min_duration_ns: spec.min_duration.map_or(0, |d| d.as_nanos() as u64),
+        comm,
+        nargs: spec.args,
+        stack: match spec.stack {
+            StackMode::None => 0,
+            StackMode::Kernel => STACK_KERNEL,
+            StackMode::User => STACK_USER,
+            StackMode::Both => STACK_KERNEL | STACK_USER,
+        },
+        enabled: 1,
+        _pad: 0,
+    })
+}
+
+fn to_span(ev: &SpanEvent, source: &Source, offset: u64) -> Span {
+    let klen = (ev.kstack_len as usize).min(STACK_DEPTH);
+    let ulen = (ev.ustack_len as usize).min(STACK_DEPTH);
+    let (status, status_message) = if source.syscall && ev.ret < 0 && ev.ret > -4096 {
+        (
+            StatusCode::Error,
+            Some(Arc::from(
+                std::io::Error::from_raw_os_error(-ev.ret as i32).to_string(),
+            )),
+        )
+    } else {
+        (StatusCode::Unset, None)
+    };
+    let mut attributes = oxeye_api::Attributes::new();
+    attributes.set("code.function.name", source.name.clone());
+    Span {
+        trace_id: TraceId(ev.trace_id),
+        span_id: SpanId(ev.span_id.to_be_bytes()),
+        parent_span_id: (ev.parent_span_id != 0).then(|| SpanId(ev.parent_span_id.to_be_bytes())),
+        name: source.name.clone(),
+        start_unix_ns: ev.start_ns.wrapping_add(offset),
+        end_unix_ns: ev.end_ns.wrapping_add(offset),
+        status,
+        status_message,
+        attributes,
+        task: Some(TaskContext {
+            pid: ev.pid,
+            tid: ev.tid,
+            comm: Comm(ev.comm),
+            cpu: ev.cpu,
+        }),
+        return_value: source.return_value.then_some(ev.ret),
+        args: ev.args[..source.nargs.min(ev.args.len())].to_vec(),
+        kernel_stack: ev.stacks[..klen].to_vec(),
+        user_stack: ev.stacks[STACK_DEPTH..STACK_DEPTH + ulen].to_vec(),
+        ..Span::default()
+    }
+}
