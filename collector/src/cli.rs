@@ -17,6 +17,7 @@ Examples:
   oxeye run -c config/pipeline.yaml          run a pipeline from YAML
   oxeye validate -c config/pipeline.yaml     check a config without starting anything
   oxeye components                           list the registered component types
+  oxeye doctor                               what this kernel supports (kprobe, fentry, XDP, ...)
   RATE=5000 oxeye run -c p.yaml              values like ${env:RATE:-100} come from the environment
 
 Exit codes: 0 ok; 1 a component failed or the shutdown deadline passed; 2 invalid config.
@@ -48,6 +49,8 @@ enum Command {
     },
     /// List registered component types and the signals each accepts.
     Components,
+    /// Show which eBPF program and attach types this kernel supports, and what oxeye will use.
+    Doctor,
 }
 
 /// Entry point of the `oxeye` binary, and of custom builds that link extra component crates.
@@ -62,6 +65,7 @@ pub fn main() -> ExitCode {
     }
     match cli.command {
         Command::Components => components(),
+        Command::Doctor => doctor(),
         Command::Validate { config } => match read(&config) {
             Ok((name, text)) => validate(&name, &text),
             Err(code) => code,
@@ -108,6 +112,19 @@ fn components() -> ExitCode {
             signals.join(","),
             r.crate_name,
             r.description
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn doctor() -> ExitCode {
+    let checks = oxeye_receiver_ebpf::doctor::report();
+    for c in &checks {
+        println!(
+            "{:<18} {:<4} {}",
+            c.what,
+            if c.ok { "ok" } else { "no" },
+            c.detail
         );
     }
     ExitCode::SUCCESS

@@ -1,0 +1,59 @@
+//! A workload for the span tests: prints its pid, waits for a line on stdin, does the work,
+//! prints `done`, exits.
+//!
+//!     oxeye-workload openat N       N openat calls on a missing file
+//!     oxeye-workload nested N       N calls of oxeye_outer (20 ms) -> oxeye_inner (10 ms)
+//!     oxeye-workload getppid N      N getppid calls (benchmark)
+
+use std::io::BufRead;
+use std::time::Duration;
+
+/// Probed by the uprobe test: must keep its symbol and not be inlined.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn oxeye_inner(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::hint::black_box(ms + 1)
+}
+
+/// Calls `oxeye_inner` after sleeping: the outer span contains the inner one.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn oxeye_outer(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::hint::black_box(oxeye_inner(ms / 2)) + 1
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (what, n) = match args.as_slice() {
+        [_, what, n] => (what.clone(), n.parse::<u64>().expect("count")),
+        _ => {
+            eprintln!("usage: oxeye-workload openat|nested|getppid N");
+            std::process::exit(2);
+        }
+    };
+    println!("{}", std::process::id());
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    match what.as_str() {
+        "openat" => {
+            for _ in 0..n {
+                let _ = std::fs::File::open("/nonexistent/oxeye-workload");
+            }
+        }
+        "nested" => {
+            for _ in 0..n {
+                std::hint::black_box(oxeye_outer(std::hint::black_box(20)));
+            }
+        }
+        "getppid" => {
+            for _ in 0..n {
+                // SAFETY: getppid has no preconditions.
+                std::hint::black_box(unsafe { libc::getppid() });
+            }
+        }
+        other => panic!("unknown workload {other}"),
+    }
+    println!("done");
+}
