@@ -160,10 +160,10 @@ pub struct ThreadState {
     pub stacks: [[u64; 2 * STACK_DEPTH]; MAX_DEPTH],
 }
 
-/// A finished span, as written to the ring buffer.
+/// A finished span without stacks, as written to the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct SpanEvent {
+pub struct SpanHeader {
     /// Trace id.
     pub trace_id: [u8; 16],
     /// Span id.
@@ -192,6 +192,14 @@ pub struct SpanEvent {
     pub kstack_len: u32,
     /// User stack length (frames, in `stacks[STACK_DEPTH..STACK_DEPTH + ustack_len]`).
     pub ustack_len: u32,
+}
+
+/// A finished span with its stacks (written only when a stack was captured: 4x the bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SpanEvent {
+    /// Everything but the stacks.
+    pub header: SpanHeader,
     /// Kernel frames then user frames.
     pub stacks: [u64; 2 * STACK_DEPTH],
 }

@@ -25,7 +25,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use oxeye_ebpf_common::{
-    SourceConfig, SpanEvent, ThreadState, MAX_ARGS, MAX_DEPTH, MAX_SOURCES,
+    SourceConfig, SpanEvent, SpanHeader, ThreadState, MAX_ARGS, MAX_DEPTH, MAX_SOURCES,
     SPAN_COUNTERS_PER_SOURCE, STACK_DEPTH, STACK_KERNEL, STACK_USER, S_ORPHAN_ENTRIES,
     S_ORPHAN_EXITS, S_RINGBUF_FULL, S_SHORTER_THAN_MIN, S_SPANS, S_STACK_FAILURES, S_TOO_DEEP,
 };
@@ -216,38 +216,52 @@ fn exit(source: u32, ret: i64) {
         count(source, S_SHORTER_THAN_MIN);
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<SpanEvent>(0) else {
-        count(source, S_RINGBUF_FULL);
-        return;
-    };
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    ev.trace_id = state.trace_id;
-    ev.span_id = open.span_id;
-    ev.parent_span_id = if i > 0 && i - 1 < MAX_DEPTH {
-        state.open[i - 1].span_id
-    } else {
-        0
-    };
-    ev.start_ns = open.start_ns;
-    ev.end_ns = end_ns;
-    ev.ret = ret;
-    ev.args = open.args;
-    ev.pid = tgid;
-    ev.tid = tid;
-    ev.cpu = unsafe { bpf_get_smp_processor_id() };
-    ev.source = source;
-    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    ev.kstack_len = open.kstack_len;
-    ev.ustack_len = open.ustack_len;
-    ev.stacks = state.stacks[i];
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64)
         >= unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) }
     {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
+    } as u64;
+    let parent = if i > 0 && i - 1 < MAX_DEPTH {
+        state.open[i - 1].span_id
+    } else {
+        0
     };
-    entry.submit(flags as u64);
+    let fill = |h: &mut SpanHeader| {
+        h.trace_id = state.trace_id;
+        h.span_id = open.span_id;
+        h.parent_span_id = parent;
+        h.start_ns = open.start_ns;
+        h.end_ns = end_ns;
+        h.ret = ret;
+        h.args = open.args;
+        h.pid = tgid;
+        h.tid = tid;
+        h.cpu = unsafe { bpf_get_smp_processor_id() };
+        h.source = source;
+        h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        h.kstack_len = open.kstack_len;
+        h.ustack_len = open.ustack_len;
+    };
+    // Without stacks the record is a quarter of the size: less ring traffic, fewer wakeups.
+    if open.kstack_len == 0 && open.ustack_len == 0 {
+        let Some(mut entry) = EVENTS.reserve::<SpanHeader>(0) else {
+            count(source, S_RINGBUF_FULL);
+            return;
+        };
+        fill(unsafe { &mut *entry.as_mut_ptr() });
+        entry.submit(flags);
+    } else {
+        let Some(mut entry) = EVENTS.reserve::<SpanEvent>(0) else {
+            count(source, S_RINGBUF_FULL);
+            return;
+        };
+        let ev = unsafe { &mut *entry.as_mut_ptr() };
+        fill(&mut ev.header);
+        ev.stacks = state.stacks[i];
+        entry.submit(flags);
+    }
     count(source, S_SPANS);
 }
 

@@ -10,7 +10,7 @@ use aya::programs::{FEntry, KProbe, TracePoint, UProbe};
 use aya::{Btf, Ebpf, EbpfLoader};
 use oxeye_api::{Comm, Span, SpanId, StatusCode, TaskContext, Telemetry, TraceId};
 use oxeye_ebpf_common::{
-    SourceConfig, SpanEvent, SPAN_COUNTERS_PER_SOURCE, SPAN_COUNTER_NAMES, STACK_DEPTH,
+    SourceConfig, SpanEvent, SpanHeader, SPAN_COUNTERS_PER_SOURCE, SPAN_COUNTER_NAMES, STACK_DEPTH,
     STACK_KERNEL, STACK_USER,
 };
 use tokio::io::unix::AsyncFd;
@@ -238,14 +238,23 @@ impl SpanProbe {
         let mut spans = Vec::new();
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<SpanEvent>() {
-                continue;
-            }
-            // SAFETY: the programs write whole SpanEvents; read_unaligned copes with alignment.
-            let ev: SpanEvent =
-                unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SpanEvent) };
-            if let Some(source) = self.sources.get(ev.source as usize) {
-                spans.push(to_span(&ev, source, self.offset));
+            // SAFETY: the programs write whole SpanHeaders or SpanEvents (told apart by length);
+            // read_unaligned copes with alignment.
+            let (h, stacks): (SpanHeader, Option<[u64; 2 * STACK_DEPTH]>) =
+                if item.len() >= std::mem::size_of::<SpanEvent>() {
+                    let ev: SpanEvent =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SpanEvent) };
+                    (ev.header, Some(ev.stacks))
+                } else if item.len() >= std::mem::size_of::<SpanHeader>() {
+                    (
+                        unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SpanHeader) },
+                        None,
+                    )
+                } else {
+                    continue;
+                };
+            if let Some(source) = self.sources.get(h.source as usize) {
+                spans.push(to_span(&h, stacks.as_ref(), source, self.offset));
             }
         }
         spans
@@ -348,9 +357,21 @@ fn source_config(spec: &SourceSpec) -> Result<SourceConfig, String> {
     })
 }
 
-fn to_span(ev: &SpanEvent, source: &Source, offset: u64) -> Span {
+fn to_span(
+    ev: &SpanHeader,
+    stacks: Option<&[u64; 2 * STACK_DEPTH]>,
+    source: &Source,
+    offset: u64,
+) -> Span {
     let klen = (ev.kstack_len as usize).min(STACK_DEPTH);
     let ulen = (ev.ustack_len as usize).min(STACK_DEPTH);
+    let (kernel_stack, user_stack) = match stacks {
+        Some(s) => (
+            s[..klen].to_vec(),
+            s[STACK_DEPTH..STACK_DEPTH + ulen].to_vec(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
     let (status, status_message) = if source.syscall && ev.ret < 0 && ev.ret > -4096 {
         (
             StatusCode::Error,
@@ -381,8 +402,8 @@ fn to_span(ev: &SpanEvent, source: &Source, offset: u64) -> Span {
         }),
         return_value: source.return_value.then_some(ev.ret),
         args: ev.args[..source.nargs.min(ev.args.len())].to_vec(),
-        kernel_stack: ev.stacks[..klen].to_vec(),
-        user_stack: ev.stacks[STACK_DEPTH..STACK_DEPTH + ulen].to_vec(),
+        kernel_stack,
+        user_stack,
         ..Span::default()
     }
 }

@@ -36,6 +36,7 @@ fn main() {
     println!("{}", std::process::id());
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
+    let started = std::time::Instant::now();
     match what.as_str() {
         "openat" => {
             for _ in 0..n {
@@ -55,5 +56,6 @@ fn main() {
         }
         other => panic!("unknown workload {other}"),
     }
-    println!("done");
+    // `done <ns>`: the wall time of the work, for benchmarks.
+    println!("done {}", started.elapsed().as_nanos());
 }

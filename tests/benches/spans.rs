@@ -1,0 +1,118 @@
+//! Span cost (root): a tight loop of getppid in a workload process, untraced and traced by a
+//! `syscall: getppid` source (tracepoint pair → ring buffer → oxeye in this process → nop
+//! exporter); ns added per call, spans/s drained, and ring-buffer loss. Prints figures only.
+//!
+//!     cargo bench -p oxeye-tests --bench spans
+
+use std::io::{BufRead, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use oxeye_api::Kind;
+
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_oxeye-workload");
+
+/// Runs `getppid` n times in the workload; returns ns per call measured inside it.
+fn workload(
+    n: u64,
+    pid_tx: Option<std::sync::mpsc::Sender<u32>>,
+    go: std::sync::mpsc::Receiver<()>,
+) -> f64 {
+    let mut child = Command::new(WORKLOAD)
+        .args(["getppid", &n.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("workload");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("pid");
+    if let Some(tx) = pid_tx {
+        tx.send(line.trim().parse().expect("pid"))
+            .expect("send pid");
+    }
+    go.recv().expect("go");
+    writeln!(stdin, "go").expect("go");
+    line.clear();
+    out.read_line(&mut line).expect("done");
+    child.wait().expect("wait");
+    let ns: f64 = line.trim().trim_start_matches("done ").parse().expect("ns");
+    ns / n as f64
+}
+
+fn untraced(n: u64) -> f64 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    tx.send(()).expect("go");
+    workload(n, None, rx)
+}
+
+/// (ns per call, spans received, ring buffer full count).
+fn traced(n: u64, wakeup_bytes: u64) -> (f64, u64, u64) {
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let work = std::thread::spawn(move || workload(n, Some(pid_tx), go_rx));
+    let pid = pid_rx.recv().expect("pid");
+    let yaml = format!(
+        "receivers:\n  ebpf:\n    spans:\n      wakeup_bytes: {wakeup_bytes}\n      ring_size: 16777216\n      sources:\n        - {{syscall: getppid, pid: {pid}}}\nexporters:\n  nop:\nservice:\n  telemetry: {{logs: {{level: warn, summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [nop]}}\n"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
+    let runner = rt.spawn(async move {
+        oxeye::run_config("bench.yaml", &yaml, stop_rx)
+            .await
+            .expect("config")
+    });
+    std::thread::sleep(Duration::from_millis(1500)); // attached
+    go_tx.send(()).expect("go");
+    let per_call = work.join().expect("workload");
+    std::thread::sleep(Duration::from_millis(500)); // drained
+    rt.block_on(async {
+        stop_tx.send(()).await.expect("stop");
+    });
+    let report = rt.block_on(runner).expect("run");
+    let spans = report.received(Kind::Exporter, "nop");
+    let lost = report
+        .registry
+        .components
+        .iter()
+        .flat_map(|c| c.telemetry.counters())
+        .filter(|(name, _, _)| *name == "ebpf_ringbuf_full")
+        .map(|(_, _, n)| n)
+        .sum();
+    (per_call, spans, lost)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    oxeye_tests::netns::require_root();
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let (n, runs) = if quick { (20_000, 1) } else { (2_000_000, 3) };
+    println!("oxeye span benchmark: {n} getppid calls per run, median of {runs}");
+    let base = median((0..runs).map(|_| untraced(n)).collect());
+    println!("untraced getppid                         {base:>8.0} ns/call");
+    for wakeup in [256 << 10, 0] {
+        let results: Vec<(f64, u64, u64)> = (0..runs).map(|_| traced(n, wakeup)).collect();
+        let per_call = median(results.iter().map(|r| r.0).collect());
+        let spans: u64 = results.iter().map(|r| r.1).min().unwrap_or(0);
+        let lost: u64 = results.iter().map(|r| r.2).max().unwrap_or(0);
+        let label = if wakeup == 0 {
+            "wakeup on every span"
+        } else {
+            "adaptive wakeup (256 KiB)"
+        };
+        println!(
+            "traced, {label:<28} {per_call:>8.0} ns/call (+{:.0} ns/span), {:.2} M spans/s, {spans}/{n} received, {lost} lost to a full ring",
+            per_call - base,
+            1e3 / per_call
+        );
+    }
+}
