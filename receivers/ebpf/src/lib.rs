@@ -576,4 +576,34 @@ mod tests {
         assert!(check::<EbpfFactory>("flows: {mode: turbo}").is_err());
         assert!(check::<EbpfFactory>("{}").is_err());
     }
+
+    #[test]
+    fn span_config_validation() {
+        assert!(check::<EbpfFactory>("spans: {sources: [{syscall: openat, pid: 1, min_duration: 10us, stack: both, args: 3}]}").is_ok());
+        assert!(check::<EbpfFactory>(
+            "spans: {sources: [{uprobe: '/bin/app:main'}, {kprobe: vfs_read, attach: fentry}]}"
+        )
+        .is_ok());
+        let e = check::<EbpfFactory>(
+            "spans: {ring_size: 1000, sources: [{syscall: read, uprobe: '/x:y'}, {uprobe: nocolon}, {syscall: read, attach: kprobe, args: 9, comm: ''}]}",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = e.0.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spans.ring_size",
+                "spans.sources[0]",
+                "spans.sources[1].uprobe",
+                "spans.sources[2].attach",
+                "spans.sources[2].args",
+                "spans.sources[2].comm"
+            ]
+        );
+        assert!(check::<EbpfFactory>("spans: {sources: []}").is_err());
+        assert!(
+            check::<EbpfFactory>("spans: {sources: [{syscall: read, min_duration: 10}]}").is_err()
+        );
+        assert!(check::<EbpfFactory>("spans: {sources: [{syscall: read, stack: deep}]}").is_err());
+    }
 }
