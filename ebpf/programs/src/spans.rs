@@ -16,12 +16,12 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_get_func_ip, bpf_get_prandom_u32, bpf_get_smp_processor_id,
-        bpf_get_stack, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_func_arg, bpf_get_func_ip, bpf_get_func_ret,
+        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
     },
-    macros::{fentry, kprobe, kretprobe, map, tracepoint, uprobe, uretprobe},
+    macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{FEntryContext, ProbeContext, RetProbeContext, TracePointContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use oxeye_ebpf_common::{
@@ -305,6 +305,36 @@ pub fn oxeye_kretprobe(ctx: RetProbeContext) -> u32 {
     if let Some(&source) = unsafe { KFUNCS.get(&ip) } {
         exit(source, ctx.ret::<i64>());
     }
+    0
+}
+
+/// The source of `oxeye_fentry`/`oxeye_fexit`: user space loads the object once per fentry source
+/// (sharing the other maps by pinning) with this set.
+#[unsafe(no_mangle)]
+static FENTRY_SOURCE: u32 = 0;
+
+#[inline(always)]
+fn fentry_source() -> u32 {
+    unsafe { core::ptr::read_volatile(&FENTRY_SOURCE) }
+}
+
+/// fentry: the target function is chosen at load (`FEntry::load(function, btf)`); arguments come
+/// through `bpf_get_func_arg`, which is safe past the function's last argument.
+#[fentry(function = "do_sys_openat2")]
+pub fn oxeye_fentry(ctx: FEntryContext) -> i32 {
+    enter(&ctx, fentry_source(), |i| {
+        let mut v = 0u64;
+        unsafe { bpf_get_func_arg(ctx.as_ptr(), i as u32, &mut v) };
+        v
+    });
+    0
+}
+
+#[fexit(function = "do_sys_openat2")]
+pub fn oxeye_fexit(ctx: FExitContext) -> i32 {
+    let mut ret = 0u64;
+    unsafe { bpf_get_func_ret(ctx.as_ptr(), &mut ret) };
+    exit(fentry_source(), ret as i64);
     0
 }
 

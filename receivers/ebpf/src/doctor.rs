@@ -112,9 +112,14 @@ pub fn report() -> Vec<Check> {
                 kprobe.clone().map(|()| "attaches to do_sys_openat2".into()),
             ));
             let pick = match (&fentry, &kprobe) {
-                (_, Ok(())) => Ok("`kprobe:` sources attach with kprobe/kretprobe".to_string()),
-                (Ok(()), Err(_)) => Err("fentry loads but fentry spans are not implemented yet and kprobes are unavailable: use `syscall:` sources".to_string()),
-                (Err(_), Err(_)) => Err("`kprobe:` sources fail here; use `syscall:` (tracepoint) or `uprobe:` sources".to_string()),
+                (Ok(()), _) => Ok("`kprobe:` sources use fentry/fexit (attach: auto)".to_string()),
+                (Err(_), Ok(())) => {
+                    Ok("`kprobe:` sources use kprobe/kretprobe (fentry unavailable)".to_string())
+                }
+                (Err(_), Err(_)) => Err(
+                    "`kprobe:` sources fail here; use `syscall:` (tracepoint) or `uprobe:` sources"
+                        .to_string(),
+                ),
             };
             checks.push(check("kernel functions", pick));
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
-use aya::programs::{FEntry, KProbe, TracePoint, UProbe};
+use aya::programs::{FEntry, FExit, KProbe, TracePoint, UProbe};
 use aya::{Btf, Ebpf, EbpfLoader};
 use oxeye_api::{Comm, Span, SpanId, StatusCode, TaskContext, Telemetry, TraceId};
 use oxeye_ebpf_common::{
@@ -66,6 +66,8 @@ fn kernel_function_error(func: &str, fentry: &str, kprobe: &str) -> String {
 pub struct SpanProbe {
     /// The programs; `None` once detached (dropping unloads and detaches them).
     ebpf: Option<Ebpf>,
+    /// One more instance per fentry source (its maps are the shared ones).
+    instances: Vec<Ebpf>,
     counters: PerCpuArray<MapData, u64>,
     ring: AsyncFd<RingBuf<MapData>>,
     sources: Vec<Source>,
@@ -79,11 +81,33 @@ impl SpanProbe {
     /// Loads the programs and attaches every configured source.
     pub fn start(cfg: &SpansConfig, telemetry: Telemetry) -> Result<SpanProbe, String> {
         let wakeup = cfg.wakeup_bytes;
-        let mut ebpf = EbpfLoader::new()
-            .override_global("WAKEUP_BYTES", &wakeup, true)
-            .map_max_entries("EVENTS", cfg.ring_size)
+        // Kernel functions: fentry or kprobe, per source, from what this kernel supports.
+        let mut mechanisms = Vec::new();
+        if cfg
+            .sources
+            .iter()
+            .any(|s| matches!(s.kind(), SourceKind::Kprobe(_)))
+        {
+            let mut probe = EbpfLoader::new()
+                .load(PROGRAMS)
+                .map_err(|e| format!("loading the span programs: {}", crate::flows::chain(&e)))?;
+            let support = kernel_function_support(&mut probe);
+            for spec in &cfg.sources {
+                mechanisms.push(match spec.kind() {
+                    SourceKind::Kprobe(func) => Some(mechanism(&func, spec.attach, &support)?),
+                    _ => None,
+                });
+            }
+        }
+        let pins = if mechanisms.contains(&Some(Mechanism::Fentry)) {
+            Some(pin_dir()?)
+        } else {
+            None
+        };
+        let mut ebpf = loader(cfg, &wakeup, pins.as_deref())
             .load(PROGRAMS)
             .map_err(|e| format!("loading the span programs: {}", crate::flows::chain(&e)))?;
+        let mut instances = Vec::new();
         let mut configs: Array<MapData, SourceConfig> =
             Array::try_from(ebpf.take_map("SOURCES").ok_or("map SOURCES missing")?)
                 .map_err(|e| format!("SOURCES: {e}"))?;
@@ -190,11 +214,47 @@ impl SpanProbe {
                         })?;
                     }
                 }
-                SourceKind::Kprobe(func) => {
-                    attach_kprobe(&mut ebpf, &mut kfuncs, func, index, spec.attach)?;
-                }
+                SourceKind::Kprobe(func) => match mechanisms.get(index as usize).copied().flatten()
+                {
+                    Some(Mechanism::Fentry) => {
+                        let source = index;
+                        let mut l = loader(cfg, &wakeup, pins.as_deref());
+                        l.override_global("FENTRY_SOURCE", &source, true);
+                        let mut e = l.load(PROGRAMS).map_err(|e| {
+                            format!("{label}: loading: {}", crate::flows::chain(&e))
+                        })?;
+                        let btf =
+                            Btf::from_sys_fs().map_err(|e| format!("{label}: kernel BTF: {e}"))?;
+                        let p: &mut FEntry = e
+                            .program_mut("oxeye_fentry")
+                            .ok_or("program missing")?
+                            .try_into()
+                            .map_err(|e| format!("{e}"))?;
+                        p.load(func, &btf)
+                            .map_err(|e| format!("{label}: fentry: {}", crate::flows::chain(&e)))?;
+                        p.attach()
+                            .map_err(|e| format!("{label}: fentry: {}", crate::flows::chain(&e)))?;
+                        let p: &mut FExit = e
+                            .program_mut("oxeye_fexit")
+                            .ok_or("program missing")?
+                            .try_into()
+                            .map_err(|e| format!("{e}"))?;
+                        p.load(func, &btf)
+                            .map_err(|e| format!("{label}: fexit: {}", crate::flows::chain(&e)))?;
+                        p.attach()
+                            .map_err(|e| format!("{label}: fexit: {}", crate::flows::chain(&e)))?;
+                        instances.push(e);
+                    }
+                    _ => attach_kprobe(&mut ebpf, &mut kfuncs, func, index)?,
+                },
             }
-            info!(source = %label, "span source attached");
+            let how = match mechanisms.get(index as usize).copied().flatten() {
+                Some(Mechanism::Fentry) => "fentry/fexit",
+                Some(Mechanism::Kprobe) => "kprobe/kretprobe",
+                None if syscall => "tracepoint pair",
+                None => "uprobe/uretprobe",
+            };
+            info!(source = %label, via = how, "span source attached");
             sources.push(Source {
                 name: Arc::from(name.as_str()),
                 label,
@@ -202,6 +262,10 @@ impl SpanProbe {
                 nargs: spec.args as usize,
                 syscall,
             });
+        }
+        if let Some(dir) = &pins {
+            // The instances hold the maps now; the pins are no longer needed.
+            let _ = std::fs::remove_dir_all(dir);
         }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or("map EVENTS missing")?)
             .map_err(|e| format!("EVENTS: {e}"))?;
@@ -214,6 +278,7 @@ impl SpanProbe {
         )
         .map_err(|e| format!("SPAN_COUNTERS: {e}"))?;
         Ok(SpanProbe {
+            instances,
             ebpf: Some(ebpf),
             counters,
             ring,
@@ -275,6 +340,7 @@ impl SpanProbe {
     /// Detaches every source (the ring buffer stays readable for a final drain).
     pub fn detach(&mut self) {
         self._tp_links.clear();
+        self.instances.clear();
         self.ebpf = None;
     }
 }
@@ -284,45 +350,120 @@ fn attach_kprobe(
     kfuncs: &mut BpfHashMap<MapData, u64, u32>,
     func: &str,
     index: u32,
-    mode: AttachMode,
 ) -> Result<(), String> {
-    let (fentry, kprobe) = kernel_function_support(ebpf);
-    let fentry_err = fentry
-        .err()
-        .unwrap_or_else(|| "fentry spans are not implemented yet; kprobe is used".into());
-    let kprobe_err = match (&kprobe, mode) {
-        (Err(e), _) => e.clone(),
-        (Ok(()), AttachMode::Fentry) => "not requested (attach: fentry)".into(),
-        (Ok(()), _) => {
-            let addr = sys::kallsyms_address(func).ok_or_else(|| {
-                format!("kprobe:{func}: no such kernel function in /proc/kallsyms")
-            })?;
-            kfuncs
-                .insert(addr, index, 0)
-                .map_err(|e| format!("KFUNCS: {e}"))?;
-            for prog in ["oxeye_kprobe", "oxeye_kretprobe"] {
-                let p: &mut KProbe = ebpf
-                    .program_mut(prog)
-                    .ok_or("program missing")?
-                    .try_into()
-                    .map_err(|e| format!("{e}"))?;
-                if p.fd().is_err() {
-                    p.load().map_err(|e| {
-                        format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
-                    })?;
-                }
-                if let Err(e) = p.attach(func, 0) {
-                    return Err(kernel_function_error(
-                        func,
-                        &fentry_err,
-                        &crate::flows::chain(&e),
-                    ));
-                }
-            }
-            return Ok(());
+    let addr = sys::kallsyms_address(func)
+        .ok_or_else(|| format!("kprobe:{func}: no such kernel function in /proc/kallsyms"))?;
+    kfuncs
+        .insert(addr, index, 0)
+        .map_err(|e| format!("KFUNCS: {e}"))?;
+    for prog in ["oxeye_kprobe", "oxeye_kretprobe"] {
+        let p: &mut KProbe = ebpf
+            .program_mut(prog)
+            .ok_or("program missing")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        if p.fd().is_err() {
+            p.load()
+                .map_err(|e| format!("the kernel rejected {prog}: {}", crate::flows::chain(&e)))?;
         }
-    };
-    Err(kernel_function_error(func, &fentry_err, &kprobe_err))
+        p.attach(func, 0).map_err(|e| {
+            format!(
+                "kprobe:{func}: attaching {prog}: {}",
+                crate::flows::chain(&e)
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// How a `kprobe:` source traces its function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mechanism {
+    Kprobe,
+    Fentry,
+}
+
+/// Picks fentry or kprobe per the source's `attach` and what the kernel supports.
+fn mechanism(
+    func: &str,
+    mode: AttachMode,
+    support: &(Result<(), String>, Result<(), String>),
+) -> Result<Mechanism, String> {
+    let (fentry, kprobe) = support;
+    match (mode, fentry, kprobe) {
+        (AttachMode::Auto | AttachMode::Fentry, Ok(()), _) => Ok(Mechanism::Fentry),
+        (AttachMode::Auto | AttachMode::Kprobe, _, Ok(())) => Ok(Mechanism::Kprobe),
+        (AttachMode::Kprobe, _, Err(k)) => Err(kernel_function_error(
+            func,
+            "not requested (attach: kprobe)",
+            k,
+        )),
+        (AttachMode::Fentry, Err(f), _) => Err(kernel_function_error(
+            func,
+            f,
+            "not requested (attach: fentry)",
+        )),
+        (AttachMode::Auto, Err(f), Err(k)) => Err(kernel_function_error(func, f, k)),
+    }
+}
+
+/// Maps every program instance shares (fentry sources load the object once each).
+const SHARED_MAPS: [&str; 6] = [
+    "THREADS",
+    "SCRATCH",
+    "SOURCES",
+    "EVENTS",
+    "SPAN_COUNTERS",
+    "KFUNCS",
+];
+
+/// A fresh bpffs directory to pin the shared maps in while the instances load.
+fn pin_dir() -> Result<std::path::PathBuf, String> {
+    let root = std::path::Path::new("/sys/fs/bpf");
+    let is_bpffs = std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+        })
+        .unwrap_or(false);
+    if !is_bpffs {
+        // SAFETY: mount(2) with NUL-terminated strings and no data.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "mounting bpffs at /sys/fs/bpf (needed for fentry sources): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    let dir = root.join(format!("oxeye-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn loader<'a>(
+    cfg: &'a SpansConfig,
+    wakeup: &'a u64,
+    pins: Option<&std::path::Path>,
+) -> EbpfLoader<'a> {
+    let mut l = EbpfLoader::new();
+    l.override_global("WAKEUP_BYTES", wakeup, true)
+        .map_max_entries("EVENTS", cfg.ring_size);
+    if let Some(dir) = pins {
+        for m in SHARED_MAPS {
+            l.map_pin_path(m, dir.join(m));
+        }
+    }
+    l
 }
 
 fn source_config(spec: &SourceSpec) -> Result<SourceConfig, String> {
