@@ -50,4 +50,18 @@ if [ ${#missing_pkgs[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_pkgs[@]}" >/dev/null
 fi
 
+# VM tier (kprobe/fentry spans): the stock Debian 6.1 kernel booted with virtme-ng under qemu.
+vm_pkgs=()
+command -v qemu-system-x86_64 >/dev/null || vm_pkgs+=(qemu-system-x86)
+ls /boot/vmlinuz-6.1.*-amd64 >/dev/null 2>&1 || vm_pkgs+=(linux-image-amd64)
+[ -x /bin/busybox ] && busybox --list 2>/dev/null | grep -q '^sh$' && dpkg -s busybox-static >/dev/null 2>&1 || vm_pkgs+=(busybox-static)
+if [ ${#vm_pkgs[@]} -gt 0 ]; then
+  say "installing ${vm_pkgs[*]} (VM test tier)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${vm_pkgs[@]}" >/dev/null
+fi
+if ! python3 -m pip show virtme-ng >/dev/null 2>&1; then
+  say "installing virtme-ng 1.42"
+  python3 -m pip install -q virtme-ng==1.42
+fi
+
 say "ready ($(rustc --version); $(bpf-linker --version))"
