@@ -70,11 +70,7 @@ pub fn report() -> Vec<Check> {
         Ok(mut ebpf) => {
             let tp = (|| -> Result<String, String> {
                 let root = sys::tracefs()?;
-                let p: &mut TracePoint = ebpf
-                    .program_mut("oxeye_sys_enter")
-                    .ok_or("missing")?
-                    .try_into()
-                    .map_err(|e| format!("{e}"))?;
+                let p: &mut TracePoint = crate::sys::program(&mut ebpf, "oxeye_sys_enter")?;
                 p.load().map_err(|e| crate::flows::chain(&e))?;
                 Ok(format!("syscalls:* tracepoints under {}", root.display()))
             })();
@@ -89,11 +85,7 @@ pub fn report() -> Vec<Check> {
             ));
             let (fentry, kprobe) = crate::spans::kernel_function_support(&mut ebpf);
             let kprobe = kprobe.and_then(|()| {
-                let p: &mut KProbe = ebpf
-                    .program_mut("oxeye_kprobe")
-                    .ok_or("missing")?
-                    .try_into()
-                    .map_err(|e| format!("{e}"))?;
+                let p: &mut KProbe = crate::sys::program(&mut ebpf, "oxeye_kprobe")?;
                 p.load().map_err(|e| crate::flows::chain(&e))?;
                 let link = p
                     .attach("do_sys_openat2", 0)

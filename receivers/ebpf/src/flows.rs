@@ -72,11 +72,7 @@ pub(crate) struct Clock {
 }
 
 fn clock_sample(ebpf: &mut Ebpf) -> Result<(u64, u64), String> {
-    let prog: &mut Xdp = ebpf
-        .program_mut("oxeye_clock")
-        .ok_or("program oxeye_clock missing")?
-        .try_into()
-        .map_err(|e| format!("oxeye_clock: {e}"))?;
+    let prog: &mut Xdp = crate::sys::program(ebpf, "oxeye_clock")?;
     let fd = prog
         .fd()
         .map_err(|e| format!("oxeye_clock: {e}"))?
@@ -248,11 +244,7 @@ impl FlowProbe {
             .map_err(|e| format!("loading the flow programs: {}", chain(&e)))?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
         {
-            let clock: &mut Xdp = ebpf
-                .program_mut("oxeye_clock")
-                .ok_or("program oxeye_clock missing")?
-                .try_into()
-                .map_err(|e| format!("oxeye_clock: {e}"))?;
+            let clock: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_clock")?;
             clock
                 .load()
                 .map_err(|e| format!("the kernel rejected the clock program: {}", chain(&e)))?;
@@ -262,11 +254,7 @@ impl FlowProbe {
         let mut xdp_links = Vec::new();
         let mut tc_links = Vec::new();
         {
-            let xdp: &mut Xdp = ebpf
-                .program_mut("oxeye_xdp")
-                .ok_or("program oxeye_xdp missing")?
-                .try_into()
-                .map_err(|e| format!("oxeye_xdp: {e}"))?;
+            let xdp: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_xdp")?;
             xdp.load()
                 .map_err(|e| format!("the kernel rejected the XDP program: {}", chain(&e)))?;
             for iface in interfaces {
@@ -277,11 +265,7 @@ impl FlowProbe {
             }
         }
         if cfg.egress {
-            let tc: &mut SchedClassifier = ebpf
-                .program_mut("oxeye_tc")
-                .ok_or("program oxeye_tc missing")?
-                .try_into()
-                .map_err(|e| format!("oxeye_tc: {e}"))?;
+            let tc: &mut SchedClassifier = crate::sys::program(&mut ebpf, "oxeye_tc")?;
             tc.load()
                 .map_err(|e| format!("the kernel rejected the TC program: {}", chain(&e)))?;
             for iface in interfaces {
@@ -344,18 +328,14 @@ impl FlowProbe {
 
     /// Detaches every program (maps stay readable).
     pub fn detach(&mut self) {
-        if let Some(Ok(xdp)) = self.ebpf.program_mut("oxeye_xdp").map(<&mut Xdp>::try_from) {
+        if let Ok(xdp) = crate::sys::program::<Xdp>(&mut self.ebpf, "oxeye_xdp") {
             for link in self.xdp_links.drain(..) {
                 if let Err(e) = xdp.detach(link) {
                     warn!("detaching XDP: {e}");
                 }
             }
         }
-        if let Some(Ok(tc)) = self
-            .ebpf
-            .program_mut("oxeye_tc")
-            .map(<&mut SchedClassifier>::try_from)
-        {
+        if let Ok(tc) = crate::sys::program::<SchedClassifier>(&mut self.ebpf, "oxeye_tc") {
             for link in self.tc_links.drain(..) {
                 if let Err(e) = tc.detach(link) {
                     warn!("detaching TC: {e}");

@@ -38,11 +38,7 @@ struct Source {
 pub fn kernel_function_support(ebpf: &mut Ebpf) -> (Result<(), String>, Result<(), String>) {
     let fentry = (|| -> Result<(), String> {
         let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
-        let p: &mut FEntry = ebpf
-            .program_mut("oxeye_fentry_probe")
-            .ok_or("program missing")?
-            .try_into()
-            .map_err(|e| format!("{e}"))?;
+        let p: &mut FEntry = crate::sys::program(ebpf, "oxeye_fentry_probe")?;
         p.load("do_sys_openat2", &btf)
             .map_err(|e| crate::flows::chain(&e))
     })();
@@ -126,11 +122,7 @@ impl SpanProbe {
             ),
         ] {
             if wanted {
-                let p: &mut TracePoint = ebpf
-                    .program_mut(prog)
-                    .ok_or("program missing")?
-                    .try_into()
-                    .map_err(|e| format!("{prog}: {e}"))?;
+                let p: &mut TracePoint = crate::sys::program(&mut ebpf, prog)?;
                 p.load().map_err(|e| {
                     format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
                 })?;
@@ -138,11 +130,7 @@ impl SpanProbe {
         }
         for prog in ["oxeye_uprobe", "oxeye_uretprobe"] {
             if needs(|k| matches!(k, SourceKind::Uprobe { .. })) {
-                let p: &mut UProbe = ebpf
-                    .program_mut(prog)
-                    .ok_or("program missing")?
-                    .try_into()
-                    .map_err(|e| format!("{prog}: {e}"))?;
+                let p: &mut UProbe = crate::sys::program(&mut ebpf, prog)?;
                 p.load().map_err(|e| {
                     format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
                 })?;
@@ -181,11 +169,7 @@ impl SpanProbe {
                             .trim()
                             .parse()
                             .map_err(|e| format!("{}: {e}", id_path.display()))?;
-                        let p: &mut TracePoint = ebpf
-                            .program_mut(prog)
-                            .ok_or("program missing")?
-                            .try_into()
-                            .map_err(|e| format!("{e}"))?;
+                        let p: &mut TracePoint = crate::sys::program(&mut ebpf, prog)?;
                         let fd = p.fd().map_err(|e| format!("{e}"))?.as_fd().as_raw_fd();
                         tp_links.push(
                             sys::attach_tracepoint_with_cookie(fd, id, index as u64).map_err(
@@ -200,11 +184,7 @@ impl SpanProbe {
                         None => UProbeScope::AllProcesses,
                     };
                     for prog in ["oxeye_uprobe", "oxeye_uretprobe"] {
-                        let p: &mut UProbe = ebpf
-                            .program_mut(prog)
-                            .ok_or("program missing")?
-                            .try_into()
-                            .map_err(|e| format!("{e}"))?;
+                        let p: &mut UProbe = crate::sys::program(&mut ebpf, prog)?;
                         let point = UProbeAttachPoint {
                             location: UProbeAttachLocation::Symbol(symbol),
                             cookie: Some(index as u64),
@@ -225,20 +205,12 @@ impl SpanProbe {
                         })?;
                         let btf =
                             Btf::from_sys_fs().map_err(|e| format!("{label}: kernel BTF: {e}"))?;
-                        let p: &mut FEntry = e
-                            .program_mut("oxeye_fentry")
-                            .ok_or("program missing")?
-                            .try_into()
-                            .map_err(|e| format!("{e}"))?;
+                        let p: &mut FEntry = crate::sys::program(&mut e, "oxeye_fentry")?;
                         p.load(func, &btf)
                             .map_err(|e| format!("{label}: fentry: {}", crate::flows::chain(&e)))?;
                         p.attach()
                             .map_err(|e| format!("{label}: fentry: {}", crate::flows::chain(&e)))?;
-                        let p: &mut FExit = e
-                            .program_mut("oxeye_fexit")
-                            .ok_or("program missing")?
-                            .try_into()
-                            .map_err(|e| format!("{e}"))?;
+                        let p: &mut FExit = crate::sys::program(&mut e, "oxeye_fexit")?;
                         p.load(func, &btf)
                             .map_err(|e| format!("{label}: fexit: {}", crate::flows::chain(&e)))?;
                         p.attach()
@@ -357,11 +329,7 @@ fn attach_kprobe(
         .insert(addr, index, 0)
         .map_err(|e| format!("KFUNCS: {e}"))?;
     for prog in ["oxeye_kprobe", "oxeye_kretprobe"] {
-        let p: &mut KProbe = ebpf
-            .program_mut(prog)
-            .ok_or("program missing")?
-            .try_into()
-            .map_err(|e| format!("{e}"))?;
+        let p: &mut KProbe = crate::sys::program(ebpf, prog)?;
         if p.fd().is_err() {
             p.load()
                 .map_err(|e| format!("the kernel rejected {prog}: {}", crate::flows::chain(&e)))?;

@@ -231,6 +231,17 @@ pub fn sample_frame() -> [u8; 60] {
     f
 }
 
+/// A program of a loaded object as its type (`Xdp`, `TracePoint`, ...), or a message naming it.
+pub fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .map_err(|e| format!("{name}: {e}"))
+}
+
 /// The tracefs mount, mounting it at /sys/kernel/tracing if nothing is mounted yet.
 pub fn tracefs() -> Result<std::path::PathBuf, String> {
     for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
