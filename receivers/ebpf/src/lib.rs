@@ -282,13 +282,25 @@ pub struct EbpfReceiver {
 
 const BATCH: usize = 4096;
 
-async fn emit(ctx: &ReceiverContext, resource: &Arc<Resource>, flows: Vec<Flow>) {
-    let mut flows = flows;
-    while !flows.is_empty() {
-        let rest = flows.split_off(flows.len().min(BATCH));
-        ctx.emit(Batch::flows(resource.clone(), flows)).await;
-        flows = rest;
+/// Sends records in batches of at most BATCH (moving each record once).
+async fn emit_batches<T>(
+    ctx: &ReceiverContext,
+    resource: &Arc<Resource>,
+    records: Vec<T>,
+    wrap: fn(Arc<Resource>, Vec<T>) -> Batch,
+) {
+    let mut records = records.into_iter();
+    loop {
+        let chunk: Vec<T> = records.by_ref().take(BATCH).collect();
+        if chunk.is_empty() {
+            return;
+        }
+        ctx.emit(wrap(resource.clone(), chunk)).await;
     }
+}
+
+async fn emit(ctx: &ReceiverContext, resource: &Arc<Resource>, flows: Vec<Flow>) {
+    emit_batches(ctx, resource, flows, Batch::flows).await;
 }
 
 async fn run_flows(
@@ -340,15 +352,14 @@ async fn run_spans(
     loop {
         tokio::select! {
             _ = probe.wait(cfg.drain_interval) => {
-                let spans = probe.drain();
+                drain_spans(ctx, resource, &mut probe).await;
                 probe.update_counters();
-                emit_spans(ctx, resource, spans).await;
             }
             _ = ctx.shutdown().wait() => break,
         }
     }
     probe.detach();
-    let spans = probe.drain();
+    let spans = drain_spans(ctx, resource, &mut probe).await;
     probe.update_counters();
     let counters: Vec<String> = telemetry
         .counters()
@@ -359,20 +370,30 @@ async fn run_spans(
         .map(|(name, source, n)| format!("{source} {}={n}", name.trim_start_matches("ebpf_")))
         .collect();
     info!(
-        spans = spans.len(),
+        spans,
         "span sources detached; final drain; kernel counters: {}",
         counters.join(", ")
     );
-    emit_spans(ctx, resource, spans).await;
     Ok(())
 }
 
-async fn emit_spans(ctx: &ReceiverContext, resource: &Arc<Resource>, spans: Vec<oxeye_api::Span>) {
-    let mut spans = spans;
-    while !spans.is_empty() {
-        let rest = spans.split_off(spans.len().min(BATCH));
-        ctx.emit(Batch::spans(resource.clone(), spans)).await;
-        spans = rest;
+/// Drains the ring buffer batch by batch (bounded memory however much waits); returns the count.
+async fn drain_spans(
+    ctx: &ReceiverContext,
+    resource: &Arc<Resource>,
+    probe: &mut spans::SpanProbe,
+) -> usize {
+    let mut total = 0;
+    loop {
+        let spans = probe.drain(BATCH);
+        let n = spans.len();
+        total += n;
+        if n > 0 {
+            ctx.emit(Batch::spans(resource.clone(), spans)).await;
+        }
+        if n < BATCH {
+            return total;
+        }
     }
 }
 

@@ -269,12 +269,13 @@ impl SpanProbe {
         }
     }
 
-    /// Moves every waiting event out of the ring buffer as spans.
-    pub fn drain(&mut self) -> Vec<Span> {
+    /// Moves up to `max` waiting events out of the ring buffer as spans (fewer: it is empty).
+    pub fn drain(&mut self, max: usize) -> Vec<Span> {
         self.offset = sys::monotonic_to_unix_offset();
-        let mut spans = Vec::new();
+        let mut spans = Vec::with_capacity(max.min(4096));
         let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
+        while spans.len() < max {
+            let Some(item) = ring.next() else { break };
             // SAFETY: the programs write whole SpanHeaders or SpanEvents (told apart by length);
             // read_unaligned copes with alignment.
             let (h, stacks): (SpanHeader, Option<[u64; 2 * STACK_DEPTH]>) =
