@@ -18,7 +18,9 @@ pub mod telemetry;
 pub mod builtin {
     pub use oxeye_exporter_nop as nop_exporter;
     pub use oxeye_exporter_stdout as stdout;
+    pub use oxeye_processor_aggregation as aggregation;
     pub use oxeye_processor_nop as nop_processor;
+    pub use oxeye_processor_sampling as sampling;
     pub use oxeye_receiver_ebpf as ebpf;
     pub use oxeye_receiver_synthetic as synthetic;
 }
