@@ -24,9 +24,19 @@ fn max_rss_mib() -> f64 {
 }
 
 fn config(signal: &str, n: u64, processors: usize) -> String {
-    let gen = if signal == "traces" { "spans" } else { "flows" };
     let procs: Vec<String> = (0..processors).map(|i| format!("nop/{i}")).collect();
-    let decl: String = procs.iter().map(|p| format!("  {p}:\n")).collect();
+    config_with(signal, n, &procs, "")
+}
+
+/// `procs` are processor ids; `decl` declares any that are not `nop/*`.
+fn config_with(signal: &str, n: u64, procs: &[String], extra_decl: &str) -> String {
+    let gen = if signal == "traces" { "spans" } else { "flows" };
+    let decl: String = procs
+        .iter()
+        .filter(|p| p.starts_with("nop/"))
+        .map(|p| format!("  {p}:\n"))
+        .collect::<String>()
+        + extra_decl;
     format!(
         "receivers:\n  synthetic: {{seed: 7, batch_size: 1024, {gen}: {{count: {n}}}}}\nprocessors:\n{decl}exporters:\n  nop:\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    {signal}: {{receivers: [synthetic], processors: [{}], exporters: [nop]}}\n",
         procs.join(", ")
@@ -35,6 +45,13 @@ fn config(signal: &str, n: u64, processors: usize) -> String {
 
 /// One run: (records/s wall, CPU ns per record).
 fn run_once(yaml: &str, n: u64) -> (f64, f64) {
+    let (rate, ns, out) = run_counted(yaml, n);
+    assert_eq!(out, n, "every record must arrive");
+    (rate, ns)
+}
+
+/// One run: (records/s wall, CPU ns per record, records exported).
+fn run_counted(yaml: &str, n: u64) -> (f64, f64, u64) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -50,10 +67,10 @@ fn run_once(yaml: &str, n: u64) -> (f64, f64) {
     let wall = t0.elapsed();
     let cpu = cpu_time() - cpu0;
     let out = report.registry.records_out();
-    assert_eq!(out, n, "every record must arrive");
     (
         n as f64 / wall.as_secs_f64(),
         cpu.as_nanos() as f64 / n as f64,
+        out,
     )
 }
 
@@ -88,6 +105,40 @@ fn main() {
             let ns = median(results.iter().map(|r| r.1).collect());
             println!("{signal:<8} {label:<28} {:>12.2} M {ns:>16.1}", rate / 1e6);
         }
+    }
+    // Processors alone: the CPU they add over `synthetic -> nop`, per record.
+    println!(
+        "processors (CPU ns per record over synthetic -> nop; records/s of the processor alone):"
+    );
+    for (signal, id, decl, what) in [
+        (
+            "flows",
+            "aggregation",
+            "  aggregation: {window: 10s}\n",
+            "aggregation, Zipf flows, 1024 tuples",
+        ),
+        (
+            "traces",
+            "sampling",
+            "  sampling: {ratio: 0.1}\n",
+            "sampling, ratio 0.1",
+        ),
+        (
+            "traces",
+            "sampling",
+            "  sampling: {rate_limit: 1000, keep_slower_than: 10ms}\n",
+            "sampling, rate limit + tail rule",
+        ),
+    ] {
+        let base: Vec<f64> = (0..runs)
+            .map(|_| run_once(&config(signal, n, 0), n).1)
+            .collect();
+        let with: Vec<(f64, f64, u64)> = (0..runs)
+            .map(|_| run_counted(&config_with(signal, n, &[id.to_string()], decl), n))
+            .collect();
+        let added = median(with.iter().map(|r| r.1).collect()) - median(base);
+        let out = with[0].2.max(1);
+        println!("  {what:<40} +{added:>6.1} ns/record  {:>8.1} M records/s  {n} in -> {out} out ({:.0}x)", 1e3 / added.max(0.001), n as f64 / out as f64);
     }
     println!("peak RSS {:.1} MiB", max_rss_mib());
 }

@@ -87,6 +87,8 @@ pub struct Sampling {
     keep_errors: bool,
     buckets: FxHashMap<Arc<str>, Bucket>,
     telemetry: Telemetry,
+    /// Attribute keys, allocated once (a key per kept span would be an allocation each).
+    keys: [Arc<str>; 2],
 }
 
 enum Decision {
@@ -142,10 +144,11 @@ impl Processor for Sampling {
             return Ok(());
         };
         let (mut sampled_out, mut limited) = (0, 0);
+        let [prob, adjusted] = self.keys.clone();
         spans.retain_mut(|s| match self.decide(s) {
             Decision::Keep(p) => {
-                s.attributes.set("oxeye.sampling.probability", p);
-                s.attributes.set("oxeye.sampling.adjusted_count", 1.0 / p);
+                s.attributes.set(prob.clone(), p);
+                s.attributes.set(adjusted.clone(), 1.0 / p);
                 true
             }
             Decision::Drop(reason) => {
@@ -201,6 +204,10 @@ impl Factory for SamplingFactory {
             keep_errors: c.keep_errors,
             buckets: FxHashMap::default(),
             telemetry: ctx.telemetry,
+            keys: [
+                "oxeye.sampling.probability".into(),
+                "oxeye.sampling.adjusted_count".into(),
+            ],
         }))
     }
 }
