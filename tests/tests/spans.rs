@@ -38,13 +38,26 @@ impl Workload {
         }
     }
 
-    /// Lets it run and waits until it is done.
-    fn go(mut self) {
+    /// Lets it run and waits until it is done; it exits when the returned guard drops.
+    fn go(mut self) -> Finished {
         writeln!(self.stdin, "go").expect("go");
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("done line");
         assert!(line.starts_with("done"), "{line}");
-        self.child.wait().expect("wait");
+        Finished(Some(self))
+    }
+}
+
+/// A workload that has done its work and is still alive (its stacks can be symbolized).
+struct Finished(Option<Workload>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            drop(w.stdin);
+            let mut child = w.child;
+            let _ = child.wait();
+        }
     }
 }
 
@@ -54,7 +67,7 @@ fn with_oxeye(
     name: &str,
     yaml: &str,
     sources: usize,
-    work: impl FnOnce(),
+    work: impl FnOnce() -> Finished,
 ) -> (Vec<serde_json::Value>, String) {
     require_root();
     let cfg = temp_config(name, yaml);
@@ -89,7 +102,8 @@ fn with_oxeye(
             attached += 1;
         }
     }
-    work();
+    // The workload stays alive until oxeye has stopped.
+    let _alive = work();
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill(2) on our child.
     unsafe { libc::kill(ox.id() as i32, libc::SIGINT) };
@@ -261,4 +275,44 @@ fn kprobe_sources_fail_clearly_where_the_kernel_lacks_them() {
     );
     assert!(stderr.contains("CONFIG_KPROBES is off"), "{stderr}");
     assert!(stderr.contains("Use a `syscall:` source"), "{stderr}");
+}
+
+#[test]
+fn symbolized_stacks_name_kernel_and_user_functions() {
+    let w = Workload::start("nested", 1);
+    let pid = w.pid;
+    let yaml = format!(
+        "receivers:\n  ebpf:\n    spans:\n      sources:\n        - {{uprobe: '{WORKLOAD}:oxeye_inner', pid: {pid}, stack: user}}\n        - {{syscall: clock_nanosleep, pid: {pid}, stack: both}}\nprocessors:\n  symbolization:\nexporters:\n  stdout: {{format: json}}\nservice:\n  pipelines:\n    traces: {{receivers: [ebpf], processors: [symbolization], exporters: [stdout]}}\n"
+    );
+    let (spans, stderr) = with_oxeye("sp-symbols", &yaml, 2, || w.go());
+    let trace = |name: &str| -> Vec<String> {
+        spans
+            .iter()
+            .filter(|s| s["name"] == name)
+            .filter_map(|s| s["code.stacktrace"].as_str().map(str::to_string))
+            .collect()
+    };
+    // The uprobe fires at oxeye_inner's first instruction. (Its caller can be missing: at a
+    // function's entry the frame-pointer unwinder skips the immediate caller.)
+    let inner = trace("oxeye_inner");
+    assert_eq!(inner.len(), 1, "{stderr}\n{spans:#?}");
+    let first = inner[0].lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("oxeye_inner+0x0 ({WORKLOAD}) at ")),
+        "{}",
+        inner[0]
+    );
+    assert!(
+        first.contains("oxeye-workload.rs:"),
+        "file and line from DWARF: {first}"
+    );
+    // The sleeps' syscall spans: kernel frames of the syscall entry path, user frames in libc.
+    let sleeps = trace("clock_nanosleep");
+    assert!(!sleeps.is_empty(), "{spans:#?}");
+    let t = &sleeps[0];
+    assert!(
+        t.contains("[kernel]") && (t.contains("do_syscall_64") || t.contains("entry_SYSCALL_64")),
+        "{t}"
+    );
+    assert!(t.contains("libc.so") || t.contains("oxeye_inner"), "{t}");
 }

@@ -1,5 +1,5 @@
 //! A workload for the span tests: prints its pid, waits for a line on stdin, does the work,
-//! prints `done`, exits.
+//! prints `done`, and exits when stdin closes.
 //!
 //!     oxeye-workload openat N       N openat calls on a missing file
 //!     oxeye-workload nested N       N calls of oxeye_outer (20 ms) -> oxeye_inner (10 ms)
@@ -58,4 +58,7 @@ fn main() {
     }
     // `done <ns>`: the wall time of the work, for benchmarks.
     println!("done {}", started.elapsed().as_nanos());
+    // Stay alive (e.g. for symbolization of our stacks) until stdin closes.
+    line.clear();
+    let _ = std::io::stdin().lock().read_line(&mut line);
 }
