@@ -395,9 +395,11 @@ impl Factory for SymbolizationFactory {
         std::thread::Builder::new()
             .name("oxeye-symbolize".into())
             .spawn(move || {
-                let mut kernel = Kernel::default();
                 // kallsyms only: a vmlinux on disk may belong to another kernel.
-                kernel.vmlinux = MaybeDefault::None;
+                let kernel = Kernel {
+                    vmlinux: MaybeDefault::None,
+                    ..Kernel::default()
+                };
                 let mut r = Resolver {
                     stacks: c.stacks,
                     max_depth: c.max_depth,
