@@ -295,6 +295,8 @@ pub struct Frame {
     pub file: Option<Arc<str>>,
     /// Source line, when debug info exists.
     pub line: Option<u32>,
+    /// GNU build-id of the module (hex), when it has one.
+    pub build_id: Option<Arc<str>>,
 }
 
 /// A span: one timed operation, with eBPF context and stacks.

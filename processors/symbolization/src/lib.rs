@@ -147,7 +147,8 @@ struct Resolver {
     user_frames: LruCache<(u32, u64), Frame>,
     /// `None`: the process was gone when first seen.
     processes: LruCache<u32, Option<Arc<Vec<Mapping>>>>,
-    paths: Vec<Arc<str>>,
+    /// Interned paths and their build-ids (read once per file).
+    paths: Vec<(Arc<str>, Option<Arc<str>>)>,
     path_ids: FxHashMap<Arc<str>, u32>,
     kernel_module: Arc<str>,
     stats: [Stats; 3],
@@ -171,26 +172,36 @@ fn frame_from(
                 .as_ref()
                 .map(|c| Arc::from(c.to_path().to_string_lossy().as_ref())),
             line: s.code_info.as_ref().and_then(|c| c.line),
+            build_id: None,
         },
         Symbolized::Unknown(_) => Frame {
             address,
-            function: None,
             module,
             offset: fallback_offset,
-            file: None,
-            line: None,
+            ..Frame::default()
         },
     }
 }
 
 impl Resolver {
-    fn intern(paths: &mut Vec<Arc<str>>, ids: &mut FxHashMap<Arc<str>, u32>, path: &str) -> u32 {
+    fn intern(
+        paths: &mut Vec<(Arc<str>, Option<Arc<str>>)>,
+        ids: &mut FxHashMap<Arc<str>, u32>,
+        path: &str,
+    ) -> u32 {
         if let Some(&id) = ids.get(path) {
             return id;
         }
         let id = paths.len() as u32;
         let p: Arc<str> = Arc::from(path);
-        paths.push(p.clone());
+        let build_id = blazesym::helper::read_elf_build_id(path)
+            .ok()
+            .flatten()
+            .map(|b| {
+                let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                Arc::from(hex)
+            });
+        paths.push((p.clone(), build_id));
         ids.insert(p, id);
         id
     }
@@ -249,11 +260,11 @@ impl Resolver {
             return f;
         }
         self.stats[1].misses += 1;
-        let module = self.paths[m.file as usize].clone();
+        let (module, build_id) = self.paths[m.file as usize].clone();
         let mut elf = Elf::new(PathBuf::from(&*module));
         elf.debug_syms = true;
         let src = Source::Elf(elf);
-        let frame = match self
+        let mut frame = match self
             .symbolizer
             .symbolize(&src, Input::FileOffset(&[file_offset]))
         {
@@ -266,6 +277,7 @@ impl Resolver {
                 ..Frame::default()
             },
         };
+        frame.build_id = build_id;
         self.user_frames.put(key, frame.clone());
         frame
     }
@@ -471,6 +483,10 @@ mod tests {
         assert_eq!(f.offset, 4);
         let exe = std::env::current_exe().unwrap();
         assert_eq!(f.module.as_deref(), exe.to_str());
+        assert!(
+            f.build_id.as_deref().is_some_and(|b| b.len() >= 16),
+            "build-id read: {f:?}"
+        );
         let trace = s
             .attributes
             .get("code.stacktrace")
