@@ -19,6 +19,7 @@ pub mod builtin {
     pub use oxeye_exporter_nop as nop_exporter;
     pub use oxeye_exporter_stdout as stdout;
     pub use oxeye_processor_aggregation as aggregation;
+    pub use oxeye_processor_enrich as enrich;
     pub use oxeye_processor_nop as nop_processor;
     pub use oxeye_processor_sampling as sampling;
     pub use oxeye_processor_symbolization as symbolization;

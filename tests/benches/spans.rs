@@ -36,6 +36,7 @@ fn workload(
     writeln!(stdin, "go").expect("go");
     line.clear();
     out.read_line(&mut line).expect("done");
+    drop(stdin); // the workload exits when its stdin closes
     child.wait().expect("wait");
     let ns: f64 = line.trim().trim_start_matches("done ").parse().expect("ns");
     ns / n as f64
