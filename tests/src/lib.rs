@@ -252,6 +252,31 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Follows a child's stderr: each line as it comes (the receiver), and all of it when the child
+/// closes it (the join handle).
+pub fn follow(
+    stderr: std::process::ChildStderr,
+) -> (
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<String>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    (rx, handle)
+}
+
 /// Parses `N records in, M out, D dropped` from oxeye's final log line.
 pub fn final_counts(stderr: &str) -> Option<(u64, u64, u64)> {
     let line = stderr.lines().rev().find(|l| l.contains("records in,"))?;

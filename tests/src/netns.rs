@@ -384,16 +384,7 @@ impl OxeyeInNs {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start oxeye");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let err = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (rx, _all) = crate::follow(child.stderr.take().expect("stderr"));
         let mut seen = String::new();
         loop {
             match rx.recv_timeout(Duration::from_secs(20)) {

@@ -177,18 +177,7 @@ fn metrics_health_and_readiness_endpoints() {
     );
     let mut child = spawn(&["run", "-c", cfg.to_str().expect("utf8")]);
     // Follow stderr: the endpoint is up once oxeye logs it.
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let err = child.stderr.take().expect("stderr");
-    let follower = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut all = String::new();
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line.clone());
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
+    let (rx, follower) = oxeye_tests::follow(child.stderr.take().expect("stderr"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !rx
         .recv_timeout(deadline.saturating_duration_since(Instant::now()))

@@ -78,17 +78,7 @@ fn with_oxeye(
         .stderr(Stdio::piped())
         .spawn()
         .expect("start oxeye");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let err = ox.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line.clone());
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
+    let (rx, reader) = oxeye_tests::follow(ox.stderr.take().expect("stderr"));
     let mut attached = 0;
     while attached < sources {
         let line = rx
