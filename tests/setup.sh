@@ -64,4 +64,16 @@ if ! python3 -m pip show virtme-ng >/dev/null 2>&1; then
   python3 -m pip install -q virtme-ng==1.42
 fi
 
+# Peers of the exporter tests: pyarrow and DuckDB read what the arrow exporter writes.
+pip_pin() {
+  local have
+  have=$(python3 -m pip show "$1" 2>/dev/null | sed -n 's/^Version: //p')
+  if [ "$have" != "$2" ]; then
+    say "installing $1==$2"
+    python3 -m pip install -q "$1==$2"
+  fi
+}
+pip_pin pyarrow 26.0.1
+pip_pin duckdb 2.0.1
+
 say "ready ($(rustc --version); $(bpf-linker --version))"
