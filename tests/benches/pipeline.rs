@@ -140,5 +140,39 @@ fn main() {
         let out = with[0].2.max(1);
         println!("  {what:<40} +{added:>6.1} ns/record  {:>8.1} M records/s  {n} in -> {out} out ({:.0}x)", 1e3 / added.max(0.001), n as f64 / out as f64);
     }
+    // Exporters: Arrow encoding + writing, CPU added over the nop exporter, and bytes per record.
+    println!("exporters (CPU ns per record over the nop exporter):");
+    let dir = std::env::temp_dir().join(format!("oxeye-bench-arrow-{}", std::process::id()));
+    for (signal, compression) in [("traces", "none"), ("traces", "zstd"), ("flows", "zstd")] {
+        let gen = if signal == "traces" { "spans" } else { "flows" };
+        let base: Vec<f64> = (0..runs)
+            .map(|_| run_once(&config(signal, n, 0), n).1)
+            .collect();
+        let mut with = Vec::new();
+        let mut bytes = 0u64;
+        for r in 0..runs {
+            let _ = std::fs::remove_dir_all(&dir);
+            let prefix = dir.join(format!("run{r}"));
+            let yaml = format!(
+                "receivers:\n  synthetic: {{seed: 7, batch_size: 1024, {gen}: {{count: {n}}}}}\nexporters:\n  arrow: {{path: '{}', compression: {compression}, rotate: {{max_bytes: 1000000000000, max_age: 1h}}}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    {signal}: {{receivers: [synthetic], exporters: [arrow]}}\n",
+                prefix.display()
+            );
+            with.push(run_once(&yaml, n).1);
+            bytes = std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+        }
+        let added = median(with) - median(base);
+        println!(
+            "  arrow {signal:<6} compression {compression:<5} +{added:>6.1} ns/record  {:>6.1} M records/s  {:.1} bytes/record",
+            1e3 / added.max(0.001),
+            bytes as f64 / n as f64
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     println!("peak RSS {:.1} MiB", max_rss_mib());
 }
