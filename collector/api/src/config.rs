@@ -112,6 +112,23 @@ pub mod duration {
     }
 }
 
+/// `#[serde(default, with = "oxeye_api::config::opt_duration")]` for an `Option<Duration>`
+/// written as `10ms` (absent: `None`).
+pub mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    /// Deserializes `10ms`-style strings.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a duration such as `10us` or `250ms`")
+        })?;
+        super::parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,7 +32,7 @@ pub struct SamplingConfig {
     /// At most this many spans per second per span name (absent: no limit).
     pub rate_limit: Option<f64>,
     /// Always keep spans at least this long.
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "oxeye_api::config::opt_duration")]
     pub keep_slower_than: Option<Duration>,
     /// Always keep spans with error status.
     pub keep_errors: bool,
@@ -46,18 +46,6 @@ impl Default for SamplingConfig {
             keep_slower_than: None,
             keep_errors: true,
         }
-    }
-}
-
-mod opt_duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s = String::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected a duration such as `10ms`"))?;
-        oxeye_api::config::parse_duration(&s)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
     }
 }
 

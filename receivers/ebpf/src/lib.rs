@@ -173,7 +173,7 @@ pub struct SourceSpec {
     /// Only tasks in this cgroup v2 directory.
     pub cgroup: Option<String>,
     /// Emit only spans at least this long (decided in the kernel).
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "oxeye_api::config::opt_duration")]
     pub min_duration: Option<Duration>,
     /// Raw arguments to capture (0..=6).
     #[serde(default)]
@@ -188,18 +188,6 @@ pub struct SourceSpec {
 
 fn yes() -> bool {
     true
-}
-
-mod opt_duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s = String::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected a duration such as `10us` or `1ms`"))?;
-        oxeye_api::config::parse_duration(&s)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 /// What a source probes.
