@@ -5,6 +5,7 @@
 //!
 //!     cargo bench -p oxeye-tests --bench flows
 
+use oxeye_tests::bench::{median, quick};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -150,14 +151,9 @@ fn program_cost(repeat: u32) {
     );
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
     oxeye_tests::netns::require_root();
-    let quick = !std::env::args().any(|a| a == "--bench");
+    let quick = quick();
     let (secs, runs, harvest_n) = if quick {
         (0.2, 1, 10_000)
     } else {

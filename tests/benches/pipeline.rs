@@ -6,6 +6,7 @@
 //!
 //!     cargo bench -p oxeye-tests --bench pipeline            # OXEYE_BENCH_RECORDS=2000000 to change N
 
+use oxeye_tests::bench::{median, quick};
 use std::time::{Duration, Instant};
 
 fn cpu_time() -> Duration {
@@ -74,14 +75,8 @@ fn run_counted(yaml: &str, n: u64) -> (f64, f64, u64) {
     )
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` passes nothing: run small then.
-    let quick = !std::env::args().any(|a| a == "--bench");
+    let quick = quick();
     let n: u64 = std::env::var("OXEYE_BENCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())

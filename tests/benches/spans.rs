@@ -4,6 +4,7 @@
 //!
 //!     cargo bench -p oxeye-tests --bench spans
 
+use oxeye_tests::bench::{median, quick};
 use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -94,14 +95,9 @@ fn traced_with(n: u64, wakeup_bytes: u64, ring_size: u64, drain: &str) -> (f64, 
     (per_call, spans, lost, spans as f64 / final_drain)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
     oxeye_tests::netns::require_root();
-    let quick = !std::env::args().any(|a| a == "--bench");
+    let quick = quick();
     let (n, runs) = if quick { (20_000, 1) } else { (2_000_000, 3) };
     println!("oxeye span benchmark: {n} getppid calls per run, median of {runs}");
     let base = median((0..runs).map(|_| untraced(n)).collect());

@@ -44,7 +44,7 @@ fn batch(spans: usize, kernel: &[u64], user: &[u64]) -> Batch {
 
 fn main() {
     oxeye_tests::netns::require_root();
-    let quick = !std::env::args().any(|a| a == "--bench");
+    let quick = oxeye_tests::bench::quick();
     let kernel = kernel_addresses(16);
     assert_eq!(
         kernel.len(),

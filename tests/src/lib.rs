@@ -252,6 +252,21 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Helpers shared by the benchmarks.
+pub mod bench {
+    /// `cargo bench` passes `--bench`; `cargo test --benches` does not: then run small and fast,
+    /// so the benchmarks cannot rot.
+    pub fn quick() -> bool {
+        !std::env::args().any(|a| a == "--bench")
+    }
+
+    /// The median of some figures.
+    pub fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    }
+}
+
 /// Follows a child's stderr: each line as it comes (the receiver), and all of it when the child
 /// closes it (the join handle).
 pub fn follow(

@@ -72,12 +72,7 @@ impl VethPair {
             v6: ("fd00:201::1".into(), "fd00:201::2".into()),
         };
         // Leftovers of a crashed earlier run with the same names.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &pair.ns_a])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &pair.ns_b])
-            .output();
+        pair.delete_namespaces();
         sh(&["ip", "netns", "add", &pair.ns_a]);
         sh(&["ip", "netns", "add", &pair.ns_b]);
         sh(&[
@@ -119,6 +114,13 @@ impl VethPair {
         pair
     }
 
+    /// Deletes both namespaces (which deletes the veth pair); missing ones are fine.
+    fn delete_namespaces(&self) {
+        for ns in [&self.ns_a, &self.ns_b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+
     /// True when some interface of namespace `a` still carries an XDP program or a TC filter.
     pub fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
@@ -142,13 +144,7 @@ impl VethPair {
 
 impl Drop for VethPair {
     fn drop(&mut self) {
-        // Deleting a namespace deletes its veth end, and with it the pair.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.ns_a])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.ns_b])
-            .output();
+        self.delete_namespaces();
     }
 }
 
