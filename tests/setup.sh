@@ -76,4 +76,13 @@ pip_pin() {
 pip_pin pyarrow 26.0.1
 pip_pin duckdb 2.0.1
 
+# Peer of the otlp exporter tests: Arize Phoenix (an OTLP traces backend), in a venv of its own
+# so its dependencies cannot move the pins above.
+phoenix_venv="$HOME/.local/share/oxeye/phoenix"
+if [ "$("$phoenix_venv/bin/python" -m pip show arize-phoenix 2>/dev/null | sed -n 's/^Version: //p')" != "20.26.1" ]; then
+  say "installing arize-phoenix==20.26.1 into $phoenix_venv"
+  python3 -m venv "$phoenix_venv"
+  "$phoenix_venv/bin/python" -m pip install -q arize-phoenix==20.26.1
+fi
+
 say "ready ($(rustc --version); $(bpf-linker --version))"

@@ -253,13 +253,16 @@ async fn run_exporter(
     mut inputs: Inputs,
     telemetry: Telemetry,
 ) -> Result<(), BoxError> {
+    let counts_delivery = e.counts_delivery();
     while let Some(batch) = inputs.recv().await {
         let n = batch.len() as u64;
         telemetry.add_received(n);
         let in_flight = InFlight::new(&telemetry, batch.len());
         e.export(batch).await?;
         in_flight.done();
-        telemetry.add_emitted(n);
+        if !counts_delivery {
+            telemetry.add_emitted(n);
+        }
     }
     e.shutdown().await
 }
@@ -687,9 +690,10 @@ impl Engine {
                     if r.info.kind == Kind::Receiver {
                         receivers_left -= 1;
                         if receivers_left == 0 && !stopping {
-                            info!("all receivers finished; draining pipelines");
-                            stopping = true;
-                            registry.ready.store(false, Ordering::Relaxed);
+                            // The same deadline as a stop request: an exporter retrying a dead
+                            // backend must not hold the process for its whole retry budget.
+                            info!(timeout = ?shutdown_timeout, "all receivers finished; draining pipelines");
+                            begin_shutdown(&mut stopping, &mut deadline);
                         }
                     }
                     if let Err(msg) = result {

@@ -57,6 +57,14 @@ pub trait Exporter: Send {
     /// [`Telemetry::add_dropped`] and return `Ok`. An `Err` ends the collector.
     async fn export(&mut self, batch: Arc<Batch>) -> Result<(), BoxError>;
 
+    /// False (the default): a batch counts as out when `export` returns `Ok`. True for an
+    /// exporter that queues internally and calls [`Telemetry::add_emitted`] itself when the
+    /// destination accepted the records (and [`Telemetry::add_dropped`] for the ones it gave
+    /// up on), so "out" means delivered.
+    fn counts_delivery(&self) -> bool {
+        false
+    }
+
     /// Called once after the last batch: flush buffers, close files and connections.
     async fn shutdown(&mut self) -> Result<(), BoxError> {
         Ok(())

@@ -1,0 +1,480 @@
+//! oxeye records → generated OTLP messages (opentelemetry-proto).
+//!
+//! Spans become `ResourceSpans/ScopeSpans/Span`; flows become two monotonic delta Sums,
+//! `network.flow.bytes` and `network.flow.packets`, one data point per flow record with the
+//! semantic-convention attributes and the record's window as start/time.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{
+    any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue,
+};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics,
+    ScopeMetrics, Sum,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
+use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Status};
+use oxeye_api::{Attributes, Flow, Resource, Span, SpanKind, StatusCode, Value};
+
+use crate::config::ResourceValue;
+
+/// Name of the metric carrying flow bytes.
+pub const FLOW_BYTES: &str = "network.flow.bytes";
+/// Name of the metric carrying flow packets.
+pub const FLOW_PACKETS: &str = "network.flow.packets";
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+    }
+}
+
+fn str_value(s: &str) -> any_value::Value {
+    any_value::Value::StringValue(s.to_string())
+}
+
+fn int_array(values: &[u64]) -> any_value::Value {
+    any_value::Value::ArrayValue(ArrayValue {
+        values: values
+            .iter()
+            .map(|&v| AnyValue {
+                // Addresses above i64::MAX (kernel space) keep their bits.
+                value: Some(any_value::Value::IntValue(v as i64)),
+            })
+            .collect(),
+    })
+}
+
+fn proto_value(v: &Value) -> any_value::Value {
+    match v {
+        Value::Str(s) => str_value(s),
+        Value::Int(i) => any_value::Value::IntValue(*i),
+        Value::F64(f) => any_value::Value::DoubleValue(*f),
+        Value::Bool(b) => any_value::Value::BoolValue(*b),
+        Value::Bytes(b) => any_value::Value::BytesValue(b.to_vec()),
+    }
+}
+
+fn push_attributes(out: &mut Vec<KeyValue>, attrs: &Attributes) {
+    out.extend(attrs.iter().map(|(k, v)| kv(k, proto_value(v))));
+}
+
+/// Turns oxeye resources into OTLP resources with the configured extras, caching by identity
+/// (a receiver shares one `Arc<Resource>` across all its batches).
+pub struct Resources {
+    extra: Vec<(String, any_value::Value)>,
+    cache: Vec<(Arc<Resource>, ProtoResource)>,
+}
+
+impl Resources {
+    /// Extras from config (`resource: {service.name: edge-7}`) override record attributes.
+    pub fn new(extra: &std::collections::BTreeMap<String, ResourceValue>) -> Self {
+        let extra = extra
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    ResourceValue::Bool(b) => any_value::Value::BoolValue(*b),
+                    ResourceValue::Int(i) => any_value::Value::IntValue(*i),
+                    ResourceValue::F64(f) => any_value::Value::DoubleValue(*f),
+                    ResourceValue::Str(s) => str_value(s),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        Resources {
+            extra,
+            cache: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, resource: &Arc<Resource>) -> ProtoResource {
+        if let Some((_, p)) = self.cache.iter().find(|(r, _)| Arc::ptr_eq(r, resource)) {
+            return p.clone();
+        }
+        let mut attributes = Vec::new();
+        for (k, v) in resource.attributes.iter() {
+            if !self.extra.iter().any(|(e, _)| e == k) {
+                attributes.push(kv(k, proto_value(v)));
+            }
+        }
+        for (k, v) in &self.extra {
+            attributes.push(kv(k, v.clone()));
+        }
+        let proto = ProtoResource {
+            attributes,
+            ..Default::default()
+        };
+        if self.cache.len() >= 64 {
+            self.cache.remove(0);
+        }
+        self.cache.push((Arc::clone(resource), proto.clone()));
+        proto
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "oxeye".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        ..Default::default()
+    }
+}
+
+/// One span as OTLP.
+pub fn span(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
+    let mut attributes = Vec::with_capacity(s.attributes.len() + 8);
+    if let Some(t) = &s.task {
+        attributes.push(kv("process.pid", any_value::Value::IntValue(t.pid.into())));
+        attributes.push(kv("thread.id", any_value::Value::IntValue(t.tid.into())));
+        attributes.push(kv("process.executable.name", str_value(&t.comm.as_str())));
+        attributes.push(kv(
+            "cpu.logical_number",
+            any_value::Value::IntValue(t.cpu.into()),
+        ));
+    }
+    if let Some(r) = s.return_value {
+        attributes.push(kv("oxeye.return_value", any_value::Value::IntValue(r)));
+    }
+    if !s.args.is_empty() {
+        attributes.push(kv("oxeye.args", int_array(&s.args)));
+    }
+    if !s.kernel_stack.is_empty() {
+        attributes.push(kv("oxeye.kernel_stack", int_array(&s.kernel_stack)));
+    }
+    if !s.user_stack.is_empty() {
+        attributes.push(kv("oxeye.user_stack", int_array(&s.user_stack)));
+    }
+    if !s.frames.is_empty() {
+        let mut trace = String::new();
+        for f in &s.frames {
+            use std::fmt::Write;
+            let _ = write!(
+                trace,
+                "{}{}+{:#x} ({}",
+                if trace.is_empty() { "" } else { "\n" },
+                f.function.as_deref().unwrap_or("?"),
+                f.offset,
+                f.module.as_deref().unwrap_or("?"),
+            );
+            if let (Some(file), Some(line)) = (&f.file, f.line) {
+                let _ = write!(trace, " {file}:{line}");
+            }
+            trace.push(')');
+        }
+        attributes.push(kv("code.stacktrace", any_value::Value::StringValue(trace)));
+    }
+    push_attributes(&mut attributes, &s.attributes);
+    let kind = match s.kind {
+        SpanKind::Internal => span::SpanKind::Internal,
+        SpanKind::Server => span::SpanKind::Server,
+        SpanKind::Client => span::SpanKind::Client,
+        SpanKind::Producer => span::SpanKind::Producer,
+        SpanKind::Consumer => span::SpanKind::Consumer,
+    };
+    let code = match s.status {
+        StatusCode::Unset => status::StatusCode::Unset,
+        StatusCode::Ok => status::StatusCode::Ok,
+        StatusCode::Error => status::StatusCode::Error,
+    };
+    opentelemetry_proto::tonic::trace::v1::Span {
+        trace_id: s.trace_id.0.to_vec(),
+        span_id: s.span_id.0.to_vec(),
+        parent_span_id: s.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
+        name: s.name.to_string(),
+        kind: kind as i32,
+        start_time_unix_nano: s.start_unix_ns,
+        end_time_unix_nano: s.end_unix_ns,
+        attributes,
+        status: (code != status::StatusCode::Unset || s.status_message.is_some()).then(|| Status {
+            code: code as i32,
+            message: s.status_message.as_deref().unwrap_or_default().to_string(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Builds one trace request from spans of possibly several resources.
+pub fn trace_request<'a>(
+    resources: &mut Resources,
+    parts: impl IntoIterator<Item = (&'a Arc<Resource>, &'a [Span])>,
+) -> ExportTraceServiceRequest {
+    let mut out: Vec<(Arc<Resource>, ResourceSpans)> = Vec::new();
+    for (resource, spans) in parts {
+        let rs = match out.iter_mut().find(|(r, _)| Arc::ptr_eq(r, resource)) {
+            Some((_, rs)) => rs,
+            None => {
+                out.push((
+                    Arc::clone(resource),
+                    ResourceSpans {
+                        resource: Some(resources.get(resource)),
+                        scope_spans: vec![ScopeSpans {
+                            scope: Some(scope()),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ));
+                &mut out.last_mut().expect("just pushed").1
+            }
+        };
+        rs.scope_spans[0].spans.extend(spans.iter().map(span));
+    }
+    ExportTraceServiceRequest {
+        resource_spans: out.into_iter().map(|(_, rs)| rs).collect(),
+    }
+}
+
+/// The semantic-convention attributes of a flow's data points.
+pub fn flow_attributes(f: &Flow) -> Vec<KeyValue> {
+    let mut a = Vec::with_capacity(8 + f.attributes.len());
+    a.push(kv("source.address", str_value(&f.src_addr.to_string())));
+    a.push(kv(
+        "source.port",
+        any_value::Value::IntValue(f.src_port.into()),
+    ));
+    a.push(kv(
+        "destination.address",
+        str_value(&f.dst_addr.to_string()),
+    ));
+    a.push(kv(
+        "destination.port",
+        any_value::Value::IntValue(f.dst_port.into()),
+    ));
+    a.push(kv("network.transport", str_value(&f.transport.as_str())));
+    a.push(kv("network.type", str_value(f.network_type())));
+    if let Some(i) = &f.interface {
+        a.push(kv("network.interface.name", str_value(i)));
+    }
+    a.push(kv("network.io.direction", str_value(f.direction.as_str())));
+    push_attributes(&mut a, &f.attributes);
+    a
+}
+
+/// Start and end of the interval a flow covers: its window, or first/last seen for raw records.
+fn flow_interval(f: &Flow) -> (u64, u64) {
+    if f.window_end_unix_ns > 0 {
+        (f.window_start_unix_ns, f.window_end_unix_ns)
+    } else {
+        (f.first_seen_unix_ns, f.last_seen_unix_ns)
+    }
+}
+
+fn delta_sum(name: &str, unit: &str, description: &str, points: Vec<NumberDataPoint>) -> Metric {
+    Metric {
+        name: name.to_string(),
+        unit: unit.to_string(),
+        description: description.to_string(),
+        data: Some(metric::Data::Sum(Sum {
+            data_points: points,
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    }
+}
+
+/// Builds one metrics request from flows of possibly several resources.
+pub fn metrics_request<'a>(
+    resources: &mut Resources,
+    parts: impl IntoIterator<Item = (&'a Arc<Resource>, &'a [Flow])>,
+) -> ExportMetricsServiceRequest {
+    let mut out: Vec<(Arc<Resource>, Vec<NumberDataPoint>, Vec<NumberDataPoint>)> = Vec::new();
+    for (resource, flows) in parts {
+        let idx = match out.iter().position(|(r, _, _)| Arc::ptr_eq(r, resource)) {
+            Some(i) => i,
+            None => {
+                out.push((Arc::clone(resource), Vec::new(), Vec::new()));
+                out.len() - 1
+            }
+        };
+        let (_, bytes, packets) = &mut out[idx];
+        for f in flows {
+            let (start, end) = flow_interval(f);
+            let attributes = flow_attributes(f);
+            let point = |v: u64, attributes: Vec<KeyValue>| NumberDataPoint {
+                attributes,
+                start_time_unix_nano: start,
+                time_unix_nano: end,
+                value: Some(number_data_point::Value::AsInt(v as i64)),
+                ..Default::default()
+            };
+            bytes.push(point(f.bytes, attributes.clone()));
+            packets.push(point(f.packets, attributes));
+        }
+    }
+    ExportMetricsServiceRequest {
+        resource_metrics: out
+            .into_iter()
+            .map(|(resource, bytes, packets)| ResourceMetrics {
+                resource: Some(resources.get(&resource)),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(scope()),
+                    metrics: vec![
+                        delta_sum(FLOW_BYTES, "By", "Bytes seen on a network flow.", bytes),
+                        delta_sum(
+                            FLOW_PACKETS,
+                            "{packet}",
+                            "Packets seen on a network flow.",
+                            packets,
+                        ),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxeye_api::{Comm, Direction, SpanId, TaskContext, TraceId, Transport};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+        attrs
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+    }
+
+    #[test]
+    fn spans_keep_ids_links_times_status_and_attributes() {
+        let resource = Arc::new(Resource {
+            attributes: [("service.name", "oxeye"), ("host.name", "h1")]
+                .into_iter()
+                .collect(),
+        });
+        let s = Span {
+            trace_id: TraceId([7; 16]),
+            span_id: SpanId([1; 8]),
+            parent_span_id: Some(SpanId([2; 8])),
+            name: "syscall read".into(),
+            kind: SpanKind::Server,
+            start_unix_ns: 100,
+            end_unix_ns: 350,
+            status: StatusCode::Error,
+            status_message: Some("EBADF".into()),
+            attributes: [("oxeye.fd", 3i64)].into_iter().collect(),
+            task: Some(TaskContext {
+                pid: 42,
+                tid: 43,
+                comm: Comm::new("nginx"),
+                cpu: 1,
+            }),
+            return_value: Some(-9),
+            kernel_stack: vec![u64::MAX],
+            ..Default::default()
+        };
+        let mut extra = std::collections::BTreeMap::new();
+        extra.insert("service.name".into(), ResourceValue::Str("edge-7".into()));
+        extra.insert("deployment.shard".into(), ResourceValue::Int(3));
+        let mut resources = Resources::new(&extra);
+        let req = trace_request(&mut resources, [(&resource, std::slice::from_ref(&s))]);
+        assert_eq!(req.resource_spans.len(), 1);
+        let rs = &req.resource_spans[0];
+        let res = &rs.resource.as_ref().unwrap().attributes;
+        assert_eq!(attr(res, "service.name"), Some(&str_value("edge-7")));
+        assert_eq!(attr(res, "host.name"), Some(&str_value("h1")));
+        assert_eq!(
+            attr(res, "deployment.shard"),
+            Some(&any_value::Value::IntValue(3))
+        );
+        assert_eq!(res.iter().filter(|kv| kv.key == "service.name").count(), 1);
+        let p = &rs.scope_spans[0].spans[0];
+        assert_eq!(p.trace_id, vec![7; 16]);
+        assert_eq!(p.span_id, vec![1; 8]);
+        assert_eq!(p.parent_span_id, vec![2; 8]);
+        assert_eq!(p.name, "syscall read");
+        assert_eq!(p.kind, span::SpanKind::Server as i32);
+        assert_eq!((p.start_time_unix_nano, p.end_time_unix_nano), (100, 350));
+        let st = p.status.as_ref().unwrap();
+        assert_eq!((st.code, st.message.as_str()), (2, "EBADF"));
+        assert_eq!(
+            attr(&p.attributes, "process.pid"),
+            Some(&any_value::Value::IntValue(42))
+        );
+        assert_eq!(
+            attr(&p.attributes, "process.executable.name"),
+            Some(&str_value("nginx"))
+        );
+        assert_eq!(
+            attr(&p.attributes, "oxeye.return_value"),
+            Some(&any_value::Value::IntValue(-9))
+        );
+        assert_eq!(
+            attr(&p.attributes, "oxeye.fd"),
+            Some(&any_value::Value::IntValue(3))
+        );
+        assert_eq!(
+            attr(&p.attributes, "oxeye.kernel_stack"),
+            Some(&int_array(&[u64::MAX]))
+        );
+        // A root span has an empty parent and an unset status is left out.
+        let root = span(&Span::default());
+        assert!(root.parent_span_id.is_empty());
+        assert!(root.status.is_none());
+    }
+
+    #[test]
+    fn flows_become_two_delta_sums_with_semconv_attributes() {
+        let resource = Arc::new(Resource::default());
+        let f = Flow {
+            src_addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            dst_addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            src_port: 5353,
+            dst_port: 53,
+            transport: Transport::Udp,
+            ether_type: 0x0800,
+            ifindex: 2,
+            interface: Some("eth0".into()),
+            direction: Direction::Transmit,
+            packets: 3,
+            bytes: 300,
+            tcp_flags: Default::default(),
+            first_seen_unix_ns: 11,
+            last_seen_unix_ns: 12,
+            window_start_unix_ns: 10,
+            window_end_unix_ns: 20,
+            attributes: Attributes::new(),
+        };
+        let mut resources = Resources::new(&Default::default());
+        let req = metrics_request(&mut resources, [(&resource, std::slice::from_ref(&f))]);
+        let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+        assert_eq!(metrics.len(), 2);
+        for (m, name, value) in [
+            (&metrics[0], FLOW_BYTES, 300),
+            (&metrics[1], FLOW_PACKETS, 3),
+        ] {
+            assert_eq!(m.name, name);
+            let Some(metric::Data::Sum(sum)) = &m.data else {
+                panic!("not a sum")
+            };
+            assert!(sum.is_monotonic);
+            assert_eq!(
+                sum.aggregation_temporality,
+                AggregationTemporality::Delta as i32
+            );
+            let p = &sum.data_points[0];
+            assert_eq!((p.start_time_unix_nano, p.time_unix_nano), (10, 20));
+            assert_eq!(p.value, Some(number_data_point::Value::AsInt(value)));
+            for (k, v) in [
+                ("source.address", str_value("10.0.0.1")),
+                ("source.port", any_value::Value::IntValue(5353)),
+                ("destination.address", str_value("10.0.0.2")),
+                ("destination.port", any_value::Value::IntValue(53)),
+                ("network.transport", str_value("udp")),
+                ("network.type", str_value("ipv4")),
+                ("network.interface.name", str_value("eth0")),
+                ("network.io.direction", str_value("transmit")),
+            ] {
+                assert_eq!(attr(&p.attributes, k), Some(&v), "{k}");
+            }
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! `otlp` exporter: spans as OTLP traces and flows as OTLP metrics (monotonic delta Sums
+//! `network.flow.bytes` / `network.flow.packets`), over gRPC or HTTP/protobuf.
+//!
+//! ```yaml
+//! exporters:
+//!   otlp:
+//!     protocol: grpc                    # grpc | http/protobuf  (OTEL_EXPORTER_OTLP_PROTOCOL)
+//!     endpoint: http://127.0.0.1:4317   # HTTP: base URL, /v1/traces and /v1/metrics appended
+//!     headers: {authorization: "Bearer ${TOKEN}"}
+//!     compression: gzip                 # gzip | none
+//!     timeout: 10s
+//!     tls: {ca_file: /etc/ssl/ca.pem, cert_file: c.pem, key_file: k.pem, insecure_skip_verify: false}
+//!     resource: {service.name: edge-7}
+//!     batch: {send_batch_size: 1024, timeout: 200ms}
+//!     sending_queue: {queue_size: 1000, num_consumers: 2, when_full: block}
+//!     retry_on_failure: {enabled: true, initial_interval: 5s, max_interval: 30s, max_elapsed_time: 300s}
+//! ```
+//!
+//! `export` only queues. Senders take batches off the bounded queue, batch them by size and age,
+//! encode with the generated OTLP types and send, retrying retryable failures with exponential
+//! backoff and jitter (honouring Retry-After / RetryInfo). The exporter counts its own
+//! deliveries: records are "out" when the backend accepted them; rejected (partial success),
+//! given-up and abandoned-at-shutdown records are counted as dropped with a reason.
+
+pub mod config;
+pub mod encode;
+pub mod transport;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use oxeye_api::{
+    Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Records, Resource, Signal,
+    Telemetry,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+pub use config::OtlpConfig;
+use config::{process_env, OtlpSignal, RetryConfig, WhenFull};
+use transport::{Client, Outcome, Request};
+
+fn otlp_signals(signals: &[Signal]) -> Vec<OtlpSignal> {
+    signals
+        .iter()
+        .map(|s| match s {
+            Signal::Traces => OtlpSignal::Traces,
+            Signal::Flows => OtlpSignal::Metrics,
+        })
+        .collect()
+}
+
+/// Registers `otlp`.
+pub struct OtlpFactory;
+
+impl Factory for OtlpFactory {
+    type Config = OtlpConfig;
+    type Component = Box<dyn Exporter>;
+    const TYPE: &'static str = "otlp";
+    const SIGNALS: &'static [Signal] = Signal::ALL;
+    const DESCRIPTION: &'static str =
+        "OTLP over gRPC or HTTP/protobuf: spans as traces, flows as delta-sum metrics";
+
+    fn validate(config: &OtlpConfig) -> Result<(), ConfigErrors> {
+        config.check(&otlp_signals(Signal::ALL), &process_env)
+    }
+
+    fn build(config: OtlpConfig, ctx: BuildContext) -> Result<Box<dyn Exporter>, BoxError> {
+        Ok(Box::new(OtlpExporter::new(config, ctx)?))
+    }
+}
+
+oxeye_api::register!(OtlpFactory);
+
+/// Records accepted by `export` and not yet settled (delivered or dropped). Settling and
+/// abandoning take the same lock, so a record is counted exactly once.
+#[derive(Default)]
+struct Ledger {
+    outstanding: u64,
+    abandoned: bool,
+}
+
+/// What the senders share.
+struct Shared {
+    id: String,
+    telemetry: Telemetry,
+    ledger: Mutex<Ledger>,
+    traces: Option<Client>,
+    metrics: Option<Client>,
+    retry: RetryConfig,
+    send_batch_size: usize,
+    batch_timeout: Duration,
+    resource: std::collections::BTreeMap<String, config::ResourceValue>,
+    stats: Mutex<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    requests: [u64; 2],
+    retries: [u64; 2],
+    failed: [u64; 2],
+}
+
+impl Shared {
+    fn add_outstanding(&self, n: u64) {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .outstanding += n;
+    }
+
+    /// Settles `n` records: `delivered` of them are out, the rest dropped for `reason`.
+    fn settle(&self, n: u64, delivered: u64, reason: &'static str) {
+        let mut l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        if l.abandoned {
+            return; // already counted as dropped at the deadline
+        }
+        l.outstanding = l.outstanding.saturating_sub(n);
+        self.telemetry.add_emitted(delivered);
+        self.telemetry.add_dropped(reason, n - delivered);
+    }
+
+    /// At the shutdown deadline: everything unsettled is dropped.
+    fn abandon(&self) -> u64 {
+        let mut l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        l.abandoned = true;
+        let n = std::mem::take(&mut l.outstanding);
+        self.telemetry.add_dropped("shutdown_deadline", n);
+        n
+    }
+
+    fn count(&self, signal: OtlpSignal, f: impl FnOnce(&mut Stats, usize)) {
+        let i = signal as usize;
+        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s, i);
+        let src = signal.as_str();
+        self.telemetry
+            .set_counter("otlp_requests", src, s.requests[i]);
+        self.telemetry
+            .set_counter("otlp_retries", src, s.retries[i]);
+        self.telemetry
+            .set_counter("otlp_failed_requests", src, s.failed[i]);
+    }
+
+    /// Sends one request, retrying retryable failures; settles its records.
+    async fn deliver(&self, signal: OtlpSignal, client: &Client, request: Request, n: u64) {
+        let started = tokio::time::Instant::now();
+        let mut interval = self.retry.initial_interval;
+        let mut attempt = 0u32;
+        loop {
+            self.count(signal, |s, i| s.requests[i] += 1);
+            match client.send(&request).await {
+                Outcome::Delivered { rejected, message } => {
+                    if attempt > 0 {
+                        info!(exporter = %self.id, signal = signal.as_str(), attempts = attempt + 1, "export succeeded after retrying");
+                    }
+                    if rejected > 0 {
+                        warn!(exporter = %self.id, signal = signal.as_str(), rejected, %message, "backend accepted the request but rejected some records");
+                    }
+                    let rejected = rejected.min(n);
+                    self.settle(n, n - rejected, "rejected_by_backend");
+                    return;
+                }
+                Outcome::Permanent { reason } => {
+                    self.count(signal, |s, i| s.failed[i] += 1);
+                    error!(exporter = %self.id, signal = signal.as_str(), records = n, %reason, "export failed permanently; records dropped");
+                    self.settle(n, 0, "export_failed");
+                    return;
+                }
+                Outcome::Retryable { reason, after } => {
+                    let wait =
+                        after.unwrap_or_else(|| jitter(interval, self.retry.randomization_factor));
+                    if !self.retry.enabled || started.elapsed() + wait > self.retry.max_elapsed_time
+                    {
+                        self.count(signal, |s, i| s.failed[i] += 1);
+                        error!(exporter = %self.id, signal = signal.as_str(), records = n, attempts = attempt + 1, %reason, "export failed, no more retries; records dropped");
+                        self.settle(n, 0, "retries_exhausted");
+                        return;
+                    }
+                    self.count(signal, |s, i| s.retries[i] += 1);
+                    if attempt == 0 {
+                        warn!(exporter = %self.id, signal = signal.as_str(), %reason, ?wait, "export failed; retrying");
+                    } else {
+                        debug!(exporter = %self.id, signal = signal.as_str(), %reason, ?wait, attempt, "still retrying");
+                    }
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                    interval = interval
+                        .mul_f64(self.retry.multiplier)
+                        .min(self.retry.max_interval);
+                }
+            }
+        }
+    }
+}
+
+/// `wait × (1 ± factor)`, uniformly.
+fn jitter(wait: Duration, factor: f64) -> Duration {
+    let r: f64 = rand::random::<f64>() * 2.0 - 1.0;
+    wait.mul_f64((1.0 + factor * r).max(0.0))
+}
+
+/// Takes batches off the queue, groups them into requests of at most `send_batch_size` records
+/// (waiting at most `batch.timeout` for more), and delivers them.
+async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Arc<Batch>>>>) {
+    let mut resources = encode::Resources::new(&shared.resource);
+    loop {
+        let mut batches: Vec<Arc<Batch>> = Vec::new();
+        let mut records = 0;
+        {
+            let mut rx = queue.lock().await;
+            let Some(first) = rx.recv().await else {
+                return; // queue closed and empty: shutdown
+            };
+            records += first.len();
+            batches.push(first);
+            let deadline = tokio::time::Instant::now() + shared.batch_timeout;
+            while records < shared.send_batch_size {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(b)) => {
+                        records += b.len();
+                        batches.push(b);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        for (signal, request, n) in requests(&mut resources, &batches, shared.send_batch_size) {
+            let client = match signal {
+                OtlpSignal::Traces => shared.traces.as_ref(),
+                OtlpSignal::Metrics => shared.metrics.as_ref(),
+            };
+            match client {
+                Some(c) => shared.deliver(signal, c, request, n).await,
+                // Not wired for this signal (cannot happen through the engine): count it.
+                None => shared.settle(n, 0, "signal_not_configured"),
+            }
+        }
+    }
+}
+
+/// Splits batches into requests of at most `max` records, one signal each.
+fn requests(
+    resources: &mut encode::Resources,
+    batches: &[Arc<Batch>],
+    max: usize,
+) -> Vec<(OtlpSignal, Request, u64)> {
+    let mut out = Vec::new();
+    let mut spans = Vec::new();
+    let mut flows = Vec::new();
+    for b in batches {
+        match &b.records {
+            Records::Spans(s) => s.chunks(max).for_each(|c| spans.push((&b.resource, c))),
+            Records::Flows(f) => f.chunks(max).for_each(|c| flows.push((&b.resource, c))),
+        }
+    }
+    for (range, n) in fill(&spans, max) {
+        let req = encode::trace_request(resources, spans[range].iter().copied());
+        out.push((OtlpSignal::Traces, Request::Traces(req), n));
+    }
+    for (range, n) in fill(&flows, max) {
+        let req = encode::metrics_request(resources, flows[range].iter().copied());
+        out.push((OtlpSignal::Metrics, Request::Metrics(req), n));
+    }
+    out
+}
+
+/// Groups consecutive parts into ranges of at most `max` records (a part is never split here).
+fn fill<T>(parts: &[(&Arc<Resource>, &[T])], max: usize) -> Vec<(std::ops::Range<usize>, u64)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < parts.len() {
+        let (mut end, mut n) = (start, 0);
+        while end < parts.len() && (end == start || n + parts[end].1.len() <= max) {
+            n += parts[end].1.len();
+            end += 1;
+        }
+        out.push((start..end, n as u64));
+        start = end;
+    }
+    out
+}
+
+/// The exporter instance.
+pub struct OtlpExporter {
+    shared: Arc<Shared>,
+    tx: Option<mpsc::Sender<Arc<Batch>>>,
+    rx: Option<mpsc::Receiver<Arc<Batch>>>,
+    when_full: WhenFull,
+    num_consumers: usize,
+    senders: JoinSet<()>,
+}
+
+impl OtlpExporter {
+    /// Builds the clients (no connection yet) for the signals this instance serves.
+    pub fn new(config: OtlpConfig, ctx: BuildContext) -> Result<Self, BoxError> {
+        let signals = otlp_signals(&ctx.signals);
+        let client = |s: OtlpSignal| -> Result<Option<Client>, BoxError> {
+            if !signals.contains(&s) {
+                return Ok(None);
+            }
+            let r = config.resolve(s, &process_env).map_err(|e| e.to_string())?;
+            info!(exporter = %ctx.id, signal = s.as_str(), url = %r.url, protocol = r.protocol.as_str(), "otlp exporter");
+            Ok(Some(Client::new(&r)?))
+        };
+        let traces = client(OtlpSignal::Traces)?;
+        let metrics = client(OtlpSignal::Metrics)?;
+        let (tx, rx) = mpsc::channel(config.sending_queue.queue_size);
+        Ok(OtlpExporter {
+            shared: Arc::new(Shared {
+                id: ctx.id,
+                telemetry: ctx.telemetry,
+                ledger: Mutex::default(),
+                traces,
+                metrics,
+                retry: config.retry_on_failure,
+                send_batch_size: config.batch.send_batch_size,
+                batch_timeout: config.batch.timeout,
+                resource: config.resource,
+                stats: Mutex::default(),
+            }),
+            tx: Some(tx),
+            rx: Some(rx),
+            when_full: config.sending_queue.when_full,
+            num_consumers: config.sending_queue.num_consumers,
+            senders: JoinSet::new(),
+        })
+    }
+
+    /// Starts the senders on the current runtime (on first use).
+    fn start(&mut self) {
+        if let Some(rx) = self.rx.take() {
+            let queue = Arc::new(tokio::sync::Mutex::new(rx));
+            for _ in 0..self.num_consumers {
+                self.senders
+                    .spawn(sender(Arc::clone(&self.shared), Arc::clone(&queue)));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Exporter for OtlpExporter {
+    async fn export(&mut self, batch: Arc<Batch>) -> Result<(), BoxError> {
+        self.start();
+        let n = batch.len() as u64;
+        let tx = self.tx.as_ref().ok_or("export after shutdown")?;
+        match self.when_full {
+            WhenFull::Block => {
+                // `reserve` is cancel-safe: nothing is counted unless the batch is queued.
+                let permit = tx.reserve().await.map_err(|_| "the senders stopped")?;
+                self.shared.add_outstanding(n);
+                permit.send(batch);
+            }
+            WhenFull::DropNewest => match tx.try_reserve() {
+                Ok(permit) => {
+                    self.shared.add_outstanding(n);
+                    permit.send(batch);
+                }
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    self.shared.telemetry.add_dropped("sending_queue_full", n);
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    return Err("the senders stopped".into())
+                }
+            },
+        }
+        Ok(())
+    }
+
+    fn counts_delivery(&self) -> bool {
+        true
+    }
+
+    async fn shutdown(&mut self) -> Result<(), BoxError> {
+        self.start();
+        // Closing the queue lets the senders drain it and stop; the engine's deadline bounds this.
+        self.tx = None;
+        while let Some(r) = self.senders.join_next().await {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    return Err(format!("an otlp sender panicked: {e}").into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OtlpExporter {
+    fn drop(&mut self) {
+        // Aborted at the shutdown deadline (or shut down normally: nothing left then).
+        self.senders.abort_all();
+        let n = self.shared.abandon();
+        if n > 0 {
+            error!(exporter = %self.shared.id, records = n, "shutdown deadline passed with records still queued or retrying: dropped");
+        }
+    }
+}
