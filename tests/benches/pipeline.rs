@@ -7,6 +7,10 @@
 //!     cargo bench -p oxeye-tests --bench pipeline            # OXEYE_BENCH_RECORDS=2000000 to change N
 
 use oxeye_tests::bench::{median, quick};
+
+// The allocator the `oxeye` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 fn cpu_time() -> Duration {

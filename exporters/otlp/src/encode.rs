@@ -130,7 +130,10 @@ pub fn span(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
     if let Some(t) = &s.task {
         attributes.push(kv("process.pid", any_value::Value::IntValue(t.pid.into())));
         attributes.push(kv("thread.id", any_value::Value::IntValue(t.tid.into())));
-        attributes.push(kv("process.executable.name", str_value(&t.comm.as_str())));
+        attributes.push(kv(
+            "process.executable.name",
+            any_value::Value::StringValue(t.comm.as_str().into_owned()),
+        ));
         attributes.push(kv(
             "cpu.logical_number",
             any_value::Value::IntValue(t.cpu.into()),
@@ -221,7 +224,9 @@ pub fn trace_request<'a>(
                 &mut out.last_mut().expect("just pushed").1
             }
         };
-        rs.scope_spans[0].spans.extend(spans.iter().map(span));
+        let out = &mut rs.scope_spans[0].spans;
+        out.reserve(spans.len());
+        out.extend(spans.iter().map(span));
     }
     ExportTraceServiceRequest {
         resource_spans: out.into_iter().map(|(_, rs)| rs).collect(),

@@ -1,0 +1,133 @@
+//! Exporter encoding on the same synthetic spans (seed 7, batches of 1024), one thread:
+//! OTLP protobuf (generated types + prost) with and without gzip, and Arrow IPC (record batch
+//! build + stream encoding) with and without zstd. Prints spans/s, ns/span and bytes/span.
+//! A benchmark, not a test: it never fails on speed.
+//!
+//!     cargo bench -p oxeye-tests --bench exporters       # OXEYE_BENCH_RECORDS=500000 to change N
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
+use oxeye_api::{Batch, Records, Span};
+use oxeye_exporter_arrow::{span_schema, spans_to_arrow, Dicts};
+use oxeye_exporter_otlp::encode::{trace_request, Resources};
+use oxeye_exporter_otlp::transport::gzip_bytes;
+use oxeye_tests::bench::{median, quick};
+use oxeye_tests::{captured, run};
+use prost::Message;
+
+// The allocator the `oxeye` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Spans from the synthetic receiver, as the exporters would get them.
+fn synthetic_spans(n: u64) -> Vec<Arc<Batch>> {
+    let report = run(&format!(
+        "receivers:\n  synthetic: {{seed: 7, batch_size: 1024, spans: {{count: {n}}}}}\nexporters:\n  capture/bench:\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  resource: {{service.name: bench}}\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [capture/bench]}}\n"
+    ));
+    assert!(report.failures.is_empty());
+    captured("capture/bench")
+}
+
+fn spans(b: &Batch) -> &[Span] {
+    match &b.records {
+        Records::Spans(s) => s,
+        Records::Flows(_) => &[],
+    }
+}
+
+/// Runs `f` over every batch `rounds` times; (median ns per span, bytes per span).
+fn measure(
+    batches: &[Arc<Batch>],
+    rounds: usize,
+    mut f: impl FnMut(&Batch) -> usize,
+) -> (f64, f64) {
+    let n: usize = batches.iter().map(|b| b.len()).sum();
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..rounds {
+        bytes = 0;
+        let t = Instant::now();
+        for b in batches {
+            bytes += f(b);
+        }
+        times.push(t.elapsed().as_nanos() as f64 / n as f64);
+    }
+    (median(times), bytes as f64 / n as f64)
+}
+
+fn arrow_ipc(b: &Batch, compression: Option<arrow_ipc::CompressionType>) -> usize {
+    let options = IpcWriteOptions::default()
+        .try_with_compression(compression)
+        .expect("compression");
+    let mut dicts = Dicts::default();
+    let batch = spans_to_arrow(spans(b), &b.resource, &mut dicts).expect("arrow batch");
+    let mut w =
+        StreamWriter::try_new_with_options(Vec::new(), &span_schema(), options).expect("writer");
+    w.write(&batch).expect("write");
+    w.into_inner().expect("finish").len()
+}
+
+fn main() {
+    let n: u64 = std::env::var("OXEYE_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick() { 20_000 } else { 500_000 });
+    let rounds = if quick() { 1 } else { 5 };
+    let batches = synthetic_spans(n);
+    println!("exporter encoding, {n} synthetic spans in batches of 1024, one thread, median of {rounds}:");
+
+    let mut resources = Resources::new(&Default::default());
+    let row = |label: &str, (ns, bytes): (f64, f64)| {
+        println!(
+            "  {label:<34} {ns:>7.1} ns/span  {:>6.2} M spans/s  {bytes:>6.1} bytes/span",
+            1e3 / ns
+        );
+        bytes
+    };
+    row(
+        "otlp protobuf (generated types)",
+        measure(&batches, rounds, |b| {
+            trace_request(&mut resources, [(&b.resource, spans(b))]).encoded_len()
+        }),
+    );
+    row(
+        "otlp protobuf, encoded to bytes",
+        measure(&batches, rounds, |b| {
+            trace_request(&mut resources, [(&b.resource, spans(b))])
+                .encode_to_vec()
+                .len()
+        }),
+    );
+    let otlp_gzip = row(
+        "otlp protobuf + gzip",
+        measure(&batches, rounds, |b| {
+            gzip_bytes(&trace_request(&mut resources, [(&b.resource, spans(b))]).encode_to_vec())
+                .len()
+        }),
+    );
+    row(
+        "arrow record batch (build only)",
+        measure(&batches, rounds, |b| {
+            let mut dicts = Dicts::default();
+            spans_to_arrow(spans(b), &b.resource, &mut dicts)
+                .expect("arrow")
+                .get_array_memory_size()
+        }),
+    );
+    row(
+        "arrow ipc stream",
+        measure(&batches, rounds, |b| arrow_ipc(b, None)),
+    );
+    let arrow_zstd = row(
+        "arrow ipc stream + zstd",
+        measure(&batches, rounds, |b| {
+            arrow_ipc(b, Some(arrow_ipc::CompressionType::ZSTD))
+        }),
+    );
+    println!(
+        "  otlp+gzip / arrow+zstd size: {:.2}x (per 1024-span batch; a long-lived stream shares dictionaries and does better)",
+        otlp_gzip / arrow_zstd
+    );
+}
