@@ -231,6 +231,35 @@ impl Dicts {
         })
     }
 
+    /// A column with the same value (or null) in all `n` rows, such as the resource's
+    /// `service.name`: the keys are written at once instead of hashing one string per row.
+    fn constant(
+        &mut self,
+        column: usize,
+        value: Option<&str>,
+        n: usize,
+    ) -> Result<ArrayRef, BoxError> {
+        let mut b = self.builder(column)?;
+        let key = value.map(|v| b.append(v)).transpose()?;
+        let one = b.finish();
+        let values = one.values().clone();
+        self.0.insert(
+            column,
+            values
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .ok_or("dictionary values are strings")?
+                .clone(),
+        );
+        let keys = match key {
+            Some(k) => arrow_array::Int32Array::from(vec![k; n]),
+            None => arrow_array::Int32Array::new_null(n),
+        };
+        Ok(Arc::new(
+            arrow_array::DictionaryArray::<Int32Type>::try_new(keys, values)?,
+        ))
+    }
+
     fn finish(
         &mut self,
         column: usize,
@@ -301,7 +330,6 @@ pub fn spans_to_arrow(
     let mut ret = Int64Builder::with_capacity(n);
     let mut frames = ListBuilder::new(StructBuilder::from_fields(frame_fields(), 0));
     let mut attrs = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
-    let (mut service, mut host) = (dicts.builder(20)?, dicts.builder(21)?);
     let (service_name, host_name) = (
         resource_str(resource, "service.name"),
         resource_str(resource, "host.name"),
@@ -362,8 +390,6 @@ pub fn spans_to_arrow(
         }
         frames.append(true);
         append_attributes(&mut attrs, &s.attributes)?;
-        service.append_option(service_name.as_deref());
-        host.append_option(host_name.as_deref());
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(trace.finish()),
@@ -386,8 +412,8 @@ pub fn spans_to_arrow(
         u64_lists(spans.iter().map(|s| s.user_stack.as_slice())),
         Arc::new(frames.finish()),
         Arc::new(attrs.finish()),
-        dicts.finish(20, service)?,
-        dicts.finish(21, host)?,
+        dicts.constant(20, service_name.as_deref(), n)?,
+        dicts.constant(21, host_name.as_deref(), n)?,
     ];
     Ok(RecordBatch::try_new(span_schema(), columns)?)
 }
@@ -415,7 +441,6 @@ pub fn flows_to_arrow(
     let mut flags = UInt8Builder::with_capacity(n);
     let mut times: [UInt64Builder; 4] = std::array::from_fn(|_| UInt64Builder::with_capacity(n));
     let mut attrs = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
-    let (mut service, mut host) = (dicts.builder(16)?, dicts.builder(17)?);
     let (service_name, host_name) = (
         resource_str(resource, "service.name"),
         resource_str(resource, "host.name"),
@@ -441,8 +466,6 @@ pub fn flows_to_arrow(
             b.append_value(v);
         }
         append_attributes(&mut attrs, &f.attributes)?;
-        service.append_option(service_name.as_deref());
-        host.append_option(host_name.as_deref());
     }
     let [mut first, mut last, mut wstart, mut wend] = times;
     let columns: Vec<ArrayRef> = vec![
@@ -462,8 +485,8 @@ pub fn flows_to_arrow(
         Arc::new(wstart.finish()),
         Arc::new(wend.finish()),
         Arc::new(attrs.finish()),
-        dicts.finish(16, service)?,
-        dicts.finish(17, host)?,
+        dicts.constant(16, service_name.as_deref(), n)?,
+        dicts.constant(17, host_name.as_deref(), n)?,
     ];
     Ok(RecordBatch::try_new(flow_schema(), columns)?)
 }
