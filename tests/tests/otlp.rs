@@ -791,9 +791,9 @@ struct Pki {
     server: Arc<rustls::ServerConfig>,
 }
 
-fn pki() -> Pki {
+fn pki(tag: &str) -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let dir = std::env::temp_dir().join(format!("oxeye-otlp-tls-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("oxeye-otlp-tls-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let ca_key = KeyPair::generate().expect("key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -843,7 +843,7 @@ fn pki() -> Pki {
 #[test]
 fn https_with_ca_file_and_client_certificate() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let pki = pki();
+    let pki = pki("https");
     let ep = Arc::new(Endpoint::default());
     let port = http_endpoint(&rt, Arc::clone(&ep), Some(Arc::clone(&pki.server)));
     let d = pki.dir.display();
@@ -870,5 +870,93 @@ fn https_with_ca_file_and_client_certificate() {
     ));
     let t = component(&report, "otlp");
     assert_eq!(t.dropped(), vec![("retries_exhausted", 2000)]);
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
+
+/// A server-side TLS stream tonic can serve. (tonic implements `Connected` for rustls streams
+/// only with its own TLS features, which would also make its client refuse our connector for
+/// `https://`.)
+struct TlsIo(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsIo {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl tokio::io::AsyncRead for TlsIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[test]
+fn grpc_over_tls_with_ca_file_and_client_certificate() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pki = pki("grpcs");
+    let mut server = (*pki.server).clone();
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsIo>>(16);
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                let _ = tx.send(Ok(TlsIo(tls))).await;
+            }
+        }
+    });
+    let ep = Arc::new(Endpoint::default());
+    let svc = MetricsServiceServer::new(Grpc(Arc::clone(&ep)))
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    );
+    let d = pki.dir.display();
+    let report = run(&flows_pipeline(
+        "grpcs",
+        &format!("{{endpoint: 'https://127.0.0.1:{port}', tls: {{ca_file: '{d}/ca.pem', cert_file: '{d}/client.pem', key_file: '{d}/client.key'}}}}"),
+    ));
+    let t = component(&report, "otlp");
+    assert_eq!(
+        (t.emitted(), t.dropped_total()),
+        (2000, 0),
+        "{:?}",
+        t.dropped()
+    );
+    assert_metrics_match(
+        &captured_flows("capture/grpcs"),
+        &ep.got.lock().expect("lock"),
+    );
     let _ = std::fs::remove_dir_all(&pki.dir);
 }

@@ -399,3 +399,71 @@ impl Drop for OtlpExporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxeye_api::{Flow, Span};
+
+    #[test]
+    fn requests_hold_at_most_max_records_and_keep_signals_apart() {
+        let r = Arc::new(Resource::default());
+        let flow = Flow {
+            src_addr: std::net::Ipv4Addr::LOCALHOST.into(),
+            dst_addr: std::net::Ipv4Addr::LOCALHOST.into(),
+            src_port: 1,
+            dst_port: 2,
+            transport: Default::default(),
+            ether_type: 0x0800,
+            ifindex: 1,
+            interface: None,
+            direction: Default::default(),
+            packets: 1,
+            bytes: 1,
+            tcp_flags: Default::default(),
+            first_seen_unix_ns: 1,
+            last_seen_unix_ns: 2,
+            window_start_unix_ns: 0,
+            window_end_unix_ns: 0,
+            attributes: Default::default(),
+        };
+        let batches = vec![
+            Arc::new(Batch::spans(Arc::clone(&r), vec![Span::default(); 2500])),
+            Arc::new(Batch::flows(Arc::clone(&r), vec![flow; 10])),
+            Arc::new(Batch::spans(Arc::clone(&r), vec![Span::default(); 100])),
+        ];
+        let mut resources = encode::Resources::new(&Default::default());
+        let reqs = requests(&mut resources, &batches, 1000);
+        let sizes: Vec<(OtlpSignal, u64)> = reqs.iter().map(|(s, _, n)| (*s, *n)).collect();
+        assert_eq!(
+            sizes,
+            [
+                (OtlpSignal::Traces, 1000),
+                (OtlpSignal::Traces, 1000),
+                (OtlpSignal::Traces, 600),
+                (OtlpSignal::Metrics, 10)
+            ]
+        );
+        for (_, req, n) in &reqs {
+            let counted: usize = match req {
+                Request::Traces(t) => t
+                    .resource_spans
+                    .iter()
+                    .flat_map(|rs| &rs.scope_spans)
+                    .map(|ss| ss.spans.len())
+                    .sum(),
+                Request::Metrics(m) => m.resource_metrics[0].scope_metrics[0].metrics[0]
+                    .data
+                    .as_ref()
+                    .map(|d| match d {
+                        opentelemetry_proto::tonic::metrics::v1::metric::Data::Sum(s) => {
+                            s.data_points.len()
+                        }
+                        _ => 0,
+                    })
+                    .unwrap_or(0),
+            };
+            assert_eq!(counted as u64, *n);
+        }
+    }
+}
