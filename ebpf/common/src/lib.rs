@@ -42,6 +42,27 @@ pub struct FlowStats {
     pub _pad: [u8; 7],
 }
 
+/// One slot of the per-CPU front cache that the flow programs check before their hash map: a hit
+/// costs an array lookup (inlined by the verifier) instead of a hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheSlot {
+    /// The flow held, valid when `used` is 1.
+    pub key: FlowKey,
+    /// 1 when the slot holds a flow.
+    pub used: u32,
+    /// Its counters on this CPU since the slot was claimed.
+    pub stats: FlowStats,
+}
+
+/// Cache slots per (generation, program); a power of two (the slot is `hash & (N - 1)`).
+pub const CACHE_SLOTS: u32 = 1024;
+
+/// Index of a slot in the `CACHE` array: generations and programs have separate regions.
+pub const fn cache_index(generation: u32, prog: u32, slot: u32) -> u32 {
+    (generation * 2 + prog) * CACHE_SLOTS + slot
+}
+
 /// Packet seen on ingress (XDP).
 pub const DIR_INGRESS: u8 = 0;
 /// Packet seen on egress (TC).
@@ -61,7 +82,8 @@ pub const C_MALFORMED: u32 = 1;
 pub const C_MAP_INSERT_FAILED: u32 = 2;
 /// Packets skipped by 1-in-N sampling.
 pub const C_SAMPLED_OUT: u32 = 3;
-/// New flow entries created (minus those harvested = evicted by the LRU).
+/// Entries created in the flow hash map (by cache evictions); minus those harvested = evicted by
+/// the LRU.
 pub const C_FLOWS_CREATED: u32 = 4;
 /// Names of the counters, by slot, for self-metrics.
 pub const COUNTER_NAMES: [&str; 5] = [
@@ -81,6 +103,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowStats {}
+    // SAFETY: repr(C), only integers, no implicit padding (44 + 4 + 40 bytes, 8-aligned).
+    unsafe impl aya::Pod for super::CacheSlot {}
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,9 +2,12 @@
 //!
 //! Each packet is parsed (Ethernet, up to two 802.1Q/802.1ad tags, IPv4 with options and
 //! fragments, IPv6 with a bounded walk over extension headers, TCP/UDP/ICMP/ICMPv6) into a
-//! [`FlowKey`] and counted in the active one of two per-CPU LRU hashes. User space flips the
-//! active map, waits for in-flight programs, and drains the other one with a batch
-//! lookup-and-delete, so no update is lost to a concurrent delete.
+//! [`FlowKey`] and counted in a per-CPU front cache (an array slot chosen by a hash of the key);
+//! a flow that meets another in its slot is moved into the active one of two per-CPU LRU
+//! hashes. A cache hit costs an (inlined) array lookup instead of a hash-map lookup. User space
+//! flips the active generation (cache region and map), waits for in-flight programs, and drains
+//! the other one: the cache slots by lookup and reset, the map with a batch lookup-and-delete, so
+//! no update is lost to a concurrent delete.
 #![no_std]
 #![no_main]
 
@@ -16,8 +19,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use oxeye_ebpf_common::{
-    FlowKey, FlowStats, COUNTERS_PER_PROGRAM, C_FLOWS_CREATED, C_MALFORMED, C_MAP_INSERT_FAILED,
-    C_PACKETS, C_SAMPLED_OUT, DIR_EGRESS, DIR_INGRESS, PROG_TC, PROG_XDP,
+    cache_index, CacheSlot, FlowKey, FlowStats, CACHE_SLOTS, COUNTERS_PER_PROGRAM, C_FLOWS_CREATED,
+    C_MALFORMED, C_MAP_INSERT_FAILED, C_PACKETS, C_SAMPLED_OUT, DIR_EGRESS, DIR_INGRESS, PROG_TC,
+    PROG_XDP,
 };
 
 /// User space sets the real size with `max_flows`.
@@ -25,6 +29,9 @@ use oxeye_ebpf_common::{
 static FLOWS_A: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(65536, 0);
 #[map]
 static FLOWS_B: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(65536, 0);
+/// `cache_index(generation, program, slot)`.
+#[map]
+static CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(4 * CACHE_SLOTS, 0);
 /// Slot 0: which flow map is active (0 = A, 1 = B).
 #[map]
 static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
@@ -185,9 +192,67 @@ fn parse(data: usize, end: usize, key: &mut FlowKey) -> Result<u8, ()> {
     }
 }
 
+/// Adds `add` into `s` (this CPU's counters of one flow).
+#[inline(always)]
+fn merge(s: &mut FlowStats, add: &FlowStats) {
+    s.packets += add.packets;
+    s.bytes += add.bytes;
+    if s.first_seen == 0 || add.first_seen < s.first_seen {
+        s.first_seen = add.first_seen;
+    }
+    if add.last_seen > s.last_seen {
+        s.last_seen = add.last_seen;
+    }
+    s.tcp_flags |= add.tcp_flags;
+}
+
+/// Moves a flow's counters out of the cache into the hash map.
+#[inline(always)]
+fn spill(map: &LruPerCpuHashMap<FlowKey, FlowStats>, prog: u32, key: &FlowKey, stats: &FlowStats) {
+    if let Some(s) = map.get_ptr_mut(key) {
+        unsafe { merge(&mut *s, stats) };
+        return;
+    }
+    match map.insert(key, stats, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            count(prog, C_FLOWS_CREATED, 1);
+        }
+        Err(e) if e == -EEXIST => {
+            // Another CPU created the entry between our lookup and insert.
+            match map.get_ptr_mut(key) {
+                Some(s) => unsafe { merge(&mut *s, stats) },
+                None => {
+                    count(prog, C_MAP_INSERT_FAILED, 1);
+                }
+            }
+        }
+        Err(_) => {
+            count(prog, C_MAP_INSERT_FAILED, 1);
+        }
+    }
+}
+
+/// The key as 11 words: hashing and comparing word by word (no memcmp in BPF).
+#[inline(always)]
+fn words(key: &FlowKey) -> [u32; 11] {
+    unsafe { core::ptr::read_unaligned(key as *const FlowKey as *const [u32; 11]) }
+}
+
+#[inline(always)]
+fn slot_of(w: &[u32; 11]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < 11 {
+        h = (h ^ w[i]).wrapping_mul(0x9e37_79b1);
+        i += 1;
+    }
+    (h ^ (h >> 15)) & (CACHE_SLOTS - 1)
+}
+
 #[inline(always)]
 fn update(
     map: &LruPerCpuHashMap<FlowKey, FlowStats>,
+    generation: u32,
     prog: u32,
     key: &FlowKey,
     packets: u64,
@@ -196,19 +261,33 @@ fn update(
 ) {
     // Jiffies cost ~4 ns against ~25 for a clock read; user space converts them (see CLOCK).
     let now = unsafe { bpf_jiffies64() };
-    if let Some(s) = map.get_ptr_mut(key) {
-        unsafe {
-            (*s).packets += packets;
-            (*s).bytes += bytes;
-            if (*s).first_seen == 0 {
-                (*s).first_seen = now; // this CPU's first packet of a flow made elsewhere
-            }
-            (*s).last_seen = now;
-            (*s).tcp_flags |= flags;
-        }
+    let w = words(key);
+    let Some(slot) = CACHE.get_ptr_mut(cache_index(generation, prog, slot_of(&w))) else {
         return;
+    };
+    let slot = unsafe { &mut *slot };
+    if slot.used != 0 {
+        let held = words(&slot.key);
+        let mut same = true;
+        let mut i = 0;
+        while i < 11 {
+            same &= held[i] == w[i];
+            i += 1;
+        }
+        if same {
+            slot.stats.packets += packets;
+            slot.stats.bytes += bytes;
+            slot.stats.last_seen = now;
+            slot.stats.tcp_flags |= flags;
+            return;
+        }
+        // Another flow holds the slot: move it to the hash map, then take the slot.
+        let (old_key, old_stats) = (slot.key, slot.stats);
+        spill(map, prog, &old_key, &old_stats);
     }
-    let value = FlowStats {
+    slot.key = *key;
+    slot.used = 1;
+    slot.stats = FlowStats {
         packets,
         bytes,
         first_seen: now,
@@ -216,28 +295,6 @@ fn update(
         tcp_flags: flags,
         _pad: [0; 7],
     };
-    match map.insert(key, &value, BPF_NOEXIST as u64) {
-        Ok(()) => {
-            count(prog, C_FLOWS_CREATED, 1);
-        }
-        Err(e) if e == -EEXIST => {
-            // Another CPU created it between our lookup and insert.
-            if let Some(s) = map.get_ptr_mut(key) {
-                unsafe {
-                    (*s).packets += packets;
-                    (*s).bytes += bytes;
-                    (*s).first_seen = now;
-                    (*s).last_seen = now;
-                    (*s).tcp_flags |= flags;
-                }
-            } else {
-                count(prog, C_MAP_INSERT_FAILED, 1);
-            }
-        }
-        Err(_) => {
-            count(prog, C_MAP_INSERT_FAILED, 1);
-        }
-    }
 }
 
 #[inline(always)]
@@ -260,9 +317,9 @@ fn handle(prog: u32, data: usize, end: usize, len: u64, ifindex: u32, direction:
     };
     let active = CONTROL.get(0).copied().unwrap_or(0);
     if active == 0 {
-        update(&FLOWS_A, prog, &key, scale, len * scale, flags);
+        update(&FLOWS_A, 0, prog, &key, scale, len * scale, flags);
     } else {
-        update(&FLOWS_B, prog, &key, scale, len * scale, flags);
+        update(&FLOWS_B, 1, prog, &key, scale, len * scale, flags);
     }
 }
 

@@ -81,8 +81,15 @@ pub fn harvest(n: u32) -> Result<HarvestFigures, String> {
     };
     let rss0 = rss_kib();
     let t1 = Instant::now();
-    let flows = crate::flows::drain_map(&data, cpus, (0, 1), &Default::default(), None)
-        .map_err(|e| e.to_string())?;
+    let (flows, _) = crate::flows::drain_map(
+        &data,
+        cpus,
+        (0, 1),
+        &Default::default(),
+        None,
+        Default::default(),
+    )
+    .map_err(|e| e.to_string())?;
     let harvest = t1.elapsed();
     let figures = HarvestFigures {
         flows: flows.len(),

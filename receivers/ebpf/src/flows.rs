@@ -1,19 +1,19 @@
-//! Network flows: load the XDP and TC programs, attach them, harvest the flow maps.
+//! Network flows: load the XDP and TC programs, attach them, harvest the flow cache and maps.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
-use aya::maps::{Array, Map, MapData, PerCpuArray};
+use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::{
     tc::SchedClassifierLinkId, tc::TcAttachType, xdp::XdpLinkId, SchedClassifier, Xdp, XdpMode,
 };
 use aya::{Ebpf, EbpfLoader};
 use oxeye_api::{Attributes, Direction, Flow, TcpFlags, Telemetry, Transport};
 use oxeye_ebpf_common::{
-    FlowKey, FlowStats, CONTROL_ACTIVE_MAP, COUNTERS_PER_PROGRAM, COUNTER_NAMES, C_FLOWS_CREATED,
-    DIR_EGRESS, PROG_TC, PROG_XDP,
+    cache_index, CacheSlot, FlowKey, FlowStats, CACHE_SLOTS, CONTROL_ACTIVE_MAP,
+    COUNTERS_PER_PROGRAM, COUNTER_NAMES, C_FLOWS_CREATED, DIR_EGRESS, PROG_TC, PROG_XDP,
 };
 use tracing::{info, warn};
 
@@ -122,6 +122,7 @@ pub struct FlowProbe {
     xdp_links: Vec<XdpLinkId>,
     tc_links: Vec<SchedClassifierLinkId>,
     maps: [MapData; 2],
+    cache: PerCpuArray<MapData, CacheSlot>,
     active: usize,
     cpus: usize,
     /// ifindex → name, for `network.interface.name`.
@@ -281,11 +282,16 @@ impl FlowProbe {
             _ => Err(format!("map {name} missing or of the wrong type")),
         };
         let maps = [take(&mut ebpf, "FLOWS_A")?, take(&mut ebpf, "FLOWS_B")?];
+        let cache = match ebpf.take_map("CACHE") {
+            Some(m) => PerCpuArray::try_from(m).map_err(|e| format!("CACHE: {e}"))?,
+            None => return Err("map CACHE missing".into()),
+        };
         Ok(FlowProbe {
             ebpf,
             xdp_links,
             tc_links,
             maps,
+            cache,
             active: 0,
             cpus,
             names,
@@ -352,16 +358,48 @@ impl FlowProbe {
         let (jiffies, mono_ns) = clock_sample(&mut self.ebpf)?;
         self.clock.jiffies = jiffies;
         self.clock.mono_ns = mono_ns;
-        let flows = drain_map(
+        let cached = self.drain_cache(index)?;
+        let (flows, from_map) = drain_map(
             &self.maps[index],
             self.cpus,
             window,
             &self.names,
             Some(&self.clock),
+            cached,
         )
         .map_err(|e| format!("draining flow map: {e}"))?;
-        self.harvested += flows.len() as u64;
+        self.harvested += from_map;
         Ok(flows)
+    }
+
+    /// Takes every used slot of one generation's cache region (both programs, every CPU) and
+    /// resets the slots. Runs only while the programs use the other generation.
+    fn drain_cache(
+        &mut self,
+        generation: usize,
+    ) -> Result<HashMap<FlowKey, Vec<FlowStats>>, String> {
+        let mut out: HashMap<FlowKey, Vec<FlowStats>> = HashMap::new();
+        for prog in [PROG_XDP, PROG_TC] {
+            for slot in 0..CACHE_SLOTS {
+                let index = cache_index(generation as u32, prog, slot);
+                let values = self
+                    .cache
+                    .get(&index, 0)
+                    .map_err(|e| format!("reading the flow cache: {e}"))?;
+                if !values.iter().any(|v| v.used != 0) {
+                    continue;
+                }
+                for v in values.iter().filter(|v| v.used != 0) {
+                    out.entry(v.key).or_default().push(v.stats);
+                }
+                let empty = PerCpuValues::try_from(vec![CacheSlot::default(); values.len()])
+                    .map_err(|e| format!("resetting the flow cache: {e}"))?;
+                self.cache
+                    .set(index, empty, 0)
+                    .map_err(|e| format!("resetting the flow cache: {e}"))?;
+            }
+        }
+        Ok(out)
     }
 
     fn update_counters(&mut self) {
@@ -392,23 +430,38 @@ impl FlowProbe {
     }
 }
 
-/// Moves every entry out of a flow map and turns it into a record for `window` (Unix ns).
+/// Moves every entry out of a flow map and, merged with the flows taken from the cache
+/// (`cached`), turns them into records for `window` (Unix ns). Also returns how many entries
+/// the map held (for the eviction count).
 pub(crate) fn drain_map(
     map: &MapData,
     cpus: usize,
     window: (u64, u64),
     names: &HashMap<u32, Arc<str>>,
     clock: Option<&Clock>,
-) -> std::io::Result<Vec<Flow>> {
+    mut cached: HashMap<FlowKey, Vec<FlowStats>>,
+) -> std::io::Result<(Vec<Flow>, u64)> {
     let offset = sys::monotonic_to_unix_offset();
     // Jiffies → Unix ns; without a clock (benchmarks) the raw value stays.
     let to_unix = |j: u64| clock.map_or(j, |c| c.mono_ns(j).wrapping_add(offset));
     let mut flows = Vec::new();
     let fd = map.fd().as_fd().as_raw_fd();
+    let mut from_map = 0;
     sys::drain_percpu_hash::<FlowKey, FlowStats>(fd, cpus, |key, per_cpu| {
-        flows.push(to_flow(key, per_cpu, &to_unix, window.0, window.1, names));
+        from_map += 1;
+        let flow = match cached.remove(key) {
+            Some(mut more) => {
+                more.extend_from_slice(per_cpu);
+                to_flow(key, &more, &to_unix, window.0, window.1, names)
+            }
+            None => to_flow(key, per_cpu, &to_unix, window.0, window.1, names),
+        };
+        flows.push(flow);
     })?;
-    Ok(flows)
+    for (key, per_cpu) in &cached {
+        flows.push(to_flow(key, per_cpu, &to_unix, window.0, window.1, names));
+    }
+    Ok((flows, from_map))
 }
 
 fn to_flow(
