@@ -19,6 +19,9 @@ Examples:
   oxeye components                           list the registered component types
   oxeye doctor                               what this kernel supports (kprobe, fentry, XDP, ...)
   RATE=5000 oxeye run -c p.yaml              values like ${env:RATE:-100} come from the environment
+  OTLP_ENDPOINT=http://tempo:4317 oxeye run -c config/otlp.yaml
+                                             kernel spans and flow metrics to an OTLP backend
+                                             (OTEL_EXPORTER_OTLP_* variables are honoured too)
 
 Exit codes: 0 ok; 1 a component failed or the shutdown deadline passed; 2 invalid config.
 Logs go to stderr (level from service.telemetry.logs.level, or OXEYE_LOG=debug).";
