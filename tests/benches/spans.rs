@@ -102,6 +102,22 @@ fn main() {
     println!("oxeye span benchmark: {n} getppid calls per run, median of {runs}");
     let base = median((0..runs).map(|_| untraced(n)).collect());
     println!("untraced getppid                         {base:>8.0} ns/call");
+    // What the attachment alone costs: empty programs, no maps, no ring buffer.
+    for (label, kind) in [
+        (
+            "empty syscalls: tracepoint pair",
+            oxeye_receiver_ebpf::bench::EmptyPair::Tracepoint,
+        ),
+        (
+            "empty raw_syscalls raw-tracepoint pair",
+            oxeye_receiver_ebpf::bench::EmptyPair::RawTracepoint,
+        ),
+    ] {
+        let attached = oxeye_receiver_ebpf::bench::empty_pair(kind).expect("attach empty pair");
+        let ns = median((0..runs).map(|_| untraced(n)).collect());
+        drop(attached);
+        println!("{label:<40} {ns:>8.0} ns/call  (+{:.0})", ns - base);
+    }
     for wakeup in [256 << 10, 0] {
         let results: Vec<(f64, u64, u64, f64)> = (0..runs).map(|_| traced(n, wakeup)).collect();
         let per_call = median(results.iter().map(|r| r.0).collect());

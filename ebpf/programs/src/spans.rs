@@ -19,9 +19,14 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_func_arg, bpf_get_func_ip, bpf_get_func_ret,
         bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
     },
-    macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint, uprobe, uretprobe},
+    macros::{
+        fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint, uprobe, uretprobe,
+    },
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    programs::{
+        FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
     EbpfContext,
 };
 use oxeye_ebpf_common::{
@@ -355,6 +360,25 @@ pub fn oxeye_uprobe(ctx: ProbeContext) -> u32 {
 pub fn oxeye_uretprobe(ctx: RetProbeContext) -> u32 {
     let source = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
     exit(source, ctx.ret::<i64>());
+    0
+}
+
+/// Benchmark only (never attached by oxeye): what a `syscalls:` tracepoint pair costs with
+/// nothing in it.
+#[tracepoint]
+pub fn oxeye_empty_tp(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+/// Benchmark only: the same for a `raw_syscalls` raw-tracepoint pair (fires on every syscall).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn oxeye_empty_raw_enter(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// Benchmark only: see `oxeye_empty_raw_enter`.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn oxeye_empty_raw_exit(_ctx: RawTracePointContext) -> i32 {
     0
 }
 

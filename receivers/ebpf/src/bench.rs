@@ -1,4 +1,4 @@
-//! Hooks for oxeye's benchmarks (tests/benches/flows.rs); not part of the component API.
+//! Hooks for oxeye's benchmarks (tests/benches/flows.rs, spans.rs); not part of the component API.
 
 use std::time::{Duration, Instant};
 
@@ -98,4 +98,43 @@ pub fn harvest(n: u32) -> Result<HarvestFigures, String> {
         rss_growth_kib: rss_kib().saturating_sub(rss0),
     };
     Ok(figures)
+}
+
+/// Which empty program pair [`empty_pair`] attaches around `getppid`.
+#[derive(Clone, Copy, Debug)]
+pub enum EmptyPair {
+    /// `syscalls:sys_enter_getppid` / `sys_exit_getppid` tracepoints.
+    Tracepoint,
+    /// `raw_syscalls` `sys_enter` / `sys_exit` raw tracepoints (every syscall).
+    RawTracepoint,
+}
+
+/// Attaches programs that do nothing, to measure what the attachment alone costs a syscall.
+/// They stay attached until the returned object is dropped.
+pub fn empty_pair(kind: EmptyPair) -> Result<aya::Ebpf, String> {
+    use aya::programs::{RawTracePoint, TracePoint};
+    crate::sys::tracefs()?;
+    let mut ebpf = EbpfLoader::new()
+        .load(crate::spans::PROGRAMS)
+        .map_err(|e| format!("loading the span programs: {e}"))?;
+    match kind {
+        EmptyPair::Tracepoint => {
+            let p: &mut TracePoint = crate::sys::program(&mut ebpf, "oxeye_empty_tp")?;
+            p.load().map_err(|e| e.to_string())?;
+            for event in ["sys_enter_getppid", "sys_exit_getppid"] {
+                p.attach("syscalls", event).map_err(|e| e.to_string())?;
+            }
+        }
+        EmptyPair::RawTracepoint => {
+            for (name, tp) in [
+                ("oxeye_empty_raw_enter", "sys_enter"),
+                ("oxeye_empty_raw_exit", "sys_exit"),
+            ] {
+                let p: &mut RawTracePoint = crate::sys::program(&mut ebpf, name)?;
+                p.load().map_err(|e| e.to_string())?;
+                p.attach(tp).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(ebpf)
 }
