@@ -1,6 +1,8 @@
-//! Span cost (root): a tight loop of getppid in a workload process, untraced and traced by a
-//! `syscall: getppid` source (tracepoint pair → ring buffer → oxeye in this process → nop
-//! exporter); ns added per call, spans/s drained, and ring-buffer loss. Prints figures only.
+//! Span cost (root): a tight loop of getppid in a workload process, untraced, with empty
+//! programs attached (a `syscalls:` tracepoint pair, a `raw_syscalls` raw-tracepoint pair: the
+//! floor of each hook), and traced by a `syscall: getppid` source (tracepoint pair → ring
+//! buffer → oxeye in this process → nop exporter); ns added per call, spans/s drained, and
+//! ring-buffer loss. Prints figures only.
 //!
 //!     cargo bench -p oxeye-tests --bench spans
 
