@@ -273,7 +273,7 @@ fn many_flows_exact_counts_through_cache_collisions() {
             for i in 0..FLOWS {
                 let s = UdpSocket::bind((src.as_str(), 20000 + i)).expect("bind client");
                 s.send_to(&[0xcd; SIZE], server).expect("send");
-                if i % 50 == 49 {
+                if i % 20 == 19 {
                     // Paced: the veth ring must not overflow before XDP sees the frames.
                     std::thread::sleep(Duration::from_millis(1));
                 }
