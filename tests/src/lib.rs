@@ -244,6 +244,21 @@ pub fn signal(child: &Child, sig: i32) {
     assert_eq!(rc, 0, "kill failed");
 }
 
+/// `GET path` on 127.0.0.1:port: the whole response (status line, headers, body). Asks the
+/// server to close the connection, so reading to the end returns.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    Ok(response)
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,6 +1,6 @@
 //! The `oxeye` binary: validate exit codes, JSON lines on stdout, SIGTERM drain, metrics.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use oxeye_tests::{final_counts, free_port, oxeye_bin, signal, spawn, temp_config};
@@ -157,13 +157,7 @@ fn sigterm_drains_an_endless_run_and_exits_zero() {
 }
 
 fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read");
-    body
+    oxeye_tests::http_get(port, path).expect("GET")
 }
 
 #[test]

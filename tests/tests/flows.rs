@@ -652,12 +652,7 @@ fn sampling_scales_counts_and_self_metrics_expose_kernel_counters() {
     .expect("sender");
     std::thread::sleep(Duration::from_millis(500));
     let metrics = in_ns(&pair.ns_a, move || {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-            .expect("write");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("read");
-        body
+        oxeye_tests::http_get(port, "/metrics").expect("GET /metrics")
     })
     .join()
     .expect("metrics");

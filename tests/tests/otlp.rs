@@ -8,8 +8,7 @@
 //!   success), and over TLS with a CA file and a client certificate.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -171,16 +170,9 @@ impl Drop for Phoenix {
 
 /// GET on 127.0.0.1:port; the body of a 200 answer, else None.
 fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200")
-        .then(|| body.to_string())
-        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
+    let response = oxeye_tests::http_get(port, path).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
 /// Microseconds since the epoch of `2026-11-25T22:43:23.498348+00:00`.
@@ -442,17 +434,20 @@ impl MetricsService for Grpc {
     }
 }
 
+/// The scripted endpoint as a gRPC service (gzip accepted).
+fn metrics_service(ep: Arc<Endpoint>) -> MetricsServiceServer<Grpc> {
+    MetricsServiceServer::new(Grpc(ep)).accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+}
+
 /// Starts the gRPC endpoint on a runtime of its own; returns its port.
 fn grpc_endpoint(rt: &tokio::runtime::Runtime, ep: Arc<Endpoint>) -> u16 {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let svc = MetricsServiceServer::new(Grpc(ep))
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     rt.spawn(
         tonic::transport::Server::builder()
-            .add_service(svc)
+            .add_service(metrics_service(ep))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     port
@@ -791,6 +786,28 @@ struct Pki {
     server: Arc<rustls::ServerConfig>,
 }
 
+impl Pki {
+    /// The exporter's `tls:` value trusting the CA and presenting the client certificate.
+    fn tls_yaml(&self) -> String {
+        let d = self.dir.display();
+        format!(
+            "{{ca_file: '{d}/ca.pem', cert_file: '{d}/client.pem', key_file: '{d}/client.key'}}"
+        )
+    }
+}
+
+/// The exporter delivered all 2 000 flows of `flows_pipeline` and the endpoint got them right.
+fn assert_all_delivered(report: &oxeye::engine::Report, ep: &Endpoint, capture: &str) {
+    let t = component(report, "otlp");
+    assert_eq!(
+        (t.emitted(), t.dropped_total()),
+        (2000, 0),
+        "{:?}",
+        t.dropped()
+    );
+    assert_metrics_match(&captured_flows(capture), &ep.got.lock().expect("lock"));
+}
+
 fn pki(tag: &str) -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let dir = std::env::temp_dir().join(format!("oxeye-otlp-tls-{}-{tag}", std::process::id()));
@@ -846,22 +863,14 @@ fn https_with_ca_file_and_client_certificate() {
     let pki = pki("https");
     let ep = Arc::new(Endpoint::default());
     let port = http_endpoint(&rt, Arc::clone(&ep), Some(Arc::clone(&pki.server)));
-    let d = pki.dir.display();
     let report = run(&flows_pipeline(
         "https",
-        &format!("{{protocol: http/protobuf, endpoint: 'https://127.0.0.1:{port}', tls: {{ca_file: '{d}/ca.pem', cert_file: '{d}/client.pem', key_file: '{d}/client.key'}}}}"),
+        &format!(
+            "{{protocol: http/protobuf, endpoint: 'https://127.0.0.1:{port}', tls: {}}}",
+            pki.tls_yaml()
+        ),
     ));
-    let t = component(&report, "otlp");
-    assert_eq!(
-        (t.emitted(), t.dropped_total()),
-        (2000, 0),
-        "{:?}",
-        t.dropped()
-    );
-    assert_metrics_match(
-        &captured_flows("capture/https"),
-        &ep.got.lock().expect("lock"),
-    );
+    assert_all_delivered(&report, &ep, "capture/https");
 
     // Without the CA the server is not trusted: nothing is sent, the loss is counted.
     let report = run(&flows_pipeline(
@@ -935,28 +944,18 @@ fn grpc_over_tls_with_ca_file_and_client_certificate() {
         }
     });
     let ep = Arc::new(Endpoint::default());
-    let svc = MetricsServiceServer::new(Grpc(Arc::clone(&ep)))
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     rt.spawn(
         tonic::transport::Server::builder()
-            .add_service(svc)
+            .add_service(metrics_service(Arc::clone(&ep)))
             .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx)),
     );
-    let d = pki.dir.display();
     let report = run(&flows_pipeline(
         "grpcs",
-        &format!("{{endpoint: 'https://127.0.0.1:{port}', tls: {{ca_file: '{d}/ca.pem', cert_file: '{d}/client.pem', key_file: '{d}/client.key'}}}}"),
+        &format!(
+            "{{endpoint: 'https://127.0.0.1:{port}', tls: {}}}",
+            pki.tls_yaml()
+        ),
     ));
-    let t = component(&report, "otlp");
-    assert_eq!(
-        (t.emitted(), t.dropped_total()),
-        (2000, 0),
-        "{:?}",
-        t.dropped()
-    );
-    assert_metrics_match(
-        &captured_flows("capture/grpcs"),
-        &ep.got.lock().expect("lock"),
-    );
+    assert_all_delivered(&report, &ep, "capture/grpcs");
     let _ = std::fs::remove_dir_all(&pki.dir);
 }

@@ -200,36 +200,38 @@ pub fn span(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
     }
 }
 
+/// Groups records by resource (by identity, in first-seen order): one `Resource*` message each.
+fn by_resource<'a, T>(
+    parts: impl IntoIterator<Item = (&'a Arc<Resource>, &'a [T])>,
+) -> Vec<(&'a Arc<Resource>, Vec<&'a T>)> {
+    let mut groups: Vec<(&Arc<Resource>, Vec<&T>)> = Vec::new();
+    for (resource, records) in parts {
+        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, resource)) {
+            Some((_, g)) => g.extend(records),
+            None => groups.push((resource, records.iter().collect())),
+        }
+    }
+    groups
+}
+
 /// Builds one trace request from spans of possibly several resources.
 pub fn trace_request<'a>(
     resources: &mut Resources,
     parts: impl IntoIterator<Item = (&'a Arc<Resource>, &'a [Span])>,
 ) -> ExportTraceServiceRequest {
-    let mut out: Vec<(Arc<Resource>, ResourceSpans)> = Vec::new();
-    for (resource, spans) in parts {
-        let rs = match out.iter_mut().find(|(r, _)| Arc::ptr_eq(r, resource)) {
-            Some((_, rs)) => rs,
-            None => {
-                out.push((
-                    Arc::clone(resource),
-                    ResourceSpans {
-                        resource: Some(resources.get(resource)),
-                        scope_spans: vec![ScopeSpans {
-                            scope: Some(scope()),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    },
-                ));
-                &mut out.last_mut().expect("just pushed").1
-            }
-        };
-        let out = &mut rs.scope_spans[0].spans;
-        out.reserve(spans.len());
-        out.extend(spans.iter().map(span));
-    }
     ExportTraceServiceRequest {
-        resource_spans: out.into_iter().map(|(_, rs)| rs).collect(),
+        resource_spans: by_resource(parts)
+            .into_iter()
+            .map(|(resource, spans)| ResourceSpans {
+                resource: Some(resources.get(resource)),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope()),
+                    spans: spans.into_iter().map(span).collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
     }
 }
 
@@ -287,49 +289,44 @@ pub fn metrics_request<'a>(
     resources: &mut Resources,
     parts: impl IntoIterator<Item = (&'a Arc<Resource>, &'a [Flow])>,
 ) -> ExportMetricsServiceRequest {
-    let mut out: Vec<(Arc<Resource>, Vec<NumberDataPoint>, Vec<NumberDataPoint>)> = Vec::new();
-    for (resource, flows) in parts {
-        let idx = match out.iter().position(|(r, _, _)| Arc::ptr_eq(r, resource)) {
-            Some(i) => i,
-            None => {
-                out.push((Arc::clone(resource), Vec::new(), Vec::new()));
-                out.len() - 1
-            }
-        };
-        let (_, bytes, packets) = &mut out[idx];
-        for f in flows {
-            let (start, end) = flow_interval(f);
-            let attributes = flow_attributes(f);
-            let point = |v: u64, attributes: Vec<KeyValue>| NumberDataPoint {
-                attributes,
-                start_time_unix_nano: start,
-                time_unix_nano: end,
-                value: Some(number_data_point::Value::AsInt(v as i64)),
-                ..Default::default()
-            };
-            bytes.push(point(f.bytes, attributes.clone()));
-            packets.push(point(f.packets, attributes));
-        }
-    }
     ExportMetricsServiceRequest {
-        resource_metrics: out
+        resource_metrics: by_resource(parts)
             .into_iter()
-            .map(|(resource, bytes, packets)| ResourceMetrics {
-                resource: Some(resources.get(&resource)),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(scope()),
-                    metrics: vec![
-                        delta_sum(FLOW_BYTES, "By", "Bytes seen on a network flow.", bytes),
-                        delta_sum(
-                            FLOW_PACKETS,
-                            "{packet}",
-                            "Packets seen on a network flow.",
-                            packets,
-                        ),
-                    ],
+            .map(|(resource, flows)| {
+                let (mut bytes, mut packets) = (
+                    Vec::with_capacity(flows.len()),
+                    Vec::with_capacity(flows.len()),
+                );
+                for f in flows {
+                    let (start, end) = flow_interval(f);
+                    let point = |v: u64, attributes: Vec<KeyValue>| NumberDataPoint {
+                        attributes,
+                        start_time_unix_nano: start,
+                        time_unix_nano: end,
+                        value: Some(number_data_point::Value::AsInt(v as i64)),
+                        ..Default::default()
+                    };
+                    let attributes = flow_attributes(f);
+                    bytes.push(point(f.bytes, attributes.clone()));
+                    packets.push(point(f.packets, attributes));
+                }
+                ResourceMetrics {
+                    resource: Some(resources.get(resource)),
+                    scope_metrics: vec![ScopeMetrics {
+                        scope: Some(scope()),
+                        metrics: vec![
+                            delta_sum(FLOW_BYTES, "By", "Bytes seen on a network flow.", bytes),
+                            delta_sum(
+                                FLOW_PACKETS,
+                                "{packet}",
+                                "Packets seen on a network flow.",
+                                packets,
+                            ),
+                        ],
+                        ..Default::default()
+                    }],
                     ..Default::default()
-                }],
-                ..Default::default()
+                }
             })
             .collect(),
     }
