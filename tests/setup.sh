@@ -1,88 +1,130 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up of everything oxeye needs to build, run and test on a fresh
 # Debian machine of this kind. Safe to run again: each step checks before it installs.
-set -euo pipefail
+# Every version it pins is in tests/pins.env; the Python part is tests/setup-python-peers.sh,
+# which CI also runs from nothing against a throwaway venv (tests/setup-guard.sh).
+set -Eeuo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
+# shellcheck source=tests/pins.env
+. tests/pins.env
 
 say() { printf '[setup] %s\n' "$*"; }
+current_step="start"
+step() { current_step="$*"; say "$*"; }
+# A failing command names itself, its line and the step, never a silent exit. Reported once, by
+# the script's own shell (a failure inside $(...) is reported at the line that used it).
+on_err() {   # on_err EXIT-STATUS LINE COMMAND
+  if [ "$BASH_SUBSHELL" = 0 ]; then
+    printf '[setup] FAILED at line %s: %s (exit %s) in step: %s\n' "$2" "$3" "$1" "$current_step" >&2
+  fi
+}
+trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
+die() { printf '[setup] FAILED in step: %s: %s\n' "$current_step" "$*" >&2; exit 1; }
+
+apt_updated=""
+# apt_install [APT-GET OPTIONS] PACKAGE...: from Debian, unpinned; `apt-get update` once per run.
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+policy_rc_d=""   # set while a policy-rc.d of ours keeps package services from starting
+trap '[ -z "$policy_rc_d" ] || rm -f "$policy_rc_d"' EXIT
 
 # Rust: the pinned stable toolchain (rust-toolchain.toml) with rustfmt and clippy.
-command -v cargo >/dev/null || { echo "[setup] cargo not found: install rustup first" >&2; exit 1; }
+step "rust: rustfmt and clippy for the pinned stable toolchain"
+command -v cargo >/dev/null || die "cargo not found: install rustup first"
 channel=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 if ! rustup component list --toolchain "$channel" --installed 2>/dev/null | grep -q '^clippy'; then
-  say "adding rustfmt and clippy to $channel"
+  say "  adding rustfmt and clippy to $channel"
   rustup component add --toolchain "$channel" rustfmt clippy
 fi
 
 # eBPF toolchain (GUIDE §4): nightly with rust-src builds the programs for bpfel-unknown-none;
 # bpf-linker links them with the nightly's own LLVM, found through a stable folder of symlinks.
-if ! rustup toolchain list | grep -q '^nightly'; then
-  echo "[setup] the nightly toolchain is missing (rustup toolchain list): it is needed to build eBPF programs" >&2
-  exit 1
-fi
+step "eBPF toolchain: nightly with rust-src"
+rustup toolchain list | grep -q '^nightly' ||
+  die "the nightly toolchain is missing (rustup toolchain list): it is needed to build eBPF programs"
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
-  say "adding rust-src to nightly"
+  say "  adding rust-src to nightly"
   rustup component add rust-src --toolchain nightly
 fi
+step "eBPF toolchain: bpf-linker $BPF_LINKER against the nightly's LLVM"
 sysroot=$(rustc +nightly --print sysroot)
-llvm_so=$(ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null | head -n 1)
-[ -n "$llvm_so" ] || { echo "[setup] no libLLVM.so.* in $sysroot/lib" >&2; exit 1; }
+llvm_so=$({ ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null || true; } | head -n 1)
+[ -n "$llvm_so" ] || die "no libLLVM.so.* in $sysroot/lib"
 llvm_major=$(basename "$llvm_so" | sed -n 's/^libLLVM\.so\.\([0-9]*\).*/\1/p')
 llvm_dir="$HOME/.local/share/oxeye/llvm-nightly"
 mkdir -p "$llvm_dir/lib"
 ln -sfn "$llvm_so" "$llvm_dir/lib/libLLVM.so"
 ln -sfn "$llvm_so" "$llvm_dir/lib/$(basename "$llvm_so")"   # the name bpf-linker loads at run time
-if ! bpf-linker --version >/dev/null 2>&1; then
-  say "installing bpf-linker 0.13.0 against the nightly's LLVM $llvm_major (about a minute)"
-  LLVM_PREFIX="$llvm_dir" cargo +nightly install --locked bpf-linker@0.13.0 \
+have=$(bpf-linker --version 2>/dev/null || true)
+if [ "${have##* }" != "$BPF_LINKER" ]; then
+  say "  installing bpf-linker $BPF_LINKER against the nightly's LLVM $llvm_major (about a minute)"
+  LLVM_PREFIX="$llvm_dir" cargo +nightly install --locked "bpf-linker@$BPF_LINKER" \
     --no-default-features --features "llvm-$llvm_major"
 fi
 
 # Kernel tests: iproute2 (ip, tc) for namespaces and veth, ethtool to turn offloads off so
 # frames on the wire are what the programs see, bpftool to check nothing is left attached.
+step "kernel test tools: ip, tc, ethtool, bpftool (Debian)"
 missing_pkgs=()
 command -v ip >/dev/null && command -v tc >/dev/null || missing_pkgs+=(iproute2)
 command -v ethtool >/dev/null || missing_pkgs+=(ethtool)
 command -v bpftool >/dev/null || missing_pkgs+=(bpftool)
 if [ ${#missing_pkgs[@]} -gt 0 ]; then
-  say "installing ${missing_pkgs[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_pkgs[@]}" >/dev/null
+  say "  installing ${missing_pkgs[*]}"
+  apt_install "${missing_pkgs[@]}"
 fi
 
-# VM tier (kprobe/fentry spans): the stock Debian 6.1 kernel booted with virtme-ng under qemu.
+# VM tier (kprobe/fentry spans): the stock Debian 6.1 kernel booted with virtme-ng under qemu
+# (virtme-ng itself comes from PyPI, with the Python peers below).
+step "VM test tier: qemu, Debian's 6.1 kernel, busybox-static (Debian)"
 vm_pkgs=()
 command -v qemu-system-x86_64 >/dev/null || vm_pkgs+=(qemu-system-x86)
 ls /boot/vmlinuz-6.1.*-amd64 >/dev/null 2>&1 || vm_pkgs+=(linux-image-amd64)
 [ -x /bin/busybox ] && busybox --list 2>/dev/null | grep -q '^sh$' && dpkg -s busybox-static >/dev/null 2>&1 || vm_pkgs+=(busybox-static)
 if [ ${#vm_pkgs[@]} -gt 0 ]; then
-  say "installing ${vm_pkgs[*]} (VM test tier)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${vm_pkgs[@]}" >/dev/null
-fi
-if ! python3 -m pip show virtme-ng >/dev/null 2>&1; then
-  say "installing virtme-ng 1.42"
-  python3 -m pip install -q virtme-ng==1.42
+  say "  installing ${vm_pkgs[*]}"
+  apt_install "${vm_pkgs[@]}"
 fi
 
-# Peers of the exporter tests: pyarrow and DuckDB read what the arrow exporter writes.
-pip_pin() {
-  local have
-  have=$(python3 -m pip show "$1" 2>/dev/null | sed -n 's/^Version: //p')
-  if [ "$have" != "$2" ]; then
-    say "installing $1==$2"
-    python3 -m pip install -q "$1==$2"
+# Metrics peer: the Prometheus server and promtool. The tests start their own server on a port
+# of their choosing, so the package's service must not be left running (on :9090): a
+# policy-rc.d that forbids starts is in place while the package installs (unless one already is).
+step "metrics test peer: prometheus, promtool (Debian prometheus)"
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  say "  installing prometheus"
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy_rc_d=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\n# oxeye tests/setup.sh: no service starts while packages install\nexit 101\n' >"$policy_rc_d"
+    chmod +x "$policy_rc_d"
   fi
-}
-pip_pin pyarrow 26.0.1
-pip_pin duckdb 2.0.1
-
-# Peer of the otlp exporter tests: Arize Phoenix (an OTLP traces backend), in a venv of its own
-# so its dependencies cannot move the pins above.
-phoenix_venv="$HOME/.local/share/oxeye/phoenix"
-if [ "$("$phoenix_venv/bin/python" -m pip show arize-phoenix 2>/dev/null | sed -n 's/^Version: //p')" != "20.26.1" ]; then
-  say "installing arize-phoenix==20.26.1 into $phoenix_venv"
-  python3 -m venv "$phoenix_venv"
-  "$phoenix_venv/bin/python" -m pip install -q arize-phoenix==20.26.1
+  apt_install --no-install-recommends prometheus
+  if [ -n "$policy_rc_d" ]; then
+    rm -f "$policy_rc_d"
+    policy_rc_d=""
+  fi
+  # Under systemd the unit is enabled all the same, for the next boot: disable it.
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
+  if ss -Hltnp 'sport = :9090' | grep -q prometheus; then
+    say "  stopping the prometheus service the package started"
+    if [ -d /run/systemd/system ]; then systemctl stop prometheus.service; else /etc/init.d/prometheus stop; fi
+    sleep 1
+    ! ss -Hltnp 'sport = :9090' | grep -q prometheus ||
+      die "a prometheus service is still listening on :9090: stop it (the tests run their own)"
+  fi
 fi
+
+# Python peers: virtme-ng (vng), pyarrow and DuckDB (they read what the arrow exporter writes)
+# and Arize Phoenix (OTLP traces backend) in a venv of its own so its dependencies cannot move
+# the pins above.
+step "python peers (tests/setup-python-peers.sh)"
+tests/setup-python-peers.sh
 
 say "ready ($(rustc --version); $(bpf-linker --version))"

@@ -251,11 +251,12 @@ fn run(name: &str, text: &str) -> ExitCode {
         }
         let reg = &report.registry;
         let summary = format!(
-            "stopped after {}: {} records in, {} out, {} dropped",
+            "stopped after {}: {} records in, {} out, {} dropped{}",
             secs(report.elapsed),
             reg.records_in(),
             reg.records_out(),
-            reg.records_dropped()
+            reg.records_dropped(),
+            reg.lost_summary()
         );
         if report.clean() {
             info!("{summary}");

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use oxeye_api::component::{BatchSink, ShutdownTrigger};
 use oxeye_api::{
-    Batch, BoxError, BuildContext, Exporter, Instance, Kind, Output, Processor, Receiver,
+    Batch, BoxError, BuildContext, Exporter, Instance, Kind, LostUnit, Output, Processor, Receiver,
     ReceiverContext, Shutdown, Signal, Telemetry,
 };
 use tokio::sync::mpsc;
@@ -211,6 +211,29 @@ async fn send_all(out: &mut Output, edges: &[Edge], telemetry: &Telemetry) {
     }
 }
 
+/// A stage's timer: the first tick one interval after start; a late tick is not made up for.
+fn ticker(every: Option<Duration>) -> Option<tokio::time::Interval> {
+    every.filter(|d| !d.is_zero()).map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    })
+}
+
+/// The next input batch (`Some(Some)`), the end of input (`Some(None)`) or a tick (`None`).
+async fn next(
+    inputs: &mut Inputs,
+    ticker: &mut Option<tokio::time::Interval>,
+) -> Option<Option<Arc<Batch>>> {
+    match ticker.as_mut() {
+        Some(t) => tokio::select! {
+            b = inputs.recv() => Some(b),
+            _ = t.tick() => None,
+        },
+        None => Some(inputs.recv().await),
+    }
+}
+
 async fn run_processor(
     mut p: Box<dyn Processor>,
     mut inputs: Inputs,
@@ -218,20 +241,9 @@ async fn run_processor(
     telemetry: Telemetry,
 ) -> Result<(), BoxError> {
     let mut out = Output::new();
-    let mut ticker = p.tick_interval().filter(|d| !d.is_zero()).map(|d| {
-        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
+    let mut ticker = ticker(p.tick_interval());
     loop {
-        let next = match ticker.as_mut() {
-            Some(t) => tokio::select! {
-                b = inputs.recv() => Some(b),
-                _ = t.tick() => None,
-            },
-            None => Some(inputs.recv().await),
-        };
-        match next {
+        match next(&mut inputs, &mut ticker).await {
             Some(Some(batch)) => {
                 telemetry.add_received(batch.len() as u64);
                 let in_flight = InFlight::new(&telemetry, batch.len());
@@ -254,14 +266,21 @@ async fn run_exporter(
     telemetry: Telemetry,
 ) -> Result<(), BoxError> {
     let counts_delivery = e.counts_delivery();
-    while let Some(batch) = inputs.recv().await {
-        let n = batch.len() as u64;
-        telemetry.add_received(n);
-        let in_flight = InFlight::new(&telemetry, batch.len());
-        e.export(batch).await?;
-        in_flight.done();
-        if !counts_delivery {
-            telemetry.add_emitted(n);
+    let mut ticker = ticker(e.tick_interval());
+    loop {
+        match next(&mut inputs, &mut ticker).await {
+            Some(Some(batch)) => {
+                let n = batch.len() as u64;
+                telemetry.add_received(n);
+                let in_flight = InFlight::new(&telemetry, batch.len());
+                e.export(batch).await?;
+                in_flight.done();
+                if !counts_delivery {
+                    telemetry.add_emitted(n);
+                }
+            }
+            Some(None) => break,
+            None => e.tick(SystemTime::now()).await?,
         }
     }
     e.shutdown().await
@@ -319,6 +338,59 @@ impl Registry {
             .map(|c| c.telemetry.dropped_total())
             .sum()
     }
+    /// Losses before the pipeline (kernel ring buffer full, LRU evictions, ...), summed per
+    /// reason and unit over components and sources, in the order first seen.
+    pub fn lost(&self) -> Vec<(&'static str, LostUnit, u64)> {
+        let mut out: Vec<(&'static str, LostUnit, u64)> = Vec::new();
+        for l in self.components.iter().flat_map(|c| c.telemetry.lost()) {
+            match out
+                .iter_mut()
+                .find(|(r, u, _)| *r == l.reason && *u == l.unit)
+            {
+                Some(e) => e.2 += l.value,
+                None => out.push((l.reason, l.unit, l.value)),
+            }
+        }
+        out
+    }
+
+    /// `", 328563 lost in the kernel (ringbuf_full 328563)"` and, for partial losses,
+    /// `"; 12 stacks not captured (stack_failures 12)"`; empty when no receiver counts losses.
+    pub fn lost_summary(&self) -> String {
+        let lost = self.lost();
+        if lost.is_empty() {
+            return String::new();
+        }
+        let part = |unit: LostUnit| -> (u64, String) {
+            let items: Vec<String> = lost
+                .iter()
+                .filter(|(_, u, n)| *u == unit && *n > 0)
+                .map(|(r, _, n)| format!("{r} {n}"))
+                .collect();
+            let total = lost
+                .iter()
+                .filter(|(_, u, _)| *u == unit)
+                .map(|l| l.2)
+                .sum();
+            (total, items.join(", "))
+        };
+        let (records, why) = part(LostUnit::Records);
+        let mut out = format!(", {records} lost in the kernel");
+        if !why.is_empty() {
+            out.push_str(&format!(" ({why})"));
+        }
+        for (unit, what) in [
+            (LostUnit::Packets, "packets not counted"),
+            (LostUnit::Stacks, "stacks not captured"),
+        ] {
+            let (n, why) = part(unit);
+            if n > 0 {
+                out.push_str(&format!("; {n} {what} ({why})"));
+            }
+        }
+        out
+    }
+
     /// Records waiting in queues.
     pub fn records_queued(&self) -> u64 {
         self.edges.iter().map(|e| e.queued_records()).sum()
@@ -490,7 +562,10 @@ impl Engine {
                 let w = exporters
                     .entry(x)
                     .or_insert_with(|| Wiring::new(Kind::Exporter, x, None));
-                w.signals.push(p.signal);
+                // Told each signal once, however many pipelines of it share the exporter.
+                if !w.signals.contains(&p.signal) {
+                    w.signals.push(p.signal);
+                }
                 into_exporters.push(w.connect(
                     &p.id,
                     last_label.clone(),
@@ -702,8 +777,9 @@ impl Engine {
                         r.info.telemetry.add_error();
                         registry.healthy.store(false, Ordering::Relaxed);
                         failures.push(format!("{label}: {msg}"));
-                        // A failure after a natural end still needs the deadline.
-                        stopping = false;
+                        // Starts shutdown if it has not started; never moves a deadline already
+                        // set (by a stop request, a natural end, an earlier failure or a second
+                        // signal's "give up now").
                         begin_shutdown(&mut stopping, &mut deadline);
                     }
                 }

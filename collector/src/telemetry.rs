@@ -1,106 +1,194 @@
-//! Self-telemetry: Prometheus text at `/metrics`, `/healthz`, `/readyz`, and the periodic
-//! one-line summary. Everything is read from the engine's [`Registry`]; components count nothing
-//! themselves beyond their own drops.
+//! Self-telemetry: `/metrics` (OpenMetrics text, rendered by `prometheus-client`), `/healthz`
+//! and `/readyz` (served by axum), and the periodic one-line summary. Everything is read from
+//! the engine's [`Registry`] at scrape time; components count nothing themselves beyond their
+//! own drops, losses and named counters.
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::net::TcpListener;
-use tracing::{debug, info};
+use tracing::info;
 
-use crate::engine::Registry;
+use crate::engine::{ComponentInfo, EdgeStats, Registry};
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+type Labels = Vec<(&'static str, String)>;
+
+fn component_labels(c: &ComponentInfo) -> Labels {
+    let mut l = vec![("kind", c.kind.as_str().to_string()), ("id", c.id.clone())];
+    if let Some(p) = &c.pipeline {
+        l.push(("pipeline", p.clone()));
+    }
+    l
 }
 
-/// Renders every counter in the Prometheus text format.
-pub fn render(registry: &Registry) -> String {
-    let mut out = String::new();
-    let labels = |c: &crate::engine::ComponentInfo| {
-        let mut l = format!("kind=\"{}\",id=\"{}\"", c.kind.as_str(), escape(&c.id));
-        if let Some(p) = &c.pipeline {
-            let _ = write!(l, ",pipeline=\"{}\"", escape(p));
-        }
-        l
-    };
-    type Getter = fn(&oxeye_api::Telemetry) -> u64;
-    let series: [(&str, &str, Getter); 3] = [
-        (
-            "oxeye_component_received_records_total",
+/// Reads the engine's registry on each scrape. Each family is written once, with its HELP and
+/// TYPE, all its samples together.
+#[derive(Debug)]
+struct Engine(Arc<Registry>);
+
+/// Writes one counter family: `name` without `_total` (OpenMetrics appends it).
+fn counters(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (labels, value) in samples {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    edges: &[Arc<EdgeStats>],
+    get: fn(&EdgeStats) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for e in edges {
+        let labels: Labels = vec![
+            ("pipeline", e.pipeline.clone()),
+            ("from", e.from.clone()),
+            ("to", e.to.clone()),
+        ];
+        ConstGauge::new(get(e) as i64).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Engine {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let reg = &self.0;
+        let each = |get: fn(&oxeye_api::Telemetry) -> u64| {
+            reg.components
+                .iter()
+                .map(move |c| (component_labels(c), get(&c.telemetry)))
+        };
+        counters(
+            &mut encoder,
+            "oxeye_component_received_records",
             "Records taken in by a component.",
-            |t| t.received(),
-        ),
-        (
-            "oxeye_component_emitted_records_total",
-            "Records passed on (exported, for exporters).",
-            |t| t.emitted(),
-        ),
-        (
-            "oxeye_component_errors_total",
+            each(|t| t.received()),
+        )?;
+        counters(
+            &mut encoder,
+            "oxeye_component_emitted_records",
+            "Records passed on by a component (for exporters: delivered).",
+            each(|t| t.emitted()),
+        )?;
+        counters(
+            &mut encoder,
+            "oxeye_component_errors",
             "Errors of a component.",
-            |t| t.errors(),
-        ),
-    ];
-    for (name, help, get) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for c in &registry.components {
-            let _ = writeln!(out, "{name}{{{}}} {}", labels(c), get(&c.telemetry));
+            each(|t| t.errors()),
+        )?;
+        counters(
+            &mut encoder,
+            "oxeye_component_dropped_records",
+            "Records dropped by, or at the queue of, a component, by reason.",
+            reg.components.iter().flat_map(|c| {
+                c.telemetry.dropped().into_iter().map(move |(reason, n)| {
+                    let mut l = component_labels(c);
+                    l.push(("reason", reason.to_string()));
+                    (l, n)
+                })
+            }),
+        )?;
+        counters(
+            &mut encoder,
+            "oxeye_lost",
+            "Lost before the pipeline (e.g. in the kernel: ring buffer full, LRU evictions), by reason, unit and source.",
+            reg.components.iter().flat_map(|c| {
+                c.telemetry.lost().into_iter().map(move |l| {
+                    let mut labels = component_labels(c);
+                    labels.push(("reason", l.reason.to_string()));
+                    labels.push(("unit", l.unit.as_str().to_string()));
+                    labels.push(("source", l.source));
+                    (labels, l.value)
+                })
+            }),
+        )?;
+        // Components' own counters, one family per name, all components' samples together.
+        let mut named: BTreeMap<&'static str, Vec<(Labels, u64)>> = BTreeMap::new();
+        for c in &reg.components {
+            for (name, source, n) in c.telemetry.counters() {
+                let mut l = component_labels(c);
+                l.push(("source", source));
+                named.entry(name).or_default().push((l, n));
+            }
         }
-    }
-    let name = "oxeye_component_dropped_records_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Records dropped by or at the queue of a component.\n# TYPE {name} counter"
-    );
-    for c in &registry.components {
-        for (reason, n) in c.telemetry.dropped() {
-            let _ = writeln!(out, "{name}{{{},reason=\"{reason}\"}} {n}", labels(c));
+        for (name, samples) in named {
+            counters(
+                &mut encoder,
+                &format!("oxeye_{name}"),
+                &format!("Counted by the component itself ({name}), per source; see its README."),
+                samples,
+            )?;
         }
-    }
-    for c in &registry.components {
-        for (counter, source, n) in c.telemetry.counters() {
-            let _ = writeln!(
-                out,
-                "oxeye_{counter}_total{{{},source=\"{}\"}} {n}",
-                labels(c),
-                escape(&source)
-            );
-        }
-    }
-    for (name, help, get) in [
-        (
+        gauges(
+            &mut encoder,
             "oxeye_queue_depth_batches",
             "Batches waiting on an edge.",
-            (|e| e.depth()) as fn(&crate::engine::EdgeStats) -> u64,
-        ),
-        ("oxeye_queue_records", "Records waiting on an edge.", |e| {
-            e.queued_records()
-        }),
-        (
+            &reg.edges,
+            |e| e.depth(),
+        )?;
+        gauges(
+            &mut encoder,
+            "oxeye_queue_records",
+            "Records waiting on an edge.",
+            &reg.edges,
+            |e| e.queued_records(),
+        )?;
+        gauges(
+            &mut encoder,
             "oxeye_queue_capacity_batches",
-            "Capacity of an edge.",
+            "Capacity of an edge, in batches.",
+            &reg.edges,
             |e| e.capacity as u64,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for e in &registry.edges {
-            let _ = writeln!(
-                out,
-                "{name}{{pipeline=\"{}\",from=\"{}\",to=\"{}\"}} {}",
-                escape(&e.pipeline),
-                escape(&e.from),
-                escape(&e.to),
-                get(e)
-            );
-        }
+        )?;
+        let mut up = encoder.encode_descriptor(
+            "oxeye_healthy",
+            "1 while no component has failed.",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(reg.healthy.load(Ordering::Relaxed) as i64)
+            .encode(up.encode_family(&Labels::new())?)?;
+        Ok(())
     }
+}
+
+/// The exposition of every counter and gauge (OpenMetrics text).
+pub fn render(registry: &Arc<Registry>) -> String {
+    let mut r = prometheus_client::registry::Registry::default();
+    r.register_collector(Box::new(Engine(Arc::clone(registry))));
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &r);
     out
 }
 
@@ -124,54 +212,43 @@ pub async fn bind(address: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("cannot listen on {addr} for /metrics: {e}"))
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        render(&registry),
+    )
+}
+
+async fn healthz(State(registry): State<Arc<Registry>>) -> (StatusCode, &'static str) {
+    if registry.healthy.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "a component failed\n")
+    }
+}
+
+async fn readyz(State(registry): State<Arc<Registry>>) -> (StatusCode, &'static str) {
+    if registry.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped. axum's accept loop
+/// backs off when accepting fails (e.g. EMFILE: out of file descriptors) instead of spinning.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let registry = Arc::clone(&registry);
-        tokio::spawn(async move {
-            // Read the whole request head: a client may send it in several writes, and closing
-            // with unread data would reset the connection.
-            let mut buf = Vec::with_capacity(1024);
-            let read_head = async {
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                true
-            };
-            if !matches!(
-                tokio::time::timeout(Duration::from_secs(5), read_head).await,
-                Ok(true)
-            ) {
-                return;
-            }
-            let request = String::from_utf8_lossy(&buf);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", render(&registry)),
-                "/healthz" if registry.healthy.load(Ordering::Relaxed) => ("200 OK", "ok\n".into()),
-                "/healthz" => ("503 Service Unavailable", "a component failed\n".into()),
-                "/readyz" if registry.ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".into()),
-                "/readyz" => ("503 Service Unavailable", "not ready\n".into()),
-                _ => (
-                    "404 Not Found",
-                    "try /metrics, /healthz or /readyz\n".into(),
-                ),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = sock.write_all(response.as_bytes()).await {
-                debug!("metrics client went away: {e}");
-            }
-        });
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n") })
+        .with_state(registry);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!("self-metrics endpoint stopped: {e}");
     }
 }
 
@@ -204,14 +281,15 @@ pub async fn summarize(registry: Arc<Registry>, every: Duration) {
         );
         let dt = at.elapsed();
         info!(
-            "records/s in {} out {} dropped {} | total in {} out {} dropped {} queued {}",
+            "records/s in {} out {} dropped {} | total in {} out {} dropped {} queued {}{}",
             rate(now.0 - last.0, dt),
             rate(now.1 - last.1, dt),
             rate(now.2 - last.2, dt),
             now.0,
             now.1,
             now.2,
-            registry.records_queued()
+            registry.records_queued(),
+            registry.lost_summary()
         );
         last = now;
         at = Instant::now();

@@ -25,6 +25,21 @@ fn store() -> &'static Mutex<HashMap<String, Vec<Arc<Batch>>>> {
     STORE.get_or_init(Default::default)
 }
 
+fn told() -> &'static Mutex<HashMap<String, Vec<Signal>>> {
+    static TOLD: OnceLock<Mutex<HashMap<String, Vec<Signal>>>> = OnceLock::new();
+    TOLD.get_or_init(Default::default)
+}
+
+/// The signals the engine told `capture/<id>` it will handle (`BuildContext::signals`).
+pub fn signals_of(id: &str) -> Vec<Signal> {
+    told()
+        .lock()
+        .expect("told")
+        .get(id)
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Takes what `capture/<id>` received so far. Ids are global: use unique ids per test.
 pub fn captured(id: &str) -> Vec<Arc<Batch>> {
     store()
@@ -61,10 +76,53 @@ impl Factory for CaptureFactory {
     const SIGNALS: &'static [Signal] = Signal::ALL;
     const DESCRIPTION: &'static str = "test: keeps batches in memory";
     fn build(_: Empty, ctx: BuildContext) -> Result<Self::Component, BoxError> {
+        told()
+            .lock()
+            .expect("told")
+            .insert(ctx.id.clone(), ctx.signals.clone());
         Ok(Box::new(Capture { id: ctx.id }))
     }
 }
 oxeye_api::register!(CaptureFactory);
+
+/// `failstop` exporter: accepts every batch; at shutdown waits `after`, then fails.
+pub struct FailStop {
+    after: Duration,
+}
+
+/// Config of [`FailStop`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailStopConfig {
+    /// Time spent in `shutdown` before the error.
+    #[serde(with = "oxeye_api::config::duration")]
+    pub after: Duration,
+}
+
+#[async_trait]
+impl Exporter for FailStop {
+    async fn export(&mut self, _batch: Arc<Batch>) -> Result<(), BoxError> {
+        Ok(())
+    }
+    async fn shutdown(&mut self) -> Result<(), BoxError> {
+        tokio::time::sleep(self.after).await;
+        Err("failstop exporter: deliberate error at shutdown".into())
+    }
+}
+
+/// Factory of [`FailStop`].
+pub struct FailStopFactory;
+impl Factory for FailStopFactory {
+    type Config = FailStopConfig;
+    type Component = Box<dyn Exporter>;
+    const TYPE: &'static str = "failstop";
+    const SIGNALS: &'static [Signal] = Signal::ALL;
+    const DESCRIPTION: &'static str = "test: fails at shutdown after a delay";
+    fn build(c: FailStopConfig, _: BuildContext) -> Result<Self::Component, BoxError> {
+        Ok(Box::new(FailStop { after: c.after }))
+    }
+}
+oxeye_api::register!(FailStopFactory);
 
 /// `tag` processor: sets an attribute on every span (copy-on-write through `Arc::make_mut`).
 pub struct Tag {

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use oxeye_api::Signal;
 use oxeye_api::{Kind, Records};
-use oxeye_tests::{captured, run, run_with_stop};
+use oxeye_tests::{captured, run, run_with_stop, signals_of};
 
 #[test]
 fn count_in_equals_count_out_through_three_processors() {
@@ -264,4 +265,68 @@ service:
         let reg = &report.registry;
         assert_eq!(reg.records_in(), reg.records_out() + reg.records_dropped());
     }
+}
+
+#[test]
+fn failures_during_shutdown_do_not_move_the_deadline() {
+    // Each failure used to restart the deadline: a at 0.7 s → 1.7 s, b at 1.4 s → 2.4 s,
+    // c at 2.1 s → 3.1 s. The deadline is the stop request + shutdown_timeout, once.
+    let started = std::time::Instant::now();
+    let report = run_with_stop(
+        "
+receivers:
+  synthetic: {seed: 5, spans: {rate: 1000}}
+exporters:
+  failstop/a: {after: 700ms}
+  failstop/b: {after: 1400ms}
+  failstop/c: {after: 2100ms}
+  failstop/d: {after: 60s}
+service:
+  shutdown_timeout: 1s
+  telemetry: {logs: {summary_interval: 0s}}
+  pipelines:
+    traces: {receivers: [synthetic], exporters: [failstop/a, failstop/b, failstop/c, failstop/d]}
+",
+        Some(Duration::from_millis(200)),
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(2000),
+        "shutdown took {elapsed:?}: a failure moved the 1 s deadline"
+    );
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert!(report.failures[0].starts_with("exporters/failstop/a: "));
+    let abandoned: Vec<&str> = report.abandoned.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(
+        abandoned,
+        [
+            "exporters/failstop/b",
+            "exporters/failstop/c",
+            "exporters/failstop/d"
+        ]
+    );
+}
+
+#[test]
+fn an_exporter_shared_by_two_pipelines_of_one_signal_is_told_it_once() {
+    let report = run("
+receivers:
+  synthetic: {seed: 3, spans: {count: 2000}, flows: {count: 1000}}
+processors:
+  nop:
+exporters:
+  capture/told-once:
+service:
+  telemetry: {logs: {summary_interval: 0s}}
+  pipelines:
+    traces/a: {receivers: [synthetic], exporters: [capture/told-once]}
+    traces/b: {receivers: [synthetic], processors: [nop], exporters: [capture/told-once]}
+    flows: {receivers: [synthetic], exporters: [capture/told-once]}
+");
+    assert!(report.clean(), "{:?}", report.failures);
+    let told = signals_of("capture/told-once");
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert!(told.contains(&Signal::Traces) && told.contains(&Signal::Flows));
+    assert_eq!(report.received(Kind::Exporter, "capture/told-once"), 5000);
+    captured("capture/told-once");
 }

@@ -65,6 +65,17 @@ pub trait Exporter: Send {
         false
     }
 
+    /// How often the engine calls [`Exporter::tick`]; `None` (the default) for never.
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Called every [`Exporter::tick_interval`] with the wall-clock time, between batches
+    /// (e.g. to close a file that reached its maximum age while no record came).
+    async fn tick(&mut self, _now: SystemTime) -> Result<(), BoxError> {
+        Ok(())
+    }
+
     /// Called once after the last batch: flush buffers, close files and connections.
     async fn shutdown(&mut self) -> Result<(), BoxError> {
         Ok(())
@@ -189,6 +200,42 @@ pub struct Counters {
     errors: AtomicU64,
     dropped: Mutex<Vec<(&'static str, u64)>>,
     extra: Mutex<Vec<(&'static str, String, u64)>>,
+    lost: Mutex<Vec<LostCount>>,
+}
+
+/// What a loss before the pipeline is counted in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LostUnit {
+    /// Whole records (spans, flows, samples) that never reached the pipeline.
+    Records,
+    /// Packets the kernel saw but could not count into a flow.
+    Packets,
+    /// Stacks that could not be captured (the record itself was delivered without it).
+    Stacks,
+}
+
+impl LostUnit {
+    /// `records`, `packets`, `stacks`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LostUnit::Records => "records",
+            LostUnit::Packets => "packets",
+            LostUnit::Stacks => "stacks",
+        }
+    }
+}
+
+/// One kind of loss before the pipeline (e.g. in the kernel), as last read from its source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostCount {
+    /// Why, e.g. `ringbuf_full`, `flows_evicted`, `map_insert_failures`, `stack_failures`.
+    pub reason: &'static str,
+    /// What was lost.
+    pub unit: LostUnit,
+    /// The probe or program it was counted by, e.g. `syscall:getppid`, `xdp`.
+    pub source: String,
+    /// Total so far.
+    pub value: u64,
 }
 
 /// A handle on a component's [`Counters`]. Cheap to clone.
@@ -234,6 +281,35 @@ impl Telemetry {
             Some(entry) => entry.2 = value,
             None => list.push((name, source.to_string(), value)),
         }
+    }
+
+    /// Sets the total lost before the pipeline for `reason` at `source` (a receiver reads these
+    /// from where they are counted, e.g. kernel maps). They appear in the summary lines and as
+    /// `oxeye_lost_total{reason, unit, source}`: nothing is lost silently, even before the
+    /// engine sees it.
+    pub fn set_lost(&self, reason: &'static str, unit: LostUnit, source: &str, value: u64) {
+        let mut list = self.0.lost.lock().unwrap_or_else(|p| p.into_inner());
+        match list
+            .iter_mut()
+            .find(|l| l.reason == reason && l.unit == unit && l.source == source)
+        {
+            Some(entry) => entry.value = value,
+            None => list.push(LostCount {
+                reason,
+                unit,
+                source: source.to_string(),
+                value,
+            }),
+        }
+    }
+
+    /// Losses before the pipeline, as set by [`Telemetry::set_lost`].
+    pub fn lost(&self) -> Vec<LostCount> {
+        self.0
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records taken in.

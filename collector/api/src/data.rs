@@ -476,6 +476,46 @@ impl Flow {
             _ => "other",
         }
     }
+
+    /// True for IPv4 and IPv6 flows (the ones with addresses and ports).
+    pub fn is_ip(&self) -> bool {
+        self.network_type() != "other"
+    }
+
+    /// What a non-IP frame was: `arp`, `lldp`, ... (see [`ether_type_name`]).
+    pub fn ether_type_name(&self) -> Option<&'static str> {
+        ether_type_name(self.ether_type)
+    }
+}
+
+/// The common name of an EtherType (`0x0806` → `arp`), or `None` for one not listed.
+pub fn ether_type_name(ether_type: u16) -> Option<&'static str> {
+    Some(match ether_type {
+        0x0800 => "ipv4",
+        0x0806 => "arp",
+        0x0842 => "wake-on-lan",
+        0x22f0 => "avtp",
+        0x22f3 => "trill",
+        0x8035 => "rarp",
+        0x8100 => "vlan",
+        0x8137 => "ipx",
+        0x86dd => "ipv6",
+        0x8808 => "ethernet-flow-control",
+        0x8809 => "lacp",
+        0x8847 => "mpls",
+        0x8848 => "mpls-multicast",
+        0x8863 => "pppoe-discovery",
+        0x8864 => "pppoe-session",
+        0x888e => "eapol",
+        0x88a8 => "qinq",
+        0x88cc => "lldp",
+        0x88e5 => "macsec",
+        0x88f7 => "ptp",
+        0x8902 => "cfm",
+        0x8906 => "fcoe",
+        0x9000 => "loopback",
+        _ => return None,
+    })
 }
 
 /// The records of one batch: all of one signal.

@@ -6,12 +6,15 @@
 //! * [`data`]: the records that move through a pipeline ([`Span`], [`Flow`]) in [`Batch`]es.
 //! * [`component`]: the [`Receiver`], [`Processor`] and [`Exporter`] traits. The engine owns the
 //!   loops around them (input, ticks, flush, output, counting, shutdown, backpressure).
+//! * [`blocking`]: [`blocking::OnThread`] runs an exporter whose work blocks (files, stdout,
+//!   compression) on a thread of its own, so it never stalls the async workers.
 //! * [`factory`]: the [`Factory`] trait (type name, signals, typed config, validate, build) and
 //!   the [`register!`] macro that makes a factory known to the `oxeye` binary at link time.
 //! * [`config`]: serde helpers for component configs (durations) and [`ConfigErrors`].
 //! * `testing` (feature): harnesses that drive one component in unit tests.
 #![deny(missing_docs)]
 
+pub mod blocking;
 pub mod component;
 pub mod config;
 pub mod data;
@@ -20,8 +23,8 @@ pub mod factory;
 pub mod testing;
 
 pub use component::{
-    BoxError, BuildContext, Exporter, Output, Processor, Receiver, ReceiverContext, Shutdown,
-    Telemetry,
+    BoxError, BuildContext, Exporter, LostCount, LostUnit, Output, Processor, Receiver,
+    ReceiverContext, Shutdown, Telemetry,
 };
 pub use config::{ConfigErrors, FieldError};
 pub use data::{

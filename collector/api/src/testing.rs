@@ -200,6 +200,16 @@ impl ExporterHarness {
         self.rt.block_on(self.exporter.export(Arc::new(batch)))
     }
 
+    /// Calls [`Exporter::tick`] as the engine would.
+    pub fn tick(&mut self, now: SystemTime) -> Result<(), BoxError> {
+        self.rt.block_on(self.exporter.tick(now))
+    }
+
+    /// The exporter's tick interval.
+    pub fn tick_interval(&self) -> Option<Duration> {
+        self.exporter.tick_interval()
+    }
+
     /// Shuts the exporter down (flush, close).
     pub fn shutdown(&mut self) -> Result<(), BoxError> {
         self.rt.block_on(self.exporter.shutdown())

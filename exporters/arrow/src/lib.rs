@@ -32,7 +32,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_ipc::writer::{FileWriter, IpcWriteOptions, StreamWriter};
 use arrow_ipc::CompressionType;
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
-use async_trait::async_trait;
+use oxeye_api::blocking::{BlockingExport, OnThread};
 use oxeye_api::{
     Attributes, Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Flow, Records,
     Signal, Span,
@@ -558,12 +558,15 @@ impl Output {
     }
 }
 
-/// The exporter.
+/// The exporter's blocking half: encoding, compression, writes and renames run on its own
+/// thread ([`OnThread`]), never on the async workers.
 pub struct ArrowExporter {
     config: ArrowConfig,
     options: IpcWriteOptions,
     both_signals: bool,
     outputs: [Option<Output>; 2],
+    /// The start time in the last file name: a new file never reuses it.
+    last_ms: u128,
 }
 
 fn slot(signal: Signal) -> usize {
@@ -574,7 +577,7 @@ fn slot(signal: Signal) -> usize {
 }
 
 impl ArrowExporter {
-    fn open(&self, signal: Signal, schema: &SchemaRef) -> Result<Output, BoxError> {
+    fn open(&mut self, signal: Signal, schema: &SchemaRef) -> Result<Output, BoxError> {
         if self.config.path == "-" {
             let w = StreamWriter::try_new_with_options(
                 std::io::stdout(),
@@ -588,9 +591,13 @@ impl ArrowExporter {
                 opened: Instant::now(),
             });
         }
-        let ms = SystemTime::now()
+        // Two rotations within one millisecond must not write the same name: the second file
+        // takes the next millisecond (names stay unique and in order).
+        let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
+        let ms = now_ms.max(self.last_ms + 1);
+        self.last_ms = ms;
         let base = if self.both_signals {
             format!("{}-{}-{ms}", self.config.path, signal.as_str())
         } else {
@@ -628,9 +635,8 @@ impl ArrowExporter {
     }
 }
 
-#[async_trait]
-impl Exporter for ArrowExporter {
-    async fn export(&mut self, batch: Arc<Batch>) -> Result<(), BoxError> {
+impl BlockingExport for ArrowExporter {
+    fn export(&mut self, batch: &Batch) -> Result<(), BoxError> {
         let (signal, schema) = match &batch.records {
             Records::Spans(_) => (Signal::Traces, span_schema()),
             Records::Flows(_) => (Signal::Flows, flow_schema()),
@@ -656,7 +662,25 @@ impl Exporter for ArrowExporter {
         Ok(())
     }
 
-    async fn shutdown(&mut self) -> Result<(), BoxError> {
+    /// Closes (and renames) a file that reached `max_age` while no record came.
+    fn tick(&mut self, _now: SystemTime) -> Result<(), BoxError> {
+        if self.config.path == "-" {
+            return Ok(());
+        }
+        for out in self.outputs.iter_mut() {
+            if out
+                .as_ref()
+                .is_some_and(|o| o.opened.elapsed() >= self.config.rotate.max_age)
+            {
+                if let Some(done) = out.take() {
+                    done.finish()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn shutdown(&mut self) -> Result<(), BoxError> {
         for out in self.outputs.iter_mut() {
             if let Some(o) = out.take() {
                 o.finish()?;
@@ -702,13 +726,81 @@ impl Factory for ArrowFactory {
         let options = IpcWriteOptions::default()
             .try_with_compression(compression)?
             .with_dictionary_handling(arrow_ipc::writer::DictionaryHandling::Delta);
-        Ok(Box::new(ArrowExporter {
+        // Ticks close idle files on time; at most a second late for short ages.
+        let tick = c.rotate.max_age.min(Duration::from_secs(1));
+        let files = ArrowExporter {
             config: c,
             options,
             both_signals: ctx.signals.len() > 1,
             outputs: [None, None],
-        }))
+            last_ms: 0,
+        };
+        Ok(Box::new(OnThread::spawn(
+            "arrow",
+            files,
+            ctx.telemetry,
+            Some(tick),
+        )?))
     }
 }
 
 oxeye_api::register!(ArrowFactory);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxeye_api::testing::{self, ExporterHarness};
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("oxeye-arrow-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    }
+
+    fn files(d: &std::path::Path, suffix: &str) -> usize {
+        std::fs::read_dir(d)
+            .expect("read_dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(suffix))
+            })
+            .count()
+    }
+
+    #[test]
+    fn rotations_within_one_millisecond_write_distinct_files() {
+        let d = dir("rotate");
+        let yaml = format!("path: {}/spans\nrotate: {{max_bytes: 1}}", d.display());
+        let mut h = ExporterHarness::new::<ArrowFactory>(&yaml).expect("build");
+        for _ in 0..30 {
+            h.export(testing::span_batch(10)).expect("export");
+        }
+        h.shutdown().expect("shutdown");
+        // Every batch rotated: 30 files, none overwritten by a same-millisecond twin.
+        assert_eq!(files(&d, ".arrow"), 30);
+        assert_eq!(files(&d, ".partial"), 0);
+        assert_eq!(h.telemetry().emitted(), 300);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_idle_file_is_closed_at_max_age_by_a_tick() {
+        let d = dir("tick");
+        let yaml = format!("path: {}/spans\nrotate: {{max_age: 200ms}}", d.display());
+        let mut h = ExporterHarness::new::<ArrowFactory>(&yaml).expect("build");
+        assert_eq!(h.tick_interval(), Some(Duration::from_millis(200)));
+        h.export(testing::span_batch(5)).expect("export");
+        std::thread::sleep(Duration::from_millis(300));
+        h.tick(SystemTime::now()).expect("tick");
+        // No further record: the tick alone completes the file.
+        let t = Instant::now();
+        while files(&d, ".arrow") == 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(files(&d, ".arrow"), 1);
+        assert_eq!(files(&d, ".partial"), 0);
+        h.shutdown().expect("shutdown");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -6,9 +6,8 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::Arc;
 
-use async_trait::async_trait;
+use oxeye_api::blocking::{BlockingExport, OnThread};
 use oxeye_api::{
     Attributes, Batch, BoxError, BuildContext, Exporter, Factory, Flow, Records, Signal, Span,
     Value,
@@ -34,114 +33,188 @@ pub struct StdoutConfig {
     pub format: Format,
 }
 
-/// The exporter.
-pub struct Stdout {
+/// Renders batches as lines; one per exporter, its buffer reused batch after batch.
+pub struct Renderer {
     format: Format,
-    buf: String,
+    buf: Vec<u8>,
 }
 
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        out.extend_from_slice(&[HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+    }
+}
+
+/// `0x` and the address in lower-case hex without leading zeros (as `{:#x}` prints it).
+fn hex_u64(out: &mut Vec<u8>, v: u64) {
+    let mut digits = [0u8; 16];
+    let mut i = 16;
+    let mut v = v;
+    loop {
+        i -= 1;
+        digits[i] = HEX[(v & 15) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
         }
     }
-    out.push('"');
+    out.extend_from_slice(b"0x");
+    out.extend_from_slice(&digits[i..]);
 }
 
-fn json_value(out: &mut String, v: &Value) {
+fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// What `f64` Display prints for `ns / 1000` (e.g. `12.34`, `7`), without floating point.
+fn micros(out: &mut Vec<u8>, ns: u64) {
+    int(out, ns / 1000);
+    let frac = ns % 1000;
+    if frac != 0 {
+        let digits = [
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ];
+        let keep = 4 - frac.is_multiple_of(10) as usize - frac.is_multiple_of(100) as usize;
+        out.extend_from_slice(&digits[..keep]);
+    }
+}
+
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    if !bytes.iter().any(|&b| needs_escape(b)) {
+        out.extend_from_slice(bytes);
+    } else {
+        for &b in bytes {
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b if b < 0x20 => {
+                    out.extend_from_slice(b"\\u00");
+                    hex(out, &[b]);
+                }
+                b => out.push(b),
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+fn json_value(out: &mut Vec<u8>, v: &Value) {
     match v {
         Value::Str(s) => json_str(out, s),
-        Value::Int(i) => {
-            let _ = write!(out, "{i}");
-        }
+        Value::Int(i) => int(out, *i),
         Value::F64(f) if f.is_finite() => {
             let _ = write!(out, "{f}");
         }
-        Value::F64(_) => out.push_str("null"),
-        Value::Bool(b) => {
-            let _ = write!(out, "{b}");
+        Value::F64(_) => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Bytes(b) => {
+            out.push(b'"');
+            hex(out, b);
+            out.push(b'"');
         }
-        Value::Bytes(_) => json_str(out, &v.to_string()),
     }
 }
 
-/// Writes `,"key":` (the object is already open, so always with a leading comma but the first).
-fn key(out: &mut String, k: &str) {
-    if !out.ends_with('{') {
-        out.push(',');
+fn text_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Str(s) => out.extend_from_slice(s.as_bytes()),
+        Value::Int(i) => int(out, *i),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Bytes(b) => hex(out, b),
+        Value::F64(_) => {
+            let _ = write!(out, "{v}");
+        }
+    }
+}
+
+/// Writes `,"key":` (`"key":` right after the opening brace).
+fn key(out: &mut Vec<u8>, k: &str) {
+    if out.last() != Some(&b'{') {
+        out.push(b',');
     }
     json_str(out, k);
-    out.push(':');
+    out.push(b':');
 }
 
-fn json_attrs(out: &mut String, attrs: &Attributes) {
+fn json_attrs(out: &mut Vec<u8>, attrs: &Attributes) {
     for (k, v) in attrs.iter() {
         key(out, k);
         json_value(out, v);
     }
 }
 
-fn json_addrs(out: &mut String, k: &str, addrs: &[u64]) {
+fn json_addrs(out: &mut Vec<u8>, k: &str, addrs: &[u64]) {
     key(out, k);
-    out.push('[');
+    out.push(b'[');
     for (i, a) in addrs.iter().enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        let _ = write!(out, "\"{a:#x}\"");
+        out.push(b'"');
+        hex_u64(out, *a);
+        out.push(b'"');
     }
-    out.push(']');
+    out.push(b']');
 }
 
-fn json_span(out: &mut String, s: &Span, resource: &Attributes) {
-    out.push('{');
-    key(out, "signal");
-    out.push_str("\"traces\"");
-    key(out, "name");
+fn json_span(out: &mut Vec<u8>, s: &Span, resource: &Attributes) {
+    out.extend_from_slice(b"{\"signal\":\"traces\",\"name\":");
     json_str(out, &s.name);
-    let _ = write!(
-        out,
-        ",\"trace_id\":\"{}\",\"span_id\":\"{}\"",
-        s.trace_id, s.span_id
-    );
-    key(out, "parent_span_id");
+    out.extend_from_slice(b",\"trace_id\":\"");
+    hex(out, &s.trace_id.0);
+    out.extend_from_slice(b"\",\"span_id\":\"");
+    hex(out, &s.span_id.0);
+    out.extend_from_slice(b"\",\"parent_span_id\":");
     match s.parent_span_id {
         Some(p) => {
-            let _ = write!(out, "\"{p}\"");
+            out.push(b'"');
+            hex(out, &p.0);
+            out.push(b'"');
         }
-        None => out.push_str("null"),
+        None => out.extend_from_slice(b"null"),
     }
-    let _ = write!(
-        out,
-        ",\"kind\":\"{}\",\"start_time_unix_nano\":{},\"end_time_unix_nano\":{},\"duration_ns\":{},\"status\":\"{}\"",
-        s.kind.as_str(),
-        s.start_unix_ns,
-        s.end_unix_ns,
-        s.duration_ns(),
-        s.status.as_str()
-    );
+    out.extend_from_slice(b",\"kind\":\"");
+    out.extend_from_slice(s.kind.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"start_time_unix_nano\":");
+    int(out, s.start_unix_ns);
+    out.extend_from_slice(b",\"end_time_unix_nano\":");
+    int(out, s.end_unix_ns);
+    out.extend_from_slice(b",\"duration_ns\":");
+    int(out, s.duration_ns());
+    out.extend_from_slice(b",\"status\":\"");
+    out.extend_from_slice(s.status.as_str().as_bytes());
+    out.push(b'"');
     if let Some(m) = &s.status_message {
         key(out, "status_message");
         json_str(out, m);
     }
     if let Some(t) = &s.task {
-        let _ = write!(out, ",\"process.pid\":{},\"thread.id\":{}", t.pid, t.tid);
-        key(out, "process.executable.name");
+        out.extend_from_slice(b",\"process.pid\":");
+        int(out, t.pid);
+        out.extend_from_slice(b",\"thread.id\":");
+        int(out, t.tid);
+        out.extend_from_slice(b",\"process.executable.name\":");
         json_str(out, &t.comm.as_str());
-        let _ = write!(out, ",\"cpu.logical_number\":{}", t.cpu);
+        out.extend_from_slice(b",\"cpu.logical_number\":");
+        int(out, t.cpu);
     }
     if let Some(r) = s.return_value {
-        let _ = write!(out, ",\"oxeye.return_value\":{r}");
+        out.extend_from_slice(b",\"oxeye.return_value\":");
+        int(out, r);
     }
     if !s.args.is_empty() {
         json_addrs(out, "oxeye.args", &s.args);
@@ -167,24 +240,31 @@ fn json_span(out: &mut String, s: &Span, resource: &Attributes) {
         json_str(out, trace.trim_end());
     }
     json_attrs(out, &s.attributes);
-    key(out, "resource");
-    out.push('{');
+    out.extend_from_slice(b",\"resource\":{");
     json_attrs(out, resource);
-    out.push_str("}}\n");
+    out.extend_from_slice(b"}}\n");
 }
 
-fn json_flow(out: &mut String, f: &Flow, resource: &Attributes) {
-    out.push('{');
-    let _ = write!(
-        out,
-        "\"signal\":\"flows\",\"source.address\":\"{}\",\"source.port\":{},\"destination.address\":\"{}\",\"destination.port\":{},\"network.transport\":\"{}\",\"network.type\":\"{}\"",
-        f.src_addr,
-        f.src_port,
-        f.dst_addr,
-        f.dst_port,
-        f.transport.as_str(),
-        f.network_type()
-    );
+fn json_flow(out: &mut Vec<u8>, f: &Flow, resource: &Attributes) {
+    out.extend_from_slice(b"{\"signal\":\"flows\"");
+    if f.is_ip() {
+        let _ = write!(
+            out,
+            ",\"source.address\":\"{}\",\"source.port\":{},\"destination.address\":\"{}\",\"destination.port\":{},\"network.transport\":\"{}\",\"network.type\":\"{}\"",
+            f.src_addr,
+            f.src_port,
+            f.dst_addr,
+            f.dst_port,
+            f.transport.as_str(),
+            f.network_type()
+        );
+    } else {
+        // A non-IP frame has no addresses or ports: say what it was instead.
+        let _ = write!(out, ",\"network.type\":\"{}\"", f.network_type());
+        if let Some(name) = f.ether_type_name() {
+            let _ = write!(out, ",\"oxeye.ether_type.name\":\"{name}\"");
+        }
+    }
     if let Some(i) = &f.interface {
         key(out, "network.interface.name");
         json_str(out, i);
@@ -198,7 +278,7 @@ fn json_flow(out: &mut String, f: &Flow, resource: &Attributes) {
     );
     for (i, name) in f.tcp_flags.names().enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
         let _ = write!(out, "\"{name}\"");
     }
@@ -213,71 +293,106 @@ fn json_flow(out: &mut String, f: &Flow, resource: &Attributes) {
         f.window_end_unix_ns
     );
     json_attrs(out, &f.attributes);
-    key(out, "resource");
-    out.push('{');
+    out.extend_from_slice(b",\"resource\":{");
     json_attrs(out, resource);
-    out.push_str("}}\n");
+    out.extend_from_slice(b"}}\n");
 }
 
-fn text_span(out: &mut String, s: &Span) {
-    let _ = write!(
-        out,
-        "span {} trace={} span={} parent={} duration={}us status={}",
-        s.name,
-        s.trace_id,
-        s.span_id,
-        s.parent_span_id
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "-".into()),
-        s.duration_ns() as f64 / 1000.0,
-        s.status.as_str()
-    );
+fn text_span(out: &mut Vec<u8>, s: &Span) {
+    out.extend_from_slice(b"span ");
+    out.extend_from_slice(s.name.as_bytes());
+    out.extend_from_slice(b" trace=");
+    hex(out, &s.trace_id.0);
+    out.extend_from_slice(b" span=");
+    hex(out, &s.span_id.0);
+    out.extend_from_slice(b" parent=");
+    match s.parent_span_id {
+        Some(p) => hex(out, &p.0),
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b" duration=");
+    micros(out, s.duration_ns());
+    out.extend_from_slice(b"us status=");
+    out.extend_from_slice(s.status.as_str().as_bytes());
     if let Some(t) = &s.task {
-        let _ = write!(
-            out,
-            " pid={} tid={} comm={} cpu={}",
-            t.pid,
-            t.tid,
-            t.comm.as_str(),
-            t.cpu
-        );
+        out.extend_from_slice(b" pid=");
+        int(out, t.pid);
+        out.extend_from_slice(b" tid=");
+        int(out, t.tid);
+        out.extend_from_slice(b" comm=");
+        out.extend_from_slice(t.comm.as_str().as_bytes());
+        out.extend_from_slice(b" cpu=");
+        int(out, t.cpu);
     }
     if let Some(r) = s.return_value {
-        let _ = write!(out, " ret={r}");
+        out.extend_from_slice(b" ret=");
+        int(out, r);
     }
     for (k, v) in s.attributes.iter() {
-        let _ = write!(out, " {k}={v}");
+        out.push(b' ');
+        out.extend_from_slice(k.as_bytes());
+        out.push(b'=');
+        text_value(out, v);
     }
-    out.push('\n');
+    out.push(b'\n');
 }
 
-fn text_flow(out: &mut String, f: &Flow) {
-    let flags: Vec<&str> = f.tcp_flags.names().collect();
-    let _ = write!(
-        out,
-        "flow {} {} {} {}:{} -> {}:{} packets={} bytes={}",
-        f.interface.as_deref().unwrap_or("?"),
-        f.direction.as_str(),
-        f.transport.as_str(),
-        f.src_addr,
-        f.src_port,
-        f.dst_addr,
-        f.dst_port,
-        f.packets,
-        f.bytes
-    );
-    if !flags.is_empty() {
-        let _ = write!(out, " flags={}", flags.join("|"));
+fn text_flow(out: &mut Vec<u8>, f: &Flow) {
+    let iface = f.interface.as_deref().unwrap_or("?");
+    let dir = f.direction.as_str();
+    if f.is_ip() {
+        let _ = write!(
+            out,
+            "flow {iface} {dir} {} {}:{} -> {}:{} packets={} bytes={}",
+            f.transport.as_str(),
+            f.src_addr,
+            f.src_port,
+            f.dst_addr,
+            f.dst_port,
+            f.packets,
+            f.bytes
+        );
+    } else {
+        // ARP, LLDP, ...: no addresses or ports, so name the EtherType instead.
+        let name = f.ether_type_name().unwrap_or("ether_type");
+        let _ = write!(
+            out,
+            "flow {iface} {dir} {name} (0x{:04x}) packets={} bytes={}",
+            f.ether_type, f.packets, f.bytes
+        );
+    }
+    let mut flags = f.tcp_flags.names().peekable();
+    if flags.peek().is_some() {
+        out.extend_from_slice(b" flags=");
+        for (i, name) in flags.enumerate() {
+            if i > 0 {
+                out.push(b'|');
+            }
+            out.extend_from_slice(name.as_bytes());
+        }
     }
     for (k, v) in f.attributes.iter() {
-        let _ = write!(out, " {k}={v}");
+        out.push(b' ');
+        out.extend_from_slice(k.as_bytes());
+        out.push(b'=');
+        text_value(out, v);
     }
-    out.push('\n');
+    out.push(b'\n');
 }
 
-impl Stdout {
-    fn render(&mut self, batch: &Batch) {
+impl Renderer {
+    /// A renderer for `format`.
+    pub fn new(format: Format) -> Self {
+        Renderer {
+            format,
+            buf: Vec::with_capacity(1 << 20),
+        }
+    }
+
+    /// The lines of one batch (valid until the next call).
+    pub fn render(&mut self, batch: &Batch) -> &[u8] {
         let out = &mut self.buf;
+        out.clear();
         let resource = &batch.resource.attributes;
         match (&batch.records, self.format) {
             (Records::Spans(spans), Format::Json) => {
@@ -289,25 +404,30 @@ impl Stdout {
             (Records::Spans(spans), Format::Text) => spans.iter().for_each(|s| text_span(out, s)),
             (Records::Flows(flows), Format::Text) => flows.iter().for_each(|f| text_flow(out, f)),
         }
+        out
     }
 }
 
-#[async_trait]
-impl Exporter for Stdout {
-    async fn export(&mut self, batch: Arc<Batch>) -> Result<(), BoxError> {
-        self.buf.clear();
-        self.render(&batch);
+/// Renders and writes on the exporter's own thread: a slow terminal or pipe never holds an
+/// async worker, and rendering overlaps with the rest of the pipeline.
+struct StdoutWriter {
+    renderer: Renderer,
+}
+
+impl BlockingExport for StdoutWriter {
+    fn export(&mut self, batch: &Batch) -> Result<(), BoxError> {
+        let lines = self.renderer.render(batch);
         // One write per batch; a closed stdout (e.g. `| head`) ends the collector with an error.
         let mut stdout = std::io::stdout().lock();
         stdout
-            .write_all(self.buf.as_bytes())
+            .write_all(lines)
             .and_then(|()| stdout.flush())
             .map_err(|e| format!("writing to stdout: {e}"))?;
         Ok(())
     }
 }
 
-/// Factory for [`Stdout`].
+/// Factory for [`StdoutWriter`] (run by [`OnThread`]).
 pub struct StdoutFactory;
 
 impl Factory for StdoutFactory {
@@ -317,11 +437,16 @@ impl Factory for StdoutFactory {
     const SIGNALS: &'static [Signal] = Signal::ALL;
     const DESCRIPTION: &'static str = "writes one line per record to stdout (format: text | json)";
 
-    fn build(config: StdoutConfig, _ctx: BuildContext) -> Result<Self::Component, BoxError> {
-        Ok(Box::new(Stdout {
-            format: config.format,
-            buf: String::new(),
-        }))
+    fn build(config: StdoutConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {
+        let writer = StdoutWriter {
+            renderer: Renderer::new(config.format),
+        };
+        Ok(Box::new(OnThread::spawn(
+            "stdout",
+            writer,
+            ctx.telemetry,
+            None,
+        )?))
     }
 }
 
@@ -332,30 +457,14 @@ mod tests {
     use super::*;
     use oxeye_api::{Direction, SpanId, TcpFlags, TraceId, Transport};
 
-    #[test]
-    fn json_lines_carry_otel_names() {
-        let mut out = String::new();
-        let span = Span {
-            trace_id: TraceId([1; 16]),
-            span_id: SpanId([2; 8]),
-            parent_span_id: Some(SpanId([3; 8])),
-            name: "say \"hi\"\n".into(),
-            start_unix_ns: 10,
-            end_unix_ns: 25,
-            ..Span::default()
-        };
-        let resource: Attributes = [("service.name", "edge")].into_iter().collect();
-        json_span(&mut out, &span, &resource);
-        assert_eq!(
-            out,
-            "{\"signal\":\"traces\",\"name\":\"say \\\"hi\\\"\\n\",\"trace_id\":\"01010101010101010101010101010101\",\
-             \"span_id\":\"0202020202020202\",\"parent_span_id\":\"0303030303030303\",\"kind\":\"internal\",\
-             \"start_time_unix_nano\":10,\"end_time_unix_nano\":25,\"duration_ns\":15,\"status\":\"unset\",\
-             \"resource\":{\"service.name\":\"edge\"}}\n"
-        );
+    fn text(f: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut out = Vec::new();
+        f(&mut out);
+        String::from_utf8(out).expect("utf-8")
+    }
 
-        out.clear();
-        let flow = Flow {
+    fn flow() -> Flow {
+        Flow {
             src_addr: "10.0.0.1".parse().expect("ip"),
             dst_addr: "10.0.0.2".parse().expect("ip"),
             src_port: 40000,
@@ -373,8 +482,31 @@ mod tests {
             window_start_unix_ns: 0,
             window_end_unix_ns: 5,
             attributes: Attributes::new(),
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_otel_names() {
+        let span = Span {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            parent_span_id: Some(SpanId([3; 8])),
+            name: "say \"hi\"\n".into(),
+            start_unix_ns: 10,
+            end_unix_ns: 25,
+            ..Span::default()
         };
-        json_flow(&mut out, &flow, &Attributes::new());
+        let resource: Attributes = [("service.name", "edge")].into_iter().collect();
+        let out = text(|o| json_span(o, &span, &resource));
+        assert_eq!(
+            out,
+            "{\"signal\":\"traces\",\"name\":\"say \\\"hi\\\"\\n\",\"trace_id\":\"01010101010101010101010101010101\",\
+             \"span_id\":\"0202020202020202\",\"parent_span_id\":\"0303030303030303\",\"kind\":\"internal\",\
+             \"start_time_unix_nano\":10,\"end_time_unix_nano\":25,\"duration_ns\":15,\"status\":\"unset\",\
+             \"resource\":{\"service.name\":\"edge\"}}\n"
+        );
+
+        let out = text(|o| json_flow(o, &flow(), &Attributes::new()));
         assert!(out.contains("\"source.port\":40000"), "{out}");
         assert!(
             out.contains(
@@ -387,6 +519,82 @@ mod tests {
             "{out}"
         );
         assert!(out.ends_with("\"resource\":{}}\n"), "{out}");
+    }
+
+    #[test]
+    fn fast_formatting_matches_the_standard_library() {
+        for v in [0u64, 1, 0xf, 0x10, 0xffff_ffff_81a2_b3c4, u64::MAX] {
+            assert_eq!(text(|o| hex_u64(o, v)), format!("{v:#x}"));
+        }
+        for ns in [
+            0u64,
+            7,
+            999,
+            1000,
+            12_340,
+            12_345,
+            12_300,
+            5_000_000,
+            123_456_789,
+        ] {
+            assert_eq!(text(|o| micros(o, ns)), (ns as f64 / 1000.0).to_string());
+        }
+        assert_eq!(text(|o| json_str(o, "a\u{1}b\tc")), "\"a\\u0001b\\tc\"");
+        let span = Span {
+            trace_id: TraceId([0xab; 16]),
+            span_id: SpanId([0x0c; 8]),
+            name: "getppid".into(),
+            start_unix_ns: 1_000,
+            end_unix_ns: 13_340,
+            task: Some(oxeye_api::TaskContext {
+                pid: 42,
+                tid: 43,
+                comm: oxeye_api::Comm::new("app"),
+                cpu: 1,
+            }),
+            return_value: Some(-2),
+            ..Span::default()
+        };
+        assert_eq!(
+            text(|o| text_span(o, &span)),
+            format!(
+                "span getppid trace={} span={} parent=- duration=12.34us status=unset pid=42 tid=43 comm=app cpu=1 ret=-2\n",
+                span.trace_id, span.span_id
+            )
+        );
+    }
+
+    #[test]
+    fn non_ip_frames_say_what_they_are() {
+        let arp = Flow {
+            src_addr: "0.0.0.0".parse().expect("ip"),
+            dst_addr: "0.0.0.0".parse().expect("ip"),
+            src_port: 0,
+            dst_port: 0,
+            transport: Transport::None,
+            ether_type: 0x0806,
+            tcp_flags: TcpFlags(0),
+            direction: Direction::Receive,
+            ..flow()
+        };
+        assert_eq!(
+            text(|o| text_flow(o, &arp)),
+            "flow veth0 receive arp (0x0806) packets=3 bytes=180\n"
+        );
+        let json = text(|o| json_flow(o, &arp, &Attributes::new()));
+        assert!(
+            json.contains("\"network.type\":\"other\",\"oxeye.ether_type.name\":\"arp\""),
+            "{json}"
+        );
+        assert!(!json.contains("source.address"), "{json}");
+        let odd = Flow {
+            ether_type: 0x1234,
+            ..arp
+        };
+        assert_eq!(
+            text(|o| text_flow(o, &odd)),
+            "flow veth0 receive ether_type (0x1234) packets=3 bytes=180\n"
+        );
     }
 }
 

@@ -179,6 +179,7 @@ pub struct Aggregation {
     telemetry: Telemetry,
     folds: u64,
     late_included: u64,
+    future: u64,
 }
 
 fn unix_ns(t: SystemTime) -> u64 {
@@ -211,12 +212,22 @@ impl Aggregation {
         self.start = self.align(t);
     }
 
-    fn add(&mut self, f: &Flow, now: u64) {
-        let ts = if f.last_seen_unix_ns != 0 {
-            f.last_seen_unix_ns
-        } else {
+    /// The time a record counts at: its last-seen time, or `now` when it has none or when it
+    /// lies more than a window ahead of the clock (a broken clock must not close the open
+    /// window and make every later record late; counted as `aggregation_future_records`).
+    fn stamp(&mut self, f: &Flow, now: u64) -> u64 {
+        let ts = f.last_seen_unix_ns;
+        if ts == 0 {
             now
-        };
+        } else if ts > now.saturating_add(self.window_ns.max(1_000_000_000)) {
+            self.future += 1;
+            now
+        } else {
+            ts
+        }
+    }
+
+    fn add(&mut self, f: &Flow, ts: u64) {
         if self.start == 0 {
             self.start = self.align(ts);
         }
@@ -295,16 +306,12 @@ impl Processor for Aggregation {
         }
         let now = unix_ns(SystemTime::now());
         for f in flows {
-            let ts = if f.last_seen_unix_ns != 0 {
-                f.last_seen_unix_ns
-            } else {
-                now
-            };
+            let ts = self.stamp(f, now);
             // A record of a later window closes the open one first.
             if self.start != 0 && ts >= self.start + self.window_ns {
                 self.close(ts, out);
             }
-            self.add(f, now);
+            self.add(f, ts);
         }
         self.publish();
         Ok(())
@@ -341,6 +348,8 @@ impl Aggregation {
             "aggregation",
             self.late_included,
         );
+        self.telemetry
+            .set_counter("aggregation_future_records", "aggregation", self.future);
     }
 }
 
@@ -399,6 +408,7 @@ impl Factory for AggregationFactory {
             telemetry: ctx.telemetry,
             folds: 0,
             late_included: 0,
+            future: 0,
         }))
     }
 }
@@ -531,6 +541,37 @@ mod tests {
             assert_eq!(out.iter().map(|f| f.packets).sum::<u64>(), kept, "{late}");
             assert_eq!(h.telemetry().dropped_total(), dropped, "{late}");
         }
+    }
+
+    #[test]
+    fn a_far_future_timestamp_does_not_make_later_records_late() {
+        let mut h =
+            ProcessorHarness::new::<AggregationFactory>("{window: 10s, late: drop}").unwrap();
+        let now = unix_ns(SystemTime::now());
+        let year = 365 * 24 * 3600 * S;
+        let mut out = flows(&h.process(batch(vec![flow(1, 2, 1, 10, now)])).unwrap());
+        // One record from a broken clock, a year ahead, then an ordinary one.
+        out.extend(flows(
+            &h.process(batch(vec![flow(3, 4, 1, 10, now + year)]))
+                .unwrap(),
+        ));
+        out.extend(flows(
+            &h.process(batch(vec![flow(1, 2, 1, 10, now + 1)])).unwrap(),
+        ));
+        out.extend(flows(&h.flush().unwrap()));
+        out.sort_by_key(|f| f.src_port);
+        assert_eq!(
+            h.telemetry().dropped_total(),
+            0,
+            "{:?}",
+            h.telemetry().dropped()
+        );
+        assert_eq!(out.iter().map(|f| f.packets).sum::<u64>(), 3);
+        assert!(h.telemetry().counters().contains(&(
+            "aggregation_future_records",
+            "aggregation".into(),
+            1
+        )));
     }
 
     #[test]

@@ -73,14 +73,37 @@ pub struct Enrich {
 const MAX_CACHED_PROCESSES: usize = 4096;
 
 impl Enrich {
-    fn cgroup(&mut self, pid: u32) -> CgroupInfo {
-        if self.cgroups.len() >= MAX_CACHED_PROCESSES {
+    /// Reads the cgroups of the batch's processes not cached yet. File reads block, so they run
+    /// on tokio's blocking pool (`oxeye_api::blocking::unblock`), all of a batch's in one hop,
+    /// never on the async workers that move everyone's batches.
+    async fn learn(&mut self, batch: &Batch) {
+        let Records::Spans(spans) = &batch.records else {
+            return;
+        };
+        let mut new: Vec<u32> = spans
+            .iter()
+            .filter_map(|s| s.task.map(|t| t.pid))
+            .filter(|pid| !self.cgroups.contains_key(pid))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        new.sort_unstable();
+        new.dedup();
+        if self.cgroups.len() + new.len() > MAX_CACHED_PROCESSES {
             self.cgroups.clear(); // bounded; processes come and go
         }
-        self.cgroups
-            .entry(pid)
-            .or_insert_with(|| read_cgroup(pid))
-            .clone()
+        let read = oxeye_api::blocking::unblock(move || {
+            new.into_iter()
+                .map(|pid| (pid, read_cgroup(pid)))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        self.cgroups.extend(read);
+    }
+
+    fn cgroup(&self, pid: u32) -> CgroupInfo {
+        self.cgroups.get(&pid).cloned().unwrap_or_default()
     }
 
     fn set_static(&self, attrs: &mut Attributes) {
@@ -93,6 +116,9 @@ impl Enrich {
 #[async_trait]
 impl Processor for Enrich {
     async fn process(&mut self, mut batch: Arc<Batch>, out: &mut Output) -> Result<(), BoxError> {
+        if self.container_id {
+            self.learn(&batch).await;
+        }
         // Copy-on-write: only copied if another pipeline still holds this batch.
         match &mut Arc::make_mut(&mut batch).records {
             Records::Spans(spans) => {

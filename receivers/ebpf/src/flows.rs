@@ -10,10 +10,11 @@ use aya::programs::{
     tc::SchedClassifierLinkId, tc::TcAttachType, xdp::XdpLinkId, SchedClassifier, Xdp, XdpMode,
 };
 use aya::{Ebpf, EbpfLoader};
-use oxeye_api::{Attributes, Direction, Flow, TcpFlags, Telemetry, Transport};
+use oxeye_api::{Attributes, Direction, Flow, LostUnit, TcpFlags, Telemetry, Transport};
 use oxeye_ebpf_common::{
     cache_index, CacheSlot, FlowKey, FlowStats, CACHE_SLOTS, CONTROL_ACTIVE_MAP,
-    COUNTERS_PER_PROGRAM, COUNTER_NAMES, C_FLOWS_CREATED, DIR_EGRESS, PROG_TC, PROG_XDP,
+    COUNTERS_PER_PROGRAM, COUNTER_NAMES, C_FLOWS_CREATED, C_MAP_INSERT_FAILED, DIR_EGRESS, PROG_TC,
+    PROG_XDP,
 };
 use tracing::{info, warn};
 
@@ -87,10 +88,11 @@ fn clock_sample(ebpf: &mut Ebpf) -> Result<(u64, u64), String> {
 }
 
 impl Clock {
-    /// Two samples 200 ms apart give the kernel's HZ (one of the values Linux allows).
-    async fn calibrate(ebpf: &mut Ebpf) -> Result<Clock, String> {
+    /// Two samples 200 ms apart give the kernel's HZ (one of the values Linux allows). Runs
+    /// with the rest of the start-up on the blocking pool.
+    fn calibrate(ebpf: &mut Ebpf) -> Result<Clock, String> {
         let (j1, n1) = clock_sample(ebpf)?;
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        std::thread::sleep(std::time::Duration::from_millis(200));
         let (j2, n2) = clock_sample(ebpf)?;
         let measured = (j2.wrapping_sub(j1)) as f64 * 1e9 / (n2.saturating_sub(n1)).max(1) as f64;
         let hz = [100u64, 250, 300, 1000]
@@ -230,8 +232,9 @@ fn attach_xdp(
 }
 
 impl FlowProbe {
-    /// Loads the programs and attaches them to every interface.
-    pub async fn start(
+    /// Loads the programs and attaches them to every interface. Blocking: hundreds of syscalls
+    /// and a 200 ms clock calibration.
+    pub fn start(
         cfg: &FlowsConfig,
         interfaces: &[String],
         telemetry: Telemetry,
@@ -250,7 +253,7 @@ impl FlowProbe {
                 .load()
                 .map_err(|e| format!("the kernel rejected the clock program: {}", chain(&e)))?;
         }
-        let clock = Clock::calibrate(&mut ebpf).await?;
+        let clock = Clock::calibrate(&mut ebpf)?;
         let mut names = HashMap::new();
         let mut xdp_links = Vec::new();
         let mut tc_links = Vec::new();
@@ -313,12 +316,17 @@ impl FlowProbe {
         Ok(())
     }
 
-    /// Switches the programs to the other map, waits for those still on the old one, and drains it.
-    pub async fn harvest(&mut self) -> Result<Vec<Flow>, String> {
+    /// Switches the programs to the other map; returns the old one, to [`FlowProbe::harvest`]
+    /// once the programs still running on it are done (microseconds).
+    pub fn flip(&mut self) -> Result<usize, String> {
         let old = self.active;
         self.set_active(1 - old)?;
-        // Programs that read the old index finish within microseconds.
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        Ok(old)
+    }
+
+    /// Drains map `old` (after [`FlowProbe::flip`]): ~2 000 map syscalls, so call it off the
+    /// async workers.
+    pub fn harvest(&mut self, old: usize) -> Result<Vec<Flow>, String> {
         let flows = self.drain(old)?;
         self.update_counters();
         Ok(flows)
@@ -419,14 +427,23 @@ impl FlowProbe {
                 } else {
                     self.telemetry.set_counter(name, source, total);
                 }
+                if slot as u32 == C_MAP_INSERT_FAILED {
+                    // Packets seen but not counted into any flow.
+                    self.telemetry.set_lost(
+                        "map_insert_failures",
+                        LostUnit::Packets,
+                        source,
+                        total,
+                    );
+                }
             }
         }
         // Entries created but never harvested were evicted by the LRU (map full).
-        self.telemetry.set_counter(
-            "ebpf_flows_evicted",
-            "flows",
-            created.saturating_sub(self.harvested),
-        );
+        let evicted = created.saturating_sub(self.harvested);
+        self.telemetry
+            .set_counter("ebpf_flows_evicted", "flows", evicted);
+        self.telemetry
+            .set_lost("flows_evicted", LostUnit::Records, "flows", evicted);
     }
 }
 

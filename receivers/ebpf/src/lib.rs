@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use oxeye_api::blocking::unblock;
 use oxeye_api::{
     Batch, BoxError, BuildContext, ConfigErrors, Factory, Flow, Receiver, ReceiverContext,
     Resource, Signal, Telemetry,
@@ -298,21 +299,38 @@ async fn run_flows(
     resource: &Arc<Resource>,
     telemetry: &Telemetry,
 ) -> Result<(), BoxError> {
-    let mut probe = flows::FlowProbe::start(&cfg, &interfaces, telemetry.clone()).await?;
-    let mut tick = tokio::time::interval(cfg.flush_interval);
+    // Loading, attaching and harvesting are hundreds to thousands of syscalls: they run on the
+    // blocking pool, never on the async workers.
+    let flush_interval = cfg.flush_interval;
+    let t = telemetry.clone();
+    let mut probe = unblock(move || flows::FlowProbe::start(&cfg, &interfaces, t)).await?;
+    let mut tick = tokio::time::interval(flush_interval);
     tick.tick().await;
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let flows = probe.harvest().await?;
-                emit(ctx, resource, flows).await;
+                let old = probe.flip()?;
+                // Programs that read the old index finish within microseconds.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let (p, flows) = unblock(move || {
+                    let flows = probe.harvest(old);
+                    (probe, flows)
+                })
+                .await;
+                probe = p;
+                emit(ctx, resource, flows?).await;
             }
             _ = ctx.shutdown().wait() => break,
         }
     }
     // Detach first, so the final drain sees every packet counted.
-    probe.detach();
-    let flows = probe.drain_all()?;
+    let (_probe, flows) = unblock(move || {
+        probe.detach();
+        let flows = probe.drain_all();
+        (probe, flows)
+    })
+    .await;
+    let flows = flows?;
     let counters: Vec<String> = telemetry
         .counters()
         .iter()
@@ -336,10 +354,12 @@ async fn run_spans(
     resource: &Arc<Resource>,
     telemetry: &Telemetry,
 ) -> Result<(), BoxError> {
-    let mut probe = spans::SpanProbe::start(&cfg, telemetry.clone())?;
+    let drain_interval = cfg.drain_interval;
+    let t = telemetry.clone();
+    let mut probe = unblock(move || spans::SpanProbe::start(&cfg, t)).await?;
     loop {
         tokio::select! {
-            _ = probe.wait(cfg.drain_interval) => {
+            _ = probe.wait(drain_interval) => {
                 drain_spans(ctx, resource, &mut probe).await;
                 probe.update_counters();
             }
@@ -347,7 +367,7 @@ async fn run_spans(
         }
     }
     probe.detach();
-    let spans = drain_spans(ctx, resource, &mut probe).await;
+    let final_drain = drain_spans(ctx, resource, &mut probe).await;
     probe.update_counters();
     let counters: Vec<String> = telemetry
         .counters()
@@ -358,8 +378,8 @@ async fn run_spans(
         .map(|(name, source, n)| format!("{source} {}={n}", name.trim_start_matches("ebpf_")))
         .collect();
     info!(
-        spans,
-        "span sources detached; final drain; kernel counters: {}",
+        final_drain,
+        "span sources detached; kernel counters: {}",
         counters.join(", ")
     );
     Ok(())
@@ -403,9 +423,9 @@ impl Receiver for EbpfReceiver {
                 None => Ok(()),
             }
         };
-        // Either failing ends the receiver; the engine then shuts everything down in order.
-        let (f, s) = tokio::join!(flows, spans);
-        f.and(s)
+        // Either failing ends the receiver at once (the other half is dropped, which detaches
+        // its programs); the engine then marks it unhealthy and shuts everything down in order.
+        tokio::try_join!(flows, spans).map(|_| ())
     }
 }
 

@@ -8,7 +8,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 use aya::programs::{FEntry, FExit, KProbe, TracePoint, UProbe};
 use aya::{Btf, Ebpf, EbpfLoader};
-use oxeye_api::{Comm, Span, SpanId, StatusCode, TaskContext, Telemetry, TraceId};
+use oxeye_api::{Comm, LostUnit, Span, SpanId, StatusCode, TaskContext, Telemetry, TraceId};
 use oxeye_ebpf_common::{
     SourceConfig, SpanEvent, SpanHeader, SPAN_COUNTERS_PER_SOURCE, SPAN_COUNTER_NAMES, STACK_DEPTH,
     STACK_KERNEL, STACK_USER,
@@ -95,12 +95,14 @@ impl SpanProbe {
                 });
             }
         }
+        // Removed when `pins` drops: on success once the instances hold the maps, and on any
+        // error below too, so no pinned map (the ring buffer included) outlives a failed start.
         let pins = if mechanisms.contains(&Some(Mechanism::Fentry)) {
-            Some(pin_dir()?)
+            Some(PinDir::create()?)
         } else {
             None
         };
-        let mut ebpf = loader(cfg, &wakeup, pins.as_deref())
+        let mut ebpf = loader(cfg, &wakeup, pins.as_ref().map(|p| p.0.as_path()))
             .load(PROGRAMS)
             .map_err(|e| format!("loading the span programs: {}", crate::flows::chain(&e)))?;
         let mut instances = Vec::new();
@@ -198,7 +200,7 @@ impl SpanProbe {
                 {
                     Some(Mechanism::Fentry) => {
                         let source = index;
-                        let mut l = loader(cfg, &wakeup, pins.as_deref());
+                        let mut l = loader(cfg, &wakeup, pins.as_ref().map(|p| p.0.as_path()));
                         l.override_global("FENTRY_SOURCE", &source, true);
                         let mut e = l.load(PROGRAMS).map_err(|e| {
                             format!("{label}: loading: {}", crate::flows::chain(&e))
@@ -235,10 +237,8 @@ impl SpanProbe {
                 syscall,
             });
         }
-        if let Some(dir) = &pins {
-            // The instances hold the maps now; the pins are no longer needed.
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        // The instances hold the maps now; the pins are no longer needed.
+        drop(pins);
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or("map EVENTS missing")?)
             .map_err(|e| format!("EVENTS: {e}"))?;
         // SAFETY: the RingBuf owns its fd for as long as the AsyncFd owns the RingBuf.
@@ -306,6 +306,9 @@ impl SpanProbe {
                 let index = i as u32 * SPAN_COUNTERS_PER_SOURCE + slot as u32;
                 let total: u64 = counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0);
                 self.telemetry.set_counter(name, &source.label, total);
+                if let Some((reason, unit)) = lost_as(name) {
+                    self.telemetry.set_lost(reason, unit, &source.label, total);
+                }
             }
         }
     }
@@ -315,6 +318,21 @@ impl SpanProbe {
         self._tp_links.clear();
         self.instances.clear();
         self.ebpf = None;
+    }
+}
+
+/// Which span counters are losses before the pipeline, and of what.
+fn lost_as(counter: &str) -> Option<(&'static str, LostUnit)> {
+    match counter {
+        // The span was complete, but the ring buffer had no room for it.
+        "ebpf_ringbuf_full" => Some(("ringbuf_full", LostUnit::Records)),
+        // Nested deeper than the per-thread stack of open spans: never recorded.
+        "ebpf_calls_too_deep" => Some(("calls_too_deep", LostUnit::Records)),
+        // Opened, but its exit was never seen (an inner exit closed it): never emitted.
+        "ebpf_orphan_entries" => Some(("exits_missed", LostUnit::Records)),
+        // The span was emitted without the stack.
+        "ebpf_stack_failures" => Some(("stack_failures", LostUnit::Stacks)),
+        _ => None,
     }
 }
 
@@ -385,6 +403,24 @@ const SHARED_MAPS: [&str; 6] = [
     "SPAN_COUNTERS",
     "KFUNCS",
 ];
+
+/// A bpffs directory holding the shared maps' pins while the instances load; removed (pins and
+/// all) when dropped, whether the start succeeded or failed.
+struct PinDir(std::path::PathBuf);
+
+impl PinDir {
+    fn create() -> Result<PinDir, String> {
+        pin_dir().map(PinDir)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!("removing bpffs pins {}: {e}", self.0.display());
+        }
+    }
+}
 
 /// A fresh bpffs directory to pin the shared maps in while the instances load.
 fn pin_dir() -> Result<std::path::PathBuf, String> {

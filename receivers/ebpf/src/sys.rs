@@ -112,18 +112,78 @@ struct BatchAttr {
 
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
+
+/// The leading fields of `struct bpf_map_info`.
+#[repr(C)]
+#[derive(Default)]
+struct MapInfo {
+    map_type: u32,
+    id: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    name: [u8; 16],
+}
+
+/// `bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// (type, key size, value size) of a map.
+fn map_info(map_fd: RawFd) -> std::io::Result<(u32, u32, u32)> {
+    let mut info = MapInfo::default();
+    let mut attr = InfoAttr {
+        bpf_fd: map_fd as u32,
+        info_len: std::mem::size_of::<MapInfo>() as u32,
+        info: &mut info as *mut MapInfo as u64,
+    };
+    // SAFETY: attr points at `info`, sized as told; both live across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((info.map_type, info.key_size, info.value_size))
+}
+
 /// Moves every entry of a per-CPU hash map out with BPF_MAP_LOOKUP_AND_DELETE_BATCH, calling
-/// `each(key, per_cpu_values)` per entry. `value_size` is the size of one CPU's value.
+/// `each(key, per_cpu_values)` per entry. `K` and `V` must be the map's key and per-CPU value
+/// types: their sizes are checked against the map's before any buffer is handed to the kernel
+/// (a mismatch would make it write past our buffers).
 pub fn drain_percpu_hash<K: Copy + Default, V: Copy + Default>(
     map_fd: RawFd,
     cpus: usize,
     mut each: impl FnMut(&K, &[V]),
 ) -> std::io::Result<usize> {
-    assert_eq!(
-        std::mem::size_of::<V>() % 8,
-        0,
-        "per-CPU values are 8-byte aligned"
-    );
+    let (map_type, key_size, value_size) = map_info(map_fd)?;
+    let invalid = |what: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
+    if map_type != BPF_MAP_TYPE_PERCPU_HASH && map_type != BPF_MAP_TYPE_LRU_PERCPU_HASH {
+        return invalid(format!("map type {map_type} is not a per-CPU hash map"));
+    }
+    // The kernel lays per-CPU values out 8-byte aligned.
+    let slot = (value_size as usize).next_multiple_of(8);
+    if std::mem::size_of::<K>() != key_size as usize || std::mem::size_of::<V>() != slot {
+        return invalid(format!(
+            "the map's key/value sizes are {key_size}/{value_size} bytes, the reader's {}/{}",
+            std::mem::size_of::<K>(),
+            std::mem::size_of::<V>()
+        ));
+    }
     let mut chunk = 4096usize;
     let mut token = 0u32;
     let mut first = true;
@@ -375,4 +435,67 @@ pub fn kallsyms_address(func: &str) -> Option<u64> {
             .then(|| u64::from_str_radix(addr, 16).ok())
             .flatten()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    /// `bpf_attr` for BPF_MAP_CREATE (leading fields).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+
+    fn create(map_type: u32, key_size: u32, value_size: u32) -> Option<OwnedFd> {
+        let attr = CreateAttr {
+            map_type,
+            key_size,
+            value_size,
+            max_entries: 16,
+            ..CreateAttr::default()
+        };
+        // SAFETY: a BPF_MAP_CREATE attr that lives across the call; a returned fd is ours.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                0 as libc::c_long,
+                &attr as *const CreateAttr,
+                std::mem::size_of::<CreateAttr>(),
+            )
+        };
+        // SAFETY: a fresh fd owned by nobody else.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+
+    #[test]
+    fn drain_refuses_types_that_do_not_match_the_map() {
+        use std::os::fd::AsRawFd;
+        // Needs CAP_BPF (the test tiers run as root); say so rather than pass silently.
+        let Some(map) = create(BPF_MAP_TYPE_PERCPU_HASH, 4, 12) else {
+            assert!(
+                !missing_capabilities().is_empty(),
+                "BPF_MAP_CREATE failed as root: {}",
+                std::io::Error::last_os_error()
+            );
+            eprintln!("skipped: needs root");
+            return;
+        };
+        let cpus = aya::util::nr_cpus().expect("cpus");
+        let e = drain_percpu_hash::<u64, u64>(map.as_raw_fd(), cpus, |_, _| {})
+            .expect_err("u64 keys on a 4-byte-key map");
+        assert!(e.to_string().contains("key/value sizes are 4/12"), "{e}");
+        // A 12-byte value takes a 16-byte slot per CPU.
+        assert!(drain_percpu_hash::<u32, [u64; 2]>(map.as_raw_fd(), cpus, |_, _| {}).is_ok());
+        let plain = create(1, 4, 8).expect("hash map");
+        let e = drain_percpu_hash::<u32, u64>(plain.as_raw_fd(), cpus, |_, _| {})
+            .expect_err("not per-CPU");
+        assert!(e.to_string().contains("not a per-CPU hash map"), "{e}");
+    }
 }

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Guard for the set-up's "not installed yet" path, run by CI on every run: the Python part of
+# tests/setup.sh (tests/setup-python-peers.sh) against a throwaway venv that has none of the
+# peers and a throwaway Phoenix venv dir. It must install every pin from tests/pins.env and exit
+# 0, a second run must install nothing, and a failing step must say where and why.
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=tests/pins.env
+. tests/pins.env
+on_err() { [ "$BASH_SUBSHELL" != 0 ] || printf '[guard] FAILED at line %s: %s (exit %s)\n' "$2" "$3" "$1" >&2; }
+trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
+say() { printf '[guard] %s\n' "$*"; }
+fail() { printf '[guard] FAILED: %s\n' "$*" >&2; exit 1; }
+start=$SECONDS
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/oxeye-setup-guard.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+
+say "throwaway venv $tmp/venv (no peers), Phoenix venv $tmp/phoenix (absent)"
+python3 -m venv "$tmp/venv"
+export PATH="$tmp/venv/bin:$PATH"
+export OXEYE_PHOENIX_VENV="$tmp/phoenix"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+unset PYTHON   # the script must find the venv's python3 on PATH
+[ "$(command -v python3)" = "$tmp/venv/bin/python3" ] || fail "python3 on PATH is $(command -v python3), not the venv's"
+python3 -c 'import pyarrow' 2>/dev/null && fail "the throwaway venv already has pyarrow"
+
+say "run 1: from nothing"
+rc=0
+tests/setup-python-peers.sh >"$tmp/run1.log" 2>&1 || rc=$?
+[ "$rc" = 0 ] || { cat "$tmp/run1.log" >&2; fail "setup-python-peers.sh exited $rc from nothing"; }
+for p in virtme-ng pyarrow duckdb arize-phoenix; do
+  grep -q "installing $p==" "$tmp/run1.log" || { cat "$tmp/run1.log" >&2; fail "run 1 did not say it installs $p"; }
+done
+
+say "checking the pins in the throwaway venvs"
+version_of() { "$1" -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$2"; }
+check() {   # check PYTHON DIST PIN MODULE
+  local have
+  have=$(version_of "$1" "$2") || fail "$2 is not installed in $1"
+  [ "$have" = "$3" ] || fail "$2 is $have in $1, pinned $3"
+  "$1" -c "import $4" || fail "$2 is installed in $1 but 'import $4' fails"
+  say "  $2 $have (import $4) ok"
+}
+check "$tmp/venv/bin/python3" pyarrow "$PYARROW" pyarrow
+check "$tmp/venv/bin/python3" duckdb "$DUCKDB" duckdb
+check "$tmp/venv/bin/python3" virtme-ng "$VIRTME_NG" virtme_ng
+[ -x "$tmp/venv/bin/vng" ] || fail "virtme-ng installed no vng entry point in the venv"
+vng --help >/dev/null || fail "vng --help fails"
+say "  vng entry point ok"
+check "$tmp/phoenix/bin/python" arize-phoenix "$ARIZE_PHOENIX" phoenix
+"$tmp/venv/bin/python3" -c 'import phoenix' 2>/dev/null && fail "phoenix leaked into the peers' venv (it must have a venv of its own)"
+
+say "run 2: idempotent, installs nothing"
+rc=0
+tests/setup-python-peers.sh >"$tmp/run2.log" 2>&1 || rc=$?
+[ "$rc" = 0 ] || { cat "$tmp/run2.log" >&2; fail "setup-python-peers.sh exited $rc on the second run"; }
+if grep -q "installing\|creating" "$tmp/run2.log"; then cat "$tmp/run2.log" >&2; fail "the second run installed something"; fi
+
+say "a failing step names its line, command and step"
+rc=0
+PYTHON="$tmp/no-such-python" tests/setup-python-peers.sh >"$tmp/fail.out" 2>"$tmp/fail.err" || rc=$?
+[ "$rc" -ne 0 ] || fail "setup-python-peers.sh with a missing interpreter exited 0"
+# shellcheck disable=SC2016 # the literal "$PYTHON" of the failing command
+grep -Eq '^\[setup\] FAILED at line [0-9]+: .*"\$PYTHON".* \(exit 127\) in step: python peers: interpreter ' "$tmp/fail.err" ||
+  { cat "$tmp/fail.out" "$tmp/fail.err" >&2; fail "no '[setup] FAILED at line N: <command> (exit 127) in step: ...' on stderr"; }
+say "  $(grep '^\[setup\] FAILED' "$tmp/fail.err")"
+
+rm -rf "$tmp"
+say "passed in $((SECONDS - start)) s (clean-up included)"
