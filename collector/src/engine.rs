@@ -811,3 +811,41 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn component(id: &str) -> ComponentInfo {
+        ComponentInfo {
+            kind: Kind::Receiver,
+            id: id.into(),
+            pipeline: None,
+            telemetry: Telemetry::default(),
+        }
+    }
+
+    #[test]
+    fn losses_before_the_pipeline_are_summed_per_reason() {
+        let mut reg = Registry::default();
+        assert_eq!(reg.lost_summary(), "", "no receiver counts losses");
+        let (a, b) = (component("ebpf"), component("ebpf/2"));
+        a.telemetry
+            .set_lost("ringbuf_full", LostUnit::Records, "syscall:read", 5);
+        a.telemetry
+            .set_lost("ringbuf_full", LostUnit::Records, "syscall:read", 7); // a new reading
+        a.telemetry
+            .set_lost("ringbuf_full", LostUnit::Records, "syscall:write", 3);
+        b.telemetry
+            .set_lost("flows_evicted", LostUnit::Records, "flows", 0);
+        b.telemetry
+            .set_lost("map_insert_failures", LostUnit::Packets, "xdp", 2);
+        a.telemetry
+            .set_lost("stack_failures", LostUnit::Stacks, "syscall:read", 4);
+        reg.components = vec![a, b];
+        assert_eq!(
+            reg.lost_summary(),
+            ", 10 lost in the kernel (ringbuf_full 10); 2 packets not counted (map_insert_failures 2); 4 stacks not captured (stack_failures 4)"
+        );
+    }
+}

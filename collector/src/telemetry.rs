@@ -1,7 +1,7 @@
-//! Self-telemetry: `/metrics` (OpenMetrics text, rendered by `prometheus-client`), `/healthz`
-//! and `/readyz` (served by axum), and the periodic one-line summary. Everything is read from
-//! the engine's [`Registry`] at scrape time; components count nothing themselves beyond their
-//! own drops, losses and named counters.
+//! Self-telemetry: `/metrics` (Prometheus text format, rendered by the `prometheus` crate),
+//! `/healthz` and `/readyz` (served by axum), and the periodic one-line summary. Everything is
+//! read from the engine's [`Registry`] at scrape time; components count nothing themselves
+//! beyond their own drops, losses and named counters.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,10 +13,8 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus::core::Collector;
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -32,84 +30,101 @@ fn component_labels(c: &ComponentInfo) -> Labels {
     l
 }
 
-/// Reads the engine's registry on each scrape. Each family is written once, with its HELP and
-/// TYPE, all its samples together.
-#[derive(Debug)]
-struct Engine(Arc<Registry>);
-
-/// Writes one counter family: `name` without `_total` (OpenMetrics appends it).
-fn counters(
-    encoder: &mut DescriptorEncoder<'_>,
+/// One family: HELP, TYPE and every sample of the name together.
+fn family(
     name: &str,
     help: &str,
+    kind: MetricType,
     samples: impl IntoIterator<Item = (Labels, u64)>,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
-        name,
-        help,
-        None,
-        prometheus_client::metrics::MetricType::Counter,
-    )?;
-    for (labels, value) in samples {
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+) -> MetricFamily {
+    let metrics = samples
+        .into_iter()
+        .map(|(labels, value)| {
+            let mut m = Metric::from_label(
+                labels
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let mut l = LabelPair::default();
+                        l.set_name(k.to_string());
+                        l.set_value(v);
+                        l
+                    })
+                    .collect(),
+            );
+            match kind {
+                MetricType::GAUGE => {
+                    let mut g = Gauge::default();
+                    g.set_value(value as f64);
+                    m.set_gauge(g);
+                }
+                _ => {
+                    let mut c = Counter::default();
+                    c.set_value(value as f64);
+                    m.set_counter(c);
+                }
+            }
+            m
+        })
+        .collect();
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
 }
 
-fn gauges(
-    encoder: &mut DescriptorEncoder<'_>,
+fn edge_gauge(
     name: &str,
     help: &str,
     edges: &[Arc<EdgeStats>],
     get: fn(&EdgeStats) -> u64,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
+) -> MetricFamily {
+    family(
         name,
         help,
-        None,
-        prometheus_client::metrics::MetricType::Gauge,
-    )?;
-    for e in edges {
-        let labels: Labels = vec![
-            ("pipeline", e.pipeline.clone()),
-            ("from", e.from.clone()),
-            ("to", e.to.clone()),
-        ];
-        ConstGauge::new(get(e) as i64).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+        MetricType::GAUGE,
+        edges.iter().map(|e| {
+            let labels: Labels = vec![
+                ("pipeline", e.pipeline.clone()),
+                ("from", e.from.clone()),
+                ("to", e.to.clone()),
+            ];
+            (labels, get(e))
+        }),
+    )
 }
 
-impl Collector for Engine {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let reg = &self.0;
-        let each = |get: fn(&oxeye_api::Telemetry) -> u64| {
-            reg.components
-                .iter()
-                .map(move |c| (component_labels(c), get(&c.telemetry)))
-        };
-        counters(
-            &mut encoder,
-            "oxeye_component_received_records",
+/// Every family read from the engine's registry.
+fn families(reg: &Registry) -> Vec<MetricFamily> {
+    let each = |get: fn(&oxeye_api::Telemetry) -> u64| {
+        reg.components
+            .iter()
+            .map(move |c| (component_labels(c), get(&c.telemetry)))
+    };
+    let mut out = vec![
+        family(
+            "oxeye_component_received_records_total",
             "Records taken in by a component.",
+            MetricType::COUNTER,
             each(|t| t.received()),
-        )?;
-        counters(
-            &mut encoder,
-            "oxeye_component_emitted_records",
+        ),
+        family(
+            "oxeye_component_emitted_records_total",
             "Records passed on by a component (for exporters: delivered).",
+            MetricType::COUNTER,
             each(|t| t.emitted()),
-        )?;
-        counters(
-            &mut encoder,
-            "oxeye_component_errors",
+        ),
+        family(
+            "oxeye_component_errors_total",
             "Errors of a component.",
+            MetricType::COUNTER,
             each(|t| t.errors()),
-        )?;
-        counters(
-            &mut encoder,
-            "oxeye_component_dropped_records",
+        ),
+        family(
+            "oxeye_component_dropped_records_total",
             "Records dropped by, or at the queue of, a component, by reason.",
+            MetricType::COUNTER,
             reg.components.iter().flat_map(|c| {
                 c.telemetry.dropped().into_iter().map(move |(reason, n)| {
                     let mut l = component_labels(c);
@@ -117,11 +132,11 @@ impl Collector for Engine {
                     (l, n)
                 })
             }),
-        )?;
-        counters(
-            &mut encoder,
-            "oxeye_lost",
+        ),
+        family(
+            "oxeye_lost_total",
             "Lost before the pipeline (e.g. in the kernel: ring buffer full, LRU evictions), by reason, unit and source.",
+            MetricType::COUNTER,
             reg.components.iter().flat_map(|c| {
                 c.telemetry.lost().into_iter().map(move |l| {
                     let mut labels = component_labels(c);
@@ -131,65 +146,64 @@ impl Collector for Engine {
                     (labels, l.value)
                 })
             }),
-        )?;
-        // Components' own counters, one family per name, all components' samples together.
-        let mut named: BTreeMap<&'static str, Vec<(Labels, u64)>> = BTreeMap::new();
-        for c in &reg.components {
-            for (name, source, n) in c.telemetry.counters() {
-                let mut l = component_labels(c);
-                l.push(("source", source));
-                named.entry(name).or_default().push((l, n));
-            }
+        ),
+    ];
+    // Components' own counters: one family per name, every component's samples together.
+    let mut named: BTreeMap<&'static str, Vec<(Labels, u64)>> = BTreeMap::new();
+    for c in &reg.components {
+        for (name, source, n) in c.telemetry.counters() {
+            let mut l = component_labels(c);
+            l.push(("source", source));
+            named.entry(name).or_default().push((l, n));
         }
-        for (name, samples) in named {
-            counters(
-                &mut encoder,
-                &format!("oxeye_{name}"),
-                &format!("Counted by the component itself ({name}), per source; see its README."),
-                samples,
-            )?;
-        }
-        gauges(
-            &mut encoder,
+    }
+    for (name, samples) in named {
+        out.push(family(
+            &format!("oxeye_{name}_total"),
+            &format!("Counted by the component itself ({name}), per source: see its README."),
+            MetricType::COUNTER,
+            samples,
+        ));
+    }
+    out.extend([
+        edge_gauge(
             "oxeye_queue_depth_batches",
             "Batches waiting on an edge.",
             &reg.edges,
             |e| e.depth(),
-        )?;
-        gauges(
-            &mut encoder,
+        ),
+        edge_gauge(
             "oxeye_queue_records",
             "Records waiting on an edge.",
             &reg.edges,
             |e| e.queued_records(),
-        )?;
-        gauges(
-            &mut encoder,
+        ),
+        edge_gauge(
             "oxeye_queue_capacity_batches",
             "Capacity of an edge, in batches.",
             &reg.edges,
             |e| e.capacity as u64,
-        )?;
-        let mut up = encoder.encode_descriptor(
+        ),
+        family(
             "oxeye_healthy",
             "1 while no component has failed.",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        ConstGauge::new(reg.healthy.load(Ordering::Relaxed) as i64)
-            .encode(up.encode_family(&Labels::new())?)?;
-        Ok(())
-    }
+            MetricType::GAUGE,
+            [(Labels::new(), reg.healthy.load(Ordering::Relaxed) as u64)],
+        ),
+    ]);
+    // The text format has no empty families (e.g. no losses counted in this pipeline).
+    out.retain(|f| !f.get_metric().is_empty());
+    out
 }
 
-/// The exposition of every counter and gauge (OpenMetrics text).
-pub fn render(registry: &Arc<Registry>) -> String {
-    let mut r = prometheus_client::registry::Registry::default();
-    r.register_collector(Box::new(Engine(Arc::clone(registry))));
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &r);
-    out
+/// The exposition (Prometheus text format 0.0.4): oxeye's families, then the process's own
+/// (`process_resident_memory_bytes`, `process_cpu_seconds_total`, open fds, ...).
+pub fn render(registry: &Registry) -> String {
+    let mut all = families(registry);
+    all.extend(prometheus::process_collector::ProcessCollector::for_self().collect());
+    prometheus::TextEncoder::new()
+        .encode_to_string(&all)
+        .unwrap_or_else(|e| format!("# oxeye: cannot render metrics: {e}\n"))
 }
 
 /// Parses `host:port` or `:port` (loopback).
@@ -214,10 +228,7 @@ pub async fn bind(address: &str) -> Result<TcpListener, String> {
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         render(&registry),
     )
 }

@@ -365,6 +365,15 @@ pub fn follow(
     (rx, handle)
 }
 
+/// Parses `N lost in the kernel` from a summary line.
+pub fn lost_in_kernel(line: &str) -> Option<u64> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let i = words
+        .windows(4)
+        .position(|w| w[1..] == ["lost", "in", "the"])?;
+    words[i].parse().ok()
+}
+
 /// Parses `N records in, M out, D dropped` from oxeye's final log line.
 pub fn final_counts(stderr: &str) -> Option<(u64, u64, u64)> {
     let line = stderr.lines().rev().find(|l| l.contains("records in,"))?;

@@ -213,3 +213,78 @@ fn metrics_health_and_readiness_endpoints() {
         "periodic summary line: {stderr}"
     );
 }
+
+/// CPU time (user + system) of a process in clock ticks, from /proc/<pid>/stat.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn metrics_endpoint_out_of_file_descriptors_backs_off() {
+    use std::os::unix::process::CommandExt;
+    let port = free_port();
+    let cfg = temp_config(
+        "emfile",
+        &format!(
+            "receivers:\n  synthetic: {{seed: 4, spans: {{rate: 100}}}}\nexporters:\n  nop:\nservice:\n  telemetry:\n    metrics: {{address: ':{port}'}}\n    logs: {{summary_interval: 0s}}\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [nop]}}\n"
+        ),
+    );
+    let mut cmd = std::process::Command::new(oxeye_bin());
+    cmd.args(["run", "-c", cfg.to_str().expect("utf8")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start oxeye");
+    let (rx, follower) = oxeye_tests::follow(child.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rx
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .expect("oxeye never logged its metrics endpoint")
+        .contains("self-metrics on")
+    {}
+    // Idle connections until oxeye has no descriptor left to accept with; the rest wait in
+    // the listen backlog, so every accept() fails with EMFILE.
+    let held: Vec<std::net::TcpStream> = (0..120)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(child.id()) - before;
+    // A loop retrying accept() at once burns a whole core: ~200 ticks in 2 s.
+    assert!(
+        used < 60,
+        "{used} ticks of CPU in 2 s while out of descriptors"
+    );
+    // Once descriptors are free again, the endpoint answers.
+    drop(held);
+    let health = (0..50)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            oxeye_tests::http_get(port, "/healthz")
+                .ok()
+                .filter(|r| r.starts_with("HTTP/1.1 200"))
+        })
+        .expect("/healthz after the descriptors came back");
+    assert!(health.ends_with("ok\n"), "{health}");
+    signal(&child, libc::SIGINT);
+    let status = child.wait().expect("wait");
+    let stderr = follower.join().expect("stderr follower");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}

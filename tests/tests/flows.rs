@@ -593,6 +593,27 @@ fn clear_startup_errors() {
         stderr.contains("interface `oxaer` already has an XDP program attached by another tool"),
         "{stderr}"
     );
+    // The same failure with span sources running beside the flows: the failing half fails the
+    // whole receiver at once (it used to keep running, healthy, until a signal).
+    let both = temp_config(
+        "er-both",
+        &format!(
+            "receivers:\n  ebpf:\n    flows: {{interfaces: [{}]}}\n    spans: {{sources: [{{syscall: getppid}}]}}\nexporters:\n  nop:\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    flows: {{receivers: [ebpf], exporters: [nop]}}\n    traces: {{receivers: [ebpf], exporters: [nop]}}\n",
+            pair.va
+        ),
+    );
+    let started = std::time::Instant::now();
+    let (code, stderr) = oxeye_output_in_ns(&pair.ns_a, &both, Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("receivers/ebpf: interface `oxaer` already has an XDP program"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
     let (code, _, _) = first.stop(first_err);
     assert_eq!(code, Some(0), "the first instance is unaffected");
     assert!(pair.leftovers().is_empty(), "{:?}", pair.leftovers());

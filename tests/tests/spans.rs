@@ -164,6 +164,37 @@ fn openat_syscall_spans_exact() {
 }
 
 #[test]
+fn spans_lost_in_the_kernel_are_in_the_final_line() {
+    const N: u64 = 300_000;
+    let w = Workload::start("getppid", N);
+    let pid = w.pid;
+    // A one-page ring buffer drained once a second: most spans find it full.
+    let yaml = format!(
+        "receivers:\n  ebpf:\n    spans:\n      ring_size: 4096\n      wakeup_bytes: 1048576\n      drain_interval: 1s\n      sources:\n        - {{syscall: getppid, pid: {pid}}}\nexporters:\n  nop:\nservice:\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [nop]}}\n"
+    );
+    let (_, stderr) = with_oxeye("sp-lost", &yaml, 1, || w.go());
+    let (records_in, out, dropped) = oxeye_tests::final_counts(&stderr).expect("final line");
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("records in,"))
+        .expect("final line");
+    let lost = oxeye_tests::lost_in_kernel(last).expect("`lost in the kernel` in the final line");
+    assert!(lost > 0, "{last}");
+    assert!(last.contains(&format!("(ringbuf_full {lost})")), "{last}");
+    // Every call is either a span that reached the pipeline or counted as lost.
+    assert_eq!(records_in + lost, N, "{last}");
+    assert_eq!((out, dropped), (records_in, 0), "{last}");
+    // The detach line names each counter once (it printed `spans=` twice).
+    let detach = stderr
+        .lines()
+        .find(|l| l.contains("span sources detached"))
+        .expect("detach line");
+    assert_eq!(detach.matches("spans=").count(), 1, "{detach}");
+    assert!(detach.contains(&format!("ringbuf_full={lost}")), "{detach}");
+}
+
+#[test]
 fn uprobe_spans_nest_with_durations_and_stacks() {
     const N: u64 = 3;
     let w = Workload::start("nested", N);

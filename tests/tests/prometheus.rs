@@ -1,0 +1,207 @@
+//! Self-metrics against the real tools: `promtool check metrics` (Debian's `prometheus`
+//! package, installed by tests/setup.sh) on a real scrape of a run with two OTLP exporters,
+//! aggregation and sampling; then a real Prometheus server scrapes oxeye on loopback and its
+//! HTTP API answers `up == 1` and an oxeye counter with the value oxeye counted.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oxeye_tests::{free_port, http_get, signal, spawn, temp_config};
+
+/// Kills a helper process when the test ends, however it ends.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback OTLP/HTTP endpoint that accepts everything (an empty protobuf response is a
+/// full success), so both OTLP exporters deliver.
+fn otlp_sink(port: u16) -> Reaper {
+    const SINK: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+    Reaper(
+        Command::new("python3")
+            .args(["-c", SINK, &port.to_string()])
+            .spawn()
+            .expect("python3 OTLP sink"),
+    )
+}
+
+fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or panics with `what` after `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The value of an instant query's single result, from the Prometheus HTTP API.
+fn query(prometheus: u16, promql: &str) -> Option<String> {
+    let encoded: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let response = http_get(prometheus, &format!("/api/v1/query?query={encoded}")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(body(&response)).ok()?;
+    json["data"]["result"][0]["value"][1]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[test]
+fn promtool_and_a_real_prometheus_accept_the_metrics() {
+    let (sink_port, metrics_port, prometheus_port) = (free_port(), free_port(), free_port());
+    let _sink = otlp_sink(sink_port);
+    let cfg = temp_config(
+        "prometheus",
+        &format!(
+            "receivers:
+  synthetic: {{seed: 9, spans: {{count: 20000}}, flows: {{count: 5000}}}}
+  synthetic/idle: {{seed: 2, spans: {{rate: 10}}}}
+processors:
+  sampling: {{ratio: 0.5}}
+  aggregation: {{window: 1s}}
+exporters:
+  otlp/traces: {{protocol: http/protobuf, endpoint: 'http://127.0.0.1:{sink_port}'}}
+  otlp/flows: {{protocol: http/protobuf, endpoint: 'http://127.0.0.1:{sink_port}'}}
+  nop:
+service:
+  telemetry: {{metrics: {{address: '127.0.0.1:{metrics_port}'}}, logs: {{summary_interval: 0s}}}}
+  pipelines:
+    traces: {{receivers: [synthetic], processors: [sampling], exporters: [otlp/traces]}}
+    flows: {{receivers: [synthetic], processors: [aggregation], exporters: [otlp/flows]}}
+    traces/idle: {{receivers: [synthetic/idle], exporters: [nop]}}
+"
+        ),
+    );
+    let mut oxeye = Reaper(spawn(&["run", "-c", cfg.to_str().expect("utf8")]));
+    let _ = oxeye.0.stdout.take();
+    let (_lines, stderr) = oxeye_tests::follow(oxeye.0.stderr.take().expect("stderr"));
+
+    // A scrape once the counted receiver is done and both exporters delivered something.
+    let series = "oxeye_component_emitted_records_total{kind=\"receiver\",id=\"synthetic\"} 25000";
+    let metrics = wait_for(
+        "the synthetic receiver's 25000 records",
+        Duration::from_secs(30),
+        || {
+            let r = http_get(metrics_port, "/metrics").ok()?;
+            let delivered = |id: &str| {
+                r.lines().any(|l| {
+                    l.starts_with(&format!(
+                        "oxeye_component_emitted_records_total{{kind=\"exporter\",id=\"{id}\"}}"
+                    )) && !l.ends_with(" 0")
+                })
+            };
+            (r.contains(series) && delivered("otlp/traces") && delivered("otlp/flows"))
+                .then(|| body(&r).to_string())
+        },
+    );
+    assert!(
+        metrics.contains("oxeye_otlp_requests_total{kind=\"exporter\",id=\"otlp/flows\""),
+        "{metrics}"
+    );
+    // Every family once, with its HELP and TYPE (component counters used to be interleaved).
+    let types: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("# TYPE "))
+        .collect();
+    let mut unique = types.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(types.len(), unique.len(), "{metrics}");
+    assert_eq!(
+        metrics.lines().filter(|l| l.starts_with("# HELP ")).count(),
+        types.len()
+    );
+
+    // promtool: no problem at all (it prints one line per problem and exits non-zero).
+    let scrape = std::env::temp_dir().join(format!("oxeye-scrape-{}.txt", std::process::id()));
+    std::fs::write(&scrape, &metrics).expect("write scrape");
+    let check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&scrape).expect("scrape"))
+        .output()
+        .expect("promtool (tests/setup.sh installs Debian's prometheus package)");
+    let _ = std::fs::remove_file(&scrape);
+    assert!(
+        check.status.success() && check.stdout.is_empty() && check.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // A real Prometheus server scraping oxeye every second, on loopback.
+    let dir = std::env::temp_dir().join(format!("oxeye-prometheus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: oxeye\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"
+        ),
+    )
+    .expect("prometheus.yml");
+    let server = Reaper(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus server"),
+    );
+    let up = wait_for(
+        "Prometheus to scrape oxeye",
+        Duration::from_secs(60),
+        || query(prometheus_port, "up{job=\"oxeye\"}").filter(|v| v == "1"),
+    );
+    assert_eq!(up, "1");
+    let counted = wait_for("the counter in Prometheus", Duration::from_secs(30), || {
+        query(
+            prometheus_port,
+            "oxeye_component_emitted_records_total{job=\"oxeye\",kind=\"receiver\",id=\"synthetic\"}",
+        )
+    });
+    assert_eq!(counted, "25000");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    signal(&oxeye.0, libc::SIGINT);
+    let status = oxeye.0.wait().expect("wait");
+    let stderr = stderr.join().expect("stderr");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
