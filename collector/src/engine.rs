@@ -764,7 +764,7 @@ impl Engine {
                     r.done = true;
                     if r.info.kind == Kind::Receiver {
                         receivers_left -= 1;
-                        if receivers_left == 0 && !stopping {
+                        if receivers_left == 0 && !stopping && result.is_ok() {
                             // The same deadline as a stop request: an exporter retrying a dead
                             // backend must not hold the process for its whole retry budget.
                             info!(timeout = ?shutdown_timeout, "all receivers finished; draining pipelines");

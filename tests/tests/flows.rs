@@ -551,10 +551,12 @@ fn oxeye_output_in_ns(
         .expect("start oxeye");
     let deadline = std::time::Instant::now() + timeout;
     while child.try_wait().expect("wait").is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "oxeye did not exit on its own"
-        );
+        if std::time::Instant::now() >= deadline {
+            // Leave nothing running (it holds programs and the namespace) before failing.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("oxeye did not exit on its own");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().expect("output");
@@ -606,9 +608,11 @@ fn clear_startup_errors() {
     let (code, stderr) = oxeye_output_in_ns(&pair.ns_a, &both, Duration::from_secs(20));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("receivers/ebpf: interface `oxaer` already has an XDP program"),
+        stderr.contains("interface `oxaer` already has an XDP program")
+            && stderr.contains("component=receivers/ebpf"),
         "{stderr}"
     );
+    assert!(!stderr.contains("all receivers finished"), "{stderr}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",

@@ -247,20 +247,19 @@ fn json_span(out: &mut Vec<u8>, s: &Span, resource: &Attributes) {
 
 fn json_flow(out: &mut Vec<u8>, f: &Flow, resource: &Attributes) {
     out.extend_from_slice(b"{\"signal\":\"flows\"");
-    if f.is_ip() {
-        let _ = write!(
-            out,
-            ",\"source.address\":\"{}\",\"source.port\":{},\"destination.address\":\"{}\",\"destination.port\":{},\"network.transport\":\"{}\",\"network.type\":\"{}\"",
-            f.src_addr,
-            f.src_port,
-            f.dst_addr,
-            f.dst_port,
-            f.transport.as_str(),
-            f.network_type()
-        );
-    } else {
-        // A non-IP frame has no addresses or ports: say what it was instead.
-        let _ = write!(out, ",\"network.type\":\"{}\"", f.network_type());
+    // The same keys for every flow (one schema for jq and friends); a non-IP frame also says
+    // what it was, since its addresses and ports are zero.
+    let _ = write!(
+        out,
+        ",\"source.address\":\"{}\",\"source.port\":{},\"destination.address\":\"{}\",\"destination.port\":{},\"network.transport\":\"{}\",\"network.type\":\"{}\"",
+        f.src_addr,
+        f.src_port,
+        f.dst_addr,
+        f.dst_port,
+        f.transport.as_str(),
+        f.network_type()
+    );
+    if !f.is_ip() {
         if let Some(name) = f.ether_type_name() {
             let _ = write!(out, ",\"oxeye.ether_type.name\":\"{name}\"");
         }
