@@ -1,6 +1,8 @@
 //! Exporter encoding on the same synthetic spans (seed 7, batches of 1024), one thread:
 //! OTLP protobuf (generated types + prost) with and without gzip, and Arrow IPC (record batch
-//! build + stream encoding) with and without zstd. Prints spans/s, ns/span and bytes/span.
+//! build + stream encoding) with and without zstd, and the stdout exporter's JSON lines and
+//! text, rendered and written to /dev/null, for synthetic spans and for syscall spans shaped as
+//! the ebpf receiver makes them. Prints spans/s, ns/span and bytes/span.
 //! A benchmark, not a test: it never fails on speed.
 //!
 //!     cargo bench -p oxeye-tests --bench exporters       # OXEYE_BENCH_RECORDS=500000 to change N
@@ -9,9 +11,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
-use oxeye_api::{Batch, Records, Span};
+use oxeye_api::{Batch, Comm, Records, Span, TaskContext};
 use oxeye_exporter_arrow::{span_schema, spans_to_arrow, Dicts};
 use oxeye_exporter_otlp::encode::{trace_request, Resources};
+use oxeye_exporter_stdout::{Format, Renderer};
 use oxeye_exporter_otlp::transport::gzip_bytes;
 use oxeye_tests::bench::{median, quick};
 use oxeye_tests::{captured, run};
@@ -28,6 +31,37 @@ fn synthetic_spans(n: u64) -> Vec<Arc<Batch>> {
     ));
     assert!(report.failures.is_empty());
     captured("capture/bench")
+}
+
+/// The same spans as a `syscall: getppid` source emits them: task, return value, one attribute.
+fn syscall_spans(batches: &[Arc<Batch>]) -> Vec<Arc<Batch>> {
+    batches
+        .iter()
+        .map(|b| {
+            let spans = spans(b)
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let mut attributes = oxeye_api::Attributes::new();
+                    attributes.set("code.function.name", "getppid");
+                    Span {
+                        name: "getppid".into(),
+                        parent_span_id: None,
+                        attributes,
+                        task: Some(TaskContext {
+                            pid: 4242,
+                            tid: 4242 + (i as u32 % 4),
+                            comm: Comm::new("oxeye-workload"),
+                            cpu: i as u32 % 2,
+                        }),
+                        return_value: Some(4241),
+                        ..s.clone()
+                    }
+                })
+                .collect();
+            Arc::new(Batch::spans(b.resource.clone(), spans))
+        })
+        .collect()
 }
 
 fn spans(b: &Batch) -> &[Span] {
@@ -126,6 +160,22 @@ fn main() {
             arrow_ipc(b, Some(arrow_ipc::CompressionType::ZSTD))
         }),
     );
+    use std::io::Write;
+    let mut null = std::fs::File::create("/dev/null").expect("/dev/null");
+    let syscalls = syscall_spans(&batches);
+    for (format, yaml) in [("json", Format::Json), ("text", Format::Text)] {
+        for (what, input) in [("synthetic", &batches), ("syscall", &syscalls)] {
+            let mut r = Renderer::new(yaml);
+            row(
+                &format!("stdout {format}, {what} spans"),
+                measure(input, rounds, |b| {
+                    let lines = r.render(b);
+                    null.write_all(lines).expect("write");
+                    lines.len()
+                }),
+            );
+        }
+    }
     println!(
         "  otlp+gzip / arrow+zstd size: {:.2}x (per 1024-span batch; a long-lived stream shares dictionaries and does better)",
         otlp_gzip / arrow_zstd

@@ -2,7 +2,8 @@
 //! programs attached (a `syscalls:` tracepoint pair, a `raw_syscalls` raw-tracepoint pair: the
 //! floor of each hook), and traced by a `syscall: getppid` source (tracepoint pair → ring
 //! buffer → oxeye in this process → nop exporter); ns added per call, spans/s drained, and
-//! ring-buffer loss. Prints figures only.
+//! ring-buffer loss; and `oxeye run` (the release binary) tracing a getppid loop paced at
+//! 500 k calls/s to the stdout exporter's JSON lines: spans written and lost. Prints figures only.
 //!
 //!     cargo bench -p oxeye-tests --bench spans
 
@@ -21,8 +22,17 @@ fn workload(
     pid_tx: Option<std::sync::mpsc::Sender<u32>>,
     go: std::sync::mpsc::Receiver<()>,
 ) -> f64 {
+    workload_as("getppid", n, pid_tx, go)
+}
+
+fn workload_as(
+    what: &str,
+    n: u64,
+    pid_tx: Option<std::sync::mpsc::Sender<u32>>,
+    go: std::sync::mpsc::Receiver<()>,
+) -> f64 {
     let mut child = Command::new(WORKLOAD)
-        .args(["getppid", &n.to_string()])
+        .args([what, &n.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -97,6 +107,64 @@ fn traced_with(n: u64, wakeup_bytes: u64, ring_size: u64, drain: &str) -> (f64, 
     (per_call, spans, lost, spans as f64 / final_drain)
 }
 
+/// The binary a user runs: release when built (`cargo build --release -p oxeye`), else the
+/// debug one (quick mode only checks that the benchmark runs).
+fn oxeye_release() -> std::path::PathBuf {
+    let release = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/oxeye"));
+    if release.exists() {
+        release.to_path_buf()
+    } else {
+        assert!(quick(), "run `cargo build --release -p oxeye` first: this row measures the binary");
+        oxeye_tests::oxeye_bin()
+    }
+}
+
+/// `oxeye run` tracing n getppid calls paced at `rate`/s, JSON lines on a pipe the benchmark
+/// reads (`rate` None: as fast as the loop goes): (lines written, lost in the kernel, M calls/s).
+fn to_stdout(n: u64, rate: Option<u64>) -> (u64, u64, f64) {
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let what = rate.map_or("getppid".to_string(), |r| format!("getppid@{r}"));
+    let work = std::thread::spawn(move || workload_as(&what, n, Some(pid_tx), go_rx));
+    let pid = pid_rx.recv().expect("pid");
+    let cfg = oxeye_tests::temp_config(
+        "bench-stdout",
+        &format!(
+            "receivers:\n  ebpf:\n    spans:\n      sources:\n        - {{syscall: getppid, pid: {pid}}}\nexporters:\n  stdout: {{format: json}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [stdout]}}\n"
+        ),
+    );
+    let mut ox = Command::new(oxeye_release())
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("oxeye");
+    let out = ox.stdout.take().expect("stdout");
+    let lines = std::thread::spawn(move || std::io::BufReader::new(out).lines().count() as u64);
+    let (rx, stderr) = oxeye_tests::follow(ox.stderr.take().expect("stderr"));
+    while !rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("oxeye did not attach")
+        .contains("span source attached")
+    {}
+    go_tx.send(()).expect("go");
+    let per_call = work.join().expect("workload");
+    std::thread::sleep(Duration::from_millis(500));
+    oxeye_tests::signal(&ox, libc::SIGINT);
+    ox.wait().expect("oxeye");
+    let written = lines.join().expect("lines");
+    let stderr = stderr.join().expect("stderr");
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("records in,"))
+        .unwrap_or_default()
+        .to_string();
+    let lost = oxeye_tests::lost_in_kernel(&last).unwrap_or_else(|| panic!("no losses in: {last}"));
+    (written, lost, 1e3 / per_call)
+}
+
 fn main() {
     oxeye_tests::netns::require_root();
     let quick = quick();
@@ -144,4 +212,14 @@ fn main() {
         "drain capacity, one core: {spans} spans waiting in the ring drained at {:.2} M spans/s ({lost} lost)",
         rate / 1e6
     );
+    // What a user runs: the binary, JSON lines to a pipe, the default ring and wakeup.
+    let paced = if quick { 20_000 } else { 1_500_000 };
+    for (label, rate) in [("paced at 500 k/s", Some(500_000)), ("unpaced", None)] {
+        for _ in 0..runs {
+            let (written, lost, mcalls) = to_stdout(paced, rate);
+            println!(
+                "oxeye run, syscall: getppid {label} ({mcalls:.2} M calls/s) -> stdout json: {written}/{paced} spans written, {lost} lost in the kernel"
+            );
+        }
+    }
 }

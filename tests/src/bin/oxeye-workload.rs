@@ -4,6 +4,7 @@
 //!     oxeye-workload openat N       N openat calls on a missing file
 //!     oxeye-workload nested N       N calls of oxeye_outer (20 ms) -> oxeye_inner (10 ms)
 //!     oxeye-workload getppid N      N getppid calls (benchmark)
+//!     oxeye-workload getppid@R N    N getppid calls paced at R calls/s (benchmark)
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -52,6 +53,19 @@ fn main() {
             for _ in 0..n {
                 // SAFETY: getppid has no preconditions.
                 std::hint::black_box(unsafe { libc::getppid() });
+            }
+        }
+        paced if paced.starts_with("getppid@") => {
+            let rate: f64 = paced["getppid@".len()..].parse().expect("rate");
+            for i in 0..n {
+                // SAFETY: getppid has no preconditions.
+                std::hint::black_box(unsafe { libc::getppid() });
+                if i % 1000 == 999 {
+                    let due = Duration::from_secs_f64((i + 1) as f64 / rate);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
             }
         }
         other => panic!("unknown workload {other}"),
