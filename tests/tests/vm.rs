@@ -56,6 +56,14 @@ fn kprobe_and_fentry_spans_in_a_debian_vm() {
         "receivers:\n  ebpf:\n    spans:\n      sources:\n        - {kprobe: do_sys_openat2, attach: fentry, comm: oxeye-workload, args: 2, stack: kernel}\n        - {kprobe: do_filp_open, attach: kprobe, comm: oxeye-workload}\nexporters:\n  stdout: {format: json}\nservice:\n  telemetry: {logs: {summary_interval: 0s}}\n  pipelines:\n    traces: {receivers: [ebpf], exporters: [stdout]}\n",
     )
     .expect("config");
+    // A start that fails after the fentry source pinned its shared maps (the second source is
+    // not a syscall): the pins, ring buffer included, must not outlive the failed start.
+    let failing = out_dir.join("failing.yaml");
+    std::fs::write(
+        &failing,
+        "receivers:\n  ebpf:\n    spans:\n      sources:\n        - {kprobe: do_sys_openat2, attach: fentry}\n        - {syscall: no_such_syscall}\nexporters:\n  nop:\nservice:\n  pipelines:\n    traces: {receivers: [ebpf], exporters: [nop]}\n",
+    )
+    .expect("failing config");
     let oxeye = oxeye_bin();
     // Inside the VM: start oxeye, wait until both sources are attached, let the workload make
     // N openat calls, stop oxeye.
@@ -64,9 +72,12 @@ fn kprobe_and_fentry_spans_in_a_debian_vm() {
          {oxeye} run -c {cfg} > spans.json 2> oxeye.err & OX=$!; \
          for i in $(seq 1 600); do [ $(grep -c 'span source attached' oxeye.err) -ge 2 ] && break; grep -q ERROR oxeye.err && break; sleep 0.1; done; \
          echo go > /tmp/go; for i in $(seq 1 300); do grep -q done workload.out && break; sleep 0.1; done; \
-         sleep 1; kill -INT $OX; wait $OX; echo $? > oxeye.exit",
+         sleep 1; kill -INT $OX; wait $OX; echo $? > oxeye.exit; \
+         {oxeye} run -c {failing} > /dev/null 2> failing.err; echo $? > failing.exit; \
+         ls /sys/fs/bpf > pins.after",
         oxeye = oxeye.display(),
         cfg = config.display(),
+        failing = failing.display(),
     );
     let mut vm = Command::new(vng())
         .arg("-r")
@@ -147,5 +158,16 @@ fn kprobe_and_fentry_spans_in_a_debian_vm() {
         assert_eq!(child["trace_id"], o["trace_id"]);
         assert!(child["duration_ns"].as_u64() <= o["duration_ns"].as_u64());
     }
+    let failed = read("failing.err");
+    assert_eq!(read("failing.exit").trim(), "1", "{failed}");
+    assert!(
+        failed.contains("no tracepoint syscalls:sys_enter_no_such_syscall"),
+        "{failed}"
+    );
+    let pins = read("pins.after");
+    assert!(
+        !pins.contains("oxeye-"),
+        "bpffs pins left after a failed start: {pins}\n{failed}"
+    );
     let _ = std::fs::remove_dir_all(&out_dir);
 }
