@@ -94,3 +94,48 @@ fn rotated_arrow_files_read_back_with_pyarrow_and_duckdb() {
     assert_eq!(v["duckdb"][2], 2, "tcp and udp");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_idle_file_is_completed_at_max_age_while_oxeye_runs() {
+    let dir = std::env::temp_dir().join(format!("oxeye-arrow-idle-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let prefix = dir.join("spans");
+    // 500 spans at once, then nothing on that pipeline; another pipeline keeps oxeye running.
+    let yaml = format!(
+        "receivers:\n  synthetic: {{seed: 3, spans: {{count: 500}}}}\n  synthetic/alive: {{seed: 4, flows: {{rate: 10}}}}\nexporters:\n  arrow: {{path: '{}', rotate: {{max_age: 300ms}}}}\n  nop:\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [arrow]}}\n    flows: {{receivers: [synthetic/alive], exporters: [nop]}}\n",
+        prefix.display()
+    );
+    let watch = dir.clone();
+    let seen = std::thread::spawn(move || {
+        // Complete files seen while oxeye still runs (it is stopped at 2 s).
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_millis(1800) {
+            let done = std::fs::read_dir(&watch)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".arrow"))
+                        .count()
+                })
+                .unwrap_or(0);
+            if done > 0 {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    });
+    let report = oxeye_tests::run_with_stop(&yaml, Some(std::time::Duration::from_secs(2)));
+    assert!(report.clean(), "{:?}", report.failures);
+    let at = seen.join().expect("watcher");
+    assert!(
+        at.is_some(),
+        "no complete .arrow file before shutdown: the idle file waited for a next record"
+    );
+    assert_eq!(
+        report.emitted(oxeye_api::Kind::Exporter, "arrow"),
+        500,
+        "out = written"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
