@@ -110,11 +110,17 @@ fn traced_with(n: u64, wakeup_bytes: u64, ring_size: u64, drain: &str) -> (f64, 
 /// The binary a user runs: release when built (`cargo build --release -p oxeye`), else the
 /// debug one (quick mode only checks that the benchmark runs).
 fn oxeye_release() -> std::path::PathBuf {
-    let release = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/oxeye"));
+    let release = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/release/oxeye"
+    ));
     if release.exists() {
         release.to_path_buf()
     } else {
-        assert!(quick(), "run `cargo build --release -p oxeye` first: this row measures the binary");
+        assert!(
+            quick(),
+            "run `cargo build --release -p oxeye` first: this row measures the binary"
+        );
         oxeye_tests::oxeye_bin()
     }
 }
