@@ -585,7 +585,7 @@ mod tests {
             json.contains("\"network.type\":\"other\",\"oxeye.ether_type.name\":\"arp\""),
             "{json}"
         );
-        assert!(!json.contains("source.address"), "{json}");
+        assert!(json.contains("\"source.address\":\"0.0.0.0\""), "{json}");
         let odd = Flow {
             ether_type: 0x1234,
             ..arp
