@@ -112,11 +112,12 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   if [ -d /run/systemd/system ]; then
     systemctl disable --now prometheus.service >/dev/null 2>&1 || true
   fi
-  if ss -Hltnp 'sport = :9090' | grep -q prometheus; then
+  # (ss output captured first: `ss | grep -q` can fail with SIGPIPE under pipefail.)
+  if [[ "$(ss -Hltnp 'sport = :9090')" == *prometheus* ]]; then
     say "  stopping the prometheus service the package started"
     if [ -d /run/systemd/system ]; then systemctl stop prometheus.service; else /etc/init.d/prometheus stop; fi
     sleep 1
-    ! ss -Hltnp 'sport = :9090' | grep -q prometheus ||
+    [[ "$(ss -Hltnp 'sport = :9090')" != *prometheus* ]] ||
       die "a prometheus service is still listening on :9090: stop it (the tests run their own)"
   fi
 fi

@@ -227,10 +227,9 @@ pub async fn bind(address: &str) -> Result<TcpListener, String> {
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        render(&registry),
-    )
+    // The process metrics read /proc: rendered on the blocking pool.
+    let body = oxeye_api::blocking::unblock(move || render(&registry)).await;
+    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body)
 }
 
 async fn healthz(State(registry): State<Arc<Registry>>) -> (StatusCode, &'static str) {

@@ -43,15 +43,17 @@ fn main() {
         .expect("ip route");
     assert!(route.success(), "default route in {}", pair.ns_a);
     // `ip netns exec` execs oxeye: the child's pid is oxeye's.
-    let mut ox = Command::new("ip")
-        .args(["netns", "exec", &pair.ns_a])
-        .arg(&bin)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("oxeye run");
-    let pid = ox.id();
+    let mut ox = oxeye_tests::KillOnDrop(
+        Command::new("ip")
+            .args(["netns", "exec", &pair.ns_a])
+            .arg(&bin)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("oxeye run"),
+    );
+    let pid = ox.0.id();
     let idle = if quick { 2 } else { 10 };
     std::thread::sleep(Duration::from_secs(idle));
     let idle_rss = rss_kib(pid);
@@ -79,7 +81,7 @@ fn main() {
     let sent = sender.join().expect("sender");
     // SAFETY: kill(2) on our child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    let _ = ox.wait();
+    let _ = ox.0.wait();
 
     let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
     let stripped = std::env::temp_dir().join(format!("oxeye-stripped-{}", std::process::id()));

@@ -295,6 +295,16 @@ pub fn spawn(args: &[&str]) -> Child {
         .expect("start oxeye")
 }
 
+/// A child process killed (and reaped) when dropped, so a failing test leaves nothing running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Sends a signal to a child.
 pub fn signal(child: &Child, sig: i32) {
     // SAFETY: kill(2) on a pid we own; no memory is shared.

@@ -250,8 +250,8 @@ fn metrics_endpoint_out_of_file_descriptors_backs_off() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("start oxeye");
-    let (rx, follower) = oxeye_tests::follow(child.stderr.take().expect("stderr"));
+    let mut child = oxeye_tests::KillOnDrop(cmd.spawn().expect("start oxeye"));
+    let (rx, follower) = oxeye_tests::follow(child.0.stderr.take().expect("stderr"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !rx
         .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -264,9 +264,9 @@ fn metrics_endpoint_out_of_file_descriptors_backs_off() {
         .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let before = cpu_ticks(child.id());
+    let before = cpu_ticks(child.0.id());
     std::thread::sleep(Duration::from_secs(2));
-    let used = cpu_ticks(child.id()) - before;
+    let used = cpu_ticks(child.0.id()) - before;
     // A loop retrying accept() at once burns a whole core: ~200 ticks in 2 s.
     assert!(
         used < 60,
@@ -283,8 +283,17 @@ fn metrics_endpoint_out_of_file_descriptors_backs_off() {
         })
         .expect("/healthz after the descriptors came back");
     assert!(health.ends_with("ok\n"), "{health}");
-    signal(&child, libc::SIGINT);
-    let status = child.wait().expect("wait");
+    signal(&child.0, libc::SIGINT);
+    let status = child.0.wait().expect("wait");
     let stderr = follower.join().expect("stderr follower");
     assert_eq!(status.code(), Some(0), "{stderr}");
+    // Operators are told, once a second, not in a tight loop.
+    let told = stderr
+        .lines()
+        .filter(|l| l.contains("accept error: Too many open files"))
+        .count();
+    assert!(
+        (1..=10).contains(&told),
+        "{told} accept errors logged:\n{stderr}"
+    );
 }

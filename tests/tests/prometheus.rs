@@ -3,20 +3,10 @@
 //! aggregation and sampling; then a real Prometheus server scrapes oxeye on loopback and its
 //! HTTP API answers `up == 1` and an oxeye counter with the value oxeye counted.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oxeye_tests::{free_port, http_get, signal, spawn, temp_config};
-
-/// Kills a helper process when the test ends, however it ends.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use oxeye_tests::{free_port, http_get, signal, spawn, temp_config, KillOnDrop as Reaper};
 
 /// A loopback OTLP/HTTP endpoint that accepts everything (an empty protobuf response is a
 /// full success), so both OTLP exporters deliver.

@@ -71,22 +71,27 @@ fn with_oxeye(
 ) -> (Vec<serde_json::Value>, String) {
     require_root();
     let cfg = temp_config(name, yaml);
-    let mut ox = Command::new(oxeye_bin())
+    let ox = Command::new(oxeye_bin())
         .args(["run", "-c"])
         .arg(&cfg)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start oxeye");
-    let (rx, reader) = oxeye_tests::follow(ox.stderr.take().expect("stderr"));
+    // Killed if anything below fails, so no probe stays attached.
+    let mut ox = oxeye_tests::KillOnDrop(ox);
+    let (rx, reader) = oxeye_tests::follow(ox.0.stderr.take().expect("stderr"));
+    let mut pipe = ox.0.stdout.take().expect("stdout");
+    let stdout = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut out);
+        out
+    });
     let mut attached = 0;
     while attached < sources {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| {
-                let _ = ox.kill();
-                panic!("oxeye did not attach its sources")
-            });
+            .unwrap_or_else(|_| panic!("oxeye did not attach its sources"));
         assert!(!line.contains("ERROR"), "{line}");
         if line.contains("span source attached") {
             attached += 1;
@@ -96,11 +101,13 @@ fn with_oxeye(
     let _alive = work();
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill(2) on our child.
-    unsafe { libc::kill(ox.id() as i32, libc::SIGINT) };
-    let out = ox.wait_with_output().expect("oxeye output");
+    unsafe { libc::kill(ox.0.id() as i32, libc::SIGINT) };
+    let status = ox.0.wait().expect("oxeye exit");
     let stderr = reader.join().expect("stderr reader");
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let spans = String::from_utf8_lossy(&out.stdout)
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let spans = stdout
+        .join()
+        .expect("stdout reader")
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();

@@ -66,11 +66,31 @@ enum Job {
 /// Batches waiting for the thread: enough to keep it busy while the next one is made.
 const QUEUE: usize = 2;
 
+/// What the async side and the thread share. Every record handed over is settled exactly once:
+/// written (emitted), failed (`export_failed`), or abandoned with the exporter
+/// (`component_stopped`).
+#[derive(Debug, Default)]
+struct Shared {
+    /// Records handed to the thread and not settled yet.
+    pending: u64,
+    /// The exporter was dropped before its shutdown finished (aborted at the deadline): what
+    /// was pending is counted as dropped then, and the thread counts nothing more.
+    abandoned: bool,
+    /// The error that ended the thread.
+    failed: Option<String>,
+    /// The thread has ended; everything it was given is settled.
+    finished: bool,
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// An [`Exporter`] that runs a [`BlockingExport`] on a dedicated thread.
 pub struct OnThread {
     tx: mpsc::Sender<Job>,
-    /// The error that ended the thread, for the next call to report.
-    failed: Arc<Mutex<Option<String>>>,
+    shared: Arc<Mutex<Shared>>,
+    telemetry: Telemetry,
     tick: Option<Duration>,
 }
 
@@ -81,68 +101,135 @@ fn count(job: &Job) -> u64 {
     }
 }
 
+/// Runs `f`, turning a panic into an error that says so.
+fn guarded<T>(f: impl FnOnce() -> Result<T, BoxError>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(payload) => Err(format!(
+            "panicked: {}",
+            payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown payload".into())
+        )),
+    }
+}
+
+/// The thread's loop: every job in order; on an error, everything still queued is settled as
+/// failed and every later call reports the error.
+fn work(
+    mut inner: impl BlockingExport,
+    mut rx: mpsc::Receiver<Job>,
+    shared: &Mutex<Shared>,
+    telemetry: &Telemetry,
+) {
+    let settle = |n: u64, written: bool| {
+        let mut s = lock(shared);
+        if s.abandoned {
+            return; // counted as dropped when the exporter was abandoned
+        }
+        s.pending -= n;
+        if written {
+            telemetry.add_emitted(n);
+        } else {
+            telemetry.add_dropped("export_failed", n);
+        }
+    };
+    let error = loop {
+        let Some(job) = rx.blocking_recv() else {
+            return; // the exporter was dropped (abandoned); `pending` was counted then
+        };
+        match job {
+            Job::Batch(batch) => match guarded(|| inner.export(&batch)) {
+                Ok(()) => settle(batch.len() as u64, true),
+                Err(e) => {
+                    settle(batch.len() as u64, false);
+                    break e;
+                }
+            },
+            Job::Tick(now) => {
+                if let Err(e) = guarded(|| inner.tick(now)) {
+                    break e;
+                }
+            }
+            Job::Shutdown(done) => {
+                let _ = done.send(guarded(|| inner.shutdown()));
+                return;
+            }
+        }
+    };
+    lock(shared).failed = Some(error.clone());
+    // Refuse new batches; what is queued (or reserved and about to be sent: `blocking_recv`
+    // returns None only once every reserved slot is used or released) is lost with the
+    // exporter: counted, not silent.
+    rx.close();
+    while let Some(job) = rx.blocking_recv() {
+        settle(count(&job), false);
+        if let Job::Shutdown(done) = job {
+            let _ = done.send(Err(error.clone()));
+        }
+    }
+}
+
 impl OnThread {
     /// Starts the thread (named `oxeye-<name>`). `tick`: how often [`BlockingExport::tick`] runs.
     pub fn spawn(
         name: &str,
-        mut inner: impl BlockingExport,
+        inner: impl BlockingExport,
         telemetry: Telemetry,
         tick: Option<Duration>,
     ) -> std::io::Result<OnThread> {
-        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
-        let failed = Arc::new(Mutex::new(None));
-        let slot = Arc::clone(&failed);
+        let (tx, rx) = mpsc::channel::<Job>(QUEUE);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (s, t) = (Arc::clone(&shared), telemetry.clone());
         std::thread::Builder::new()
             .name(format!("oxeye-{name}"))
             .spawn(move || {
-                let fail = |e: BoxError, lost: u64, rx: &mut mpsc::Receiver<Job>| {
-                    telemetry.add_dropped("export_failed", lost);
-                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                    // What is still queued is lost with the exporter: counted, not silent.
-                    rx.close();
-                    while let Ok(job) = rx.try_recv() {
-                        telemetry.add_dropped("export_failed", count(&job));
-                        if let Job::Shutdown(done) = job {
-                            let _ = done.send(Err(e.to_string()));
-                        }
-                    }
-                };
-                while let Some(job) = rx.blocking_recv() {
-                    match job {
-                        Job::Batch(batch) => match inner.export(&batch) {
-                            Ok(()) => telemetry.add_emitted(batch.len() as u64),
-                            Err(e) => return fail(e, batch.len() as u64, &mut rx),
-                        },
-                        Job::Tick(now) => {
-                            if let Err(e) = inner.tick(now) {
-                                return fail(e, 0, &mut rx);
-                            }
-                        }
-                        Job::Shutdown(done) => {
-                            let _ = done.send(inner.shutdown().map_err(|e| e.to_string()));
-                            return;
-                        }
-                    }
-                }
+                work(inner, rx, &s, &t);
+                lock(&s).finished = true;
             })?;
-        Ok(OnThread { tx, failed, tick })
+        Ok(OnThread {
+            tx,
+            shared,
+            telemetry,
+            tick,
+        })
     }
 
     fn error(&self) -> BoxError {
-        self.failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.shared)
+            .failed
             .clone()
             .unwrap_or_else(|| "the exporter's thread ended".into())
             .into()
+    }
+
+    #[cfg(test)]
+    fn finished(&self) -> bool {
+        lock(&self.shared).finished
+    }
+}
+
+impl Drop for OnThread {
+    /// Dropped before its shutdown finished (the engine aborted it at the deadline): the
+    /// records the thread still holds are counted as dropped now, not as out after the summary.
+    fn drop(&mut self) {
+        let mut s = lock(&self.shared);
+        if !s.finished {
+            s.abandoned = true;
+            let n = std::mem::take(&mut s.pending);
+            self.telemetry.add_dropped("component_stopped", n);
+        }
     }
 }
 
 #[async_trait]
 impl Exporter for OnThread {
     async fn export(&mut self, batch: Arc<Batch>) -> Result<(), BoxError> {
-        // Cancel-safe: a batch is either queued (and then counted by the thread) or returned.
+        // Cancel-safe: a batch is either queued (and then settled by the thread) or returned.
         let permit = self.tx.reserve().await.map_err(|_| self.error())?;
+        lock(&self.shared).pending += batch.len() as u64;
         permit.send(Job::Batch(batch));
         Ok(())
     }
@@ -232,10 +319,60 @@ mod tests {
             }
         };
         assert_eq!(err.to_string(), "disk full");
+        while !e.finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(t.emitted(), 7);
         // The failed batch, and every batch queued behind it, counted as dropped.
         assert_eq!(t.dropped(), vec![("export_failed", 5 + queued)]);
         assert!(e.shutdown().await.is_err());
         assert_eq!(*ticks.lock().expect("ticks"), 1);
+    }
+
+    struct Slow;
+
+    impl BlockingExport for Slow {
+        fn export(&mut self, batch: &Batch) -> Result<(), BoxError> {
+            assert!(batch.len() != 13, "unlucky batch");
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn abandoned_at_the_deadline_every_record_is_settled_once() {
+        let t = Telemetry::default();
+        let mut e = OnThread::spawn("slow", Slow, t.clone(), None).expect("thread");
+        for _ in 0..3 {
+            e.export(batch(10)).await.expect("queued"); // one writing, two queued
+        }
+        drop(e); // what an abort at the shutdown deadline does
+        let stopped = t.dropped();
+        tokio::time::sleep(Duration::from_millis(500)).await; // the thread finishes its work
+        assert_eq!(t.dropped(), stopped, "nothing counted twice after the drop");
+        assert_eq!(t.emitted() + t.dropped_total(), 30, "{:?}", t.dropped());
+        assert!(t.dropped_total() >= 20, "{:?}", t.dropped());
+    }
+
+    #[tokio::test]
+    async fn a_panic_on_the_thread_is_an_error_that_says_so() {
+        let t = Telemetry::default();
+        let mut e = OnThread::spawn("slow", Slow, t.clone(), None).expect("thread");
+        e.export(batch(13)).await.expect("queued");
+        let err = loop {
+            match e.export(batch(1)).await {
+                Ok(()) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(err) => break err,
+            }
+        };
+        assert!(
+            err.to_string().starts_with("panicked: unlucky batch"),
+            "{err}"
+        );
+        while !e.finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(t.emitted(), 0);
+        assert!(t.dropped_total() >= 13, "{:?}", t.dropped());
     }
 }

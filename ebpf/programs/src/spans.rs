@@ -212,7 +212,8 @@ fn exit(source: u32, ret: i64) {
     let i = found;
     for k in 0..MAX_DEPTH {
         if k > i && k < depth {
-            count(source, S_ORPHAN_ENTRIES);
+            // Charged to the source whose exit was missed, not to the one exiting now.
+            count(state.open[k].source, S_ORPHAN_ENTRIES);
         }
     }
     state.depth = i as u32;

@@ -80,18 +80,21 @@ impl Enrich {
         let Records::Spans(spans) = &batch.records else {
             return;
         };
-        let mut new: Vec<u32> = spans
+        let mut pids: Vec<u32> = spans.iter().filter_map(|s| s.task.map(|t| t.pid)).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        let mut new: Vec<u32> = pids
             .iter()
-            .filter_map(|s| s.task.map(|t| t.pid))
+            .copied()
             .filter(|pid| !self.cgroups.contains_key(pid))
             .collect();
         if new.is_empty() {
             return;
         }
-        new.sort_unstable();
-        new.dedup();
         if self.cgroups.len() + new.len() > MAX_CACHED_PROCESSES {
-            self.cgroups.clear(); // bounded; processes come and go
+            // Bounded (processes come and go); this batch's processes are all read again.
+            self.cgroups.clear();
+            new = pids;
         }
         let read = oxeye_api::blocking::unblock(move || {
             new.into_iter()
@@ -258,6 +261,37 @@ mod tests {
         assert_eq!(
             spans(&out)[0].attributes.get("oxeye.cgroup"),
             Some(&Value::from(expected))
+        );
+    }
+
+    #[test]
+    fn a_full_cache_keeps_the_batch_s_own_processes() {
+        let mut h = ProcessorHarness::new::<EnrichFactory>("container_id: true").unwrap();
+        let me = std::process::id();
+        let batch_of = |pids: Vec<u32>| {
+            let mut b = span_batch(pids.len());
+            let Records::Spans(s) = &mut b.records else {
+                panic!()
+            };
+            for (span, pid) in s.iter_mut().zip(pids) {
+                span.task = Some(TaskContext {
+                    pid,
+                    ..Default::default()
+                });
+            }
+            b
+        };
+        // Fill the cache to its bound with this process and pids that do not exist.
+        let fill: Vec<u32> = std::iter::once(me)
+            .chain((0..MAX_CACHED_PROCESSES as u32 - 1).map(|i| u32::MAX - i))
+            .collect();
+        h.process(batch_of(fill)).unwrap();
+        // One new pid clears the cache: this process, cached before, must still be enriched.
+        let out = h.process(batch_of(vec![me, u32::MAX - 5000])).unwrap();
+        assert!(
+            spans(&out)[0].attributes.get("oxeye.cgroup").is_some(),
+            "{:?}",
+            spans(&out)[0].attributes
         );
     }
 

@@ -131,6 +131,11 @@ pub struct FlowProbe {
     names: HashMap<u32, Arc<str>>,
     telemetry: Telemetry,
     harvested: u64,
+    /// Map entries created up to the last flip: a harvest compares what it drained with these
+    /// only, not with entries the programs have made in the new map since.
+    created_at_flip: Option<u64>,
+    /// Flows lost to the LRU so far (never decreases).
+    evicted: u64,
     last_harvest_ns: u64,
     clock: Clock,
 }
@@ -300,6 +305,8 @@ impl FlowProbe {
             names,
             telemetry,
             harvested: 0,
+            created_at_flip: None,
+            evicted: 0,
             last_harvest_ns: sys::unix_now_ns(),
             clock,
         })
@@ -321,6 +328,7 @@ impl FlowProbe {
     pub fn flip(&mut self) -> Result<usize, String> {
         let old = self.active;
         self.set_active(1 - old)?;
+        self.created_at_flip = Some(self.created());
         Ok(old)
     }
 
@@ -410,6 +418,26 @@ impl FlowProbe {
         Ok(out)
     }
 
+    /// Flow-map entries the programs have created so far (both programs, every CPU).
+    fn created(&self) -> u64 {
+        let Some(map) = self.ebpf.map("COUNTERS") else {
+            return 0;
+        };
+        let Ok(counters) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
+        [PROG_XDP, PROG_TC]
+            .iter()
+            .map(|prog| {
+                let index = prog * COUNTERS_PER_PROGRAM + C_FLOWS_CREATED;
+                counters
+                    .get(&index, 0)
+                    .map(|v| v.iter().sum::<u64>())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
     fn update_counters(&mut self) {
         let Some(map) = self.ebpf.map("COUNTERS") else {
             return;
@@ -438,12 +466,17 @@ impl FlowProbe {
                 }
             }
         }
-        // Entries created but never harvested were evicted by the LRU (map full).
-        let evicted = created.saturating_sub(self.harvested);
+        // Entries created but never harvested were evicted by the LRU (map full). After a
+        // harvest, only entries created before the flip can have been harvested.
+        let created = self
+            .created_at_flip
+            .take()
+            .map_or(created, |at_flip| at_flip.min(created));
+        self.evicted = self.evicted.max(created.saturating_sub(self.harvested));
         self.telemetry
-            .set_counter("ebpf_flows_evicted", "flows", evicted);
+            .set_counter("ebpf_flows_evicted", "flows", self.evicted);
         self.telemetry
-            .set_lost("flows_evicted", LostUnit::Records, "flows", evicted);
+            .set_lost("flows_evicted", LostUnit::Records, "flows", self.evicted);
     }
 }
 

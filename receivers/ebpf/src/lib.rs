@@ -366,7 +366,12 @@ async fn run_spans(
             _ = ctx.shutdown().wait() => break,
         }
     }
-    probe.detach();
+    // Detaching fentry/fexit links waits for RCU: off the async workers too.
+    let mut probe = unblock(move || {
+        probe.detach();
+        probe
+    })
+    .await;
     let final_drain = drain_spans(ctx, resource, &mut probe).await;
     probe.update_counters();
     let counters: Vec<String> = telemetry
