@@ -25,6 +25,7 @@ pub mod builtin {
     pub use oxeye_processor_nop as nop_processor;
     pub use oxeye_processor_sampling as sampling;
     pub use oxeye_processor_symbolization as symbolization;
+    pub use oxeye_processor_tail_sampling as tail_sampling;
     pub use oxeye_receiver_ebpf as ebpf;
     pub use oxeye_receiver_synthetic as synthetic;
 }

@@ -330,3 +330,70 @@ service:
     assert_eq!(report.received(Kind::Exporter, "capture/told-once"), 5000);
     captured("capture/told-once");
 }
+
+/// Spans per trace id, and the trace ids that have an error span.
+fn traces_of(
+    batches: &[std::sync::Arc<oxeye_api::Batch>],
+) -> (
+    std::collections::HashMap<oxeye_api::TraceId, usize>,
+    std::collections::HashSet<oxeye_api::TraceId>,
+) {
+    let mut spans = std::collections::HashMap::new();
+    let mut errors = std::collections::HashSet::new();
+    for b in batches {
+        if let Records::Spans(s) = &b.records {
+            for s in s {
+                *spans.entry(s.trace_id).or_insert(0) += 1;
+                if s.status == oxeye_api::StatusCode::Error {
+                    errors.insert(s.trace_id);
+                }
+            }
+        }
+    }
+    (spans, errors)
+}
+
+#[test]
+fn tail_sampling_keeps_whole_traces_in_a_running_pipeline() {
+    // The head sampler's per-span rules split traces (issue 15: 703 of 5 246 kept traces on
+    // seed 11); tail sampling decides per trace, after decision_wait, on the engine's ticks.
+    let all = run("
+receivers:
+  synthetic: {seed: 11, spans: {count: 100000}}
+exporters:
+  capture/tail-all:
+service:
+  telemetry: {logs: {summary_interval: 0s}}
+  pipelines:
+    traces: {receivers: [synthetic], exporters: [capture/tail-all]}
+");
+    assert!(all.clean(), "{:?}", all.failures);
+    let (made, errors) = traces_of(&captured("capture/tail-all"));
+    let report = run("
+receivers:
+  synthetic: {seed: 11, spans: {count: 100000, rate: 200000}}
+processors:
+  tail_sampling:
+    decision_wait: 200ms
+    policies:
+      - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
+      - {name: some, type: probabilistic, probabilistic: {sampling_percentage: 25}}
+exporters:
+  capture/tail:
+service:
+  telemetry: {logs: {summary_interval: 0s}}
+  pipelines:
+    traces: {receivers: [synthetic], processors: [tail_sampling], exporters: [capture/tail]}
+");
+    assert!(report.clean(), "{:?}", report.failures);
+    let reg = &report.registry;
+    assert_eq!(reg.records_in(), 100_000);
+    assert_eq!(reg.records_in(), reg.records_out() + reg.records_dropped());
+    let (kept, _) = traces_of(&captured("capture/tail"));
+    assert!(!kept.is_empty() && kept.len() < made.len(), "{} of {}", kept.len(), made.len());
+    // Every trace that comes out is whole, and every trace with an error span comes out.
+    let split = kept.iter().filter(|(t, n)| made.get(*t) != Some(*n)).count();
+    assert_eq!(split, 0, "{split} of {} kept traces are partial", kept.len());
+    let lost_errors = errors.iter().filter(|t| !kept.contains_key(*t)).count();
+    assert_eq!(lost_errors, 0, "of {} error traces", errors.len());
+}

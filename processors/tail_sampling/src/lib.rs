@@ -1,0 +1,1256 @@
+//! `tail_sampling` processor (traces), in the OpenTelemetry Collector's shape: spans are held by
+//! trace id for `decision_wait`; then one decision keeps or drops the whole trace, so a trace is
+//! never split. A trace is kept when any policy samples it.
+//!
+//! ```yaml
+//! processors:
+//!   tail_sampling:
+//!     decision_wait: 5s
+//!     num_traces: 50000            # traces held at once; beyond, the oldest is decided early
+//!     max_bytes: 67108864          # bytes of spans held at once; beyond, the same
+//!     decision_cache: {sampled_cache_size: 100000, non_sampled_cache_size: 100000}
+//!     policies:
+//!       - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
+//!       - {name: slow, type: latency, latency: {threshold_ms: 500}}
+//!       - {name: some, type: probabilistic, probabilistic: {sampling_percentage: 10}}
+//! ```
+//!
+//! Policies: `always_sample`, `probabilistic` (the same decision as OpenTelemetry's
+//! `TraceIdRatioBased`, so SDKs and the head sampler agree), `latency` (any span at least
+//! `threshold_ms`), `status_code`, `string_attribute` (exact values or regexes compiled once;
+//! `invert_match`), `numeric_attribute` (`min_value..=max_value`), `rate_limiting`
+//! (`spans_per_second`), `and` (every sub-policy), `composite` (sub-policies in `policy_order`,
+//! each within its `rate_allocation` share of `max_total_spans_per_second`).
+//!
+//! Spans of a trace already decided follow the decision (bounded decision caches). Kept spans
+//! carry `oxeye.sampling.probability` and `oxeye.sampling.adjusted_count`. Dropped spans are
+//! counted as `dropped{reason="sampled_out"}`; decisions per policy, traces decided early and
+//! late spans are counters on /metrics.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use oxeye_api::{
+    Batch, BoxError, BuildContext, ConfigErrors, Factory, Output, Processor, Records, Resource,
+    Signal, Span, StatusCode, Telemetry, TraceId, Value,
+};
+use oxeye_processor_sampling::trace_id_ratio_keeps;
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::Deserialize;
+
+/// Config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailSamplingConfig {
+    /// How long spans of a new trace are held before the decision.
+    #[serde(with = "oxeye_api::config::duration")]
+    pub decision_wait: Duration,
+    /// Traces held at once.
+    pub num_traces: usize,
+    /// Bytes of spans held at once (estimated).
+    pub max_bytes: u64,
+    /// Remembered decisions, for spans that arrive after them.
+    pub decision_cache: DecisionCache,
+    /// A trace is kept when any of them samples it.
+    pub policies: Vec<PolicyConfig>,
+}
+
+impl Default for TailSamplingConfig {
+    fn default() -> Self {
+        TailSamplingConfig {
+            decision_wait: Duration::from_secs(5),
+            num_traces: 50_000,
+            max_bytes: 64 << 20,
+            decision_cache: DecisionCache::default(),
+            policies: Vec::new(),
+        }
+    }
+}
+
+/// Sizes of the decision caches (trace ids).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionCache {
+    /// Kept traces remembered.
+    pub sampled_cache_size: usize,
+    /// Dropped traces remembered.
+    pub non_sampled_cache_size: usize,
+}
+
+impl Default for DecisionCache {
+    fn default() -> Self {
+        DecisionCache {
+            sampled_cache_size: 100_000,
+            non_sampled_cache_size: 100_000,
+        }
+    }
+}
+
+/// Policy types.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyType {
+    /// Every trace.
+    AlwaysSample,
+    /// A share of traces by trace id.
+    Probabilistic,
+    /// Traces with a span at least this long.
+    Latency,
+    /// Traces with a span of these statuses.
+    StatusCode,
+    /// Traces with a span (or resource) string attribute of these values.
+    StringAttribute,
+    /// Traces with a span numeric attribute in a range.
+    NumericAttribute,
+    /// Traces while their spans fit a per-second budget.
+    RateLimiting,
+    /// Traces every sub-policy samples.
+    And,
+    /// Sub-policies in order, each within a share of a spans/s budget.
+    Composite,
+}
+
+impl PolicyType {
+    fn key(self) -> &'static str {
+        match self {
+            PolicyType::AlwaysSample => "always_sample",
+            PolicyType::Probabilistic => "probabilistic",
+            PolicyType::Latency => "latency",
+            PolicyType::StatusCode => "status_code",
+            PolicyType::StringAttribute => "string_attribute",
+            PolicyType::NumericAttribute => "numeric_attribute",
+            PolicyType::RateLimiting => "rate_limiting",
+            PolicyType::And => "and",
+            PolicyType::Composite => "composite",
+        }
+    }
+}
+
+/// One policy: `name`, `type`, and the section named like the type.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Name (in metrics and logs).
+    pub name: String,
+    /// Which policy.
+    #[serde(rename = "type")]
+    pub kind: PolicyType,
+    /// `latency:` section.
+    pub latency: Option<LatencyConfig>,
+    /// `probabilistic:` section.
+    pub probabilistic: Option<ProbabilisticConfig>,
+    /// `status_code:` section.
+    pub status_code: Option<StatusCodeConfig>,
+    /// `string_attribute:` section.
+    pub string_attribute: Option<StringAttributeConfig>,
+    /// `numeric_attribute:` section.
+    pub numeric_attribute: Option<NumericAttributeConfig>,
+    /// `rate_limiting:` section.
+    pub rate_limiting: Option<RateLimitingConfig>,
+    /// `and:` section.
+    pub and: Option<AndConfig>,
+    /// `composite:` section.
+    pub composite: Option<CompositeConfig>,
+}
+
+/// `latency`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyConfig {
+    /// A span at least this long (ms) samples the trace.
+    pub threshold_ms: u64,
+}
+
+/// `probabilistic`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbabilisticConfig {
+    /// Percent of traces, by trace id.
+    pub sampling_percentage: f64,
+}
+
+/// Status names as the Collector writes them.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum StatusName {
+    /// Error.
+    #[serde(rename = "ERROR")]
+    Error,
+    /// Ok.
+    #[serde(rename = "OK")]
+    Ok,
+    /// Unset.
+    #[serde(rename = "UNSET")]
+    Unset,
+}
+
+/// `status_code`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusCodeConfig {
+    /// `ERROR`, `OK`, `UNSET`.
+    pub status_codes: Vec<StatusName>,
+}
+
+/// `string_attribute`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringAttributeConfig {
+    /// Attribute key (span attributes, then resource attributes).
+    pub key: String,
+    /// Values (or regexes with `enabled_regex_matching`).
+    pub values: Vec<String>,
+    /// Treat `values` as regexes.
+    #[serde(default)]
+    pub enabled_regex_matching: bool,
+    /// Sample the traces that do *not* match.
+    #[serde(default)]
+    pub invert_match: bool,
+}
+
+/// `numeric_attribute`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumericAttributeConfig {
+    /// Attribute key.
+    pub key: String,
+    /// Lowest value that samples.
+    pub min_value: i64,
+    /// Highest value that samples.
+    pub max_value: i64,
+}
+
+/// `rate_limiting`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitingConfig {
+    /// Spans of sampled traces per second.
+    pub spans_per_second: u64,
+}
+
+/// `and`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AndConfig {
+    /// All must sample.
+    pub and_sub_policy: Vec<PolicyConfig>,
+}
+
+/// `composite`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompositeConfig {
+    /// Spans/s of all sub-policies together.
+    pub max_total_spans_per_second: u64,
+    /// Sub-policy names, in the order they are tried.
+    pub policy_order: Vec<String>,
+    /// The sub-policies.
+    pub composite_sub_policy: Vec<PolicyConfig>,
+    /// Share of the budget per sub-policy; the rest is shared by those not listed.
+    #[serde(default)]
+    pub rate_allocation: Vec<RateAllocation>,
+}
+
+/// A sub-policy's share of a composite budget.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateAllocation {
+    /// Sub-policy name.
+    pub policy: String,
+    /// Percent of `max_total_spans_per_second`.
+    pub percent: f64,
+}
+
+fn validate_policy(p: &PolicyConfig, path: &str, e: &mut ConfigErrors) {
+    if p.name.is_empty() {
+        e.push(format!("{path}.name"), "must not be empty");
+    }
+    let sections: [(&str, bool); 8] = [
+        ("latency", p.latency.is_some()),
+        ("probabilistic", p.probabilistic.is_some()),
+        ("status_code", p.status_code.is_some()),
+        ("string_attribute", p.string_attribute.is_some()),
+        ("numeric_attribute", p.numeric_attribute.is_some()),
+        ("rate_limiting", p.rate_limiting.is_some()),
+        ("and", p.and.is_some()),
+        ("composite", p.composite.is_some()),
+    ];
+    let wanted = p.kind.key();
+    for (key, present) in sections {
+        if key == wanted && !present {
+            e.push(
+                path,
+                format!("`type: {wanted}` needs a `{wanted}:` section"),
+            );
+        } else if key != wanted && present {
+            e.push(
+                format!("{path}.{key}"),
+                format!("does not apply to `type: {wanted}`"),
+            );
+        }
+    }
+    if let Some(c) = &p.latency {
+        if c.threshold_ms == 0 {
+            e.push(
+                format!("{path}.latency.threshold_ms"),
+                "must be greater than 0",
+            );
+        }
+    }
+    if let Some(c) = &p.probabilistic {
+        if !(0.0..=100.0).contains(&c.sampling_percentage) {
+            e.push(
+                format!("{path}.probabilistic.sampling_percentage"),
+                format!("must be within 0..=100, got {}", c.sampling_percentage),
+            );
+        }
+    }
+    if p.status_code
+        .as_ref()
+        .is_some_and(|c| c.status_codes.is_empty())
+    {
+        e.push(
+            format!("{path}.status_code.status_codes"),
+            "list at least one of ERROR, OK, UNSET",
+        );
+    }
+    if let Some(c) = &p.string_attribute {
+        if c.values.is_empty() {
+            e.push(
+                format!("{path}.string_attribute.values"),
+                "list at least one value",
+            );
+        }
+        if c.enabled_regex_matching {
+            for (i, v) in c.values.iter().enumerate() {
+                if let Err(err) = regex::Regex::new(v) {
+                    e.push(
+                        format!("{path}.string_attribute.values[{i}]"),
+                        format!("not a regex: {err}"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(c) = &p.numeric_attribute {
+        if c.min_value > c.max_value {
+            e.push(
+                format!("{path}.numeric_attribute"),
+                format!(
+                    "min_value {} is above max_value {}",
+                    c.min_value, c.max_value
+                ),
+            );
+        }
+    }
+    if p.rate_limiting
+        .as_ref()
+        .is_some_and(|c| c.spans_per_second == 0)
+    {
+        e.push(
+            format!("{path}.rate_limiting.spans_per_second"),
+            "must be greater than 0",
+        );
+    }
+    if let Some(c) = &p.and {
+        if c.and_sub_policy.is_empty() {
+            e.push(
+                format!("{path}.and.and_sub_policy"),
+                "list at least one policy",
+            );
+        }
+        for (i, sub) in c.and_sub_policy.iter().enumerate() {
+            validate_policy(sub, &format!("{path}.and.and_sub_policy[{i}]"), e);
+        }
+    }
+    if let Some(c) = &p.composite {
+        let names: Vec<&str> = c
+            .composite_sub_policy
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        for (i, sub) in c.composite_sub_policy.iter().enumerate() {
+            validate_policy(
+                sub,
+                &format!("{path}.composite.composite_sub_policy[{i}]"),
+                e,
+            );
+        }
+        for (i, n) in c.policy_order.iter().enumerate() {
+            if !names.contains(&n.as_str()) {
+                e.push(
+                    format!("{path}.composite.policy_order[{i}]"),
+                    format!(
+                        "`{n}` is not a composite_sub_policy (have: {})",
+                        names.join(", ")
+                    ),
+                );
+            }
+        }
+        let mut total = 0.0;
+        for (i, a) in c.rate_allocation.iter().enumerate() {
+            total += a.percent;
+            if !names.contains(&a.policy.as_str()) {
+                e.push(
+                    format!("{path}.composite.rate_allocation[{i}].policy"),
+                    format!("`{}` is not a composite_sub_policy", a.policy),
+                );
+            }
+        }
+        if total > 100.0 {
+            e.push(
+                format!("{path}.composite.rate_allocation"),
+                format!("percents add up to {total}, more than 100"),
+            );
+        }
+        if c.max_total_spans_per_second == 0 {
+            e.push(
+                format!("{path}.composite.max_total_spans_per_second"),
+                "must be greater than 0",
+            );
+        }
+    }
+}
+
+/// Spans counted against a per-second budget (the second of the decision's wall-clock time).
+#[derive(Debug, Default)]
+struct Budget {
+    limit: f64,
+    second: u64,
+    spent: f64,
+}
+
+impl Budget {
+    fn new(limit: f64) -> Budget {
+        Budget {
+            limit,
+            ..Budget::default()
+        }
+    }
+
+    /// Takes `n` spans from this second's budget if they fit.
+    fn take(&mut self, n: usize, now_ns: u64) -> bool {
+        let second = now_ns / 1_000_000_000;
+        if second != self.second {
+            self.second = second;
+            self.spent = 0.0;
+        }
+        if self.spent + n as f64 <= self.limit {
+            self.spent += n as f64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A compiled policy.
+#[derive(Debug)]
+enum Rule {
+    Always,
+    Probabilistic(f64),
+    Latency(u64),
+    Status(Vec<StatusCode>),
+    StringAttr {
+        key: String,
+        values: Vec<String>,
+        regexes: Option<Vec<regex::Regex>>,
+        invert: bool,
+    },
+    NumericAttr {
+        key: String,
+        min: i64,
+        max: i64,
+    },
+    RateLimit(Budget),
+    And(Vec<Rule>),
+    Composite {
+        total: Budget,
+        /// In `policy_order`: (rule, its own budget).
+        order: Vec<(Rule, Budget)>,
+    },
+}
+
+fn compile(p: &PolicyConfig) -> Result<Rule, String> {
+    let missing = || {
+        format!(
+            "policy `{}`: missing its `{}:` section",
+            p.name,
+            p.kind.key()
+        )
+    };
+    Ok(match p.kind {
+        PolicyType::AlwaysSample => Rule::Always,
+        PolicyType::Probabilistic => Rule::Probabilistic(
+            p.probabilistic
+                .as_ref()
+                .ok_or_else(missing)?
+                .sampling_percentage
+                / 100.0,
+        ),
+        PolicyType::Latency => {
+            Rule::Latency(p.latency.as_ref().ok_or_else(missing)?.threshold_ms * 1_000_000)
+        }
+        PolicyType::StatusCode => Rule::Status(
+            p.status_code
+                .as_ref()
+                .ok_or_else(missing)?
+                .status_codes
+                .iter()
+                .map(|s| match s {
+                    StatusName::Error => StatusCode::Error,
+                    StatusName::Ok => StatusCode::Ok,
+                    StatusName::Unset => StatusCode::Unset,
+                })
+                .collect(),
+        ),
+        PolicyType::StringAttribute => {
+            let c = p.string_attribute.as_ref().ok_or_else(missing)?;
+            let regexes = if c.enabled_regex_matching {
+                Some(
+                    c.values
+                        .iter()
+                        .map(|v| regex::Regex::new(v).map_err(|e| e.to_string()))
+                        .collect::<Result<_, _>>()?,
+                )
+            } else {
+                None
+            };
+            Rule::StringAttr {
+                key: c.key.clone(),
+                values: c.values.clone(),
+                regexes,
+                invert: c.invert_match,
+            }
+        }
+        PolicyType::NumericAttribute => {
+            let c = p.numeric_attribute.as_ref().ok_or_else(missing)?;
+            Rule::NumericAttr {
+                key: c.key.clone(),
+                min: c.min_value,
+                max: c.max_value,
+            }
+        }
+        PolicyType::RateLimiting => Rule::RateLimit(Budget::new(
+            p.rate_limiting
+                .as_ref()
+                .ok_or_else(missing)?
+                .spans_per_second as f64,
+        )),
+        PolicyType::And => Rule::And(
+            p.and
+                .as_ref()
+                .ok_or_else(missing)?
+                .and_sub_policy
+                .iter()
+                .map(compile)
+                .collect::<Result<_, _>>()?,
+        ),
+        PolicyType::Composite => {
+            let c = p.composite.as_ref().ok_or_else(missing)?;
+            let max = c.max_total_spans_per_second as f64;
+            let allocated: f64 = c.rate_allocation.iter().map(|a| a.percent).sum();
+            let unlisted = c
+                .policy_order
+                .iter()
+                .filter(|n| !c.rate_allocation.iter().any(|a| &a.policy == *n))
+                .count()
+                .max(1) as f64;
+            let mut order = Vec::new();
+            for name in &c.policy_order {
+                let sub = c
+                    .composite_sub_policy
+                    .iter()
+                    .find(|s| &s.name == name)
+                    .ok_or_else(|| format!("composite policy order names `{name}`"))?;
+                let percent = c
+                    .rate_allocation
+                    .iter()
+                    .find(|a| &a.policy == name)
+                    .map_or((100.0 - allocated).max(0.0) / unlisted, |a| a.percent);
+                order.push((compile(sub)?, Budget::new(max * percent / 100.0)));
+            }
+            Rule::Composite {
+                total: Budget::new(max),
+                order,
+            }
+        }
+    })
+}
+
+/// What a rule says of one trace.
+struct Verdict {
+    sample: bool,
+    /// The probability the trace had of being kept by this rule (1 unless probabilistic).
+    probability: f64,
+}
+
+impl Rule {
+    fn evaluate(&mut self, id: &TraceId, spans: &[(Arc<Resource>, Span)], now_ns: u64) -> Verdict {
+        let yes = |sample: bool| Verdict {
+            sample,
+            probability: 1.0,
+        };
+        match self {
+            Rule::Always => yes(true),
+            Rule::Probabilistic(ratio) => Verdict {
+                sample: trace_id_ratio_keeps(*ratio, id),
+                probability: ratio.min(1.0),
+            },
+            Rule::Latency(min) => yes(spans.iter().any(|(_, s)| s.duration_ns() >= *min)),
+            Rule::Status(codes) => yes(spans.iter().any(|(_, s)| codes.contains(&s.status))),
+            Rule::StringAttr {
+                key,
+                values,
+                regexes,
+                invert,
+            } => {
+                let (regexes, values) = (&*regexes, &*values);
+                let is_match = |v: &str| match regexes {
+                    Some(r) => r.iter().any(|r| r.is_match(v)),
+                    None => values.iter().any(|x| x == v),
+                };
+                let found = spans.iter().any(|(res, s)| {
+                    [s.attributes.get(key), res.attributes.get(key)]
+                        .into_iter()
+                        .flatten()
+                        .any(|v| matches!(v, Value::Str(text) if is_match(text)))
+                });
+                yes(found != *invert)
+            }
+            Rule::NumericAttr { key, min, max } => {
+                yes(spans.iter().any(|(_, s)| match s.attributes.get(key) {
+                    Some(Value::Int(v)) => (*min..=*max).contains(v),
+                    Some(Value::F64(v)) => *v >= *min as f64 && *v <= *max as f64,
+                    _ => false,
+                }))
+            }
+            Rule::RateLimit(budget) => yes(budget.take(spans.len(), now_ns)),
+            Rule::And(rules) => {
+                let mut probability = 1.0;
+                for r in rules.iter_mut() {
+                    let v = r.evaluate(id, spans, now_ns);
+                    if !v.sample {
+                        return yes(false);
+                    }
+                    probability *= v.probability;
+                }
+                Verdict {
+                    sample: true,
+                    probability,
+                }
+            }
+            Rule::Composite { total, order } => {
+                for (rule, budget) in order.iter_mut() {
+                    let v = rule.evaluate(id, spans, now_ns);
+                    if v.sample && budget.take(spans.len(), now_ns) {
+                        return Verdict {
+                            sample: total.take(spans.len(), now_ns),
+                            probability: v.probability,
+                        };
+                    }
+                }
+                yes(false)
+            }
+        }
+    }
+}
+
+/// Remembered decisions, bounded: the oldest is forgotten first.
+#[derive(Debug)]
+struct Remembered {
+    ids: FxHashSet<TraceId>,
+    order: VecDeque<TraceId>,
+    capacity: usize,
+}
+
+impl Remembered {
+    fn new(capacity: usize) -> Self {
+        Remembered {
+            ids: FxHashSet::default(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    fn insert(&mut self, id: TraceId) {
+        if self.capacity == 0 || !self.ids.insert(id) {
+            return;
+        }
+        self.order.push_back(id);
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, id: &TraceId) -> bool {
+        self.ids.contains(id)
+    }
+}
+
+/// A trace waiting for its decision.
+struct Held {
+    arrived_ns: u64,
+    spans: Vec<(Arc<Resource>, Span)>,
+    bytes: u64,
+}
+
+/// Estimated memory of a held span.
+fn span_bytes(s: &Span) -> u64 {
+    (std::mem::size_of::<Span>()
+        + std::mem::size_of::<Arc<Resource>>()
+        + s.name.len()
+        + (s.kernel_stack.len() + s.user_stack.len() + s.args.len()) * 8
+        + s.frames.len() * 64
+        + s.attributes.iter().count() * 64) as u64
+}
+
+/// The processor.
+pub struct TailSampling {
+    wait_ns: u64,
+    num_traces: usize,
+    max_bytes: u64,
+    policies: Vec<(String, Rule)>,
+    held: FxHashMap<TraceId, Held>,
+    /// Trace ids in arrival order (an id already decided early is skipped).
+    arrivals: VecDeque<(u64, TraceId)>,
+    bytes: u64,
+    sampled: Remembered,
+    not_sampled: Remembered,
+    /// Per policy: (sampled, not sampled).
+    decisions: Vec<(u64, u64)>,
+    decided_early: u64,
+    late: u64,
+    ready: Vec<(Arc<Resource>, Span)>,
+    telemetry: Telemetry,
+    keys: [Arc<str>; 2],
+}
+
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl TailSampling {
+    /// Decides one held trace: every span kept (with its probability) or dropped together.
+    fn decide(&mut self, id: TraceId, now_ns: u64) {
+        let Some(trace) = self.held.remove(&id) else {
+            return;
+        };
+        self.bytes -= trace.bytes;
+        let mut keep = false;
+        let mut probability: f64 = 0.0;
+        for (i, (_, rule)) in self.policies.iter_mut().enumerate() {
+            let v = rule.evaluate(&id, &trace.spans, now_ns);
+            if v.sample {
+                keep = true;
+                probability = probability.max(v.probability);
+                self.decisions[i].0 += 1;
+            } else {
+                self.decisions[i].1 += 1;
+            }
+        }
+        if keep {
+            self.sampled.insert(id);
+            let adjusted = 1.0 / probability.max(f64::MIN_POSITIVE);
+            for (res, mut s) in trace.spans {
+                s.attributes.set(self.keys[0].clone(), probability);
+                s.attributes.set(self.keys[1].clone(), adjusted);
+                self.ready.push((res, s));
+            }
+        } else {
+            self.not_sampled.insert(id);
+            self.telemetry
+                .add_dropped("sampled_out", trace.spans.len() as u64);
+        }
+    }
+
+    /// Decides the oldest traces until the bounds hold again.
+    fn enforce_bounds(&mut self, now_ns: u64) {
+        while self.held.len() > self.num_traces || self.bytes > self.max_bytes {
+            let Some((_, id)) = self.arrivals.pop_front() else {
+                break;
+            };
+            if self.held.contains_key(&id) {
+                self.decided_early += 1;
+                self.decide(id, now_ns);
+            }
+        }
+    }
+
+    /// Emits what was kept, one batch per run of spans with the same resource.
+    fn emit(&mut self, out: &mut Output) {
+        let mut ready = std::mem::take(&mut self.ready).into_iter().peekable();
+        while let Some((res, first)) = ready.next() {
+            let mut spans = vec![first];
+            while let Some((_, s)) = ready.next_if(|(r, _)| Arc::ptr_eq(r, &res)) {
+                spans.push(s);
+            }
+            out.push(Batch::spans(res, spans));
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let t = &self.telemetry;
+        for ((name, _), (yes, no)) in self.policies.iter().zip(&self.decisions) {
+            t.set_counter("tail_sampling_sampled", name, *yes);
+            t.set_counter("tail_sampling_not_sampled", name, *no);
+        }
+        t.set_counter(
+            "tail_sampling_decided_early",
+            "tail_sampling",
+            self.decided_early,
+        );
+        t.set_counter("tail_sampling_late_spans", "tail_sampling", self.late);
+    }
+}
+
+#[async_trait]
+impl Processor for TailSampling {
+    async fn process(&mut self, batch: Arc<Batch>, out: &mut Output) -> Result<(), BoxError> {
+        let now_ns = unix_ns(SystemTime::now());
+        let resource = batch.resource.clone();
+        // Owned spans without a copy unless another pipeline shares the batch.
+        let spans = match Arc::try_unwrap(batch) {
+            Ok(b) => match b.records {
+                Records::Spans(s) => s,
+                Records::Flows(_) => return Ok(()),
+            },
+            Err(shared) => match &shared.records {
+                Records::Spans(s) => s.clone(),
+                Records::Flows(_) => return Ok(()),
+            },
+        };
+        for s in spans {
+            let id = s.trace_id;
+            if let Some(trace) = self.held.get_mut(&id) {
+                let b = span_bytes(&s);
+                trace.bytes += b;
+                self.bytes += b;
+                trace.spans.push((resource.clone(), s));
+            } else if self.sampled.contains(&id) {
+                // After the decision: follows it.
+                self.late += 1;
+                self.ready.push((resource.clone(), s));
+            } else if self.not_sampled.contains(&id) {
+                self.late += 1;
+                self.telemetry.add_dropped("sampled_out", 1);
+            } else {
+                let b = span_bytes(&s);
+                self.bytes += b;
+                self.arrivals.push_back((now_ns, id));
+                self.held.insert(
+                    id,
+                    Held {
+                        arrived_ns: now_ns,
+                        spans: vec![(resource.clone(), s)],
+                        bytes: b,
+                    },
+                );
+            }
+        }
+        self.enforce_bounds(now_ns);
+        self.emit(out);
+        Ok(())
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        // Decisions at most a tenth of the wait late (10 ms to 1 s).
+        Some(
+            Duration::from_nanos(self.wait_ns / 10)
+                .clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        )
+    }
+
+    async fn tick(&mut self, now: SystemTime, out: &mut Output) -> Result<(), BoxError> {
+        let now_ns = unix_ns(now);
+        while let Some(&(arrived, id)) = self.arrivals.front() {
+            if arrived.saturating_add(self.wait_ns) > now_ns {
+                break;
+            }
+            self.arrivals.pop_front();
+            if self.held.get(&id).is_some_and(|h| h.arrived_ns == arrived) {
+                self.decide(id, now_ns);
+            }
+        }
+        self.emit(out);
+        Ok(())
+    }
+
+    async fn flush(&mut self, out: &mut Output) -> Result<(), BoxError> {
+        let now_ns = unix_ns(SystemTime::now());
+        while let Some((_, id)) = self.arrivals.pop_front() {
+            self.decide(id, now_ns);
+        }
+        self.emit(out);
+        Ok(())
+    }
+}
+
+/// Factory for [`TailSampling`].
+pub struct TailSamplingFactory;
+
+impl Factory for TailSamplingFactory {
+    type Config = TailSamplingConfig;
+    type Component = Box<dyn Processor>;
+    const TYPE: &'static str = "tail_sampling";
+    const SIGNALS: &'static [Signal] = &[Signal::Traces];
+    const DESCRIPTION: &'static str =
+        "keeps or drops whole traces after decision_wait (status, latency, attributes, rate, ...)";
+
+    fn validate(c: &TailSamplingConfig) -> Result<(), ConfigErrors> {
+        let mut e = ConfigErrors::new();
+        if c.decision_wait.is_zero() {
+            e.push("decision_wait", "must be greater than 0");
+        }
+        if c.num_traces == 0 {
+            e.push("num_traces", "must be at least 1");
+        }
+        if c.max_bytes == 0 {
+            e.push("max_bytes", "must be greater than 0");
+        }
+        if c.policies.is_empty() {
+            e.push(
+                "policies",
+                "list at least one policy, e.g. `- {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}`",
+            );
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, p) in c.policies.iter().enumerate() {
+            if seen.contains(&p.name.as_str()) {
+                e.push(
+                    format!("policies[{i}].name"),
+                    format!("`{}` is used twice", p.name),
+                );
+            }
+            seen.push(&p.name);
+            validate_policy(p, &format!("policies[{i}]"), &mut e);
+        }
+        e.into_result()
+    }
+
+    fn build(c: TailSamplingConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {
+        let policies = c
+            .policies
+            .iter()
+            .map(|p| compile(p).map(|r| (p.name.clone(), r)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Box::new(TailSampling {
+            wait_ns: c.decision_wait.as_nanos() as u64,
+            num_traces: c.num_traces,
+            max_bytes: c.max_bytes,
+            decisions: vec![(0, 0); policies.len()],
+            policies,
+            held: FxHashMap::default(),
+            arrivals: VecDeque::new(),
+            bytes: 0,
+            sampled: Remembered::new(c.decision_cache.sampled_cache_size),
+            not_sampled: Remembered::new(c.decision_cache.non_sampled_cache_size),
+            decided_early: 0,
+            late: 0,
+            ready: Vec::new(),
+            telemetry: ctx.telemetry,
+            keys: [
+                Arc::from("oxeye.sampling.probability"),
+                Arc::from("oxeye.sampling.adjusted_count"),
+            ],
+        }))
+    }
+}
+
+oxeye_api::register!(TailSamplingFactory);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxeye_api::testing::{check, ProcessorHarness};
+    use oxeye_api::SpanId;
+    use proptest::prelude::*;
+
+    fn span(trace: u128, i: u64, dur_ms: u64, status: StatusCode) -> Span {
+        Span {
+            trace_id: TraceId(trace.to_be_bytes()),
+            span_id: SpanId(
+                (trace as u64)
+                    .wrapping_mul(100)
+                    .wrapping_add(i + 1)
+                    .to_be_bytes(),
+            ),
+            name: format!("op-{i}").into(),
+            start_unix_ns: 1_000_000_000,
+            end_unix_ns: 1_000_000_000 + dur_ms * 1_000_000,
+            status,
+            ..Span::default()
+        }
+    }
+
+    fn batch(spans: Vec<Span>) -> Batch {
+        Batch::spans(Arc::new(Resource::default()), spans)
+    }
+
+    fn out_spans(out: &[Arc<Batch>]) -> Vec<Span> {
+        out.iter()
+            .flat_map(|b| match &b.records {
+                Records::Spans(s) => s.clone(),
+                Records::Flows(_) => vec![],
+            })
+            .collect()
+    }
+
+    fn later(d: Duration) -> SystemTime {
+        SystemTime::now() + d
+    }
+
+    const POLICIES: &str = "policies: [{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}, {name: slow, type: latency, latency: {threshold_ms: 100}}, {name: some, type: probabilistic, probabilistic: {sampling_percentage: 20}}]";
+
+    #[test]
+    fn a_trace_is_decided_whole_after_the_wait_and_late_spans_follow() {
+        let mut h = ProcessorHarness::new::<TailSamplingFactory>(&format!(
+            "{{decision_wait: 1s, {POLICIES}}}"
+        ))
+        .unwrap();
+        // Trace 1: one error span among fine ones; trace 2: all fine and fast, not in 20 %.
+        // A trace id outside the 20 % (the decision reads the low 8 bytes).
+        let quiet = (2u128..100)
+            .map(|t| t * 0x9e37_79b9_7f4a_7c15)
+            .find(|t| !trace_id_ratio_keeps(0.2, &TraceId(t.to_be_bytes())))
+            .unwrap();
+        let mut first = vec![
+            span(1, 0, 1, StatusCode::Unset),
+            span(quiet, 0, 1, StatusCode::Unset),
+        ];
+        first.push(span(1, 1, 1, StatusCode::Error));
+        assert!(
+            h.process(batch(first)).unwrap().is_empty(),
+            "held, not decided"
+        );
+        assert!(h
+            .tick(later(Duration::from_millis(500)))
+            .unwrap()
+            .is_empty());
+        let out = out_spans(&h.tick(later(Duration::from_millis(1100))).unwrap());
+        assert_eq!(out.len(), 2, "both spans of the error trace");
+        assert!(out
+            .iter()
+            .all(|s| s.trace_id == TraceId(1u128.to_be_bytes())));
+        assert_eq!(
+            out[0].attributes.get("oxeye.sampling.adjusted_count"),
+            Some(&Value::F64(1.0))
+        );
+        // Late spans follow their trace's decision.
+        let late = out_spans(
+            &h.process(batch(vec![
+                span(1, 2, 1, StatusCode::Unset),
+                span(quiet, 1, 1, StatusCode::Unset),
+            ]))
+            .unwrap(),
+        );
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].trace_id, TraceId(1u128.to_be_bytes()));
+        assert_eq!(h.telemetry().dropped(), vec![("sampled_out", 2)]);
+        let counters = h.telemetry().counters();
+        assert!(counters.contains(&("tail_sampling_sampled", "errors".into(), 1)));
+        assert!(counters.contains(&("tail_sampling_not_sampled", "errors".into(), 1)));
+        assert!(counters.contains(&("tail_sampling_late_spans", "tail_sampling".into(), 2)));
+    }
+
+    #[test]
+    fn bounds_decide_the_oldest_early_and_never_split() {
+        let mut h = ProcessorHarness::new::<TailSamplingFactory>(
+            "{decision_wait: 1h, num_traces: 10, policies: [{name: all, type: always_sample}]}",
+        )
+        .unwrap();
+        let spans: Vec<Span> = (1..=50u128)
+            .map(|t| span(t, 0, 1, StatusCode::Unset))
+            .collect();
+        let early = out_spans(&h.process(batch(spans)).unwrap());
+        assert_eq!(early.len(), 40, "40 oldest decided at once");
+        let rest = out_spans(&h.flush().unwrap());
+        assert_eq!(rest.len(), 10);
+        assert!(h.telemetry().counters().contains(&(
+            "tail_sampling_decided_early",
+            "tail_sampling".into(),
+            40
+        )));
+        // A byte cap: two spans' worth held at most.
+        let cap = span_bytes(&span(1, 0, 1, StatusCode::Unset)) * 2;
+        let mut h = ProcessorHarness::new::<TailSamplingFactory>(&format!(
+            "{{decision_wait: 1h, max_bytes: {cap}, policies: [{{name: all, type: always_sample}}]}}"
+        ))
+        .unwrap();
+        let spans: Vec<Span> = (1..=5u128)
+            .map(|t| span(t, 0, 1, StatusCode::Unset))
+            .collect();
+        assert_eq!(out_spans(&h.process(batch(spans)).unwrap()).len(), 3);
+    }
+
+    #[test]
+    fn attribute_rate_and_composite_policies() {
+        let with = |key: &str, v: Value| {
+            let mut s = span(7, 0, 1, StatusCode::Unset);
+            s.attributes.set(key, v);
+            s
+        };
+        let decide = |yaml: &str, s: Span| -> usize {
+            let mut h = ProcessorHarness::new::<TailSamplingFactory>(yaml).unwrap();
+            h.process(batch(vec![s])).unwrap();
+            out_spans(&h.flush().unwrap()).len()
+        };
+        let route = "{policies: [{name: r, type: string_attribute, string_attribute: {key: http.route, values: ['^/api/.*'], enabled_regex_matching: true}}]}";
+        assert_eq!(decide(route, with("http.route", "/api/users".into())), 1);
+        assert_eq!(decide(route, with("http.route", "/health".into())), 0);
+        let inverted = "{policies: [{name: r, type: string_attribute, string_attribute: {key: http.route, values: [/health], invert_match: true}}]}";
+        assert_eq!(decide(inverted, with("http.route", "/health".into())), 0);
+        assert_eq!(decide(inverted, with("http.route", "/api".into())), 1);
+        let numeric = "{policies: [{name: n, type: numeric_attribute, numeric_attribute: {key: http.response.status_code, min_value: 500, max_value: 599}}]}";
+        assert_eq!(
+            decide(numeric, with("http.response.status_code", Value::Int(503))),
+            1
+        );
+        assert_eq!(
+            decide(numeric, with("http.response.status_code", Value::Int(200))),
+            0
+        );
+        let and = "{policies: [{name: a, type: and, and: {and_sub_policy: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}, {name: s, type: latency, latency: {threshold_ms: 10}}]}}]}";
+        assert_eq!(decide(and, span(7, 0, 50, StatusCode::Error)), 1);
+        assert_eq!(decide(and, span(7, 0, 5, StatusCode::Error)), 0);
+
+        // Rate limiting: 10 spans/s, 1-span traces decided in one second: 10 kept.
+        let mut h = ProcessorHarness::new::<TailSamplingFactory>(
+            "{policies: [{name: rl, type: rate_limiting, rate_limiting: {spans_per_second: 10}}]}",
+        )
+        .unwrap();
+        let spans: Vec<Span> = (1..=30u128)
+            .map(|t| span(t, 0, 1, StatusCode::Unset))
+            .collect();
+        h.process(batch(spans)).unwrap();
+        let kept = out_spans(&h.flush().unwrap()).len();
+        assert!((10..=20).contains(&kept), "{kept}"); // 10, or 20 across a second boundary
+
+        // Composite: errors first with 50 % of 4 spans/s, then everything with the rest.
+        let mut h = ProcessorHarness::new::<TailSamplingFactory>(
+            "{policies: [{name: c, type: composite, composite: {max_total_spans_per_second: 4, policy_order: [e, all], composite_sub_policy: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}, {name: all, type: always_sample}], rate_allocation: [{policy: e, percent: 50}]}}]}",
+        )
+        .unwrap();
+        let spans: Vec<Span> = (1..=10u128)
+            .map(|t| span(t, 0, 1, StatusCode::Error))
+            .collect();
+        h.process(batch(spans)).unwrap();
+        let kept = out_spans(&h.flush().unwrap()).len();
+        assert!((4..=8).contains(&kept), "{kept}"); // 2 + 2 per second
+    }
+
+    #[test]
+    fn validation_names_every_problem_with_its_path() {
+        let e = check::<TailSamplingFactory>(
+            "{decision_wait: 0s, num_traces: 0, policies: [{name: a, type: latency}, {name: a, type: probabilistic, probabilistic: {sampling_percentage: 150}, latency: {threshold_ms: 1}}, {name: r, type: string_attribute, string_attribute: {key: k, values: ['('], enabled_regex_matching: true}}, {name: c, type: composite, composite: {max_total_spans_per_second: 10, policy_order: [x], composite_sub_policy: [{name: y, type: always_sample}]}}]}",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = e.0.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "decision_wait",
+                "num_traces",
+                "policies[0]",
+                "policies[1].name",
+                "policies[1].latency",
+                "policies[1].probabilistic.sampling_percentage",
+                "policies[2].string_attribute.values[0]",
+                "policies[3].composite.policy_order[0]",
+            ],
+            "{e}"
+        );
+        assert!(check::<TailSamplingFactory>("{}").is_err(), "no policies");
+        assert!(check::<TailSamplingFactory>(
+            "{policies: [{name: x, type: status_code, status_code: {status_codes: [BROKEN]}}]}"
+        )
+        .is_err());
+        assert!(check::<TailSamplingFactory>(&format!("{{{POLICIES}}}")).is_ok());
+    }
+
+    #[test]
+    fn probabilistic_keeps_its_share_within_five_standard_deviations() {
+        let mut h = ProcessorHarness::new::<TailSamplingFactory>(
+            "{policies: [{name: p, type: probabilistic, probabilistic: {sampling_percentage: 25}}]}",
+        )
+        .unwrap();
+        let n = 20_000u128;
+        // Spread ids over the whole space (the decision reads the low 8 bytes).
+        let spans: Vec<Span> = (1..=n)
+            .map(|t| {
+                span(
+                    t.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835),
+                    0,
+                    1,
+                    StatusCode::Unset,
+                )
+            })
+            .collect();
+        h.process(batch(spans)).unwrap();
+        let out = out_spans(&h.flush().unwrap());
+        let (mean, sd) = (n as f64 * 0.25, (n as f64 * 0.25 * 0.75).sqrt());
+        assert!(
+            (out.len() as f64 - mean).abs() < 5.0 * sd,
+            "{} kept of {n}",
+            out.len()
+        );
+        assert_eq!(
+            out[0].attributes.get("oxeye.sampling.adjusted_count"),
+            Some(&Value::F64(4.0))
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Random trace shapes arriving out of order in random chunks within decision_wait:
+        /// every trace comes out whole or not at all — also when a small `num_traces` forces
+        /// early decisions and later spans must follow them — every trace with an error span
+        /// is kept while nothing is decided early, and in == out + dropped.
+        #[test]
+        fn no_trace_is_split(
+            shapes in prop::collection::vec((1usize..8, prop::bool::weighted(0.2)), 1..40),
+            seed in any::<u64>(),
+            chunk in 1usize..16,
+            limit in 1usize..60,
+        ) {
+            let mut spans = Vec::new();
+            for (t, (n, error)) in shapes.iter().enumerate() {
+                let trace = (t as u128 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d_9e37_79b9_7f4a_7c15);
+                for i in 0..*n {
+                    let status = if *error && i == n - 1 { StatusCode::Error } else { StatusCode::Unset };
+                    spans.push(span(trace, i as u64, (seed >> (i % 32)) % 300, status));
+                }
+            }
+            // Shuffle deterministically from the seed.
+            let mut x = seed | 1;
+            for i in (1..spans.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                spans.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let mut h = ProcessorHarness::new::<TailSamplingFactory>(&format!("{{decision_wait: 1h, num_traces: {limit}, {POLICIES}}}")).unwrap();
+            let mut out = Vec::new();
+            for c in spans.chunks(chunk) {
+                out.extend(out_spans(&h.process(batch(c.to_vec())).unwrap()));
+            }
+            out.extend(out_spans(&h.flush().unwrap()));
+            let mut per_trace: FxHashMap<TraceId, usize> = FxHashMap::default();
+            for s in &out {
+                *per_trace.entry(s.trace_id).or_default() += 1;
+            }
+            for (t, (n, error)) in shapes.iter().enumerate() {
+                let trace = TraceId((t as u128 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d_9e37_79b9_7f4a_7c15).to_be_bytes());
+                let got = per_trace.get(&trace).copied().unwrap_or(0);
+                prop_assert!(got == 0 || got == *n, "trace {} split: {} of {}", t, got, n);
+                if *error && limit >= shapes.len() {
+                    prop_assert_eq!(got, *n, "error trace {} dropped", t);
+                }
+            }
+            prop_assert_eq!(out.len() as u64 + h.telemetry().dropped_total(), spans.len() as u64);
+        }
+    }
+}
