@@ -390,10 +390,23 @@ service:
     assert_eq!(reg.records_in(), 100_000);
     assert_eq!(reg.records_in(), reg.records_out() + reg.records_dropped());
     let (kept, _) = traces_of(&captured("capture/tail"));
-    assert!(!kept.is_empty() && kept.len() < made.len(), "{} of {}", kept.len(), made.len());
+    assert!(
+        !kept.is_empty() && kept.len() < made.len(),
+        "{} of {}",
+        kept.len(),
+        made.len()
+    );
     // Every trace that comes out is whole, and every trace with an error span comes out.
-    let split = kept.iter().filter(|(t, n)| made.get(*t) != Some(*n)).count();
-    assert_eq!(split, 0, "{split} of {} kept traces are partial", kept.len());
+    let split = kept
+        .iter()
+        .filter(|(t, n)| made.get(*t) != Some(*n))
+        .count();
+    assert_eq!(
+        split,
+        0,
+        "{split} of {} kept traces are partial",
+        kept.len()
+    );
     let lost_errors = errors.iter().filter(|t| !kept.contains_key(*t)).count();
     assert_eq!(lost_errors, 0, "of {} error traces", errors.len());
 }

@@ -325,9 +325,15 @@ fn validate_policy(p: &PolicyConfig, path: &str, e: &mut ConfigErrors) {
         if c.enabled_regex_matching {
             for (i, v) in c.values.iter().enumerate() {
                 if let Err(err) = regex::Regex::new(v) {
+                    // regex's message spans lines (pattern, caret, reason): keep the reason.
+                    let text = err.to_string();
+                    let why = text.lines().last().unwrap_or(&text);
                     e.push(
                         format!("{path}.string_attribute.values[{i}]"),
-                        format!("not a regex: {err}"),
+                        format!(
+                            "`{v}` is not a regex: {}",
+                            why.trim_start_matches("error: ")
+                        ),
                     );
                 }
             }
