@@ -128,6 +128,13 @@ fn main() {
             "  sampling: {rate_limit: 1000, keep_slower_than: 10ms}\n",
             "sampling, rate limit + tail rule",
         ),
+        (
+            "traces",
+            "tail_sampling",
+            // 10 000 traces open at any time: each new trace decides the oldest early.
+            "  tail_sampling: {decision_wait: 1h, num_traces: 10000, policies: [{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}, {name: some, type: probabilistic, probabilistic: {sampling_percentage: 10}}]}\n",
+            "tail_sampling, 10 000 traces open",
+        ),
     ] {
         let base: Vec<f64> = (0..runs)
             .map(|_| run_once(&config(signal, n, 0), n).1)

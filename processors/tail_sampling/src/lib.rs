@@ -1223,6 +1223,7 @@ mod tests {
             seed in any::<u64>(),
             chunk in 1usize..16,
             limit in 1usize..60,
+            policy in 0usize..6,
         ) {
             let mut spans = Vec::new();
             for (t, (n, error)) in shapes.iter().enumerate() {
@@ -1238,7 +1239,16 @@ mod tests {
                 x ^= x << 13; x ^= x >> 7; x ^= x << 17;
                 spans.swap(i, (x % (i as u64 + 1)) as usize);
             }
-            let mut h = ProcessorHarness::new::<TailSamplingFactory>(&format!("{{decision_wait: 1h, num_traces: {limit}, {POLICIES}}}")).unwrap();
+            // Under any policy: the errors/slow/probabilistic set, or one of the others.
+            let policies = [
+                POLICIES,
+                "policies: [{name: p, type: probabilistic, probabilistic: {sampling_percentage: 50}}]",
+                "policies: [{name: r, type: rate_limiting, rate_limiting: {spans_per_second: 20}}]",
+                "policies: [{name: a, type: and, and: {and_sub_policy: [{name: s, type: latency, latency: {threshold_ms: 100}}, {name: p, type: probabilistic, probabilistic: {sampling_percentage: 70}}]}}]",
+                "policies: [{name: c, type: composite, composite: {max_total_spans_per_second: 30, policy_order: [e, p], composite_sub_policy: [{name: e, type: status_code, status_code: {status_codes: [ERROR]}}, {name: p, type: probabilistic, probabilistic: {sampling_percentage: 40}}]}}]",
+                "policies: [{name: n, type: string_attribute, string_attribute: {key: none, values: [x], invert_match: true}}]",
+            ];
+            let mut h = ProcessorHarness::new::<TailSamplingFactory>(&format!("{{decision_wait: 1h, num_traces: {limit}, {}}}", policies[policy])).unwrap();
             let mut out = Vec::new();
             for c in spans.chunks(chunk) {
                 out.extend(out_spans(&h.process(batch(c.to_vec())).unwrap()));
@@ -1252,7 +1262,7 @@ mod tests {
                 let trace = TraceId((t as u128 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d_9e37_79b9_7f4a_7c15).to_be_bytes());
                 let got = per_trace.get(&trace).copied().unwrap_or(0);
                 prop_assert!(got == 0 || got == *n, "trace {} split: {} of {}", t, got, n);
-                if *error && limit >= shapes.len() {
+                if *error && limit >= shapes.len() && policy == 0 {
                     prop_assert_eq!(got, *n, "error trace {} dropped", t);
                 }
             }
