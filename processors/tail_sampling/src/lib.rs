@@ -697,6 +697,9 @@ impl Remembered {
     }
 }
 
+/// Largest batch the processor emits.
+const MAX_BATCH: usize = 4096;
+
 /// A trace waiting for its decision.
 struct Held {
     arrived_ns: u64,
@@ -730,7 +733,10 @@ pub struct TailSampling {
     decisions: Vec<(u64, u64)>,
     decided_early: u64,
     late: u64,
-    ready: Vec<(Arc<Resource>, Span)>,
+    /// Kept spans, grouped by resource as they come: each group becomes a batch as it is.
+    ready: Vec<(Arc<Resource>, Vec<Span>)>,
+    /// Spans dropped since the last `emit` (counted once per call, not once per trace).
+    dropped: u64,
     telemetry: Telemetry,
     keys: [Arc<str>; 2],
 }
@@ -765,12 +771,19 @@ impl TailSampling {
             for (res, mut s) in trace.spans {
                 s.attributes.set(self.keys[0].clone(), probability);
                 s.attributes.set(self.keys[1].clone(), adjusted);
-                self.ready.push((res, s));
+                self.keep(res, s);
             }
         } else {
             self.not_sampled.insert(id);
-            self.telemetry
-                .add_dropped("sampled_out", trace.spans.len() as u64);
+            self.dropped += trace.spans.len() as u64;
+        }
+    }
+
+    /// Queues a kept span into the current group of its resource.
+    fn keep(&mut self, res: Arc<Resource>, s: Span) {
+        match self.ready.last_mut() {
+            Some((r, spans)) if Arc::ptr_eq(r, &res) && spans.len() < MAX_BATCH => spans.push(s),
+            _ => self.ready.push((res, vec![s])),
         }
     }
 
@@ -789,14 +802,11 @@ impl TailSampling {
 
     /// Emits what was kept, one batch per run of spans with the same resource.
     fn emit(&mut self, out: &mut Output) {
-        let mut ready = std::mem::take(&mut self.ready).into_iter().peekable();
-        while let Some((res, first)) = ready.next() {
-            let mut spans = vec![first];
-            while let Some((_, s)) = ready.next_if(|(r, _)| Arc::ptr_eq(r, &res)) {
-                spans.push(s);
-            }
+        for (res, spans) in std::mem::take(&mut self.ready) {
             out.push(Batch::spans(res, spans));
         }
+        self.telemetry
+            .add_dropped("sampled_out", std::mem::take(&mut self.dropped));
         self.publish();
     }
 
@@ -841,10 +851,10 @@ impl Processor for TailSampling {
             } else if self.sampled.contains(&id) {
                 // After the decision: follows it.
                 self.late += 1;
-                self.ready.push((resource.clone(), s));
+                self.keep(resource.clone(), s);
             } else if self.not_sampled.contains(&id) {
                 self.late += 1;
-                self.telemetry.add_dropped("sampled_out", 1);
+                self.dropped += 1;
             } else {
                 let b = span_bytes(&s);
                 self.bytes += b;
@@ -959,6 +969,7 @@ impl Factory for TailSamplingFactory {
             decided_early: 0,
             late: 0,
             ready: Vec::new(),
+            dropped: 0,
             telemetry: ctx.telemetry,
             keys: [
                 Arc::from("oxeye.sampling.probability"),
