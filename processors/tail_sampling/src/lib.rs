@@ -592,8 +592,27 @@ struct Verdict {
     probability: f64,
 }
 
+/// The spans of one held trace, where they lie: in the batches they arrived in.
+struct TraceView<'a> {
+    refs: &'a [(u32, u32)],
+    slabs: &'a [Option<Slab>],
+}
+
+impl<'a> TraceView<'a> {
+    fn len(&self) -> usize {
+        self.refs.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&'a Resource, &'a Span)> + '_ {
+        self.refs.iter().filter_map(|&(b, i)| {
+            let slab = self.slabs.get(b as usize)?.as_ref()?;
+            Some((&*slab.resource, slab.spans.get(i as usize)?))
+        })
+    }
+}
+
 impl Rule {
-    fn evaluate(&mut self, id: &TraceId, spans: &[(Arc<Resource>, Span)], now_ns: u64) -> Verdict {
+    fn evaluate(&mut self, id: &TraceId, spans: &TraceView<'_>, now_ns: u64) -> Verdict {
         let yes = |sample: bool| Verdict {
             sample,
             probability: 1.0,
@@ -700,11 +719,20 @@ impl Remembered {
 /// Largest batch the processor emits.
 const MAX_BATCH: usize = 4096;
 
-/// A trace waiting for its decision.
+/// A batch as it arrived, kept until every held span in it is decided: spans wait where they
+/// are (moving a span costs more than deciding it), and a kept one is moved out once.
+struct Slab {
+    resource: Arc<Resource>,
+    spans: Vec<Span>,
+    /// Held spans still waiting for their trace's decision.
+    waiting: usize,
+    bytes: u64,
+}
+
+/// A trace waiting for its decision: where its spans are.
 struct Held {
     arrived_ns: u64,
-    spans: Vec<(Arc<Resource>, Span)>,
-    bytes: u64,
+    refs: Vec<(u32, u32)>,
 }
 
 /// Estimated memory of a held span.
@@ -726,6 +754,10 @@ pub struct TailSampling {
     held: FxHashMap<TraceId, Held>,
     /// Trace ids in arrival order (an id already decided early is skipped).
     arrivals: VecDeque<(u64, TraceId)>,
+    /// Batches with spans still waiting; `None` slots are reused.
+    slabs: Vec<Option<Slab>>,
+    free: Vec<u32>,
+    /// Estimated bytes of the slabs kept.
     bytes: u64,
     sampled: Remembered,
     not_sampled: Remembered,
@@ -746,44 +778,62 @@ fn unix_ns(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Queues a kept span into the current group of its resource.
+fn keep(ready: &mut Vec<(Arc<Resource>, Vec<Span>)>, res: &Arc<Resource>, s: Span) {
+    match ready.last_mut() {
+        Some((r, spans)) if Arc::ptr_eq(r, res) && spans.len() < MAX_BATCH => spans.push(s),
+        _ => ready.push((res.clone(), vec![s])),
+    }
+}
+
 impl TailSampling {
     /// Decides one held trace: every span kept (with its probability) or dropped together.
     fn decide(&mut self, id: TraceId, now_ns: u64) {
         let Some(trace) = self.held.remove(&id) else {
             return;
         };
-        self.bytes -= trace.bytes;
-        let mut keep = false;
+        let view = TraceView {
+            refs: &trace.refs,
+            slabs: &self.slabs,
+        };
+        let mut keep_it = false;
         let mut probability: f64 = 0.0;
         for (i, (_, rule)) in self.policies.iter_mut().enumerate() {
-            let v = rule.evaluate(&id, &trace.spans, now_ns);
+            let v = rule.evaluate(&id, &view, now_ns);
             if v.sample {
-                keep = true;
+                keep_it = true;
                 probability = probability.max(v.probability);
                 self.decisions[i].0 += 1;
             } else {
                 self.decisions[i].1 += 1;
             }
         }
-        if keep {
+        if keep_it {
             self.sampled.insert(id);
-            let adjusted = 1.0 / probability.max(f64::MIN_POSITIVE);
-            for (res, mut s) in trace.spans {
-                s.attributes.set(self.keys[0].clone(), probability);
-                s.attributes.set(self.keys[1].clone(), adjusted);
-                self.keep(res, s);
-            }
         } else {
             self.not_sampled.insert(id);
-            self.dropped += trace.spans.len() as u64;
+            self.dropped += trace.refs.len() as u64;
         }
-    }
-
-    /// Queues a kept span into the current group of its resource.
-    fn keep(&mut self, res: Arc<Resource>, s: Span) {
-        match self.ready.last_mut() {
-            Some((r, spans)) if Arc::ptr_eq(r, &res) && spans.len() < MAX_BATCH => spans.push(s),
-            _ => self.ready.push((res, vec![s])),
+        let adjusted = 1.0 / probability.max(f64::MIN_POSITIVE);
+        for &(b, i) in &trace.refs {
+            let Some(slab) = self.slabs.get_mut(b as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            if keep_it {
+                if let Some(slot) = slab.spans.get_mut(i as usize) {
+                    // The one move of a kept span; a dropped one is freed with its batch.
+                    let mut s = std::mem::take(slot);
+                    s.attributes.set(self.keys[0].clone(), probability);
+                    s.attributes.set(self.keys[1].clone(), adjusted);
+                    keep(&mut self.ready, &slab.resource, s);
+                }
+            }
+            slab.waiting -= 1;
+            if slab.waiting == 0 {
+                self.bytes -= slab.bytes;
+                self.slabs[b as usize] = None;
+                self.free.push(b);
+            }
         }
     }
 
@@ -800,7 +850,7 @@ impl TailSampling {
         }
     }
 
-    /// Emits what was kept, one batch per run of spans with the same resource.
+    /// Emits what was kept.
     fn emit(&mut self, out: &mut Output) {
         for (res, spans) in std::mem::take(&mut self.ready) {
             out.push(Batch::spans(res, spans));
@@ -831,7 +881,7 @@ impl Processor for TailSampling {
         let now_ns = unix_ns(SystemTime::now());
         let resource = batch.resource.clone();
         // Owned spans without a copy unless another pipeline shares the batch.
-        let spans = match Arc::try_unwrap(batch) {
+        let mut spans = match Arc::try_unwrap(batch) {
             Ok(b) => match b.records {
                 Records::Spans(s) => s,
                 Records::Flows(_) => return Ok(()),
@@ -841,33 +891,49 @@ impl Processor for TailSampling {
                 Records::Flows(_) => return Ok(()),
             },
         };
-        for s in spans {
+        let slot = self.free.pop().unwrap_or(self.slabs.len() as u32);
+        let mut waiting = 0;
+        let mut bytes = 0;
+        for (i, s) in spans.iter_mut().enumerate() {
             let id = s.trace_id;
             if let Some(trace) = self.held.get_mut(&id) {
-                let b = span_bytes(&s);
-                trace.bytes += b;
-                self.bytes += b;
-                trace.spans.push((resource.clone(), s));
+                trace.refs.push((slot, i as u32));
             } else if self.sampled.contains(&id) {
                 // After the decision: follows it.
                 self.late += 1;
-                self.keep(resource.clone(), s);
+                keep(&mut self.ready, &resource, std::mem::take(s));
+                continue;
             } else if self.not_sampled.contains(&id) {
                 self.late += 1;
                 self.dropped += 1;
+                continue;
             } else {
-                let b = span_bytes(&s);
-                self.bytes += b;
                 self.arrivals.push_back((now_ns, id));
                 self.held.insert(
                     id,
                     Held {
                         arrived_ns: now_ns,
-                        spans: vec![(resource.clone(), s)],
-                        bytes: b,
+                        refs: vec![(slot, i as u32)],
                     },
                 );
             }
+            waiting += 1;
+            bytes += span_bytes(s);
+        }
+        if waiting > 0 {
+            let slab = Slab {
+                resource,
+                spans,
+                waiting,
+                bytes,
+            };
+            self.bytes += bytes;
+            match self.slabs.get_mut(slot as usize) {
+                Some(free) => *free = Some(slab),
+                None => self.slabs.push(Some(slab)),
+            }
+        } else if (slot as usize) < self.slabs.len() {
+            self.free.push(slot);
         }
         self.enforce_bounds(now_ns);
         self.emit(out);
@@ -963,6 +1029,8 @@ impl Factory for TailSamplingFactory {
             policies,
             held: FxHashMap::default(),
             arrivals: VecDeque::new(),
+            slabs: Vec::new(),
+            free: Vec::new(),
             bytes: 0,
             sampled: Remembered::new(c.decision_cache.sampled_cache_size),
             not_sampled: Remembered::new(c.decision_cache.non_sampled_cache_size),
@@ -1093,16 +1161,23 @@ mod tests {
             "tail_sampling".into(),
             40
         )));
-        // A byte cap: two spans' worth held at most.
+        // A byte cap of two one-span batches: a third decides the oldest early, and so on.
         let cap = span_bytes(&span(1, 0, 1, StatusCode::Unset)) * 2;
         let mut h = ProcessorHarness::new::<TailSamplingFactory>(&format!(
             "{{decision_wait: 1h, max_bytes: {cap}, policies: [{{name: all, type: always_sample}}]}}"
         ))
         .unwrap();
-        let spans: Vec<Span> = (1..=5u128)
-            .map(|t| span(t, 0, 1, StatusCode::Unset))
-            .collect();
-        assert_eq!(out_spans(&h.process(batch(spans)).unwrap()).len(), 3);
+        let early: usize = (1..=5u128)
+            .map(|t| {
+                out_spans(
+                    &h.process(batch(vec![span(t, 0, 1, StatusCode::Unset)]))
+                        .unwrap(),
+                )
+                .len()
+            })
+            .sum();
+        assert_eq!(early, 3);
+        assert_eq!(out_spans(&h.flush().unwrap()).len(), 2);
     }
 
     #[test]
