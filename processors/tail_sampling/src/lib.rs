@@ -49,7 +49,7 @@ pub struct TailSamplingConfig {
     pub decision_wait: Duration,
     /// Traces held at once.
     pub num_traces: usize,
-    /// Bytes of spans held at once (estimated).
+    /// Bytes of the batches kept for waiting spans (estimated).
     pub max_bytes: u64,
     /// Remembered decisions, for spans that arrive after them.
     pub decision_cache: DecisionCache,
