@@ -11,17 +11,8 @@ PYTHON=${PYTHON:-python3}
 phoenix_venv=${OXEYE_PHOENIX_VENV:-$HOME/.local/share/oxeye/phoenix}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-say() { printf '[setup] %s\n' "$*"; }
-current_step="start"
-step() { current_step="$*"; say "$*"; }
-# A failing command names itself, its line and the step, never a silent exit. Reported once, by
-# the script's own shell (a failure inside $(...) is reported at the line that used it).
-on_err() {   # on_err EXIT-STATUS LINE COMMAND
-  if [ "$BASH_SUBSHELL" = 0 ]; then
-    printf '[setup] FAILED at line %s: %s (exit %s) in step: %s\n' "$2" "$3" "$1" "$current_step" >&2
-  fi
-}
-trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
+# shellcheck source=tests/setup-lib.sh
+. "$here/setup-lib.sh"
 
 # Installed version of a distribution (empty when it is not installed) in interpreter $1.
 dist_version() {

@@ -9,17 +9,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=tests/pins.env
 . tests/pins.env
 
-say() { printf '[setup] %s\n' "$*"; }
-current_step="start"
-step() { current_step="$*"; say "$*"; }
-# A failing command names itself, its line and the step, never a silent exit. Reported once, by
-# the script's own shell (a failure inside $(...) is reported at the line that used it).
-on_err() {   # on_err EXIT-STATUS LINE COMMAND
-  if [ "$BASH_SUBSHELL" = 0 ]; then
-    printf '[setup] FAILED at line %s: %s (exit %s) in step: %s\n' "$2" "$3" "$1" "$current_step" >&2
-  fi
-}
-trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
+# shellcheck source=tests/setup-lib.sh
+. tests/setup-lib.sh
 die() { printf '[setup] FAILED in step: %s: %s\n' "$current_step" "$*" >&2; exit 1; }
 
 apt_updated=""

@@ -199,8 +199,15 @@ fn families(reg: &Registry) -> Vec<MetricFamily> {
 /// The exposition (Prometheus text format 0.0.4): oxeye's families, then the process's own
 /// (`process_resident_memory_bytes`, `process_cpu_seconds_total`, open fds, ...).
 pub fn render(registry: &Registry) -> String {
+    // Built once: its descriptors do not change between scrapes.
+    static PROCESS: std::sync::OnceLock<prometheus::process_collector::ProcessCollector> =
+        std::sync::OnceLock::new();
     let mut all = families(registry);
-    all.extend(prometheus::process_collector::ProcessCollector::for_self().collect());
+    all.extend(
+        PROCESS
+            .get_or_init(prometheus::process_collector::ProcessCollector::for_self)
+            .collect(),
+    );
     prometheus::TextEncoder::new()
         .encode_to_string(&all)
         .unwrap_or_else(|e| format!("# oxeye: cannot render metrics: {e}\n"))

@@ -6,11 +6,11 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oxeye_tests::{free_port, http_get, signal, spawn, temp_config, KillOnDrop as Reaper};
+use oxeye_tests::{free_port, http_get, signal, spawn, temp_config, KillOnDrop};
 
 /// A loopback OTLP/HTTP endpoint that accepts everything (an empty protobuf response is a
 /// full success), so both OTLP exporters deliver.
-fn otlp_sink(port: u16) -> Reaper {
+fn otlp_sink(port: u16) -> KillOnDrop {
     const SINK: &str = r#"
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
@@ -25,7 +25,7 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 "#;
-    Reaper(
+    KillOnDrop(
         Command::new("python3")
             .args(["-c", SINK, &port.to_string()])
             .spawn()
@@ -91,7 +91,7 @@ service:
 "
         ),
     );
-    let mut oxeye = Reaper(spawn(&["run", "-c", cfg.to_str().expect("utf8")]));
+    let mut oxeye = KillOnDrop(spawn(&["run", "-c", cfg.to_str().expect("utf8")]));
     let _ = oxeye.0.stdout.take();
     let (_lines, stderr) = oxeye_tests::follow(oxeye.0.stderr.take().expect("stderr"));
 
@@ -158,7 +158,7 @@ service:
         ),
     )
     .expect("prometheus.yml");
-    let server = Reaper(
+    let server = KillOnDrop(
         Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",
