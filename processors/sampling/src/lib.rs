@@ -5,8 +5,10 @@
 //!   `ratio · 2^63`), so a whole trace is kept or dropped together, here and in SDKs.
 //! - `rate_limit`: at most N spans per second per span name (a token bucket on span end time, so
 //!   the limit holds on the spans' own clock and tests are exact).
-//! - Tail rules, decided first: keep spans at least `keep_slower_than` long, and error spans
-//!   (`keep_errors`, default true).
+//! - Per-span keep rules, decided first and **off by default**: keep spans at least
+//!   `keep_slower_than` long, and error spans (`keep_errors`). They keep one span while the ratio
+//!   drops the rest of its trace, so backends show orphan spans; `rate_limit` splits traces the
+//!   same way. To keep every error or slow trace whole, use the `tail_sampling` processor.
 //!
 //! Each kept span carries `oxeye.sampling.probability` and `oxeye.sampling.adjusted_count`
 //! (1 / probability) so counts can be re-weighted downstream. Dropped spans are counted as
@@ -31,10 +33,10 @@ pub struct SamplingConfig {
     pub ratio: Option<f64>,
     /// At most this many spans per second per span name (absent: no limit).
     pub rate_limit: Option<f64>,
-    /// Always keep spans at least this long.
+    /// Always keep spans at least this long (splits traces; see `tail_sampling`).
     #[serde(default, with = "oxeye_api::config::opt_duration")]
     pub keep_slower_than: Option<Duration>,
-    /// Always keep spans with error status.
+    /// Always keep spans with error status (off by default: it splits traces).
     pub keep_errors: bool,
 }
 
@@ -44,7 +46,7 @@ impl Default for SamplingConfig {
             ratio: None,
             rate_limit: None,
             keep_slower_than: None,
-            keep_errors: true,
+            keep_errors: false,
         }
     }
 }
@@ -337,8 +339,10 @@ mod tests {
 
     #[test]
     fn tail_rules_keep_slow_and_error_spans() {
-        let mut h = ProcessorHarness::new::<SamplingFactory>("{ratio: 0.0, keep_slower_than: 5ms}")
-            .unwrap();
+        let mut h = ProcessorHarness::new::<SamplingFactory>(
+            "{ratio: 0.0, keep_slower_than: 5ms, keep_errors: true}",
+        )
+        .unwrap();
         let mut err = span(1, "e", 10_000_000, 10);
         err.status = StatusCode::Error;
         let batch = Batch::spans(
@@ -363,6 +367,35 @@ mod tests {
         let mut err = span(1, "e", 10, 1);
         err.status = StatusCode::Error;
         assert!(spans(&h.process(Batch::spans(Arc::default(), vec![err])).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn default_config_never_splits_a_trace() {
+        // The case: ratio 0.25, errors and slow spans mixed into traces of 1-8 spans.
+        let mut h = ProcessorHarness::new::<SamplingFactory>("{ratio: 0.25}").unwrap();
+        let mut input = Vec::new();
+        for (i, id) in ids(11, 20_000).enumerate() {
+            for j in 0..(1 + i % 8) {
+                let mut s = span(id, "op", 1_000_000_000, 1 + (j as u64 * 7_000_000));
+                if (i + j) % 5 == 0 {
+                    s.status = StatusCode::Error;
+                }
+                input.push(s);
+            }
+        }
+        fn per_trace<'a>(spans: impl IntoIterator<Item = &'a Span>) -> FxHashMap<TraceId, usize> {
+            let mut m: FxHashMap<TraceId, usize> = FxHashMap::default();
+            for s in spans {
+                *m.entry(s.trace_id).or_default() += 1;
+            }
+            m
+        }
+        let before = per_trace(&input);
+        let out = h.process(Batch::spans(Arc::default(), input)).unwrap();
+        let after = per_trace(spans(&out).into_iter());
+        assert!(after.len() > 4_000, "kept {} of 20 000 traces", after.len());
+        let split = after.iter().filter(|(t, n)| before[*t] != **n).count();
+        assert_eq!(split, 0, "traces kept only in part");
     }
 
     #[test]
