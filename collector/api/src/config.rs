@@ -11,6 +11,9 @@ pub struct FieldError {
     pub path: String,
     /// What is wrong and what was expected.
     pub message: String,
+    /// 0-based character offset inside the string value at `path`, for errors in text the
+    /// component parses itself (an expression): the engine adds it to the value's column.
+    pub offset: Option<usize>,
 }
 
 /// All problems found in one component's config.
@@ -28,6 +31,17 @@ impl ConfigErrors {
         self.0.push(FieldError {
             path: path.into(),
             message: message.into(),
+            offset: None,
+        });
+    }
+
+    /// Adds an error at character `offset` of the string value at `path` (a syntax error in an
+    /// expression): the engine reports the column of that character.
+    pub fn push_at(&mut self, path: impl Into<String>, offset: usize, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+            offset: Some(offset),
         });
     }
 

@@ -130,6 +130,17 @@ impl Attributes {
         self.0.iter().find(|(k, _)| &**k == key).map(|(_, v)| v)
     }
 
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        let i = self.0.iter().position(|(k, _)| &**k == key)?;
+        Some(self.0.remove(i).1)
+    }
+
+    /// Keeps the attributes for which `keep` returns true; it may change the values it keeps.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &mut Value) -> bool) {
+        self.0.retain_mut(|(k, v)| keep(k, v));
+    }
+
     /// Iterates in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.0.iter().map(|(k, v)| (&**k, v))
@@ -614,6 +625,11 @@ mod tests {
         a.set("k", "v");
         assert_eq!(a.len(), 1);
         assert_eq!(a.get("k"), Some(&Value::from("v")));
+        a.set("j", true);
+        assert_eq!(a.remove("k"), Some(Value::from("v")));
+        assert_eq!(a.remove("k"), None);
+        a.retain(|k, _| k != "j");
+        assert!(a.is_empty());
     }
 
     #[test]
