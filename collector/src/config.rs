@@ -256,9 +256,21 @@ impl Loaded {
     }
 }
 
-/// Line/column of every YAML path, from a marked event parse (serde_yaml keeps none).
+/// Line/column of every YAML path, from a marked event parse (serde_yaml keeps none), and
+/// where the text of scalar values starts (for errors inside expressions).
 #[derive(Default)]
-struct Locations(HashMap<String, (usize, usize)>);
+struct Locations {
+    paths: HashMap<String, (usize, usize)>,
+    text_starts: HashMap<String, TextStart>,
+}
+
+/// Where the text of a scalar value starts; `lines` for a literal block (`|`), whose lines
+/// each start at the block's column.
+struct TextStart {
+    line: usize,
+    column: usize,
+    lines: Option<String>,
+}
 
 enum Frame {
     Map { path: String, key: Option<String> },
@@ -269,6 +281,7 @@ enum Frame {
 struct Locator {
     stack: Vec<Frame>,
     out: HashMap<String, (usize, usize)>,
+    text_starts: HashMap<String, TextStart>,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -318,7 +331,7 @@ impl yaml_rust::parser::MarkedEventReceiver for Locator {
                 self.stack.pop();
                 self.after_value();
             }
-            Event::Scalar(s, ..) => {
+            Event::Scalar(s, style, ..) => {
                 if let Some(Frame::Map {
                     path,
                     key: key @ None,
@@ -328,7 +341,30 @@ impl yaml_rust::parser::MarkedEventReceiver for Locator {
                     self.out.insert(p, (mark.line(), mark.col() + 1));
                     *key = Some(s);
                 } else {
-                    self.value_path(mark);
+                    let p = self.value_path(mark);
+                    // Columns inside the text are exact only for one-line, escape-free scalars.
+                    use yaml_rust::scanner::TScalarStyle as Style;
+                    let one_line = !s.contains('\n');
+                    let start = match style {
+                        Style::Plain if one_line => Some((0, None)),
+                        Style::SingleQuoted if one_line && !s.contains('\'') => Some((1, None)),
+                        Style::DoubleQuoted if one_line && !s.contains(['"', '\\']) => {
+                            Some((1, None))
+                        }
+                        Style::Literal => Some((0, Some(s))),
+                        _ => None,
+                    };
+                    if let Some((quote, lines)) = start {
+                        let (line, column) = (mark.line(), mark.col() + 1 + quote);
+                        self.text_starts.insert(
+                            p,
+                            TextStart {
+                                line,
+                                column,
+                                lines,
+                            },
+                        );
+                    }
                     self.after_value();
                 }
             }
@@ -347,14 +383,32 @@ impl Locations {
         let mut parser = yaml_rust::parser::Parser::new(text.chars());
         // A syntax error is reported by serde_yaml with its own location; keep what we got.
         let _ = parser.load(&mut locator, false);
-        Locations(locator.out)
+        Locations {
+            paths: locator.out,
+            text_starts: locator.text_starts,
+        }
+    }
+
+    /// Location of character `offset` of the one-line string value at `path`.
+    fn find_in_text(&self, path: &str, offset: usize) -> Option<(usize, usize)> {
+        let start = self.text_starts.get(path)?;
+        let Some(text) = &start.lines else {
+            return Some((start.line, start.column + offset));
+        };
+        let before: String = text.chars().take(offset).collect();
+        let line = start.line + before.matches('\n').count();
+        let column = match before.rfind('\n') {
+            Some(nl) => start.column + before[nl + 1..].chars().count(),
+            None => start.column + before.chars().count(),
+        };
+        Some((line, column))
     }
 
     /// Location of `path`, else of its closest ancestor.
     fn find(&self, path: &str) -> Option<(usize, usize)> {
         let mut p = path;
         loop {
-            if let Some(&loc) = self.0.get(p) {
+            if let Some(&loc) = self.paths.get(p) {
                 return Some(loc);
             }
             let cut = p.rfind(['.', '['])?;
@@ -364,7 +418,7 @@ impl Locations {
 
     /// The deepest path whose key starts on `line`.
     fn path_at_line(&self, line: usize) -> Option<&str> {
-        self.0
+        self.paths
             .iter()
             .filter(|(_, &(l, _))| l == line)
             .max_by_key(|(_, &(_, c))| c)
@@ -516,6 +570,22 @@ impl Ctx<'_> {
 
     fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.report(Severity::Error, path, message);
+    }
+
+    /// An error at character `offset` of the string at `path` (inside an expression); at the
+    /// string itself when its text cannot be mapped to columns (multi-line, escapes).
+    fn error_in_text(&mut self, path: String, offset: usize, message: String) {
+        match self.locations.find_in_text(&path, offset) {
+            Some((line, column)) => self.diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                file: self.file.to_string(),
+                line: Some(line),
+                column: Some(column),
+                path,
+                message,
+            }),
+            None => self.error(path, format!("at character {}: {message}", offset + 1)),
+        }
     }
 
     /// Deserializes `value` as `T`, reporting a failure at its path; `None` on error.
@@ -725,7 +795,10 @@ fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
                     } else {
                         join(&path, &e.path)
                     };
-                    ctx.error(p, e.message);
+                    match e.offset {
+                        Some(offset) => ctx.error_in_text(p, offset, e.message),
+                        None => ctx.error(p, e.message),
+                    }
                 }
                 continue;
             }

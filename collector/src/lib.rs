@@ -22,10 +22,12 @@ pub mod builtin {
     pub use oxeye_exporter_stdout as stdout;
     pub use oxeye_processor_aggregation as aggregation;
     pub use oxeye_processor_enrich as enrich;
+    pub use oxeye_processor_filter as filter;
     pub use oxeye_processor_nop as nop_processor;
     pub use oxeye_processor_sampling as sampling;
     pub use oxeye_processor_symbolization as symbolization;
     pub use oxeye_processor_tail_sampling as tail_sampling;
+    pub use oxeye_processor_transform as transform;
     pub use oxeye_receiver_ebpf as ebpf;
     pub use oxeye_receiver_synthetic as synthetic;
 }

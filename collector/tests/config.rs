@@ -315,3 +315,65 @@ fn shipped_examples_validate() {
     let loaded = oxeye::config::load("default", oxeye::DEFAULT_PIPELINE);
     assert!(loaded.config.is_some());
 }
+
+#[test]
+fn expression_errors_point_at_the_character() {
+    let text = r#"
+receivers:
+  synthetic: {seed: 1, spans: {count: 10}}
+processors:
+  filter:
+    traces:
+      span:
+        - 'attributes["http.route"] = "/health"'
+        - "nmae == \"x\""
+  transform:
+    trace_statements:
+      - set(attributes["env"], "prod") where name ==
+      - context: span
+        statements:
+          - 'set(duration, 1)'
+          - |
+            set(name,
+                5)
+exporters:
+  nop:
+service:
+  pipelines:
+    traces:
+      receivers: [synthetic]
+      processors: [filter, transform]
+      exporters: [nop]
+"#;
+    let errs = errors(text);
+    let e = at(&errs, "processors.filter.traces.span[0]");
+    assert_eq!((e.line, e.column), (Some(8), Some(37)), "{e}");
+    assert!(e.message.contains("syntax error: found `=`"), "{e}");
+    // Escaped quotes shift columns: reported at the string itself.
+    let e = at(&errs, "processors.filter.traces.span[1]");
+    assert_eq!((e.line, e.column), (Some(9), Some(11)), "{e}");
+    assert!(
+        e.message.starts_with("at character 1: unknown path `nmae`"),
+        "{e}"
+    );
+    let e = at(&errs, "processors.transform.trace_statements[0]");
+    assert_eq!((e.line, e.column), (Some(12), Some(53)), "{e}");
+    assert!(e.message.contains("found the end"), "{e}");
+    let e = at(
+        &errs,
+        "processors.transform.trace_statements[1].statements[0]",
+    );
+    assert_eq!((e.line, e.column), (Some(15), Some(18)), "{e}");
+    assert!(e.message.contains("`duration` is read-only"), "{e}");
+    let e = at(
+        &errs,
+        "processors.transform.trace_statements[1].statements[1]",
+    );
+    assert_eq!((e.line, e.column), (Some(18), Some(17)), "{e}");
+    assert!(
+        e.message
+            .contains("the target is a string but `5` is an int"),
+        "{e}"
+    );
+    assert_eq!(errs.len(), 5, "{errs:#?}");
+}

@@ -11,6 +11,8 @@
 mod compile;
 mod eval;
 pub mod processor;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::fmt;
 

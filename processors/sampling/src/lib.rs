@@ -26,7 +26,7 @@ use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 /// Config.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingConfig {
     /// Keep this fraction of traces, by trace id (absent: keep all).
@@ -38,17 +38,6 @@ pub struct SamplingConfig {
     pub keep_slower_than: Option<Duration>,
     /// Always keep spans with error status (off by default: it splits traces).
     pub keep_errors: bool,
-}
-
-impl Default for SamplingConfig {
-    fn default() -> Self {
-        SamplingConfig {
-            ratio: None,
-            rate_limit: None,
-            keep_slower_than: None,
-            keep_errors: false,
-        }
-    }
 }
 
 /// OpenTelemetry's `TraceIdRatioBased` decision.
@@ -392,7 +381,7 @@ mod tests {
         }
         let before = per_trace(&input);
         let out = h.process(Batch::spans(Arc::default(), input)).unwrap();
-        let after = per_trace(spans(&out).into_iter());
+        let after = per_trace(spans(&out));
         assert!(after.len() > 4_000, "kept {} of 20 000 traces", after.len());
         let split = after.iter().filter(|(t, n)| before[*t] != **n).count();
         assert_eq!(split, 0, "traces kept only in part");
