@@ -5,6 +5,7 @@
 //! A benchmark, not a test: it never fails on speed.
 //!
 //!     cargo bench -p oxeye-tests --bench pipeline            # OXEYE_BENCH_RECORDS=2000000 to change N
+//!     OXEYE_BENCH_ONLY=filter cargo bench -p oxeye-tests --bench pipeline   # only matching processor rows
 
 use oxeye_tests::bench::{median, quick};
 
@@ -30,12 +31,18 @@ fn max_rss_mib() -> f64 {
 
 fn config(signal: &str, n: u64, processors: usize) -> String {
     let procs: Vec<String> = (0..processors).map(|i| format!("nop/{i}")).collect();
-    config_with(signal, n, &procs, "")
+    config_with(signal, n, &procs, "", "")
 }
 
-/// `procs` are processor ids; `decl` declares any that are not `nop/*`.
-fn config_with(signal: &str, n: u64, procs: &[String], extra_decl: &str) -> String {
+/// `procs` are processor ids; `decl` declares any that are not `nop/*`; `gen_opts` are extra
+/// generator options (`attributes: true`).
+fn config_with(signal: &str, n: u64, procs: &[String], extra_decl: &str, gen_opts: &str) -> String {
     let gen = if signal == "traces" { "spans" } else { "flows" };
+    let gen_opts = if gen_opts.is_empty() {
+        String::new()
+    } else {
+        format!(", {gen_opts}")
+    };
     let decl: String = procs
         .iter()
         .filter(|p| p.starts_with("nop/"))
@@ -43,7 +50,7 @@ fn config_with(signal: &str, n: u64, procs: &[String], extra_decl: &str) -> Stri
         .collect::<String>()
         + extra_decl;
     format!(
-        "receivers:\n  synthetic: {{seed: 7, batch_size: 1024, {gen}: {{count: {n}}}}}\nprocessors:\n{decl}exporters:\n  nop:\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    {signal}: {{receivers: [synthetic], processors: [{}], exporters: [nop]}}\n",
+        "receivers:\n  synthetic: {{seed: 7, batch_size: 1024, {gen}: {{count: {n}{gen_opts}}}}}\nprocessors:\n{decl}exporters:\n  nop:\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    {signal}: {{receivers: [synthetic], processors: [{}], exporters: [nop]}}\n",
         procs.join(", ")
     )
 }
@@ -93,7 +100,9 @@ fn main() {
         "{:<8} {:<28} {:>14} {:>16}",
         "signal", "pipeline", "records/s", "CPU ns/record"
     );
-    for signal in ["traces", "flows"] {
+    // OXEYE_BENCH_ONLY=filter: only the processor rows whose label contains it.
+    let only = std::env::var("OXEYE_BENCH_ONLY").ok();
+    for signal in ["traces", "flows"].into_iter().filter(|_| only.is_none()) {
         for (label, procs) in [
             ("synthetic -> nop exporter", 0),
             ("synthetic -> 3 nop -> nop", 3),
@@ -135,16 +144,51 @@ fn main() {
             "  tail_sampling: {decision_wait: 1h, num_traces: 10000, policies: [{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}, {name: some, type: probabilistic, probabilistic: {sampling_percentage: 10}}]}\n",
             "tail_sampling, 10 000 traces open",
         ),
+        (
+            "traces",
+            "filter",
+            "  filter: {traces: {span: ['attributes[\"http.route\"] == \"/health\"']}}\n",
+            "filter, one attribute (HTTP spans)",
+        ),
+        (
+            "traces",
+            "filter",
+            "  filter: {traces: {span: ['attributes[\"http.route\"] == \"/health\" or (status == STATUS_CODE_UNSET and duration < 50000)']}}\n",
+            "filter, attribute or status + duration",
+        ),
+        (
+            "traces",
+            "transform",
+            "  transform: {trace_statements: ['set(attributes[\"deployment.environment\"], \"prod\")']}\n",
+            "transform, set one attribute",
+        ),
+        (
+            "traces",
+            "transform",
+            "  transform: {trace_statements: ['replace_pattern(name, \"/[0-9]+\", \"/{id}\")', 'set(attributes[\"env\"], \"prod\") where attributes[\"http.route\"] != nil']}\n",
+            "transform, regex replace + conditional set",
+        ),
     ] {
-        let base: Vec<f64> = (0..runs)
-            .map(|_| run_once(&config(signal, n, 0), n).1)
-            .collect();
-        let with: Vec<(f64, f64, u64)> = (0..runs)
-            .map(|_| run_counted(&config_with(signal, n, &[id.to_string()], decl), n))
-            .collect();
+        if only.as_deref().is_some_and(|o| !what.contains(o)) {
+            continue;
+        }
+        // Processors on HTTP-shaped spans need the generator's attributes.
+        let gen = if matches!(id, "filter" | "transform") { "attributes: true" } else { "" };
+        let base_yaml = config_with(signal, n, &[], "", gen);
+        let with_yaml = config_with(signal, n, &[id.to_string()], decl, gen);
+        // Interleaved: base, with, base, with, ... so drift hits both alike.
+        let mut base = Vec::new();
+        let mut with: Vec<(f64, f64, u64)> = Vec::new();
+        for _ in 0..runs {
+            base.push(run_once(&base_yaml, n).1);
+            with.push(run_counted(&with_yaml, n));
+        }
         let added = median(with.iter().map(|r| r.1).collect()) - median(base);
         let out = with[0].2.max(1);
         println!("  {what:<40} +{added:>6.1} ns/record  {:>8.1} M records/s  {n} in -> {out} out ({:.0}x)", 1e3 / added.max(0.001), n as f64 / out as f64);
+    }
+    if only.is_some() {
+        return;
     }
     // Exporters: Arrow encoding + writing, CPU added over the nop exporter, and bytes per record.
     println!("exporters (CPU ns per record over the nop exporter):");

@@ -241,8 +241,54 @@ pub(crate) enum Expr {
     And(Vec<Expr>),
     Or(Vec<Expr>),
     Cmp(CmpOp, Box<Expr>, Box<Expr>),
+    /// `attributes["k"] <op> literal` (`None`: nil), the commonest condition: compared in place,
+    /// without building values.
+    AttrCmp(CmpOp, Map, Arc<str>, Option<Value>),
+    /// `field <op> literal`.
+    FieldCmp(CmpOp, Field, Option<Value>),
     Math(MathOp, Box<Expr>, Box<Expr>),
     Call(Box<Call>),
+}
+
+impl CmpOp {
+    /// The operator with its sides swapped (`5 < x` is `x > 5`).
+    fn flip(self) -> CmpOp {
+        match self {
+            CmpOp::Lt => CmpOp::Gt,
+            CmpOp::Le => CmpOp::Ge,
+            CmpOp::Gt => CmpOp::Lt,
+            CmpOp::Ge => CmpOp::Le,
+            same => same,
+        }
+    }
+}
+
+/// A comparison, specialized when one side is a literal.
+fn comparison(op: CmpOp, l: Expr, r: Expr) -> Expr {
+    let literal = |e: Expr| match e {
+        Expr::Lit(v) => Ok(Some(v)),
+        Expr::Nil => Ok(None),
+        other => Err(other),
+    };
+    match (l, r) {
+        (Expr::Attr(m, k), r) => match literal(r) {
+            Ok(v) => Expr::AttrCmp(op, m, k, v),
+            Err(r) => Expr::Cmp(op, Box::new(Expr::Attr(m, k)), Box::new(r)),
+        },
+        (Expr::Field(f), r) => match literal(r) {
+            Ok(v) => Expr::FieldCmp(op, f, v),
+            Err(r) => Expr::Cmp(op, Box::new(Expr::Field(f)), Box::new(r)),
+        },
+        (l, Expr::Attr(m, k)) => match literal(l) {
+            Ok(v) => Expr::AttrCmp(op.flip(), m, k, v),
+            Err(l) => Expr::Cmp(op, Box::new(l), Box::new(Expr::Attr(m, k))),
+        },
+        (l, Expr::Field(f)) => match literal(l) {
+            Ok(v) => Expr::FieldCmp(op.flip(), f, v),
+            Err(l) => Expr::Cmp(op, Box::new(l), Box::new(Expr::Field(f))),
+        },
+        (l, r) => Expr::Cmp(op, Box::new(l), Box::new(r)),
+    }
 }
 
 /// A converter call (functions with a capital letter; they return a value).
@@ -554,7 +600,7 @@ impl<'t> Compiler<'t> {
                         ),
                     ));
                 }
-                Ok((Expr::Cmp(op, Box::new(l), Box::new(r)), Ty::Bool))
+                Ok((comparison(op, l, r), Ty::Bool))
             }
             Rule::sum | Rule::product => {
                 let mut inner = pair.into_inner();

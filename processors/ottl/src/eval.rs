@@ -53,13 +53,7 @@ impl<'a> Val<'a> {
             Val::Str(s) => View::Str(s),
             Val::Arc(s) => View::Str(s),
             Val::Bytes(b) => View::Bytes(b),
-            Val::Value(v) => match v {
-                Value::Str(s) => View::Str(s),
-                Value::Int(i) => View::Int(*i),
-                Value::F64(f) => View::F64(*f),
-                Value::Bool(b) => View::Bool(*b),
-                Value::Bytes(b) => View::Bytes(b),
-            },
+            Val::Value(v) => value_view(v),
             Val::List(l) => View::List(l),
             Val::Map(m) => View::Map(m),
         }
@@ -81,6 +75,20 @@ impl<'a> Val<'a> {
             }
         }))
     }
+}
+
+fn value_view(v: &Value) -> View<'_> {
+    match v {
+        Value::Str(s) => View::Str(s),
+        Value::Int(i) => View::Int(*i),
+        Value::F64(f) => View::F64(*f),
+        Value::Bool(b) => View::Bool(*b),
+        Value::Bytes(b) => View::Bytes(b),
+    }
+}
+
+fn literal_view(v: &Option<Value>) -> View<'_> {
+    v.as_ref().map_or(View::Nil, value_view)
 }
 
 impl View<'_> {
@@ -220,7 +228,12 @@ fn eval<'a>(e: &'a Expr, env: &Env<'a>) -> Result<Val<'a>, EvalError> {
                 .map(|i| eval(i, env))
                 .collect::<Result<_, _>>()?,
         ),
-        Expr::Not(_) | Expr::And(_) | Expr::Or(_) | Expr::Cmp(..) => Val::Bool(truth(e, env)?),
+        Expr::Not(_)
+        | Expr::And(_)
+        | Expr::Or(_)
+        | Expr::Cmp(..)
+        | Expr::AttrCmp(..)
+        | Expr::FieldCmp(..) => Val::Bool(truth(e, env)?),
         Expr::Math(op, l, r) => math(*op, &eval(l, env)?, &eval(r, env)?)?,
         Expr::Call(c) => call(c, env)?,
     })
@@ -246,7 +259,16 @@ pub(crate) fn truth(e: &Expr, env: &Env<'_>) -> Result<bool, EvalError> {
             Ok(false)
         }
         Expr::Not(inner) => Ok(!truth(inner, env)?),
-        Expr::Cmp(op, l, r) => Ok(compare(*op, &eval(l, env)?, &eval(r, env)?)),
+        Expr::AttrCmp(op, m, k, lit) => {
+            let v = attrs(*m, env).get(k).map_or(View::Nil, value_view);
+            Ok(compare(*op, v, literal_view(lit)))
+        }
+        Expr::FieldCmp(op, f, lit) => Ok(compare(
+            *op,
+            field(*f, env.record).view(),
+            literal_view(lit),
+        )),
+        Expr::Cmp(op, l, r) => Ok(compare(*op, eval(l, env)?.view(), eval(r, env)?.view())),
         other => match eval(other, env)?.view() {
             View::Bool(b) => Ok(b),
             v => Err(EvalError(format!(
@@ -257,8 +279,8 @@ pub(crate) fn truth(e: &Expr, env: &Env<'_>) -> Result<bool, EvalError> {
     }
 }
 
-fn compare(op: CmpOp, l: &Val<'_>, r: &Val<'_>) -> bool {
-    let ord = match (l.view(), r.view()) {
+fn compare(op: CmpOp, l: View<'_>, r: View<'_>) -> bool {
+    let ord = match (l, r) {
         (View::Int(a), View::Int(b)) => Some(a.cmp(&b)),
         (View::Int(a), View::F64(b)) => (a as f64).partial_cmp(&b),
         (View::F64(a), View::Int(b)) => a.partial_cmp(&(b as f64)),

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use oxeye_api::{
-    Batch, BoxError, BuildContext, Comm, ConfigErrors, Direction, Factory, Flow, Receiver,
-    ReceiverContext, Resource, Signal, Span, SpanId, StatusCode, TaskContext, TcpFlags, TraceId,
-    Transport,
+    Attributes, Batch, BoxError, BuildContext, Comm, ConfigErrors, Direction, Factory, Flow,
+    Receiver, ReceiverContext, Resource, Signal, Span, SpanId, StatusCode, TaskContext, TcpFlags,
+    TraceId, Transport, Value,
 };
 use serde::Deserialize;
 
@@ -56,6 +56,54 @@ pub struct SpanConfig {
     pub count: Option<u64>,
     /// Spans per second; 0 = as fast as possible.
     pub rate: u64,
+    /// Give spans the attributes an instrumented HTTP service's spans carry (root spans:
+    /// `http.request.method`, `http.route`, `http.response.status_code`, `server.address`,
+    /// `url.scheme`; child spans: `code.function.name`). Off by default.
+    pub attributes: bool,
+}
+
+/// Routes of the `attributes` mode, most popular first.
+const ROUTES: &[&str] = &[
+    "/api/items",
+    "/api/items/{id}",
+    "/api/orders",
+    "/health",
+    "/api/users/{id}",
+    "/metrics",
+    "/api/cart",
+    "/static/{file}",
+];
+
+/// Shared keys and values of the `attributes` mode: spans hold pointers, not copies.
+struct AttrPool {
+    method: Arc<str>,
+    route: Arc<str>,
+    status: Arc<str>,
+    server: Arc<str>,
+    scheme: Arc<str>,
+    function: Arc<str>,
+    methods: Vec<Value>,
+    routes: Vec<Value>,
+    servers: Vec<Value>,
+    https: Value,
+}
+
+impl AttrPool {
+    fn new() -> Self {
+        let vals = |v: &[&str]| v.iter().map(|&s| Value::from(s)).collect();
+        AttrPool {
+            method: "http.request.method".into(),
+            route: "http.route".into(),
+            status: "http.response.status_code".into(),
+            server: "server.address".into(),
+            scheme: "url.scheme".into(),
+            function: "code.function.name".into(),
+            methods: vals(&["GET", "GET", "GET", "POST", "PUT", "DELETE"]),
+            routes: vals(ROUTES),
+            servers: vals(&["api.shop.internal", "orders.shop.internal"]),
+            https: "https".into(),
+        }
+    }
 }
 
 /// Flow generation.
@@ -152,10 +200,11 @@ struct SpanGen {
     user_fns: Vec<u64>,
     /// Spans of the current trace not yet handed out (pre-order, so a cut never orphans a child).
     pending: std::collections::VecDeque<Span>,
+    attrs: Option<AttrPool>,
 }
 
 impl SpanGen {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, attributes: bool) -> Self {
         let mut rng = Rng::new(seed);
         let kernel_fns = (0..64)
             .map(|_| KERNEL_BASE + rng.below(0x80_0000))
@@ -168,7 +217,46 @@ impl SpanGen {
             kernel_fns,
             user_fns,
             pending: Default::default(),
+            attrs: attributes.then(AttrPool::new),
         }
+    }
+
+    /// The attributes of the `attributes` mode (empty without it).
+    fn attributes(&mut self, root: bool, name: &Arc<str>, error: bool) -> Attributes {
+        let Some(p) = &self.attrs else {
+            return Attributes::new();
+        };
+        if !root {
+            return [(p.function.clone(), Value::Str(name.clone()))]
+                .into_iter()
+                .collect();
+        }
+        // Zipf-like: route i with weight 1/(i+1).
+        let mut r = self.rng.unit() * 2.717857;
+        let mut route = 0;
+        while route + 1 < p.routes.len() {
+            r -= 1.0 / (route + 1) as f64;
+            if r <= 0.0 {
+                break;
+            }
+            route += 1;
+        }
+        let status = if error {
+            500 + self.rng.below(4) as i64
+        } else {
+            [200, 200, 200, 201, 204, 304, 404][self.rng.below(7) as usize]
+        };
+        let method = p.methods[self.rng.below(p.methods.len() as u64) as usize].clone();
+        let server = p.servers[self.rng.below(2) as usize].clone();
+        [
+            (p.method.clone(), method),
+            (p.route.clone(), p.routes[route].clone()),
+            (p.status.clone(), Value::Int(status)),
+            (p.server.clone(), server),
+            (p.scheme.clone(), p.https.clone()),
+        ]
+        .into_iter()
+        .collect()
     }
 
     fn stack(&mut self, kernel: bool) -> Vec<u64> {
@@ -219,7 +307,9 @@ impl SpanGen {
         let span_id = SpanId(self.rng.nonzero_u64().to_be_bytes());
         let kernel = depth > 0;
         let error = self.rng.below(100) == 0;
+        let attributes = self.attributes(depth == 0, &name, error);
         let span = Span {
+            attributes,
             trace_id,
             span_id,
             parent_span_id: parent,
@@ -458,7 +548,7 @@ impl Receiver for Synthetic {
         let cfg = &self.config;
         let spans = async {
             if let Some(s) = cfg.spans.as_ref().filter(|_| ctx.wants(Signal::Traces)) {
-                let mut gen = SpanGen::new(cfg.seed);
+                let mut gen = SpanGen::new(cfg.seed, s.attributes);
                 generate(
                     &ctx,
                     &self.resource,
@@ -543,8 +633,8 @@ mod tests {
 
     #[test]
     fn spans_are_deterministic_and_nested() {
-        let mut a = SpanGen::new(7);
-        let mut b = SpanGen::new(7);
+        let mut a = SpanGen::new(7, false);
+        let mut b = SpanGen::new(7, false);
         let xs: Vec<Span> = (0..1000).map(|_| a.next(1_000_000_000_000)).collect();
         let ys: Vec<Span> = (0..1000).map(|_| b.next(1_000_000_000_000)).collect();
         assert_eq!(xs, ys);
@@ -564,6 +654,30 @@ mod tests {
             seen.insert(s.span_id, s);
         }
         assert!(xs.iter().any(|s| s.parent_span_id.is_some()));
+    }
+
+    #[test]
+    fn attribute_mode_gives_http_attributes() {
+        let mut g = SpanGen::new(7, true);
+        let xs: Vec<Span> = (0..20_000).map(|_| g.next(1_000_000_000_000)).collect();
+        let roots: Vec<&Span> = xs.iter().filter(|s| s.parent_span_id.is_none()).collect();
+        assert!(roots.iter().all(|s| s.attributes.len() == 5));
+        let health = roots
+            .iter()
+            .filter(|s| s.attributes.get("http.route") == Some(&Value::from("/health")))
+            .count() as f64;
+        // Route 3 of 8 with weight 1/4 of 2.7179: 9.2 %.
+        let share = health / roots.len() as f64;
+        assert!((0.07..0.115).contains(&share), "{share}");
+        let errors = roots.iter().filter(|s| s.status == StatusCode::Error);
+        assert!(errors.into_iter().all(|s| matches!(
+            s.attributes.get("http.response.status_code"),
+            Some(Value::Int(500..=503))
+        )));
+        assert!(xs
+            .iter()
+            .filter(|s| s.parent_span_id.is_some())
+            .all(|s| s.attributes.get("code.function.name") == Some(&Value::Str(s.name.clone()))));
     }
 
     #[test]
