@@ -785,8 +785,11 @@ impl<'t> Compiler<'t> {
             }
             None => {
                 let elsewhere = FIELDS.iter().any(|f| f.0 == dotted);
+                let names = path_names(self.context);
                 let why = if elsewhere {
                     format!("`{dotted}` is not a field of a {}", self.context.as_str())
+                } else if let Some(near) = closest(&dotted, &names) {
+                    format!("unknown path `{dotted}` (did you mean `{near}`?)")
                 } else {
                     format!("unknown path `{dotted}`")
                 };
@@ -795,7 +798,7 @@ impl<'t> Compiler<'t> {
                     format!(
                         "{why}; {} paths: {}",
                         self.context.as_str(),
-                        path_names(self.context).join(", ")
+                        names.join(", ")
                     ),
                 ))
             }
@@ -963,10 +966,13 @@ impl<'t> Compiler<'t> {
                 (Call::Substring(t, start, len), Ty::Str)
             }
             _ => {
+                let names: Vec<&str> = CONVERTERS.iter().map(|c| c.0).collect();
                 let hint = if EDITORS.iter().any(|e| e.0 == name.to_lowercase()) {
-                    " (editors start with a small letter and stand alone)"
+                    " (editors start with a small letter and stand alone)".to_string()
+                } else if let Some(near) = closest(&name, &names) {
+                    format!(" (did you mean `{near}`?)")
                 } else {
-                    ""
+                    String::new()
                 };
                 return Err(self.err(
                     at,
@@ -1145,7 +1151,10 @@ impl<'t> Compiler<'t> {
                 return Err(self.err(
                     at,
                     format!(
-                        "unknown editor `{name}`; editors: {}",
+                        "unknown editor `{name}`{}; editors: {}",
+                        closest(&name, &EDITORS.iter().map(|e| e.0).collect::<Vec<_>>())
+                            .map(|n| format!(" (did you mean `{n}`?)"))
+                            .unwrap_or_default(),
                         EDITORS.iter().map(|e| e.0).collect::<Vec<_>>().join(", ")
                     ),
                 ))
@@ -1157,4 +1166,28 @@ impl<'t> Compiler<'t> {
 /// Source text of a node for messages (pest spans keep the whitespace after a node).
 fn src_of<'t>(pair: &Pair<'t, Rule>) -> &'t str {
     pair.as_str().trim_end()
+}
+
+/// The candidate within edit distance 2 of `name` (a typo), if one is.
+fn closest<'c>(name: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    };
+    candidates
+        .iter()
+        .map(|c| (distance(name, c), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
 }
