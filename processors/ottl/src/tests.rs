@@ -169,7 +169,11 @@ fn condition_errors_say_where_and_what() {
             "must be a string literal",
         ),
         ("Foo(name)", 0, "unknown function `Foo`"),
-        ("IsMach(name, \"x\")", 0, "unknown function `IsMach` (did you mean `IsMatch`?)"),
+        (
+            "IsMach(name, \"x\")",
+            0,
+            "unknown function `IsMach` (did you mean `IsMatch`?)",
+        ),
         ("Len(name, 1) == 1", 0, "`Len` takes 1 argument(s), got 2"),
         (
             "kind == SPAN_KIND_SERVR",
@@ -265,7 +269,11 @@ fn statement_errors() {
             "the target is a string but `5` is an int",
         ),
         (r#"set(attributes["x"], [1, 2])"#, 21, "is a list"),
-        ("sett(name, \"x\")", 0, "unknown editor `sett` (did you mean `set`?)"),
+        (
+            "sett(name, \"x\")",
+            0,
+            "unknown editor `sett` (did you mean `set`?)",
+        ),
         ("set(name)", 0, "`set` takes 2 argument(s), got 1"),
         (
             r#"set(name, "x") where name"#,

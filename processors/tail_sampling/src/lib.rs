@@ -714,6 +714,19 @@ impl Remembered {
     fn contains(&self, id: &TraceId) -> bool {
         self.ids.contains(id)
     }
+
+    /// Estimated memory: hash table slots (id + control byte, 7/8 full at most) and the order.
+    fn bytes(&self) -> u64 {
+        (self.ids.capacity() * 8 / 7 * (std::mem::size_of::<TraceId>() + 1)
+            + self.order.capacity() * std::mem::size_of::<TraceId>()) as u64
+    }
+
+    /// The most [`Self::bytes`] can become with `entries` ids.
+    fn max_bytes(entries: usize) -> u64 {
+        let buckets = (entries * 8 / 7).next_power_of_two();
+        (buckets * (std::mem::size_of::<TraceId>() + 1)
+            + entries.next_power_of_two() * std::mem::size_of::<TraceId>()) as u64
+    }
 }
 
 /// Largest batch the processor emits.
@@ -735,15 +748,38 @@ struct Held {
     refs: Vec<(u32, u32)>,
 }
 
-/// Estimated memory of a held span.
-fn span_bytes(s: &Span) -> u64 {
-    (std::mem::size_of::<Span>()
-        + std::mem::size_of::<Arc<Resource>>()
-        + s.name.len()
-        + (s.kernel_stack.len() + s.user_stack.len() + s.args.len()) * 8
-        + s.frames.len() * 64
-        + s.attributes.iter().count() * 64) as u64
+/// Heap bytes of a vector's buffer (with the allocator's header), 0 when it has none.
+fn vec_bytes(capacity: usize, element: usize) -> usize {
+    if capacity == 0 {
+        0
+    } else {
+        capacity * element + 16
+    }
 }
+
+/// Estimated heap memory a held span owns (its own slot is counted with its batch).
+fn span_bytes(s: &Span) -> u64 {
+    // Attributes grow by doubling from 4.
+    let attrs = match s.attributes.len() {
+        0 => 0,
+        n => n.next_power_of_two().max(4),
+    };
+    (vec_bytes(s.kernel_stack.capacity(), 8)
+        + vec_bytes(s.user_stack.capacity(), 8)
+        + vec_bytes(s.args.capacity(), 8)
+        + vec_bytes(s.frames.capacity(), std::mem::size_of::<oxeye_api::Frame>())
+        + vec_bytes(attrs, std::mem::size_of::<(Arc<str>, Value)>())) as u64
+}
+
+/// Memory of a kept batch itself: every slot of its buffer stays until its last span is decided.
+fn slab_bytes(capacity: usize) -> u64 {
+    (vec_bytes(capacity, std::mem::size_of::<Span>()) + std::mem::size_of::<Option<Slab>>()) as u64
+}
+
+/// Memory of a held trace besides its spans: map entry, span references, arrival record.
+const TRACE_BYTES: u64 = (std::mem::size_of::<(TraceId, Held)>()
+    + std::mem::size_of::<(u32, u32)>() * 2
+    + std::mem::size_of::<(u64, TraceId)>()) as u64;
 
 /// The processor.
 pub struct TailSampling {
@@ -764,6 +800,9 @@ pub struct TailSampling {
     /// Per policy: (sampled, not sampled).
     decisions: Vec<(u64, u64)>,
     decided_early: u64,
+    /// When a bound last made a decision early was logged, and how many since.
+    early_logged: Option<std::time::Instant>,
+    early_unlogged: u64,
     late: u64,
     /// Kept spans, grouped by resource as they come: each group becomes a batch as it is.
     ready: Vec<(Arc<Resource>, Vec<Span>)>,
@@ -792,6 +831,7 @@ impl TailSampling {
         let Some(trace) = self.held.remove(&id) else {
             return;
         };
+        self.bytes -= TRACE_BYTES;
         let view = TraceView {
             refs: &trace.refs,
             slabs: &self.slabs,
@@ -839,15 +879,37 @@ impl TailSampling {
 
     /// Decides the oldest traces until the bounds hold again.
     fn enforce_bounds(&mut self, now_ns: u64) {
-        while self.held.len() > self.num_traces || self.bytes > self.max_bytes {
+        while self.held.len() > self.num_traces || self.memory() > self.max_bytes {
             let Some((_, id)) = self.arrivals.pop_front() else {
                 break;
             };
             if self.held.contains_key(&id) {
                 self.decided_early += 1;
+                self.early_unlogged += 1;
                 self.decide(id, now_ns);
             }
         }
+        let due = self
+            .early_logged
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60));
+        if self.early_unlogged > 0 && due {
+            tracing::warn!(
+                decided_early = self.early_unlogged,
+                total = self.decided_early,
+                held_traces = self.held.len(),
+                estimated_bytes = self.memory(),
+                "tail_sampling is full (num_traces {}, max_bytes {}): the oldest traces were decided before decision_wait; raise the bounds or shorten decision_wait",
+                self.num_traces,
+                self.max_bytes
+            );
+            self.early_logged = Some(std::time::Instant::now());
+            self.early_unlogged = 0;
+        }
+    }
+
+    /// Estimated memory held: batches with waiting spans, traces, decision caches.
+    fn memory(&self) -> u64 {
+        self.bytes + self.sampled.bytes() + self.not_sampled.bytes()
     }
 
     /// Emits what was kept.
@@ -909,6 +971,7 @@ impl Processor for TailSampling {
                 continue;
             } else {
                 self.arrivals.push_back((now_ns, id));
+                self.bytes += TRACE_BYTES;
                 self.held.insert(
                     id,
                     Held {
@@ -921,6 +984,7 @@ impl Processor for TailSampling {
             bytes += span_bytes(s);
         }
         if waiting > 0 {
+            let bytes = bytes + slab_bytes(spans.capacity());
             let slab = Slab {
                 resource,
                 spans,
@@ -992,8 +1056,19 @@ impl Factory for TailSamplingFactory {
         if c.num_traces == 0 {
             e.push("num_traces", "must be at least 1");
         }
-        if c.max_bytes == 0 {
-            e.push("max_bytes", "must be greater than 0");
+        let caches = Remembered::max_bytes(c.decision_cache.sampled_cache_size)
+            + Remembered::max_bytes(c.decision_cache.non_sampled_cache_size);
+        if c.max_bytes < 2 * caches.max(1) {
+            e.push(
+                "max_bytes",
+                format!(
+                    "{} leaves no room for held traces: the decision caches alone may take {caches} bytes ({} + {} ids); use at least {} or shrink decision_cache",
+                    c.max_bytes,
+                    c.decision_cache.sampled_cache_size,
+                    c.decision_cache.non_sampled_cache_size,
+                    2 * caches.max(1)
+                ),
+            );
         }
         if c.policies.is_empty() {
             e.push(
@@ -1035,6 +1110,8 @@ impl Factory for TailSamplingFactory {
             sampled: Remembered::new(c.decision_cache.sampled_cache_size),
             not_sampled: Remembered::new(c.decision_cache.non_sampled_cache_size),
             decided_early: 0,
+            early_logged: None,
+            early_unlogged: 0,
             late: 0,
             ready: Vec::new(),
             dropped: 0,
@@ -1162,9 +1239,10 @@ mod tests {
             40
         )));
         // A byte cap of two one-span batches: a third decides the oldest early, and so on.
-        let cap = span_bytes(&span(1, 0, 1, StatusCode::Unset)) * 2;
+        let s = span(1, 0, 1, StatusCode::Unset);
+        let cap = (span_bytes(&s) + TRACE_BYTES + slab_bytes(1)) * 2;
         let mut h = ProcessorHarness::new::<TailSamplingFactory>(&format!(
-            "{{decision_wait: 1h, max_bytes: {cap}, policies: [{{name: all, type: always_sample}}]}}"
+            "{{decision_wait: 1h, max_bytes: {cap}, decision_cache: {{sampled_cache_size: 0, non_sampled_cache_size: 0}}, policies: [{{name: all, type: always_sample}}]}}"
         ))
         .unwrap();
         let early: usize = (1..=5u128)
@@ -1263,6 +1341,17 @@ mod tests {
         )
         .is_err());
         assert!(check::<TailSamplingFactory>(&format!("{{{POLICIES}}}")).is_ok());
+        // The decision caches count against max_bytes: 2 x 100 000 ids need about 8.6 MB.
+        let e = check::<TailSamplingFactory>(&format!("{{max_bytes: 10000000, {POLICIES}}}"))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("leaves no room for held traces"),
+            "{e}"
+        );
+        assert!(check::<TailSamplingFactory>(&format!(
+            "{{max_bytes: 10000000, decision_cache: {{sampled_cache_size: 10000, non_sampled_cache_size: 10000}}, {POLICIES}}}"
+        ))
+        .is_ok());
     }
 
     #[test]
