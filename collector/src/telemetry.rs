@@ -97,8 +97,10 @@ fn edge_gauge(
 
 /// Every family read from the engine's registry.
 fn families(reg: &Registry) -> Vec<MetricFamily> {
+    let components = reg.components();
+    let edges = reg.edges();
     let each = |get: fn(&oxeye_api::Telemetry) -> u64| {
-        reg.components
+        components
             .iter()
             .map(move |c| (component_labels(c), get(&c.telemetry)))
     };
@@ -125,7 +127,7 @@ fn families(reg: &Registry) -> Vec<MetricFamily> {
             "oxeye_component_dropped_records_total",
             "Records dropped by, or at the queue of, a component, by reason.",
             MetricType::COUNTER,
-            reg.components.iter().flat_map(|c| {
+            components.iter().flat_map(|c| {
                 c.telemetry.dropped().into_iter().map(move |(reason, n)| {
                     let mut l = component_labels(c);
                     l.push(("reason", reason.to_string()));
@@ -137,7 +139,7 @@ fn families(reg: &Registry) -> Vec<MetricFamily> {
             "oxeye_lost_total",
             "Lost before the pipeline (e.g. in the kernel: ring buffer full, LRU evictions), by reason, unit and source.",
             MetricType::COUNTER,
-            reg.components.iter().flat_map(|c| {
+            components.iter().flat_map(|c| {
                 c.telemetry.lost().into_iter().map(move |l| {
                     let mut labels = component_labels(c);
                     labels.push(("reason", l.reason.to_string()));
@@ -150,7 +152,7 @@ fn families(reg: &Registry) -> Vec<MetricFamily> {
     ];
     // Components' own counters: one family per name, every component's samples together.
     let mut named: BTreeMap<&'static str, Vec<(Labels, u64)>> = BTreeMap::new();
-    for c in &reg.components {
+    for c in &components {
         for (name, source, n) in c.telemetry.counters() {
             let mut l = component_labels(c);
             l.push(("source", source));
@@ -169,20 +171,32 @@ fn families(reg: &Registry) -> Vec<MetricFamily> {
         edge_gauge(
             "oxeye_queue_depth_batches",
             "Batches waiting on an edge.",
-            &reg.edges,
+            &edges,
             |e| e.depth(),
         ),
         edge_gauge(
             "oxeye_queue_records",
             "Records waiting on an edge.",
-            &reg.edges,
+            &edges,
             |e| e.queued_records(),
         ),
         edge_gauge(
             "oxeye_queue_capacity_batches",
             "Capacity of an edge, in batches.",
-            &reg.edges,
+            &edges,
             |e| e.capacity as u64,
+        ),
+        family(
+            "oxeye_config_reloads_total",
+            "Config reloads, by result (applied; rejected: invalid, or a component failed to build).",
+            MetricType::COUNTER,
+            {
+                let (applied, rejected) = reg.reloads();
+                [
+                    (vec![("result", "applied".to_string())], applied),
+                    (vec![("result", "rejected".to_string())], rejected),
+                ]
+            },
         ),
         family(
             "oxeye_healthy",

@@ -98,7 +98,7 @@ fn traced_with(n: u64, wakeup_bytes: u64, ring_size: u64, drain: &str) -> (f64, 
     let spans = report.received(Kind::Exporter, "nop");
     let lost = report
         .registry
-        .components
+        .components()
         .iter()
         .flat_map(|c| c.telemetry.counters())
         .filter(|(name, _, _)| *name == "ebpf_ringbuf_full")

@@ -640,7 +640,7 @@ fn captured_flows(id: &str) -> Vec<Flow> {
 fn component(report: &oxeye::engine::Report, id: &str) -> oxeye_api::Telemetry {
     report
         .registry
-        .components
+        .components()
         .iter()
         .find(|c| c.id == id)
         .map(|c| c.telemetry.clone())
@@ -769,10 +769,14 @@ fn shutdown_deadline_and_full_queue_are_counted_not_lost() {
     );
     assert!(counter(&t, "otlp_retries") > 0);
 
-    // drop_newest on a one-batch queue while the endpoint is down: refusals are counted.
+    // drop_newest on a one-batch queue while the endpoint hangs (it takes connections and
+    // never answers; each attempt times out): refusals are counted.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hang_port = hang.local_addr().expect("addr").port();
     let report = run(&format!(
-        "receivers:\n  synthetic: {{seed: 9, batch_size: 100, spans: {{count: 1000}}}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{dead}', sending_queue: {{queue_size: 1, num_consumers: 1, when_full: drop_newest}}, retry_on_failure: {{enabled: false}}}}\nservice:\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [otlp]}}\n"
+        "receivers:\n  synthetic: {{seed: 9, batch_size: 100, spans: {{count: 1000}}}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{hang_port}', timeout: 200ms, batch: {{send_batch_size: 100}}, sending_queue: {{queue_size: 1, num_consumers: 1, when_full: drop_newest}}, retry_on_failure: {{enabled: false}}}}\nservice:\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [otlp]}}\n"
     ));
+    drop(hang);
     let t = component(&report, "otlp");
     let dropped: HashMap<_, _> = t.dropped().into_iter().collect();
     assert!(dropped.contains_key("sending_queue_full"), "{dropped:?}");

@@ -10,23 +10,25 @@
 //! outputs; exporters drain and shut down. Nothing accepted is lost unless the deadline passes,
 //! in which case the unfinished components and the records still queued to them are reported.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use oxeye_api::component::{BatchSink, ShutdownTrigger};
+use oxeye_api::component::BatchSink;
 use oxeye_api::{
-    Batch, BoxError, BuildContext, Exporter, Instance, Kind, LostUnit, Output, Processor, Receiver,
-    ReceiverContext, Shutdown, Signal, Telemetry,
+    Batch, BoxError, Exporter, Kind, LostUnit, Output, Processor, Receiver, ReceiverContext,
+    Telemetry,
 };
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, QueueConfig, WhenFull};
+use crate::config::{Config, WhenFull};
+
+mod graph;
+use graph::{Control, Live, Routes};
 
 /// Counters of one edge (a channel between two stages).
 #[derive(Debug)]
@@ -131,15 +133,24 @@ impl Edge {
 
 /// The receiving ends of all edges into a stage, polled round-robin.
 struct Inputs {
-    rxs: Vec<(mpsc::Receiver<Arc<Batch>>, Arc<EdgeStats>)>,
+    rxs: Vec<InputEnd>,
     next: usize,
     /// The owning stage: what is still queued when it stops early counts as its drops.
     owner: Telemetry,
+    /// Edges added while running (an exporter fed by a new pipeline); `None` once the engine
+    /// has dropped its end: then the stage ends when its current inputs are closed and empty.
+    adder: Option<mpsc::UnboundedReceiver<InputEnd>>,
 }
 
 impl Drop for Inputs {
     fn drop(&mut self) {
         // Only non-empty when the stage failed or was abandoned: count, never lose silently.
+        if let Some(mut adder) = self.adder.take() {
+            adder.close();
+            while let Ok(end) = adder.try_recv() {
+                self.rxs.push(end);
+            }
+        }
         for (rx, stats) in &mut self.rxs {
             rx.close();
             while let Ok(batch) = rx.try_recv() {
@@ -155,6 +166,13 @@ impl Inputs {
     /// The next batch from any input; `None` once every input is closed and empty.
     async fn recv(&mut self) -> Option<Arc<Batch>> {
         std::future::poll_fn(|cx| {
+            while let Some(adder) = self.adder.as_mut() {
+                match adder.poll_recv(cx) {
+                    Poll::Ready(Some(end)) => self.rxs.push(end),
+                    Poll::Ready(None) => self.adder = None,
+                    Poll::Pending => break,
+                }
+            }
             let mut i = 0;
             while i < self.rxs.len() {
                 let idx = (self.next + i) % self.rxs.len();
@@ -170,7 +188,7 @@ impl Inputs {
                     Poll::Pending => i += 1,
                 }
             }
-            if self.rxs.is_empty() {
+            if self.rxs.is_empty() && self.adder.is_none() {
                 Poll::Ready(None)
             } else {
                 Poll::Pending
@@ -182,7 +200,8 @@ impl Inputs {
 
 /// A receiver's fan-out: every edge of every pipeline that takes the batch's signal.
 struct FanOut {
-    routes: Vec<(Signal, Vec<Edge>)>,
+    /// Swapped by a reload while the receiver runs.
+    routes: Arc<Routes>,
     telemetry: Telemetry,
 }
 
@@ -192,14 +211,15 @@ impl BatchSink for FanOut {
         let signal = batch.signal();
         let batch = Arc::new(batch);
         self.telemetry.add_emitted(batch.len() as u64);
-        for (s, edges) in &self.routes {
+        let routes = self.routes.get();
+        for (s, edges) in routes.iter() {
             if *s == signal {
                 for edge in edges {
                     edge.send(Arc::clone(&batch)).await;
                 }
             }
         }
-        drop(batch);
+        drop((batch, routes));
         // Let the next stage take the batch while it is still in this core's cache: without
         // this a fast receiver fills the whole queue first (64 batches, tens of MB), and every
         // processor then reads its records back from memory (3x its own cost, measured).
@@ -242,13 +262,30 @@ async fn next(
 async fn run_processor(
     mut p: Box<dyn Processor>,
     mut inputs: Inputs,
-    outputs: Vec<Edge>,
+    mut outputs: Vec<Edge>,
+    mut control: mpsc::UnboundedReceiver<Control>,
     telemetry: Telemetry,
 ) -> Result<(), BoxError> {
     let mut out = Output::new();
     let mut ticker = ticker(p.tick_interval());
+    let mut control_open = true;
     loop {
-        match next(&mut inputs, &mut ticker).await {
+        // Control ahead of data: a rewiring applies before the next batch is taken.
+        let step = tokio::select! {
+            biased;
+            c = control.recv(), if control_open => match c {
+                Some(Control::SetOutputs(new)) => {
+                    outputs = new;
+                    continue;
+                }
+                None => {
+                    control_open = false;
+                    continue;
+                }
+            },
+            step = next(&mut inputs, &mut ticker) => step,
+        };
+        match step {
             Some(Some(batch)) => {
                 telemetry.add_received(batch.len() as u64);
                 let in_flight = InFlight::new(&telemetry, batch.len());
@@ -317,17 +354,53 @@ impl ComponentInfo {
 /// Everything self-telemetry reads while the engine runs.
 #[derive(Debug, Default)]
 pub struct Registry {
-    /// Every component instance.
-    pub components: Vec<ComponentInfo>,
-    /// Every edge.
-    pub edges: Vec<Arc<EdgeStats>>,
+    /// Every component that ran, by label (a replacement keeps its predecessor's counters).
+    components: RwLock<Vec<ComponentInfo>>,
+    /// Every edge now wired.
+    edges: RwLock<Vec<Arc<EdgeStats>>>,
     /// True once every stage runs, false again when shutdown starts.
     pub ready: AtomicBool,
     /// True until a component fails.
     pub healthy: AtomicBool,
+    reloads_applied: AtomicU64,
+    reloads_rejected: AtomicU64,
 }
 
 impl Registry {
+    /// Every component that ran (in the order first started).
+    pub fn components(&self) -> Vec<ComponentInfo> {
+        self.components
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Every edge now wired.
+    pub fn edges(&self) -> Vec<Arc<EdgeStats>> {
+        self.edges.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Config reloads `(applied, rejected)`.
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads_applied.load(Ordering::Relaxed),
+            self.reloads_rejected.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts a reload refused before it reached the engine (an invalid file).
+    pub fn count_rejected_reload(&self) {
+        self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn update(&self, new_components: Vec<ComponentInfo>, edges: Vec<Arc<EdgeStats>>) {
+        self.components
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(new_components);
+        *self.edges.write().unwrap_or_else(|p| p.into_inner()) = edges;
+    }
+
     /// Records produced by receivers.
     pub fn records_in(&self) -> u64 {
         self.sum(Kind::Receiver, |t| t.emitted())
@@ -338,7 +411,7 @@ impl Registry {
     }
     /// Records dropped anywhere, any reason.
     pub fn records_dropped(&self) -> u64 {
-        self.components
+        self.components()
             .iter()
             .map(|c| c.telemetry.dropped_total())
             .sum()
@@ -347,7 +420,7 @@ impl Registry {
     /// reason and unit over components and sources, in the order first seen.
     pub fn lost(&self) -> Vec<(&'static str, LostUnit, u64)> {
         let mut out: Vec<(&'static str, LostUnit, u64)> = Vec::new();
-        for l in self.components.iter().flat_map(|c| c.telemetry.lost()) {
+        for l in self.components().iter().flat_map(|c| c.telemetry.lost()) {
             match out
                 .iter_mut()
                 .find(|(r, u, _)| *r == l.reason && *u == l.unit)
@@ -398,10 +471,10 @@ impl Registry {
 
     /// Records waiting in queues.
     pub fn records_queued(&self) -> u64 {
-        self.edges.iter().map(|e| e.queued_records()).sum()
+        self.edges().iter().map(|e| e.queued_records()).sum()
     }
     fn sum(&self, kind: Kind, f: impl Fn(&Telemetry) -> u64) -> u64 {
-        self.components
+        self.components()
             .iter()
             .filter(|c| c.kind == kind)
             .map(|c| f(&c.telemetry))
@@ -440,12 +513,13 @@ impl Report {
     pub fn dropped(&self, kind: Kind, id: &str) -> u64 {
         self.of(kind, id).map(|t| t.dropped_total()).sum()
     }
-    fn of<'a>(&'a self, kind: Kind, id: &'a str) -> impl Iterator<Item = &'a Telemetry> + 'a {
+    fn of(&self, kind: Kind, id: &str) -> impl Iterator<Item = Telemetry> {
+        let id = id.to_string();
         self.registry
-            .components
-            .iter()
+            .components()
+            .into_iter()
             .filter(move |c| c.kind == kind && c.id == id)
-            .map(|c| &c.telemetry)
+            .map(|c| c.telemetry)
     }
 }
 
@@ -462,14 +536,19 @@ pub struct BuildError {
 /// A wired but not yet started collector.
 pub struct Engine {
     registry: Arc<Registry>,
+    live: Live,
     stages: Vec<Stage>,
-    trigger: ShutdownTrigger,
     shutdown_timeout: Duration,
 }
 
 enum Task {
     Receiver(Box<dyn Receiver>, ReceiverContext),
-    Processor(Box<dyn Processor>, Inputs, Vec<Edge>),
+    Processor(
+        Box<dyn Processor>,
+        Inputs,
+        Vec<Edge>,
+        mpsc::UnboundedReceiver<Control>,
+    ),
     Exporter(Box<dyn Exporter>, Inputs),
 }
 
@@ -481,189 +560,77 @@ struct Stage {
 
 type InputEnd = (mpsc::Receiver<Arc<Batch>>, Arc<EdgeStats>);
 
-/// A stage while the graph is wired: its edges in and out, before its component is built.
-struct Wiring {
-    info: ComponentInfo,
-    inputs: Vec<InputEnd>,
-    /// Per signal, the edges out (one signal except for receivers).
-    outputs: Vec<(Signal, Vec<Edge>)>,
-    signals: Vec<Signal>,
+/// A new config for a running engine, and where to say how applying it went.
+pub struct Reload {
+    /// The validated config.
+    pub config: Config,
+    /// `Ok(what changed)` or `Err(why not)`.
+    pub done: tokio::sync::oneshot::Sender<Result<String, String>>,
 }
 
-impl Wiring {
-    fn new(kind: Kind, id: &str, pipeline: Option<&str>) -> Self {
-        Wiring {
-            info: ComponentInfo {
-                kind,
-                id: id.to_string(),
-                pipeline: pipeline.map(str::to_string),
-                telemetry: Telemetry::default(),
-            },
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            signals: Vec::new(),
-        }
-    }
+/// A started stage.
+struct Running {
+    info: ComponentInfo,
+    input_edges: Vec<Arc<EdgeStats>>,
+    abort: tokio::task::AbortHandle,
+    done: bool,
+}
 
-    /// Opens an edge from `from` into this stage and returns its sending end.
-    fn connect(
-        &mut self,
-        pipeline: &str,
-        from: String,
-        queue: QueueConfig,
-        all: &mut Vec<Arc<EdgeStats>>,
-    ) -> Edge {
-        let (tx, rx) = mpsc::channel(queue.capacity);
-        let stats = Arc::new(EdgeStats {
-            pipeline: pipeline.to_string(),
-            from,
-            to: self.info.label(),
-            capacity: queue.capacity,
-            queued_batches: AtomicU64::new(0),
-            queued_records: AtomicU64::new(0),
-        });
-        all.push(Arc::clone(&stats));
-        self.inputs.push((rx, Arc::clone(&stats)));
-        Edge {
-            tx,
-            when_full: queue.when_full,
-            stats,
-            downstream: self.info.telemetry.clone(),
-        }
-    }
+type Done = mpsc::UnboundedSender<(usize, Result<(), String>)>;
 
-    fn add_outputs(&mut self, signal: Signal, edges: Vec<Edge>) {
-        if !self.signals.contains(&signal) {
-            self.signals.push(signal);
+/// Starts a stage's task; its end (result, panic or abort) is reported on `done` as `idx`.
+fn spawn_stage(stage: Stage, idx: usize, done: &Done) -> Running {
+    let telemetry = stage.info.telemetry.clone();
+    let fut: std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> = match stage.task
+    {
+        Task::Receiver(r, ctx) => Box::pin(r.run(ctx)),
+        Task::Processor(p, inputs, outs, control) => {
+            Box::pin(run_processor(p, inputs, outs, control, telemetry))
         }
-        match self.outputs.iter_mut().find(|(s, _)| *s == signal) {
-            Some((_, v)) => v.extend(edges),
-            None => self.outputs.push((signal, edges)),
-        }
+        Task::Exporter(x, inputs) => Box::pin(run_exporter(x, inputs, telemetry)),
+    };
+    let handle = tokio::spawn(fut);
+    let abort = handle.abort_handle();
+    let done = done.clone();
+    tokio::spawn(async move {
+        let result = match handle.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown payload".into());
+                Err(format!("panicked: {msg}"))
+            }
+            Err(_) => Err("aborted".into()),
+        };
+        let _ = done.send((idx, result));
+    });
+    Running {
+        info: stage.info,
+        input_edges: stage.input_edges,
+        abort,
+        done: false,
     }
 }
 
 impl Engine {
     /// Builds every component and wires the graph. Nothing runs yet.
     pub fn build(config: &Config) -> Result<Engine, Vec<BuildError>> {
-        let (trigger, shutdown) = Shutdown::new();
-        let mut edges = Vec::new();
-        // Receivers and exporters are shared by pipelines; processors are one per pipeline.
-        let mut receivers: BTreeMap<&str, Wiring> = BTreeMap::new();
-        let mut exporters: BTreeMap<&str, Wiring> = BTreeMap::new();
-        let mut processors: Vec<Wiring> = Vec::new();
-
-        for p in &config.pipelines {
-            let entry = format!("pipelines/{}", p.id);
-            let mut chain: Vec<Wiring> = p
-                .processors
-                .iter()
-                .map(|id| Wiring::new(Kind::Processor, id, Some(&p.id)))
-                .collect();
-            // The last stage (last processor, or the pipeline entry) feeds every exporter.
-            let last_label = chain.last().map_or(entry.clone(), |w| w.info.label());
-            let mut into_exporters = Vec::new();
-            for x in &p.exporters {
-                let w = exporters
-                    .entry(x)
-                    .or_insert_with(|| Wiring::new(Kind::Exporter, x, None));
-                // Told each signal once, however many pipelines of it share the exporter.
-                if !w.signals.contains(&p.signal) {
-                    w.signals.push(p.signal);
-                }
-                into_exporters.push(w.connect(
-                    &p.id,
-                    last_label.clone(),
-                    p.queue_into(x),
-                    &mut edges,
-                ));
-            }
-            // Each processor feeds the next; the pipeline entry feeds the first processor.
-            let mut next_inputs = into_exporters;
-            for i in (0..chain.len()).rev() {
-                let from = if i == 0 {
-                    entry.clone()
-                } else {
-                    chain[i - 1].info.label()
-                };
-                let e = chain[i].connect(&p.id, from, p.queue_into(&p.processors[i]), &mut edges);
-                chain[i].add_outputs(p.signal, std::mem::replace(&mut next_inputs, vec![e]));
-            }
-            processors.extend(chain);
-            // Every receiver of the pipeline sends into the entry edges (fan-in by cloned senders).
-            for r in &p.receivers {
-                let w = receivers
-                    .entry(r)
-                    .or_insert_with(|| Wiring::new(Kind::Receiver, r, None));
-                let clones = next_inputs.iter().map(Edge::clone_sender).collect();
-                w.add_outputs(p.signal, clones);
-            }
-        }
-
-        let mut stages = Vec::new();
-        let mut errors = Vec::new();
-        for w in receivers
-            .into_values()
-            .chain(processors)
-            .chain(exporters.into_values())
-        {
-            let def = &config.components[&(w.info.kind, w.info.id.clone())];
-            let ctx = BuildContext {
-                id: w.info.id.clone(),
-                pipeline: w.info.pipeline.clone(),
-                signals: w.signals.clone(),
-                resource: Arc::clone(&config.resource),
-                telemetry: w.info.telemetry.clone(),
-            };
-            let instance = match def.registration.build(&def.config, ctx) {
-                Ok(instance) => instance,
-                Err(e) => {
-                    errors.push(BuildError {
-                        label: w.info.label(),
-                        message: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            let input_edges = w.inputs.iter().map(|(_, s)| Arc::clone(s)).collect();
-            let inputs = Inputs {
-                rxs: w.inputs,
-                next: 0,
-                owner: w.info.telemetry.clone(),
-            };
-            let task = match instance {
-                Instance::Receiver(r) => {
-                    let sink = Arc::new(FanOut {
-                        routes: w.outputs,
-                        telemetry: w.info.telemetry.clone(),
-                    });
-                    Task::Receiver(r, ReceiverContext::new(sink, shutdown.clone(), w.signals))
-                }
-                Instance::Processor(p) => {
-                    let outs = w.outputs.into_iter().flat_map(|(_, e)| e).collect();
-                    Task::Processor(p, inputs, outs)
-                }
-                Instance::Exporter(x) => Task::Exporter(x, inputs),
-            };
-            stages.push(Stage {
-                info: w.info,
-                task,
-                input_edges,
-            });
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
+        let mut live = Live::default();
+        let applied = live.apply(config)?;
         let registry = Arc::new(Registry {
-            components: stages.iter().map(|s| s.info.clone()).collect(),
-            edges,
-            ready: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
+            ..Registry::default()
         });
+        registry.update(applied.new_components, applied.edges);
         Ok(Engine {
             registry,
-            stages,
-            trigger,
+            live,
+            stages: applied.stages,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -675,78 +642,55 @@ impl Engine {
 
     /// Runs until every receiver has finished and everything drained, or until `stop` yields
     /// (first time: orderly shutdown within the deadline; second time: give up at once).
-    pub async fn run(self, mut stop: mpsc::Receiver<()>) -> Report {
+    pub async fn run(self, stop: mpsc::Receiver<()>) -> Report {
+        let (_keep, reloads) = mpsc::channel(1);
+        self.run_with_reloads(stop, reloads).await
+    }
+
+    /// [`Engine::run`], also applying each config sent on `reloads` as a diff: unchanged
+    /// components run on untouched; changed, added and removed ones are started and stopped
+    /// and the edges rewired, without losing what was accepted (see `engine/README.md`).
+    pub async fn run_with_reloads(
+        self,
+        mut stop: mpsc::Receiver<()>,
+        mut reloads: mpsc::Receiver<Reload>,
+    ) -> Report {
         let started = Instant::now();
         let Engine {
             registry,
+            mut live,
             stages,
-            trigger,
             shutdown_timeout,
         } = self;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, Result<(), String>)>();
-        struct Running {
-            info: ComponentInfo,
-            input_edges: Vec<Arc<EdgeStats>>,
-            abort: tokio::task::AbortHandle,
-            done: bool,
-        }
-        let mut running = Vec::new();
+        let mut running: Vec<Running> = Vec::new();
         let mut receivers_left = 0;
-        for (idx, stage) in stages.into_iter().enumerate() {
-            let telemetry = stage.info.telemetry.clone();
-            let fut: std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> =
-                match stage.task {
-                    Task::Receiver(r, ctx) => {
-                        receivers_left += 1;
-                        Box::pin(r.run(ctx))
-                    }
-                    Task::Processor(p, inputs, outs) => {
-                        Box::pin(run_processor(p, inputs, outs, telemetry))
-                    }
-                    Task::Exporter(x, inputs) => Box::pin(run_exporter(x, inputs, telemetry)),
-                };
-            let handle = tokio::spawn(fut);
-            running.push(Running {
-                info: stage.info,
-                input_edges: stage.input_edges,
-                abort: handle.abort_handle(),
-                done: false,
-            });
-            let done_tx = done_tx.clone();
-            tokio::spawn(async move {
-                let result = match handle.await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) if e.is_panic() => {
-                        let payload = e.into_panic();
-                        let msg = payload
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| payload.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "unknown payload".into());
-                        Err(format!("panicked: {msg}"))
-                    }
-                    Err(_) => Err("aborted".into()),
-                };
-                let _ = done_tx.send((idx, result));
-            });
+        for stage in stages {
+            if stage.info.kind == Kind::Receiver {
+                receivers_left += 1;
+            }
+            let idx = running.len();
+            running.push(spawn_stage(stage, idx, &done_tx));
         }
-        drop(done_tx);
         registry.ready.store(true, Ordering::Relaxed);
+        // A changed receiver's replacement starts once the old one has stopped (an interface or
+        // a port is held by one at a time).
+        let mut deferred: Vec<Stage> = Vec::new();
 
         let mut left = running.len();
         let mut failures = Vec::new();
         let mut abandoned = Vec::new();
         let mut stopping = false;
         let mut deadline: Option<tokio::time::Instant> = None;
-        let begin_shutdown = |stopping: &mut bool, deadline: &mut Option<tokio::time::Instant>| {
-            if !*stopping {
-                *stopping = true;
-                trigger.trigger();
-                registry.ready.store(false, Ordering::Relaxed);
-                *deadline = Some(tokio::time::Instant::now() + shutdown_timeout);
-            }
-        };
+        let begin_shutdown =
+            |stopping: &mut bool, deadline: &mut Option<tokio::time::Instant>, live: &mut Live| {
+                if !*stopping {
+                    *stopping = true;
+                    live.release();
+                    registry.ready.store(false, Ordering::Relaxed);
+                    *deadline = Some(tokio::time::Instant::now() + shutdown_timeout);
+                }
+            };
         while left > 0 {
             let sleep_until = deadline
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400));
@@ -760,32 +704,87 @@ impl Engine {
                         deadline = Some(tokio::time::Instant::now());
                     } else {
                         info!(timeout = ?shutdown_timeout, "shutting down: stopping receivers, draining pipelines");
-                        begin_shutdown(&mut stopping, &mut deadline);
+                        begin_shutdown(&mut stopping, &mut deadline, &mut live);
+                        receivers_left -= deferred.len();
+                        deferred.clear();
+                    }
+                }
+                Some(req) = reloads.recv(), if !stopping => {
+                    let t0 = Instant::now();
+                    match live.apply(&req.config) {
+                        Ok(applied) => {
+                            registry.update(applied.new_components, applied.edges);
+                            for stage in applied.stages {
+                                if stage.info.kind == Kind::Receiver {
+                                    receivers_left += 1;
+                                    let label = stage.info.label();
+                                    if running.iter().any(|r| !r.done && r.info.label() == label) {
+                                        deferred.push(stage);
+                                        continue;
+                                    }
+                                }
+                                let idx = running.len();
+                                running.push(spawn_stage(stage, idx, &done_tx));
+                                left += 1;
+                            }
+                            registry.reloads_applied.fetch_add(1, Ordering::Relaxed);
+                            let what = if applied.changes.is_empty() {
+                                "nothing changed".to_string()
+                            } else {
+                                applied.changes.join(", ")
+                            };
+                            let msg = format!(
+                                "config reloaded in {:.1} ms: {what} ({} unchanged)",
+                                t0.elapsed().as_secs_f64() * 1e3,
+                                applied.unchanged
+                            );
+                            info!("{msg}");
+                            let _ = req.done.send(Ok(msg));
+                        }
+                        Err(errors) => {
+                            registry.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+                            let why: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                            let msg = format!("config reload rejected, the running pipelines go on: {}", why.join("; "));
+                            error!("{msg}");
+                            let _ = req.done.send(Err(msg));
+                        }
                     }
                 }
                 Some((idx, result)) = done_rx.recv() => {
                     left -= 1;
                     let r = &mut running[idx];
                     r.done = true;
-                    if r.info.kind == Kind::Receiver {
-                        receivers_left -= 1;
-                        if receivers_left == 0 && !stopping && result.is_ok() {
-                            // The same deadline as a stop request: an exporter retrying a dead
-                            // backend must not hold the process for its whole retry budget.
-                            info!(timeout = ?shutdown_timeout, "all receivers finished; draining pipelines");
-                            begin_shutdown(&mut stopping, &mut deadline);
-                        }
-                    }
-                    if let Err(msg) = result {
-                        let label = r.info.label();
+                    let label = r.info.label();
+                    let was_receiver = r.info.kind == Kind::Receiver;
+                    if let Err(msg) = &result {
                         error!(component = %label, "component failed: {msg}; shutting down");
                         r.info.telemetry.add_error();
                         registry.healthy.store(false, Ordering::Relaxed);
                         failures.push(format!("{label}: {msg}"));
+                    }
+                    if was_receiver {
+                        receivers_left -= 1;
+                        // The replacement of a changed receiver starts now.
+                        if let Some(at) = deferred.iter().position(|s| s.info.label() == label) {
+                            let stage = deferred.remove(at);
+                            let idx = running.len();
+                            running.push(spawn_stage(stage, idx, &done_tx));
+                            left += 1;
+                        }
+                        if receivers_left == 0 && !stopping && result.is_ok() {
+                            // The same deadline as a stop request: an exporter retrying a dead
+                            // backend must not hold the process for its whole retry budget.
+                            info!(timeout = ?shutdown_timeout, "all receivers finished; draining pipelines");
+                            begin_shutdown(&mut stopping, &mut deadline, &mut live);
+                        }
+                    }
+                    if result.is_err() {
                         // Starts shutdown if it has not started; never moves a deadline already
                         // set (by a stop request, a natural end, an earlier failure or a second
                         // signal's "give up now").
-                        begin_shutdown(&mut stopping, &mut deadline);
+                        begin_shutdown(&mut stopping, &mut deadline, &mut live);
+                        receivers_left -= deferred.len();
+                        deferred.clear();
                     }
                 }
                 _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
@@ -807,6 +806,7 @@ impl Engine {
                 }
             }
         }
+        drop(live);
         registry.ready.store(false, Ordering::Relaxed);
         Report {
             registry,
@@ -832,7 +832,7 @@ mod tests {
 
     #[test]
     fn losses_before_the_pipeline_are_summed_per_reason() {
-        let mut reg = Registry::default();
+        let reg = Registry::default();
         assert_eq!(reg.lost_summary(), "", "no receiver counts losses");
         let (a, b) = (component("ebpf"), component("ebpf/2"));
         a.telemetry
@@ -847,7 +847,7 @@ mod tests {
             .set_lost("map_insert_failures", LostUnit::Packets, "xdp", 2);
         a.telemetry
             .set_lost("stack_failures", LostUnit::Stacks, "syscall:read", 4);
-        reg.components = vec![a, b];
+        *reg.components.write().unwrap() = vec![a, b];
         assert_eq!(
             reg.lost_summary(),
             ", 10 lost in the kernel (ringbuf_full 10); 2 packets not counted (map_insert_failures 2); 4 stacks not captured (stack_failures 4)"

@@ -1,0 +1,535 @@
+//! The live graph: which instances run and the sending ends the engine keeps to rewire them.
+//! A config — the first one or a reload — is applied as a diff against it (see README.md).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+use oxeye_api::component::ShutdownTrigger;
+use oxeye_api::{BuildContext, Instance, Kind, ReceiverContext, Shutdown, Signal, Telemetry};
+use serde_yaml::Value as Yaml;
+use tokio::sync::mpsc;
+
+use super::{BuildError, ComponentInfo, Edge, EdgeStats, FanOut, InputEnd, Inputs, Stage, Task};
+use crate::config::{Config, QueueConfig};
+
+/// A message to a running processor, taken before its next batch.
+pub(super) enum Control {
+    /// Send from now on into these edges (the next stage was replaced); the old ones close.
+    SetOutputs(Vec<Edge>),
+}
+
+/// Per signal, the edges a receiver's batches go into.
+pub(super) type RouteTable = Vec<(Signal, Vec<Edge>)>;
+
+/// Where a receiver's batches go; swapped on reload while it runs.
+#[derive(Default)]
+pub(super) struct Routes(RwLock<Arc<RouteTable>>);
+
+impl Routes {
+    pub(super) fn get(&self) -> Arc<RouteTable> {
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn set(&self, routes: RouteTable) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    }
+}
+
+struct LiveReceiver {
+    config: Yaml,
+    signals: Vec<Signal>,
+    routes: Arc<Routes>,
+    /// Dropping it stops the receiver (a gone trigger counts as shutdown).
+    trigger: ShutdownTrigger,
+}
+
+struct LiveProcessor {
+    id: String,
+    config: Yaml,
+    queue: QueueConfig,
+    /// A sending end of its input edge, to hand to a new upstream stage.
+    input: Edge,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+struct LivePipeline {
+    signal: Signal,
+    processors: Vec<LiveProcessor>,
+    /// `(exporter id, queue, sending end of this pipeline's edge into it)`.
+    into_exporters: Vec<(String, QueueConfig, Edge)>,
+}
+
+struct LiveExporter {
+    config: Yaml,
+    signals: Vec<Signal>,
+    /// New input edges reach the running exporter through this; dropping it lets the exporter
+    /// end once its current inputs close.
+    adder: mpsc::UnboundedSender<InputEnd>,
+}
+
+/// What runs now.
+#[derive(Default)]
+pub(super) struct Live {
+    receivers: BTreeMap<String, LiveReceiver>,
+    pipelines: BTreeMap<String, LivePipeline>,
+    exporters: BTreeMap<String, LiveExporter>,
+    /// Counters by label: a replaced component's successor keeps counting where it left off.
+    telemetry: HashMap<String, Telemetry>,
+}
+
+/// What applying a config did: stages to start, one-line description, edges and components now.
+pub(super) struct Applied {
+    pub stages: Vec<Stage>,
+    pub changes: Vec<String>,
+    pub unchanged: usize,
+    pub new_components: Vec<ComponentInfo>,
+    pub edges: Vec<Arc<EdgeStats>>,
+}
+
+/// An instance built in the first phase, before anything running is touched.
+struct Built {
+    info: ComponentInfo,
+    instance: Instance,
+    signals: Vec<Signal>,
+}
+
+fn label(kind: Kind, id: &str, pipeline: Option<&str>) -> String {
+    ComponentInfo {
+        kind,
+        id: id.to_string(),
+        pipeline: pipeline.map(str::to_string),
+        telemetry: Telemetry::default(),
+    }
+    .label()
+}
+
+fn new_edge(
+    pipeline: &str,
+    from: String,
+    to: String,
+    queue: QueueConfig,
+    downstream: &Telemetry,
+) -> (Edge, InputEnd) {
+    let (tx, rx) = mpsc::channel(queue.capacity);
+    let stats = Arc::new(EdgeStats {
+        pipeline: pipeline.to_string(),
+        from,
+        to,
+        capacity: queue.capacity,
+        queued_batches: AtomicU64::new(0),
+        queued_records: AtomicU64::new(0),
+    });
+    let edge = Edge {
+        tx,
+        when_full: queue.when_full,
+        stats: Arc::clone(&stats),
+        downstream: downstream.clone(),
+    };
+    (edge, (rx, stats))
+}
+
+impl Live {
+    fn telemetry_of(
+        &mut self,
+        label: &str,
+        fresh: &mut Vec<ComponentInfo>,
+        info: ComponentInfo,
+    ) -> Telemetry {
+        match self.telemetry.get(label) {
+            Some(t) => t.clone(),
+            None => {
+                let t = info.telemetry.clone();
+                self.telemetry.insert(label.to_string(), t.clone());
+                fresh.push(info);
+                t
+            }
+        }
+    }
+
+    /// Drops every sending end and trigger the engine holds: receivers stop, and each stage
+    /// ends once its upstream has ended and its queue is drained.
+    pub(super) fn release(&mut self) {
+        for r in self.receivers.values() {
+            r.trigger.trigger();
+        }
+        self.receivers.clear();
+        self.pipelines.clear();
+        self.exporters.clear();
+    }
+
+    /// Applies `config`: builds what is new or changed (nothing running is touched if any build
+    /// fails), then rewires. Unchanged components keep running as they are.
+    pub(super) fn apply(&mut self, config: &Config) -> Result<Applied, Vec<BuildError>> {
+        let def = |kind: Kind, id: &str| &config.components[&(kind, id.to_string())];
+        let mut fresh_infos = Vec::new();
+        // Signals per receiver and exporter in the new config.
+        let mut signals: BTreeMap<(Kind, &str), Vec<Signal>> = BTreeMap::new();
+        for p in &config.pipelines {
+            for (kind, ids) in [
+                (Kind::Receiver, &p.receivers),
+                (Kind::Exporter, &p.exporters),
+            ] {
+                for id in ids {
+                    let s = signals.entry((kind, id.as_str())).or_default();
+                    if !s.contains(&p.signal) {
+                        s.push(p.signal);
+                    }
+                }
+            }
+        }
+
+        // Phase 1: decide what is kept, build the rest.
+        let mut built: HashMap<String, Built> = HashMap::new();
+        let mut errors = Vec::new();
+        let mut build = |this: &mut Live,
+                         fresh: &mut Vec<ComponentInfo>,
+                         kind: Kind,
+                         id: &str,
+                         pipeline: Option<&str>,
+                         sigs: Vec<Signal>| {
+            let l = label(kind, id, pipeline);
+            let info = ComponentInfo {
+                kind,
+                id: id.to_string(),
+                pipeline: pipeline.map(str::to_string),
+                telemetry: Telemetry::default(),
+            };
+            let telemetry = this.telemetry_of(&l, fresh, info.clone());
+            let info = ComponentInfo {
+                telemetry: telemetry.clone(),
+                ..info
+            };
+            let d = def(kind, id);
+            let ctx = BuildContext {
+                id: id.to_string(),
+                pipeline: pipeline.map(str::to_string),
+                signals: sigs.clone(),
+                resource: Arc::clone(&config.resource),
+                telemetry,
+            };
+            match d.registration.build(&d.config, ctx) {
+                Ok(instance) => {
+                    built.insert(
+                        l,
+                        Built {
+                            info,
+                            instance,
+                            signals: sigs,
+                        },
+                    );
+                }
+                Err(e) => errors.push(BuildError {
+                    label: l,
+                    message: e.to_string(),
+                }),
+            }
+        };
+        let kept_receiver = |this: &Live, id: &str, sigs: &Vec<Signal>| {
+            this.receivers
+                .get(id)
+                .is_some_and(|r| r.config == def(Kind::Receiver, id).config && &r.signals == sigs)
+        };
+        let kept_exporter = |this: &Live, id: &str, sigs: &Vec<Signal>| {
+            this.exporters
+                .get(id)
+                .is_some_and(|x| x.config == def(Kind::Exporter, id).config && &x.signals == sigs)
+        };
+        // Index of the old processor kept for (pipeline, position).
+        let kept_processor =
+            |this: &Live, p: &crate::config::PipelineDef, i: usize| -> Option<usize> {
+                let old = this.pipelines.get(&p.id).filter(|o| o.signal == p.signal)?;
+                let id = &p.processors[i];
+                old.processors.iter().position(|lp| {
+                    &lp.id == id
+                        && lp.config == def(Kind::Processor, id).config
+                        && lp.queue == p.queue_into(id)
+                })
+            };
+        for ((kind, id), sigs) in &signals {
+            let keep = match kind {
+                Kind::Receiver => kept_receiver(self, id, sigs),
+                _ => kept_exporter(self, id, sigs),
+            };
+            if !keep {
+                build(self, &mut fresh_infos, *kind, id, None, sigs.clone());
+            }
+        }
+        for p in &config.pipelines {
+            for (i, id) in p.processors.iter().enumerate() {
+                if kept_processor(self, p, i).is_none() {
+                    build(
+                        self,
+                        &mut fresh_infos,
+                        Kind::Processor,
+                        id,
+                        Some(&p.id),
+                        vec![p.signal],
+                    );
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+
+        // Phase 2: nothing can fail from here. Rewire, start what was built, retire the rest.
+        let mut stages = Vec::new();
+        let mut changes = Vec::new();
+        let mut unchanged = 0;
+        let mut edges = Vec::new();
+
+        // Exporters: keep, or replace (the old one ends once the edges into it close).
+        let mut exporters = BTreeMap::new();
+        let mut kept_exporters = Vec::new();
+        for ((kind, id), sigs) in signals.iter().filter(|((k, _), _)| *k == Kind::Exporter) {
+            let l = label(*kind, id, None);
+            let old = self.exporters.remove(*id);
+            match built.remove(&l) {
+                None => {
+                    unchanged += 1;
+                    kept_exporters.push(id.to_string());
+                    exporters.insert(id.to_string(), old.expect("kept"));
+                }
+                Some(b) => {
+                    changes.push(format!("{}{l}", if old.is_some() { "~" } else { "+" }));
+                    let (adder, adds) = mpsc::unbounded_channel();
+                    let Instance::Exporter(x) = b.instance else {
+                        unreachable!("an exporter")
+                    };
+                    let inputs = Inputs {
+                        rxs: Vec::new(),
+                        next: 0,
+                        owner: b.info.telemetry.clone(),
+                        adder: Some(adds),
+                    };
+                    stages.push(Stage {
+                        info: b.info,
+                        task: Task::Exporter(x, inputs),
+                        input_edges: Vec::new(),
+                    });
+                    let config = def(Kind::Exporter, id).config.clone();
+                    exporters.insert(
+                        id.to_string(),
+                        LiveExporter {
+                            config,
+                            signals: sigs.clone(),
+                            adder,
+                        },
+                    );
+                }
+            }
+        }
+        for id in self.exporters.keys() {
+            changes.push(format!("-{}", label(Kind::Exporter, id, None)));
+        }
+
+        // Pipelines, last stage first: each stage's outputs are the next stage's input.
+        let mut pipelines = BTreeMap::new();
+        let mut entries: BTreeMap<String, (Signal, Vec<Edge>)> = BTreeMap::new();
+        for p in &config.pipelines {
+            let mut old = self
+                .pipelines
+                .remove(&p.id)
+                .filter(|o| o.signal == p.signal);
+            let last_label = p
+                .processors
+                .last()
+                .map_or(format!("pipelines/{}", p.id), |id| {
+                    label(Kind::Processor, id, Some(&p.id))
+                });
+            // Edges into exporters: the old one if the exporter and its queue are unchanged.
+            let mut into_exporters = Vec::new();
+            for x in &p.exporters {
+                let queue = p.queue_into(x);
+                let exporter_kept = kept_exporters.contains(x);
+                let reuse = old.as_mut().and_then(|o| {
+                    let i = o
+                        .into_exporters
+                        .iter()
+                        .position(|(id, q, _)| id == x && *q == queue)?;
+                    Some(o.into_exporters.swap_remove(i))
+                });
+                let live = &exporters[x.as_str()];
+                match reuse.filter(|_| exporter_kept) {
+                    Some(e) => into_exporters.push(e),
+                    None => {
+                        let t = &self.telemetry[&label(Kind::Exporter, x, None)];
+                        let (edge, end) = new_edge(
+                            &p.id,
+                            last_label.clone(),
+                            label(Kind::Exporter, x, None),
+                            queue,
+                            t,
+                        );
+                        let _ = live.adder.send(end);
+                        into_exporters.push((x.clone(), queue, edge));
+                    }
+                }
+            }
+            let mut outputs: Vec<Edge> = into_exporters
+                .iter()
+                .map(|(_, _, e)| e.clone_sender())
+                .collect();
+            let mut chain: Vec<LiveProcessor> = Vec::new();
+            for (i, id) in p.processors.iter().enumerate().rev() {
+                let l = label(Kind::Processor, id, Some(&p.id));
+                let from = if i == 0 {
+                    format!("pipelines/{}", p.id)
+                } else {
+                    label(Kind::Processor, &p.processors[i - 1], Some(&p.id))
+                };
+                let lp = match built.remove(&l) {
+                    None => {
+                        unchanged += 1;
+                        let o = old
+                            .as_mut()
+                            .expect("kept processors come from the old pipeline");
+                        let at = o
+                            .processors
+                            .iter()
+                            .position(|lp| &lp.id == id)
+                            .expect("kept");
+                        let lp = o.processors.remove(at);
+                        let _ = lp
+                            .control
+                            .send(Control::SetOutputs(std::mem::take(&mut outputs)));
+                        lp
+                    }
+                    Some(b) => {
+                        // The instance it replaces, if any, is retired here: its input closes.
+                        let existed = old.as_mut().is_some_and(|o| {
+                            let at = o.processors.iter().position(|lp| &lp.id == id);
+                            at.map(|at| o.processors.remove(at)).is_some()
+                        });
+                        changes.push(format!("{}{l}", if existed { "~" } else { "+" }));
+                        let queue = p.queue_into(id);
+                        let (input, end) =
+                            new_edge(&p.id, from, l.clone(), queue, &b.info.telemetry);
+                        let (control, control_rx) = mpsc::unbounded_channel();
+                        let Instance::Processor(proc_) = b.instance else {
+                            unreachable!("a processor")
+                        };
+                        let inputs = Inputs {
+                            rxs: vec![end],
+                            next: 0,
+                            owner: b.info.telemetry.clone(),
+                            adder: None,
+                        };
+                        stages.push(Stage {
+                            info: b.info,
+                            task: Task::Processor(
+                                proc_,
+                                inputs,
+                                std::mem::take(&mut outputs),
+                                control_rx,
+                            ),
+                            input_edges: vec![Arc::clone(&input.stats)],
+                        });
+                        LiveProcessor {
+                            id: id.clone(),
+                            config: def(Kind::Processor, id).config.clone(),
+                            queue,
+                            input,
+                            control,
+                        }
+                    }
+                };
+                outputs = vec![lp.input.clone_sender()];
+                chain.push(lp);
+            }
+            chain.reverse();
+            if let Some(o) = old {
+                for lp in &o.processors {
+                    changes.push(format!("-{}", label(Kind::Processor, &lp.id, Some(&p.id))));
+                }
+            }
+            edges.extend(chain.iter().map(|lp| Arc::clone(&lp.input.stats)));
+            edges.extend(into_exporters.iter().map(|(_, _, e)| Arc::clone(&e.stats)));
+            entries.insert(p.id.clone(), (p.signal, outputs));
+            pipelines.insert(
+                p.id.clone(),
+                LivePipeline {
+                    signal: p.signal,
+                    processors: chain,
+                    into_exporters,
+                },
+            );
+        }
+        for (id, o) in &self.pipelines {
+            for lp in &o.processors {
+                changes.push(format!("-{}", label(Kind::Processor, &lp.id, Some(id))));
+            }
+        }
+
+        // Receivers: new routes for the kept ones; start the new; stop the rest.
+        let mut receivers = BTreeMap::new();
+        for ((kind, id), sigs) in signals.iter().filter(|((k, _), _)| *k == Kind::Receiver) {
+            let mut routes: Vec<(Signal, Vec<Edge>)> = Vec::new();
+            for p in config
+                .pipelines
+                .iter()
+                .filter(|p| p.receivers.iter().any(|r| r == id))
+            {
+                let (signal, entry) = &entries[&p.id];
+                let clones: Vec<Edge> = entry.iter().map(Edge::clone_sender).collect();
+                match routes.iter_mut().find(|(s, _)| s == signal) {
+                    Some((_, v)) => v.extend(clones),
+                    None => routes.push((*signal, clones)),
+                }
+            }
+            let l = label(*kind, id, None);
+            let old = self.receivers.remove(*id);
+            match built.remove(&l) {
+                None => {
+                    unchanged += 1;
+                    let r = old.expect("kept");
+                    r.routes.set(routes);
+                    receivers.insert(id.to_string(), r);
+                }
+                Some(b) => {
+                    changes.push(format!("{}{l}", if old.is_some() { "~" } else { "+" }));
+                    drop(old); // its trigger: the old receiver stops
+                    let shared = Arc::new(Routes::default());
+                    shared.set(routes);
+                    let (trigger, shutdown) = Shutdown::new();
+                    let sink = Arc::new(FanOut {
+                        routes: Arc::clone(&shared),
+                        telemetry: b.info.telemetry.clone(),
+                    });
+                    let Instance::Receiver(r) = b.instance else {
+                        unreachable!("a receiver")
+                    };
+                    stages.push(Stage {
+                        info: b.info,
+                        task: Task::Receiver(r, ReceiverContext::new(sink, shutdown, b.signals)),
+                        input_edges: Vec::new(),
+                    });
+                    receivers.insert(
+                        id.to_string(),
+                        LiveReceiver {
+                            config: def(Kind::Receiver, id).config.clone(),
+                            signals: sigs.clone(),
+                            routes: shared,
+                            trigger,
+                        },
+                    );
+                }
+            }
+        }
+        for id in self.receivers.keys() {
+            changes.push(format!("-{}", label(Kind::Receiver, id, None)));
+        }
+        // What is left of the old graph is retired: dropping it closes edges and stops receivers.
+        self.receivers = receivers;
+        self.pipelines = pipelines;
+        self.exporters = exporters;
+        Ok(Applied {
+            stages,
+            changes,
+            unchanged,
+            new_components: fresh_infos,
+            edges,
+        })
+    }
+}
