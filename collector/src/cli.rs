@@ -9,12 +9,14 @@ use tracing::{error, info, warn};
 
 use crate::config::{self, Loaded};
 use crate::engine::Engine;
-use crate::{secs, telemetry, DEFAULT_PIPELINE};
+use crate::{reload, secs, telemetry, DEFAULT_PIPELINE};
 
 const EXAMPLES: &str = "\
 Examples:
   oxeye run                                  run the embedded default pipeline
   oxeye run -c config/pipeline.yaml          run a pipeline from YAML
+  oxeye run -c p.yaml --watch-config         reload p.yaml whenever it changes (also: kill -HUP,
+                                             curl -X POST localhost:8888/-/reload)
   oxeye validate -c config/pipeline.yaml     check a config without starting anything
   oxeye components                           list the registered component types
   oxeye doctor                               what this kernel supports (kprobe, fentry, XDP, ...)
@@ -39,9 +41,13 @@ enum Command {
     /// Run a pipeline until its receivers finish or SIGINT/SIGTERM (a second signal stops at once).
     #[command(after_help = EXAMPLES)]
     Run {
-        /// Pipeline config (YAML). Without it, the embedded default pipeline runs.
+        /// Pipeline config (YAML). Without it, the embedded default pipeline runs. SIGHUP or
+        /// `POST /-/reload` on the metrics endpoint reloads it without a restart.
         #[arg(short, long, value_name = "FILE")]
         config: Option<std::path::PathBuf>,
+        /// Reload the config whenever the file changes.
+        #[arg(long, requires = "config")]
+        watch_config: bool,
     },
     /// Parse and validate a config, build the graph, start nothing. Prints every problem.
     #[command(after_help = EXAMPLES)]
@@ -73,9 +79,12 @@ pub fn main() -> ExitCode {
             Ok((name, text)) => validate(&name, &text),
             Err(code) => code,
         },
-        Command::Run { config } => {
-            let (name, text) = match config {
-                Some(path) => match read(&path) {
+        Command::Run {
+            config,
+            watch_config,
+        } => {
+            let (name, text) = match &config {
+                Some(path) => match read(path) {
                     Ok(v) => v,
                     Err(code) => return code,
                 },
@@ -84,7 +93,7 @@ pub fn main() -> ExitCode {
                     DEFAULT_PIPELINE.to_string(),
                 ),
             };
-            run(&name, &text)
+            run(&name, &text, config, watch_config)
         }
     }
 }
@@ -176,7 +185,7 @@ fn init_logs(level: &str) {
         .try_init();
 }
 
-fn run(name: &str, text: &str) -> ExitCode {
+fn run(name: &str, text: &str, path: Option<std::path::PathBuf>, watch: bool) -> ExitCode {
     let loaded = config::load(name, text);
     if print_diagnostics(&loaded) > 0 {
         eprintln!(
@@ -210,11 +219,26 @@ fn run(name: &str, text: &str) -> ExitCode {
         };
         let registry = engine.registry();
         let mut background = Vec::new();
+        // Reloads: read and validate the file, then hand it to the engine.
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let trigger = match path {
+            Some(path) => {
+                let (trigger, task) = reload::start(path.clone(), Arc::clone(&registry), reload_tx, &cfg);
+                background.push(task);
+                background.push(reload::on_sighup(trigger.clone()));
+                if watch {
+                    info!(file = %path.display(), "watching the config file for changes");
+                    background.push(reload::watch(path, trigger.clone()));
+                }
+                Some(trigger)
+            }
+            None => None,
+        };
         if let Some(address) = &cfg.telemetry.metrics.address {
             match telemetry::bind(address).await {
                 Ok(listener) => {
                     info!("self-metrics on http://{}/metrics", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
-                    background.push(tokio::spawn(telemetry::serve(listener, Arc::clone(&registry))));
+                    background.push(tokio::spawn(telemetry::serve(listener, Arc::clone(&registry), trigger.clone())));
                 }
                 Err(e) => {
                     error!("service.telemetry.metrics.address: {e}");
@@ -245,7 +269,7 @@ fn run(name: &str, text: &str) -> ExitCode {
         }));
         let pipelines: Vec<&str> = cfg.pipelines.iter().map(|p| p.id.as_str()).collect();
         info!(config = name, "running {} pipeline(s): {}", pipelines.len(), pipelines.join(", "));
-        let report = engine.run(stop_rx).await;
+        let report = engine.run_with_reloads(stop_rx, reload_rx).await;
         for task in background {
             task.abort();
         }

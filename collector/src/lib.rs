@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod reload;
 pub mod telemetry;
 
 /// The built-in components, linked into every binary that uses this library. Each registers

@@ -269,15 +269,44 @@ async fn readyz(State(registry): State<Arc<Registry>>) -> (StatusCode, &'static 
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped. axum's accept loop
-/// backs off when accepting fails (e.g. EMFILE: out of file descriptors) instead of spinning.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+async fn reload(State(trigger): State<Option<crate::reload::Trigger>>) -> (StatusCode, String) {
+    match trigger {
+        None => (
+            StatusCode::CONFLICT,
+            "nothing to reload: oxeye runs the embedded default pipeline (start it with -c FILE)\n"
+                .into(),
+        ),
+        Some(t) => match t.reload().await {
+            Ok(msg) => (StatusCode::OK, format!("{msg}\n")),
+            Err(msg) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{msg}\n")),
+        },
+    }
+}
+
+/// Serves `/metrics`, `/healthz`, `/readyz` and `POST /-/reload` until the task is dropped.
+/// axum's accept loop backs off when accepting fails (e.g. EMFILE: out of file descriptors)
+/// instead of spinning.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    reloads: Option<crate::reload::Trigger>,
+) {
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n") })
-        .with_state(registry);
+        .with_state(registry)
+        .merge(
+            axum::Router::new()
+                .route("/-/reload", axum::routing::post(reload))
+                .with_state(reloads),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "try /metrics, /healthz, /readyz or POST /-/reload\n",
+            )
+        });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("self-metrics endpoint stopped: {e}");
     }

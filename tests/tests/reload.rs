@@ -1,0 +1,242 @@
+//! Live reload: configs applied as diffs while records flow, nothing lost; invalid edits change
+//! nothing; the triggers (SIGHUP, `POST /-/reload`, `--watch-config`) of the binary.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use oxeye::config::load;
+use oxeye::engine::{Engine, Reload};
+use oxeye_api::{Records, Value};
+use oxeye_tests::{captured, final_counts, free_port, http_get, signal, spawn, temp_config};
+
+fn config(value: &str, second_exporter: bool) -> String {
+    let exporters = if second_exporter {
+        "[capture/reload-one, capture/reload-two]"
+    } else {
+        "[capture/reload-one]"
+    };
+    format!(
+        "receivers:
+  synthetic: {{seed: 21, batch_size: 512, spans: {{count: 1000000, rate: 200000}}}}
+processors:
+  transform: {{trace_statements: ['set(attributes[\"v\"], \"{value}\")']}}
+  nop:
+exporters:
+  capture/reload-one:
+  capture/reload-two:
+service:
+  telemetry: {{logs: {{summary_interval: 0s}}}}
+  pipelines:
+    traces: {{receivers: [synthetic], processors: [transform, nop], exporters: {exporters}}}
+"
+    )
+}
+
+#[test]
+fn ten_reloads_under_load_lose_and_duplicate_nothing() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let first = load("reload.yaml", &config("a", false))
+        .config
+        .expect("valid");
+    let engine = Engine::build(&first).expect("builds");
+    let registry = engine.registry();
+    let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    let report = rt.block_on(async move {
+        let run = tokio::spawn(engine.run_with_reloads(stop_rx, reload_rx));
+        // Ten reloads in four seconds, while 1 000 000 spans arrive over five: the transform's
+        // value alternates, and the second exporter comes and goes.
+        let mut latencies = Vec::new();
+        for i in 1..=10 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let value = if i % 2 == 0 { "a" } else { "b" };
+            let cfg = load("reload.yaml", &config(value, i % 2 == 1))
+                .config
+                .expect("valid");
+            let (done, result) = tokio::sync::oneshot::channel();
+            let t0 = Instant::now();
+            reload_tx
+                .send(Reload { config: cfg, done })
+                .await
+                .expect("engine runs");
+            let msg = result.await.expect("answered").expect("applied");
+            latencies.push(t0.elapsed());
+            assert!(msg.contains("~processors/transform[traces]"), "{msg}");
+            assert!(
+                msg.contains("(3 unchanged)"),
+                "receiver, nop and exporter run on: {msg}"
+            );
+            let two = if i % 2 == 1 {
+                "+exporters/capture/reload-two"
+            } else {
+                "-exporters/capture/reload-two"
+            };
+            assert!(msg.contains(two), "{msg}");
+        }
+        eprintln!("reload latencies: {latencies:?}");
+        let report = run.await.expect("engine task");
+        drop(stop_tx);
+        report
+    });
+    assert!(report.clean(), "{:?}", report.failures);
+    assert_eq!(registry.reloads(), (10, 0));
+    let reg = &report.registry;
+    assert_eq!(reg.records_in(), 1_000_000);
+    assert_eq!(reg.records_dropped(), 0, "nothing dropped anywhere");
+    // The exporter that stayed got every span exactly once, with both values of the transform.
+    let mut ids = HashSet::new();
+    let mut values = HashSet::new();
+    let mut n = 0;
+    for b in captured("capture/reload-one") {
+        let Records::Spans(spans) = &b.records else {
+            panic!("spans")
+        };
+        for s in spans {
+            n += 1;
+            ids.insert((s.trace_id, s.span_id));
+            if let Some(Value::Str(v)) = s.attributes.get("v") {
+                values.insert(v.to_string());
+            }
+        }
+    }
+    assert_eq!(n, 1_000_000, "spans at the exporter that stayed");
+    assert_eq!(ids.len(), 1_000_000, "no span duplicated");
+    assert_eq!(values.len(), 2, "both settings applied: {values:?}");
+    // What the second exporter got while it was wired, it counted.
+    let two: usize = captured("capture/reload-two").iter().map(|b| b.len()).sum();
+    assert!(two > 0 && two < 1_000_000, "{two}");
+    assert_eq!(
+        report.received(oxeye_api::Kind::Exporter, "capture/reload-two"),
+        two as u64
+    );
+}
+
+/// Runs `oxeye run` with `args`; returns the child after its metrics endpoint answers.
+fn start(args: &[&str], port: u16) -> oxeye_tests::KillOnDrop {
+    let child = oxeye_tests::KillOnDrop(spawn(args));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(port, "/readyz").map_or(true, |r| !r.contains("ready")) {
+        assert!(Instant::now() < deadline, "oxeye did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn reloads(port: u16) -> (u64, u64) {
+    let m = http_get(port, "/metrics").expect("metrics");
+    let get = |result: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "oxeye_config_reloads_total{{result=\"{result}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("applied"), get("rejected"))
+}
+
+fn post_reload(port: u16) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+#[test]
+fn triggers_and_an_invalid_edit() {
+    let port = free_port();
+    let yaml = |statement: &str, exporters: &str| {
+        format!(
+            "receivers:\n  synthetic: {{seed: 2, spans: {{rate: 2000}}}}\nprocessors:\n  transform: {{trace_statements: ['{statement}']}}\nexporters:\n  nop:\n  nop/2:\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}, metrics: {{address: ':{port}'}}}}\n  pipelines:\n    traces: {{receivers: [synthetic], processors: [transform], exporters: [{exporters}]}}\n"
+        )
+    };
+    let path = temp_config("reload-triggers", &yaml("set(attributes[\"v\"], 1)", "nop"));
+    let file = path.to_str().expect("utf8").to_string();
+    let mut child = start(&["run", "-c", &file, "--watch-config"], port);
+
+    // --watch-config: a saved edit is applied within a second.
+    std::fs::write(&path, yaml("set(attributes[\"v\"], 2)", "nop, nop/2")).expect("write");
+    let t0 = Instant::now();
+    while reloads(port).0 < 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the edit was not applied within 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // POST /-/reload answers with what changed (nothing, here).
+    let answer = post_reload(port);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("config reloaded in") && answer.contains("nothing changed"),
+        "{answer}"
+    );
+    // SIGHUP.
+    signal(&child.0, libc::SIGHUP);
+    let t0 = Instant::now();
+    while reloads(port).0 < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "SIGHUP did not reload"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // An invalid edit: refused with its position, the old config keeps running, health stays.
+    std::fs::write(&path, yaml("set(attributes[\"v\"], 2) where", "nop")).expect("write");
+    let t0 = Instant::now();
+    while reloads(port).1 < 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "the invalid edit was not seen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answer = post_reload(port);
+    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    assert!(
+        answer.contains(&format!("{file}:4:")),
+        "file:line:col in {answer}"
+    );
+    assert_eq!(reloads(port), (3, 2));
+    assert!(http_get(port, "/healthz").expect("healthz").contains("ok"));
+    let received = || {
+        let m = http_get(port, "/metrics").expect("metrics");
+        m.lines()
+            .find(|l| {
+                l.starts_with("oxeye_component_emitted_records_total") && l.contains("synthetic")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .expect("receiver counter")
+    };
+    let before = received();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(received() > before, "records still flow");
+
+    signal(&child.0, libc::SIGTERM);
+    let status = child.0.wait().expect("wait");
+    let mut stderr = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read");
+    assert!(status.success(), "{stderr}");
+    let (inn, out, dropped) = final_counts(&stderr).expect("final line");
+    assert!(inn > 0 && dropped == 0 && out >= inn, "{stderr}");
+    assert!(stderr.contains("+exporters/nop/2"), "{stderr}");
+}
