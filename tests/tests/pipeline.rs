@@ -410,3 +410,57 @@ service:
     let lost_errors = errors.iter().filter(|t| !kept.contains_key(*t)).count();
     assert_eq!(lost_errors, 0, "of {} error traces", errors.len());
 }
+
+#[test]
+fn the_filter_transform_example_config_does_what_it_says() {
+    // config/filter-transform.yaml as shipped, with capture exporters instead of stdout.
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/filter-transform.yaml"
+    ))
+    .expect("example config")
+    .replace("  stdout:\n    format: json", "  capture/ft:")
+    .replace("exporters: [stdout]", "exporters: [capture/ft]");
+    let report = run_with_stop(&yaml, Some(std::time::Duration::from_millis(1500)));
+    assert!(report.clean(), "{:?}", report.failures);
+    let reg = &report.registry;
+    assert_eq!(reg.records_in(), reg.records_out() + reg.records_dropped());
+    let (mut spans, mut flows, mut dns) = (0, 0, 0);
+    for b in captured("capture/ft") {
+        match &b.records {
+            Records::Spans(v) => {
+                for s in v {
+                    spans += 1;
+                    let route = s.attributes.get("http.route").map(|v| v.to_string());
+                    assert!(
+                        !matches!(route.as_deref(), Some("/health" | "/metrics"))
+                            && !route.as_deref().unwrap_or("").starts_with("/static/"),
+                        "filtered route came through: {route:?}"
+                    );
+                    assert_eq!(
+                        s.attributes.get("deployment.environment"),
+                        Some(&"prod".into())
+                    );
+                }
+            }
+            Records::Flows(v) => {
+                for f in v {
+                    flows += 1;
+                    assert!(f.is_ip(), "non-IP frames are dropped");
+                    if f.dst_port == 53 || f.src_port == 53 {
+                        dns += 1;
+                        assert_eq!(f.attributes.get("service.port.name"), Some(&"dns".into()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        spans > 500 && flows > 100,
+        "{spans} spans, {flows} flows ({dns} DNS)"
+    );
+    assert!(
+        report.dropped(oxeye_api::Kind::Processor, "filter") > 0,
+        "health checks were dropped"
+    );
+}

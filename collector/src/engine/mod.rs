@@ -788,9 +788,17 @@ impl Engine {
                     }
                 }
                 _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
+                    let wired = registry.edges();
                     for r in running.iter().filter(|r| !r.done) {
-                        let queued: u64 = r.input_edges.iter().map(|e| e.queued_records()).sum();
                         let label = r.info.label();
+                        // Its edges: those it started with, and those added since (an exporter's).
+                        let mut edges: Vec<&Arc<EdgeStats>> = r.input_edges.iter().collect();
+                        for e in wired.iter().filter(|e| e.to == label) {
+                            if !edges.iter().any(|x| Arc::ptr_eq(x, e)) {
+                                edges.push(e);
+                            }
+                        }
+                        let queued: u64 = edges.iter().map(|e| e.queued_records()).sum();
                         error!(component = %label, queued_records = queued, "shutdown deadline passed: abandoning");
                         abandoned.push((label, queued));
                         r.abort.abort();

@@ -1,21 +1,4 @@
-//! `filter` processor: drops spans and flows for which any of its OTTL conditions is true, in
-//! the Collector's shape:
-//!
-//! ```yaml
-//! filter:
-//!   error_mode: ignore
-//!   traces:
-//!     span:
-//!       - 'attributes["http.route"] == "/health"'
-//!   flows:
-//!     flow:
-//!       - 'destination.port == 53'
-//! ```
-//!
-//! Conditions compile when the config is validated (errors carry their column). A batch with
-//! nothing to drop passes unchanged, not copied. Drops are counted as `dropped{reason="filtered"}`;
-//! a condition that fails on a record counts in `oxeye_filter_errors_total` and, with
-//! `error_mode: ignore` (default) or `silent`, keeps the record.
+#![doc = include_str!("../README.md")]
 
 use std::sync::Arc;
 

@@ -1,23 +1,4 @@
-//! `transform` processor: OTTL statements that change spans and flows, in the Collector's shape:
-//!
-//! ```yaml
-//! transform:
-//!   error_mode: ignore
-//!   trace_statements:
-//!     - 'set(attributes["deployment.environment"], "prod")'
-//!     - context: span
-//!       conditions: ['kind == SPAN_KIND_SERVER']
-//!       statements:
-//!         - 'replace_pattern(name, "/[0-9]+", "/{id}")'
-//!   flow_statements:
-//!     - 'set(attributes["service.port.name"], "dns") where destination.port == 53'
-//! ```
-//!
-//! A list item is a statement, or a group whose statements run only when any of its
-//! `conditions` holds. Statements run in order on each record; `drop()` removes the record
-//! (`dropped{reason="transform_drop"}`). Everything compiles when the config is validated.
-//! A statement that fails on a record counts in `oxeye_transform_errors_total`; with
-//! `error_mode: ignore` (default) or `silent` the record goes on as the earlier statements left it.
+#![doc = include_str!("../README.md")]
 
 use std::fmt;
 use std::sync::Arc;
