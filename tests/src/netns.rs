@@ -121,6 +121,18 @@ impl VethPair {
         }
     }
 
+    /// Id of the XDP program attached to the interface in namespace A, if one is.
+    pub fn xdp_prog_id(&self) -> Option<u32> {
+        let links = sh_out(&[
+            "ip", "-n", &self.ns_a, "-d", "link", "show", "dev", &self.va,
+        ]);
+        let words: Vec<&str> = links.split_whitespace().collect();
+        words
+            .windows(3)
+            .find(|w| w[0].starts_with("prog/xdp") && w[1] == "id")
+            .and_then(|w| w[2].parse().ok())
+    }
+
     /// True when some interface of namespace `a` still carries an XDP program or a TC filter.
     pub fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
@@ -398,6 +410,11 @@ impl OxeyeInNs {
             }
         }
         (OxeyeInNs { child }, rx)
+    }
+
+    /// oxeye's pid (`ip netns exec` execs it).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
     }
 
     /// SIGINT, wait, and return (exit code, stdout, rest of stderr).

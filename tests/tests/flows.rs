@@ -742,3 +742,81 @@ fn nothing_left_attached_after_a_crash() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn five_reloads_keep_the_xdp_program_and_every_packet() {
+    let pair = VethPair::new("reload");
+    let (a, b) = (pair.v4.0.clone(), pair.v4.1.clone());
+    let yaml = |window: &str, second: bool| {
+        format!(
+            "receivers:\n  ebpf:\n    flows: {{interfaces: [{}], flush_interval: 200ms}}\nprocessors:\n  aggregation: {{window: {window}}}\nexporters:\n  stdout: {{format: json}}\n  nop:\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    flows: {{receivers: [ebpf], processors: [aggregation], exporters: [stdout{}]}}\n",
+            pair.va,
+            if second { ", nop" } else { "" }
+        )
+    };
+    let path = temp_config("flows-reload", &yaml("1s", false));
+    let (ox, err) = OxeyeInNs::start(&pair.ns_a, &path, READY);
+    let prog = pair.xdp_prog_id().expect("XDP attached");
+    let server: SocketAddr = SocketAddr::new(a.parse().expect("ip"), 9998);
+    let client: SocketAddr = SocketAddr::new(b.parse().expect("ip"), 40001);
+    let sink = in_ns(&pair.ns_a, move || {
+        let s = UdpSocket::bind(server).expect("bind server");
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .expect("timeout");
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while s.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    // 300 datagrams over ~3 s while the config is reloaded five times: the aggregation window
+    // changes each time and an exporter comes and goes.
+    const N: usize = 300;
+    let sender = in_ns(&pair.ns_b, move || {
+        let s = UdpSocket::bind(client).expect("bind client");
+        for i in 0..N {
+            s.send_to(&vec![0x5a; 100 + i % 50], server).expect("send");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    for i in 1..=5 {
+        std::thread::sleep(Duration::from_millis(450));
+        let window = if i % 2 == 1 { "2s" } else { "1s" };
+        std::fs::write(&path, yaml(window, i % 2 == 1)).expect("rewrite config");
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(ox.pid(), libc::SIGHUP) };
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            pair.xdp_prog_id(),
+            Some(prog),
+            "XDP program replaced by reload {i}"
+        );
+    }
+    sender.join().expect("sender");
+    assert_eq!(sink.join().expect("sink"), N, "every datagram arrived");
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, stderr) = stop_and_check(&pair, ox, err);
+    assert_eq!(
+        stderr.matches("config reloaded in").count(),
+        5,
+        "five reloads applied: {stderr}"
+    );
+    assert!(
+        stderr.contains("~processors/aggregation[flows]"),
+        "{stderr}"
+    );
+    let flows = oxeye_flows(&out);
+    let key: Tuple = (b, a, 40001, 9998, "udp".into(), "receive".into());
+    let got = flows
+        .get(&key)
+        .copied()
+        .unwrap_or_else(|| panic!("no flow {key:?} in {flows:#?}"));
+    let bytes: u64 = (0..N).map(|i| (14 + 20 + 8 + 100 + i % 50) as u64).sum();
+    assert_eq!(
+        (got.packets, got.bytes),
+        (N as u64, bytes),
+        "exact across reloads"
+    );
+}

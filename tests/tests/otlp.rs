@@ -307,13 +307,16 @@ fn phoenix_outage_loses_no_span_and_counts_retries() {
     // still pending 5 s into its own shutdown: keep the rate well below its insert rate here.
     let count = 1500;
     let metrics_port = free_port();
-    let cfg = temp_config(
-        "otlp-outage",
-        &format!(
-            "receivers:\n  synthetic: {{seed: 103, batch_size: 100, spans: {{count: {count}, rate: 100}}}}\nexporters:\n  otlp:\n    protocol: http/protobuf\n    endpoint: http://127.0.0.1:{}\n    resource: {{openinference.project.name: {project}}}\n    batch: {{send_batch_size: 200, timeout: 100ms}}\n    retry_on_failure: {{initial_interval: 200ms, max_interval: 1s, max_elapsed_time: 120s}}\nservice:\n  shutdown_timeout: 120s\n  telemetry: {{metrics: {{address: ':{metrics_port}'}}}}\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [otlp]}}\n",
-            phoenix.http
-        ),
-    );
+    // A transform whose setting a reload changes while Phoenix is down: the otlp exporter is
+    // kept as it is, with everything it queued and is retrying.
+    let http = phoenix.http;
+    let yaml = |tag: &str| {
+        format!(
+            "receivers:\n  synthetic: {{seed: 103, batch_size: 100, spans: {{count: {count}, rate: 100}}}}\nprocessors:\n  transform: {{trace_statements: ['set(attributes[\"oxeye.test.phase\"], \"{tag}\")']}}\nexporters:\n  otlp:\n    protocol: http/protobuf\n    endpoint: http://127.0.0.1:{}\n    resource: {{openinference.project.name: {project}}}\n    batch: {{send_batch_size: 200, timeout: 100ms}}\n    retry_on_failure: {{initial_interval: 200ms, max_interval: 1s, max_elapsed_time: 120s}}\nservice:\n  shutdown_timeout: 120s\n  telemetry: {{metrics: {{address: ':{metrics_port}'}}}}\n  pipelines:\n    traces: {{receivers: [synthetic], processors: [transform], exporters: [otlp]}}\n",
+            http
+        )
+    };
+    let cfg = temp_config("otlp-outage", &yaml("before"));
     let mut child = Command::new(oxeye_bin())
         .args(["run", "-c"])
         .arg(&cfg)
@@ -327,6 +330,9 @@ fn phoenix_outage_loses_no_span_and_counts_retries() {
     phoenix.stop();
     let down = Instant::now();
     let mut retries = 0;
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(&cfg, yaml("after")).expect("rewrite config");
+    oxeye_tests::signal(&child, libc::SIGHUP);
     while down.elapsed() < Duration::from_secs(5) {
         retries = retries.max(scrape(metrics_port, "oxeye_otlp_retries_total").unwrap_or(0));
         std::thread::sleep(Duration::from_millis(250));
@@ -337,6 +343,10 @@ fn phoenix_outage_loses_no_span_and_counts_retries() {
     assert!(status.success(), "{stderr}");
     assert!(retries > 0, "retries were counted while Phoenix was down");
     assert!(stderr.contains("export failed; retrying"), "{stderr}");
+    assert!(
+        stderr.contains("~processors/transform[traces] (2 unchanged)"),
+        "reloaded while retrying, the exporter kept: {stderr}"
+    );
     assert_eq!(
         oxeye_tests::final_counts(&stderr),
         Some((count, count, 0)),
