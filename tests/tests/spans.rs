@@ -344,3 +344,124 @@ fn symbolized_stacks_name_kernel_and_user_functions() {
     );
     assert!(t.contains("libc.so") || t.contains("oxeye_inner"), "{t}");
 }
+
+/// The uprobe/uretprobe links on the workload binary that process `pid` holds, as the kernel
+/// reports them (the fdinfo of each BPF link: `event_type: uprobe`, `name: <file>`).
+fn workload_uprobes(pid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|info| {
+            info.contains("link_type:")
+                && info.contains(&format!("name:\t{WORKLOAD}"))
+                && (info.contains("event_type:\tuprobe") || info.contains("event_type:\turetprobe"))
+        })
+        .count()
+}
+
+#[test]
+fn uprobe_added_removed_and_expired_live_with_watch_config() {
+    require_root();
+    let mut w = Workload::start("loop", 5);
+    writeln!(w.stdin, "go").expect("go");
+    let pid = w.pid;
+    let yaml = |uprobe: &str| {
+        format!(
+            "receivers:\n  ebpf:\n    spans:\n      drain_interval: 50ms\n      sources:\n        - {{syscall: getppid}}\n{uprobe}exporters:\n  stdout: {{format: json}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [stdout]}}\n"
+        )
+    };
+    let probe = format!("        - {{uprobe: '{WORKLOAD}:oxeye_inner', pid: {pid}}}\n");
+    let with_ttl = format!("        - {{uprobe: '{WORKLOAD}:oxeye_inner', pid: {pid}, ttl: 1s}}\n");
+    let cfg = temp_config("spans-live", &yaml(""));
+    let ox = Command::new(oxeye_bin())
+        .args(["run", "--watch-config", "-c"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start oxeye");
+    let mut ox = oxeye_tests::KillOnDrop(ox);
+    let (log, reader) = oxeye_tests::follow(ox.0.stderr.take().expect("stderr"));
+    // Count the workload's oxeye_inner spans as they come out.
+    let inner = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = std::sync::Arc::clone(&inner);
+    let pipe = ox.0.stdout.take().expect("stdout");
+    let stdout = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if line.contains("\"name\":\"oxeye_inner\"") {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let wait_for = |needle: &str, within: Duration| {
+        let until = std::time::Instant::now() + within;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => assert!(!line.contains("ERROR"), "{line}"),
+                Err(_) => panic!("no `{needle}` within {within:?}"),
+            }
+        }
+    };
+    let count = || inner.load(std::sync::atomic::Ordering::Relaxed);
+    wait_for("span source attached", Duration::from_secs(20));
+    let oxeye_pid = ox.0.id();
+    assert_eq!(workload_uprobes(oxeye_pid), 0);
+
+    // Added by saving the file: spans within a second, the uprobe in the kernel.
+    std::fs::write(&cfg, yaml(&probe)).expect("save");
+    let saved = std::time::Instant::now();
+    let line = wait_for("config reloaded", Duration::from_secs(2));
+    assert!(line.contains("~receivers/ebpf (live)"), "{line}");
+    while count() == 0 {
+        assert!(
+            saved.elapsed() < Duration::from_secs(1),
+            "no uprobe span within 1 s of the save"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        workload_uprobes(oxeye_pid),
+        2,
+        "uprobe + uretprobe in the kernel"
+    );
+
+    // Removed: detached in the kernel, and its spans stop.
+    std::fs::write(&cfg, yaml("")).expect("save");
+    wait_for("span source detached", Duration::from_secs(2));
+    assert_eq!(
+        workload_uprobes(oxeye_pid),
+        0,
+        "uprobe gone from the kernel"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let after = count();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(), after, "spans stopped once the probe was removed");
+
+    // A time to live: attached, then detached by itself.
+    std::fs::write(&cfg, yaml(&with_ttl)).expect("save");
+    wait_for("span source attached", Duration::from_secs(2));
+    let before = count();
+    wait_for(
+        "span source expired (ttl): detached",
+        Duration::from_secs(3),
+    );
+    assert!(count() > before, "spans while it lived");
+    assert_eq!(
+        workload_uprobes(oxeye_pid),
+        0,
+        "expired uprobe gone from the kernel"
+    );
+
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(ox.0.id() as i32, libc::SIGINT) };
+    let status = ox.0.wait().expect("oxeye exit");
+    drop(w.stdin);
+    let _ = w.child.wait();
+    stdout.join().expect("stdout reader");
+    let stderr = reader.join().expect("stderr reader");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}

@@ -155,12 +155,26 @@ pub trait BatchSink: Send + Sync {
     async fn send(&self, batch: Batch);
 }
 
+/// A change of a running receiver's config (a live reload), for a receiver whose factory sets
+/// [`Factory::RECONFIGURABLE`](crate::Factory::RECONFIGURABLE).
+#[derive(Debug)]
+pub struct Reconfigure {
+    /// The new config, validated: deserialize it into the factory's config type.
+    pub config: serde_yaml::Value,
+    /// `Ok(())` once applied; `Err(why)` when it cannot be applied live, and the engine then
+    /// replaces the receiver with one built from the new config instead.
+    pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+type ReconfigureStream = tokio::sync::mpsc::UnboundedReceiver<Reconfigure>;
+
 /// What a running receiver gets from the engine.
 #[derive(Clone)]
 pub struct ReceiverContext {
     sink: Arc<dyn BatchSink>,
     shutdown: Shutdown,
     signals: Vec<Signal>,
+    reconfigure: Arc<std::sync::Mutex<Option<ReconfigureStream>>>,
 }
 
 impl ReceiverContext {
@@ -170,7 +184,23 @@ impl ReceiverContext {
             sink,
             shutdown,
             signals,
+            reconfigure: Arc::default(),
         }
+    }
+
+    /// The same, with a stream of live config changes (used by the engine).
+    pub fn with_reconfigure(self, changes: ReconfigureStream) -> Self {
+        *self.reconfigure.lock().unwrap_or_else(|p| p.into_inner()) = Some(changes);
+        self
+    }
+
+    /// The live config changes for this receiver (taken once; `None` after, or when the engine
+    /// sends none). A receiver whose factory sets `RECONFIGURABLE` awaits it beside its work.
+    pub fn reconfigurations(&self) -> Option<ReconfigureStream> {
+        self.reconfigure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// True when some pipeline takes `signal` from this receiver: skip producing the others.

@@ -114,6 +114,10 @@ pub trait Factory: 'static {
     const SIGNALS: &'static [Signal];
     /// One line for `oxeye components`.
     const DESCRIPTION: &'static str;
+    /// A receiver that applies config changes while it runs (through
+    /// [`ReceiverContext::reconfigurations`](crate::ReceiverContext::reconfigurations)) instead of
+    /// being replaced on reload.
+    const RECONFIGURABLE: bool = false;
 
     /// Checks values serde cannot (ranges, combinations). Must not start anything.
     fn validate(_config: &Self::Config) -> Result<(), ConfigErrors> {
@@ -136,6 +140,8 @@ pub struct Registration {
     pub description: &'static str,
     /// The crate that registered it (for duplicate reports).
     pub crate_name: &'static str,
+    /// See [`Factory::RECONFIGURABLE`].
+    pub reconfigurable: bool,
     check: fn(&serde_yaml::Value) -> Result<(), ConfigErrors>,
     build: fn(&serde_yaml::Value, BuildContext) -> Result<Instance, BoxError>,
 }
@@ -187,6 +193,7 @@ impl Registration {
             signals: F::SIGNALS,
             description: F::DESCRIPTION,
             crate_name,
+            reconfigurable: F::RECONFIGURABLE,
             check: check::<F>,
             build: build::<F>,
         }

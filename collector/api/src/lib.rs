@@ -24,7 +24,7 @@ pub mod testing;
 
 pub use component::{
     BoxError, BuildContext, Exporter, LostCount, LostUnit, Output, Processor, Receiver,
-    ReceiverContext, Shutdown, Telemetry,
+    ReceiverContext, Reconfigure, Shutdown, Telemetry,
 };
 pub use config::{ConfigErrors, FieldError};
 pub use data::{

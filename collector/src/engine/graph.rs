@@ -6,7 +6,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use oxeye_api::component::ShutdownTrigger;
-use oxeye_api::{BuildContext, Instance, Kind, ReceiverContext, Shutdown, Signal, Telemetry};
+use oxeye_api::{
+    BuildContext, Instance, Kind, ReceiverContext, Reconfigure, Shutdown, Signal, Telemetry,
+};
 use serde_yaml::Value as Yaml;
 use tokio::sync::mpsc;
 
@@ -42,6 +44,17 @@ struct LiveReceiver {
     routes: Arc<Routes>,
     /// Dropping it stops the receiver (a gone trigger counts as shutdown).
     trigger: ShutdownTrigger,
+    /// Live config changes, for a receiver that takes them.
+    control: Option<mpsc::UnboundedSender<Reconfigure>>,
+}
+
+/// A changed receiver to be asked to take its new config live; `fallback` (built, not started)
+/// replaces it if it cannot.
+pub(super) struct Pending {
+    id: String,
+    pub label: String,
+    config: Yaml,
+    fallback: (Stage, LiveReceiver),
 }
 
 struct LiveProcessor {
@@ -85,6 +98,7 @@ pub(super) struct Applied {
     pub unchanged: usize,
     pub new_components: Vec<ComponentInfo>,
     pub edges: Vec<Arc<EdgeStats>>,
+    pub reconfigure: Vec<Pending>,
 }
 
 /// An instance built in the first phase, before anything running is touched.
@@ -130,6 +144,50 @@ fn new_edge(
 }
 
 impl Live {
+    /// Asks a running receiver to take its new config; if it cannot (or does not answer within
+    /// 10 s), returns its replacement's stage to start, and the reason.
+    pub(super) async fn reconfigure(&mut self, p: Pending) -> Result<(), (Stage, String)> {
+        let Pending {
+            id,
+            config,
+            fallback: (stage, live),
+            ..
+        } = p;
+        let asked = self.receivers.get(&id).and_then(|r| r.control.clone());
+        let answer = match asked {
+            None => Err("it is not running".to_string()),
+            Some(control) => {
+                let (done, answer) = tokio::sync::oneshot::channel();
+                let request = Reconfigure {
+                    config: config.clone(),
+                    done,
+                };
+                if control.send(request).is_err() {
+                    Err("it has stopped".to_string())
+                } else {
+                    match tokio::time::timeout(std::time::Duration::from_secs(10), answer).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => Err("it stopped without answering".to_string()),
+                        Err(_) => Err("no answer within 10 s".to_string()),
+                    }
+                }
+            }
+        };
+        match answer {
+            Ok(()) => {
+                if let Some(r) = self.receivers.get_mut(&id) {
+                    r.config = config;
+                }
+                Ok(())
+            }
+            Err(why) => {
+                // The old one stops (its trigger is dropped); the new one starts after it.
+                self.receivers.insert(id, live);
+                Err((stage, why))
+            }
+        }
+    }
+
     fn telemetry_of(
         &mut self,
         label: &str,
@@ -462,36 +520,40 @@ impl Live {
             }
         }
 
-        // Receivers: new routes for the kept ones; start the new; stop the rest.
+        // Receivers: new routes for the kept ones; start the new; stop the rest. A changed one
+        // that can take its new config live is asked to (by the engine, right after), with a
+        // replacement built and ready in case it cannot.
         let mut receivers = BTreeMap::new();
+        let mut reconfigure = Vec::new();
         for ((kind, id), sigs) in signals.iter().filter(|((k, _), _)| *k == Kind::Receiver) {
-            let mut routes: Vec<(Signal, Vec<Edge>)> = Vec::new();
-            for p in config
-                .pipelines
-                .iter()
-                .filter(|p| p.receivers.iter().any(|r| r == id))
-            {
-                let (signal, entry) = &entries[&p.id];
-                let clones: Vec<Edge> = entry.iter().map(Edge::clone_sender).collect();
-                match routes.iter_mut().find(|(s, _)| s == signal) {
-                    Some((_, v)) => v.extend(clones),
-                    None => routes.push((*signal, clones)),
+            let routes = || {
+                let mut routes: RouteTable = Vec::new();
+                for p in config
+                    .pipelines
+                    .iter()
+                    .filter(|p| p.receivers.iter().any(|r| r == id))
+                {
+                    let (signal, entry) = &entries[&p.id];
+                    let clones: Vec<Edge> = entry.iter().map(Edge::clone_sender).collect();
+                    match routes.iter_mut().find(|(s, _)| s == signal) {
+                        Some((_, v)) => v.extend(clones),
+                        None => routes.push((*signal, clones)),
+                    }
                 }
-            }
+                routes
+            };
             let l = label(*kind, id, None);
             let old = self.receivers.remove(*id);
             match built.remove(&l) {
                 None => {
                     unchanged += 1;
                     let r = old.expect("kept");
-                    r.routes.set(routes);
+                    r.routes.set(routes());
                     receivers.insert(id.to_string(), r);
                 }
                 Some(b) => {
-                    changes.push(format!("{}{l}", if old.is_some() { "~" } else { "+" }));
-                    drop(old); // its trigger: the old receiver stops
                     let shared = Arc::new(Routes::default());
-                    shared.set(routes);
+                    shared.set(routes());
                     let (trigger, shutdown) = Shutdown::new();
                     let sink = Arc::new(FanOut {
                         routes: Arc::clone(&shared),
@@ -500,20 +562,44 @@ impl Live {
                     let Instance::Receiver(r) = b.instance else {
                         unreachable!("a receiver")
                     };
-                    stages.push(Stage {
-                        info: b.info,
-                        task: Task::Receiver(r, ReceiverContext::new(sink, shutdown, b.signals)),
-                        input_edges: Vec::new(),
+                    let mut ctx = ReceiverContext::new(sink, shutdown, b.signals);
+                    let registration = def(Kind::Receiver, id).registration;
+                    let control = registration.reconfigurable.then(|| {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        ctx = ctx.clone().with_reconfigure(rx);
+                        tx
                     });
-                    receivers.insert(
-                        id.to_string(),
-                        LiveReceiver {
-                            config: def(Kind::Receiver, id).config.clone(),
-                            signals: sigs.clone(),
-                            routes: shared,
-                            trigger,
-                        },
-                    );
+                    let stage = Stage {
+                        info: b.info,
+                        task: Task::Receiver(r, ctx),
+                        input_edges: Vec::new(),
+                    };
+                    let live = LiveReceiver {
+                        config: def(Kind::Receiver, id).config.clone(),
+                        signals: sigs.clone(),
+                        routes: shared,
+                        trigger,
+                        control,
+                    };
+                    match old {
+                        Some(o) if o.control.is_some() && &o.signals == sigs => {
+                            changes.push(format!("~{l}"));
+                            o.routes.set(routes());
+                            receivers.insert(id.to_string(), o);
+                            reconfigure.push(Pending {
+                                id: id.to_string(),
+                                label: l,
+                                config: live.config.clone(),
+                                fallback: (stage, live),
+                            });
+                        }
+                        old => {
+                            changes.push(format!("{}{l}", if old.is_some() { "~" } else { "+" }));
+                            drop(old); // its trigger: the old receiver stops
+                            stages.push(stage);
+                            receivers.insert(id.to_string(), live);
+                        }
+                    }
                 }
             }
         }
@@ -530,6 +616,7 @@ impl Live {
             unchanged,
             new_components: fresh_infos,
             edges,
+            reconfigure,
         })
     }
 }

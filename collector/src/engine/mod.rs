@@ -727,11 +727,28 @@ impl Engine {
                                 running.push(spawn_stage(stage, idx, &done_tx));
                                 left += 1;
                             }
+                            // Changed receivers that take a new config live are asked now.
+                            let mut changes = applied.changes;
+                            for p in applied.reconfigure {
+                                let label = p.label.clone();
+                                let note = match live.reconfigure(p).await {
+                                    Ok(()) => " (live)".to_string(),
+                                    Err((stage, why)) => {
+                                        warn!(component = %label, "cannot take its new config live ({why}): replacing it");
+                                        receivers_left += 1;
+                                        deferred.push(stage);
+                                        format!(" (replaced: {why})")
+                                    }
+                                };
+                                if let Some(c) = changes.iter_mut().find(|c| c[1..] == label) {
+                                    c.push_str(&note);
+                                }
+                            }
                             registry.reloads_applied.fetch_add(1, Ordering::Relaxed);
-                            let what = if applied.changes.is_empty() {
+                            let what = if changes.is_empty() {
                                 "nothing changed".to_string()
                             } else {
-                                applied.changes.join(", ")
+                                changes.join(", ")
                             };
                             let msg = format!(
                                 "config reloaded in {:.1} ms: {what} ({} unchanged)",

@@ -93,7 +93,7 @@ pub enum XdpModeConfig {
 }
 
 /// `flows:` settings.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlowsConfig {
     /// Interfaces to watch.
@@ -153,7 +153,7 @@ pub enum StackMode {
 }
 
 /// One span source: exactly one of `syscall`, `uprobe`, `kprobe`, plus filters and options.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// `syscalls:sys_enter_<name>` / `sys_exit_<name>`.
@@ -185,6 +185,9 @@ pub struct SourceSpec {
     /// Stacks captured at entry.
     #[serde(default)]
     pub stack: StackMode,
+    /// Detach the source this long after it was attached (a live probe that cleans itself up).
+    #[serde(default, with = "oxeye_api::config::opt_duration")]
+    pub ttl: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -226,7 +229,7 @@ impl SourceSpec {
 }
 
 /// `spans:` settings.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpansConfig {
     /// What to probe.
@@ -252,7 +255,7 @@ impl Default for SpansConfig {
 }
 
 /// Receiver config.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EbpfConfig {
     /// Network flows from XDP and TC.
@@ -350,18 +353,41 @@ async fn run_flows(
 
 async fn run_spans(
     ctx: &ReceiverContext,
-    cfg: SpansConfig,
+    mut cfg: SpansConfig,
     resource: &Arc<Resource>,
     telemetry: &Telemetry,
+    mut changes: Option<Changes>,
+    flows_now: Option<FlowsConfig>,
 ) -> Result<(), BoxError> {
     let drain_interval = cfg.drain_interval;
     let t = telemetry.clone();
-    let mut probe = unblock(move || spans::SpanProbe::start(&cfg, t)).await?;
+    let started = cfg.clone();
+    let mut probe = unblock(move || spans::SpanProbe::start(&started, t)).await?;
+    let mut expired = 0;
     loop {
+        let expiry = probe.next_expiry();
         tokio::select! {
             _ = probe.wait(drain_interval) => {
                 drain_spans(ctx, resource, &mut probe).await;
                 probe.update_counters();
+            }
+            Some(change) = next_change(&mut changes) => {
+                let (result, p) = apply_change(probe, &mut cfg, flows_now.as_ref(), change.config).await;
+                probe = p;
+                let _ = change.done.send(result);
+            }
+            _ = sleep_until(expiry), if expiry.is_some() => {
+                let (gone, p) = unblock(move || {
+                    let gone = probe.expire(std::time::Instant::now());
+                    (gone, probe)
+                })
+                .await;
+                probe = p;
+                for label in gone {
+                    info!(source = %label, "span source expired (ttl): detached");
+                    expired += 1;
+                    telemetry.set_counter("ebpf_sources_expired", "spans", expired);
+                }
             }
             _ = ctx.shutdown().wait() => break,
         }
@@ -390,6 +416,86 @@ async fn run_spans(
     Ok(())
 }
 
+/// Live config changes from the engine.
+type Changes = tokio::sync::mpsc::UnboundedReceiver<oxeye_api::Reconfigure>;
+
+async fn next_change(changes: &mut Option<Changes>) -> Option<oxeye_api::Reconfigure> {
+    match changes {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies a new config to running span sources: sources removed are detached, new ones
+/// attached, the others untouched. Anything else changed cannot be applied live (`Err`: the
+/// engine then replaces the receiver).
+async fn apply_change(
+    mut probe: spans::SpanProbe,
+    cfg: &mut SpansConfig,
+    flows_now: Option<&FlowsConfig>,
+    config: serde_yaml::Value,
+) -> (Result<(), String>, spans::SpanProbe) {
+    let value = match config {
+        serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
+        v => v,
+    };
+    let new: EbpfConfig = match serde_yaml::from_value(value) {
+        Ok(c) => c,
+        Err(e) => return (Err(format!("config: {e}")), probe),
+    };
+    if new.flows.as_ref() != flows_now {
+        return (Err("flows settings changed".into()), probe);
+    }
+    let Some(spans) = new.spans else {
+        return (Err("spans removed".into()), probe);
+    };
+    let same_rest = SpansConfig {
+        sources: cfg.sources.clone(),
+        ..spans.clone()
+    } == *cfg;
+    if !same_rest {
+        return (
+            Err("ring_size, wakeup_bytes or drain_interval changed".into()),
+            probe,
+        );
+    }
+    let removed: Vec<SourceSpec> = cfg
+        .sources
+        .iter()
+        .filter(|s| !spans.sources.contains(s))
+        .cloned()
+        .collect();
+    let added: Vec<SourceSpec> = spans
+        .sources
+        .iter()
+        .filter(|s| !cfg.sources.contains(s))
+        .cloned()
+        .collect();
+    *cfg = spans;
+    // Attach and detach call into the kernel (and may wait for RCU): off the async workers.
+    unblock(move || {
+        for spec in &removed {
+            probe.remove(spec);
+        }
+        let mut result = Ok(());
+        for spec in &added {
+            if let Err(e) = probe.add(spec) {
+                result = Err(e);
+                break;
+            }
+        }
+        (result, probe)
+    })
+    .await
+}
+
 /// Drains the ring buffer batch by batch (bounded memory however much waits); returns the count.
 async fn drain_spans(
     ctx: &ReceiverContext,
@@ -414,6 +520,25 @@ async fn drain_spans(
 impl Receiver for EbpfReceiver {
     async fn run(self: Box<Self>, ctx: ReceiverContext) -> Result<(), BoxError> {
         let this = *self;
+        let changes = ctx.reconfigurations();
+        let flows_now = this.flows.as_ref().map(|(c, _)| c.clone());
+        let spans_on = this.spans.is_some() && ctx.wants(Signal::Traces);
+        let (changes, refused) = if spans_on {
+            (changes, None)
+        } else {
+            (None, changes)
+        };
+        // Without spans there is nothing to change live: every change replaces the receiver.
+        let refuse = async {
+            if let Some(mut c) = refused {
+                while let Some(change) = c.recv().await {
+                    let _ = change
+                        .done
+                        .send(Err("only span sources change live".into()));
+                }
+            }
+            std::future::pending::<()>().await
+        };
         let flows = async {
             match this.flows.filter(|_| ctx.wants(Signal::Flows)) {
                 Some((cfg, interfaces)) => {
@@ -424,13 +549,26 @@ impl Receiver for EbpfReceiver {
         };
         let spans = async {
             match this.spans.filter(|_| ctx.wants(Signal::Traces)) {
-                Some(cfg) => run_spans(&ctx, cfg, &this.resource, &this.telemetry).await,
+                Some(cfg) => {
+                    run_spans(
+                        &ctx,
+                        cfg,
+                        &this.resource,
+                        &this.telemetry,
+                        changes,
+                        flows_now,
+                    )
+                    .await
+                }
                 None => Ok(()),
             }
         };
         // Either failing ends the receiver at once (the other half is dropped, which detaches
         // its programs); the engine then marks it unhealthy and shuts everything down in order.
-        tokio::try_join!(flows, spans).map(|_| ())
+        tokio::select! {
+            r = async { tokio::try_join!(flows, spans).map(|_| ()) } => r,
+            _ = refuse => unreachable!("pends forever"),
+        }
     }
 }
 
@@ -444,6 +582,8 @@ impl Factory for EbpfFactory {
     const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
     const DESCRIPTION: &'static str =
         "kernel telemetry: network flows from XDP (ingress) and TC (egress); needs root";
+    // Span sources are added and removed live; other changes replace the receiver.
+    const RECONFIGURABLE: bool = true;
 
     fn validate(c: &EbpfConfig) -> Result<(), ConfigErrors> {
         let mut e = ConfigErrors::new();
@@ -570,6 +710,12 @@ fn validate_spans(s: &SpansConfig, e: &mut ConfigErrors) {
             e.push(
                 format!("{p}.comm"),
                 "must be 1 to 15 bytes (the kernel keeps 15)",
+            );
+        }
+        if src.ttl.is_some_and(|t| t.is_zero()) {
+            e.push(
+                format!("{p}.ttl"),
+                "must be greater than 0 (leave it out to keep the source)",
             );
         }
     }

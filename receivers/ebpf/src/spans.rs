@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::kprobe::KProbeLinkId;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::{FEntry, FExit, KProbe, TracePoint, UProbe};
 use aya::{Btf, Ebpf, EbpfLoader};
 use oxeye_api::{Comm, LostUnit, Span, SpanId, StatusCode, TaskContext, Telemetry, TraceId};
@@ -23,7 +24,25 @@ use crate::{AttachMode, SourceKind, SourceSpec, SpansConfig, StackMode};
 pub(crate) static PROGRAMS: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oxeye-spans"));
 
-/// What a source turned into, for naming its spans and counters.
+/// What keeps a source attached; dropping (or detaching) it detaches the source.
+// Tracepoint fds and fentry instances are held only for what dropping them does.
+#[allow(dead_code)]
+enum Links {
+    /// Tracepoint pairs (link fd, perf fd).
+    Tracepoints(Vec<[OwnedFd; 2]>),
+    /// uprobe/uretprobe links of the shared programs.
+    Uprobe(Vec<(&'static str, UProbeLinkId)>),
+    /// kprobe/kretprobe links of the shared programs, and the function's address in `KFUNCS`.
+    Kprobe(KprobeLinks, u64),
+    /// The source's own fentry/fexit instance (its maps are the shared ones).
+    Fentry(Box<Ebpf>),
+    /// Detached.
+    None,
+}
+
+/// What a source turned into, for naming its spans and counters. Indexes (the programs' cookie
+/// and counter slot) are never reused, so an event still in the ring buffer of a source removed
+/// a moment ago is still named after it.
 struct Source {
     /// Span name (function or syscall).
     name: Arc<str>,
@@ -32,6 +51,10 @@ struct Source {
     return_value: bool,
     nargs: usize,
     syscall: bool,
+    spec: SourceSpec,
+    links: Links,
+    /// When `ttl` detaches it.
+    expires: Option<std::time::Instant>,
 }
 
 /// Why kernel functions cannot be traced here, if they cannot: (fentry error, kprobe error).
@@ -62,13 +85,14 @@ fn kernel_function_error(func: &str, fentry: &str, kprobe: &str) -> String {
 pub struct SpanProbe {
     /// The programs; `None` once detached (dropping unloads and detaches them).
     ebpf: Option<Ebpf>,
-    /// One more instance per fentry source (its maps are the shared ones).
-    instances: Vec<Ebpf>,
     counters: PerCpuArray<MapData, u64>,
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Every source attached during the run, by index (see [`Source`]).
     sources: Vec<Source>,
-    /// Tracepoint links (link fd, perf fd); dropping detaches.
-    _tp_links: Vec<[OwnedFd; 2]>,
+    configs: Array<MapData, SourceConfig>,
+    kfuncs: BpfHashMap<MapData, u64, u32>,
+    /// Ring size and wakeup, for fentry instances loaded at start.
+    spans_config: SpansConfig,
     telemetry: Telemetry,
     offset: u64,
 }
@@ -84,10 +108,7 @@ impl SpanProbe {
             .iter()
             .any(|s| matches!(s.kind(), SourceKind::Kprobe(_)))
         {
-            let mut probe = EbpfLoader::new()
-                .load(PROGRAMS)
-                .map_err(|e| format!("loading the span programs: {}", crate::flows::chain(&e)))?;
-            let support = kernel_function_support(&mut probe);
+            let support = support()?;
             for spec in &cfg.sources {
                 mechanisms.push(match spec.kind() {
                     SourceKind::Kprobe(func) => Some(mechanism(&func, spec.attach, &support)?),
@@ -105,140 +126,12 @@ impl SpanProbe {
         let mut ebpf = loader(cfg, &wakeup, pins.as_ref().map(|p| p.0.as_path()))
             .load(PROGRAMS)
             .map_err(|e| format!("loading the span programs: {}", crate::flows::chain(&e)))?;
-        let mut instances = Vec::new();
-        let mut configs: Array<MapData, SourceConfig> =
+        let configs: Array<MapData, SourceConfig> =
             Array::try_from(ebpf.take_map("SOURCES").ok_or("map SOURCES missing")?)
                 .map_err(|e| format!("SOURCES: {e}"))?;
-        let mut kfuncs: BpfHashMap<MapData, u64, u32> =
+        let kfuncs: BpfHashMap<MapData, u64, u32> =
             BpfHashMap::try_from(ebpf.take_map("KFUNCS").ok_or("map KFUNCS missing")?)
                 .map_err(|e| format!("KFUNCS: {e}"))?;
-        let needs = |k: fn(&SourceKind) -> bool| cfg.sources.iter().any(|s| k(&s.kind()));
-        for (prog, wanted) in [
-            (
-                "oxeye_sys_enter",
-                needs(|k| matches!(k, SourceKind::Syscall(_))),
-            ),
-            (
-                "oxeye_sys_exit",
-                needs(|k| matches!(k, SourceKind::Syscall(_))),
-            ),
-        ] {
-            if wanted {
-                let p: &mut TracePoint = crate::sys::program(&mut ebpf, prog)?;
-                p.load().map_err(|e| {
-                    format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
-                })?;
-            }
-        }
-        for prog in ["oxeye_uprobe", "oxeye_uretprobe"] {
-            if needs(|k| matches!(k, SourceKind::Uprobe { .. })) {
-                let p: &mut UProbe = crate::sys::program(&mut ebpf, prog)?;
-                p.load().map_err(|e| {
-                    format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
-                })?;
-            }
-        }
-        let mut tp_links = Vec::new();
-        let mut sources = Vec::new();
-        let tracefs = if needs(|k| matches!(k, SourceKind::Syscall(_))) {
-            Some(sys::tracefs()?)
-        } else {
-            None
-        };
-        for (index, spec) in cfg.sources.iter().enumerate() {
-            let index = index as u32;
-            let kind = spec.kind();
-            let (name, label, syscall) = match &kind {
-                SourceKind::Syscall(name) => (name.clone(), format!("syscall:{name}"), true),
-                SourceKind::Uprobe { path, symbol } => {
-                    (symbol.clone(), format!("uprobe:{path}:{symbol}"), false)
-                }
-                SourceKind::Kprobe(func) => (func.clone(), format!("kprobe:{func}"), false),
-            };
-            configs
-                .set(index, source_config(spec)?, 0)
-                .map_err(|e| format!("{label}: writing its config: {e}"))?;
-            match &kind {
-                SourceKind::Syscall(name) => {
-                    let root = tracefs.as_ref().ok_or("tracefs")?;
-                    for (prog, dir) in [
-                        ("oxeye_sys_enter", "sys_enter"),
-                        ("oxeye_sys_exit", "sys_exit"),
-                    ] {
-                        let id_path = root.join(format!("events/syscalls/{dir}_{name}/id"));
-                        let id: u64 = std::fs::read_to_string(&id_path)
-                            .map_err(|_| format!("{label}: no tracepoint syscalls:{dir}_{name} on this kernel (is `{name}` a syscall name?)"))?
-                            .trim()
-                            .parse()
-                            .map_err(|e| format!("{}: {e}", id_path.display()))?;
-                        let p: &mut TracePoint = crate::sys::program(&mut ebpf, prog)?;
-                        let fd = p.fd().map_err(|e| format!("{e}"))?.as_fd().as_raw_fd();
-                        tp_links.push(
-                            sys::attach_tracepoint_with_cookie(fd, id, index as u64).map_err(
-                                |e| format!("{label}: attaching syscalls:{dir}_{name}: {e}"),
-                            )?,
-                        );
-                    }
-                }
-                SourceKind::Uprobe { path, symbol } => {
-                    let scope = match spec.pid.and_then(std::num::NonZeroU32::new) {
-                        Some(pid) => UProbeScope::OneProcess(pid),
-                        None => UProbeScope::AllProcesses,
-                    };
-                    for prog in ["oxeye_uprobe", "oxeye_uretprobe"] {
-                        let p: &mut UProbe = crate::sys::program(&mut ebpf, prog)?;
-                        let point = UProbeAttachPoint {
-                            location: UProbeAttachLocation::Symbol(symbol),
-                            cookie: Some(index as u64),
-                        };
-                        p.attach(point, path, scope).map_err(|e| {
-                            format!("{label}: attaching: {}", crate::flows::chain(&e))
-                        })?;
-                    }
-                }
-                SourceKind::Kprobe(func) => match mechanisms.get(index as usize).copied().flatten()
-                {
-                    Some(Mechanism::Fentry) => {
-                        let source = index;
-                        let mut l = loader(cfg, &wakeup, pins.as_ref().map(|p| p.0.as_path()));
-                        l.override_global("FENTRY_SOURCE", &source, true);
-                        let mut e = l.load(PROGRAMS).map_err(|e| {
-                            format!("{label}: loading: {}", crate::flows::chain(&e))
-                        })?;
-                        let btf =
-                            Btf::from_sys_fs().map_err(|e| format!("{label}: kernel BTF: {e}"))?;
-                        let p: &mut FEntry = crate::sys::program(&mut e, "oxeye_fentry")?;
-                        p.load(func, &btf)
-                            .map_err(|e| format!("{label}: fentry: {}", crate::flows::chain(&e)))?;
-                        p.attach()
-                            .map_err(|e| format!("{label}: fentry: {}", crate::flows::chain(&e)))?;
-                        let p: &mut FExit = crate::sys::program(&mut e, "oxeye_fexit")?;
-                        p.load(func, &btf)
-                            .map_err(|e| format!("{label}: fexit: {}", crate::flows::chain(&e)))?;
-                        p.attach()
-                            .map_err(|e| format!("{label}: fexit: {}", crate::flows::chain(&e)))?;
-                        instances.push(e);
-                    }
-                    _ => attach_kprobe(&mut ebpf, &mut kfuncs, func, index)?,
-                },
-            }
-            let how = match mechanisms.get(index as usize).copied().flatten() {
-                Some(Mechanism::Fentry) => "fentry/fexit",
-                Some(Mechanism::Kprobe) => "kprobe/kretprobe",
-                None if syscall => "tracepoint pair",
-                None => "uprobe/uretprobe",
-            };
-            info!(source = %label, via = how, "span source attached");
-            sources.push(Source {
-                name: Arc::from(name.as_str()),
-                label,
-                return_value: spec.return_value,
-                nargs: spec.args as usize,
-                syscall,
-            });
-        }
-        // The instances hold the maps now; the pins are no longer needed.
-        drop(pins);
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or("map EVENTS missing")?)
             .map_err(|e| format!("EVENTS: {e}"))?;
         // SAFETY: the RingBuf owns its fd for as long as the AsyncFd owns the RingBuf.
@@ -249,16 +142,252 @@ impl SpanProbe {
                 .ok_or("map SPAN_COUNTERS missing")?,
         )
         .map_err(|e| format!("SPAN_COUNTERS: {e}"))?;
-        Ok(SpanProbe {
-            instances,
+        let mut probe = SpanProbe {
             ebpf: Some(ebpf),
             counters,
             ring,
-            sources,
-            _tp_links: tp_links,
+            sources: Vec::new(),
+            configs,
+            kfuncs,
+            spans_config: cfg.clone(),
             telemetry,
             offset: sys::monotonic_to_unix_offset(),
-        })
+        };
+        for (i, spec) in cfg.sources.iter().enumerate() {
+            let how = mechanisms.get(i).copied().flatten();
+            probe.attach(spec, how, pins.as_ref().map(|p| p.0.as_path()))?;
+        }
+        // The instances hold the maps now; the pins are no longer needed.
+        drop(pins);
+        Ok(probe)
+    }
+
+    /// Attaches one more source while running. A `kprobe:` source that would use fentry
+    /// cannot be added live (its instance needs the maps pinned at start): `attach: kprobe`.
+    pub fn add(&mut self, spec: &SourceSpec) -> Result<(), String> {
+        let how = match spec.kind() {
+            SourceKind::Kprobe(func) => {
+                let m = mechanism(&func, spec.attach, &support()?)?;
+                if m == Mechanism::Fentry {
+                    return Err(format!("kprobe:{func} would use fentry, which cannot be added to a running receiver; write `attach: kprobe` to add it live"));
+                }
+                Some(m)
+            }
+            _ => None,
+        };
+        self.attach(spec, how, None)
+    }
+
+    /// Detaches the attached source configured as `spec`; false when there is none. Spans it
+    /// already recorded are still drained and named; calls open at this moment count as
+    /// `exits_missed`.
+    pub fn remove(&mut self, spec: &SourceSpec) -> bool {
+        match self
+            .sources
+            .iter()
+            .position(|s| &s.spec == spec && !matches!(s.links, Links::None))
+        {
+            Some(index) => {
+                self.detach_source(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Detaches the sources whose `ttl` has passed; returns their labels.
+    pub fn expire(&mut self, now: std::time::Instant) -> Vec<String> {
+        let due: Vec<usize> = (0..self.sources.len())
+            .filter(|&i| {
+                let s = &self.sources[i];
+                s.expires.is_some_and(|t| t <= now) && !matches!(s.links, Links::None)
+            })
+            .collect();
+        due.into_iter()
+            .map(|i| {
+                self.detach_source(i);
+                self.sources[i].label.clone()
+            })
+            .collect()
+    }
+
+    /// When the next `ttl` ends, if a source has one.
+    pub fn next_expiry(&self) -> Option<std::time::Instant> {
+        self.sources
+            .iter()
+            .filter(|s| !matches!(s.links, Links::None))
+            .filter_map(|s| s.expires)
+            .min()
+    }
+
+    fn detach_source(&mut self, index: usize) {
+        // Entry probes go first (the reverse of attaching): a call already entered still has
+        // its exit seen, so no thread is left with a span that never closes.
+        let links = std::mem::replace(&mut self.sources[index].links, Links::None);
+        if let Some(ebpf) = self.ebpf.as_mut() {
+            match links {
+                Links::Tracepoints(fds) => {
+                    for fd in fds.into_iter().rev() {
+                        drop(fd);
+                    }
+                }
+                Links::Uprobe(ids) => {
+                    for (prog, id) in ids.into_iter().rev() {
+                        if let Ok(p) = crate::sys::program::<UProbe>(ebpf, prog) {
+                            let _ = p.detach(id);
+                        }
+                    }
+                }
+                Links::Kprobe(ids, addr) => {
+                    for (prog, id) in ids.into_iter().rev() {
+                        if let Ok(p) = crate::sys::program::<KProbe>(ebpf, prog) {
+                            let _ = p.detach(id);
+                        }
+                    }
+                    let _ = self.kfuncs.remove(&addr);
+                }
+                // Dropping the instance detaches both.
+                Links::Fentry(_) | Links::None => {}
+            }
+        }
+        let i = index as u32;
+        if let Ok(mut c) = self.configs.get(&i, 0) {
+            c.enabled = 0;
+            let _ = self.configs.set(i, c, 0);
+        }
+        info!(source = %self.sources[index].label, "span source detached");
+    }
+
+    fn attach(
+        &mut self,
+        spec: &SourceSpec,
+        how: Option<Mechanism>,
+        pins: Option<&std::path::Path>,
+    ) -> Result<(), String> {
+        let index = self.sources.len() as u32;
+        if index >= oxeye_ebpf_common::MAX_SOURCES {
+            return Err(format!(
+                "at most {} span sources per run, removed ones included: restart oxeye",
+                oxeye_ebpf_common::MAX_SOURCES
+            ));
+        }
+        let kind = spec.kind();
+        let (name, label, syscall) = match &kind {
+            SourceKind::Syscall(name) => (name.clone(), format!("syscall:{name}"), true),
+            SourceKind::Uprobe { path, symbol } => {
+                (symbol.clone(), format!("uprobe:{path}:{symbol}"), false)
+            }
+            SourceKind::Kprobe(func) => (func.clone(), format!("kprobe:{func}"), false),
+        };
+        self.configs
+            .set(index, source_config(spec)?, 0)
+            .map_err(|e| format!("{label}: writing its config: {e}"))?;
+        let ebpf = self.ebpf.as_mut().ok_or("the span programs are detached")?;
+        let links = match &kind {
+            SourceKind::Syscall(name) => {
+                let root = sys::tracefs()?;
+                let mut links = Vec::new();
+                // Exit before entry: a call entered while only the entry probe is attached would
+                // never be closed, and on a hot function enough of them fill the thread's stack.
+                for (prog, dir) in [
+                    ("oxeye_sys_exit", "sys_exit"),
+                    ("oxeye_sys_enter", "sys_enter"),
+                ] {
+                    let id_path = root.join(format!("events/syscalls/{dir}_{name}/id"));
+                    let id: u64 = std::fs::read_to_string(&id_path)
+                        .map_err(|_| format!("{label}: no tracepoint syscalls:{dir}_{name} on this kernel (is `{name}` a syscall name?)"))?
+                        .trim()
+                        .parse()
+                        .map_err(|e| format!("{}: {e}", id_path.display()))?;
+                    let p: &mut TracePoint = crate::sys::program(ebpf, prog)?;
+                    if p.fd().is_err() {
+                        p.load().map_err(|e| {
+                            format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
+                        })?;
+                    }
+                    let fd = p.fd().map_err(|e| format!("{e}"))?.as_fd().as_raw_fd();
+                    links.push(
+                        sys::attach_tracepoint_with_cookie(fd, id, index as u64).map_err(|e| {
+                            format!("{label}: attaching syscalls:{dir}_{name}: {e}")
+                        })?,
+                    );
+                }
+                Links::Tracepoints(links)
+            }
+            SourceKind::Uprobe { path, symbol } => {
+                let scope = match spec.pid.and_then(std::num::NonZeroU32::new) {
+                    Some(pid) => UProbeScope::OneProcess(pid),
+                    None => UProbeScope::AllProcesses,
+                };
+                let mut links = Vec::new();
+                // The return probe first (see above).
+                for prog in ["oxeye_uretprobe", "oxeye_uprobe"] {
+                    let p: &mut UProbe = crate::sys::program(ebpf, prog)?;
+                    if p.fd().is_err() {
+                        p.load().map_err(|e| {
+                            format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
+                        })?;
+                    }
+                    let point = UProbeAttachPoint {
+                        location: UProbeAttachLocation::Symbol(symbol),
+                        cookie: Some(index as u64),
+                    };
+                    let id = p
+                        .attach(point, path, scope)
+                        .map_err(|e| format!("{label}: attaching: {}", crate::flows::chain(&e)))?;
+                    links.push((prog, id));
+                }
+                Links::Uprobe(links)
+            }
+            SourceKind::Kprobe(func) => match how {
+                Some(Mechanism::Fentry) => {
+                    let pins = pins.ok_or("fentry needs the maps pinned at start")?;
+                    let source = index;
+                    let wakeup = self.spans_config.wakeup_bytes;
+                    let mut l = loader(&self.spans_config, &wakeup, Some(pins));
+                    l.override_global("FENTRY_SOURCE", &source, true);
+                    let mut e = l
+                        .load(PROGRAMS)
+                        .map_err(|e| format!("{label}: loading: {}", crate::flows::chain(&e)))?;
+                    let btf =
+                        Btf::from_sys_fs().map_err(|e| format!("{label}: kernel BTF: {e}"))?;
+                    // fexit first (see above).
+                    let p: &mut FExit = crate::sys::program(&mut e, "oxeye_fexit")?;
+                    p.load(func, &btf)
+                        .map_err(|e| format!("{label}: fexit: {}", crate::flows::chain(&e)))?;
+                    p.attach()
+                        .map_err(|e| format!("{label}: fexit: {}", crate::flows::chain(&e)))?;
+                    let p: &mut FEntry = crate::sys::program(&mut e, "oxeye_fentry")?;
+                    p.load(func, &btf)
+                        .map_err(|e| format!("{label}: fentry: {}", crate::flows::chain(&e)))?;
+                    p.attach()
+                        .map_err(|e| format!("{label}: fentry: {}", crate::flows::chain(&e)))?;
+                    Links::Fentry(Box::new(e))
+                }
+                _ => {
+                    let (ids, addr) = attach_kprobe(ebpf, &mut self.kfuncs, func, index)?;
+                    Links::Kprobe(ids, addr)
+                }
+            },
+        };
+        let via = match (&links, syscall) {
+            (Links::Fentry(_), _) => "fentry/fexit",
+            (Links::Kprobe(..), _) => "kprobe/kretprobe",
+            (_, true) => "tracepoint pair",
+            _ => "uprobe/uretprobe",
+        };
+        info!(source = %label, via, ttl = ?spec.ttl, "span source attached");
+        self.sources.push(Source {
+            name: Arc::from(name.as_str()),
+            label,
+            return_value: spec.return_value,
+            nargs: spec.args as usize,
+            syscall,
+            spec: spec.clone(),
+            links,
+            expires: spec.ttl.map(|d| std::time::Instant::now() + d),
+        });
+        Ok(())
     }
 
     /// Waits until the ring buffer has data or `timeout` passes.
@@ -315,8 +444,9 @@ impl SpanProbe {
 
     /// Detaches every source (the ring buffer stays readable for a final drain).
     pub fn detach(&mut self) {
-        self._tp_links.clear();
-        self.instances.clear();
+        for s in &mut self.sources {
+            s.links = Links::None;
+        }
         self.ebpf = None;
     }
 }
@@ -336,31 +466,50 @@ fn lost_as(counter: &str) -> Option<(&'static str, LostUnit)> {
     }
 }
 
+/// kprobe/kretprobe links of the shared programs, by program name.
+type KprobeLinks = Vec<(&'static str, KProbeLinkId)>;
+
+/// Whether fentry and kprobe work here: `Err(why not)` for each.
+type Support = (Result<(), String>, Result<(), String>);
+
 fn attach_kprobe(
     ebpf: &mut Ebpf,
     kfuncs: &mut BpfHashMap<MapData, u64, u32>,
     func: &str,
     index: u32,
-) -> Result<(), String> {
+) -> Result<(KprobeLinks, u64), String> {
     let addr = sys::kallsyms_address(func)
         .ok_or_else(|| format!("kprobe:{func}: no such kernel function in /proc/kallsyms"))?;
     kfuncs
         .insert(addr, index, 0)
         .map_err(|e| format!("KFUNCS: {e}"))?;
-    for prog in ["oxeye_kprobe", "oxeye_kretprobe"] {
+    let mut ids = Vec::new();
+    // The return probe first: see `SpanProbe::attach`.
+    for prog in ["oxeye_kretprobe", "oxeye_kprobe"] {
         let p: &mut KProbe = crate::sys::program(ebpf, prog)?;
         if p.fd().is_err() {
             p.load()
                 .map_err(|e| format!("the kernel rejected {prog}: {}", crate::flows::chain(&e)))?;
         }
-        p.attach(func, 0).map_err(|e| {
-            format!(
-                "kprobe:{func}: attaching {prog}: {}",
-                crate::flows::chain(&e)
-            )
-        })?;
+        ids.push((
+            prog,
+            p.attach(func, 0).map_err(|e| {
+                format!(
+                    "kprobe:{func}: attaching {prog}: {}",
+                    crate::flows::chain(&e)
+                )
+            })?,
+        ));
     }
-    Ok(())
+    Ok((ids, addr))
+}
+
+/// What this kernel allows for kernel functions (loads the programs once to find out).
+fn support() -> Result<Support, String> {
+    let mut probe = EbpfLoader::new()
+        .load(PROGRAMS)
+        .map_err(|e| format!("loading the span programs: {}", crate::flows::chain(&e)))?;
+    Ok(kernel_function_support(&mut probe))
 }
 
 /// How a `kprobe:` source traces its function.
@@ -371,11 +520,7 @@ enum Mechanism {
 }
 
 /// Picks fentry or kprobe per the source's `attach` and what the kernel supports.
-fn mechanism(
-    func: &str,
-    mode: AttachMode,
-    support: &(Result<(), String>, Result<(), String>),
-) -> Result<Mechanism, String> {
+fn mechanism(func: &str, mode: AttachMode, support: &Support) -> Result<Mechanism, String> {
     let (fentry, kprobe) = support;
     match (mode, fentry, kprobe) {
         (AttachMode::Auto | AttachMode::Fentry, Ok(()), _) => Ok(Mechanism::Fentry),

@@ -5,6 +5,7 @@
 //!     oxeye-workload nested N       N calls of oxeye_outer (20 ms) -> oxeye_inner (10 ms)
 //!     oxeye-workload getppid N      N getppid calls (benchmark)
 //!     oxeye-workload getppid@R N    N getppid calls paced at R calls/s (benchmark)
+//!     oxeye-workload loop MS        oxeye_inner(MS) over and over until stdin closes (live probes)
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -67,6 +68,20 @@ fn main() {
                     }
                 }
             }
+        }
+        "loop" => {
+            // Until stdin closes: the test adds and removes probes meanwhile.
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut rest = String::new();
+                let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest);
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::hint::black_box(oxeye_inner(std::hint::black_box(n)));
+            }
+            return;
         }
         other => panic!("unknown workload {other}"),
     }
