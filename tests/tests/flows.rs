@@ -820,3 +820,48 @@ fn five_reloads_keep_the_xdp_program_and_every_packet() {
         "exact across reloads"
     );
 }
+
+#[test]
+fn interfaces_added_and_removed_live() {
+    let pair = VethPair::new("ifaces");
+    let yaml = |ifaces: &str| {
+        format!(
+            "receivers:\n  ebpf:\n    flows: {{interfaces: [{ifaces}], flush_interval: 200ms}}\nexporters:\n  stdout: {{format: json}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    flows: {{receivers: [ebpf], exporters: [stdout]}}\n"
+        )
+    };
+    let path = temp_config("flows-ifaces", &yaml(&pair.va));
+    let (ox, err) = OxeyeInNs::start(&pair.ns_a, &path, READY);
+    let prog = pair.xdp_prog_id().expect("XDP attached");
+    let lo_xdp = || {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &pair.ns_a, "-d", "link", "show", "dev", "lo"])
+            .output()
+            .expect("ip");
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    };
+    assert!(!lo_xdp());
+    let reload = |ifaces: &str, want_lo: bool| {
+        std::fs::write(&path, yaml(ifaces)).expect("rewrite");
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(ox.pid(), libc::SIGHUP) };
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while lo_xdp() != want_lo {
+            assert!(std::time::Instant::now() < until, "lo XDP should be {want_lo}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(pair.xdp_prog_id(), Some(prog), "the other interface untouched");
+    };
+    reload(&format!("{}, lo", pair.va), true);
+    reload(&pair.va, false);
+    let (_, stderr) = stop_and_check(&pair, ox, err);
+    assert_eq!(
+        stderr.matches("~receivers/ebpf (live)").count(),
+        2,
+        "both applied live: {stderr}"
+    );
+    assert!(
+        stderr.contains("flow programs detached from the interface"),
+        "{stderr}"
+    );
+    assert!(!lo_xdp(), "nothing left on lo");
+}

@@ -204,6 +204,7 @@ fn triggers_and_an_invalid_edit() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert_eq!(reloads(port), (3, 1), "the invalid edit is one rejection");
     let answer = post_reload(port);
     assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
     assert!(

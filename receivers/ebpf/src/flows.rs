@@ -121,8 +121,10 @@ impl Clock {
 /// links, which the kernel also removes if the process dies.
 pub struct FlowProbe {
     ebpf: Ebpf,
-    xdp_links: Vec<XdpLinkId>,
-    tc_links: Vec<SchedClassifierLinkId>,
+    /// Per interface, its XDP link and (with `egress`) its TC link.
+    attached: Vec<Attached>,
+    mode: XdpModeConfig,
+    egress: bool,
     maps: [MapData; 2],
     cache: PerCpuArray<MapData, CacheSlot>,
     active: usize,
@@ -236,7 +238,89 @@ fn attach_xdp(
     }
 }
 
+/// The programs attached to one interface.
+struct Attached {
+    iface: String,
+    xdp: XdpLinkId,
+    tc: Option<SchedClassifierLinkId>,
+}
+
+/// Attaches XDP (and TC egress when `egress`) to `iface`; the programs are loaded.
+fn attach_interface(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: XdpModeConfig,
+    egress: bool,
+) -> Result<Attached, String> {
+    let xdp: &mut Xdp = crate::sys::program(ebpf, "oxeye_xdp")?;
+    let (how, link) = attach_xdp(xdp, iface, mode)?;
+    info!(interface = %iface, mode = how, "XDP flow program attached (ingress)");
+    let tc = if egress {
+        let tc: &mut SchedClassifier = crate::sys::program(ebpf, "oxeye_tc")?;
+        match tc.attach(iface, TcAttachType::Egress) {
+            Ok(link) => {
+                info!(interface = %iface, "TC flow program attached (egress)");
+                Some(link)
+            }
+            Err(e) => {
+                // Not half-attached: the XDP link goes too.
+                if let Ok(xdp) = crate::sys::program::<Xdp>(ebpf, "oxeye_xdp") {
+                    let _ = xdp.detach(link);
+                }
+                return Err(format!("TC egress on `{iface}`: {}", chain(&e)));
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Attached {
+        iface: iface.to_string(),
+        xdp: link,
+        tc,
+    })
+}
+
 impl FlowProbe {
+    /// Attaches the programs to one more interface while running.
+    pub fn add_interface(&mut self, iface: &str) -> Result<(), String> {
+        let a = attach_interface(&mut self.ebpf, iface, self.mode, self.egress)?;
+        self.names
+            .insert(sys::if_index(iface).unwrap_or(0), Arc::from(iface));
+        self.attached.push(a);
+        Ok(())
+    }
+
+    /// Detaches the programs from `iface` (what they counted there is harvested as usual).
+    pub fn remove_interface(&mut self, iface: &str) -> bool {
+        let Some(i) = self.attached.iter().position(|a| a.iface == iface) else {
+            return false;
+        };
+        let a = self.attached.remove(i);
+        self.detach_one(a);
+        info!(interface = %iface, "flow programs detached from the interface");
+        true
+    }
+
+    /// The interfaces the programs are attached to.
+    pub fn interfaces(&self) -> Vec<String> {
+        self.attached.iter().map(|a| a.iface.clone()).collect()
+    }
+
+    fn detach_one(&mut self, a: Attached) {
+        if let Ok(xdp) = crate::sys::program::<Xdp>(&mut self.ebpf, "oxeye_xdp") {
+            if let Err(e) = xdp.detach(a.xdp) {
+                warn!("detaching XDP from {}: {e}", a.iface);
+            }
+        }
+        if let Some(link) = a.tc {
+            if let Ok(tc) = crate::sys::program::<SchedClassifier>(&mut self.ebpf, "oxeye_tc") {
+                if let Err(e) = tc.detach(link) {
+                    warn!("detaching TC from {}: {e}", a.iface);
+                }
+            }
+        }
+    }
+
     /// Loads the programs and attaches them to every interface. Blocking: hundreds of syscalls
     /// and a 200 ms clock calibration.
     pub fn start(
@@ -260,30 +344,20 @@ impl FlowProbe {
         }
         let clock = Clock::calibrate(&mut ebpf)?;
         let mut names = HashMap::new();
-        let mut xdp_links = Vec::new();
-        let mut tc_links = Vec::new();
+        let mut attached = Vec::new();
         {
             let xdp: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_xdp")?;
             xdp.load()
                 .map_err(|e| format!("the kernel rejected the XDP program: {}", chain(&e)))?;
-            for iface in interfaces {
-                let (mode, link) = attach_xdp(xdp, iface, cfg.mode)?;
-                xdp_links.push(link);
-                info!(interface = %iface, mode, "XDP flow program attached (ingress)");
-                names.insert(sys::if_index(iface).unwrap_or(0), Arc::from(iface.as_str()));
-            }
         }
         if cfg.egress {
             let tc: &mut SchedClassifier = crate::sys::program(&mut ebpf, "oxeye_tc")?;
             tc.load()
                 .map_err(|e| format!("the kernel rejected the TC program: {}", chain(&e)))?;
-            for iface in interfaces {
-                let link = tc
-                    .attach(iface, TcAttachType::Egress)
-                    .map_err(|e| format!("TC egress on `{iface}`: {}", chain(&e)))?;
-                tc_links.push(link);
-                info!(interface = %iface, "TC flow program attached (egress)");
-            }
+        }
+        for iface in interfaces {
+            attached.push(attach_interface(&mut ebpf, iface, cfg.mode, cfg.egress)?);
+            names.insert(sys::if_index(iface).unwrap_or(0), Arc::from(iface.as_str()));
         }
         let take = |ebpf: &mut Ebpf, name: &str| match ebpf.take_map(name) {
             Some(Map::PerCpuLruHashMap(m)) => Ok(m),
@@ -296,8 +370,9 @@ impl FlowProbe {
         };
         Ok(FlowProbe {
             ebpf,
-            xdp_links,
-            tc_links,
+            attached,
+            mode: cfg.mode,
+            egress: cfg.egress,
             maps,
             cache,
             active: 0,
@@ -350,19 +425,8 @@ impl FlowProbe {
 
     /// Detaches every program (maps stay readable).
     pub fn detach(&mut self) {
-        if let Ok(xdp) = crate::sys::program::<Xdp>(&mut self.ebpf, "oxeye_xdp") {
-            for link in self.xdp_links.drain(..) {
-                if let Err(e) = xdp.detach(link) {
-                    warn!("detaching XDP: {e}");
-                }
-            }
-        }
-        if let Ok(tc) = crate::sys::program::<SchedClassifier>(&mut self.ebpf, "oxeye_tc") {
-            for link in self.tc_links.drain(..) {
-                if let Err(e) = tc.detach(link) {
-                    warn!("detaching TC: {e}");
-                }
-            }
+        for a in std::mem::take(&mut self.attached) {
+            self.detach_one(a);
         }
     }
 

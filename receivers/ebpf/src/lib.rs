@@ -297,16 +297,18 @@ async fn emit(ctx: &ReceiverContext, resource: &Arc<Resource>, flows: Vec<Flow>)
 
 async fn run_flows(
     ctx: &ReceiverContext,
-    cfg: FlowsConfig,
+    mut cfg: FlowsConfig,
     interfaces: Vec<String>,
     resource: &Arc<Resource>,
     telemetry: &Telemetry,
+    mut changes: Changes<FlowsConfig>,
 ) -> Result<(), BoxError> {
     // Loading, attaching and harvesting are hundreds to thousands of syscalls: they run on the
     // blocking pool, never on the async workers.
     let flush_interval = cfg.flush_interval;
     let t = telemetry.clone();
-    let mut probe = unblock(move || flows::FlowProbe::start(&cfg, &interfaces, t)).await?;
+    let started = cfg.clone();
+    let mut probe = unblock(move || flows::FlowProbe::start(&started, &interfaces, t)).await?;
     let mut tick = tokio::time::interval(flush_interval);
     tick.tick().await;
     loop {
@@ -322,6 +324,11 @@ async fn run_flows(
                 .await;
                 probe = p;
                 emit(ctx, resource, flows?).await;
+            }
+            Some((new, done)) = changes.recv() => {
+                let (result, p) = change_flows(probe, &mut cfg, new).await;
+                probe = p;
+                let _ = done.send(result);
             }
             _ = ctx.shutdown().wait() => break,
         }
@@ -356,8 +363,7 @@ async fn run_spans(
     mut cfg: SpansConfig,
     resource: &Arc<Resource>,
     telemetry: &Telemetry,
-    mut changes: Option<Changes>,
-    flows_now: Option<FlowsConfig>,
+    mut changes: Changes<SpansConfig>,
 ) -> Result<(), BoxError> {
     let drain_interval = cfg.drain_interval;
     let t = telemetry.clone();
@@ -371,10 +377,10 @@ async fn run_spans(
                 drain_spans(ctx, resource, &mut probe).await;
                 probe.update_counters();
             }
-            Some(change) = next_change(&mut changes) => {
-                let (result, p) = apply_change(probe, &mut cfg, flows_now.as_ref(), change.config).await;
+            Some((new, done)) = changes.recv() => {
+                let (result, p) = change_spans(probe, &mut cfg, new).await;
                 probe = p;
-                let _ = change.done.send(result);
+                let _ = done.send(result);
             }
             _ = sleep_until(expiry), if expiry.is_some() => {
                 let (gone, p) = unblock(move || {
@@ -416,15 +422,9 @@ async fn run_spans(
     Ok(())
 }
 
-/// Live config changes from the engine.
-type Changes = tokio::sync::mpsc::UnboundedReceiver<oxeye_api::Reconfigure>;
-
-async fn next_change(changes: &mut Option<Changes>) -> Option<oxeye_api::Reconfigure> {
-    match changes {
-        Some(c) => c.recv().await,
-        None => std::future::pending().await,
-    }
-}
+/// A part of a new config for one half of the receiver, and where to say whether it applied.
+type Change<T> = (T, tokio::sync::oneshot::Sender<Result<(), String>>);
+type Changes<T> = tokio::sync::mpsc::UnboundedReceiver<Change<T>>;
 
 async fn sleep_until(at: Option<std::time::Instant>) {
     match at {
@@ -433,29 +433,14 @@ async fn sleep_until(at: Option<std::time::Instant>) {
     }
 }
 
-/// Applies a new config to running span sources: sources removed are detached, new ones
+/// Applies a new `spans:` to running span sources: sources removed are detached, new ones
 /// attached, the others untouched. Anything else changed cannot be applied live (`Err`: the
 /// engine then replaces the receiver).
-async fn apply_change(
+async fn change_spans(
     mut probe: spans::SpanProbe,
     cfg: &mut SpansConfig,
-    flows_now: Option<&FlowsConfig>,
-    config: serde_yaml::Value,
+    spans: SpansConfig,
 ) -> (Result<(), String>, spans::SpanProbe) {
-    let value = match config {
-        serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
-        v => v,
-    };
-    let new: EbpfConfig = match serde_yaml::from_value(value) {
-        Ok(c) => c,
-        Err(e) => return (Err(format!("config: {e}")), probe),
-    };
-    if new.flows.as_ref() != flows_now {
-        return (Err("flows settings changed".into()), probe);
-    }
-    let Some(spans) = new.spans else {
-        return (Err("spans removed".into()), probe);
-    };
     let same_rest = SpansConfig {
         sources: cfg.sources.clone(),
         ..spans.clone()
@@ -496,6 +481,47 @@ async fn apply_change(
     .await
 }
 
+/// Applies a new `flows:` whose only change is `interfaces`: the programs are attached to new
+/// interfaces and detached from removed ones; the others, the maps and the counters go on.
+async fn change_flows(
+    mut probe: flows::FlowProbe,
+    cfg: &mut FlowsConfig,
+    new: FlowsConfig,
+) -> (Result<(), String>, flows::FlowProbe) {
+    let same_rest = FlowsConfig {
+        interfaces: cfg.interfaces.clone(),
+        ..new.clone()
+    } == *cfg;
+    if !same_rest {
+        return (
+            Err("flows settings other than `interfaces` changed".into()),
+            probe,
+        );
+    }
+    let spec = new.interfaces.clone();
+    let (result, probe) = unblock(move || {
+        let wanted = match flows::resolve_interfaces(&spec) {
+            Ok(w) => w,
+            Err(e) => return (Err(e), probe),
+        };
+        let now = probe.interfaces();
+        for iface in now.iter().filter(|i| !wanted.contains(i)) {
+            probe.remove_interface(iface);
+        }
+        for iface in wanted.iter().filter(|i| !now.contains(i)) {
+            if let Err(e) = probe.add_interface(iface) {
+                return (Err(e), probe);
+            }
+        }
+        (Ok(()), probe)
+    })
+    .await;
+    if result.is_ok() {
+        *cfg = new;
+    }
+    (result, probe)
+}
+
 /// Drains the ring buffer batch by batch (bounded memory however much waits); returns the count.
 async fn drain_spans(
     ctx: &ReceiverContext,
@@ -520,54 +546,101 @@ async fn drain_spans(
 impl Receiver for EbpfReceiver {
     async fn run(self: Box<Self>, ctx: ReceiverContext) -> Result<(), BoxError> {
         let this = *self;
-        let changes = ctx.reconfigurations();
         let flows_now = this.flows.as_ref().map(|(c, _)| c.clone());
+        let spans_now = this.spans.clone();
+        let (flow_tx, flow_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (span_tx, span_rx) = tokio::sync::mpsc::unbounded_channel();
+        let flows_on = this.flows.is_some() && ctx.wants(Signal::Flows);
         let spans_on = this.spans.is_some() && ctx.wants(Signal::Traces);
-        let (changes, refused) = if spans_on {
-            (changes, None)
-        } else {
-            (None, changes)
-        };
-        // Without spans there is nothing to change live: every change replaces the receiver.
-        let refuse = async {
-            if let Some(mut c) = refused {
-                while let Some(change) = c.recv().await {
-                    let _ = change
-                        .done
-                        .send(Err("only span sources change live".into()));
-                }
-            }
-            std::future::pending::<()>().await
-        };
         let flows = async {
             match this.flows.filter(|_| ctx.wants(Signal::Flows)) {
                 Some((cfg, interfaces)) => {
-                    run_flows(&ctx, cfg, interfaces, &this.resource, &this.telemetry).await
-                }
-                None => Ok(()),
-            }
-        };
-        let spans = async {
-            match this.spans.filter(|_| ctx.wants(Signal::Traces)) {
-                Some(cfg) => {
-                    run_spans(
+                    run_flows(
                         &ctx,
                         cfg,
+                        interfaces,
                         &this.resource,
                         &this.telemetry,
-                        changes,
-                        flows_now,
+                        flow_rx,
                     )
                     .await
                 }
                 None => Ok(()),
             }
         };
-        // Either failing ends the receiver at once (the other half is dropped, which detaches
-        // its programs); the engine then marks it unhealthy and shuts everything down in order.
+        let spans = async {
+            match this.spans.filter(|_| ctx.wants(Signal::Traces)) {
+                Some(cfg) => run_spans(&ctx, cfg, &this.resource, &this.telemetry, span_rx).await,
+                None => Ok(()),
+            }
+        };
+        // Live config changes: each half takes its part; anything else is refused, and the
+        // engine then replaces the receiver.
+        let dispatch = async {
+            let Some(mut changes) = ctx.reconfigurations() else {
+                return std::future::pending::<()>().await;
+            };
+            let (mut flows_now, mut spans_now) = (flows_now, spans_now);
+            while let Some(change) = changes.recv().await {
+                let result = async {
+                    let value = match change.config.clone() {
+                        serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
+                        v => v,
+                    };
+                    let new: EbpfConfig =
+                        serde_yaml::from_value(value).map_err(|e| format!("config: {e}"))?;
+                    for (part, differs, on, now_some, new_some) in [
+                        (
+                            "flows",
+                            new.flows != flows_now,
+                            flows_on,
+                            flows_now.is_some(),
+                            new.flows.is_some(),
+                        ),
+                        (
+                            "spans",
+                            new.spans != spans_now,
+                            spans_on,
+                            spans_now.is_some(),
+                            new.spans.is_some(),
+                        ),
+                    ] {
+                        if differs && (!on || now_some != new_some) {
+                            return Err(format!("`{part}:` added, removed or not running"));
+                        }
+                    }
+                    if let Some(f) = new.flows.clone().filter(|f| Some(f) != flows_now.as_ref()) {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        flow_tx
+                            .send((f, tx))
+                            .map_err(|_| "flows stopped".to_string())?;
+                        rx.await.map_err(|_| "flows stopped".to_string())??;
+                        flows_now = new.flows.clone();
+                    }
+                    if let Some(sp) = new
+                        .spans
+                        .clone()
+                        .filter(|sp| Some(sp) != spans_now.as_ref())
+                    {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        span_tx
+                            .send((sp, tx))
+                            .map_err(|_| "spans stopped".to_string())?;
+                        rx.await.map_err(|_| "spans stopped".to_string())??;
+                        spans_now = new.spans.clone();
+                    }
+                    Ok(())
+                }
+                .await;
+                let _ = change.done.send(result);
+            }
+            std::future::pending::<()>().await
+        };
+        // Either half failing ends the receiver at once (the other half is dropped, which
+        // detaches its programs); the engine then marks it unhealthy and shuts everything down.
         tokio::select! {
             r = async { tokio::try_join!(flows, spans).map(|_| ()) } => r,
-            _ = refuse => unreachable!("pends forever"),
+            _ = dispatch => unreachable!("pends forever"),
         }
     }
 }
@@ -582,7 +655,7 @@ impl Factory for EbpfFactory {
     const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
     const DESCRIPTION: &'static str =
         "kernel telemetry: network flows from XDP (ingress) and TC (egress); needs root";
-    // Span sources are added and removed live; other changes replace the receiver.
+    // Span sources and flow interfaces change live; other changes replace the receiver.
     const RECONFIGURABLE: bool = true;
 
     fn validate(c: &EbpfConfig) -> Result<(), ConfigErrors> {
