@@ -846,10 +846,17 @@ fn interfaces_added_and_removed_live() {
         unsafe { libc::kill(ox.pid(), libc::SIGHUP) };
         let until = std::time::Instant::now() + Duration::from_secs(5);
         while lo_xdp() != want_lo {
-            assert!(std::time::Instant::now() < until, "lo XDP should be {want_lo}");
+            assert!(
+                std::time::Instant::now() < until,
+                "lo XDP should be {want_lo}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(pair.xdp_prog_id(), Some(prog), "the other interface untouched");
+        assert_eq!(
+            pair.xdp_prog_id(),
+            Some(prog),
+            "the other interface untouched"
+        );
     };
     reload(&format!("{}, lo", pair.va), true);
     reload(&pair.va, false);
