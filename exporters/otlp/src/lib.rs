@@ -149,9 +149,12 @@ impl Shared {
         let started = tokio::time::Instant::now();
         let mut interval = self.retry.initial_interval;
         let mut attempt = 0u32;
+        // Encoded once; every attempt sends the same bytes.
+        let payload = client.prepare(&request);
+        drop(request);
         loop {
             self.count(signal, |s, i| s.requests[i] += 1);
-            match client.send(&request).await {
+            match client.send(&payload).await {
                 Outcome::Delivered { rejected, message } => {
                     if attempt > 0 {
                         info!(exporter = %self.id, signal = signal.as_str(), attempts = attempt + 1, "export succeeded after retrying");

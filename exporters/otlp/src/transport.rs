@@ -13,11 +13,10 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest,
-    ExportMetricsServiceResponse,
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    trace_service_client::TraceServiceClient, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use oxeye_api::BoxError;
 use prost::Message;
@@ -38,6 +37,62 @@ pub enum Request {
     Traces(ExportTraceServiceRequest),
     /// Flows as metrics.
     Metrics(ExportMetricsServiceRequest),
+}
+
+/// A request encoded once (and, over HTTP with gzip, compressed once), sent as is on every
+/// attempt: a retry does not copy or re-encode the request.
+pub struct Payload {
+    traces: bool,
+    body: Bytes,
+}
+
+/// Sends already-encoded messages through tonic: the request is encoded once by us, not again
+/// (after a deep copy) for each attempt by a generated client.
+struct RawCodec<D>(std::marker::PhantomData<D>);
+
+impl<D> Default for RawCodec<D> {
+    fn default() -> Self {
+        RawCodec(std::marker::PhantomData)
+    }
+}
+
+struct RawEncoder;
+struct ProstDecoder<D>(std::marker::PhantomData<D>);
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl<D: Message + Default> tonic::codec::Decoder for ProstDecoder<D> {
+    type Item = D;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<D>, Self::Error> {
+        D::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("decoding the response: {e}")))
+    }
+}
+
+impl<D: Message + Default + Send + 'static> tonic::codec::Codec for RawCodec<D> {
+    type Encode = Bytes;
+    type Decode = D;
+    type Encoder = RawEncoder;
+    type Decoder = ProstDecoder<D>;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> ProstDecoder<D> {
+        ProstDecoder(std::marker::PhantomData)
+    }
 }
 
 /// What became of one attempt.
@@ -224,8 +279,24 @@ impl Client {
         }
     }
 
-    /// Sends one request once.
-    pub async fn send(&self, request: &Request) -> Outcome {
+    /// Encodes `request` once for every attempt of [`Client::send`].
+    pub fn prepare(&self, request: &Request) -> Payload {
+        let encoded = match request {
+            Request::Traces(r) => r.encode_to_vec(),
+            Request::Metrics(r) => r.encode_to_vec(),
+        };
+        let body = match self {
+            Client::Http { gzip: true, .. } => gzip_bytes(&encoded),
+            _ => encoded,
+        };
+        Payload {
+            traces: matches!(request, Request::Traces(_)),
+            body: Bytes::from(body),
+        }
+    }
+
+    /// Sends one prepared request once.
+    pub async fn send(&self, payload: &Payload) -> Outcome {
         match self {
             Client::Grpc {
                 channel,
@@ -233,25 +304,33 @@ impl Client {
                 gzip,
                 timeout,
             } => {
-                let result = match request {
-                    Request::Traces(r) => {
-                        let mut c = TraceServiceClient::new(channel.clone());
-                        if *gzip {
-                            c = c.send_compressed(CompressionEncoding::Gzip);
-                        }
-                        c.export(grpc_request(r.clone(), headers, *timeout))
-                            .await
-                            .map(|resp| trace_partial(resp.into_inner()))
-                    }
-                    Request::Metrics(r) => {
-                        let mut c = MetricsServiceClient::new(channel.clone());
-                        if *gzip {
-                            c = c.send_compressed(CompressionEncoding::Gzip);
-                        }
-                        c.export(grpc_request(r.clone(), headers, *timeout))
-                            .await
-                            .map(|resp| metrics_partial(resp.into_inner()))
-                    }
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                if *gzip {
+                    grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+                }
+                let request = grpc_request(payload.body.clone(), headers, *timeout);
+                let result = match grpc.ready().await {
+                    Err(e) => Err(tonic::Status::unavailable(format!("connecting: {e}"))),
+                    Ok(()) if payload.traces => grpc
+                        .unary(
+                            request,
+                            hyper::http::uri::PathAndQuery::from_static(
+                                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                            ),
+                            RawCodec::<ExportTraceServiceResponse>::default(),
+                        )
+                        .await
+                        .map(|resp| trace_partial(resp.into_inner())),
+                    Ok(()) => grpc
+                        .unary(
+                            request,
+                            hyper::http::uri::PathAndQuery::from_static(
+                                "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+                            ),
+                            RawCodec::<ExportMetricsServiceResponse>::default(),
+                        )
+                        .await
+                        .map(|resp| metrics_partial(resp.into_inner())),
                 };
                 match result {
                     Ok((rejected, message)) => Outcome::Delivered { rejected, message },
@@ -265,14 +344,9 @@ impl Client {
                 gzip,
                 timeout,
             } => {
-                let body = match request {
-                    Request::Traces(r) => r.encode_to_vec(),
-                    Request::Metrics(r) => r.encode_to_vec(),
-                };
-                let body = if *gzip { gzip_bytes(&body) } else { body };
                 let mut req = hyper::Request::post(url.clone())
                     .header(CONTENT_TYPE, "application/x-protobuf")
-                    .body(Full::new(Bytes::from(body)))
+                    .body(Full::new(payload.body.clone()))
                     .expect("static request parts are valid");
                 if *gzip {
                     req.headers_mut()
@@ -309,7 +383,7 @@ impl Client {
                         reason,
                         after: None,
                     },
-                    Ok(Ok((parts, body))) => http_outcome(request, &parts, &body),
+                    Ok(Ok((parts, body))) => http_outcome(payload.traces, &parts, &body),
                 }
             }
         }
@@ -364,12 +438,13 @@ pub fn grpc_outcome(status: &tonic::Status) -> Outcome {
 }
 
 /// The OTLP/HTTP rules: 429, 502, 503, 504 are retryable, honouring Retry-After.
-fn http_outcome(request: &Request, parts: &hyper::http::response::Parts, body: &[u8]) -> Outcome {
+fn http_outcome(traces: bool, parts: &hyper::http::response::Parts, body: &[u8]) -> Outcome {
     let status = parts.status;
     if status.is_success() {
-        let partial = match request {
-            Request::Traces(_) => ExportTraceServiceResponse::decode(body).map(trace_partial),
-            Request::Metrics(_) => ExportMetricsServiceResponse::decode(body).map(metrics_partial),
+        let partial = if traces {
+            ExportTraceServiceResponse::decode(body).map(trace_partial)
+        } else {
+            ExportMetricsServiceResponse::decode(body).map(metrics_partial)
         };
         let (rejected, message) = partial.unwrap_or_default();
         return Outcome::Delivered { rejected, message };
