@@ -226,6 +226,44 @@ impl Factory for FailFactory {
 }
 oxeye_api::register!(FailFactory);
 
+/// `oneshot` receiver: declares it takes config changes live but ends at once (so a change
+/// finds it stopped), counting its starts; `tag` is any value, to make a config differ.
+pub struct OneShot;
+
+/// Config of [`OneShot`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OneShotConfig {
+    /// Anything.
+    pub tag: u64,
+}
+
+/// Starts of `oneshot` receivers so far.
+pub static ONESHOT_STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[async_trait]
+impl oxeye_api::Receiver for OneShot {
+    async fn run(self: Box<Self>, _ctx: oxeye_api::ReceiverContext) -> Result<(), BoxError> {
+        ONESHOT_STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Factory of [`OneShot`].
+pub struct OneShotFactory;
+impl Factory for OneShotFactory {
+    type Config = OneShotConfig;
+    type Component = Box<dyn oxeye_api::Receiver>;
+    const TYPE: &'static str = "oneshot";
+    const SIGNALS: &'static [Signal] = Signal::ALL;
+    const DESCRIPTION: &'static str = "test: ends at once; claims live reconfiguration";
+    const RECONFIGURABLE: bool = true;
+    fn build(_: OneShotConfig, _: BuildContext) -> Result<Self::Component, BoxError> {
+        Ok(Box::new(OneShot))
+    }
+}
+oxeye_api::register!(OneShotFactory);
+
 /// Runs a config in-process on a fresh multi-thread runtime until it ends by itself.
 pub fn run(yaml: &str) -> oxeye::engine::Report {
     run_with_stop(yaml, None)

@@ -241,3 +241,46 @@ fn triggers_and_an_invalid_edit() {
     assert!(inn > 0 && dropped == 0 && out >= inn, "{stderr}");
     assert!(stderr.contains("+exporters/nop/2"), "{stderr}");
 }
+
+#[test]
+fn a_receiver_that_cannot_take_a_change_is_replaced_even_when_already_stopped() {
+    // `oneshot` claims live reconfiguration but has ended by the time the change comes: its
+    // replacement must start (and the run end by itself once synthetic is done).
+    let yaml = |tag: u64| {
+        format!(
+            "receivers:\n  synthetic: {{seed: 3, spans: {{count: 2000, rate: 2000}}}}\n  oneshot: {{tag: {tag}}}\nexporters:\n  nop:\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [synthetic, oneshot], exporters: [nop]}}\n"
+        )
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let engine = Engine::build(&load("r.yaml", &yaml(1)).config.expect("valid")).expect("builds");
+    let before = oxeye_tests::ONESHOT_STARTS.load(std::sync::atomic::Ordering::Relaxed);
+    let report = rt.block_on(async move {
+        let (_stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let run = tokio::spawn(engine.run_with_reloads(stop_rx, rx));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (done, answer) = tokio::sync::oneshot::channel();
+        tx.send(Reload {
+            config: load("r.yaml", &yaml(2)).config.expect("valid"),
+            done,
+        })
+        .await
+        .expect("engine runs");
+        let msg = answer.await.expect("answered").expect("applied");
+        assert!(msg.contains("~receivers/oneshot (replaced:"), "{msg}");
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the run ends by itself")
+            .expect("engine task")
+    });
+    assert!(report.clean(), "{:?}", report.failures);
+    assert_eq!(
+        oxeye_tests::ONESHOT_STARTS.load(std::sync::atomic::Ordering::Relaxed) - before,
+        2,
+        "the replacement started"
+    );
+}

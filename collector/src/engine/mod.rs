@@ -736,7 +736,14 @@ impl Engine {
                                     Err((stage, why)) => {
                                         warn!(component = %label, "cannot take its new config live ({why}): replacing it");
                                         receivers_left += 1;
-                                        deferred.push(stage);
+                                        // After the old one has stopped, or now if it already has.
+                                        if running.iter().any(|r| !r.done && r.info.label() == label) {
+                                            deferred.push(stage);
+                                        } else {
+                                            let idx = running.len();
+                                            running.push(spawn_stage(stage, idx, &done_tx));
+                                            left += 1;
+                                        }
                                         format!(" (replaced: {why})")
                                     }
                                 };
