@@ -41,8 +41,6 @@ impl TraceService for Blackhole {
 }
 
 /// Runs the binary on `yaml` to the end: (CPU seconds, peak RSS MiB).
-// The child is reaped by wait4 (for its own rusage), which clippy does not see.
-#[allow(clippy::zombie_processes)]
 fn run(bin: &std::path::Path, yaml: &str) -> (f64, f64) {
     let cfg = oxeye_tests::temp_config("bench-otlp", yaml);
     let child = std::process::Command::new(bin)
@@ -52,21 +50,7 @@ fn run(bin: &std::path::Path, yaml: &str) -> (f64, f64) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start oxeye");
-    // SAFETY: wait4 on our own child with locally owned out-parameters.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let mut status = 0;
-    let pid = child.id() as libc::pid_t;
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(r, pid, "wait4");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "oxeye failed"
-    );
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (
-        tv(ru.ru_utime) + tv(ru.ru_stime),
-        ru.ru_maxrss as f64 / 1024.0,
-    )
+    oxeye_tests::wait_with_rusage(child, std::time::Duration::from_secs(600))
 }
 
 fn main() {

@@ -422,6 +422,38 @@ pub fn lost_in_kernel(line: &str) -> Option<u64> {
     words[i].parse().ok()
 }
 
+/// Waits for `child` to exit (at most `within`; then kills it and panics) and returns its own
+/// rusage — CPU seconds (user + system) and peak RSS in MiB — which only wait4 gives for one
+/// child. Panics unless it exited 0.
+pub fn wait_with_rusage(mut child: Child, within: Duration) -> (f64, f64) {
+    let pid = child.id() as libc::pid_t;
+    let deadline = std::time::Instant::now() + within;
+    // SAFETY: wait4 on our own child; the out-parameters are owned locals.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status = 0;
+    loop {
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("oxeye did not finish within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "oxeye failed (wait status {status})"
+    );
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (
+        tv(ru.ru_utime) + tv(ru.ru_stime),
+        ru.ru_maxrss as f64 / 1024.0,
+    )
+}
+
 /// Parses `N records in, M out, D dropped` from oxeye's final log line.
 pub fn final_counts(stderr: &str) -> Option<(u64, u64, u64)> {
     let line = stderr.lines().rev().find(|l| l.contains("records in,"))?;

@@ -299,8 +299,6 @@ fn metrics_endpoint_out_of_file_descriptors_backs_off() {
 }
 
 /// Runs `oxeye run` on `yaml` to the end: (stderr, peak RSS of that process in MiB).
-// The child is reaped by wait4 (for its own rusage), which clippy does not see.
-#[allow(clippy::zombie_processes)]
 fn run_with_peak_rss(name: &str, yaml: &str) -> (String, f64) {
     let cfg = temp_config(name, yaml);
     let mut child = spawn(&["run", "-c", cfg.to_str().expect("utf8")]);
@@ -310,30 +308,8 @@ fn run_with_peak_rss(name: &str, yaml: &str) -> (String, f64) {
         stderr.read_to_string(&mut s).expect("read stderr");
         s
     });
-    let pid = child.id() as libc::pid_t;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    // wait4 gives this child's own rusage (its peak RSS), unlike RUSAGE_CHILDREN.
-    // SAFETY: plain syscall on our own child; the structs are owned locals.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let mut status = 0;
-    loop {
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
-        if r == pid {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("oxeye did not finish {name} in 180 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let stderr = reader.join().expect("reader");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{name}: {stderr}"
-    );
-    (stderr, ru.ru_maxrss as f64 / 1024.0)
+    let (_, rss) = oxeye_tests::wait_with_rusage(child, Duration::from_secs(180));
+    (reader.join().expect("reader"), rss)
 }
 
 #[test]

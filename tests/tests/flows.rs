@@ -85,13 +85,9 @@ fn stop_and_check(
     (out, stderr)
 }
 
-fn udp_exact(tag: &str, v6: bool) {
-    let pair = VethPair::new(tag);
-    let (a, b) = if v6 { pair.v6.clone() } else { pair.v4.clone() };
-    let (ox, err) = OxeyeInNs::start(&pair.ns_a, &config(&pair, tag), READY);
-    let server: SocketAddr = SocketAddr::new(a.parse().expect("ip"), 9999);
-    let client: SocketAddr = SocketAddr::new(b.parse().expect("ip"), 40000);
-    let sink = in_ns(&pair.ns_a, move || {
+/// A UDP server in `ns` counting datagrams until 1.5 s pass without one.
+fn udp_sink(ns: &str, server: SocketAddr) -> std::thread::JoinHandle<usize> {
+    in_ns(ns, move || {
         let s = UdpSocket::bind(server).expect("bind server");
         s.set_read_timeout(Some(Duration::from_millis(1500)))
             .expect("timeout");
@@ -101,7 +97,16 @@ fn udp_exact(tag: &str, v6: bool) {
             n += 1;
         }
         n
-    });
+    })
+}
+
+fn udp_exact(tag: &str, v6: bool) {
+    let pair = VethPair::new(tag);
+    let (a, b) = if v6 { pair.v6.clone() } else { pair.v4.clone() };
+    let (ox, err) = OxeyeInNs::start(&pair.ns_a, &config(&pair, tag), READY);
+    let server: SocketAddr = SocketAddr::new(a.parse().expect("ip"), 9999);
+    let client: SocketAddr = SocketAddr::new(b.parse().expect("ip"), 40000);
+    let sink = udp_sink(&pair.ns_a, server);
     std::thread::sleep(Duration::from_millis(100));
     const N: usize = 50;
     let sizes: Vec<usize> = (0..N).map(|i| 64 + i * 13).collect();
@@ -759,17 +764,7 @@ fn five_reloads_keep_the_xdp_program_and_every_packet() {
     let prog = pair.xdp_prog_id().expect("XDP attached");
     let server: SocketAddr = SocketAddr::new(a.parse().expect("ip"), 9998);
     let client: SocketAddr = SocketAddr::new(b.parse().expect("ip"), 40001);
-    let sink = in_ns(&pair.ns_a, move || {
-        let s = UdpSocket::bind(server).expect("bind server");
-        s.set_read_timeout(Some(Duration::from_millis(1500)))
-            .expect("timeout");
-        let mut buf = [0u8; 2048];
-        let mut n = 0;
-        while s.recv(&mut buf).is_ok() {
-            n += 1;
-        }
-        n
-    });
+    let sink = udp_sink(&pair.ns_a, server);
     std::thread::sleep(Duration::from_millis(100));
     // 300 datagrams over ~3 s while the config is reloaded five times: the aggregation window
     // changes each time and an exporter comes and goes.

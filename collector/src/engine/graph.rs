@@ -12,7 +12,9 @@ use oxeye_api::{
 use serde_yaml::Value as Yaml;
 use tokio::sync::mpsc;
 
-use super::{BuildError, ComponentInfo, Edge, EdgeStats, FanOut, InputEnd, Inputs, Stage, Task};
+use super::{
+    label, BuildError, ComponentInfo, Edge, EdgeStats, FanOut, InputEnd, Inputs, Stage, Task,
+};
 use crate::config::{Config, QueueConfig};
 
 /// A message to a running processor, taken before its next batch.
@@ -106,16 +108,6 @@ struct Built {
     info: ComponentInfo,
     instance: Instance,
     signals: Vec<Signal>,
-}
-
-fn label(kind: Kind, id: &str, pipeline: Option<&str>) -> String {
-    ComponentInfo {
-        kind,
-        id: id.to_string(),
-        pipeline: pipeline.map(str::to_string),
-        telemetry: Telemetry::default(),
-    }
-    .label()
 }
 
 fn new_edge(

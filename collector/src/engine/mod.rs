@@ -344,10 +344,15 @@ pub struct ComponentInfo {
 impl ComponentInfo {
     /// `receivers/synthetic`, `processors/nop[traces]`.
     pub fn label(&self) -> String {
-        match &self.pipeline {
-            Some(p) => format!("{}/{}[{}]", self.kind.section(), self.id, p),
-            None => format!("{}/{}", self.kind.section(), self.id),
-        }
+        label(self.kind, &self.id, self.pipeline.as_deref())
+    }
+}
+
+/// `receivers/synthetic`, `processors/nop[traces]`: how logs, metrics and reports name a stage.
+fn label(kind: Kind, id: &str, pipeline: Option<&str>) -> String {
+    match pipeline {
+        Some(p) => format!("{}/{id}[{p}]", kind.section()),
+        None => format!("{}/{id}", kind.section()),
     }
 }
 

@@ -344,20 +344,12 @@ fn math<'a>(op: MathOp, l: &Val<'_>, r: &Val<'_>) -> Result<Val<'a>, EvalError> 
 
 fn text_of<'v>(v: &'v Val<'_>) -> Result<Cow<'v, str>, EvalError> {
     let view = v.view();
-    let kind = view.kind();
-    match view.text() {
-        Some(Cow::Borrowed(_)) | None => {}
-        Some(Cow::Owned(s)) => return Ok(Cow::Owned(s)),
-    }
-    // Re-borrow with the value's own lifetime for the borrowed cases.
-    match v {
-        Val::Str(s) => Ok(Cow::Borrowed(s)),
-        Val::Arc(s) => Ok(Cow::Borrowed(s)),
-        Val::Value(Value::Str(s)) => Ok(Cow::Borrowed(s)),
-        Val::Nil => Ok(Cow::Borrowed("")),
-        Val::Bool(b) => Ok(Cow::Borrowed(if *b { "true" } else { "false" })),
-        Val::Value(Value::Bool(b)) => Ok(Cow::Borrowed(if *b { "true" } else { "false" })),
-        _ => Err(EvalError(format!("expected a string, got {kind}"))),
+    match view {
+        View::List(_) | View::Map(_) => {
+            Err(EvalError(format!("expected a string, got {}", view.kind())))
+        }
+        View::Str(s) => Ok(Cow::Borrowed(s)),
+        other => Ok(Cow::Owned(other.text().unwrap_or_default().into_owned())),
     }
 }
 
