@@ -67,7 +67,7 @@ fn syscall_spans(batches: &[Arc<Batch>]) -> Vec<Arc<Batch>> {
 fn spans(b: &Batch) -> &[Span] {
     match &b.records {
         Records::Spans(s) => s,
-        Records::Flows(_) => &[],
+        _ => &[],
     }
 }
 

@@ -642,7 +642,7 @@ fn captured_flows(id: &str) -> Vec<Flow> {
         .iter()
         .flat_map(|b| match &b.records {
             Records::Flows(f) => f.clone(),
-            Records::Spans(_) => Vec::new(),
+            _ => Vec::new(),
         })
         .collect()
 }

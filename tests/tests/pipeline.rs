@@ -453,6 +453,7 @@ fn the_filter_transform_example_config_does_what_it_says() {
                     }
                 }
             }
+            Records::Samples(_) => panic!("no profiles in this pipeline"),
         }
     }
     assert!(

@@ -15,21 +15,24 @@ pub enum Signal {
     Traces,
     /// Network flow records.
     Flows,
+    /// CPU profiles: stacks sampled on a timer, counted per window ([`Sample`]).
+    Profiles,
 }
 
 impl Signal {
     /// Every signal, in display order.
-    pub const ALL: &'static [Signal] = &[Signal::Traces, Signal::Flows];
+    pub const ALL: &'static [Signal] = &[Signal::Traces, Signal::Flows, Signal::Profiles];
 
-    /// The name used in config (`traces`, `flows`).
+    /// The name used in config (`traces`, `flows`, `profiles`).
     pub fn as_str(self) -> &'static str {
         match self {
             Signal::Traces => "traces",
             Signal::Flows => "flows",
+            Signal::Profiles => "profiles",
         }
     }
 
-    /// Parses a config name (`traces`, `flows`).
+    /// Parses a config name (`traces`, `flows`, `profiles`).
     pub fn parse(s: &str) -> Option<Signal> {
         Signal::ALL.iter().copied().find(|sig| sig.as_str() == s)
     }
@@ -529,6 +532,115 @@ pub fn ether_type_name(ether_type: u16) -> Option<&'static str> {
     })
 }
 
+/// An executable file mapped into a process: one line of `/proc/<pid>/maps` with `x` permission.
+/// A profiler snapshots a process's mappings while it runs, so its addresses can be resolved
+/// (and written as pprof/OTLP mappings) after it exits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Mapping {
+    /// First address of the mapping.
+    pub start: u64,
+    /// One past its last address.
+    pub end: u64,
+    /// Offset in the file where the mapping begins.
+    pub file_offset: u64,
+    /// Path of the mapped file.
+    pub path: Arc<str>,
+}
+
+impl Mapping {
+    /// The mapping holding `address`, in mappings sorted by `start`.
+    pub fn find(mappings: &[Mapping], address: u64) -> Option<&Mapping> {
+        let i = mappings.partition_point(|m| m.start <= address);
+        i.checked_sub(1)
+            .map(|i| &mappings[i])
+            .filter(|m| address < m.end)
+    }
+
+    /// The executable file mappings of process `pid`, sorted by address (`None`: the process is
+    /// gone or its maps cannot be read).
+    pub fn of_process(pid: u32) -> Option<Vec<Mapping>> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        Some(Mapping::parse_maps(&text))
+    }
+
+    /// Parses the text of a `/proc/<pid>/maps` file: executable mappings backed by a file.
+    pub fn parse_maps(text: &str) -> Vec<Mapping> {
+        let mut maps = Vec::new();
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(range), Some(perms), Some(off), _, _, Some(path)) =
+                (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            if !perms.contains('x') || !path.starts_with('/') {
+                continue;
+            }
+            let Some((s, e)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(start), Ok(end), Ok(file_offset)) = (
+                u64::from_str_radix(s, 16),
+                u64::from_str_radix(e, 16),
+                u64::from_str_radix(off, 16),
+            ) else {
+                continue;
+            };
+            maps.push(Mapping {
+                start,
+                end,
+                file_offset,
+                path: Arc::from(path),
+            });
+        }
+        maps.sort_by_key(|m| m.start);
+        maps
+    }
+}
+
+/// A CPU profile record: one stack of one thread, seen `count` times by the sampling profiler
+/// in one window (samples taken inside different spans stay separate records, so each keeps
+/// its link to the span).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sample {
+    /// `process.pid` (kernel tgid).
+    pub pid: u32,
+    /// `thread.id` (kernel pid).
+    pub tid: u32,
+    /// `process.executable.name` (the thread's comm).
+    pub comm: Comm,
+    /// Raw kernel stack addresses, innermost first.
+    pub kernel_stack: Vec<u64>,
+    /// Raw user stack addresses, innermost first.
+    pub user_stack: Vec<u64>,
+    /// Frames after symbolization, innermost first (kernel frames before user frames).
+    pub frames: Vec<Frame>,
+    /// Samples of this stack in the window.
+    pub count: u64,
+    /// CPU time one sample stands for (1 s / frequency), so `count * period_ns` is CPU ns.
+    pub period_ns: u64,
+    /// Start of the window, Unix ns.
+    pub window_start_unix_ns: u64,
+    /// End of the window, Unix ns.
+    pub window_end_unix_ns: u64,
+    /// The trace of the span open on the thread when it was sampled, when known.
+    pub trace_id: Option<TraceId>,
+    /// That span's id.
+    pub span_id: Option<SpanId>,
+    /// The process's executable mappings, as seen while it ran (shared by its samples; empty
+    /// when unknown), sorted by address.
+    pub mappings: Arc<[Mapping]>,
+    /// Free-form attributes.
+    pub attributes: Attributes,
+}
+
+impl Sample {
+    /// CPU time the samples stand for, in ns (`count * period_ns`).
+    pub fn cpu_ns(&self) -> u64 {
+        self.count.saturating_mul(self.period_ns)
+    }
+}
+
 /// The records of one batch: all of one signal.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Records {
@@ -536,6 +648,8 @@ pub enum Records {
     Spans(Vec<Span>),
     /// Flow records.
     Flows(Vec<Flow>),
+    /// Profile samples.
+    Samples(Vec<Sample>),
 }
 
 impl Records {
@@ -544,6 +658,7 @@ impl Records {
         match self {
             Records::Spans(_) => Signal::Traces,
             Records::Flows(_) => Signal::Flows,
+            Records::Samples(_) => Signal::Profiles,
         }
     }
 
@@ -552,6 +667,7 @@ impl Records {
         match self {
             Records::Spans(v) => v.len(),
             Records::Flows(v) => v.len(),
+            Records::Samples(v) => v.len(),
         }
     }
 
@@ -584,6 +700,14 @@ impl Batch {
         Batch {
             resource,
             records: Records::Flows(flows),
+        }
+    }
+
+    /// A batch of profile samples.
+    pub fn samples(resource: Arc<Resource>, samples: Vec<Sample>) -> Self {
+        Batch {
+            resource,
+            records: Records::Samples(samples),
         }
     }
 
@@ -630,6 +754,39 @@ mod tests {
         assert_eq!(a.remove("k"), None);
         a.retain(|k, _| k != "j");
         assert!(a.is_empty());
+    }
+
+    #[test]
+    fn maps_lines_become_executable_mappings() {
+        let text = "\
+55d0c0a00000-55d0c0a21000 r--p 00000000 fd:01 123 /usr/bin/app
+55d0c0a21000-55d0c0b00000 r-xp 00021000 fd:01 123 /usr/bin/app
+7f0000000000-7f0000001000 r-xp 00000000 00:00 0 [vdso]
+7f1000000000-7f1000100000 r-xp 00002000 fd:01 9 /lib/x86_64-linux-gnu/libc.so.6
+";
+        let maps = Mapping::parse_maps(text);
+        assert_eq!(
+            maps.len(),
+            2,
+            "only executable, file-backed lines: {maps:?}"
+        );
+        assert_eq!(
+            (maps[0].start, maps[0].end, maps[0].file_offset),
+            (0x55d0c0a21000, 0x55d0c0b00000, 0x21000)
+        );
+        assert_eq!(&*maps[1].path, "/lib/x86_64-linux-gnu/libc.so.6");
+        assert_eq!(Mapping::find(&maps, 0x55d0c0a21010), Some(&maps[0]));
+        assert_eq!(Mapping::find(&maps, 0x55d0c0b00000), None);
+        assert_eq!(Mapping::find(&maps, 0x10), None);
+        let own = Mapping::of_process(std::process::id()).unwrap();
+        assert!(
+            Mapping::find(
+                &own,
+                maps_lines_become_executable_mappings as *const () as u64
+            )
+            .is_some(),
+            "this test's own code is in one of its mappings: {own:?}"
+        );
     }
 
     #[test]

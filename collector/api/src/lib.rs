@@ -3,7 +3,8 @@
 //! Every oxeye component — the built-in ones and the ones users write as their own crates —
 //! is built against this crate alone:
 //!
-//! * [`data`]: the records that move through a pipeline ([`Span`], [`Flow`]) in [`Batch`]es.
+//! * [`data`]: the records that move through a pipeline ([`Span`], [`Flow`], [`Sample`]) in
+//!   [`Batch`]es.
 //! * [`component`]: the [`Receiver`], [`Processor`] and [`Exporter`] traits. The engine owns the
 //!   loops around them (input, ticks, flush, output, counting, shutdown, backpressure).
 //! * [`blocking`]: [`blocking::OnThread`] runs an exporter whose work blocks (files, stdout,
@@ -28,8 +29,8 @@ pub use component::{
 };
 pub use config::{ConfigErrors, FieldError};
 pub use data::{
-    Attributes, Batch, Comm, Direction, Flow, Frame, Records, Resource, Signal, Span, SpanId,
-    SpanKind, StatusCode, TaskContext, TcpFlags, TraceId, Transport, Value,
+    Attributes, Batch, Comm, Direction, Flow, Frame, Mapping, Records, Resource, Sample, Signal,
+    Span, SpanId, SpanKind, StatusCode, TaskContext, TcpFlags, TraceId, Transport, Value,
 };
 pub use factory::{Factory, Instance, Kind, Registration};
 

@@ -20,7 +20,9 @@ use crate::component::{
     Telemetry,
 };
 use crate::config::ConfigErrors;
-use crate::data::{Batch, Direction, Flow, Records, Resource, Span, SpanId, TraceId, Transport};
+use crate::data::{
+    Batch, Comm, Direction, Flow, Records, Resource, Sample, Span, SpanId, TraceId, Transport,
+};
 use crate::factory::{Factory, Instance, Registration};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -97,6 +99,28 @@ pub fn flow_batch(n: usize) -> Batch {
         })
         .collect();
     Batch::flows(Arc::new(Resource::default()), flows)
+}
+
+/// `n` profile samples of one 10 s window (Unix 1 000 s): pid 100, threads 100..104, one
+/// sample of 10 ms each, user stacks of 3 frames over 8 distinct leaves (`0x1000 + i % 8`),
+/// every fourth in span `i` of trace 1.
+pub fn sample_batch(n: usize) -> Batch {
+    let samples = (0..n)
+        .map(|i| Sample {
+            pid: 100,
+            tid: 100 + (i % 4) as u32,
+            comm: Comm::new("app"),
+            user_stack: vec![0x1000 + (i % 8) as u64, 0x2000, 0x3000],
+            count: 1,
+            period_ns: 10_000_000,
+            window_start_unix_ns: 1_000_000_000_000,
+            window_end_unix_ns: 1_010_000_000_000,
+            trace_id: (i % 4 == 0).then_some(TraceId(1u128.to_be_bytes())),
+            span_id: (i % 4 == 0).then(|| SpanId((i as u64 + 1).to_be_bytes())),
+            ..Sample::default()
+        })
+        .collect();
+    Batch::samples(Arc::new(Resource::default()), samples)
 }
 
 /// Drives one processor: batches in, ticks and a final flush, output and counters out.
@@ -261,13 +285,24 @@ pub fn run_receiver<F: Factory<Component = Box<dyn crate::Receiver>>>(
     Ok(batches)
 }
 
-/// Spans of a list of batches, in order (panics on a flow batch: for tests).
+/// Spans of a list of batches, in order (panics on a batch of another signal: for tests).
 pub fn spans(batches: &[Arc<Batch>]) -> Vec<&Span> {
     batches
         .iter()
         .flat_map(|b| match &b.records {
             Records::Spans(s) => s.iter(),
-            Records::Flows(_) => panic!("expected spans, got flows"),
+            other => panic!("expected spans, got {}", other.signal()),
+        })
+        .collect()
+}
+
+/// Profile samples of a list of batches, in order (panics on a batch of another signal).
+pub fn samples(batches: &[Arc<Batch>]) -> Vec<&Sample> {
+    batches
+        .iter()
+        .flat_map(|b| match &b.records {
+            Records::Samples(s) => s.iter(),
+            other => panic!("expected profile samples, got {}", other.signal()),
         })
         .collect()
 }

@@ -260,3 +260,102 @@ mod span_pod {
     // SAFETY: plain #[repr(C)] data with explicit padding.
     unsafe impl aya::Pod for super::SourceConfig {}
 }
+
+// ---------------------------------------------------------------------------------------------
+// CPU profiles
+
+/// Frames per stack in a profile sample (the kernel's default `perf_event_max_stack`).
+pub const PROFILE_STACK_DEPTH: usize = 127;
+
+/// Settings of the profile program (slot 0 of `PROFILE_CONFIG`), read on every sample.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProfileConfig {
+    /// Only this process (tgid); 0 = any.
+    pub pid: u32,
+    /// STACK_KERNEL | STACK_USER.
+    pub stack: u32,
+    /// Only this cgroup (v2 id); 0 = any.
+    pub cgroup_id: u64,
+    /// Only tasks with this comm (NUL-padded); all zero = any.
+    pub comm: [u8; 16],
+    /// Frames kept per stack (1..=PROFILE_STACK_DEPTH).
+    pub max_depth: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// One stack sample, as written to the ring buffer (fixed size: a reservation must be).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProfileSampleEvent {
+    /// Trace of the span open on the thread, all zero when none.
+    pub trace_id: [u8; 16],
+    /// That span's id; 0 when none.
+    pub span_id: u64,
+    /// When the sample was taken, kernel monotonic ns.
+    pub time_ns: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// CPU it ran on.
+    pub cpu: u32,
+    /// Kernel frames in `kernel[..kstack_len]`.
+    pub kstack_len: u32,
+    /// User frames in `user[..ustack_len]`.
+    pub ustack_len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Task comm.
+    pub comm: [u8; 16],
+    /// Kernel stack, innermost first.
+    pub kernel: [u64; PROFILE_STACK_DEPTH],
+    /// User stack, innermost first.
+    pub user: [u64; PROFILE_STACK_DEPTH],
+}
+
+/// Slots of the profile program's per-CPU `PROFILE_COUNTERS`.
+pub const P_SAMPLES: u32 = 0;
+/// Ring buffer full: sample lost.
+pub const P_RINGBUF_FULL: u32 = 1;
+/// Kernel stack capture failures (the sample was sent without it).
+pub const P_KSTACK_FAILURES: u32 = 2;
+/// User stack capture failures.
+pub const P_USTACK_FAILURES: u32 = 3;
+/// Samples of tasks the filters (pid, comm, cgroup) leave out.
+pub const P_FILTERED: u32 = 4;
+/// Samples of an idle CPU (pid 0): not sent.
+pub const P_IDLE: u32 = 5;
+/// Counter names, by slot.
+pub const PROFILE_COUNTER_NAMES: [&str; 6] = [
+    "ebpf_profile_samples",
+    "ebpf_profile_ringbuf_full",
+    "ebpf_profile_kernel_stack_failures",
+    "ebpf_profile_user_stack_failures",
+    "ebpf_profile_filtered_samples",
+    "ebpf_profile_idle_samples",
+];
+
+/// Key of the benchmark-only in-kernel aggregation (`oxeye_profile_counted`): one count per
+/// (thread, kernel stack id, user stack id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CountedKey {
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Kernel stack id in the stack map (negative: none).
+    pub kstack: i32,
+    /// User stack id (negative: none).
+    pub ustack: i32,
+}
+
+#[cfg(feature = "user")]
+mod profile_pod {
+    // SAFETY: plain #[repr(C)] data with explicit padding.
+    unsafe impl aya::Pod for super::ProfileConfig {}
+    // SAFETY: as above (four 4-byte integers).
+    unsafe impl aya::Pod for super::CountedKey {}
+}

@@ -1,4 +1,4 @@
-//! `arrow` exporter: spans and flows as Arrow IPC, for DuckDB, Polars, pandas.
+//! `arrow` exporter: spans, flows and profile samples as Arrow IPC, for DuckDB, Polars, pandas.
 //!
 //! ```yaml
 //! exporters:
@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Files are `<path>-<start unix ms>.arrow` (`<path>-<signal>-<start>.arrow` when the exporter
-//! serves both signals). A file is written as `….arrow.partial` and renamed when complete, so
-//! every `.arrow` file is readable. Schemas: [`span_schema`], [`flow_schema`]; column names are
+//! serves several signals). A file is written as `….arrow.partial` and renamed when complete, so
+//! every `.arrow` file is readable. Schemas: [`span_schema`], [`flow_schema`],
+//! [`profile_schema`]; column names are
 //! the OTel attribute names; low-cardinality strings are dictionary-encoded; stacks are
 //! `list<uint64>` and symbolized frames `list<struct>`; the schema metadata carries
 //! `oxeye.schema.version`.
@@ -34,8 +35,8 @@ use arrow_ipc::CompressionType;
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use oxeye_api::blocking::{BlockingExport, OnThread};
 use oxeye_api::{
-    Attributes, Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Flow, Records,
-    Signal, Span,
+    Attributes, Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Flow, Frame,
+    Records, Sample, Signal, Span,
 };
 use serde::Deserialize;
 
@@ -131,6 +132,18 @@ fn frame_fields() -> Fields {
     ])
 }
 
+fn frames_field() -> Field {
+    Field::new(
+        "frames",
+        DataType::List(Arc::new(Field::new(
+            "item",
+            DataType::Struct(frame_fields()),
+            true,
+        ))),
+        false,
+    )
+}
+
 fn u64_list(name: &str) -> Field {
     Field::new(
         name,
@@ -173,20 +186,37 @@ pub fn span_schema() -> SchemaRef {
             u64_list("oxeye.args"),
             u64_list("oxeye.kernel_stack"),
             u64_list("oxeye.user_stack"),
-            Field::new(
-                "frames",
-                DataType::List(Arc::new(Field::new(
-                    "item",
-                    DataType::Struct(frame_fields()),
-                    true,
-                ))),
-                false,
-            ),
+            frames_field(),
             attributes_field(),
             Field::new("service.name", dict(), true),
             Field::new("host.name", dict(), true),
         ],
         "traces",
+    )
+}
+
+/// The profile schema: one row per (thread, stack, span) of a window, with its sample count.
+pub fn profile_schema() -> SchemaRef {
+    with_meta(
+        vec![
+            Field::new("process.pid", DataType::UInt32, false),
+            Field::new("thread.id", DataType::UInt32, false),
+            Field::new("process.executable.name", dict(), false),
+            Field::new("count", DataType::UInt64, false),
+            Field::new("cpu_ns", DataType::UInt64, false),
+            Field::new("period_ns", DataType::UInt64, false),
+            Field::new("window_start_unix_nano", DataType::UInt64, false),
+            Field::new("window_end_unix_nano", DataType::UInt64, false),
+            Field::new("trace_id", DataType::FixedSizeBinary(16), true),
+            Field::new("span_id", DataType::FixedSizeBinary(8), true),
+            u64_list("oxeye.kernel_stack"),
+            u64_list("oxeye.user_stack"),
+            frames_field(),
+            attributes_field(),
+            Field::new("service.name", dict(), true),
+            Field::new("host.name", dict(), true),
+        ],
+        "profiles",
     )
 }
 
@@ -302,6 +332,96 @@ fn u64_lists<'a>(rows: impl Iterator<Item = &'a [u64]>) -> ArrayRef {
     Arc::new(b.finish())
 }
 
+/// One row of the `frames` column.
+fn append_frames(b: &mut ListBuilder<StructBuilder>, frames: &[Frame]) -> Result<(), BoxError> {
+    let fb = b.values();
+    for f in frames {
+        fb.field_builder::<UInt64Builder>(0)
+            .ok_or("frame address")?
+            .append_value(f.address);
+        fb.field_builder::<StringBuilder>(1)
+            .ok_or("frame function")?
+            .append_option(f.function.as_deref());
+        fb.field_builder::<StringBuilder>(2)
+            .ok_or("frame module")?
+            .append_option(f.module.as_deref());
+        fb.field_builder::<UInt64Builder>(3)
+            .ok_or("frame offset")?
+            .append_value(f.offset);
+        fb.field_builder::<StringBuilder>(4)
+            .ok_or("frame file")?
+            .append_option(f.file.as_deref());
+        fb.field_builder::<UInt32Builder>(5)
+            .ok_or("frame line")?
+            .append_option(f.line);
+        fb.field_builder::<StringBuilder>(6)
+            .ok_or("frame build_id")?
+            .append_option(f.build_id.as_deref());
+        fb.append(true);
+    }
+    b.append(true);
+    Ok(())
+}
+
+/// Profile samples → a record batch of [`profile_schema`].
+pub fn samples_to_arrow(
+    samples: &[Sample],
+    resource: &oxeye_api::Resource,
+    dicts: &mut Dicts,
+) -> Result<RecordBatch, BoxError> {
+    let n = samples.len();
+    let (mut pid, mut tid) = (
+        UInt32Builder::with_capacity(n),
+        UInt32Builder::with_capacity(n),
+    );
+    let mut comm = dicts.builder(2)?;
+    let [mut count, mut cpu, mut period, mut start, mut end] =
+        std::array::from_fn(|_| UInt64Builder::with_capacity(n));
+    let mut trace = FixedSizeBinaryBuilder::with_capacity(n, 16);
+    let mut span_id = FixedSizeBinaryBuilder::with_capacity(n, 8);
+    let mut frames = ListBuilder::new(StructBuilder::from_fields(frame_fields(), 0));
+    let mut attrs = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+    for s in samples {
+        pid.append_value(s.pid);
+        tid.append_value(s.tid);
+        comm.append_value(s.comm.as_str());
+        count.append_value(s.count);
+        cpu.append_value(s.cpu_ns());
+        period.append_value(s.period_ns);
+        start.append_value(s.window_start_unix_ns);
+        end.append_value(s.window_end_unix_ns);
+        match s.trace_id {
+            Some(t) => trace.append_value(t.0)?,
+            None => trace.append_null(),
+        }
+        match s.span_id {
+            Some(id) => span_id.append_value(id.0)?,
+            None => span_id.append_null(),
+        }
+        append_frames(&mut frames, &s.frames)?;
+        append_attributes(&mut attrs, &s.attributes)?;
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(pid.finish()),
+        Arc::new(tid.finish()),
+        dicts.finish(2, comm)?,
+        Arc::new(count.finish()),
+        Arc::new(cpu.finish()),
+        Arc::new(period.finish()),
+        Arc::new(start.finish()),
+        Arc::new(end.finish()),
+        Arc::new(trace.finish()),
+        Arc::new(span_id.finish()),
+        u64_lists(samples.iter().map(|s| s.kernel_stack.as_slice())),
+        u64_lists(samples.iter().map(|s| s.user_stack.as_slice())),
+        Arc::new(frames.finish()),
+        Arc::new(attrs.finish()),
+        dicts.constant(14, resource_str(resource, "service.name").as_deref(), n)?,
+        dicts.constant(15, resource_str(resource, "host.name").as_deref(), n)?,
+    ];
+    Ok(RecordBatch::try_new(profile_schema(), columns)?)
+}
+
 /// Spans → a record batch of [`span_schema`].
 pub fn spans_to_arrow(
     spans: &[Span],
@@ -363,32 +483,7 @@ pub fn spans_to_arrow(
             }
         }
         ret.append_option(s.return_value);
-        let fb = frames.values();
-        for f in &s.frames {
-            fb.field_builder::<UInt64Builder>(0)
-                .ok_or("frame address")?
-                .append_value(f.address);
-            fb.field_builder::<StringBuilder>(1)
-                .ok_or("frame function")?
-                .append_option(f.function.as_deref());
-            fb.field_builder::<StringBuilder>(2)
-                .ok_or("frame module")?
-                .append_option(f.module.as_deref());
-            fb.field_builder::<UInt64Builder>(3)
-                .ok_or("frame offset")?
-                .append_value(f.offset);
-            fb.field_builder::<StringBuilder>(4)
-                .ok_or("frame file")?
-                .append_option(f.file.as_deref());
-            fb.field_builder::<UInt32Builder>(5)
-                .ok_or("frame line")?
-                .append_option(f.line);
-            fb.field_builder::<StringBuilder>(6)
-                .ok_or("frame build_id")?
-                .append_option(f.build_id.as_deref());
-            fb.append(true);
-        }
-        frames.append(true);
+        append_frames(&mut frames, &s.frames)?;
         append_attributes(&mut attrs, &s.attributes)?;
     }
     let columns: Vec<ArrayRef> = vec![
@@ -563,8 +658,9 @@ impl Output {
 pub struct ArrowExporter {
     config: ArrowConfig,
     options: IpcWriteOptions,
-    both_signals: bool,
-    outputs: [Option<Output>; 2],
+    /// More than one signal: the signal goes into file names.
+    several_signals: bool,
+    outputs: [Option<Output>; 3],
     /// The start time in the last file name: a new file never reuses it.
     last_ms: u128,
 }
@@ -573,6 +669,7 @@ fn slot(signal: Signal) -> usize {
     match signal {
         Signal::Traces => 0,
         Signal::Flows => 1,
+        Signal::Profiles => 2,
     }
 }
 
@@ -598,7 +695,7 @@ impl ArrowExporter {
             .map_or(0, |d| d.as_millis());
         let ms = now_ms.max(self.last_ms + 1);
         self.last_ms = ms;
-        let base = if self.both_signals {
+        let base = if self.several_signals {
             format!("{}-{}-{ms}", self.config.path, signal.as_str())
         } else {
             format!("{}-{ms}", self.config.path)
@@ -640,6 +737,7 @@ impl BlockingExport for ArrowExporter {
         let (signal, schema) = match &batch.records {
             Records::Spans(_) => (Signal::Traces, span_schema()),
             Records::Flows(_) => (Signal::Flows, flow_schema()),
+            Records::Samples(_) => (Signal::Profiles, profile_schema()),
         };
         let i = slot(signal);
         if self.outputs[i].is_none() {
@@ -649,6 +747,7 @@ impl BlockingExport for ArrowExporter {
         let rb = match &batch.records {
             Records::Spans(s) => spans_to_arrow(s, &batch.resource, &mut out.dicts)?,
             Records::Flows(f) => flows_to_arrow(f, &batch.resource, &mut out.dicts)?,
+            Records::Samples(p) => samples_to_arrow(p, &batch.resource, &mut out.dicts)?,
         };
         out.write(&rb)?;
         let rotate = &self.config.rotate;
@@ -731,8 +830,8 @@ impl Factory for ArrowFactory {
         let files = ArrowExporter {
             config: c,
             options,
-            both_signals: ctx.signals.len() > 1,
-            outputs: [None, None],
+            several_signals: ctx.signals.len() > 1,
+            outputs: [None, None, None],
             last_ms: 0,
         };
         Ok(Box::new(OnThread::spawn(

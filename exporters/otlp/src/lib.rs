@@ -45,9 +45,10 @@ use transport::{Client, Outcome, Request};
 fn otlp_signals(signals: &[Signal]) -> Vec<OtlpSignal> {
     signals
         .iter()
-        .map(|s| match s {
-            Signal::Traces => OtlpSignal::Traces,
-            Signal::Flows => OtlpSignal::Metrics,
+        .filter_map(|s| match s {
+            Signal::Traces => Some(OtlpSignal::Traces),
+            Signal::Flows => Some(OtlpSignal::Metrics),
+            Signal::Profiles => None,
         })
         .collect()
 }
@@ -59,7 +60,7 @@ impl Factory for OtlpFactory {
     type Config = OtlpConfig;
     type Component = Box<dyn Exporter>;
     const TYPE: &'static str = "otlp";
-    const SIGNALS: &'static [Signal] = Signal::ALL;
+    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
     const DESCRIPTION: &'static str =
         "OTLP over gRPC or HTTP/protobuf: spans as traces, flows as delta-sum metrics";
 
@@ -257,6 +258,7 @@ fn requests(
         match &b.records {
             Records::Spans(s) => s.chunks(max).for_each(|c| spans.push((&b.resource, c))),
             Records::Flows(f) => f.chunks(max).for_each(|c| flows.push((&b.resource, c))),
+            Records::Samples(_) => {}
         }
     }
     for (range, n) in fill(&spans, max) {

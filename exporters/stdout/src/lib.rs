@@ -1,16 +1,19 @@
-//! `stdout` exporter: one line per record, as text for people or JSON lines for `jq`.
+//! `stdout` exporter: one line per record, as text for people or JSON lines for `jq`, and CPU
+//! profiles as folded stacks for flame graphs.
 //!
 //! JSON keys are the OpenTelemetry names (`name`, `trace_id`, `span_id`, `parent_span_id`,
 //! `source.address`, `source.port`, `network.transport`, `packets`, ...); resource attributes
-//! are under `resource`.
+//! are under `resource`. `format: folded` (profiles only) writes one line per stack,
+//! `comm;outermost;...;innermost count` — what `flamegraph.pl` and speedscope read; kernel
+//! frames end in `_[k]`, as `stackcollapse-perf.pl` marks them.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 
 use oxeye_api::blocking::{BlockingExport, OnThread};
 use oxeye_api::{
-    Attributes, Batch, BoxError, BuildContext, Exporter, Factory, Flow, Records, Signal, Span,
-    Value,
+    Attributes, Batch, BoxError, BuildContext, Exporter, Factory, Flow, Frame, Records, Sample,
+    Signal, Span, Value,
 };
 use serde::Deserialize;
 
@@ -23,13 +26,15 @@ pub enum Format {
     Text,
     /// One JSON object per line.
     Json,
+    /// Profiles only: `comm;outermost;...;innermost count`, one line per stack (flame graphs).
+    Folded,
 }
 
 /// Config.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StdoutConfig {
-    /// `text` (default) or `json`.
+    /// `text` (default), `json` or `folded`.
     pub format: Format,
 }
 
@@ -336,6 +341,170 @@ fn text_span(out: &mut Vec<u8>, s: &Span) {
     out.push(b'\n');
 }
 
+/// The name of a frame in a stack line: its function, else `module+0xoffset`, else the address;
+/// `;` (the folded separator) becomes `:`.
+fn frame_name(out: &mut Vec<u8>, f: &Frame) {
+    let start = out.len();
+    match (&f.function, &f.module) {
+        (Some(func), _) => out.extend_from_slice(func.as_bytes()),
+        (None, Some(module)) => {
+            let base = module.rsplit('/').next().unwrap_or(module);
+            out.extend_from_slice(base.as_bytes());
+            out.push(b'+');
+            hex_u64(out, f.offset);
+        }
+        (None, None) => hex_u64(out, f.address),
+    }
+    for b in &mut out[start..] {
+        if *b == b';' {
+            *b = b':';
+        }
+    }
+}
+
+fn is_kernel(f: &Frame) -> bool {
+    f.module.as_deref() == Some("[kernel]")
+}
+
+/// A sample's stack, outermost first, frames separated by `sep`; kernel frames end in `_[k]`.
+fn stack_line(out: &mut Vec<u8>, s: &Sample, sep: u8) {
+    let mut first = true;
+    let mut next = |out: &mut Vec<u8>| {
+        if !first {
+            out.push(sep);
+        }
+        first = false;
+    };
+    if !s.frames.is_empty() {
+        // Frames are kernel then user, innermost first: reversed, that is outermost first.
+        for f in s.frames.iter().rev() {
+            next(out);
+            frame_name(out, f);
+            if is_kernel(f) {
+                out.extend_from_slice(b"_[k]");
+            }
+        }
+        return;
+    }
+    for &a in s.user_stack.iter().rev() {
+        next(out);
+        hex_u64(out, a);
+    }
+    for &a in s.kernel_stack.iter().rev() {
+        next(out);
+        hex_u64(out, a);
+        out.extend_from_slice(b"_[k]");
+    }
+}
+
+fn json_sample(out: &mut Vec<u8>, s: &Sample, resource: &Attributes) {
+    out.extend_from_slice(b"{\"signal\":\"profiles\",\"process.pid\":");
+    int(out, s.pid);
+    out.extend_from_slice(b",\"thread.id\":");
+    int(out, s.tid);
+    out.extend_from_slice(b",\"process.executable.name\":");
+    json_str(out, &s.comm.as_str());
+    out.extend_from_slice(b",\"count\":");
+    int(out, s.count);
+    out.extend_from_slice(b",\"cpu_ns\":");
+    int(out, s.cpu_ns());
+    out.extend_from_slice(b",\"window_start_unix_nano\":");
+    int(out, s.window_start_unix_ns);
+    out.extend_from_slice(b",\"window_end_unix_nano\":");
+    int(out, s.window_end_unix_ns);
+    if let (Some(t), Some(sp)) = (s.trace_id, s.span_id) {
+        out.extend_from_slice(b",\"trace_id\":\"");
+        hex(out, &t.0);
+        out.extend_from_slice(b"\",\"span_id\":\"");
+        hex(out, &sp.0);
+        out.push(b'"');
+    }
+    if !s.kernel_stack.is_empty() {
+        json_addrs(out, "oxeye.kernel_stack", &s.kernel_stack);
+    }
+    if !s.user_stack.is_empty() {
+        json_addrs(out, "oxeye.user_stack", &s.user_stack);
+    }
+    if !s.frames.is_empty() {
+        // Innermost first, as the stacks above.
+        key(out, "frames");
+        out.push(b'[');
+        let mut name = Vec::new();
+        for (i, f) in s.frames.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            name.clear();
+            frame_name(&mut name, f);
+            json_str(out, &String::from_utf8_lossy(&name));
+        }
+        out.push(b']');
+    }
+    json_attrs(out, &s.attributes);
+    out.extend_from_slice(b",\"resource\":{");
+    json_attrs(out, resource);
+    out.extend_from_slice(b"}}\n");
+}
+
+fn text_sample(out: &mut Vec<u8>, s: &Sample) {
+    out.extend_from_slice(b"sample ");
+    out.extend_from_slice(s.comm.as_str().as_bytes());
+    out.extend_from_slice(b" pid=");
+    int(out, s.pid);
+    out.extend_from_slice(b" tid=");
+    int(out, s.tid);
+    out.extend_from_slice(b" count=");
+    int(out, s.count);
+    out.extend_from_slice(b" cpu=");
+    micros(out, s.cpu_ns() / 1000);
+    out.extend_from_slice(b"ms");
+    if let (Some(t), Some(sp)) = (s.trace_id, s.span_id) {
+        out.extend_from_slice(b" trace=");
+        hex(out, &t.0);
+        out.extend_from_slice(b" span=");
+        hex(out, &sp.0);
+    }
+    for (k, v) in s.attributes.iter() {
+        out.push(b' ');
+        out.extend_from_slice(k.as_bytes());
+        out.push(b'=');
+        text_value(out, v);
+    }
+    out.extend_from_slice(b" stack=");
+    stack_line(out, s, b';');
+    out.push(b'\n');
+}
+
+/// Folded stacks of a batch: identical `comm;stack` lines are merged (first-seen order).
+fn folded(out: &mut Vec<u8>, samples: &[Sample]) {
+    let mut lines: Vec<(Vec<u8>, u64)> = Vec::new();
+    let mut index: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    let mut line = Vec::new();
+    for s in samples {
+        line.clear();
+        let comm = s.comm.as_str();
+        line.extend(
+            comm.bytes()
+                .map(|b| if b == b';' || b == b' ' { b'_' } else { b }),
+        );
+        line.push(b';');
+        stack_line(&mut line, s, b';');
+        match index.get(&line) {
+            Some(&i) => lines[i].1 += s.count,
+            None => {
+                index.insert(line.clone(), lines.len());
+                lines.push((line.clone(), s.count));
+            }
+        }
+    }
+    for (l, n) in lines {
+        out.extend_from_slice(&l);
+        out.push(b' ');
+        int(out, n);
+        out.push(b'\n');
+    }
+}
+
 fn text_flow(out: &mut Vec<u8>, f: &Flow) {
     let iface = f.interface.as_deref().unwrap_or("?");
     let dir = f.direction.as_str();
@@ -400,8 +569,17 @@ impl Renderer {
             (Records::Flows(flows), Format::Json) => {
                 flows.iter().for_each(|f| json_flow(out, f, resource))
             }
+            (Records::Samples(samples), Format::Json) => {
+                samples.iter().for_each(|s| json_sample(out, s, resource))
+            }
             (Records::Spans(spans), Format::Text) => spans.iter().for_each(|s| text_span(out, s)),
             (Records::Flows(flows), Format::Text) => flows.iter().for_each(|f| text_flow(out, f)),
+            (Records::Samples(samples), Format::Text) => {
+                samples.iter().for_each(|s| text_sample(out, s))
+            }
+            (Records::Samples(samples), Format::Folded) => folded(out, samples),
+            // Refused at build: folded is for profiles only.
+            (Records::Spans(_) | Records::Flows(_), Format::Folded) => {}
         }
         out
     }
@@ -434,9 +612,20 @@ impl Factory for StdoutFactory {
     type Component = Box<dyn Exporter>;
     const TYPE: &'static str = "stdout";
     const SIGNALS: &'static [Signal] = Signal::ALL;
-    const DESCRIPTION: &'static str = "writes one line per record to stdout (format: text | json)";
+    const DESCRIPTION: &'static str =
+        "writes one line per record to stdout (format: text | json | folded for profiles)";
 
     fn build(config: StdoutConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {
+        if config.format == Format::Folded {
+            if let Some(other) = ctx.signals.iter().find(|s| **s != Signal::Profiles) {
+                return Err(format!(
+                    "{}: `format: folded` writes profiles only, but a {other} pipeline uses it: \
+                     give {other} an exporter of its own (e.g. stdout/{other} with format text or json)",
+                    ctx.id
+                )
+                .into());
+            }
+        }
         let writer = StdoutWriter {
             renderer: Renderer::new(config.format),
         };

@@ -2,7 +2,8 @@
 //!
 //! Adds attributes to spans and flows:
 //! - `attributes:` a static table (`{deployment.environment: prod, team: edge}`) set on every record;
-//! - `container_id: true` — for spans, reads `/proc/<pid>/cgroup` once per process and sets the
+//! - `container_id: true` — for spans and profile samples, reads `/proc/<pid>/cgroup` once per
+//!   process (a process gone by then gets none) and sets the
 //!   OTel attribute `container.id` when the cgroup path names a container (a 64-hex-digit id, as
 //!   Docker, containerd and CRI-O use), and `oxeye.cgroup` to the cgroup path.
 //!
@@ -77,10 +78,11 @@ impl Enrich {
     /// on tokio's blocking pool (`oxeye_api::blocking::unblock`), all of a batch's in one hop,
     /// never on the async workers that move everyone's batches.
     async fn learn(&mut self, batch: &Batch) {
-        let Records::Spans(spans) = &batch.records else {
-            return;
+        let mut pids: Vec<u32> = match &batch.records {
+            Records::Spans(spans) => spans.iter().filter_map(|s| s.task.map(|t| t.pid)).collect(),
+            Records::Samples(samples) => samples.iter().map(|s| s.pid).collect(),
+            Records::Flows(_) => return,
         };
-        let mut pids: Vec<u32> = spans.iter().filter_map(|s| s.task.map(|t| t.pid)).collect();
         pids.sort_unstable();
         pids.dedup();
         let mut new: Vec<u32> = pids
@@ -109,6 +111,17 @@ impl Enrich {
         self.cgroups.get(&pid).cloned().unwrap_or_default()
     }
 
+    /// `oxeye.cgroup` and `container.id` of process `pid`, when known.
+    fn set_cgroup(&self, pid: u32, attrs: &mut Attributes) {
+        let info = self.cgroup(pid);
+        if let Some(path) = info.path {
+            attrs.set("oxeye.cgroup", path);
+        }
+        if let Some(id) = info.container {
+            attrs.set("container.id", id);
+        }
+    }
+
     fn set_static(&self, attrs: &mut Attributes) {
         for (k, v) in &self.attributes {
             attrs.set(k.clone(), v.clone());
@@ -128,13 +141,15 @@ impl Processor for Enrich {
                 for s in spans.iter_mut() {
                     self.set_static(&mut s.attributes);
                     if let (true, Some(task)) = (self.container_id, s.task) {
-                        let info = self.cgroup(task.pid);
-                        if let Some(path) = info.path {
-                            s.attributes.set("oxeye.cgroup", path);
-                        }
-                        if let Some(id) = info.container {
-                            s.attributes.set("container.id", id);
-                        }
+                        self.set_cgroup(task.pid, &mut s.attributes);
+                    }
+                }
+            }
+            Records::Samples(samples) => {
+                for s in samples.iter_mut() {
+                    self.set_static(&mut s.attributes);
+                    if self.container_id {
+                        self.set_cgroup(s.pid, &mut s.attributes);
                     }
                 }
             }

@@ -136,6 +136,7 @@ impl Processor for Filter {
             match &mut b.records {
                 Records::Spans(v) => v.retain(|_| !verdict.next().copied().unwrap_or(false)),
                 Records::Flows(v) => v.retain(|_| !verdict.next().copied().unwrap_or(false)),
+                Records::Samples(v) => v.retain(|_| !verdict.next().copied().unwrap_or(false)),
             }
         }
         if !batch.is_empty() {
@@ -152,7 +153,7 @@ impl Factory for FilterFactory {
     type Config = FilterConfig;
     type Component = Box<dyn Processor>;
     const TYPE: &'static str = "filter";
-    const SIGNALS: &'static [Signal] = Signal::ALL;
+    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
     const DESCRIPTION: &'static str = "drops spans and flows matching OTTL conditions";
 
     fn validate(config: &FilterConfig) -> Result<(), ConfigErrors> {

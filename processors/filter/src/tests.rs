@@ -14,6 +14,7 @@ fn names(out: &[Arc<Batch>]) -> Vec<String> {
                 .iter()
                 .map(|f| format!("{}:{}", f.dst_addr, f.dst_port))
                 .collect(),
+            Records::Samples(_) => panic!("no profiles here"),
         })
         .collect()
 }

@@ -1,14 +1,18 @@
-//! `symbolization` processor (traces): raw stack addresses on spans become frames (function,
-//! module, offset; file and line when debug info exists), with blazesym.
+//! `symbolization` processor (traces, profiles): raw stack addresses on spans and profile samples
+//! become frames (function, module, offset; file and line when debug info exists), with blazesym.
 //!
 //! - Kernel addresses resolve through `/proc/kallsyms`.
-//! - User addresses resolve through the process's `/proc/<pid>/maps` (read once per process and
-//!   cached) and the ELF/DWARF of the mapped file; Rust and C++ names are demangled.
+//! - User addresses resolve through the process's mappings — for a profile sample, the ones the
+//!   receiver snapshotted while the process ran (so a process that exited before its window
+//!   closed still resolves); otherwise `/proc/<pid>/maps`, read once per process and cached — and
+//!   the ELF/DWARF of the mapped file; Rust and C++ names are demangled.
 //! - Caches are bounded LRUs with hit/miss self-metrics: processes, files (interned paths) and
 //!   frames. A process that already exited yields module + offset frames when its maps were
 //!   seen, bare addresses otherwise: never an error, never a stall.
-//! - Output: `Span::frames` (kernel frames, then user frames, innermost first) for Arrow, and the
-//!   OTel attribute `code.stacktrace` (one frame per line) for OTLP.
+//! - Output: `Span::frames`/`Sample::frames` (kernel frames, then user frames, innermost first),
+//!   and on spans the OTel attribute `code.stacktrace` (one frame per line) for OTLP. `max_depth`
+//!   applies to spans; a profile sample keeps every frame (the receiver's `max_depth` bounds it),
+//!   since a flame graph needs the outermost frames too.
 //! - blazesym's symbolizer is not `Send` and reads files: it lives on its own thread, so the
 //!   async runtime never blocks on symbolization.
 
@@ -95,38 +99,16 @@ struct Mapping {
     file: u32,
 }
 
-fn read_maps(pid: u32, intern: &mut impl FnMut(&str) -> u32) -> Option<Vec<Mapping>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    let mut maps = Vec::new();
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms), Some(off), _, _, Some(path)) =
-            (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
-        else {
-            continue;
-        };
-        if !perms.contains('x') || !path.starts_with('/') {
-            continue;
-        }
-        let Some((s, e)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end), Ok(file_offset)) = (
-            u64::from_str_radix(s, 16),
-            u64::from_str_radix(e, 16),
-            u64::from_str_radix(off, 16),
-        ) else {
-            continue;
-        };
-        maps.push(Mapping {
-            start,
-            end,
-            file_offset,
-            file: intern(path),
-        });
-    }
-    maps.sort_by_key(|m| m.start);
-    Some(maps)
+/// The mappings with their paths interned (sorted by address, as given).
+fn interned(maps: &[oxeye_api::Mapping], intern: &mut impl FnMut(&str) -> u32) -> Vec<Mapping> {
+    maps.iter()
+        .map(|m| Mapping {
+            start: m.start,
+            end: m.end,
+            file_offset: m.file_offset,
+            file: intern(&m.path),
+        })
+        .collect()
 }
 
 /// Hit/miss counts of one cache.
@@ -235,7 +217,8 @@ impl Resolver {
         }
         self.stats[2].misses += 1;
         let (paths, ids) = (&mut self.paths, &mut self.path_ids);
-        let maps = read_maps(pid, &mut |p| Self::intern(paths, ids, p)).map(Arc::new);
+        let maps = oxeye_api::Mapping::of_process(pid)
+            .map(|m| Arc::new(interned(&m, &mut |p| Self::intern(paths, ids, p))));
         self.processes.put(pid, maps.clone());
         maps
     }
@@ -315,32 +298,71 @@ pub fn stacktrace(frames: &[Frame]) -> String {
 }
 
 impl Resolver {
+    /// Kernel frames, then user frames, innermost first, at most `depth` of each.
+    fn frames(
+        &mut self,
+        kernel: &[u64],
+        user: &[u64],
+        maps: impl FnOnce(&mut Self) -> Option<Arc<Vec<Mapping>>>,
+        depth: usize,
+    ) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        if self.stacks != Stacks::User {
+            for &a in kernel.iter().take(depth) {
+                frames.push(self.kernel_frame(a));
+            }
+        }
+        if self.stacks != Stacks::Kernel && !user.is_empty() {
+            let maps = maps(self);
+            for &a in user.iter().take(depth).filter(|&&a| a != 0) {
+                frames.push(self.user_frame(maps.as_deref().map(Vec::as_slice), a));
+            }
+        }
+        frames
+    }
+
     fn symbolize(&mut self, batch: &mut Batch) {
-        let Records::Spans(spans) = &mut batch.records else {
-            return;
-        };
-        for s in spans.iter_mut() {
-            let mut frames = Vec::new();
-            if self.stacks != Stacks::User {
-                for &a in s.kernel_stack.iter().take(self.max_depth) {
-                    frames.push(self.kernel_frame(a));
+        match &mut batch.records {
+            Records::Spans(spans) => {
+                for s in spans.iter_mut() {
+                    let pid = s.task.map(|t| t.pid);
+                    let frames = self.frames(
+                        &s.kernel_stack,
+                        &s.user_stack,
+                        |r| pid.and_then(|pid| r.maps(pid)),
+                        self.max_depth,
+                    );
+                    if self.code_stacktrace && !frames.is_empty() {
+                        s.attributes.set("code.stacktrace", stacktrace(&frames));
+                    }
+                    s.frames = frames;
                 }
             }
-            if self.stacks != Stacks::Kernel && !s.user_stack.is_empty() {
-                let maps = s.task.and_then(|t| self.maps(t.pid));
-                for &a in s
-                    .user_stack
-                    .iter()
-                    .take(self.max_depth)
-                    .filter(|&&a| a != 0)
-                {
-                    frames.push(self.user_frame(maps.as_deref().map(Vec::as_slice), a));
+            Records::Samples(samples) => {
+                // Samples of one process share its snapshot: intern its paths once per batch.
+                let mut snapshots: FxHashMap<*const oxeye_api::Mapping, Arc<Vec<Mapping>>> =
+                    FxHashMap::default();
+                for s in samples.iter_mut() {
+                    let (pid, snapshot) = (s.pid, &s.mappings);
+                    let frames = self.frames(
+                        &s.kernel_stack,
+                        &s.user_stack,
+                        |r| {
+                            if snapshot.is_empty() {
+                                return r.maps(pid);
+                            }
+                            let (paths, ids) = (&mut r.paths, &mut r.path_ids);
+                            let maps = snapshots.entry(snapshot.as_ptr()).or_insert_with(|| {
+                                Arc::new(interned(snapshot, &mut |p| Self::intern(paths, ids, p)))
+                            });
+                            Some(maps.clone())
+                        },
+                        usize::MAX,
+                    );
+                    s.frames = frames;
                 }
             }
-            if self.code_stacktrace && !frames.is_empty() {
-                s.attributes.set("code.stacktrace", stacktrace(&frames));
-            }
-            s.frames = frames;
+            Records::Flows(_) => {}
         }
         self.publish();
     }
@@ -358,6 +380,9 @@ impl Processor for Symbolization {
     async fn process(&mut self, batch: Arc<Batch>, out: &mut Output) -> Result<(), BoxError> {
         let needs = match &batch.records {
             Records::Spans(spans) => spans
+                .iter()
+                .any(|s| !s.kernel_stack.is_empty() || !s.user_stack.is_empty()),
+            Records::Samples(samples) => samples
                 .iter()
                 .any(|s| !s.kernel_stack.is_empty() || !s.user_stack.is_empty()),
             Records::Flows(_) => false,
@@ -382,7 +407,7 @@ impl Factory for SymbolizationFactory {
     type Config = SymbolizationConfig;
     type Component = Box<dyn Processor>;
     const TYPE: &'static str = "symbolization";
-    const SIGNALS: &'static [Signal] = &[Signal::Traces];
+    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Profiles];
     const DESCRIPTION: &'static str =
         "stack addresses to functions (kallsyms, ELF/DWARF via blazesym), cached";
 

@@ -946,11 +946,11 @@ impl Processor for TailSampling {
         let mut spans = match Arc::try_unwrap(batch) {
             Ok(b) => match b.records {
                 Records::Spans(s) => s,
-                Records::Flows(_) => return Ok(()),
+                Records::Flows(_) | Records::Samples(_) => return Ok(()),
             },
             Err(shared) => match &shared.records {
                 Records::Spans(s) => s.clone(),
-                Records::Flows(_) => return Ok(()),
+                Records::Flows(_) | Records::Samples(_) => return Ok(()),
             },
         };
         let slot = self.free.pop().unwrap_or(self.slabs.len() as u32);
@@ -1158,7 +1158,7 @@ mod tests {
         out.iter()
             .flat_map(|b| match &b.records {
                 Records::Spans(s) => s.clone(),
-                Records::Flows(_) => vec![],
+                Records::Flows(_) | Records::Samples(_) => vec![],
             })
             .collect()
     }

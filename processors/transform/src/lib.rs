@@ -247,6 +247,7 @@ impl Transform {
         let (groups, writes) = match records {
             Records::Spans(_) => (&self.spans, self.spans_write_resource),
             Records::Flows(_) => (&self.flows, self.flows_write_resource),
+            Records::Samples(_) => return Ok(0),
         };
         if groups.is_empty() {
             return Ok(0);
@@ -282,6 +283,7 @@ impl Transform {
                     }
                 }
             }
+            Records::Samples(_) => {}
         }
         if dropped.is_empty() {
             return Ok(0);
@@ -291,6 +293,7 @@ impl Transform {
         match records {
             Records::Spans(v) => v.retain(|_| keep()),
             Records::Flows(v) => v.retain(|_| keep()),
+            Records::Samples(v) => v.retain(|_| keep()),
         }
         Ok(dropped.iter().filter(|d| **d).count())
     }
@@ -323,7 +326,7 @@ impl Factory for TransformFactory {
     type Config = TransformConfig;
     type Component = Box<dyn Processor>;
     const TYPE: &'static str = "transform";
-    const SIGNALS: &'static [Signal] = Signal::ALL;
+    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
     const DESCRIPTION: &'static str = "changes spans and flows with OTTL statements";
 
     fn validate(config: &TransformConfig) -> Result<(), ConfigErrors> {

@@ -9,7 +9,7 @@ use super::*;
 fn spans(out: &[Arc<Batch>]) -> Vec<Span> {
     match &out[0].records {
         Records::Spans(v) => v.clone(),
-        Records::Flows(_) => panic!("spans expected"),
+        _ => panic!("spans expected"),
     }
 }
 

@@ -4,6 +4,9 @@
 //! each watched interface, harvested every `flush_interval` into `flows` batches.
 //! `spans:` — one span per probed call (syscall tracepoint pairs, uprobes, kprobes), nested per
 //! thread into traces, with optional stacks, drained from a ring buffer into `traces` batches.
+//! `profiles:` — CPU profiles: stacks sampled by a perf_event program on a CPU clock of every
+//! online CPU, counted per (thread, stack, span) in user space and emitted once per `window` as
+//! `profiles` batches; with `spans:` too, a sample carries the span open on its thread.
 //!
 //! ```yaml
 //! receivers:
@@ -20,6 +23,7 @@
 pub mod bench;
 pub mod doctor;
 mod flows;
+pub mod profiles;
 mod spans;
 mod sys;
 
@@ -30,7 +34,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use oxeye_api::blocking::unblock;
 use oxeye_api::{
-    Batch, BoxError, BuildContext, ConfigErrors, Factory, Flow, Receiver, ReceiverContext,
+    Batch, BoxError, BuildContext, ConfigErrors, Factory, Flow, Mapping, Receiver, ReceiverContext,
     Resource, Signal, Telemetry,
 };
 use oxeye_ebpf_common::SPAN_COUNTER_NAMES;
@@ -254,6 +258,51 @@ impl Default for SpansConfig {
     }
 }
 
+/// `profiles:` settings.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfilesConfig {
+    /// Samples per second on each CPU (the kernel caps it at kernel.perf_event_max_sample_rate).
+    pub frequency: u64,
+    /// Samples are counted per window and emitted when it ends (aligned to wall-clock multiples).
+    #[serde(with = "oxeye_api::config::duration")]
+    pub window: Duration,
+    /// Stacks to capture: `both`, `kernel` or `user`.
+    pub stacks: StackMode,
+    /// Only this process.
+    pub pid: Option<u32>,
+    /// Only tasks with this comm (at most 15 bytes).
+    pub comm: Option<String>,
+    /// Only tasks in this cgroup v2 directory.
+    pub cgroup: Option<String>,
+    /// Frames kept per stack (1..=127).
+    pub max_depth: u32,
+    /// Distinct (thread, stack, span) per window; samples of further stacks are counted in one
+    /// overflow record.
+    pub max_stacks: usize,
+    /// Ring buffer bytes (a power of two; a sample takes about 2 KiB).
+    pub ring_size: u32,
+}
+
+impl Default for ProfilesConfig {
+    fn default() -> Self {
+        ProfilesConfig {
+            frequency: 19,
+            window: Duration::from_secs(10),
+            stacks: StackMode::Both,
+            pid: None,
+            comm: None,
+            cgroup: None,
+            max_depth: oxeye_ebpf_common::PROFILE_STACK_DEPTH as u32,
+            max_stacks: 16384,
+            ring_size: 4 << 20,
+        }
+    }
+}
+
+/// Highest `profiles.frequency` accepted by validation (the kernel may allow less).
+pub const MAX_PROFILE_FREQUENCY: u64 = 10_000;
+
 /// Receiver config.
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -262,12 +311,15 @@ pub struct EbpfConfig {
     pub flows: Option<FlowsConfig>,
     /// Spans from syscalls, user and kernel functions.
     pub spans: Option<SpansConfig>,
+    /// CPU profiles.
+    pub profiles: Option<ProfilesConfig>,
 }
 
 /// The receiver.
 pub struct EbpfReceiver {
     flows: Option<(FlowsConfig, Vec<String>)>,
     spans: Option<SpansConfig>,
+    profiles: Option<ProfilesConfig>,
     resource: Arc<Resource>,
     telemetry: Telemetry,
 }
@@ -358,17 +410,115 @@ async fn run_flows(
     Ok(())
 }
 
+/// Starts the span sources and the profiler together: a profile sample looks up the span open
+/// on its thread in the span programs' `THREADS` map, which the profile object reuses through a
+/// pin that only lives while both start.
+fn start_probes(
+    spans: Option<&SpansConfig>,
+    profiles: Option<&ProfilesConfig>,
+    telemetry: Telemetry,
+) -> Result<(Option<spans::SpanProbe>, Option<profiles::ProfileProbe>), String> {
+    let link = spans.is_some() && profiles.is_some();
+    let (span_probe, pins) = match spans {
+        Some(cfg) => {
+            let (probe, pins) = spans::SpanProbe::start(cfg, telemetry.clone(), link)?;
+            (Some(probe), pins)
+        }
+        None => (None, None),
+    };
+    let threads = pins.as_ref().map(|p| p.map_path("THREADS"));
+    let profile_probe = match profiles {
+        Some(cfg) => Some(profiles::ProfileProbe::start(
+            cfg,
+            telemetry,
+            threads.as_deref(),
+        )?),
+        None => None,
+    };
+    Ok((span_probe, profile_probe))
+}
+
+async fn run_profiles(
+    ctx: &ReceiverContext,
+    mut probe: profiles::ProfileProbe,
+    cfg: ProfilesConfig,
+    resource: &Arc<Resource>,
+) -> Result<(), BoxError> {
+    // A window is closed once a drain after its end has run, so its last samples are in.
+    let grace = profiles::DRAIN_INTERVAL + Duration::from_millis(50);
+    let window_ns = cfg.window.as_nanos() as u64;
+    let next_close = || {
+        let now = sys::unix_now_ns();
+        let wait = window_ns - now % window_ns;
+        tokio::time::Instant::now() + Duration::from_nanos(wait) + grace
+    };
+    let mut close_at = next_close();
+    let mut emitted = 0;
+    loop {
+        tokio::select! {
+            _ = probe.wait(profiles::DRAIN_INTERVAL) => drain_profiles(&mut probe).await,
+            _ = tokio::time::sleep_until(close_at) => {
+                drain_profiles(&mut probe).await;
+                let closed = probe.close(sys::unix_now_ns() - grace.as_nanos() as u64, false);
+                probe.update_counters();
+                emitted += emit_windows(ctx, resource, closed).await;
+                close_at = next_close();
+            }
+            _ = ctx.shutdown().wait() => break,
+        }
+    }
+    probe.detach();
+    drain_profiles(&mut probe).await;
+    let closed = probe.close(0, true);
+    probe.update_counters();
+    emitted += emit_windows(ctx, resource, closed).await;
+    info!(
+        samples = probe.samples(),
+        records = emitted,
+        "profiler detached; final windows emitted"
+    );
+    Ok(())
+}
+
+/// Drains the profile ring buffer; reads the mappings of processes new in their window off the
+/// async workers.
+async fn drain_profiles(probe: &mut profiles::ProfileProbe) {
+    probe.drain();
+    let pids = probe.pending_snapshots();
+    if !pids.is_empty() {
+        let read = unblock(move || {
+            pids.into_iter()
+                .map(|pid| (pid, Mapping::of_process(pid)))
+                .collect()
+        })
+        .await;
+        probe.set_mappings(read);
+    }
+}
+
+/// Emits closed windows; returns the number of records.
+async fn emit_windows(
+    ctx: &ReceiverContext,
+    resource: &Arc<Resource>,
+    closed: Vec<(u64, Vec<oxeye_api::Sample>)>,
+) -> usize {
+    let mut n = 0;
+    for (_, samples) in closed {
+        n += samples.len();
+        emit_batches(ctx, resource, samples, Batch::samples).await;
+    }
+    n
+}
+
 async fn run_spans(
     ctx: &ReceiverContext,
+    mut probe: spans::SpanProbe,
     mut cfg: SpansConfig,
     resource: &Arc<Resource>,
     telemetry: &Telemetry,
     mut changes: Changes<SpansConfig>,
 ) -> Result<(), BoxError> {
     let drain_interval = cfg.drain_interval;
-    let t = telemetry.clone();
-    let started = cfg.clone();
-    let mut probe = unblock(move || spans::SpanProbe::start(&started, t)).await?;
     let mut expired = 0;
     loop {
         let expiry = probe.next_expiry();
@@ -550,6 +700,7 @@ impl Receiver for EbpfReceiver {
         let spans_now = this.spans.clone();
         let (flow_tx, flow_rx) = tokio::sync::mpsc::unbounded_channel();
         let (span_tx, span_rx) = tokio::sync::mpsc::unbounded_channel();
+        let profiles_now = this.profiles.clone();
         let flows_on = this.flows.is_some() && ctx.wants(Signal::Flows);
         let spans_on = this.spans.is_some() && ctx.wants(Signal::Traces);
         let flows = async {
@@ -568,11 +719,33 @@ impl Receiver for EbpfReceiver {
                 None => Ok(()),
             }
         };
-        let spans = async {
-            match this.spans.filter(|_| ctx.wants(Signal::Traces)) {
-                Some(cfg) => run_spans(&ctx, cfg, &this.resource, &this.telemetry, span_rx).await,
-                None => Ok(()),
+        let tracing = async {
+            let spans = this.spans.filter(|_| ctx.wants(Signal::Traces));
+            let profiles = this.profiles.filter(|_| ctx.wants(Signal::Profiles));
+            if spans.is_none() && profiles.is_none() {
+                return Ok(());
             }
+            // Loading and attaching are hundreds of syscalls: off the async workers.
+            let (s, p, t) = (spans.clone(), profiles.clone(), this.telemetry.clone());
+            let (span_probe, profile_probe) =
+                unblock(move || start_probes(s.as_ref(), p.as_ref(), t)).await?;
+            let run_s = async {
+                match (span_probe, spans) {
+                    (Some(probe), Some(cfg)) => {
+                        run_spans(&ctx, probe, cfg, &this.resource, &this.telemetry, span_rx).await
+                    }
+                    _ => Ok(()),
+                }
+            };
+            let run_p = async {
+                match (profile_probe, profiles) {
+                    (Some(probe), Some(cfg)) => {
+                        run_profiles(&ctx, probe, cfg, &this.resource).await
+                    }
+                    _ => Ok(()),
+                }
+            };
+            tokio::try_join!(run_s, run_p).map(|_| ())
         };
         // Live config changes: each half takes its part; anything else is refused, and the
         // engine then replaces the receiver.
@@ -609,6 +782,9 @@ impl Receiver for EbpfReceiver {
                             return Err(format!("`{part}:` added, removed or not running"));
                         }
                     }
+                    if new.profiles != profiles_now {
+                        return Err("`profiles:` changed (the profiler restarts)".to_string());
+                    }
                     if let Some(f) = new.flows.clone().filter(|f| Some(f) != flows_now.as_ref()) {
                         let (tx, rx) = tokio::sync::oneshot::channel();
                         flow_tx
@@ -639,7 +815,7 @@ impl Receiver for EbpfReceiver {
         // Either half failing ends the receiver at once (the other half is dropped, which
         // detaches its programs); the engine then marks it unhealthy and shuts everything down.
         tokio::select! {
-            r = async { tokio::try_join!(flows, spans).map(|_| ()) } => r,
+            r = async { tokio::try_join!(flows, tracing).map(|_| ()) } => r,
             _ = dispatch => unreachable!("pends forever"),
         }
     }
@@ -652,23 +828,26 @@ impl Factory for EbpfFactory {
     type Config = EbpfConfig;
     type Component = Box<dyn Receiver>;
     const TYPE: &'static str = "ebpf";
-    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
+    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows, Signal::Profiles];
     const DESCRIPTION: &'static str =
-        "kernel telemetry: network flows from XDP (ingress) and TC (egress); needs root";
+        "kernel telemetry: network flows (XDP, TC), spans (tracepoints, u/kprobes, fentry), CPU profiles (perf events); needs root";
     // Span sources and flow interfaces change live; other changes replace the receiver.
     const RECONFIGURABLE: bool = true;
 
     fn validate(c: &EbpfConfig) -> Result<(), ConfigErrors> {
         let mut e = ConfigErrors::new();
-        if c.flows.is_none() && c.spans.is_none() {
+        if c.flows.is_none() && c.spans.is_none() && c.profiles.is_none() {
             e.push(
                 "",
-                "configure `flows:` and/or `spans:`, or nothing is collected",
+                "configure `flows:`, `spans:` and/or `profiles:`, or nothing is collected",
             );
             return Err(e);
         }
         if let Some(s) = &c.spans {
             validate_spans(s, &mut e);
+        }
+        if let Some(p) = &c.profiles {
+            validate_profiles(p, &mut e);
         }
         let Some(f) = &c.flows else {
             return e.into_result();
@@ -716,9 +895,62 @@ impl Factory for EbpfFactory {
         Ok(Box::new(EbpfReceiver {
             flows,
             spans: config.spans,
+            profiles: config.profiles,
             resource: ctx.resource,
             telemetry: ctx.telemetry,
         }))
+    }
+}
+
+fn validate_profiles(p: &ProfilesConfig, e: &mut ConfigErrors) {
+    if p.frequency == 0 || p.frequency > MAX_PROFILE_FREQUENCY {
+        e.push(
+            "profiles.frequency",
+            format!(
+                "{} Hz is out of range: give 1 to {MAX_PROFILE_FREQUENCY} samples per second per CPU \
+                 (19 or 99 are usual: off the beat of periodic timers)",
+                p.frequency
+            ),
+        );
+    }
+    if p.window < Duration::from_millis(100) {
+        e.push("profiles.window", "must be at least 100ms (10s is usual)");
+    }
+    if p.stacks == StackMode::None {
+        e.push(
+            "profiles.stacks",
+            "a profile is made of stacks: give `both`, `kernel` or `user`",
+        );
+    }
+    if p.max_depth == 0 || p.max_depth > oxeye_ebpf_common::PROFILE_STACK_DEPTH as u32 {
+        e.push(
+            "profiles.max_depth",
+            format!(
+                "must be 1 to {} frames",
+                oxeye_ebpf_common::PROFILE_STACK_DEPTH
+            ),
+        );
+    }
+    if p.max_stacks == 0 {
+        e.push("profiles.max_stacks", "must be at least 1");
+    }
+    if p.ring_size < 65536 || !p.ring_size.is_power_of_two() {
+        e.push(
+            "profiles.ring_size",
+            format!(
+                "must be a power of two of at least 65536 bytes (a sample takes about 2 KiB), got {}",
+                p.ring_size
+            ),
+        );
+    }
+    if p.comm
+        .as_ref()
+        .is_some_and(|c| c.is_empty() || c.len() > 15)
+    {
+        e.push(
+            "profiles.comm",
+            "must be 1 to 15 bytes (the kernel keeps 15)",
+        );
     }
 }
 

@@ -98,8 +98,14 @@ pub struct SpanProbe {
 }
 
 impl SpanProbe {
-    /// Loads the programs and attaches every configured source.
-    pub fn start(cfg: &SpansConfig, telemetry: Telemetry) -> Result<SpanProbe, String> {
+    /// Loads the programs and attaches every configured source. With `share_threads`, the
+    /// shared maps stay pinned in the returned [`PinDir`] (until it drops), so another object
+    /// (the profiler) can reuse `THREADS`.
+    pub fn start(
+        cfg: &SpansConfig,
+        telemetry: Telemetry,
+        share_threads: bool,
+    ) -> Result<(SpanProbe, Option<PinDir>), String> {
         let wakeup = cfg.wakeup_bytes;
         // Kernel functions: fentry or kprobe, per source, from what this kernel supports.
         let mut mechanisms = Vec::new();
@@ -118,7 +124,7 @@ impl SpanProbe {
         }
         // Removed when `pins` drops: on success once the instances hold the maps, and on any
         // error below too, so no pinned map (the ring buffer included) outlives a failed start.
-        let pins = if mechanisms.contains(&Some(Mechanism::Fentry)) {
+        let pins = if share_threads || mechanisms.contains(&Some(Mechanism::Fentry)) {
             Some(PinDir::create()?)
         } else {
             None
@@ -157,9 +163,13 @@ impl SpanProbe {
             let how = mechanisms.get(i).copied().flatten();
             probe.attach(spec, how, pins.as_ref().map(|p| p.0.as_path()))?;
         }
-        // The instances hold the maps now; the pins are no longer needed.
-        drop(pins);
-        Ok(probe)
+        // The instances hold the maps now; the pins are no longer needed, unless the caller
+        // shares them.
+        if !share_threads {
+            drop(pins);
+            return Ok((probe, None));
+        }
+        Ok((probe, pins))
     }
 
     /// Attaches one more source while running. A `kprobe:` source that would use fentry
@@ -551,11 +561,16 @@ const SHARED_MAPS: [&str; 6] = [
 
 /// A bpffs directory holding the shared maps' pins while the instances load; removed (pins and
 /// all) when dropped, whether the start succeeded or failed.
-struct PinDir(std::path::PathBuf);
+pub struct PinDir(std::path::PathBuf);
 
 impl PinDir {
     fn create() -> Result<PinDir, String> {
         pin_dir().map(PinDir)
+    }
+
+    /// Where shared map `name` is pinned.
+    pub fn map_path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
     }
 }
 

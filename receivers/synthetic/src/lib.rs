@@ -588,7 +588,7 @@ impl Factory for SyntheticFactory {
     type Config = SyntheticConfig;
     type Component = Box<dyn Receiver>;
     const TYPE: &'static str = "synthetic";
-    const SIGNALS: &'static [Signal] = Signal::ALL;
+    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
     const DESCRIPTION: &'static str =
         "seeded generator of realistic spans and flows (no root needed)";
 

@@ -1,0 +1,363 @@
+//! CPU profiles: load the profile program, open a CPU-clock perf event per online CPU, drain the
+//! ring buffer into the [`Aggregator`], and close windows into `profiles` records.
+
+pub mod aggregate;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::programs::perf_event::{
+    PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
+};
+use aya::programs::ProgramError;
+use aya::{Ebpf, EbpfLoader};
+use oxeye_api::{LostUnit, Mapping, Sample, Telemetry};
+use oxeye_ebpf_common::{
+    ProfileConfig, ProfileSampleEvent, PROFILE_COUNTER_NAMES, PROFILE_STACK_DEPTH, P_FILTERED,
+    P_IDLE, P_KSTACK_FAILURES, P_RINGBUF_FULL, P_SAMPLES, P_USTACK_FAILURES, STACK_KERNEL,
+    STACK_USER,
+};
+use tokio::io::unix::AsyncFd;
+
+pub use aggregate::{Aggregator, RawSample};
+
+use crate::{sys, ProfilesConfig, StackMode};
+
+/// The profile programs, compiled for bpfel-unknown-none by build.rs.
+pub(crate) static PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oxeye-profile"));
+
+/// How often the ring buffer is drained at the least (samples wait at most this long).
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The kernel's ceiling on perf sampling frequencies (it lowers it by itself when sampling
+/// takes too long).
+pub fn max_sample_rate() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Opens a CPU-clock perf event on each online CPU for `prog` at `frequency` Hz; a failure says
+/// which kernel feature or setting is missing.
+pub fn attach_cpu_clock(prog: &mut PerfEvent, frequency: u64) -> Result<usize, String> {
+    let cpus = aya::util::online_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
+    for &cpu in &cpus {
+        prog.attach(
+            PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Frequency(frequency),
+            false,
+        )
+        .map_err(|e| perf_error(&e, cpu, frequency))?;
+    }
+    Ok(cpus.len())
+}
+
+fn perf_error(e: &ProgramError, cpu: u32, frequency: u64) -> String {
+    let errno = match e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    };
+    let what = crate::flows::chain(e);
+    match errno {
+        Some(libc::ENOENT | libc::ENODEV | libc::EOPNOTSUPP | libc::ENOSYS) => format!(
+            "profiles: this kernel cannot open a software cpu-clock perf event on CPU {cpu} ({what}): \
+             it needs CONFIG_PERF_EVENTS. Remove `profiles:` here, or profile on a kernel with perf events \
+             (`oxeye doctor` shows what this kernel supports)"
+        ),
+        Some(libc::EACCES | libc::EPERM) => format!(
+            "profiles: opening a perf event on CPU {cpu} was refused ({what}): run as root or grant CAP_PERFMON \
+             (kernel.perf_event_paranoid = {})",
+            std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "?".into())
+        ),
+        Some(libc::EINVAL) => format!(
+            "profiles.frequency: the kernel refused {frequency} Hz ({what}); kernel.perf_event_max_sample_rate is {}",
+            max_sample_rate().map_or("unknown".into(), |r| r.to_string())
+        ),
+        _ => format!("profiles: opening the cpu-clock perf event on CPU {cpu}: {what}"),
+    }
+}
+
+fn profile_config(cfg: &ProfilesConfig) -> Result<ProfileConfig, String> {
+    let mut comm = [0u8; 16];
+    if let Some(c) = &cfg.comm {
+        let n = c.len().min(15);
+        comm[..n].copy_from_slice(&c.as_bytes()[..n]);
+    }
+    if let Some(pid) = cfg.pid {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(format!(
+                "profiles.pid: no process {pid} is running, so nothing would ever be sampled"
+            ));
+        }
+    }
+    let cgroup_id = match &cfg.cgroup {
+        Some(path) => std::fs::metadata(path)
+            .map_err(|e| {
+                format!(
+                    "profiles.cgroup `{path}`: {e} (give a cgroup v2 directory, e.g. \
+                     /sys/fs/cgroup/system.slice/foo.service)"
+                )
+            })?
+            .ino(),
+        None => 0,
+    };
+    Ok(ProfileConfig {
+        pid: cfg.pid.unwrap_or(0),
+        stack: match cfg.stacks {
+            StackMode::Kernel => STACK_KERNEL,
+            StackMode::User => STACK_USER,
+            StackMode::Both | StackMode::None => STACK_KERNEL | STACK_USER,
+        },
+        cgroup_id,
+        comm,
+        max_depth: cfg.max_depth.min(PROFILE_STACK_DEPTH as u32),
+        _pad: 0,
+    })
+}
+
+/// The profile program attached to every online CPU. Dropping it detaches everything.
+pub struct ProfileProbe {
+    /// The program and its perf links; `None` once detached.
+    ebpf: Option<Ebpf>,
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    aggregator: Aggregator,
+    telemetry: Telemetry,
+    offset: u64,
+    /// Kernel counters at the end of the previous window (samples, filtered, idle).
+    last: [u64; 3],
+    filtered_by: String,
+    /// Pids whose mappings the aggregator asked for.
+    pending: Vec<u32>,
+}
+
+impl ProfileProbe {
+    /// Loads the program and attaches it to each online CPU. `threads`: the span programs'
+    /// pinned `THREADS` map, so samples carry the span open on their thread.
+    pub fn start(
+        cfg: &ProfilesConfig,
+        telemetry: Telemetry,
+        threads: Option<&Path>,
+    ) -> Result<ProfileProbe, String> {
+        if let Some(max) = max_sample_rate() {
+            if cfg.frequency > max {
+                return Err(format!(
+                    "profiles.frequency: {} Hz is above this kernel's limit, kernel.perf_event_max_sample_rate = {max} \
+                     (the kernel lowers it by itself when sampling takes too long); use at most {max}",
+                    cfg.frequency
+                ));
+            }
+        }
+        let config = profile_config(cfg)?;
+        let wakeup = (cfg.ring_size / 4) as u64;
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("WAKEUP_BYTES", &wakeup, true)
+            .map_max_entries("SAMPLES", cfg.ring_size)
+            // The benchmark-only counting program's maps: unused here.
+            .map_max_entries("STACK_IDS", 1)
+            .map_max_entries("COUNTS", 1);
+        if let Some(path) = threads {
+            loader.map_pin_path("THREADS", path);
+        }
+        let mut ebpf = loader
+            .load(PROGRAMS)
+            .map_err(|e| format!("loading the profile program: {}", crate::flows::chain(&e)))?;
+        let mut configs: Array<MapData, ProfileConfig> = Array::try_from(
+            ebpf.take_map("PROFILE_CONFIG")
+                .ok_or("map PROFILE_CONFIG missing")?,
+        )
+        .map_err(|e| format!("PROFILE_CONFIG: {e}"))?;
+        configs
+            .set(0, config, 0)
+            .map_err(|e| format!("PROFILE_CONFIG: {e}"))?;
+        let ring = RingBuf::try_from(ebpf.take_map("SAMPLES").ok_or("map SAMPLES missing")?)
+            .map_err(|e| format!("SAMPLES: {e}"))?;
+        // SAFETY: the RingBuf owns its fd for as long as the AsyncFd owns the RingBuf.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| format!("watching the ring buffer: {}", e.into_parts().1))?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map("PROFILE_COUNTERS")
+                .ok_or("map PROFILE_COUNTERS missing")?,
+        )
+        .map_err(|e| format!("PROFILE_COUNTERS: {e}"))?;
+        let prog: &mut PerfEvent = sys::program(&mut ebpf, "oxeye_profile")?;
+        prog.load().map_err(|e| {
+            format!(
+                "the kernel rejected the profile program: {}",
+                crate::flows::chain(&e)
+            )
+        })?;
+        let cpus = attach_cpu_clock(prog, cfg.frequency)?;
+        let filtered_by = [
+            cfg.pid.map(|p| format!("pid={p}")),
+            cfg.comm.as_ref().map(|c| format!("comm={c}")),
+            cfg.cgroup.as_ref().map(|c| format!("cgroup={c}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+        tracing::info!(
+            frequency = cfg.frequency,
+            cpus,
+            window = ?cfg.window,
+            linked_to_spans = threads.is_some(),
+            filter = %filtered_by,
+            "profiling: cpu-clock perf events attached"
+        );
+        Ok(ProfileProbe {
+            ebpf: Some(ebpf),
+            ring,
+            counters,
+            aggregator: Aggregator::new(
+                cfg.window.as_nanos() as u64,
+                1_000_000_000 / cfg.frequency.max(1),
+                cfg.max_stacks,
+            ),
+            telemetry,
+            offset: sys::monotonic_to_unix_offset(),
+            last: [0; 3],
+            filtered_by,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Waits until the ring buffer wakes the reader or `timeout` passes.
+    pub async fn wait(&self, timeout: Duration) {
+        if let Ok(Ok(mut guard)) = tokio::time::timeout(timeout, self.ring.readable()).await {
+            guard.clear_ready();
+        }
+    }
+
+    /// Moves every waiting sample into the aggregator; returns how many. Processes seen for
+    /// the first time in their window are left in [`ProfileProbe::pending_snapshots`].
+    pub fn drain(&mut self) -> usize {
+        self.offset = sys::monotonic_to_unix_offset();
+        let ring = self.ring.get_mut();
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<ProfileSampleEvent>() {
+                continue;
+            }
+            // SAFETY: the program writes whole ProfileSampleEvents; the record is at least that
+            // long and read_unaligned copes with alignment. Only the used frames are read.
+            let ev = item.as_ptr() as *const ProfileSampleEvent;
+            let head = unsafe { std::ptr::read_unaligned(ev) };
+            let klen = (head.kstack_len as usize).min(PROFILE_STACK_DEPTH);
+            let ulen = (head.ustack_len as usize).min(PROFILE_STACK_DEPTH);
+            let s = RawSample {
+                unix_ns: head.time_ns.wrapping_add(self.offset),
+                pid: head.pid,
+                tid: head.tid,
+                comm: head.comm,
+                trace_id: head.trace_id,
+                span_id: head.span_id,
+                kernel: &head.kernel[..klen],
+                user: &head.user[..ulen],
+            };
+            if let Some(pid) = self.aggregator.add(&s) {
+                self.pending.push(pid);
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Pids whose mappings should be read now (taken once).
+    pub fn pending_snapshots(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Hands over the mappings read for [`ProfileProbe::pending_snapshots`].
+    pub fn set_mappings(&mut self, read: Vec<(u32, Option<Vec<Mapping>>)>) {
+        for (pid, maps) in read {
+            self.aggregator.set_mappings(pid, maps);
+        }
+    }
+
+    /// Windows that ended by `now_unix_ns` (all of them when `all`), as records.
+    pub fn close(&mut self, now_unix_ns: u64, all: bool) -> Vec<(u64, Vec<Sample>)> {
+        let closed = if all {
+            self.aggregator.close_all()
+        } else {
+            self.aggregator.close(now_unix_ns)
+        };
+        if !closed.is_empty() {
+            self.check_empty();
+        }
+        closed
+    }
+
+    /// Never a silent empty profile: a window without samples says why.
+    fn check_empty(&mut self) {
+        let now = [P_SAMPLES, P_FILTERED, P_IDLE].map(|c| self.counter(c));
+        let [samples, filtered, idle] = [0, 1, 2].map(|i| now[i] - self.last[i]);
+        self.last = now;
+        if samples > 0 {
+            return;
+        }
+        if filtered > 0 {
+            tracing::warn!(
+                filtered,
+                "profiles: no samples in the last window: the filter ({}) matched none of the tasks that ran",
+                self.filtered_by
+            );
+        } else if idle == 0 {
+            tracing::warn!(
+                "profiles: no samples at all in the last window (not even of idle CPUs): the cpu-clock perf events did not fire"
+            );
+        }
+    }
+
+    fn counter(&self, slot: u32) -> u64 {
+        self.counters
+            .get(&slot, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Copies the kernel and aggregation counters into self-metrics and losses.
+    pub fn update_counters(&mut self) {
+        for (slot, name) in PROFILE_COUNTER_NAMES.iter().enumerate() {
+            let total = self.counter(slot as u32);
+            self.telemetry.set_counter(name, "profile", total);
+        }
+        let stack_failures = self.counter(P_KSTACK_FAILURES) + self.counter(P_USTACK_FAILURES);
+        self.telemetry.set_lost(
+            "ringbuf_full",
+            LostUnit::Records,
+            "profile",
+            self.counter(P_RINGBUF_FULL),
+        );
+        self.telemetry.set_lost(
+            "stack_failures",
+            LostUnit::Stacks,
+            "profile",
+            stack_failures,
+        );
+        let (_, overflowed) = self.aggregator.totals();
+        self.telemetry
+            .set_counter("ebpf_profile_stacks_overflowed", "profile", overflowed);
+        self.telemetry
+            .set_lost("max_stacks", LostUnit::Stacks, "profile", overflowed);
+    }
+
+    /// Samples counted in user space so far.
+    pub fn samples(&self) -> u64 {
+        self.aggregator.totals().0
+    }
+
+    /// Detaches the perf events (the ring buffer stays readable for a final drain).
+    pub fn detach(&mut self) {
+        self.ebpf = None;
+    }
+}

@@ -1,0 +1,82 @@
+// A CPU-bound workload for the profile tests and benchmarks, built by them with frame pointers
+// (gcc -O1 -fno-omit-frame-pointer -g). It prints its pid, waits for a line on stdin, then
+// spends its CPU in hot_a three times as long as in hot_b (the same loop, three times the
+// iterations, in rounds of jittered length so no round lines up with the sampling period)
+// until SECONDS of its own CPU time have passed; prints `done <cpu ns>` and exits when stdin
+// closes. With `-` as SECONDS it spins until stdin closes (a load for overhead benchmarks).
+//
+//     burn SECONDS [THREADS]
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile unsigned long sink;
+static volatile int stop;
+static double seconds;
+
+static double cpu_now(clockid_t clock) {
+    struct timespec t;
+    clock_gettime(clock, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+// Its own frame (O0): gcc 12 leaves a leaf function without one despite
+// -mno-omit-leaf-frame-pointer, and a frame-pointer unwinder would then skip its caller.
+__attribute__((noinline, optimize("O0"))) static unsigned long spin(unsigned long n,
+                                                                   unsigned long x) {
+    for (unsigned long i = 0; i < n; i++)
+        x = x * 6364136223846793005UL + 1442695040888963407UL;
+    return x;
+}
+
+__attribute__((noinline)) void hot_a(unsigned long n) { sink = spin(3 * n, sink); }
+__attribute__((noinline)) void hot_b(unsigned long n) { sink = spin(n, sink); }
+
+static void *work(void *arg) {
+    unsigned seed = (unsigned)(unsigned long)arg + 1;
+    double start = cpu_now(CLOCK_THREAD_CPUTIME_ID);
+    while (!stop && (seconds < 0 || cpu_now(CLOCK_THREAD_CPUTIME_ID) - start < seconds)) {
+        seed = seed * 1103515245u + 12345u;
+        unsigned long n = 20000 + (seed >> 16) % 40000;
+        hot_a(n);
+        hot_b(n);
+    }
+    return NULL;
+}
+
+static void *watch_stdin(void *arg) {
+    char line[64];
+    (void)arg;
+    while (fgets(line, sizeof line, stdin)) {
+    }
+    stop = 1;
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: burn SECONDS|- [THREADS]\n");
+        return 2;
+    }
+    seconds = strcmp(argv[1], "-") == 0 ? -1 : atof(argv[1]);
+    int threads = argc > 2 ? atoi(argv[2]) : 1;
+    printf("%d\n", getpid());
+    fflush(stdout);
+    char line[64];
+    if (!fgets(line, sizeof line, stdin))
+        return 1;
+    pthread_t watcher, t[64];
+    pthread_create(&watcher, NULL, watch_stdin, NULL);
+    double start = cpu_now(CLOCK_PROCESS_CPUTIME_ID);
+    for (int i = 0; i < threads && i < 64; i++)
+        pthread_create(&t[i], NULL, work, (void *)(unsigned long)i);
+    for (int i = 0; i < threads && i < 64; i++)
+        pthread_join(t[i], NULL);
+    printf("done %.0f\n", (cpu_now(CLOCK_PROCESS_CPUTIME_ID) - start) * 1e9);
+    fflush(stdout);
+    pthread_join(watcher, NULL);
+    return 0;
+}
