@@ -29,7 +29,7 @@ say "run 1: from nothing"
 rc=0
 tests/setup-python-peers.sh >"$tmp/run1.log" 2>&1 || rc=$?
 [ "$rc" = 0 ] || { cat "$tmp/run1.log" >&2; fail "setup-python-peers.sh exited $rc from nothing"; }
-for p in virtme-ng pyarrow duckdb arize-phoenix; do
+for p in virtme-ng pyarrow duckdb protobuf grpcio-tools arize-phoenix; do
   grep -q "installing $p==" "$tmp/run1.log" || { cat "$tmp/run1.log" >&2; fail "run 1 did not say it installs $p"; }
 done
 
@@ -45,6 +45,8 @@ check() {   # check PYTHON DIST PIN MODULE
 check "$tmp/venv/bin/python3" pyarrow "$PYARROW" pyarrow
 check "$tmp/venv/bin/python3" duckdb "$DUCKDB" duckdb
 check "$tmp/venv/bin/python3" virtme-ng "$VIRTME_NG" virtme_ng
+check "$tmp/venv/bin/python3" protobuf "$PROTOBUF" google.protobuf
+check "$tmp/venv/bin/python3" grpcio-tools "$GRPCIO_TOOLS" grpc_tools.protoc
 [ -x "$tmp/venv/bin/vng" ] || fail "virtme-ng installed no vng entry point in the venv"
 vng --help >/dev/null || fail "vng --help fails"
 say "  vng entry point ok"

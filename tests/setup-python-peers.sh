@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The Python part of tests/setup.sh (which calls it), idempotent: virtme-ng, pyarrow and DuckDB
-# into the environment of ${PYTHON:-python3}, and Arize Phoenix into a venv of its own
+# The Python part of tests/setup.sh (which calls it), idempotent: virtme-ng, pyarrow, DuckDB,
+# protobuf and grpcio-tools into the environment of ${PYTHON:-python3}, and Arize Phoenix into a venv of its own
 # (${OXEYE_PHOENIX_VENV:-~/.local/share/oxeye/phoenix}) so its dependencies cannot move the pins.
 # Versions come from tests/pins.env. tests/setup-guard.sh runs it against a throwaway venv.
 set -Eeuo pipefail
@@ -47,6 +47,10 @@ pip_pin "$PYTHON" virtme-ng "$VIRTME_NG"
 step "exporter test peers: pyarrow $PYARROW, duckdb $DUCKDB"
 pip_pin "$PYTHON" pyarrow "$PYARROW"
 pip_pin "$PYTHON" duckdb "$DUCKDB"
+
+step "profile test peers: protobuf $PROTOBUF, grpcio-tools $GRPCIO_TOOLS"
+pip_pin "$PYTHON" protobuf "$PROTOBUF"
+pip_pin "$PYTHON" grpcio-tools "$GRPCIO_TOOLS"
 
 step "otlp exporter test peer: arize-phoenix $ARIZE_PHOENIX in $phoenix_venv"
 if [ ! -x "$phoenix_venv/bin/python" ]; then

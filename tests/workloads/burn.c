@@ -1,11 +1,13 @@
 // A CPU-bound workload for the profile tests and benchmarks, built by them with frame pointers
 // (gcc -O1 -fno-omit-frame-pointer -g). It prints its pid, waits for a line on stdin, then
-// spends its CPU in hot_a three times as long as in hot_b (the same loop, three times the
-// iterations, in rounds of jittered length so no round lines up with the sampling period)
-// until SECONDS of its own CPU time have passed; prints `done <cpu ns>` and exits when stdin
-// closes. With `-` as SECONDS it spins until stdin closes (a load for overhead benchmarks).
+// spends its CPU in hot_a three times as long as in hot_b (the same loop, three times as
+// often, in rounds of jittered length so no round lines up with the sampling period) on
+// THREADS threads until each has spent SECONDS of CPU time; prints `done <cpu ns>` (the
+// process's) and exits when stdin closes. With `-` as SECONDS it spins until stdin closes (a
+// load for overhead benchmarks). A round is N to 3N iterations of hot_b (default 2000, about
+// 20 µs a round); a larger N makes fewer, longer calls (for uprobes on hot_a).
 //
-//     burn SECONDS [THREADS]
+//     burn SECONDS [THREADS [N]]
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +18,7 @@
 static volatile unsigned long sink;
 static volatile int stop;
 static double seconds;
+static unsigned long base = 2000;
 
 static double cpu_now(clockid_t clock) {
     struct timespec t;
@@ -32,17 +35,26 @@ __attribute__((noinline, optimize("O0"))) static unsigned long spin(unsigned lon
     return x;
 }
 
-__attribute__((noinline)) void hot_a(unsigned long n) { sink = spin(3 * n, sink); }
+// Three calls of the same loop against one: the per-call cost is tripled too, so the split of
+// CPU time is 3:1 exactly, not 3:1 less the call overhead.
+__attribute__((noinline)) void hot_a(unsigned long n) {
+    sink = spin(n, sink);
+    sink = spin(n, sink);
+    sink = spin(n, sink);
+}
 __attribute__((noinline)) void hot_b(unsigned long n) { sink = spin(n, sink); }
 
 static void *work(void *arg) {
     unsigned seed = (unsigned)(unsigned long)arg + 1;
     double start = cpu_now(CLOCK_THREAD_CPUTIME_ID);
     while (!stop && (seconds < 0 || cpu_now(CLOCK_THREAD_CPUTIME_ID) - start < seconds)) {
-        seed = seed * 1103515245u + 12345u;
-        unsigned long n = 20000 + (seed >> 16) % 40000;
-        hot_a(n);
-        hot_b(n);
+        // Short rounds, the clock read once in 64 of them.
+        for (int r = 0; r < 64; r++) {
+            seed = seed * 1103515245u + 12345u;
+            unsigned long n = base + (seed >> 16) % (2 * base);
+            hot_a(n);
+            hot_b(n);
+        }
     }
     return NULL;
 }
@@ -58,11 +70,13 @@ static void *watch_stdin(void *arg) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: burn SECONDS|- [THREADS]\n");
+        fprintf(stderr, "usage: burn SECONDS|- [THREADS [N]]\n");
         return 2;
     }
     seconds = strcmp(argv[1], "-") == 0 ? -1 : atof(argv[1]);
     int threads = argc > 2 ? atoi(argv[2]) : 1;
+    if (argc > 3)
+        base = strtoul(argv[3], NULL, 10);
     printf("%d\n", getpid());
     fflush(stdout);
     char line[64];

@@ -11,6 +11,8 @@
 //!   compression) on a thread of its own, so it never stalls the async workers.
 //! * [`factory`]: the [`Factory`] trait (type name, signals, typed config, validate, build) and
 //!   the [`register!`] macro that makes a factory known to the `oxeye` binary at link time.
+//! * [`profile`]: the deduplicated tables (strings, functions, mappings, locations) that
+//!   profile formats such as pprof and OTLP profiles are built from.
 //! * [`config`]: serde helpers for component configs (durations) and [`ConfigErrors`].
 //! * `testing` (feature): harnesses that drive one component in unit tests.
 #![deny(missing_docs)]
@@ -20,6 +22,7 @@ pub mod component;
 pub mod config;
 pub mod data;
 pub mod factory;
+pub mod profile;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -190,12 +190,15 @@ pub enum ResourceValue {
 pub struct OtlpConfig {
     /// `grpc` or `http/protobuf` (env `OTEL_EXPORTER_OTLP_PROTOCOL`; default `grpc`).
     pub protocol: Option<Protocol>,
-    /// gRPC: the server URL. HTTP: the base URL; `/v1/traces` and `/v1/metrics` are appended.
+    /// gRPC: the server URL. HTTP: the base URL; `/v1/traces`, `/v1/metrics` and
+    /// `/v1development/profiles` are appended.
     pub endpoint: Option<String>,
     /// HTTP/gRPC URL for traces, used as is.
     pub traces_endpoint: Option<String>,
     /// HTTP/gRPC URL for metrics (flows), used as is.
     pub metrics_endpoint: Option<String>,
+    /// HTTP/gRPC URL for profiles, used as is.
+    pub profiles_endpoint: Option<String>,
     /// Extra request headers (`authorization: Bearer ...`); added to `OTEL_EXPORTER_OTLP_HEADERS`.
     pub headers: BTreeMap<String, String>,
     /// `gzip` (default) or `none`.
@@ -222,20 +225,24 @@ pub enum OtlpSignal {
     Traces,
     /// Flows as metrics.
     Metrics,
+    /// CPU profiles (OTLP profiles, v1development).
+    Profiles,
 }
 
 impl OtlpSignal {
-    /// `traces` or `metrics`.
+    /// `traces`, `metrics` or `profiles`.
     pub fn as_str(self) -> &'static str {
         match self {
             OtlpSignal::Traces => "traces",
             OtlpSignal::Metrics => "metrics",
+            OtlpSignal::Profiles => "profiles",
         }
     }
     fn env_part(self) -> &'static str {
         match self {
             OtlpSignal::Traces => "TRACES",
             OtlpSignal::Metrics => "METRICS",
+            OtlpSignal::Profiles => "PROFILES",
         }
     }
 }
@@ -310,10 +317,12 @@ impl OtlpConfig {
         let path = match signal {
             OtlpSignal::Traces => "/v1/traces",
             OtlpSignal::Metrics => "/v1/metrics",
+            OtlpSignal::Profiles => "/v1development/profiles",
         };
         let (signal_key, config_signal_endpoint) = match signal {
             OtlpSignal::Traces => ("traces_endpoint", &self.traces_endpoint),
             OtlpSignal::Metrics => ("metrics_endpoint", &self.metrics_endpoint),
+            OtlpSignal::Profiles => ("profiles_endpoint", &self.profiles_endpoint),
         };
         let specific_var = format!("OTEL_EXPORTER_OTLP_{s}_ENDPOINT");
         // (where it came from, URL, whether the signal path must be appended)

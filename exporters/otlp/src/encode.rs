@@ -2,11 +2,16 @@
 //!
 //! Spans become `ResourceSpans/ScopeSpans/Span`; flows become two monotonic delta Sums,
 //! `network.flow.bytes` and `network.flow.packets`, one data point per flow record with the
-//! semantic-convention attributes and the record's window as start/time.
+//! semantic-convention attributes and the record's window as start/time. Profile samples become
+//! OTLP profiles (v1development, as of opentelemetry-proto 1.8.0): one `Profile` per resource and
+//! window, sample type `samples/count` with period `cpu/nanoseconds`, and one
+//! `ProfilesDictionary` per request holding every mapping, location, function, stack, link and
+//! attribute once.
 
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
     any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue,
@@ -15,9 +20,11 @@ use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics,
     ScopeMetrics, Sum,
 };
+use opentelemetry_proto::tonic::profiles::v1development as prof;
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Status};
-use oxeye_api::{Attributes, Flow, Resource, Span, SpanKind, StatusCode, Value};
+use oxeye_api::profile::Tables;
+use oxeye_api::{Attributes, Flow, Resource, Sample, Span, SpanKind, StatusCode, Value};
 
 use crate::config::ResourceValue;
 
@@ -348,6 +355,211 @@ pub fn metrics_request<'a>(
                 }
             })
             .collect(),
+    }
+}
+
+/// The dictionary tables OTLP profiles add to the shared ones: stacks, links, attributes
+/// (index 0 of each is the null entry).
+struct Dictionary {
+    tables: Tables,
+    stacks: Vec<prof::Stack>,
+    stack_ids: std::collections::HashMap<Vec<i32>, i32>,
+    links: Vec<prof::Link>,
+    link_ids: std::collections::HashMap<([u8; 16], [u8; 8]), i32>,
+    attributes: Vec<prof::KeyValueAndUnit>,
+    /// (key, value as text with its type) → index.
+    attribute_ids: std::collections::HashMap<(i32, String), i32>,
+}
+
+impl Dictionary {
+    fn new() -> Dictionary {
+        Dictionary {
+            tables: Tables::new(),
+            stacks: vec![prof::Stack::default()],
+            stack_ids: std::collections::HashMap::new(),
+            links: vec![prof::Link::default()],
+            link_ids: std::collections::HashMap::new(),
+            attributes: vec![prof::KeyValueAndUnit::default()],
+            attribute_ids: std::collections::HashMap::new(),
+        }
+    }
+
+    fn attribute(&mut self, key: &str, value: any_value::Value) -> i32 {
+        let key = self.tables.string(key) as i32;
+        let id = (key, format!("{value:?}"));
+        if let Some(&i) = self.attribute_ids.get(&id) {
+            return i;
+        }
+        let i = self.attributes.len() as i32;
+        self.attributes.push(prof::KeyValueAndUnit {
+            key_strindex: key,
+            value: Some(AnyValue { value: Some(value) }),
+            unit_strindex: 0,
+        });
+        self.attribute_ids.insert(id, i);
+        i
+    }
+
+    fn sample(&mut self, s: &Sample) -> prof::Sample {
+        let locations: Vec<i32> = self.tables.stack(s).into_iter().map(|l| l as i32).collect();
+        let stack_index = match self.stack_ids.get(&locations) {
+            Some(&i) => i,
+            None => {
+                let i = self.stacks.len() as i32;
+                self.stacks.push(prof::Stack {
+                    location_indices: locations.clone(),
+                });
+                self.stack_ids.insert(locations, i);
+                i
+            }
+        };
+        let link_index = match (s.trace_id, s.span_id) {
+            (Some(t), Some(sp)) => *self.link_ids.entry((t.0, sp.0)).or_insert_with(|| {
+                self.links.push(prof::Link {
+                    trace_id: t.0.to_vec(),
+                    span_id: sp.0.to_vec(),
+                });
+                self.links.len() as i32 - 1
+            }),
+            _ => 0,
+        };
+        let mut attribute_indices = vec![
+            self.attribute("process.pid", any_value::Value::IntValue(s.pid.into())),
+            self.attribute("thread.id", any_value::Value::IntValue(s.tid.into())),
+            self.attribute("process.executable.name", str_value(&s.comm.as_str())),
+        ];
+        for (k, v) in s.attributes.iter() {
+            attribute_indices.push(self.attribute(k, proto_value(v)));
+        }
+        prof::Sample {
+            stack_index,
+            values: vec![s.count as i64],
+            attribute_indices,
+            link_index,
+            timestamps_unix_nano: Vec::new(),
+        }
+    }
+
+    fn into_proto(mut self) -> prof::ProfilesDictionary {
+        let build_id_key = self.tables.string("process.executable.build_id.gnu");
+        let mut attributes = std::mem::take(&mut self.attributes);
+        let mut build_ids = std::collections::HashMap::new();
+        let t = &self.tables;
+        let mapping_table = t
+            .mappings
+            .iter()
+            .map(|m| {
+                let mut attribute_indices = Vec::new();
+                if m.build_id != 0 {
+                    let i = *build_ids.entry(m.build_id).or_insert_with(|| {
+                        attributes.push(prof::KeyValueAndUnit {
+                            key_strindex: build_id_key as i32,
+                            value: Some(AnyValue {
+                                value: Some(str_value(&t.strings[m.build_id as usize])),
+                            }),
+                            unit_strindex: 0,
+                        });
+                        attributes.len() as i32 - 1
+                    });
+                    attribute_indices.push(i);
+                }
+                prof::Mapping {
+                    memory_start: m.start,
+                    memory_limit: m.end,
+                    file_offset: m.file_offset,
+                    filename_strindex: m.path as i32,
+                    attribute_indices,
+                }
+            })
+            .collect();
+        let location_table = t
+            .locations
+            .iter()
+            .map(|l| prof::Location {
+                mapping_index: l.mapping as i32,
+                address: l.address,
+                line: (l.function != 0)
+                    .then_some(prof::Line {
+                        function_index: l.function as i32,
+                        line: l.line.into(),
+                        column: 0,
+                    })
+                    .into_iter()
+                    .collect(),
+                attribute_indices: Vec::new(),
+            })
+            .collect();
+        let function_table = t
+            .functions
+            .iter()
+            .map(|f| prof::Function {
+                name_strindex: f.name as i32,
+                system_name_strindex: f.name as i32,
+                filename_strindex: f.file as i32,
+                start_line: 0,
+            })
+            .collect();
+        prof::ProfilesDictionary {
+            mapping_table,
+            location_table,
+            function_table,
+            link_table: self.links,
+            string_table: t.strings.iter().map(|s| s.to_string()).collect(),
+            attribute_table: attributes,
+            stack_table: self.stacks,
+        }
+    }
+}
+
+/// Builds one profiles request from samples of possibly several resources and windows: a
+/// `Profile` per (resource, window), all sharing the request's dictionary.
+pub fn profiles_request<'a>(
+    resources: &mut Resources,
+    parts: impl IntoIterator<Item = (&'a Arc<Resource>, &'a [Sample])>,
+) -> ExportProfilesServiceRequest {
+    let mut dict = Dictionary::new();
+    let [samples, count, cpu, ns] =
+        ["samples", "count", "cpu", "nanoseconds"].map(|s| dict.tables.string(s) as i32);
+    let value_type = |ty, unit| prof::ValueType {
+        type_strindex: ty,
+        unit_strindex: unit,
+        aggregation_temporality: prof::AggregationTemporality::Delta as i32,
+    };
+    let resource_profiles = by_resource(parts)
+        .into_iter()
+        .map(|(resource, records)| {
+            let mut windows: std::collections::BTreeMap<(u64, u64, u64), prof::Profile> =
+                std::collections::BTreeMap::new();
+            for s in records {
+                let key = (s.window_start_unix_ns, s.window_end_unix_ns, s.period_ns);
+                let sample = dict.sample(s);
+                windows
+                    .entry(key)
+                    .or_insert_with(|| prof::Profile {
+                        sample_type: Some(value_type(samples, count)),
+                        time_unix_nano: key.0,
+                        duration_nano: key.1.saturating_sub(key.0),
+                        period_type: Some(value_type(cpu, ns)),
+                        period: key.2 as i64,
+                        ..Default::default()
+                    })
+                    .sample
+                    .push(sample);
+            }
+            prof::ResourceProfiles {
+                resource: Some(resources.get(resource)),
+                scope_profiles: vec![prof::ScopeProfiles {
+                    scope: Some(scope()),
+                    profiles: windows.into_values().collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportProfilesServiceRequest {
+        resource_profiles,
+        dictionary: Some(dict.into_proto()),
     }
 }
 

@@ -1,5 +1,6 @@
-//! `otlp` exporter: spans as OTLP traces and flows as OTLP metrics (monotonic delta Sums
-//! `network.flow.bytes` / `network.flow.packets`), over gRPC or HTTP/protobuf.
+//! `otlp` exporter: spans as OTLP traces, flows as OTLP metrics (monotonic delta Sums
+//! `network.flow.bytes` / `network.flow.packets`) and CPU profiles as OTLP profiles
+//! (v1development), over gRPC or HTTP/protobuf.
 //!
 //! ```yaml
 //! exporters:
@@ -45,10 +46,10 @@ use transport::{Client, Outcome, Request};
 fn otlp_signals(signals: &[Signal]) -> Vec<OtlpSignal> {
     signals
         .iter()
-        .filter_map(|s| match s {
-            Signal::Traces => Some(OtlpSignal::Traces),
-            Signal::Flows => Some(OtlpSignal::Metrics),
-            Signal::Profiles => None,
+        .map(|s| match s {
+            Signal::Traces => OtlpSignal::Traces,
+            Signal::Flows => OtlpSignal::Metrics,
+            Signal::Profiles => OtlpSignal::Profiles,
         })
         .collect()
 }
@@ -60,9 +61,9 @@ impl Factory for OtlpFactory {
     type Config = OtlpConfig;
     type Component = Box<dyn Exporter>;
     const TYPE: &'static str = "otlp";
-    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
+    const SIGNALS: &'static [Signal] = Signal::ALL;
     const DESCRIPTION: &'static str =
-        "OTLP over gRPC or HTTP/protobuf: spans as traces, flows as delta-sum metrics";
+        "OTLP over gRPC or HTTP/protobuf: spans as traces, flows as delta-sum metrics, profiles";
 
     fn validate(config: &OtlpConfig) -> Result<(), ConfigErrors> {
         config.check(&otlp_signals(Signal::ALL), &process_env)
@@ -90,6 +91,7 @@ struct Shared {
     ledger: Mutex<Ledger>,
     traces: Option<Client>,
     metrics: Option<Client>,
+    profiles: Option<Client>,
     retry: RetryConfig,
     send_batch_size: usize,
     batch_timeout: Duration,
@@ -99,9 +101,9 @@ struct Shared {
 
 #[derive(Default)]
 struct Stats {
-    requests: [u64; 2],
-    retries: [u64; 2],
-    failed: [u64; 2],
+    requests: [u64; 3],
+    retries: [u64; 3],
+    failed: [u64; 3],
 }
 
 impl Shared {
@@ -163,7 +165,14 @@ impl Shared {
                     if rejected > 0 {
                         warn!(exporter = %self.id, signal = signal.as_str(), rejected, %message, "backend accepted the request but rejected some records");
                     }
-                    let rejected = rejected.min(n);
+                    // OTLP counts rejected profiles, and a profile holds many samples: any
+                    // rejected profile counts every sample of the request as rejected (never
+                    // fewer than were lost).
+                    let rejected = if signal == OtlpSignal::Profiles && rejected > 0 {
+                        n
+                    } else {
+                        rejected.min(n)
+                    };
                     self.settle(n, n - rejected, "rejected_by_backend");
                     return;
                 }
@@ -235,6 +244,7 @@ async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receive
             let client = match signal {
                 OtlpSignal::Traces => shared.traces.as_ref(),
                 OtlpSignal::Metrics => shared.metrics.as_ref(),
+                OtlpSignal::Profiles => shared.profiles.as_ref(),
             };
             match client {
                 Some(c) => shared.deliver(signal, c, request, n).await,
@@ -254,11 +264,12 @@ fn requests(
     let mut out = Vec::new();
     let mut spans = Vec::new();
     let mut flows = Vec::new();
+    let mut samples = Vec::new();
     for b in batches {
         match &b.records {
             Records::Spans(s) => s.chunks(max).for_each(|c| spans.push((&b.resource, c))),
             Records::Flows(f) => f.chunks(max).for_each(|c| flows.push((&b.resource, c))),
-            Records::Samples(_) => {}
+            Records::Samples(p) => p.chunks(max).for_each(|c| samples.push((&b.resource, c))),
         }
     }
     for (range, n) in fill(&spans, max) {
@@ -268,6 +279,10 @@ fn requests(
     for (range, n) in fill(&flows, max) {
         let req = encode::metrics_request(resources, flows[range].iter().copied());
         out.push((OtlpSignal::Metrics, Request::Metrics(req), n));
+    }
+    for (range, n) in fill(&samples, max) {
+        let req = encode::profiles_request(resources, samples[range].iter().copied());
+        out.push((OtlpSignal::Profiles, Request::Profiles(req), n));
     }
     out
 }
@@ -312,6 +327,7 @@ impl OtlpExporter {
         };
         let traces = client(OtlpSignal::Traces)?;
         let metrics = client(OtlpSignal::Metrics)?;
+        let profiles = client(OtlpSignal::Profiles)?;
         let (tx, rx) = mpsc::channel(config.sending_queue.queue_size);
         Ok(OtlpExporter {
             shared: Arc::new(Shared {
@@ -320,6 +336,7 @@ impl OtlpExporter {
                 ledger: Mutex::default(),
                 traces,
                 metrics,
+                profiles,
                 retry: config.retry_on_failure,
                 send_batch_size: config.batch.send_batch_size,
                 batch_timeout: config.batch.timeout,
@@ -436,6 +453,7 @@ mod tests {
             Arc::new(Batch::spans(Arc::clone(&r), vec![Span::default(); 2500])),
             Arc::new(Batch::flows(Arc::clone(&r), vec![flow; 10])),
             Arc::new(Batch::spans(Arc::clone(&r), vec![Span::default(); 100])),
+            Arc::new(oxeye_api::testing::sample_batch(1500)),
         ];
         let mut resources = encode::Resources::new(&Default::default());
         let reqs = requests(&mut resources, &batches, 1000);
@@ -446,7 +464,9 @@ mod tests {
                 (OtlpSignal::Traces, 1000),
                 (OtlpSignal::Traces, 1000),
                 (OtlpSignal::Traces, 600),
-                (OtlpSignal::Metrics, 10)
+                (OtlpSignal::Metrics, 10),
+                (OtlpSignal::Profiles, 1000),
+                (OtlpSignal::Profiles, 500)
             ]
         );
         for (_, req, n) in &reqs {
@@ -467,6 +487,13 @@ mod tests {
                         _ => 0,
                     })
                     .unwrap_or(0),
+                Request::Profiles(p) => p
+                    .resource_profiles
+                    .iter()
+                    .flat_map(|rp| &rp.scope_profiles)
+                    .flat_map(|sp| &sp.profiles)
+                    .map(|p| p.sample.len())
+                    .sum(),
             };
             assert_eq!(counted as u64, *n);
         }

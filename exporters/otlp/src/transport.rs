@@ -15,6 +15,9 @@ use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
+use opentelemetry_proto::tonic::collector::profiles::v1development::{
+    ExportProfilesServiceRequest, ExportProfilesServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -28,7 +31,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::config::{Compression, Protocol, Resolved};
+use crate::config::{Compression, OtlpSignal, Protocol, Resolved};
 
 /// One OTLP export request.
 #[derive(Clone, Debug)]
@@ -37,12 +40,14 @@ pub enum Request {
     Traces(ExportTraceServiceRequest),
     /// Flows as metrics.
     Metrics(ExportMetricsServiceRequest),
+    /// CPU profiles.
+    Profiles(ExportProfilesServiceRequest),
 }
 
 /// A request encoded once (and, over HTTP with gzip, compressed once), sent as is on every
 /// attempt: a retry does not copy or re-encode the request.
 pub struct Payload {
-    traces: bool,
+    signal: OtlpSignal,
     body: Bytes,
 }
 
@@ -281,16 +286,17 @@ impl Client {
 
     /// Encodes `request` once for every attempt of [`Client::send`].
     pub fn prepare(&self, request: &Request) -> Payload {
-        let encoded = match request {
-            Request::Traces(r) => r.encode_to_vec(),
-            Request::Metrics(r) => r.encode_to_vec(),
+        let (signal, encoded) = match request {
+            Request::Traces(r) => (OtlpSignal::Traces, r.encode_to_vec()),
+            Request::Metrics(r) => (OtlpSignal::Metrics, r.encode_to_vec()),
+            Request::Profiles(r) => (OtlpSignal::Profiles, r.encode_to_vec()),
         };
         let body = match self {
             Client::Http { gzip: true, .. } => gzip_bytes(&encoded),
             _ => encoded,
         };
         Payload {
-            traces: matches!(request, Request::Traces(_)),
+            signal,
             body: Bytes::from(body),
         }
     }
@@ -311,7 +317,7 @@ impl Client {
                 let request = grpc_request(payload.body.clone(), headers, *timeout);
                 let result = match grpc.ready().await {
                     Err(e) => Err(tonic::Status::unavailable(format!("connecting: {e}"))),
-                    Ok(()) if payload.traces => grpc
+                    Ok(()) if payload.signal == OtlpSignal::Traces => grpc
                         .unary(
                             request,
                             hyper::http::uri::PathAndQuery::from_static(
@@ -321,6 +327,16 @@ impl Client {
                         )
                         .await
                         .map(|resp| trace_partial(resp.into_inner())),
+                    Ok(()) if payload.signal == OtlpSignal::Profiles => grpc
+                        .unary(
+                            request,
+                            hyper::http::uri::PathAndQuery::from_static(
+                                "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export",
+                            ),
+                            RawCodec::<ExportProfilesServiceResponse>::default(),
+                        )
+                        .await
+                        .map(|resp| profiles_partial(resp.into_inner())),
                     Ok(()) => grpc
                         .unary(
                             request,
@@ -383,7 +399,7 @@ impl Client {
                         reason,
                         after: None,
                     },
-                    Ok(Ok((parts, body))) => http_outcome(payload.traces, &parts, &body),
+                    Ok(Ok((parts, body))) => http_outcome(payload.signal, &parts, &body),
                 }
             }
         }
@@ -409,6 +425,14 @@ fn grpc_request<T>(
 fn trace_partial(r: ExportTraceServiceResponse) -> (u64, String) {
     r.partial_success
         .map(|p| (p.rejected_spans.max(0) as u64, p.error_message))
+        .unwrap_or_default()
+}
+
+/// A rejected profile is a whole window of samples; counted as its samples are not known here,
+/// the exporter settles the request's records by the number it reports.
+fn profiles_partial(r: ExportProfilesServiceResponse) -> (u64, String) {
+    r.partial_success
+        .map(|p| (p.rejected_profiles.max(0) as u64, p.error_message))
         .unwrap_or_default()
 }
 
@@ -438,13 +462,15 @@ pub fn grpc_outcome(status: &tonic::Status) -> Outcome {
 }
 
 /// The OTLP/HTTP rules: 429, 502, 503, 504 are retryable, honouring Retry-After.
-fn http_outcome(traces: bool, parts: &hyper::http::response::Parts, body: &[u8]) -> Outcome {
+fn http_outcome(signal: OtlpSignal, parts: &hyper::http::response::Parts, body: &[u8]) -> Outcome {
     let status = parts.status;
     if status.is_success() {
-        let partial = if traces {
-            ExportTraceServiceResponse::decode(body).map(trace_partial)
-        } else {
-            ExportMetricsServiceResponse::decode(body).map(metrics_partial)
+        let partial = match signal {
+            OtlpSignal::Traces => ExportTraceServiceResponse::decode(body).map(trace_partial),
+            OtlpSignal::Metrics => ExportMetricsServiceResponse::decode(body).map(metrics_partial),
+            OtlpSignal::Profiles => {
+                ExportProfilesServiceResponse::decode(body).map(profiles_partial)
+            }
         };
         let (rejected, message) = partial.unwrap_or_default();
         return Outcome::Delivered { rejected, message };

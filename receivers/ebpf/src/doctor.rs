@@ -1,6 +1,6 @@
 //! `oxeye doctor`: what this kernel supports, and what oxeye will pick.
 
-use aya::programs::{KProbe, TracePoint};
+use aya::programs::{KProbe, PerfEvent, TracePoint};
 use aya::EbpfLoader;
 
 use crate::sys;
@@ -117,6 +117,7 @@ pub fn report() -> Vec<Check> {
         }
         Err(e) => checks.push(check("span programs", Err(e))),
     }
+    checks.push(check("perf events", perf_events()));
     checks.push(Check {
         what: "XDP",
         ok: true,
@@ -128,4 +129,24 @@ pub fn report() -> Vec<Check> {
         detail: "egress via tcx links on kernels >= 6.6, else clsact + netlink filter".into(),
     });
     checks
+}
+
+/// Whether the profiler can run: the profile program loads and a CPU-clock perf event opens on
+/// every online CPU at the default frequency (then closes); and the kernel's ceiling.
+fn perf_events() -> Result<String, String> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("STACK_IDS", 1)
+        .map_max_entries("COUNTS", 1)
+        .load(crate::profiles::PROGRAMS)
+        .map_err(|e| crate::flows::chain(&e))?;
+    let p: &mut PerfEvent = crate::sys::program(&mut ebpf, "oxeye_profile")?;
+    p.load().map_err(|e| crate::flows::chain(&e))?;
+    let default = crate::ProfilesConfig::default().frequency;
+    let cpus = crate::profiles::attach_cpu_clock(p, default)?;
+    let max =
+        crate::profiles::max_sample_rate().map_or("unknown".to_string(), |m| format!("{m} Hz"));
+    Ok(format!(
+        "cpu-clock sampling opens on {cpus} CPUs at {default} Hz; kernel.perf_event_max_sample_rate = {max} (oxeye accepts up to {} Hz)",
+        crate::MAX_PROFILE_FREQUENCY
+    ))
 }

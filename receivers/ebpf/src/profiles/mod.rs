@@ -284,17 +284,14 @@ impl ProfileProbe {
         }
     }
 
-    /// Windows that ended by `now_unix_ns` (all of them when `all`), as records.
+    /// At a window's end: the windows that ended by `now_unix_ns`, as records (a window without
+    /// samples is logged with the reason). At shutdown (`all`): every window.
     pub fn close(&mut self, now_unix_ns: u64, all: bool) -> Vec<(u64, Vec<Sample>)> {
-        let closed = if all {
-            self.aggregator.close_all()
-        } else {
-            self.aggregator.close(now_unix_ns)
-        };
-        if !closed.is_empty() {
-            self.check_empty();
+        if all {
+            return self.aggregator.close_all();
         }
-        closed
+        self.check_empty();
+        self.aggregator.close(now_unix_ns)
     }
 
     /// Never a silent empty profile: a window without samples says why.

@@ -1,0 +1,618 @@
+//! Kernel tests (root): CPU profiles of a workload built here with frame pointers
+//! (tests/workloads/burn.c: three times as much CPU in `hot_a` as in `hot_b`), read back from
+//! every exporter — folded stacks on stdout, pprof files decoded by Python's protobuf with the
+//! official profile.proto, OTLP profiles decoded by a loopback endpoint with the generated
+//! types — and samples inside a uprobe'd function linked to its span.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_server::{
+    ProfilesService, ProfilesServiceServer,
+};
+use opentelemetry_proto::tonic::collector::profiles::v1development::{
+    ExportProfilesServiceRequest, ExportProfilesServiceResponse,
+};
+use oxeye_tests::netns::require_root;
+use oxeye_tests::{oxeye_bin, temp_config, KillOnDrop};
+use prost::Message as _;
+
+/// High enough for ±0.3 on a 3:1 split to be about four standard deviations: samples land in
+/// hot_b with probability 1/4, so the ratio's error is about 3·√(4/3N); 2 threads × 4 s at
+/// 999 Hz give N ≈ 8 000.
+const FREQUENCY: u64 = 999;
+
+/// One test at a time: each measures CPU shares, which a second workload (or a uprobe on the
+/// shared workload binary) would disturb.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// tests/workloads/burn.c, built once per test run with frame pointers.
+fn burn_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("oxeye-burn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let bin = dir.join("burn");
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/burn.c");
+        let out = Command::new("gcc")
+            .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+            .arg(&bin)
+            .arg(src)
+            .output()
+            .expect("gcc");
+        assert!(
+            out.status.success(),
+            "gcc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bin
+    })
+}
+
+/// The workload: started waiting, told to go, reports its CPU time.
+struct Burn {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    pid: u32,
+}
+
+impl Burn {
+    fn start(args: &[&str]) -> Burn {
+        let mut child = Command::new(burn_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start burn");
+        let stdin = child.stdin.take();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("pid line");
+        let pid = line.trim().parse().expect("pid");
+        Burn {
+            child,
+            stdin,
+            stdout,
+            pid,
+        }
+    }
+
+    /// Runs the work; returns its CPU time in seconds.
+    fn run(&mut self) -> f64 {
+        writeln!(self.stdin.as_mut().expect("stdin"), "go").expect("go");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("done line");
+        let ns: f64 = line
+            .strip_prefix("done ")
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("expected `done <ns>`, got {line:?}"));
+        ns / 1e9
+    }
+
+    /// Lets it exit (closing stdin) and reaps it.
+    fn exit(&mut self) {
+        self.stdin = None;
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Burn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `oxeye run` whose stdout is collected.
+struct Oxeye {
+    ox: KillOnDrop,
+    reader: std::thread::JoinHandle<String>,
+    stdout: std::thread::JoinHandle<String>,
+}
+
+impl Oxeye {
+    /// Starts oxeye and waits until the profiler (and `sources` span sources) are attached.
+    fn start(name: &str, yaml: &str, sources: usize) -> Oxeye {
+        let cfg = temp_config(name, yaml);
+        let ox = Command::new(oxeye_bin())
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .env_remove("OXEYE_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start oxeye");
+        // Killed if anything below fails, so no perf event or probe stays attached.
+        let mut ox = KillOnDrop(ox);
+        let (rx, reader) = oxeye_tests::follow(ox.0.stderr.take().expect("stderr"));
+        let mut pipe = ox.0.stdout.take().expect("stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = pipe.read_to_string(&mut out);
+            out
+        });
+        let (mut profiler, mut attached) = (false, 0);
+        while !profiler || attached < sources {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("oxeye did not attach the profiler");
+            assert!(!line.contains("ERROR"), "{line}");
+            profiler |= line.contains("profiling: cpu-clock perf events attached");
+            attached += line.contains("span source attached") as usize;
+        }
+        Oxeye { ox, reader, stdout }
+    }
+
+    /// Stops it (SIGINT) and returns its stdout and stderr; it must exit 0.
+    fn stop(mut self) -> (String, String) {
+        oxeye_tests::signal(&self.ox.0, libc::SIGINT);
+        let status = self.ox.0.wait().expect("oxeye exit");
+        let stderr = self.reader.join().expect("stderr reader");
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        (self.stdout.join().expect("stdout reader"), stderr)
+    }
+}
+
+/// Samples of `burn` in folded lines: (hot_a, hot_b, all).
+fn folded_counts(folded: &str) -> (u64, u64, u64) {
+    let (mut a, mut b, mut all) = (0, 0, 0);
+    for line in folded.lines().filter(|l| l.starts_with("burn;")) {
+        let (stack, n) = line.rsplit_once(' ').expect("`stack count`");
+        let n: u64 = n.parse().expect("count");
+        let frames: Vec<&str> = stack.split(';').collect();
+        a += n * frames.contains(&"hot_a") as u64;
+        b += n * frames.contains(&"hot_b") as u64;
+        all += n;
+    }
+    (a, b, all)
+}
+
+/// The pprof files as Python's protobuf reads them with the official profile.proto (compiled
+/// by grpcio-tools' protoc): per-file sample types and period, and burn's samples.
+fn pprof_in_python(files: &[PathBuf]) -> serde_json::Value {
+    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../exporters/pprof/proto");
+    let script = r#"
+import gzip, json, sys, tempfile
+from grpc_tools import protoc
+out = tempfile.mkdtemp()
+assert protoc.main(["protoc", "-I" + sys.argv[1], "--python_out=" + out, "profile.proto"]) == 0
+sys.path.insert(0, out)
+import profile_pb2
+r = {"hot_a": 0, "hot_b": 0, "all": 0, "cpu_ns": 0, "types": [], "periods": [], "build_ids": 0}
+for path in sys.argv[2:]:
+    p = profile_pb2.Profile()
+    p.ParseFromString(gzip.open(path).read())
+    s = p.string_table
+    r["types"].append([[s[t.type], s[t.unit]] for t in p.sample_type])
+    r["periods"].append([s[p.period_type.type], s[p.period_type.unit], p.period])
+    fn = {f.id: s[f.name] for f in p.function}
+    loc = {l.id: [fn[x.function_id] for x in l.line] for l in p.location}
+    r["build_ids"] += sum(1 for m in p.mapping if s[m.filename].endswith("/burn") and s[m.build_id])
+    for x in p.sample:
+        labels = {s[l.key]: (s[l.str] if l.str else l.num) for l in x.label}
+        if labels.get("process.executable.name") != "burn":
+            continue
+        names = {n for i in x.location_id for n in loc[i]}
+        r["all"] += x.value[0]
+        r["cpu_ns"] += x.value[1]
+        for f in ("hot_a", "hot_b"):
+            r[f] += x.value[0] if f in names else 0
+print(json.dumps(r))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(proto_dir)
+        .args(files)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python (run tests/setup.sh: grpcio-tools): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from python")
+}
+
+/// Requests the loopback OTLP endpoint received.
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<ExportProfilesServiceRequest>>>);
+
+#[tonic::async_trait]
+impl ProfilesService for Received {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportProfilesServiceRequest>,
+    ) -> Result<tonic::Response<ExportProfilesServiceResponse>, tonic::Status> {
+        self.0.lock().expect("lock").push(request.into_inner());
+        Ok(tonic::Response::new(
+            ExportProfilesServiceResponse::default(),
+        ))
+    }
+}
+
+/// An OTLP/gRPC profiles endpoint on 127.0.0.1 (on `rt`); returns its port.
+fn grpc_endpoint(rt: &tokio::runtime::Runtime, received: Received) -> u16 {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                ProfilesServiceServer::new(received)
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    port
+}
+
+/// An OTLP/HTTP profiles endpoint (`POST /v1development/profiles`, gzip); returns its port.
+fn http_endpoint(rt: &tokio::runtime::Runtime, received: Received) -> u16 {
+    use http_body_util::BodyExt;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    rt.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let received = received.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let received = received.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let gz = req
+                                .headers()
+                                .get("content-encoding")
+                                .is_some_and(|v| v == "gzip");
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let mut raw = body.to_vec();
+                            if gz {
+                                raw.clear();
+                                flate2::read::GzDecoder::new(&body[..])
+                                    .read_to_end(&mut raw)
+                                    .expect("gzip body");
+                            }
+                            let status = if path == "/v1development/profiles" {
+                                let req = ExportProfilesServiceRequest::decode(&raw[..])
+                                    .expect("protobuf body");
+                                received.0.lock().expect("lock").push(req);
+                                200
+                            } else {
+                                404
+                            };
+                            Ok::<_, hyper::Error>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/x-protobuf")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(
+                                        ExportProfilesServiceResponse::default().encode_to_vec(),
+                                    )))
+                                    .expect("response"),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// One OTLP sample of `burn`: its function names, count, and linked span id (hex).
+struct OtlpSample {
+    functions: Vec<String>,
+    count: i64,
+    span_id: Option<String>,
+}
+
+fn otlp_samples(requests: &[ExportProfilesServiceRequest]) -> Vec<OtlpSample> {
+    let mut out = Vec::new();
+    for r in requests {
+        let d = r.dictionary.as_ref().expect("dictionary");
+        let s = |i: i32| d.string_table[i as usize].as_str();
+        for p in r
+            .resource_profiles
+            .iter()
+            .flat_map(|rp| &rp.scope_profiles)
+            .flat_map(|sp| &sp.profiles)
+        {
+            let st = p.sample_type.expect("sample type");
+            assert_eq!(
+                (s(st.type_strindex), s(st.unit_strindex)),
+                ("samples", "count")
+            );
+            let pt = p.period_type.expect("period type");
+            assert_eq!(
+                (s(pt.type_strindex), s(pt.unit_strindex)),
+                ("cpu", "nanoseconds")
+            );
+            assert_eq!(p.period, 1_000_000_000 / FREQUENCY as i64);
+            assert!(p.time_unix_nano > 0 && p.duration_nano > 0);
+            for x in &p.sample {
+                let comm = x.attribute_indices.iter().find_map(|&i| {
+                    let a = &d.attribute_table[i as usize];
+                    (s(a.key_strindex) == "process.executable.name").then(|| {
+                        match a.value.as_ref().and_then(|v| v.value.as_ref()) {
+                            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(v)) => v.clone(),
+                            _ => String::new(),
+                        }
+                    })
+                });
+                if comm.as_deref() != Some("burn") {
+                    continue;
+                }
+                let stack = &d.stack_table[x.stack_index as usize];
+                let functions = stack
+                    .location_indices
+                    .iter()
+                    .flat_map(|&l| &d.location_table[l as usize].line)
+                    .map(|line| {
+                        s(d.function_table[line.function_index as usize].name_strindex).to_string()
+                    })
+                    .collect();
+                let span_id = (x.link_index != 0).then(|| {
+                    d.link_table[x.link_index as usize]
+                        .span_id
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect()
+                });
+                out.push(OtlpSample {
+                    functions,
+                    count: x.values[0],
+                    span_id,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn a_cpu_profile_splits_3_to_1_counts_frequency_times_cpu_and_every_exporter_agrees() {
+    require_root();
+    let _one = serial();
+    let rt = runtime();
+    let received = Received::default();
+    let port = grpc_endpoint(&rt, received.clone());
+    let mut burn = Burn::start(&["4", "2"]);
+    let dir = std::env::temp_dir().join(format!("oxeye-prof-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let yaml = format!(
+        "receivers:\n  ebpf:\n    profiles: {{frequency: {FREQUENCY}, window: 2s, pid: {pid}}}\n\
+         processors:\n  symbolization: {{}}\n\
+         exporters:\n  stdout: {{format: folded}}\n  pprof: {{path: {dir}/cpu}}\n  \
+         otlp: {{endpoint: 'http://127.0.0.1:{port}', compression: none}}\n\
+         service:\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [stdout, pprof, otlp]}}\n",
+        pid = burn.pid,
+        dir = dir.display(),
+    );
+    let ox = Oxeye::start("profiles", &yaml, 0);
+    let cpu = burn.run();
+    // It exits before its last window closes: its stacks still resolve (the receiver keeps a
+    // snapshot of its mappings).
+    burn.exit();
+    std::thread::sleep(Duration::from_millis(500));
+    let (folded, stderr) = ox.stop();
+
+    let (a, b, all) = folded_counts(&folded);
+    let expected = FREQUENCY as f64 * cpu;
+    assert!(
+        (all as f64 - expected).abs() <= 0.1 * expected,
+        "{all} samples for {cpu:.2} CPU s at {FREQUENCY} Hz (expected {expected:.0} ± 10 %)\n{folded}\n{stderr}"
+    );
+    let ratio = a as f64 / b.max(1) as f64;
+    eprintln!("{all} samples ({expected:.0} expected), hot_a {a} : hot_b {b} = {ratio:.3}");
+    assert!(
+        (2.7..=3.3).contains(&ratio),
+        "hot_a {a} : hot_b {b} = {ratio:.2}, expected 3.0 ± 0.3\n{folded}"
+    );
+    assert!(
+        a + b >= all * 9 / 10,
+        "most samples are in hot_a or hot_b: {a} + {b} of {all}\n{folded}"
+    );
+    assert!(stderr.contains("0 lost in the kernel"), "{stderr}");
+
+    // pprof, read by Python with the official profile.proto: the same counts.
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("pprof dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(
+        !files.is_empty()
+            && files
+                .iter()
+                .all(|f| f.to_string_lossy().ends_with(".pb.gz")),
+        "{files:?}"
+    );
+    let py = pprof_in_python(&files);
+    assert_eq!(
+        (
+            py["hot_a"].as_u64(),
+            py["hot_b"].as_u64(),
+            py["all"].as_u64()
+        ),
+        (Some(a), Some(b), Some(all)),
+        "pprof {py} vs folded"
+    );
+    assert_eq!(
+        py["cpu_ns"].as_u64(),
+        Some(all * (1_000_000_000 / FREQUENCY)),
+        "{py}"
+    );
+    for t in py["types"].as_array().expect("types") {
+        assert_eq!(
+            t,
+            &serde_json::json!([["samples", "count"], ["cpu", "nanoseconds"]])
+        );
+    }
+    for p in py["periods"].as_array().expect("periods") {
+        assert_eq!(
+            p,
+            &serde_json::json!(["cpu", "nanoseconds", 1_000_000_000 / FREQUENCY])
+        );
+    }
+    assert!(
+        py["build_ids"].as_u64() > Some(0),
+        "burn's mapping carries its build id: {py}"
+    );
+
+    // OTLP profiles, decoded at the loopback endpoint with the generated types.
+    let samples = otlp_samples(&received.0.lock().expect("lock"));
+    let count = |f: &str| -> u64 {
+        samples
+            .iter()
+            .filter(|s| f.is_empty() || s.functions.iter().any(|n| n == f))
+            .map(|s| s.count as u64)
+            .sum()
+    };
+    assert_eq!(
+        (count("hot_a"), count("hot_b"), count("")),
+        (a, b, all),
+        "OTLP vs folded"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn samples_taken_inside_a_uprobed_function_carry_its_span() {
+    require_root();
+    let _one = serial();
+    let rt = runtime();
+    let received = Received::default();
+    let port = http_endpoint(&rt, received.clone());
+    // Long calls of hot_a (each with its span), so the probe does not dominate.
+    let mut burn = Burn::start(&["3", "1", "100000"]);
+    let bin = burn_bin().display().to_string();
+    let yaml = format!(
+        "receivers:\n  ebpf:\n    spans:\n      sources: [{{uprobe: '{bin}:hot_a', pid: {pid}}}]\n    \
+         profiles: {{frequency: {FREQUENCY}, window: 1s, pid: {pid}}}\n\
+         processors:\n  symbolization: {{}}\n\
+         exporters:\n  stdout: {{format: json}}\n  \
+         otlp: {{protocol: http/protobuf, endpoint: 'http://127.0.0.1:{port}'}}\n\
+         service:\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [stdout]}}\n    \
+         profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [stdout, otlp]}}\n",
+        pid = burn.pid,
+    );
+    let ox = Oxeye::start("profiles-spans", &yaml, 1);
+    burn.run();
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, stderr) = ox.stop();
+    burn.exit();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let spans: HashMap<String, &serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["signal"] == "traces")
+        .map(|s| (s["span_id"].as_str().expect("span id").to_string(), s))
+        .collect();
+    assert!(spans.len() > 100, "hot_a spans: {}\n{stderr}", spans.len());
+    let (mut in_a, mut in_b) = (0, 0);
+    for s in lines.iter().filter(|l| l["signal"] == "profiles") {
+        let frames: Vec<&str> = s["frames"]
+            .as_array()
+            .map(|f| f.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        // In the body of hot_a (spin, below it): the span is open. (A sample at its very entry,
+        // in the uprobe's breakpoint trap, comes before the span opens.)
+        if frames.contains(&"hot_a") && frames.contains(&"spin") {
+            in_a += s["count"].as_u64().expect("count");
+            let span = s["span_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a sample in hot_a without a span: {s}"));
+            let parent = spans
+                .get(span)
+                .unwrap_or_else(|| panic!("sample's span {span} is not among the spans"));
+            assert_eq!(parent["name"], "hot_a");
+            assert_eq!(parent["trace_id"], s["trace_id"]);
+            assert_eq!(parent["thread.id"], s["thread.id"]);
+        } else if frames.contains(&"hot_b") {
+            in_b += s["count"].as_u64().expect("count");
+            assert!(s["span_id"].is_null(), "hot_b is not probed: {s}");
+        }
+    }
+    assert!(
+        in_a > 100 && in_b > 30,
+        "samples in hot_a {in_a}, hot_b {in_b}"
+    );
+    // The same links over OTLP/HTTP.
+    let samples = otlp_samples(&received.0.lock().expect("lock"));
+    let linked: Vec<&OtlpSample> = samples
+        .iter()
+        .filter(|s| {
+            let has = |n: &str| s.functions.iter().any(|f| f == n);
+            has("hot_a") && has("spin")
+        })
+        .collect();
+    assert_eq!(
+        linked.iter().map(|s| s.count as u64).sum::<u64>(),
+        in_a,
+        "OTLP hot_a samples"
+    );
+    for s in linked {
+        let span = s
+            .span_id
+            .as_deref()
+            .expect("OTLP sample in hot_a links its span");
+        assert!(spans.contains_key(span), "{span}");
+    }
+}
+
+#[test]
+fn a_filter_that_matches_nothing_and_a_missing_process_say_so() {
+    require_root();
+    let _one = serial();
+    // A pid that is not running: the receiver refuses to start (exit 1) and says why.
+    let yaml = "receivers:\n  ebpf:\n    profiles: {pid: 999999999}\nexporters:\n  nop:\nservice:\n  pipelines:\n    profiles: {receivers: [ebpf], exporters: [nop]}\n";
+    let cfg = temp_config("profiles-nopid", yaml);
+    let out = Command::new(oxeye_bin())
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .output()
+        .expect("oxeye");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("profiles.pid: no process 999999999 is running"),
+        "{stderr}"
+    );
+    // A comm no task has: a window without samples is a warning naming the filter.
+    let yaml = "receivers:\n  ebpf:\n    profiles: {comm: no-such-task, window: 1s}\nexporters:\n  nop:\nservice:\n  pipelines:\n    profiles: {receivers: [ebpf], exporters: [nop]}\n";
+    let ox = Oxeye::start("profiles-nocomm", yaml, 0);
+    // Something runs meanwhile (so samples exist and are filtered out).
+    let mut burn = Burn::start(&["1.5"]);
+    burn.run();
+    std::thread::sleep(Duration::from_millis(800));
+    let (_, stderr) = ox.stop();
+    burn.exit();
+    assert!(
+        stderr
+            .contains("no samples in the last window: the filter (comm=no-such-task) matched none"),
+        "{stderr}"
+    );
+}
