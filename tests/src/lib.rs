@@ -1,6 +1,7 @@
 //! Helpers for oxeye's end-to-end tests: test-only components (registered through the public
 //! API exactly like a user's crate), running pipelines in-process, and running the binary.
 
+pub mod burn;
 pub mod netns;
 
 use std::collections::HashMap;

@@ -5,10 +5,10 @@
 //! types — and samples inside a uprobe'd function linked to its span.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_server::{
@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_ser
 use opentelemetry_proto::tonic::collector::profiles::v1development::{
     ExportProfilesServiceRequest, ExportProfilesServiceResponse,
 };
+use oxeye_tests::burn::{burn_bin, folded_counts, Burn};
 use oxeye_tests::netns::require_root;
 use oxeye_tests::{oxeye_bin, temp_config, KillOnDrop};
 use prost::Message as _;
@@ -31,84 +32,6 @@ const FREQUENCY: u64 = 999;
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// tests/workloads/burn.c, built once per test run with frame pointers.
-fn burn_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("oxeye-burn-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let bin = dir.join("burn");
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/burn.c");
-        let out = Command::new("gcc")
-            .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
-            .arg(&bin)
-            .arg(src)
-            .output()
-            .expect("gcc");
-        assert!(
-            out.status.success(),
-            "gcc: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        bin
-    })
-}
-
-/// The workload: started waiting, told to go, reports its CPU time.
-struct Burn {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-    pid: u32,
-}
-
-impl Burn {
-    fn start(args: &[&str]) -> Burn {
-        let mut child = Command::new(burn_bin())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start burn");
-        let stdin = child.stdin.take();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("pid line");
-        let pid = line.trim().parse().expect("pid");
-        Burn {
-            child,
-            stdin,
-            stdout,
-            pid,
-        }
-    }
-
-    /// Runs the work; returns its CPU time in seconds.
-    fn run(&mut self) -> f64 {
-        writeln!(self.stdin.as_mut().expect("stdin"), "go").expect("go");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("done line");
-        let ns: f64 = line
-            .strip_prefix("done ")
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("expected `done <ns>`, got {line:?}"));
-        ns / 1e9
-    }
-
-    /// Lets it exit (closing stdin) and reaps it.
-    fn exit(&mut self) {
-        self.stdin = None;
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Burn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A running `oxeye run` whose stdout is collected.
@@ -159,20 +82,6 @@ impl Oxeye {
         assert_eq!(status.code(), Some(0), "{stderr}");
         (self.stdout.join().expect("stdout reader"), stderr)
     }
-}
-
-/// Samples of `burn` in folded lines: (hot_a, hot_b, all).
-fn folded_counts(folded: &str) -> (u64, u64, u64) {
-    let (mut a, mut b, mut all) = (0, 0, 0);
-    for line in folded.lines().filter(|l| l.starts_with("burn;")) {
-        let (stack, n) = line.rsplit_once(' ').expect("`stack count`");
-        let n: u64 = n.parse().expect("count");
-        let frames: Vec<&str> = stack.split(';').collect();
-        a += n * frames.contains(&"hot_a") as u64;
-        b += n * frames.contains(&"hot_b") as u64;
-        all += n;
-    }
-    (a, b, all)
 }
 
 /// The pprof files as Python's protobuf reads them with the official profile.proto (compiled

@@ -2,12 +2,15 @@
 // (gcc -O1 -fno-omit-frame-pointer -g). It prints its pid, waits for a line on stdin, then
 // spends its CPU in hot_a three times as long as in hot_b (the same loop, three times as
 // often, in rounds of jittered length so no round lines up with the sampling period) on
-// THREADS threads until each has spent SECONDS of CPU time; prints `done <cpu ns>` (the
-// process's) and exits when stdin closes. With `-` as SECONDS it spins until stdin closes (a
-// load for overhead benchmarks). A round is N to 3N iterations of hot_b (default 2000, about
-// 20 µs a round); a larger N makes fewer, longer calls (for uprobes on hot_a).
+// THREADS threads until each has spent SECONDS of CPU time; prints `done <cpu ns> <rounds>`
+// (the process's CPU time and the work done) and exits when stdin closes. With `-` as SECONDS
+// it works until stdin closes (a load for overhead benchmarks: rounds per second is its
+// throughput). A round is N to 3N iterations of hot_b (default 2000, about 20 µs a round); a
+// larger N makes fewer, longer calls (for uprobes on hot_a). With DEPTH > 0, each block of
+// rounds runs below a chain of 1 to DEPTH extra frames (`descend`), so stacks vary in depth
+// as a real program's do.
 //
-//     burn SECONDS [THREADS [N]]
+//     burn SECONDS [THREADS [N [DEPTH]]]
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +22,8 @@ static volatile unsigned long sink;
 static volatile int stop;
 static double seconds;
 static unsigned long base = 2000;
+static unsigned depth;
+static volatile unsigned long rounds;
 
 static double cpu_now(clockid_t clock) {
     struct timespec t;
@@ -44,17 +49,28 @@ __attribute__((noinline)) void hot_a(unsigned long n) {
 }
 __attribute__((noinline)) void hot_b(unsigned long n) { sink = spin(n, sink); }
 
+// 64 rounds, `levels` frames further down.
+__attribute__((noinline, optimize("O0"))) static unsigned descend(unsigned levels,
+                                                                 unsigned seed) {
+    if (levels > 0)
+        return descend(levels - 1, seed) + 1;
+    for (int r = 0; r < 64; r++) {
+        seed = seed * 1103515245u + 12345u;
+        unsigned long n = base + (seed >> 16) % (2 * base);
+        hot_a(n);
+        hot_b(n);
+    }
+    __atomic_add_fetch(&rounds, 64, __ATOMIC_RELAXED);
+    return seed;
+}
+
 static void *work(void *arg) {
     unsigned seed = (unsigned)(unsigned long)arg + 1;
     double start = cpu_now(CLOCK_THREAD_CPUTIME_ID);
+    // The clock is read once in 64 rounds.
     while (!stop && (seconds < 0 || cpu_now(CLOCK_THREAD_CPUTIME_ID) - start < seconds)) {
-        // Short rounds, the clock read once in 64 of them.
-        for (int r = 0; r < 64; r++) {
-            seed = seed * 1103515245u + 12345u;
-            unsigned long n = base + (seed >> 16) % (2 * base);
-            hot_a(n);
-            hot_b(n);
-        }
+        unsigned levels = depth ? 1 + seed % depth : 0;
+        seed = descend(levels, seed) - levels;
     }
     return NULL;
 }
@@ -70,13 +86,15 @@ static void *watch_stdin(void *arg) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: burn SECONDS|- [THREADS [N]]\n");
+        fprintf(stderr, "usage: burn SECONDS|- [THREADS [N [DEPTH]]]\n");
         return 2;
     }
     seconds = strcmp(argv[1], "-") == 0 ? -1 : atof(argv[1]);
     int threads = argc > 2 ? atoi(argv[2]) : 1;
     if (argc > 3)
         base = strtoul(argv[3], NULL, 10);
+    if (argc > 4)
+        depth = (unsigned)atoi(argv[4]);
     printf("%d\n", getpid());
     fflush(stdout);
     char line[64];
@@ -89,7 +107,7 @@ int main(int argc, char **argv) {
         pthread_create(&t[i], NULL, work, (void *)(unsigned long)i);
     for (int i = 0; i < threads && i < 64; i++)
         pthread_join(t[i], NULL);
-    printf("done %.0f\n", (cpu_now(CLOCK_PROCESS_CPUTIME_ID) - start) * 1e9);
+    printf("done %.0f %lu\n", (cpu_now(CLOCK_PROCESS_CPUTIME_ID) - start) * 1e9, rounds);
     fflush(stdout);
     pthread_join(watcher, NULL);
     return 0;

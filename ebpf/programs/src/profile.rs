@@ -163,13 +163,8 @@ pub fn oxeye_profile_counted(ctx: PerfEventContext) -> u32 {
     let Some((tgid, tid, _comm)) = admitted(cfg) else {
         return 0;
     };
-    let kstack = match ctx.get_stackid(&STACK_IDS, 0) {
-        Ok(id) => id as i32,
-        Err(_) => {
-            count(P_KSTACK_FAILURES);
-            -1
-        }
-    };
+    // A sample taken in user mode has no kernel stack: that is no failure.
+    let kstack = ctx.get_stackid(&STACK_IDS, 0).map_or(-1, |id| id as i32);
     let ustack = match ctx.get_stackid(&STACK_IDS, BPF_F_USER_STACK as u64) {
         Ok(id) => id as i32,
         Err(_) => {

@@ -1,7 +1,8 @@
 //! `symbolization` processor (traces, profiles): raw stack addresses on spans and profile samples
 //! become frames (function, module, offset; file and line when debug info exists), with blazesym.
 //!
-//! - Kernel addresses resolve through `/proc/kallsyms`.
+//! - Kernel addresses resolve through `/proc/kallsyms`, read once into a compact table
+//!   ([`kallsyms`]).
 //! - User addresses resolve through the process's mappings — for a profile sample, the ones the
 //!   receiver snapshotted while the process ran (so a process that exited before its window
 //!   closed still resolves); otherwise `/proc/<pid>/maps`, read once per process and cached — and
@@ -21,9 +22,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use blazesym::symbolize::source::{Elf, Kernel, Source};
+pub mod kallsyms;
+
+use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
-use blazesym::MaybeDefault;
 use lru::LruCache;
 use oxeye_api::{
     Batch, BoxError, BuildContext, ConfigErrors, Factory, Frame, Output, Processor, Records,
@@ -124,7 +126,8 @@ struct Resolver {
     max_depth: usize,
     code_stacktrace: bool,
     symbolizer: Symbolizer,
-    kernel: Source<'static>,
+    /// Read at the first kernel address.
+    kallsyms: Option<kallsyms::Kallsyms>,
     kernel_frames: LruCache<u64, Frame>,
     user_frames: LruCache<(u32, u64), Frame>,
     /// `None`: the process was gone when first seen.
@@ -194,12 +197,19 @@ impl Resolver {
             return f.clone();
         }
         self.stats[0].misses += 1;
-        let frame = match self
-            .symbolizer
-            .symbolize(&self.kernel, Input::AbsAddr(&[addr]))
-        {
-            Ok(syms) => frame_from(&syms[0], addr, Some(self.kernel_module.clone()), addr),
-            Err(_) => Frame {
+        let table = self
+            .kallsyms
+            .get_or_insert_with(|| kallsyms::Kallsyms::load().unwrap_or_default());
+        let frame = match table.find(addr) {
+            // No kernel function is a megabyte long: past the last symbol is unknown.
+            Some(sym) if sym.offset < 1 << 20 => Frame {
+                address: addr,
+                function: Some(Arc::from(sym.name)),
+                module: Some(self.kernel_module.clone()),
+                offset: sym.offset,
+                ..Frame::default()
+            },
+            _ => Frame {
                 address: addr,
                 module: Some(self.kernel_module.clone()),
                 offset: addr,
@@ -432,17 +442,12 @@ impl Factory for SymbolizationFactory {
         std::thread::Builder::new()
             .name("oxeye-symbolize".into())
             .spawn(move || {
-                // kallsyms only: a vmlinux on disk may belong to another kernel.
-                let kernel = Kernel {
-                    vmlinux: MaybeDefault::None,
-                    ..Kernel::default()
-                };
                 let mut r = Resolver {
                     stacks: c.stacks,
                     max_depth: c.max_depth,
                     code_stacktrace: c.code_stacktrace,
                     symbolizer: Symbolizer::new(),
-                    kernel: Source::Kernel(kernel),
+                    kallsyms: None,
                     kernel_frames: LruCache::new(size(c.cache.frames)),
                     user_frames: LruCache::new(size(c.cache.frames)),
                     processes: LruCache::new(size(c.cache.processes)),

@@ -295,7 +295,8 @@ impl Default for ProfilesConfig {
             cgroup: None,
             max_depth: oxeye_ebpf_common::PROFILE_STACK_DEPTH as u32,
             max_stacks: 16384,
-            ring_size: 4 << 20,
+            // 512 samples; with wakeups at a quarter full, ample for 99 Hz on 128 CPUs.
+            ring_size: 1 << 20,
         }
     }
 }
@@ -1060,6 +1061,59 @@ mod tests {
         );
         assert!(check::<EbpfFactory>("flows: {mode: turbo}").is_err());
         assert!(check::<EbpfFactory>("{}").is_err());
+    }
+
+    #[test]
+    fn profile_config_validation() {
+        assert!(check::<EbpfFactory>("profiles: {}").is_ok());
+        assert!(check::<EbpfFactory>(
+            "profiles: {frequency: 99, window: 1s, stacks: user, comm: app, max_depth: 64}"
+        )
+        .is_ok());
+        let e = check::<EbpfFactory>(
+            "profiles: {frequency: 0, window: 10ms, stacks: none, max_depth: 200, max_stacks: 0, ring_size: 4096, comm: ''}",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = e.0.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "profiles.frequency",
+                "profiles.window",
+                "profiles.stacks",
+                "profiles.max_depth",
+                "profiles.max_stacks",
+                "profiles.ring_size",
+                "profiles.comm"
+            ]
+        );
+        assert!(
+            e.to_string()
+                .contains("0 Hz is out of range: give 1 to 10000"),
+            "{e}"
+        );
+        assert!(check::<EbpfFactory>("profiles: {frequency: 20000}").is_err());
+        assert!(check::<EbpfFactory>("profiles: {hz: 19}").is_err());
+    }
+
+    #[test]
+    fn perf_event_errors_name_the_missing_feature() {
+        let err = |errno| profiles::perf_error_for_test(errno, 3, 99);
+        assert!(
+            err(libc::ENOENT).contains("CONFIG_PERF_EVENTS"),
+            "{}",
+            err(libc::ENOENT)
+        );
+        assert!(
+            err(libc::EACCES).contains("CAP_PERFMON"),
+            "{}",
+            err(libc::EACCES)
+        );
+        assert!(
+            err(libc::EINVAL).contains("profiles.frequency: the kernel refused 99 Hz"),
+            "{}",
+            err(libc::EINVAL)
+        );
     }
 
     #[test]

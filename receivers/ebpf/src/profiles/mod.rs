@@ -85,6 +85,16 @@ fn perf_error(e: &ProgramError, cpu: u32, frequency: u64) -> String {
     }
 }
 
+/// [`perf_error`] for a `perf_event_open` that failed with `errno` (unit tests).
+#[cfg(test)]
+pub(crate) fn perf_error_for_test(errno: i32, cpu: u32, frequency: u64) -> String {
+    let e = ProgramError::SyscallError(aya::sys::SyscallError {
+        call: "perf_event_open",
+        io_error: std::io::Error::from_raw_os_error(errno),
+    });
+    perf_error(&e, cpu, frequency)
+}
+
 fn profile_config(cfg: &ProfilesConfig) -> Result<ProfileConfig, String> {
     let mut comm = [0u8; 16];
     if let Some(c) = &cfg.comm {
@@ -121,6 +131,37 @@ fn profile_config(cfg: &ProfilesConfig) -> Result<ProfileConfig, String> {
         max_depth: cfg.max_depth.min(PROFILE_STACK_DEPTH as u32),
         _pad: 0,
     })
+}
+
+/// Counts one ring-buffer record (a [`ProfileSampleEvent`]); `None` when it is not one, else
+/// whether the process's mappings should be read (see [`Aggregator::add`]).
+pub(crate) fn add_record(agg: &mut Aggregator, item: &[u8], offset: u64) -> Option<Option<u32>> {
+    if item.len() < std::mem::size_of::<ProfileSampleEvent>() {
+        return None;
+    }
+    let copy;
+    let ev: &ProfileSampleEvent =
+        if (item.as_ptr() as usize).is_multiple_of(std::mem::align_of::<ProfileSampleEvent>()) {
+            // SAFETY: ring records are 8-byte aligned (checked), at least this long (checked),
+            // and the type is plain integers: read in place, no 2 KiB copy per sample.
+            unsafe { &*(item.as_ptr() as *const ProfileSampleEvent) }
+        } else {
+            // SAFETY: as above; read_unaligned copes with any alignment.
+            copy = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ProfileSampleEvent) };
+            &copy
+        };
+    let klen = (ev.kstack_len as usize).min(PROFILE_STACK_DEPTH);
+    let ulen = (ev.ustack_len as usize).min(PROFILE_STACK_DEPTH);
+    Some(agg.add(&RawSample {
+        unix_ns: ev.time_ns.wrapping_add(offset),
+        pid: ev.pid,
+        tid: ev.tid,
+        comm: ev.comm,
+        trace_id: ev.trace_id,
+        span_id: ev.span_id,
+        kernel: &ev.kernel[..klen],
+        user: &ev.user[..ulen],
+    }))
 }
 
 /// The profile program attached to every online CPU. Dropping it detaches everything.
@@ -160,6 +201,9 @@ impl ProfileProbe {
         let wakeup = (cfg.ring_size / 4) as u64;
         let mut loader = EbpfLoader::new();
         loader
+            // No CO-RE relocations in this object: parsing the kernel's BTF (several MB, the
+            // start-up's peak memory) would buy nothing.
+            .btf(None)
             .override_global("WAKEUP_BYTES", &wakeup, true)
             .map_max_entries("SAMPLES", cfg.ring_size)
             // The benchmark-only counting program's maps: unused here.
@@ -245,27 +289,10 @@ impl ProfileProbe {
         let ring = self.ring.get_mut();
         let mut n = 0;
         while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<ProfileSampleEvent>() {
-                continue;
-            }
-            // SAFETY: the program writes whole ProfileSampleEvents; the record is at least that
-            // long and read_unaligned copes with alignment. Only the used frames are read.
-            let ev = item.as_ptr() as *const ProfileSampleEvent;
-            let head = unsafe { std::ptr::read_unaligned(ev) };
-            let klen = (head.kstack_len as usize).min(PROFILE_STACK_DEPTH);
-            let ulen = (head.ustack_len as usize).min(PROFILE_STACK_DEPTH);
-            let s = RawSample {
-                unix_ns: head.time_ns.wrapping_add(self.offset),
-                pid: head.pid,
-                tid: head.tid,
-                comm: head.comm,
-                trace_id: head.trace_id,
-                span_id: head.span_id,
-                kernel: &head.kernel[..klen],
-                user: &head.user[..ulen],
-            };
-            if let Some(pid) = self.aggregator.add(&s) {
-                self.pending.push(pid);
+            match add_record(&mut self.aggregator, &item, self.offset) {
+                Some(Some(pid)) => self.pending.push(pid),
+                Some(None) => {}
+                None => continue,
             }
             n += 1;
         }

@@ -1,0 +1,239 @@
+//! CPU profiling costs. Prints figures; never fails on speed.
+//!
+//!     cargo build --release -p oxeye && cargo bench -p oxeye-tests --bench profiles
+//!
+//! 1. User-space counting: ring records of a realistic mix (5 000 stacks of 8–64 frames, Zipf
+//!    popularity, 16 threads, a tenth in spans) parsed and counted as the receiver does.
+//! 2. (root) How samples leave the kernel, side by side on the same workload at 999 Hz: each
+//!    sample through the ring buffer and counted in user space (oxeye's design), against stacks
+//!    hashed into a stack map and counted in a kernel hash map read once a window; kernel ns
+//!    per sample from the kernel's BPF run-time statistics, user CPU of the reader per sample.
+//! 3. (root) What `oxeye run` costs while both CPUs are busy: the release binary profiling at
+//!    19 Hz and 99 Hz (symbolization, pprof files), interleaved with runs without it: the
+//!    workload's throughput, oxeye's own CPU per second (steady state, /proc/<pid>/stat) and its
+//!    peak RSS.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oxeye_receiver_ebpf::bench::{aggregate, sample_exit, sample_records, SampleExit};
+use oxeye_tests::bench::{median, quick};
+use oxeye_tests::burn::Burn;
+
+fn counting(quick: bool) {
+    let n = if quick { 100_000 } else { 5_000_000 };
+    let (records, order) = sample_records(n, 5000);
+    let mut runs = Vec::new();
+    let mut out = 0;
+    for _ in 0..if quick { 1 } else { 5 } {
+        let f = aggregate(&records, &order, 20);
+        out = f.records;
+        runs.push(f.cpu.as_nanos() as f64 / f.samples as f64);
+    }
+    let ns = median(runs);
+    println!(
+        "user-space counting: {n} samples of 5000 stacks over 20 windows -> {out} records: {ns:.0} ns/sample ({:.2} M samples/s on one core; target >= 1 M/s)",
+        1e3 / ns
+    );
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// utime + stime of a process, seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the command: state is field 0, utime 11, stime 12.
+    (tick(11) + tick(12)) / clock_ticks()
+}
+
+fn sample_exits(quick: bool) {
+    let secs = if quick { 1 } else { 5 };
+    let rounds = if quick { 1 } else { 3 };
+    let mut figures = [(); 2].map(|_| Vec::new());
+    let designs = [SampleExit::RingBuffer, SampleExit::InKernelCounts];
+    for _ in 0..rounds {
+        for (i, design) in designs.into_iter().enumerate() {
+            // Both CPUs busy, stacks 4 to 28 frames deep.
+            let mut burn = Burn::start(&["-", "2", "2000", "24"]);
+            burn.go();
+            let f = sample_exit(design, 999, Duration::from_secs(secs), burn.pid)
+                .expect("profile program");
+            burn.stop();
+            figures[i].push(f);
+        }
+    }
+    println!("how samples leave the kernel (999 Hz on 2 busy CPUs, {secs} s per run, median of {rounds} interleaved):");
+    println!(
+        "| design | kernel ns/sample | user ns/sample | total | samples | lost | records/window |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (i, name) in [
+        "ring buffer, counted in user space (oxeye)",
+        "stack map + in-kernel counts, read once a window",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let f = &figures[i];
+        let k = median(f.iter().map(|x| x.kernel_ns_per_sample).collect());
+        let u = median(f.iter().map(|x| x.user_ns_per_sample).collect());
+        let samples = median(f.iter().map(|x| x.samples as f64).collect());
+        let lost = median(f.iter().map(|x| x.lost as f64).collect());
+        let records = median(f.iter().map(|x| x.records as f64).collect());
+        println!(
+            "| {name} | {k:.0} | {u:.0} | {:.0} | {samples:.0} | {lost:.0} | {records:.0} |",
+            k + u
+        );
+    }
+}
+
+/// One run: the workload alone (`frequency` None) or with `oxeye run` profiling it.
+struct Run {
+    rounds_per_s: f64,
+    /// oxeye's CPU per second over the whole run (start-up excluded), and after its first
+    /// window (the symbols of the host's binaries cached).
+    oxeye_cpu_per_s: f64,
+    oxeye_steady_cpu_per_s: f64,
+    rss_mib: f64,
+    peak_rss_mib: f64,
+}
+
+fn rss_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |k| k / 1024.0)
+}
+
+fn overhead_run(bin: &std::path::Path, frequency: Option<u64>, secs: f64) -> Run {
+    let dir = std::env::temp_dir().join(format!("oxeye-prof-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ox = frequency.map(|f| {
+        let yaml = format!(
+            "receivers:\n  ebpf:\n    profiles: {{frequency: {f}, window: 10s}}\nprocessors:\n  symbolization: {{}}\nexporters:\n  pprof: {{path: {}/cpu}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [pprof]}}\n",
+            dir.display()
+        );
+        let cfg = oxeye_tests::temp_config("prof-bench", &yaml);
+        let mut child = oxeye_tests::KillOnDrop(
+            Command::new(bin)
+                .args(["run", "-c"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("oxeye"),
+        );
+        let (rx, _reader) = oxeye_tests::follow(child.0.stderr.take().expect("stderr"));
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("profiler attached");
+            assert!(!line.contains("ERROR"), "{line}");
+            if line.contains("perf events attached") {
+                break;
+            }
+        }
+        (child, _reader)
+    });
+    let mut burn = Burn::start(&["-", "2", "2000", "24"]);
+    burn.go();
+    // Steady state: oxeye's start-up (loading BTF and the programs) is not counted.
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = ox.as_ref().map(|(c, _)| c.0.id());
+    let cpu0 = pid.map_or(0.0, cpu_seconds);
+    let t0 = Instant::now();
+    // The first 10 s window closes (and its stacks are symbolized) at about 10.3 s.
+    let first = (secs * 0.4).min(11.0);
+    std::thread::sleep(Duration::from_secs_f64(first));
+    let cpu_first = pid.map_or(0.0, cpu_seconds);
+    let t_first = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs_f64(secs - first));
+    let cpu1 = pid.map_or(0.0, cpu_seconds);
+    let wall = t0.elapsed().as_secs_f64();
+    let (rss, peak) = pid.map_or((0.0, 0.0), |p| (rss_mib(p, "VmRSS:"), rss_mib(p, "VmHWM:")));
+    let (_, rounds) = burn.stop();
+    if let Some((child, _)) = ox {
+        oxeye_tests::signal(&child.0, libc::SIGINT);
+        drop(child);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Run {
+        // The work counted from `go`: the 0.5 s settling included, the same for every run.
+        rounds_per_s: rounds as f64 / (wall + 0.5),
+        oxeye_cpu_per_s: (cpu1 - cpu0) / wall,
+        oxeye_steady_cpu_per_s: (cpu1 - cpu_first) / (wall - t_first),
+        rss_mib: rss,
+        peak_rss_mib: peak,
+    }
+}
+
+fn overhead(quick: bool) {
+    let release = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/release/oxeye"
+    ));
+    let bin = if release.exists() {
+        release
+    } else {
+        assert!(quick, "run `cargo build --release -p oxeye` first");
+        oxeye_tests::oxeye_bin()
+    };
+    let secs = if quick { 1.0 } else { 30.0 };
+    let rounds = if quick { 1 } else { 3 };
+    let settings = [None, Some(19), Some(99)];
+    let mut runs: Vec<Vec<Run>> = settings.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, f) in settings.iter().enumerate() {
+            runs[i].push(overhead_run(&bin, *f, secs));
+        }
+    }
+    let base = median(runs[0].iter().map(|r| r.rounds_per_s).collect());
+    println!(
+        "`oxeye run` profiling while a workload keeps both CPUs busy ({}, {secs} s per run, median of {rounds} interleaved):",
+        bin.display()
+    );
+    println!("| profiling | workload rounds/s | slowdown | oxeye CPU, whole run | after the first window | RSS at the end | peak RSS |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (i, f) in settings.iter().enumerate() {
+        let m = |g: fn(&Run) -> f64| median(runs[i].iter().map(g).collect());
+        let r = m(|r| r.rounds_per_s);
+        match f {
+            None => println!("| off | {r:.0} | | | | | |"),
+            Some(f) => println!(
+                "| {f} Hz | {r:.0} | {:.2} % | {:.2} % of a core | {:.2} % | {:.1} MiB | {:.1} MiB |",
+                100.0 * (1.0 - r / base),
+                100.0 * m(|r| r.oxeye_cpu_per_s),
+                100.0 * m(|r| r.oxeye_steady_cpu_per_s),
+                m(|r| r.rss_mib),
+                m(|r| r.peak_rss_mib),
+            ),
+        }
+    }
+}
+
+fn main() {
+    let quick = quick();
+    counting(quick);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("(not root: the kernel rows are skipped)");
+        return;
+    }
+    sample_exits(quick);
+    overhead(quick);
+}
