@@ -24,16 +24,7 @@ fn rss_kib(pid: u32) -> u64 {
 fn main() {
     oxeye_tests::netns::require_root();
     let quick = quick();
-    let release = std::path::PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../target/release/oxeye"
-    ));
-    let bin = if release.exists() {
-        release
-    } else {
-        assert!(quick, "run `cargo build --release -p oxeye` first");
-        oxeye_tests::oxeye_bin()
-    };
+    let bin = oxeye_tests::bench::release_oxeye(quick);
     let pair = VethPair::new("fp");
     let route = Command::new("ip")
         .args([

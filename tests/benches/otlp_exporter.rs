@@ -55,20 +55,7 @@ fn run(bin: &std::path::Path, yaml: &str) -> (f64, f64) {
 
 fn main() {
     let quick = quick();
-    // The binary a user runs; in quick mode (`cargo test --all-targets`) the debug one will do.
-    let release = std::path::PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../target/release/oxeye"
-    ));
-    let bin = if release.exists() {
-        release
-    } else {
-        assert!(
-            quick,
-            "run `cargo build --release -p oxeye` first: this measures the binary"
-        );
-        oxeye_tests::oxeye_bin()
-    };
+    let bin = oxeye_tests::bench::release_oxeye(quick);
     let n: u64 = if quick { 20_000 } else { 500_000 };
     let runs = if quick { 1 } else { 5 };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,6 +1,7 @@
 //! CPU profiling costs. Prints figures; never fails on speed.
 //!
 //!     cargo build --release -p oxeye && cargo bench -p oxeye-tests --bench profiles
+//!     OXEYE_BENCH_ONLY=exit cargo bench -p oxeye-tests --bench profiles   # counting | exit | overhead
 //!
 //! 1. User-space counting: ring records of a realistic mix (5 000 stacks of 8–64 frames, Zipf
 //!    popularity, 16 threads, a tenth in spans) parsed and counted as the receiver does.
@@ -61,7 +62,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 fn sample_exits(quick: bool) {
     let secs = if quick { 1 } else { 5 };
-    let rounds = if quick { 1 } else { 3 };
+    let rounds = if quick { 1 } else { 5 };
     let mut figures = [(); 2].map(|_| Vec::new());
     let designs = [SampleExit::RingBuffer, SampleExit::InKernelCounts];
     for _ in 0..rounds {
@@ -100,6 +101,13 @@ fn sample_exits(quick: bool) {
     }
 }
 
+/// How one overhead run profiles: frequency and whether symbolization reads DWARF.
+#[derive(Clone, Copy)]
+struct Setting {
+    frequency: u64,
+    debug_info: bool,
+}
+
 /// One run: the workload alone (`frequency` None) or with `oxeye run` profiling it.
 struct Run {
     rounds_per_s: f64,
@@ -120,12 +128,14 @@ fn rss_mib(pid: u32, field: &str) -> f64 {
         .map_or(0.0, |k| k / 1024.0)
 }
 
-fn overhead_run(bin: &std::path::Path, frequency: Option<u64>, secs: f64) -> Run {
+fn overhead_run(bin: &std::path::Path, setting: Option<Setting>, secs: f64) -> Run {
     let dir = std::env::temp_dir().join(format!("oxeye-prof-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let ox = frequency.map(|f| {
+    let ox = setting.map(|s| {
         let yaml = format!(
-            "receivers:\n  ebpf:\n    profiles: {{frequency: {f}, window: 10s}}\nprocessors:\n  symbolization: {{}}\nexporters:\n  pprof: {{path: {}/cpu}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [pprof]}}\n",
+            "receivers:\n  ebpf:\n    profiles: {{frequency: {}, window: 10s}}\nprocessors:\n  symbolization: {{debug_info: {}}}\nexporters:\n  pprof: {{path: {}/cpu}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [pprof]}}\n",
+            s.frequency,
+            s.debug_info,
             dir.display()
         );
         let cfg = oxeye_tests::temp_config("prof-bench", &yaml);
@@ -183,19 +193,16 @@ fn overhead_run(bin: &std::path::Path, frequency: Option<u64>, secs: f64) -> Run
 }
 
 fn overhead(quick: bool) {
-    let release = std::path::PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../target/release/oxeye"
-    ));
-    let bin = if release.exists() {
-        release
-    } else {
-        assert!(quick, "run `cargo build --release -p oxeye` first");
-        oxeye_tests::oxeye_bin()
-    };
+    let bin = oxeye_tests::bench::release_oxeye(quick);
     let secs = if quick { 1.0 } else { 30.0 };
     let rounds = if quick { 1 } else { 3 };
-    let settings = [None, Some(19), Some(99)];
+    let at = |frequency, debug_info| {
+        Some(Setting {
+            frequency,
+            debug_info,
+        })
+    };
+    let settings = [None, at(19, true), at(19, false), at(99, false)];
     let mut runs: Vec<Vec<Run>> = settings.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
         for (i, f) in settings.iter().enumerate() {
@@ -214,8 +221,10 @@ fn overhead(quick: bool) {
         let r = m(|r| r.rounds_per_s);
         match f {
             None => println!("| off | {r:.0} | | | | | |"),
-            Some(f) => println!(
-                "| {f} Hz | {r:.0} | {:.2} % | {:.2} % of a core | {:.2} % | {:.1} MiB | {:.1} MiB |",
+            Some(s) => println!(
+                "| {} Hz, symbolization {} | {r:.0} | {:.2} % | {:.2} % of a core | {:.2} % | {:.1} MiB | {:.1} MiB |",
+                s.frequency,
+                if s.debug_info { "with DWARF (default)" } else { "`debug_info: false`" },
                 100.0 * (1.0 - r / base),
                 100.0 * m(|r| r.oxeye_cpu_per_s),
                 100.0 * m(|r| r.oxeye_steady_cpu_per_s),
@@ -228,12 +237,20 @@ fn overhead(quick: bool) {
 
 fn main() {
     let quick = quick();
-    counting(quick);
+    let only = std::env::var("OXEYE_BENCH_ONLY").ok();
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
+    if run("counting") {
+        counting(quick);
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         println!("(not root: the kernel rows are skipped)");
         return;
     }
-    sample_exits(quick);
-    overhead(quick);
+    if run("exit") {
+        sample_exits(quick);
+    }
+    if run("overhead") {
+        overhead(quick);
+    }
 }

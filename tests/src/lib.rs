@@ -382,6 +382,23 @@ pub mod bench {
         !std::env::args().any(|a| a == "--bench")
     }
 
+    /// The release `oxeye` binary, the one users run (`cargo build --release -p oxeye`); in
+    /// quick mode the debug one will do.
+    pub fn release_oxeye(quick: bool) -> std::path::PathBuf {
+        let release = std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/release/oxeye"
+        ));
+        if release.exists() {
+            return release;
+        }
+        assert!(
+            quick,
+            "run `cargo build --release -p oxeye` first: this measures the binary"
+        );
+        crate::oxeye_bin()
+    }
+
     /// The median of some figures.
     pub fn median(mut v: Vec<f64>) -> f64 {
         v.sort_by(|a, b| a.total_cmp(b));

@@ -281,8 +281,8 @@ pub struct ProfileConfig {
     pub comm: [u8; 16],
     /// Frames kept per stack (1..=PROFILE_STACK_DEPTH).
     pub max_depth: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Not this process (oxeye's own); 0 = none excluded.
+    pub exclude_pid: u32,
 }
 
 /// One stack sample, as written to the ring buffer (fixed size: a reservation must be).
@@ -327,18 +327,21 @@ pub const P_USTACK_FAILURES: u32 = 3;
 pub const P_FILTERED: u32 = 4;
 /// Samples of an idle CPU (pid 0): not sent.
 pub const P_IDLE: u32 = 5;
+/// Samples of oxeye itself (`include_oxeye: false`): not sent.
+pub const P_OWN: u32 = 6;
 /// Counter names, by slot.
-pub const PROFILE_COUNTER_NAMES: [&str; 6] = [
+pub const PROFILE_COUNTER_NAMES: [&str; 7] = [
     "ebpf_profile_samples",
     "ebpf_profile_ringbuf_full",
     "ebpf_profile_kernel_stack_failures",
     "ebpf_profile_user_stack_failures",
     "ebpf_profile_filtered_samples",
     "ebpf_profile_idle_samples",
+    "ebpf_profile_own_samples",
 ];
 
 /// Key of the benchmark-only in-kernel aggregation (`oxeye_profile_counted`): one count per
-/// (thread, kernel stack id, user stack id).
+/// (thread, kernel stack id, user stack id, open span) — what oxeye's records carry, but time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CountedKey {
@@ -350,12 +353,14 @@ pub struct CountedKey {
     pub kstack: i32,
     /// User stack id (negative: none).
     pub ustack: i32,
+    /// The span open on the thread (0: none).
+    pub span_id: u64,
 }
 
 #[cfg(feature = "user")]
 mod profile_pod {
     // SAFETY: plain #[repr(C)] data with explicit padding.
     unsafe impl aya::Pod for super::ProfileConfig {}
-    // SAFETY: as above (four 4-byte integers).
+    // SAFETY: as above (four 4-byte integers and a u64: no padding).
     unsafe impl aya::Pod for super::CountedKey {}
 }

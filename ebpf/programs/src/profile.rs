@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use oxeye_ebpf_common::{
     CountedKey, ProfileConfig, ProfileSampleEvent, ThreadState, MAX_DEPTH, PROFILE_STACK_DEPTH,
-    P_FILTERED, P_IDLE, P_KSTACK_FAILURES, P_RINGBUF_FULL, P_SAMPLES, P_USTACK_FAILURES,
+    P_FILTERED, P_IDLE, P_KSTACK_FAILURES, P_OWN, P_RINGBUF_FULL, P_SAMPLES, P_USTACK_FAILURES,
     STACK_KERNEL, STACK_USER,
 };
 
@@ -45,6 +45,10 @@ static PROFILE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
 /// Wake the reader once this many bytes wait in the ring (set at load).
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 262144;
+/// 1 when `THREADS` is the span programs' (set at load): only then is the span open on the
+/// thread looked up (an LRU hash lookup, measured at several hundred ns a sample here).
+#[unsafe(no_mangle)]
+static LINK_SPANS: u32 = 0;
 
 #[inline(always)]
 fn count(counter: u32) {
@@ -62,6 +66,10 @@ fn admitted(cfg: &ProfileConfig) -> Option<(u32, u32, [u8; 16])> {
         count(P_IDLE);
         return None;
     }
+    if tgid == cfg.exclude_pid {
+        count(P_OWN);
+        return None;
+    }
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     if (cfg.pid != 0 && cfg.pid != tgid)
         || (cfg.comm[0] != 0 && comm != cfg.comm)
@@ -71,6 +79,24 @@ fn admitted(cfg: &ProfileConfig) -> Option<(u32, u32, [u8; 16])> {
         return None;
     }
     Some((tgid, tid, comm))
+}
+
+/// The trace and span id of the innermost span open on thread `tid` (zeros: none).
+#[inline(always)]
+fn open_span(tid: u32) -> ([u8; 16], u64) {
+    if unsafe { core::ptr::read_volatile(&LINK_SPANS) } == 0 {
+        return ([0; 16], 0);
+    }
+    let Some(state) = (unsafe { THREADS.get(&tid) }) else {
+        return ([0; 16], 0);
+    };
+    let d = state.depth as u64;
+    if d == 0 || d > MAX_DEPTH as u64 {
+        return ([0; 16], 0);
+    }
+    // MAX_DEPTH is a power of two: the mask shows the verifier the index is in bounds.
+    let i = ((d - 1) & (MAX_DEPTH as u64 - 1)) as usize;
+    (state.trace_id, state.open[i].span_id)
 }
 
 #[perf_event]
@@ -92,19 +118,7 @@ pub fn oxeye_profile(ctx: PerfEventContext) -> u32 {
     ev.cpu = unsafe { bpf_get_smp_processor_id() };
     ev.comm = comm;
     ev._pad = 0;
-    ev.trace_id = [0; 16];
-    ev.span_id = 0;
-    if let Some(state) = unsafe { THREADS.get(&tid) } {
-        // The innermost open span; constant indexes (the loop unrolls) keep the verifier's
-        // bounds simple.
-        let d = state.depth as usize;
-        for k in 0..MAX_DEPTH {
-            if k + 1 == d {
-                ev.trace_id = state.trace_id;
-                ev.span_id = state.open[k].span_id;
-            }
-        }
-    }
+    (ev.trace_id, ev.span_id) = open_span(tid);
     let mut depth = cfg.max_depth as usize;
     if depth > PROFILE_STACK_DEPTH {
         depth = PROFILE_STACK_DEPTH;
@@ -148,8 +162,8 @@ pub fn oxeye_profile(ctx: PerfEventContext) -> u32 {
 }
 
 /// Benchmark only (never attached by oxeye): the other way samples can leave the kernel —
-/// stacks hashed into a stack map and counted per (thread, stack ids) in a hash map that user
-/// space reads once a window.
+/// stacks hashed into a stack map and counted per (thread, stack ids, span) in a hash map that
+/// user space reads once a window.
 #[map]
 static STACK_IDS: StackTrace = StackTrace::with_max_entries(16384, 0);
 #[map]
@@ -177,6 +191,7 @@ pub fn oxeye_profile_counted(ctx: PerfEventContext) -> u32 {
         tid,
         kstack,
         ustack,
+        span_id: open_span(tid).1,
     };
     // The key holds the thread, and a thread runs on one CPU at a time: no other CPU updates
     // this entry concurrently.

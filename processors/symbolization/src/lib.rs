@@ -76,6 +76,10 @@ pub struct SymbolizationConfig {
     pub max_depth: usize,
     /// Also set `code.stacktrace` (for OTLP).
     pub code_stacktrace: bool,
+    /// Read DWARF (the file's own or a separate debug file) for source files, lines and
+    /// names; false: ELF symbol tables only — function names, much less memory for binaries
+    /// with large debug info.
+    pub debug_info: bool,
     /// Cache sizes.
     pub cache: CacheConfig,
 }
@@ -86,6 +90,7 @@ impl Default for SymbolizationConfig {
             stacks: Stacks::Both,
             max_depth: 32,
             code_stacktrace: true,
+            debug_info: true,
             cache: CacheConfig::default(),
         }
     }
@@ -125,6 +130,7 @@ struct Resolver {
     stacks: Stacks,
     max_depth: usize,
     code_stacktrace: bool,
+    debug_info: bool,
     symbolizer: Symbolizer,
     /// Read at the first kernel address.
     kallsyms: Option<kallsyms::Kallsyms>,
@@ -255,7 +261,7 @@ impl Resolver {
         self.stats[1].misses += 1;
         let (module, build_id) = self.paths[m.file as usize].clone();
         let mut elf = Elf::new(PathBuf::from(&*module));
-        elf.debug_syms = true;
+        elf.debug_syms = self.debug_info;
         let src = Source::Elf(elf);
         let mut frame = match self
             .symbolizer
@@ -446,6 +452,7 @@ impl Factory for SymbolizationFactory {
                     stacks: c.stacks,
                     max_depth: c.max_depth,
                     code_stacktrace: c.code_stacktrace,
+                    debug_info: c.debug_info,
                     symbolizer: Symbolizer::new(),
                     kallsyms: None,
                     kernel_frames: LruCache::new(size(c.cache.frames)),
@@ -535,6 +542,23 @@ mod tests {
         assert!(
             counters.contains(&("symbolization_cache_misses", "user_frames".into(), 1)),
             "{counters:?}"
+        );
+    }
+
+    #[test]
+    fn without_debug_info_names_come_from_the_symbol_table() {
+        let mut h =
+            ProcessorHarness::new::<SymbolizationFactory>("{stacks: user, debug_info: false}")
+                .unwrap();
+        let addr = oxeye_symbolization_marker as *const () as u64 + 4;
+        let out = h
+            .process(span_with(std::process::id(), vec![], vec![addr]))
+            .unwrap();
+        let f = &spans(&out)[0].frames[0];
+        assert_eq!(
+            (f.function.as_deref(), f.offset, f.line),
+            (Some("oxeye_symbolization_marker"), 4, None),
+            "{f:?}"
         );
     }
 

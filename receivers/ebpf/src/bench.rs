@@ -308,7 +308,10 @@ pub fn sample_exit(
     use oxeye_ebpf_common::{CountedKey, ProfileConfig, STACK_KERNEL, STACK_USER};
 
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.to_string())?;
+    // Both designs look up the span open on the sampled thread, as with `spans:` running.
+    let link = 1u32;
     let mut ebpf = EbpfLoader::new()
+        .override_global("LINK_SPANS", &link, true)
         .map_max_entries("SAMPLES", 16 << 20)
         .load(crate::profiles::PROGRAMS)
         .map_err(|e| crate::flows::chain(&e))?;

@@ -282,6 +282,9 @@ pub struct ProfilesConfig {
     pub max_stacks: usize,
     /// Ring buffer bytes (a power of two; a sample takes about 2 KiB).
     pub ring_size: u32,
+    /// Sample oxeye's own threads too (off: its CPU is on /metrics, and symbolizing its own
+    /// large binary would cost the symbolization processor tens of MB).
+    pub include_oxeye: bool,
 }
 
 impl Default for ProfilesConfig {
@@ -297,6 +300,7 @@ impl Default for ProfilesConfig {
             max_stacks: 16384,
             // 512 samples; with wakeups at a quarter full, ample for 99 Hz on 128 CPUs.
             ring_size: 1 << 20,
+            include_oxeye: false,
         }
     }
 }

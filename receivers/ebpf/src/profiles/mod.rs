@@ -16,7 +16,7 @@ use aya::{Ebpf, EbpfLoader};
 use oxeye_api::{LostUnit, Mapping, Sample, Telemetry};
 use oxeye_ebpf_common::{
     ProfileConfig, ProfileSampleEvent, PROFILE_COUNTER_NAMES, PROFILE_STACK_DEPTH, P_FILTERED,
-    P_IDLE, P_KSTACK_FAILURES, P_RINGBUF_FULL, P_SAMPLES, P_USTACK_FAILURES, STACK_KERNEL,
+    P_IDLE, P_KSTACK_FAILURES, P_OWN, P_RINGBUF_FULL, P_SAMPLES, P_USTACK_FAILURES, STACK_KERNEL,
     STACK_USER,
 };
 use tokio::io::unix::AsyncFd;
@@ -129,7 +129,11 @@ fn profile_config(cfg: &ProfilesConfig) -> Result<ProfileConfig, String> {
         cgroup_id,
         comm,
         max_depth: cfg.max_depth.min(PROFILE_STACK_DEPTH as u32),
-        _pad: 0,
+        exclude_pid: if cfg.include_oxeye {
+            0
+        } else {
+            std::process::id()
+        },
     })
 }
 
@@ -173,8 +177,8 @@ pub struct ProfileProbe {
     aggregator: Aggregator,
     telemetry: Telemetry,
     offset: u64,
-    /// Kernel counters at the end of the previous window (samples, filtered, idle).
-    last: [u64; 3],
+    /// Kernel counters at the end of the previous window (samples, filtered, idle, own).
+    last: [u64; 4],
     filtered_by: String,
     /// Pids whose mappings the aggregator asked for.
     pending: Vec<u32>,
@@ -199,12 +203,14 @@ impl ProfileProbe {
         }
         let config = profile_config(cfg)?;
         let wakeup = (cfg.ring_size / 4) as u64;
+        let link: u32 = threads.is_some().into();
         let mut loader = EbpfLoader::new();
         loader
             // No CO-RE relocations in this object: parsing the kernel's BTF (several MB, the
             // start-up's peak memory) would buy nothing.
             .btf(None)
             .override_global("WAKEUP_BYTES", &wakeup, true)
+            .override_global("LINK_SPANS", &link, true)
             .map_max_entries("SAMPLES", cfg.ring_size)
             // The benchmark-only counting program's maps: unused here.
             .map_max_entries("STACK_IDS", 1)
@@ -269,7 +275,7 @@ impl ProfileProbe {
             ),
             telemetry,
             offset: sys::monotonic_to_unix_offset(),
-            last: [0; 3],
+            last: [0; 4],
             filtered_by,
             pending: Vec::new(),
         })
@@ -323,8 +329,8 @@ impl ProfileProbe {
 
     /// Never a silent empty profile: a window without samples says why.
     fn check_empty(&mut self) {
-        let now = [P_SAMPLES, P_FILTERED, P_IDLE].map(|c| self.counter(c));
-        let [samples, filtered, idle] = [0, 1, 2].map(|i| now[i] - self.last[i]);
+        let now = [P_SAMPLES, P_FILTERED, P_IDLE, P_OWN].map(|c| self.counter(c));
+        let [samples, filtered, idle, own] = [0, 1, 2, 3].map(|i| now[i] - self.last[i]);
         self.last = now;
         if samples > 0 {
             return;
@@ -335,7 +341,7 @@ impl ProfileProbe {
                 "profiles: no samples in the last window: the filter ({}) matched none of the tasks that ran",
                 self.filtered_by
             );
-        } else if idle == 0 {
+        } else if idle == 0 && own == 0 {
             tracing::warn!(
                 "profiles: no samples at all in the last window (not even of idle CPUs): the cpu-clock perf events did not fire"
             );
