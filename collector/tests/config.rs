@@ -114,7 +114,11 @@ fn unknown_type_lists_registered_types() {
         "{}",
         e.message
     );
-    assert!(e.message.contains("nop, otlp, pprof, stdout"), "{}", e.message);
+    assert!(
+        e.message.contains("nop, otlp, pprof, stdout"),
+        "{}",
+        e.message
+    );
     assert_eq!(e.line, Some(5));
 }
 
