@@ -16,10 +16,12 @@ start=$SECONDS
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/oxeye-setup-guard.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
-say "throwaway venv $tmp/venv (no peers), Phoenix venv $tmp/phoenix (absent)"
+say "throwaway venv $tmp/venv (no peers); Phoenix, OTel SDK and Rotel venvs under $tmp (absent)"
 python3 -m venv "$tmp/venv"
 export PATH="$tmp/venv/bin:$PATH"
 export OXEYE_PHOENIX_VENV="$tmp/phoenix"
+export OXEYE_OTEL_SDK_VENV="$tmp/otel-sdk"
+export OXEYE_ROTEL_VENV="$tmp/rotel"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 unset PYTHON   # the script must find the venv's python3 on PATH
 [ "$(command -v python3)" = "$tmp/venv/bin/python3" ] || fail "python3 on PATH is $(command -v python3), not the venv's"
@@ -29,7 +31,8 @@ say "run 1: from nothing"
 rc=0
 tests/setup-python-peers.sh >"$tmp/run1.log" 2>&1 || rc=$?
 [ "$rc" = 0 ] || { cat "$tmp/run1.log" >&2; fail "setup-python-peers.sh exited $rc from nothing"; }
-for p in virtme-ng pyarrow duckdb protobuf grpcio-tools arize-phoenix; do
+for p in virtme-ng pyarrow duckdb protobuf grpcio-tools arize-phoenix opentelemetry-sdk \
+  opentelemetry-exporter-otlp-proto-grpc opentelemetry-exporter-otlp-proto-http rotel; do
   grep -q "installing $p==" "$tmp/run1.log" || { cat "$tmp/run1.log" >&2; fail "run 1 did not say it installs $p"; }
 done
 
@@ -52,6 +55,12 @@ vng --help >/dev/null || fail "vng --help fails"
 say "  vng entry point ok"
 check "$tmp/phoenix/bin/python" arize-phoenix "$ARIZE_PHOENIX" phoenix
 "$tmp/venv/bin/python3" -c 'import phoenix' 2>/dev/null && fail "phoenix leaked into the peers' venv (it must have a venv of its own)"
+check "$tmp/otel-sdk/bin/python" opentelemetry-sdk "$OTEL_PYTHON" opentelemetry.sdk.trace
+check "$tmp/otel-sdk/bin/python" opentelemetry-exporter-otlp-proto-grpc "$OTEL_PYTHON" opentelemetry.exporter.otlp.proto.grpc.trace_exporter
+check "$tmp/otel-sdk/bin/python" opentelemetry-exporter-otlp-proto-http "$OTEL_PYTHON" opentelemetry.exporter.otlp.proto.http.trace_exporter
+check "$tmp/rotel/bin/python" rotel "$ROTEL" rotel
+"$tmp/rotel/lib/python"*/site-packages/rotel/rotel-agent --version >/dev/null || fail "rotel-agent does not run"
+say "  rotel-agent runs"
 
 say "run 2: idempotent, installs nothing"
 rc=0

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The Python part of tests/setup.sh (which calls it), idempotent: virtme-ng, pyarrow, DuckDB,
-# protobuf and grpcio-tools into the environment of ${PYTHON:-python3}, and Arize Phoenix into a venv of its own
-# (${OXEYE_PHOENIX_VENV:-~/.local/share/oxeye/phoenix}) so its dependencies cannot move the pins.
+# protobuf and grpcio-tools into the environment of ${PYTHON:-python3}; Arize Phoenix, the
+# OpenTelemetry Python SDK and Rotel each into a venv of its own (${OXEYE_PHOENIX_VENV},
+# ${OXEYE_OTEL_SDK_VENV}, ${OXEYE_ROTEL_VENV}; defaults under ~/.local/share/oxeye) so their
+# dependencies cannot move the pins.
 # Versions come from tests/pins.env. tests/setup-guard.sh runs it against a throwaway venv.
 set -Eeuo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -9,6 +11,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/pins.env"
 PYTHON=${PYTHON:-python3}
 phoenix_venv=${OXEYE_PHOENIX_VENV:-$HOME/.local/share/oxeye/phoenix}
+otel_venv=${OXEYE_OTEL_SDK_VENV:-$HOME/.local/share/oxeye/otel-sdk}
+rotel_venv=${OXEYE_ROTEL_VENV:-$HOME/.local/share/oxeye/rotel}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # shellcheck source=tests/setup-lib.sh
@@ -52,9 +56,27 @@ step "profile test peers: protobuf $PROTOBUF, grpcio-tools $GRPCIO_TOOLS"
 pip_pin "$PYTHON" protobuf "$PROTOBUF"
 pip_pin "$PYTHON" grpcio-tools "$GRPCIO_TOOLS"
 
+# venv DIR: create a venv of its own for a peer whose dependencies must not move the pins.
+venv() {
+  if [ ! -x "$1/bin/python" ]; then
+    say "  creating the venv $1"
+    "$PYTHON" -m venv "$1"
+  fi
+}
+
 step "otlp exporter test peer: arize-phoenix $ARIZE_PHOENIX in $phoenix_venv"
-if [ ! -x "$phoenix_venv/bin/python" ]; then
-  say "  creating the venv $phoenix_venv"
-  "$PYTHON" -m venv "$phoenix_venv"
-fi
+venv "$phoenix_venv"
 pip_pin "$phoenix_venv/bin/python" arize-phoenix "$ARIZE_PHOENIX"
+
+step "otlp receiver test peer: OpenTelemetry Python SDK $OTEL_PYTHON in $otel_venv"
+venv "$otel_venv"
+pip_pin "$otel_venv/bin/python" opentelemetry-sdk "$OTEL_PYTHON"
+pip_pin "$otel_venv/bin/python" opentelemetry-exporter-otlp-proto-grpc "$OTEL_PYTHON"
+pip_pin "$otel_venv/bin/python" opentelemetry-exporter-otlp-proto-http "$OTEL_PYTHON"
+
+step "gateway peer: rotel $ROTEL (rotel-agent) in $rotel_venv"
+venv "$rotel_venv"
+pip_pin "$rotel_venv/bin/python" rotel "$ROTEL"
+agent=$("$rotel_venv/bin/python" -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')
+"$agent" --version >/dev/null || { echo "[setup] $agent does not run" >&2; exit 1; }
+say "  $agent"

@@ -993,7 +993,7 @@ fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
         components: defs,
         pipelines,
         telemetry,
-        resource: Arc::new(Resource { attributes }),
+        resource: Arc::new(Resource::new(attributes)),
         shutdown_timeout,
     })
 }

@@ -31,6 +31,7 @@ pub mod builtin {
     pub use oxeye_processor_tail_sampling as tail_sampling;
     pub use oxeye_processor_transform as transform;
     pub use oxeye_receiver_ebpf as ebpf;
+    pub use oxeye_receiver_otlp as otlp_receiver;
     pub use oxeye_receiver_synthetic as synthetic;
 }
 

@@ -153,6 +153,14 @@ impl ShutdownTrigger {
 pub trait BatchSink: Send + Sync {
     /// Delivers a batch downstream, waiting when a `block` queue is full.
     async fn send(&self, batch: Batch);
+
+    /// Delivers a batch only if every `block` queue downstream takes it within `wait`;
+    /// otherwise hands it back untouched and uncounted, so a receiver can refuse it to its
+    /// client (backpressure) instead of holding it. The default waits like [`BatchSink::send`].
+    async fn send_within(&self, batch: Batch, _wait: Duration) -> Result<(), Batch> {
+        self.send(batch).await;
+        Ok(())
+    }
 }
 
 /// A change of a running receiver's config (a live reload), for a receiver whose factory sets
@@ -213,6 +221,16 @@ impl ReceiverContext {
         if !batch.is_empty() && self.wants(batch.signal()) {
             self.sink.send(batch).await;
         }
+    }
+
+    /// Like [`ReceiverContext::emit`], but gives the batch back when the pipeline does not take
+    /// it within `wait` (its queues are full): a receiver with a client answers "try later"
+    /// (gRPC RESOURCE_EXHAUSTED, HTTP 429) rather than buffering without bound.
+    pub async fn emit_within(&self, batch: Batch, wait: Duration) -> Result<(), Batch> {
+        if batch.is_empty() || !self.wants(batch.signal()) {
+            return Ok(());
+        }
+        self.sink.send_within(batch, wait).await
     }
 
     /// The shutdown signal.

@@ -57,6 +57,12 @@ pub enum Value {
     Bool(bool),
     /// Raw bytes.
     Bytes(Arc<[u8]>),
+    /// A list of values (OTLP `array_value`).
+    Array(Arc<[Value]>),
+    /// Nested key/values (OTLP `kvlist_value`).
+    Map(Arc<Attributes>),
+    /// No value (an OTLP `AnyValue` with nothing set).
+    Empty,
 }
 
 impl From<&str> for Value {
@@ -103,6 +109,21 @@ impl fmt::Display for Value {
                 }
                 Ok(())
             }
+            Value::Array(values) => {
+                f.write_str("[")?;
+                for (i, v) in values.iter().enumerate() {
+                    write!(f, "{}{v}", if i > 0 { ", " } else { "" })?;
+                }
+                f.write_str("]")
+            }
+            Value::Map(attrs) => {
+                f.write_str("{")?;
+                for (i, (k, v)) in attrs.iter().enumerate() {
+                    write!(f, "{}{k}: {v}", if i > 0 { ", " } else { "" })?;
+                }
+                f.write_str("}")
+            }
+            Value::Empty => Ok(()),
         }
     }
 }
@@ -126,6 +147,17 @@ impl Attributes {
             Some(slot) => slot.1 = value,
             None => self.0.push((key, value)),
         }
+    }
+
+    /// Appends `key` without looking for an existing one: for a receiver copying attributes as
+    /// they came (OTLP allows repeated keys, and a round trip must keep them).
+    pub fn push(&mut self, key: impl Into<Arc<str>>, value: impl Into<Value>) {
+        self.0.push((key.into(), value.into()));
+    }
+
+    /// Room for `n` more attributes.
+    pub fn reserve(&mut self, n: usize) {
+        self.0.reserve(n);
     }
 
     /// The value of `key`, if set.
@@ -175,6 +207,53 @@ impl<K: Into<Arc<str>>, V: Into<Value>> FromIterator<(K, V)> for Attributes {
 pub struct Resource {
     /// The resource attributes.
     pub attributes: Attributes,
+    /// Attributes the source dropped (OTLP `dropped_attributes_count`).
+    pub dropped_attributes_count: u32,
+    /// The semantic-conventions schema the attributes follow (OTLP `schema_url`), when given.
+    pub schema_url: Option<Arc<str>>,
+    /// Entities the resource describes (OTLP `entity_refs`, in development upstream).
+    pub entity_refs: Vec<EntityRef>,
+}
+
+/// A reference from a resource to an entity it describes (OTLP `EntityRef`): which of the
+/// resource's attributes identify it and which describe it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EntityRef {
+    /// Schema of the entity type, when given.
+    pub schema_url: Option<Arc<str>>,
+    /// Entity type, e.g. `service`, `k8s.pod`.
+    pub entity_type: Arc<str>,
+    /// Attribute keys that identify the entity.
+    pub id_keys: Vec<Arc<str>>,
+    /// Attribute keys that describe it.
+    pub description_keys: Vec<Arc<str>>,
+}
+
+impl Resource {
+    /// A resource with these attributes.
+    pub fn new(attributes: Attributes) -> Self {
+        Resource {
+            attributes,
+            ..Resource::default()
+        }
+    }
+}
+
+/// The instrumentation scope that made a span (OTLP `InstrumentationScope`): a library name and
+/// version. Spans made by oxeye itself have none ([`Span::scope`] `None`); exporters then name
+/// oxeye.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scope {
+    /// Library name (may be empty).
+    pub name: Arc<str>,
+    /// Library version (may be empty).
+    pub version: Arc<str>,
+    /// Scope attributes.
+    pub attributes: Attributes,
+    /// Attributes the source dropped.
+    pub dropped_attributes_count: u32,
+    /// Schema of the scope's spans (OTLP `ScopeSpans.schema_url`), when given.
+    pub schema_url: Option<Arc<str>>,
 }
 
 /// A 16-byte trace id. All zero means invalid.
@@ -209,6 +288,8 @@ pub enum SpanKind {
     /// Internal operation (the default for probed functions).
     #[default]
     Internal,
+    /// Not given by the source (OTLP `SPAN_KIND_UNSPECIFIED`).
+    Unspecified,
     /// Server side of a request.
     Server,
     /// Client side of a request.
@@ -224,6 +305,7 @@ impl SpanKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SpanKind::Internal => "internal",
+            SpanKind::Unspecified => "unspecified",
             SpanKind::Server => "server",
             SpanKind::Client => "client",
             SpanKind::Producer => "producer",
@@ -313,6 +395,47 @@ pub struct Frame {
     pub build_id: Option<Arc<str>>,
 }
 
+/// A timestamped event inside a span (OTLP `Span.Event`), e.g. an exception.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Event {
+    /// When, Unix nanoseconds.
+    pub time_unix_ns: u64,
+    /// Event name.
+    pub name: Arc<str>,
+    /// Event attributes.
+    pub attributes: Attributes,
+    /// Attributes the source dropped.
+    pub dropped_attributes_count: u32,
+}
+
+/// A link from a span to another span, of this or another trace (OTLP `Span.Link`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Link {
+    /// The linked span's trace.
+    pub trace_id: TraceId,
+    /// The linked span.
+    pub span_id: SpanId,
+    /// The linked span's W3C `tracestate`, when given.
+    pub trace_state: Option<Arc<str>>,
+    /// Link attributes.
+    pub attributes: Attributes,
+    /// Attributes the source dropped.
+    pub dropped_attributes_count: u32,
+    /// W3C trace flags and the OTLP is-remote bits of the linked context.
+    pub flags: u32,
+}
+
+/// What the source of a span dropped before sending it (OTLP `dropped_*_count`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DroppedCounts {
+    /// Attributes.
+    pub attributes: u32,
+    /// Events.
+    pub events: u32,
+    /// Links.
+    pub links: u32,
+}
+
 /// A span: one timed operation, with eBPF context and stacks.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Span {
@@ -348,6 +471,18 @@ pub struct Span {
     pub user_stack: Vec<u64>,
     /// Frames after symbolization, innermost first (kernel frames before user frames).
     pub frames: Vec<Frame>,
+    /// W3C `tracestate`, when the source gave one.
+    pub trace_state: Option<Arc<str>>,
+    /// OTLP span flags: W3C trace flags (bit 0: sampled) and the is-remote bits (8, 9).
+    pub flags: u32,
+    /// Events inside the span.
+    pub events: Vec<Event>,
+    /// Links to other spans.
+    pub links: Vec<Link>,
+    /// What the source dropped.
+    pub dropped: DroppedCounts,
+    /// The instrumentation scope that made the span; `None` for spans oxeye made.
+    pub scope: Option<Arc<Scope>>,
 }
 
 impl Span {

@@ -225,6 +225,47 @@ impl BatchSink for FanOut {
         // processor then reads its records back from memory (3x its own cost, measured).
         tokio::task::yield_now().await;
     }
+
+    async fn send_within(&self, batch: Batch, wait: Duration) -> Result<(), Batch> {
+        let signal = batch.signal();
+        let routes = self.routes.get();
+        let edges: Vec<&Edge> = routes
+            .iter()
+            .filter(|(s, _)| *s == signal)
+            .flat_map(|(_, edges)| edges)
+            .collect();
+        // Reserve a slot in every `block` queue first, so the batch goes to all pipelines or to
+        // none: a refused batch is retried by the client and must not arrive twice.
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut permits = Vec::with_capacity(edges.len());
+        for edge in &edges {
+            permits.push(match edge.when_full {
+                WhenFull::Block => match tokio::time::timeout_at(deadline, edge.tx.reserve()).await
+                {
+                    Ok(Ok(permit)) => Some(permit),
+                    // A stopped stage: `Edge::send` below counts it as `downstream_failed`.
+                    Ok(Err(_)) => None,
+                    Err(_) => return Err(batch),
+                },
+                WhenFull::DropNewest => None,
+            });
+        }
+        let n = batch.len();
+        let batch = Arc::new(batch);
+        self.telemetry.add_emitted(n as u64);
+        for (edge, permit) in edges.iter().zip(permits) {
+            match permit {
+                Some(permit) => {
+                    edge.stats.add(n);
+                    permit.send(Arc::clone(&batch));
+                }
+                None => edge.send(Arc::clone(&batch)).await,
+            }
+        }
+        drop((batch, routes));
+        tokio::task::yield_now().await;
+        Ok(())
+    }
 }
 
 async fn send_all(out: &mut Output, edges: &[Edge], telemetry: &Telemetry) {

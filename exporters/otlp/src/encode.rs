@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
-    any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue,
+    any_value, AnyValue, ArrayValue, EntityRef, InstrumentationScope, KeyValue, KeyValueList,
 };
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics,
@@ -24,7 +24,7 @@ use opentelemetry_proto::tonic::profiles::v1development as prof;
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Status};
 use oxeye_api::profile::Tables;
-use oxeye_api::{Attributes, Flow, Resource, Sample, Span, SpanKind, StatusCode, Value};
+use oxeye_api::{Attributes, Flow, Resource, Sample, Scope, Span, SpanKind, StatusCode, Value};
 
 use crate::config::ResourceValue;
 
@@ -75,18 +75,36 @@ fn hex_addresses(values: &[u64]) -> any_value::Value {
     any_value::Value::StringValue(out)
 }
 
-fn proto_value(v: &Value) -> any_value::Value {
-    match v {
-        Value::Str(s) => str_value(s),
-        Value::Int(i) => any_value::Value::IntValue(*i),
-        Value::F64(f) => any_value::Value::DoubleValue(*f),
-        Value::Bool(b) => any_value::Value::BoolValue(*b),
-        Value::Bytes(b) => any_value::Value::BytesValue(b.to_vec()),
+fn any_value(v: &Value) -> AnyValue {
+    AnyValue {
+        value: match v {
+            Value::Str(s) => Some(str_value(s)),
+            Value::Int(i) => Some(any_value::Value::IntValue(*i)),
+            Value::F64(f) => Some(any_value::Value::DoubleValue(*f)),
+            Value::Bool(b) => Some(any_value::Value::BoolValue(*b)),
+            Value::Bytes(b) => Some(any_value::Value::BytesValue(b.to_vec())),
+            Value::Array(values) => Some(any_value::Value::ArrayValue(ArrayValue {
+                values: values.iter().map(any_value).collect(),
+            })),
+            Value::Map(attrs) => Some(any_value::Value::KvlistValue(KeyValueList {
+                values: key_values(attrs),
+            })),
+            Value::Empty => None,
+        },
     }
 }
 
+fn key_values(attrs: &Attributes) -> Vec<KeyValue> {
+    let mut out = Vec::with_capacity(attrs.len());
+    push_attributes(&mut out, attrs);
+    out
+}
+
 fn push_attributes(out: &mut Vec<KeyValue>, attrs: &Attributes) {
-    out.extend(attrs.iter().map(|(k, v)| kv(k, proto_value(v))));
+    out.extend(attrs.iter().map(|(k, v)| KeyValue {
+        key: k.to_string(),
+        value: Some(any_value(v)),
+    }));
 }
 
 /// Turns oxeye resources into OTLP resources with the configured extras, caching by identity
@@ -124,7 +142,10 @@ impl Resources {
         let mut attributes = Vec::new();
         for (k, v) in resource.attributes.iter() {
             if !self.extra.iter().any(|(e, _)| e == k) {
-                attributes.push(kv(k, proto_value(v)));
+                attributes.push(KeyValue {
+                    key: k.to_string(),
+                    value: Some(any_value(v)),
+                });
             }
         }
         for (k, v) in &self.extra {
@@ -132,7 +153,17 @@ impl Resources {
         }
         let proto = ProtoResource {
             attributes,
-            ..Default::default()
+            dropped_attributes_count: resource.dropped_attributes_count,
+            entity_refs: resource
+                .entity_refs
+                .iter()
+                .map(|e| EntityRef {
+                    schema_url: e.schema_url.as_deref().unwrap_or_default().to_string(),
+                    r#type: e.entity_type.to_string(),
+                    id_keys: e.id_keys.iter().map(|k| k.to_string()).collect(),
+                    description_keys: e.description_keys.iter().map(|k| k.to_string()).collect(),
+                })
+                .collect(),
         };
         if self.cache.len() >= 64 {
             self.cache.remove(0);
@@ -142,12 +173,32 @@ impl Resources {
     }
 }
 
-fn scope() -> InstrumentationScope {
+fn oxeye_scope() -> InstrumentationScope {
     InstrumentationScope {
         name: "oxeye".to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         ..Default::default()
     }
+}
+
+/// A span's scope and the `ScopeSpans.schema_url` (oxeye's own scope for spans oxeye made).
+fn scope(s: Option<&Arc<Scope>>) -> (InstrumentationScope, String) {
+    match s {
+        None => (oxeye_scope(), String::new()),
+        Some(s) => (
+            InstrumentationScope {
+                name: s.name.to_string(),
+                version: s.version.to_string(),
+                attributes: key_values(&s.attributes),
+                dropped_attributes_count: s.dropped_attributes_count,
+            },
+            s.schema_url.as_deref().unwrap_or_default().to_string(),
+        ),
+    }
+}
+
+fn opt_str(s: &Option<Arc<str>>) -> String {
+    s.as_deref().unwrap_or_default().to_string()
 }
 
 /// One span as OTLP.
@@ -199,6 +250,7 @@ pub fn span(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
     push_attributes(&mut attributes, &s.attributes);
     let kind = match s.kind {
         SpanKind::Internal => span::SpanKind::Internal,
+        SpanKind::Unspecified => span::SpanKind::Unspecified,
         SpanKind::Server => span::SpanKind::Server,
         SpanKind::Client => span::SpanKind::Client,
         SpanKind::Producer => span::SpanKind::Producer,
@@ -212,17 +264,44 @@ pub fn span(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
     opentelemetry_proto::tonic::trace::v1::Span {
         trace_id: s.trace_id.0.to_vec(),
         span_id: s.span_id.0.to_vec(),
+        trace_state: opt_str(&s.trace_state),
         parent_span_id: s.parent_span_id.map(|p| p.0.to_vec()).unwrap_or_default(),
+        flags: s.flags,
         name: s.name.to_string(),
         kind: kind as i32,
         start_time_unix_nano: s.start_unix_ns,
         end_time_unix_nano: s.end_unix_ns,
         attributes,
-        status: (code != status::StatusCode::Unset || s.status_message.is_some()).then(|| Status {
+        dropped_attributes_count: s.dropped.attributes,
+        events: s
+            .events
+            .iter()
+            .map(|e| span::Event {
+                time_unix_nano: e.time_unix_ns,
+                name: e.name.to_string(),
+                attributes: key_values(&e.attributes),
+                dropped_attributes_count: e.dropped_attributes_count,
+            })
+            .collect(),
+        dropped_events_count: s.dropped.events,
+        links: s
+            .links
+            .iter()
+            .map(|l| span::Link {
+                trace_id: l.trace_id.0.to_vec(),
+                span_id: l.span_id.0.to_vec(),
+                trace_state: opt_str(&l.trace_state),
+                attributes: key_values(&l.attributes),
+                dropped_attributes_count: l.dropped_attributes_count,
+                flags: l.flags,
+            })
+            .collect(),
+        dropped_links_count: s.dropped.links,
+        // Always written, as the Collector does: an empty status is an unset one.
+        status: Some(Status {
             code: code as i32,
-            message: s.status_message.as_deref().unwrap_or_default().to_string(),
+            message: opt_str(&s.status_message),
         }),
-        ..Default::default()
     }
 }
 
@@ -240,6 +319,24 @@ fn by_resource<'a, T>(
     groups
 }
 
+/// Groups a resource's spans by scope (by identity, in first-seen order).
+fn by_scope<'a>(spans: Vec<&'a Span>) -> Vec<(Option<&'a Arc<Scope>>, Vec<&'a Span>)> {
+    let mut groups: Vec<(Option<&Arc<Scope>>, Vec<&Span>)> = Vec::new();
+    for s in spans {
+        let key = s.scope.as_ref();
+        let same = |g: &Option<&Arc<Scope>>| match (g, key) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        match groups.iter_mut().find(|(g, _)| same(g)) {
+            Some((_, g)) => g.push(s),
+            None => groups.push((key, vec![s])),
+        }
+    }
+    groups
+}
+
 /// Builds one trace request from spans of possibly several resources.
 pub fn trace_request<'a>(
     resources: &mut Resources,
@@ -250,12 +347,18 @@ pub fn trace_request<'a>(
             .into_iter()
             .map(|(resource, spans)| ResourceSpans {
                 resource: Some(resources.get(resource)),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(scope()),
-                    spans: spans.into_iter().map(span).collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
+                scope_spans: by_scope(spans)
+                    .into_iter()
+                    .map(|(sc, spans)| {
+                        let (scope, schema_url) = scope(sc);
+                        ScopeSpans {
+                            scope: Some(scope),
+                            spans: spans.into_iter().map(span).collect(),
+                            schema_url,
+                        }
+                    })
+                    .collect(),
+                schema_url: opt_str(&resource.schema_url),
             })
             .collect(),
     }
@@ -339,7 +442,7 @@ pub fn metrics_request<'a>(
                 ResourceMetrics {
                     resource: Some(resources.get(resource)),
                     scope_metrics: vec![ScopeMetrics {
-                        scope: Some(scope()),
+                        scope: Some(oxeye_scope()),
                         metrics: vec![
                             delta_sum(FLOW_BYTES, "By", "Bytes seen on a network flow.", bytes),
                             delta_sum(
@@ -429,7 +532,9 @@ impl Dictionary {
             self.attribute("process.executable.name", str_value(&s.comm.as_str())),
         ];
         for (k, v) in s.attributes.iter() {
-            attribute_indices.push(self.attribute(k, proto_value(v)));
+            if let Some(v) = any_value(v).value {
+                attribute_indices.push(self.attribute(k, v));
+            }
         }
         prof::Sample {
             stack_index,
@@ -549,7 +654,7 @@ pub fn profiles_request<'a>(
             prof::ResourceProfiles {
                 resource: Some(resources.get(resource)),
                 scope_profiles: vec![prof::ScopeProfiles {
-                    scope: Some(scope()),
+                    scope: Some(oxeye_scope()),
                     profiles: windows.into_values().collect(),
                     ..Default::default()
                 }],

@@ -131,6 +131,22 @@ fn json_value(out: &mut Vec<u8>, v: &Value) {
             hex(out, b);
             out.push(b'"');
         }
+        Value::Array(values) => {
+            out.push(b'[');
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json_value(out, v);
+            }
+            out.push(b']');
+        }
+        Value::Map(attrs) => {
+            out.push(b'{');
+            json_attrs(out, attrs);
+            out.push(b'}');
+        }
+        Value::Empty => out.extend_from_slice(b"null"),
     }
 }
 
@@ -140,7 +156,7 @@ fn text_value(out: &mut Vec<u8>, v: &Value) {
         Value::Int(i) => int(out, *i),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Bytes(b) => hex(out, b),
-        Value::F64(_) => {
+        Value::F64(_) | Value::Array(_) | Value::Map(_) | Value::Empty => {
             let _ = write!(out, "{v}");
         }
     }
@@ -245,6 +261,46 @@ fn json_span(out: &mut Vec<u8>, s: &Span, resource: &Attributes) {
         json_str(out, trace.trim_end());
     }
     json_attrs(out, &s.attributes);
+    if let Some(sc) = &s.scope {
+        key(out, "otel.scope.name");
+        json_str(out, &sc.name);
+        if !sc.version.is_empty() {
+            key(out, "otel.scope.version");
+            json_str(out, &sc.version);
+        }
+    }
+    if !s.events.is_empty() {
+        key(out, "events");
+        out.push(b'[');
+        for (i, e) in s.events.iter().enumerate() {
+            out.extend_from_slice(if i > 0 { b",{" } else { b"{" });
+            key(out, "name");
+            json_str(out, &e.name);
+            key(out, "time_unix_nano");
+            int(out, e.time_unix_ns);
+            json_attrs(out, &e.attributes);
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+    if !s.links.is_empty() {
+        key(out, "links");
+        out.push(b'[');
+        for (i, l) in s.links.iter().enumerate() {
+            out.extend_from_slice(if i > 0 {
+                b",{\"trace_id\":\""
+            } else {
+                b"{\"trace_id\":\""
+            });
+            hex(out, &l.trace_id.0);
+            out.extend_from_slice(b"\",\"span_id\":\"");
+            hex(out, &l.span_id.0);
+            out.push(b'"');
+            json_attrs(out, &l.attributes);
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
     out.extend_from_slice(b",\"resource\":{");
     json_attrs(out, resource);
     out.extend_from_slice(b"}}\n");

@@ -40,6 +40,8 @@ enum View<'v> {
     Str(&'v str),
     Bytes(&'v [u8]),
     List(&'v [Val<'v>]),
+    /// An array attribute value, as stored in a record.
+    Values(&'v [Value]),
     Map(&'v Attributes),
 }
 
@@ -84,6 +86,9 @@ fn value_view(v: &Value) -> View<'_> {
         Value::F64(f) => View::F64(*f),
         Value::Bool(b) => View::Bool(*b),
         Value::Bytes(b) => View::Bytes(b),
+        Value::Array(a) => View::Values(a),
+        Value::Map(m) => View::Map(m),
+        Value::Empty => View::Nil,
     }
 }
 
@@ -100,7 +105,7 @@ impl View<'_> {
             View::F64(_) => "a float",
             View::Str(_) => "a string",
             View::Bytes(_) => "bytes",
-            View::List(_) => "a list",
+            View::List(_) | View::Values(_) => "a list",
             View::Map(_) => "a map",
         }
     }
@@ -114,13 +119,14 @@ impl View<'_> {
             View::F64(f) => Cow::Owned(f.to_string()),
             View::Str(s) => Cow::Borrowed(s),
             View::Bytes(b) => Cow::Owned(b.iter().map(|x| format!("{x:02x}")).collect()),
-            View::List(_) | View::Map(_) => return None,
+            View::List(_) | View::Values(_) | View::Map(_) => return None,
         })
     }
 }
 
 fn span_kind(k: SpanKind) -> i64 {
     match k {
+        SpanKind::Unspecified => 0,
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
         SpanKind::Client => 3,
@@ -345,7 +351,7 @@ fn math<'a>(op: MathOp, l: &Val<'_>, r: &Val<'_>) -> Result<Val<'a>, EvalError> 
 fn text_of<'v>(v: &'v Val<'_>) -> Result<Cow<'v, str>, EvalError> {
     let view = v.view();
     match view {
-        View::List(_) | View::Map(_) => {
+        View::List(_) | View::Values(_) | View::Map(_) => {
             Err(EvalError(format!("expected a string, got {}", view.kind())))
         }
         View::Str(s) => Ok(Cow::Borrowed(s)),
@@ -397,6 +403,7 @@ fn call<'a>(c: &'a Call, env: &Env<'a>) -> Result<Val<'a>, EvalError> {
                 View::Str(s) => s.chars().count() as i64,
                 View::Bytes(b) => b.len() as i64,
                 View::List(l) => l.len() as i64,
+                View::Values(l) => l.len() as i64,
                 View::Map(m) => m.len() as i64,
                 other => return Err(EvalError(format!("Len of {}", other.kind()))),
             })
