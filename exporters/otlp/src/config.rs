@@ -113,11 +113,25 @@ impl Default for BatchConfig {
     }
 }
 
-/// The bounded queue between `export` and the senders.
+/// What `sending_queue.queue_size` counts.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Sizer {
+    /// Records (spans, flows, samples): memory follows the setting whatever the batch sizes.
+    #[default]
+    Items,
+    /// Batches, as they come from the pipeline.
+    Requests,
+}
+
+/// The bounded queue between `export` and the senders. It bounds everything the exporter
+/// holds: queued records and those being sent or retried.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
-    /// Batches the queue holds.
+    /// `items` (records, the default) or `requests` (batches).
+    pub sizer: Sizer,
+    /// Records (or batches) the queue holds.
     pub queue_size: usize,
     /// Concurrent senders.
     pub num_consumers: usize,
@@ -128,7 +142,8 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
-            queue_size: 1000,
+            sizer: Sizer::Items,
+            queue_size: 8192,
             num_consumers: 2,
             when_full: WhenFull::Block,
         }

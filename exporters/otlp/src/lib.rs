@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 pub use config::OtlpConfig;
-use config::{process_env, OtlpSignal, RetryConfig, WhenFull};
+use config::{process_env, OtlpSignal, RetryConfig, Sizer, WhenFull};
 use transport::{Client, Outcome, Request};
 
 fn otlp_signals(signals: &[Signal]) -> Vec<OtlpSignal> {
@@ -217,24 +217,28 @@ fn jitter(wait: Duration, factor: f64) -> Duration {
 
 /// Takes batches off the queue, groups them into requests of at most `send_batch_size` records
 /// (waiting at most `batch.timeout` for more), and delivers them.
-async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Arc<Batch>>>>) {
+async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>) {
     let mut resources = encode::Resources::new(&shared.resource);
     loop {
         let mut batches: Vec<Arc<Batch>> = Vec::new();
+        // Held until the requests are settled: the queue's room counts records being sent too.
+        let mut room = Vec::new();
         let mut records = 0;
         {
             let mut rx = queue.lock().await;
-            let Some(first) = rx.recv().await else {
+            let Some((first, permit)) = rx.recv().await else {
                 return; // queue closed and empty: shutdown
             };
             records += first.len();
             batches.push(first);
+            room.push(permit);
             let deadline = tokio::time::Instant::now() + shared.batch_timeout;
             while records < shared.send_batch_size {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(b)) => {
+                    Ok(Some((b, permit))) => {
                         records += b.len();
                         batches.push(b);
+                        room.push(permit);
                     }
                     _ => break,
                 }
@@ -252,8 +256,12 @@ async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receive
                 None => shared.settle(n, 0, "signal_not_configured"),
             }
         }
+        drop(room);
     }
 }
+
+/// A queued batch and the room it takes in the queue.
+type Queued = (Arc<Batch>, tokio::sync::OwnedSemaphorePermit);
 
 /// Splits batches into requests of at most `max` records, one signal each.
 fn requests(
@@ -306,8 +314,12 @@ fn fill<T>(parts: &[(&Arc<Resource>, &[T])], max: usize) -> Vec<(std::ops::Range
 /// The exporter instance.
 pub struct OtlpExporter {
     shared: Arc<Shared>,
-    tx: Option<mpsc::Sender<Arc<Batch>>>,
-    rx: Option<mpsc::Receiver<Arc<Batch>>>,
+    tx: Option<mpsc::Sender<Queued>>,
+    rx: Option<mpsc::Receiver<Queued>>,
+    /// Room in the queue, in records or batches (`sending_queue.sizer`).
+    room: Arc<tokio::sync::Semaphore>,
+    sizer: Sizer,
+    queue_size: usize,
     when_full: WhenFull,
     num_consumers: usize,
     senders: JoinSet<()>,
@@ -328,7 +340,11 @@ impl OtlpExporter {
         let traces = client(OtlpSignal::Traces)?;
         let metrics = client(OtlpSignal::Metrics)?;
         let profiles = client(OtlpSignal::Profiles)?;
-        let (tx, rx) = mpsc::channel(config.sending_queue.queue_size);
+        let q = &config.sending_queue;
+        // Every batch takes at least one unit of room, so the channel never fills first.
+        let (tx, rx) = mpsc::channel(q.queue_size);
+        let room = Arc::new(tokio::sync::Semaphore::new(q.queue_size));
+        let (sizer, queue_size) = (q.sizer, q.queue_size);
         Ok(OtlpExporter {
             shared: Arc::new(Shared {
                 id: ctx.id,
@@ -345,6 +361,9 @@ impl OtlpExporter {
             }),
             tx: Some(tx),
             rx: Some(rx),
+            room,
+            sizer,
+            queue_size,
             when_full: config.sending_queue.when_full,
             num_consumers: config.sending_queue.num_consumers,
             senders: JoinSet::new(),
@@ -369,26 +388,31 @@ impl Exporter for OtlpExporter {
         self.start();
         let n = batch.len() as u64;
         let tx = self.tx.as_ref().ok_or("export after shutdown")?;
-        match self.when_full {
-            WhenFull::Block => {
-                // `reserve` is cancel-safe: nothing is counted unless the batch is queued.
-                let permit = tx.reserve().await.map_err(|_| "the senders stopped")?;
-                self.shared.add_outstanding(n);
-                permit.send(batch);
-            }
-            WhenFull::DropNewest => match tx.try_reserve() {
-                Ok(permit) => {
-                    self.shared.add_outstanding(n);
-                    permit.send(batch);
-                }
-                Err(mpsc::error::TrySendError::Full(())) => {
+        // A batch larger than the whole queue takes all of it (it is then sent alone).
+        let units = match self.sizer {
+            Sizer::Items => batch.len().clamp(1, self.queue_size),
+            Sizer::Requests => 1,
+        } as u32;
+        let room = match self.when_full {
+            // Cancel-safe: nothing is counted unless the batch is queued.
+            WhenFull::Block => Arc::clone(&self.room)
+                .acquire_many_owned(units)
+                .await
+                .map_err(|_| "the senders stopped")?,
+            WhenFull::DropNewest => match Arc::clone(&self.room).try_acquire_many_owned(units) {
+                Ok(room) => room,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
                     self.shared.telemetry.add_dropped("sending_queue_full", n);
+                    return Ok(());
                 }
-                Err(mpsc::error::TrySendError::Closed(())) => {
+                Err(tokio::sync::TryAcquireError::Closed) => {
                     return Err("the senders stopped".into())
                 }
             },
-        }
+        };
+        let permit = tx.reserve().await.map_err(|_| "the senders stopped")?;
+        self.shared.add_outstanding(n);
+        permit.send((batch, room));
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use oxeye_api::{BoxError, Shutdown};
 use tokio_stream::StreamExt;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::info;
@@ -72,18 +72,6 @@ impl LogsService for Unsupported {
     }
 }
 
-fn tls_config(tls: &crate::ServerTls) -> Result<ServerTlsConfig, BoxError> {
-    let read = |path: &str| std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"));
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
-        read(&tls.cert_file)?,
-        read(&tls.key_file)?,
-    ));
-    if let Some(ca) = &tls.client_ca_file {
-        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(config)
-}
-
 /// Serves until shutdown, then lets in-flight requests finish.
 pub(crate) async fn serve(
     cfg: &GrpcConfig,
@@ -96,13 +84,11 @@ pub(crate) async fn serve(
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(limit);
-    let mut server = Server::builder();
-    if let Some(tls) = &cfg.tls {
-        server = server
-            .tls_config(tls_config(tls)?)
-            .map_err(|e| format!("OTLP/gRPC TLS: {e}"))?;
-    }
-    let router = server
+    let tls = match &cfg.tls {
+        Some(t) => Some(crate::tls::server_config(t, &[b"h2"])?),
+        None => None,
+    };
+    let router = Server::builder()
         .add_service(traces)
         .add_service(MetricsServiceServer::new(Unsupported))
         .add_service(LogsServiceServer::new(Unsupported));
@@ -116,17 +102,13 @@ pub(crate) async fn serve(
         addrs.join(", "),
         if cfg.tls.is_some() { " (TLS)" } else { "" }
     );
-    // One stream of connections from every bound address.
-    let mut incoming = tokio_stream::StreamMap::new();
-    for (i, l) in listeners.into_iter().enumerate() {
-        incoming.insert(i, tokio_stream::wrappers::TcpListenerStream::new(l));
-    }
-    let incoming = incoming.map(|(_, conn)| {
-        conn.inspect(|s| {
-            // Small responses must not wait for Nagle.
-            let _ = s.set_nodelay(true);
-        })
-    });
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::tls::incoming(
+        listeners,
+        tls,
+        shutdown.clone(),
+        "OTLP/gRPC",
+    ))
+    .map(|(io, _)| Ok::<_, std::io::Error>(io));
     router
         .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
         .await

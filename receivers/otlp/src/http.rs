@@ -20,7 +20,6 @@ use hyper_util::service::TowerToHyperService;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use oxeye_api::{BoxError, Shutdown};
 use prost::Message;
-use tokio_stream::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::{convert, unsupported, HttpConfig, Shared};
@@ -206,9 +205,7 @@ pub(crate) async fn serve(
     shutdown: Shutdown,
 ) -> Result<(), BoxError> {
     let tls = match &cfg.tls {
-        Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
-            t,
-        )?)),
+        Some(t) => Some(crate::tls::server_config(t, &[b"h2", b"http/1.1"])?),
         None => None,
     };
     let app = App {
@@ -244,67 +241,22 @@ pub(crate) async fn serve(
 
 async fn accept_loop(
     listeners: Vec<tokio::net::TcpListener>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     router: Router,
     graceful: &hyper_util::server::graceful::GracefulShutdown,
     shutdown: Shutdown,
 ) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let mut incoming = tokio_stream::StreamMap::new();
-    for (i, l) in listeners.into_iter().enumerate() {
-        incoming.insert(i, tokio_stream::wrappers::TcpListenerStream::new(l));
-    }
-    let mut last_warning = None;
-    loop {
-        let (stream, peer) = tokio::select! {
-            Some((_, conn)) = incoming.next() => match conn.and_then(|s| Ok((s.peer_addr()?, s))) {
-                Ok((peer, s)) => (s, peer),
-                Err(e) => {
-                    // Out of file descriptors and the like: say so (once a second), do not spin.
-                    if last_warning.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(1)) {
-                        warn!("otlp receiver: accept failed: {e}");
-                        last_warning = Some(std::time::Instant::now());
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.wait() => return,
-        };
-        let _ = stream.set_nodelay(true);
+    let mut incoming = crate::tls::incoming(listeners, tls, shutdown, "OTLP/HTTP");
+    while let Some((io, peer)) = incoming.recv().await {
         let service = TowerToHyperService::new(router.clone());
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            let result = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => {
-                        watcher
-                            .watch(
-                                builder
-                                    .serve_connection(TokioIo::new(s), service)
-                                    .into_owned(),
-                            )
-                            .await
-                    }
-                    Err(e) => {
-                        debug!("otlp receiver: TLS handshake with {peer} failed: {e}");
-                        return;
-                    }
-                },
-                None => {
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .into_owned(),
-                        )
-                        .await
-                }
-            };
-            if let Err(e) = result {
-                debug!("otlp receiver: connection from {peer}: {e}");
+            if let Err(e) = conn.await {
+                debug!("otlp receiver: OTLP/HTTP connection from {peer}: {e}");
             }
         });
     }

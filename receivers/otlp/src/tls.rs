@@ -1,11 +1,20 @@
-//! rustls server configuration for OTLP/HTTP from PEM files; with a client CA, client
-//! certificates are required and checked (mTLS).
+//! Listening: TCP connections, TLS (rustls) on them when configured, handed to the gRPC and HTTP
+//! servers as one stream. TLS is done here rather than by tonic: tonic's own TLS features would
+//! also change its client, which the otlp exporter drives with its own rustls connector.
 
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use oxeye_api::BoxError;
+use oxeye_api::{BoxError, Shutdown};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
 
 use crate::ServerTls;
 
@@ -19,8 +28,12 @@ fn certs(path: &str) -> Result<Vec<CertificateDer<'static>>, BoxError> {
     Ok(certs)
 }
 
-/// The server config, offering h2 and HTTP/1.1.
-pub(crate) fn server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, BoxError> {
+/// The rustls server config for `tls`, offering the `alpn` protocols; with a client CA, client
+/// certificates are required and must chain to it (mTLS).
+pub(crate) fn server_config(
+    tls: &ServerTls,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, BoxError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -48,6 +61,138 @@ pub(crate) fn server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>
     let mut config = builder
         .with_single_cert(certs(&tls.cert_file)?, key)
         .map_err(|e| format!("`{}` and `{}`: {e}", tls.cert_file, tls.key_file))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// An accepted connection, plain or TLS.
+pub(crate) enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl tonic::transport::server::Connected for Io {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Accepts on every listener until shutdown, with the TLS handshake (when `tls` is set) done
+/// off the accept loop; the connections come out of the returned channel, which closes when
+/// every listener has stopped.
+pub(crate) fn incoming(
+    listeners: Vec<TcpListener>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: Shutdown,
+    what: &'static str,
+) -> mpsc::Receiver<(Io, SocketAddr)> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    for listener in listeners {
+        let (tx, acceptor, shutdown) = (tx.clone(), acceptor.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut last_warning: Option<std::time::Instant> = None;
+            loop {
+                let (stream, peer) = tokio::select! {
+                    conn = listener.accept() => match conn {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Out of file descriptors and the like: say so (once a second) and
+                            // do not spin.
+                            if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                                warn!("otlp receiver: {what}: accept failed: {e}");
+                                last_warning = Some(std::time::Instant::now());
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    _ = shutdown.wait() => return,
+                };
+                // Small responses must not wait for Nagle.
+                let _ = stream.set_nodelay(true);
+                match &acceptor {
+                    None => {
+                        if tx.send((Io::Plain(stream), peer)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(acceptor) => {
+                        let (tx, acceptor) = (tx.clone(), acceptor.clone());
+                        tokio::spawn(async move {
+                            let handshake = tokio::time::timeout(
+                                Duration::from_secs(10),
+                                acceptor.accept(stream),
+                            );
+                            match handshake.await {
+                                Ok(Ok(s)) => {
+                                    let _ = tx.send((Io::Tls(Box::new(s)), peer)).await;
+                                }
+                                Ok(Err(e)) => {
+                                    debug!("otlp receiver: {what}: TLS handshake with {peer}: {e}")
+                                }
+                                Err(_) => debug!(
+                                    "otlp receiver: {what}: TLS handshake with {peer} timed out"
+                                ),
+                            }
+                        });
+                    }
+                }
+            }
+        });
+    }
+    rx
 }

@@ -1,0 +1,807 @@
+//! The otlp receiver end to end: spans from the official OpenTelemetry Python SDK and
+//! hand-made requests with every field go through oxeye (otlp receiver → otlp exporter) to a
+//! loopback endpoint of the test unchanged; bad input gets a clear status and is counted;
+//! a full pipeline makes clients back off instead of oxeye buffering.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{
+    any_value, AnyValue, ArrayValue, EntityRef, InstrumentationScope, KeyValue, KeyValueList,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
+use oxeye_tests::free_port;
+use prost::Message;
+
+/// A loopback OTLP/gRPC traces endpoint that keeps every request (optionally slow).
+#[derive(Default)]
+struct Sink {
+    got: Mutex<Vec<ExportTraceServiceRequest>>,
+    delay: Duration,
+}
+
+impl Sink {
+    fn spans(&self) -> usize {
+        let got = self.got.lock().expect("lock");
+        got.iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum()
+    }
+
+    fn wait_for(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.spans() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+struct Grpc(Arc<Sink>);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if !self.0.delay.is_zero() {
+            tokio::time::sleep(self.0.delay).await;
+        }
+        self.0.got.lock().expect("lock").push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Starts the sink on `rt`; returns its port.
+fn sink_endpoint(rt: &tokio::runtime::Runtime, sink: Arc<Sink>) -> u16 {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                TraceServiceServer::new(Grpc(sink))
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                    .max_decoding_message_size(64 << 20),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    port
+}
+
+/// oxeye running in-process on a thread of its own until `stop`.
+struct Oxeye {
+    stop: tokio::sync::mpsc::Sender<()>,
+    handle: std::thread::JoinHandle<oxeye::engine::Report>,
+}
+
+impl Oxeye {
+    fn start(yaml: &str, ports: &[u16]) -> Oxeye {
+        let (stop, rx) = tokio::sync::mpsc::channel(1);
+        let yaml = yaml.to_string();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                match oxeye::run_config("test.yaml", &yaml, rx).await {
+                    Ok(report) => report,
+                    Err(errors) => panic!("config rejected: {errors:#?}"),
+                }
+            })
+        });
+        for &port in ports {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "oxeye never listened on {port}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Oxeye { stop, handle }
+    }
+
+    fn stop(self) -> oxeye::engine::Report {
+        let _ = self.stop.blocking_send(());
+        let report = self.handle.join().expect("oxeye thread");
+        drop(self.stop);
+        report
+    }
+}
+
+/// otlp receiver (gRPC on `grpc`, HTTP on `http`) → otlp exporter to the sink on `sink`.
+fn gateway_yaml(grpc: u16, http: u16, sink: u16, extra: &str) -> String {
+    format!(
+        "receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: '127.0.0.1:{grpc}'}}
+      http: {{endpoint: '127.0.0.1:{http}', max_request_body_size: 1048576}}
+{extra}
+exporters:
+  otlp:
+    endpoint: 'http://127.0.0.1:{sink}'
+    batch: {{timeout: 20ms}}
+    retry_on_failure: {{initial_interval: 50ms}}
+service:
+  pipelines:
+    # A request is one batch: a few of them are buffer enough, and bound the memory.
+    traces: {{receivers: [otlp], exporters: [otlp], queue: {{capacity: 8}}}}
+"
+    )
+}
+
+/// Every span with its resource and scope (and their schema URLs), sorted by span id: requests
+/// may group spans differently, their contents must not differ.
+type Flat = (
+    Option<Resource>,
+    String,
+    Option<InstrumentationScope>,
+    String,
+    Span,
+);
+
+fn flatten(requests: &[ExportTraceServiceRequest]) -> Vec<Flat> {
+    let mut out = Vec::new();
+    for r in requests {
+        for rs in &r.resource_spans {
+            for ss in &rs.scope_spans {
+                for s in &ss.spans {
+                    out.push((
+                        rs.resource.clone(),
+                        rs.schema_url.clone(),
+                        ss.scope.clone(),
+                        ss.schema_url.clone(),
+                        s.clone(),
+                    ));
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.4.span_id.cmp(&b.4.span_id));
+    out
+}
+
+fn assert_same(sent: &[ExportTraceServiceRequest], got: &[ExportTraceServiceRequest]) {
+    let (sent, got) = (flatten(sent), flatten(got));
+    assert_eq!(sent.len(), got.len(), "span count");
+    for (s, g) in sent.iter().zip(&got) {
+        assert_eq!(s, g, "a span changed on its way through oxeye");
+    }
+}
+
+fn sdk_python() -> PathBuf {
+    let venv = std::env::var("OXEYE_OTEL_SDK_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".local/share/oxeye/otel-sdk")
+        });
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run tests/setup.sh (it installs the OpenTelemetry Python SDK)",
+        python.display()
+    );
+    python
+}
+
+#[test]
+fn python_sdk_spans_arrive_unchanged_over_grpc_and_http() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for protocol in ["grpc", "http"] {
+        let sink = Arc::new(Sink::default());
+        let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
+        let (grpc, http) = (free_port(), free_port());
+        let oxeye = Oxeye::start(&gateway_yaml(grpc, http, sink_port, ""), &[grpc, http]);
+        let expected = std::env::temp_dir().join(format!(
+            "oxeye-otel-sdk-{}-{protocol}.pb",
+            std::process::id()
+        ));
+        let endpoint = match protocol {
+            "grpc" => format!("http://127.0.0.1:{grpc}"),
+            _ => format!("http://127.0.0.1:{http}/v1/traces"),
+        };
+        let out = std::process::Command::new(sdk_python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/workloads/otel_sdk_spans.py"
+            ))
+            .args([protocol, &endpoint])
+            .arg(&expected)
+            .output()
+            .expect("run the SDK script");
+        assert!(
+            out.status.success(),
+            "SDK script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sent = ExportTraceServiceRequest::decode(&std::fs::read(&expected).expect("read")[..])
+            .expect("expected request");
+        let n = flatten(std::slice::from_ref(&sent)).len();
+        assert_eq!(n, 40, "the script makes 40 spans");
+        sink.wait_for(n, Duration::from_secs(10));
+        let report = oxeye.stop();
+        let got = sink.got.lock().expect("lock").clone();
+        assert_same(&[sent], &got);
+        let t = component(&report, "exporters/otlp");
+        assert_eq!((t.emitted(), t.dropped_total()), (40, 0), "{protocol}");
+        let _ = std::fs::remove_file(&expected);
+    }
+}
+
+fn kv(key: &str, v: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(v) }),
+    }
+}
+
+/// A request with what the Python SDK cannot make: maps, bytes, empty values, nested arrays,
+/// repeated keys, entity refs, every dropped count, flags and an unspecified kind.
+fn every_field_request(empty_values: bool) -> ExportTraceServiceRequest {
+    use any_value::Value as V;
+    let mut attributes = vec![
+        kv("s", V::StringValue("ünïcode ✓".into())),
+        kv("i", V::IntValue(-9_007_199_254_740_993)),
+        kv("d", V::DoubleValue(-0.125)),
+        kv("b", V::BoolValue(false)),
+        kv("bytes", V::BytesValue(vec![0, 1, 254, 255])),
+        kv(
+            "nested",
+            V::ArrayValue(ArrayValue {
+                values: vec![
+                    AnyValue {
+                        value: Some(V::ArrayValue(ArrayValue {
+                            values: vec![AnyValue {
+                                value: Some(V::IntValue(1)),
+                            }],
+                        })),
+                    },
+                    AnyValue {
+                        value: Some(V::KvlistValue(KeyValueList {
+                            values: vec![kv("deep", V::StringValue("x".into()))],
+                        })),
+                    },
+                ],
+            }),
+        ),
+        kv(
+            "map",
+            V::KvlistValue(KeyValueList {
+                values: vec![
+                    kv("a", V::IntValue(1)),
+                    kv("m", V::KvlistValue(KeyValueList { values: vec![] })),
+                ],
+            }),
+        ),
+        kv("s", V::StringValue("repeated key".into())),
+    ];
+    if empty_values {
+        attributes.push(KeyValue {
+            key: "empty".into(),
+            value: Some(AnyValue { value: None }),
+        });
+    }
+    let span = |id: u8, kind: span::SpanKind| Span {
+        trace_id: vec![0xab; 16],
+        span_id: vec![id; 8],
+        trace_state: "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7".into(),
+        parent_span_id: if id > 1 { vec![1; 8] } else { vec![] },
+        flags: 0x301,
+        name: format!("op-{id}"),
+        kind: kind as i32,
+        start_time_unix_nano: 1_700_000_000_000_000_000 + id as u64,
+        end_time_unix_nano: 1_700_000_000_123_456_789,
+        attributes: attributes.clone(),
+        dropped_attributes_count: 3,
+        events: vec![span::Event {
+            time_unix_nano: 1_700_000_000_000_000_500,
+            name: "exception".into(),
+            attributes: vec![kv("exception.type", V::StringValue("E".into()))],
+            dropped_attributes_count: 1,
+        }],
+        dropped_events_count: 4,
+        links: vec![span::Link {
+            trace_id: vec![0xcd; 16],
+            span_id: vec![0xef; 8],
+            trace_state: "k=v".into(),
+            attributes: vec![kv("l", V::BoolValue(true))],
+            dropped_attributes_count: 2,
+            flags: 0x100,
+        }],
+        dropped_links_count: 5,
+        status: Some(Status {
+            code: status::StatusCode::Error as i32,
+            message: "failed".into(),
+        }),
+    };
+    let resource = |name: &str| Resource {
+        attributes: vec![kv("service.name", V::StringValue(name.into()))],
+        dropped_attributes_count: 7,
+        entity_refs: vec![EntityRef {
+            schema_url: "https://example.com/entities".into(),
+            r#type: "service".into(),
+            id_keys: vec!["service.name".into()],
+            description_keys: vec!["service.version".into()],
+        }],
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![
+            ResourceSpans {
+                resource: Some(resource("a")),
+                scope_spans: vec![
+                    ScopeSpans {
+                        scope: Some(InstrumentationScope {
+                            name: "lib.one".into(),
+                            version: "0.9".into(),
+                            attributes: vec![kv("scope.attr", V::IntValue(1))],
+                            dropped_attributes_count: 6,
+                        }),
+                        spans: vec![
+                            span(1, span::SpanKind::Unspecified),
+                            span(2, span::SpanKind::Server),
+                        ],
+                        schema_url: "https://opentelemetry.io/schemas/1.20.0".into(),
+                    },
+                    ScopeSpans {
+                        scope: Some(InstrumentationScope::default()),
+                        spans: vec![span(3, span::SpanKind::Consumer)],
+                        schema_url: String::new(),
+                    },
+                ],
+                schema_url: "https://opentelemetry.io/schemas/1.21.0".into(),
+            },
+            ResourceSpans {
+                resource: Some(resource("b")),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope::default()),
+                    spans: vec![span(4, span::SpanKind::Producer)],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            },
+        ],
+    }
+}
+
+/// `POST path` with a body on 127.0.0.1:port over HTTP/1.1: (status, headers, body).
+fn http_post(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("write head");
+    // The server may answer (413) before taking the whole body: a write error is fine then.
+    let _ = s.write_all(body);
+    let mut response = Vec::new();
+    let _ = s.read_to_end(&mut response);
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (status, head, response[split + 4..].to_vec())
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+#[test]
+fn every_field_survives_grpc_http_protobuf_gzip_and_json() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sink = Arc::new(Sink::default());
+    let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
+    let (grpc, http) = (free_port(), free_port());
+    let oxeye = Oxeye::start(&gateway_yaml(grpc, http, sink_port, ""), &[grpc, http]);
+
+    // gRPC, compressed by the client.
+    let request = every_field_request(true);
+    rt.block_on(async {
+        let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+            .await
+            .expect("connect")
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let response = client.export(request.clone()).await.expect("export");
+        assert_eq!(response.into_inner().partial_success, None);
+    });
+    sink.wait_for(4, Duration::from_secs(10));
+    assert_same(
+        std::slice::from_ref(&request),
+        &sink.got.lock().expect("lock"),
+    );
+    sink.got.lock().expect("lock").clear();
+
+    // HTTP/protobuf, gzip.
+    let (code, head, body) = http_post(
+        http,
+        "/v1/traces",
+        &[
+            ("content-type", "application/x-protobuf"),
+            ("content-encoding", "gzip"),
+        ],
+        &gzip(&request.encode_to_vec()),
+    );
+    assert_eq!(code, 200, "{head}");
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("content-type: application/x-protobuf"));
+    assert_eq!(
+        ExportTraceServiceResponse::decode(&body[..]).expect("response"),
+        ExportTraceServiceResponse::default()
+    );
+    sink.wait_for(4, Duration::from_secs(10));
+    assert_same(
+        std::slice::from_ref(&request),
+        &sink.got.lock().expect("lock"),
+    );
+    sink.got.lock().expect("lock").clear();
+
+    // HTTP/JSON (OTLP/JSON has no way to write an empty value, so none here).
+    let request = every_field_request(false);
+    let json = serde_json::to_vec(&request).expect("json");
+    let (code, head, body) = http_post(
+        http,
+        "/v1/traces",
+        &[("content-type", "application/json")],
+        &json,
+    );
+    assert_eq!(code, 200, "{head} {}", String::from_utf8_lossy(&body));
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("content-type: application/json"));
+    sink.wait_for(4, Duration::from_secs(10));
+    assert_same(
+        std::slice::from_ref(&request),
+        &sink.got.lock().expect("lock"),
+    );
+
+    let report = oxeye.stop();
+    let t = component(&report, "exporters/otlp");
+    assert_eq!((t.emitted(), t.dropped_total()), (12, 0));
+}
+
+/// The counters of the component labelled `label` (`receivers/otlp`, `exporters/otlp`).
+fn component(report: &oxeye::engine::Report, label: &str) -> oxeye_api::Telemetry {
+    report
+        .registry
+        .components()
+        .iter()
+        .find(|c| c.label() == label)
+        .map(|c| c.telemetry.clone())
+        .unwrap_or_else(|| panic!("no component {label}"))
+}
+
+fn counter(report: &oxeye::engine::Report, label: &str, name: &str, source: &str) -> u64 {
+    component(report, label)
+        .counters()
+        .iter()
+        .find(|(n, s, _)| *n == name && s == source)
+        .map_or(0, |(_, _, v)| *v)
+}
+
+#[test]
+fn bad_input_gets_a_clear_status_and_is_counted() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sink = Arc::new(Sink::default());
+    let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
+    let (grpc, http) = (free_port(), free_port());
+    let oxeye = Oxeye::start(&gateway_yaml(grpc, http, sink_port, ""), &[grpc, http]);
+    let proto = [("content-type", "application/x-protobuf")];
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    let status_of = |body: &[u8]| tonic_types::Status::decode(body).expect("a google.rpc.Status");
+
+    // Malformed protobuf.
+    let (code, _, body) = http_post(http, "/v1/traces", &proto, b"\xff\xff\xff\xff not protobuf");
+    assert_eq!(code, 400);
+    assert!(
+        status_of(&body)
+            .message
+            .contains("not an OTLP trace request"),
+        "{}",
+        text(&body)
+    );
+    // Malformed JSON, answered in JSON.
+    let (code, _, body) = http_post(
+        http,
+        "/v1/traces",
+        &[("content-type", "application/json")],
+        b"{\"resourceSpans\": [",
+    );
+    assert_eq!(code, 400);
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON status");
+    assert!(
+        v["message"].as_str().unwrap_or("").contains("invalid JSON"),
+        "{v}"
+    );
+    // Wrong content type.
+    let (code, _, body) = http_post(
+        http,
+        "/v1/traces",
+        &[("content-type", "text/plain")],
+        b"hello",
+    );
+    assert_eq!(code, 415);
+    assert!(status_of(&body)
+        .message
+        .contains("application/x-protobuf or application/json"));
+    // Larger than max_request_body_size (1 MiB here).
+    let (code, _, _) = http_post(http, "/v1/traces", &proto, &vec![0u8; 2 << 20]);
+    assert_eq!(code, 413);
+    // A gzip bomb: 64 MiB of zeros in about 64 KiB.
+    let bomb = gzip(&vec![0u8; 64 << 20]);
+    assert!(bomb.len() < 1 << 20);
+    let (code, _, body) = http_post(
+        http,
+        "/v1/traces",
+        &[proto[0], ("content-encoding", "gzip")],
+        &bomb,
+    );
+    assert_eq!(code, 413);
+    assert!(
+        status_of(&body).message.contains("decompressed body"),
+        "{}",
+        text(&body)
+    );
+    // Unknown encoding.
+    let (code, _, _) = http_post(
+        http,
+        "/v1/traces",
+        &[proto[0], ("content-encoding", "br")],
+        b"x",
+    );
+    assert_eq!(code, 415);
+    // Metrics are not taken (yet), and say so.
+    let (code, _, body) = http_post(http, "/v1/metrics", &proto, b"");
+    assert_eq!(code, 501);
+    assert!(text(&body).contains("not supported by this receiver"));
+
+    // Malformed spans: refused one by one, the rest delivered.
+    let mut request = every_field_request(true);
+    let spans = &mut request.resource_spans[0].scope_spans[0].spans;
+    spans[0].span_id = vec![1, 2, 3];
+    spans[1].trace_id = vec![0; 16];
+    let (code, _, body) = http_post(http, "/v1/traces", &proto, &request.encode_to_vec());
+    assert_eq!(code, 200);
+    let partial = ExportTraceServiceResponse::decode(&body[..])
+        .expect("response")
+        .partial_success
+        .expect("partial success");
+    assert_eq!(partial.rejected_spans, 2);
+    assert_eq!(partial.error_message, "span_id has 3 bytes, not 8");
+
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = TraceServiceClient::new(channel.clone())
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .max_encoding_message_size(64 << 20);
+        // A gzip bomb over gRPC: one 32 MiB attribute, a few KiB on the wire, over the 4 MiB
+        // default limit once decompressed.
+        let mut big = every_field_request(true);
+        big.resource_spans[0].scope_spans[0].spans[0]
+            .attributes
+            .push(kv(
+                "big",
+                any_value::Value::StringValue("a".repeat(32 << 20)),
+            ));
+        let err = client.export(big).await.expect_err("over the limit");
+        assert!(err.message().contains("size limit"), "{err:?}");
+        // Malformed spans over gRPC.
+        let mut request = every_field_request(true);
+        request.resource_spans[1].scope_spans[0].spans[0].kind = 42;
+        let partial = client
+            .export(request)
+            .await
+            .expect("export")
+            .into_inner()
+            .partial_success
+            .expect("partial");
+        assert_eq!(
+            (partial.rejected_spans, partial.error_message.as_str()),
+            (1, "kind 42 is not a span kind (0-5)")
+        );
+        // Metrics: UNIMPLEMENTED with the reason.
+        let err = MetricsServiceClient::new(channel)
+            .export(ExportMetricsServiceRequest::default())
+            .await
+            .expect_err("metrics are not taken");
+        assert_eq!(err.code(), tonic::Code::Unimplemented);
+        assert!(
+            err.message().contains("not supported by this receiver"),
+            "{err:?}"
+        );
+    });
+    sink.wait_for(2 + 3, Duration::from_secs(10));
+    let report = oxeye.stop();
+    let r = component(&report, "receivers/otlp");
+    assert_eq!(r.dropped(), vec![("malformed_span", 3)]);
+    assert_eq!(
+        counter(&report, "receivers/otlp", "otlp_malformed_requests", "http"),
+        6
+    );
+    assert_eq!(component(&report, "exporters/otlp").emitted(), 5);
+    assert_eq!(sink.spans(), 5, "the well-formed spans of both requests");
+}
+
+/// A request of `n` HTTP-shaped spans of trace `seed`.
+fn load_request(seed: u64, n: usize) -> ExportTraceServiceRequest {
+    let mut request = every_field_request(false);
+    let template = request.resource_spans[0].scope_spans[0].spans[0].clone();
+    let spans = (0..n)
+        .map(|i| {
+            let mut s = template.clone();
+            s.trace_id[..8].copy_from_slice(&seed.to_be_bytes());
+            s.span_id = ((seed << 20) + i as u64 + 1).to_be_bytes().to_vec();
+            s
+        })
+        .collect();
+    request.resource_spans.truncate(1);
+    request.resource_spans[0].scope_spans.truncate(1);
+    request.resource_spans[0].scope_spans[0].spans = spans;
+    request
+}
+
+#[test]
+fn a_full_pipeline_makes_clients_back_off_and_memory_stays_bounded() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // The slow exporter's far end: 100 ms per request.
+    let sink = Arc::new(Sink {
+        delay: Duration::from_millis(100),
+        ..Sink::default()
+    });
+    let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
+    let (grpc, http) = (free_port(), free_port());
+    let config = oxeye_tests::temp_config(
+        "otlp-backpressure",
+        &gateway_yaml(
+            grpc,
+            http,
+            sink_port,
+            "    backpressure: {wait: 50ms, retry_after: 2s}",
+        ),
+    );
+    let mut child = oxeye_tests::spawn(&["run", "-c", config.to_str().expect("path")]);
+    let stderr = child.stderr.take().expect("stderr");
+    let (_, log) = oxeye_tests::follow(stderr);
+    let child = oxeye_tests::KillOnDrop(child);
+    for port in [grpc, http] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "oxeye never listened on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // Four gRPC clients as fast as they are let, for 3 s, 500 spans a request.
+    const SPANS: usize = 500;
+    let until = Instant::now() + Duration::from_secs(3);
+    // And one HTTP client at the same time: 429 with Retry-After.
+    let http_client = std::thread::spawn(move || {
+        let (mut ok, mut refusal) = (0u64, None);
+        let mut i = 0;
+        while Instant::now() < until {
+            let body = load_request(9_000_000 + i, SPANS).encode_to_vec();
+            i += 1;
+            let (code, head, _) = http_post(
+                http,
+                "/v1/traces",
+                &[("content-type", "application/x-protobuf")],
+                &body,
+            );
+            match code {
+                200 => ok += SPANS as u64,
+                429 => refusal = Some(head),
+                other => panic!("HTTP {other}: {head}"),
+            }
+        }
+        (ok, refusal)
+    });
+    let (accepted, refused, retry_info) = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for c in 0..4u64 {
+            tasks.push(tokio::spawn(async move {
+                let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+                    .await
+                    .expect("connect");
+                let (mut ok, mut refused, mut retry_info) = (0u64, 0u64, true);
+                for i in 0.. {
+                    if Instant::now() > until {
+                        break;
+                    }
+                    match client.export(load_request(c * 100_000 + i, SPANS)).await {
+                        Ok(_) => ok += SPANS as u64,
+                        Err(e) => {
+                            use tonic_types::StatusExt;
+                            assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+                            retry_info &= e.get_details_retry_info().and_then(|r| r.retry_delay)
+                                == Some(Duration::from_secs(2));
+                            refused += SPANS as u64;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+                (ok, refused, retry_info)
+            }));
+        }
+        let mut total = (0, 0, true);
+        for t in tasks {
+            let (ok, refused, info) = t.await.expect("client");
+            total = (total.0 + ok, total.1 + refused, total.2 && info);
+        }
+        total
+    });
+    let (http_accepted, http_refusal) = http_client.join().expect("http client");
+    println!("gRPC: {accepted} spans accepted, {refused} refused; HTTP: {http_accepted} accepted");
+    let head = http_refusal.expect("an HTTP client saw a 429 while the pipeline was full");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 2"),
+        "{head}"
+    );
+    assert!(
+        refused > 0 && accepted > 0,
+        "accepted {accepted}, refused {refused}"
+    );
+    assert!(
+        retry_info,
+        "every refusal carries RetryInfo with retry_after"
+    );
+
+    // Everything accepted arrives, nothing else; then the peak memory.
+    oxeye_tests::signal(&child.0, libc::SIGINT);
+    let child = {
+        let mut child = child;
+        std::mem::replace(
+            &mut child.0,
+            std::process::Command::new("true").spawn().expect("true"),
+        )
+    };
+    let (_, peak_mib) = oxeye_tests::wait_with_rusage(child, Duration::from_secs(30));
+    let log = log.join().expect("log");
+    let accepted = accepted + http_accepted;
+    assert_eq!(sink.spans() as u64, accepted, "{log}");
+    let (received, out, dropped) = oxeye_tests::final_counts(&log).expect("summary line");
+    assert_eq!((received, out, dropped), (accepted, accepted, 0), "{log}");
+    println!("accepted {accepted} spans, refused {refused}, peak RSS {peak_mib:.1} MiB");
+    assert!(peak_mib < 120.0, "peak RSS {peak_mib:.1} MiB");
+}
