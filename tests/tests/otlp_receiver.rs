@@ -805,3 +805,128 @@ fn a_full_pipeline_makes_clients_back_off_and_memory_stays_bounded() {
     println!("accepted {accepted} spans, refused {refused}, peak RSS {peak_mib:.1} MiB");
     assert!(peak_mib < 120.0, "peak RSS {peak_mib:.1} MiB");
 }
+
+/// A gateway: otlp receiver on `port` → `capture/<id>`.
+fn gateway(port: u16, id: &str) -> Oxeye {
+    Oxeye::start(
+        &format!(
+            "receivers:\n  otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{port}'}}}}}}\nexporters:\n  capture/{id}:\nservice:\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [capture/{id}]}}\n"
+        ),
+        &[port],
+    )
+}
+
+/// An agent: synthetic spans (`seed`, `count` at `rate`/s) → otlp balanced over `gateways`.
+fn agent(seed: u64, count: u64, rate: u64, gateways: &[u16]) -> Oxeye {
+    let endpoints: Vec<String> = gateways
+        .iter()
+        .map(|p| format!("'http://127.0.0.1:{p}'"))
+        .collect();
+    Oxeye::start(
+        &format!(
+            "receivers:\n  synthetic: {{seed: {seed}, batch_size: 200, spans: {{count: {count}, rate: {rate}}}}}\nexporters:\n  otlp:\n    endpoints: [{}]\n    routing_key: traceID\n    batch: {{timeout: 20ms}}\n    retry_on_failure: {{initial_interval: 100ms, max_interval: 500ms}}\nservice:\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [otlp]}}\n",
+            endpoints.join(", ")
+        ),
+        &[],
+    )
+}
+
+/// (trace id, span id) of every span `capture/<id>` got.
+fn captured_ids(id: &str) -> Vec<([u8; 16], [u8; 8])> {
+    oxeye_tests::captured(&format!("capture/{id}"))
+        .iter()
+        .flat_map(|b| match &b.records {
+            oxeye_api::Records::Spans(s) => s.iter().map(|s| (s.trace_id.0, s.span_id.0)).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// Waits until the agent's exporter has settled all `n` spans (delivered or dropped).
+fn agent_done(agent: Oxeye, n: u64) -> oxeye_api::Telemetry {
+    let report = agent.handle.join().expect("agent");
+    drop(agent.stop);
+    let t = component(&report, "exporters/otlp");
+    assert_eq!(t.emitted() + t.dropped_total(), n, "every span settled");
+    t
+}
+
+#[test]
+fn agents_balance_by_trace_id_over_three_gateways_whole_traces() {
+    let ports = [free_port(), free_port(), free_port()];
+    let gws: Vec<Oxeye> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| gateway(p, &format!("lb-whole-{i}")))
+        .collect();
+    let agents = [agent(1, 6000, 0, &ports), agent(2, 6000, 0, &ports)];
+    for a in agents {
+        let t = agent_done(a, 6000);
+        assert_eq!(t.dropped_total(), 0);
+    }
+    for g in gws {
+        g.stop();
+    }
+    let mut where_trace: std::collections::HashMap<[u8; 16], usize> = Default::default();
+    let mut span_ids = std::collections::HashSet::new();
+    for i in 0..3 {
+        let ids = captured_ids(&format!("lb-whole-{i}"));
+        assert!(
+            ids.len() > 12_000 / 6,
+            "gateway {i} got a fair share: {}",
+            ids.len()
+        );
+        for (trace, span) in ids {
+            assert!(span_ids.insert((trace, span)), "a span arrived twice");
+            let g = *where_trace.entry(trace).or_insert(i);
+            assert_eq!(g, i, "a trace split over gateways {g} and {i}");
+        }
+    }
+    assert_eq!(span_ids.len(), 12_000, "every span arrived");
+}
+
+#[test]
+fn a_stopped_gateway_has_its_traces_rerouted_and_gets_them_back() {
+    let ports = [free_port(), free_port(), free_port()];
+    let mut gws: Vec<Option<Oxeye>> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| Some(gateway(p, &format!("lb-fail-{i}"))))
+        .collect();
+    // 2 × 12 000 spans at 2000/s each: about 6 s.
+    let agents = [
+        agent(3, 12_000, 2000, &ports),
+        agent(4, 12_000, 2000, &ports),
+    ];
+    std::thread::sleep(Duration::from_secs(1));
+    gws[1].take().expect("gateway 1").stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Back on the same port: it gets its traces again.
+    gws[1] = Some(gateway(ports[1], "lb-fail-1-back"));
+    let mut rerouted = 0;
+    for a in agents {
+        let t = agent_done(a, 12_000);
+        assert_eq!(t.dropped(), vec![], "nothing dropped");
+        rerouted += t
+            .counters()
+            .iter()
+            .filter(|(n, s, _)| *n == "otlp_rerouted_spans" && s.contains(&ports[1].to_string()))
+            .map(|(_, _, v)| v)
+            .sum::<u64>();
+    }
+    for g in gws.into_iter().flatten() {
+        g.stop();
+    }
+    let mut all = std::collections::HashMap::new();
+    for id in ["lb-fail-0", "lb-fail-1", "lb-fail-2", "lb-fail-1-back"] {
+        let ids = captured_ids(id);
+        assert!(!ids.is_empty(), "{id} got spans");
+        for s in ids {
+            *all.entry(s).or_insert(0u32) += 1;
+        }
+    }
+    let twice = all.values().filter(|&&n| n > 1).count();
+    assert_eq!((all.len(), twice), (24_000, 0), "every span exactly once");
+    println!("rerouted {rerouted} spans off the stopped gateway");
+    assert!(rerouted > 0, "spans for the stopped gateway were rerouted");
+}

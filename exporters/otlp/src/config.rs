@@ -210,6 +210,11 @@ pub struct OtlpConfig {
     pub endpoint: Option<String>,
     /// HTTP/gRPC URL for traces, used as is.
     pub traces_endpoint: Option<String>,
+    /// Several endpoints (gateways) to balance traces over, each like `endpoint`; with
+    /// `routing_key: traceID` every span of a trace goes to the same one.
+    pub endpoints: Vec<String>,
+    /// What load balancing routes by: `traceID` (the default with `endpoints`).
+    pub routing_key: Option<String>,
     /// HTTP/gRPC URL for metrics (flows), used as is.
     pub metrics_endpoint: Option<String>,
     /// HTTP/gRPC URL for profiles, used as is.
@@ -459,17 +464,78 @@ impl OtlpConfig {
         })
     }
 
+    /// This config with `endpoints[i]` as its only endpoint (one member of a load-balanced set).
+    pub fn for_endpoint(&self, endpoint: &str) -> OtlpConfig {
+        OtlpConfig {
+            endpoint: Some(endpoint.to_string()),
+            endpoints: Vec::new(),
+            routing_key: None,
+            ..self.clone()
+        }
+    }
+
     /// Checks what serde cannot: sizes, intervals, and (for every signal) the env-derived values.
     pub fn check(&self, signals: &[OtlpSignal], env: Env) -> Result<(), ConfigErrors> {
         let mut errors = ConfigErrors::new();
+        if let Some(key) = &self.routing_key {
+            if key != "traceID" {
+                errors.push(
+                    "routing_key",
+                    format!("`{key}` is not supported: use `traceID` (every span of a trace to one endpoint)"),
+                );
+            }
+            if self.endpoints.is_empty() {
+                errors.push(
+                    "routing_key",
+                    "needs `endpoints:` (the endpoints to balance over)",
+                );
+            }
+        }
+        if !self.endpoints.is_empty() {
+            for key in [
+                "endpoint",
+                "traces_endpoint",
+                "metrics_endpoint",
+                "profiles_endpoint",
+            ] {
+                let set = match key {
+                    "endpoint" => &self.endpoint,
+                    "traces_endpoint" => &self.traces_endpoint,
+                    "metrics_endpoint" => &self.metrics_endpoint,
+                    _ => &self.profiles_endpoint,
+                };
+                if set.is_some() {
+                    errors.push(
+                        key,
+                        "use either `endpoints:` (load balancing) or `endpoint:`, not both",
+                    );
+                }
+            }
+            if self.endpoints.len() > crate::balance::MAX_ENDPOINTS {
+                errors.push(
+                    "endpoints",
+                    format!("at most {} endpoints", crate::balance::MAX_ENDPOINTS),
+                );
+            }
+            for (i, e) in self.endpoints.iter().enumerate() {
+                if self.endpoints[..i].contains(e) {
+                    errors.push(format!("endpoints[{i}]"), format!("`{e}` is listed twice"));
+                }
+                if let Err(errs) = self.for_endpoint(e).resolve(OtlpSignal::Traces, env) {
+                    for f in errs.0 {
+                        errors.push(format!("endpoints[{i}]"), f.message);
+                    }
+                }
+            }
+        }
         if self.batch.send_batch_size == 0 {
             errors.push("batch.send_batch_size", "must be at least 1");
         }
         if self.batch.timeout.is_zero() {
             errors.push("batch.timeout", "must be more than 0");
         }
-        if self.sending_queue.queue_size == 0 {
-            errors.push("sending_queue.queue_size", "must be at least 1");
+        if self.sending_queue.queue_size == 0 || self.sending_queue.queue_size > 1 << 30 {
+            errors.push("sending_queue.queue_size", "must be 1 to 1073741824");
         }
         if self.sending_queue.num_consumers == 0 {
             errors.push("sending_queue.num_consumers", "must be at least 1");

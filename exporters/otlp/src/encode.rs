@@ -342,8 +342,28 @@ pub fn trace_request<'a>(
     resources: &mut Resources,
     parts: impl IntoIterator<Item = (&'a Arc<Resource>, &'a [Span])>,
 ) -> ExportTraceServiceRequest {
+    trace_request_of(
+        resources,
+        parts
+            .into_iter()
+            .flat_map(|(r, spans)| spans.iter().map(move |s| (r, s))),
+    )
+}
+
+/// Builds one trace request from single spans and their resources (spans routed one by one).
+pub fn trace_request_of<'a>(
+    resources: &mut Resources,
+    spans: impl IntoIterator<Item = (&'a Arc<Resource>, &'a Span)>,
+) -> ExportTraceServiceRequest {
+    let mut groups: Vec<(&Arc<Resource>, Vec<&Span>)> = Vec::new();
+    for (resource, span) in spans {
+        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, resource)) {
+            Some((_, g)) => g.push(span),
+            None => groups.push((resource, vec![span])),
+        }
+    }
     ExportTraceServiceRequest {
-        resource_spans: by_resource(parts)
+        resource_spans: groups
             .into_iter()
             .map(|(resource, spans)| ResourceSpans {
                 resource: Some(resources.get(resource)),
@@ -683,11 +703,11 @@ mod tests {
 
     #[test]
     fn spans_keep_ids_links_times_status_and_attributes() {
-        let resource = Arc::new(Resource {
-            attributes: [("service.name", "oxeye"), ("host.name", "h1")]
+        let resource = Arc::new(Resource::new(
+            [("service.name", "oxeye"), ("host.name", "h1")]
                 .into_iter()
                 .collect(),
-        });
+        ));
         let s = Span {
             trace_id: TraceId([7; 16]),
             span_id: SpanId([1; 8]),
@@ -757,10 +777,10 @@ mod tests {
             hex_addresses(&[0xffff_ffff_81a2_b3c4, 0x7f00_0000_1000, 0]),
             str_value("0xffffffff81a2b3c4 0x7f0000001000 0x0")
         );
-        // A root span has an empty parent and an unset status is left out.
+        // A root span has an empty parent; an unset status is written empty (as the Collector).
         let root = span(&Span::default());
         assert!(root.parent_span_id.is_empty());
-        assert!(root.status.is_none());
+        assert_eq!(root.status, Some(Status::default()));
     }
 
     #[test]

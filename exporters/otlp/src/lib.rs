@@ -23,6 +23,7 @@
 //! deliveries: records are "out" when the backend accepted them; rejected (partial success),
 //! given-up and abandoned-at-shutdown records are counted as dropped with a reason.
 
+pub mod balance;
 pub mod config;
 pub mod encode;
 pub mod transport;
@@ -92,6 +93,10 @@ struct Shared {
     traces: Option<Client>,
     metrics: Option<Client>,
     profiles: Option<Client>,
+    /// Several trace endpoints, balanced by trace id (`endpoints:`); then `traces` is `None`.
+    balancer: Option<balance::Balancer>,
+    /// Spans moved off each failed endpoint, by member.
+    rerouted: Mutex<Vec<u64>>,
     retry: RetryConfig,
     send_batch_size: usize,
     batch_timeout: Duration,
@@ -209,6 +214,146 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Load balancing: routes each span by its trace id, sends each endpoint its share (all
+    /// at once), and moves the share of an endpoint that fails to the next ones on the ring
+    /// (counted) until every span is settled. When every endpoint is down it waits, as a single
+    /// endpoint's retries would, and gives up after `max_elapsed_time`.
+    async fn deliver_balanced(
+        &self,
+        balancer: &balance::Balancer,
+        resources: &mut encode::Resources,
+        mut pending: Vec<(&Arc<Resource>, &oxeye_api::Span)>,
+    ) {
+        let started = tokio::time::Instant::now();
+        let mut interval = self.retry.initial_interval;
+        while !pending.is_empty() {
+            let now = std::time::Instant::now();
+            let mut shares: Vec<Vec<(&Arc<Resource>, &oxeye_api::Span)>> =
+                vec![Vec::new(); balancer.members().len()];
+            let mut unroutable = Vec::new();
+            let mut moved = vec![0u64; shares.len()];
+            for item in pending.drain(..) {
+                match balancer.route(balance::trace_key(&item.1.trace_id), now) {
+                    Some((i, owner)) => {
+                        if i != owner {
+                            moved[owner] += 1;
+                        }
+                        shares[i].push(item)
+                    }
+                    None => unroutable.push(item),
+                }
+            }
+            if moved.iter().any(|&n| n > 0) {
+                let mut r = self.rerouted.lock().unwrap_or_else(|p| p.into_inner());
+                for (i, n) in moved.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+                    r[i] += n;
+                    self.telemetry.set_counter(
+                        "otlp_rerouted_spans",
+                        &balancer.members()[i].url,
+                        r[i],
+                    );
+                }
+            }
+            let sends = shares
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.is_empty())
+                .flat_map(|(i, share)| {
+                    share
+                        .chunks(self.send_batch_size)
+                        .map(move |chunk| (i, chunk))
+                });
+            let sends: Vec<_> = sends
+                .map(|(i, chunk)| {
+                    let request =
+                        Request::Traces(encode::trace_request_of(resources, chunk.iter().copied()));
+                    (i, chunk, request)
+                })
+                .collect();
+            let attempts = sends.into_iter().map(|(i, chunk, request)| async move {
+                let member = &balancer.members()[i];
+                let payload = member.client.prepare(&request);
+                drop(request);
+                self.count(OtlpSignal::Traces, |s, k| s.requests[k] += 1);
+                (i, chunk, member.client.send(&payload).await)
+            });
+            // The longest delay an endpoint asked for (it is alive, only busy: its traces wait
+            // for it rather than move, which would split them).
+            let mut asked: Option<Duration> = None;
+            for (i, chunk, outcome) in futures_util::future::join_all(attempts).await {
+                let n = chunk.len() as u64;
+                let url = &balancer.members()[i].url;
+                match outcome {
+                    Outcome::Delivered { rejected, message } => {
+                        if balancer.mark_up(i) {
+                            info!(exporter = %self.id, endpoint = %url, "endpoint is back: it takes its traces again");
+                        }
+                        if rejected > 0 {
+                            warn!(exporter = %self.id, endpoint = %url, rejected, %message, "backend accepted the request but rejected some records");
+                        }
+                        self.settle(n, n - rejected.min(n), "rejected_by_backend");
+                    }
+                    Outcome::Permanent { reason } => {
+                        self.count(OtlpSignal::Traces, |s, k| s.failed[k] += 1);
+                        error!(exporter = %self.id, endpoint = %url, records = n, %reason, "export failed permanently; records dropped");
+                        self.settle(n, 0, "export_failed");
+                    }
+                    Outcome::Retryable {
+                        after: Some(after), ..
+                    } => {
+                        self.count(OtlpSignal::Traces, |s, k| s.retries[k] += 1);
+                        asked = Some(asked.map_or(after, |a| a.max(after)));
+                        pending.extend_from_slice(chunk);
+                    }
+                    Outcome::Retryable {
+                        reason,
+                        after: None,
+                    } => {
+                        let (newly, off) = balancer.mark_down(i);
+                        if newly {
+                            warn!(exporter = %self.id, endpoint = %url, %reason, ?off, "endpoint failed: its traces go to the next endpoints on the ring");
+                        }
+                        let total = {
+                            let mut r = self.rerouted.lock().unwrap_or_else(|p| p.into_inner());
+                            r[i] += n;
+                            r[i]
+                        };
+                        self.telemetry
+                            .set_counter("otlp_rerouted_spans", url, total);
+                        self.count(OtlpSignal::Traces, |s, k| s.retries[k] += 1);
+                        pending.extend_from_slice(chunk);
+                    }
+                }
+            }
+            if !unroutable.is_empty() || asked.is_some() {
+                // Every endpoint is down (wait for the first to come back, as retries would),
+                // or one asked for time.
+                let wait = match asked {
+                    Some(after) => after,
+                    None => balancer
+                        .next_return()
+                        .map(|t| t.saturating_duration_since(std::time::Instant::now()))
+                        .unwrap_or(interval)
+                        .max(jitter(interval, self.retry.randomization_factor)),
+                };
+                if !self.retry.enabled || started.elapsed() + wait > self.retry.max_elapsed_time {
+                    let n = unroutable.len() as u64 + pending.len() as u64;
+                    self.count(OtlpSignal::Traces, |s, k| s.failed[k] += 1);
+                    error!(exporter = %self.id, records = n, "every endpoint failed, no more retries; records dropped");
+                    self.settle(n, 0, "retries_exhausted");
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+                interval = interval
+                    .mul_f64(self.retry.multiplier)
+                    .min(self.retry.max_interval);
+                pending.extend(unroutable);
+            }
+        }
+    }
+}
+
 /// `wait × (1 ± factor)`, uniformly.
 fn jitter(wait: Duration, factor: f64) -> Duration {
     let r: f64 = rand::random::<f64>() * 2.0 - 1.0;
@@ -243,6 +388,17 @@ async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receive
                     _ => break,
                 }
             }
+        }
+        if let Some(balancer) = &shared.balancer {
+            let spans = batches.iter().flat_map(|b| match &b.records {
+                Records::Spans(spans) => spans.iter().map(|s| (&b.resource, s)).collect(),
+                _ => Vec::new(),
+            });
+            shared
+                .deliver_balanced(balancer, &mut resources, spans.collect())
+                .await;
+            drop(room);
+            continue;
         }
         for (signal, request, n) in requests(&mut resources, &batches, shared.send_batch_size) {
             let client = match signal {
@@ -337,7 +493,28 @@ impl OtlpExporter {
             info!(exporter = %ctx.id, signal = s.as_str(), url = %r.url, protocol = r.protocol.as_str(), "otlp exporter");
             Ok(Some(Client::new(&r)?))
         };
-        let traces = client(OtlpSignal::Traces)?;
+        let balancer = if config.endpoints.is_empty() {
+            None
+        } else {
+            if signals.iter().any(|s| *s != OtlpSignal::Traces) {
+                return Err("load balancing (`endpoints:`) routes spans by trace id: send flows and profiles through another otlp exporter".into());
+            }
+            let mut members = Vec::new();
+            for e in &config.endpoints {
+                let r = config
+                    .for_endpoint(e)
+                    .resolve(OtlpSignal::Traces, &process_env)
+                    .map_err(|e| e.to_string())?;
+                info!(exporter = %ctx.id, url = %r.url, protocol = r.protocol.as_str(), "otlp exporter: load-balanced endpoint");
+                members.push((e.clone(), Client::new(&r)?));
+            }
+            Some(balance::Balancer::new(members))
+        };
+        let traces = if balancer.is_some() {
+            None
+        } else {
+            client(OtlpSignal::Traces)?
+        };
         let metrics = client(OtlpSignal::Metrics)?;
         let profiles = client(OtlpSignal::Profiles)?;
         let q = &config.sending_queue;
@@ -353,6 +530,8 @@ impl OtlpExporter {
                 traces,
                 metrics,
                 profiles,
+                rerouted: Mutex::new(vec![0; balancer.as_ref().map_or(0, |b| b.members().len())]),
+                balancer,
                 retry: config.retry_on_failure,
                 send_batch_size: config.batch.send_batch_size,
                 batch_timeout: config.batch.timeout,

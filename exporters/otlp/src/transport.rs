@@ -457,6 +457,11 @@ pub fn grpc_outcome(status: &tonic::Status) -> Outcome {
         | Code::Unavailable
         | Code::DataLoss => Outcome::Retryable { reason, after },
         Code::ResourceExhausted if after.is_some() => Outcome::Retryable { reason, after },
+        // Made by the client from a transport error (the connection broke mid-request, e.g. a
+        // server shutting down), not a status the server sent: worth another try.
+        Code::Unknown | Code::Internal if std::error::Error::source(status).is_some() => {
+            Outcome::Retryable { reason, after }
+        }
         _ => Outcome::Permanent { reason },
     }
 }

@@ -70,11 +70,11 @@ pub fn sample_spans() -> Batch {
 }
 
 fn sample_resource() -> Arc<Resource> {
-    Arc::new(Resource {
-        attributes: [("service.name", "shop"), ("host.name", "node-1")]
+    Arc::new(Resource::new(
+        [("service.name", "shop"), ("host.name", "node-1")]
             .into_iter()
             .collect(),
-    })
+    ))
 }
 
 fn flow(src: &str, dst: &str, sport: u16, dport: u16, transport: Transport) -> Flow {

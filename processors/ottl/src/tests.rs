@@ -59,9 +59,7 @@ fn flow() -> Flow {
 }
 
 fn resource() -> Resource {
-    Resource {
-        attributes: [("service.name", "checkout")].into_iter().collect(),
-    }
+    Resource::new([("service.name", "checkout")].into_iter().collect())
 }
 
 fn holds(text: &str, context: Context) -> bool {
