@@ -930,3 +930,87 @@ fn a_stopped_gateway_has_its_traces_rerouted_and_gets_them_back() {
     println!("rerouted {rerouted} spans off the stopped gateway");
     assert!(rerouted > 0, "spans for the stopped gateway were rerouted");
 }
+
+/// Rotel's `rotel-agent`, from the venv tests/setup.sh made.
+fn rotel_agent() -> PathBuf {
+    let venv = std::env::var("OXEYE_ROTEL_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".local/share/oxeye/rotel")
+        });
+    std::fs::read_dir(venv.join("lib"))
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("site-packages/rotel/rotel-agent"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no rotel-agent under {}: run tests/setup.sh",
+                venv.display()
+            )
+        })
+}
+
+#[test]
+fn agent_to_rotel_to_gateway_every_span_once() {
+    let (rotel_grpc, rotel_http, gw) = (free_port(), free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("oxeye-rotel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let rotel = std::process::Command::new(rotel_agent())
+        .args([
+            "start",
+            "--otlp-grpc-endpoint",
+            &format!("127.0.0.1:{rotel_grpc}"),
+        ])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{rotel_http}")])
+        .args([
+            "--exporter",
+            "otlp",
+            "--otlp-exporter-endpoint",
+            &format!("http://127.0.0.1:{gw}"),
+        ])
+        .arg("--pid-file")
+        .arg(dir.join("rotel.pid"))
+        .arg("--log-file")
+        .arg(dir.join("rotel.log"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start rotel-agent");
+    let rotel = oxeye_tests::KillOnDrop(rotel);
+    let gateway = gateway(gw, "chain-gw");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", rotel_grpc)).is_err() {
+        assert!(Instant::now() < deadline, "rotel never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let agent = Oxeye::start(
+        &format!("receivers:\n  synthetic: {{seed: 11, batch_size: 250, spans: {{count: 5000}}}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{rotel_grpc}', batch: {{timeout: 20ms}}}}\nservice:\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [otlp]}}\n"),
+        &[],
+    );
+    let t = agent_done(agent, 5000);
+    assert_eq!(t.dropped_total(), 0);
+    // Rotel batches for up to its timeout: wait for all 5000 at the gateway.
+    let mut ids = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ids.len() < 5000 && Instant::now() < deadline {
+        for s in captured_ids("chain-gw") {
+            *ids.entry(s).or_insert(0u32) += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(rotel);
+    gateway.stop();
+    for s in captured_ids("chain-gw") {
+        *ids.entry(s).or_insert(0u32) += 1;
+    }
+    let twice = ids.values().filter(|&&n| n > 1).count();
+    assert_eq!(
+        (ids.len(), twice),
+        (5000, 0),
+        "every span id once at the gateway"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
