@@ -207,15 +207,16 @@ mod tests {
             let key = trace_key(&TraceId(
                 (t as u128).wrapping_mul(0x9e37_79b9).to_be_bytes(),
             ));
-            let i = three.route(key, now).unwrap();
+            let (i, owner) = three.route(key, now).unwrap();
+            assert_eq!(i, owner, "all up: the owner takes it");
             counts[i] += 1;
-            let j = reversed.route(key, now).unwrap();
+            let (j, _) = reversed.route(key, now).unwrap();
             assert_eq!(
                 three.members()[i].url,
                 reversed.members()[j].url,
                 "order does not matter"
             );
-            let k = two.route(key, now).unwrap();
+            let (k, _) = two.route(key, now).unwrap();
             if i < 2 {
                 assert_eq!(i, k, "a trace of a remaining member stays put");
             } else {
@@ -234,19 +235,23 @@ mod tests {
         let now = Instant::now();
         let key = (0..)
             .map(|t: u64| hash(&[&t.to_le_bytes()]))
-            .find(|&k| b.route(k, now) == Some(0))
+            .find(|&k| b.route(k, now) == Some((0, 0)))
             .unwrap();
         assert_eq!(b.mark_down(0), (true, FIRST_BACKOFF));
-        assert_eq!(b.route(key, Instant::now()), Some(1), "next on the ring");
+        assert_eq!(
+            b.route(key, Instant::now()),
+            Some((1, 0)),
+            "next on the ring"
+        );
         assert_eq!(
             b.route(key, Instant::now() + FIRST_BACKOFF),
-            Some(0),
+            Some((0, 0)),
             "back after its time off"
         );
-        assert_eq!(b.mark_down(1).0, true);
+        assert!(b.mark_down(1).0);
         assert_eq!(b.route(key, Instant::now()), None, "all down");
         assert!(b.mark_up(0));
-        assert_eq!(b.route(key, Instant::now()), Some(0));
+        assert_eq!(b.route(key, Instant::now()), Some((0, 0)));
         assert!(b.next_return().is_some());
     }
 }

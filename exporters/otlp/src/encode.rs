@@ -320,7 +320,7 @@ fn by_resource<'a, T>(
 }
 
 /// Groups a resource's spans by scope (by identity, in first-seen order).
-fn by_scope<'a>(spans: Vec<&'a Span>) -> Vec<(Option<&'a Arc<Scope>>, Vec<&'a Span>)> {
+fn by_scope(spans: Vec<&Span>) -> Vec<(Option<&Arc<Scope>>, Vec<&Span>)> {
     let mut groups: Vec<(Option<&Arc<Scope>>, Vec<&Span>)> = Vec::new();
     for s in spans {
         let key = s.scope.as_ref();
