@@ -2,7 +2,7 @@
 //! (hyper), both through one rustls connector, with failures classified as the OTLP
 //! specification says: retryable (with the server's delay, if it gave one) or permanent.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -25,7 +25,6 @@ use oxeye_api::BoxError;
 use prost::Message;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -49,55 +48,6 @@ pub enum Request {
 pub struct Payload {
     signal: OtlpSignal,
     body: Bytes,
-}
-
-/// Sends already-encoded messages through tonic: the request is encoded once by us, not again
-/// (after a deep copy) for each attempt by a generated client.
-struct RawCodec<D>(std::marker::PhantomData<D>);
-
-impl<D> Default for RawCodec<D> {
-    fn default() -> Self {
-        RawCodec(std::marker::PhantomData)
-    }
-}
-
-struct RawEncoder;
-struct ProstDecoder<D>(std::marker::PhantomData<D>);
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: Bytes,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), Self::Error> {
-        bytes::BufMut::put(dst, item);
-        Ok(())
-    }
-}
-
-impl<D: Message + Default> tonic::codec::Decoder for ProstDecoder<D> {
-    type Item = D;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<D>, Self::Error> {
-        D::decode(src)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(format!("decoding the response: {e}")))
-    }
-}
-
-impl<D: Message + Default + Send + 'static> tonic::codec::Codec for RawCodec<D> {
-    type Encode = Bytes;
-    type Decode = D;
-    type Encoder = RawEncoder;
-    type Decoder = ProstDecoder<D>;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> ProstDecoder<D> {
-        ProstDecoder(std::marker::PhantomData)
-    }
 }
 
 /// What became of one attempt.
@@ -293,7 +243,17 @@ impl Client {
         };
         let body = match self {
             Client::Http { gzip: true, .. } => gzip_bytes(&encoded),
-            _ => encoded,
+            Client::Http { gzip: false, .. } => encoded,
+            // One gRPC message frame: compressed flag, length, message (gzip'd by us at a fast
+            // level: tonic's own compression is level 6 and runs again on every attempt).
+            Client::Grpc { gzip, .. } => {
+                let message = if *gzip { gzip_bytes(&encoded) } else { encoded };
+                let mut frame = Vec::with_capacity(message.len() + 5);
+                frame.push(u8::from(*gzip));
+                frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                frame.extend_from_slice(&message);
+                frame
+            }
         };
         Payload {
             signal,
@@ -310,44 +270,39 @@ impl Client {
                 gzip,
                 timeout,
             } => {
-                let mut grpc = tonic::client::Grpc::new(channel.clone());
-                if *gzip {
-                    grpc = grpc.send_compressed(CompressionEncoding::Gzip);
-                }
-                let request = grpc_request(payload.body.clone(), headers, *timeout);
-                let result = match grpc.ready().await {
-                    Err(e) => Err(tonic::Status::unavailable(format!("connecting: {e}"))),
-                    Ok(()) if payload.signal == OtlpSignal::Traces => grpc
-                        .unary(
-                            request,
-                            hyper::http::uri::PathAndQuery::from_static(
-                                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-                            ),
-                            RawCodec::<ExportTraceServiceResponse>::default(),
-                        )
-                        .await
-                        .map(|resp| trace_partial(resp.into_inner())),
-                    Ok(()) if payload.signal == OtlpSignal::Profiles => grpc
-                        .unary(
-                            request,
-                            hyper::http::uri::PathAndQuery::from_static(
-                                "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export",
-                            ),
-                            RawCodec::<ExportProfilesServiceResponse>::default(),
-                        )
-                        .await
-                        .map(|resp| profiles_partial(resp.into_inner())),
-                    Ok(()) => grpc
-                        .unary(
-                            request,
-                            hyper::http::uri::PathAndQuery::from_static(
-                                "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
-                            ),
-                            RawCodec::<ExportMetricsServiceResponse>::default(),
-                        )
-                        .await
-                        .map(|resp| metrics_partial(resp.into_inner())),
+                let path = match payload.signal {
+                    OtlpSignal::Traces => {
+                        "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+                    }
+                    OtlpSignal::Metrics => {
+                        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+                    }
+                    OtlpSignal::Profiles => {
+                        "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export"
+                    }
                 };
+                let exchange = grpc_unary(channel, path, headers, *gzip, *timeout, payload);
+                let result = match tokio::time::timeout(*timeout, exchange).await {
+                    Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                        "no response within {timeout:?}"
+                    ))),
+                    Ok(r) => r,
+                };
+                let result = result.and_then(|message| {
+                    let decoded = match payload.signal {
+                        OtlpSignal::Traces => {
+                            ExportTraceServiceResponse::decode(message).map(trace_partial)
+                        }
+                        OtlpSignal::Metrics => {
+                            ExportMetricsServiceResponse::decode(message).map(metrics_partial)
+                        }
+                        OtlpSignal::Profiles => {
+                            ExportProfilesServiceResponse::decode(message).map(profiles_partial)
+                        }
+                    };
+                    decoded
+                        .map_err(|e| tonic::Status::internal(format!("decoding the response: {e}")))
+                });
                 match result {
                     Ok((rejected, message)) => Outcome::Delivered { rejected, message },
                     Err(status) => grpc_outcome(&status),
@@ -406,20 +361,89 @@ impl Client {
     }
 }
 
-fn grpc_request<T>(
-    msg: T,
+/// One gRPC unary call with an already framed request (see [`Client::prepare`]) over tonic's
+/// channel, which keeps the connection, HTTP/2 and TLS; the status comes from the trailers (or
+/// a trailers-only response) through tonic, RetryInfo details included. Returns the response
+/// message.
+async fn grpc_unary(
+    channel: &Channel,
+    path: &'static str,
     headers: &[(
         MetadataKey<tonic::metadata::Ascii>,
         MetadataValue<tonic::metadata::Ascii>,
     )],
+    gzip: bool,
     timeout: Duration,
-) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    for (k, v) in headers {
-        req.metadata_mut().insert(k.clone(), v.clone());
+    payload: &Payload,
+) -> Result<Bytes, tonic::Status> {
+    use tower::{Service, ServiceExt};
+    let mut req = hyper::Request::post(path)
+        .header(CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-accept-encoding", "gzip")
+        .header("grpc-timeout", format!("{}m", timeout.as_millis().max(1)))
+        .body(tonic::body::Body::new(Full::new(payload.body.clone())))
+        .expect("static request parts are valid");
+    if gzip {
+        req.headers_mut()
+            .insert("grpc-encoding", HeaderValue::from_static("gzip"));
     }
-    req.set_timeout(timeout);
-    req
+    for (k, v) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_str().as_bytes()),
+            HeaderValue::from_bytes(v.as_encoded_bytes()),
+        ) {
+            req.headers_mut().insert(name, value);
+        }
+    }
+    let mut channel = channel.clone();
+    let ready = channel
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connecting: {e}")))?;
+    let response = ready
+        .call(req)
+        .await
+        .map_err(|e| tonic::Status::from_error(Box::new(e)))?;
+    let (parts, body) = response.into_parts();
+    if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
+        // A trailers-only response: the call failed (or succeeded with no message).
+        if status.code() != Code::Ok {
+            return Err(status);
+        }
+    }
+    if parts.status != hyper::StatusCode::OK {
+        return Err(tonic::Status::unknown(format!(
+            "HTTP {} from a gRPC endpoint",
+            parts.status
+        )));
+    }
+    let collected = body
+        .collect()
+        .await
+        .map_err(|e| tonic::Status::from_error(e.into()))?;
+    if let Some(status) = collected
+        .trailers()
+        .and_then(tonic::Status::from_header_map)
+    {
+        if status.code() != Code::Ok {
+            return Err(status);
+        }
+    }
+    let frame = collected.to_bytes();
+    if frame.len() < 5 {
+        return Ok(Bytes::new());
+    }
+    let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+    let message = frame.slice(5..(5 + len).min(frame.len()));
+    if frame[0] == 1 {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&message[..])
+            .read_to_end(&mut out)
+            .map_err(|e| tonic::Status::internal(format!("decompressing the response: {e}")))?;
+        return Ok(out.into());
+    }
+    Ok(message)
 }
 
 fn trace_partial(r: ExportTraceServiceResponse) -> (u64, String) {

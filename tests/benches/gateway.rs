@@ -1,0 +1,268 @@
+//! Gateways side by side: the same N spans, sent over OTLP/gRPC by one load generator (oxeye
+//! synthetic → otlp exporter, pinned to CPU 0 with taskset), through (a) an oxeye gateway (otlp
+//! receiver → otlp exporter) and (b) Rotel (`rotel-agent`, OTLP receiver → OTLP exporter), each
+//! pinned to CPU 1, to a blackhole TraceService of this benchmark. Per gateway: CPU seconds per
+//! million spans (utime + stime from /proc/<pid>/stat), spans/s, peak RSS (VmHWM); runs
+//! interleaved, medians.
+//!
+//!     cargo build --release -p oxeye && cargo bench -p oxeye-tests --bench gateway
+//!     OXEYE_BENCH_ONLY=gzip cargo bench ...   # only the rows whose name has this text
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use oxeye_tests::bench::{median, quick};
+use oxeye_tests::free_port;
+
+/// Counts the spans it receives and throws them away.
+struct Blackhole(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl TraceService for Blackhole {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let n: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn rotel_agent() -> PathBuf {
+    let venv = std::env::var("OXEYE_ROTEL_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".local/share/oxeye/rotel")
+        });
+    std::fs::read_dir(venv.join("lib"))
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("site-packages/rotel/rotel-agent"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no rotel-agent under {}: run tests/setup.sh",
+                venv.display()
+            )
+        })
+}
+
+/// CPU seconds (user + system) of a live process, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Peak RSS (VmHWM) of a live process, MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .expect("VmHWM")
+        / 1024.0
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn pinned(cpu: &str, bin: &Path) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", cpu]).arg(bin);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+/// The gateway under test, listening on `port`, sending to the sink on `sink`.
+fn start_gateway(kind: &str, oxeye: &Path, port: u16, sink: u16, gzip: bool, dir: &Path) -> Child {
+    let compression = if gzip { "gzip" } else { "none" };
+    if kind == "oxeye" {
+        let yaml = format!(
+            "receivers:\n  otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{port}', max_recv_msg_size_mib: 64}}}}}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{sink}', compression: {compression}}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [otlp], queue: {{capacity: 8}}}}\n"
+        );
+        let cfg = dir.join("gateway.yaml");
+        std::fs::write(&cfg, yaml).expect("config");
+        pinned("1", oxeye)
+            .args(["run", "-c"])
+            .arg(cfg)
+            .spawn()
+            .expect("oxeye gateway")
+    } else {
+        let http = free_port();
+        pinned("1", &rotel_agent())
+            .args([
+                "start",
+                "--otlp-grpc-endpoint",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .args(["--exporter", "otlp"])
+            .args([
+                "--otlp-exporter-endpoint",
+                &format!("http://127.0.0.1:{sink}"),
+            ])
+            .args(["--otlp-exporter-compression", compression])
+            .arg("--pid-file")
+            .arg(dir.join("rotel.pid"))
+            .arg("--log-file")
+            .arg(dir.join("rotel.log"))
+            .spawn()
+            .expect("rotel-agent")
+    }
+}
+
+struct Row {
+    cpu_s: f64,
+    spans_per_s: f64,
+    rss: f64,
+}
+
+/// One run: gateway up, N spans from the load generator, until the sink has them all.
+fn run(kind: &str, oxeye: &Path, n: u64, gzip: bool, sink: u16, received: &AtomicU64) -> Row {
+    let dir = std::env::temp_dir().join(format!("oxeye-bench-gateway-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let mut gw = start_gateway(kind, oxeye, port, sink, gzip, &dir);
+    wait_port(port);
+    let compression = if gzip { "gzip" } else { "none" };
+    let load = format!(
+        "receivers:\n  synthetic: {{seed: 21, batch_size: 512, spans: {{count: {n}, attributes: true}}}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{port}', compression: {compression}, retry_on_failure: {{initial_interval: 20ms, max_interval: 200ms}}}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [otlp]}}\n"
+    );
+    let cfg = dir.join("load.yaml");
+    std::fs::write(&cfg, load).expect("config");
+    let before = received.load(Ordering::Relaxed);
+    let cpu0 = cpu_seconds(gw.id());
+    let started = Instant::now();
+    let mut loadgen = pinned("0", oxeye)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .spawn()
+        .expect("load");
+    let deadline = started + Duration::from_secs(600);
+    while received.load(Ordering::Relaxed) - before < n {
+        assert!(
+            Instant::now() < deadline,
+            "{kind}: spans did not all arrive"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let row = Row {
+        cpu_s: cpu_seconds(gw.id()) - cpu0,
+        spans_per_s: n as f64 / wall,
+        rss: peak_rss_mib(gw.id()),
+    };
+    let _ = loadgen.wait();
+    let _ = gw.kill();
+    let _ = gw.wait();
+    assert_eq!(
+        received.load(Ordering::Relaxed) - before,
+        n,
+        "{kind}: spans arrived once"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    row
+}
+
+fn main() {
+    let quick = quick();
+    let oxeye = oxeye_tests::bench::release_oxeye(quick);
+    let n: u64 = if quick { 20_000 } else { 500_000 };
+    let runs = if quick { 1 } else { 5 };
+    let only = std::env::var("OXEYE_BENCH_ONLY").unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let received = Arc::new(AtomicU64::new(0));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let sink = listener.local_addr().expect("addr").port();
+    rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                TraceServiceServer::new(Blackhole(Arc::clone(&received)))
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                    .max_decoding_message_size(64 << 20),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    println!(
+        "gateways side by side: {n} HTTP-shaped synthetic spans over OTLP/gRPC (load generator on CPU 0, gateway on CPU 1) -> loopback blackhole; median of {runs}, interleaved"
+    );
+    let cases: Vec<(&str, bool)> = [
+        ("oxeye", false),
+        ("rotel", false),
+        ("oxeye", true),
+        ("rotel", true),
+    ]
+    .into_iter()
+    .filter(|(k, gz)| {
+        let name = format!("{k} {}", if *gz { "gzip" } else { "none" });
+        only.is_empty() || name.contains(&only)
+    })
+    .collect();
+    let mut rows: Vec<Vec<Row>> = cases.iter().map(|_| Vec::new()).collect();
+    for _ in 0..runs {
+        for (i, &(kind, gzip)) in cases.iter().enumerate() {
+            rows[i].push(run(kind, &oxeye, n, gzip, sink, &received));
+        }
+    }
+    let mut per_cpu_s = std::collections::HashMap::new();
+    for (&(kind, gzip), rows) in cases.iter().zip(&rows) {
+        let cpu = median(rows.iter().map(|r| r.cpu_s).collect());
+        let rate = median(rows.iter().map(|r| r.spans_per_s).collect());
+        let rss = median(rows.iter().map(|r| r.rss).collect());
+        let compression = if gzip { "gzip" } else { "none" };
+        per_cpu_s.insert((kind, gzip), n as f64 / cpu);
+        println!(
+            "  {kind:<6} compression {compression:<5} {:>7.2} CPU-s per million spans  {:>9.0} spans/s  {:>9.0} spans per CPU-s  peak RSS {rss:>6.1} MiB",
+            cpu / n as f64 * 1e6,
+            rate,
+            n as f64 / cpu,
+        );
+    }
+    for gzip in [false, true] {
+        if let (Some(o), Some(r)) = (
+            per_cpu_s.get(&("oxeye", gzip)),
+            per_cpu_s.get(&("rotel", gzip)),
+        ) {
+            println!(
+                "  oxeye / rotel spans per CPU-second, compression {}: {:.2}x",
+                if gzip { "gzip" } else { "none" },
+                o / r
+            );
+        }
+    }
+}
