@@ -236,22 +236,24 @@ impl Client {
 
     /// Encodes `request` once for every attempt of [`Client::send`].
     pub fn prepare(&self, request: &Request) -> Payload {
-        let (signal, encoded) = match request {
-            Request::Traces(r) => (OtlpSignal::Traces, r.encode_to_vec()),
-            Request::Metrics(r) => (OtlpSignal::Metrics, r.encode_to_vec()),
-            Request::Profiles(r) => (OtlpSignal::Profiles, r.encode_to_vec()),
+        let (signal, message): (OtlpSignal, &dyn EncodeInto) = match request {
+            Request::Traces(r) => (OtlpSignal::Traces, r),
+            Request::Metrics(r) => (OtlpSignal::Metrics, r),
+            Request::Profiles(r) => (OtlpSignal::Profiles, r),
         };
         let body = match self {
-            Client::Http { gzip: true, .. } => gzip_bytes(&encoded),
-            Client::Http { gzip: false, .. } => encoded,
+            Client::Http { gzip, .. } => {
+                let mut out = Vec::new();
+                message.encode_into(&mut out, *gzip);
+                out
+            }
             // One gRPC message frame: compressed flag, length, message (gzip'd by us at a fast
             // level: tonic's own compression is level 6 and runs again on every attempt).
             Client::Grpc { gzip, .. } => {
-                let message = if *gzip { gzip_bytes(&encoded) } else { encoded };
-                let mut frame = Vec::with_capacity(message.len() + 5);
-                frame.push(u8::from(*gzip));
-                frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-                frame.extend_from_slice(&message);
+                let mut frame = vec![u8::from(*gzip), 0, 0, 0, 0];
+                message.encode_into(&mut frame, *gzip);
+                let len = (frame.len() - 5) as u32;
+                frame[1..5].copy_from_slice(&len.to_be_bytes());
                 frame
             }
         };
@@ -527,6 +529,26 @@ pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// A request message appended to a buffer, gzip'd or not, without an intermediate copy.
+trait EncodeInto {
+    fn encode_into(&self, out: &mut Vec<u8>, gzip: bool);
+}
+
+impl<M: Message> EncodeInto for M {
+    fn encode_into(&self, out: &mut Vec<u8>, gzip: bool) {
+        if gzip {
+            let encoded = self.encode_to_vec();
+            let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+            enc.write_all(&encoded)
+                .expect("writing to a Vec cannot fail");
+            enc.finish().expect("writing to a Vec cannot fail");
+        } else {
+            out.reserve(self.encoded_len());
+            self.encode(out).expect("a Vec grows as needed");
+        }
+    }
 }
 
 /// gzip at a fast level: the payload is mostly ids and repeated keys.
