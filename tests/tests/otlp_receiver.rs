@@ -1014,3 +1014,71 @@ fn agent_to_rotel_to_gateway_every_span_once() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// PEM files in a fresh dir: a CA, a server certificate for 127.0.0.1 and a client one.
+fn pki(tag: &str) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = std::env::temp_dir().join(format!("oxeye-recv-tls-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    for (name, san) in [("server", "127.0.0.1"), ("client", "oxeye-agent")] {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec![san.to_string()])
+            .expect("params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("sign");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+    }
+    dir
+}
+
+#[test]
+fn mtls_on_grpc_and_http_and_a_client_without_certificate_refused() {
+    let dir = pki("mtls");
+    let d = dir.display();
+    let (grpc, http) = (free_port(), free_port());
+    let tls = format!(
+        "{{cert_file: '{d}/server.pem', key_file: '{d}/server.key', client_ca_file: '{d}/ca.pem'}}"
+    );
+    let gw = Oxeye::start(
+        &format!("receivers:\n  otlp:\n    protocols:\n      grpc: {{endpoint: '127.0.0.1:{grpc}', tls: {tls}}}\n      http: {{endpoint: '127.0.0.1:{http}', tls: {tls}}}\nexporters:\n  capture/mtls:\nservice:\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [capture/mtls]}}\n"),
+        &[grpc, http],
+    );
+    let agent = |protocol: &str, endpoint: String, client_cert: bool| {
+        let cert = if client_cert {
+            format!(", cert_file: '{d}/client.pem', key_file: '{d}/client.key'")
+        } else {
+            String::new()
+        };
+        let yaml = format!("receivers:\n  synthetic: {{seed: 5, batch_size: 100, spans: {{count: 1000}}}}\nexporters:\n  otlp: {{protocol: {protocol}, endpoint: '{endpoint}', tls: {{ca_file: '{d}/ca.pem'{cert}}}, retry_on_failure: {{enabled: false}}}}\nservice:\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [otlp]}}\n");
+        let report = oxeye_tests::run(&yaml);
+        component(&report, "exporters/otlp")
+    };
+    let t = agent("grpc", format!("https://127.0.0.1:{grpc}"), true);
+    assert_eq!(
+        (t.emitted(), t.dropped_total()),
+        (1000, 0),
+        "gRPC over mTLS"
+    );
+    let t = agent("http/protobuf", format!("https://127.0.0.1:{http}"), true);
+    assert_eq!(
+        (t.emitted(), t.dropped_total()),
+        (1000, 0),
+        "HTTPS with a client certificate"
+    );
+    // No client certificate: the handshake fails, nothing gets in, the agent counts the loss.
+    let t = agent("grpc", format!("https://127.0.0.1:{grpc}"), false);
+    assert_eq!(
+        (t.emitted(), t.dropped_total()),
+        (0, 1000),
+        "no client certificate"
+    );
+    gw.stop();
+    assert_eq!(captured_ids("mtls").len(), 2000);
+    let _ = std::fs::remove_dir_all(&dir);
+}

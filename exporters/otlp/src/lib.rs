@@ -13,7 +13,9 @@
 //!     tls: {ca_file: /etc/ssl/ca.pem, cert_file: c.pem, key_file: k.pem, insecure_skip_verify: false}
 //!     resource: {service.name: edge-7}
 //!     batch: {send_batch_size: 1024, timeout: 200ms}
-//!     sending_queue: {queue_size: 1000, num_consumers: 2, when_full: block}
+//!     sending_queue: {sizer: items, queue_size: 8192, num_consumers: 2, when_full: block}
+//!     # endpoints: [http://gw-0:4317, http://gw-1:4317]  # instead of endpoint: balance by
+//!     # routing_key: traceID                           # trace id over gateways (traces only)
 //!     retry_on_failure: {enabled: true, initial_interval: 5s, max_interval: 30s, max_elapsed_time: 300s}
 //! ```
 //!
