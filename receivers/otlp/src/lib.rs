@@ -375,6 +375,11 @@ impl Factory for OtlpReceiverFactory {
                     "protocols.http.traces_url_path",
                     format!("must start with `/`, got `{}`", h.traces_url_path),
                 );
+            } else if ["/v1/metrics", "/v1/logs"].contains(&h.traces_url_path.as_str()) {
+                errors.push(
+                    "protocols.http.traces_url_path",
+                    format!("`{}` is the path of another signal", h.traces_url_path),
+                );
             }
             check_tls(&mut errors, "protocols.http.tls", &h.tls);
         }
@@ -401,3 +406,49 @@ impl Factory for OtlpReceiverFactory {
 }
 
 oxeye_api::register!(OtlpReceiverFactory);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(yaml: &str) -> Vec<(String, String)> {
+        let config: OtlpReceiverConfig = serde_yaml::from_str(yaml).expect("yaml");
+        match OtlpReceiverFactory::validate(&config) {
+            Ok(()) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|f| (f.path, f.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_bare_protocol_key_means_its_defaults() {
+        let c: OtlpReceiverConfig = serde_yaml::from_str("protocols: {grpc: }").unwrap();
+        assert_eq!(c.protocols.grpc.unwrap().endpoint, "localhost:4317");
+        assert!(c.protocols.http.is_none());
+        assert!(errors("protocols: {grpc: , http: }").is_empty());
+    }
+
+    #[test]
+    fn every_mistake_at_once() {
+        let e = errors(
+            "protocols:
+  grpc: {endpoint: 'nowhere', max_recv_msg_size_mib: 0, tls: {cert_file: /no/cert, key_file: /no/key}}
+  http: {endpoint: 'nowhere', traces_url_path: /v1/logs}",
+        );
+        let paths: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "protocols.grpc.endpoint",
+                "protocols.grpc.max_recv_msg_size_mib",
+                "protocols.grpc.tls.cert_file",
+                "protocols.grpc.tls.key_file",
+                "protocols.http.endpoint",
+                "protocols.http.traces_url_path",
+                "protocols.http.endpoint",
+            ],
+            "{e:?}"
+        );
+        assert!(e[0].1.contains("is not host:port"));
+        assert_eq!(errors("{}")[0].0, "protocols");
+    }
+}
