@@ -8,7 +8,7 @@
 //!     cargo build --release -p oxeye && cargo bench -p oxeye-tests --bench gateway
 //!     OXEYE_BENCH_ONLY=gzip cargo bench ...   # only the rows whose name has this text
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,27 +44,6 @@ impl TraceService for Blackhole {
     }
 }
 
-fn rotel_agent() -> PathBuf {
-    let venv = std::env::var("OXEYE_ROTEL_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".local/share/oxeye/rotel")
-        });
-    std::fs::read_dir(venv.join("lib"))
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|d| d.path().join("site-packages/rotel/rotel-agent"))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "no rotel-agent under {}: run tests/setup.sh",
-                venv.display()
-            )
-        })
-}
-
 /// CPU seconds (user + system) of a live process, from /proc/<pid>/stat.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
@@ -85,14 +64,6 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .expect("VmHWM")
         / 1024.0
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn pinned(cpu: &str, bin: &Path) -> Command {
@@ -118,7 +89,7 @@ fn start_gateway(kind: &str, oxeye: &Path, port: u16, sink: u16, gzip: bool, dir
             .expect("oxeye gateway")
     } else {
         let http = free_port();
-        pinned("1", &rotel_agent())
+        pinned("1", &oxeye_tests::rotel_agent())
             .args([
                 "start",
                 "--otlp-grpc-endpoint",
@@ -152,7 +123,7 @@ fn run(kind: &str, oxeye: &Path, n: u64, gzip: bool, sink: u16, received: &Atomi
     std::fs::create_dir_all(&dir).expect("dir");
     let port = free_port();
     let mut gw = start_gateway(kind, oxeye, port, sink, gzip, &dir);
-    wait_port(port);
+    oxeye_tests::wait_port(port);
     let compression = if gzip { "gzip" } else { "none" };
     let load = format!(
         "receivers:\n  synthetic: {{seed: 21, batch_size: 512, spans: {{count: {n}, attributes: true}}}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{port}', compression: {compression}, retry_on_failure: {{initial_interval: 20ms, max_interval: 200ms}}}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [otlp]}}\n"

@@ -366,6 +366,40 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(response)
 }
 
+/// Waits (at most 10 s) until something listens on 127.0.0.1:`port`.
+pub fn wait_port(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Rotel's `rotel-agent`, from the venv tests/setup.sh made (`OXEYE_ROTEL_VENV`).
+pub fn rotel_agent() -> PathBuf {
+    let venv = std::env::var("OXEYE_ROTEL_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".local/share/oxeye/rotel")
+        });
+    std::fs::read_dir(venv.join("lib"))
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("site-packages/rotel/rotel-agent"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no rotel-agent under {}: run tests/setup.sh",
+                venv.display()
+            )
+        })
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -110,11 +110,7 @@ impl Oxeye {
             })
         });
         for &port in ports {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "oxeye never listened on {port}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            oxeye_tests::wait_port(port);
         }
         Oxeye { stop, handle }
     }
@@ -706,11 +702,7 @@ fn a_full_pipeline_makes_clients_back_off_and_memory_stays_bounded() {
     let (_, log) = oxeye_tests::follow(stderr);
     let child = oxeye_tests::KillOnDrop(child);
     for port in [grpc, http] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "oxeye never listened on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        oxeye_tests::wait_port(port);
     }
 
     // Four gRPC clients as fast as they are let, for 3 s, 500 spans a request.
@@ -931,34 +923,12 @@ fn a_stopped_gateway_has_its_traces_rerouted_and_gets_them_back() {
     assert!(rerouted > 0, "spans for the stopped gateway were rerouted");
 }
 
-/// Rotel's `rotel-agent`, from the venv tests/setup.sh made.
-fn rotel_agent() -> PathBuf {
-    let venv = std::env::var("OXEYE_ROTEL_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".local/share/oxeye/rotel")
-        });
-    std::fs::read_dir(venv.join("lib"))
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|d| d.path().join("site-packages/rotel/rotel-agent"))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "no rotel-agent under {}: run tests/setup.sh",
-                venv.display()
-            )
-        })
-}
-
 #[test]
 fn agent_to_rotel_to_gateway_every_span_once() {
     let (rotel_grpc, rotel_http, gw) = (free_port(), free_port(), free_port());
     let dir = std::env::temp_dir().join(format!("oxeye-rotel-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let rotel = std::process::Command::new(rotel_agent())
+    let rotel = std::process::Command::new(oxeye_tests::rotel_agent())
         .args([
             "start",
             "--otlp-grpc-endpoint",
@@ -981,11 +951,7 @@ fn agent_to_rotel_to_gateway_every_span_once() {
         .expect("start rotel-agent");
     let rotel = oxeye_tests::KillOnDrop(rotel);
     let gateway = gateway(gw, "chain-gw");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", rotel_grpc)).is_err() {
-        assert!(Instant::now() < deadline, "rotel never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    oxeye_tests::wait_port(rotel_grpc);
     let agent = Oxeye::start(
         &format!("receivers:\n  synthetic: {{seed: 11, batch_size: 250, spans: {{count: 5000}}}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{rotel_grpc}', batch: {{timeout: 20ms}}}}\nservice:\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [otlp]}}\n"),
         &[],
