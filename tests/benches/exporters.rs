@@ -15,6 +15,7 @@ use oxeye_api::{Batch, Comm, Records, Span, TaskContext};
 use oxeye_exporter_arrow::{span_schema, spans_to_arrow, Dicts};
 use oxeye_exporter_otlp::encode::{trace_request, Resources};
 use oxeye_exporter_otlp::transport::gzip_bytes;
+use oxeye_exporter_otlp::wire::trace_message;
 use oxeye_exporter_stdout::{Format, Renderer};
 use oxeye_tests::bench::{median, quick};
 use oxeye_tests::{captured, run};
@@ -132,6 +133,23 @@ fn main() {
             trace_request(&mut resources, [(&b.resource, spans(b))])
                 .encode_to_vec()
                 .len()
+        }),
+    );
+    row(
+        "otlp protobuf, written directly",
+        measure(&batches, rounds, |b| {
+            trace_message(&mut resources, spans(b).iter().map(|s| (&b.resource, s)))
+                .bytes()
+                .len()
+        }),
+    );
+    row(
+        "otlp protobuf, written directly + gzip",
+        measure(&batches, rounds, |b| {
+            gzip_bytes(
+                trace_message(&mut resources, spans(b).iter().map(|s| (&b.resource, s))).bytes(),
+            )
+            .len()
         }),
     );
     let otlp_gzip = row(

@@ -637,6 +637,24 @@ fn bad_input_gets_a_clear_status_and_is_counted() {
             (partial.rejected_spans, partial.error_message.as_str()),
             (1, "kind 42 is not a span kind (0-5)")
         );
+        // Not protobuf over gRPC: INVALID_ARGUMENT with the reason, counted.
+        let mut raw = tonic::client::Grpc::new(channel.clone());
+        raw.ready().await.expect("ready");
+        let err = raw
+            .unary(
+                tonic::Request::new(b"\xff\xff\xff\xff not protobuf".to_vec()),
+                tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                ),
+                RawCodec,
+            )
+            .await
+            .expect_err("not protobuf");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().starts_with("not an OTLP trace request: "),
+            "{err:?}"
+        );
         // Metrics: UNIMPLEMENTED with the reason.
         let err = MetricsServiceClient::new(channel)
             .export(ExportMetricsServiceRequest::default())
@@ -656,8 +674,57 @@ fn bad_input_gets_a_clear_status_and_is_counted() {
         counter(&report, "receivers/otlp", "otlp_malformed_requests", "http"),
         6
     );
+    assert_eq!(
+        counter(&report, "receivers/otlp", "otlp_malformed_requests", "grpc"),
+        1
+    );
     assert_eq!(component(&report, "exporters/otlp").emitted(), 5);
     assert_eq!(sink.spans(), 5, "the well-formed spans of both requests");
+}
+
+/// Sends bytes as a gRPC message unchanged, garbage included; answers come back as bytes.
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
 }
 
 /// A request of `n` HTTP-shaped spans of trace `seed`.

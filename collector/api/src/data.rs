@@ -353,7 +353,12 @@ impl Comm {
     /// The name up to the first NUL (lossy for invalid UTF-8).
     pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
         let end = self.0.iter().position(|&b| b == 0).unwrap_or(16);
-        String::from_utf8_lossy(&self.0[..end])
+        // The strict check first: from_utf8_lossy walks in chunks, several times slower, and
+        // exporters call this for every span.
+        match std::str::from_utf8(&self.0[..end]) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(&self.0[..end]),
+        }
     }
 }
 

@@ -94,7 +94,7 @@ fn any_value(v: &Value) -> AnyValue {
     }
 }
 
-fn key_values(attrs: &Attributes) -> Vec<KeyValue> {
+pub(crate) fn key_values(attrs: &Attributes) -> Vec<KeyValue> {
     let mut out = Vec::with_capacity(attrs.len());
     push_attributes(&mut out, attrs);
     out
@@ -112,6 +112,7 @@ fn push_attributes(out: &mut Vec<KeyValue>, attrs: &Attributes) {
 pub struct Resources {
     extra: Vec<(String, any_value::Value)>,
     cache: Vec<(Arc<Resource>, ProtoResource)>,
+    encoded: Vec<(Arc<Resource>, Arc<[u8]>)>,
 }
 
 impl Resources {
@@ -132,7 +133,23 @@ impl Resources {
         Resources {
             extra,
             cache: Vec::new(),
+            encoded: Vec::new(),
         }
+    }
+
+    /// The resource as an encoded `Resource` message (for [`crate::wire`]), cached the same way.
+    pub fn encoded(&mut self, resource: &Arc<Resource>) -> Arc<[u8]> {
+        if let Some((_, b)) = self.encoded.iter().find(|(r, _)| Arc::ptr_eq(r, resource)) {
+            return Arc::clone(b);
+        }
+        use prost::Message;
+        let bytes: Arc<[u8]> = self.get(resource).encode_to_vec().into();
+        if self.encoded.len() >= 64 {
+            self.encoded.remove(0);
+        }
+        self.encoded
+            .push((Arc::clone(resource), Arc::clone(&bytes)));
+        bytes
     }
 
     fn get(&mut self, resource: &Arc<Resource>) -> ProtoResource {
@@ -173,7 +190,7 @@ impl Resources {
     }
 }
 
-fn oxeye_scope() -> InstrumentationScope {
+pub(crate) fn oxeye_scope() -> InstrumentationScope {
     InstrumentationScope {
         name: "oxeye".to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),

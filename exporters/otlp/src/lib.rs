@@ -29,6 +29,7 @@ pub mod balance;
 pub mod config;
 pub mod encode;
 pub mod transport;
+pub mod wire;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -160,8 +161,7 @@ impl Shared {
         let mut interval = self.retry.initial_interval;
         let mut attempt = 0u32;
         // Encoded once; every attempt sends the same bytes.
-        let payload = client.prepare(&request);
-        drop(request);
+        let payload = client.prepare(request);
         loop {
             self.count(signal, |s, i| s.requests[i] += 1);
             match client.send(&payload).await {
@@ -269,14 +269,13 @@ impl Shared {
             let sends: Vec<_> = sends
                 .map(|(i, chunk)| {
                     let request =
-                        Request::Traces(encode::trace_request_of(resources, chunk.iter().copied()));
+                        Request::Traces(wire::trace_message(resources, chunk.iter().copied()));
                     (i, chunk, request)
                 })
                 .collect();
             let attempts = sends.into_iter().map(|(i, chunk, request)| async move {
                 let member = &balancer.members()[i];
-                let payload = member.client.prepare(&request);
-                drop(request);
+                let payload = member.client.prepare(request);
                 self.count(OtlpSignal::Traces, |s, k| s.requests[k] += 1);
                 (i, chunk, member.client.send(&payload).await)
             });
@@ -439,7 +438,12 @@ fn requests(
         }
     }
     for (range, n) in fill(&spans, max) {
-        let req = encode::trace_request(resources, spans[range].iter().copied());
+        let req = wire::trace_message(
+            resources,
+            spans[range]
+                .iter()
+                .flat_map(|(r, spans)| spans.iter().map(move |s| (*r, s))),
+        );
         out.push((OtlpSignal::Traces, Request::Traces(req), n));
     }
     for (range, n) in fill(&flows, max) {
@@ -676,7 +680,8 @@ mod tests {
         );
         for (_, req, n) in &reqs {
             let counted: usize = match req {
-                Request::Traces(t) => t
+                Request::Traces(t) => <opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest as prost::Message>::decode(t.bytes())
+                    .expect("decodes")
                     .resource_spans
                     .iter()
                     .flat_map(|rs| &rs.scope_spans)

@@ -30,7 +30,7 @@ pub struct Converted {
 
 /// FNV-1a: the interner hashes short keys, where SipHash's set-up dominates (seen in profiles).
 #[derive(Default)]
-struct Fnv(u64);
+pub(crate) struct Fnv(u64);
 
 impl std::hash::Hasher for Fnv {
     fn finish(&self) -> u64 {

@@ -17,7 +17,6 @@ use axum::Router;
 use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use oxeye_api::{BoxError, Shutdown};
 use prost::Message;
 use tracing::{debug, info, warn};
@@ -139,9 +138,10 @@ async fn traces(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
         }
     };
     let request = match enc {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(body)
-            .map_err(|e| format!("not an OTLP trace request: {e}")),
-        Encoding::Json => convert::from_json(&body),
+        Encoding::Protobuf => {
+            crate::wire::request(&body).map_err(|e| format!("not an OTLP trace request: {e}"))
+        }
+        Encoding::Json => convert::from_json(&body).map(convert::request),
     };
     let request = match request {
         Ok(r) => r,

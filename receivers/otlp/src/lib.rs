@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use oxeye_api::config::duration;
 use oxeye_api::{
@@ -20,6 +20,7 @@ pub mod convert;
 mod grpc;
 mod http;
 mod tls;
+mod wire;
 
 /// `receivers: {otlp: ...}`, shaped like the OpenTelemetry Collector's.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -210,9 +211,8 @@ impl Shared {
     pub(crate) async fn accept(
         &self,
         source: &'static str,
-        request: ExportTraceServiceRequest,
+        converted: convert::Converted,
     ) -> Result<ExportTraceServiceResponse, Busy> {
-        let converted = convert::request(request);
         let mut batches = converted.batches.into_iter();
         if let Some(first) = batches.next() {
             if self

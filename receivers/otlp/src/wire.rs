@@ -1,0 +1,751 @@
+//! OTLP trace request bytes → oxeye batches, read straight off the wire.
+//!
+//! Decoding into opentelemetry-proto's generated structs first costs a `String` per key and
+//! value, and converting those into oxeye spans copies every string again; here each string is
+//! copied once, from the request into its `Arc<str>`, and keys and names repeated in a request
+//! are allocated once (interned by their bytes, borrowed from the request). The result is what
+//! [`crate::convert::request`] makes of the prost-decoded request — same spans, same refusals,
+//! same first reason (tested on the same bytes) — and what prost refuses is refused here too:
+//! truncated or overlong fields, wrong wire types for known fields, invalid UTF-8 in strings.
+//! Unknown fields are skipped, as protobuf requires.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use oxeye_api::{
+    Attributes, Batch, EntityRef, Event, Link, Resource, Scope, Span, SpanId, SpanKind, StatusCode,
+    TraceId, Value,
+};
+
+use crate::convert::{Converted, Fnv};
+
+const VARINT: u8 = 0;
+const I64: u8 = 1;
+const LEN: u8 = 2;
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
+const I32: u8 = 5;
+
+type Result<T> = std::result::Result<T, String>;
+
+/// A cursor over one message's bytes.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn more(&self) -> bool {
+        self.pos < self.buf.len()
+    }
+
+    #[inline]
+    fn varint(&mut self) -> Result<u64> {
+        // One byte: most keys, lengths and small numbers.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(b.into());
+            }
+        }
+        let mut v = 0u64;
+        for i in 0..10 {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err("a varint runs past the end of its message".into());
+            };
+            self.pos += 1;
+            if i == 9 && b > 1 {
+                return Err("a varint overflows 64 bits".into());
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err("a varint is longer than 10 bytes".into())
+    }
+
+    /// The next field's number and wire type.
+    #[inline]
+    fn key(&mut self) -> Result<(u32, u8)> {
+        let k = self.varint()?;
+        let field = k >> 3;
+        if field == 0 || field > u64::from(u32::MAX >> 3) {
+            return Err(format!("invalid field number {field}"));
+        }
+        Ok((field as u32, (k & 7) as u8))
+    }
+
+    #[inline]
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.varint()?;
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.pos.checked_add(n))
+            .filter(|&end| end <= self.buf.len())
+            .ok_or("a length-delimited field runs past the end of its message")?;
+        let b = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(b)
+    }
+
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let b = self
+            .buf
+            .get(self.pos..self.pos + N)
+            .ok_or("a fixed-size field runs past the end of its message")?;
+        self.pos += N;
+        Ok(b.try_into().expect("N bytes"))
+    }
+
+    fn fixed64(&mut self) -> Result<u64> {
+        self.fixed::<8>().map(u64::from_le_bytes)
+    }
+
+    fn fixed32(&mut self) -> Result<u32> {
+        self.fixed::<4>().map(u32::from_le_bytes)
+    }
+
+    /// Skips a field this decoder does not know.
+    fn skip(&mut self, field: u32, wire: u8) -> Result<()> {
+        match wire {
+            VARINT => self.varint().map(drop),
+            I64 => self.fixed::<8>().map(drop),
+            LEN => self.bytes().map(drop),
+            I32 => self.fixed::<4>().map(drop),
+            START_GROUP => loop {
+                let (f, w) = self.key()?;
+                if w == END_GROUP {
+                    return if f == field {
+                        Ok(())
+                    } else {
+                        Err("a group ends with another field's number".into())
+                    };
+                }
+                self.skip(f, w)?;
+            },
+            END_GROUP => Err("a group ends that was not started".into()),
+            w => Err(format!("invalid wire type {w}")),
+        }
+    }
+}
+
+/// A known field with another wire type than its own: prost refuses the request, so do we.
+fn wrong_type(message: &str, field: u32, wire: u8) -> String {
+    format!("field {field} of {message} has wire type {wire}, not its own")
+}
+
+/// Per-request state: interned keys and names.
+#[derive(Default)]
+struct Ctx<'a> {
+    strings: HashMap<&'a [u8], Arc<str>, std::hash::BuildHasherDefault<Fnv>>,
+}
+
+fn utf8(b: &[u8]) -> Result<&str> {
+    std::str::from_utf8(b).map_err(|_| "a string field is not valid UTF-8".to_string())
+}
+
+impl<'a> Ctx<'a> {
+    /// A key or name: allocated once per request however often it repeats.
+    fn intern(&mut self, b: &'a [u8]) -> Result<Arc<str>> {
+        if let Some(s) = self.strings.get(b) {
+            return Ok(Arc::clone(s));
+        }
+        let s: Arc<str> = Arc::from(utf8(b)?);
+        self.strings.insert(b, Arc::clone(&s));
+        Ok(s)
+    }
+}
+
+fn text(b: &[u8]) -> Result<Arc<str>> {
+    utf8(b).map(Arc::from)
+}
+
+/// An empty string field is an absent one.
+fn optional(b: &[u8]) -> Result<Option<Arc<str>>> {
+    if b.is_empty() {
+        Ok(None)
+    } else {
+        text(b).map(Some)
+    }
+}
+
+fn any_value<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8]) -> Result<Value> {
+    let mut r = Reader::new(buf);
+    let mut v = Value::Empty;
+    while r.more() {
+        let (field, wire) = r.key()?;
+        v = match (field, wire) {
+            (1, LEN) => Value::Str(text(r.bytes()?)?),
+            (2, VARINT) => Value::Bool(r.varint()? != 0),
+            (3, VARINT) => Value::Int(r.varint()? as i64),
+            (4, I64) => Value::F64(f64::from_bits(r.fixed64()?)),
+            (5, LEN) => {
+                let mut items = Vec::new();
+                let mut a = Reader::new(r.bytes()?);
+                while a.more() {
+                    match a.key()? {
+                        (1, LEN) => items.push(any_value(ctx, a.bytes()?)?),
+                        (1, w) => return Err(wrong_type("ArrayValue", 1, w)),
+                        (f, w) => a.skip(f, w)?,
+                    }
+                }
+                Value::Array(items.into())
+            }
+            (6, LEN) => {
+                let mut attrs = Attributes::new();
+                let mut m = Reader::new(r.bytes()?);
+                while m.more() {
+                    match m.key()? {
+                        (1, LEN) => key_value(ctx, &mut attrs, m.bytes()?)?,
+                        (1, w) => return Err(wrong_type("KeyValueList", 1, w)),
+                        (f, w) => m.skip(f, w)?,
+                    }
+                }
+                Value::Map(Arc::new(attrs))
+            }
+            (7, LEN) => Value::Bytes(r.bytes()?.into()),
+            (1..=7, w) => return Err(wrong_type("AnyValue", field, w)),
+            (f, w) => {
+                r.skip(f, w)?;
+                v
+            }
+        };
+    }
+    Ok(v)
+}
+
+fn key_value<'a>(ctx: &mut Ctx<'a>, attrs: &mut Attributes, buf: &'a [u8]) -> Result<()> {
+    let mut r = Reader::new(buf);
+    let mut key: &[u8] = b"";
+    let mut value = Value::Empty;
+    while r.more() {
+        match r.key()? {
+            (1, LEN) => key = r.bytes()?,
+            (2, LEN) => value = any_value(ctx, r.bytes()?)?,
+            (f @ 1..=2, w) => return Err(wrong_type("KeyValue", f, w)),
+            (f, w) => r.skip(f, w)?,
+        }
+    }
+    attrs.push(ctx.intern(key)?, value);
+    Ok(())
+}
+
+fn resource<'a>(ctx: &mut Ctx<'a>, out: &mut Resource, buf: &'a [u8]) -> Result<()> {
+    let mut r = Reader::new(buf);
+    while r.more() {
+        match r.key()? {
+            (1, LEN) => key_value(ctx, &mut out.attributes, r.bytes()?)?,
+            (2, VARINT) => out.dropped_attributes_count = r.varint()? as u32,
+            (3, LEN) => {
+                let mut e = EntityRef::default();
+                let mut er = Reader::new(r.bytes()?);
+                while er.more() {
+                    match er.key()? {
+                        (1, LEN) => e.schema_url = optional(er.bytes()?)?,
+                        (2, LEN) => e.entity_type = text(er.bytes()?)?,
+                        (3, LEN) => e.id_keys.push(ctx.intern(er.bytes()?)?),
+                        (4, LEN) => e.description_keys.push(ctx.intern(er.bytes()?)?),
+                        (f @ 1..=4, w) => return Err(wrong_type("EntityRef", f, w)),
+                        (f, w) => er.skip(f, w)?,
+                    }
+                }
+                out.entity_refs.push(e);
+            }
+            (f @ 1..=3, w) => return Err(wrong_type("Resource", f, w)),
+            (f, w) => r.skip(f, w)?,
+        }
+    }
+    Ok(())
+}
+
+fn scope<'a>(ctx: &mut Ctx<'a>, out: &mut Scope, buf: &'a [u8]) -> Result<()> {
+    let mut r = Reader::new(buf);
+    while r.more() {
+        match r.key()? {
+            (1, LEN) => out.name = ctx.intern(r.bytes()?)?,
+            (2, LEN) => out.version = ctx.intern(r.bytes()?)?,
+            (3, LEN) => key_value(ctx, &mut out.attributes, r.bytes()?)?,
+            (4, VARINT) => out.dropped_attributes_count = r.varint()? as u32,
+            (f @ 1..=4, w) => return Err(wrong_type("InstrumentationScope", f, w)),
+            (f, w) => r.skip(f, w)?,
+        }
+    }
+    Ok(())
+}
+
+/// A span as read, before the checks that may refuse it alone.
+#[derive(Default)]
+struct Raw<'a> {
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    parent: &'a [u8],
+    kind: i32,
+    status_code: i32,
+    link_ids: Vec<(&'a [u8], &'a [u8])>,
+}
+
+fn trace_id(bytes: &[u8], what: &str) -> std::result::Result<TraceId, String> {
+    match <[u8; 16]>::try_from(bytes) {
+        Ok(id) if id != [0; 16] => Ok(TraceId(id)),
+        Ok(_) => Err(format!("{what} is all zero")),
+        Err(_) => Err(format!("{what} has {} bytes, not 16", bytes.len())),
+    }
+}
+
+fn span_id(bytes: &[u8], what: &str) -> std::result::Result<SpanId, String> {
+    match <[u8; 8]>::try_from(bytes) {
+        Ok(id) if id != [0; 8] => Ok(SpanId(id)),
+        Ok(_) => Err(format!("{what} is all zero")),
+        Err(_) => Err(format!("{what} has {} bytes, not 8", bytes.len())),
+    }
+}
+
+/// Reads a span. `Err` is an unreadable request; `Ok(Err(why))` a span refused on its own.
+fn span<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8]) -> Result<std::result::Result<Span, String>> {
+    let mut r = Reader::new(buf);
+    let mut s = Span {
+        kind: SpanKind::Unspecified,
+        ..Span::default()
+    };
+    let mut raw = Raw::default();
+    while r.more() {
+        match r.key()? {
+            (1, LEN) => raw.trace_id = r.bytes()?,
+            (2, LEN) => raw.span_id = r.bytes()?,
+            (3, LEN) => s.trace_state = optional(r.bytes()?)?,
+            (4, LEN) => raw.parent = r.bytes()?,
+            (5, LEN) => s.name = ctx.intern(r.bytes()?)?,
+            (6, VARINT) => raw.kind = r.varint()? as i32,
+            (7, I64) => s.start_unix_ns = r.fixed64()?,
+            (8, I64) => s.end_unix_ns = r.fixed64()?,
+            (9, LEN) => key_value(ctx, &mut s.attributes, r.bytes()?)?,
+            (10, VARINT) => s.dropped.attributes = r.varint()? as u32,
+            (11, LEN) => {
+                let mut e = Event::default();
+                let mut er = Reader::new(r.bytes()?);
+                while er.more() {
+                    match er.key()? {
+                        (1, I64) => e.time_unix_ns = er.fixed64()?,
+                        (2, LEN) => e.name = ctx.intern(er.bytes()?)?,
+                        (3, LEN) => key_value(ctx, &mut e.attributes, er.bytes()?)?,
+                        (4, VARINT) => e.dropped_attributes_count = er.varint()? as u32,
+                        (f @ 1..=4, w) => return Err(wrong_type("Span.Event", f, w)),
+                        (f, w) => er.skip(f, w)?,
+                    }
+                }
+                s.events.push(e);
+            }
+            (12, VARINT) => s.dropped.events = r.varint()? as u32,
+            (13, LEN) => {
+                let mut l = Link::default();
+                let (mut tid, mut sid): (&[u8], &[u8]) = (b"", b"");
+                let mut lr = Reader::new(r.bytes()?);
+                while lr.more() {
+                    match lr.key()? {
+                        (1, LEN) => tid = lr.bytes()?,
+                        (2, LEN) => sid = lr.bytes()?,
+                        (3, LEN) => l.trace_state = optional(lr.bytes()?)?,
+                        (4, LEN) => key_value(ctx, &mut l.attributes, lr.bytes()?)?,
+                        (5, VARINT) => l.dropped_attributes_count = lr.varint()? as u32,
+                        (6, I32) => l.flags = lr.fixed32()?,
+                        (f @ 1..=6, w) => return Err(wrong_type("Span.Link", f, w)),
+                        (f, w) => lr.skip(f, w)?,
+                    }
+                }
+                s.links.push(l);
+                raw.link_ids.push((tid, sid));
+            }
+            (14, VARINT) => s.dropped.links = r.varint()? as u32,
+            (15, LEN) => {
+                let mut st = Reader::new(r.bytes()?);
+                while st.more() {
+                    match st.key()? {
+                        (2, LEN) => s.status_message = optional(st.bytes()?)?,
+                        (3, VARINT) => raw.status_code = st.varint()? as i32,
+                        (f @ 2..=3, w) => return Err(wrong_type("Status", f, w)),
+                        (f, w) => st.skip(f, w)?,
+                    }
+                }
+            }
+            (16, I32) => s.flags = r.fixed32()?,
+            (f @ 1..=16, w) => return Err(wrong_type("Span", f, w)),
+            (f, w) => r.skip(f, w)?,
+        }
+    }
+    Ok(check(s, raw))
+}
+
+/// The checks `convert::span` makes, in its order (the first reason is reported back).
+fn check(mut s: Span, raw: Raw<'_>) -> std::result::Result<Span, String> {
+    s.parent_span_id = match raw.parent.len() {
+        0 => None,
+        // An all-zero parent is invalid but harmless: kept as sent.
+        8 => Some(SpanId(raw.parent.try_into().unwrap_or_default())),
+        n => return Err(format!("parent_span_id has {n} bytes, not 8 or 0")),
+    };
+    s.status = match raw.status_code {
+        0 => StatusCode::Unset,
+        1 => StatusCode::Ok,
+        2 => StatusCode::Error,
+        c => return Err(format!("status code {c} is not 0, 1 or 2")),
+    };
+    for (l, (tid, sid)) in s.links.iter_mut().zip(raw.link_ids) {
+        l.trace_id = trace_id(tid, "a link's trace_id")?;
+        l.span_id = span_id(sid, "a link's span_id")?;
+    }
+    s.trace_id = trace_id(raw.trace_id, "trace_id")?;
+    s.span_id = span_id(raw.span_id, "span_id")?;
+    s.kind = match raw.kind {
+        0 => SpanKind::Unspecified,
+        1 => SpanKind::Internal,
+        2 => SpanKind::Server,
+        3 => SpanKind::Client,
+        4 => SpanKind::Producer,
+        5 => SpanKind::Consumer,
+        k => return Err(format!("kind {k} is not a span kind (0-5)")),
+    };
+    Ok(s)
+}
+
+/// Decodes an `ExportTraceServiceRequest`. `Err` when the bytes are not one (the whole request
+/// is refused); malformed spans are counted in [`Converted::rejected`].
+pub fn request(buf: &[u8]) -> Result<Converted> {
+    let mut ctx = Ctx::default();
+    let mut out = Converted::default();
+    let mut r = Reader::new(buf);
+    while r.more() {
+        match r.key()? {
+            (1, LEN) => resource_spans(&mut ctx, &mut out, r.bytes()?)?,
+            (1, w) => return Err(wrong_type("ExportTraceServiceRequest", 1, w)),
+            (f, w) => r.skip(f, w)?,
+        }
+    }
+    Ok(out)
+}
+
+fn resource_spans<'a>(ctx: &mut Ctx<'a>, out: &mut Converted, buf: &'a [u8]) -> Result<()> {
+    let mut res = Resource::default();
+    let mut spans = Vec::new();
+    let mut r = Reader::new(buf);
+    while r.more() {
+        match r.key()? {
+            (1, LEN) => resource(ctx, &mut res, r.bytes()?)?,
+            (2, LEN) => {
+                // The scope may come after its spans: they get it once the message is read.
+                let first = spans.len();
+                let mut sc = Scope {
+                    name: ctx.intern(b"")?,
+                    version: ctx.intern(b"")?,
+                    ..Scope::default()
+                };
+                let mut ss = Reader::new(r.bytes()?);
+                while ss.more() {
+                    match ss.key()? {
+                        (1, LEN) => scope(ctx, &mut sc, ss.bytes()?)?,
+                        (2, LEN) => match span(ctx, ss.bytes()?)? {
+                            Ok(s) => spans.push(s),
+                            Err(why) => {
+                                out.rejected += 1;
+                                out.first_error.get_or_insert(why);
+                            }
+                        },
+                        (3, LEN) => sc.schema_url = optional(ss.bytes()?)?,
+                        (f @ 1..=3, w) => return Err(wrong_type("ScopeSpans", f, w)),
+                        (f, w) => ss.skip(f, w)?,
+                    }
+                }
+                let sc = Arc::new(sc);
+                for s in &mut spans[first..] {
+                    s.scope = Some(Arc::clone(&sc));
+                }
+            }
+            (3, LEN) => res.schema_url = optional(r.bytes()?)?,
+            (f @ 1..=3, w) => return Err(wrong_type("ResourceSpans", f, w)),
+            (f, w) => r.skip(f, w)?,
+        }
+    }
+    if !spans.is_empty() {
+        out.accepted += spans.len() as u64;
+        out.batches.push(Batch::spans(Arc::new(res), spans));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{
+        any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
+    use opentelemetry_proto::tonic::trace::v1 as proto;
+    use prost::Message;
+
+    fn kv(key: &str, v: Option<any_value::Value>) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: v }),
+        }
+    }
+
+    fn attrs() -> Vec<KeyValue> {
+        use any_value::Value as V;
+        vec![
+            kv("s", Some(V::StringValue("text".into()))),
+            kv("s", Some(V::StringValue("repeated".into()))),
+            kv("", Some(V::StringValue(String::new()))),
+            kv("b", Some(V::BoolValue(true))),
+            kv("i", Some(V::IntValue(-7))),
+            kv("d", Some(V::DoubleValue(-0.5))),
+            kv("bytes", Some(V::BytesValue(vec![0, 255]))),
+            kv(
+                "arr",
+                Some(V::ArrayValue(ArrayValue {
+                    values: vec![
+                        AnyValue {
+                            value: Some(V::IntValue(1)),
+                        },
+                        AnyValue { value: None },
+                    ],
+                })),
+            ),
+            kv(
+                "map",
+                Some(V::KvlistValue(KeyValueList {
+                    values: vec![kv("inner", Some(V::BoolValue(false)))],
+                })),
+            ),
+            kv("empty", None),
+            KeyValue {
+                key: "no value".into(),
+                value: None,
+            },
+        ]
+    }
+
+    fn full_span(id: u8) -> proto::Span {
+        proto::Span {
+            trace_id: vec![1; 16],
+            span_id: vec![id; 8],
+            trace_state: "k=v".into(),
+            parent_span_id: vec![0; 8],
+            flags: 0x301,
+            name: "GET /".into(),
+            kind: 2,
+            start_time_unix_nano: 5,
+            end_time_unix_nano: u64::MAX,
+            attributes: attrs(),
+            dropped_attributes_count: 1,
+            events: vec![
+                proto::span::Event {
+                    time_unix_nano: 6,
+                    name: "exception".into(),
+                    attributes: attrs(),
+                    dropped_attributes_count: 2,
+                },
+                proto::span::Event::default(),
+            ],
+            dropped_events_count: 3,
+            links: vec![proto::span::Link {
+                trace_id: vec![2; 16],
+                span_id: vec![3; 8],
+                trace_state: "a=b".into(),
+                attributes: attrs(),
+                dropped_attributes_count: 4,
+                flags: 1,
+            }],
+            dropped_links_count: 5,
+            status: Some(proto::Status {
+                message: "boom".into(),
+                code: 2,
+            }),
+        }
+    }
+
+    fn request_with_everything() -> ExportTraceServiceRequest {
+        let mut bad = Vec::new();
+        for (i, f) in [
+            (|s: &mut proto::Span| s.trace_id = vec![0; 16]) as fn(&mut proto::Span),
+            |s| s.span_id = vec![1; 3],
+            |s| s.parent_span_id = vec![1; 3],
+            |s| s.kind = 9,
+            |s| s.kind = -1,
+            |s| s.status.as_mut().unwrap().code = 7,
+            |s| s.links[0].span_id = vec![0; 8],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut s = full_span(10 + i as u8);
+            f(&mut s);
+            bad.push(s);
+        }
+        let mut spans = vec![full_span(1), proto::Span::default()];
+        spans.extend(bad);
+        spans.push(full_span(2));
+        ExportTraceServiceRequest {
+            resource_spans: vec![
+                proto::ResourceSpans {
+                    resource: Some(ProtoResource {
+                        attributes: attrs(),
+                        dropped_attributes_count: 9,
+                        entity_refs: vec![opentelemetry_proto::tonic::common::v1::EntityRef {
+                            schema_url: "u".into(),
+                            r#type: "service".into(),
+                            id_keys: vec!["s".into()],
+                            description_keys: vec!["b".into(), "i".into()],
+                        }],
+                    }),
+                    scope_spans: vec![
+                        proto::ScopeSpans {
+                            scope: Some(InstrumentationScope {
+                                name: "lib".into(),
+                                version: "1".into(),
+                                attributes: attrs(),
+                                dropped_attributes_count: 1,
+                            }),
+                            spans,
+                            schema_url: "https://opentelemetry.io/schemas/1.30.0".into(),
+                        },
+                        proto::ScopeSpans {
+                            spans: vec![full_span(3)],
+                            ..Default::default()
+                        },
+                    ],
+                    schema_url: "r".into(),
+                },
+                // Nothing left of it: no batch.
+                proto::ResourceSpans {
+                    scope_spans: vec![proto::ScopeSpans {
+                        spans: vec![proto::Span::default()],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                proto::ResourceSpans::default(),
+                proto::ResourceSpans {
+                    scope_spans: vec![proto::ScopeSpans {
+                        spans: vec![full_span(4)],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ],
+        }
+    }
+
+    fn same(bytes: &[u8]) {
+        let direct = request(bytes).expect("decodes");
+        let reference =
+            crate::convert::request(ExportTraceServiceRequest::decode(bytes).expect("prost"));
+        assert_eq!(direct.batches, reference.batches);
+        assert_eq!(
+            (direct.accepted, direct.rejected, direct.first_error),
+            (
+                reference.accepted,
+                reference.rejected,
+                reference.first_error
+            )
+        );
+    }
+
+    #[test]
+    fn what_convert_makes_of_the_prost_decoded_request() {
+        let bytes = request_with_everything().encode_to_vec();
+        same(&bytes);
+        let c = request(&bytes).unwrap();
+        assert_eq!((c.accepted, c.rejected), (4, 9));
+        same(&[]);
+    }
+
+    #[test]
+    fn fields_in_any_order_and_unknown_fields() {
+        // The scope after the spans, an unknown varint, fixed64, group and length-delimited
+        // field in a span, and a span whose fields are written in reverse order.
+        let mut ss = Vec::new();
+        let span = full_span(1).encode_to_vec();
+        let scope = InstrumentationScope {
+            name: "late".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut fields = Vec::new();
+        let mut r = Reader::new(&span);
+        while r.more() {
+            let start = r.pos;
+            let (f, w) = r.key().unwrap();
+            r.skip(f, w).unwrap();
+            fields.push(span[start..r.pos].to_vec());
+        }
+        let mut reversed: Vec<u8> = fields.into_iter().rev().flatten().collect();
+        reversed.extend_from_slice(&[0xa8, 0x06, 0x01]); // field 101, varint
+        reversed.extend_from_slice(&[0xa9, 0x06, 1, 2, 3, 4, 5, 6, 7, 8]); // field 101, fixed64
+        reversed.extend_from_slice(&[0xab, 0x06, 0x08, 0x01, 0xac, 0x06]); // group 101
+        reversed.extend_from_slice(&[0xaa, 0x06, 0x02, b'h', b'i']); // field 101, bytes
+        for (field, body) in [(2u8, &reversed), (1, &scope)] {
+            ss.push(field << 3 | LEN);
+            prost::encoding::encode_varint(body.len() as u64, &mut ss);
+            ss.extend_from_slice(body);
+        }
+        let mut rs = vec![2 << 3 | LEN];
+        prost::encoding::encode_varint(ss.len() as u64, &mut rs);
+        rs.extend_from_slice(&ss);
+        let mut req = vec![1 << 3 | LEN];
+        prost::encoding::encode_varint(rs.len() as u64, &mut req);
+        req.extend_from_slice(&rs);
+        same(&req);
+        let c = request(&req).unwrap();
+        let oxeye_api::Records::Spans(spans) = &c.batches[0].records else {
+            panic!()
+        };
+        assert_eq!(&*spans[0].scope.as_ref().unwrap().name, "late");
+        // Repeated attributes keep their order; the last of a repeated scalar wins.
+        assert_eq!(spans[0].attributes.len(), 11);
+    }
+
+    #[test]
+    fn refuses_what_prost_refuses() {
+        let good = request_with_everything().encode_to_vec();
+        for cut in [1, 2, 10, good.len() / 2, good.len() - 1] {
+            let bad = &good[..cut];
+            assert!(ExportTraceServiceRequest::decode(bad).is_err());
+            assert!(request(bad).is_err(), "cut at {cut}");
+        }
+        let invalid_utf8 = ExportTraceServiceRequest {
+            resource_spans: vec![proto::ResourceSpans {
+                scope_spans: vec![proto::ScopeSpans {
+                    spans: vec![proto::Span {
+                        name: "x".into(),
+                        ..full_span(1)
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec();
+        let at = invalid_utf8
+            .windows(1)
+            .rposition(|w| w == b"x")
+            .expect("the name");
+        let mut broken = invalid_utf8.clone();
+        broken[at] = 0xff;
+        assert!(ExportTraceServiceRequest::decode(&broken[..]).is_err());
+        assert_eq!(
+            request(&broken).unwrap_err(),
+            "a string field is not valid UTF-8"
+        );
+        // A known field with the wrong wire type; an overlong varint.
+        assert!(request(&[0x08, 0x01]).unwrap_err().contains("wire type"));
+        assert!(
+            request(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err()
+        );
+        assert!(request(b"\xff\xff\xff\xff not protobuf").is_err());
+    }
+}
