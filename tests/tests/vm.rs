@@ -259,10 +259,20 @@ fn cpu_profiles_split_3_to_1_in_a_debian_vm() {
         .map(|ns: f64| ns / 1e9)
         .unwrap_or_else(|| panic!("burn did not finish: {burn}\n{context}"));
     let (a, b, all) = oxeye_tests::burn::folded_counts(&folded);
+    // Frequency × CPU time within 10 % is the host tier's check (tests/profiles.rs), where
+    // timers are real. Here qemu's software emulation delivers the guest's perf hrtimer late
+    // now and then, and the kernel skips the periods it missed while the guest's clock (and
+    // burn's CPU time) ran on: CI saw 84 % and 90 % of the samples with two vCPUs, 82 % with
+    // one. So the VM checks that profiles work on this kernel (nothing lost in oxeye, no
+    // sample counted twice, the split right), with room below for the emulator's timers.
     let expected = FREQUENCY as f64 * cpu;
     assert!(
-        (all as f64 - expected).abs() <= 0.1 * expected,
-        "{all} samples for {cpu:.2} CPU s at {FREQUENCY} Hz (expected {expected:.0} ± 10 %)\n{context}"
+        (0.75 * expected..=1.1 * expected).contains(&(all as f64)),
+        "{all} samples for {cpu:.2} CPU s at {FREQUENCY} Hz (expected {expected:.0}, -25 % to +10 %)\n{context}"
+    );
+    assert!(
+        err.contains(" 0 dropped, 0 lost in the kernel"),
+        "oxeye lost samples\n{context}"
     );
     let ratio = a as f64 / b.max(1) as f64;
     assert!(

@@ -20,7 +20,7 @@ pub mod convert;
 mod grpc;
 mod http;
 mod tls;
-mod wire;
+pub mod wire;
 
 /// `receivers: {otlp: ...}`, shaped like the OpenTelemetry Collector's.
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -139,11 +139,23 @@ fn wrong_type(message: &str, field: u32, wire: u8) -> String {
     format!("field {field} of {message} has wire type {wire}, not its own")
 }
 
-/// Per-request state: interned keys and names.
+/// Per-request state: interned keys and names, and what the last attribute lists held.
 #[derive(Default)]
 struct Ctx<'a> {
     strings: HashMap<&'a [u8], Arc<str>, std::hash::BuildHasherDefault<Fnv>>,
+    /// The key and string value last read at each attribute position. The spans of a request
+    /// mostly repeat their keys in the same order and many values (methods, routes, hosts), so
+    /// one comparison finds them — no hashing, no UTF-8 check, no allocation.
+    recent: Vec<(Recent<'a>, Recent<'a>)>,
+    /// How many attributes the last span had: the next one's list is sized for as many.
+    span_attrs: usize,
 }
+
+/// Bytes as read and the string made of them.
+type Recent<'a> = Option<(&'a [u8], Arc<str>)>;
+
+/// Attribute positions remembered in [`Ctx::recent`].
+const RECENT: usize = 32;
 
 fn utf8(b: &[u8]) -> Result<&str> {
     std::str::from_utf8(b).map_err(|_| "a string field is not valid UTF-8".to_string())
@@ -158,6 +170,44 @@ impl<'a> Ctx<'a> {
         let s: Arc<str> = Arc::from(utf8(b)?);
         self.strings.insert(b, Arc::clone(&s));
         Ok(s)
+    }
+
+    /// The key of attribute `i`: the last one at `i` when the bytes are the same.
+    fn key_at(&mut self, i: usize, b: &'a [u8]) -> Result<Arc<str>> {
+        if let Some((Some((k, s)), _)) = self.recent.get(i) {
+            if *k == b {
+                return Ok(Arc::clone(s));
+            }
+        }
+        let s = self.intern(b)?;
+        if let Some(slot) = self.slot(i) {
+            slot.0 = Some((b, Arc::clone(&s)));
+        }
+        Ok(s)
+    }
+
+    /// The string value of attribute `i`: the last one at `i` when the bytes are the same.
+    fn value_at(&mut self, i: usize, b: &'a [u8]) -> Result<Arc<str>> {
+        if let Some((_, Some((v, s)))) = self.recent.get(i) {
+            if *v == b {
+                return Ok(Arc::clone(s));
+            }
+        }
+        let s = text(b)?;
+        if let Some(slot) = self.slot(i) {
+            slot.1 = Some((b, Arc::clone(&s)));
+        }
+        Ok(s)
+    }
+
+    fn slot(&mut self, i: usize) -> Option<&mut (Recent<'a>, Recent<'a>)> {
+        if i >= RECENT {
+            return None;
+        }
+        if self.recent.len() <= i {
+            self.recent.resize(i + 1, (None, None));
+        }
+        self.recent.get_mut(i)
     }
 }
 
@@ -174,13 +224,17 @@ fn optional(b: &[u8]) -> Result<Option<Arc<str>>> {
     }
 }
 
-fn any_value<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8]) -> Result<Value> {
+/// An `AnyValue`; `at` is its attribute position when it is an attribute's value.
+fn any_value<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8], at: Option<usize>) -> Result<Value> {
     let mut r = Reader::new(buf);
     let mut v = Value::Empty;
     while r.more() {
         let (field, wire) = r.key()?;
         v = match (field, wire) {
-            (1, LEN) => Value::Str(text(r.bytes()?)?),
+            (1, LEN) => Value::Str(match at {
+                Some(i) => ctx.value_at(i, r.bytes()?)?,
+                None => text(r.bytes()?)?,
+            }),
             (2, VARINT) => Value::Bool(r.varint()? != 0),
             (3, VARINT) => Value::Int(r.varint()? as i64),
             (4, I64) => Value::F64(f64::from_bits(r.fixed64()?)),
@@ -189,7 +243,7 @@ fn any_value<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8]) -> Result<Value> {
                 let mut a = Reader::new(r.bytes()?);
                 while a.more() {
                     match a.key()? {
-                        (1, LEN) => items.push(any_value(ctx, a.bytes()?)?),
+                        (1, LEN) => items.push(any_value(ctx, a.bytes()?, None)?),
                         (1, w) => return Err(wrong_type("ArrayValue", 1, w)),
                         (f, w) => a.skip(f, w)?,
                     }
@@ -220,18 +274,19 @@ fn any_value<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8]) -> Result<Value> {
 }
 
 fn key_value<'a>(ctx: &mut Ctx<'a>, attrs: &mut Attributes, buf: &'a [u8]) -> Result<()> {
+    let at = attrs.len();
     let mut r = Reader::new(buf);
     let mut key: &[u8] = b"";
     let mut value = Value::Empty;
     while r.more() {
         match r.key()? {
             (1, LEN) => key = r.bytes()?,
-            (2, LEN) => value = any_value(ctx, r.bytes()?)?,
+            (2, LEN) => value = any_value(ctx, r.bytes()?, Some(at))?,
             (f @ 1..=2, w) => return Err(wrong_type("KeyValue", f, w)),
             (f, w) => r.skip(f, w)?,
         }
     }
-    attrs.push(ctx.intern(key)?, value);
+    attrs.push(ctx.key_at(at, key)?, value);
     Ok(())
 }
 
@@ -312,6 +367,7 @@ fn span<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8]) -> Result<std::result::Result<Span
         kind: SpanKind::Unspecified,
         ..Span::default()
     };
+    s.attributes.reserve(ctx.span_attrs);
     let mut raw = Raw::default();
     while r.more() {
         match r.key()? {
@@ -377,6 +433,7 @@ fn span<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8]) -> Result<std::result::Result<Span
             (f, w) => r.skip(f, w)?,
         }
     }
+    ctx.span_attrs = s.attributes.len();
     Ok(check(s, raw))
 }
 
@@ -443,7 +500,9 @@ fn resource_spans<'a>(ctx: &mut Ctx<'a>, out: &mut Converted, buf: &'a [u8]) -> 
                     version: ctx.intern(b"")?,
                     ..Scope::default()
                 };
-                let mut ss = Reader::new(r.bytes()?);
+                let body = r.bytes()?;
+                spans.reserve(count(body, 2));
+                let mut ss = Reader::new(body);
                 while ss.more() {
                     match ss.key()? {
                         (1, LEN) => scope(ctx, &mut sc, ss.bytes()?)?,
@@ -474,6 +533,21 @@ fn resource_spans<'a>(ctx: &mut Ctx<'a>, out: &mut Converted, buf: &'a [u8]) -> 
         out.batches.push(Batch::spans(Arc::new(res), spans));
     }
     Ok(())
+}
+
+/// How many length-delimited fields `field` a message holds (a sizing hint: a message that
+/// cannot be read stops the count, and the real pass reports why).
+fn count(buf: &[u8], field: u32) -> usize {
+    let mut r = Reader::new(buf);
+    let mut n = 0;
+    while r.more() {
+        let Ok((f, w)) = r.key() else { break };
+        n += usize::from(f == field && w == LEN);
+        if r.skip(f, w).is_err() {
+            break;
+        }
+    }
+    n
 }
 
 #[cfg(test)]
