@@ -79,6 +79,16 @@ fn put_bytes(buf: &mut Vec<u8>, k: u8, b: &[u8]) {
     buf.extend_from_slice(b);
 }
 
+/// A trace or span id: its length is known here, so the copy is a few moves, not a memcpy
+/// call (ids are 24 of every span's bytes).
+fn put_id<const N: usize>(buf: &mut Vec<u8>, k: u8, id: &[u8; N]) {
+    let mut field = [0u8; 18];
+    field[0] = k;
+    field[1] = N as u8;
+    field[2..2 + N].copy_from_slice(id);
+    buf.extend_from_slice(&field[..2 + N]);
+}
+
 /// A proto3 string field: left out when empty.
 fn str_len(s: &str) -> usize {
     if s.is_empty() {
@@ -380,11 +390,11 @@ fn link_len(l: &oxeye_api::Link) -> usize {
 }
 
 fn put_span(buf: &mut Vec<u8>, s: &Span, stacktrace: Option<&str>) {
-    put_bytes(buf, key(1, LEN), &s.trace_id.0);
-    put_bytes(buf, key(2, LEN), &s.span_id.0);
+    put_id(buf, key(1, LEN), &s.trace_id.0);
+    put_id(buf, key(2, LEN), &s.span_id.0);
     put_str(buf, key(3, LEN), opt(&s.trace_state));
     if let Some(p) = s.parent_span_id {
-        put_bytes(buf, key(4, LEN), &p.0);
+        put_id(buf, key(4, LEN), &p.0);
     }
     put_str(buf, key(5, LEN), &s.name);
     put_varint(buf, key(6, VARINT), kind(s.kind));
@@ -403,8 +413,8 @@ fn put_span(buf: &mut Vec<u8>, s: &Span, stacktrace: Option<&str>) {
     put_varint(buf, key(12, VARINT), s.dropped.events.into());
     for l in &s.links {
         put_len(buf, key(13, LEN), link_len(l));
-        put_bytes(buf, key(1, LEN), &l.trace_id.0);
-        put_bytes(buf, key(2, LEN), &l.span_id.0);
+        put_id(buf, key(1, LEN), &l.trace_id.0);
+        put_id(buf, key(2, LEN), &l.span_id.0);
         put_str(buf, key(3, LEN), opt(&l.trace_state));
         put_kvs(buf, key(4, LEN), &l.attributes);
         put_varint(buf, key(5, VARINT), l.dropped_attributes_count.into());
