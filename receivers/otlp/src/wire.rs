@@ -43,15 +43,20 @@ impl<'a> Reader<'a> {
         self.pos < self.buf.len()
     }
 
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64> {
-        // One byte: most keys, lengths and small numbers.
+        // One byte: most keys, lengths and small numbers; kept inline, the rest out of line.
         if let Some(&b) = self.buf.get(self.pos) {
             if b < 0x80 {
                 self.pos += 1;
                 return Ok(b.into());
             }
         }
+        self.long_varint()
+    }
+
+    #[inline(never)]
+    fn long_varint(&mut self) -> Result<u64> {
         let mut v = 0u64;
         for i in 0..10 {
             let Some(&b) = self.buf.get(self.pos) else {
