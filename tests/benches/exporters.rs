@@ -17,7 +17,7 @@ use oxeye_exporter_otlp::encode::{trace_request, Resources};
 use oxeye_exporter_otlp::transport::gzip_bytes;
 use oxeye_exporter_otlp::wire::trace_message;
 use oxeye_exporter_stdout::{Format, Renderer};
-use oxeye_tests::bench::{median, quick};
+use oxeye_tests::bench::{median, records_and_rounds};
 use oxeye_tests::{captured, run};
 use prost::Message;
 
@@ -105,11 +105,7 @@ fn arrow_ipc(b: &Batch, compression: Option<arrow_ipc::CompressionType>) -> usiz
 }
 
 fn main() {
-    let n: u64 = std::env::var("OXEYE_BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick() { 20_000 } else { 500_000 });
-    let rounds = if quick() { 1 } else { 5 };
+    let (n, rounds) = records_and_rounds(500_000);
     let batches = synthetic_spans(n);
     println!("exporter encoding, {n} synthetic spans in batches of 1024, one thread, median of {rounds}:");
 

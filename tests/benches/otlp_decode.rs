@@ -14,7 +14,7 @@ use oxeye_api::Records;
 use oxeye_exporter_otlp::encode::Resources;
 use oxeye_exporter_otlp::wire::trace_message;
 use oxeye_receiver_otlp::{convert, wire};
-use oxeye_tests::bench::{median, quick};
+use oxeye_tests::bench::{median, records_and_rounds};
 use oxeye_tests::{captured, run};
 use prost::Message;
 
@@ -22,11 +22,7 @@ use prost::Message;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let n: u64 = std::env::var("OXEYE_BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick() { 20_000 } else { 500_000 });
-    let rounds = if quick() { 1 } else { 5 };
+    let (n, rounds) = records_and_rounds(500_000);
     let report = run(&format!(
         "receivers:\n  synthetic: {{seed: 21, batch_size: 512, spans: {{count: {n}, attributes: true}}}}\nexporters:\n  capture/decode:\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [capture/decode]}}\n"
     ));

@@ -7,7 +7,7 @@
 //!     cargo bench -p oxeye-tests --bench pipeline            # OXEYE_BENCH_RECORDS=2000000 to change N
 //!     OXEYE_BENCH_ONLY=filter cargo bench -p oxeye-tests --bench pipeline   # only matching processor rows
 
-use oxeye_tests::bench::{median, quick};
+use oxeye_tests::bench::{median, quick, records_and_rounds};
 
 // The allocator the `oxeye` binary uses.
 #[global_allocator]
@@ -88,11 +88,7 @@ fn run_counted(yaml: &str, n: u64) -> (f64, f64, u64) {
 
 fn main() {
     let quick = quick();
-    let n: u64 = std::env::var("OXEYE_BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 20_000 } else { 5_000_000 });
-    let runs = if quick { 1 } else { 5 };
+    let (n, runs) = records_and_rounds(5_000_000);
     println!(
         "oxeye pipeline benchmark: {n} records per run, median of {runs} runs, 1 tokio thread"
     );

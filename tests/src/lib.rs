@@ -433,6 +433,17 @@ pub mod bench {
         crate::oxeye_bin()
     }
 
+    /// How many records a benchmark makes (`OXEYE_BENCH_RECORDS`, else `full`; 20 000 in quick
+    /// mode) and how many rounds it takes the median of (5; 1 in quick mode).
+    pub fn records_and_rounds(full: u64) -> (u64, usize) {
+        let quick = quick();
+        let n = std::env::var("OXEYE_BENCH_RECORDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if quick { 20_000 } else { full });
+        (n, if quick { 1 } else { 5 })
+    }
+
     /// The median of some figures.
     pub fn median(mut v: Vec<f64>) -> f64 {
         v.sort_by(|a, b| a.total_cmp(b));
