@@ -71,6 +71,17 @@ if [ ${#missing_pkgs[@]} -gt 0 ]; then
   apt_install "${missing_pkgs[@]}"
 fi
 
+# C reference programs of the flow benchmark (tests/reference/*.bpf.c): clang's BPF target and
+# libbpf's headers (bpf_helpers.h), both from Debian.
+step "C/libbpf reference programs: clang, libbpf-dev (Debian)"
+ref_pkgs=()
+command -v clang >/dev/null || ref_pkgs+=(clang)
+[ -f /usr/include/bpf/bpf_helpers.h ] || ref_pkgs+=(libbpf-dev)
+if [ ${#ref_pkgs[@]} -gt 0 ]; then
+  say "  installing ${ref_pkgs[*]}"
+  apt_install --no-install-recommends "${ref_pkgs[@]}"
+fi
+
 # VM tier (kprobe/fentry spans): the stock Debian 6.1 kernel booted with virtme-ng under qemu
 # (virtme-ng itself comes from PyPI, with the Python peers below).
 step "VM test tier: qemu, Debian's 6.1 kernel, busybox-static (Debian)"

@@ -320,6 +320,85 @@ pub fn inject(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) {
     .expect("inject thread");
 }
 
+/// Sends prepared frames out of `ifname` in `ns` for `secs`, in the order `order` gives (indexes
+/// into `frames`, cycled), with `sendmmsg` batches of 256 on an AF_PACKET socket that receives
+/// nothing; returns the frames sent. Bounded by time; the frames only go to the veth peer.
+pub fn blast(
+    ns: &str,
+    ifname: &str,
+    frames: Arc<Vec<Vec<u8>>>,
+    order: Arc<Vec<u32>>,
+    secs: f64,
+) -> u64 {
+    let ifname = ifname.to_string();
+    in_ns(ns, move || {
+        // One CPU, as a NIC's RSS keeps a flow on one queue: the programs run on the sender's
+        // CPU (veth's NAPI), so a migrating sender would spread every flow over all CPUs.
+        // SAFETY: cpu_set_t is plain data; sched_setaffinity on this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            libc::CPU_SET(cpus - 1, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+        // Protocol 0: the socket sends only (ETH_P_ALL would queue every frame back to it).
+        // SAFETY: plain socket(2); the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain data; bind(2) with its size.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = if_index(&ifname);
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        const BATCH: usize = 256;
+        let mut iov: Vec<libc::iovec> = vec![
+            libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0
+            };
+            BATCH
+        ];
+        // SAFETY: mmsghdr is plain data.
+        let mut msgs: Vec<libc::mmsghdr> =
+            (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+        let end = std::time::Instant::now() + Duration::from_secs_f64(secs);
+        let (mut sent, mut pos) = (0u64, 0usize);
+        while std::time::Instant::now() < end {
+            for i in 0..BATCH {
+                let f = &frames[order[pos % order.len()] as usize];
+                pos += 1;
+                iov[i].iov_base = f.as_ptr() as *mut libc::c_void;
+                iov[i].iov_len = f.len();
+                msgs[i].msg_hdr.msg_iov = &mut iov[i];
+                msgs[i].msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: BATCH headers, each pointing at one iovec over a frame that outlives the call.
+            let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
+            if n > 0 {
+                sent += n as u64;
+                // Frames not taken this time are sent next time, in order.
+                pos -= BATCH - n as usize;
+            }
+        }
+        sent
+    })
+    .join()
+    .expect("sender thread")
+}
+
 /// Flow identity used by the tests: (src, dst, sport, dport, transport, direction).
 pub type Tuple = (String, String, u16, u16, String, String);
 

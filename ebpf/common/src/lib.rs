@@ -38,29 +38,79 @@ pub struct FlowStats {
     pub last_seen: u64,
     /// OR of the TCP flags seen.
     pub tcp_flags: u8,
-    /// Explicit padding.
-    pub _pad: [u8; 7],
+    /// Explicit padding, as scalars: a byte array would be zeroed by a `memset` call in BPF.
+    pub _pad8: u8,
+    /// Padding.
+    pub _pad16: u16,
+    /// Padding.
+    pub _pad32: u32,
 }
 
-/// One slot of the per-CPU front cache that the flow programs check before their hash map: a hit
-/// costs an array lookup (inlined by the verifier) instead of a hash lookup.
-#[repr(C)]
+/// One slot of the front cache that the flow programs check before their hash map: exactly one
+/// cache line (the `CACHE` array is mmapable, hence page-aligned), so a hit touches one line of
+/// memory where a hash-map lookup touches three (bucket, element, per-CPU value). Counters are
+/// 32-bit: a slot about to overflow `bytes` is moved to the hash map first; times are the low 32
+/// bits of jiffies (see [`widen_jiffies`]).
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheSlot {
-    /// The flow held, valid when `used` is 1.
+    /// The flow held, valid when `packets` is not 0.
     pub key: FlowKey,
-    /// 1 when the slot holds a flow.
-    pub used: u32,
-    /// Its counters on this CPU since the slot was claimed.
-    pub stats: FlowStats,
+    /// Packets (scaled by the sampling rate) since the slot was claimed; 0 = free slot.
+    pub packets: u32,
+    /// Bytes of those frames (scaled).
+    pub bytes: u32,
+    /// First packet, low 32 bits of jiffies.
+    pub first_seen: u32,
+    /// Last packet, low 32 bits of jiffies.
+    pub last_seen: u32,
+    /// OR of the TCP flags seen.
+    pub tcp_flags: u8,
+    /// Padding.
+    pub _pad8: u8,
+    /// Padding.
+    pub _pad16: u16,
 }
 
-/// Cache slots per (generation, program); a power of two (the slot is `hash & (N - 1)`).
-pub const CACHE_SLOTS: u32 = 1024;
+const _: () = assert!(core::mem::size_of::<CacheSlot>() == 64);
 
-/// Index of a slot in the `CACHE` array: generations and programs have separate regions.
-pub const fn cache_index(generation: u32, prog: u32, slot: u32) -> u32 {
-    (generation * 2 + prog) * CACHE_SLOTS + slot
+impl CacheSlot {
+    /// The slot's counters as a hash-map value, its times widened against `now` (jiffies).
+    #[inline(always)]
+    pub fn stats(&self, now: u64) -> FlowStats {
+        FlowStats {
+            packets: self.packets as u64,
+            bytes: self.bytes as u64,
+            first_seen: widen_jiffies(now, self.first_seen),
+            last_seen: widen_jiffies(now, self.last_seen),
+            tcp_flags: self.tcp_flags,
+            _pad8: 0,
+            _pad16: 0,
+            _pad32: 0,
+        }
+    }
+}
+
+/// The full jiffies value whose low 32 bits are `low`, at most 2^32 jiffies before `now`.
+#[inline(always)]
+pub const fn widen_jiffies(now: u64, low: u32) -> u64 {
+    now.wrapping_sub((now as u32).wrapping_sub(low) as u64)
+}
+
+/// Cache slots per (CPU, generation, program); a power of two (the slot is the hash's top bits).
+/// 8 192 lines = 512 KiB a region, 2 MiB a CPU.
+pub const CACHE_SLOTS: u32 = 8192;
+
+/// Index of a slot in the `CACHE` array: each CPU has its own regions (user space sizes the
+/// array for every possible CPU), generations and programs separate ones within it.
+#[inline(always)]
+pub const fn cache_index(cpu: u32, generation: u32, prog: u32, slot: u32) -> u32 {
+    ((cpu * 2 + generation) * 2 + prog) * CACHE_SLOTS + slot
+}
+
+/// Slots of the `CACHE` array for `cpus` possible CPUs.
+pub const fn cache_entries(cpus: u32) -> u32 {
+    cpus * 4 * CACHE_SLOTS
 }
 
 /// Packet seen on ingress (XDP).

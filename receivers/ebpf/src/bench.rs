@@ -12,6 +12,12 @@ pub fn program_object() -> &'static [u8] {
     crate::flows::PROGRAMS
 }
 
+/// The flow programs loaded exactly as `oxeye run` loads them for `cfg` (globals, map sizes),
+/// not attached; the object's `oxeye_xdp_pass` baseline is left unloaded.
+pub fn flow_programs(cfg: &crate::FlowsConfig) -> Result<aya::Ebpf, String> {
+    crate::flows::load_programs(cfg)
+}
+
 /// Kernel-timed average ns of one run of a loaded program on a 60-byte UDP frame.
 pub fn test_run(prog_fd: std::os::fd::RawFd, repeat: u32) -> std::io::Result<u32> {
     crate::sys::test_run(prog_fd, &crate::sys::sample_frame(), repeat)

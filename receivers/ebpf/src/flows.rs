@@ -5,14 +5,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
-use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, Map, MapData, PerCpuArray};
 use aya::programs::{
     tc::SchedClassifierLinkId, tc::TcAttachType, xdp::XdpLinkId, SchedClassifier, Xdp, XdpMode,
 };
 use aya::{Ebpf, EbpfLoader};
 use oxeye_api::{Attributes, Direction, Flow, LostUnit, TcpFlags, Telemetry, Transport};
 use oxeye_ebpf_common::{
-    cache_index, CacheSlot, FlowKey, FlowStats, CACHE_SLOTS, CONTROL_ACTIVE_MAP,
+    cache_entries, cache_index, CacheSlot, FlowKey, FlowStats, CACHE_SLOTS, CONTROL_ACTIVE_MAP,
     COUNTERS_PER_PROGRAM, COUNTER_NAMES, C_FLOWS_CREATED, C_MAP_INSERT_FAILED, DIR_EGRESS, PROG_TC,
     PROG_XDP,
 };
@@ -117,6 +117,75 @@ impl Clock {
     }
 }
 
+/// The `CACHE` array mapped into this process (BPF_F_MMAPABLE): a harvest reads and resets a
+/// generation's slots as memory, without a syscall per slot.
+struct CacheMmap {
+    /// Keeps the map alive as long as the mapping.
+    _map: MapData,
+    ptr: *mut CacheSlot,
+    slots: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only touched through `&mut self`.
+unsafe impl Send for CacheMmap {}
+
+impl CacheMmap {
+    fn new(map: MapData, slots: usize) -> Result<CacheMmap, String> {
+        let len = slots * std::mem::size_of::<CacheSlot>();
+        // SAFETY: a shared read-write mapping of an mmapable array map of exactly `len` bytes
+        // (a multiple of the page size: slots come in regions of CACHE_SLOTS lines).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(format!(
+                "mapping the flow cache: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(CacheMmap {
+            _map: map,
+            ptr: ptr as *mut CacheSlot,
+            slots,
+        })
+    }
+
+    /// Takes slot `index` if it holds a flow, leaving it free. Only for slots no program is
+    /// writing (a generation user space has flipped away from).
+    fn take(&mut self, index: usize) -> Option<CacheSlot> {
+        assert!(index < self.slots, "cache slot {index} out of range");
+        // SAFETY: in bounds of the mapping; volatile because the kernel shares the memory.
+        unsafe {
+            let p = self.ptr.add(index);
+            let slot = std::ptr::read_volatile(p);
+            if slot.packets == 0 {
+                return None;
+            }
+            std::ptr::write_volatile(p, CacheSlot::default());
+            Some(slot)
+        }
+    }
+}
+
+impl Drop for CacheMmap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe {
+            libc::munmap(
+                self.ptr as *mut libc::c_void,
+                self.slots * std::mem::size_of::<CacheSlot>(),
+            )
+        };
+    }
+}
+
 /// Loaded and attached flow programs. Dropping it detaches everything: the attachments are BPF
 /// links, which the kernel also removes if the process dies.
 pub struct FlowProbe {
@@ -126,7 +195,7 @@ pub struct FlowProbe {
     mode: XdpModeConfig,
     egress: bool,
     maps: [MapData; 2],
-    cache: PerCpuArray<MapData, CacheSlot>,
+    cache: CacheMmap,
     active: usize,
     cpus: usize,
     /// ifindex → name, for `network.interface.name`.
@@ -280,6 +349,38 @@ fn attach_interface(
     })
 }
 
+/// Possible CPUs: the programs' per-CPU state is sized for every one.
+fn cpus() -> Result<usize, String> {
+    aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))
+}
+
+/// Loads the flow programs into the kernel as `oxeye run` does — `SAMPLE_EVERY` and the maps'
+/// size from `cfg`; the clock program, XDP, and TC when `cfg.egress` — without attaching them.
+/// The flow benchmark measures what this returns.
+pub(crate) fn load_programs(cfg: &FlowsConfig) -> Result<Ebpf, String> {
+    let sample_every: u32 = cfg.sample_every;
+    let mut ebpf = EbpfLoader::new()
+        .override_global("SAMPLE_EVERY", &sample_every, true)
+        .map_max_entries("FLOWS_A", cfg.max_flows)
+        .map_max_entries("FLOWS_B", cfg.max_flows)
+        .map_max_entries("CACHE", cache_entries(cpus()? as u32))
+        .load(PROGRAMS)
+        .map_err(|e| format!("loading the flow programs: {}", chain(&e)))?;
+    let clock: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_clock")?;
+    clock
+        .load()
+        .map_err(|e| format!("the kernel rejected the clock program: {}", chain(&e)))?;
+    let xdp: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_xdp")?;
+    xdp.load()
+        .map_err(|e| format!("the kernel rejected the XDP program: {}", chain(&e)))?;
+    if cfg.egress {
+        let tc: &mut SchedClassifier = crate::sys::program(&mut ebpf, "oxeye_tc")?;
+        tc.load()
+            .map_err(|e| format!("the kernel rejected the TC program: {}", chain(&e)))?;
+    }
+    Ok(ebpf)
+}
+
 impl FlowProbe {
     /// Attaches the programs to one more interface while running.
     pub fn add_interface(&mut self, iface: &str) -> Result<(), String> {
@@ -328,33 +429,11 @@ impl FlowProbe {
         interfaces: &[String],
         telemetry: Telemetry,
     ) -> Result<FlowProbe, String> {
-        let sample_every: u32 = cfg.sample_every;
-        let mut ebpf = EbpfLoader::new()
-            .override_global("SAMPLE_EVERY", &sample_every, true)
-            .map_max_entries("FLOWS_A", cfg.max_flows)
-            .map_max_entries("FLOWS_B", cfg.max_flows)
-            .load(PROGRAMS)
-            .map_err(|e| format!("loading the flow programs: {}", chain(&e)))?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
-        {
-            let clock: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_clock")?;
-            clock
-                .load()
-                .map_err(|e| format!("the kernel rejected the clock program: {}", chain(&e)))?;
-        }
+        let mut ebpf = load_programs(cfg)?;
+        let cpus = cpus()?;
         let clock = Clock::calibrate(&mut ebpf)?;
         let mut names = HashMap::new();
         let mut attached = Vec::new();
-        {
-            let xdp: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_xdp")?;
-            xdp.load()
-                .map_err(|e| format!("the kernel rejected the XDP program: {}", chain(&e)))?;
-        }
-        if cfg.egress {
-            let tc: &mut SchedClassifier = crate::sys::program(&mut ebpf, "oxeye_tc")?;
-            tc.load()
-                .map_err(|e| format!("the kernel rejected the TC program: {}", chain(&e)))?;
-        }
         for iface in interfaces {
             attached.push(attach_interface(&mut ebpf, iface, cfg.mode, cfg.egress)?);
             names.insert(sys::if_index(iface).unwrap_or(0), Arc::from(iface.as_str()));
@@ -365,8 +444,8 @@ impl FlowProbe {
         };
         let maps = [take(&mut ebpf, "FLOWS_A")?, take(&mut ebpf, "FLOWS_B")?];
         let cache = match ebpf.take_map("CACHE") {
-            Some(m) => PerCpuArray::try_from(m).map_err(|e| format!("CACHE: {e}"))?,
-            None => return Err("map CACHE missing".into()),
+            Some(Map::Array(m)) => CacheMmap::new(m, cache_entries(cpus as u32) as usize)?,
+            _ => return Err("map CACHE missing or of the wrong type".into()),
         };
         Ok(FlowProbe {
             ebpf,
@@ -407,8 +486,8 @@ impl FlowProbe {
         Ok(old)
     }
 
-    /// Drains map `old` (after [`FlowProbe::flip`]): ~2 000 map syscalls, so call it off the
-    /// async workers.
+    /// Drains map `old` (after [`FlowProbe::flip`]): batched map syscalls and a scan of the
+    /// cache (2 MiB per CPU), so call it off the async workers.
     pub fn harvest(&mut self, old: usize) -> Result<Vec<Flow>, String> {
         let flows = self.drain(old)?;
         self.update_counters();
@@ -438,7 +517,7 @@ impl FlowProbe {
         let (jiffies, mono_ns) = clock_sample(&mut self.ebpf)?;
         self.clock.jiffies = jiffies;
         self.clock.mono_ns = mono_ns;
-        let cached = self.drain_cache(index)?;
+        let cached = self.drain_cache(index);
         let (flows, from_map) = drain_map(
             &self.maps[index],
             self.cpus,
@@ -452,34 +531,22 @@ impl FlowProbe {
         Ok(flows)
     }
 
-    /// Takes every used slot of one generation's cache region (both programs, every CPU) and
-    /// resets the slots. Runs only while the programs use the other generation.
-    fn drain_cache(
-        &mut self,
-        generation: usize,
-    ) -> Result<HashMap<FlowKey, Vec<FlowStats>>, String> {
+    /// Takes every used slot of one generation's cache regions (both programs, every CPU) and
+    /// frees the slots. Runs only while the programs use the other generation.
+    fn drain_cache(&mut self, generation: usize) -> HashMap<FlowKey, Vec<FlowStats>> {
+        let now = self.clock.jiffies;
         let mut out: HashMap<FlowKey, Vec<FlowStats>> = HashMap::new();
-        for prog in [PROG_XDP, PROG_TC] {
-            for slot in 0..CACHE_SLOTS {
-                let index = cache_index(generation as u32, prog, slot);
-                let values = self
-                    .cache
-                    .get(&index, 0)
-                    .map_err(|e| format!("reading the flow cache: {e}"))?;
-                if !values.iter().any(|v| v.used != 0) {
-                    continue;
+        for cpu in 0..self.cpus as u32 {
+            for prog in [PROG_XDP, PROG_TC] {
+                let first = cache_index(cpu, generation as u32, prog, 0) as usize;
+                for index in first..first + CACHE_SLOTS as usize {
+                    if let Some(slot) = self.cache.take(index) {
+                        out.entry(slot.key).or_default().push(slot.stats(now));
+                    }
                 }
-                for v in values.iter().filter(|v| v.used != 0) {
-                    out.entry(v.key).or_default().push(v.stats);
-                }
-                let empty = PerCpuValues::try_from(vec![CacheSlot::default(); values.len()])
-                    .map_err(|e| format!("resetting the flow cache: {e}"))?;
-                self.cache
-                    .set(index, empty, 0)
-                    .map_err(|e| format!("resetting the flow cache: {e}"))?;
             }
         }
-        Ok(out)
+        out
     }
 
     /// Flow-map entries the programs have created so far (both programs, every CPU).
@@ -648,5 +715,53 @@ fn to_flow(
         window_start_unix_ns: window_start,
         window_end_unix_ns: window_end,
         attributes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxeye_ebpf_common::widen_jiffies;
+
+    #[test]
+    fn jiffies_widen_across_a_32_bit_wrap() {
+        let now = (7u64 << 32) + 5;
+        assert_eq!(widen_jiffies(now, 5), now);
+        assert_eq!(widen_jiffies(now, 0), now - 5);
+        // Written just before the low 32 bits wrapped.
+        assert_eq!(widen_jiffies(now, u32::MAX - 9), now - 15);
+        assert_eq!(widen_jiffies(1000, 400), 400);
+    }
+
+    /// Root: one flow test-run past 4 GiB through the front cache (32-bit slot counters, moved
+    /// to the hash map before they overflow) and through the sampling scale; every count exact.
+    #[test]
+    fn counts_past_32_bits_exactly() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "kernel tests need root (CI runs them as root)"
+        );
+        let cfg = FlowsConfig::default();
+        let mut probe = FlowProbe::start(&cfg, &[], Telemetry::default()).expect("start");
+        let mut frame = vec![0u8; 1500];
+        frame[..60].copy_from_slice(&sys::sample_frame());
+        let fd = {
+            let xdp: &mut Xdp = sys::program(&mut probe.ebpf, "oxeye_xdp").expect("xdp");
+            xdp.fd().expect("fd").as_fd().as_raw_fd()
+        };
+        // 3 M × 1 500 bytes = 4.5 GB, in chunks (one test run stays on one CPU).
+        const RUNS: u32 = 3_000_000;
+        for _ in 0..RUNS / 500_000 {
+            sys::test_run(fd, &frame, 500_000).expect("test run");
+        }
+        let flows = probe.drain_all().expect("drain");
+        let packets: u64 = flows.iter().map(|f| f.packets).sum();
+        let bytes: u64 = flows.iter().map(|f| f.bytes).sum();
+        assert_eq!((packets, bytes), (RUNS as u64, RUNS as u64 * 1500));
+        assert!(flows
+            .iter()
+            .all(|f| f.src_port == 40000 && f.dst_port == 53));
     }
 }
