@@ -82,12 +82,14 @@ if [ ${#ref_pkgs[@]} -gt 0 ]; then
   apt_install --no-install-recommends "${ref_pkgs[@]}"
 fi
 
-# VM tier (kprobe/fentry spans): the stock Debian 6.1 kernel booted with virtme-ng under qemu
-# (virtme-ng itself comes from PyPI, with the Python peers below).
-step "VM test tier: qemu, Debian's 6.1 kernel, busybox-static (Debian)"
+# VM tier, the kernel matrix (kprobe/fentry spans, and everything on older kernels): Debian's
+# stock 6.1 and 6.12 kernels booted with virtme-ng under qemu (virtme-ng itself comes from
+# PyPI, with the Python peers below).
+step "VM test tier: qemu, Debian's 6.1 and 6.12 kernels, busybox-static (Debian)"
 vm_pkgs=()
 command -v qemu-system-x86_64 >/dev/null || vm_pkgs+=(qemu-system-x86)
 ls /boot/vmlinuz-6.1.*-amd64 >/dev/null 2>&1 || vm_pkgs+=(linux-image-amd64)
+ls /boot/vmlinuz-6.12.*-amd64 >/dev/null 2>&1 || vm_pkgs+=(linux-image-6.12-amd64)
 [ -x /bin/busybox ] && busybox --list 2>/dev/null | grep -q '^sh$' && dpkg -s busybox-static >/dev/null 2>&1 || vm_pkgs+=(busybox-static)
 if [ ${#vm_pkgs[@]} -gt 0 ]; then
   say "  installing ${vm_pkgs[*]}"

@@ -1,14 +1,16 @@
-//! VM tier (root): kernel-function spans need kprobes or fentry, which this CI host's kernel
-//! lacks, and CPU profiles must work on an older kernel too. One boot of the stock Debian 6.1
-//! kernel with virtme-ng under qemu (sharing this filesystem, ~40 s under TCG) runs both: oxeye
+//! VM tier (root), the kernel matrix: kernel-function spans need kprobes or fentry, which this
+//! CI host's kernel lacks, and everything must work on older kernels than the host's 6.18. One
+//! boot per kernel — Debian's stock 6.1 and 6.12, from Debian's packages — with virtme-ng under
+//! qemu (sharing this filesystem, ~40 s under TCG; boots one at a time) runs one script: oxeye
 //! with one `kprobe:` source in fentry mode and one in kprobe mode on functions a workload calls
-//! a known number of times, then the profile workload test (3:1 split, frequency × CPU time).
-//! Each test checks its part of the outputs here. `tests/setup.sh` installs qemu, the kernel and
-//! virtme-ng.
+//! a known number of times; syscall and uprobe spans; flows counted exactly in a namespace made
+//! inside the VM; `oxeye doctor`; then the profile workload test (3:1 split, frequency × CPU
+//! time). Each test checks its part of the outputs here, once per kernel, with the same oxeye
+//! binary. `tests/setup.sh` installs qemu, both kernels and virtme-ng.
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use oxeye_tests::netns::require_root;
@@ -16,17 +18,30 @@ use oxeye_tests::oxeye_bin;
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_oxeye-workload");
 const N: u64 = 20;
+/// Calls of the nested workload (oxeye_outer → oxeye_inner, each sleeping) and UDP datagrams
+/// of the flows part.
+const NESTED: u64 = 5;
+const DATAGRAMS: u64 = 40;
 
-fn vm_kernel() -> PathBuf {
+/// The kernels of the matrix (the host runs a third): Debian's `linux-image-amd64` (6.1) and
+/// `linux-image-6.12-amd64`.
+const KERNELS: [&str; 2] = ["6.1", "6.12"];
+
+fn vm_kernel(series: &str) -> PathBuf {
+    let prefix = format!("vmlinuz-{series}.");
     std::fs::read_dir("/boot")
         .expect("/boot")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-6.1.") && n.ends_with("-amd64"))
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with("-amd64"))
         })
-        .expect("no /boot/vmlinuz-6.1.*-amd64: run tests/setup.sh (installs linux-image-amd64)")
+        .unwrap_or_else(|| {
+            panic!(
+                "no /boot/{prefix}*-amd64: run tests/setup.sh (installs Debian's {series} kernel)"
+            )
+        })
 }
 
 fn vng() -> PathBuf {
@@ -63,24 +78,35 @@ impl VmRun {
     }
 }
 
-/// Boots the VM once for every test of this file and runs both parts of the script.
-fn vm_run() -> &'static VmRun {
-    static RUN: OnceLock<VmRun> = OnceLock::new();
-    RUN.get_or_init(boot)
+/// Boots each kernel's VM once for every test of this file, one VM at a time (two emulated
+/// machines on two cores would starve each other's timers).
+fn vm_run(series: &str) -> &'static VmRun {
+    static RUNS: [OnceLock<VmRun>; 2] = [OnceLock::new(), OnceLock::new()];
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let i = KERNELS
+        .iter()
+        .position(|k| *k == series)
+        .expect("kernel of the matrix");
+    RUNS[i].get_or_init(|| {
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        boot(series)
+    })
 }
 
-fn boot() -> VmRun {
+fn boot(series: &str) -> VmRun {
     // Earlier runs' folders (a few MB each) go first.
+    let ours = format!("oxeye-vm-{}-", std::process::id());
     for old in std::fs::read_dir(std::env::temp_dir())
         .into_iter()
         .flatten()
         .flatten()
     {
-        if old.file_name().to_string_lossy().starts_with("oxeye-vm-") {
+        let name = old.file_name().to_string_lossy().to_string();
+        if name.starts_with("oxeye-vm-") && !name.starts_with(&ours) {
             let _ = std::fs::remove_dir_all(old.path());
         }
     }
-    let out_dir = std::env::temp_dir().join(format!("oxeye-vm-{}", std::process::id()));
+    let out_dir = std::env::temp_dir().join(format!("{ours}{series}"));
     std::fs::create_dir_all(&out_dir).expect("out dir");
     let out = out_dir.display().to_string();
     let config = out_dir.join("pipeline.yaml");
@@ -97,6 +123,20 @@ fn boot() -> VmRun {
         "receivers:\n  ebpf:\n    spans:\n      sources:\n        - {kprobe: do_sys_openat2, attach: fentry}\n        - {syscall: no_such_syscall}\nexporters:\n  nop:\nservice:\n  pipelines:\n    traces: {receivers: [ebpf], exporters: [nop]}\n",
     )
     .expect("failing config");
+    // Syscall and uprobe spans: the nested workload's two functions and its sleeps.
+    let spans2 = out_dir.join("spans2.yaml");
+    std::fs::write(
+        &spans2,
+        format!("receivers:\n  ebpf:\n    spans:\n      sources:\n        - {{uprobe: '{WORKLOAD}:oxeye_outer'}}\n        - {{uprobe: '{WORKLOAD}:oxeye_inner'}}\n        - {{syscall: clock_nanosleep, comm: oxeye-workload}}\nexporters:\n  stdout: {{format: json}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [stdout]}}\n"),
+    )
+    .expect("spans config");
+    // Flows on a veth made inside the VM, between two namespaces made there too.
+    let flows = out_dir.join("flows.yaml");
+    std::fs::write(
+        &flows,
+        "receivers:\n  ebpf:\n    flows: {interfaces: [oxva], flush_interval: 200ms}\nexporters:\n  stdout: {format: json}\nservice:\n  telemetry: {logs: {summary_interval: 0s}}\n  pipelines:\n    flows: {receivers: [ebpf], exporters: [stdout]}\n",
+    )
+    .expect("flows config");
     // The profile workload, built here (the VM shares this folder), and its pipeline.
     let burn = oxeye_tests::burn::build_burn(&out_dir);
     let profiles = out_dir.join("profiles.yaml");
@@ -121,6 +161,18 @@ fn boot() -> VmRun {
          {oxeye} run -c {failing} > /dev/null 2> failing.err; echo $? > failing.exit; \
          ls /sys/fs/bpf > pins.after; \
          {oxeye} doctor > doctor.out 2>&1; \
+         mkfifo /tmp/go3; {WORKLOAD} nested {NESTED} < /tmp/go3 > nested.out & \
+         {oxeye} run -c {spans2} > spans2.json 2> spans2.err & OX=$!; \
+         for i in $(seq 1 600); do [ $(grep -c 'span source attached' spans2.err) -ge 3 ] && break; grep -q ERROR spans2.err && break; sleep 0.1; done; \
+         echo go > /tmp/go3; for i in $(seq 1 300); do grep -q done nested.out && break; sleep 0.1; done; \
+         sleep 1; kill -INT $OX; wait $OX; echo $? > spans2.exit; \
+         ip netns add oxa && ip netns add oxb && ip link add oxva netns oxa type veth peer name oxvb netns oxb && \
+         ip -n oxa addr add 10.9.0.1/24 dev oxva && ip -n oxb addr add 10.9.0.2/24 dev oxvb && \
+         ip -n oxa link set oxva up && ip -n oxb link set oxvb up && ip -n oxa link set lo up; echo $? > netns.exit; \
+         ip netns exec oxa {oxeye} run -c {flows} > flows.json 2> flows.err & OX=$!; \
+         for i in $(seq 1 600); do grep -q 'TC flow program attached' flows.err && break; grep -q ERROR flows.err && break; sleep 0.1; done; \
+         echo go | ip netns exec oxb {WORKLOAD} udp@10.9.0.1:9 {DATAGRAMS} > udp.out; \
+         sleep 1; kill -INT $OX; wait $OX; echo $? > flows.exit; \
          mkfifo /tmp/go2; {burn} 16 1 < /tmp/go2 > burn.out & exec 3> /tmp/go2; \
          {oxeye} run -c {profiles} > profile.folded 2> profile.err & OX=$!; \
          for i in $(seq 1 600); do grep -q 'perf events attached' profile.err && break; grep -q ERROR profile.err && break; sleep 0.1; done; \
@@ -131,6 +183,8 @@ fn boot() -> VmRun {
         failing = failing.display(),
         burn = burn.display(),
         profiles = profiles.display(),
+        spans2 = spans2.display(),
+        flows = flows.display(),
     );
     // The script goes in a file: passed inline it would overflow the kernel's command line
     // (2 KiB on x86), where virtme-ng puts it.
@@ -139,7 +193,7 @@ fn boot() -> VmRun {
     let script = format!("sh {}", script_file.display());
     let mut vm = Command::new(vng())
         .arg("-r")
-        .arg(vm_kernel())
+        .arg(vm_kernel(series))
         .args(["--disable-kvm", "--memory", "2G", "--rwdir"])
         .arg(&out_dir)
         .args(["--", &script])
@@ -169,10 +223,33 @@ fn boot() -> VmRun {
     }
 }
 
-#[test]
-fn kprobe_and_fentry_spans_in_a_debian_vm() {
-    require_root();
-    let run = vm_run();
+/// One `#[test]` per kernel of the matrix for each check.
+macro_rules! per_kernel {
+    ($check:ident: $($name:ident = $series:literal),+) => {
+        $(
+            #[test]
+            fn $name() {
+                require_root();
+                $check($series);
+            }
+        )+
+    };
+}
+
+per_kernel!(kprobe_and_fentry_spans: kprobe_and_fentry_spans_on_6_1 = "6.1", kprobe_and_fentry_spans_on_6_12 = "6.12");
+per_kernel!(syscall_and_uprobe_spans: syscall_and_uprobe_spans_on_6_1 = "6.1", syscall_and_uprobe_spans_on_6_12 = "6.12");
+per_kernel!(flows_exact_in_a_namespace: flows_exact_in_a_namespace_on_6_1 = "6.1", flows_exact_in_a_namespace_on_6_12 = "6.12");
+per_kernel!(cpu_profiles_split_3_to_1: cpu_profiles_split_3_to_1_on_6_1 = "6.1", cpu_profiles_split_3_to_1_on_6_12 = "6.12");
+per_kernel!(doctor_reports_the_kernel: doctor_reports_the_kernel_on_6_1 = "6.1", doctor_reports_the_kernel_on_6_12 = "6.12");
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect()
+}
+
+fn kprobe_and_fentry_spans(series: &str) {
+    let run = vm_run(series);
     let read = |f: &str| run.read(f);
     let log = read("oxeye.err");
     let context = format!("vng: {}\noxeye: {log}", run.vng);
@@ -185,10 +262,7 @@ fn kprobe_and_fentry_spans_in_a_debian_vm() {
         log.contains("source=kprobe:do_filp_open via=\"kprobe/kretprobe\""),
         "{context}"
     );
-    let spans: Vec<serde_json::Value> = read("spans.json")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect();
+    let spans = json_lines(&read("spans.json"));
     let outer: Vec<&serde_json::Value> = spans
         .iter()
         .filter(|s| s["name"] == "do_sys_openat2")
@@ -242,14 +316,16 @@ fn kprobe_and_fentry_spans_in_a_debian_vm() {
     );
 }
 
-#[test]
-fn cpu_profiles_split_3_to_1_in_a_debian_vm() {
-    require_root();
-    let run = vm_run();
+fn cpu_profiles_split_3_to_1(series: &str) {
+    let run = vm_run(series);
     let err = run.read("profile.err");
     let folded = run.read("profile.folded");
     let context = format!("vng: {}\noxeye: {err}\n{folded}", run.vng);
-    assert!(run.read("kernel.release").starts_with("6.1."), "{context}");
+    assert!(
+        run.read("kernel.release")
+            .starts_with(&format!("{series}.")),
+        "{context}"
+    );
     assert_eq!(run.read("profile.exit").trim(), "0", "{context}");
     let burn = run.read("burn.out");
     let cpu: f64 = burn
@@ -279,11 +355,97 @@ fn cpu_profiles_split_3_to_1_in_a_debian_vm() {
         (2.7..=3.3).contains(&ratio),
         "hot_a {a} : hot_b {b} = {ratio:.2}, expected 3.0 ± 0.3\n{context}"
     );
-    assert!(
-        run.read("doctor.out")
-            .lines()
-            .any(|l| l.starts_with("perf events") && l.contains(" ok ")),
-        "{}",
-        run.read("doctor.out")
+}
+
+fn syscall_and_uprobe_spans(series: &str) {
+    let run = vm_run(series);
+    let err = run.read("spans2.err");
+    let context = format!("vng: {}\noxeye: {err}", run.vng);
+    assert_eq!(run.read("spans2.exit").trim(), "0", "{context}");
+    let spans = json_lines(&run.read("spans2.json"));
+    let named =
+        |n: &str| -> Vec<&serde_json::Value> { spans.iter().filter(|s| s["name"] == n).collect() };
+    let (outer, inner) = (named("oxeye_outer"), named("oxeye_inner"));
+    let sleeps = named("clock_nanosleep");
+    assert_eq!(
+        (outer.len() as u64, inner.len() as u64),
+        (NESTED, NESTED),
+        "uprobe spans\n{context}"
     );
+    // Each oxeye_outer sleeps 20 ms, then calls oxeye_inner, which sleeps 10 ms.
+    assert!(
+        sleeps.len() as u64 >= 2 * NESTED,
+        "syscall spans\n{context}"
+    );
+    for i in &inner {
+        let parent = outer
+            .iter()
+            .find(|o| o["span_id"] == i["parent_span_id"])
+            .unwrap_or_else(|| panic!("oxeye_inner without its oxeye_outer parent: {i}"));
+        assert_eq!(parent["trace_id"], i["trace_id"]);
+        assert!(i["duration_ns"].as_u64() >= Some(10_000_000), "{i}");
+        let slept = sleeps
+            .iter()
+            .filter(|s| s["parent_span_id"] == i["span_id"])
+            .count();
+        assert_eq!(slept, 1, "one clock_nanosleep inside {i}\n{context}");
+    }
+}
+
+fn flows_exact_in_a_namespace(series: &str) {
+    let run = vm_run(series);
+    let err = run.read("flows.err");
+    let context = format!("vng: {}\noxeye: {err}", run.vng);
+    assert_eq!(
+        run.read("netns.exit").trim(),
+        "0",
+        "namespaces in the VM\n{context}"
+    );
+    assert_eq!(run.read("flows.exit").trim(), "0", "{context}");
+    assert!(run.read("udp.out").contains("done"), "{context}");
+    let flows = json_lines(&run.read("flows.json"));
+    let ours: Vec<&serde_json::Value> = flows
+        .iter()
+        .filter(|f| {
+            f["source.address"] == "10.9.0.2"
+                && f["destination.address"] == "10.9.0.1"
+                && f["destination.port"] == 9
+                && f["network.io.direction"] == "receive"
+        })
+        .collect();
+    let packets: u64 = ours.iter().filter_map(|f| f["packets"].as_u64()).sum();
+    let bytes: u64 = ours.iter().filter_map(|f| f["bytes"].as_u64()).sum();
+    assert_eq!(
+        (packets, bytes),
+        (DATAGRAMS, DATAGRAMS * (14 + 20 + 8 + 32)),
+        "XDP ingress counts\n{context}"
+    );
+    assert!(
+        err.contains(" 0 dropped, 0 lost in the kernel"),
+        "oxeye lost records\n{context}"
+    );
+    // Before tcx (6.6) TC needs a clsact qdisc, which a fresh veth lacks: oxeye adds it.
+    if series == "6.1" {
+        assert!(err.contains("clsact qdisc added"), "{context}");
+    }
+}
+
+fn doctor_reports_the_kernel(series: &str) {
+    let run = vm_run(series);
+    let doctor = run.read("doctor.out");
+    for (what, needle) in [
+        ("kernel", format!("{series}.")),
+        ("BTF", "/sys/kernel/btf/vmlinux".to_string()),
+        ("ring buffer", "RINGBUF".to_string()),
+        ("fentry/fexit", "do_sys_openat2".to_string()),
+        ("kprobe/kretprobe", "do_sys_openat2".to_string()),
+        ("perf events", "cpu-clock".to_string()),
+    ] {
+        assert!(
+            doctor
+                .lines()
+                .any(|l| l.starts_with(what) && l.contains(" ok ") && l.contains(&needle)),
+            "{what} on {series}:\n{doctor}"
+        );
+    }
 }

@@ -53,12 +53,16 @@ pub fn report() -> Vec<Check> {
         if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             Ok("/sys/kernel/btf/vmlinux".into())
         } else {
-            Err("no /sys/kernel/btf/vmlinux".into())
+            Err(sys::no_btf("no /sys/kernel/btf/vmlinux"))
         },
     ));
-    let loaded = EbpfLoader::new()
-        .load(crate::spans::PROGRAMS)
-        .map_err(|e| crate::flows::chain(&e));
+    let loaded = EbpfLoader::new().load(crate::spans::PROGRAMS).map_err(|e| {
+        sys::explain_load_error(
+            "the span programs do not load",
+            crate::flows::chain(&e),
+            &sys::kernel_release(),
+        )
+    });
     checks.push(check(
         "ring buffer",
         loaded

@@ -314,6 +314,30 @@ struct Attached {
     tc: Option<SchedClassifierLinkId>,
 }
 
+/// Before tcx links (Linux 6.6) a TC program hangs off a `clsact` qdisc, which an interface
+/// does not have until someone adds it: oxeye adds it when missing and leaves it (an empty
+/// clsact changes nothing; `tc qdisc del dev IFACE clsact` removes it). Found by the 6.1 VM.
+fn clsact_before_tcx(iface: &str) -> Result<(), String> {
+    // aya attaches with tcx from 6.6 on (its own version check, from the same release).
+    if sys::kernel_version(&sys::kernel_release()).is_some_and(|v| v >= (6, 6)) {
+        return Ok(());
+    }
+    match aya::programs::tc::qdisc_add_clsact(iface) {
+        Ok(()) => {
+            info!(interface = %iface, "clsact qdisc added for TC (kernel before 6.6, no tcx)");
+            Ok(())
+        }
+        Err(e) => {
+            let e = chain(&e);
+            if e.contains("exists") {
+                Ok(())
+            } else {
+                Err(format!("adding the clsact qdisc: {e}"))
+            }
+        }
+    }
+}
+
 /// Attaches XDP (and TC egress when `egress`) to `iface`; the programs are loaded.
 fn attach_interface(
     ebpf: &mut Ebpf,
@@ -326,7 +350,10 @@ fn attach_interface(
     info!(interface = %iface, mode = how, "XDP flow program attached (ingress)");
     let tc = if egress {
         let tc: &mut SchedClassifier = crate::sys::program(ebpf, "oxeye_tc")?;
-        match tc.attach(iface, TcAttachType::Egress) {
+        match clsact_before_tcx(iface).and_then(|()| {
+            tc.attach(iface, TcAttachType::Egress)
+                .map_err(|e| chain(&e))
+        }) {
             Ok(link) => {
                 info!(interface = %iface, "TC flow program attached (egress)");
                 Some(link)
@@ -336,7 +363,7 @@ fn attach_interface(
                 if let Ok(xdp) = crate::sys::program::<Xdp>(ebpf, "oxeye_xdp") {
                     let _ = xdp.detach(link);
                 }
-                return Err(format!("TC egress on `{iface}`: {}", chain(&e)));
+                return Err(format!("TC egress on `{iface}`: {e}"));
             }
         }
     } else {

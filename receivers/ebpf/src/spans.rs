@@ -60,7 +60,7 @@ struct Source {
 /// Why kernel functions cannot be traced here, if they cannot: (fentry error, kprobe error).
 pub fn kernel_function_support(ebpf: &mut Ebpf) -> (Result<(), String>, Result<(), String>) {
     let fentry = (|| -> Result<(), String> {
-        let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
+        let btf = Btf::from_sys_fs().map_err(sys::no_btf)?;
         let p: &mut FEntry = crate::sys::program(ebpf, "oxeye_fentry_probe")?;
         p.load("do_sys_openat2", &btf)
             .map_err(|e| crate::flows::chain(&e))
@@ -131,7 +131,13 @@ impl SpanProbe {
         };
         let mut ebpf = loader(cfg, &wakeup, pins.as_ref().map(|p| p.0.as_path()))
             .load(PROGRAMS)
-            .map_err(|e| format!("loading the span programs: {}", crate::flows::chain(&e)))?;
+            .map_err(|e| {
+                sys::explain_load_error(
+                    "loading the span programs",
+                    crate::flows::chain(&e),
+                    &sys::kernel_release(),
+                )
+            })?;
         let configs: Array<MapData, SourceConfig> =
             Array::try_from(ebpf.take_map("SOURCES").ok_or("map SOURCES missing")?)
                 .map_err(|e| format!("SOURCES: {e}"))?;
@@ -360,7 +366,7 @@ impl SpanProbe {
                         .load(PROGRAMS)
                         .map_err(|e| format!("{label}: loading: {}", crate::flows::chain(&e)))?;
                     let btf =
-                        Btf::from_sys_fs().map_err(|e| format!("{label}: kernel BTF: {e}"))?;
+                        Btf::from_sys_fs().map_err(|e| format!("{label}: {}", sys::no_btf(e)))?;
                     // fexit first (see above).
                     let p: &mut FExit = crate::sys::program(&mut e, "oxeye_fexit")?;
                     p.load(func, &btf)
@@ -516,9 +522,13 @@ fn attach_kprobe(
 
 /// What this kernel allows for kernel functions (loads the programs once to find out).
 fn support() -> Result<Support, String> {
-    let mut probe = EbpfLoader::new()
-        .load(PROGRAMS)
-        .map_err(|e| format!("loading the span programs: {}", crate::flows::chain(&e)))?;
+    let mut probe = EbpfLoader::new().load(PROGRAMS).map_err(|e| {
+        sys::explain_load_error(
+            "loading the span programs",
+            crate::flows::chain(&e),
+            &sys::kernel_release(),
+        )
+    })?;
     Ok(kernel_function_support(&mut probe))
 }
 

@@ -437,6 +437,41 @@ pub fn kallsyms_address(func: &str) -> Option<u64> {
     })
 }
 
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// (major, minor) of a kernel release such as `6.1.0-57-amd64`.
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// The BPF ring buffer's first kernel: spans and profiles need it, flows do not.
+pub const RINGBUF_KERNEL: (u32, u32) = (5, 8);
+
+/// `error` from loading programs that use the BPF ring buffer, naming the missing feature and
+/// the kernel that has it when `release` is older.
+pub fn explain_load_error(what: &str, error: String, release: &str) -> String {
+    match kernel_version(release) {
+        Some(v) if v < RINGBUF_KERNEL => format!(
+            "{what}: this kernel ({release}) has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux {}.{} or later), which spans and profiles need; flows work without it: upgrade the kernel or use only `flows:` ({error})",
+            RINGBUF_KERNEL.0, RINGBUF_KERNEL.1
+        ),
+        _ => format!("{what}: {error}"),
+    }
+}
+
+/// Why kernel BTF is missing and what works without it.
+pub fn no_btf(error: impl std::fmt::Display) -> String {
+    format!(
+        "no kernel BTF (/sys/kernel/btf/vmlinux: a kernel built with CONFIG_DEBUG_INFO_BTF, Linux 5.4 or later; Debian's kernels have it since Debian 11): fentry/fexit need it (Linux 5.5 or later); use `attach: kprobe` for `kprobe:` sources, or `syscall:` and `uprobe:` sources, which do not ({error})"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,5 +532,34 @@ mod tests {
         let e = drain_percpu_hash::<u32, u64>(plain.as_raw_fd(), cpus, |_, _| {})
             .expect_err("not per-CPU");
         assert!(e.to_string().contains("not a per-CPU hash map"), "{e}");
+    }
+
+    #[test]
+    fn kernel_features_name_the_kernel_that_has_them() {
+        assert_eq!(kernel_version("6.1.0-57-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("6.12.117+deb12-amd64"), Some((6, 12)));
+        assert_eq!(kernel_version("5.4"), Some((5, 4)));
+        assert_eq!(kernel_version("unknown"), None);
+        let old = explain_load_error("loading the span programs", "EINVAL".into(), "5.4.0-1");
+        assert!(old.contains("no BPF ring buffer"), "{old}");
+        assert!(old.contains("Linux 5.8 or later"), "{old}");
+        assert!(
+            old.contains("(5.4.0-1)") && old.ends_with("(EINVAL)"),
+            "{old}"
+        );
+        assert_eq!(
+            explain_load_error(
+                "loading the span programs",
+                "EPERM".into(),
+                "6.1.0-57-amd64"
+            ),
+            "loading the span programs: EPERM"
+        );
+        let btf = no_btf("ENOENT");
+        assert!(
+            btf.contains("CONFIG_DEBUG_INFO_BTF") && btf.contains("Linux 5.4"),
+            "{btf}"
+        );
+        assert!(btf.contains("attach: kprobe"), "{btf}");
     }
 }

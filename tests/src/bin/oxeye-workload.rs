@@ -6,6 +6,7 @@
 //!     oxeye-workload getppid N      N getppid calls (benchmark)
 //!     oxeye-workload getppid@R N    N getppid calls paced at R calls/s (benchmark)
 //!     oxeye-workload loop MS        oxeye_inner(MS) over and over until stdin closes (live probes)
+//!     oxeye-workload udp@ADDR N     N 32-byte UDP datagrams to ADDR (ip:port), 2 ms apart (flows)
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -31,7 +32,7 @@ fn main() {
     let (what, n) = match args.as_slice() {
         [_, what, n] => (what.clone(), n.parse::<u64>().expect("count")),
         _ => {
-            eprintln!("usage: oxeye-workload openat|nested|getppid N");
+            eprintln!("usage: oxeye-workload openat|nested|getppid|getppid@R|loop|udp@ADDR N");
             std::process::exit(2);
         }
     };
@@ -82,6 +83,15 @@ fn main() {
                 std::hint::black_box(oxeye_inner(std::hint::black_box(n)));
             }
             return;
+        }
+        udp if udp.starts_with("udp@") => {
+            let to: std::net::SocketAddr = udp["udp@".len()..].parse().expect("ip:port");
+            let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let s = std::net::UdpSocket::bind(bind).expect("bind");
+            for _ in 0..n {
+                s.send_to(&[0xab; 32], to).expect("send");
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
         other => panic!("unknown workload {other}"),
     }

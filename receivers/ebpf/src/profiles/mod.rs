@@ -218,9 +218,13 @@ impl ProfileProbe {
         if let Some(path) = threads {
             loader.map_pin_path("THREADS", path);
         }
-        let mut ebpf = loader
-            .load(PROGRAMS)
-            .map_err(|e| format!("loading the profile program: {}", crate::flows::chain(&e)))?;
+        let mut ebpf = loader.load(PROGRAMS).map_err(|e| {
+            crate::sys::explain_load_error(
+                "loading the profile program",
+                crate::flows::chain(&e),
+                &crate::sys::kernel_release(),
+            )
+        })?;
         let mut configs: Array<MapData, ProfileConfig> = Array::try_from(
             ebpf.take_map("PROFILE_CONFIG")
                 .ok_or("map PROFILE_CONFIG missing")?,
