@@ -16,13 +16,12 @@
 //!     cargo bench -p oxeye-tests --bench flows
 
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use aya::programs::{xdp::XdpLinkId, SchedClassifier, Xdp, XdpMode};
 use aya::Ebpf;
 use oxeye_receiver_ebpf::bench::{flow_programs, test_run};
-use oxeye_tests::bench::{median, quick};
+use oxeye_tests::bench::{c_reference, median, quick};
 use oxeye_tests::netns::{blast, in_ns, VethPair};
 
 /// Distinct flows in the mix (`OXEYE_BENCH_FLOWS` to change), and their Zipf exponent (the
@@ -58,28 +57,6 @@ impl Candidate {
     }
 }
 
-/// The C reference, compiled now with Debian's clang and libbpf headers (tests/setup.sh).
-fn c_reference() -> Vec<u8> {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reference/flow.bpf.c");
-    let out = std::env::temp_dir().join(format!("oxeye-flow-ref-{}.o", std::process::id()));
-    let status = std::process::Command::new("clang")
-        .args(["-O2", "-g", "-target", "bpf"])
-        .arg(format!(
-            "-I/usr/include/{}-linux-gnu",
-            std::env::consts::ARCH
-        ))
-        .arg("-c")
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .expect("clang (run tests/setup.sh: it installs clang and libbpf-dev)");
-    assert!(status.success(), "clang failed on {}", src.display());
-    let bytes = std::fs::read(&out).expect("reference object");
-    let _ = std::fs::remove_file(&out);
-    bytes
-}
-
 fn candidates() -> Vec<Candidate> {
     let mut pass = Ebpf::load(oxeye_receiver_ebpf::bench::program_object()).expect("load");
     let p: &mut Xdp = pass
@@ -89,7 +66,7 @@ fn candidates() -> Vec<Candidate> {
         .expect("xdp");
     p.load().expect("verifier");
     let oxeye = flow_programs(&Default::default()).expect("oxeye's flow programs");
-    let mut reference = Ebpf::load(&c_reference()).expect("load the C reference");
+    let mut reference = Ebpf::load(&c_reference("flow.bpf.c")).expect("load the C reference");
     let r: &mut Xdp = reference
         .program_mut("ref_flow")
         .expect("program")

@@ -444,6 +444,31 @@ pub mod bench {
         (n, if quick { 1 } else { 5 })
     }
 
+    /// A C reference program of `tests/reference/` (`flow.bpf.c`, `span.bpf.c`), compiled now
+    /// with Debian's clang and libbpf headers (installed by tests/setup.sh): the ELF object.
+    pub fn c_reference(file: &str) -> Vec<u8> {
+        let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("reference")
+            .join(file);
+        let out = std::env::temp_dir().join(format!("oxeye-ref-{}-{file}.o", std::process::id()));
+        let status = std::process::Command::new("clang")
+            .args(["-O2", "-g", "-target", "bpf"])
+            .arg(format!(
+                "-I/usr/include/{}-linux-gnu",
+                std::env::consts::ARCH
+            ))
+            .arg("-c")
+            .arg(&src)
+            .arg("-o")
+            .arg(&out)
+            .status()
+            .expect("clang (run tests/setup.sh: it installs clang and libbpf-dev)");
+        assert!(status.success(), "clang failed on {}", src.display());
+        let bytes = std::fs::read(&out).expect("reference object");
+        let _ = std::fs::remove_file(&out);
+        bytes
+    }
+
     /// The median of some figures.
     pub fn median(mut v: Vec<f64>) -> f64 {
         v.sort_by(|a, b| a.total_cmp(b));

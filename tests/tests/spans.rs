@@ -170,6 +170,102 @@ fn openat_syscall_spans_exact() {
     }
 }
 
+/// The two syscall paths: a source with `attach: raw_tracepoint` goes through the shared
+/// `raw_syscalls` pair, one on the same syscall without `attach` through that syscall's
+/// tracepoint pair; both count every call exactly and read the same arguments (the raw path
+/// reads them from `pt_regs`, the tracepoint from its record).
+#[test]
+fn raw_and_tracepoint_syscall_paths_agree() {
+    const N: u64 = 25;
+    let a = Workload::start("openat", N);
+    let b = Workload::start("openat", N);
+    let (pa, pb) = (a.pid, b.pid);
+    let yaml = format!(
+        "receivers:\n  ebpf:\n    spans:\n      sources:\n        - {{syscall: openat, pid: {pa}, args: 3, attach: raw_tracepoint}}\n        - {{syscall: openat, pid: {pb}, args: 3}}\nexporters:\n  stdout: {{format: json}}\nservice:\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [stdout]}}\n"
+    );
+    let (spans, stderr) = with_oxeye("sp-paths", &yaml, 2, || {
+        let _a = a.go();
+        b.go()
+    });
+    let attached: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("span source attached"))
+        .collect();
+    assert!(
+        attached[0].contains("raw_syscalls raw tracepoints"),
+        "{attached:?}"
+    );
+    assert!(
+        attached[1].contains("syscalls tracepoint pair"),
+        "{attached:?}"
+    );
+    let args_of = |pid: u32| -> Vec<Vec<serde_json::Value>> {
+        spans
+            .iter()
+            .filter(|s| s["process.pid"] == pid)
+            .map(|s| s["oxeye.args"].as_array().cloned().expect("args"))
+            .collect()
+    };
+    let (raw, tp) = (args_of(pa), args_of(pb));
+    assert_eq!((raw.len() as u64, tp.len() as u64), (N, N), "{stderr}");
+    // openat(AT_FDCWD, path, O_RDONLY | O_CLOEXEC): the same dirfd and flags either way
+    // (the path pointers differ between the two processes only by chance).
+    for args in raw.iter().chain(&tp) {
+        assert_eq!(args[0], raw[0][0], "dirfd");
+        assert_eq!(args[2], raw[0][2], "flags");
+    }
+    // Arguments are rendered in hex; AT_FDCWD is -100 as the kernel's 32-bit int.
+    assert_eq!(
+        raw[0][0].as_str(),
+        Some(format!("{:#x}", libc::AT_FDCWD as u32).as_str()),
+        "{raw:?}"
+    );
+    assert!(raw
+        .iter()
+        .all(|a| a[1].as_str().is_some_and(|p| p != "0x0")));
+    // Both sources counted all their calls in the kernel; sharing a label, they are summed
+    // (one source's counters once overwrote the other's).
+    assert!(
+        stderr.contains(&format!("syscall:openat spans={}", 2 * N)),
+        "{stderr}"
+    );
+}
+
+/// `attach: raw_tracepoint` where the raw pair cannot take the source fails, saying why.
+#[test]
+fn raw_tracepoint_that_cannot_be_fails_clearly() {
+    require_root();
+    let cfg = temp_config(
+        "sp-raw-dup",
+        "receivers:\n  ebpf:\n    spans:\n      sources:\n        - {syscall: getppid, attach: raw_tracepoint}\n        - {syscall: getppid, comm: nobody-here, attach: raw_tracepoint}\nexporters:\n  nop:\nservice:\n  pipelines:\n    traces: {receivers: [ebpf], exporters: [nop]}\n",
+    );
+    let mut ox = oxeye_tests::KillOnDrop(
+        Command::new(oxeye_bin())
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start oxeye"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = ox.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "oxeye kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut ox.0.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("attach: raw_tracepoint is not possible: `syscall:getppid` already traces it through raw_syscalls"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn spans_lost_in_the_kernel_are_in_the_final_line() {
     const N: u64 = 300_000;
@@ -263,6 +359,8 @@ fn kprobe_sources_fail_clearly_where_the_kernel_lacks_them() {
         "tracepoint         ok",
         "uprobe             ok",
         "ring buffer        ok",
+        "task storage       ok",
+        "raw tracepoint     ok",
         "kernel functions",
     ] {
         assert!(report.contains(line), "{line} missing:\n{report}");

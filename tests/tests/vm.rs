@@ -3,9 +3,9 @@
 //! boot per kernel — Debian's stock 6.1 and 6.12, from Debian's packages — with virtme-ng under
 //! qemu (sharing this filesystem, ~40 s under TCG; boots one at a time) runs one script: oxeye
 //! with one `kprobe:` source in fentry mode and one in kprobe mode on functions a workload calls
-//! a known number of times; syscall and uprobe spans; flows counted exactly in a namespace made
-//! inside the VM; `oxeye doctor`; then the profile workload test (3:1 split, frequency × CPU
-//! time). Each test checks its part of the outputs here, once per kernel, with the same oxeye
+//! a known number of times; syscall spans (through the raw_syscalls pair) nested in uprobe
+//! spans; flows counted exactly in a namespace made inside the VM; `oxeye doctor`; then the
+//! profile workload test (3:1 split, frequency × CPU time). Each test checks its part of the outputs here, once per kernel, with the same oxeye
 //! binary. `tests/setup.sh` installs qemu, both kernels and virtme-ng.
 
 use std::path::PathBuf;
@@ -127,7 +127,7 @@ fn boot(series: &str) -> VmRun {
     let spans2 = out_dir.join("spans2.yaml");
     std::fs::write(
         &spans2,
-        format!("receivers:\n  ebpf:\n    spans:\n      sources:\n        - {{uprobe: '{WORKLOAD}:oxeye_outer'}}\n        - {{uprobe: '{WORKLOAD}:oxeye_inner'}}\n        - {{syscall: clock_nanosleep, comm: oxeye-workload}}\nexporters:\n  stdout: {{format: json}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [stdout]}}\n"),
+        format!("receivers:\n  ebpf:\n    spans:\n      sources:\n        - {{uprobe: '{WORKLOAD}:oxeye_outer'}}\n        - {{uprobe: '{WORKLOAD}:oxeye_inner'}}\n        - {{syscall: clock_nanosleep, comm: oxeye-workload, attach: raw_tracepoint}}\nexporters:\n  stdout: {{format: json}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [stdout]}}\n"),
     )
     .expect("spans config");
     // Flows on a veth made inside the VM, between two namespaces made there too.
@@ -437,6 +437,8 @@ fn doctor_reports_the_kernel(series: &str) {
         ("kernel", format!("{series}.")),
         ("BTF", "/sys/kernel/btf/vmlinux".to_string()),
         ("ring buffer", "RINGBUF".to_string()),
+        ("task storage", "TASK_STORAGE".to_string()),
+        ("raw tracepoint", "raw_syscalls".to_string()),
         ("fentry/fexit", "do_sys_openat2".to_string()),
         ("kprobe/kretprobe", "do_sys_openat2".to_string()),
         ("perf events", "cpu-clock".to_string()),

@@ -168,6 +168,8 @@ pub const MAX_DEPTH: usize = 8;
 pub const MAX_ARGS: usize = 6;
 /// Frames per captured stack.
 pub const STACK_DEPTH: usize = 32;
+/// Syscall numbers the `raw_syscalls` programs look up (`SYSCALL_SOURCES`).
+pub const MAX_SYSCALLS: u32 = 1024;
 
 /// `SourceConfig::stack` bits.
 pub const STACK_KERNEL: u32 = 1;
@@ -226,6 +228,14 @@ pub struct ThreadState {
     pub depth: u32,
     /// Calls entered beyond MAX_DEPTH and not yet exited (not traced).
     pub overflow: u32,
+    /// Source + 1 of the syscall this thread is in, traced through the `raw_syscalls` pair
+    /// (0: none); a thread is in one syscall at a time.
+    pub in_syscall: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The thread's id generator (SplitMix64 state; seeded from the kernel's PRNG on the
+    /// thread's first traced entry).
+    pub rng: u64,
     /// Trace id of the current tree.
     pub trace_id: [u8; 16],
     /// The open spans, outermost first.

@@ -18,21 +18,25 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
     },
-    macros::{map, perf_event},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    macros::{btf_map, map, perf_event},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{tracing::StackIdContext, PerfEventContext},
     EbpfContext,
 };
+// Samples only read the span programs' state: `get_or_create` is unused here.
+#[allow(dead_code)]
+mod task_storage;
 use oxeye_ebpf_common::{
     CountedKey, ProfileConfig, ProfileSampleEvent, ThreadState, MAX_DEPTH, PROFILE_STACK_DEPTH,
     P_FILTERED, P_IDLE, P_KSTACK_FAILURES, P_OWN, P_RINGBUF_FULL, P_SAMPLES, P_USTACK_FAILURES,
     STACK_KERNEL, STACK_USER,
 };
+use task_storage::TaskStorage;
 
 /// The span programs' per-thread state (same definition as in `spans.rs`): reused through a
 /// pin when spans run, so a sample knows the span open on its thread.
-#[map]
-static THREADS: LruHashMap<u32, ThreadState> = LruHashMap::with_max_entries(16384, 0);
+#[btf_map]
+static THREADS: TaskStorage<ThreadState> = TaskStorage::new();
 /// User space sets the size (`ring_size`).
 #[map]
 static SAMPLES: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
@@ -46,7 +50,7 @@ static PROFILE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 262144;
 /// 1 when `THREADS` is the span programs' (set at load): only then is the span open on the
-/// thread looked up (an LRU hash lookup, measured at several hundred ns a sample here).
+/// thread looked up.
 #[unsafe(no_mangle)]
 static LINK_SPANS: u32 = 0;
 
@@ -81,15 +85,16 @@ fn admitted(cfg: &ProfileConfig) -> Option<(u32, u32, [u8; 16])> {
     Some((tgid, tid, comm))
 }
 
-/// The trace and span id of the innermost span open on thread `tid` (zeros: none).
+/// The trace and span id of the innermost span open on the current thread (zeros: none).
 #[inline(always)]
-fn open_span(tid: u32) -> ([u8; 16], u64) {
+fn open_span() -> ([u8; 16], u64) {
     if unsafe { core::ptr::read_volatile(&LINK_SPANS) } == 0 {
         return ([0; 16], 0);
     }
-    let Some(state) = (unsafe { THREADS.get(&tid) }) else {
+    let Some(state) = THREADS.get() else {
         return ([0; 16], 0);
     };
+    let state = unsafe { &*state };
     let d = state.depth as u64;
     if d == 0 || d > MAX_DEPTH as u64 {
         return ([0; 16], 0);
@@ -118,7 +123,7 @@ pub fn oxeye_profile(ctx: PerfEventContext) -> u32 {
     ev.cpu = unsafe { bpf_get_smp_processor_id() };
     ev.comm = comm;
     ev._pad = 0;
-    (ev.trace_id, ev.span_id) = open_span(tid);
+    (ev.trace_id, ev.span_id) = open_span();
     let mut depth = cfg.max_depth as usize;
     if depth > PROFILE_STACK_DEPTH {
         depth = PROFILE_STACK_DEPTH;
@@ -191,7 +196,7 @@ pub fn oxeye_profile_counted(ctx: PerfEventContext) -> u32 {
         tid,
         kstack,
         ustack,
-        span_id: open_span(tid).1,
+        span_id: open_span().1,
     };
     // The key holds the thread, and a thread runs on one CPU at a time: no other CPU updates
     // this entry concurrently.

@@ -121,7 +121,7 @@ pub enum EmptyPair {
 pub fn empty_pair(kind: EmptyPair) -> Result<aya::Ebpf, String> {
     use aya::programs::{RawTracePoint, TracePoint};
     crate::sys::tracefs()?;
-    let mut ebpf = EbpfLoader::new()
+    let mut ebpf = crate::sys::thread_state_loader()
         .load(crate::spans::PROGRAMS)
         .map_err(|e| format!("loading the span programs: {e}"))?;
     match kind {
@@ -316,7 +316,7 @@ pub fn sample_exit(
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.to_string())?;
     // Both designs look up the span open on the sampled thread, as with `spans:` running.
     let link = 1u32;
-    let mut ebpf = EbpfLoader::new()
+    let mut ebpf = crate::sys::thread_state_loader()
         .override_global("LINK_SPANS", &link, true)
         .map_max_entries("SAMPLES", 16 << 20)
         .load(crate::profiles::PROGRAMS)

@@ -1,7 +1,6 @@
 //! `oxeye doctor`: what this kernel supports, and what oxeye will pick.
 
-use aya::programs::{KProbe, PerfEvent, TracePoint};
-use aya::EbpfLoader;
+use aya::programs::{KProbe, PerfEvent, RawTracePoint, TracePoint};
 
 use crate::sys;
 
@@ -56,18 +55,27 @@ pub fn report() -> Vec<Check> {
             Err(sys::no_btf("no /sys/kernel/btf/vmlinux"))
         },
     ));
-    let loaded = EbpfLoader::new().load(crate::spans::PROGRAMS).map_err(|e| {
-        sys::explain_load_error(
-            "the span programs do not load",
-            crate::flows::chain(&e),
-            &sys::kernel_release(),
-        )
-    });
+    let loaded = crate::sys::thread_state_loader()
+        .load(crate::spans::PROGRAMS)
+        .map_err(|e| {
+            sys::explain_load_error(
+                "the span programs do not load",
+                crate::flows::chain(&e),
+                &sys::kernel_release(),
+            )
+        });
     checks.push(check(
         "ring buffer",
         loaded
             .as_ref()
             .map(|_| "BPF_MAP_TYPE_RINGBUF created".to_string())
+            .map_err(Clone::clone),
+    ));
+    checks.push(check(
+        "task storage",
+        loaded
+            .as_ref()
+            .map(|_| "BPF_MAP_TYPE_TASK_STORAGE created (per-thread span state)".to_string())
             .map_err(Clone::clone),
     ));
     match loaded {
@@ -79,6 +87,19 @@ pub fn report() -> Vec<Check> {
                 Ok(format!("syscalls:* tracepoints under {}", root.display()))
             })();
             checks.push(check("tracepoint", tp));
+            let raw = (|| -> Result<String, String> {
+                for prog in ["oxeye_raw_enter", "oxeye_raw_exit"] {
+                    let p: &mut RawTracePoint = crate::sys::program(&mut ebpf, prog)?;
+                    p.load().map_err(|e| crate::flows::chain(&e))?;
+                }
+                Ok(if cfg!(target_arch = "x86_64") {
+                    "raw_syscalls pair loads (`syscall:` sources with attach: raw_tracepoint)"
+                        .to_string()
+                } else {
+                    "loads, but attach: raw_tracepoint is for x86_64 builds only".to_string()
+                })
+            })();
+            checks.push(check("raw tracepoint", raw));
             checks.push(check(
                 "uprobe",
                 if std::path::Path::new("/sys/bus/event_source/devices/uprobe").exists() {
@@ -138,7 +159,7 @@ pub fn report() -> Vec<Check> {
 /// Whether the profiler can run: the profile program loads and a CPU-clock perf event opens on
 /// every online CPU at the default frequency (then closes); and the kernel's ceiling.
 fn perf_events() -> Result<String, String> {
-    let mut ebpf = EbpfLoader::new()
+    let mut ebpf = crate::sys::thread_state_loader()
         .map_max_entries("STACK_IDS", 1)
         .map_max_entries("COUNTS", 1)
         .load(crate::profiles::PROGRAMS)

@@ -24,6 +24,7 @@ pub mod bench;
 pub mod doctor;
 mod flows;
 pub mod profiles;
+mod ring;
 mod spans;
 mod sys;
 
@@ -128,17 +129,23 @@ impl Default for FlowsConfig {
     }
 }
 
-/// How a `kprobe:` source attaches.
+/// How a `kprobe:` or `syscall:` source attaches.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum AttachMode {
-    /// fentry/fexit where the kernel supports it, else kprobe/kretprobe.
+    /// kprobe: fentry/fexit where the kernel supports it, else kprobe/kretprobe. syscall: the
+    /// syscall's `syscalls:` tracepoint pair.
     #[default]
     Auto,
     /// kprobe/kretprobe only.
     Kprobe,
     /// fentry/fexit only.
     Fentry,
+    /// syscall: the `syscalls:sys_enter_*`/`sys_exit_*` pair (runs only for that syscall).
+    Tracepoint,
+    /// syscall: the shared `raw_syscalls` pair (x86_64, one source per syscall): cheaper per
+    /// traced call, but it runs on every syscall of every task, filtering by number.
+    RawTracepoint,
 }
 
 /// Stacks to capture at entry.
@@ -166,7 +173,7 @@ pub struct SourceSpec {
     pub uprobe: Option<String>,
     /// A kernel function.
     pub kprobe: Option<String>,
-    /// kprobe attach mode.
+    /// How a kprobe or syscall source attaches.
     #[serde(default)]
     pub attach: AttachMode,
     /// Only this process (and, for uprobes, attach to it only).
@@ -1003,8 +1010,17 @@ fn validate_spans(s: &SpansConfig, e: &mut ConfigErrors) {
                 );
             }
         }
-        if src.kprobe.is_none() && src.attach != AttachMode::Auto {
-            e.push(format!("{p}.attach"), "only applies to `kprobe:` sources");
+        match src.attach {
+            AttachMode::Auto => {}
+            AttachMode::Kprobe | AttachMode::Fentry if src.kprobe.is_none() => e.push(
+                format!("{p}.attach"),
+                "kprobe and fentry apply to `kprobe:` sources (syscall: tracepoint or raw_tracepoint)",
+            ),
+            AttachMode::Tracepoint | AttachMode::RawTracepoint if src.syscall.is_none() => e.push(
+                format!("{p}.attach"),
+                "tracepoint and raw_tracepoint apply to `syscall:` sources (kprobe: kprobe or fentry)",
+            ),
+            _ => {}
         }
         if src.args as usize > oxeye_ebpf_common::MAX_ARGS {
             e.push(

@@ -4,10 +4,11 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::programs::kprobe::KProbeLinkId;
+use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
-use aya::programs::{FEntry, FExit, KProbe, TracePoint, UProbe};
+use aya::programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint, UProbe};
 use aya::{Btf, Ebpf, EbpfLoader};
 use oxeye_api::{Comm, LostUnit, Span, SpanId, StatusCode, TaskContext, Telemetry, TraceId};
 use oxeye_ebpf_common::{
@@ -36,6 +37,8 @@ enum Links {
     Kprobe(KprobeLinks, u64),
     /// The source's own fentry/fexit instance (its maps are the shared ones).
     Fentry(Box<Ebpf>),
+    /// Its syscall number in `SYSCALL_SOURCES`, read by the shared `raw_syscalls` pair.
+    RawSyscall(u32),
     /// Detached.
     None,
 }
@@ -86,11 +89,15 @@ pub struct SpanProbe {
     /// The programs; `None` once detached (dropping unloads and detaches them).
     ebpf: Option<Ebpf>,
     counters: PerCpuArray<MapData, u64>,
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: AsyncFd<crate::ring::Ring>,
     /// Every source attached during the run, by index (see [`Source`]).
     sources: Vec<Source>,
     configs: Array<MapData, SourceConfig>,
     kfuncs: BpfHashMap<MapData, u64, u32>,
+    syscall_sources: Array<MapData, u32>,
+    /// The `raw_syscalls` pair while a source uses it (it runs on every syscall of every task,
+    /// so it is detached when the last such source goes).
+    raw_links: Vec<(&'static str, RawTracePointLinkId)>,
     /// Ring size and wakeup, for fentry instances loaded at start.
     spans_config: SpansConfig,
     telemetry: Telemetry,
@@ -144,9 +151,14 @@ impl SpanProbe {
         let kfuncs: BpfHashMap<MapData, u64, u32> =
             BpfHashMap::try_from(ebpf.take_map("KFUNCS").ok_or("map KFUNCS missing")?)
                 .map_err(|e| format!("KFUNCS: {e}"))?;
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or("map EVENTS missing")?)
+        let syscall_sources: Array<MapData, u32> = Array::try_from(
+            ebpf.take_map("SYSCALL_SOURCES")
+                .ok_or("map SYSCALL_SOURCES missing")?,
+        )
+        .map_err(|e| format!("SYSCALL_SOURCES: {e}"))?;
+        let ring = crate::ring::Ring::new(ebpf.take_map("EVENTS").ok_or("map EVENTS missing")?)
             .map_err(|e| format!("EVENTS: {e}"))?;
-        // SAFETY: the RingBuf owns its fd for as long as the AsyncFd owns the RingBuf.
+        // SAFETY: the Ring owns its fd for as long as the AsyncFd owns the Ring.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| format!("watching the ring buffer: {}", e.into_parts().1))?;
         let counters = PerCpuArray::try_from(
@@ -161,6 +173,8 @@ impl SpanProbe {
             sources: Vec::new(),
             configs,
             kfuncs,
+            syscall_sources,
+            raw_links: Vec::new(),
             spans_config: cfg.clone(),
             telemetry,
             offset: sys::monotonic_to_unix_offset(),
@@ -262,6 +276,21 @@ impl SpanProbe {
                     }
                     let _ = self.kfuncs.remove(&addr);
                 }
+                Links::RawSyscall(nr) => {
+                    // Entries stop here; calls already inside still close at their exit.
+                    let _ = self.syscall_sources.set(nr, 0, 0);
+                    let still_used = self
+                        .sources
+                        .iter()
+                        .any(|s| matches!(s.links, Links::RawSyscall(_)));
+                    if !still_used {
+                        for (prog, id) in std::mem::take(&mut self.raw_links).into_iter().rev() {
+                            if let Ok(p) = crate::sys::program::<RawTracePoint>(ebpf, prog) {
+                                let _ = p.detach(id);
+                            }
+                        }
+                    }
+                }
                 // Dropping the instance detaches both.
                 Links::Fentry(_) | Links::None => {}
             }
@@ -298,8 +327,20 @@ impl SpanProbe {
         self.configs
             .set(index, source_config(spec)?, 0)
             .map_err(|e| format!("{label}: writing its config: {e}"))?;
+        let raw_nr = match &kind {
+            SourceKind::Syscall(name) => self.raw_syscall(name, spec.attach, &label)?,
+            _ => None,
+        };
         let ebpf = self.ebpf.as_mut().ok_or("the span programs are detached")?;
         let links = match &kind {
+            SourceKind::Syscall(_) if raw_nr.is_some() => {
+                let nr = raw_nr.unwrap_or_default();
+                self.attach_raw_syscalls()?;
+                self.syscall_sources
+                    .set(nr, index + 1, 0)
+                    .map_err(|e| format!("{label}: SYSCALL_SOURCES: {e}"))?;
+                Links::RawSyscall(nr)
+            }
             SourceKind::Syscall(name) => {
                 let root = sys::tracefs()?;
                 let mut links = Vec::new();
@@ -389,7 +430,8 @@ impl SpanProbe {
         let via = match (&links, syscall) {
             (Links::Fentry(_), _) => "fentry/fexit",
             (Links::Kprobe(..), _) => "kprobe/kretprobe",
-            (_, true) => "tracepoint pair",
+            (Links::RawSyscall(_), _) => "raw_syscalls raw tracepoints",
+            (_, true) => "syscalls tracepoint pair",
             _ => "uprobe/uretprobe",
         };
         info!(source = %label, via, ttl = ?spec.ttl, "span source attached");
@@ -406,6 +448,73 @@ impl SpanProbe {
         Ok(())
     }
 
+    /// The syscall number when this source goes through the `raw_syscalls` pair: only with
+    /// `attach: raw_tracepoint`, on x86_64 (the programs read arguments at its `pt_regs`
+    /// offsets), for a syscall this build knows that no other source traces that way (one
+    /// source per number); otherwise an error saying why. `auto` and `tracepoint` use the
+    /// syscall's `syscalls:` pair: the raw pair makes a traced call cheaper but runs on every
+    /// syscall of every task (see the README's benchmark), so it pays only for a syscall that
+    /// is a large share of all the machine makes.
+    fn raw_syscall(
+        &self,
+        name: &str,
+        mode: AttachMode,
+        label: &str,
+    ) -> Result<Option<u32>, String> {
+        if mode != AttachMode::RawTracepoint {
+            return Ok(None);
+        }
+        let why_not = if !cfg!(target_arch = "x86_64") {
+            "raw_syscalls sources are built for x86_64 only".to_string()
+        } else {
+            match sys::syscall_number(name) {
+                None => format!("`{name}` is not a syscall oxeye knows the number of"),
+                Some(nr) if nr >= oxeye_ebpf_common::MAX_SYSCALLS => {
+                    format!("syscall number {nr} is out of range")
+                }
+                Some(nr) => match self.syscall_sources.get(&nr, 0) {
+                    Ok(0) | Err(_) => return Ok(Some(nr)),
+                    Ok(other) => format!(
+                        "`{}` already traces it through raw_syscalls",
+                        self.sources
+                            .get(other as usize - 1)
+                            .map_or("another source", |s| s.label.as_str())
+                    ),
+                },
+            }
+        };
+        Err(format!(
+            "{label}: attach: raw_tracepoint is not possible: {why_not}; leave `attach` out to use the syscall's tracepoint pair"
+        ))
+    }
+
+    /// Attaches the shared `raw_syscalls` pair unless it is already attached (exit first, as
+    /// for every pair).
+    fn attach_raw_syscalls(&mut self) -> Result<(), String> {
+        if !self.raw_links.is_empty() {
+            return Ok(());
+        }
+        let ebpf = self.ebpf.as_mut().ok_or("the span programs are detached")?;
+        let mut links = Vec::new();
+        for (prog, tp) in [
+            ("oxeye_raw_exit", "sys_exit"),
+            ("oxeye_raw_enter", "sys_enter"),
+        ] {
+            let p: &mut RawTracePoint = crate::sys::program(ebpf, prog)?;
+            if p.fd().is_err() {
+                p.load().map_err(|e| {
+                    format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
+                })?;
+            }
+            let id = p
+                .attach(tp)
+                .map_err(|e| format!("attaching raw_syscalls:{tp}: {}", crate::flows::chain(&e)))?;
+            links.push((prog, id));
+        }
+        self.raw_links = links;
+        Ok(())
+    }
+
     /// Waits until the ring buffer has data or `timeout` passes.
     pub async fn wait(&self, timeout: Duration) {
         if let Ok(Ok(mut guard)) = tokio::time::timeout(timeout, self.ring.readable()).await {
@@ -419,8 +528,8 @@ impl SpanProbe {
         self.offset = sys::monotonic_to_unix_offset();
         let mut spans = Vec::with_capacity(max.min(4096));
         let ring = self.ring.get_mut();
-        while spans.len() < max {
-            let Some(item) = ring.next() else { break };
+        let (sources, offset) = (&self.sources, self.offset);
+        ring.drain(max, |item| {
             // SAFETY: the programs write whole SpanHeaders or SpanEvents (told apart by length);
             // read_unaligned copes with alignment.
             let (h, stacks): (SpanHeader, Option<[u64; 2 * STACK_DEPTH]>) =
@@ -434,25 +543,42 @@ impl SpanProbe {
                         None,
                     )
                 } else {
-                    continue;
+                    return;
                 };
-            if let Some(source) = self.sources.get(h.source as usize) {
-                spans.push(to_span(&h, stacks.as_ref(), source, self.offset));
+            if let Some(source) = sources.get(h.source as usize) {
+                spans.push(to_span(&h, stacks.as_ref(), source, offset));
             }
-        }
+        });
         spans
     }
 
     /// Copies the kernel counters into self-metrics, labelled by source.
+    /// Sources with the same label (one syscall traced for two processes, say) are summed: a
+    /// label's counters are never one source's figures overwritten by another's.
     pub fn update_counters(&mut self) {
         let counters = &self.counters;
+        let mut by_label: Vec<(&str, [u64; SPAN_COUNTER_NAMES.len()])> = Vec::new();
         for (i, source) in self.sources.iter().enumerate() {
-            for (slot, name) in SPAN_COUNTER_NAMES.iter().enumerate() {
+            let at = match by_label.iter().position(|(l, _)| *l == source.label) {
+                Some(at) => at,
+                None => {
+                    by_label.push((&source.label, [0; SPAN_COUNTER_NAMES.len()]));
+                    by_label.len() - 1
+                }
+            };
+            for (slot, total) in by_label[at].1.iter_mut().enumerate() {
                 let index = i as u32 * SPAN_COUNTERS_PER_SOURCE + slot as u32;
-                let total: u64 = counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0);
-                self.telemetry.set_counter(name, &source.label, total);
+                *total += counters
+                    .get(&index, 0)
+                    .map(|v| v.iter().sum::<u64>())
+                    .unwrap_or(0);
+            }
+        }
+        for (label, totals) in by_label {
+            for (name, total) in SPAN_COUNTER_NAMES.iter().zip(totals) {
+                self.telemetry.set_counter(name, label, total);
                 if let Some((reason, unit)) = lost_as(name) {
-                    self.telemetry.set_lost(reason, unit, &source.label, total);
+                    self.telemetry.set_lost(reason, unit, label, total);
                 }
             }
         }
@@ -463,6 +589,8 @@ impl SpanProbe {
         for s in &mut self.sources {
             s.links = Links::None;
         }
+        // Dropping the programs detaches the raw pair too.
+        self.raw_links.clear();
         self.ebpf = None;
     }
 }
@@ -522,13 +650,15 @@ fn attach_kprobe(
 
 /// What this kernel allows for kernel functions (loads the programs once to find out).
 fn support() -> Result<Support, String> {
-    let mut probe = EbpfLoader::new().load(PROGRAMS).map_err(|e| {
-        sys::explain_load_error(
-            "loading the span programs",
-            crate::flows::chain(&e),
-            &sys::kernel_release(),
-        )
-    })?;
+    let mut probe = crate::sys::thread_state_loader()
+        .load(PROGRAMS)
+        .map_err(|e| {
+            sys::explain_load_error(
+                "loading the span programs",
+                crate::flows::chain(&e),
+                &sys::kernel_release(),
+            )
+        })?;
     Ok(kernel_function_support(&mut probe))
 }
 
@@ -556,13 +686,17 @@ fn mechanism(func: &str, mode: AttachMode, support: &Support) -> Result<Mechanis
             "not requested (attach: fentry)",
         )),
         (AttachMode::Auto, Err(f), Err(k)) => Err(kernel_function_error(func, f, k)),
+        // Rejected by validation: these modes are for `syscall:` sources.
+        (AttachMode::Tracepoint | AttachMode::RawTracepoint, _, _) => Err(format!(
+            "kprobe:{func}: attach: tracepoint and raw_tracepoint apply to `syscall:` sources"
+        )),
     }
 }
 
 /// Maps every program instance shares (fentry sources load the object once each).
 const SHARED_MAPS: [&str; 6] = [
     "THREADS",
-    "SCRATCH",
+    "SYSCALL_SOURCES",
     "SOURCES",
     "EVENTS",
     "SPAN_COUNTERS",
@@ -630,7 +764,7 @@ fn loader<'a>(
     wakeup: &'a u64,
     pins: Option<&std::path::Path>,
 ) -> EbpfLoader<'a> {
-    let mut l = EbpfLoader::new();
+    let mut l = crate::sys::thread_state_loader();
     l.override_global("WAKEUP_BYTES", wakeup, true)
         .map_max_entries("EVENTS", cfg.ring_size);
     if let Some(dir) = pins {

@@ -302,6 +302,19 @@ where
         .map_err(|e| format!("{name}: {e}"))
 }
 
+/// A loader for the span and profile objects: their per-thread `THREADS` is task storage,
+/// which aya creates but has no user-space type for (oxeye never reads it from user space).
+pub fn thread_state_loader<'a>() -> aya::EbpfLoader<'a> {
+    let mut l = aya::EbpfLoader::new();
+    l.allow_unsupported_maps();
+    l
+}
+
+/// This architecture's number of syscall `name` (as the `syscalls:` tracepoints name it).
+pub fn syscall_number(name: &str) -> Option<u32> {
+    name.parse::<syscalls::Sysno>().ok().map(|s| s.id() as u32)
+}
+
 /// The tracefs mount, mounting it at /sys/kernel/tracing if nothing is mounted yet.
 pub fn tracefs() -> Result<std::path::PathBuf, String> {
     for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
@@ -456,19 +469,38 @@ pub const RINGBUF_KERNEL: (u32, u32) = (5, 8);
 /// `error` from loading programs that use the BPF ring buffer, naming the missing feature and
 /// the kernel that has it when `release` is older.
 pub fn explain_load_error(what: &str, error: String, release: &str) -> String {
-    match kernel_version(release) {
-        Some(v) if v < RINGBUF_KERNEL => format!(
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    explain_load_error_for(what, error, release, btf)
+}
+
+fn explain_load_error_for(what: &str, error: String, release: &str, btf: bool) -> String {
+    let v = kernel_version(release);
+    if v.is_some_and(|v| v < RINGBUF_KERNEL) {
+        format!(
             "{what}: this kernel ({release}) has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux {}.{} or later), which spans and profiles need; flows work without it: upgrade the kernel or use only `flows:` ({error})",
             RINGBUF_KERNEL.0, RINGBUF_KERNEL.1
-        ),
-        _ => format!("{what}: {error}"),
+        )
+    } else if v.is_some_and(|v| v < TASK_STORAGE_KERNEL) {
+        format!(
+            "{what}: this kernel ({release}) has no task-local storage for tracing programs (BPF_MAP_TYPE_TASK_STORAGE, Linux {}.{} or later), where spans and profiles keep per-thread state; flows work without it: upgrade the kernel or use only `flows:` ({error})",
+            TASK_STORAGE_KERNEL.0, TASK_STORAGE_KERNEL.1
+        )
+    } else if !btf {
+        format!(
+            "{what}: this kernel ({release}) has no BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF), which the per-thread task storage of spans and profiles needs; flows work without it: use a kernel built with BTF (Debian's have it since Debian 11) or use only `flows:` ({error})"
+        )
+    } else {
+        format!("{what}: {error}")
     }
 }
+
+/// Task-local storage in tracing programs (span and profile per-thread state).
+pub const TASK_STORAGE_KERNEL: (u32, u32) = (5, 12);
 
 /// Why kernel BTF is missing and what works without it.
 pub fn no_btf(error: impl std::fmt::Display) -> String {
     format!(
-        "no kernel BTF (/sys/kernel/btf/vmlinux: a kernel built with CONFIG_DEBUG_INFO_BTF, Linux 5.4 or later; Debian's kernels have it since Debian 11): fentry/fexit need it (Linux 5.5 or later); use `attach: kprobe` for `kprobe:` sources, or `syscall:` and `uprobe:` sources, which do not ({error})"
+        "no kernel BTF (/sys/kernel/btf/vmlinux: a kernel built with CONFIG_DEBUG_INFO_BTF, Linux 5.4 or later; Debian's kernels have it since Debian 11): fentry/fexit need it (Linux 5.5 or later), and so do all spans and profiles (their per-thread task storage); flows work without it ({error})"
     )
 }
 
@@ -540,18 +572,44 @@ mod tests {
         assert_eq!(kernel_version("6.12.117+deb12-amd64"), Some((6, 12)));
         assert_eq!(kernel_version("5.4"), Some((5, 4)));
         assert_eq!(kernel_version("unknown"), None);
-        let old = explain_load_error("loading the span programs", "EINVAL".into(), "5.4.0-1");
+        let old = explain_load_error_for(
+            "loading the span programs",
+            "EINVAL".into(),
+            "5.4.0-1",
+            true,
+        );
         assert!(old.contains("no BPF ring buffer"), "{old}");
         assert!(old.contains("Linux 5.8 or later"), "{old}");
         assert!(
             old.contains("(5.4.0-1)") && old.ends_with("(EINVAL)"),
             "{old}"
         );
+        let no_storage = explain_load_error_for(
+            "loading the span programs",
+            "EINVAL".into(),
+            "5.10.0-9",
+            true,
+        );
+        assert!(
+            no_storage.contains("BPF_MAP_TYPE_TASK_STORAGE, Linux 5.12 or later"),
+            "{no_storage}"
+        );
+        let no_btf_here = explain_load_error_for(
+            "loading the span programs",
+            "EINVAL".into(),
+            "6.1.0-57",
+            false,
+        );
+        assert!(
+            no_btf_here.contains("CONFIG_DEBUG_INFO_BTF"),
+            "{no_btf_here}"
+        );
         assert_eq!(
-            explain_load_error(
+            explain_load_error_for(
                 "loading the span programs",
                 "EPERM".into(),
-                "6.1.0-57-amd64"
+                "6.1.0-57-amd64",
+                true
             ),
             "loading the span programs: EPERM"
         );
@@ -560,6 +618,6 @@ mod tests {
             btf.contains("CONFIG_DEBUG_INFO_BTF") && btf.contains("Linux 5.4"),
             "{btf}"
         );
-        assert!(btf.contains("attach: kprobe"), "{btf}");
+        assert!(btf.contains("flows work without it"), "{btf}");
     }
 }

@@ -5,6 +5,7 @@
 //!     oxeye-workload nested N       N calls of oxeye_outer (20 ms) -> oxeye_inner (10 ms)
 //!     oxeye-workload getppid N      N getppid calls (benchmark)
 //!     oxeye-workload getppid@R N    N getppid calls paced at R calls/s (benchmark)
+//!     oxeye-workload getuid N       N getuid calls (benchmark: a syscall no source traces)
 //!     oxeye-workload loop MS        oxeye_inner(MS) over and over until stdin closes (live probes)
 //!     oxeye-workload udp@ADDR N     N 32-byte UDP datagrams to ADDR (ip:port), 2 ms apart (flows)
 
@@ -32,7 +33,9 @@ fn main() {
     let (what, n) = match args.as_slice() {
         [_, what, n] => (what.clone(), n.parse::<u64>().expect("count")),
         _ => {
-            eprintln!("usage: oxeye-workload openat|nested|getppid|getppid@R|loop|udp@ADDR N");
+            eprintln!(
+                "usage: oxeye-workload openat|nested|getppid|getppid@R|getuid|loop|udp@ADDR N"
+            );
             std::process::exit(2);
         }
     };
@@ -55,6 +58,12 @@ fn main() {
             for _ in 0..n {
                 // SAFETY: getppid has no preconditions.
                 std::hint::black_box(unsafe { libc::getppid() });
+            }
+        }
+        "getuid" => {
+            for _ in 0..n {
+                // SAFETY: getuid has no preconditions.
+                std::hint::black_box(unsafe { libc::getuid() });
             }
         }
         paced if paced.starts_with("getppid@") => {

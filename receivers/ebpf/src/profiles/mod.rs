@@ -7,12 +7,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::perf_event::{
     PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
 };
 use aya::programs::ProgramError;
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 use oxeye_api::{LostUnit, Mapping, Sample, Telemetry};
 use oxeye_ebpf_common::{
     ProfileConfig, ProfileSampleEvent, PROFILE_COUNTER_NAMES, PROFILE_STACK_DEPTH, P_FILTERED,
@@ -172,7 +172,7 @@ pub(crate) fn add_record(agg: &mut Aggregator, item: &[u8], offset: u64) -> Opti
 pub struct ProfileProbe {
     /// The program and its perf links; `None` once detached.
     ebpf: Option<Ebpf>,
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: AsyncFd<crate::ring::Ring>,
     counters: PerCpuArray<MapData, u64>,
     aggregator: Aggregator,
     telemetry: Telemetry,
@@ -204,7 +204,7 @@ impl ProfileProbe {
         let config = profile_config(cfg)?;
         let wakeup = (cfg.ring_size / 4) as u64;
         let link: u32 = threads.is_some().into();
-        let mut loader = EbpfLoader::new();
+        let mut loader = crate::sys::thread_state_loader();
         loader
             // No CO-RE relocations in this object: parsing the kernel's BTF (several MB, the
             // start-up's peak memory) would buy nothing.
@@ -233,9 +233,9 @@ impl ProfileProbe {
         configs
             .set(0, config, 0)
             .map_err(|e| format!("PROFILE_CONFIG: {e}"))?;
-        let ring = RingBuf::try_from(ebpf.take_map("SAMPLES").ok_or("map SAMPLES missing")?)
+        let ring = crate::ring::Ring::new(ebpf.take_map("SAMPLES").ok_or("map SAMPLES missing")?)
             .map_err(|e| format!("SAMPLES: {e}"))?;
-        // SAFETY: the RingBuf owns its fd for as long as the AsyncFd owns the RingBuf.
+        // SAFETY: the Ring owns its fd for as long as the AsyncFd owns the Ring.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| format!("watching the ring buffer: {}", e.into_parts().1))?;
         let counters = PerCpuArray::try_from(
@@ -297,15 +297,18 @@ impl ProfileProbe {
     pub fn drain(&mut self) -> usize {
         self.offset = sys::monotonic_to_unix_offset();
         let ring = self.ring.get_mut();
+        let (aggregator, pending, offset) = (&mut self.aggregator, &mut self.pending, self.offset);
         let mut n = 0;
-        while let Some(item) = ring.next() {
-            match add_record(&mut self.aggregator, &item, self.offset) {
-                Some(Some(pid)) => self.pending.push(pid),
-                Some(None) => {}
-                None => continue,
+        ring.drain(usize::MAX, |item| {
+            match add_record(aggregator, item, offset) {
+                Some(Some(pid)) => {
+                    pending.push(pid);
+                    n += 1;
+                }
+                Some(None) => n += 1,
+                None => {}
             }
-            n += 1;
-        }
+        });
         n
     }
 
