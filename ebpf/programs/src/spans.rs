@@ -7,9 +7,9 @@
 //! its parent (the span below it) and the stacks captured at entry. Sources: syscalls through
 //! a `syscalls:` tracepoint pair per syscall, or (`attach: raw_tracepoint`) one shared
 //! `raw_syscalls` raw-tracepoint pair where the syscall number picks the source in
-//! `SYSCALL_SOURCES` (cheaper per traced call, but it runs on every syscall); uprobe/uretprobe pairs
-//! (the source index is the attach cookie), and kprobe/kretprobe pairs (looked up by function
-//! address, as kprobe links here carry no cookie).
+//! `SYSCALL_SOURCES` (cheaper per traced call, but it runs on every syscall); uprobe/uretprobe
+//! pairs (the source index is the attach cookie), and kprobe/kretprobe pairs (looked up by
+//! function address, as kprobe links here carry no cookie).
 //!
 //! Ring-buffer wakeups are adaptive: a record wakes the reader only once `WAKEUP_BYTES` are
 //! waiting; the reader also drains on a timer. A wakeup per record costs microseconds per span.
@@ -118,8 +118,9 @@ fn admitted(source: u32) -> Option<(&'static SourceConfig, u32, u32)> {
     Some((cfg, tgid, tid))
 }
 
-/// Pushes an open span of `source` on the thread's stack; returns the thread's state when it
-/// did (not when filtered out or too deep).
+/// Pushes an open span of `source` on the thread's stack. Returns the thread's state when the
+/// call counts on it — pushed, or too deep (its exit then only unwinds `overflow`) — and None
+/// when it is filtered out.
 #[inline(always)]
 fn enter<C: EbpfContext>(
     ctx: &C,
@@ -133,7 +134,7 @@ fn enter<C: EbpfContext>(
     if d >= MAX_DEPTH {
         state.overflow += 1;
         count(source, S_TOO_DEEP);
-        return None;
+        return Some(state);
     }
     if d == 0 {
         let hi = next_id(state).to_be_bytes();
@@ -247,10 +248,9 @@ fn close(
         count(source, S_SHORTER_THAN_MIN);
         return;
     }
-    // How much waits is asked every 64th span of a CPU and source only: the query reads the
-    // consumer's position, a cache line the reader keeps writing on another CPU (measured: ~65
-    // ns a span when asked every time). The wakeup comes at most 63 spans a CPU late; the
-    // reader also drains on its timer.
+    // How much waits is asked every 64th span of a CPU and source only (the query reads both
+    // ring positions, lines the reader touches from another CPU): the wakeup comes at most 63
+    // spans a CPU late, and the reader also drains on its timer.
     let spans = SPAN_COUNTERS.get_ptr_mut(source * SPAN_COUNTERS_PER_SOURCE + S_SPANS);
     let seen = spans.map_or(0, |c| unsafe { *c });
     let flags = if seen % 64 == 0
@@ -355,6 +355,7 @@ pub fn oxeye_raw_enter(ctx: RawTracePointContext) -> i32 {
         unsafe { bpf_probe_read_kernel(regs.add(SYSCALL_ARG_OFFSETS[i]) as *const u64) }
             .unwrap_or(0)
     });
+    // Set for a too-deep call too: its exit must unwind `overflow`.
     if let Some(state) = state {
         state.in_syscall = traced;
     }
