@@ -1159,6 +1159,27 @@ mod tests {
                 "spans.sources[2].comm"
             ]
         );
+        assert!(check::<EbpfFactory>(
+            "spans: {sources: [{syscall: read, attach: raw_tracepoint}, {syscall: write, attach: tracepoint}]}"
+        )
+        .is_ok());
+        let wrong_kind: Vec<(String, String)> = check::<EbpfFactory>(
+            "spans: {sources: [{uprobe: '/bin/app:main', attach: raw_tracepoint}, {kprobe: vfs_read, attach: tracepoint}, {syscall: read, attach: fentry}]}",
+        )
+        .unwrap_err()
+        .0
+        .into_iter()
+        .map(|f| (f.path, f.message))
+        .collect();
+        for (i, applies_to) in ["syscall:", "syscall:", "kprobe:"].iter().enumerate() {
+            let (path, message) = &wrong_kind[i];
+            assert_eq!(path, &format!("spans.sources[{i}].attach"));
+            assert!(
+                message.contains(&format!("apply to `{applies_to}` sources")),
+                "{message}"
+            );
+        }
+        assert_eq!(wrong_kind.len(), 3, "{wrong_kind:?}");
         assert!(check::<EbpfFactory>("spans: {sources: []}").is_err());
         assert!(
             check::<EbpfFactory>("spans: {sources: [{syscall: read, min_duration: 10}]}").is_err()
