@@ -1,6 +1,8 @@
 //! Gateways side by side: the same N spans, sent over OTLP/gRPC by one load generator (oxeye
 //! synthetic → otlp exporter, pinned to CPU 0 with taskset), through (a) an oxeye gateway (otlp
-//! receiver → otlp exporter) and (b) Rotel (`rotel-agent`, OTLP receiver → OTLP exporter), each
+//! receiver → otlp exporter; requests forwarded as received, see `oxeye_api::EncodedSpans`),
+//! (a') the same oxeye gateway with a `nop` processor between (every span decoded into oxeye
+//! spans and encoded again, as with any processor) and (b) Rotel (`rotel-agent`, OTLP receiver → OTLP exporter), each
 //! pinned to CPU 1, to a blackhole TraceService of this benchmark. Per gateway: CPU seconds per
 //! million spans (utime + stime from /proc/<pid>/stat), spans/s, peak RSS (VmHWM); runs
 //! interleaved, medians.
@@ -76,9 +78,10 @@ fn pinned(cpu: &str, bin: &Path) -> Command {
 /// The gateway under test, listening on `port`, sending to the sink on `sink`.
 fn start_gateway(kind: &str, oxeye: &Path, port: u16, sink: u16, gzip: bool, dir: &Path) -> Child {
     let compression = if gzip { "gzip" } else { "none" };
-    if kind == "oxeye" {
+    if kind.starts_with("oxeye") {
+        let processors = if kind == "oxeye" { "[]" } else { "[nop]" };
         let yaml = format!(
-            "receivers:\n  otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{port}', max_recv_msg_size_mib: 64}}}}}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{sink}', compression: {compression}}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [otlp], queue: {{capacity: 8}}}}\n"
+            "receivers:\n  otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{port}', max_recv_msg_size_mib: 64}}}}}}\nprocessors:\n  nop: {{}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{sink}', compression: {compression}}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [otlp], processors: {processors}, exporters: [otlp], queue: {{capacity: 8}}}}\n"
         );
         let cfg = dir.join("gateway.yaml");
         std::fs::write(&cfg, yaml).expect("config");
@@ -194,8 +197,10 @@ fn main() {
     );
     let cases: Vec<(&str, bool)> = [
         ("oxeye", false),
+        ("oxeye+nop", false),
         ("rotel", false),
         ("oxeye", true),
+        ("oxeye+nop", true),
         ("rotel", true),
     ]
     .into_iter()
@@ -218,22 +223,24 @@ fn main() {
         let compression = if gzip { "gzip" } else { "none" };
         per_cpu_s.insert((kind, gzip), n as f64 / cpu);
         println!(
-            "  {kind:<6} compression {compression:<5} {:>7.2} CPU-s per million spans  {:>9.0} spans/s  {:>9.0} spans per CPU-s  peak RSS {rss:>6.1} MiB",
+            "  {kind:<9} compression {compression:<5} {:>7.2} CPU-s per million spans  {:>9.0} spans/s  {:>9.0} spans per CPU-s  peak RSS {rss:>6.1} MiB",
             cpu / n as f64 * 1e6,
             rate,
             n as f64 / cpu,
         );
     }
     for gzip in [false, true] {
-        if let (Some(o), Some(r)) = (
-            per_cpu_s.get(&("oxeye", gzip)),
-            per_cpu_s.get(&("rotel", gzip)),
-        ) {
-            println!(
-                "  oxeye / rotel spans per CPU-second, compression {}: {:.2}x",
-                if gzip { "gzip" } else { "none" },
-                o / r
-            );
+        for kind in ["oxeye", "oxeye+nop"] {
+            if let (Some(o), Some(r)) = (
+                per_cpu_s.get(&(kind, gzip)),
+                per_cpu_s.get(&("rotel", gzip)),
+            ) {
+                println!(
+                    "  {kind} / rotel spans per CPU-second, compression {}: {:.2}x",
+                    if gzip { "gzip" } else { "none" },
+                    o / r
+                );
+            }
         }
     }
 }

@@ -123,8 +123,11 @@ impl Oxeye {
     }
 }
 
-/// otlp receiver (gRPC on `grpc`, HTTP on `http`) → otlp exporter to the sink on `sink`.
-fn gateway_yaml(grpc: u16, http: u16, sink: u16, extra: &str) -> String {
+/// otlp receiver (gRPC on `grpc`, HTTP on `http`) → otlp exporter to the sink on `sink`; with
+/// `nop`, a processor between them, so spans are decoded and encoded again instead of being
+/// forwarded as received.
+fn gateway_yaml(grpc: u16, http: u16, sink: u16, extra: &str, nop: bool) -> String {
+    let processors = if nop { "[nop]" } else { "[]" };
     format!(
         "receivers:
   otlp:
@@ -132,6 +135,8 @@ fn gateway_yaml(grpc: u16, http: u16, sink: u16, extra: &str) -> String {
       grpc: {{endpoint: '127.0.0.1:{grpc}'}}
       http: {{endpoint: '127.0.0.1:{http}', max_request_body_size: 1048576}}
 {extra}
+processors:
+  nop:
 exporters:
   otlp:
     endpoint: 'http://127.0.0.1:{sink}'
@@ -140,7 +145,7 @@ exporters:
 service:
   pipelines:
     # A request is one batch: a few of them are buffer enough, and bound the memory.
-    traces: {{receivers: [otlp], exporters: [otlp], queue: {{capacity: 8}}}}
+    traces: {{receivers: [otlp], processors: {processors}, exporters: [otlp], queue: {{capacity: 8}}}}
 "
     )
 }
@@ -202,11 +207,17 @@ fn sdk_python() -> PathBuf {
 #[test]
 fn python_sdk_spans_arrive_unchanged_over_grpc_and_http() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    for protocol in ["grpc", "http"] {
+    for (protocol, nop) in [
+        ("grpc", false),
+        ("http", false),
+        ("grpc", true),
+        ("http", true),
+    ] {
         let sink = Arc::new(Sink::default());
         let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
         let (grpc, http) = (free_port(), free_port());
-        let oxeye = Oxeye::start(&gateway_yaml(grpc, http, sink_port, ""), &[grpc, http]);
+        let yaml = gateway_yaml(grpc, http, sink_port, "", nop);
+        let oxeye = Oxeye::start(&yaml, &[grpc, http]);
         let expected = std::env::temp_dir().join(format!(
             "oxeye-otel-sdk-{}-{protocol}.pb",
             std::process::id()
@@ -239,6 +250,13 @@ fn python_sdk_spans_arrive_unchanged_over_grpc_and_http() {
         assert_same(&[sent], &got);
         let t = component(&report, "exporters/otlp");
         assert_eq!((t.emitted(), t.dropped_total()), (40, 0), "{protocol}");
+        // Forwarded as received, unless a processor needed the spans decoded.
+        let forwarded = counter(&report, "exporters/otlp", "otlp_forwarded_spans", "traces");
+        assert_eq!(
+            forwarded,
+            if nop { 0 } else { 40 },
+            "{protocol}, nop: {nop}"
+        );
         let _ = std::fs::remove_file(&expected);
     }
 }
@@ -422,11 +440,18 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn every_field_survives_grpc_http_protobuf_gzip_and_json() {
+    for nop in [false, true] {
+        every_field_survives(nop);
+    }
+}
+
+/// Forwarded as received (gRPC and HTTP protobuf) or, with a processor, decoded and encoded.
+fn every_field_survives(nop: bool) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let sink = Arc::new(Sink::default());
     let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
     let (grpc, http) = (free_port(), free_port());
-    let oxeye = Oxeye::start(&gateway_yaml(grpc, http, sink_port, ""), &[grpc, http]);
+    let oxeye = Oxeye::start(&gateway_yaml(grpc, http, sink_port, "", nop), &[grpc, http]);
 
     // gRPC, compressed by the client.
     let request = every_field_request(true);
@@ -492,6 +517,9 @@ fn every_field_survives_grpc_http_protobuf_gzip_and_json() {
     let report = oxeye.stop();
     let t = component(&report, "exporters/otlp");
     assert_eq!((t.emitted(), t.dropped_total()), (12, 0));
+    // JSON is always decoded (it is not protobuf to forward).
+    let forwarded = counter(&report, "exporters/otlp", "otlp_forwarded_spans", "traces");
+    assert_eq!(forwarded, if nop { 0 } else { 8 }, "nop: {nop}");
 }
 
 /// The counters of the component labelled `label` (`receivers/otlp`, `exporters/otlp`).
@@ -519,7 +547,10 @@ fn bad_input_gets_a_clear_status_and_is_counted() {
     let sink = Arc::new(Sink::default());
     let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
     let (grpc, http) = (free_port(), free_port());
-    let oxeye = Oxeye::start(&gateway_yaml(grpc, http, sink_port, ""), &[grpc, http]);
+    let oxeye = Oxeye::start(
+        &gateway_yaml(grpc, http, sink_port, "", false),
+        &[grpc, http],
+    );
     let proto = [("content-type", "application/x-protobuf")];
     let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
     let status_of = |body: &[u8]| tonic_types::Status::decode(body).expect("a google.rpc.Status");
@@ -762,6 +793,7 @@ fn a_full_pipeline_makes_clients_back_off_and_memory_stays_bounded() {
             http,
             sink_port,
             "    backpressure: {wait: 50ms, retry_after: 2s}",
+            false,
         ),
     );
     let mut child = oxeye_tests::spawn(&["run", "-c", config.to_str().expect("path")]);

@@ -65,6 +65,13 @@ pub trait Exporter: Send {
         false
     }
 
+    /// False (the default): the engine decodes [`Records::Encoded`](crate::Records::Encoded)
+    /// batches into spans before `export`. True for an exporter that writes them as they are
+    /// (OTLP to OTLP) and decodes what it must itself.
+    fn takes_encoded(&self) -> bool {
+        false
+    }
+
     /// How often the engine calls [`Exporter::tick`]; `None` (the default) for never.
     fn tick_interval(&self) -> Option<Duration> {
         None

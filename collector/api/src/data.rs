@@ -781,6 +781,71 @@ impl Sample {
     }
 }
 
+/// Spans still in the form they arrived in: an OTLP `ExportTraceServiceRequest` holding one
+/// `ResourceSpans`, already checked by the receiver that made it (well-formed, no span it would
+/// refuse). A gateway (OTLP in, OTLP out, nothing in between) forwards these bytes as they came:
+/// no decoding into [`Span`]s, no encoding back. The engine decodes them into
+/// [`Records::Spans`] before every processor and every exporter that does not say it takes them
+/// ([`Exporter::takes_encoded`](crate::Exporter::takes_encoded)), so components see spans as
+/// always.
+#[derive(Clone)]
+pub struct EncodedSpans {
+    bytes: bytes::Bytes,
+    spans: usize,
+    decode: fn(&[u8]) -> Result<Vec<Span>, String>,
+}
+
+impl EncodedSpans {
+    /// `spans` spans in `bytes` (one OTLP trace request with one `ResourceSpans`), and the
+    /// function that decodes them (it must accept every span the receiver counted).
+    pub fn new(
+        bytes: bytes::Bytes,
+        spans: usize,
+        decode: fn(&[u8]) -> Result<Vec<Span>, String>,
+    ) -> Self {
+        EncodedSpans {
+            bytes,
+            spans,
+            decode,
+        }
+    }
+
+    /// The encoded request.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Number of spans.
+    pub fn len(&self) -> usize {
+        self.spans
+    }
+
+    /// True when there is no span.
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+
+    /// The spans, decoded (without their resource: that is the batch's).
+    pub fn decode(&self) -> Result<Vec<Span>, String> {
+        (self.decode)(&self.bytes)
+    }
+}
+
+impl fmt::Debug for EncodedSpans {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncodedSpans")
+            .field("spans", &self.spans)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl PartialEq for EncodedSpans {
+    fn eq(&self, other: &Self) -> bool {
+        self.spans == other.spans && self.bytes == other.bytes
+    }
+}
+
 /// The records of one batch: all of one signal.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Records {
@@ -790,13 +855,16 @@ pub enum Records {
     Flows(Vec<Flow>),
     /// Profile samples.
     Samples(Vec<Sample>),
+    /// Spans still encoded as they arrived (see [`EncodedSpans`]); only exporters that say they
+    /// take them see this variant.
+    Encoded(EncodedSpans),
 }
 
 impl Records {
     /// The signal these records belong to.
     pub fn signal(&self) -> Signal {
         match self {
-            Records::Spans(_) => Signal::Traces,
+            Records::Spans(_) | Records::Encoded(_) => Signal::Traces,
             Records::Flows(_) => Signal::Flows,
             Records::Samples(_) => Signal::Profiles,
         }
@@ -808,6 +876,7 @@ impl Records {
             Records::Spans(v) => v.len(),
             Records::Flows(v) => v.len(),
             Records::Samples(v) => v.len(),
+            Records::Encoded(e) => e.len(),
         }
     }
 
@@ -854,6 +923,23 @@ impl Batch {
     /// The signal of the batch.
     pub fn signal(&self) -> Signal {
         self.records.signal()
+    }
+
+    /// True when the records are still encoded ([`Records::Encoded`]).
+    pub fn is_encoded(&self) -> bool {
+        matches!(self.records, Records::Encoded(_))
+    }
+
+    /// The batch with encoded spans decoded into [`Records::Spans`] (others as they are). The
+    /// original stays with any other holder of the `Arc`.
+    pub fn decoded(batch: Arc<Batch>) -> Result<Arc<Batch>, String> {
+        match &batch.records {
+            Records::Encoded(e) => Ok(Arc::new(Batch {
+                resource: Arc::clone(&batch.resource),
+                records: Records::Spans(e.decode()?),
+            })),
+            _ => Ok(batch),
+        }
     }
 
     /// Number of records.

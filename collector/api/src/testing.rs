@@ -149,17 +149,15 @@ impl ProcessorHarness {
 
     /// Feeds one batch; returns what the processor emitted for it.
     pub fn process(&mut self, batch: Batch) -> Result<Vec<Arc<Batch>>, BoxError> {
-        let mut out = Output::new();
-        self.telemetry.add_received(batch.len() as u64);
-        self.rt
-            .block_on(self.processor.process(Arc::new(batch), &mut out))?;
-        Ok(self.emitted(out))
+        self.process_shared(Arc::new(batch))
     }
 
     /// Feeds a batch that another pipeline also holds (to test copy-on-write).
     pub fn process_shared(&mut self, batch: Arc<Batch>) -> Result<Vec<Arc<Batch>>, BoxError> {
         let mut out = Output::new();
         self.telemetry.add_received(batch.len() as u64);
+        // As the engine does: processors never see encoded spans.
+        let batch = Batch::decoded(batch)?;
         self.rt.block_on(self.processor.process(batch, &mut out))?;
         Ok(self.emitted(out))
     }
@@ -221,7 +219,12 @@ impl ExporterHarness {
 
     /// Exports one batch.
     pub fn export(&mut self, batch: Batch) -> Result<(), BoxError> {
-        self.rt.block_on(self.exporter.export(Arc::new(batch)))
+        let mut batch = Arc::new(batch);
+        // As the engine does: encoded spans decoded unless the exporter takes them.
+        if !self.exporter.takes_encoded() {
+            batch = Batch::decoded(batch)?;
+        }
+        self.rt.block_on(self.exporter.export(batch))
     }
 
     /// Calls [`Exporter::tick`] as the engine would.

@@ -300,6 +300,27 @@ async fn next(
     }
 }
 
+/// A batch of encoded spans (an OTLP receiver's, see [`oxeye_api::EncodedSpans`]) decoded for a
+/// component that takes spans. The receiver checked every span, so decoding does not fail; if it
+/// ever did, the spans are counted as dropped (`undecodable`), never lost silently.
+fn decoded(batch: Arc<Batch>, telemetry: &Telemetry) -> Option<Arc<Batch>> {
+    if !batch.is_encoded() {
+        return Some(batch);
+    }
+    let n = batch.len();
+    match Batch::decoded(batch) {
+        Ok(b) => {
+            telemetry.add_dropped("undecodable", n.saturating_sub(b.len()) as u64);
+            Some(b)
+        }
+        Err(why) => {
+            error!("encoded spans the receiver accepted cannot be decoded: {why}");
+            telemetry.add_dropped("undecodable", n as u64);
+            None
+        }
+    }
+}
+
 async fn run_processor(
     mut p: Box<dyn Processor>,
     mut inputs: Inputs,
@@ -329,6 +350,9 @@ async fn run_processor(
         match step {
             Some(Some(batch)) => {
                 telemetry.add_received(batch.len() as u64);
+                let Some(batch) = decoded(batch, &telemetry) else {
+                    continue;
+                };
                 let in_flight = InFlight::new(&telemetry, batch.len());
                 p.process(batch, &mut out).await?;
                 in_flight.done();
@@ -349,12 +373,21 @@ async fn run_exporter(
     telemetry: Telemetry,
 ) -> Result<(), BoxError> {
     let counts_delivery = e.counts_delivery();
+    let takes_encoded = e.takes_encoded();
     let mut ticker = ticker(e.tick_interval());
     loop {
         match next(&mut inputs, &mut ticker).await {
             Some(Some(batch)) => {
+                telemetry.add_received(batch.len() as u64);
+                let batch = if takes_encoded {
+                    batch
+                } else {
+                    match decoded(batch, &telemetry) {
+                        Some(b) => b,
+                        None => continue,
+                    }
+                };
                 let n = batch.len() as u64;
-                telemetry.add_received(n);
                 let in_flight = InFlight::new(&telemetry, batch.len());
                 e.export(batch).await?;
                 in_flight.done();

@@ -735,7 +735,7 @@ impl ArrowExporter {
 impl BlockingExport for ArrowExporter {
     fn export(&mut self, batch: &Batch) -> Result<(), BoxError> {
         let (signal, schema) = match &batch.records {
-            Records::Spans(_) => (Signal::Traces, span_schema()),
+            Records::Spans(_) | Records::Encoded(_) => (Signal::Traces, span_schema()),
             Records::Flows(_) => (Signal::Flows, flow_schema()),
             Records::Samples(_) => (Signal::Profiles, profile_schema()),
         };
@@ -748,6 +748,8 @@ impl BlockingExport for ArrowExporter {
             Records::Spans(s) => spans_to_arrow(s, &batch.resource, &mut out.dicts)?,
             Records::Flows(f) => flows_to_arrow(f, &batch.resource, &mut out.dicts)?,
             Records::Samples(p) => samples_to_arrow(p, &batch.resource, &mut out.dicts)?,
+            // The engine decodes them before this exporter; decoded here too for direct callers.
+            Records::Encoded(e) => spans_to_arrow(&e.decode()?, &batch.resource, &mut out.dicts)?,
         };
         out.write(&rb)?;
         let rotate = &self.config.rotate;

@@ -37,7 +37,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use oxeye_api::{
     Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Records, Resource, Signal,
-    Telemetry,
+    Span, Telemetry,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -109,6 +109,8 @@ struct Shared {
 
 #[derive(Default)]
 struct Stats {
+    /// Spans sent on as they were received (never decoded here).
+    forwarded: u64,
     requests: [u64; 3],
     retries: [u64; 3],
     failed: [u64; 3],
@@ -401,6 +403,18 @@ async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receive
             drop(room);
             continue;
         }
+        let forwarded: usize = batches
+            .iter()
+            .filter(|b| b.is_encoded())
+            .map(|b| b.len())
+            .sum();
+        if forwarded > 0 {
+            let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+            s.forwarded += forwarded as u64;
+            shared
+                .telemetry
+                .set_counter("otlp_forwarded_spans", "traces", s.forwarded);
+        }
         for (signal, request, n) in requests(&mut resources, &batches, shared.send_batch_size) {
             let client = match signal {
                 OtlpSignal::Traces => shared.traces.as_ref(),
@@ -432,39 +446,75 @@ fn requests(
     let mut samples = Vec::new();
     for b in batches {
         match &b.records {
-            Records::Spans(s) => s.chunks(max).for_each(|c| spans.push((&b.resource, c))),
+            Records::Spans(s) => s
+                .chunks(max)
+                .for_each(|c| spans.push(SpanPart::Spans(&b.resource, c))),
+            // Forwarded as received: a part of its own, whatever its size.
+            Records::Encoded(e) => spans.push(SpanPart::Encoded(e.bytes(), e.len())),
             Records::Flows(f) => f.chunks(max).for_each(|c| flows.push((&b.resource, c))),
             Records::Samples(p) => p.chunks(max).for_each(|c| samples.push((&b.resource, c))),
         }
     }
-    for (range, n) in fill(&spans, max) {
-        let req = wire::trace_message(
+    let lens: Vec<usize> = spans.iter().map(SpanPart::len).collect();
+    for (range, n) in fill(&lens, max) {
+        let parts = &spans[range];
+        let encoded: Vec<&[u8]> = parts
+            .iter()
+            .filter_map(|p| match p {
+                SpanPart::Encoded(b, _) => Some(*b),
+                SpanPart::Spans(..) => None,
+            })
+            .collect();
+        let req = wire::trace_message_with(
             resources,
-            spans[range]
+            parts
                 .iter()
-                .flat_map(|(r, spans)| spans.iter().map(move |s| (*r, s))),
+                .filter_map(|p| match p {
+                    SpanPart::Spans(r, spans) => Some((*r, *spans)),
+                    SpanPart::Encoded(..) => None,
+                })
+                .flat_map(|(r, spans)| spans.iter().map(move |s| (r, s))),
+            &encoded,
         );
         out.push((OtlpSignal::Traces, Request::Traces(req), n));
     }
-    for (range, n) in fill(&flows, max) {
+    let lens: Vec<usize> = flows.iter().map(|p| p.1.len()).collect();
+    for (range, n) in fill(&lens, max) {
         let req = encode::metrics_request(resources, flows[range].iter().copied());
         out.push((OtlpSignal::Metrics, Request::Metrics(req), n));
     }
-    for (range, n) in fill(&samples, max) {
+    let lens: Vec<usize> = samples.iter().map(|p| p.1.len()).collect();
+    for (range, n) in fill(&lens, max) {
         let req = encode::profiles_request(resources, samples[range].iter().copied());
         out.push((OtlpSignal::Profiles, Request::Profiles(req), n));
     }
     out
 }
 
-/// Groups consecutive parts into ranges of at most `max` records (a part is never split here).
-fn fill<T>(parts: &[(&Arc<Resource>, &[T])], max: usize) -> Vec<(std::ops::Range<usize>, u64)> {
+/// Spans for a trace request: decoded (with their resource), or a request as received.
+enum SpanPart<'a> {
+    Spans(&'a Arc<Resource>, &'a [Span]),
+    Encoded(&'a [u8], usize),
+}
+
+impl SpanPart<'_> {
+    fn len(&self) -> usize {
+        match self {
+            SpanPart::Spans(_, s) => s.len(),
+            SpanPart::Encoded(_, n) => *n,
+        }
+    }
+}
+
+/// Groups consecutive parts (of these lengths) into ranges of at most `max` records; a part is
+/// never split here, so one larger than `max` goes alone.
+fn fill(lens: &[usize], max: usize) -> Vec<(std::ops::Range<usize>, u64)> {
     let mut out = Vec::new();
     let mut start = 0;
-    while start < parts.len() {
+    while start < lens.len() {
         let (mut end, mut n) = (start, 0);
-        while end < parts.len() && (end == start || n + parts[end].1.len() <= max) {
-            n += parts[end].1.len();
+        while end < lens.len() && (end == start || n + lens[end] <= max) {
+            n += lens[end];
             end += 1;
         }
         out.push((start..end, n as u64));
@@ -605,6 +655,12 @@ impl Exporter for OtlpExporter {
         true
     }
 
+    /// Requests as received go out as they came, unless spans must be read: load balancing
+    /// routes each span by its trace id, and `resource:` extras rewrite the resource.
+    fn takes_encoded(&self) -> bool {
+        self.shared.balancer.is_none() && self.shared.resource.is_empty()
+    }
+
     async fn shutdown(&mut self) -> Result<(), BoxError> {
         self.start();
         // Closing the queue lets the senders drain it and stop; the engine's deadline bounds this.
@@ -634,7 +690,7 @@ impl Drop for OtlpExporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oxeye_api::{Flow, Span};
+    use oxeye_api::Flow;
 
     #[test]
     fn requests_hold_at_most_max_records_and_keep_signals_apart() {
@@ -707,5 +763,62 @@ mod tests {
             };
             assert_eq!(counted as u64, *n);
         }
+    }
+
+    #[test]
+    fn encoded_spans_go_out_as_received_beside_decoded_ones() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+        let mut resources = encode::Resources::new(&Default::default());
+        let theirs = Arc::new(Resource {
+            schema_url: Some("theirs".into()),
+            ..Resource::default()
+        });
+        let spans = oxeye_api::testing::spans(&[Arc::new(oxeye_api::testing::span_batch(200))])
+            .into_iter()
+            .cloned()
+            .collect::<Vec<_>>();
+        let received = wire::trace_message(&mut resources, spans.iter().map(|s| (&theirs, s)));
+        let encoded = Records::Encoded(oxeye_api::EncodedSpans::new(
+            received.bytes().to_vec().into(),
+            200,
+            |_| Err("not decoded by the exporter".into()),
+        ));
+        let ours = Arc::new(Resource::default());
+        let batches = vec![
+            Arc::new(Batch::spans(Arc::clone(&ours), vec![Span::default(); 300])),
+            Arc::new(Batch {
+                resource: Arc::clone(&theirs),
+                records: encoded,
+            }),
+            Arc::new(Batch::spans(Arc::clone(&ours), vec![Span::default(); 100])),
+        ];
+        let count = |reqs: &[(OtlpSignal, Request, u64)]| -> Vec<(u64, usize, usize)> {
+            reqs.iter()
+                .map(|(_, r, n)| {
+                    let Request::Traces(t) = r else {
+                        panic!("traces")
+                    };
+                    let req = ExportTraceServiceRequest::decode(t.bytes()).expect("decodes");
+                    let spans = req
+                        .resource_spans
+                        .iter()
+                        .flat_map(|rs| &rs.scope_spans)
+                        .map(|ss| ss.spans.len())
+                        .sum();
+                    (*n, spans, req.resource_spans.len())
+                })
+                .collect()
+        };
+        let one = requests(&mut resources, &batches, 1000);
+        assert_eq!(count(&one), [(600, 600, 2)]);
+        // The received request's spans are in it byte for byte.
+        let Request::Traces(t) = &one[0].1 else {
+            panic!()
+        };
+        assert!(t.bytes().ends_with(received.bytes()));
+        // Encoded spans are never split; decoded ones fill around them.
+        let split = requests(&mut resources, &batches, 250);
+        assert_eq!(count(&split), [(250, 250, 1), (250, 250, 2), (100, 100, 1)]);
     }
 }

@@ -503,6 +503,17 @@ pub fn trace_message<'a>(
     resources: &mut Resources,
     spans: impl IntoIterator<Item = (&'a Arc<Resource>, &'a Span)>,
 ) -> TraceMessage {
+    trace_message_with(resources, spans, &[])
+}
+
+/// [`trace_message`], followed by `encoded`: trace requests as received
+/// ([`oxeye_api::EncodedSpans`]), copied as they are. Protobuf merges concatenated messages
+/// (their `resource_spans` append), so the result is one request holding them all.
+pub fn trace_message_with<'a>(
+    resources: &mut Resources,
+    spans: impl IntoIterator<Item = (&'a Arc<Resource>, &'a Span)>,
+    encoded: &[&[u8]],
+) -> TraceMessage {
     let mut groups: Vec<ResourceGroup<'a>> = Vec::new();
     for (resource, span) in spans {
         let g = match groups
@@ -561,7 +572,8 @@ pub fn trace_message<'a>(
         total += 1 + ld(rs_len);
         sized.push((resource, rs_len, scopes));
     }
-    let mut buf = Vec::with_capacity(FRAME_HEADER + total);
+    let raw: usize = encoded.iter().map(|e| e.len()).sum();
+    let mut buf = Vec::with_capacity(FRAME_HEADER + total + raw);
     buf.resize(FRAME_HEADER, 0);
     for (g, (resource, rs_len, scopes)) in groups.iter().zip(sized) {
         put_len(&mut buf, key(1, LEN), rs_len);
@@ -580,6 +592,9 @@ pub fn trace_message<'a>(
         put_str(&mut buf, key(3, LEN), opt(&g.resource.schema_url));
     }
     debug_assert_eq!(buf.len(), FRAME_HEADER + total, "request length");
+    for e in encoded {
+        buf.extend_from_slice(e);
+    }
     TraceMessage(buf)
 }
 

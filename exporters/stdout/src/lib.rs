@@ -636,6 +636,8 @@ impl Renderer {
             (Records::Samples(samples), Format::Folded) => folded(out, samples),
             // Refused at build: folded is for profiles only.
             (Records::Spans(_) | Records::Flows(_), Format::Folded) => {}
+            // Never here: this exporter does not take encoded spans, the engine decodes them.
+            (Records::Encoded(_), _) => {}
         }
         out
     }

@@ -81,7 +81,8 @@ impl Enrich {
         let mut pids: Vec<u32> = match &batch.records {
             Records::Spans(spans) => spans.iter().filter_map(|s| s.task.map(|t| t.pid)).collect(),
             Records::Samples(samples) => samples.iter().map(|s| s.pid).collect(),
-            Records::Flows(_) => return,
+            // Encoded spans never reach a processor: the engine decodes them.
+            Records::Flows(_) | Records::Encoded(_) => return,
         };
         pids.sort_unstable();
         pids.dedup();
@@ -158,6 +159,7 @@ impl Processor for Enrich {
                     self.set_static(&mut f.attributes);
                 }
             }
+            Records::Encoded(_) => {}
         }
         out.push(batch);
         Ok(())

@@ -378,7 +378,7 @@ impl Resolver {
                     s.frames = frames;
                 }
             }
-            Records::Flows(_) => {}
+            Records::Flows(_) | Records::Encoded(_) => {}
         }
         self.publish();
     }
@@ -401,7 +401,8 @@ impl Processor for Symbolization {
             Records::Samples(samples) => samples
                 .iter()
                 .any(|s| !s.kernel_stack.is_empty() || !s.user_stack.is_empty()),
-            Records::Flows(_) => false,
+            // Flows have no stacks; encoded spans never reach a processor (the engine decodes).
+            Records::Flows(_) | Records::Encoded(_) => false,
         };
         if !needs {
             out.push(batch);

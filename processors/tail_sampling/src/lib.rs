@@ -946,10 +946,12 @@ impl Processor for TailSampling {
         let mut spans = match Arc::try_unwrap(batch) {
             Ok(b) => match b.records {
                 Records::Spans(s) => s,
+                Records::Encoded(e) => e.decode()?,
                 Records::Flows(_) | Records::Samples(_) => return Ok(()),
             },
             Err(shared) => match &shared.records {
                 Records::Spans(s) => s.clone(),
+                Records::Encoded(e) => e.decode()?,
                 Records::Flows(_) | Records::Samples(_) => return Ok(()),
             },
         };
@@ -1158,7 +1160,7 @@ mod tests {
         out.iter()
             .flat_map(|b| match &b.records {
                 Records::Spans(s) => s.clone(),
-                Records::Flows(_) | Records::Samples(_) => vec![],
+                Records::Flows(_) | Records::Samples(_) | Records::Encoded(_) => vec![],
             })
             .collect()
     }

@@ -137,14 +137,10 @@ impl tonic::codec::Decoder for Codec {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Converted>, Status> {
-        // tonic hands over one message in one contiguous buffer (a `BytesMut`).
+        // tonic hands over one message in one `BytesMut`: taking it as `Bytes` copies nothing,
+        // and encoded batches keep slices of it.
         let len = src.remaining();
-        let converted = if src.chunk().len() == len {
-            crate::wire::request(src.chunk())
-        } else {
-            crate::wire::request(&src.copy_to_bytes(len))
-        };
-        src.advance(src.remaining());
+        let converted = crate::wire::read(&src.copy_to_bytes(len));
         match converted {
             Ok(c) => Ok(Some(c)),
             Err(why) => {

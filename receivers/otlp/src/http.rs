@@ -139,7 +139,7 @@ async fn traces(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
     };
     let request = match enc {
         Encoding::Protobuf => {
-            crate::wire::request(&body).map_err(|e| format!("not an OTLP trace request: {e}"))
+            crate::wire::read(&body).map_err(|e| format!("not an OTLP trace request: {e}"))
         }
         Encoding::Json => convert::from_json(&body).map(convert::request),
     };

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use oxeye_api::{
-    Attributes, Batch, EntityRef, Event, Link, Resource, Scope, Span, SpanId, SpanKind, StatusCode,
-    TraceId, Value,
+    Attributes, Batch, EncodedSpans, EntityRef, Event, Link, Records, Resource, Scope, Span,
+    SpanId, SpanKind, StatusCode, TraceId, Value,
 };
 
 use crate::convert::{Converted, Fnv};
@@ -540,6 +540,221 @@ fn resource_spans<'a>(ctx: &mut Ctx<'a>, out: &mut Converted, buf: &'a [u8]) -> 
     Ok(())
 }
 
+/// Reads a request: as [`encoded`] batches when every span in it is clean, else by [`request`].
+pub fn read(buf: &bytes::Bytes) -> Result<Converted> {
+    match encoded(buf) {
+        Some(c) => Ok(c),
+        None => request(buf),
+    }
+}
+
+/// The request as it came, split into one batch of [`EncodedSpans`] per `ResourceSpans` that
+/// holds spans (each the bytes of that field: a request of its own), with only the resources
+/// decoded — when [`request`] would accept every span in it. `None` when it would not, or when
+/// the request holds anything this check does not know (unknown fields, deep nesting, an
+/// out-of-range enum it would take): then [`request`] decodes it and says what it refused.
+/// This check is stricter than [`request`], never looser: whatever passes here decodes.
+pub fn encoded(buf: &bytes::Bytes) -> Option<Converted> {
+    let mut ctx = Ctx::default();
+    let mut out = Converted::default();
+    let mut r = Reader::new(buf);
+    while r.more() {
+        let start = r.pos;
+        if r.key().ok()? != (1, LEN) {
+            return None;
+        }
+        let (res, spans) = checked_resource_spans(&mut ctx, r.bytes().ok()?)?;
+        if spans > 0 {
+            out.accepted += spans as u64;
+            out.batches.push(Batch {
+                resource: Arc::new(res),
+                records: Records::Encoded(EncodedSpans::new(
+                    buf.slice(start..r.pos),
+                    spans,
+                    decode_spans,
+                )),
+            });
+        }
+    }
+    Some(out)
+}
+
+/// The decoder behind [`EncodedSpans`]: the spans of a request [`encoded`] passed.
+fn decode_spans(buf: &[u8]) -> std::result::Result<Vec<Span>, String> {
+    let c = request(buf)?;
+    if let Some(why) = c.first_error {
+        return Err(why);
+    }
+    let mut spans = Vec::with_capacity(c.accepted as usize);
+    for b in c.batches {
+        if let Records::Spans(s) = b.records {
+            spans.extend(s);
+        }
+    }
+    Ok(spans)
+}
+
+/// A `ResourceSpans`: its resource (decoded) and how many spans it holds, all clean.
+fn checked_resource_spans<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8]) -> Option<(Resource, usize)> {
+    let mut res = Resource::default();
+    let mut spans = 0;
+    let mut r = Reader::new(buf);
+    while r.more() {
+        match r.key().ok()? {
+            (1, LEN) => resource(ctx, &mut res, r.bytes().ok()?).ok()?,
+            (2, LEN) => {
+                let mut ss = Reader::new(r.bytes().ok()?);
+                while ss.more() {
+                    match ss.key().ok()? {
+                        (1, LEN) => scope(ctx, &mut Scope::default(), ss.bytes().ok()?).ok()?,
+                        (2, LEN) => {
+                            checked_span(ss.bytes().ok()?)?;
+                            spans += 1;
+                        }
+                        (3, LEN) => checked_str(ss.bytes().ok()?)?,
+                        _ => return None,
+                    }
+                }
+            }
+            (3, LEN) => res.schema_url = optional(r.bytes().ok()?).ok()?,
+            _ => return None,
+        }
+    }
+    Some((res, spans))
+}
+
+fn checked_str(b: &[u8]) -> Option<()> {
+    std::str::from_utf8(b).ok().map(drop)
+}
+
+/// An id [`check`] takes: `n` bytes, not all zero.
+fn checked_id(b: &[u8], n: usize) -> bool {
+    b.len() == n && b.iter().any(|&x| x != 0)
+}
+
+/// Nesting of arrays and maps followed before giving the request to [`request`].
+const MAX_DEPTH: usize = 16;
+
+fn checked_kv(buf: &[u8], depth: usize) -> Option<()> {
+    let mut r = Reader::new(buf);
+    while r.more() {
+        match r.key().ok()? {
+            (1, LEN) => checked_str(r.bytes().ok()?)?,
+            (2, LEN) => checked_any(r.bytes().ok()?, depth)?,
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+fn checked_any(buf: &[u8], depth: usize) -> Option<()> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let mut r = Reader::new(buf);
+    while r.more() {
+        match r.key().ok()? {
+            (1, LEN) => checked_str(r.bytes().ok()?)?,
+            (2 | 3, VARINT) => r.varint().ok().map(drop)?,
+            (4, I64) => r.fixed64().ok().map(drop)?,
+            (5, LEN) => {
+                let mut a = Reader::new(r.bytes().ok()?);
+                while a.more() {
+                    match a.key().ok()? {
+                        (1, LEN) => checked_any(a.bytes().ok()?, depth + 1)?,
+                        _ => return None,
+                    }
+                }
+            }
+            (6, LEN) => {
+                let mut m = Reader::new(r.bytes().ok()?);
+                while m.more() {
+                    match m.key().ok()? {
+                        (1, LEN) => checked_kv(m.bytes().ok()?, depth + 1)?,
+                        _ => return None,
+                    }
+                }
+            }
+            (7, LEN) => r.bytes().ok().map(drop)?,
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+/// A span [`span`] reads and [`check`] accepts.
+fn checked_span(buf: &[u8]) -> Option<()> {
+    let mut r = Reader::new(buf);
+    let (mut trace, mut span) = (false, false);
+    while r.more() {
+        match r.key().ok()? {
+            (1, LEN) => trace = checked_id(r.bytes().ok()?, 16),
+            (2, LEN) => span = checked_id(r.bytes().ok()?, 8),
+            (3 | 5, LEN) => checked_str(r.bytes().ok()?)?,
+            (4, LEN) => {
+                if !matches!(r.bytes().ok()?.len(), 0 | 8) {
+                    return None;
+                }
+            }
+            (6, VARINT) => {
+                if r.varint().ok()? > 5 {
+                    return None;
+                }
+            }
+            (7 | 8, I64) => r.fixed64().ok().map(drop)?,
+            (9, LEN) => checked_kv(r.bytes().ok()?, 0)?,
+            (10 | 12 | 14, VARINT) => r.varint().ok().map(drop)?,
+            (11, LEN) => {
+                let mut e = Reader::new(r.bytes().ok()?);
+                while e.more() {
+                    match e.key().ok()? {
+                        (1, I64) => e.fixed64().ok().map(drop)?,
+                        (2, LEN) => checked_str(e.bytes().ok()?)?,
+                        (3, LEN) => checked_kv(e.bytes().ok()?, 0)?,
+                        (4, VARINT) => e.varint().ok().map(drop)?,
+                        _ => return None,
+                    }
+                }
+            }
+            (13, LEN) => {
+                let mut l = Reader::new(r.bytes().ok()?);
+                let (mut trace, mut span) = (false, false);
+                while l.more() {
+                    match l.key().ok()? {
+                        (1, LEN) => trace = checked_id(l.bytes().ok()?, 16),
+                        (2, LEN) => span = checked_id(l.bytes().ok()?, 8),
+                        (3, LEN) => checked_str(l.bytes().ok()?)?,
+                        (4, LEN) => checked_kv(l.bytes().ok()?, 0)?,
+                        (5, VARINT) => l.varint().ok().map(drop)?,
+                        (6, I32) => l.fixed32().ok().map(drop)?,
+                        _ => return None,
+                    }
+                }
+                if !(trace && span) {
+                    return None;
+                }
+            }
+            (15, LEN) => {
+                let mut st = Reader::new(r.bytes().ok()?);
+                while st.more() {
+                    match st.key().ok()? {
+                        (2, LEN) => checked_str(st.bytes().ok()?)?,
+                        (3, VARINT) => {
+                            if st.varint().ok()? > 2 {
+                                return None;
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            (16, I32) => r.fixed32().ok().map(drop)?,
+            _ => return None,
+        }
+    }
+    (trace && span).then_some(())
+}
+
 /// How many length-delimited fields `field` a message holds (a sizing hint: a message that
 /// cannot be read stops the count, and the real pass reports why).
 fn count(buf: &[u8], field: u32) -> usize {
@@ -786,6 +1001,113 @@ mod tests {
         assert_eq!(&*spans[0].scope.as_ref().unwrap().name, "late");
         // Repeated attributes keep their order; the last of a repeated scalar wins.
         assert_eq!(spans[0].attributes.len(), 11);
+    }
+
+    /// Whether `encoded` takes the request as it is; when it does, its batches are `request`'s:
+    /// the same resources and counts, and each one's bytes decode to the same spans.
+    fn passes_as_received(bytes: &[u8]) -> bool {
+        let buf = bytes::Bytes::copy_from_slice(bytes);
+        let Some(enc) = encoded(&buf) else {
+            return false;
+        };
+        let direct = request(bytes).expect("what `encoded` passes decodes");
+        assert_eq!((direct.rejected, enc.rejected), (0, 0));
+        assert_eq!(enc.accepted, direct.accepted);
+        assert_eq!(enc.batches.len(), direct.batches.len());
+        for (e, d) in enc.batches.iter().zip(&direct.batches) {
+            assert!(e.is_encoded());
+            assert_eq!(e.len(), d.len());
+            let decoded = Batch::decoded(Arc::new(e.clone())).expect("decodes");
+            assert_eq!(*decoded, *d);
+        }
+        true
+    }
+
+    /// Clean spans in two resources and three scopes.
+    fn clean_request() -> ExportTraceServiceRequest {
+        let everything = request_with_everything();
+        let mut first = everything.resource_spans[0].clone();
+        first.scope_spans[0].spans = vec![full_span(1), full_span(2)];
+        let mut second = everything.resource_spans[3].clone();
+        second.scope_spans.push(proto::ScopeSpans {
+            scope: Some(InstrumentationScope {
+                name: "other".into(),
+                ..Default::default()
+            }),
+            spans: vec![full_span(5)],
+            schema_url: String::new(),
+        });
+        ExportTraceServiceRequest {
+            resource_spans: vec![first, proto::ResourceSpans::default(), second],
+        }
+    }
+
+    #[test]
+    fn clean_requests_pass_as_received_the_rest_is_decoded() {
+        let clean = clean_request().encode_to_vec();
+        assert!(passes_as_received(&clean));
+        let buf = bytes::Bytes::from(clean.clone());
+        let enc = encoded(&buf).unwrap();
+        assert_eq!(enc.accepted, 5);
+        // One batch per ResourceSpans with spans, each a request of its own: together, the
+        // request (the empty ResourceSpans between them had nothing to send).
+        let parts: Vec<u8> = enc
+            .batches
+            .iter()
+            .flat_map(|b| match &b.records {
+                Records::Encoded(e) => e.bytes().to_vec(),
+                _ => panic!("encoded"),
+            })
+            .collect();
+        let whole = ExportTraceServiceRequest::decode(&clean[..]).unwrap();
+        let mut merged = ExportTraceServiceRequest::decode(&parts[..]).unwrap();
+        merged
+            .resource_spans
+            .insert(1, proto::ResourceSpans::default());
+        assert_eq!(merged, whole);
+        // A span to refuse, an unknown field, a field out of order with one: decoded instead,
+        // so the client hears exactly what was refused.
+        assert!(!passes_as_received(
+            &request_with_everything().encode_to_vec()
+        ));
+        assert!(read(&bytes::Bytes::from(
+            request_with_everything().encode_to_vec()
+        ))
+        .unwrap()
+        .batches
+        .iter()
+        .all(|b| !b.is_encoded()));
+        let mut unknown = clean.clone();
+        unknown.extend_from_slice(&[0xa8, 0x06, 0x01]); // field 101, varint
+        assert!(!passes_as_received(&unknown));
+        assert!(passes_as_received(&[]));
+    }
+
+    #[test]
+    fn what_passes_as_received_always_decodes() {
+        // Every byte of a clean request changed to values that break lengths, keys, ids, enums
+        // and UTF-8, and every truncation: whatever `encoded` passes, `request` takes whole.
+        let good = clean_request().encode_to_vec();
+        let (mut passed, mut tried) = (0, 0);
+        for i in 0..good.len() {
+            for v in [
+                0x00,
+                0x01,
+                0x06,
+                0x7f,
+                0x80,
+                0xff,
+                good[i] ^ 0x08,
+                good[i] ^ 0x02,
+            ] {
+                let mut b = good.clone();
+                b[i] = v;
+                tried += 1;
+                passed += usize::from(passes_as_received(&b));
+            }
+            passes_as_received(&good[..i]);
+        }
+        assert!(passed > 0 && passed < tried, "{passed} of {tried}");
     }
 
     #[test]
