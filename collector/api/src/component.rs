@@ -168,6 +168,12 @@ pub trait BatchSink: Send + Sync {
         self.send(batch).await;
         Ok(())
     }
+
+    /// True when every stage that takes `signal` from here takes encoded records as they are
+    /// (see [`ReceiverContext::takes_encoded`]). The default: false.
+    fn takes_encoded(&self, _signal: Signal) -> bool {
+        false
+    }
 }
 
 /// A change of a running receiver's config (a live reload), for a receiver whose factory sets
@@ -221,6 +227,15 @@ impl ReceiverContext {
     /// True when some pipeline takes `signal` from this receiver: skip producing the others.
     pub fn wants(&self, signal: Signal) -> bool {
         self.signals.contains(&signal)
+    }
+
+    /// True when every pipeline that takes `signal` from this receiver sends it straight to
+    /// exporters that take encoded records ([`crate::Records::Encoded`]) as they are: a receiver
+    /// that could emit either saves the work of decoding. Otherwise the engine would decode them
+    /// anyway, so decoding in the receiver costs nothing extra. It can change with a reload;
+    /// either answer is correct, only the cost differs.
+    pub fn takes_encoded(&self, signal: Signal) -> bool {
+        self.sink.takes_encoded(signal)
     }
 
     /// Sends a batch to every pipeline that takes its signal from this receiver.

@@ -81,6 +81,8 @@ struct LiveExporter {
     /// New input edges reach the running exporter through this; dropping it lets the exporter
     /// end once its current inputs close.
     adder: mpsc::UnboundedSender<InputEnd>,
+    /// [`Exporter::takes_encoded`](oxeye_api::Exporter::takes_encoded), asked when it was built.
+    takes_encoded: bool,
 }
 
 /// What runs now.
@@ -116,6 +118,7 @@ fn new_edge(
     to: String,
     queue: QueueConfig,
     downstream: &Telemetry,
+    takes_encoded: bool,
 ) -> (Edge, InputEnd) {
     let (tx, rx) = mpsc::channel(queue.capacity);
     let stats = Arc::new(EdgeStats {
@@ -131,6 +134,7 @@ fn new_edge(
         when_full: queue.when_full,
         stats: Arc::clone(&stats),
         downstream: downstream.clone(),
+        takes_encoded,
     };
     (edge, (rx, stats))
 }
@@ -347,6 +351,7 @@ impl Live {
                     let Instance::Exporter(x) = b.instance else {
                         unreachable!("an exporter")
                     };
+                    let takes_encoded = x.takes_encoded();
                     let inputs = Inputs {
                         rxs: Vec::new(),
                         next: 0,
@@ -365,6 +370,7 @@ impl Live {
                             config,
                             signals: sigs.clone(),
                             adder,
+                            takes_encoded,
                         },
                     );
                 }
@@ -411,6 +417,7 @@ impl Live {
                             label(Kind::Exporter, x, None),
                             queue,
                             t,
+                            live.takes_encoded,
                         );
                         let _ = live.adder.send(end);
                         into_exporters.push((x.clone(), queue, edge));
@@ -455,7 +462,7 @@ impl Live {
                         changes.push(format!("{}{l}", if existed { "~" } else { "+" }));
                         let queue = p.queue_into(id);
                         let (input, end) =
-                            new_edge(&p.id, from, l.clone(), queue, &b.info.telemetry);
+                            new_edge(&p.id, from, l.clone(), queue, &b.info.telemetry, false);
                         let (control, control_rx) = mpsc::unbounded_channel();
                         let Instance::Processor(proc_) = b.instance else {
                             unreachable!("a processor")

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use oxeye_api::component::BatchSink;
 use oxeye_api::{
     Batch, BoxError, Exporter, Kind, LostUnit, Output, Processor, Receiver, ReceiverContext,
-    Telemetry,
+    Signal, Telemetry,
 };
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -73,6 +73,8 @@ struct Edge {
     stats: Arc<EdgeStats>,
     /// The downstream component: records refused by its queue count as its drops.
     downstream: Telemetry,
+    /// The downstream component takes encoded spans as they are (an exporter that says so).
+    takes_encoded: bool,
 }
 
 /// Records a stage holds while an await is pending. If the stage stops before `done` (error,
@@ -109,6 +111,7 @@ impl Edge {
             when_full: self.when_full,
             stats: Arc::clone(&self.stats),
             downstream: self.downstream.clone(),
+            takes_encoded: self.takes_encoded,
         }
     }
 
@@ -224,6 +227,16 @@ impl BatchSink for FanOut {
         // this a fast receiver fills the whole queue first (64 batches, tens of MB), and every
         // processor then reads its records back from memory (3x its own cost, measured).
         tokio::task::yield_now().await;
+    }
+
+    fn takes_encoded(&self, signal: Signal) -> bool {
+        let routes = self.routes.get();
+        let mut edges = routes
+            .iter()
+            .filter(|(s, _)| *s == signal)
+            .flat_map(|(_, edges)| edges)
+            .peekable();
+        edges.peek().is_some() && edges.all(|e| e.takes_encoded)
     }
 
     async fn send_within(&self, batch: Batch, wait: Duration) -> Result<(), Batch> {

@@ -140,7 +140,8 @@ impl tonic::codec::Decoder for Codec {
         // tonic hands over one message in one `BytesMut`: taking it as `Bytes` copies nothing,
         // and encoded batches keep slices of it.
         let len = src.remaining();
-        let converted = crate::wire::read(&src.copy_to_bytes(len));
+        let keep = self.0.keeps_encoded();
+        let converted = crate::wire::read(&src.copy_to_bytes(len), keep);
         match converted {
             Ok(c) => Ok(Some(c)),
             Err(why) => {

@@ -138,9 +138,8 @@ async fn traces(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
         }
     };
     let request = match enc {
-        Encoding::Protobuf => {
-            crate::wire::read(&body).map_err(|e| format!("not an OTLP trace request: {e}"))
-        }
+        Encoding::Protobuf => crate::wire::read(&body, shared.keeps_encoded())
+            .map_err(|e| format!("not an OTLP trace request: {e}")),
         Encoding::Json => convert::from_json(&body).map(convert::request),
     };
     let request = match request {

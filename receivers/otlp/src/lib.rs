@@ -202,6 +202,12 @@ impl Shared {
         self.telemetry.set_counter(name, source, total);
     }
 
+    /// True when the pipeline sends spans straight to exporters that forward them as received:
+    /// clean requests are then kept as they came, not decoded ([`wire::encoded`]).
+    pub(crate) fn keeps_encoded(&self) -> bool {
+        self.ctx.takes_encoded(Signal::Traces)
+    }
+
     /// Counts a request that could not be read (bad protobuf/JSON, content type, size).
     pub(crate) fn malformed(&self, source: &'static str) {
         self.bump("otlp_malformed_requests", source, 1);

@@ -540,9 +540,10 @@ fn resource_spans<'a>(ctx: &mut Ctx<'a>, out: &mut Converted, buf: &'a [u8]) -> 
     Ok(())
 }
 
-/// Reads a request: as [`encoded`] batches when every span in it is clean, else by [`request`].
-pub fn read(buf: &bytes::Bytes) -> Result<Converted> {
-    match encoded(buf) {
+/// Reads a request: with `keep` (the pipeline takes encoded spans as they are), as [`encoded`]
+/// batches when every span in it is clean; else, and otherwise, by [`request`].
+pub fn read(buf: &bytes::Bytes, keep: bool) -> Result<Converted> {
+    match keep.then(|| encoded(buf)).flatten() {
         Some(c) => Ok(c),
         None => request(buf),
     }
@@ -1070,13 +1071,26 @@ mod tests {
         assert!(!passes_as_received(
             &request_with_everything().encode_to_vec()
         ));
-        assert!(read(&bytes::Bytes::from(
-            request_with_everything().encode_to_vec()
-        ))
+        assert!(read(
+            &bytes::Bytes::from(request_with_everything().encode_to_vec()),
+            true
+        )
         .unwrap()
         .batches
         .iter()
         .all(|b| !b.is_encoded()));
+        // Not kept when the pipeline would decode them anyway.
+        let buf = bytes::Bytes::from(clean.clone());
+        assert!(read(&buf, false)
+            .unwrap()
+            .batches
+            .iter()
+            .all(|b| !b.is_encoded()));
+        assert!(read(&buf, true)
+            .unwrap()
+            .batches
+            .iter()
+            .all(|b| b.is_encoded()));
         let mut unknown = clean.clone();
         unknown.extend_from_slice(&[0xa8, 0x06, 0x01]); // field 101, varint
         assert!(!passes_as_received(&unknown));
