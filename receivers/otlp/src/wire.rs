@@ -229,8 +229,22 @@ fn optional(b: &[u8]) -> Result<Option<Arc<str>>> {
     }
 }
 
-/// An `AnyValue`; `at` is its attribute position when it is an attribute's value.
-fn any_value<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8], at: Option<usize>) -> Result<Value> {
+/// Arrays and maps nested deeper than this are refused, as prost refuses messages nested deeper
+/// than its recursion limit (100): a request of a few MiB could otherwise nest values a million
+/// deep and overflow the stack.
+const MAX_NESTING: usize = 100;
+
+/// An `AnyValue`; `at` is its attribute position when it is an attribute's value; `depth` the
+/// arrays and maps it is in.
+fn any_value<'a>(
+    ctx: &mut Ctx<'a>,
+    buf: &'a [u8],
+    at: Option<usize>,
+    depth: usize,
+) -> Result<Value> {
+    if depth > MAX_NESTING {
+        return Err(format!("values are nested deeper than {MAX_NESTING}"));
+    }
     let mut r = Reader::new(buf);
     let mut v = Value::Empty;
     while r.more() {
@@ -248,7 +262,7 @@ fn any_value<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8], at: Option<usize>) -> Result<
                 let mut a = Reader::new(r.bytes()?);
                 while a.more() {
                     match a.key()? {
-                        (1, LEN) => items.push(any_value(ctx, a.bytes()?, None)?),
+                        (1, LEN) => items.push(any_value(ctx, a.bytes()?, None, depth + 1)?),
                         (1, w) => return Err(wrong_type("ArrayValue", 1, w)),
                         (f, w) => a.skip(f, w)?,
                     }
@@ -260,7 +274,7 @@ fn any_value<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8], at: Option<usize>) -> Result<
                 let mut m = Reader::new(r.bytes()?);
                 while m.more() {
                     match m.key()? {
-                        (1, LEN) => key_value(ctx, &mut attrs, m.bytes()?)?,
+                        (1, LEN) => nested_key_value(ctx, &mut attrs, m.bytes()?, depth + 1)?,
                         (1, w) => return Err(wrong_type("KeyValueList", 1, w)),
                         (f, w) => m.skip(f, w)?,
                     }
@@ -279,6 +293,16 @@ fn any_value<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8], at: Option<usize>) -> Result<
 }
 
 fn key_value<'a>(ctx: &mut Ctx<'a>, attrs: &mut Attributes, buf: &'a [u8]) -> Result<()> {
+    nested_key_value(ctx, attrs, buf, 0)
+}
+
+/// A `KeyValue` inside `depth` arrays and maps.
+fn nested_key_value<'a>(
+    ctx: &mut Ctx<'a>,
+    attrs: &mut Attributes,
+    buf: &'a [u8],
+    depth: usize,
+) -> Result<()> {
     let at = attrs.len();
     let mut r = Reader::new(buf);
     let mut key: &[u8] = b"";
@@ -286,7 +310,7 @@ fn key_value<'a>(ctx: &mut Ctx<'a>, attrs: &mut Attributes, buf: &'a [u8]) -> Re
     while r.more() {
         match r.key()? {
             (1, LEN) => key = r.bytes()?,
-            (2, LEN) => value = any_value(ctx, r.bytes()?, Some(at))?,
+            (2, LEN) => value = any_value(ctx, r.bytes()?, Some(at), depth)?,
             (f @ 1..=2, w) => return Err(wrong_type("KeyValue", f, w)),
             (f, w) => r.skip(f, w)?,
         }
@@ -1162,5 +1186,63 @@ mod tests {
             request(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err()
         );
         assert!(request(b"\xff\xff\xff\xff not protobuf").is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        // An attribute whose value is an array in an array ... a million deep (about 4 MiB).
+        let nested = |depth: usize| {
+            // Built inside out as prefixes (an AnyValue holding an ArrayValue holding the
+            // inner AnyValue), then written outermost first: linear in the depth.
+            let (mut prefixes, mut len) = (Vec::new(), 0usize); // the innermost value is empty
+            for _ in 0..depth {
+                let mut p = vec![5 << 3 | LEN];
+                let array = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+                prost::encoding::encode_varint(array as u64, &mut p);
+                p.push(1 << 3 | LEN);
+                prost::encoding::encode_varint(len as u64, &mut p);
+                len += p.len();
+                prefixes.push(p);
+            }
+            let v: Vec<u8> = prefixes.into_iter().rev().flatten().collect();
+            assert_eq!(v.len(), len);
+            let span = proto::Span {
+                attributes: vec![KeyValue {
+                    key: "deep".into(),
+                    value: None,
+                }],
+                ..full_span(1)
+            }
+            .encode_to_vec();
+            // The span's one attribute, with the nested value appended to its KeyValue.
+            let mut kv = vec![1 << 3 | LEN, 4];
+            kv.extend_from_slice(b"deep");
+            kv.push(2 << 3 | LEN);
+            prost::encoding::encode_varint(v.len() as u64, &mut kv);
+            kv.extend_from_slice(&v);
+            let mut span = span;
+            span.push(9 << 3 | LEN);
+            prost::encoding::encode_varint(kv.len() as u64, &mut span);
+            span.extend_from_slice(&kv);
+            let mut ss = vec![2 << 3 | LEN];
+            prost::encoding::encode_varint(span.len() as u64, &mut ss);
+            ss.extend_from_slice(&span);
+            let mut rs = vec![2 << 3 | LEN];
+            prost::encoding::encode_varint(ss.len() as u64, &mut rs);
+            rs.extend_from_slice(&ss);
+            let mut req = vec![1 << 3 | LEN];
+            prost::encoding::encode_varint(rs.len() as u64, &mut req);
+            req.extend_from_slice(&rs);
+            req
+        };
+        assert_eq!(request(&nested(50)).expect("50 deep is fine").accepted, 1);
+        assert!(passes_as_received(&nested(10)));
+        for depth in [101, 1_000_000] {
+            let req = nested(depth);
+            assert!(ExportTraceServiceRequest::decode(&req[..]).is_err());
+            let why = request(&req).unwrap_err();
+            assert!(why.contains("nested deeper than 100"), "{why}");
+            assert!(!passes_as_received(&req));
+        }
     }
 }
