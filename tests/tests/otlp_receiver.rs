@@ -645,15 +645,30 @@ fn bad_input_gets_a_clear_status_and_is_counted() {
             .max_encoding_message_size(64 << 20);
         // A gzip bomb over gRPC: one 32 MiB attribute, a few KiB on the wire, over the 4 MiB
         // default limit once decompressed.
-        let mut big = every_field_request(true);
-        big.resource_spans[0].scope_spans[0].spans[0]
-            .attributes
-            .push(kv(
-                "big",
-                any_value::Value::StringValue("a".repeat(32 << 20)),
-            ));
-        let err = client.export(big).await.expect_err("over the limit");
+        let big = |bytes: usize| {
+            let mut r = every_field_request(true);
+            let attrs = &mut r.resource_spans[0].scope_spans[0].spans[0].attributes;
+            attrs.push(kv("big", any_value::Value::StringValue("a".repeat(bytes))));
+            r
+        };
+        let err = client
+            .export(big(32 << 20))
+            .await
+            .expect_err("over the limit");
         assert!(err.message().contains("size limit"), "{err:?}");
+        // Not retryable (no RetryInfo): the same message would be refused again.
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.metadata().get("grpc-status-details-bin").is_none());
+        // Over the limit without compression: tonic says OUT_OF_RANGE, which OTLP clients
+        // retry; answered RESOURCE_EXHAUSTED like the Collector does.
+        let mut plain =
+            TraceServiceClient::new(channel.clone()).max_encoding_message_size(64 << 20);
+        let err = plain
+            .export(big(5 << 20))
+            .await
+            .expect_err("over the limit");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("too large"), "{err:?}");
         // Malformed spans over gRPC.
         let mut request = every_field_request(true);
         request.resource_spans[1].scope_spans[0].spans[0].kind = 42;
@@ -707,7 +722,8 @@ fn bad_input_gets_a_clear_status_and_is_counted() {
     );
     assert_eq!(
         counter(&report, "receivers/otlp", "otlp_malformed_requests", "grpc"),
-        1
+        3,
+        "garbage, a gzip bomb, an oversized message"
     );
     assert_eq!(component(&report, "exporters/otlp").emitted(), 5);
     assert_eq!(sink.spans(), 5, "the well-formed spans of both requests");
@@ -774,6 +790,48 @@ fn load_request(seed: u64, n: usize) -> ExportTraceServiceRequest {
     request.resource_spans[0].scope_spans.truncate(1);
     request.resource_spans[0].scope_spans[0].spans = spans;
     request
+}
+
+#[test]
+fn forwarded_requests_stay_within_send_batch_size() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sink = Arc::new(Sink::default());
+    let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
+    let grpc = free_port();
+    let oxeye = Oxeye::start(
+        &format!(
+            "receivers:\n  otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{grpc}'}}}}}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{sink_port}', batch: {{send_batch_size: 100, timeout: 20ms}}}}\nservice:\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [otlp]}}\n"
+        ),
+        &[grpc],
+    );
+    // Two requests that fit are forwarded as they came; one of 250 spans in a single
+    // ResourceSpans is more than a request may hold: decoded and split.
+    let requests = [
+        load_request(1, 60),
+        load_request(2, 60),
+        load_request(3, 250),
+    ];
+    rt.block_on(async {
+        let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+            .await
+            .expect("connect");
+        for r in &requests {
+            client.export(r.clone()).await.expect("export");
+        }
+    });
+    sink.wait_for(370, Duration::from_secs(10));
+    let report = oxeye.stop();
+    let got = sink.got.lock().expect("lock").clone();
+    let sizes: Vec<usize> = got
+        .iter()
+        .map(|r| flatten(std::slice::from_ref(r)).len())
+        .collect();
+    assert!(sizes.iter().all(|&n| n <= 100), "request sizes {sizes:?}");
+    assert_same(&requests, &got);
+    assert_eq!(
+        counter(&report, "exporters/otlp", "otlp_forwarded_spans", "traces"),
+        120
+    );
 }
 
 #[test]

@@ -621,6 +621,22 @@ impl OtlpExporter {
 impl Exporter for OtlpExporter {
     async fn export(&mut self, batch: Arc<Batch>) -> Result<(), BoxError> {
         self.start();
+        // Encoded spans go out as they came, a part of a request never split; more of them than
+        // a request may hold are decoded here, so requests stay within `send_batch_size`.
+        let batch = if batch.is_encoded() && batch.len() > self.shared.send_batch_size {
+            let n = batch.len() as u64;
+            match Batch::decoded(batch) {
+                Ok(b) => b,
+                Err(why) => {
+                    // The receiver checked them: not expected, but never lost silently.
+                    error!(exporter = %self.shared.id, "encoded spans cannot be decoded: {why}");
+                    self.shared.telemetry.add_dropped("undecodable", n);
+                    return Ok(());
+                }
+            }
+        } else {
+            batch
+        };
         let n = batch.len() as u64;
         let tx = self.tx.as_ref().ok_or("export after shutdown")?;
         // A batch larger than the whole queue takes all of it (it is then sent alone).

@@ -75,8 +75,33 @@ where
             let mut grpc = tonic::server::Grpc::new(Codec(Arc::clone(&this.shared)))
                 .apply_compression_config(gzip, gzip)
                 .apply_max_message_size_config(Some(this.limit), None);
-            Ok(grpc.unary(Export(this.shared), req).await)
+            let shared = Arc::clone(&this.shared);
+            let mut response = grpc.unary(Export(this.shared), req).await;
+            oversized(&shared, &mut response);
+            Ok(response)
         })
+    }
+}
+
+/// tonic refuses a message over the size limit before the codec sees it: OUT_OF_RANGE when the
+/// frame's length is over it, which OTLP clients retry (and the same message fails again), and
+/// RESOURCE_EXHAUSTED without RetryInfo when decompressing passes it. Both are answered
+/// RESOURCE_EXHAUSTED without RetryInfo — not retried, what the Collector (grpc-go) answers —
+/// and counted like any request that cannot be read.
+fn oversized<B>(shared: &Shared, response: &mut http::Response<B>) {
+    let headers = response.headers_mut();
+    let status = headers.get("grpc-status").map(|v| v.as_bytes());
+    let message = headers
+        .get("grpc-message")
+        .map_or("", |v| v.to_str().unwrap_or(""));
+    let refused = match status {
+        Some(b"11") => message.contains("too%20large"),
+        Some(b"8") => message.contains("size%20limit"),
+        _ => false,
+    };
+    if refused {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        shared.malformed("grpc");
     }
 }
 

@@ -115,26 +115,35 @@ impl<'a> Reader<'a> {
         self.fixed::<4>().map(u32::from_le_bytes)
     }
 
-    /// Skips a field this decoder does not know.
+    /// Skips a field this decoder does not know. Groups are skipped with a stack of the open
+    /// ones' field numbers, not by recursion: a small request of nested group starts must not
+    /// overflow the stack; more than [`MAX_NESTING`] open at once are refused.
     fn skip(&mut self, field: u32, wire: u8) -> Result<()> {
-        match wire {
-            VARINT => self.varint().map(drop),
-            I64 => self.fixed::<8>().map(drop),
-            LEN => self.bytes().map(drop),
-            I32 => self.fixed::<4>().map(drop),
-            START_GROUP => loop {
-                let (f, w) = self.key()?;
-                if w == END_GROUP {
-                    return if f == field {
-                        Ok(())
-                    } else {
-                        Err("a group ends with another field's number".into())
-                    };
+        let mut open: Vec<u32> = Vec::new();
+        let (mut field, mut wire) = (field, wire);
+        loop {
+            match wire {
+                VARINT => self.varint().map(drop)?,
+                I64 => self.fixed::<8>().map(drop)?,
+                LEN => self.bytes().map(drop)?,
+                I32 => self.fixed::<4>().map(drop)?,
+                START_GROUP => {
+                    if open.len() >= MAX_NESTING {
+                        return Err(format!("groups are nested deeper than {MAX_NESTING}"));
+                    }
+                    open.push(field);
                 }
-                self.skip(f, w)?;
-            },
-            END_GROUP => Err("a group ends that was not started".into()),
-            w => Err(format!("invalid wire type {w}")),
+                END_GROUP => match open.pop() {
+                    Some(f) if f == field => {}
+                    Some(_) => return Err("a group ends with another field's number".into()),
+                    None => return Err("a group ends that was not started".into()),
+                },
+                w => return Err(format!("invalid wire type {w}")),
+            }
+            if open.is_empty() {
+                return Ok(());
+            }
+            (field, wire) = self.key()?;
         }
     }
 }
@@ -229,9 +238,10 @@ fn optional(b: &[u8]) -> Result<Option<Arc<str>>> {
     }
 }
 
-/// Arrays and maps nested deeper than this are refused, as prost refuses messages nested deeper
-/// than its recursion limit (100): a request of a few MiB could otherwise nest values a million
-/// deep and overflow the stack.
+/// Arrays and maps (and unknown groups) nested deeper than this are refused: a request of a few
+/// MiB could otherwise nest values a million deep and overflow the stack. (prost's recursion
+/// limit, also 100, counts every message level from the request down, so it refuses values
+/// about 48 arrays deep inside a span; this decoder takes up to 100.)
 const MAX_NESTING: usize = 100;
 
 /// An `AnyValue`; `at` is its attribute position when it is an attribute's value; `depth` the
@@ -1244,5 +1254,19 @@ mod tests {
             assert!(why.contains("nested deeper than 100"), "{why}");
             assert!(!passes_as_received(&req));
         }
+        // Unknown groups nested a million deep (field 2 of the request, start-group, each one
+        // byte): refused, not skipped by recursion.
+        let groups = vec![2 << 3 | START_GROUP; 1_000_000];
+        let why = request(&groups).unwrap_err();
+        assert!(why.contains("groups are nested deeper than 100"), "{why}");
+        assert!(!passes_as_received(&groups));
+        // A group nested a few deep and closed is skipped like any unknown field.
+        let mut ok = vec![
+            2 << 3 | START_GROUP,
+            3 << 3 | START_GROUP,
+            3 << 3 | END_GROUP,
+        ];
+        ok.push(2 << 3 | END_GROUP);
+        assert_eq!(request(&ok).expect("skipped").accepted, 0);
     }
 }
