@@ -297,18 +297,33 @@ fn update(
     };
     let slot = unsafe { &mut *slot };
     if slot.packets != 0 {
-        if same_key(&slot.key, key) {
-            let sum = slot.bytes as u64 + bytes;
-            if sum <= u32::MAX as u64 {
-                slot.packets += packets as u32;
-                slot.bytes = sum as u32;
-                slot.last_seen = now as u32;
-                slot.tcp_flags |= flags;
-                return;
-            }
+        if !same_key(&slot.key, key) {
+            // Another flow holds the slot: it keeps it for this generation and this packet goes
+            // to the hash map. Taking the slot instead would spill the holder, often a busy
+            // flow that would spill the newcomer straight back: two map updates, not one.
+            let stats = FlowStats {
+                packets,
+                bytes,
+                first_seen: now,
+                last_seen: now,
+                tcp_flags: flags,
+                _pad8: 0,
+                _pad16: 0,
+                _pad32: 0,
+            };
+            spill(map, prog, key, &stats);
+            return;
         }
-        // Another flow holds the slot (or this one would overflow its 32-bit counters): move
-        // it to the hash map, then take the slot.
+        let sum = slot.bytes as u64 + bytes;
+        if sum <= u32::MAX as u64 {
+            slot.packets += packets as u32;
+            slot.bytes = sum as u32;
+            slot.last_seen = now as u32;
+            slot.tcp_flags |= flags;
+            return;
+        }
+        // This flow would overflow its 32-bit counters: move them to the hash map and start
+        // the slot again.
         let (old_key, old_stats) = (slot.key, slot.stats(now));
         spill(map, prog, &old_key, &old_stats);
     }
