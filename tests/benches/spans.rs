@@ -310,7 +310,9 @@ fn main() {
     println!("oxeye span benchmark: {n} getppid calls per run, median of {runs}");
     let base = median((0..runs).map(|_| untraced(n)).collect());
     println!("untraced getppid                         {base:>8.0} ns/call");
-    // What the attachment alone costs: empty programs, no maps, no ring buffer.
+    // What the attachment alone costs: empty programs, no maps, no ring buffer; then the floor
+    // of any span path: the cheapest attachment and the two clock reads a span's times need.
+    let mut floor = 0.0;
     for (label, kind) in [
         (
             "empty syscalls: tracepoint pair",
@@ -320,11 +322,16 @@ fn main() {
             "empty raw_syscalls raw-tracepoint pair",
             oxeye_receiver_ebpf::bench::EmptyPair::RawTracepoint,
         ),
+        (
+            "raw pair + a clock read on each edge",
+            oxeye_receiver_ebpf::bench::EmptyPair::RawTracepointClock,
+        ),
     ] {
         let attached = oxeye_receiver_ebpf::bench::empty_pair(kind).expect("attach empty pair");
         let ns = median((0..runs).map(|_| untraced(n)).collect());
         drop(attached);
         println!("{label:<40} {ns:>8.0} ns/call  (+{:.0})", ns - base);
+        floor = ns - base;
     }
     // The C reference and oxeye's two syscall paths, interleaved run by run.
     let mut reference = Vec::new();
@@ -340,6 +347,11 @@ fn main() {
     println!(
         "C reference (tracepoints, hash, 80-byte ringbuf record, adaptive) {c_call:>8.0} ns/call (+{:.0} ns/span), {c_records}/{n} received",
         c_call - base
+    );
+    println!(
+        "  the floor (raw pair + two clock reads) = {:.2}× the C reference's added cost; the target 0.5× leaves {:.0} ns a span for everything else",
+        floor / (c_call - base),
+        0.5 * (c_call - base) - floor
     );
     let every: Vec<(f64, u64, u64, f64)> = (0..runs).map(|_| traced(n, 0, "auto")).collect();
     for (label, results, versus) in [

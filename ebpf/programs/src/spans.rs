@@ -481,6 +481,29 @@ pub fn oxeye_empty_raw_exit(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Benchmark only: where the clock reads of [`oxeye_clock_raw_enter`] go.
+#[map]
+static BENCH_CLOCK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Benchmark only: the `raw_syscalls` pair with one clock read on each edge and nothing else —
+/// the floor under any span path that records a start and an end time.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn oxeye_clock_raw_enter(_ctx: RawTracePointContext) -> i32 {
+    if let Some(t) = BENCH_CLOCK.get_ptr_mut(0) {
+        unsafe { *t = bpf_ktime_get_ns() };
+    }
+    0
+}
+
+/// Benchmark only: see `oxeye_clock_raw_enter`.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn oxeye_clock_raw_exit(_ctx: RawTracePointContext) -> i32 {
+    if let Some(t) = BENCH_CLOCK.get_ptr_mut(1) {
+        unsafe { *t = bpf_ktime_get_ns() };
+    }
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

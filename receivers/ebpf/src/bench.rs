@@ -114,6 +114,8 @@ pub enum EmptyPair {
     Tracepoint,
     /// `raw_syscalls` `sys_enter` / `sys_exit` raw tracepoints (every syscall).
     RawTracepoint,
+    /// The raw pair with a clock read on each edge (stored in a per-CPU array), nothing else.
+    RawTracepointClock,
 }
 
 /// Attaches programs that do nothing, to measure what the attachment alone costs a syscall.
@@ -132,11 +134,12 @@ pub fn empty_pair(kind: EmptyPair) -> Result<aya::Ebpf, String> {
                 p.attach("syscalls", event).map_err(|e| e.to_string())?;
             }
         }
-        EmptyPair::RawTracepoint => {
-            for (name, tp) in [
-                ("oxeye_empty_raw_enter", "sys_enter"),
-                ("oxeye_empty_raw_exit", "sys_exit"),
-            ] {
+        EmptyPair::RawTracepoint | EmptyPair::RawTracepointClock => {
+            let names = match kind {
+                EmptyPair::RawTracepoint => ["oxeye_empty_raw_enter", "oxeye_empty_raw_exit"],
+                _ => ["oxeye_clock_raw_enter", "oxeye_clock_raw_exit"],
+            };
+            for (name, tp) in names.into_iter().zip(["sys_enter", "sys_exit"]) {
                 let p: &mut RawTracePoint = crate::sys::program(&mut ebpf, name)?;
                 p.load().map_err(|e| e.to_string())?;
                 p.attach(tp).map_err(|e| e.to_string())?;
