@@ -278,6 +278,21 @@ fn slot_of(k: &FlowKey) -> u32 {
     h >> (32 - CACHE_SLOTS.trailing_zeros())
 }
 
+/// The counters of one packet (or one sampled packet, scaled), first and last seen now.
+#[inline(always)]
+fn fresh(packets: u64, bytes: u64, now: u64, flags: u8) -> FlowStats {
+    FlowStats {
+        packets,
+        bytes,
+        first_seen: now,
+        last_seen: now,
+        tcp_flags: flags,
+        _pad8: 0,
+        _pad16: 0,
+        _pad32: 0,
+    }
+}
+
 #[inline(always)]
 fn update(
     map: &LruPerCpuHashMap<FlowKey, FlowStats>,
@@ -301,17 +316,7 @@ fn update(
             // Another flow holds the slot: it keeps it for this generation and this packet goes
             // to the hash map. Taking the slot instead would spill the holder, often a busy
             // flow that would spill the newcomer straight back: two map updates, not one.
-            let stats = FlowStats {
-                packets,
-                bytes,
-                first_seen: now,
-                last_seen: now,
-                tcp_flags: flags,
-                _pad8: 0,
-                _pad16: 0,
-                _pad32: 0,
-            };
-            spill(map, prog, key, &stats);
+            spill(map, prog, key, &fresh(packets, bytes, now, flags));
             return;
         }
         let sum = slot.bytes as u64 + bytes;
@@ -330,17 +335,7 @@ fn update(
     if bytes > u32::MAX as u64 {
         // Only with a huge sampling scale: straight to the map.
         slot.packets = 0;
-        let stats = FlowStats {
-            packets,
-            bytes,
-            first_seen: now,
-            last_seen: now,
-            tcp_flags: flags,
-            _pad8: 0,
-            _pad16: 0,
-            _pad32: 0,
-        };
-        spill(map, prog, key, &stats);
+        spill(map, prog, key, &fresh(packets, bytes, now, flags));
         return;
     }
     slot.key = *key;

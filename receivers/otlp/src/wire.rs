@@ -682,6 +682,18 @@ fn checked_kv(buf: &[u8], depth: usize) -> Option<()> {
     Some(())
 }
 
+/// An `ArrayValue` or `KeyValueList`: nothing but field 1, each item passing `item`.
+fn checked_items(buf: &[u8], item: impl Fn(&[u8]) -> Option<()>) -> Option<()> {
+    let mut r = Reader::new(buf);
+    while r.more() {
+        match r.key().ok()? {
+            (1, LEN) => item(r.bytes().ok()?)?,
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
 fn checked_any(buf: &[u8], depth: usize) -> Option<()> {
     if depth > MAX_DEPTH {
         return None;
@@ -692,24 +704,8 @@ fn checked_any(buf: &[u8], depth: usize) -> Option<()> {
             (1, LEN) => checked_str(r.bytes().ok()?)?,
             (2 | 3, VARINT) => r.varint().ok().map(drop)?,
             (4, I64) => r.fixed64().ok().map(drop)?,
-            (5, LEN) => {
-                let mut a = Reader::new(r.bytes().ok()?);
-                while a.more() {
-                    match a.key().ok()? {
-                        (1, LEN) => checked_any(a.bytes().ok()?, depth + 1)?,
-                        _ => return None,
-                    }
-                }
-            }
-            (6, LEN) => {
-                let mut m = Reader::new(r.bytes().ok()?);
-                while m.more() {
-                    match m.key().ok()? {
-                        (1, LEN) => checked_kv(m.bytes().ok()?, depth + 1)?,
-                        _ => return None,
-                    }
-                }
-            }
+            (5, LEN) => checked_items(r.bytes().ok()?, |b| checked_any(b, depth + 1))?,
+            (6, LEN) => checked_items(r.bytes().ok()?, |b| checked_kv(b, depth + 1))?,
             (7, LEN) => r.bytes().ok().map(drop)?,
             _ => return None,
         }
