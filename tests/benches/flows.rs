@@ -356,11 +356,12 @@ fn main() {
             .expect("COUNTERS");
     let total = |i: u32| -> u64 { counters.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
     println!(
-        "   oxeye's counters over the mix: {} packets, {} malformed, {} flows created in the hash map, {} insert failures",
+        "   oxeye's counters over the mix: {} packets, {} malformed, {} flows created in the hash map, {} insert failures, {:.1} % cache misses",
         total(0),
         total(1),
         total(4),
-        total(2)
+        total(2),
+        total(5) as f64 * 100.0 / total(0).max(1) as f64
     );
 
     let h = oxeye_receiver_ebpf::bench::harvest(harvest_n).expect("harvest benchmark");

@@ -24,7 +24,7 @@ pub struct FlowKey {
     pub direction: u8,
 }
 
-/// Per-CPU counters of one flow.
+/// Counters of one flow: a flow-map value, or one cache slot's share.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -45,6 +45,13 @@ pub struct FlowStats {
     /// Padding.
     pub _pad32: u32,
 }
+
+// The programs OR TCP flags into the 64-bit word that starts at `tcp_flags` (BPF has no
+// byte-wide atomics): it must be aligned and end the struct, its other bytes padding.
+const _: () = assert!(
+    core::mem::offset_of!(FlowStats, tcp_flags) % 8 == 0
+        && core::mem::offset_of!(FlowStats, tcp_flags) + 8 == core::mem::size_of::<FlowStats>()
+);
 
 /// One slot of the front cache that the flow programs check before their hash map: exactly one
 /// cache line (the `CACHE` array is mmapable, hence page-aligned), so a hit touches one line of
@@ -98,8 +105,8 @@ pub const fn widen_jiffies(now: u64, low: u32) -> u64 {
 }
 
 /// Cache slots per (CPU, generation, program); a power of two (the slot is the hash's top bits).
-/// 8 192 lines = 512 KiB a region, 2 MiB a CPU.
-pub const CACHE_SLOTS: u32 = 8192;
+/// 16 384 lines = 1 MiB a region, 4 MiB a CPU.
+pub const CACHE_SLOTS: u32 = 16384;
 
 /// Index of a slot in the `CACHE` array: each CPU has its own regions (user space sizes the
 /// array for every possible CPU), generations and programs separate ones within it.
@@ -135,13 +142,17 @@ pub const C_SAMPLED_OUT: u32 = 3;
 /// Entries created in the flow hash map (by cache evictions); minus those harvested = evicted by
 /// the LRU.
 pub const C_FLOWS_CREATED: u32 = 4;
+/// Packets counted in the hash map because another flow held their cache slot (the front
+/// cache's misses; packets minus sampled out minus malformed minus these = cache hits).
+pub const C_CACHE_MISSES: u32 = 5;
 /// Names of the counters, by slot, for self-metrics.
-pub const COUNTER_NAMES: [&str; 5] = [
+pub const COUNTER_NAMES: [&str; 6] = [
     "ebpf_packets",
     "ebpf_malformed_packets",
     "ebpf_map_insert_failures",
     "ebpf_sampled_out_packets",
     "ebpf_flows_created",
+    "ebpf_flow_cache_misses",
 ];
 
 /// Index of the control array's slot holding the active flow map (0 = `FLOWS_A`, 1 = `FLOWS_B`).

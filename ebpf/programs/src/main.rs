@@ -2,33 +2,38 @@
 //!
 //! Each packet is parsed (Ethernet, up to two 802.1Q/802.1ad tags, IPv4 with options and
 //! fragments, IPv6 with a bounded walk over extension headers, TCP/UDP/ICMP/ICMPv6) into a
-//! [`FlowKey`] and counted in this CPU's region of a front cache (one cache line chosen by a hash
-//! of the key); a flow that meets another in its slot is moved into the active one of two per-CPU
-//! LRU hashes. A cache hit touches one line of memory instead of a hash map's three. User space
+//! [`FlowKey`] and counted in this CPU's region of a front cache (two-way sets of one-line slots,
+//! the set chosen by a hash of the key); a flow that finds both slots of its set held by others
+//! is counted in the active one of two LRU hashes shared by all CPUs (atomic updates: a shared
+//! entry's value sits next to its key, where a per-CPU one is another line away). A cache hit
+//! touches one line of memory where a hash-map lookup touches three or more. User space
 //! flips the active generation (cache regions and map), waits for in-flight programs, and drains
 //! the other one: the cache slots through its mmap of the array, the map with a batch
 //! lookup-and-delete, so no update is lost to a concurrent delete.
 #![no_std]
 #![no_main]
+// Atomic adds and ORs on map values: BPF has the instructions, but not the compare-and-swap
+// that core's atomic types need for their fetch methods.
+#![feature(core_intrinsics)]
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE, BPF_NOEXIST, TC_ACT_OK},
     helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{Array, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use oxeye_ebpf_common::{
     cache_entries, cache_index, CacheSlot, FlowKey, FlowStats, CACHE_SLOTS, COUNTERS_PER_PROGRAM,
-    C_FLOWS_CREATED, C_MALFORMED, C_MAP_INSERT_FAILED, C_PACKETS, C_SAMPLED_OUT, DIR_EGRESS,
-    DIR_INGRESS, PROG_TC, PROG_XDP,
+    C_CACHE_MISSES, C_FLOWS_CREATED, C_MALFORMED, C_MAP_INSERT_FAILED, C_PACKETS, C_SAMPLED_OUT,
+    DIR_EGRESS, DIR_INGRESS, PROG_TC, PROG_XDP,
 };
 
 /// User space sets the real size with `max_flows`.
 #[map]
-static FLOWS_A: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(65536, 0);
+static FLOWS_A: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(65536, 0);
 #[map]
-static FLOWS_B: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(65536, 0);
+static FLOWS_B: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(65536, 0);
 /// `cache_index(cpu, generation, program, slot)`; user space sizes it for every possible CPU
 /// and reads it through an mmap. A plain (not per-CPU) array: contiguous and page-aligned, so
 /// every slot is one cache line and no per-CPU pointer is loaded on the way.
@@ -194,25 +199,40 @@ fn parse(data: usize, end: usize, key: &mut FlowKey) -> Result<u8, ()> {
     }
 }
 
-/// Adds `add` into `s` (this CPU's counters of one flow).
+/// Adds `add` into a flow's entry in the hash map. Other CPUs (and, on this CPU, the XDP
+/// program interrupting the TC one) may merge into the same entry at the same time: counters
+/// and flags by atomic adds and ORs, so none is lost; times only move outwards, a racing
+/// update at most a tick off.
+///
+/// # Safety
+/// `s` points at a live map value.
 #[inline(always)]
-fn merge(s: &mut FlowStats, add: &FlowStats) {
-    s.packets += add.packets;
-    s.bytes += add.bytes;
-    if s.first_seen == 0 || add.first_seen < s.first_seen {
-        s.first_seen = add.first_seen;
+unsafe fn merge(s: *mut FlowStats, add: &FlowStats) {
+    use core::intrinsics::{atomic_or, atomic_xadd, AtomicOrdering::Relaxed};
+    unsafe {
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*s).packets, add.packets);
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*s).bytes, add.bytes);
+        // tcp_flags is the first byte of an aligned 64-bit word whose other bytes (padding) stay
+        // 0; a 32-bit atomic would need the alu32 instruction set.
+        let word = (&raw mut (*s).tcp_flags).cast::<u64>();
+        atomic_or::<u64, u64, { Relaxed }>(
+            word,
+            u64::from_ne_bytes([add.tcp_flags, 0, 0, 0, 0, 0, 0, 0]),
+        );
+        if add.first_seen < (*s).first_seen {
+            (*s).first_seen = add.first_seen;
+        }
+        if add.last_seen > (*s).last_seen {
+            (*s).last_seen = add.last_seen;
+        }
     }
-    if add.last_seen > s.last_seen {
-        s.last_seen = add.last_seen;
-    }
-    s.tcp_flags |= add.tcp_flags;
 }
 
 /// Moves a flow's counters out of the cache into the hash map.
 #[inline(always)]
-fn spill(map: &LruPerCpuHashMap<FlowKey, FlowStats>, prog: u32, key: &FlowKey, stats: &FlowStats) {
+fn spill(map: &LruHashMap<FlowKey, FlowStats>, prog: u32, key: &FlowKey, stats: &FlowStats) {
     if let Some(s) = map.get_ptr_mut(key) {
-        unsafe { merge(&mut *s, stats) };
+        unsafe { merge(s, stats) };
         return;
     }
     match map.insert(key, stats, BPF_NOEXIST as u64) {
@@ -222,7 +242,7 @@ fn spill(map: &LruPerCpuHashMap<FlowKey, FlowStats>, prog: u32, key: &FlowKey, s
         Err(e) if e == -EEXIST => {
             // Another CPU created the entry between our lookup and insert.
             match map.get_ptr_mut(key) {
-                Some(s) => unsafe { merge(&mut *s, stats) },
+                Some(s) => unsafe { merge(s, stats) },
                 None => {
                     count(prog, C_MAP_INSERT_FAILED, 1);
                 }
@@ -256,26 +276,30 @@ fn zero_key(key: &mut core::mem::MaybeUninit<FlowKey>) -> &mut FlowKey {
     unsafe { key.assume_init_mut() }
 }
 
+/// The home slot of a key; its set is that slot and its neighbour (`slot ^ 1`), so half the
+/// flows are at home in each slot of a set. Two XOR lanes (short dependency chains) and one
+/// multiply: a weak hash only costs a spill to the hash map, never a wrong count.
 #[inline(always)]
-fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
-    let mut diff = 0;
-    let mut i = 0;
-    while i < 11 {
-        diff |= word(a, i) ^ word(b, i);
-        i += 1;
-    }
-    diff == 0
-}
-
-/// The cache slot of a key: two XOR lanes (short dependency chains) and one multiply. A weak
-/// hash only costs a spill to the hash map, never a wrong count.
-#[inline(always)]
-fn slot_of(k: &FlowKey) -> u32 {
+fn home_of(k: &FlowKey) -> u32 {
     let w = |i| word(k, i);
     let a = w(0) ^ w(2) ^ w(4) ^ w(6) ^ w(8) ^ w(10);
     let b = w(1) ^ w(3) ^ w(5) ^ w(7) ^ w(9);
     let h = (a ^ b.rotate_left(16) ^ w(4).rotate_left(7)).wrapping_mul(0x9e37_79b1);
     h >> (32 - CACHE_SLOTS.trailing_zeros())
+}
+
+/// Whether `slot` holds a flow other than `key` (not when it holds `key` or is free).
+#[inline(always)]
+fn held_by_other(slot: &CacheSlot, key: &FlowKey) -> bool {
+    let mut diff = 0u32;
+    let mut i = 0;
+    while i < 11 {
+        diff |= word(&slot.key, i) ^ word(key, i);
+        i += 1;
+    }
+    // Opaque to LLVM, which would otherwise compare word by word with a branch each: the
+    // verifier then walks every combination of those branches (over 1 M instructions).
+    core::hint::black_box(diff) != 0 && slot.packets != 0
 }
 
 /// The counters of one packet (or one sampled packet, scaled), first and last seen now.
@@ -295,7 +319,7 @@ fn fresh(packets: u64, bytes: u64, now: u64, flags: u8) -> FlowStats {
 
 #[inline(always)]
 fn update(
-    map: &LruPerCpuHashMap<FlowKey, FlowStats>,
+    map: &LruHashMap<FlowKey, FlowStats>,
     generation: u32,
     prog: u32,
     key: &FlowKey,
@@ -307,18 +331,25 @@ fn update(
     let now = unsafe { bpf_jiffies64() };
     // Programs run with migration disabled: the CPU cannot change under us.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(slot) = CACHE.get_ptr_mut(cache_index(cpu, generation, prog, slot_of(key))) else {
+    // Two-way sets: a flow lives in either slot of its set, the first two flows seen keep them
+    // for the generation. (Taking a held slot would spill its holder, often a busy flow that
+    // would spill the newcomer straight back: two map updates instead of one.)
+    let home = cache_index(cpu, generation, prog, home_of(key));
+    let (Some(s0), Some(s1)) = (CACHE.get_ptr_mut(home), CACHE.get_ptr_mut(home ^ 1)) else {
         return;
     };
-    let slot = unsafe { &mut *slot };
+    let (s0, s1) = unsafe { (&mut *s0, &mut *s1) };
+    // Only ever branch on these, never index with them: an index must be exact to the
+    // verifier, which would then walk every combination of the key compares separately.
+    let other0 = held_by_other(s0, key);
+    if other0 && held_by_other(s1, key) {
+        count(prog, C_CACHE_MISSES, 1);
+        spill(map, prog, key, &fresh(packets, bytes, now, flags));
+        return;
+    }
+    // This flow's slot, or the free one it claims (its home slot if both are).
+    let slot = if other0 { s1 } else { s0 };
     if slot.packets != 0 {
-        if !same_key(&slot.key, key) {
-            // Another flow holds the slot: it keeps it for this generation and this packet goes
-            // to the hash map. Taking the slot instead would spill the holder, often a busy
-            // flow that would spill the newcomer straight back: two map updates, not one.
-            spill(map, prog, key, &fresh(packets, bytes, now, flags));
-            return;
-        }
         let sum = slot.bytes as u64 + bytes;
         if sum <= u32::MAX as u64 {
             slot.packets += packets as u32;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use aya::maps::{Map, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, Map};
 use aya::EbpfLoader;
 use oxeye_ebpf_common::{FlowKey, FlowStats, ProfileSampleEvent};
 
@@ -57,8 +57,8 @@ pub fn harvest(n: u32) -> Result<HarvestFigures, String> {
         .load(crate::flows::PROGRAMS)
         .map_err(|e| e.to_string())?;
     let cpus = aya::util::nr_cpus().map_err(|(w, e)| format!("{w}: {e}"))?;
-    let mut map: PerCpuHashMap<_, FlowKey, FlowStats> =
-        PerCpuHashMap::try_from(ebpf.map_mut("FLOWS_A").ok_or("FLOWS_A missing")?)
+    let mut map: HashMap<_, FlowKey, FlowStats> =
+        HashMap::try_from(ebpf.map_mut("FLOWS_A").ok_or("FLOWS_A missing")?)
             .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     for i in 0..n {
@@ -79,11 +79,10 @@ pub fn harvest(n: u32) -> Result<HarvestFigures, String> {
             last_seen: 2,
             ..FlowStats::default()
         };
-        let values = PerCpuValues::try_from(vec![stats; cpus]).map_err(|e| e.to_string())?;
-        map.insert(key, values, 0).map_err(|e| e.to_string())?;
+        map.insert(key, stats, 0).map_err(|e| e.to_string())?;
     }
     let fill = t0.elapsed();
-    let Some(Map::PerCpuLruHashMap(data)) = ebpf.take_map("FLOWS_A") else {
+    let Some(Map::LruHashMap(data)) = ebpf.take_map("FLOWS_A") else {
         return Err("FLOWS_A missing".into());
     };
     let rss0 = rss_kib();

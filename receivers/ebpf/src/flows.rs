@@ -466,7 +466,7 @@ impl FlowProbe {
             names.insert(sys::if_index(iface).unwrap_or(0), Arc::from(iface.as_str()));
         }
         let take = |ebpf: &mut Ebpf, name: &str| match ebpf.take_map(name) {
-            Some(Map::PerCpuLruHashMap(m)) => Ok(m),
+            Some(Map::LruHashMap(m)) => Ok(m),
             _ => Err(format!("map {name} missing or of the wrong type")),
         };
         let maps = [take(&mut ebpf, "FLOWS_A")?, take(&mut ebpf, "FLOWS_B")?];
@@ -655,7 +655,7 @@ pub(crate) fn drain_map(
     let mut flows = Vec::new();
     let fd = map.fd().as_fd().as_raw_fd();
     let mut from_map = 0;
-    sys::drain_percpu_hash::<FlowKey, FlowStats>(fd, cpus, |key, per_cpu| {
+    sys::drain_hash::<FlowKey, FlowStats>(fd, cpus, |key, per_cpu| {
         from_map += 1;
         let flow = match cached.remove(key) {
             Some(mut more) => {

@@ -113,7 +113,9 @@ struct BatchAttr {
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
 
 /// The leading fields of `struct bpf_map_info`.
@@ -161,22 +163,26 @@ fn map_info(map_fd: RawFd) -> std::io::Result<(u32, u32, u32)> {
     Ok((info.map_type, info.key_size, info.value_size))
 }
 
-/// Moves every entry of a per-CPU hash map out with BPF_MAP_LOOKUP_AND_DELETE_BATCH, calling
-/// `each(key, per_cpu_values)` per entry. `K` and `V` must be the map's key and per-CPU value
-/// types: their sizes are checked against the map's before any buffer is handed to the kernel
-/// (a mismatch would make it write past our buffers).
-pub fn drain_percpu_hash<K: Copy + Default, V: Copy + Default>(
+/// Moves every entry of a hash map (plain or LRU, shared or per-CPU) out with
+/// BPF_MAP_LOOKUP_AND_DELETE_BATCH, calling `each(key, values)` per entry: one value, or one per
+/// possible CPU (`cpus`) for a per-CPU map. `K` and `V` must be the map's key and value types:
+/// their sizes are checked against the map's before any buffer is handed to the kernel (a
+/// mismatch would make it write past our buffers).
+pub fn drain_hash<K: Copy + Default, V: Copy + Default>(
     map_fd: RawFd,
     cpus: usize,
     mut each: impl FnMut(&K, &[V]),
 ) -> std::io::Result<usize> {
     let (map_type, key_size, value_size) = map_info(map_fd)?;
     let invalid = |what: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what));
-    if map_type != BPF_MAP_TYPE_PERCPU_HASH && map_type != BPF_MAP_TYPE_LRU_PERCPU_HASH {
-        return invalid(format!("map type {map_type} is not a per-CPU hash map"));
-    }
-    // The kernel lays per-CPU values out 8-byte aligned.
-    let slot = (value_size as usize).next_multiple_of(8);
+    let (cpus, slot) = match map_type {
+        // The kernel lays per-CPU values out 8-byte aligned.
+        BPF_MAP_TYPE_PERCPU_HASH | BPF_MAP_TYPE_LRU_PERCPU_HASH => {
+            (cpus, (value_size as usize).next_multiple_of(8))
+        }
+        BPF_MAP_TYPE_HASH | BPF_MAP_TYPE_LRU_HASH => (1, value_size as usize),
+        _ => return invalid(format!("map type {map_type} is not a hash map")),
+    };
     if std::mem::size_of::<K>() != key_size as usize || std::mem::size_of::<V>() != slot {
         return invalid(format!(
             "the map's key/value sizes are {key_size}/{value_size} bytes, the reader's {}/{}",
@@ -205,7 +211,7 @@ pub fn drain_percpu_hash<K: Copy + Default, V: Copy + Default>(
             ..BatchAttr::default()
         };
         // SAFETY: attr points at buffers sized for `chunk` keys and `chunk * cpus` values, as
-        // the kernel expects for a per-CPU map; all live across the call.
+        // the kernel expects for this map (cpus = 1 unless per-CPU); all live across the call.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -555,15 +561,21 @@ mod tests {
             return;
         };
         let cpus = aya::util::nr_cpus().expect("cpus");
-        let e = drain_percpu_hash::<u64, u64>(map.as_raw_fd(), cpus, |_, _| {})
+        let e = drain_hash::<u64, u64>(map.as_raw_fd(), cpus, |_, _| {})
             .expect_err("u64 keys on a 4-byte-key map");
         assert!(e.to_string().contains("key/value sizes are 4/12"), "{e}");
         // A 12-byte value takes a 16-byte slot per CPU.
-        assert!(drain_percpu_hash::<u32, [u64; 2]>(map.as_raw_fd(), cpus, |_, _| {}).is_ok());
-        let plain = create(1, 4, 8).expect("hash map");
-        let e = drain_percpu_hash::<u32, u64>(plain.as_raw_fd(), cpus, |_, _| {})
-            .expect_err("not per-CPU");
-        assert!(e.to_string().contains("not a per-CPU hash map"), "{e}");
+        assert!(drain_hash::<u32, [u64; 2]>(map.as_raw_fd(), cpus, |_, _| {}).is_ok());
+        // A shared map has one value per key, not padded.
+        let plain = create(BPF_MAP_TYPE_LRU_HASH, 4, 12).expect("hash map");
+        assert!(drain_hash::<u32, [u32; 3]>(plain.as_raw_fd(), cpus, |_, _| {}).is_ok());
+        let e = drain_hash::<u32, [u64; 2]>(plain.as_raw_fd(), cpus, |_, _| {})
+            .expect_err("12-byte values read as 16");
+        assert!(e.to_string().contains("key/value sizes are 4/12"), "{e}");
+        let array = create(2, 4, 8).expect("array map");
+        let e =
+            drain_hash::<u32, u64>(array.as_raw_fd(), cpus, |_, _| {}).expect_err("not a hash map");
+        assert!(e.to_string().contains("not a hash map"), "{e}");
     }
 
     #[test]
