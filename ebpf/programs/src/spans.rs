@@ -19,10 +19,10 @@
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_get_func_arg, bpf_get_func_ip, bpf_get_func_ret,
-        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_get_func_arg, bpf_get_func_ip, bpf_get_func_ret, bpf_get_prandom_u32,
+        bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated,
     },
     macros::{
         btf_map, fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint, uprobe,
@@ -38,7 +38,7 @@ use aya_ebpf::{
 mod task_storage;
 use oxeye_ebpf_common::{
     SourceConfig, SpanEvent, SpanHeader, ThreadState, MAX_ARGS, MAX_DEPTH, MAX_SOURCES,
-    MAX_SYSCALLS, SPAN_COUNTERS_PER_SOURCE, STACK_DEPTH, STACK_KERNEL, STACK_USER,
+    MAX_SYSCALLS, SPAN_BRIEF_LEN, SPAN_COUNTERS_PER_SOURCE, STACK_DEPTH, STACK_KERNEL, STACK_USER,
     S_ORPHAN_ENTRIES, S_ORPHAN_EXITS, S_RINGBUF_FULL, S_SHORTER_THAN_MIN, S_SPANS,
     S_STACK_FAILURES, S_TOO_DEEP,
 };
@@ -65,6 +65,19 @@ static SPAN_COUNTERS: PerCpuArray<u64> =
 /// Wake the reader once this many bytes wait in the ring (set at load).
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 262144;
+
+/// Copies `N` 8-byte words. Array assignments of this size compile to calls of BPF's
+/// byte-at-a-time `memmove`/`memset` (16 iterations for a trace id, 512 for the stacks); the
+/// volatile stores keep LLVM from turning the loop back into one.
+///
+/// # Safety
+/// Both point at `N` words, 8-byte aligned.
+#[inline(always)]
+unsafe fn copy_words<const N: usize>(dst: *mut u64, src: *const u64) {
+    for k in 0..N {
+        unsafe { dst.add(k).write_volatile(src.add(k).read()) };
+    }
+}
 
 #[inline(always)]
 fn count(source: u32, counter: u32) {
@@ -96,26 +109,33 @@ fn next_id(state: &mut ThreadState) -> u64 {
 
 /// The source's config, if this task passes its filters.
 #[inline(always)]
-fn admitted(source: u32) -> Option<(&'static SourceConfig, u32, u32)> {
+fn admitted(source: u32) -> Option<&'static SourceConfig> {
     let cfg = SOURCES.get(source)?;
     if cfg.enabled == 0 {
         return None;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if (cfg.pid != 0 && cfg.pid != tgid) || (cfg.tid != 0 && cfg.tid != tid) {
-        return None;
+    if cfg.pid != 0 || cfg.tid != 0 {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        if (cfg.pid != 0 && cfg.pid != tgid) || (cfg.tid != 0 && cfg.tid != tid) {
+            return None;
+        }
     }
     if cfg.comm[0] != 0 {
-        let comm = bpf_get_current_comm().ok()?;
-        if comm != cfg.comm {
+        // Into an uninitialised buffer (the kernel fills all 16 bytes) and compared as two
+        // words: aya's wrapper zeroes it first with BPF's byte-at-a-time memset.
+        let mut comm = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+        unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), 16) };
+        let comm = unsafe { comm.assume_init() };
+        let want = cfg.comm.as_ptr() as *const u64;
+        if unsafe { comm[0] != want.read() || comm[1] != want.add(1).read() } {
             return None;
         }
     }
     if cfg.cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } != cfg.cgroup_id {
         return None;
     }
-    Some((cfg, tgid, tid))
+    Some(cfg)
 }
 
 /// Pushes an open span of `source` on the thread's stack. Returns the thread's state when the
@@ -127,9 +147,12 @@ fn enter<C: EbpfContext>(
     source: u32,
     arg: impl Fn(usize) -> u64,
 ) -> Option<&'static mut ThreadState> {
-    let (cfg, _tgid, _tid) = admitted(source)?;
+    let cfg = admitted(source)?;
     // Zero-initialised by the kernel on the thread's first traced entry.
     let state = unsafe { &mut *THREADS.get_or_create()? };
+    // Kept at every entry, not once: an exec from another thread changes this one's tid.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    (state.pid, state.tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let d = state.depth as usize;
     if d >= MAX_DEPTH {
         state.overflow += 1;
@@ -137,21 +160,18 @@ fn enter<C: EbpfContext>(
         return Some(state);
     }
     if d == 0 {
-        let hi = next_id(state).to_be_bytes();
-        let lo = next_id(state).to_be_bytes();
-        state.trace_id[..8].copy_from_slice(&hi);
-        state.trace_id[8..].copy_from_slice(&lo);
+        // Two words, in the byte order the id is read in (trace_id is 8-byte aligned).
+        let (hi, lo) = (next_id(state).to_be(), next_id(state).to_be());
+        let id = state.trace_id.as_mut_ptr() as *mut u64;
+        unsafe { (id.write(hi), id.add(1).write(lo)) };
     }
     let span_id = next_id(state);
     let open = &mut state.open[d];
     open.span_id = span_id;
     open.source = source;
-    open.args = [0; MAX_ARGS];
     let n = cfg.nargs as usize;
     for i in 0..MAX_ARGS {
-        if i < n {
-            open.args[i] = arg(i);
-        }
+        open.args[i] = if i < n { arg(i) } else { 0 };
     }
     open.kstack_len = 0;
     open.ustack_len = 0;
@@ -196,7 +216,7 @@ fn enter<C: EbpfContext>(
 #[inline(always)]
 fn exit(source: u32, ret: i64) {
     let end_ns = unsafe { bpf_ktime_get_ns() };
-    let Some((cfg, tgid, tid)) = admitted(source) else {
+    let Some(cfg) = admitted(source) else {
         return;
     };
     let Some(state) = THREADS.get() else {
@@ -204,20 +224,12 @@ fn exit(source: u32, ret: i64) {
         return;
     };
     let state = unsafe { &mut *state };
-    close(state, source, cfg, tgid, tid, end_ns, ret);
+    close(state, source, cfg, end_ns, ret);
 }
 
 /// Pops the innermost open span of `source` and writes it to the ring buffer.
 #[inline(always)]
-fn close(
-    state: &mut ThreadState,
-    source: u32,
-    cfg: &SourceConfig,
-    tgid: u32,
-    tid: u32,
-    end_ns: u64,
-    ret: i64,
-) {
+fn close(state: &mut ThreadState, source: u32, cfg: &SourceConfig, end_ns: u64, ret: i64) {
     if state.overflow > 0 {
         state.overflow -= 1;
         return;
@@ -266,38 +278,62 @@ fn close(
     } else {
         0
     };
-    let fill = |h: &mut SpanHeader| {
-        h.trace_id = state.trace_id;
-        h.span_id = open.span_id;
-        h.parent_span_id = parent;
-        h.start_ns = open.start_ns;
-        h.end_ns = end_ns;
-        h.ret = ret;
-        h.args = open.args;
-        h.pid = tgid;
-        h.tid = tid;
-        h.cpu = unsafe { bpf_get_smp_processor_id() };
-        h.source = source;
-        h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        h.kstack_len = open.kstack_len;
-        h.ustack_len = open.ustack_len;
+    // Writes everything but the arguments: a brief record has room for nothing more.
+    // SAFETY (of every call): `h` points at a reservation of at least SPAN_BRIEF_LEN bytes.
+    let fill = |h: *mut SpanHeader| unsafe {
+        copy_words::<2>(
+            (&raw mut (*h).trace_id).cast(),
+            state.trace_id.as_ptr().cast(),
+        );
+        (*h).span_id = open.span_id;
+        (*h).parent_span_id = parent;
+        (*h).start_ns = open.start_ns;
+        (*h).end_ns = end_ns;
+        (*h).ret = ret;
+        (*h).pid = state.pid;
+        (*h).tid = state.tid;
+        (*h).cpu = bpf_get_smp_processor_id();
+        (*h).source = source;
+        // Straight into the record: the kernel zero-pads it (also on failure).
+        generated::bpf_get_current_comm((&raw mut (*h).comm).cast(), 16);
+        (*h).kstack_len = open.kstack_len;
+        (*h).ustack_len = open.ustack_len;
     };
-    // Without stacks the record is a quarter of the size: less ring traffic, fewer wakeups.
     if open.kstack_len == 0 && open.ustack_len == 0 {
-        let Some(mut entry) = EVENTS.reserve::<SpanHeader>(0) else {
-            count(source, S_RINGBUF_FULL);
-            return;
-        };
-        fill(unsafe { &mut *entry.as_mut_ptr() });
-        entry.submit(flags);
+        if cfg.nargs == 0 {
+            // No arguments, no stacks: the brief record, 104 bytes instead of 152.
+            let Some(mut entry) = EVENTS.reserve::<[u8; SPAN_BRIEF_LEN]>(0) else {
+                count(source, S_RINGBUF_FULL);
+                return;
+            };
+            fill(entry.as_mut_ptr().cast());
+            entry.submit(flags);
+        } else {
+            // Without stacks the record is a quarter of the size: less ring traffic, fewer
+            // wakeups.
+            let Some(mut entry) = EVENTS.reserve::<SpanHeader>(0) else {
+                count(source, S_RINGBUF_FULL);
+                return;
+            };
+            let h = entry.as_mut_ptr();
+            fill(h);
+            unsafe { copy_words::<MAX_ARGS>((&raw mut (*h).args).cast(), open.args.as_ptr()) };
+            entry.submit(flags);
+        }
     } else {
         let Some(mut entry) = EVENTS.reserve::<SpanEvent>(0) else {
             count(source, S_RINGBUF_FULL);
             return;
         };
-        let ev = unsafe { &mut *entry.as_mut_ptr() };
-        fill(&mut ev.header);
-        ev.stacks = state.stacks[i];
+        let ev = entry.as_mut_ptr();
+        unsafe {
+            fill(&raw mut (*ev).header);
+            copy_words::<MAX_ARGS>((&raw mut (*ev).header.args).cast(), open.args.as_ptr());
+            copy_words::<{ 2 * STACK_DEPTH }>(
+                (&raw mut (*ev).stacks).cast(),
+                state.stacks[i].as_ptr(),
+            );
+        }
         entry.submit(flags);
     }
     if let Some(c) = spans {
@@ -380,17 +416,8 @@ pub fn oxeye_raw_exit(ctx: RawTracePointContext) -> i32 {
     let Some(cfg) = SOURCES.get(source) else {
         return 0;
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
     let ret = unsafe { *(ctx.as_ptr() as *const i64).add(1) };
-    close(
-        state,
-        source,
-        cfg,
-        (pid_tgid >> 32) as u32,
-        pid_tgid as u32,
-        end_ns,
-        ret,
-    );
+    close(state, source, cfg, end_ns, ret);
     0
 }
 

@@ -12,8 +12,8 @@ use aya::programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint, UProbe};
 use aya::{Btf, Ebpf, EbpfLoader};
 use oxeye_api::{Comm, LostUnit, Span, SpanId, StatusCode, TaskContext, Telemetry, TraceId};
 use oxeye_ebpf_common::{
-    SourceConfig, SpanEvent, SpanHeader, SPAN_COUNTERS_PER_SOURCE, SPAN_COUNTER_NAMES, STACK_DEPTH,
-    STACK_KERNEL, STACK_USER,
+    SourceConfig, SpanEvent, SpanHeader, SPAN_BRIEF_LEN, SPAN_COUNTERS_PER_SOURCE,
+    SPAN_COUNTER_NAMES, STACK_DEPTH, STACK_KERNEL, STACK_USER,
 };
 use tokio::io::unix::AsyncFd;
 use tracing::info;
@@ -530,8 +530,9 @@ impl SpanProbe {
         let ring = self.ring.get_mut();
         let (sources, offset) = (&self.sources, self.offset);
         ring.drain(max, |item| {
-            // SAFETY: the programs write whole SpanHeaders or SpanEvents (told apart by length);
-            // read_unaligned copes with alignment.
+            // SAFETY: the programs write whole SpanEvents or SpanHeaders, or a SpanHeader's
+            // first SPAN_BRIEF_LEN bytes (told apart by length; copied into a zeroed header:
+            // all-zero is a valid one); read_unaligned copes with alignment.
             let (h, stacks): (SpanHeader, Option<[u64; 2 * STACK_DEPTH]>) =
                 if item.len() >= std::mem::size_of::<SpanEvent>() {
                     let ev: SpanEvent =
@@ -542,6 +543,16 @@ impl SpanProbe {
                         unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SpanHeader) },
                         None,
                     )
+                } else if item.len() >= SPAN_BRIEF_LEN {
+                    let mut h = std::mem::MaybeUninit::<SpanHeader>::zeroed();
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            item.as_ptr(),
+                            h.as_mut_ptr() as *mut u8,
+                            SPAN_BRIEF_LEN,
+                        );
+                        (h.assume_init(), None)
+                    }
                 } else {
                     return;
                 };
