@@ -21,6 +21,7 @@
 //! ```
 
 pub mod bench;
+mod btf;
 pub mod doctor;
 mod flows;
 pub mod profiles;
