@@ -244,11 +244,6 @@ pub struct ThreadState {
     pub in_syscall: u32,
     /// Explicit padding.
     pub _pad: u32,
-    /// The thread's process and thread ids, kept at each entry: an exit writes them into its
-    /// record without a helper call.
-    pub pid: u32,
-    /// See `pid`.
-    pub tid: u32,
     /// The thread's id generator (SplitMix64 state; seeded from the kernel's PRNG on the
     /// thread's first traced entry).
     pub rng: u64,

@@ -62,11 +62,14 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 static SPAN_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(MAX_SOURCES * SPAN_COUNTERS_PER_SOURCE, 0);
 
-/// Offset of `comm` in this kernel's `task_struct` (from its BTF, set at load); `u32::MAX`:
-/// unknown, ask the helper. Read-only data: the verifier sees a constant, and checks the
-/// direct read against task_struct's BTF.
+/// Offsets of `comm` and `pid` (`tgid` right after it) in this kernel's `task_struct`, from
+/// its BTF, set at load; `u32::MAX`: unknown, ask helpers. Read-only data: the verifier sees
+/// constants, and checks the direct reads against task_struct's BTF.
 #[unsafe(no_mangle)]
 static TASK_COMM_OFFSET: u32 = u32::MAX;
+/// See [`TASK_COMM_OFFSET`].
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: u32 = u32::MAX;
 
 /// Writes the current thread's name (16 bytes, NUL-padded) to `dst`: two loads from the task
 /// where the kernel's BTF gave the offset, else the helper (~30 ns more: it copies with
@@ -84,6 +87,40 @@ unsafe fn write_comm(dst: *mut [u8; 16]) {
     unsafe {
         let task = generated::bpf_get_current_task_btf() as *const u8;
         copy_words::<2>(dst.cast(), task.add(off as usize).cast());
+    }
+}
+
+/// The current thread's (tgid, tid).
+#[inline(always)]
+fn current_ids() -> (u32, u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32, pid_tgid as u32)
+}
+
+/// Writes the current thread's ids and name into a record: loads from the task (one pointer
+/// for all three) where the kernel's BTF gave the offsets, else helpers.
+///
+/// # Safety
+/// `h` points at a reservation of at least SPAN_BRIEF_LEN bytes.
+#[inline(always)]
+unsafe fn write_task(h: *mut SpanHeader) {
+    let (comm, pid) = unsafe {
+        (
+            core::ptr::read_volatile(&TASK_COMM_OFFSET),
+            core::ptr::read_volatile(&TASK_PID_OFFSET),
+        )
+    };
+    unsafe {
+        if comm == u32::MAX || pid == u32::MAX {
+            ((*h).pid, (*h).tid) = current_ids();
+            generated::bpf_get_current_comm((&raw mut (*h).comm).cast(), 16);
+            return;
+        }
+        let task = generated::bpf_get_current_task_btf() as *const u8;
+        // One load per field: the verifier refuses a load across two members.
+        (*h).tid = (task.add(pid as usize) as *const u32).read();
+        (*h).pid = (task.add(pid as usize + 4) as *const u32).read();
+        copy_words::<2>((&raw mut (*h).comm).cast(), task.add(comm as usize).cast());
     }
 }
 
@@ -140,8 +177,7 @@ fn admitted(source: u32) -> Option<&'static SourceConfig> {
         return None;
     }
     if cfg.pid != 0 || cfg.tid != 0 {
-        let pid_tgid = bpf_get_current_pid_tgid();
-        let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        let (tgid, tid) = current_ids();
         if (cfg.pid != 0 && cfg.pid != tgid) || (cfg.tid != 0 && cfg.tid != tid) {
             return None;
         }
@@ -175,9 +211,6 @@ fn enter<C: EbpfContext>(
     let cfg = admitted(source)?;
     // Zero-initialised by the kernel on the thread's first traced entry.
     let state = unsafe { &mut *THREADS.get_or_create()? };
-    // Kept at every entry, not once: an exec from another thread changes this one's tid.
-    let pid_tgid = bpf_get_current_pid_tgid();
-    (state.pid, state.tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let d = state.depth as usize;
     if d >= MAX_DEPTH {
         state.overflow += 1;
@@ -315,11 +348,9 @@ fn close(state: &mut ThreadState, source: u32, cfg: &SourceConfig, end_ns: u64, 
         (*h).start_ns = open.start_ns;
         (*h).end_ns = end_ns;
         (*h).ret = ret;
-        (*h).pid = state.pid;
-        (*h).tid = state.tid;
+        write_task(h);
         (*h).cpu = bpf_get_smp_processor_id();
         (*h).source = source;
-        write_comm(&raw mut (*h).comm);
         (*h).kstack_len = open.kstack_len;
         (*h).ustack_len = open.ustack_len;
     };

@@ -66,20 +66,40 @@ pub fn member_offset(data: &[u8], name: &str, member: &str) -> Result<u32, Strin
     Err(format!("no struct {name} in the kernel's BTF"))
 }
 
-/// The offset of `comm` in the running kernel's `task_struct` (read once), for the span
-/// programs' direct read of the thread name as two words; `None` without kernel BTF or if it
-/// is not 8-byte aligned (the programs then ask a helper, which costs ~30 ns more a span).
-/// `'static` because loaders borrow the globals they set.
-pub fn task_comm_offset() -> Option<&'static u32> {
-    static OFFSET: OnceLock<Option<u32>> = OnceLock::new();
-    OFFSET
+/// Where the span programs read the current thread's name and ids directly (two loads each
+/// instead of a helper call): `task_struct`'s `comm` and `pid` (with `tgid` right after it)
+/// in the running kernel, from its BTF, read once. `None` without kernel BTF or for a layout
+/// those loads cannot take (comm not 8-byte aligned, tgid not after pid): the programs then
+/// ask helpers, ~35 ns more a span. `'static` because loaders borrow the globals they set.
+pub fn task_offsets() -> Option<&'static TaskOffsets> {
+    static OFFSETS: OnceLock<Option<TaskOffsets>> = OnceLock::new();
+    OFFSETS
         .get_or_init(|| {
             let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
-            member_offset(&data, "task_struct", "comm")
-                .ok()
-                .filter(|off| off % 8 == 0)
+            task_offsets_in(&data).ok()
         })
         .as_ref()
+}
+
+/// Offsets in `task_struct` the span programs read directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `comm`: 16 bytes, 8-byte aligned.
+    pub comm: u32,
+    /// `pid`, with `tgid` the next 4 bytes.
+    pub pid: u32,
+}
+
+fn task_offsets_in(data: &[u8]) -> Result<TaskOffsets, String> {
+    let comm = member_offset(data, "task_struct", "comm")?;
+    let pid = member_offset(data, "task_struct", "pid")?;
+    let tgid = member_offset(data, "task_struct", "tgid")?;
+    if comm % 8 != 0 || tgid != pid + 4 || pid % 4 != 0 {
+        return Err(format!(
+            "task_struct layout comm {comm}, pid {pid}, tgid {tgid}"
+        ));
+    }
+    Ok(TaskOffsets { comm, pid })
 }
 
 #[cfg(test)]
@@ -140,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn this_kernel_has_task_struct_comm() {
+    fn this_kernel_has_task_struct_comm_pid_and_tgid() {
         if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             eprintln!("skipped: no kernel BTF");
             return;
@@ -149,9 +169,10 @@ mod tests {
         let off = member_offset(&data, "task_struct", "comm").expect("task_struct.comm");
         // Far into the struct on every kernel (after the scheduler's fields).
         assert!(off > 256, "comm at {off}");
-        assert_eq!(
-            task_comm_offset().copied(),
-            Some(off).filter(|o| o % 8 == 0)
-        );
+        assert_eq!(task_offsets().copied(), task_offsets_in(&data).ok());
+        // Debian's 6.1, 6.12 and the host's 6.18 all have the layout the programs read.
+        let t = task_offsets().expect("task_struct offsets");
+        assert_eq!(t.comm, off);
+        assert!(t.pid > 256 && t.pid < t.comm, "{t:?}");
     }
 }

@@ -778,8 +778,9 @@ fn loader<'a>(
     let mut l = crate::sys::thread_state_loader();
     l.override_global("WAKEUP_BYTES", wakeup, true)
         .map_max_entries("EVENTS", cfg.ring_size);
-    if let Some(off) = crate::btf::task_comm_offset() {
-        l.override_global("TASK_COMM_OFFSET", off, true);
+    if let Some(task) = crate::btf::task_offsets() {
+        l.override_global("TASK_COMM_OFFSET", &task.comm, true)
+            .override_global("TASK_PID_OFFSET", &task.pid, true);
     }
     if let Some(dir) = pins {
         for m in SHARED_MAPS {
