@@ -15,6 +15,7 @@
 // Atomic adds and ORs on map values: BPF has the instructions, but not the compare-and-swap
 // that core's atomic types need for their fetch methods.
 #![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE, BPF_NOEXIST, TC_ACT_OK},

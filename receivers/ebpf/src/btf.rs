@@ -28,8 +28,9 @@ fn extra_len(kind: u32, vlen: usize) -> Option<usize> {
 /// The byte offset of `member` in `struct name`, from raw BTF (`data`).
 pub fn member_offset(data: &[u8], name: &str, member: &str) -> Result<u32, String> {
     let u32_at = |off: usize| -> Result<u32, String> {
-        data.get(off..off + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        data.get(off..)
+            .and_then(|b| b.first_chunk::<4>())
+            .map(|b| u32::from_le_bytes(*b))
             .ok_or_else(|| format!("BTF truncated at byte {off}"))
     };
     if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
