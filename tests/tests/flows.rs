@@ -719,6 +719,11 @@ fn sampling_scales_counts_and_self_metrics_expose_kernel_counters() {
         value("oxeye_ebpf_malformed_packets_total{kind=\"receiver\",id=\"ebpf\",source=\"xdp\"}"),
         0
     );
+    // One flow: it holds its cache slot, nothing goes to the hash map.
+    assert_eq!(
+        value("oxeye_ebpf_flow_cache_misses_total{kind=\"receiver\",id=\"ebpf\",source=\"xdp\"}"),
+        0
+    );
     assert_eq!(
         value("oxeye_ebpf_flows_evicted_total{kind=\"receiver\",id=\"ebpf\",source=\"flows\"}"),
         0
