@@ -257,9 +257,9 @@ fn udp_ipv6_exact_counts() {
     udp_exact("u6", true);
 }
 
-/// 20 000 flows × 3 rounds through the kernel's front cache (8 192 slots per CPU): most flows
-/// meet another in their slot, move to the hash map and come back, on whichever CPU the sender
-/// ran; every count must still be exact.
+/// 20 000 flows × 3 rounds through the kernel's front cache (16 384 slots per CPU, two-way
+/// sets): many flows find their set full and are counted in the shared hash map, on whichever
+/// CPU the sender ran (both CPUs merging into one entry); every count must still be exact.
 #[test]
 fn many_flows_exact_counts_through_cache_collisions() {
     let pair = VethPair::new("mc");
