@@ -442,6 +442,7 @@ fn doctor_reports_the_kernel(series: &str) {
         ("fentry/fexit", "do_sys_openat2".to_string()),
         ("kprobe/kretprobe", "do_sys_openat2".to_string()),
         ("perf events", "cpu-clock".to_string()),
+        ("flow programs", "BPF atomics".to_string()),
     ] {
         assert!(
             doctor

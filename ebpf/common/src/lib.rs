@@ -55,7 +55,7 @@ const _: () = assert!(
 
 /// One slot of the front cache that the flow programs check before their hash map: exactly one
 /// cache line (the `CACHE` array is mmapable, hence page-aligned), so a hit touches one line of
-/// memory where a hash-map lookup touches three (bucket, element, per-CPU value). Counters are
+/// memory where a hash-map lookup touches two or more (bucket, element). Counters are
 /// 32-bit: a slot about to overflow `bytes` is moved to the hash map first; times are the low 32
 /// bits of jiffies (see [`widen_jiffies`]).
 #[repr(C, align(64))]
@@ -139,8 +139,8 @@ pub const C_MALFORMED: u32 = 1;
 pub const C_MAP_INSERT_FAILED: u32 = 2;
 /// Packets skipped by 1-in-N sampling.
 pub const C_SAMPLED_OUT: u32 = 3;
-/// Entries created in the flow hash map (by cache evictions); minus those harvested = evicted by
-/// the LRU.
+/// Entries created in the flow hash map (by cache misses, and by slots about to overflow);
+/// minus those harvested = evicted by the LRU.
 pub const C_FLOWS_CREATED: u32 = 4;
 /// Packets counted in the hash map because another flow held their cache slot (the front
 /// cache's misses; packets minus sampled out minus malformed minus these = cache hits).

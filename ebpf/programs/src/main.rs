@@ -4,9 +4,10 @@
 //! fragments, IPv6 with a bounded walk over extension headers, TCP/UDP/ICMP/ICMPv6) into a
 //! [`FlowKey`] and counted in this CPU's region of a front cache (two-way sets of one-line slots,
 //! the set chosen by a hash of the key); a flow that finds both slots of its set held by others
-//! is counted in the active one of two LRU hashes shared by all CPUs (atomic updates: a shared
-//! entry's value sits next to its key, where a per-CPU one is another line away). A cache hit
-//! touches one line of memory where a hash-map lookup touches three or more. User space
+//! is counted in the active one of two LRU hashes shared by all CPUs (atomic updates, Linux
+//! 5.12: a shared entry's value sits next to its key, where a per-CPU one is another line
+//! away). A cache hit
+//! touches one line of memory where a hash-map lookup touches two or more. User space
 //! flips the active generation (cache regions and map), waits for in-flight programs, and drains
 //! the other one: the cache slots through its mmap of the array, the map with a batch
 //! lookup-and-delete, so no update is lost to a concurrent delete.
@@ -200,10 +201,11 @@ fn parse(data: usize, end: usize, key: &mut FlowKey) -> Result<u8, ()> {
     }
 }
 
-/// Adds `add` into a flow's entry in the hash map. Other CPUs (and, on this CPU, the XDP
-/// program interrupting the TC one) may merge into the same entry at the same time: counters
-/// and flags by atomic adds and ORs, so none is lost; times only move outwards, a racing
-/// update at most a tick off.
+/// Adds `add` into a flow's entry in the hash map, which other CPUs may merge into at the same
+/// time: counters and flags by atomic adds and ORs (BPF atomics; the OR needs Linux 5.12), so
+/// none is lost. First and last seen only ever move outwards, by plain loads and stores: two
+/// CPUs racing on one entry can leave either's value (a spill of an old slot may then lose its
+/// earlier `first_seen`), never a torn one.
 ///
 /// # Safety
 /// `s` points at a live map value.
@@ -220,11 +222,15 @@ unsafe fn merge(s: *mut FlowStats, add: &FlowStats) {
             word,
             u64::from_ne_bytes([add.tcp_flags, 0, 0, 0, 0, 0, 0, 0]),
         );
-        if add.first_seen < (*s).first_seen {
-            (*s).first_seen = add.first_seen;
+        // Single 8-byte loads and stores (aligned, so never torn; volatile so each is exactly
+        // one): BPF's `--cpu generic` has no atomic load or store to say so.
+        let first = &raw mut (*s).first_seen;
+        if add.first_seen < first.read_volatile() {
+            first.write_volatile(add.first_seen);
         }
-        if add.last_seen > (*s).last_seen {
-            (*s).last_seen = add.last_seen;
+        let last = &raw mut (*s).last_seen;
+        if add.last_seen > last.read_volatile() {
+            last.write_volatile(add.last_seen);
         }
     }
 }

@@ -6,7 +6,11 @@
 use std::sync::OnceLock;
 
 const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
+/// TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG: names or qualifiers over another type.
+const KINDS_ALIAS: [u32; 5] = [8, 9, 10, 11, 18];
 
 /// Bytes that follow a type's 12-byte header, by kind (btf.rst §2.2); `None` = unknown kind.
 fn extra_len(kind: u32, vlen: usize) -> Option<usize> {
@@ -25,46 +29,117 @@ fn extra_len(kind: u32, vlen: usize) -> Option<usize> {
     })
 }
 
-/// The byte offset of `member` in `struct name`, from raw BTF (`data`).
-pub fn member_offset(data: &[u8], name: &str, member: &str) -> Result<u32, String> {
-    let u32_at = |off: usize| -> Result<u32, String> {
-        data.get(off..)
+/// Raw BTF with an index of where each type starts (type id `n` at `types[n - 1]`).
+struct Btf<'a> {
+    data: &'a [u8],
+    strings: usize,
+    types: Vec<usize>,
+}
+
+/// What a type resolves to, under typedefs and qualifiers.
+#[derive(Debug, PartialEq, Eq)]
+enum Resolved {
+    /// An integer of this many bytes.
+    Int(u32),
+    /// An array of this many elements of the type with this id.
+    Array(u32, u32),
+    /// Anything else (its kind).
+    Other(u32),
+}
+
+impl<'a> Btf<'a> {
+    fn parse(data: &'a [u8]) -> Result<Self, String> {
+        if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
+            return Err("not little-endian BTF".into());
+        }
+        let mut btf = Btf {
+            data,
+            strings: 0,
+            types: Vec::new(),
+        };
+        let hdr_len = btf.u32_at(4)? as usize;
+        let (type_off, type_len) = (btf.u32_at(8)? as usize, btf.u32_at(12)? as usize);
+        btf.strings = hdr_len + btf.u32_at(16)? as usize;
+        let (mut at, end) = (hdr_len + type_off, hdr_len + type_off + type_len);
+        while at + 12 <= end {
+            btf.types.push(at);
+            let (kind, vlen) = btf.kind_vlen(at)?;
+            at += 12 + extra_len(kind, vlen).ok_or_else(|| format!("unknown BTF kind {kind}"))?;
+        }
+        Ok(btf)
+    }
+
+    fn u32_at(&self, off: usize) -> Result<u32, String> {
+        self.data
+            .get(off..)
             .and_then(|b| b.first_chunk::<4>())
             .map(|b| u32::from_le_bytes(*b))
             .ok_or_else(|| format!("BTF truncated at byte {off}"))
-    };
-    if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
-        return Err("not little-endian BTF".into());
     }
-    let hdr_len = u32_at(4)? as usize;
-    let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
-    let str_off = u32_at(16)? as usize;
-    let types = hdr_len + type_off;
-    let strings = hdr_len + str_off;
-    let string = |off: u32| -> &[u8] {
-        let rest = data.get(strings + off as usize..).unwrap_or_default();
+
+    fn kind_vlen(&self, at: usize) -> Result<(u32, usize), String> {
+        let info = self.u32_at(at + 4)?;
+        Ok(((info >> 24) & 0x1f, (info & 0xffff) as usize))
+    }
+
+    fn string(&self, off: u32) -> &[u8] {
+        let rest = self
+            .data
+            .get(self.strings + off as usize..)
+            .unwrap_or_default();
         &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
-    };
-    let mut at = types;
-    while at + 12 <= types + type_len {
-        let (name_off, info) = (u32_at(at)?, u32_at(at + 4)?);
-        let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
-        let bitfields = info >> 31 == 1;
-        if kind == KIND_STRUCT && string(name_off) == name.as_bytes() {
+    }
+
+    /// (byte offset, type id) of `member` in `struct name`.
+    fn member(&self, name: &str, member: &str) -> Result<(u32, u32), String> {
+        for &at in &self.types {
+            let (kind, vlen) = self.kind_vlen(at)?;
+            if kind != KIND_STRUCT || self.string(self.u32_at(at)?) != name.as_bytes() {
+                continue;
+            }
+            let bitfields = self.u32_at(at + 4)? >> 31 == 1;
             for m in 0..vlen {
                 let rec = at + 12 + 12 * m;
-                if string(u32_at(rec)?) == member.as_bytes() {
+                if self.string(self.u32_at(rec)?) == member.as_bytes() {
                     // With the kind flag, the low 24 bits are the bit offset.
-                    let bits = u32_at(rec + 8)?;
+                    let bits = self.u32_at(rec + 8)?;
                     let bits = if bitfields { bits & 0xff_ffff } else { bits };
-                    return Ok(bits / 8);
+                    return Ok((bits / 8, self.u32_at(rec + 4)?));
                 }
             }
             return Err(format!("struct {name} has no member {member}"));
         }
-        at += 12 + extra_len(kind, vlen).ok_or_else(|| format!("unknown BTF kind {kind}"))?;
+        Err(format!("no struct {name} in the kernel's BTF"))
     }
-    Err(format!("no struct {name} in the kernel's BTF"))
+
+    /// Type `id` under its typedefs and qualifiers (a chain of at most 32).
+    fn resolve(&self, mut id: u32) -> Result<Resolved, String> {
+        for _ in 0..32 {
+            let at = *id
+                .checked_sub(1)
+                .and_then(|i| self.types.get(i as usize))
+                .ok_or_else(|| format!("BTF type {id} missing"))?;
+            let (kind, _) = self.kind_vlen(at)?;
+            match kind {
+                KIND_INT => return Ok(Resolved::Int(self.u32_at(at + 8)?)),
+                KIND_ARRAY => {
+                    return Ok(Resolved::Array(
+                        self.u32_at(at + 12)?,
+                        self.u32_at(at + 20)?,
+                    ))
+                }
+                k if KINDS_ALIAS.contains(&k) => id = self.u32_at(at + 8)?,
+                k => return Ok(Resolved::Other(k)),
+            }
+        }
+        Err(format!("BTF type chain at {id} too long"))
+    }
+}
+
+/// The byte offset of `member` in `struct name`, from raw BTF (`data`).
+#[cfg(test)]
+fn member_offset(data: &[u8], name: &str, member: &str) -> Result<u32, String> {
+    Ok(Btf::parse(data)?.member(name, member)?.0)
 }
 
 /// Where the span programs read the current thread's name and ids directly (two loads each
@@ -92,12 +167,20 @@ pub struct TaskOffsets {
 }
 
 fn task_offsets_in(data: &[u8]) -> Result<TaskOffsets, String> {
-    let comm = member_offset(data, "task_struct", "comm")?;
-    let pid = member_offset(data, "task_struct", "pid")?;
-    let tgid = member_offset(data, "task_struct", "tgid")?;
-    if comm % 8 != 0 || tgid != pid + 4 || pid % 4 != 0 {
+    let btf = Btf::parse(data)?;
+    let (comm, comm_type) = btf.member("task_struct", "comm")?;
+    let (pid, pid_type) = btf.member("task_struct", "pid")?;
+    let (tgid, tgid_type) = btf.member("task_struct", "tgid")?;
+    // What the programs' loads assume: char comm[16], 8-byte aligned; 4-byte pid, tgid next.
+    let comm_ok = match btf.resolve(comm_type)? {
+        Resolved::Array(elem, 16) => btf.resolve(elem)? == Resolved::Int(1),
+        _ => false,
+    };
+    let ids_ok =
+        btf.resolve(pid_type)? == Resolved::Int(4) && btf.resolve(tgid_type)? == Resolved::Int(4);
+    if !comm_ok || !ids_ok || comm % 8 != 0 || tgid != pid + 4 || pid % 4 != 0 {
         return Err(format!(
-            "task_struct layout comm {comm}, pid {pid}, tgid {tgid}"
+            "task_struct layout comm {comm}, pid {pid}, tgid {tgid} is not what the programs read"
         ));
     }
     Ok(TaskOffsets { comm, pid })
@@ -107,24 +190,51 @@ fn task_offsets_in(data: &[u8]) -> Result<TaskOffsets, String> {
 mod tests {
     use super::*;
 
-    /// A BTF blob with an int and `struct s { int a; int b; }` (b at byte 4).
+    /// A BTF blob: [1] int (4 bytes), [2] an enum (sized per member: walked over), [3] char,
+    /// [4] char[16], [5] typedef pid_t = int, [6] `struct s { int a; pid_t b; char c[16]; }`
+    /// (b at byte 4, c at 8), its members' offsets with bitfield sizes when `kind_flag`.
     fn blob(kind_flag: bool) -> Vec<u8> {
-        let strings = b"\0int\0s\0a\0b\0";
+        let strings = b"\0int\0s\0a\0b\0e\0x\0y\0char\0pid_t\0c\0";
         let mut types = Vec::new();
         let mut word = |v: u32| types.extend_from_slice(&v.to_le_bytes());
-        // [1] int: name "int", kind INT, size 4, encoding.
+        // [1] int: kind INT, size 4, encoding.
         word(1);
-        word(1 << 24);
+        word(KIND_INT << 24);
         word(4);
         word(32);
-        // [2] struct s, two members.
-        word(5);
-        word((KIND_STRUCT << 24) | 2 | if kind_flag { 1 << 31 } else { 0 });
-        word(8);
-        for (name, bits) in [(7u32, 0u32), (9, 32)] {
+        // [2] enum e { x, y }: 8 bytes per member.
+        word(11);
+        word((6 << 24) | 2);
+        word(4);
+        for (name, value) in [(13u32, 0u32), (15, 1)] {
             word(name);
-            word(1);
-            word(bits);
+            word(value);
+        }
+        // [3] char.
+        word(17);
+        word(KIND_INT << 24);
+        word(1);
+        word(8);
+        // [4] char[16]: type, index type, count.
+        word(0);
+        word(KIND_ARRAY << 24);
+        word(0);
+        word(3);
+        word(1);
+        word(16);
+        // [5] typedef pid_t = int.
+        word(22);
+        word(8 << 24);
+        word(1);
+        // [6] struct s.
+        word(5);
+        word((KIND_STRUCT << 24) | 3 | if kind_flag { 1 << 31 } else { 0 });
+        word(24);
+        for (name, ty, bits) in [(7u32, 1u32, 0u32), (9, 5, 32), (28, 4, 64)] {
+            word(name);
+            word(ty);
+            // With the kind flag, the bitfield size sits in the top 8 bits.
+            word(if kind_flag { (32 << 24) | bits } else { bits });
         }
         let mut b = Vec::new();
         b.extend_from_slice(&BTF_MAGIC.to_le_bytes());
@@ -149,12 +259,25 @@ mod tests {
             let b = blob(kind_flag);
             assert_eq!(member_offset(&b, "s", "a"), Ok(0));
             assert_eq!(member_offset(&b, "s", "b"), Ok(4));
-            assert!(member_offset(&b, "s", "c")
+            assert_eq!(member_offset(&b, "s", "c"), Ok(8));
+            assert!(member_offset(&b, "s", "d")
                 .unwrap_err()
-                .contains("no member c"));
+                .contains("no member d"));
             assert!(member_offset(&b, "t", "a")
                 .unwrap_err()
                 .contains("no struct t"));
+            let btf = Btf::parse(&b).expect("parse");
+            assert_eq!(
+                btf.resolve(btf.member("s", "b").expect("b").1),
+                Ok(Resolved::Int(4))
+            );
+            assert_eq!(
+                btf.resolve(btf.member("s", "c").expect("c").1),
+                Ok(Resolved::Array(3, 16))
+            );
+            assert_eq!(btf.resolve(3), Ok(Resolved::Int(1)));
+            assert_eq!(btf.resolve(2), Ok(Resolved::Other(6)));
+            assert!(btf.resolve(7).is_err());
         }
         assert!(member_offset(&blob(false)[..30], "s", "a").is_err());
         assert!(member_offset(b"nope", "s", "a").is_err());

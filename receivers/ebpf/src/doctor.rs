@@ -55,15 +55,15 @@ pub fn report() -> Vec<Check> {
             Err(sys::no_btf("no /sys/kernel/btf/vmlinux"))
         },
     ));
-    let loaded = crate::sys::thread_state_loader()
-        .load(crate::spans::PROGRAMS)
-        .map_err(|e| {
-            sys::explain_load_error(
-                "the span programs do not load",
-                crate::flows::chain(&e),
-                &sys::kernel_release(),
-            )
-        });
+    let mut loader = crate::sys::thread_state_loader();
+    crate::spans::with_task_offsets(&mut loader);
+    let loaded = loader.load(crate::spans::PROGRAMS).map_err(|e| {
+        sys::explain_load_error(
+            "the span programs do not load",
+            crate::flows::chain(&e),
+            &sys::kernel_release(),
+        )
+    });
     checks.push(check(
         "ring buffer",
         loaded
@@ -143,6 +143,18 @@ pub fn report() -> Vec<Check> {
         Err(e) => checks.push(check("span programs", Err(e))),
     }
     checks.push(check("perf events", perf_events()));
+    // The flow programs as `oxeye run` loads them (verified, not attached), with the cache and
+    // maps they allocate: 4 MiB per possible CPU plus two maps of `max_flows` entries.
+    let flows = crate::FlowsConfig::default();
+    checks.push(check(
+        "flow programs",
+        crate::flows::load_programs(&flows).map(|_| {
+            format!(
+                "XDP and TC programs load (`max_flows: {}`, BPF atomics)",
+                flows.max_flows
+            )
+        }),
+    ));
     checks.push(Check {
         what: "XDP",
         ok: true,

@@ -397,13 +397,19 @@ pub(crate) fn load_programs(cfg: &FlowsConfig) -> Result<Ebpf, String> {
     clock
         .load()
         .map_err(|e| format!("the kernel rejected the clock program: {}", chain(&e)))?;
+    let release = crate::sys::kernel_release();
+    let rejected = |what: &str, e: &aya::programs::ProgramError| {
+        crate::sys::explain_flow_load_error(
+            &format!("the kernel rejected the {what} program"),
+            chain(e),
+            &release,
+        )
+    };
     let xdp: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_xdp")?;
-    xdp.load()
-        .map_err(|e| format!("the kernel rejected the XDP program: {}", chain(&e)))?;
+    xdp.load().map_err(|e| rejected("XDP", &e))?;
     if cfg.egress {
         let tc: &mut SchedClassifier = crate::sys::program(&mut ebpf, "oxeye_tc")?;
-        tc.load()
-            .map_err(|e| format!("the kernel rejected the TC program: {}", chain(&e)))?;
+        tc.load().map_err(|e| rejected("TC", &e))?;
     }
     Ok(ebpf)
 }
@@ -514,7 +520,7 @@ impl FlowProbe {
     }
 
     /// Drains map `old` (after [`FlowProbe::flip`]): batched map syscalls and a scan of the
-    /// cache (2 MiB per CPU), so call it off the async workers.
+    /// cache (4 MiB per CPU), so call it off the async workers.
     pub fn harvest(&mut self, old: usize) -> Result<Vec<Flow>, String> {
         let flows = self.drain(old)?;
         self.update_counters();

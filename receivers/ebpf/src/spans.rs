@@ -530,32 +530,9 @@ impl SpanProbe {
         let ring = self.ring.get_mut();
         let (sources, offset) = (&self.sources, self.offset);
         ring.drain(max, |item| {
-            // SAFETY: the programs write whole SpanEvents or SpanHeaders, or a SpanHeader's
-            // first SPAN_BRIEF_LEN bytes (told apart by length; copied into a zeroed header:
-            // all-zero is a valid one); read_unaligned copes with alignment.
-            let (h, stacks): (SpanHeader, Option<[u64; 2 * STACK_DEPTH]>) =
-                if item.len() >= std::mem::size_of::<SpanEvent>() {
-                    let ev: SpanEvent =
-                        unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SpanEvent) };
-                    (ev.header, Some(ev.stacks))
-                } else if item.len() >= std::mem::size_of::<SpanHeader>() {
-                    (
-                        unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SpanHeader) },
-                        None,
-                    )
-                } else if item.len() >= SPAN_BRIEF_LEN {
-                    let mut h = std::mem::MaybeUninit::<SpanHeader>::zeroed();
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            item.as_ptr(),
-                            h.as_mut_ptr() as *mut u8,
-                            SPAN_BRIEF_LEN,
-                        );
-                        (h.assume_init(), None)
-                    }
-                } else {
-                    return;
-                };
+            let Some((h, stacks)) = parse_record(item) else {
+                return;
+            };
             if let Some(source) = sources.get(h.source as usize) {
                 spans.push(to_span(&h, stacks.as_ref(), source, offset));
             }
@@ -661,15 +638,15 @@ fn attach_kprobe(
 
 /// What this kernel allows for kernel functions (loads the programs once to find out).
 fn support() -> Result<Support, String> {
-    let mut probe = crate::sys::thread_state_loader()
-        .load(PROGRAMS)
-        .map_err(|e| {
-            sys::explain_load_error(
-                "loading the span programs",
-                crate::flows::chain(&e),
-                &sys::kernel_release(),
-            )
-        })?;
+    let mut loader = crate::sys::thread_state_loader();
+    with_task_offsets(&mut loader);
+    let mut probe = loader.load(PROGRAMS).map_err(|e| {
+        sys::explain_load_error(
+            "loading the span programs",
+            crate::flows::chain(&e),
+            &sys::kernel_release(),
+        )
+    })?;
     Ok(kernel_function_support(&mut probe))
 }
 
@@ -778,16 +755,46 @@ fn loader<'a>(
     let mut l = crate::sys::thread_state_loader();
     l.override_global("WAKEUP_BYTES", wakeup, true)
         .map_max_entries("EVENTS", cfg.ring_size);
-    if let Some(task) = crate::btf::task_offsets() {
-        l.override_global("TASK_COMM_OFFSET", &task.comm, true)
-            .override_global("TASK_PID_OFFSET", &task.pid, true);
-    }
+    with_task_offsets(&mut l);
     if let Some(dir) = pins {
         for m in SHARED_MAPS {
             l.map_pin_path(m, dir.join(m));
         }
     }
     l
+}
+
+/// A ring-buffer record as the programs write it: a whole `SpanEvent` (with stacks), a whole
+/// `SpanHeader`, or a header's first `SPAN_BRIEF_LEN` bytes (a source without arguments: they
+/// read as 0), told apart by length. `None` for anything shorter.
+fn parse_record(item: &[u8]) -> Option<(SpanHeader, Option<[u64; 2 * STACK_DEPTH]>)> {
+    // SAFETY (each read): the item holds at least the bytes read; read_unaligned copes with
+    // alignment, and all-zero is a valid SpanHeader (the brief case's tail).
+    if item.len() >= std::mem::size_of::<SpanEvent>() {
+        let ev: SpanEvent = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SpanEvent) };
+        Some((ev.header, Some(ev.stacks)))
+    } else if item.len() >= std::mem::size_of::<SpanHeader>() {
+        let h = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SpanHeader) };
+        Some((h, None))
+    } else if item.len() >= SPAN_BRIEF_LEN {
+        let mut h = std::mem::MaybeUninit::<SpanHeader>::zeroed();
+        unsafe {
+            std::ptr::copy_nonoverlapping(item.as_ptr(), h.as_mut_ptr() as *mut u8, SPAN_BRIEF_LEN);
+            Some((h.assume_init(), None))
+        }
+    } else {
+        None
+    }
+}
+
+/// Sets the span programs' `task_struct` offsets (from the kernel's BTF) on a loader of the
+/// span object: every load that verifies them (`oxeye run`, `doctor`, the kernel-function
+/// probe) checks the same code.
+pub(crate) fn with_task_offsets(l: &mut EbpfLoader<'_>) {
+    if let Some(task) = crate::btf::task_offsets() {
+        l.override_global("TASK_COMM_OFFSET", &task.comm, true)
+            .override_global("TASK_PID_OFFSET", &task.pid, true);
+    }
 }
 
 fn source_config(spec: &SourceSpec) -> Result<SourceConfig, String> {
@@ -870,5 +877,46 @@ fn to_span(
         kernel_stack,
         user_stack,
         ..Span::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(args: [u64; 6]) -> SpanHeader {
+        // SAFETY: all-zero is a valid SpanHeader.
+        let mut h: SpanHeader = unsafe { std::mem::zeroed() };
+        h.span_id = 7;
+        h.pid = 42;
+        h.tid = 43;
+        h.comm[..4].copy_from_slice(b"curl");
+        h.args = args;
+        h
+    }
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading a plain #[repr(C)] value's bytes.
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn records_are_told_apart_by_length() {
+        let full = bytes_of(&header([1, 2, 3, 4, 5, 6]));
+        // Brief: the header's bytes before `args`; the ring pads records to 8 bytes.
+        let (h, stacks) = parse_record(&full[..SPAN_BRIEF_LEN]).expect("brief record");
+        assert_eq!(
+            (h.span_id, h.pid, h.tid, &h.comm[..4]),
+            (7, 42, 43, &b"curl"[..])
+        );
+        assert_eq!((h.args, stacks), ([0; 6], None));
+        let (h, stacks) = parse_record(&full).expect("header");
+        assert_eq!((h.args, stacks), ([1, 2, 3, 4, 5, 6], None));
+        let mut ev = full.clone();
+        ev.extend((0..2 * STACK_DEPTH as u64).flat_map(|f| f.to_ne_bytes()));
+        let (h, stacks) = parse_record(&ev).expect("event");
+        assert_eq!((h.pid, stacks.map(|s| s[5])), (42, Some(5)));
+        assert!(parse_record(&full[..SPAN_BRIEF_LEN - 8]).is_none());
     }
 }

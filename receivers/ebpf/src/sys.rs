@@ -483,12 +483,12 @@ fn explain_load_error_for(what: &str, error: String, release: &str, btf: bool) -
     let v = kernel_version(release);
     if v.is_some_and(|v| v < RINGBUF_KERNEL) {
         format!(
-            "{what}: this kernel ({release}) has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux {}.{} or later), which spans and profiles need; flows work without it: upgrade the kernel or use only `flows:` ({error})",
-            RINGBUF_KERNEL.0, RINGBUF_KERNEL.1
+            "{what}: this kernel ({release}) has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux {}.{} or later), which spans and profiles need (and flows need Linux {}.{}): upgrade the kernel ({error})",
+            RINGBUF_KERNEL.0, RINGBUF_KERNEL.1, ATOMIC_OR_KERNEL.0, ATOMIC_OR_KERNEL.1
         )
     } else if v.is_some_and(|v| v < TASK_STORAGE_KERNEL) {
         format!(
-            "{what}: this kernel ({release}) has no task-local storage for tracing programs (BPF_MAP_TYPE_TASK_STORAGE, Linux {}.{} or later), where spans and profiles keep per-thread state; flows work without it: upgrade the kernel or use only `flows:` ({error})",
+            "{what}: this kernel ({release}) has no task-local storage for tracing programs (BPF_MAP_TYPE_TASK_STORAGE, Linux {}.{} or later), where spans and profiles keep per-thread state (flows need that kernel too): upgrade the kernel ({error})",
             TASK_STORAGE_KERNEL.0, TASK_STORAGE_KERNEL.1
         )
     } else if !btf {
@@ -502,6 +502,23 @@ fn explain_load_error_for(what: &str, error: String, release: &str, btf: bool) -
 
 /// Task-local storage in tracing programs (span and profile per-thread state).
 pub const TASK_STORAGE_KERNEL: (u32, u32) = (5, 12);
+
+/// BPF atomic OR (and the other atomics beyond add): the flow programs OR TCP flags into the
+/// flow map shared by all CPUs.
+pub const ATOMIC_OR_KERNEL: (u32, u32) = (5, 12);
+
+/// `error` from loading the flow programs, naming BPF atomic OR and the kernel that has it
+/// when `release` is older.
+pub fn explain_flow_load_error(what: &str, error: String, release: &str) -> String {
+    if kernel_version(release).is_some_and(|v| v < ATOMIC_OR_KERNEL) {
+        format!(
+            "{what}: this kernel ({release}) has no BPF atomic OR (Linux {}.{} or later), which the flow programs use to merge counters into the flow map all CPUs share: upgrade the kernel ({error})",
+            ATOMIC_OR_KERNEL.0, ATOMIC_OR_KERNEL.1
+        )
+    } else {
+        format!("{what}: {error}")
+    }
+}
 
 /// Why kernel BTF is missing and what works without it.
 pub fn no_btf(error: impl std::fmt::Display) -> String {
@@ -605,6 +622,24 @@ mod tests {
         assert!(
             no_storage.contains("BPF_MAP_TYPE_TASK_STORAGE, Linux 5.12 or later"),
             "{no_storage}"
+        );
+        assert!(!no_storage.contains("flows work"), "{no_storage}");
+        assert!(
+            explain_load_error_for("x", "EINVAL".into(), "5.4.0-1", true)
+                .contains("flows need Linux 5.12"),
+        );
+        let flows = explain_flow_load_error(
+            "the kernel rejected the XDP program",
+            "EINVAL".into(),
+            "5.10.0-9",
+        );
+        assert!(
+            flows.contains("BPF atomic OR (Linux 5.12 or later)") && flows.ends_with("(EINVAL)"),
+            "{flows}"
+        );
+        assert_eq!(
+            explain_flow_load_error("x", "EPERM".into(), "6.1.0-57-amd64"),
+            "x: EPERM"
         );
         let no_btf_here = explain_load_error_for(
             "loading the span programs",
