@@ -346,6 +346,10 @@ fn update(
         return;
     };
     let (s0, s1) = unsafe { (&mut *s0, &mut *s1) };
+    // Touch the neighbour's line now, so that its fetch from memory overlaps the home slot's
+    // instead of following it when the flow lives next door (an out-of-order CPU starts both
+    // loads at once; the compare below would only start the second after the first).
+    core::hint::black_box(unsafe { core::ptr::read_volatile(&s1.packets) });
     // Only ever branch on these, never index with them: an index must be exact to the
     // verifier, which would then walk every combination of the key compares separately.
     let other0 = held_by_other(s0, key);
