@@ -259,7 +259,7 @@ fn udp_ipv6_exact_counts() {
 
 /// 20 000 flows × 3 rounds through the kernel's front cache across 200 ms generations, on
 /// whichever CPU the sender ran; every count must still be exact. (Few of them find their set
-/// full: ~2 000 flows a generation spread evenly over 8 192 sets; the next test fills the cache.)
+/// full: ~2 000 sequential ports a generation spread evenly over 8 192 sets.)
 #[test]
 fn many_flows_exact_counts_through_cache_collisions() {
     let pair = VethPair::new("mc");
@@ -311,94 +311,6 @@ fn many_flows_exact_counts_through_cache_collisions() {
     assert!(
         wrong.is_empty(),
         "{} of {FLOWS} flows miscounted, e.g. {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(5)]
-    );
-}
-
-/// More flows in one generation than a CPU's cache holds (40 000 against 16 384 slots; on
-/// whichever CPUs the sender ran, one saw at least 20 000): the rest are counted in the flow
-/// map all CPUs share, with atomic merges, and drained with the cache. Every count exact, and
-/// the miss counter says the map was used.
-#[test]
-fn flows_past_the_cache_capacity_exact_through_the_shared_map() {
-    let pair = VethPair::new("cp");
-    let (a, b) = pair.v4.clone();
-    // One generation for the whole test; the kernel counters reach the exit log (they are read
-    // at each harvest, the last one at exit).
-    let cfg = temp_config(
-        "cp",
-        &format!(
-            "receivers:\n  ebpf:\n    flows: {{interfaces: [{}], flush_interval: 60s}}\nexporters:\n  stdout: {{format: json}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    flows: {{receivers: [ebpf], exporters: [stdout]}}\n",
-            pair.va
-        ),
-    );
-    let (ox, err) = OxeyeInNs::start(&pair.ns_a, &cfg, READY);
-    const FLOWS: u32 = 40_000;
-    const ROUNDS: u64 = 2;
-    const SIZE: usize = 16;
-    // 40 000 flows: 20 000 client ports (20 000–39 999, below the ephemeral range's use here:
-    // every port is bound explicitly) × two server ports.
-    let (src, dst) = (b.clone(), a.clone());
-    in_ns(&pair.ns_b, move || {
-        // Resolve the neighbour first, from a port no flow uses.
-        let warm = UdpSocket::bind((src.as_str(), 1999)).expect("bind");
-        warm.send_to(&[0; SIZE], (dst.as_str(), 9000))
-            .expect("send");
-        std::thread::sleep(Duration::from_millis(200));
-        for _ in 0..ROUNDS {
-            for i in 0..FLOWS {
-                let s =
-                    UdpSocket::bind((src.as_str(), 20_000 + (i / 2) as u16)).expect("bind client");
-                s.send_to(&[0xcd; SIZE], (dst.as_str(), 9000 + (i % 2) as u16))
-                    .expect("send");
-                if i % 20 == 19 {
-                    // Paced: the veth ring must not overflow before XDP sees the frames.
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-    })
-    .join()
-    .expect("sender");
-    std::thread::sleep(Duration::from_millis(400));
-    let (out, stderr) = stop_and_check(&pair, ox, err);
-    // "kernel counters: … xdp.flow_cache_misses=N … tc.flow_cache_misses=M …"
-    let misses: u64 = ["xdp", "tc"]
-        .iter()
-        .filter_map(|source| {
-            let at = stderr.find(&format!("{source}.flow_cache_misses="))?;
-            let value = stderr[at..].split('=').nth(1)?;
-            value
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
-    assert!(
-        misses >= 1_000,
-        "{misses} packets went to the hash map:\n{stderr}"
-    );
-    let flows = oxeye_flows(&out);
-    let mut wrong = Vec::new();
-    for i in 0..FLOWS {
-        let key: Tuple = (
-            b.clone(),
-            a.clone(),
-            20_000 + (i / 2) as u16,
-            9000 + (i % 2) as u16,
-            "udp".into(),
-            "receive".into(),
-        );
-        let got = flows.get(&key).copied().unwrap_or_default();
-        if (got.packets, got.bytes) != (ROUNDS, ROUNDS * (14 + 20 + 8 + SIZE) as u64) {
-            wrong.push((key.2, key.3, got));
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} of {FLOWS} flows miscounted ({misses} cache misses), e.g. {:?}",
         wrong.len(),
         &wrong[..wrong.len().min(5)]
     );
