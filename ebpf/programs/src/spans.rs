@@ -141,6 +141,16 @@ unsafe fn copy_words<const N: usize>(dst: *mut u64, src: *const u64) {
     }
 }
 
+/// Room for one `T` in the ring buffer, or None, counted against `source` (ring full).
+#[inline(always)]
+fn reserve<T: 'static>(source: u32) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        count(source, S_RINGBUF_FULL);
+    }
+    entry
+}
+
 #[inline(always)]
 fn count(source: u32, counter: u32) {
     if let Some(c) = SPAN_COUNTERS.get_ptr_mut(source * SPAN_COUNTERS_PER_SOURCE + counter) {
@@ -356,9 +366,9 @@ fn close(state: &mut ThreadState, source: u32, cfg: &SourceConfig, end_ns: u64, 
     };
     if open.kstack_len == 0 && open.ustack_len == 0 {
         if cfg.nargs == 0 {
-            // No arguments, no stacks: the brief record, 104 bytes instead of 152.
-            let Some(mut entry) = EVENTS.reserve::<[u8; SPAN_BRIEF_LEN]>(0) else {
-                count(source, S_RINGBUF_FULL);
+            // No arguments, no stacks: the brief record, 96 bytes (104 with the ring's header)
+            // instead of 144.
+            let Some(mut entry) = reserve::<[u8; SPAN_BRIEF_LEN]>(source) else {
                 return;
             };
             fill(entry.as_mut_ptr().cast());
@@ -366,8 +376,7 @@ fn close(state: &mut ThreadState, source: u32, cfg: &SourceConfig, end_ns: u64, 
         } else {
             // Without stacks the record is a quarter of the size: less ring traffic, fewer
             // wakeups.
-            let Some(mut entry) = EVENTS.reserve::<SpanHeader>(0) else {
-                count(source, S_RINGBUF_FULL);
+            let Some(mut entry) = reserve::<SpanHeader>(source) else {
                 return;
             };
             let h = entry.as_mut_ptr();
@@ -376,8 +385,7 @@ fn close(state: &mut ThreadState, source: u32, cfg: &SourceConfig, end_ns: u64, 
             entry.submit(flags);
         }
     } else {
-        let Some(mut entry) = EVENTS.reserve::<SpanEvent>(0) else {
-            count(source, S_RINGBUF_FULL);
+        let Some(mut entry) = reserve::<SpanEvent>(source) else {
             return;
         };
         let ev = entry.as_mut_ptr();

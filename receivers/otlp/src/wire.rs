@@ -965,6 +965,21 @@ mod tests {
         }
     }
 
+    /// Appends field `field` (length-delimited) holding `body` to `out`.
+    fn push_field(out: &mut Vec<u8>, field: u8, body: &[u8]) {
+        out.push(field << 3 | LEN);
+        prost::encoding::encode_varint(body.len() as u64, out);
+        out.extend_from_slice(body);
+    }
+
+    /// A request of one ResourceSpans holding `scope_spans` (its encoded fields).
+    fn request_of(scope_spans: &[u8]) -> Vec<u8> {
+        let (mut rs, mut req) = (Vec::new(), Vec::new());
+        push_field(&mut rs, 2, scope_spans);
+        push_field(&mut req, 1, &rs);
+        req
+    }
+
     fn same(bytes: &[u8]) {
         let direct = request(bytes).expect("decodes");
         let reference =
@@ -1013,17 +1028,9 @@ mod tests {
         reversed.extend_from_slice(&[0xa9, 0x06, 1, 2, 3, 4, 5, 6, 7, 8]); // field 101, fixed64
         reversed.extend_from_slice(&[0xab, 0x06, 0x08, 0x01, 0xac, 0x06]); // group 101
         reversed.extend_from_slice(&[0xaa, 0x06, 0x02, b'h', b'i']); // field 101, bytes
-        for (field, body) in [(2u8, &reversed), (1, &scope)] {
-            ss.push(field << 3 | LEN);
-            prost::encoding::encode_varint(body.len() as u64, &mut ss);
-            ss.extend_from_slice(body);
-        }
-        let mut rs = vec![2 << 3 | LEN];
-        prost::encoding::encode_varint(ss.len() as u64, &mut rs);
-        rs.extend_from_slice(&ss);
-        let mut req = vec![1 << 3 | LEN];
-        prost::encoding::encode_varint(rs.len() as u64, &mut req);
-        req.extend_from_slice(&rs);
+        push_field(&mut ss, 2, &reversed);
+        push_field(&mut ss, 1, &scope);
+        let req = request_of(&ss);
         same(&req);
         let c = request(&req).unwrap();
         let oxeye_api::Records::Spans(spans) = &c.batches[0].records else {
@@ -1221,25 +1228,14 @@ mod tests {
             }
             .encode_to_vec();
             // The span's one attribute, with the nested value appended to its KeyValue.
-            let mut kv = vec![1 << 3 | LEN, 4];
-            kv.extend_from_slice(b"deep");
-            kv.push(2 << 3 | LEN);
-            prost::encoding::encode_varint(v.len() as u64, &mut kv);
-            kv.extend_from_slice(&v);
+            let mut kv = Vec::new();
+            push_field(&mut kv, 1, b"deep");
+            push_field(&mut kv, 2, &v);
             let mut span = span;
-            span.push(9 << 3 | LEN);
-            prost::encoding::encode_varint(kv.len() as u64, &mut span);
-            span.extend_from_slice(&kv);
-            let mut ss = vec![2 << 3 | LEN];
-            prost::encoding::encode_varint(span.len() as u64, &mut ss);
-            ss.extend_from_slice(&span);
-            let mut rs = vec![2 << 3 | LEN];
-            prost::encoding::encode_varint(ss.len() as u64, &mut rs);
-            rs.extend_from_slice(&ss);
-            let mut req = vec![1 << 3 | LEN];
-            prost::encoding::encode_varint(rs.len() as u64, &mut req);
-            req.extend_from_slice(&rs);
-            req
+            push_field(&mut span, 9, &kv);
+            let mut ss = Vec::new();
+            push_field(&mut ss, 2, &span);
+            request_of(&ss)
         };
         assert_eq!(request(&nested(50)).expect("50 deep is fine").accepted, 1);
         assert!(passes_as_received(&nested(10)));
