@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every oxeye test: set-up, build, unit + component-harness + pipeline + CLI tests, and
-# the benchmarks in quick mode (so they cannot rot). This is the README's test command.
+# Runs every oxeye test: set-up, build, the docs check (tests/check-docs.py), unit +
+# component-harness + pipeline + CLI tests, and the benchmarks in quick mode (so they cannot
+# rot). This is the README's test command.
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
@@ -8,6 +9,8 @@ cd "$(dirname "$0")/.."
 tests/setup.sh
 echo "[test] building"
 cargo build --all-targets
+echo "[test] docs"
+python3 tests/check-docs.py target/debug/oxeye
 echo "[test] running"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
