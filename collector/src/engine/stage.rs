@@ -1,0 +1,137 @@
+//! The loops the engine runs around processors and exporters: input, ticks, flush, output,
+//! counting, decoding encoded batches for the components that need it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use oxeye_api::{Batch, BoxError, Exporter, Output, Processor, Telemetry};
+use tokio::sync::mpsc;
+use tracing::error;
+
+use super::edge::{send_all, Edge, InFlight, Inputs};
+use super::graph::Control;
+
+/// A stage's timer: the first tick one interval after start; a late tick is not made up for.
+fn ticker(every: Option<Duration>) -> Option<tokio::time::Interval> {
+    every.filter(|d| !d.is_zero()).map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    })
+}
+
+/// The next input batch (`Some(Some)`), the end of input (`Some(None)`) or a tick (`None`).
+async fn next(
+    inputs: &mut Inputs,
+    ticker: &mut Option<tokio::time::Interval>,
+) -> Option<Option<Arc<Batch>>> {
+    match ticker.as_mut() {
+        Some(t) => tokio::select! {
+            b = inputs.recv() => Some(b),
+            _ = t.tick() => None,
+        },
+        None => Some(inputs.recv().await),
+    }
+}
+
+/// A batch of encoded spans (an OTLP receiver's, see [`oxeye_api::EncodedSpans`]) decoded for a
+/// component that takes spans. The receiver checked every span, so decoding does not fail; if it
+/// ever did, the spans are counted as dropped (`undecodable`), never lost silently.
+fn decoded(batch: Arc<Batch>, telemetry: &Telemetry) -> Option<Arc<Batch>> {
+    if !batch.is_encoded() {
+        return Some(batch);
+    }
+    let n = batch.len();
+    match Batch::decoded(batch) {
+        Ok(b) => {
+            telemetry.add_dropped("undecodable", n.saturating_sub(b.len()) as u64);
+            Some(b)
+        }
+        Err(why) => {
+            error!("encoded spans the receiver accepted cannot be decoded: {why}");
+            telemetry.add_dropped("undecodable", n as u64);
+            None
+        }
+    }
+}
+
+pub(super) async fn run_processor(
+    mut p: Box<dyn Processor>,
+    mut inputs: Inputs,
+    mut outputs: Vec<Edge>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    telemetry: Telemetry,
+) -> Result<(), BoxError> {
+    let mut out = Output::new();
+    let mut ticker = ticker(p.tick_interval());
+    let mut control_open = true;
+    loop {
+        // Control ahead of data: a rewiring applies before the next batch is taken.
+        let step = tokio::select! {
+            biased;
+            c = control.recv(), if control_open => match c {
+                Some(Control::SetOutputs(new)) => {
+                    outputs = new;
+                    continue;
+                }
+                None => {
+                    control_open = false;
+                    continue;
+                }
+            },
+            step = next(&mut inputs, &mut ticker) => step,
+        };
+        match step {
+            Some(Some(batch)) => {
+                telemetry.add_received(batch.len() as u64);
+                let Some(batch) = decoded(batch, &telemetry) else {
+                    continue;
+                };
+                let in_flight = InFlight::new(&telemetry, batch.len());
+                p.process(batch, &mut out).await?;
+                in_flight.done();
+            }
+            Some(None) => break,
+            None => p.tick(SystemTime::now(), &mut out).await?,
+        }
+        send_all(&mut out, &outputs, &telemetry).await;
+    }
+    p.flush(&mut out).await?;
+    send_all(&mut out, &outputs, &telemetry).await;
+    Ok(())
+}
+
+pub(super) async fn run_exporter(
+    mut e: Box<dyn Exporter>,
+    mut inputs: Inputs,
+    telemetry: Telemetry,
+) -> Result<(), BoxError> {
+    let counts_delivery = e.counts_delivery();
+    let takes_encoded = e.takes_encoded();
+    let mut ticker = ticker(e.tick_interval());
+    loop {
+        match next(&mut inputs, &mut ticker).await {
+            Some(Some(batch)) => {
+                telemetry.add_received(batch.len() as u64);
+                let batch = if takes_encoded {
+                    batch
+                } else {
+                    match decoded(batch, &telemetry) {
+                        Some(b) => b,
+                        None => continue,
+                    }
+                };
+                let n = batch.len() as u64;
+                let in_flight = InFlight::new(&telemetry, batch.len());
+                e.export(batch).await?;
+                in_flight.done();
+                if !counts_delivery {
+                    telemetry.add_emitted(n);
+                }
+            }
+            Some(None) => break,
+            None => e.tick(SystemTime::now()).await?,
+        }
+    }
+    e.shutdown().await
+}
