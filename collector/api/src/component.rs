@@ -48,7 +48,39 @@ pub trait Processor: Send {
     async fn flush(&mut self, _out: &mut Output) -> Result<(), BoxError> {
         Ok(())
     }
+
+    /// Records taken in and held (open traces, open windows), neither passed on nor dropped
+    /// yet. If the processor fails or is abandoned at the shutdown deadline, the engine counts
+    /// them as dropped (`held_at_stop`), so nothing is lost silently. Default: 0.
+    fn held(&self) -> u64 {
+        0
+    }
+
+    /// False (the default): the engine decodes [`Records::Encoded`](crate::Records::Encoded)
+    /// batches before `process`. True for a processor that passes batches on without looking
+    /// at their records (e.g. one that only meters them).
+    fn takes_encoded(&self) -> bool {
+        false
+    }
+
+    /// A gate on the pipeline's entry: while it refuses, receivers sending into this pipeline
+    /// are refused (those that can tell their clients to retry) or wait (the others). The
+    /// `memory_limiter` processor uses it. Default: none.
+    fn admission(&self) -> Option<Arc<dyn Admission>> {
+        None
+    }
 }
+
+/// A pipeline's entry gate (see [`Processor::admission`]).
+pub trait Admission: Send + Sync + 'static {
+    /// `Some(why)` while data entering the pipeline must be refused, e.g. `"memory_limit"`.
+    fn refusing(&self) -> Option<&'static str>;
+}
+
+/// What a receiver keeps alive while a batch it emitted waits in the pipeline's queues — e.g. a
+/// charge on its in-flight byte budget. The engine holds it beside the batch and whatever a
+/// processor makes of it, and lets it go once the next stage has taken them.
+pub type Hold = Arc<dyn std::any::Any + Send + Sync>;
 
 /// A destination for telemetry.
 #[async_trait]
@@ -169,6 +201,26 @@ pub trait BatchSink: Send + Sync {
         Ok(())
     }
 
+    /// [`BatchSink::send`], keeping `hold` alive while the batch waits in queues downstream.
+    /// The default drops it once the batch is sent.
+    async fn send_holding(&self, batch: Batch, hold: Hold) {
+        self.send(batch).await;
+        drop(hold);
+    }
+
+    /// [`BatchSink::send_within`], keeping `hold` alive while the batch waits in queues
+    /// downstream. The default drops it once the batch is sent.
+    async fn send_within_holding(
+        &self,
+        batch: Batch,
+        wait: Duration,
+        hold: Hold,
+    ) -> Result<(), Batch> {
+        let sent = self.send_within(batch, wait).await;
+        drop(hold);
+        sent
+    }
+
     /// True when every stage that takes `signal` from here takes encoded records as they are
     /// (see [`ReceiverContext::takes_encoded`]). The default: false.
     fn takes_encoded(&self, _signal: Signal) -> bool {
@@ -255,6 +307,29 @@ impl ReceiverContext {
         self.sink.send_within(batch, wait).await
     }
 
+    /// [`ReceiverContext::emit`], keeping `hold` alive while the batch (and what the pipeline
+    /// makes of it) waits in queues.
+    pub async fn emit_holding(&self, batch: Batch, hold: Hold) {
+        if !batch.is_empty() && self.wants(batch.signal()) {
+            self.sink.send_holding(batch, hold).await;
+        }
+    }
+
+    /// [`ReceiverContext::emit_within`], keeping `hold` alive while the batch (and what the
+    /// pipeline makes of it) waits in queues: a receiver's budget for what its clients sent is
+    /// then released only when the data has left them.
+    pub async fn emit_within_holding(
+        &self,
+        batch: Batch,
+        wait: Duration,
+        hold: Hold,
+    ) -> Result<(), Batch> {
+        if batch.is_empty() || !self.wants(batch.signal()) {
+            return Ok(());
+        }
+        self.sink.send_within_holding(batch, wait, hold).await
+    }
+
     /// The shutdown signal.
     pub fn shutdown(&self) -> &Shutdown {
         &self.shutdown
@@ -267,6 +342,7 @@ impl ReceiverContext {
 pub struct Counters {
     received: AtomicU64,
     emitted: AtomicU64,
+    merged: AtomicU64,
     errors: AtomicU64,
     dropped: Mutex<Vec<(&'static str, u64)>>,
     extra: Mutex<Vec<(&'static str, String, u64)>>,
@@ -329,6 +405,18 @@ impl Telemetry {
     /// Counts records passed on (done by the engine).
     pub fn add_emitted(&self, n: u64) {
         self.0.emitted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts records combined into others (an aggregation's inputs beyond the one record each
+    /// group becomes): neither passed on as they were nor lost. Per component, records in =
+    /// out + dropped + merged.
+    pub fn add_merged(&self, n: u64) {
+        self.0.merged.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records combined into others ([`Telemetry::add_merged`]).
+    pub fn merged(&self) -> u64 {
+        self.0.merged.load(Ordering::Relaxed)
     }
 
     /// Counts an error that the component survived.

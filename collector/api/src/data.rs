@@ -186,6 +186,11 @@ impl Attributes {
         self.0.len()
     }
 
+    /// The entries with their shared keys (for [`crate::size`]).
+    pub(crate) fn entries(&self) -> &[(Arc<str>, Value)] {
+        &self.0
+    }
+
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -13,6 +13,7 @@
 //!   the [`register!`] macro that makes a factory known to the `oxeye` binary at link time.
 //! * [`profile`]: the deduplicated tables (strings, functions, mappings, locations) that
 //!   profile formats such as pprof and OTLP profiles are built from.
+//! * [`size`]: estimated memory of records, for components that bound what they hold.
 //! * [`config`]: serde helpers for component configs (durations) and [`ConfigErrors`].
 //! * `testing` (feature): harnesses that drive one component in unit tests.
 #![deny(missing_docs)]
@@ -23,12 +24,13 @@ pub mod config;
 pub mod data;
 pub mod factory;
 pub mod profile;
+pub mod size;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use component::{
-    BoxError, BuildContext, Exporter, LostCount, LostUnit, Output, Processor, Receiver,
-    ReceiverContext, Reconfigure, Shutdown, Telemetry,
+    Admission, BoxError, BuildContext, Exporter, Hold, LostCount, LostUnit, Output, Processor,
+    Receiver, ReceiverContext, Reconfigure, Shutdown, Telemetry,
 };
 pub use config::{ConfigErrors, FieldError};
 pub use data::{

@@ -156,8 +156,12 @@ impl ProcessorHarness {
     pub fn process_shared(&mut self, batch: Arc<Batch>) -> Result<Vec<Arc<Batch>>, BoxError> {
         let mut out = Output::new();
         self.telemetry.add_received(batch.len() as u64);
-        // As the engine does: processors never see encoded spans.
-        let batch = Batch::decoded(batch)?;
+        // As the engine does: a processor sees encoded spans only if it says it takes them.
+        let batch = if self.processor.takes_encoded() {
+            batch
+        } else {
+            Batch::decoded(batch)?
+        };
         self.rt.block_on(self.processor.process(batch, &mut out))?;
         Ok(self.emitted(out))
     }
@@ -179,6 +183,16 @@ impl ProcessorHarness {
     /// The processor's requested tick interval.
     pub fn tick_interval(&self) -> Option<Duration> {
         self.processor.tick_interval()
+    }
+
+    /// The records the processor says it holds ([`Processor::held`]).
+    pub fn held(&self) -> u64 {
+        self.processor.held()
+    }
+
+    /// The processor's gate on the pipeline's entry ([`Processor::admission`]).
+    pub fn admission(&self) -> Option<Arc<dyn crate::Admission>> {
+        self.processor.admission()
     }
 
     /// Counters: received / emitted as the engine would count them, plus the processor's drops.
