@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use oxeye_api::component::BatchSink;
-use oxeye_api::{Batch, Output, Signal, Telemetry};
+use oxeye_api::{Admission, Batch, Hold, Output, Shutdown, Signal, Telemetry};
 use tokio::sync::mpsc;
 
-use super::graph::Routes;
+use super::graph::{RouteTable, Routes};
 use crate::config::WhenFull;
 
 /// Counters of one edge (a channel between two stages).
@@ -50,32 +50,58 @@ impl EdgeStats {
     }
 }
 
+/// What moves on an edge: a batch, and what must stay alive while it waits (a receiver's
+/// [`Hold`], e.g. a charge on its in-flight byte budget).
+pub(super) struct Item {
+    pub(super) batch: Arc<Batch>,
+    pub(super) hold: Option<Hold>,
+}
+
 /// The receiving end of an edge and its counters.
-pub(super) type InputEnd = (mpsc::Receiver<Arc<Batch>>, Arc<EdgeStats>);
+pub(super) type InputEnd = (mpsc::Receiver<Item>, Arc<EdgeStats>);
+
+/// Records sent into a stage's queue that it never took (it stopped first), or that were being
+/// sent when their sender was abandoned: counted as the stage's drops.
+pub(super) const QUEUED_AT_STOP: &str = "queued_at_stop";
 
 /// The sending end of an edge.
 pub(super) struct Edge {
-    pub(super) tx: mpsc::Sender<Arc<Batch>>,
+    pub(super) tx: mpsc::Sender<Item>,
     pub(super) when_full: WhenFull,
     pub(super) stats: Arc<EdgeStats>,
     /// The downstream component: records refused by its queue count as its drops.
     pub(super) downstream: Telemetry,
-    /// The downstream component takes encoded spans as they are (an exporter that says so).
+    /// The downstream component takes encoded spans as they are.
     pub(super) takes_encoded: bool,
+    /// The pipeline's entry gates (its processors' [`Admission`]s): set on the edges a
+    /// receiver sends into, empty on the others.
+    pub(super) gates: Vec<Arc<dyn Admission>>,
 }
 
 /// Records a stage holds while an await is pending. If the stage stops before `done` (error,
-/// panic, abort at the deadline), the drop counts them as dropped: nothing is lost silently.
+/// panic, abort at the deadline), the drop counts them as dropped for `reason`: nothing is lost
+/// silently.
 pub(super) struct InFlight<'a> {
-    pub(super) telemetry: &'a Telemetry,
-    pub(super) records: u64,
+    telemetry: &'a Telemetry,
+    records: u64,
+    reason: &'static str,
 }
 
 impl<'a> InFlight<'a> {
+    /// Records a stage took and is working on (`component_stopped` if it stops).
     pub(super) fn new(telemetry: &'a Telemetry, records: usize) -> Self {
         InFlight {
             telemetry,
             records: records as u64,
+            reason: "component_stopped",
+        }
+    }
+    /// Records being sent into `telemetry`'s queue (`queued_at_stop` if the sender stops).
+    fn sending(telemetry: &'a Telemetry, records: usize) -> Self {
+        InFlight {
+            telemetry,
+            records: records as u64,
+            reason: QUEUED_AT_STOP,
         }
     }
     pub(super) fn done(mut self) {
@@ -85,8 +111,7 @@ impl<'a> InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.telemetry
-            .add_dropped("component_stopped", self.records);
+        self.telemetry.add_dropped(self.reason, self.records);
     }
 }
 
@@ -99,16 +124,26 @@ impl Edge {
             stats: Arc::clone(&self.stats),
             downstream: self.downstream.clone(),
             takes_encoded: self.takes_encoded,
+            gates: self.gates.clone(),
         }
     }
 
-    pub(super) async fn send(&self, batch: Arc<Batch>) {
+    /// `Some(why)` while one of the pipeline's entry gates refuses new data.
+    fn refusing(&self) -> Option<&'static str> {
+        self.gates.iter().find_map(|g| g.refusing())
+    }
+
+    pub(super) async fn send(&self, batch: Arc<Batch>, hold: Option<&Hold>) {
         let n = batch.len();
         self.stats.add(n);
-        let in_flight = InFlight::new(&self.downstream, n);
+        let in_flight = InFlight::sending(&self.downstream, n);
+        let item = Item {
+            batch,
+            hold: hold.cloned(),
+        };
         let result = match self.when_full {
-            WhenFull::Block => self.tx.send(batch).await.map_err(|_| "downstream_failed"),
-            WhenFull::DropNewest => self.tx.try_send(batch).map_err(|e| match e {
+            WhenFull::Block => self.tx.send(item).await.map_err(|_| "downstream_failed"),
+            WhenFull::DropNewest => self.tx.try_send(item).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => "queue_full",
                 mpsc::error::TrySendError::Closed(_) => "downstream_failed",
             }),
@@ -143,10 +178,10 @@ impl Drop for Inputs {
         }
         for (rx, stats) in &mut self.rxs {
             rx.close();
-            while let Ok(batch) = rx.try_recv() {
-                stats.sub(batch.len());
-                self.owner
-                    .add_dropped("component_stopped", batch.len() as u64);
+            while let Ok(item) = rx.try_recv() {
+                let n = item.batch.len();
+                stats.sub(n);
+                self.owner.add_dropped(QUEUED_AT_STOP, n as u64);
             }
         }
     }
@@ -154,7 +189,7 @@ impl Drop for Inputs {
 
 impl Inputs {
     /// The next batch from any input; `None` once every input is closed and empty.
-    pub(super) async fn recv(&mut self) -> Option<Arc<Batch>> {
+    pub(super) async fn recv(&mut self) -> Option<Item> {
         std::future::poll_fn(|cx| {
             while let Some(adder) = self.adder.as_mut() {
                 match adder.poll_recv(cx) {
@@ -167,10 +202,10 @@ impl Inputs {
             while i < self.rxs.len() {
                 let idx = (self.next + i) % self.rxs.len();
                 match self.rxs[idx].0.poll_recv(cx) {
-                    Poll::Ready(Some(batch)) => {
-                        self.rxs[idx].1.sub(batch.len());
+                    Poll::Ready(Some(item)) => {
+                        self.rxs[idx].1.sub(item.batch.len());
                         self.next = idx + 1;
-                        return Poll::Ready(Some(batch));
+                        return Poll::Ready(Some(item));
                     }
                     Poll::Ready(None) => {
                         self.rxs.swap_remove(idx);
@@ -190,52 +225,46 @@ impl Inputs {
 
 /// A receiver's fan-out: every edge of every pipeline that takes the batch's signal.
 pub(super) struct FanOut {
-    /// Swapped by a reload while the receiver runs.
+    /// Swapped by a reload while the receiver runs; closed when it has stopped.
     pub(super) routes: Arc<Routes>,
     pub(super) telemetry: Telemetry,
+    /// The receiver's: a receiver waiting on a refusing gate stops waiting when it stops.
+    pub(super) shutdown: Shutdown,
 }
 
-#[async_trait]
-impl BatchSink for FanOut {
-    async fn send(&self, batch: Batch) {
-        let signal = batch.signal();
-        let batch = Arc::new(batch);
-        self.telemetry.add_emitted(batch.len() as u64);
-        let routes = self.routes.get();
-        for (s, edges) in routes.iter() {
-            if *s == signal {
-                for edge in edges {
-                    edge.send(Arc::clone(&batch)).await;
-                }
-            }
-        }
-        drop((batch, routes));
-        // Let the next stage take the batch while it is still in this core's cache: without
-        // this a fast receiver fills the whole queue first (64 batches, tens of MB), and every
-        // processor then reads its records back from memory (3x its own cost, measured).
-        tokio::task::yield_now().await;
-    }
+/// Records a receiver's task (or a task it left behind) sends after it stopped.
+const RECEIVER_STOPPED: &str = "receiver_stopped";
 
-    fn takes_encoded(&self, signal: Signal) -> bool {
-        let routes = self.routes.get();
-        let mut edges = routes
+impl FanOut {
+    /// The edges that take `signal`; `None` once the receiver has stopped.
+    fn edges(&self, signal: Signal) -> Option<(Arc<RouteTable>, Vec<usize>)> {
+        let routes = self.routes.get()?;
+        let picked = routes
             .iter()
-            .filter(|(s, _)| *s == signal)
-            .flat_map(|(_, edges)| edges)
-            .peekable();
-        edges.peek().is_some() && edges.all(|e| e.takes_encoded)
-    }
-
-    async fn send_within(&self, batch: Batch, wait: Duration) -> Result<(), Batch> {
-        let signal = batch.signal();
-        let routes = self.routes.get();
-        let edges: Vec<&Edge> = routes
-            .iter()
-            .filter(|(s, _)| *s == signal)
-            .flat_map(|(_, edges)| edges)
+            .enumerate()
+            .filter(|(_, (s, _))| *s == signal)
+            .map(|(i, _)| i)
             .collect();
-        // Reserve a slot in every `block` queue first, so the batch goes to all pipelines or to
-        // none: a refused batch is retried by the client and must not arrive twice.
+        Some((routes, picked))
+    }
+
+    /// Sends to every edge of `signal`, reserving a slot in every `block` queue first so the
+    /// batch goes to all pipelines or to none (a refused batch is retried by the client and must
+    /// not arrive twice). Hands the batch back when a gate refuses, a queue stays full for
+    /// `wait`, or the receiver has stopped.
+    async fn deliver_within(
+        &self,
+        batch: Batch,
+        wait: Duration,
+        hold: Option<Hold>,
+    ) -> Result<(), Batch> {
+        let Some((routes, picked)) = self.edges(batch.signal()) else {
+            return Err(batch);
+        };
+        let edges: Vec<&Edge> = picked.iter().flat_map(|&i| &routes[i].1).collect();
+        if edges.iter().any(|e| e.refusing().is_some()) {
+            return Err(batch);
+        }
         let deadline = tokio::time::Instant::now() + wait;
         let mut permits = Vec::with_capacity(edges.len());
         for edge in &edges {
@@ -257,22 +286,139 @@ impl BatchSink for FanOut {
             match permit {
                 Some(permit) => {
                     edge.stats.add(n);
-                    permit.send(Arc::clone(&batch));
+                    permit.send(Item {
+                        batch: Arc::clone(&batch),
+                        hold: hold.clone(),
+                    });
                 }
-                None => edge.send(Arc::clone(&batch)).await,
+                None => edge.send(Arc::clone(&batch), hold.as_ref()).await,
             }
         }
-        drop((batch, routes));
+        drop(edges);
+        drop((batch, hold, routes));
         tokio::task::yield_now().await;
         Ok(())
     }
 }
 
-pub(super) async fn send_all(out: &mut Output, edges: &[Edge], telemetry: &Telemetry) {
-    for batch in out.take() {
-        telemetry.add_emitted(batch.len() as u64);
-        for edge in edges {
-            edge.send(Arc::clone(&batch)).await;
+impl FanOut {
+    /// Sends to every edge of the batch's signal, waiting on full `block` queues and, as a
+    /// receiver that cannot tell its source to retry, on refusing gates.
+    async fn deliver(&self, batch: Batch, hold: Option<Hold>) {
+        let n = batch.len() as u64;
+        let Some((mut routes, mut picked)) = self.edges(batch.signal()) else {
+            self.telemetry.add_dropped(RECEIVER_STOPPED, n);
+            return;
+        };
+        // A receiver that cannot tell its source to retry waits while a gate refuses, as it
+        // waits on a full `block` queue (its source — a kernel ring — counts what it loses).
+        let mut waited = false;
+        while picked
+            .iter()
+            .flat_map(|&i| &routes[i].1)
+            .any(|e| e.refusing().is_some())
+            && !self.shutdown.is_triggered()
+        {
+            waited = true;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if waited {
+            // The routes may have changed (or closed) while it waited.
+            let Some(now) = self.edges(batch.signal()) else {
+                self.telemetry.add_dropped(RECEIVER_STOPPED, n);
+                return;
+            };
+            (routes, picked) = now;
+        }
+        self.telemetry.add_emitted(n);
+        let edges = picked.iter().flat_map(|&i| &routes[i].1);
+        send_to_all(edges, Arc::new(batch), hold.as_ref()).await;
+        drop((routes, hold));
+        // Let the next stage take the batch while it is still in this core's cache: without
+        // this a fast receiver fills the whole queue first (64 batches, tens of MB), and every
+        // processor then reads its records back from memory (3x its own cost, measured).
+        tokio::task::yield_now().await;
+    }
+}
+
+#[async_trait]
+impl BatchSink for FanOut {
+    async fn send(&self, batch: Batch) {
+        self.deliver(batch, None).await;
+    }
+
+    async fn send_holding(&self, batch: Batch, hold: Hold) {
+        self.deliver(batch, Some(hold)).await;
+    }
+
+    fn takes_encoded(&self, signal: Signal) -> bool {
+        let Some((routes, picked)) = self.edges(signal) else {
+            return false;
+        };
+        let mut edges = picked.iter().flat_map(|&i| &routes[i].1).peekable();
+        edges.peek().is_some() && edges.all(|e| e.takes_encoded)
+    }
+
+    async fn send_within(&self, batch: Batch, wait: Duration) -> Result<(), Batch> {
+        self.deliver_within(batch, wait, None).await
+    }
+
+    async fn send_within_holding(
+        &self,
+        batch: Batch,
+        wait: Duration,
+        hold: Hold,
+    ) -> Result<(), Batch> {
+        self.deliver_within(batch, wait, Some(hold)).await
+    }
+}
+
+/// Sends a processor's output downstream; every batch carries `hold` (what the input it was
+/// made from kept alive). Batches not sent when the stage is abandoned count as its drops.
+pub(super) async fn send_all(
+    out: &mut Output,
+    edges: &[Edge],
+    telemetry: &Telemetry,
+    hold: Option<&Hold>,
+) {
+    let batches = out.take();
+    let mut unsent = InFlight::new(telemetry, batches.iter().map(|b| b.len()).sum());
+    for batch in batches {
+        let n = batch.len();
+        telemetry.add_emitted(n as u64);
+        unsent.records -= n as u64;
+        send_to_all(edges.iter(), batch, hold).await;
+    }
+    unsent.done();
+}
+
+/// Sends `batch` into every edge in turn. If the sender is abandoned part way, the edges it had
+/// not reached yet count the batch as `queued_at_stop` (the one being sent counts it itself).
+async fn send_to_all<'a>(
+    edges: impl Iterator<Item = &'a Edge> + Clone,
+    batch: Arc<Batch>,
+    hold: Option<&Hold>,
+) {
+    struct Rest<'a, I: Iterator<Item = &'a Edge>> {
+        edges: Option<I>,
+        records: u64,
+    }
+    impl<'a, I: Iterator<Item = &'a Edge>> Drop for Rest<'a, I> {
+        fn drop(&mut self) {
+            for edge in self.edges.take().into_iter().flatten() {
+                edge.downstream.add_dropped(QUEUED_AT_STOP, self.records);
+            }
         }
     }
+    let mut rest = Rest {
+        edges: Some(edges.clone()),
+        records: batch.len() as u64,
+    };
+    for edge in edges {
+        if let Some(r) = rest.edges.as_mut() {
+            r.next();
+        }
+        edge.send(Arc::clone(&batch), hold).await;
+    }
+    rest.edges = None;
 }

@@ -7,7 +7,8 @@ use std::sync::{Arc, RwLock};
 
 use oxeye_api::component::ShutdownTrigger;
 use oxeye_api::{
-    BuildContext, Instance, Kind, ReceiverContext, Reconfigure, Shutdown, Signal, Telemetry,
+    Admission, BuildContext, Instance, Kind, ReceiverContext, Reconfigure, Shutdown, Signal,
+    Telemetry,
 };
 use serde_yaml::Value as Yaml;
 use tokio::sync::mpsc;
@@ -26,17 +27,32 @@ pub(super) enum Control {
 /// Per signal, the edges a receiver's batches go into.
 pub(super) type RouteTable = Vec<(Signal, Vec<Edge>)>;
 
-/// Where a receiver's batches go; swapped on reload while it runs.
-#[derive(Default)]
-pub(super) struct Routes(RwLock<Arc<RouteTable>>);
+/// Where a receiver's batches go; swapped on reload while it runs, and closed (`None`) once it
+/// has stopped, so that nothing it left behind — a connection task, a clone of its context —
+/// holds the pipeline's edges open.
+pub(super) struct Routes(RwLock<Option<Arc<RouteTable>>>);
 
 impl Routes {
-    pub(super) fn get(&self) -> Arc<RouteTable> {
-        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    /// The routes; `None` once closed.
+    pub(super) fn get(&self) -> Option<Arc<RouteTable>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn set(&self, routes: RouteTable) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        let mut r = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if r.is_some() {
+            *r = Some(Arc::new(routes));
+        }
+    }
+
+    /// Drops the edges: the pipelines' first stages see their input close once no send is in
+    /// progress.
+    pub(super) fn close(&self) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn open(routes: RouteTable) -> Arc<Routes> {
+        Arc::new(Routes(RwLock::new(Some(Arc::new(routes)))))
     }
 }
 
@@ -66,6 +82,8 @@ struct LiveProcessor {
     /// A sending end of its input edge, to hand to a new upstream stage.
     input: Edge,
     control: mpsc::UnboundedSender<Control>,
+    /// Its gate on the pipeline's entry ([`oxeye_api::Processor::admission`]).
+    admission: Option<Arc<dyn Admission>>,
 }
 
 struct LivePipeline {
@@ -135,40 +153,58 @@ fn new_edge(
         stats: Arc::clone(&stats),
         downstream: downstream.clone(),
         takes_encoded,
+        gates: Vec::new(),
     };
     (edge, (rx, stats))
 }
 
 impl Live {
-    /// Asks a running receiver to take its new config; if it cannot (or does not answer within
-    /// 10 s), returns its replacement's stage to start, and the reason.
-    pub(super) async fn reconfigure(&mut self, p: Pending) -> Result<(), (Stage, String)> {
+    /// Asks a running receiver to take its new config. The answer (it cannot, or none within
+    /// 10 s, count as no) is for [`Live::settle`]; the future owns what it needs, so the engine
+    /// awaits it beside its other work.
+    pub(super) fn ask(
+        &self,
+        p: Pending,
+    ) -> impl std::future::Future<Output = (Pending, Result<(), String>)> + Send + 'static {
+        let asked = self.receivers.get(&p.id).and_then(|r| r.control.clone());
+        async move {
+            let answer = match asked {
+                None => Err("it is not running".to_string()),
+                Some(control) => {
+                    let (done, answer) = tokio::sync::oneshot::channel();
+                    let request = Reconfigure {
+                        config: p.config.clone(),
+                        done,
+                    };
+                    if control.send(request).is_err() {
+                        Err("it has stopped".to_string())
+                    } else {
+                        match tokio::time::timeout(std::time::Duration::from_secs(10), answer).await
+                        {
+                            Ok(Ok(result)) => result,
+                            Ok(Err(_)) => Err("it stopped without answering".to_string()),
+                            Err(_) => Err("no answer within 10 s".to_string()),
+                        }
+                    }
+                }
+            };
+            (p, answer)
+        }
+    }
+
+    /// Applies a receiver's answer to [`Live::ask`]: on `Err` its replacement's stage to start,
+    /// and the reason.
+    pub(super) fn settle(
+        &mut self,
+        p: Pending,
+        answer: Result<(), String>,
+    ) -> Result<(), (Box<Stage>, String)> {
         let Pending {
             id,
             config,
             fallback: (stage, live),
             ..
         } = p;
-        let asked = self.receivers.get(&id).and_then(|r| r.control.clone());
-        let answer = match asked {
-            None => Err("it is not running".to_string()),
-            Some(control) => {
-                let (done, answer) = tokio::sync::oneshot::channel();
-                let request = Reconfigure {
-                    config: config.clone(),
-                    done,
-                };
-                if control.send(request).is_err() {
-                    Err("it has stopped".to_string())
-                } else {
-                    match tokio::time::timeout(std::time::Duration::from_secs(10), answer).await {
-                        Ok(Ok(result)) => result,
-                        Ok(Err(_)) => Err("it stopped without answering".to_string()),
-                        Err(_) => Err("no answer within 10 s".to_string()),
-                    }
-                }
-            }
-        };
         match answer {
             Ok(()) => {
                 if let Some(r) = self.receivers.get_mut(&id) {
@@ -179,7 +215,7 @@ impl Live {
             Err(why) => {
                 // The old one stops (its trigger is dropped); the new one starts after it.
                 self.receivers.insert(id, live);
-                Err((stage, why))
+                Err((Box::new(stage), why))
             }
         }
     }
@@ -362,6 +398,7 @@ impl Live {
                         info: b.info,
                         task: Task::Exporter(x, inputs),
                         input_edges: Vec::new(),
+                        routes: None,
                     });
                     let config = def(Kind::Exporter, id).config.clone();
                     exporters.insert(
@@ -461,12 +498,19 @@ impl Live {
                         });
                         changes.push(format!("{}{l}", if existed { "~" } else { "+" }));
                         let queue = p.queue_into(id);
-                        let (input, end) =
-                            new_edge(&p.id, from, l.clone(), queue, &b.info.telemetry, false);
-                        let (control, control_rx) = mpsc::unbounded_channel();
                         let Instance::Processor(proc_) = b.instance else {
                             unreachable!("a processor")
                         };
+                        let (input, end) = new_edge(
+                            &p.id,
+                            from,
+                            l.clone(),
+                            queue,
+                            &b.info.telemetry,
+                            proc_.takes_encoded(),
+                        );
+                        let admission = proc_.admission();
+                        let (control, control_rx) = mpsc::unbounded_channel();
                         let inputs = Inputs {
                             rxs: vec![end],
                             next: 0,
@@ -482,6 +526,7 @@ impl Live {
                                 control_rx,
                             ),
                             input_edges: vec![Arc::clone(&input.stats)],
+                            routes: None,
                         });
                         LiveProcessor {
                             id: id.clone(),
@@ -489,6 +534,7 @@ impl Live {
                             queue,
                             input,
                             control,
+                            admission,
                         }
                     }
                 };
@@ -500,6 +546,12 @@ impl Live {
                 for lp in &o.processors {
                     changes.push(format!("-{}", label(Kind::Processor, &lp.id, Some(&p.id))));
                 }
+            }
+            // Receivers sending into the pipeline pass its processors' gates.
+            let gates: Vec<Arc<dyn Admission>> =
+                chain.iter().filter_map(|lp| lp.admission.clone()).collect();
+            for entry in &mut outputs {
+                entry.gates = gates.clone();
             }
             edges.extend(chain.iter().map(|lp| Arc::clone(&lp.input.stats)));
             edges.extend(into_exporters.iter().map(|(_, _, e)| Arc::clone(&e.stats)));
@@ -551,12 +603,12 @@ impl Live {
                     receivers.insert(id.to_string(), r);
                 }
                 Some(b) => {
-                    let shared = Arc::new(Routes::default());
-                    shared.set(routes());
+                    let shared = Routes::open(routes());
                     let (trigger, shutdown) = Shutdown::new();
                     let sink = Arc::new(FanOut {
                         routes: Arc::clone(&shared),
                         telemetry: b.info.telemetry.clone(),
+                        shutdown: shutdown.clone(),
                     });
                     let Instance::Receiver(r) = b.instance else {
                         unreachable!("a receiver")
@@ -572,6 +624,7 @@ impl Live {
                         info: b.info,
                         task: Task::Receiver(r, ctx),
                         input_edges: Vec::new(),
+                        routes: Some(Arc::clone(&shared)),
                     };
                     let live = LiveReceiver {
                         config: def(Kind::Receiver, id).config.clone(),

@@ -27,7 +27,7 @@ mod registry;
 mod stage;
 pub use edge::EdgeStats;
 use edge::{Edge, FanOut, InputEnd, Inputs};
-use graph::{Control, Live};
+use graph::{Control, Live, Pending, Routes};
 use registry::label;
 pub use registry::{ComponentInfo, Registry, Report};
 use stage::{run_exporter, run_processor};
@@ -65,6 +65,8 @@ struct Stage {
     info: ComponentInfo,
     task: Task,
     input_edges: Vec<Arc<EdgeStats>>,
+    /// A receiver's routes, closed when its task ends.
+    routes: Option<Arc<Routes>>,
 }
 
 /// A new config for a running engine, and where to say how applying it went.
@@ -75,12 +77,49 @@ pub struct Reload {
     pub done: tokio::sync::oneshot::Sender<Result<String, String>>,
 }
 
+/// A reload applied to the graph whose changed receivers are still answering whether they
+/// take their new config live.
+struct Reloading {
+    done: tokio::sync::oneshot::Sender<Result<String, String>>,
+    changes: Vec<String>,
+    unchanged: usize,
+    t0: Instant,
+    asks: tokio::task::JoinSet<(Pending, Result<(), String>)>,
+}
+
+impl Reloading {
+    /// Logs and answers the reload. Stopping: the answers not in yet are not waited for.
+    fn finish(self, stopping: bool) -> Result<String, String> {
+        let what = if self.changes.is_empty() {
+            "nothing changed".to_string()
+        } else {
+            self.changes.join(", ")
+        };
+        let msg = format!(
+            "config reloaded in {:.1} ms: {what} ({} unchanged){}",
+            self.t0.elapsed().as_secs_f64() * 1e3,
+            self.unchanged,
+            if stopping && !self.asks.is_empty() {
+                "; shutting down before every receiver answered"
+            } else {
+                ""
+            }
+        );
+        info!("{msg}");
+        let _ = self.done.send(Ok(msg.clone()));
+        Ok(msg)
+    }
+}
+
 /// A started stage.
 struct Running {
     info: ComponentInfo,
     input_edges: Vec<Arc<EdgeStats>>,
     abort: tokio::task::AbortHandle,
     done: bool,
+    /// A receiver's routes: closed as soon as its task ends, so that whatever it left behind
+    /// (a connection task, a clone of its context) cannot hold the pipeline open.
+    routes: Option<Arc<Routes>>,
 }
 
 type Done = mpsc::UnboundedSender<(usize, Result<(), String>)>;
@@ -121,6 +160,7 @@ fn spawn_stage(stage: Stage, idx: usize, done: &Done) -> Running {
         input_edges: stage.input_edges,
         abort,
         done: false,
+        routes: stage.routes,
     }
 }
 
@@ -198,7 +238,20 @@ impl Engine {
                     *deadline = Some(tokio::time::Instant::now() + shutdown_timeout);
                 }
             };
+        // A reload whose live reconfigurations are still being answered.
+        let mut reloading: Option<Reloading> = None;
         while left > 0 {
+            if reloading
+                .as_ref()
+                .is_some_and(|r| r.asks.is_empty() || stopping)
+            {
+                if let Some(r) = reloading.take() {
+                    let outcome = r.finish(stopping);
+                    if outcome.is_ok() {
+                        registry.reloads_applied.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             let sleep_until = deadline
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400));
             tokio::select! {
@@ -216,7 +269,7 @@ impl Engine {
                         deferred.clear();
                     }
                 }
-                Some(req) = reloads.recv(), if !stopping => {
+                Some(req) = reloads.recv(), if !stopping && reloading.is_none() => {
                     let t0 = Instant::now();
                     match live.apply(&req.config) {
                         Ok(applied) => {
@@ -234,43 +287,20 @@ impl Engine {
                                 running.push(spawn_stage(stage, idx, &done_tx));
                                 left += 1;
                             }
-                            // Changed receivers that take a new config live are asked now.
-                            let mut changes = applied.changes;
+                            // Changed receivers that take a new config live are asked now; the
+                            // answers come back on `asks`, so this loop goes on meanwhile
+                            // (signals, failures, the deadline).
+                            let mut asks = tokio::task::JoinSet::new();
                             for p in applied.reconfigure {
-                                let label = p.label.clone();
-                                let note = match live.reconfigure(p).await {
-                                    Ok(()) => " (live)".to_string(),
-                                    Err((stage, why)) => {
-                                        warn!(component = %label, "cannot take its new config live ({why}): replacing it");
-                                        receivers_left += 1;
-                                        // After the old one has stopped, or now if it already has.
-                                        if running.iter().any(|r| !r.done && r.info.label() == label) {
-                                            deferred.push(stage);
-                                        } else {
-                                            let idx = running.len();
-                                            running.push(spawn_stage(stage, idx, &done_tx));
-                                            left += 1;
-                                        }
-                                        format!(" (replaced: {why})")
-                                    }
-                                };
-                                if let Some(c) = changes.iter_mut().find(|c| c[1..] == label) {
-                                    c.push_str(&note);
-                                }
+                                asks.spawn(live.ask(p));
                             }
-                            registry.reloads_applied.fetch_add(1, Ordering::Relaxed);
-                            let what = if changes.is_empty() {
-                                "nothing changed".to_string()
-                            } else {
-                                changes.join(", ")
-                            };
-                            let msg = format!(
-                                "config reloaded in {:.1} ms: {what} ({} unchanged)",
-                                t0.elapsed().as_secs_f64() * 1e3,
-                                applied.unchanged
-                            );
-                            info!("{msg}");
-                            let _ = req.done.send(Ok(msg));
+                            reloading = Some(Reloading {
+                                done: req.done,
+                                changes: applied.changes,
+                                unchanged: applied.unchanged,
+                                t0,
+                                asks,
+                            });
                         }
                         Err(errors) => {
                             registry.reloads_rejected.fetch_add(1, Ordering::Relaxed);
@@ -281,12 +311,45 @@ impl Engine {
                         }
                     }
                 }
+                answer = async {
+                    match reloading.as_mut() {
+                        Some(r) if !r.asks.is_empty() => r.asks.join_next().await,
+                        _ => std::future::pending().await,
+                    }
+                }, if reloading.as_ref().is_some_and(|r| !r.asks.is_empty()) && !stopping => {
+                    let Some(Ok((p, answer))) = answer else { continue };
+                    let label = p.label.clone();
+                    let note = match live.settle(p, answer) {
+                        Ok(()) => " (live)".to_string(),
+                        Err((stage, why)) => {
+                            warn!(component = %label, "cannot take its new config live ({why}): replacing it");
+                            receivers_left += 1;
+                            // After the old one has stopped, or now if it already has.
+                            if running.iter().any(|r| !r.done && r.info.label() == label) {
+                                deferred.push(*stage);
+                            } else {
+                                let idx = running.len();
+                                running.push(spawn_stage(*stage, idx, &done_tx));
+                                left += 1;
+                            }
+                            format!(" (replaced: {why})")
+                        }
+                    };
+                    if let Some(r) = reloading.as_mut() {
+                        if let Some(c) = r.changes.iter_mut().find(|c| c[1..] == label) {
+                            c.push_str(&note);
+                        }
+                    }
+                }
                 Some((idx, result)) = done_rx.recv() => {
                     left -= 1;
                     let r = &mut running[idx];
                     r.done = true;
                     let label = r.info.label();
                     let was_receiver = r.info.kind == Kind::Receiver;
+                    if let Some(routes) = &r.routes {
+                        routes.close();
+                    }
                     if let Err(msg) = &result {
                         error!(component = %label, "component failed: {msg}; shutting down");
                         r.info.telemetry.add_error();

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use oxeye_api::{Batch, BoxError, Exporter, Output, Processor, Telemetry};
+use oxeye_api::{Batch, BoxError, Exporter, Hold, Output, Processor, Telemetry};
 use tokio::sync::mpsc;
 use tracing::error;
 
-use super::edge::{send_all, Edge, InFlight, Inputs};
+use super::edge::{send_all, Edge, InFlight, Inputs, Item};
 use super::graph::Control;
 
 /// A stage's timer: the first tick one interval after start; a late tick is not made up for.
@@ -20,11 +20,11 @@ fn ticker(every: Option<Duration>) -> Option<tokio::time::Interval> {
     })
 }
 
-/// The next input batch (`Some(Some)`), the end of input (`Some(None)`) or a tick (`None`).
+/// The next input (`Some(Some)`), the end of input (`Some(None)`) or a tick (`None`).
 async fn next(
     inputs: &mut Inputs,
     ticker: &mut Option<tokio::time::Interval>,
-) -> Option<Option<Arc<Batch>>> {
+) -> Option<Option<Item>> {
     match ticker.as_mut() {
         Some(t) => tokio::select! {
             b = inputs.recv() => Some(b),
@@ -55,15 +55,38 @@ fn decoded(batch: Arc<Batch>, telemetry: &Telemetry) -> Option<Arc<Batch>> {
     }
 }
 
+/// A processor as its loop owns it. If the loop ends before the processor was flushed — it
+/// failed, or was abandoned at the deadline — the records it still holds (open traces, open
+/// windows) count as dropped, `held_at_stop`: nothing is lost silently.
+struct Owned {
+    p: Box<dyn Processor>,
+    telemetry: Telemetry,
+    flushed: bool,
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if !self.flushed {
+            self.telemetry.add_dropped("held_at_stop", self.p.held());
+        }
+    }
+}
+
 pub(super) async fn run_processor(
-    mut p: Box<dyn Processor>,
+    p: Box<dyn Processor>,
     mut inputs: Inputs,
     mut outputs: Vec<Edge>,
     mut control: mpsc::UnboundedReceiver<Control>,
     telemetry: Telemetry,
 ) -> Result<(), BoxError> {
-    let mut out = Output::new();
+    let takes_encoded = p.takes_encoded();
     let mut ticker = ticker(p.tick_interval());
+    let mut owned = Owned {
+        p,
+        telemetry: telemetry.clone(),
+        flushed: false,
+    };
+    let mut out = Output::new();
     let mut control_open = true;
     loop {
         // Control ahead of data: a rewiring applies before the next batch is taken.
@@ -81,23 +104,32 @@ pub(super) async fn run_processor(
             },
             step = next(&mut inputs, &mut ticker) => step,
         };
+        // What the input kept alive stays alive beside what the processor made of it.
+        let mut hold: Option<Hold> = None;
         match step {
-            Some(Some(batch)) => {
-                telemetry.add_received(batch.len() as u64);
-                let Some(batch) = decoded(batch, &telemetry) else {
-                    continue;
+            Some(Some(item)) => {
+                telemetry.add_received(item.batch.len() as u64);
+                hold = item.hold;
+                let batch = if takes_encoded {
+                    item.batch
+                } else {
+                    match decoded(item.batch, &telemetry) {
+                        Some(b) => b,
+                        None => continue,
+                    }
                 };
                 let in_flight = InFlight::new(&telemetry, batch.len());
-                p.process(batch, &mut out).await?;
+                owned.p.process(batch, &mut out).await?;
                 in_flight.done();
             }
             Some(None) => break,
-            None => p.tick(SystemTime::now(), &mut out).await?,
+            None => owned.p.tick(SystemTime::now(), &mut out).await?,
         }
-        send_all(&mut out, &outputs, &telemetry).await;
+        send_all(&mut out, &outputs, &telemetry, hold.as_ref()).await;
     }
-    p.flush(&mut out).await?;
-    send_all(&mut out, &outputs, &telemetry).await;
+    owned.p.flush(&mut out).await?;
+    owned.flushed = true;
+    send_all(&mut out, &outputs, &telemetry, None).await;
     Ok(())
 }
 
@@ -111,12 +143,12 @@ pub(super) async fn run_exporter(
     let mut ticker = ticker(e.tick_interval());
     loop {
         match next(&mut inputs, &mut ticker).await {
-            Some(Some(batch)) => {
-                telemetry.add_received(batch.len() as u64);
+            Some(Some(item)) => {
+                telemetry.add_received(item.batch.len() as u64);
                 let batch = if takes_encoded {
-                    batch
+                    item.batch
                 } else {
-                    match decoded(batch, &telemetry) {
+                    match decoded(item.batch, &telemetry) {
                         Some(b) => b,
                         None => continue,
                     }
@@ -125,6 +157,8 @@ pub(super) async fn run_exporter(
                 let in_flight = InFlight::new(&telemetry, batch.len());
                 e.export(batch).await?;
                 in_flight.done();
+                // The exporter has the records now: what the receiver kept alive for them goes.
+                drop(item.hold);
                 if !counts_delivery {
                     telemetry.add_emitted(n);
                 }
