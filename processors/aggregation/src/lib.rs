@@ -17,7 +17,9 @@ use oxeye_api::{
     Batch, BoxError, BuildContext, ConfigErrors, Direction, Factory, Flow, Output, Processor,
     Records, Resource, Signal, TcpFlags, Telemetry, Transport,
 };
-use rustc_hash::FxHashMap;
+// Keyed by what clients send (trace ids, names, packet fields): a hasher with a random seed, so
+// crafted keys cannot collide into quadratic lookups.
+type KeyedMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use serde::Deserialize;
 
 /// Flow dimensions that can be grouped by.
@@ -173,13 +175,16 @@ pub struct Aggregation {
     late: Late,
     /// Start of the open window, Unix ns (0 until the first record or tick).
     start: u64,
-    groups: FxHashMap<Key, Totals>,
+    groups: KeyedMap<Key, Totals>,
     overflow: Option<Totals>,
     resource: Option<Arc<Resource>>,
     telemetry: Telemetry,
     folds: u64,
     late_included: u64,
     future: u64,
+    /// Input records in the open window (each group's becomes one output record; the rest are
+    /// counted as merged when the window closes).
+    open: u64,
 }
 
 fn unix_ns(t: SystemTime) -> u64 {
@@ -207,6 +212,9 @@ impl Aggregation {
                 flows.push(to_flow(&OVERFLOW, t, start, end, attrs));
             }
             let resource = self.resource.clone().unwrap_or_default();
+            self.telemetry
+                .add_merged(self.open.saturating_sub(flows.len() as u64));
+            self.open = 0;
             out.push(Batch::flows(resource, flows));
         }
         self.start = self.align(t);
@@ -240,6 +248,7 @@ impl Aggregation {
                 Late::Include => self.late_included += 1,
             }
         }
+        self.open += 1;
         let key = Key::of(f, self.mask);
         if let Some(t) = self.groups.get_mut(&key) {
             t.add(f);
@@ -337,6 +346,10 @@ impl Processor for Aggregation {
         self.publish();
         Ok(())
     }
+
+    fn held(&self) -> u64 {
+        self.open
+    }
 }
 
 impl Aggregation {
@@ -402,13 +415,14 @@ impl Factory for AggregationFactory {
             max_entries: c.max_entries,
             late: c.late,
             start: 0,
-            groups: FxHashMap::default(),
+            groups: KeyedMap::default(),
             overflow: None,
             resource: None,
             telemetry: ctx.telemetry,
             folds: 0,
             late_included: 0,
             future: 0,
+            open: 0,
         }))
     }
 }

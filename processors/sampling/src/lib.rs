@@ -22,7 +22,9 @@ use oxeye_api::{
     Batch, BoxError, BuildContext, ConfigErrors, Factory, Output, Processor, Records, Signal, Span,
     StatusCode, Telemetry, TraceId,
 };
-use rustc_hash::FxHashMap;
+// Keyed by what clients send (trace ids, names, packet fields): a hasher with a random seed, so
+// crafted keys cannot collide into quadratic lookups.
+type KeyedMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use serde::Deserialize;
 
 /// Config.
@@ -64,7 +66,7 @@ pub struct Sampling {
     rate: Option<f64>,
     slow_ns: Option<u64>,
     keep_errors: bool,
-    buckets: FxHashMap<Arc<str>, Bucket>,
+    buckets: KeyedMap<Arc<str>, Bucket>,
     telemetry: Telemetry,
     /// Attribute keys, allocated once (a key per kept span would be an allocation each).
     keys: [Arc<str>; 2],
@@ -181,7 +183,7 @@ impl Factory for SamplingFactory {
             rate: c.rate_limit,
             slow_ns: c.keep_slower_than.map(|d| d.as_nanos() as u64),
             keep_errors: c.keep_errors,
-            buckets: FxHashMap::default(),
+            buckets: KeyedMap::default(),
             telemetry: ctx.telemetry,
             keys: [
                 "oxeye.sampling.probability".into(),
@@ -372,8 +374,8 @@ mod tests {
                 input.push(s);
             }
         }
-        fn per_trace<'a>(spans: impl IntoIterator<Item = &'a Span>) -> FxHashMap<TraceId, usize> {
-            let mut m: FxHashMap<TraceId, usize> = FxHashMap::default();
+        fn per_trace<'a>(spans: impl IntoIterator<Item = &'a Span>) -> KeyedMap<TraceId, usize> {
+            let mut m: KeyedMap<TraceId, usize> = KeyedMap::default();
             for s in spans {
                 *m.entry(s.trace_id).or_default() += 1;
             }

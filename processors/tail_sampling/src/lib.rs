@@ -37,7 +37,10 @@ use oxeye_api::{
     Signal, Span, StatusCode, Telemetry, TraceId, Value,
 };
 use oxeye_processor_sampling::trace_id_ratio_keeps;
-use rustc_hash::{FxHashMap, FxHashSet};
+// Keyed by what clients send (trace ids, names, packet fields): a hasher with a random seed, so
+// crafted keys cannot collide into quadratic lookups.
+type KeyedMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type KeyedSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use serde::Deserialize;
 
 /// Config.
@@ -685,7 +688,7 @@ impl Rule {
 /// Remembered decisions, bounded: the oldest is forgotten first.
 #[derive(Debug)]
 struct Remembered {
-    ids: FxHashSet<TraceId>,
+    ids: KeyedSet<TraceId>,
     order: VecDeque<TraceId>,
     capacity: usize,
 }
@@ -693,7 +696,7 @@ struct Remembered {
 impl Remembered {
     fn new(capacity: usize) -> Self {
         Remembered {
-            ids: FxHashSet::default(),
+            ids: KeyedSet::default(),
             order: VecDeque::new(),
             capacity,
         }
@@ -757,18 +760,10 @@ fn vec_bytes(capacity: usize, element: usize) -> usize {
     }
 }
 
-/// Estimated heap memory a held span owns (its own slot is counted with its batch).
+/// Estimated heap memory a held span owns — strings, attributes, events, links, stacks (its
+/// own slot is counted with its batch).
 fn span_bytes(s: &Span) -> u64 {
-    // Attributes grow by doubling from 4.
-    let attrs = match s.attributes.len() {
-        0 => 0,
-        n => n.next_power_of_two().max(4),
-    };
-    (vec_bytes(s.kernel_stack.capacity(), 8)
-        + vec_bytes(s.user_stack.capacity(), 8)
-        + vec_bytes(s.args.capacity(), 8)
-        + vec_bytes(s.frames.capacity(), std::mem::size_of::<oxeye_api::Frame>())
-        + vec_bytes(attrs, std::mem::size_of::<(Arc<str>, Value)>())) as u64
+    s.heap_bytes() as u64
 }
 
 /// Memory of a kept batch itself: every slot of its buffer stays until its last span is decided.
@@ -787,7 +782,7 @@ pub struct TailSampling {
     num_traces: usize,
     max_bytes: u64,
     policies: Vec<(String, Rule)>,
-    held: FxHashMap<TraceId, Held>,
+    held: KeyedMap<TraceId, Held>,
     /// Trace ids in arrival order (an id already decided early is skipped).
     arrivals: VecDeque<(u64, TraceId)>,
     /// Batches with spans still waiting; `None` slots are reused.
@@ -1037,6 +1032,13 @@ impl Processor for TailSampling {
         self.emit(out);
         Ok(())
     }
+
+    fn held(&self) -> u64 {
+        // Spans waiting for their trace's decision, and kept ones not emitted yet.
+        let waiting: usize = self.slabs.iter().flatten().map(|s| s.waiting).sum();
+        let ready: usize = self.ready.iter().map(|(_, spans)| spans.len()).sum();
+        (waiting + ready) as u64 + self.dropped
+    }
 }
 
 /// Factory for [`TailSampling`].
@@ -1104,7 +1106,7 @@ impl Factory for TailSamplingFactory {
             max_bytes: c.max_bytes,
             decisions: vec![(0, 0); policies.len()],
             policies,
-            held: FxHashMap::default(),
+            held: KeyedMap::default(),
             arrivals: VecDeque::new(),
             slabs: Vec::new(),
             free: Vec::new(),
@@ -1431,7 +1433,7 @@ mod tests {
                 out.extend(out_spans(&h.process(batch(c.to_vec())).unwrap()));
             }
             out.extend(out_spans(&h.flush().unwrap()));
-            let mut per_trace: FxHashMap<TraceId, usize> = FxHashMap::default();
+            let mut per_trace: KeyedMap<TraceId, usize> = KeyedMap::default();
             for s in &out {
                 *per_trace.entry(s.trace_id).or_default() += 1;
             }
