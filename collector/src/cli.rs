@@ -185,6 +185,31 @@ fn init_logs(level: &str) {
         .try_init();
 }
 
+/// Raises the soft limit on open files to the hard one, as Go programs (the Collector) do: a
+/// gateway holds a descriptor per client connection, and 1024 is the usual soft default.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct passed; nothing else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                warn!(
+                    "cannot raise the open files limit from {}: {}",
+                    lim.rlim_cur,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 fn run(name: &str, text: &str, path: Option<std::path::PathBuf>, watch: bool) -> ExitCode {
     let loaded = config::load(name, text);
     if print_diagnostics(&loaded) > 0 {
@@ -197,6 +222,7 @@ fn run(name: &str, text: &str, path: Option<std::path::PathBuf>, watch: bool) ->
         return ExitCode::from(2);
     };
     init_logs(cfg.telemetry.logs.level.as_str());
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,5 +1,7 @@
-//! OTLP/gRPC: a TraceService reading requests with [`crate::wire`] on a tonic server (gzip, message
-//! size limit, TLS/mTLS); MetricsService and LogsService answer UNIMPLEMENTED with a reason.
+//! OTLP/gRPC: a TraceService reading requests with [`crate::wire`] (gzip, message size limit,
+//! every byte charged to the in-flight budget), with tonic's routes served by [`crate::serve`]
+//! (limits, timeouts, TLS/mTLS); MetricsService and LogsService answer UNIMPLEMENTED with a
+//! reason.
 
 use std::sync::Arc;
 
@@ -19,19 +21,19 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse
 use oxeye_api::{BoxError, Shutdown};
 use prost::bytes::Buf;
 use prost::Message;
-use tokio_stream::StreamExt;
+use std::sync::Mutex;
 use tonic::codec::{CompressionEncoding, DecodeBuf, EnabledCompressionEncodings, EncodeBuf};
-use tonic::transport::Server;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
-use tracing::info;
 
+use crate::admission::Charge;
 use crate::convert::Converted;
 use crate::{unsupported, GrpcConfig, Shared};
 
 /// The TraceService by hand rather than the generated `TraceServiceServer`: its prost codec
 /// would decode into generated structs first; this one reads requests with [`crate::wire`]
-/// (a third of the gateway's CPU went to prost decoding and the copy after it).
+/// (a third of the gateway's CPU went to prost decoding and the copy after it), and charges
+/// every byte to the receiver's in-flight budget as it arrives.
 #[derive(Clone)]
 struct Traces {
     shared: Arc<Shared>,
@@ -44,11 +46,69 @@ impl tonic::server::NamedService for Traces {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
 }
 
-impl<B> tower::Service<http::Request<B>> for Traces
+/// A request's charge, shared by its body (which grows it as data frames arrive) and the codec
+/// (which takes it with the message).
+type Slot = Arc<Mutex<Option<Charge>>>;
+
+/// RESOURCE_EXHAUSTED with RetryInfo: the client retries after `retry_after`.
+fn over_budget(shared: &Shared) -> Status {
+    shared.over_budget("grpc");
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        "oxeye holds as many requests as admission.request_limit_mib allows: retry later",
+        ErrorDetails::with_retry_info(Some(shared.backpressure.retry_after)),
+    )
+}
+
+/// A request body whose data frames are charged to the budget as they arrive; one that does not
+/// fit ends the request with [`over_budget`] before tonic buffers it.
+struct Charged<B> {
+    inner: B,
+    slot: Slot,
+    shared: Arc<Shared>,
+}
+
+impl<B> http_body::Body for Charged<B>
 where
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let frame = match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            std::task::Poll::Ready(Some(Ok(f))) => f,
+            std::task::Poll::Ready(Some(Err(e))) => {
+                return std::task::Poll::Ready(Some(Err(e.into())))
+            }
+            std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
+            // After the codec took the charge (the message is read), more data is refused.
+            let fits = self
+                .slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+                .is_some_and(|c| c.grow(data.len() as u64));
+            if !fits {
+                return std::task::Poll::Ready(Some(Err(Box::new(over_budget(&self.shared)))));
+            }
+        }
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Traces {
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
     type Future = std::pin::Pin<
@@ -62,7 +122,7 @@ where
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
             if req.uri().path() != TRACES_EXPORT {
@@ -70,9 +130,24 @@ where
                     Status::unimplemented(format!("no method {}", req.uri().path())).into_http(),
                 );
             }
+            let compressed = req
+                .headers()
+                .get("grpc-encoding")
+                .is_some_and(|v| v.as_bytes() != b"identity");
+            let slot: Slot = Arc::new(Mutex::new(Some(this.shared.charge())));
+            let req = req.map(|inner| Charged {
+                inner,
+                slot: Arc::clone(&slot),
+                shared: Arc::clone(&this.shared),
+            });
             let mut gzip = EnabledCompressionEncodings::default();
             gzip.enable(CompressionEncoding::Gzip);
-            let mut grpc = tonic::server::Grpc::new(Codec(Arc::clone(&this.shared)))
+            let codec = Codec {
+                shared: Arc::clone(&this.shared),
+                slot,
+                compressed,
+            };
+            let mut grpc = tonic::server::Grpc::new(codec)
                 .apply_compression_config(gzip, gzip)
                 .apply_max_message_size_config(Some(this.limit), None);
             let shared = Arc::clone(&this.shared);
@@ -107,16 +182,23 @@ fn oversized<B>(shared: &Shared, response: &mut http::Response<B>) {
 
 struct Export(Arc<Shared>);
 
-impl tonic::server::UnaryService<Converted> for Export {
+/// A request as the codec read it, with its charge.
+struct Decoded {
+    converted: Converted,
+    charge: Charge,
+}
+
+impl tonic::server::UnaryService<Decoded> for Export {
     type Response = ExportTraceServiceResponse;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Response<Self::Response>, Status>> + Send>,
     >;
 
-    fn call(&mut self, request: Request<Converted>) -> Self::Future {
+    fn call(&mut self, request: Request<Decoded>) -> Self::Future {
         let shared = Arc::clone(&self.0);
         Box::pin(async move {
-            match shared.accept("grpc", request.into_inner()).await {
+            let Decoded { converted, charge } = request.into_inner();
+            match shared.accept("grpc", converted, charge).await {
                 Ok(response) => Ok(Response::new(response)),
                 Err(crate::Busy) => Err(Status::with_error_details(
                     Code::ResourceExhausted,
@@ -130,20 +212,35 @@ impl tonic::server::UnaryService<Converted> for Export {
 
 /// Requests are read by [`crate::wire`] (a bad one is counted and answered INVALID_ARGUMENT);
 /// responses are small and written by prost.
-struct Codec(Arc<Shared>);
+struct Codec {
+    shared: Arc<Shared>,
+    slot: Slot,
+    /// The message came compressed: tonic holds it twice, compressed and not.
+    compressed: bool,
+}
 
 impl tonic::codec::Codec for Codec {
     type Encode = ExportTraceServiceResponse;
-    type Decode = Converted;
+    type Decode = Decoded;
     type Encoder = Codec;
     type Decoder = Codec;
 
     fn encoder(&mut self) -> Codec {
-        Codec(Arc::clone(&self.0))
+        self.clone()
     }
 
     fn decoder(&mut self) -> Codec {
-        Codec(Arc::clone(&self.0))
+        self.clone()
+    }
+}
+
+impl Clone for Codec {
+    fn clone(&self) -> Codec {
+        Codec {
+            shared: Arc::clone(&self.shared),
+            slot: Arc::clone(&self.slot),
+            compressed: self.compressed,
+        }
     }
 }
 
@@ -158,19 +255,35 @@ impl tonic::codec::Encoder for Codec {
 }
 
 impl tonic::codec::Decoder for Codec {
-    type Item = Converted;
+    type Item = Decoded;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Converted>, Status> {
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Decoded>, Status> {
+        let len = src.remaining();
+        let mut charge = self
+            .slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| self.shared.charge());
+        // The decompressed copy, and the spans about to be decoded (unless kept encoded).
+        let keep = self.shared.keeps_encoded();
+        let more = if self.compressed { len as u64 } else { 0 }
+            + if keep {
+                0
+            } else {
+                crate::wire::decoded_bytes(len)
+            };
+        if !charge.grow(more) {
+            return Err(over_budget(&self.shared));
+        }
         // tonic hands over one message in one `BytesMut`: taking it as `Bytes` copies nothing,
         // and encoded batches keep slices of it.
-        let len = src.remaining();
-        let keep = self.0.keeps_encoded();
         let converted = crate::wire::read(&src.copy_to_bytes(len), keep);
         match converted {
-            Ok(c) => Ok(Some(c)),
+            Ok(converted) => Ok(Some(Decoded { converted, charge })),
             Err(why) => {
-                self.0.malformed("grpc");
+                self.shared.malformed("grpc");
                 Err(Status::invalid_argument(format!(
                     "not an OTLP trace request: {why}"
                 )))
@@ -201,42 +314,35 @@ impl LogsService for Unsupported {
     }
 }
 
-/// Serves until shutdown, then lets in-flight requests finish.
+/// Serves until shutdown, then lets open requests finish (`backpressure.wait` + 1 s at most).
 pub(crate) async fn serve(
     cfg: &GrpcConfig,
     listeners: Vec<tokio::net::TcpListener>,
     shared: Arc<Shared>,
     shutdown: Shutdown,
 ) -> Result<(), BoxError> {
-    let limit = (cfg.max_recv_msg_size_mib << 20) as usize;
-    let traces = Traces { shared, limit };
+    let traces = Traces {
+        shared: Arc::clone(&shared),
+        limit: cfg.limit(),
+    };
     let tls = match &cfg.tls {
         Some(t) => Some(crate::tls::server_config(t, &[b"h2"])?),
         None => None,
     };
-    let router = Server::builder()
-        .add_service(traces)
+    let routes = tonic::service::Routes::new(traces)
         .add_service(MetricsServiceServer::new(Unsupported))
-        .add_service(LogsServiceServer::new(Unsupported));
-    let addrs: Vec<String> = listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .map(|a| a.to_string())
-        .collect();
-    info!(
-        "otlp receiver: OTLP/gRPC on {}{}",
-        addrs.join(", "),
-        if cfg.tls.is_some() { " (TLS)" } else { "" }
-    );
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::tls::incoming(
+        .add_service(LogsServiceServer::new(Unsupported))
+        .prepare();
+    crate::serve::announce("OTLP/gRPC", &listeners, tls.is_some(), "");
+    crate::serve::serve(
+        "OTLP/gRPC",
         listeners,
         tls,
-        shutdown.clone(),
-        "OTLP/gRPC",
-    ))
-    .map(|(io, _)| Ok::<_, std::io::Error>(io));
-    router
-        .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
-        .await
-        .map_err(|e| format!("OTLP/gRPC server: {e}").into())
+        routes,
+        cfg.limits(),
+        shared,
+        shutdown,
+    )
+    .await;
+    Ok(())
 }

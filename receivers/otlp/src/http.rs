@@ -15,13 +15,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
+use http_body_util::BodyExt;
 use oxeye_api::{BoxError, Shutdown};
 use prost::Message;
-use tracing::{debug, info, warn};
 
-use crate::{convert, unsupported, HttpConfig, Shared};
+use crate::admission::Charge;
+use crate::{convert, unsupported, Counter, HttpConfig, Shared};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Encoding {
@@ -41,7 +40,10 @@ impl Encoding {
 #[derive(Clone)]
 struct App {
     shared: Arc<Shared>,
+    /// `max_request_body_size`.
     limit: usize,
+    /// `read_timeout`: from the headers to the whole body.
+    read_timeout: Option<Duration>,
 }
 
 /// A `google.rpc.Status` body in the request's encoding.
@@ -75,21 +77,58 @@ fn encoding_of(headers: &HeaderMap) -> Result<Encoding, String> {
     }
 }
 
-/// The body, decompressed, at most `limit` bytes (a gzip bomb stops at the limit).
+/// Why a body was not read.
+enum Unread {
+    /// Answered with this status and message.
+    Status(StatusCode, String),
+    /// Over the in-flight budget: refused, retryable.
+    OverBudget,
+}
+
+fn too_large(what: &str, limit: usize) -> Unread {
+    Unread::Status(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("{what} is larger than max_request_body_size ({limit} bytes)"),
+    )
+}
+
+/// The body, decompressed, at most `limit` bytes (a gzip bomb stops at the limit), every byte
+/// charged to the in-flight budget as it arrives — never more than the budget allows.
 async fn read_body(
     headers: &HeaderMap,
-    body: Body,
+    body: &mut Body,
     limit: usize,
-) -> Result<Bytes, (StatusCode, String)> {
-    let too_large = |what: &str| {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{what} is larger than max_request_body_size ({limit} bytes)"),
-        )
-    };
-    let raw = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large("the request body"))?;
+    charge: &mut Charge,
+) -> Result<Bytes, Unread> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large("the request body", limit));
+    }
+    // A declared length is charged whole before anything is read.
+    if let Some(n) = declared {
+        if !charge.grow(n) {
+            return Err(Unread::OverBudget);
+        }
+    }
+    let mut raw = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| Unread::Status(StatusCode::BAD_REQUEST, format!("the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if raw.len() + data.len() > limit {
+            return Err(too_large("the request body", limit));
+        }
+        if declared.is_none() && !charge.grow(data.len() as u64) {
+            return Err(Unread::OverBudget);
+        }
+        raw.extend_from_slice(&data);
+    }
+    let raw = raw.freeze();
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -100,20 +139,61 @@ async fn read_body(
         "" | "identity" => Ok(raw),
         "gzip" => {
             let mut out = Vec::with_capacity((raw.len() * 4).min(limit));
-            flate2::read::GzDecoder::new(&raw[..])
-                .take(limit as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}")))?;
-            if out.len() > limit {
-                return Err(too_large("the decompressed body"));
+            let mut inflate = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
+            let mut chunk = [0u8; 64 << 10];
+            loop {
+                let n = inflate.read(&mut chunk).map_err(|e| {
+                    Unread::Status(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}"))
+                })?;
+                if n == 0 {
+                    break;
+                }
+                if out.len() + n > limit {
+                    return Err(too_large("the decompressed body", limit));
+                }
+                if !charge.grow(n as u64) {
+                    return Err(Unread::OverBudget);
+                }
+                out.extend_from_slice(&chunk[..n]);
             }
+            // The compressed bytes are freed; what stays charged is the decompressed ones.
+            charge.shrink_to(out.len() as u64);
             Ok(out.into())
         }
-        other => Err((
+        other => Err(Unread::Status(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("content encoding `{other}` is not supported: send gzip or none"),
         )),
     }
+}
+
+/// Reads and drops the rest of a refused body (at most `limit` bytes), so an HTTP/1.1 client
+/// still sending it reads the answer instead of a reset connection. Holds no memory.
+async fn discard(body: &mut Body, limit: usize) {
+    let mut seen = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > limit {
+                return;
+            }
+        }
+    }
+}
+
+/// 429 with Retry-After, in the request's encoding.
+fn retry_later(shared: &Shared, message: String, enc: Encoding) -> Response {
+    let mut r = status(
+        StatusCode::TOO_MANY_REQUESTS,
+        tonic::Code::ResourceExhausted,
+        message,
+        enc,
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(shared.retry_after_secs()),
+    );
+    r
 }
 
 async fn traces(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
@@ -130,18 +210,68 @@ async fn traces(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
             );
         }
     };
-    let body = match read_body(&headers, body, app.limit).await {
-        Ok(b) => b,
-        Err((http, why)) => {
+    let mut charge = shared.charge();
+    let mut body = body;
+    let deadline = app.read_timeout.map(|t| tokio::time::Instant::now() + t);
+    let read = read_body(&headers, &mut body, app.limit, &mut charge);
+    let read = match deadline {
+        Some(d) => tokio::time::timeout_at(d, read).await,
+        None => Ok(read.await),
+    };
+    let body = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(Unread::Status(http, why))) => {
             shared.malformed("http");
             return status(http, tonic::Code::InvalidArgument, why, enc);
         }
+        Ok(Err(Unread::OverBudget)) => {
+            shared.over_budget("http");
+            drop(charge);
+            let rest = discard(&mut body, app.limit);
+            match deadline {
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d, rest).await;
+                }
+                None => rest.await,
+            }
+            return retry_later(
+                shared,
+                "oxeye holds as many requests as admission.request_limit_mib allows: retry later"
+                    .into(),
+                enc,
+            );
+        }
+        Err(_) => {
+            shared.bump(Counter::Timeouts, "http", 1);
+            return status(
+                StatusCode::REQUEST_TIMEOUT,
+                tonic::Code::DeadlineExceeded,
+                "the request body did not arrive within read_timeout".into(),
+                enc,
+            );
+        }
     };
+    // Decoded spans take more memory than their protobuf: charged before they exist.
+    let decoding = enc == Encoding::Json || !shared.keeps_encoded();
+    if decoding && !charge.grow(crate::wire::decoded_bytes(body.len())) {
+        shared.over_budget("http");
+        return retry_later(
+            shared,
+            "oxeye holds as many requests as admission.request_limit_mib allows: retry later"
+                .into(),
+            enc,
+        );
+    }
     let request = match enc {
         Encoding::Protobuf => crate::wire::read(&body, shared.keeps_encoded())
             .map_err(|e| format!("not an OTLP trace request: {e}")),
-        Encoding::Json => convert::from_json(&body).map(convert::request),
+        Encoding::Json => convert::from_json(&body).map(|r| {
+            let mut c = convert::request(r);
+            c.held_bytes = crate::wire::decoded_bytes(body.len());
+            c
+        }),
     };
+    drop(body);
     let request = match request {
         Ok(r) => r,
         Err(why) => {
@@ -154,7 +284,7 @@ async fn traces(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
             );
         }
     };
-    match shared.accept("http", request).await {
+    match shared.accept("http", request, charge).await {
         Ok(response) => {
             let body = match enc {
                 Encoding::Protobuf => response.encode_to_vec(),
@@ -167,23 +297,7 @@ async fn traces(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
             )
                 .into_response()
         }
-        Err(crate::Busy) => {
-            let mut r = status(
-                StatusCode::TOO_MANY_REQUESTS,
-                tonic::Code::ResourceExhausted,
-                "the pipeline is full: retry later".into(),
-                enc,
-            );
-            let secs = shared
-                .backpressure
-                .retry_after
-                .as_secs_f64()
-                .ceil()
-                .max(1.0) as u64;
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            r
-        }
+        Err(crate::Busy) => retry_later(shared, "the pipeline is full: retry later".into(), enc),
     }
 }
 
@@ -196,7 +310,7 @@ fn not_supported(signal: &'static str) -> Response {
     )
 }
 
-/// Serves until shutdown, then waits (at most 5 s) for open requests to finish.
+/// Serves until shutdown, then lets open requests finish (`backpressure.wait` + 1 s at most).
 pub(crate) async fn serve(
     cfg: &HttpConfig,
     listeners: Vec<tokio::net::TcpListener>,
@@ -208,55 +322,30 @@ pub(crate) async fn serve(
         None => None,
     };
     let app = App {
-        shared,
+        shared: Arc::clone(&shared),
         limit: cfg.max_request_body_size as usize,
+        read_timeout: (!cfg.read_timeout.is_zero()).then_some(cfg.read_timeout),
     };
     let router = Router::new()
         .route(&cfg.traces_url_path, post(traces))
         .route("/v1/metrics", post(|| async { not_supported("metrics") }))
         .route("/v1/logs", post(|| async { not_supported("logs") }))
         .with_state(app);
-    let addrs: Vec<String> = listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .map(|a| a.to_string())
-        .collect();
-    info!(
-        "otlp receiver: OTLP/HTTP on {}{} ({})",
-        addrs.join(", "),
-        if tls.is_some() { " (TLS)" } else { "" },
-        cfg.traces_url_path
+    crate::serve::announce(
+        "OTLP/HTTP",
+        &listeners,
+        tls.is_some(),
+        &format!(" ({})", cfg.traces_url_path),
     );
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    accept_loop(listeners, tls, router, &graceful, shutdown).await;
-    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("otlp receiver: OTLP/HTTP connections still open after 5 s: closed");
-    }
+    crate::serve::serve(
+        "OTLP/HTTP",
+        listeners,
+        tls,
+        router,
+        cfg.limits(),
+        shared,
+        shutdown,
+    )
+    .await;
     Ok(())
-}
-
-async fn accept_loop(
-    listeners: Vec<tokio::net::TcpListener>,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    router: Router,
-    graceful: &hyper_util::server::graceful::GracefulShutdown,
-    shutdown: Shutdown,
-) {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let mut incoming = crate::tls::incoming(listeners, tls, shutdown, "OTLP/HTTP");
-    while let Some((io, peer)) = incoming.recv().await {
-        let service = TowerToHyperService::new(router.clone());
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!("otlp receiver: OTLP/HTTP connection from {peer}: {e}");
-            }
-        });
-    }
 }

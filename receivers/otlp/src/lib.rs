@@ -3,171 +3,73 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
-use oxeye_api::config::duration;
 use oxeye_api::{
-    BoxError, BuildContext, ConfigErrors, Factory, Receiver, ReceiverContext, Signal, Telemetry,
+    BoxError, BuildContext, ConfigErrors, Factory, Hold, Receiver, ReceiverContext, Signal,
+    Telemetry,
 };
-use serde::{Deserialize, Deserializer};
 use tracing::info;
 
+mod admission;
+mod config;
 pub mod convert;
 mod grpc;
 mod http;
+mod serve;
 mod tls;
 pub mod wire;
 
-/// `receivers: {otlp: ...}`, shaped like the OpenTelemetry Collector's.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OtlpReceiverConfig {
-    /// The protocols to serve; at least one.
-    pub protocols: Protocols,
-    /// What happens when the pipeline is full.
-    pub backpressure: Backpressure,
+pub use config::{
+    Admission, Backpressure, GrpcConfig, GrpcKeepalive, HttpConfig, OtlpReceiverConfig, Protocols,
+    ServerParameters, ServerTls,
+};
+
+/// The receiver's counters, exported as `oxeye_otlp_<name>_total{source=grpc|http}`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Counter {
+    /// Requests refused because the pipeline stayed full for `backpressure.wait`, or a gate
+    /// (`memory_limiter`) refused.
+    RefusedRequests,
+    /// Spans in those requests.
+    RefusedSpans,
+    /// Requests refused before they were read whole: over `admission.request_limit_mib`.
+    RefusedOverBudget,
+    /// Requests that could not be read (bad protobuf/JSON, content type, size).
+    MalformedRequests,
+    /// Connections closed at accept: over `max_connections`.
+    RefusedConnections,
+    /// Connections or requests cut by a timeout (TLS handshake, first request, headers, body).
+    Timeouts,
+    /// Connections still open at the end of the shutdown drain, closed by force.
+    AbortedConnections,
 }
 
-/// `protocols: {grpc: ..., http: ...}`; `grpc:` alone (no settings) serves with the defaults.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Protocols {
-    /// OTLP/gRPC.
-    #[serde(deserialize_with = "present")]
-    pub grpc: Option<GrpcConfig>,
-    /// OTLP/HTTP (protobuf and JSON).
-    #[serde(deserialize_with = "present")]
-    pub http: Option<HttpConfig>,
-}
+impl Counter {
+    const ALL: [Counter; 7] = [
+        Counter::RefusedRequests,
+        Counter::RefusedSpans,
+        Counter::RefusedOverBudget,
+        Counter::MalformedRequests,
+        Counter::RefusedConnections,
+        Counter::Timeouts,
+        Counter::AbortedConnections,
+    ];
 
-/// A key written with no value (`grpc:`) means "on, with the defaults", as in the Collector.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
-    d: D,
-) -> Result<Option<T>, D::Error> {
-    Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
-}
-
-/// Server-side TLS; with `client_ca_file`, clients must present a certificate it signed (mTLS).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerTls {
-    /// PEM certificate chain of the server.
-    pub cert_file: String,
-    /// PEM private key of `cert_file`.
-    pub key_file: String,
-    /// PEM CA certificates that client certificates must chain to (turns on mTLS).
-    pub client_ca_file: Option<String>,
-}
-
-/// `protocols.grpc`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GrpcConfig {
-    /// `host:port` to listen on.
-    pub endpoint: String,
-    /// Largest message taken, in MiB, after decompression.
-    pub max_recv_msg_size_mib: u64,
-    /// TLS (plain text when absent).
-    pub tls: Option<ServerTls>,
-}
-
-impl Default for GrpcConfig {
-    fn default() -> Self {
-        GrpcConfig {
-            endpoint: "localhost:4317".into(),
-            max_recv_msg_size_mib: 4,
-            tls: None,
+    fn name(self) -> &'static str {
+        match self {
+            Counter::RefusedRequests => "otlp_refused_requests",
+            Counter::RefusedSpans => "otlp_refused_spans",
+            Counter::RefusedOverBudget => "otlp_refused_over_budget_requests",
+            Counter::MalformedRequests => "otlp_malformed_requests",
+            Counter::RefusedConnections => "otlp_refused_connections",
+            Counter::Timeouts => "otlp_timeouts",
+            Counter::AbortedConnections => "otlp_aborted_connections",
         }
     }
-}
-
-/// `protocols.http`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// `host:port` to listen on.
-    pub endpoint: String,
-    /// Largest request body taken, in bytes, after decompression.
-    pub max_request_body_size: u64,
-    /// Path of the traces endpoint.
-    pub traces_url_path: String,
-    /// TLS (plain text when absent).
-    pub tls: Option<ServerTls>,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            endpoint: "localhost:4318".into(),
-            max_request_body_size: 20 << 20,
-            traces_url_path: "/v1/traces".into(),
-            tls: None,
-        }
-    }
-}
-
-/// `backpressure`: a request the pipeline cannot take within `wait` is refused with
-/// RESOURCE_EXHAUSTED (gRPC, with RetryInfo) or 429 (HTTP, with Retry-After); the client's
-/// exporter retries it. Nothing is buffered beyond the pipeline's own bounded queues.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Backpressure {
-    /// How long a request waits for room in the pipeline.
-    #[serde(with = "duration")]
-    pub wait: Duration,
-    /// The delay suggested to refused clients.
-    #[serde(with = "duration")]
-    pub retry_after: Duration,
-}
-
-impl Default for Backpressure {
-    fn default() -> Self {
-        Backpressure {
-            wait: Duration::from_millis(500),
-            retry_after: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Checks a `host:port` endpoint without resolving it.
-fn check_endpoint(errors: &mut ConfigErrors, path: &str, endpoint: &str) {
-    let port = endpoint
-        .rsplit_once(':')
-        .map(|(host, port)| (host, port.parse::<u16>()));
-    match port {
-        Some((host, Ok(_))) if !host.is_empty() => {}
-        _ => errors.push(
-            path,
-            format!("`{endpoint}` is not host:port (e.g. `localhost:4317`, `0.0.0.0:4317`)"),
-        ),
-    }
-}
-
-fn check_tls(errors: &mut ConfigErrors, path: &str, tls: &Option<ServerTls>) {
-    let Some(tls) = tls else { return };
-    for (key, file) in [
-        ("cert_file", Some(&tls.cert_file)),
-        ("key_file", Some(&tls.key_file)),
-        ("client_ca_file", tls.client_ca_file.as_ref()),
-    ] {
-        if let Some(file) = file {
-            if std::fs::metadata(file).is_err() {
-                errors.push(format!("{path}.{key}"), format!("cannot read `{file}`"));
-            }
-        }
-    }
-}
-
-/// Counters shared by the protocol servers, exported as `oxeye_otlp_*_total{source=grpc|http}`.
-#[derive(Default)]
-struct Counts {
-    refused_requests: AtomicU64,
-    refused_spans: AtomicU64,
-    malformed_requests: AtomicU64,
 }
 
 /// What the protocol servers share.
@@ -175,31 +77,34 @@ pub(crate) struct Shared {
     ctx: ReceiverContext,
     telemetry: Telemetry,
     backpressure: Backpressure,
-    grpc: Counts,
-    http: Counts,
+    budget: Arc<admission::Budget>,
+    /// Per source (gRPC, HTTP), per [`Counter`].
+    counts: [[AtomicU64; Counter::ALL.len()]; 2],
 }
 
 /// A request the pipeline could not take in time: the client is told to retry.
 pub(crate) struct Busy;
 
 impl Shared {
-    fn counts(&self, source: &'static str) -> &Counts {
-        if source == "grpc" {
-            &self.grpc
+    /// `grpc` or `http`, from a protocol's name in logs.
+    pub(crate) fn source_of(&self, what: &str) -> &'static str {
+        if what.contains("gRPC") {
+            "grpc"
         } else {
-            &self.http
+            "http"
         }
     }
 
-    fn bump(&self, name: &'static str, source: &'static str, n: u64) {
-        let c = self.counts(source);
-        let cell = match name {
-            "otlp_refused_requests" => &c.refused_requests,
-            "otlp_refused_spans" => &c.refused_spans,
-            _ => &c.malformed_requests,
-        };
+    pub(crate) fn bump(&self, counter: Counter, source: &'static str, n: u64) {
+        let row = usize::from(source != "grpc");
+        let cell = &self.counts[row][counter as usize];
         let total = cell.fetch_add(n, Ordering::Relaxed) + n;
-        self.telemetry.set_counter(name, source, total);
+        self.telemetry.set_counter(counter.name(), source, total);
+    }
+
+    /// A new, empty charge on the in-flight budget.
+    pub(crate) fn charge(&self) -> admission::Charge {
+        self.budget.charge()
     }
 
     /// True when the pipeline sends spans straight to exporters that forward them as received:
@@ -210,31 +115,51 @@ impl Shared {
 
     /// Counts a request that could not be read (bad protobuf/JSON, content type, size).
     pub(crate) fn malformed(&self, source: &'static str) {
-        self.bump("otlp_malformed_requests", source, 1);
+        self.bump(Counter::MalformedRequests, source, 1);
     }
 
-    /// Hands a decoded request to the pipeline: all of it, or (pipeline full) none of it.
+    /// Counts a request refused over the in-flight budget.
+    pub(crate) fn over_budget(&self, source: &'static str) {
+        self.bump(Counter::RefusedOverBudget, source, 1);
+    }
+
+    /// How long open requests may take to finish once the receiver stops.
+    pub(crate) fn drain_time(&self) -> std::time::Duration {
+        serve::drain_time(self.backpressure.wait)
+    }
+
+    /// The delay suggested to refused clients, in whole seconds (at least 1).
+    pub(crate) fn retry_after_secs(&self) -> u64 {
+        self.backpressure.retry_after.as_secs_f64().ceil().max(1.0) as u64
+    }
+
+    /// Hands a decoded request to the pipeline: all of it, or (pipeline full) none of it. The
+    /// request's charge travels with its batches until the pipeline's first stages took them.
     pub(crate) async fn accept(
         &self,
         source: &'static str,
         converted: convert::Converted,
+        mut charge: admission::Charge,
     ) -> Result<ExportTraceServiceResponse, Busy> {
+        // What the batches hold from here on: their encoded bytes, or their decoded spans.
+        charge.shrink_to(converted.held_bytes);
+        let hold: Hold = Arc::new(charge);
         let mut batches = converted.batches.into_iter();
         if let Some(first) = batches.next() {
             if self
                 .ctx
-                .emit_within(first, self.backpressure.wait)
+                .emit_within_holding(first, self.backpressure.wait, Arc::clone(&hold))
                 .await
                 .is_err()
             {
-                self.bump("otlp_refused_requests", source, 1);
-                self.bump("otlp_refused_spans", source, converted.accepted);
+                self.bump(Counter::RefusedRequests, source, 1);
+                self.bump(Counter::RefusedSpans, source, converted.accepted);
                 return Err(Busy);
             }
             // The rest of an accepted request follows whatever the wait: the client was not
             // refused, so none of it may be lost.
             for batch in batches {
-                self.ctx.emit(batch).await;
+                self.ctx.emit_holding(batch, Arc::clone(&hold)).await;
             }
         }
         self.telemetry
@@ -301,8 +226,8 @@ impl Receiver for OtlpReceiver {
             ctx,
             telemetry: self.telemetry,
             backpressure: self.config.backpressure.clone(),
-            grpc: Counts::default(),
-            http: Counts::default(),
+            budget: admission::Budget::new(self.config.admission.request_limit_mib << 20),
+            counts: Default::default(),
         });
         // Bind both first, so a taken port fails the start before anything is served.
         let grpc = match &self.config.protocols.grpc {
@@ -347,60 +272,7 @@ impl Factory for OtlpReceiverFactory {
         "OTLP traces over gRPC (4317) and HTTP (4318, protobuf and JSON) from OpenTelemetry SDKs and collectors";
 
     fn validate(config: &OtlpReceiverConfig) -> Result<(), ConfigErrors> {
-        let mut errors = ConfigErrors::new();
-        let p = &config.protocols;
-        if p.grpc.is_none() && p.http.is_none() {
-            errors.push(
-                "protocols",
-                "enable at least one protocol: `protocols: {grpc:, http:}`",
-            );
-        }
-        if let Some(g) = &p.grpc {
-            check_endpoint(&mut errors, "protocols.grpc.endpoint", &g.endpoint);
-            if g.max_recv_msg_size_mib == 0 || g.max_recv_msg_size_mib > 1024 {
-                errors.push(
-                    "protocols.grpc.max_recv_msg_size_mib",
-                    format!("must be 1 to 1024, got {}", g.max_recv_msg_size_mib),
-                );
-            }
-            check_tls(&mut errors, "protocols.grpc.tls", &g.tls);
-        }
-        if let Some(h) = &p.http {
-            check_endpoint(&mut errors, "protocols.http.endpoint", &h.endpoint);
-            if h.max_request_body_size == 0 || h.max_request_body_size > 1 << 30 {
-                errors.push(
-                    "protocols.http.max_request_body_size",
-                    format!(
-                        "must be 1 to 1073741824 bytes, got {}",
-                        h.max_request_body_size
-                    ),
-                );
-            }
-            if !h.traces_url_path.starts_with('/') {
-                errors.push(
-                    "protocols.http.traces_url_path",
-                    format!("must start with `/`, got `{}`", h.traces_url_path),
-                );
-            } else if ["/v1/metrics", "/v1/logs"].contains(&h.traces_url_path.as_str()) {
-                errors.push(
-                    "protocols.http.traces_url_path",
-                    format!("`{}` is the path of another signal", h.traces_url_path),
-                );
-            }
-            check_tls(&mut errors, "protocols.http.tls", &h.tls);
-        }
-        if let (Some(g), Some(h)) = (&p.grpc, &p.http) {
-            if g.endpoint == h.endpoint {
-                errors.push(
-                    "protocols.http.endpoint",
-                    format!(
-                        "`{}` is also the gRPC endpoint: use another port",
-                        h.endpoint
-                    ),
-                );
-            }
-        }
-        errors.into_result()
+        config.validate()
     }
 
     fn build(config: OtlpReceiverConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {

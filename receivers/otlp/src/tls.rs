@@ -1,20 +1,16 @@
-//! Listening: TCP connections, TLS (rustls) on them when configured, handed to the gRPC and HTTP
-//! servers as one stream. TLS is done here rather than by tonic: tonic's own TLS features would
-//! also change its client, which the otlp exporter drives with its own rustls connector.
+//! TLS (rustls) for both protocols: the server config and the connection type, plain or TLS.
+//! TLS is done here rather than by tonic: tonic's own TLS features would also change its
+//! client, which the otlp exporter drives with its own rustls connector.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use oxeye_api::{BoxError, Shutdown};
+use oxeye_api::BoxError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tokio::net::TcpStream;
 
 use crate::ServerTls;
 
@@ -128,71 +124,4 @@ impl AsyncWrite for Io {
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
-}
-
-/// Accepts on every listener until shutdown, with the TLS handshake (when `tls` is set) done
-/// off the accept loop; the connections come out of the returned channel, which closes when
-/// every listener has stopped.
-pub(crate) fn incoming(
-    listeners: Vec<TcpListener>,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: Shutdown,
-    what: &'static str,
-) -> mpsc::Receiver<(Io, SocketAddr)> {
-    let (tx, rx) = mpsc::channel(64);
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    for listener in listeners {
-        let (tx, acceptor, shutdown) = (tx.clone(), acceptor.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let mut last_warning: Option<std::time::Instant> = None;
-            loop {
-                let (stream, peer) = tokio::select! {
-                    conn = listener.accept() => match conn {
-                        Ok(c) => c,
-                        Err(e) => {
-                            // Out of file descriptors and the like: say so (once a second) and
-                            // do not spin.
-                            if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                                warn!("otlp receiver: {what}: accept failed: {e}");
-                                last_warning = Some(std::time::Instant::now());
-                            }
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                    _ = shutdown.wait() => return,
-                };
-                // Small responses must not wait for Nagle.
-                let _ = stream.set_nodelay(true);
-                match &acceptor {
-                    None => {
-                        if tx.send((Io::Plain(stream), peer)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(acceptor) => {
-                        let (tx, acceptor) = (tx.clone(), acceptor.clone());
-                        tokio::spawn(async move {
-                            let handshake = tokio::time::timeout(
-                                Duration::from_secs(10),
-                                acceptor.accept(stream),
-                            );
-                            match handshake.await {
-                                Ok(Ok(s)) => {
-                                    let _ = tx.send((Io::Tls(Box::new(s)), peer)).await;
-                                }
-                                Ok(Err(e)) => {
-                                    debug!("otlp receiver: {what}: TLS handshake with {peer}: {e}")
-                                }
-                                Err(_) => debug!(
-                                    "otlp receiver: {what}: TLS handshake with {peer} timed out"
-                                ),
-                            }
-                        });
-                    }
-                }
-            }
-        });
-    }
-    rx
 }

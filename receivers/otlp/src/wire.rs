@@ -17,7 +17,7 @@ use oxeye_api::{
     SpanId, SpanKind, StatusCode, TraceId, Value,
 };
 
-use crate::convert::{Converted, Fnv};
+use crate::convert::{Converted, Keyed};
 
 const VARINT: u8 = 0;
 const I64: u8 = 1;
@@ -156,7 +156,7 @@ fn wrong_type(message: &str, field: u32, wire: u8) -> String {
 /// Per-request state: interned keys and names, and what the last attribute lists held.
 #[derive(Default)]
 struct Ctx<'a> {
-    strings: HashMap<&'a [u8], Arc<str>, std::hash::BuildHasherDefault<Fnv>>,
+    strings: HashMap<&'a [u8], Arc<str>, Keyed>,
     /// The key and string value last read at each attribute position. The spans of a request
     /// mostly repeat their keys in the same order and many values (methods, routes, hosts), so
     /// one comparison finds them — no hashing, no UTF-8 check, no allocation.
@@ -578,9 +578,22 @@ fn resource_spans<'a>(ctx: &mut Ctx<'a>, out: &mut Converted, buf: &'a [u8]) -> 
 /// batches when every span in it is clean; else, and otherwise, by [`request`].
 pub fn read(buf: &bytes::Bytes, keep: bool) -> Result<Converted> {
     match keep.then(|| encoded(buf)).flatten() {
-        Some(c) => Ok(c),
-        None => request(buf),
+        Some(mut c) => {
+            // The batches are slices of `buf`: they keep all of it.
+            c.held_bytes = buf.len() as u64;
+            Ok(c)
+        }
+        None => {
+            let mut c = request(buf)?;
+            c.held_bytes = decoded_bytes(buf.len());
+            Ok(c)
+        }
     }
+}
+
+/// Estimated memory of the spans decoded from `len` bytes of protobuf.
+pub(crate) fn decoded_bytes(len: usize) -> u64 {
+    (len as u64).saturating_mul(crate::admission::DECODED_PER_BYTE)
 }
 
 /// The request as it came, split into one batch of [`EncodedSpans`] per `ResourceSpans` that

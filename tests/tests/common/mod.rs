@@ -1,0 +1,4 @@
+//! Helpers shared by several test files; each file uses a part, hence the allowance.
+#![allow(dead_code)]
+
+pub mod otlp;
