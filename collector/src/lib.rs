@@ -25,6 +25,7 @@ pub mod builtin {
     pub use oxeye_processor_aggregation as aggregation;
     pub use oxeye_processor_enrich as enrich;
     pub use oxeye_processor_filter as filter;
+    pub use oxeye_processor_memory_limiter as memory_limiter;
     pub use oxeye_processor_nop as nop_processor;
     pub use oxeye_processor_sampling as sampling;
     pub use oxeye_processor_symbolization as symbolization;
