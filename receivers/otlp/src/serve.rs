@@ -372,6 +372,10 @@ async fn connection<S, B>(
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
+                    // hyper's own header timeout ends the connection with a timeout error.
+                    if e.downcast_ref::<hyper::Error>().is_some_and(|e| e.is_timeout()) {
+                        shared.bump(Counter::Timeouts, source, 1);
+                    }
                     debug!("otlp receiver: {what}: connection from {peer}: {e}");
                 }
                 return;

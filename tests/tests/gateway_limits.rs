@@ -1,0 +1,403 @@
+//! The OTLP gateway under hostile load, as a binary users run (the default settings): slow and
+//! silent connections do not stop a well-behaved client; a flood of large requests keeps the
+//! process's memory bounded, every refused request told to the client and counted; a client
+//! stalled mid-request cannot hold a shutdown.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use oxeye_tests::{free_port, KillOnDrop};
+use prost::Message;
+
+mod common;
+use common::otlp::{http_post, sink_endpoint, Sink};
+
+/// Lets this test process open thousands of sockets (soft limit up to the hard one).
+fn raise_open_files() {
+    // SAFETY: getrlimit/setrlimit on owned locals.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
+
+/// `n` spans whose attributes make each about `span_bytes` bytes of protobuf.
+fn request(seed: u64, n: usize, span_bytes: usize) -> ExportTraceServiceRequest {
+    let spans = (0..n)
+        .map(|i| Span {
+            trace_id: [&seed.to_be_bytes()[..], &(i as u64 + 1).to_be_bytes()[..]].concat(),
+            span_id: ((seed << 32) + i as u64 + 1).to_be_bytes().to_vec(),
+            name: "GET /api/orders".into(),
+            start_time_unix_nano: 1_700_000_000_000_000_000 + i as u64,
+            end_time_unix_nano: 1_700_000_000_001_000_000 + i as u64,
+            attributes: vec![KeyValue {
+                key: "payload".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("x".repeat(span_bytes))),
+                }),
+            }],
+            ..Span::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        }],
+    }
+}
+
+/// A gateway with the default settings: otlp receiver → otlp exporter → the sink on `sink`;
+/// `http` settings and receiver-level `extra` lines added.
+fn gateway(grpc: u16, http: u16, metrics: u16, sink: u16, settings: (&str, &str)) -> KillOnDrop {
+    let (http_settings, extra) = settings;
+    let yaml = format!(
+        "receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: 127.0.0.1:{grpc}}}
+      http: {{endpoint: 127.0.0.1:{http}{http_settings}}}
+{extra}
+exporters:
+  otlp: {{endpoint: 'http://127.0.0.1:{sink}'}}
+service:
+  telemetry:
+    metrics: {{address: 127.0.0.1:{metrics}}}
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [otlp]}}
+"
+    );
+    let config = oxeye_tests::temp_config(&format!("gateway-limits-{grpc}"), &yaml);
+    let child = oxeye_tests::spawn(&["run", "-c", config.to_str().expect("path")]);
+    let child = KillOnDrop(child);
+    for port in [grpc, http, metrics] {
+        oxeye_tests::wait_port(port);
+    }
+    child
+}
+
+/// The sum of a counter family's samples on oxeye's `/metrics` whose labels contain `filter`.
+fn metric(port: u16, name: &str, filter: &str) -> u64 {
+    let page = oxeye_tests::http_get(port, "/metrics").expect("/metrics");
+    page.lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Stops oxeye with SIGTERM; (exit code, seconds it took, stderr, peak RSS in MiB).
+fn stop(mut child: KillOnDrop, log: std::thread::JoinHandle<String>) -> (i32, f64, String, f64) {
+    let t0 = Instant::now();
+    oxeye_tests::signal(&child.0, libc::SIGTERM);
+    let pid = child.0.id() as libc::pid_t;
+    // SAFETY: wait4 on our own child into owned locals.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status = 0;
+    loop {
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "oxeye did not stop within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = t0.elapsed().as_secs_f64();
+    // Reaped: nothing left for KillOnDrop.
+    let _ = child.0.try_wait();
+    std::mem::forget(child);
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (
+        code,
+        took,
+        log.join().expect("log"),
+        ru.ru_maxrss as f64 / 1024.0,
+    )
+}
+
+#[test]
+fn slow_and_silent_connections_do_not_stop_a_good_client() {
+    raise_open_files();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sink = Arc::new(Sink::default());
+    let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
+    let (grpc, http, metrics) = (free_port(), free_port(), free_port());
+    let mut child = gateway(grpc, http, metrics, sink_port, ("", ""));
+    let (_, log) = oxeye_tests::follow(child.0.stderr.take().expect("stderr"));
+
+    // 2 000 hostile connections: silent ones, and slowloris ones sending their headers a byte at
+    // a time, on both protocols.
+    let mut silent = Vec::new();
+    let mut slow = Vec::new();
+    for i in 0..2000 {
+        let port = if i % 4 == 0 { grpc } else { http };
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        if i % 2 == 0 {
+            silent.push(s);
+        } else {
+            s.write_all(b"POST /v1/traces HTTP/1.1\r\nhost: x\r\n")
+                .expect("write");
+            slow.push(s);
+        }
+    }
+    let dripping = Arc::new(AtomicBool::new(true));
+    let drip = {
+        let dripping = Arc::clone(&dripping);
+        std::thread::spawn(move || {
+            while dripping.load(Ordering::Relaxed) {
+                for s in &mut slow {
+                    let _ = s.write_all(b"x");
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            slow
+        })
+    };
+
+    // The good client: ten requests on each protocol, each answered promptly.
+    let mut worst = Duration::ZERO;
+    for i in 0..10u64 {
+        let body = request(100 + i, 50, 100).encode_to_vec();
+        let t0 = Instant::now();
+        let (code, head, _) = http_post(
+            http,
+            "/v1/traces",
+            &[("content-type", "application/x-protobuf")],
+            &body,
+        );
+        assert_eq!(code, 200, "{head}");
+        worst = worst.max(t0.elapsed());
+        let t0 = Instant::now();
+        rt.block_on(async {
+            let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+                .await
+                .expect("connect");
+            client
+                .export(request(200 + i, 50, 100))
+                .await
+                .expect("export");
+        });
+        worst = worst.max(t0.elapsed());
+    }
+    println!("the good client's slowest answer among 2 000 hostile connections: {worst:?}");
+    assert!(worst < Duration::from_secs(2), "{worst:?}");
+    sink.wait_for(1000, Duration::from_secs(10));
+    assert_eq!(sink.spans(), 1000);
+
+    // None of them ever sent a whole request: after read_header_timeout (10 s) they are closed.
+    std::thread::sleep(Duration::from_secs(11));
+    dripping.store(false, Ordering::Relaxed);
+    let slow = drip.join().expect("drip");
+    let mut closed = 0;
+    for mut s in silent.into_iter().chain(slow) {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut buf = [0u8; 1024];
+        // EOF or a reset: the server closed it (it may answer something first); a read that
+        // times out: still open.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    closed += 1;
+                    break;
+                }
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(_) => {
+                    closed += 1;
+                    break;
+                }
+            }
+        }
+    }
+    let timeouts = metric(metrics, "oxeye_otlp_timeouts_total", "");
+    println!("{closed} of 2000 closed by the gateway; oxeye_otlp_timeouts_total {timeouts}");
+    assert_eq!(closed, 2000);
+    assert!(timeouts >= 1500, "timeouts counted: {timeouts}");
+    let (code, took, log, _) = stop(child, log);
+    assert_eq!(code, 0, "{log}");
+    assert!(took < 5.0, "stopped in {took:.1} s");
+}
+
+#[test]
+fn a_flood_of_large_requests_keeps_memory_bounded_and_every_refusal_counted() {
+    // The defaults: 128 MiB of requests in flight, 20 MiB requests at most.
+    flood(("", ""), 256.0);
+    // A budget of 64 MiB (16 MiB requests at most): the peak stays within the budget plus the
+    // overhead stated in docs/performance.md.
+    flood(
+        (
+            ", max_request_body_size: 16777216",
+            "    admission: {request_limit_mib: 64}",
+        ),
+        64.0 + 96.0,
+    );
+}
+
+/// 24 clients POST 15 MiB requests back to back for 10 s; the peak RSS stays within
+/// `limit_mib`.
+fn flood(settings: (&str, &str), limit_mib: f64) {
+    const CLIENTS: usize = 24;
+    const SPANS: usize = 7_000;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sink = Arc::new(Sink {
+        count_only: true,
+        ..Sink::default()
+    });
+    let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
+    let (grpc, http, metrics) = (free_port(), free_port(), free_port());
+    let mut child = gateway(grpc, http, metrics, sink_port, settings);
+    let (_, log) = oxeye_tests::follow(child.0.stderr.take().expect("stderr"));
+    let body = Arc::new(request(7, SPANS, 2_200).encode_to_vec());
+    println!(
+        "{} requests of {:.1} MiB ({SPANS} spans) from {CLIENTS} clients",
+        if settings.1.is_empty() {
+            "default settings:"
+        } else {
+            settings.1.trim()
+        },
+        body.len() as f64 / (1 << 20) as f64
+    );
+    assert!(body.len() > 15 << 20, "{}", body.len());
+    let (accepted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let until = Instant::now() + Duration::from_secs(10);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (body, accepted, refused) = (
+                Arc::clone(&body),
+                Arc::clone(&accepted),
+                Arc::clone(&refused),
+            );
+            std::thread::spawn(move || {
+                while Instant::now() < until {
+                    let (code, head, _) = http_post(
+                        http,
+                        "/v1/traces",
+                        &[("content-type", "application/x-protobuf")],
+                        &body,
+                    );
+                    match code {
+                        200 => accepted.fetch_add(1, Ordering::Relaxed),
+                        429 => {
+                            assert!(
+                                head.to_ascii_lowercase().contains("retry-after: 1"),
+                                "{head}"
+                            );
+                            refused.fetch_add(1, Ordering::Relaxed)
+                        }
+                        other => panic!("HTTP {other}: {head}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    let (accepted, refused) = (
+        accepted.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    );
+    let counted = metric(
+        metrics,
+        "oxeye_otlp_refused_over_budget_requests_total",
+        "http",
+    ) + metric(metrics, "oxeye_otlp_refused_requests_total", "http");
+    sink.wait_for(accepted as usize * SPANS, Duration::from_secs(60));
+    let (code, _, log, peak_mib) = stop(child, log);
+    println!(
+        "accepted {accepted} requests, refused {refused} (counted {counted}); peak RSS {peak_mib:.0} MiB"
+    );
+    assert_eq!(code, 0, "{log}");
+    assert!(accepted > 0 && refused > 0, "{accepted} / {refused}");
+    assert_eq!(counted, refused, "every refusal counted");
+    assert_eq!(
+        sink.spans() as u64,
+        accepted * SPANS as u64,
+        "every accepted span delivered"
+    );
+    let (received, out, dropped) = oxeye_tests::final_counts(&log).expect("final line");
+    assert_eq!(
+        (received, out, dropped),
+        (accepted * SPANS as u64, accepted * SPANS as u64, 0)
+    );
+    assert!(
+        peak_mib <= limit_mib,
+        "peak RSS {peak_mib:.0} MiB > {limit_mib} MiB"
+    );
+}
+
+#[test]
+fn a_client_stalled_mid_request_does_not_hold_a_shutdown() {
+    raise_open_files();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sink = Arc::new(Sink::default());
+    let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
+    let (grpc, http, metrics) = (free_port(), free_port(), free_port());
+    let mut child = gateway(grpc, http, metrics, sink_port, ("", ""));
+    let (_, log) = oxeye_tests::follow(child.0.stderr.take().expect("stderr"));
+    // 1 500 requests whose headers arrived and whose bodies stop half way.
+    let body = request(1, 100, 100).encode_to_vec();
+    let mut stalled = Vec::new();
+    for _ in 0..1500 {
+        let mut s = TcpStream::connect(("127.0.0.1", http)).expect("connect");
+        write!(
+            s,
+            "POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .expect("head");
+        s.write_all(&body[..body.len() / 2]).expect("half a body");
+        stalled.push(s);
+    }
+    // A good request still goes through meanwhile.
+    let (code, head, _) = http_post(
+        http,
+        "/v1/traces",
+        &[("content-type", "application/x-protobuf")],
+        &request(2, 10, 10).encode_to_vec(),
+    );
+    assert_eq!(code, 200, "{head}");
+    sink.wait_for(10, Duration::from_secs(10));
+    let (code, took, log, _) = stop(child, log);
+    println!(
+        "stopped in {took:.2} s with {} stalled requests open",
+        stalled.len()
+    );
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        took < 4.0,
+        "the drain is backpressure.wait + 1 s: stopped in {took:.1} s"
+    );
+    assert!(!log.contains("abandon"), "{log}");
+    assert!(
+        log.contains("still open"),
+        "the forced close is logged: {log}"
+    );
+    assert_eq!(sink.spans(), 10);
+}
