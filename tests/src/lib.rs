@@ -2,6 +2,7 @@
 //! API exactly like a user's crate), running pipelines in-process, and running the binary.
 
 pub mod burn;
+pub mod chaos;
 pub mod netns;
 
 use std::collections::HashMap;

@@ -284,3 +284,48 @@ fn a_receiver_that_cannot_take_a_change_is_replaced_even_when_already_stopped() 
         "the replacement started"
     );
 }
+
+#[test]
+fn a_stop_during_a_slow_live_reconfiguration_is_honoured_at_once() {
+    // `slowreconf` takes 8 s to answer a config change; the engine must not wait for it to
+    // handle a stop (or anything else).
+    let yaml = |tag: u64| {
+        format!(
+            "receivers:\n  slowreconf: {{delay: 8s, tag: {tag}}}\nexporters:\n  nop:\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [slowreconf], exporters: [nop]}}\n"
+        )
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let engine = Engine::build(&load("r.yaml", &yaml(1)).config.expect("valid")).expect("builds");
+    let (report, stopped_in) = rt.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let run = tokio::spawn(engine.run_with_reloads(stop_rx, rx));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (done, answer) = tokio::sync::oneshot::channel();
+        tx.send(Reload {
+            config: load("r.yaml", &yaml(2)).config.expect("valid"),
+            done,
+        })
+        .await
+        .expect("engine runs");
+        // The change is being taken; stop now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t0 = Instant::now();
+        stop_tx.send(()).await.expect("engine runs");
+        let report = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the stop is honoured long before the change is answered")
+            .expect("engine task");
+        // The reload is answered too: it was applied, and the stop came first.
+        let msg = answer.await.expect("answered").expect("applied");
+        assert!(msg.contains("shutting down"), "{msg}");
+        (report, t0.elapsed())
+    });
+    println!("stopped {stopped_in:?} after the request, during an 8 s reconfiguration");
+    assert!(stopped_in < Duration::from_secs(1), "{stopped_in:?}");
+    assert!(report.clean(), "{:?}", report.failures);
+}

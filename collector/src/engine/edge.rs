@@ -27,6 +27,8 @@ pub struct EdgeStats {
     pub capacity: usize,
     pub(super) queued_batches: AtomicU64,
     pub(super) queued_records: AtomicU64,
+    /// Records ever sent into it (taken, refused or still queued).
+    pub(super) sent_records: AtomicU64,
 }
 
 impl EdgeStats {
@@ -38,7 +40,14 @@ impl EdgeStats {
     pub fn queued_records(&self) -> u64 {
         self.queued_records.load(Ordering::Relaxed)
     }
+    /// Records ever sent into the edge: the downstream stage took them, refused them (counted
+    /// as its drops) or still has them queued.
+    pub fn sent_records(&self) -> u64 {
+        self.sent_records.load(Ordering::Relaxed)
+    }
     pub(super) fn add(&self, records: usize) {
+        self.sent_records
+            .fetch_add(records as u64, Ordering::Relaxed);
         self.queued_batches.fetch_add(1, Ordering::Relaxed);
         self.queued_records
             .fetch_add(records as u64, Ordering::Relaxed);

@@ -146,6 +146,7 @@ fn new_edge(
         capacity: queue.capacity,
         queued_batches: AtomicU64::new(0),
         queued_records: AtomicU64::new(0),
+        sent_records: AtomicU64::new(0),
     });
     let edge = Edge {
         tx,
