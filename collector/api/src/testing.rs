@@ -221,11 +221,17 @@ impl ExporterHarness {
     ) -> Result<Self, BoxError> {
         let ctx = BuildContext::for_test(F::TYPE);
         let telemetry = ctx.telemetry.clone();
-        match build::<F>(config_yaml, ctx)? {
+        // Built inside the runtime, as the engine builds: clients may need its reactor.
+        let rt = runtime();
+        let built = {
+            let _inside = rt.enter();
+            build::<F>(config_yaml, ctx)?
+        };
+        match built {
             Instance::Exporter(exporter) => Ok(ExporterHarness {
                 exporter,
                 telemetry,
-                rt: runtime(),
+                rt,
             }),
             _ => unreachable!("Component = Box<dyn Exporter>"),
         }

@@ -541,8 +541,12 @@ impl OtlpConfig {
             errors.push("sending_queue.num_consumers", "must be at least 1");
         }
         let r = &self.retry_on_failure;
-        if r.multiplier < 1.0 {
-            errors.push("retry_on_failure.multiplier", "must be at least 1.0");
+        // NaN and infinities fail these ranges too.
+        if !(1.0..=100.0).contains(&r.multiplier) {
+            errors.push(
+                "retry_on_failure.multiplier",
+                format!("must be a number from 1.0 to 100, got {}", r.multiplier),
+            );
         }
         if !(0.0..=1.0).contains(&r.randomization_factor) {
             errors.push(
@@ -757,6 +761,23 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
         ]);
         let c = yaml("{endpoint: 'ftp://x', tls: {cert_file: /c.pem}, batch: {send_batch_size: 0}, retry_on_failure: {multiplier: 0.5}}");
+        for bad in [".inf", ".nan", "1e20", "-.inf"] {
+            let c = yaml(&format!(
+                "{{retry_on_failure: {{multiplier: {bad}, randomization_factor: {bad}}}}}"
+            ));
+            let text = c
+                .check(&[OtlpSignal::Traces], &env_of(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                text.contains("retry_on_failure.multiplier"),
+                "{bad}: {text}"
+            );
+            assert!(
+                text.contains("retry_on_failure.randomization_factor"),
+                "{bad}: {text}"
+            );
+        }
         let e = c
             .check(&[OtlpSignal::Traces, OtlpSignal::Metrics], &env)
             .unwrap_err();

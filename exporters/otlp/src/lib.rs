@@ -209,9 +209,7 @@ impl Shared {
                     }
                     tokio::time::sleep(wait).await;
                     attempt += 1;
-                    interval = interval
-                        .mul_f64(self.retry.multiplier)
-                        .min(self.retry.max_interval);
+                    interval = backoff(interval, self.retry.multiplier, self.retry.max_interval);
                 }
             }
         }
@@ -348,19 +346,25 @@ impl Shared {
                     return;
                 }
                 tokio::time::sleep(wait).await;
-                interval = interval
-                    .mul_f64(self.retry.multiplier)
-                    .min(self.retry.max_interval);
+                interval = backoff(interval, self.retry.multiplier, self.retry.max_interval);
                 pending.extend(unroutable);
             }
         }
     }
 }
 
-/// `wait × (1 ± factor)`, uniformly.
+/// `wait × (1 ± factor)`, uniformly (`Duration::mul_f64` panics on overflow: this saturates).
 fn jitter(wait: Duration, factor: f64) -> Duration {
     let r: f64 = rand::random::<f64>() * 2.0 - 1.0;
-    wait.mul_f64((1.0 + factor * r).max(0.0))
+    Duration::try_from_secs_f64(wait.as_secs_f64() * (1.0 + factor * r).max(0.0))
+        .unwrap_or(Duration::MAX)
+}
+
+/// The next retry interval: `interval × multiplier`, at most `max`, never a panic.
+fn backoff(interval: Duration, multiplier: f64, max: Duration) -> Duration {
+    Duration::try_from_secs_f64(interval.as_secs_f64() * multiplier)
+        .unwrap_or(max)
+        .min(max)
 }
 
 /// Takes batches off the queue, groups them into requests of at most `send_batch_size` records
@@ -377,6 +381,10 @@ async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receive
             let Some((first, permit)) = rx.recv().await else {
                 return; // queue closed and empty: shutdown
             };
+            #[cfg(test)]
+            if tests::SENDERS_PANIC.load(std::sync::atomic::Ordering::Relaxed) {
+                panic!("a deliberate panic (test)");
+            }
             records += first.len();
             batches.push(first);
             room.push(permit);
@@ -644,12 +652,21 @@ impl Exporter for OtlpExporter {
             Sizer::Items => batch.len().clamp(1, self.queue_size),
             Sizer::Requests => 1,
         } as u32;
+        // A sender that ended while the exporter runs has died (panicked): say so and fail,
+        // rather than let the queue fill unseen (its records count as dropped when the
+        // exporter is dropped).
+        if let Some(ended) = self.senders.try_join_next() {
+            return Err(sender_died(ended).into());
+        }
         let room = match self.when_full {
-            // Cancel-safe: nothing is counted unless the batch is queued.
-            WhenFull::Block => Arc::clone(&self.room)
-                .acquire_many_owned(units)
-                .await
-                .map_err(|_| "the senders stopped")?,
+            // Cancel-safe: nothing is counted unless the batch is queued. A sender dying while
+            // this waits for room ends the wait.
+            WhenFull::Block => tokio::select! {
+                room = Arc::clone(&self.room).acquire_many_owned(units) => {
+                    room.map_err(|_| "the senders stopped")?
+                }
+                Some(ended) = self.senders.join_next() => return Err(sender_died(ended).into()),
+            },
             WhenFull::DropNewest => match Arc::clone(&self.room).try_acquire_many_owned(units) {
                 Ok(room) => room,
                 Err(tokio::sync::TryAcquireError::NoPermits) => {
@@ -692,6 +709,22 @@ impl Exporter for OtlpExporter {
     }
 }
 
+/// Why a sender task ended before the exporter shut down.
+fn sender_died(ended: Result<(), tokio::task::JoinError>) -> String {
+    match ended {
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            format!("an otlp sender panicked ({msg}): the exporter cannot send any more")
+        }
+        _ => "an otlp sender stopped: the exporter cannot send any more".to_string(),
+    }
+}
+
 impl Drop for OtlpExporter {
     fn drop(&mut self) {
         // Aborted at the shutdown deadline (or shut down normally: nothing left then).
@@ -707,6 +740,47 @@ impl Drop for OtlpExporter {
 mod tests {
     use super::*;
     use oxeye_api::Flow;
+
+    /// Makes every sender panic when it takes a batch.
+    pub(crate) static SENDERS_PANIC: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    #[test]
+    fn a_sender_that_dies_fails_the_exporter_instead_of_filling_its_queue() {
+        use oxeye_api::testing::{span_batch, ExporterHarness};
+        SENDERS_PANIC.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut h = ExporterHarness::new::<OtlpFactory>(
+            "{endpoint: 'http://127.0.0.1:9', sending_queue: {queue_size: 20, num_consumers: 2}}",
+        )
+        .expect("builds");
+        let mut failed = None;
+        for _ in 0..100 {
+            match h.export(span_batch(10)) {
+                Ok(()) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        SENDERS_PANIC.store(false, std::sync::atomic::Ordering::Relaxed);
+        let failed = failed.expect("the exporter fails once its senders died");
+        assert!(failed.contains("an otlp sender panicked"), "{failed}");
+        assert!(failed.contains("a deliberate panic"), "{failed}");
+    }
+
+    #[test]
+    fn backoff_saturates_instead_of_panicking() {
+        let max = Duration::from_secs(30);
+        assert_eq!(
+            backoff(Duration::from_secs(5), 1.5, max),
+            Duration::from_millis(7500)
+        );
+        assert_eq!(backoff(Duration::from_secs(29), 1e20, max), max);
+        assert_eq!(backoff(Duration::from_secs(29), f64::INFINITY, max), max);
+        assert_eq!(backoff(Duration::MAX, 2.0, max), max);
+        assert!(jitter(Duration::MAX, 0.5) > Duration::ZERO);
+    }
 
     #[test]
     fn requests_hold_at_most_max_records_and_keep_signals_apart() {
