@@ -9,6 +9,7 @@
 //!   loops around them (input, ticks, flush, output, counting, shutdown, backpressure).
 //! * [`blocking`]: [`blocking::OnThread`] runs an exporter whose work blocks (files, stdout,
 //!   compression) on a thread of its own, so it never stalls the async workers.
+//! * [`files`]: output files that never overwrite anything (`.partial`, then a free name).
 //! * [`factory`]: the [`Factory`] trait (type name, signals, typed config, validate, build) and
 //!   the [`register!`] macro that makes a factory known to the `oxeye` binary at link time.
 //! * [`profile`]: the deduplicated tables (strings, functions, mappings, locations) that
@@ -23,6 +24,7 @@ pub mod component;
 pub mod config;
 pub mod data;
 pub mod factory;
+pub mod files;
 pub mod profile;
 pub mod size;
 #[cfg(feature = "testing")]

@@ -613,8 +613,8 @@ enum Writer {
 struct Output {
     writer: Writer,
     dicts: Dicts,
-    /// `….arrow.partial` → `….arrow` on finish (files only).
-    paths: Option<(PathBuf, PathBuf)>,
+    /// `….arrow.partial` → `….arrow` on finish (files only), and the base of its name.
+    paths: Option<(PathBuf, PathBuf, String)>,
     opened: Instant,
 }
 
@@ -645,9 +645,8 @@ impl Output {
             Writer::Stream(w) => w.finish()?,
             Writer::Stdout(w) => w.finish()?,
         }
-        if let Some((partial, done)) = self.paths {
-            std::fs::rename(&partial, &done)
-                .map_err(|e| format!("renaming {}: {e}", partial.display()))?;
+        if let Some((partial, done, base)) = self.paths {
+            oxeye_api::files::publish(&partial, &done, &base, ".arrow")?;
         }
         Ok(())
     }
@@ -700,13 +699,14 @@ impl ArrowExporter {
         } else {
             format!("{}-{ms}", self.config.path)
         };
-        let done = PathBuf::from(format!("{base}.arrow"));
-        let partial = PathBuf::from(format!("{base}.arrow.partial"));
-        if let Some(dir) = done.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = PathBuf::from(&base)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
-        let file =
-            File::create(&partial).map_err(|e| format!("creating {}: {e}", partial.display()))?;
+        // Created new, never over an existing file or through a link planted at the name.
+        let (file, partial, done) = oxeye_api::files::create_partial(&base, ".arrow")?;
         let sink = Counting {
             inner: BufWriter::new(file),
             written: 0,
@@ -726,7 +726,7 @@ impl ArrowExporter {
         Ok(Output {
             writer,
             dicts: Dicts::default(),
-            paths: Some((partial, done)),
+            paths: Some((partial, done, base)),
             opened: Instant::now(),
         })
     }
@@ -819,6 +819,14 @@ impl Factory for ArrowFactory {
     }
 
     fn build(c: ArrowConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {
+        if c.path == "-" && ctx.signals.len() > 1 {
+            let signals: Vec<&str> = ctx.signals.iter().map(|s| s.as_str()).collect();
+            return Err(format!(
+                "`path: -` writes one Arrow IPC stream to stdout, which carries one schema, but this exporter is in pipelines of {}: give it a file prefix, or declare one arrow exporter per signal (arrow/traces, arrow/flows)",
+                signals.join(" and ")
+            )
+            .into());
+        }
         let compression = match c.compression {
             Compression::None => None,
             Compression::Zstd => Some(CompressionType::ZSTD),
@@ -903,5 +911,54 @@ mod tests {
         assert_eq!(files(&d, ".partial"), 0);
         h.shutdown().expect("shutdown");
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn files_taken_already_and_planted_links_are_left_alone() {
+        let d = dir("noclobber");
+        let prefix = d.join("spans").display().to_string();
+        // Every name this second may produce is taken by a file or a link to a victim.
+        let victim = d.join("victim");
+        std::fs::write(&victim, b"victim").expect("write");
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_millis();
+        for ms in now_ms..now_ms + 3000 {
+            if ms % 2 == 0 {
+                std::fs::write(format!("{prefix}-{ms}.arrow"), b"precious").expect("write");
+            } else {
+                std::os::unix::fs::symlink(&victim, format!("{prefix}-{ms}.arrow.partial"))
+                    .expect("symlink");
+            }
+        }
+        let yaml = format!(
+            "path: {prefix}
+rotate: {{max_bytes: 1}}"
+        );
+        let mut h = ExporterHarness::new::<ArrowFactory>(&yaml).expect("build");
+        for _ in 0..3 {
+            h.export(testing::span_batch(10)).expect("export");
+        }
+        h.shutdown().expect("shutdown");
+        assert_eq!(std::fs::read(&victim).expect("read"), b"victim");
+        for ms in (now_ms..now_ms + 3000).step_by(2) {
+            let kept = std::fs::read(format!("{prefix}-{ms}.arrow")).expect("read");
+            assert_eq!(kept, b"precious");
+        }
+        assert_eq!(h.telemetry().emitted(), 30);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_stream_on_stdout_takes_one_signal() {
+        let mut ctx = BuildContext::for_test("arrow");
+        ctx.signals = vec![Signal::Traces, Signal::Flows];
+        let c: ArrowConfig = serde_yaml::from_str("{path: '-', format: stream}").expect("config");
+        let e = ArrowFactory::build(c, ctx)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("one arrow exporter per signal"), "{e}");
     }
 }

@@ -235,24 +235,26 @@ impl PprofWriter {
         ))
     }
 
+    /// Writes a window: gzip'd in memory, then to `<name>.partial` created new, then given its
+    /// name — never over an existing file: a window written twice (a sample arriving after
+    /// its window's file was written) gets the next free name, `<path>-<start ms>.1.pb.gz`.
     fn write(&mut self, w: Window) -> Result<(), BoxError> {
+        let start_ms = w.start_ns / 1_000_000;
         let done = self.file_name(w.start_ns);
-        let partial = PathBuf::from(format!("{}.partial", done.display()));
         if let Some(dir) = done.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
         let bytes = w.into_profile().encode_to_vec();
-        let file =
-            std::fs::File::create(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
-        let mut gz = flate2::write::GzEncoder::new(
-            std::io::BufWriter::new(file),
-            flate2::Compression::fast(),
-        );
-        gz.write_all(&bytes)
-            .and_then(|()| gz.finish()?.flush())
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&bytes)?;
+        let gz = gz.finish()?;
+        let base = format!("{}-{start_ms}", self.config.path);
+        let (mut file, partial, done) = oxeye_api::files::create_partial(&base, ".pb.gz")?;
+        file.write_all(&gz)
+            .and_then(|()| file.flush())
             .map_err(|e| format!("writing {}: {e}", partial.display()))?;
-        std::fs::rename(&partial, &done)
-            .map_err(|e| format!("renaming {}: {e}", partial.display()))?;
+        drop(file);
+        oxeye_api::files::publish(&partial, &done, &base, ".pb.gz")?;
         self.written += 1;
         Ok(())
     }
@@ -436,6 +438,32 @@ mod tests {
             1,
             "no .partial left"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_late_sample_gets_a_file_of_its_own_and_the_first_stays() {
+        let dir = std::env::temp_dir().join(format!("oxeye-pprof-late-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = format!("path: {}/cpu", dir.display());
+        let mut h = ExporterHarness::new::<PprofFactory>(&config).unwrap();
+        h.export(sample_batch(10)).unwrap();
+        // The window is due and written (on the exporter's thread)...
+        h.tick(UNIX_EPOCH + Duration::from_secs(2000)).unwrap();
+        let first = dir.join("cpu-1000000.pb.gz");
+        for _ in 0..500 {
+            if first.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(read(&first).sample.len(), 10);
+        // ...then samples of the same window arrive late: a second file, the first intact.
+        h.export(sample_batch(3)).unwrap();
+        h.shutdown().unwrap();
+        assert_eq!(read(&dir.join("cpu-1000000.pb.gz")).sample.len(), 10);
+        assert_eq!(read(&dir.join("cpu-1000000.1.pb.gz")).sample.len(), 3);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
