@@ -150,14 +150,44 @@ fn json_value(out: &mut Vec<u8>, v: &Value) {
     }
 }
 
+/// A string in text output, where one record is one line and a terminal shows it: control
+/// characters (C0, DEL, C1 — newlines, escape sequences) and the backslash are escaped, so a
+/// client-sent string can neither split a line nor drive the terminal.
+fn text_str(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    // C1 controls are U+0080..U+009F: 0xC2 then 0x80..0x9F in UTF-8.
+    let plain = !bytes
+        .iter()
+        .any(|&b| b < 0x20 || b == 0x7f || b == b'\\' || b == 0xc2);
+    if plain {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+}
+
 fn text_value(out: &mut Vec<u8>, v: &Value) {
     match v {
-        Value::Str(s) => out.extend_from_slice(s.as_bytes()),
+        Value::Str(s) => text_str(out, s),
         Value::Int(i) => int(out, *i),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Bytes(b) => hex(out, b),
         Value::F64(_) | Value::Array(_) | Value::Map(_) | Value::Empty => {
-            let _ = write!(out, "{v}");
+            text_str(out, &v.to_string());
         }
     }
 }
@@ -360,7 +390,7 @@ fn json_flow(out: &mut Vec<u8>, f: &Flow, resource: &Attributes) {
 
 fn text_span(out: &mut Vec<u8>, s: &Span) {
     out.extend_from_slice(b"span ");
-    out.extend_from_slice(s.name.as_bytes());
+    text_str(out, &s.name);
     out.extend_from_slice(b" trace=");
     hex(out, &s.trace_id.0);
     out.extend_from_slice(b" span=");
@@ -380,7 +410,7 @@ fn text_span(out: &mut Vec<u8>, s: &Span) {
         out.extend_from_slice(b" tid=");
         int(out, t.tid);
         out.extend_from_slice(b" comm=");
-        out.extend_from_slice(t.comm.as_str().as_bytes());
+        text_str(out, &t.comm.as_str());
         out.extend_from_slice(b" cpu=");
         int(out, t.cpu);
     }
@@ -390,7 +420,7 @@ fn text_span(out: &mut Vec<u8>, s: &Span) {
     }
     for (k, v) in s.attributes.iter() {
         out.push(b' ');
-        out.extend_from_slice(k.as_bytes());
+        text_str(out, k);
         out.push(b'=');
         text_value(out, v);
     }
@@ -402,10 +432,10 @@ fn text_span(out: &mut Vec<u8>, s: &Span) {
 fn frame_name(out: &mut Vec<u8>, f: &Frame) {
     let start = out.len();
     match (&f.function, &f.module) {
-        (Some(func), _) => out.extend_from_slice(func.as_bytes()),
+        (Some(func), _) => text_str(out, func),
         (None, Some(module)) => {
             let base = module.rsplit('/').next().unwrap_or(module);
-            out.extend_from_slice(base.as_bytes());
+            text_str(out, base);
             out.push(b'+');
             hex_u64(out, f.offset);
         }
@@ -504,7 +534,7 @@ fn json_sample(out: &mut Vec<u8>, s: &Sample, resource: &Attributes) {
 
 fn text_sample(out: &mut Vec<u8>, s: &Sample) {
     out.extend_from_slice(b"sample ");
-    out.extend_from_slice(s.comm.as_str().as_bytes());
+    text_str(out, &s.comm.as_str());
     out.extend_from_slice(b" pid=");
     int(out, s.pid);
     out.extend_from_slice(b" tid=");
@@ -522,7 +552,7 @@ fn text_sample(out: &mut Vec<u8>, s: &Sample) {
     }
     for (k, v) in s.attributes.iter() {
         out.push(b' ');
-        out.extend_from_slice(k.as_bytes());
+        text_str(out, k);
         out.push(b'=');
         text_value(out, v);
     }
@@ -538,11 +568,13 @@ fn folded(out: &mut Vec<u8>, samples: &[Sample]) {
     let mut line = Vec::new();
     for s in samples {
         line.clear();
-        let comm = s.comm.as_str();
-        line.extend(
-            comm.bytes()
-                .map(|b| if b == b';' || b == b' ' { b'_' } else { b }),
-        );
+        let start = line.len();
+        text_str(&mut line, &s.comm.as_str());
+        for b in &mut line[start..] {
+            if *b == b';' || *b == b' ' {
+                *b = b'_';
+            }
+        }
         line.push(b';');
         stack_line(&mut line, s, b';');
         match index.get(&line) {
@@ -562,7 +594,9 @@ fn folded(out: &mut Vec<u8>, samples: &[Sample]) {
 }
 
 fn text_flow(out: &mut Vec<u8>, f: &Flow) {
-    let iface = f.interface.as_deref().unwrap_or("?");
+    let mut escaped = Vec::new();
+    text_str(&mut escaped, f.interface.as_deref().unwrap_or("?"));
+    let iface = String::from_utf8_lossy(&escaped);
     let dir = f.direction.as_str();
     if f.is_ip() {
         let _ = write!(
@@ -597,7 +631,7 @@ fn text_flow(out: &mut Vec<u8>, f: &Flow) {
     }
     for (k, v) in f.attributes.iter() {
         out.push(b' ');
-        out.extend_from_slice(k.as_bytes());
+        text_str(out, k);
         out.push(b'=');
         text_value(out, v);
     }
@@ -707,6 +741,29 @@ mod tests {
         let mut out = Vec::new();
         f(&mut out);
         String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn client_strings_cannot_split_lines_or_drive_the_terminal() {
+        let mut s = Span {
+            name: "GET /\nspan forged trace=00 \u{1b}[2J\u{9b}31m".into(),
+            ..Span::default()
+        };
+        s.attributes.set("k\r\n", "a\\b\tc\u{7f}");
+        let line = text(|o| text_span(o, &s));
+        assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+        assert!(line.ends_with('\n'));
+        assert!(
+            !line.chars().any(|c| c.is_control() && c != '\n'),
+            "{line:?}"
+        );
+        assert!(
+            line.starts_with("span GET /\\nspan forged trace=00 \\u{1b}[2J\\u{9b}31m "),
+            "{line:?}"
+        );
+        assert!(line.contains(" k\\r\\n=a\\\\b\\tc\\u{7f}"), "{line:?}");
+        // Plain strings are written as they are.
+        assert_eq!(text(|o| text_str(o, "héllo wörld/é")), "héllo wörld/é");
     }
 
     fn flow() -> Flow {
