@@ -15,8 +15,9 @@ const EXAMPLES: &str = "\
 Examples:
   oxeye run                                  run the embedded default pipeline
   oxeye run -c config/pipeline.yaml          run a pipeline from YAML
-  oxeye run -c p.yaml --watch-config         reload p.yaml whenever it changes (also: kill -HUP,
-                                             curl -X POST localhost:8888/-/reload)
+  oxeye run -c p.yaml --watch-config         reload p.yaml whenever it changes (also: kill -HUP)
+  oxeye run -c p.yaml --enable-reload-endpoint
+                                             also reload on curl -X POST localhost:8888/-/reload
   oxeye validate -c config/pipeline.yaml     check a config without starting anything
   oxeye components                           list the registered component types
   oxeye doctor                               what this kernel supports (kprobe, fentry, XDP, ...)
@@ -48,6 +49,10 @@ enum Command {
         /// Reload the config whenever the file changes.
         #[arg(long, requires = "config")]
         watch_config: bool,
+        /// Take `POST /-/reload` on the metrics address (off by default: anyone who can reach
+        /// that address could make oxeye reload; SIGHUP and --watch-config work without it).
+        #[arg(long, requires = "config")]
+        enable_reload_endpoint: bool,
     },
     /// Parse and validate a config, build the graph, start nothing. Prints every problem.
     #[command(after_help = EXAMPLES)]
@@ -82,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::Run {
             config,
             watch_config,
+            enable_reload_endpoint,
         } => {
             let (name, text) = match &config {
                 Some(path) => match read(path) {
@@ -93,7 +99,7 @@ pub fn main() -> ExitCode {
                     DEFAULT_PIPELINE.to_string(),
                 ),
             };
-            run(&name, &text, config, watch_config)
+            run(&name, &text, config, watch_config, enable_reload_endpoint)
         }
     }
 }
@@ -210,7 +216,13 @@ fn raise_open_files_limit() {
     }
 }
 
-fn run(name: &str, text: &str, path: Option<std::path::PathBuf>, watch: bool) -> ExitCode {
+fn run(
+    name: &str,
+    text: &str,
+    path: Option<std::path::PathBuf>,
+    watch: bool,
+    reload_endpoint: bool,
+) -> ExitCode {
     let loaded = config::load(name, text);
     if print_diagnostics(&loaded) > 0 {
         eprintln!(
@@ -264,7 +276,8 @@ fn run(name: &str, text: &str, path: Option<std::path::PathBuf>, watch: bool) ->
             match telemetry::bind(address).await {
                 Ok(listener) => {
                     info!("self-metrics on http://{}/metrics", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
-                    background.push(tokio::spawn(telemetry::serve(listener, Arc::clone(&registry), trigger.clone())));
+                    let reloads = reload_endpoint.then(|| trigger.clone()).flatten();
+                    background.push(tokio::spawn(telemetry::serve(listener, Arc::clone(&registry), reloads, reload_endpoint)));
                 }
                 Err(e) => {
                     error!("service.telemetry.metrics.address: {e}");

@@ -269,8 +269,22 @@ async fn readyz(State(registry): State<Arc<Registry>>) -> (StatusCode, &'static 
     }
 }
 
-async fn reload(State(trigger): State<Option<crate::reload::Trigger>>) -> (StatusCode, String) {
-    match trigger {
+/// What `POST /-/reload` may do: reload (`Some`), nothing to reload, or off.
+#[derive(Clone)]
+struct Reloads {
+    trigger: Option<crate::reload::Trigger>,
+    enabled: bool,
+}
+
+async fn reload(State(reloads): State<Reloads>) -> (StatusCode, String) {
+    if !reloads.enabled {
+        return (
+            StatusCode::FORBIDDEN,
+            "POST /-/reload is off: start oxeye with --enable-reload-endpoint to take it (anyone who reaches this address could reload the config); SIGHUP and --watch-config reload without it\n"
+                .into(),
+        );
+    }
+    match reloads.trigger {
         None => (
             StatusCode::CONFLICT,
             "nothing to reload: oxeye runs the embedded default pipeline (start it with -c FILE)\n"
@@ -283,14 +297,20 @@ async fn reload(State(trigger): State<Option<crate::reload::Trigger>>) -> (Statu
     }
 }
 
-/// Serves `/metrics`, `/healthz`, `/readyz` and `POST /-/reload` until the task is dropped.
+/// Serves `/metrics`, `/healthz`, `/readyz` and (with `reload_endpoint`) `POST /-/reload` until
+/// the task is dropped.
 /// axum's accept loop backs off when accepting fails (e.g. EMFILE: out of file descriptors)
 /// instead of spinning.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     reloads: Option<crate::reload::Trigger>,
+    reload_endpoint: bool,
 ) {
+    let reloads = Reloads {
+        trigger: reloads,
+        enabled: reload_endpoint,
+    };
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

@@ -165,7 +165,16 @@ fn triggers_and_an_invalid_edit() {
     };
     let path = temp_config("reload-triggers", &yaml("set(attributes[\"v\"], 1)", "nop"));
     let file = path.to_str().expect("utf8").to_string();
-    let mut child = start(&["run", "-c", &file, "--watch-config"], port);
+    let mut child = start(
+        &[
+            "run",
+            "-c",
+            &file,
+            "--watch-config",
+            "--enable-reload-endpoint",
+        ],
+        port,
+    );
 
     // --watch-config: a saved edit is applied within a second.
     std::fs::write(&path, yaml("set(attributes[\"v\"], 2)", "nop, nop/2")).expect("write");
@@ -328,4 +337,69 @@ fn a_stop_during_a_slow_live_reconfiguration_is_honoured_at_once() {
     println!("stopped {stopped_in:?} after the request, during an 8 s reconfiguration");
     assert!(stopped_in < Duration::from_secs(1), "{stopped_in:?}");
     assert!(report.clean(), "{:?}", report.failures);
+}
+
+#[test]
+fn the_reload_endpoint_is_off_unless_enabled() {
+    let port = free_port();
+    let yaml = format!(
+        "receivers:\n  synthetic: {{seed: 2, spans: {{rate: 100}}}}\nexporters:\n  nop:\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}, metrics: {{address: ':{port}'}}}}\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [nop]}}\n"
+    );
+    let path = temp_config("reload-off", &yaml);
+    let _child = start(&["run", "-c", path.to_str().expect("utf8")], port);
+    let answer = post_reload(port);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("--enable-reload-endpoint"), "{answer}");
+    assert_eq!(reloads(port), (0, 0), "nothing reloaded");
+}
+
+#[test]
+fn a_reload_applies_shutdown_timeout_and_refuses_a_new_resource() {
+    // An exporter that stalls at its first batch holds the run until the deadline: the one the
+    // reloaded config sets (300 ms), not the first one (30 s).
+    let yaml = |timeout: &str, resource: &str| {
+        format!(
+            "receivers:\n  synthetic: {{seed: 5, spans: {{rate: 1000}}}}\nexporters:\n  chaos: {{stall_at: 0}}\nservice:\n  shutdown_timeout: {timeout}\n  resource: {{deployment.environment.name: {resource}}}\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [chaos]}}\n"
+        )
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let engine = Engine::build(&load("r.yaml", &yaml("30s", "prod")).config.expect("valid"))
+        .expect("builds");
+    let (report, took) = rt.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let run = tokio::spawn(engine.run_with_reloads(stop_rx, rx));
+        let reload = |text: String| {
+            let tx = tx.clone();
+            async move {
+                let (done, answer) = tokio::sync::oneshot::channel();
+                tx.send(Reload {
+                    config: load("r.yaml", &text).config.expect("valid"),
+                    done,
+                })
+                .await
+                .expect("engine runs");
+                answer.await.expect("answered")
+            }
+        };
+        let refused = reload(yaml("300ms", "staging")).await.expect_err("refused");
+        assert!(refused.contains("service.resource"), "{refused}");
+        let applied = reload(yaml("300ms", "prod")).await.expect("applied");
+        assert!(applied.contains("~service.shutdown_timeout"), "{applied}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t0 = Instant::now();
+        stop_tx.send(()).await.expect("engine runs");
+        let report = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("ends at the new deadline")
+            .expect("engine task");
+        (report, t0.elapsed())
+    });
+    println!("stopped {took:?} after the request with a stalled exporter");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(report.abandoned.len(), 1, "{:?}", report.abandoned);
 }

@@ -111,6 +111,11 @@ pub(super) struct Live {
     exporters: BTreeMap<String, LiveExporter>,
     /// Counters by label: a replaced component's successor keeps counting where it left off.
     telemetry: HashMap<String, Telemetry>,
+    /// `service.resource` the running components were built with: it is stamped on their
+    /// batches, so a reload may not change it.
+    resource: Option<Arc<oxeye_api::Resource>>,
+    /// `service.shutdown_timeout`, as the last config applied says.
+    pub(super) shutdown_timeout: std::time::Duration,
 }
 
 /// What applying a config did: stages to start, one-line description, edges and components now.
@@ -252,6 +257,16 @@ impl Live {
     /// Applies `config`: builds what is new or changed (nothing running is touched if any build
     /// fails), then rewires. Unchanged components keep running as they are.
     pub(super) fn apply(&mut self, config: &Config) -> Result<Applied, Vec<BuildError>> {
+        if self
+            .resource
+            .as_ref()
+            .is_some_and(|r| *r != config.resource)
+        {
+            return Err(vec![BuildError {
+                label: "service.resource".into(),
+                message: "changed: every running component stamps the resource it was built with on its batches, so a new one needs a restart of oxeye (change the rest live, the resource at the next restart)".into(),
+            }]);
+        }
         let def = |kind: Kind, id: &str| &config.components[&(kind, id.to_string())];
         let mut fresh_infos = Vec::new();
         // Signals per receiver and exporter in the new config.
@@ -659,6 +674,14 @@ impl Live {
         for id in self.receivers.keys() {
             changes.push(format!("-{}", label(Kind::Receiver, id, None)));
         }
+        if self.resource.is_some() && self.shutdown_timeout != config.shutdown_timeout {
+            changes.push(format!(
+                "~service.shutdown_timeout ({:?} -> {:?})",
+                self.shutdown_timeout, config.shutdown_timeout
+            ));
+        }
+        self.shutdown_timeout = config.shutdown_timeout;
+        self.resource = Some(Arc::clone(&config.resource));
         // What is left of the old graph is retired: dropping it closes edges and stops receivers.
         self.receivers = receivers;
         self.pipelines = pipelines;

@@ -47,7 +47,6 @@ pub struct Engine {
     registry: Arc<Registry>,
     live: Live,
     stages: Vec<Stage>,
-    shutdown_timeout: Duration,
 }
 
 enum Task {
@@ -178,7 +177,6 @@ impl Engine {
             registry,
             live,
             stages: applied.stages,
-            shutdown_timeout: config.shutdown_timeout,
         })
     }
 
@@ -207,7 +205,6 @@ impl Engine {
             registry,
             mut live,
             stages,
-            shutdown_timeout,
         } = self;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, Result<(), String>)>();
         let mut running: Vec<Running> = Vec::new();
@@ -235,7 +232,7 @@ impl Engine {
                     *stopping = true;
                     live.release();
                     registry.ready.store(false, Ordering::Relaxed);
-                    *deadline = Some(tokio::time::Instant::now() + shutdown_timeout);
+                    *deadline = Some(tokio::time::Instant::now() + live.shutdown_timeout);
                 }
             };
         // A reload whose live reconfigurations are still being answered.
@@ -263,7 +260,7 @@ impl Engine {
                         warn!("second stop request: giving up on draining");
                         deadline = Some(tokio::time::Instant::now());
                     } else {
-                        info!(timeout = ?shutdown_timeout, "shutting down: stopping receivers, draining pipelines");
+                        info!(timeout = ?live.shutdown_timeout, "shutting down: stopping receivers, draining pipelines");
                         begin_shutdown(&mut stopping, &mut deadline, &mut live);
                         receivers_left -= deferred.len();
                         deferred.clear();
@@ -368,7 +365,7 @@ impl Engine {
                         if receivers_left == 0 && !stopping && result.is_ok() {
                             // The same deadline as a stop request: an exporter retrying a dead
                             // backend must not hold the process for its whole retry budget.
-                            info!(timeout = ?shutdown_timeout, "all receivers finished; draining pipelines");
+                            info!(timeout = ?live.shutdown_timeout, "all receivers finished; draining pipelines");
                             begin_shutdown(&mut stopping, &mut deadline, &mut live);
                         }
                     }
