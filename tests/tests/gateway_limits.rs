@@ -34,15 +34,26 @@ fn raise_open_files() {
 fn request(seed: u64, n: usize, span_bytes: usize) -> ExportTraceServiceRequest {
     let spans = (0..n)
         .map(|i| Span {
-            trace_id: [&seed.to_be_bytes()[..], &(i as u64 + 1).to_be_bytes()[..]].concat(),
+            // Spread over the id space: samplers read the low bytes.
+            trace_id: [
+                &seed.to_be_bytes()[..],
+                &(i as u64 + 1)
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    .to_be_bytes()[..],
+            ]
+            .concat(),
             span_id: ((seed << 32) + i as u64 + 1).to_be_bytes().to_vec(),
             name: "GET /api/orders".into(),
             start_time_unix_nano: 1_700_000_000_000_000_000 + i as u64,
             end_time_unix_nano: 1_700_000_000_001_000_000 + i as u64,
             attributes: vec![KeyValue {
                 key: "payload".into(),
+                // Distinct per span, as real payloads are (repeated values are shared).
                 value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue("x".repeat(span_bytes))),
+                    value: Some(any_value::Value::StringValue(format!(
+                        "{seed}/{i}/{}",
+                        "x".repeat(span_bytes)
+                    ))),
                 }),
             }],
             ..Span::default()
@@ -62,7 +73,30 @@ fn request(seed: u64, n: usize, span_bytes: usize) -> ExportTraceServiceRequest 
 /// A gateway with the default settings: otlp receiver → otlp exporter → the sink on `sink`;
 /// `http` settings and receiver-level `extra` lines added.
 fn gateway(grpc: u16, http: u16, metrics: u16, sink: u16, settings: (&str, &str)) -> KillOnDrop {
+    gateway_with(grpc, http, metrics, sink, settings, "")
+}
+
+/// [`gateway`] with `processor` (a `type: {config}` line) in the pipeline; `sink` 0: spans go to
+/// a `nop` exporter instead.
+fn gateway_with(
+    grpc: u16,
+    http: u16,
+    metrics: u16,
+    sink: u16,
+    settings: (&str, &str),
+    processor: &str,
+) -> KillOnDrop {
+    let exporter = if sink == 0 {
+        "nop: {}".to_string()
+    } else {
+        format!("otlp: {{endpoint: 'http://127.0.0.1:{sink}'}}")
+    };
+    let exporter_id = exporter.split(':').next().unwrap_or_default().to_string();
     let (http_settings, extra) = settings;
+    let (processors, listed) = match processor.split_once(':') {
+        Some((id, _)) => (format!("processors:\n  {processor}\n"), id.trim()),
+        None => (String::new(), ""),
+    };
     let yaml = format!(
         "receivers:
   otlp:
@@ -70,13 +104,13 @@ fn gateway(grpc: u16, http: u16, metrics: u16, sink: u16, settings: (&str, &str)
       grpc: {{endpoint: 127.0.0.1:{grpc}}}
       http: {{endpoint: 127.0.0.1:{http}{http_settings}}}
 {extra}
-exporters:
-  otlp: {{endpoint: 'http://127.0.0.1:{sink}'}}
+{processors}exporters:
+  {exporter}
 service:
   telemetry:
     metrics: {{address: 127.0.0.1:{metrics}}}
   pipelines:
-    traces: {{receivers: [otlp], exporters: [otlp]}}
+    traces: {{receivers: [otlp], processors: [{listed}], exporters: [{exporter_id}]}}
 "
     );
     let config = oxeye_tests::temp_config(&format!("gateway-limits-{grpc}"), &yaml);
@@ -400,4 +434,48 @@ fn a_client_stalled_mid_request_does_not_hold_a_shutdown() {
         "the forced close is logged: {log}"
     );
     assert_eq!(sink.spans(), 10);
+}
+
+/// Peak RSS of a gateway with `processor` (→ a `nop` exporter) taking 120 requests of 400
+/// distinct traces whose spans carry 2 KiB each (about 100 MiB of spans); (peak MiB, spans
+/// kept, spans dropped).
+fn tail_flood(processor: &str) -> (f64, u64, u64) {
+    let (grpc, http, metrics) = (free_port(), free_port(), free_port());
+    let mut child = gateway_with(grpc, http, metrics, 0, ("", ""), processor);
+    let (_, log) = oxeye_tests::follow(child.0.stderr.take().expect("stderr"));
+    for i in 0..120u64 {
+        let body = request(1000 + i, 400, 2048).encode_to_vec();
+        let (code, head, answer) = http_post(
+            http,
+            "/v1/traces",
+            &[("content-type", "application/x-protobuf")],
+            &body,
+        );
+        assert_eq!(code, 200, "{head} {}", String::from_utf8_lossy(&answer));
+    }
+    let (code, _, log, peak) = stop(child, log);
+    assert_eq!(code, 0, "{log}");
+    let (inn, out, dropped) = oxeye_tests::final_counts(&log).expect("final line");
+    assert_eq!(inn, 48_000);
+    assert_eq!(out + dropped, 48_000, "{log}");
+    (peak, out, dropped)
+}
+
+#[test]
+fn tail_sampling_holds_otlp_spans_with_large_attributes_within_max_bytes() {
+    let (nop, _, _) = tail_flood("nop:");
+    let (capped, kept, dropped) = tail_flood(
+        "tail_sampling: {decision_wait: 1h, num_traces: 1000000, max_bytes: 33554432, policies: [{name: some, type: probabilistic, probabilistic: {sampling_percentage: 10}}]}",
+    );
+    println!(
+        "peak RSS: nop {nop:.0} MiB; tail_sampling with max_bytes 32 MiB {capped:.0} MiB ({kept} kept, {dropped} sampled out)"
+    );
+    // The cap counts the spans' strings: 100 MiB of them cannot all be held (before it did,
+    // the cap let this run reach +144 MiB).
+    assert!(
+        capped - nop < 32.0 + 40.0,
+        "max_bytes 32 MiB: +{:.0} MiB over nop",
+        capped - nop
+    );
+    assert!(kept > 0 && dropped > kept);
 }
