@@ -178,12 +178,16 @@ pub struct Admission {
     /// MiB of requests read, decompressed, decoded and queued in the pipeline at once; a
     /// request that does not fit is refused (429 / RESOURCE_EXHAUSTED, retryable) and counted.
     pub request_limit_mib: u64,
+    /// Requests served at once (from their headers to their answer); more are refused the
+    /// same way.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for Admission {
     fn default() -> Self {
         Admission {
             request_limit_mib: 128,
+            max_concurrent_requests: 4096,
         }
     }
 }
@@ -417,10 +421,21 @@ impl OtlpReceiverConfig {
             errors.push(
                 "admission.request_limit_mib",
                 format!(
-                    "{} MiB cannot hold the largest request the protocols take ({} MiB read, decompressed and decoded): raise it to at least {} or lower max_request_body_size / max_recv_msg_size_mib",
+                    "{} MiB cannot hold the largest request the protocols take ({} MiB read and decompressed): raise it to at least {} or lower max_request_body_size / max_recv_msg_size_mib",
                     self.admission.request_limit_mib,
                     largest.div_ceil(1 << 20),
                     largest.div_ceil(1 << 20)
+                ),
+            );
+        }
+        if self.admission.max_concurrent_requests == 0
+            || self.admission.max_concurrent_requests > 1_000_000
+        {
+            errors.push(
+                "admission.max_concurrent_requests",
+                format!(
+                    "must be 1 to 1000000, got {}",
+                    self.admission.max_concurrent_requests
                 ),
             );
         }

@@ -31,6 +31,20 @@ pub struct Converted {
     pub held_bytes: u64,
 }
 
+/// Memory the decoded spans of `batches` take ([`oxeye_api::Span::size_bytes`]).
+pub(crate) fn decoded_size(batches: &[Batch]) -> u64 {
+    batches
+        .iter()
+        .map(|b| match &b.records {
+            oxeye_api::Records::Spans(spans) => {
+                spans.iter().map(|s| s.size_bytes() as u64).sum::<u64>()
+                    + std::mem::size_of::<Batch>() as u64
+            }
+            _ => 0,
+        })
+        .sum()
+}
+
 /// The interners' hasher: keyed with a random seed, so a client cannot craft keys that collide
 /// (which would make a request's decoding quadratic); foldhash is as fast as FNV on short keys.
 pub(crate) type Keyed = foldhash::fast::RandomState;

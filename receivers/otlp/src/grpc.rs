@@ -26,7 +26,7 @@ use tonic::codec::{CompressionEncoding, DecodeBuf, EnabledCompressionEncodings, 
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::admission::Charge;
+use crate::admission::{self, Charge, Refused};
 use crate::convert::Converted;
 use crate::{unsupported, GrpcConfig, Shared};
 
@@ -60,12 +60,18 @@ fn over_budget(shared: &Shared) -> Status {
     )
 }
 
+/// How long a gRPC request may take to arrive whole (the Collector has no such limit; a stream
+/// stalled mid-message would otherwise hold its charge and its task for ever).
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A request body whose data frames are charged to the budget as they arrive; one that does not
-/// fit ends the request with [`over_budget`] before tonic buffers it.
+/// fit ends the request with [`over_budget`] before tonic buffers it, and one that does not
+/// arrive within [`READ_TIMEOUT`] with DEADLINE_EXCEEDED (retryable).
 struct Charged<B> {
     inner: B,
     slot: Slot,
     shared: Arc<Shared>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<B> http_body::Body for Charged<B>
@@ -86,18 +92,31 @@ where
                 return std::task::Poll::Ready(Some(Err(e.into())))
             }
             std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
-            std::task::Poll::Pending => return std::task::Poll::Pending,
+            std::task::Poll::Pending => {
+                if std::future::Future::poll(self.deadline.as_mut(), cx).is_ready() {
+                    self.shared.bump(crate::Counter::Timeouts, "grpc", 1);
+                    let late = Status::deadline_exceeded(format!(
+                        "the request did not arrive within {} s",
+                        READ_TIMEOUT.as_secs()
+                    ));
+                    return std::task::Poll::Ready(Some(Err(Box::new(late))));
+                }
+                return std::task::Poll::Pending;
+            }
         };
         if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
-            // After the codec took the charge (the message is read), more data is refused.
-            let fits = self
-                .slot
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_mut()
-                .is_some_and(|c| c.grow(data.len() as u64));
-            if !fits {
-                return std::task::Poll::Ready(Some(Err(Box::new(over_budget(&self.shared)))));
+            let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+            let refused = match slot.as_mut() {
+                Some(charge) => {
+                    (!charge.grow(data.len() as u64)).then(|| over_budget(&self.shared))
+                }
+                // The codec took the charge with the message: a unary call has no second one.
+                None => Some(Status::invalid_argument(
+                    "more than one message in a unary call",
+                )),
+            };
+            if let Some(status) = refused {
+                return std::task::Poll::Ready(Some(Err(Box::new(status))));
             }
         }
         std::task::Poll::Ready(Some(Ok(frame)))
@@ -130,6 +149,9 @@ impl tower::Service<http::Request<tonic::body::Body>> for Traces {
                     Status::unimplemented(format!("no method {}", req.uri().path())).into_http(),
                 );
             }
+            let Some(_request_slot) = this.shared.request_slot() else {
+                return Ok(over_budget(&this.shared).into_http());
+            };
             let compressed = req
                 .headers()
                 .get("grpc-encoding")
@@ -139,6 +161,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for Traces {
                 inner,
                 slot: Arc::clone(&slot),
                 shared: Arc::clone(&this.shared),
+                deadline: Box::pin(tokio::time::sleep(READ_TIMEOUT)),
             });
             let mut gzip = EnabledCompressionEncodings::default();
             gzip.enable(CompressionEncoding::Gzip);
@@ -266,27 +289,28 @@ impl tonic::codec::Decoder for Codec {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .unwrap_or_else(|| self.shared.charge());
-        // The decompressed copy, and the spans about to be decoded (unless kept encoded).
-        let keep = self.shared.keeps_encoded();
-        let more = if self.compressed { len as u64 } else { 0 }
-            + if keep {
-                0
-            } else {
-                crate::wire::decoded_bytes(len)
-            };
-        if !charge.grow(more) {
+        // tonic holds a compressed message twice: compressed (charged as it arrived) and not.
+        if self.compressed && !charge.grow(len as u64) {
             return Err(over_budget(&self.shared));
         }
         // tonic hands over one message in one `BytesMut`: taking it as `Bytes` copies nothing,
         // and encoded batches keep slices of it.
-        let converted = crate::wire::read(&src.copy_to_bytes(len), keep);
-        match converted {
+        let bytes = src.copy_to_bytes(len);
+        let keep = self.shared.keeps_encoded();
+        match admission::decode(&bytes, admission::Body::Protobuf, keep, &mut charge) {
             Ok(converted) => Ok(Some(Decoded { converted, charge })),
-            Err(why) => {
+            Err(Refused::OverBudget) => Err(over_budget(&self.shared)),
+            Err(Refused::TooLarge(n)) => {
+                // Never retried (no RetryInfo): it can never fit.
                 self.shared.malformed("grpc");
-                Err(Status::invalid_argument(format!(
-                    "not an OTLP trace request: {why}"
+                Err(Status::resource_exhausted(format!(
+                    "decoded, this request takes {} MiB, more than admission.request_limit_mib allows at once: send smaller requests",
+                    n.div_ceil(1 << 20)
                 )))
+            }
+            Err(Refused::Malformed(why)) => {
+                self.shared.malformed("grpc");
+                Err(Status::invalid_argument(why))
             }
         }
     }

@@ -19,8 +19,8 @@ use http_body_util::BodyExt;
 use oxeye_api::{BoxError, Shutdown};
 use prost::Message;
 
-use crate::admission::Charge;
-use crate::{convert, unsupported, Counter, HttpConfig, Shared};
+use crate::admission::{self, Body as BodyKind, Charge, Refused};
+use crate::{unsupported, Counter, HttpConfig, Shared};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Encoding {
@@ -83,6 +83,21 @@ enum Unread {
     Status(StatusCode, String),
     /// Over the in-flight budget: refused, retryable.
     OverBudget,
+    /// The client went away or broke the stream mid-body.
+    Incomplete(String),
+    /// The body arrived slower than [`MIN_BODY_RATE`].
+    TooSlow,
+}
+
+/// A body must arrive at this rate on average, after [`BODY_GRACE`] (the grace Kestrel gives
+/// its `MinRequestBodyDataRate`): slow enough for a poor uplink, fast enough that holding the
+/// budget with announced bodies costs an attacker real bandwidth.
+const MIN_BODY_RATE: u64 = 64 << 10;
+const BODY_GRACE: Duration = Duration::from_secs(2);
+
+/// When the next bytes must have arrived for a body of which `got` bytes came since `started`.
+fn next_due(started: tokio::time::Instant, got: usize) -> tokio::time::Instant {
+    started + BODY_GRACE + Duration::from_secs_f64(got as f64 / MIN_BODY_RATE as f64)
 }
 
 fn too_large(what: &str, limit: usize) -> Unread {
@@ -107,16 +122,27 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large("the request body", limit));
     }
-    // A declared length is charged whole before anything is read.
+    // A declared length is charged whole before any of it is read: a request that cannot fit
+    // is refused without reading it, and one that fits reads into one buffer of its size
+    // (refusing requests part way instead makes the allocator churn, which costs far more
+    // memory than the budget: measured). So that announcing a body is not a cheap way to hold
+    // the budget, the body must then keep arriving (`MIN_BODY_RATE`). A body of undeclared
+    // length (chunked) is charged as it arrives.
     if let Some(n) = declared {
         if !charge.grow(n) {
             return Err(Unread::OverBudget);
         }
     }
+    let started = tokio::time::Instant::now();
     let mut raw = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| Unread::Status(StatusCode::BAD_REQUEST, format!("the body: {e}")))?;
+    loop {
+        let frame = match tokio::time::timeout_at(next_due(started, raw.len()), body.frame()).await
+        {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => return Err(Unread::TooSlow),
+        };
+        let frame = frame.map_err(|e| Unread::Incomplete(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
@@ -181,6 +207,32 @@ async fn discard(body: &mut Body, limit: usize) {
     }
 }
 
+/// Refuses a request over the in-flight budget (bytes, or requests at once) with 429 and
+/// Retry-After, after reading and dropping the rest of its body (within `read_timeout`).
+async fn refuse_over_budget(
+    shared: &Shared,
+    mut body: Body,
+    app: &App,
+    deadline: Option<tokio::time::Instant>,
+    enc: Encoding,
+) -> Response {
+    shared.over_budget("http");
+    let deadline = deadline.or_else(|| app.read_timeout.map(|t| tokio::time::Instant::now() + t));
+    let rest = discard(&mut body, app.limit);
+    match deadline {
+        Some(d) => {
+            let _ = tokio::time::timeout_at(d, rest).await;
+        }
+        None => rest.await,
+    }
+    retry_later(
+        shared,
+        "oxeye holds as many requests as admission allows (request_limit_mib, max_concurrent_requests): retry later"
+            .into(),
+        enc,
+    )
+}
+
 /// 429 with Retry-After, in the request's encoding.
 fn retry_later(shared: &Shared, message: String, enc: Encoding) -> Response {
     let mut r = status(
@@ -210,6 +262,9 @@ async fn traces(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
             );
         }
     };
+    let Some(_slot) = shared.request_slot() else {
+        return refuse_over_budget(shared, body, &app, None, enc).await;
+    };
     let mut charge = shared.charge();
     let mut body = body;
     let deadline = app.read_timeout.map(|t| tokio::time::Instant::now() + t);
@@ -218,63 +273,69 @@ async fn traces(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
         Some(d) => tokio::time::timeout_at(d, read).await,
         None => Ok(read.await),
     };
-    let body = match read {
+    let bytes = match read {
         Ok(Ok(b)) => b,
         Ok(Err(Unread::Status(http, why))) => {
             shared.malformed("http");
             return status(http, tonic::Code::InvalidArgument, why, enc);
         }
-        Ok(Err(Unread::OverBudget)) => {
-            shared.over_budget("http");
-            drop(charge);
-            let rest = discard(&mut body, app.limit);
-            match deadline {
-                Some(d) => {
-                    let _ = tokio::time::timeout_at(d, rest).await;
-                }
-                None => rest.await,
-            }
-            return retry_later(
-                shared,
-                "oxeye holds as many requests as admission.request_limit_mib allows: retry later"
-                    .into(),
-                enc,
-            );
-        }
-        Err(_) => {
-            shared.bump(Counter::Timeouts, "http", 1);
+        Ok(Err(Unread::Incomplete(why))) => {
+            shared.bump(Counter::IncompleteRequests, "http", 1);
             return status(
-                StatusCode::REQUEST_TIMEOUT,
-                tonic::Code::DeadlineExceeded,
-                "the request body did not arrive within read_timeout".into(),
+                StatusCode::BAD_REQUEST,
+                tonic::Code::Cancelled,
+                format!("the request body ended early: {why}"),
                 enc,
             );
         }
+        Ok(Err(Unread::OverBudget)) => {
+            drop(charge);
+            return refuse_over_budget(shared, body, &app, deadline, enc).await;
+        }
+        Ok(Err(Unread::TooSlow)) | Err(_) => {
+            // 503 with a delay, not 408: OTLP clients retry 503 (and drop what a 408 refuses).
+            shared.bump(Counter::Timeouts, "http", 1);
+            let mut r = status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::Unavailable,
+                format!(
+                    "the request body did not arrive within read_timeout, or came slower than {} KiB/s",
+                    MIN_BODY_RATE >> 10
+                ),
+                enc,
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(shared.retry_after_secs()),
+            );
+            return r;
+        }
     };
-    // Decoded spans take more memory than their protobuf: charged before they exist.
-    let decoding = enc == Encoding::Json || !shared.keeps_encoded();
-    if decoding && !charge.grow(crate::wire::decoded_bytes(body.len())) {
-        shared.over_budget("http");
-        return retry_later(
-            shared,
-            "oxeye holds as many requests as admission.request_limit_mib allows: retry later"
-                .into(),
-            enc,
-        );
-    }
-    let request = match enc {
-        Encoding::Protobuf => crate::wire::read(&body, shared.keeps_encoded())
-            .map_err(|e| format!("not an OTLP trace request: {e}")),
-        Encoding::Json => convert::from_json(&body).map(|r| {
-            let mut c = convert::request(r);
-            c.held_bytes = crate::wire::decoded_bytes(body.len());
-            c
-        }),
+    let kind = match enc {
+        Encoding::Protobuf => BodyKind::Protobuf,
+        Encoding::Json => BodyKind::Json,
     };
-    drop(body);
+    let request = admission::decode(&bytes, kind, shared.keeps_encoded(), &mut charge);
+    drop(bytes);
     let request = match request {
         Ok(r) => r,
-        Err(why) => {
+        Err(Refused::OverBudget) => {
+            drop(charge);
+            return refuse_over_budget(shared, body, &app, deadline, enc).await;
+        }
+        Err(Refused::TooLarge(n)) => {
+            shared.malformed("http");
+            return status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                tonic::Code::InvalidArgument,
+                format!(
+                    "decoded, this request takes {} MiB, more than admission.request_limit_mib allows at once: send smaller requests",
+                    n.div_ceil(1 << 20)
+                ),
+                enc,
+            );
+        }
+        Err(Refused::Malformed(why)) => {
             shared.malformed("http");
             return status(
                 StatusCode::BAD_REQUEST,

@@ -46,10 +46,12 @@ pub(crate) enum Counter {
     Timeouts,
     /// Connections still open at the end of the shutdown drain, closed by force.
     AbortedConnections,
+    /// Requests whose body ended early (the client went away or reset the stream).
+    IncompleteRequests,
 }
 
 impl Counter {
-    const ALL: [Counter; 7] = [
+    const ALL: [Counter; 8] = [
         Counter::RefusedRequests,
         Counter::RefusedSpans,
         Counter::RefusedOverBudget,
@@ -57,6 +59,7 @@ impl Counter {
         Counter::RefusedConnections,
         Counter::Timeouts,
         Counter::AbortedConnections,
+        Counter::IncompleteRequests,
     ];
 
     fn name(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Counter {
             Counter::RefusedConnections => "otlp_refused_connections",
             Counter::Timeouts => "otlp_timeouts",
             Counter::AbortedConnections => "otlp_aborted_connections",
+            Counter::IncompleteRequests => "otlp_incomplete_requests",
         }
     }
 }
@@ -78,12 +82,27 @@ pub(crate) struct Shared {
     telemetry: Telemetry,
     backpressure: Backpressure,
     budget: Arc<admission::Budget>,
+    /// `admission.max_concurrent_requests`, both protocols together.
+    requests: Arc<tokio::sync::Semaphore>,
     /// Per source (gRPC, HTTP), per [`Counter`].
     counts: [[AtomicU64; Counter::ALL.len()]; 2],
 }
 
 /// A request the pipeline could not take in time: the client is told to retry.
 pub(crate) struct Busy;
+
+/// Spans of an accepted request not sent into the pipeline yet: counted as dropped
+/// (`receiver_stopped`) if the request is abandoned.
+struct Unsent<'a> {
+    telemetry: &'a Telemetry,
+    spans: u64,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        self.telemetry.add_dropped("receiver_stopped", self.spans);
+    }
+}
 
 impl Shared {
     /// `grpc` or `http`, from a protocol's name in logs.
@@ -105,6 +124,11 @@ impl Shared {
     /// A new, empty charge on the in-flight budget.
     pub(crate) fn charge(&self) -> admission::Charge {
         self.budget.charge()
+    }
+
+    /// A place among the requests served at once; `None` when all are taken.
+    pub(crate) fn request_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.requests).try_acquire_owned().ok()
     }
 
     /// True when the pipeline sends spans straight to exporters that forward them as received:
@@ -157,9 +181,17 @@ impl Shared {
                 return Err(Busy);
             }
             // The rest of an accepted request follows whatever the wait: the client was not
-            // refused, so none of it may be lost.
+            // refused, so none of it may be lost. If the receiver is torn down meanwhile (its
+            // connections aborted after the shutdown drain), what was not sent counts as
+            // dropped.
+            let mut rest = Unsent {
+                telemetry: &self.telemetry,
+                spans: batches.as_slice().iter().map(|b| b.len() as u64).sum(),
+            };
             for batch in batches {
+                let n = batch.len() as u64;
                 self.ctx.emit_holding(batch, Arc::clone(&hold)).await;
+                rest.spans -= n;
             }
         }
         self.telemetry
@@ -227,6 +259,9 @@ impl Receiver for OtlpReceiver {
             telemetry: self.telemetry,
             backpressure: self.config.backpressure.clone(),
             budget: admission::Budget::new(self.config.admission.request_limit_mib << 20),
+            requests: Arc::new(tokio::sync::Semaphore::new(
+                self.config.admission.max_concurrent_requests,
+            )),
             counts: Default::default(),
         });
         // Bind both first, so a taken port fails the start before anything is served.

@@ -31,6 +31,9 @@ use crate::{Counter, Shared};
 /// A request still arriving when it ends is cut: it was not accepted, its client retries.
 const DRAIN_EXTRA: Duration = Duration::from_secs(1);
 
+/// The HTTP/2 connection preface (24 bytes) and a SETTINGS frame header (9).
+const H2_PREFACE_AND_SETTINGS: u64 = 33;
+
 /// The drain time after `wait`, the longest a read request may wait for the pipeline.
 pub(crate) fn drain_time(wait: Duration) -> Duration {
     wait + DRAIN_EXTRA
@@ -60,18 +63,40 @@ pub(crate) struct Limits {
     pub ping: Option<(Duration, Duration)>,
 }
 
-/// Requests started on a connection and when it last moved a byte (ms since its accept).
+/// A connection's activity: requests started and still open, bytes read, and when it last
+/// moved a byte (ms since its accept).
 #[derive(Default)]
 struct Activity {
     requests: AtomicU64,
+    open: AtomicU64,
+    read: AtomicU64,
     last_ms: AtomicU64,
 }
 
-/// The service of one connection, counting the requests it starts.
+/// The service of one connection, counting the requests it starts and those still open.
 #[derive(Clone)]
 struct Counted<S> {
     inner: S,
     activity: Arc<Activity>,
+}
+
+/// A request's answer in the making; the request counts as open until it is done or dropped.
+struct Open<F> {
+    inner: Pin<Box<F>>,
+    activity: Arc<Activity>,
+}
+
+impl<F: std::future::Future> std::future::Future for Open<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<F> Drop for Open<F> {
+    fn drop(&mut self) {
+        self.activity.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl<S, R> tower::Service<R> for Counted<S>
@@ -80,7 +105,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Open<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -88,7 +113,11 @@ where
 
     fn call(&mut self, req: R) -> Self::Future {
         self.activity.requests.fetch_add(1, Ordering::Relaxed);
-        self.inner.call(req)
+        self.activity.open.fetch_add(1, Ordering::Relaxed);
+        Open {
+            inner: Box::pin(self.inner.call(req)),
+            activity: Arc::clone(&self.activity),
+        }
     }
 }
 
@@ -115,7 +144,9 @@ impl AsyncRead for Watched {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.activity.read.fetch_add(n as u64, Ordering::Relaxed);
             this.touch();
         }
         r
@@ -175,7 +206,8 @@ fn builder(limits: &Limits) -> hyper_util::server::conn::auto::Builder<TokioExec
     let mut h2 = b.http2();
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(64 << 10);
+        // hyper's default, 16 KiB: header lists held per stream stay small.
+        .max_header_list_size(16 << 10);
     if let Some((interval, timeout)) = limits.ping {
         h2.keep_alive_interval(interval).keep_alive_timeout(timeout);
     }
@@ -372,8 +404,11 @@ async fn connection<S, B>(
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    // hyper's own header timeout ends the connection with a timeout error.
-                    if e.downcast_ref::<hyper::Error>().is_some_and(|e| e.is_timeout()) {
+                    // hyper's own header timeout ends the connection with a timeout error. Its
+                    // timer also runs while a kept-alive connection waits for its next request:
+                    // closing one that served requests is no timeout of a client's.
+                    let timeout = e.downcast_ref::<hyper::Error>().is_some_and(|e| e.is_timeout());
+                    if timeout && activity.requests.load(Ordering::Relaxed) == 0 {
                         shared.bump(Counter::Timeouts, source, 1);
                     }
                     debug!("otlp receiver: {what}: connection from {peer}: {e}");
@@ -386,9 +421,17 @@ async fn connection<S, B>(
             }
             _ = check.tick() => {
                 let now = epoch.elapsed();
-                if activity.requests.load(Ordering::Relaxed) == 0 && now >= limits.first_request {
-                    // No request within the deadline: a client that connects and waits, or
-                    // sends its headers (or the HTTP/2 preface) a byte at a time.
+                // HTTP/1.1: a whole request's headers; HTTP/2 only (gRPC): its preface and
+                // settings (a channel may stay open and idle once it has spoken HTTP/2).
+                let started = if limits.http1 {
+                    activity.requests.load(Ordering::Relaxed) > 0
+                } else {
+                    activity.requests.load(Ordering::Relaxed) > 0
+                        || activity.read.load(Ordering::Relaxed) >= H2_PREFACE_AND_SETTINGS
+                };
+                if !started && now >= limits.first_request {
+                    // Nothing within the deadline: a client that connects and waits, or sends
+                    // its headers (or the HTTP/2 preface) a byte at a time.
                     shared.bump(Counter::Timeouts, source, 1);
                     debug!("otlp receiver: {what}: no request from {peer} within {:?}: closed", limits.first_request);
                     return;
@@ -401,7 +444,10 @@ async fn connection<S, B>(
                     Some(_) => {}
                     None => {
                         let idle = now.saturating_sub(Duration::from_millis(activity.last_ms.load(Ordering::Relaxed)));
-                        let why = if limits.idle.is_some_and(|d| idle >= d) {
+                        // Idle means no byte moving and no request open (one may wait on a
+                        // full pipeline without a byte moving).
+                        let quiet = activity.open.load(Ordering::Relaxed) == 0;
+                        let why = if quiet && limits.idle.is_some_and(|d| idle >= d) {
                             Some("idle")
                         } else if limits.max_age.is_some_and(|d| now >= d) {
                             Some("age")

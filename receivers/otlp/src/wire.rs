@@ -585,15 +585,10 @@ pub fn read(buf: &bytes::Bytes, keep: bool) -> Result<Converted> {
         }
         None => {
             let mut c = request(buf)?;
-            c.held_bytes = decoded_bytes(buf.len());
+            c.held_bytes = crate::convert::decoded_size(&c.batches);
             Ok(c)
         }
     }
-}
-
-/// Estimated memory of the spans decoded from `len` bytes of protobuf.
-pub(crate) fn decoded_bytes(len: usize) -> u64 {
-    (len as u64).saturating_mul(crate::admission::DECODED_PER_BYTE)
 }
 
 /// The request as it came, split into one batch of [`EncodedSpans`] per `ResourceSpans` that
