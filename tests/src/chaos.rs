@@ -62,8 +62,9 @@ impl Processor for ChaosProcessor {
     async fn process(&mut self, batch: Arc<Batch>, out: &mut Output) -> Result<(), BoxError> {
         let n = self.taken;
         self.taken += 1;
-        self.config.at(n).await?;
+        // Misbehaves with the batch taken in: the engine must count it once.
         self.held.push_back(batch);
+        self.config.at(n).await?;
         if self.held.len() > self.config.hold {
             for b in self.held.drain(..) {
                 out.push(b);

@@ -105,14 +105,6 @@ impl<'a> InFlight<'a> {
             reason: "component_stopped",
         }
     }
-    /// Records being sent into `telemetry`'s queue (`queued_at_stop` if the sender stops).
-    fn sending(telemetry: &'a Telemetry, records: usize) -> Self {
-        InFlight {
-            telemetry,
-            records: records as u64,
-            reason: QUEUED_AT_STOP,
-        }
-    }
     pub(super) fn done(mut self) {
         self.records = 0;
     }
@@ -145,7 +137,26 @@ impl Edge {
     pub(super) async fn send(&self, batch: Arc<Batch>, hold: Option<&Hold>) {
         let n = batch.len();
         self.stats.add(n);
-        let in_flight = InFlight::sending(&self.downstream, n);
+        // If the sender is abandoned while this waits for room, the records never arrive:
+        // out of the queue's count, into the downstream stage's drops.
+        struct Sending<'a> {
+            edge: &'a Edge,
+            records: usize,
+        }
+        impl Drop for Sending<'_> {
+            fn drop(&mut self) {
+                if self.records > 0 {
+                    self.edge.stats.sub(self.records);
+                    self.edge
+                        .downstream
+                        .add_dropped(QUEUED_AT_STOP, self.records as u64);
+                }
+            }
+        }
+        let mut in_flight = Sending {
+            edge: self,
+            records: n,
+        };
         let item = Item {
             batch,
             hold: hold.cloned(),
@@ -157,7 +168,7 @@ impl Edge {
                 mpsc::error::TrySendError::Closed(_) => "downstream_failed",
             }),
         };
-        in_flight.done();
+        in_flight.records = 0;
         if let Err(reason) = result {
             self.stats.sub(n);
             self.downstream.add_dropped(reason, n as u64);
@@ -415,6 +426,10 @@ async fn send_to_all<'a>(
     impl<'a, I: Iterator<Item = &'a Edge>> Drop for Rest<'a, I> {
         fn drop(&mut self) {
             for edge in self.edges.take().into_iter().flatten() {
+                // Sent to it, in the sense of the edge's count: it was meant to get them.
+                edge.stats
+                    .sent_records
+                    .fetch_add(self.records, Ordering::Relaxed);
                 edge.downstream.add_dropped(QUEUED_AT_STOP, self.records);
             }
         }

@@ -84,6 +84,8 @@ struct LiveProcessor {
     control: mpsc::UnboundedSender<Control>,
     /// Its gate on the pipeline's entry ([`oxeye_api::Processor::admission`]).
     admission: Option<Arc<dyn Admission>>,
+    /// It takes encoded batches itself ([`oxeye_api::Processor::takes_encoded`]).
+    takes_encoded: bool,
 }
 
 struct LivePipeline {
@@ -489,7 +491,10 @@ impl Live {
                 } else {
                     label(Kind::Processor, &p.processors[i - 1], Some(&p.id))
                 };
-                let lp = match built.remove(&l) {
+                // Encoded batches go into a stage only if it and every stage after it take them
+                // (else they are decoded once, at the first stage that needs spans).
+                let downstream_encoded = outputs.iter().all(|e| e.takes_encoded);
+                let mut lp = match built.remove(&l) {
                     None => {
                         unchanged += 1;
                         let o = old
@@ -517,13 +522,14 @@ impl Live {
                         let Instance::Processor(proc_) = b.instance else {
                             unreachable!("a processor")
                         };
+                        let takes_encoded = proc_.takes_encoded();
                         let (input, end) = new_edge(
                             &p.id,
                             from,
                             l.clone(),
                             queue,
                             &b.info.telemetry,
-                            proc_.takes_encoded(),
+                            takes_encoded,
                         );
                         let admission = proc_.admission();
                         let (control, control_rx) = mpsc::unbounded_channel();
@@ -551,9 +557,11 @@ impl Live {
                             input,
                             control,
                             admission,
+                            takes_encoded,
                         }
                     }
                 };
+                lp.input.takes_encoded = lp.takes_encoded && downstream_encoded;
                 outputs = vec![lp.input.clone_sender()];
                 chain.push(lp);
             }

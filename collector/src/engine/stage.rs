@@ -62,14 +62,35 @@ struct Owned {
     p: Box<dyn Processor>,
     telemetry: Telemetry,
     flushed: bool,
+    /// What it held before the batch being processed (that batch counts as
+    /// `component_stopped`: what it took of it is not counted twice).
+    held_before: u64,
+    /// Records of the batch being processed.
+    in_process: u64,
+}
+
+impl Owned {
+    /// Its `held()`, 0 if that panics (never a panic while unwinding from another).
+    fn held(&self) -> u64 {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.p.held())).unwrap_or(0)
+    }
 }
 
 impl Drop for Owned {
     fn drop(&mut self) {
         if !self.flushed {
-            self.telemetry.add_dropped("held_at_stop", self.p.held());
+            let held = self.held();
+            let taken_from_batch = held.saturating_sub(self.held_before).min(self.in_process);
+            self.telemetry
+                .add_dropped("held_at_stop", held - taken_from_batch);
         }
     }
+}
+
+/// Batches a processor pushed before its call failed: never sent, counted as dropped.
+fn count_unsent(out: &mut Output, telemetry: &Telemetry) {
+    let n: usize = out.take().iter().map(|b| b.len()).sum();
+    telemetry.add_dropped("component_stopped", n as u64);
 }
 
 pub(super) async fn run_processor(
@@ -85,6 +106,8 @@ pub(super) async fn run_processor(
         p,
         telemetry: telemetry.clone(),
         flushed: false,
+        held_before: 0,
+        in_process: 0,
     };
     let mut out = Output::new();
     let mut control_open = true;
@@ -119,16 +142,35 @@ pub(super) async fn run_processor(
                     }
                 };
                 let in_flight = InFlight::new(&telemetry, batch.len());
-                owned.p.process(batch, &mut out).await?;
+                owned.held_before = owned.held();
+                owned.in_process = batch.len() as u64;
+                if let Err(e) = owned.p.process(batch, &mut out).await {
+                    // The batch counts as `component_stopped`; what it held besides it, as
+                    // `held_at_stop` (`in_process` keeps them apart).
+                    count_unsent(&mut out, &telemetry);
+                    return Err(e);
+                }
+                owned.in_process = 0;
                 in_flight.done();
             }
             Some(None) => break,
-            None => owned.p.tick(SystemTime::now(), &mut out).await?,
+            None => {
+                if let Err(e) = owned.p.tick(SystemTime::now(), &mut out).await {
+                    count_unsent(&mut out, &telemetry);
+                    return Err(e);
+                }
+            }
         }
         send_all(&mut out, &outputs, &telemetry, hold.as_ref()).await;
     }
-    owned.p.flush(&mut out).await?;
+    // What `flush` pushes leaves what it held: count it from `out` if the flush fails.
+    let flushed = owned.p.flush(&mut out).await;
     owned.flushed = true;
+    if let Err(e) = flushed {
+        owned.telemetry.add_dropped("held_at_stop", owned.held());
+        count_unsent(&mut out, &telemetry);
+        return Err(e);
+    }
     send_all(&mut out, &outputs, &telemetry, None).await;
     Ok(())
 }

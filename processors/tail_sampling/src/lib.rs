@@ -790,6 +790,8 @@ pub struct TailSampling {
     free: Vec<u32>,
     /// Estimated bytes of the slabs kept.
     bytes: u64,
+    /// Spans waiting for their trace's decision.
+    waiting: u64,
     sampled: Remembered,
     not_sampled: Remembered,
     /// Per policy: (sampled, not sampled).
@@ -850,6 +852,7 @@ impl TailSampling {
             self.dropped += trace.refs.len() as u64;
         }
         let adjusted = 1.0 / probability.max(f64::MIN_POSITIVE);
+        self.waiting -= trace.refs.len() as u64;
         for &(b, i) in &trace.refs {
             let Some(slab) = self.slabs.get_mut(b as usize).and_then(Option::as_mut) else {
                 continue;
@@ -981,6 +984,7 @@ impl Processor for TailSampling {
             bytes += span_bytes(s);
         }
         if waiting > 0 {
+            self.waiting += waiting as u64;
             let bytes = bytes + slab_bytes(spans.capacity());
             let slab = Slab {
                 resource,
@@ -1034,10 +1038,8 @@ impl Processor for TailSampling {
     }
 
     fn held(&self) -> u64 {
-        // Spans waiting for their trace's decision, and kept ones not emitted yet.
-        let waiting: usize = self.slabs.iter().flatten().map(|s| s.waiting).sum();
-        let ready: usize = self.ready.iter().map(|(_, spans)| spans.len()).sum();
-        (waiting + ready) as u64 + self.dropped
+        // Spans waiting for their trace's decision (kept ones are emitted before a call ends).
+        self.waiting
     }
 }
 
@@ -1111,6 +1113,7 @@ impl Factory for TailSamplingFactory {
             slabs: Vec::new(),
             free: Vec::new(),
             bytes: 0,
+            waiting: 0,
             sampled: Remembered::new(c.decision_cache.sampled_cache_size),
             not_sampled: Remembered::new(c.decision_cache.non_sampled_cache_size),
             decided_early: 0,
