@@ -196,6 +196,24 @@ impl Factory for MemoryLimiterFactory {
                 "set limit_mib (MiB) or limit_percentage (of the memory available)",
             );
         }
+        if c.limit_mib > 1 << 30 {
+            e.push(
+                "limit_mib",
+                format!("must be at most 1073741824 (1 PiB), got {}", c.limit_mib),
+            );
+        }
+        if c.limit_mib > 0 && (c.limit_percentage > 0 || c.spike_limit_percentage > 0) {
+            e.push(
+                "limit_percentage",
+                "set limit_mib and spike_limit_mib, or limit_percentage and spike_limit_percentage, not both kinds",
+            );
+        }
+        if c.limit_mib == 0 && c.spike_limit_mib > 0 {
+            e.push(
+                "spike_limit_mib",
+                "goes with limit_mib: with limit_percentage, give spike_limit_percentage",
+            );
+        }
         if c.limit_mib > 0 && c.spike_limit_mib >= c.limit_mib {
             e.push(
                 "spike_limit_mib",
