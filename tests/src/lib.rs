@@ -511,16 +511,37 @@ pub fn lost_in_kernel(line: &str) -> Option<u64> {
     words[i].parse().ok()
 }
 
-/// Waits for `child` to exit (at most `within`; then kills it and panics) and returns its own
-/// rusage — CPU seconds (user + system) and peak RSS in MiB — which only wait4 gives for one
-/// child. Panics unless it exited 0.
+/// Peak resident memory of a running process, in MiB (`VmHWM` of `/proc/<pid>/status`: its own
+/// address space's high-water mark). Not wait4's `ru_maxrss`: Linux carries the high-water mark
+/// of the address space a child had before `exec` — a copy of this test process, which may be
+/// far larger than oxeye — into it.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Waits for `child` to exit (at most `within`; then kills it and panics) and returns its CPU
+/// seconds (user + system, from wait4) and peak RSS in MiB ([`peak_rss_mib`], read until it
+/// exits). Panics unless it exited 0.
 pub fn wait_with_rusage(mut child: Child, within: Duration) -> (f64, f64) {
     let pid = child.id() as libc::pid_t;
     let deadline = std::time::Instant::now() + within;
     // SAFETY: wait4 on our own child; the out-parameters are owned locals.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let mut status = 0;
+    let mut peak = 0.0f64;
     loop {
+        if let Some(p) = peak_rss_mib(child.id()) {
+            peak = peak.max(p);
+        }
         let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
         if r == pid {
             break;
@@ -537,10 +558,7 @@ pub fn wait_with_rusage(mut child: Child, within: Duration) -> (f64, f64) {
         "oxeye failed (wait status {status})"
     );
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (
-        tv(ru.ru_utime) + tv(ru.ru_stime),
-        ru.ru_maxrss as f64 / 1024.0,
-    )
+    (tv(ru.ru_utime) + tv(ru.ru_stime), peak)
 }
 
 /// Parses `N records in, M out, D dropped` from oxeye's final log line.
