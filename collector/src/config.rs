@@ -130,6 +130,8 @@ pub struct TelemetryConfig {
 pub struct LogsConfig {
     /// `error`, `warn`, `info` (default), `debug` or `trace`.
     pub level: LogLevel,
+    /// `text` (default) or `json` (one JSON object a line, for log pipelines).
+    pub format: LogFormat,
     /// How often to log a one-line summary of records/s in, out and dropped (`0s`: never).
     #[serde(with = "oxeye_api::config::duration")]
     pub summary_interval: Duration,
@@ -139,9 +141,21 @@ impl Default for LogsConfig {
     fn default() -> Self {
         LogsConfig {
             level: LogLevel::Info,
+            format: LogFormat::Text,
             summary_interval: Duration::from_secs(10),
         }
     }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line (`timestamp`, `level`, `fields.message`, ...).
+    Json,
 }
 
 /// Log level.
