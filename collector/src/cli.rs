@@ -179,16 +179,58 @@ fn validate(name: &str, text: &str) -> ExitCode {
     }
 }
 
-fn init_logs(level: &str) {
-    let filter = std::env::var("OXEYE_LOG").unwrap_or_else(|_| level.to_string());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+/// `OXEYE_LOG`, if it is a filter: comma-separated `level` or `target=level` directives. A value
+/// that is neither would silently turn every message off (it reads as a target name).
+fn oxeye_log() -> Result<Option<String>, String> {
+    let Ok(v) = std::env::var("OXEYE_LOG") else {
+        return Ok(None);
+    };
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    let ok = !v.trim().is_empty()
+        && v.split(',').all(|d| {
+            let level =
+                d.rsplit_once('=').map_or(
+                    d,
+                    |(target, level)| {
+                        if target.trim().is_empty() {
+                            ""
+                        } else {
+                            level
+                        }
+                    },
+                );
+            LEVELS.contains(&level.trim().to_ascii_lowercase().as_str())
+        });
+    if ok {
+        Ok(Some(v))
+    } else {
+        Err(format!(
+            "OXEYE_LOG={v:?} is not a log filter: give a level (error, warn, info, debug, trace) or target=level directives, e.g. OXEYE_LOG=info,oxeye_receiver_otlp=debug"
+        ))
+    }
+}
+
+fn init_logs(level: &str, format: config::LogFormat) {
+    let (directives, bad) = match oxeye_log() {
+        Ok(Some(v)) => (v, None),
+        Ok(None) => (level.to_string(), None),
+        Err(why) => (level.to_string(), Some(why)),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
+    if let Some(why) = bad {
+        warn!("{why}; logging at `{level}`");
+    }
 }
 
 /// Raises the soft limit on open files to the hard one, as Go programs (the Collector) do: a
@@ -233,7 +275,7 @@ fn run(
     let Some(cfg) = loaded.config else {
         return ExitCode::from(2);
     };
-    init_logs(cfg.telemetry.logs.level.as_str());
+    init_logs(cfg.telemetry.logs.level.as_str(), cfg.telemetry.logs.format);
     raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -321,10 +363,18 @@ fn run(
             reg.records_dropped(),
             reg.lost_summary()
         );
+        // The headline adds every exporter's copy; these say where each pipeline's records went.
+        let breakdown = reg.breakdown();
         if report.clean() {
             info!("{summary}");
+            for line in &breakdown {
+                info!("  {line}");
+            }
             ExitCode::SUCCESS
         } else {
+            for line in &breakdown {
+                error!("  {line}");
+            }
             let abandoned: u64 = report.abandoned.iter().map(|(_, n)| n).sum();
             error!(
                 "{summary}; {} failed component(s), {} abandoned at the deadline ({abandoned} queued records lost)",

@@ -361,7 +361,7 @@ pub async fn summarize(registry: Arc<Registry>, every: Duration) {
         );
         let dt = at.elapsed();
         info!(
-            "records/s in {} out {} dropped {} | total in {} out {} dropped {} queued {}{}",
+            "records/s in {} out {} dropped {} | total in {} out {} dropped {} queued {}{} | {}",
             rate(now.0 - last.0, dt),
             rate(now.1 - last.1, dt),
             rate(now.2 - last.2, dt),
@@ -369,7 +369,8 @@ pub async fn summarize(registry: Arc<Registry>, every: Duration) {
             now.1,
             now.2,
             registry.records_queued(),
-            registry.lost_summary()
+            registry.lost_summary(),
+            registry.breakdown().join("; ")
         );
         last = now;
         at = Instant::now();

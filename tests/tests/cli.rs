@@ -367,3 +367,71 @@ fn tail_sampling_flood_stays_under_its_byte_cap() {
         "no cap: {none:.1} MiB vs {cap48:.1} with 48 MiB"
     );
 }
+
+#[test]
+fn the_final_lines_say_where_each_pipelines_records_went() {
+    // One pipeline feeding two exporters and another feeding one of them: the headline adds
+    // every exporter's copy; the lines after it read in = dropped + sent, per pipeline, and
+    // in = out + dropped, per exporter.
+    let config = temp_config(
+        "breakdown",
+        "receivers:\n  synthetic: {seed: 7, spans: {count: 3000}, flows: {count: 2000}}\nprocessors:\n  sampling: {ratio: 0.5}\nexporters:\n  nop:\n  nop/2:\nservice:\n  telemetry: {logs: {summary_interval: 0s}}\n  pipelines:\n    traces: {receivers: [synthetic], processors: [sampling], exporters: [nop, nop/2]}\n    flows: {receivers: [synthetic], exporters: [nop]}\n",
+    );
+    let out = output(&["run", "-c", config.to_str().expect("utf8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let line = |start: &str| -> Vec<u64> {
+        let l = stderr
+            .lines()
+            .find_map(|l| l.split_once(start).map(|(_, rest)| rest.to_string()))
+            .unwrap_or_else(|| panic!("no `{start}` line in {stderr}"));
+        l.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    };
+    // `pipeline traces: 3000 in, sampling D dropped (sampled_out D) → nop N, nop/2 N`, with the
+    // digits of `nop/2` in the way: [3000, D, D, N, 2, N].
+    let t = line("pipeline traces: ");
+    assert_eq!(t[0], 3000, "{stderr}");
+    assert_eq!(t[0], t[1] + t[3], "{stderr}");
+    assert_eq!(t[3], t[5], "{stderr}");
+    assert_eq!(line("pipeline flows: "), vec![2000, 2000]);
+    let nop = line("exporter nop: ");
+    assert_eq!(nop, vec![2000 + t[3], 2000 + t[3]], "{stderr}");
+    assert_eq!(line("exporter nop/2: "), vec![t[3], t[3]], "{stderr}");
+}
+
+#[test]
+fn a_bad_log_filter_is_refused_and_json_logs_parse() {
+    let config = temp_config(
+        "logs",
+        "receivers:\n  synthetic: {spans: {count: 10}}\nexporters:\n  nop:\nservice:\n  telemetry: {logs: {summary_interval: 0s}}\n  pipelines:\n    traces: {receivers: [synthetic], exporters: [nop]}\n",
+    );
+    let path = config.to_str().expect("utf8");
+    // A value that is not a filter used to turn every message off, the final line included.
+    let out = std::process::Command::new(oxeye_bin())
+        .args(["run", "-c", path])
+        .env("OXEYE_LOG", "verbose")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("OXEYE_LOG=\"verbose\" is not a log filter"), "{stderr}");
+    assert_eq!(final_counts(&stderr), Some((10, 10, 0)), "{stderr}");
+
+    let json = temp_config(
+        "logs-json",
+        &std::fs::read_to_string(&config)
+            .expect("read")
+            .replace("summary_interval: 0s", "summary_interval: 0s, format: json"),
+    );
+    let out = output(&["run", "-c", json.to_str().expect("utf8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.iter().all(|v| v["level"].is_string()));
+    assert!(lines
+        .iter()
+        .any(|v| v["fields"]["message"].as_str().is_some_and(|m| m.contains("10 records in"))));
+}
