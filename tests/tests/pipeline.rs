@@ -453,7 +453,7 @@ fn the_filter_transform_example_config_does_what_it_says() {
                     }
                 }
             }
-            Records::Samples(_) | Records::Encoded(_) => panic!("spans and flows only here"),
+            _ => panic!("spans and flows only here"),
         }
     }
     assert!(

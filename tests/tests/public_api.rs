@@ -1,6 +1,9 @@
 //! The plugin API's public surface is a checked-in snapshot (collector/api/public-api.txt), so
 //! changing it is a deliberate act: rustdoc's JSON output (nightly) lists every public item.
-//! After an intended change: `OXEYE_BLESS=1 cargo test -p oxeye-tests --test public_api`.
+//! After an intended change: `OXEYE_BLESS=1 cargo test -p oxeye-tests --test public_api`. A
+//! change that can break a user's crate (an item gone, a variant added to an exhaustive enum, a
+//! field to a struct built with a literal, a required method to a trait) fails until oxeye-api's
+//! version is bumped (semver: 0.x bumps the minor) and the CHANGELOG has that version.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -63,7 +66,18 @@ fn public_items() -> BTreeSet<String> {
         }
     }
     // Fields, variants, methods and associated items, by name and kind.
-    for item in json["index"].as_object().expect("index").values() {
+    let index = json["index"].as_object().expect("index");
+    let name_of = |id: &serde_json::Value| -> String {
+        let key = id
+            .as_u64()
+            .map(|n| n.to_string())
+            .or_else(|| id.as_str().map(String::from));
+        key.and_then(|k| index.get(&k))
+            .and_then(|i| i["name"].as_str())
+            .unwrap_or("?")
+            .to_string()
+    };
+    for (id, item) in index {
         let public = item["visibility"] == "public" || item["visibility"] == "default";
         let Some(name) = item["name"].as_str() else {
             continue;
@@ -81,26 +95,129 @@ fn public_items() -> BTreeSet<String> {
         ) {
             items.insert(format!("member {kind} {name}"));
         }
+        // What a user's crate may rely on beyond the names: an exhaustive enum's variants (a
+        // new one breaks their `match`), a struct they can build with a literal (a new field
+        // breaks it), a trait's required methods (a new one breaks their impl).
+        let path = json["paths"][id.as_str()]["path"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("::")
+            })
+            .unwrap_or_else(|| name.to_string());
+        let non_exhaustive = item["attrs"].to_string().contains("non_exhaustive");
+        let inner = &item["inner"][kind.as_str()];
+        match kind.as_str() {
+            "enum" if !non_exhaustive => {
+                let variants: Vec<String> = inner["variants"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(&name_of)
+                    .collect();
+                items.insert(format!(
+                    "exhaustive enum {path} {{{}}}",
+                    variants.join(", ")
+                ));
+            }
+            "struct" if !non_exhaustive => {
+                let plain = &inner["kind"]["plain"];
+                if plain["has_stripped_fields"] == false {
+                    let fields: Vec<String> = plain["fields"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(&name_of)
+                        .collect();
+                    items.insert(format!(
+                        "constructible struct {path} {{{}}}",
+                        fields.join(", ")
+                    ));
+                }
+            }
+            "trait" => {
+                let required: Vec<String> = inner["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|i| {
+                        let key = i
+                            .as_u64()
+                            .map(|n| n.to_string())
+                            .or_else(|| i.as_str().map(String::from));
+                        key.and_then(|k| index.get(&k)).is_some_and(|it| {
+                            let inner = &it["inner"];
+                            inner["function"]["has_body"] == false
+                                || inner.get("assoc_type").is_some_and(|t| t["type"].is_null())
+                                || inner
+                                    .get("assoc_const")
+                                    .is_some_and(|c| c["value"].is_null())
+                        })
+                    })
+                    .map(&name_of)
+                    .collect();
+                items.insert(format!("trait {path} requires {{{}}}", required.join(", ")));
+            }
+            _ => {}
+        }
     }
     items
+}
+
+/// `version = "x.y.z"` of oxeye-api's Cargo.toml.
+fn crate_version() -> String {
+    let toml = std::fs::read_to_string(Path::new(WORKSPACE).join("collector/api/Cargo.toml"))
+        .expect("Cargo.toml");
+    toml.lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("oxeye-api has a version of its own")
+        .to_string()
 }
 
 #[test]
 fn public_api_matches_the_snapshot() {
     let snapshot = Path::new(WORKSPACE).join("collector/api/public-api.txt");
+    let version = crate_version();
     let now: Vec<String> = public_items().into_iter().collect();
-    let text = now.join("\n") + "\n";
+    let text = format!("version {version}\n{}\n", now.join("\n"));
     if std::env::var_os("OXEYE_BLESS").is_some() {
         std::fs::write(&snapshot, &text).expect("write snapshot");
         return;
     }
     let before = std::fs::read_to_string(&snapshot).unwrap_or_default();
-    let old: BTreeSet<&str> = before.lines().collect();
-    let new: BTreeSet<&str> = text.lines().collect();
+    let blessed_version = before
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("version "))
+        .unwrap_or("none")
+        .to_string();
+    let old: BTreeSet<&str> = before.lines().skip(1).collect();
+    let new: BTreeSet<&str> = text.lines().skip(1).collect();
     let added: Vec<&&str> = new.difference(&old).collect();
     let removed: Vec<&&str> = old.difference(&new).collect();
+    // Anything gone or changed (an exhaustive enum's variants, a constructible struct's fields,
+    // a trait's required methods) can break a user's crate: a new version first.
     assert!(
-        added.is_empty() && removed.is_empty(),
-        "oxeye-api's public API changed.\nadded: {added:#?}\nremoved: {removed:#?}\nIf intended, update the snapshot: OXEYE_BLESS=1 cargo test -p oxeye-tests --test public_api"
+        removed.is_empty() || version != blessed_version,
+        "a breaking change to oxeye-api's public API: bump its version in collector/api/Cargo.toml (it is {version}), say what changed in collector/api/CHANGELOG.md, then bless the snapshot (OXEYE_BLESS=1 cargo test -p oxeye-tests --test public_api).\nremoved or changed: {removed:#?}\nadded: {added:#?}"
+    );
+    assert!(
+        added.is_empty() && removed.is_empty() && version == blessed_version,
+        "oxeye-api's public API changed.\nadded: {added:#?}\nremoved: {removed:#?}\nIf intended, note it in collector/api/CHANGELOG.md and update the snapshot: OXEYE_BLESS=1 cargo test -p oxeye-tests --test public_api"
+    );
+}
+
+#[test]
+fn the_changelog_names_the_current_version() {
+    let changelog =
+        std::fs::read_to_string(Path::new(WORKSPACE).join("collector/api/CHANGELOG.md"))
+            .expect("collector/api/CHANGELOG.md");
+    let version = crate_version();
+    assert!(
+        changelog.contains(&format!("## {version}")),
+        "collector/api/CHANGELOG.md has no `## {version}` section"
     );
 }

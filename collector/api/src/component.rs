@@ -351,6 +351,7 @@ pub struct Counters {
 
 /// What a loss before the pipeline is counted in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum LostUnit {
     /// Whole records (spans, flows, samples) that never reached the pipeline.
     Records,

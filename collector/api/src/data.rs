@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 /// The kinds of telemetry a pipeline carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Signal {
     /// Spans (one per probed call, grouped into traces).
     Traces,
@@ -46,6 +47,7 @@ impl fmt::Display for Signal {
 
 /// An attribute value.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Value {
     /// A string.
     Str(Arc<str>),
@@ -504,6 +506,7 @@ impl Span {
 
 /// Transport protocol of a flow (`network.transport`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Transport {
     /// TCP.
     Tcp,
@@ -853,6 +856,7 @@ impl PartialEq for EncodedSpans {
 
 /// The records of one batch: all of one signal.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Records {
     /// Spans.
     Spans(Vec<Span>),

@@ -28,6 +28,7 @@ use crate::data::Signal;
 
 /// The three kinds of component.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Kind {
     /// Produces data.
     Receiver,
@@ -64,6 +65,7 @@ impl fmt::Display for Kind {
 }
 
 /// A built component, ready for the engine.
+#[non_exhaustive]
 pub enum Instance {
     /// A receiver.
     Receiver(Box<dyn Receiver>),

@@ -89,7 +89,8 @@ fn any_value(v: &Value) -> AnyValue {
             Value::Map(attrs) => Some(any_value::Value::KvlistValue(KeyValueList {
                 values: key_values(attrs),
             })),
-            Value::Empty => None,
+            // Empty, and value types this version does not know.
+            _ => None,
         },
     }
 }

@@ -50,10 +50,12 @@ use transport::{Client, Outcome, Request};
 fn otlp_signals(signals: &[Signal]) -> Vec<OtlpSignal> {
     signals
         .iter()
-        .map(|s| match s {
-            Signal::Traces => OtlpSignal::Traces,
-            Signal::Flows => OtlpSignal::Metrics,
-            Signal::Profiles => OtlpSignal::Profiles,
+        .filter_map(|s| match s {
+            Signal::Traces => Some(OtlpSignal::Traces),
+            Signal::Flows => Some(OtlpSignal::Metrics),
+            Signal::Profiles => Some(OtlpSignal::Profiles),
+            // The factory declares the signals it takes: no other one is sent here.
+            _ => None,
         })
         .collect()
 }
@@ -461,6 +463,7 @@ fn requests(
             Records::Encoded(e) => spans.push(SpanPart::Encoded(e.bytes(), e.len())),
             Records::Flows(f) => f.chunks(max).for_each(|c| flows.push((&b.resource, c))),
             Records::Samples(p) => p.chunks(max).for_each(|c| samples.push((&b.resource, c))),
+            _ => {}
         }
     }
     let lens: Vec<usize> = spans.iter().map(SpanPart::len).collect();

@@ -191,7 +191,8 @@ fn value_len(v: &Value) -> usize {
         Value::Array(values) => 1 + ld(array_len(values)),
         Value::Map(attrs) => 1 + ld(kvs_len(attrs)),
         Value::Bytes(b) => 1 + ld(b.len()),
-        Value::Empty => 0,
+        // Empty, and value types this version does not know: an empty AnyValue.
+        _ => 0,
     }
 }
 
@@ -226,7 +227,7 @@ fn put_value(buf: &mut Vec<u8>, v: &Value) {
             put_kvs(buf, key(1, LEN), attrs);
         }
         Value::Bytes(b) => put_bytes(buf, key(7, LEN), b),
-        Value::Empty => {}
+        _ => {}
     }
 }
 

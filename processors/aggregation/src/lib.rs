@@ -460,7 +460,7 @@ mod tests {
         out.iter()
             .flat_map(|b| match &b.records {
                 Records::Flows(f) => f.clone(),
-                Records::Spans(_) | Records::Samples(_) | Records::Encoded(_) => vec![],
+                _ => vec![],
             })
             .collect()
     }

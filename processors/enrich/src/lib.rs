@@ -82,7 +82,7 @@ impl Enrich {
             Records::Spans(spans) => spans.iter().filter_map(|s| s.task.map(|t| t.pid)).collect(),
             Records::Samples(samples) => samples.iter().map(|s| s.pid).collect(),
             // Encoded spans never reach a processor: the engine decodes them.
-            Records::Flows(_) | Records::Encoded(_) => return,
+            _ => return,
         };
         pids.sort_unstable();
         pids.dedup();
@@ -159,7 +159,7 @@ impl Processor for Enrich {
                     self.set_static(&mut f.attributes);
                 }
             }
-            Records::Encoded(_) => {}
+            _ => {}
         }
         out.push(batch);
         Ok(())

@@ -138,7 +138,8 @@ impl Processor for Filter {
                 Records::Flows(v) => v.retain(|_| !verdict.next().copied().unwrap_or(false)),
                 Records::Samples(v) => v.retain(|_| !verdict.next().copied().unwrap_or(false)),
                 // Encoded spans never reach a processor: the engine decodes them.
-                Records::Encoded(_) => {}
+                // Encoded spans never reach a processor (the engine decodes them).
+                _ => {}
             }
         }
         if !batch.is_empty() {

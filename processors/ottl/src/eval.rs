@@ -88,7 +88,8 @@ fn value_view(v: &Value) -> View<'_> {
         Value::Bytes(b) => View::Bytes(b),
         Value::Array(a) => View::Values(a),
         Value::Map(m) => View::Map(m),
-        Value::Empty => View::Nil,
+        // Empty, and value types this version does not know.
+        _ => View::Nil,
     }
 }
 

@@ -378,7 +378,7 @@ impl Resolver {
                     s.frames = frames;
                 }
             }
-            Records::Flows(_) | Records::Encoded(_) => {}
+            _ => {}
         }
         self.publish();
     }
@@ -402,7 +402,7 @@ impl Processor for Symbolization {
                 .iter()
                 .any(|s| !s.kernel_stack.is_empty() || !s.user_stack.is_empty()),
             // Flows have no stacks; encoded spans never reach a processor (the engine decodes).
-            Records::Flows(_) | Records::Encoded(_) => false,
+            _ => false,
         };
         if !needs {
             out.push(batch);

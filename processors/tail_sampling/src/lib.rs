@@ -945,12 +945,13 @@ impl Processor for TailSampling {
             Ok(b) => match b.records {
                 Records::Spans(s) => s,
                 Records::Encoded(e) => e.decode()?,
-                Records::Flows(_) | Records::Samples(_) => return Ok(()),
+                // The factory takes traces only.
+                _ => return Ok(()),
             },
             Err(shared) => match &shared.records {
                 Records::Spans(s) => s.clone(),
                 Records::Encoded(e) => e.decode()?,
-                Records::Flows(_) | Records::Samples(_) => return Ok(()),
+                _ => return Ok(()),
             },
         };
         let slot = self.free.pop().unwrap_or(self.slabs.len() as u32);
@@ -1165,7 +1166,7 @@ mod tests {
         out.iter()
             .flat_map(|b| match &b.records {
                 Records::Spans(s) => s.clone(),
-                Records::Flows(_) | Records::Samples(_) | Records::Encoded(_) => vec![],
+                _ => vec![],
             })
             .collect()
     }

@@ -248,7 +248,7 @@ impl Transform {
             Records::Spans(_) => (&self.spans, self.spans_write_resource),
             Records::Flows(_) => (&self.flows, self.flows_write_resource),
             // Encoded spans never reach a processor: the engine decodes them.
-            Records::Samples(_) | Records::Encoded(_) => return Ok(0),
+            _ => return Ok(0),
         };
         if groups.is_empty() {
             return Ok(0);
@@ -284,7 +284,7 @@ impl Transform {
                     }
                 }
             }
-            Records::Samples(_) | Records::Encoded(_) => {}
+            _ => {}
         }
         if dropped.is_empty() {
             return Ok(0);
@@ -295,7 +295,7 @@ impl Transform {
             Records::Spans(v) => v.retain(|_| keep()),
             Records::Flows(v) => v.retain(|_| keep()),
             Records::Samples(v) => v.retain(|_| keep()),
-            Records::Encoded(_) => {}
+            _ => {}
         }
         Ok(dropped.iter().filter(|d| **d).count())
     }
