@@ -319,7 +319,14 @@ fn nested_key_value<'a>(
     let mut value = Value::Empty;
     while r.more() {
         match r.key()? {
-            (1, LEN) => key = r.bytes()?,
+            (1, LEN) => {
+                // A key written twice: the last one counts, but prost checks every one (an
+                // invalid one refuses the request), so must this (found by fuzzing).
+                if !key.is_empty() {
+                    utf8(key)?;
+                }
+                key = r.bytes()?;
+            }
             (2, LEN) => value = any_value(ctx, r.bytes()?, Some(at), depth)?,
             (f @ 1..=2, w) => return Err(wrong_type("KeyValue", f, w)),
             (f, w) => r.skip(f, w)?,
