@@ -415,7 +415,10 @@ fn a_bad_log_filter_is_refused_and_json_logs_parse() {
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("OXEYE_LOG=\"verbose\" is not a log filter"), "{stderr}");
+    assert!(
+        stderr.contains("OXEYE_LOG=\"verbose\" is not a log filter"),
+        "{stderr}"
+    );
     assert_eq!(final_counts(&stderr), Some((10, 10, 0)), "{stderr}");
 
     let json = temp_config(
@@ -431,7 +434,7 @@ fn a_bad_log_filter_is_refused_and_json_logs_parse() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
     assert!(lines.iter().all(|v| v["level"].is_string()));
-    assert!(lines
-        .iter()
-        .any(|v| v["fields"]["message"].as_str().is_some_and(|m| m.contains("10 records in"))));
+    assert!(lines.iter().any(|v| v["fields"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("10 records in"))));
 }
