@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Guard for the set-up's "not installed yet" path, run by CI on every run: the Python part of
 # tests/setup.sh (tests/setup-python-peers.sh) against a throwaway venv that has none of the
-# peers and a throwaway Phoenix venv dir. It must install every pin from tests/pins.env and exit
+# peers and throwaway peer venv dirs, and the toolchain (ebpf/setup.sh) into a throwaway
+# RUSTUP_HOME. It must install every pin from tests/pins.env and exit
 # 0, a second run must install nothing, and a failing step must say where and why.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +77,23 @@ PYTHON="$tmp/no-such-python" tests/setup-python-peers.sh >"$tmp/fail.out" 2>"$tm
 grep -Eq '^\[setup\] FAILED at line [0-9]+: .*"\$PYTHON".* \(exit 127\) in step: python peers: interpreter ' "$tmp/fail.err" ||
   { cat "$tmp/fail.out" "$tmp/fail.err" >&2; fail "no '[setup] FAILED at line N: <command> (exit 127) in step: ...' on stderr"; }
 say "  $(grep '^\[setup\] FAILED' "$tmp/fail.err")"
+
+say "toolchain (ebpf/setup.sh) from nothing: a throwaway RUSTUP_HOME"
+# bpf-linker is found on PATH as built; OXEYE_LLVM_DIR keeps its LLVM symlinks where they are.
+rc=0
+RUSTUP_HOME="$tmp/rustup" OXEYE_LLVM_DIR="$tmp/llvm" ebpf/setup.sh >"$tmp/tc1.log" 2>&1 || rc=$?
+[ "$rc" = 0 ] || { cat "$tmp/tc1.log" >&2; fail "ebpf/setup.sh exited $rc from nothing"; }
+stable=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
+for t in "$stable" "$RUST_NIGHTLY"; do
+  grep -q "installing $t" "$tmp/tc1.log" || { cat "$tmp/tc1.log" >&2; fail "run 1 did not say it installs $t"; }
+done
+sysroot=$(RUSTUP_HOME="$tmp/rustup" rustup run "$RUST_NIGHTLY" rustc --print sysroot)
+[ -d "$sysroot/lib/rustlib/src/rust/library/core" ] || fail "$RUST_NIGHTLY has no rust-src in $sysroot"
+say "  $stable and $RUST_NIGHTLY (with rust-src) installed"
+RUSTUP_HOME="$tmp/rustup" OXEYE_LLVM_DIR="$tmp/llvm" ebpf/setup.sh >"$tmp/tc2.log" 2>&1 ||
+  { cat "$tmp/tc2.log" >&2; fail "ebpf/setup.sh failed on the second run"; }
+if grep -q "installing\|adding" "$tmp/tc2.log"; then cat "$tmp/tc2.log" >&2; fail "ebpf/setup.sh installed something on the second run"; fi
+say "  second run installs nothing"
 
 rm -rf "$tmp"
 say "passed in $((SECONDS - start)) s (clean-up included)"

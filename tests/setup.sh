@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One-time (idempotent) set-up of everything oxeye needs to build, run and test on a fresh
-# Debian machine of this kind. Safe to run again: each step checks before it installs.
+# One-time (idempotent) set-up of everything oxeye's tests need on a fresh Debian machine of
+# this kind: the toolchain (ebpf/setup.sh, all that running oxeye needs), then the test peers.
+# Safe to run again: each step checks before it installs.
 # Every version it pins is in tests/pins.env; the Python part is tests/setup-python-peers.sh,
 # which CI also runs from nothing against a throwaway venv (tests/setup-guard.sh).
 set -Eeuo pipefail
@@ -25,38 +26,16 @@ apt_install() {
 policy_rc_d=""   # set while a policy-rc.d of ours keeps package services from starting
 trap '[ -z "$policy_rc_d" ] || rm -f "$policy_rc_d"' EXIT
 
-# Rust: the pinned stable toolchain (rust-toolchain.toml) with rustfmt and clippy.
+# Building and running oxeye: the pinned stable and nightly toolchains and bpf-linker.
+step "toolchain (ebpf/setup.sh)"
+ebpf/setup.sh
+
+# Tests and CI: rustfmt and clippy for the pinned stable toolchain.
 step "rust: rustfmt and clippy for the pinned stable toolchain"
-command -v cargo >/dev/null || die "cargo not found: install rustup first"
 channel=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 if ! rustup component list --toolchain "$channel" --installed 2>/dev/null | grep -q '^clippy'; then
   say "  adding rustfmt and clippy to $channel"
   rustup component add --toolchain "$channel" rustfmt clippy
-fi
-
-# eBPF toolchain (GUIDE §4): nightly with rust-src builds the programs for bpfel-unknown-none;
-# bpf-linker links them with the nightly's own LLVM, found through a stable folder of symlinks.
-step "eBPF toolchain: nightly with rust-src"
-rustup toolchain list | grep -q '^nightly' ||
-  die "the nightly toolchain is missing (rustup toolchain list): it is needed to build eBPF programs"
-if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
-  say "  adding rust-src to nightly"
-  rustup component add rust-src --toolchain nightly
-fi
-step "eBPF toolchain: bpf-linker $BPF_LINKER against the nightly's LLVM"
-sysroot=$(rustc +nightly --print sysroot)
-llvm_so=$({ ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null || true; } | head -n 1)
-[ -n "$llvm_so" ] || die "no libLLVM.so.* in $sysroot/lib"
-llvm_major=$(basename "$llvm_so" | sed -n 's/^libLLVM\.so\.\([0-9]*\).*/\1/p')
-llvm_dir="$HOME/.local/share/oxeye/llvm-nightly"
-mkdir -p "$llvm_dir/lib"
-ln -sfn "$llvm_so" "$llvm_dir/lib/libLLVM.so"
-ln -sfn "$llvm_so" "$llvm_dir/lib/$(basename "$llvm_so")"   # the name bpf-linker loads at run time
-have=$(bpf-linker --version 2>/dev/null || true)
-if [ "${have##* }" != "$BPF_LINKER" ]; then
-  say "  installing bpf-linker $BPF_LINKER against the nightly's LLVM $llvm_major (about a minute)"
-  LLVM_PREFIX="$llvm_dir" cargo +nightly install --locked "bpf-linker@$BPF_LINKER" \
-    --no-default-features --features "llvm-$llvm_major"
 fi
 
 # Kernel tests: iproute2 (ip, tc) for namespaces and veth, ethtool to turn offloads off so
@@ -132,4 +111,4 @@ fi
 step "python peers (tests/setup-python-peers.sh)"
 tests/setup-python-peers.sh
 
-say "ready ($(rustc --version); $(bpf-linker --version))"
+say "ready for the tests"

@@ -2,6 +2,6 @@
 fn main() {
     println!("cargo:rerun-if-env-changed=PATH");
     if which::which("bpf-linker").is_err() {
-        panic!("bpf-linker not found: run tests/setup.sh (it installs bpf-linker and rust-src for the nightly toolchain)");
+        panic!("bpf-linker not found: run ebpf/setup.sh (it installs the pinned nightly with rust-src, and bpf-linker)");
     }
 }

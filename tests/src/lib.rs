@@ -297,6 +297,17 @@ pub fn run_with_stop(yaml: &str, stop_after: Option<Duration>) -> oxeye::engine:
     })
 }
 
+/// A pin from tests/pins.env (`NAME=value`), e.g. `pin("RUST_NIGHTLY")`.
+pub fn pin(name: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/pins.env");
+    let pins = std::fs::read_to_string(path).expect("tests/pins.env");
+    pins.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("tests/pins.env has no {name}= line"))
+        .trim()
+        .to_string()
+}
+
 /// The `oxeye` binary built by `cargo build` (the test command builds it first).
 pub fn oxeye_bin() -> PathBuf {
     if let Ok(p) = std::env::var("OXEYE_BIN") {

@@ -1,5 +1,5 @@
 //! The plugin API's public surface is a checked-in snapshot (collector/api/public-api.txt), so
-//! changing it is a deliberate act: rustdoc's JSON output (nightly) lists every public item.
+//! changing it is a deliberate act: rustdoc's JSON output (the pinned nightly) lists every public item.
 //! After an intended change: `OXEYE_BLESS=1 cargo test -p oxeye-tests --test public_api`. A
 //! change that can break a user's crate (an item gone, a variant added to an exhaustive enum, a
 //! field to a struct built with a literal, a required method to a trait) fails until oxeye-api's
@@ -13,10 +13,11 @@ const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 fn public_items() -> BTreeSet<String> {
     let target = Path::new(WORKSPACE).join("target/public-api");
+    let nightly = oxeye_tests::pin("RUST_NIGHTLY");
     let out = Command::new("rustup")
         .args([
             "run",
-            "nightly",
+            nightly.as_str(),
             "cargo",
             "rustdoc",
             "--offline",
