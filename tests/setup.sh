@@ -105,6 +105,14 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   fi
 fi
 
+# Fuzzing: cargo-fuzz (tests/fuzz/run.sh runs the targets on the pinned nightly).
+step "fuzzing: cargo-fuzz $CARGO_FUZZ (crates.io)"
+have=$(cargo fuzz --version 2>/dev/null || true)
+if [ "${have##* }" != "$CARGO_FUZZ" ]; then
+  say "  installing cargo-fuzz $CARGO_FUZZ"
+  cargo install --locked "cargo-fuzz@$CARGO_FUZZ"
+fi
+
 # Python peers: virtme-ng (vng), pyarrow and DuckDB (they read what the arrow exporter writes)
 # and Arize Phoenix (OTLP traces backend) in a venv of its own so its dependencies cannot move
 # the pins above.

@@ -26,6 +26,22 @@ pub mod doctor;
 mod flows;
 pub mod profiles;
 mod ring;
+
+/// The ring-buffer record parsers on any bytes, for the fuzz targets (`tests/fuzz`). Not part
+/// of the receiver's interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A span record (any of its three sizes) → a span, or `None`.
+    pub fn span_record(item: &[u8]) -> Option<oxeye_api::Span> {
+        crate::spans::record_to_span(item)
+    }
+
+    /// A profile sample record counted into a window.
+    pub fn profile_record(item: &[u8]) {
+        let mut agg = crate::profiles::aggregate::Aggregator::new(1_000_000_000, 52_631_579, 64);
+        let _ = crate::profiles::add_record(&mut agg, item, 0);
+    }
+}
 mod spans;
 mod sys;
 

@@ -534,7 +534,7 @@ impl SpanProbe {
                 return;
             };
             if let Some(source) = sources.get(h.source as usize) {
-                spans.push(to_span(&h, stacks.as_ref(), source, offset));
+                spans.push(to_span(&h, stacks.as_ref(), &source.into(), offset));
             }
         });
         spans
@@ -829,10 +829,43 @@ fn source_config(spec: &SourceSpec) -> Result<SourceConfig, String> {
     })
 }
 
+/// What of a source a span is made with.
+struct Shape<'a> {
+    name: &'a Arc<str>,
+    return_value: bool,
+    nargs: usize,
+    syscall: bool,
+}
+
+impl<'a> From<&'a Source> for Shape<'a> {
+    fn from(s: &'a Source) -> Self {
+        Shape {
+            name: &s.name,
+            return_value: s.return_value,
+            nargs: s.nargs,
+            syscall: s.syscall,
+        }
+    }
+}
+
+/// A span from any bytes, as a ring record of a syscall source with every argument (the fuzz
+/// target `kernel_records`).
+pub(crate) fn record_to_span(item: &[u8]) -> Option<Span> {
+    let (h, stacks) = parse_record(item)?;
+    let name: Arc<str> = Arc::from("fuzz");
+    let shape = Shape {
+        name: &name,
+        return_value: true,
+        nargs: 6,
+        syscall: true,
+    };
+    Some(to_span(&h, stacks.as_ref(), &shape, 0))
+}
+
 fn to_span(
     ev: &SpanHeader,
     stacks: Option<&[u64; 2 * STACK_DEPTH]>,
-    source: &Source,
+    source: &Shape<'_>,
     offset: u64,
 ) -> Span {
     let klen = (ev.kstack_len as usize).min(STACK_DEPTH);
