@@ -398,3 +398,28 @@ impl ProfileProbe {
         self.ebpf = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_event_errors_name_the_missing_feature() {
+        let err = |errno| perf_error_for_test(errno, 3, 99);
+        assert!(
+            err(libc::ENOENT).contains("CONFIG_PERF_EVENTS"),
+            "{}",
+            err(libc::ENOENT)
+        );
+        assert!(
+            err(libc::EACCES).contains("CAP_PERFMON"),
+            "{}",
+            err(libc::EACCES)
+        );
+        assert!(
+            err(libc::EINVAL).contains("profiles.frequency: the kernel refused 99 Hz"),
+            "{}",
+            err(libc::EINVAL)
+        );
+    }
+}

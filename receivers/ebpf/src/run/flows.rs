@@ -1,0 +1,116 @@
+//! The flows loop: harvest the flow maps every `flush_interval`, apply `interfaces` changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oxeye_api::blocking::unblock;
+use oxeye_api::{BoxError, ReceiverContext, Resource, Telemetry};
+use tracing::info;
+
+use super::{emit, Changes};
+use crate::config::FlowsConfig;
+
+pub(super) async fn run_flows(
+    ctx: &ReceiverContext,
+    mut cfg: FlowsConfig,
+    interfaces: Vec<String>,
+    resource: &Arc<Resource>,
+    telemetry: &Telemetry,
+    mut changes: Changes<FlowsConfig>,
+) -> Result<(), BoxError> {
+    // Loading, attaching and harvesting are hundreds to thousands of syscalls: they run on the
+    // blocking pool, never on the async workers.
+    let flush_interval = cfg.flush_interval;
+    let t = telemetry.clone();
+    let started = cfg.clone();
+    let mut probe =
+        unblock(move || crate::flows::FlowProbe::start(&started, &interfaces, t)).await?;
+    let mut tick = tokio::time::interval(flush_interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let old = probe.flip()?;
+                // Programs that read the old index finish within microseconds.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let (p, flows) = unblock(move || {
+                    let flows = probe.harvest(old);
+                    (probe, flows)
+                })
+                .await;
+                probe = p;
+                emit(ctx, resource, flows?).await;
+            }
+            Some((new, done)) = changes.recv() => {
+                let (result, p) = change_flows(probe, &mut cfg, new).await;
+                probe = p;
+                let _ = done.send(result);
+            }
+            _ = ctx.shutdown().wait() => break,
+        }
+    }
+    // Detach first, so the final drain sees every packet counted.
+    let (_probe, flows) = unblock(move || {
+        probe.detach();
+        let flows = probe.drain_all();
+        (probe, flows)
+    })
+    .await;
+    let flows = flows?;
+    let counters: Vec<String> = telemetry
+        .counters()
+        .iter()
+        .filter(|(name, _, _)| {
+            name.starts_with("ebpf_") && !name.contains("span") && !name.contains("orphan")
+        })
+        .map(|(name, source, n)| format!("{source}.{}={n}", name.trim_start_matches("ebpf_")))
+        .collect();
+    info!(
+        flows = flows.len(),
+        "flow programs detached; final harvest; kernel counters: {}",
+        counters.join(" ")
+    );
+    emit(ctx, resource, flows).await;
+    Ok(())
+}
+
+/// Applies a new `flows:` whose only change is `interfaces`: the programs are attached to new
+/// interfaces and detached from removed ones; the others, the maps and the counters go on.
+async fn change_flows(
+    mut probe: crate::flows::FlowProbe,
+    cfg: &mut FlowsConfig,
+    new: FlowsConfig,
+) -> (Result<(), String>, crate::flows::FlowProbe) {
+    let same_rest = FlowsConfig {
+        interfaces: cfg.interfaces.clone(),
+        ..new.clone()
+    } == *cfg;
+    if !same_rest {
+        return (
+            Err("flows settings other than `interfaces` changed".into()),
+            probe,
+        );
+    }
+    let spec = new.interfaces.clone();
+    let (result, probe) = unblock(move || {
+        let wanted = match crate::flows::resolve_interfaces(&spec) {
+            Ok(w) => w,
+            Err(e) => return (Err(e), probe),
+        };
+        let now = probe.interfaces();
+        for iface in now.iter().filter(|i| !wanted.contains(i)) {
+            probe.remove_interface(iface);
+        }
+        for iface in wanted.iter().filter(|i| !now.contains(i)) {
+            if let Err(e) = probe.add_interface(iface) {
+                return (Err(e), probe);
+            }
+        }
+        (Ok(()), probe)
+    })
+    .await;
+    if result.is_ok() {
+        *cfg = new;
+    }
+    (result, probe)
+}
