@@ -18,7 +18,8 @@ Examples:
   oxeye run -c p.yaml --watch-config         reload p.yaml whenever it changes (also: kill -HUP)
   oxeye run -c p.yaml --enable-reload-endpoint
                                              also reload on curl -X POST localhost:8888/-/reload
-  oxeye validate -c config/pipeline.yaml     check a config without starting anything
+  oxeye validate -c config/pipeline.yaml     check a config and this host, starting nothing
+  oxeye validate -c p.yaml --no-build        check the file only (a config for another host)
   oxeye components                           list the registered component types
   oxeye doctor                               what this kernel supports (kprobe, fentry, XDP, ...)
   RATE=5000 oxeye run -c p.yaml              values like ${env:RATE:-100} come from the environment
@@ -26,7 +27,8 @@ Examples:
                                              kernel spans and flow metrics to an OTLP backend
                                              (OTEL_EXPORTER_OTLP_* variables are honoured too)
 
-Exit codes: 0 ok; 1 a component failed or the shutdown deadline passed; 2 invalid config.
+Exit codes: 0 ok; 1 a component failed or the shutdown deadline passed; 2 invalid config
+(also one this host cannot run: a missing interface, syscall, binary or symbol, privilege).
 Logs go to stderr (level from service.telemetry.logs.level, or OXEYE_LOG=debug).";
 
 /// oxeye: an eBPF-native, OpenTelemetry-style telemetry pipeline.
@@ -54,12 +56,17 @@ enum Command {
         #[arg(long, requires = "config")]
         enable_reload_endpoint: bool,
     },
-    /// Parse and validate a config, build the graph, start nothing. Prints every problem.
+    /// Parse and validate a config and build every component as `run` does, starting and
+    /// attaching nothing. Prints every problem, else the pipelines.
     #[command(after_help = EXAMPLES)]
     Validate {
         /// Pipeline config (YAML).
         #[arg(short, long, value_name = "FILE")]
         config: std::path::PathBuf,
+        /// Check the file only, not this host: skip building the components (for a config
+        /// meant for another machine: its interfaces, binaries, processes and privileges).
+        #[arg(long)]
+        no_build: bool,
     },
     /// List registered component types and the signals each accepts.
     Components,
@@ -80,8 +87,8 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Components => components(),
         Command::Doctor => doctor(),
-        Command::Validate { config } => match read(&config) {
-            Ok((name, text)) => validate(&name, &text),
+        Command::Validate { config, no_build } => match read(&config) {
+            Ok((name, text)) => validate(&name, &text, !no_build),
             Err(code) => code,
         },
         Command::Run {
@@ -155,27 +162,71 @@ fn print_diagnostics(loaded: &Loaded) -> usize {
     loaded.errors().count()
 }
 
-fn validate(name: &str, text: &str) -> ExitCode {
+/// Builds every component as `run` does (inside a runtime; nothing starts, nothing attaches).
+/// A component that cannot be built is a config problem here: an error at its YAML path.
+fn build(loaded: &Loaded, cfg: &config::Config) -> Result<Engine, Vec<config::Diagnostic>> {
+    Engine::build(cfg).map_err(|errors| {
+        let mut diagnostics: Vec<config::Diagnostic> = errors
+            .iter()
+            .map(|e| loaded.error_at(&e.path, e.offset, &e.message))
+            .collect();
+        diagnostics.sort_by_key(|d| (d.line.unwrap_or(usize::MAX), d.column.unwrap_or(0)));
+        diagnostics
+    })
+}
+
+fn validate(name: &str, text: &str, build_here: bool) -> ExitCode {
     let loaded = config::load(name, text);
-    let errors = print_diagnostics(&loaded);
-    match &loaded.config {
-        Some(cfg) if errors == 0 => {
-            let count = |k: Kind| cfg.components.keys().filter(|(kind, _)| *kind == k).count();
-            let pipelines: Vec<&str> = cfg.pipelines.iter().map(|p| p.id.as_str()).collect();
-            println!(
-                "{name}: valid: {} pipeline(s) ({}), {} receiver(s), {} processor(s), {} exporter(s)",
-                pipelines.len(),
-                pipelines.join(", "),
-                count(Kind::Receiver),
-                count(Kind::Processor),
-                count(Kind::Exporter)
-            );
-            ExitCode::SUCCESS
+    let mut errors = print_diagnostics(&loaded);
+    if let Some(cfg) = loaded.config.as_ref().filter(|_| errors == 0) {
+        if !build_here {
+            print_graph(name, cfg);
+            return ExitCode::SUCCESS;
         }
-        _ => {
-            eprintln!("{name}: invalid: {errors} error(s)");
-            ExitCode::from(2)
+        let built = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))
+            .map(|rt| rt.block_on(async { build(&loaded, cfg).map(drop) }));
+        match built {
+            Ok(Ok(())) => {
+                print_graph(name, cfg);
+                return ExitCode::SUCCESS;
+            }
+            Ok(Err(diagnostics)) => {
+                for d in &diagnostics {
+                    eprintln!("{d}");
+                }
+                errors = diagnostics.len();
+            }
+            Err(e) => {
+                eprintln!("oxeye: error: {e}");
+                return ExitCode::FAILURE;
+            }
         }
+    }
+    eprintln!("{name}: invalid: {errors} error(s)");
+    ExitCode::from(2)
+}
+
+/// The counts, then one line per pipeline: receivers → processors in order → exporters.
+fn print_graph(name: &str, cfg: &config::Config) {
+    let count = |k: Kind| cfg.components.keys().filter(|(kind, _)| *kind == k).count();
+    let pipelines: Vec<&str> = cfg.pipelines.iter().map(|p| p.id.as_str()).collect();
+    println!(
+        "{name}: valid: {} pipeline(s) ({}), {} receiver(s), {} processor(s), {} exporter(s)",
+        pipelines.len(),
+        pipelines.join(", "),
+        count(Kind::Receiver),
+        count(Kind::Processor),
+        count(Kind::Exporter)
+    );
+    let width = pipelines.iter().map(|p| p.len()).max().unwrap_or(0);
+    for p in &cfg.pipelines {
+        let mut stages = vec![p.receivers.join(", ")];
+        stages.extend(p.processors.iter().cloned());
+        stages.push(p.exporters.join(", "));
+        println!("  {:<width$}  {}", p.id, stages.join(" → "));
     }
 }
 
@@ -265,15 +316,18 @@ fn run(
     watch: bool,
     reload_endpoint: bool,
 ) -> ExitCode {
-    let loaded = config::load(name, text);
-    if print_diagnostics(&loaded) > 0 {
+    let mut loaded = config::load(name, text);
+    let invalid = || {
         eprintln!(
             "{name}: invalid config, nothing started (check it with `oxeye validate -c {name}`)"
         );
-        return ExitCode::from(2);
+        ExitCode::from(2)
+    };
+    if print_diagnostics(&loaded) > 0 {
+        return invalid();
     }
-    let Some(cfg) = loaded.config else {
-        return ExitCode::from(2);
+    let Some(cfg) = loaded.config.take() else {
+        return invalid();
     };
     init_logs(cfg.telemetry.logs.level.as_str(), cfg.telemetry.logs.format);
     raise_open_files_limit();
@@ -288,13 +342,13 @@ fn run(
         }
     };
     runtime.block_on(async move {
-        let engine = match Engine::build(&cfg) {
+        let engine = match build(&loaded, &cfg) {
             Ok(engine) => engine,
-            Err(errors) => {
-                for e in errors {
-                    error!("cannot build {e}");
+            Err(diagnostics) => {
+                for d in &diagnostics {
+                    eprintln!("{d}");
                 }
-                return ExitCode::FAILURE;
+                return invalid();
             }
         };
         let registry = engine.registry();

@@ -61,6 +61,118 @@ fn validate_exit_codes_and_messages() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config /nonexistent/p.yaml"));
 }
 
+/// `validate` builds every component as `run` does: what the host lacks (an interface, a
+/// syscall, a binary or symbol, a process, a writable folder) and what the graph forbids is
+/// refused by both, with exit code 2, at the line and YAML path of the culprit.
+#[test]
+fn validate_refuses_what_run_would() {
+    let me = oxeye_bin();
+    let me = me.to_str().expect("utf8");
+    let yaml = format!(
+        "receivers:
+  ebpf:
+    flows:
+      interfaces: [oxeye-nope0]
+    spans:
+      sources:
+        - syscall: opnat
+        - uprobe: bash:readline
+        - uprobe: /usr/bin/oxeye-nope:main
+        - uprobe: {me}:no_such_function_xyz
+        - syscall: read
+          pid: 4194303
+exporters:
+  stdout:
+    format: folded
+  arrow:
+    path: /nonexistent-dir/spans
+service:
+  pipelines:
+    flows:
+      receivers: [ebpf]
+      exporters: [stdout]
+    traces:
+      receivers: [ebpf]
+      exporters: [arrow]
+"
+    );
+    let bad = temp_config("validate-host", &yaml);
+    let path = bad.to_str().expect("utf8");
+    let expected = [
+        "4:20: error: receivers.ebpf.flows.interfaces[0]: interface `oxeye-nope0` does not exist".to_string(),
+        "7:11: error: receivers.ebpf.spans.sources[0].syscall: no tracepoint syscalls:sys_enter_opnat on this kernel: `opnat` is not a syscall name (did you mean `openat`?)".to_string(),
+        "8:11: error: receivers.ebpf.spans.sources[1].uprobe: `bash` is a program name, not a path: a uprobe needs the file".to_string(),
+        "9:11: error: receivers.ebpf.spans.sources[2].uprobe: /usr/bin/oxeye-nope does not exist".to_string(),
+        format!("10:11: error: receivers.ebpf.spans.sources[3].uprobe: symbol `no_such_function_xyz` is not in {me}"),
+        "12:11: error: receivers.ebpf.spans.sources[4].pid: no process 4194303 is running".to_string(),
+        "15:5: error: exporters.stdout.format: `format: folded` writes profiles only, but a flows pipeline uses it".to_string(),
+        "17:5: error: exporters.arrow.path: folder /nonexistent-dir does not exist".to_string(),
+    ];
+    for command in ["validate", "run"] {
+        let out = output(&[command, "-c", path]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(out.stdout.is_empty(), "{command} printed to stdout");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(": error: ")).collect();
+        assert_eq!(lines.len(), expected.len(), "{command}: {stderr}");
+        for (line, want) in lines.iter().zip(&expected) {
+            assert!(
+                line.starts_with(&format!("{path}:{want}")),
+                "{command}: {line}\nwanted {path}:{want}"
+            );
+        }
+    }
+
+    // `--no-build` checks the file only: it is a valid file for some other host.
+    let out = output(&["validate", "--no-build", "-c", path]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Fixed, the same file is valid, and validate prints the graph.
+    let good = temp_config(
+        "validate-host-good",
+        &format!(
+            "receivers:
+  ebpf:
+    spans:
+      sources:
+        - syscall: openat
+        - uprobe: /usr/bin/bash:readline
+        - uprobe: {me}:main
+exporters:
+  stdout:
+  arrow:
+    path: {}/spans
+processors:
+  nop:
+service:
+  pipelines:
+    traces:
+      receivers: [ebpf]
+      processors: [nop]
+      exporters: [stdout, arrow]
+",
+            std::env::temp_dir().display()
+        ),
+    );
+    let out = output(&["validate", "-c", good.to_str().expect("utf8")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("\n  traces  ebpf → nop → stdout, arrow\n"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn components_lists_every_builtin() {
     let out = output(&["components"]);

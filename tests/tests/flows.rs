@@ -582,11 +582,12 @@ fn clear_startup_errors() {
         "er-missing",
         "receivers:\n  ebpf: {flows: {interfaces: [nosuch0]}}\nexporters:\n  nop:\nservice:\n  pipelines:\n    flows: {receivers: [ebpf], exporters: [nop]}\n",
     );
+    // A config this host cannot run: exit 2, at the line and path of the name.
     let (code, stderr) = oxeye_output_in_ns(&pair.ns_a, &cfg, Duration::from_secs(20));
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains(
-            "receivers/ebpf: interface `nosuch0` does not exist (interfaces here: lo, oxaer)"
+            ":2:31: error: receivers.ebpf.flows.interfaces[0]: interface `nosuch0` does not exist (interfaces here: lo, oxaer)"
         ),
         "{stderr}"
     );
@@ -648,7 +649,7 @@ fn clear_startup_errors() {
         .output()
         .expect("run unprivileged");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("needs root or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"),
         "{stderr}"

@@ -496,7 +496,7 @@ fn samples_taken_inside_a_uprobed_function_carry_its_span() {
 fn a_filter_that_matches_nothing_and_a_missing_process_say_so() {
     require_root();
     let _one = serial();
-    // A pid that is not running: the receiver refuses to start (exit 1) and says why.
+    // A pid that is not running: refused as a config this host cannot run (exit 2), with why.
     let yaml = "receivers:\n  ebpf:\n    profiles: {pid: 999999999}\nexporters:\n  nop:\nservice:\n  pipelines:\n    profiles: {receivers: [ebpf], exporters: [nop]}\n";
     let cfg = temp_config("profiles-nopid", yaml);
     let out = Command::new(oxeye_bin())
@@ -505,9 +505,9 @@ fn a_filter_that_matches_nothing_and_a_missing_process_say_so() {
         .output()
         .expect("oxeye");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("profiles.pid: no process 999999999 is running"),
+        stderr.contains("receivers.ebpf.profiles.pid: no process 999999999 is running"),
         "{stderr}"
     );
     // A comm no task has: a window without samples is a warning naming the filter.

@@ -17,6 +17,31 @@ pub fn create_new(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Checks that files named `<prefix>…` can be created: their folder exists and takes a new file
+/// (a trial file, created and removed at once), so a missing folder, a missing permission or a
+/// read-only mount is refused when the exporter is built (and by `oxeye validate`), not at its
+/// first write.
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    let dir = match Path::new(prefix).parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "folder {} does not exist (files are named {prefix}…): create it, or give another prefix",
+            dir.display()
+        ));
+    }
+    let trial = dir.join(format!(".oxeye-write-check.{}", std::process::id()));
+    match create_new(&trial) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&trial);
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot create files in {}: {e}", dir.display())),
+    }
+}
+
 /// `<base><ext>`, then `<base>.1<ext>`, `<base>.2<ext>`, …
 pub fn candidates<'a>(base: &'a str, ext: &'a str) -> impl Iterator<Item = PathBuf> + 'a {
     (0u64..).map(move |n| match n {

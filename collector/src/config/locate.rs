@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 
+use super::{Diagnostic, Severity};
+
 /// Line/column of every YAML path, from a marked event parse (serde_yaml keeps none), and
 /// where the text of scalar values starts (for errors inside expressions).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct Locations {
     paths: HashMap<String, (usize, usize)>,
     text_starts: HashMap<String, TextStart>,
@@ -13,6 +15,7 @@ pub(super) struct Locations {
 
 /// Where the text of a scalar value starts; `lines` for a literal block (`|`), whose lines
 /// each start at the block's column.
+#[derive(Debug)]
 struct TextStart {
     line: usize,
     column: usize,
@@ -141,6 +144,36 @@ impl Locations {
             None => start.column + before.chars().count(),
         };
         Some((line, column))
+    }
+
+    /// A diagnostic at `path` (at character `offset` of its string value when given: an error
+    /// inside an expression; at the string itself when its text cannot be mapped to columns).
+    pub(super) fn diagnostic(
+        &self,
+        file: &str,
+        severity: Severity,
+        path: String,
+        offset: Option<usize>,
+        message: String,
+    ) -> Diagnostic {
+        let (loc, message) = match offset {
+            Some(o) => match self.find_in_text(&path, o) {
+                Some(loc) => (Some(loc), message),
+                None => (
+                    self.find(&path),
+                    format!("at character {}: {message}", o + 1),
+                ),
+            },
+            None => (self.find(&path), message),
+        };
+        Diagnostic {
+            severity,
+            file: file.to_string(),
+            line: loc.map(|l| l.0),
+            column: loc.map(|l| l.1),
+            path,
+            message,
+        }
     }
 
     /// Location of `path`, else of its closest ancestor.

@@ -72,9 +72,23 @@ pub struct Loaded {
     pub config: Option<Config>,
     /// Errors and warnings, in file order.
     pub diagnostics: Vec<Diagnostic>,
+    file: String,
+    locations: locate::Locations,
 }
 
 impl Loaded {
+    /// An error found later (building a component) at `path` of this file, with its position;
+    /// `offset` is a character inside the string value at `path`.
+    pub fn error_at(&self, path: &str, offset: Option<usize>, message: &str) -> Diagnostic {
+        self.locations.diagnostic(
+            &self.file,
+            Severity::Error,
+            path.to_string(),
+            offset,
+            message.to_string(),
+        )
+    }
+
     /// The errors only.
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.diagnostics
@@ -104,6 +118,18 @@ pub fn duplicate_registrations() -> Vec<String> {
         }
     }
     clashes
+}
+
+/// The YAML path of `field` (a path inside a component's config, as in [`oxeye_api::FieldError`])
+/// under the component at `component` (`receivers.ebpf`).
+pub fn field_path(component: &str, field: &str) -> String {
+    if field.is_empty() {
+        component.to_string()
+    } else if field.starts_with('[') {
+        format!("{component}{field}")
+    } else {
+        format!("{component}.{field}")
+    }
 }
 
 /// Loads a config from text, using the process environment for `${env:...}`.
@@ -146,15 +172,20 @@ pub fn load_with_env(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String
             return Loaded {
                 config: None,
                 diagnostics: ctx.diagnostics,
+                file: file.to_string(),
+                locations: ctx.locations,
             };
         }
     };
     let config = validate::validate(&mut ctx, &root);
+    let locations = ctx.locations;
     let mut diagnostics = ctx.diagnostics;
     diagnostics.sort_by_key(|d| (d.line.unwrap_or(usize::MAX), d.column.unwrap_or(0)));
     let ok = !diagnostics.iter().any(|d| d.severity == Severity::Error);
     Loaded {
         config: config.filter(|_| ok),
         diagnostics,
+        file: file.to_string(),
+        locations,
     }
 }

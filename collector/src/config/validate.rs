@@ -11,7 +11,7 @@ use serde_yaml::Value as Yaml;
 
 use super::locate::{join, Locations};
 use super::model::*;
-use super::{registered, Diagnostic, Severity};
+use super::{field_path, registered, Diagnostic, Severity};
 
 #[derive(Clone, Copy, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,17 +52,10 @@ pub(super) struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn report(&mut self, severity: Severity, path: impl Into<String>, message: impl Into<String>) {
-        let path = path.into();
-        let message = message.into();
-        let loc = self.locations.find(&path);
-        self.diagnostics.push(Diagnostic {
-            severity,
-            file: self.file.to_string(),
-            line: loc.map(|l| l.0),
-            column: loc.map(|l| l.1),
-            path,
-            message,
-        });
+        let d = self
+            .locations
+            .diagnostic(self.file, severity, path.into(), None, message.into());
+        self.diagnostics.push(d);
     }
 
     fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -72,17 +65,10 @@ impl Ctx<'_> {
     /// An error at character `offset` of the string at `path` (inside an expression); at the
     /// string itself when its text cannot be mapped to columns (multi-line, escapes).
     fn error_in_text(&mut self, path: String, offset: usize, message: String) {
-        match self.locations.find_in_text(&path, offset) {
-            Some((line, column)) => self.diagnostics.push(Diagnostic {
-                severity: Severity::Error,
-                file: self.file.to_string(),
-                line: Some(line),
-                column: Some(column),
-                path,
-                message,
-            }),
-            None => self.error(path, format!("at character {}: {message}", offset + 1)),
-        }
+        let d = self
+            .locations
+            .diagnostic(self.file, Severity::Error, path, Some(offset), message);
+        self.diagnostics.push(d);
     }
 
     /// Deserializes `value` as `T`, reporting a failure at its path; `None` on error.
@@ -209,13 +195,7 @@ pub(super) fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
             };
             if let Err(errors) = registration.check(cfg) {
                 for e in errors.0 {
-                    let p = if e.path.is_empty() {
-                        path.clone()
-                    } else if e.path.starts_with('[') {
-                        format!("{path}{}", e.path)
-                    } else {
-                        join(&path, &e.path)
-                    };
+                    let p = field_path(&path, &e.path);
                     match e.offset {
                         Some(offset) => ctx.error_in_text(p, offset, e.message),
                         None => ctx.error(p, e.message),

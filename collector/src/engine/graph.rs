@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 
 use oxeye_api::component::ShutdownTrigger;
 use oxeye_api::{
-    Admission, BuildContext, Instance, Kind, ReceiverContext, Reconfigure, Shutdown, Signal,
-    Telemetry,
+    Admission, BuildContext, ConfigErrors, Instance, Kind, ReceiverContext, Reconfigure, Shutdown,
+    Signal, Telemetry,
 };
 use serde_yaml::Value as Yaml;
 use tokio::sync::mpsc;
@@ -266,6 +266,8 @@ impl Live {
         {
             return Err(vec![BuildError {
                 label: "service.resource".into(),
+                path: "service.resource".into(),
+                offset: None,
                 message: "changed: every running component stamps the resource it was built with on its batches, so a new one needs a restart of oxeye (change the rest live, the resource at the next restart)".into(),
             }]);
         }
@@ -327,10 +329,24 @@ impl Live {
                         },
                     );
                 }
-                Err(e) => errors.push(BuildError {
-                    label: l,
-                    message: e.to_string(),
-                }),
+                Err(e) => {
+                    // A factory that names the fields at fault gets an error at each.
+                    let base = format!("{}.{id}", kind.section());
+                    match e.downcast_ref::<ConfigErrors>() {
+                        Some(fields) => errors.extend(fields.0.iter().map(|f| BuildError {
+                            label: l.clone(),
+                            path: crate::config::field_path(&base, &f.path),
+                            offset: f.offset,
+                            message: f.message.clone(),
+                        })),
+                        None => errors.push(BuildError {
+                            label: l,
+                            path: base,
+                            offset: None,
+                            message: e.to_string(),
+                        }),
+                    }
+                }
             }
         };
         let kept_receiver = |this: &Live, id: &str, sigs: &Vec<Signal>| {

@@ -38,6 +38,13 @@ use stage::{run_exporter, run_processor};
 pub struct BuildError {
     /// `receivers/ebpf`, ...
     pub label: String,
+    /// The YAML path of what is wrong: a field the factory named (its [`ConfigErrors`]), else
+    /// the component (`receivers.ebpf`).
+    ///
+    /// [`ConfigErrors`]: oxeye_api::ConfigErrors
+    pub path: String,
+    /// A character inside the string value at `path`, when the factory gave one.
+    pub offset: Option<usize>,
     /// The factory's error.
     pub message: String,
 }

@@ -821,13 +821,21 @@ impl Factory for ArrowFactory {
     }
 
     fn build(c: ArrowConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {
+        if c.path != "-" {
+            if let Err(why) = oxeye_api::files::check_prefix(&c.path) {
+                let mut e = ConfigErrors::new();
+                e.push("path", why);
+                return Err(e.into());
+            }
+        }
         if c.path == "-" && ctx.signals.len() > 1 {
             let signals: Vec<&str> = ctx.signals.iter().map(|s| s.as_str()).collect();
-            return Err(format!(
+            let mut e = ConfigErrors::new();
+            e.push("path", format!(
                 "`path: -` writes one Arrow IPC stream to stdout, which carries one schema, but this exporter is in pipelines of {}: give it a file prefix, or declare one arrow exporter per signal (arrow/traces, arrow/flows)",
                 signals.join(" and ")
-            )
-            .into());
+            ));
+            return Err(e.into());
         }
         let compression = match c.compression {
             Compression::None => None,

@@ -323,6 +323,11 @@ impl Factory for PprofFactory {
     }
 
     fn build(c: PprofConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {
+        if let Err(why) = oxeye_api::files::check_prefix(&c.path) {
+            let mut e = ConfigErrors::new();
+            e.push("path", why);
+            return Err(e.into());
+        }
         let tick = Some(Duration::from_millis(500));
         Ok(Box::new(OnThread::spawn(
             "pprof",

@@ -12,8 +12,8 @@ use std::io::Write as _;
 
 use oxeye_api::blocking::{BlockingExport, OnThread};
 use oxeye_api::{
-    Attributes, Batch, BoxError, BuildContext, Exporter, Factory, Flow, Frame, Records, Sample,
-    Signal, Span, Value,
+    Attributes, Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Flow, Frame,
+    Records, Sample, Signal, Span, Value,
 };
 use serde::Deserialize;
 
@@ -709,12 +709,15 @@ impl Factory for StdoutFactory {
     fn build(config: StdoutConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {
         if config.format == Format::Folded {
             if let Some(other) = ctx.signals.iter().find(|s| **s != Signal::Profiles) {
-                return Err(format!(
-                    "{}: `format: folded` writes profiles only, but a {other} pipeline uses it: \
-                     give {other} an exporter of its own (e.g. stdout/{other} with format text or json)",
-                    ctx.id
-                )
-                .into());
+                let mut e = ConfigErrors::new();
+                e.push(
+                    "format",
+                    format!(
+                        "`format: folded` writes profiles only, but a {other} pipeline uses it: \
+                         give {other} an exporter of its own (e.g. stdout/{other} with format text or json)"
+                    ),
+                );
+                return Err(e.into());
             }
         }
         let writer = StdoutWriter {

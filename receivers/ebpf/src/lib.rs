@@ -25,6 +25,7 @@ mod btf;
 mod config;
 pub mod doctor;
 mod flows;
+mod preflight;
 pub mod profiles;
 mod ring;
 mod run;
@@ -57,15 +58,10 @@ impl Factory for EbpfFactory {
 
     fn build(config: EbpfConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {
         flows::check_privileges()?;
-        let flows = match config.flows {
-            Some(f) => {
-                let names = flows::resolve_interfaces(&f.interfaces)?;
-                Some((f, names))
-            }
-            None => None,
-        };
+        // What the host must have, checked before anything loads (so `validate` agrees).
+        let interfaces = preflight::check(&config)?;
         Ok(Box::new(EbpfReceiver {
-            flows,
+            flows: config.flows.zip(interfaces),
             spans: config.spans,
             profiles: config.profiles,
             resource: ctx.resource,
