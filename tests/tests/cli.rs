@@ -85,7 +85,7 @@ exporters:
   stdout:
     format: folded
   arrow:
-    path: /nonexistent-dir/spans
+    path: /proc/oxeye-nope/spans
 service:
   pipelines:
     flows:
@@ -106,7 +106,7 @@ service:
         format!("10:11: error: receivers.ebpf.spans.sources[3].uprobe: symbol `no_such_function_xyz` is not in {me}"),
         "12:11: error: receivers.ebpf.spans.sources[4].pid: no process 4194303 is running".to_string(),
         "15:5: error: exporters.stdout.format: `format: folded` writes profiles only, but a flows pipeline uses it".to_string(),
-        "17:5: error: exporters.arrow.path: folder /nonexistent-dir does not exist".to_string(),
+        "17:5: error: exporters.arrow.path: cannot create files in /proc (files are named /proc/oxeye-nope/spans…)".to_string(),
     ];
     for command in ["validate", "run"] {
         let out = output(&[command, "-c", path]);

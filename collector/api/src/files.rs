@@ -17,18 +17,21 @@ pub fn create_new(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Checks that files named `<prefix>…` can be created: their folder exists and takes a new file
-/// (a trial file, created and removed at once), so a missing folder, a missing permission or a
-/// read-only mount is refused when the exporter is built (and by `oxeye validate`), not at its
-/// first write.
+/// Checks that files named `<prefix>…` can be created: their folder, or the nearest existing
+/// folder above it (exporters create the missing ones), takes a new entry — a trial file,
+/// created and removed at once. So a missing permission or a read-only mount is refused when the
+/// exporter is built (and by `oxeye validate`), not at its first write.
 pub fn check_prefix(prefix: &str) -> Result<(), String> {
-    let dir = match Path::new(prefix).parent() {
+    let mut dir = match Path::new(prefix).parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    while !dir.exists() {
+        dir = dir.parent().unwrap_or(Path::new("/"));
+    }
     if !dir.is_dir() {
         return Err(format!(
-            "folder {} does not exist (files are named {prefix}…): create it, or give another prefix",
+            "{} is not a folder (files are named {prefix}…)",
             dir.display()
         ));
     }
@@ -38,7 +41,10 @@ pub fn check_prefix(prefix: &str) -> Result<(), String> {
             let _ = std::fs::remove_file(&trial);
             Ok(())
         }
-        Err(e) => Err(format!("cannot create files in {}: {e}", dir.display())),
+        Err(e) => Err(format!(
+            "cannot create files in {} (files are named {prefix}…): {e}",
+            dir.display()
+        )),
     }
 }
 
@@ -109,6 +115,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("dir");
         d
+    }
+
+    #[test]
+    fn an_output_prefix_is_checked_where_files_will_be_made() {
+        let d = dir("prefix");
+        // A folder the exporter will create, under one that takes new entries.
+        let nested = d.join("a/b/spans").display().to_string();
+        assert_eq!(check_prefix(&nested), Ok(()));
+        assert!(!d.join("a").exists(), "checking creates nothing");
+        assert_eq!(
+            std::fs::read_dir(&d).expect("read").count(),
+            0,
+            "no trial file left"
+        );
+        let file = d.join("plain");
+        std::fs::write(&file, b"x").expect("write");
+        let under_file = file.join("spans").display().to_string();
+        let e = check_prefix(&under_file).unwrap_err();
+        assert!(e.contains("is not a folder"), "{e}");
+        let e = check_prefix("/proc/oxeye-nope/spans").unwrap_err();
+        assert!(e.starts_with("cannot create files in /proc "), "{e}");
     }
 
     #[test]

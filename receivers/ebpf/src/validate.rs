@@ -134,6 +134,8 @@ fn validate_spans(s: &SpansConfig, e: &mut ConfigErrors) {
     if s.drain_interval.is_zero() {
         e.push("spans.drain_interval", "must be greater than 0");
     }
+    // The raw_syscalls pair looks sources up by syscall number: one source per syscall.
+    let mut raw: std::collections::HashMap<&str, usize> = Default::default();
     for (i, src) in s.sources.iter().enumerate() {
         let p = format!("spans.sources[{i}]");
         let kinds = [&src.syscall, &src.uprobe, &src.kprobe]
@@ -163,6 +165,16 @@ fn validate_spans(s: &SpansConfig, e: &mut ConfigErrors) {
                 format!("{p}.attach"),
                 "tracepoint and raw_tracepoint apply to `syscall:` sources (kprobe: kprobe or fentry)",
             ),
+            AttachMode::RawTracepoint => {
+                let name = src.syscall.as_deref().unwrap_or_default();
+                if let Some(first) = raw.insert(name, i) {
+                    raw.insert(name, first);
+                    e.push(
+                        format!("{p}.attach"),
+                        format!("spans.sources[{first}] already traces `{name}` through raw_syscalls, which takes one source per syscall: leave `attach` out here to use the syscall's tracepoint pair"),
+                    );
+                }
+            }
             _ => {}
         }
         if src.args as usize > oxeye_ebpf_common::MAX_ARGS {
@@ -301,6 +313,18 @@ mod tests {
             );
         }
         assert_eq!(wrong_kind.len(), 3, "{wrong_kind:?}");
+        let twice = check::<EbpfFactory>(
+            "spans: {sources: [{syscall: read, attach: raw_tracepoint}, {syscall: read, comm: x, attach: raw_tracepoint}, {syscall: read}]}",
+        )
+        .unwrap_err();
+        assert_eq!(twice.0.len(), 1, "{twice}");
+        assert_eq!(twice.0[0].path, "spans.sources[1].attach");
+        assert!(
+            twice.0[0]
+                .message
+                .starts_with("spans.sources[0] already traces `read`"),
+            "{twice}"
+        );
         assert!(check::<EbpfFactory>("spans: {sources: []}").is_err());
         assert!(
             check::<EbpfFactory>("spans: {sources: [{syscall: read, min_duration: 10}]}").is_err()
