@@ -649,7 +649,9 @@ impl Exporter for OtlpExporter {
             batch
         };
         let n = batch.len() as u64;
-        let tx = self.tx.as_ref().ok_or("export after shutdown")?;
+        if self.tx.is_none() {
+            return Err("export after shutdown".into());
+        }
         // A batch larger than the whole queue takes all of it (it is then sent alone).
         let units = match self.sizer {
             Sizer::Items => batch.len().clamp(1, self.queue_size),
@@ -665,10 +667,12 @@ impl Exporter for OtlpExporter {
             // Cancel-safe: nothing is counted unless the batch is queued. A sender dying while
             // this waits for room ends the wait.
             WhenFull::Block => tokio::select! {
-                room = Arc::clone(&self.room).acquire_many_owned(units) => {
-                    room.map_err(|_| "the senders stopped")?
-                }
+                biased;
                 Some(ended) = self.senders.join_next() => return Err(sender_died(ended).into()),
+                room = Arc::clone(&self.room).acquire_many_owned(units) => match room {
+                    Ok(room) => room,
+                    Err(_) => return Err(self.why_stopped().await.into()),
+                },
             },
             WhenFull::DropNewest => match Arc::clone(&self.room).try_acquire_many_owned(units) {
                 Ok(room) => room,
@@ -677,14 +681,17 @@ impl Exporter for OtlpExporter {
                     return Ok(());
                 }
                 Err(tokio::sync::TryAcquireError::Closed) => {
-                    return Err("the senders stopped".into())
+                    return Err(self.why_stopped().await.into())
                 }
             },
         };
-        let permit = tx.reserve().await.map_err(|_| "the senders stopped")?;
-        self.shared.add_outstanding(n);
-        permit.send((batch, room));
-        Ok(())
+        let tx = self.tx.as_ref().expect("checked above");
+        if let Ok(permit) = tx.reserve().await {
+            self.shared.add_outstanding(n);
+            permit.send((batch, room));
+            return Ok(());
+        }
+        Err(self.why_stopped().await.into())
     }
 
     fn counts_delivery(&self) -> bool {
@@ -709,6 +716,17 @@ impl Exporter for OtlpExporter {
             }
         }
         Ok(())
+    }
+}
+
+impl OtlpExporter {
+    /// Why the queue closed while the exporter runs: the senders ended, so their reason (a
+    /// panic's message) is waiting in the join set.
+    async fn why_stopped(&mut self) -> String {
+        match self.senders.join_next().await {
+            Some(ended) => sender_died(ended),
+            None => "the senders stopped".to_string(),
+        }
     }
 }
 
