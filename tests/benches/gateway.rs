@@ -81,10 +81,21 @@ fn start_gateway(kind: &str, oxeye: &Path, port: u16, sink: u16, gzip: bool, dir
     if kind.starts_with("oxeye") {
         let processors = if kind == "oxeye" { "[]" } else { "[nop]" };
         let yaml = format!(
-            "receivers:\n  otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{port}', max_recv_msg_size_mib: 64}}}}}}\nprocessors:\n  nop: {{}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{sink}', compression: {compression}}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [otlp], processors: {processors}, exporters: [otlp], queue: {{capacity: 8}}}}\n"
+            "receivers:\n  otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{port}', max_recv_msg_size_mib: 16}}}}}}\nprocessors:\n  nop: {{}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{sink}', compression: {compression}}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [otlp], processors: {processors}, exporters: [otlp], queue: {{capacity: 8}}}}\n"
         );
         let cfg = dir.join("gateway.yaml");
         std::fs::write(&cfg, yaml).expect("config");
+        // Its stderr is not kept (it would cost the gateway CPU): a refused config says why here.
+        let checked = Command::new(oxeye)
+            .args(["validate", "-c"])
+            .arg(&cfg)
+            .output()
+            .expect("oxeye validate");
+        assert!(
+            checked.status.success(),
+            "the gateway config: {}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
         pinned("1", oxeye)
             .args(["run", "-c"])
             .arg(cfg)

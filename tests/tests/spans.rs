@@ -261,8 +261,13 @@ fn raw_tracepoint_that_cannot_be_fails_clearly() {
         .expect("stderr");
     assert!(!status.success(), "{stderr}");
     assert!(
-        stderr.contains("attach: raw_tracepoint is not possible: `syscall:getppid` already traces it through raw_syscalls"),
+        stderr.contains("spans.sources[0] already traces `getppid` through raw_syscalls"),
         "{stderr}"
+    );
+    assert_eq!(status.code(), Some(2), "a configuration error: {stderr}");
+    assert!(
+        stderr.contains(":6:"),
+        "the error points at the second source's line: {stderr}"
     );
 }
 
