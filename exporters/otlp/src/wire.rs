@@ -12,6 +12,8 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use oxeye_api::{Attributes, Resource, Scope, Span, SpanKind, StatusCode, Value};
+use oxeye_otlp_wire as pb;
+use oxeye_otlp_wire::{key, I32, I64, LEN, VARINT};
 use prost::encoding::{encode_varint, encoded_len_varint};
 
 use prost::Message;
@@ -37,19 +39,6 @@ impl TraceMessage {
         self.0
     }
 }
-
-const VARINT: u8 = 0;
-const I64: u8 = 1;
-const LEN: u8 = 2;
-const I32: u8 = 5;
-
-/// A field key, for field numbers up to 15 (one byte).
-const fn key(field: u8, wire: u8) -> u8 {
-    (field << 3) | wire
-}
-
-/// `Span.flags` is field 16: a two-byte key.
-const SPAN_FLAGS_KEY: [u8; 2] = [(16 << 3 | I32) | 0x80, 1];
 
 /// Length of a length-delimited value of `n` bytes (its length prefix included).
 fn ld(n: usize) -> usize {
@@ -162,19 +151,19 @@ fn put_any(buf: &mut Vec<u8>, v: &AnyRef<'_>) {
     match v {
         AnyRef::Value(v) => put_value(buf, v),
         AnyRef::Int(i) => {
-            buf.push(key(3, VARINT));
+            buf.push(key(pb::any_value::INT, VARINT));
             varint(buf, *i as u64);
         }
-        AnyRef::Str(s) => put_bytes(buf, key(1, LEN), s.as_bytes()),
+        AnyRef::Str(s) => put_bytes(buf, key(pb::any_value::STRING, LEN), s.as_bytes()),
         AnyRef::Hex(a) => {
-            put_len(buf, key(1, LEN), hex_len(a));
+            put_len(buf, key(pb::any_value::STRING, LEN), hex_len(a));
             put_hex(buf, a);
         }
         AnyRef::Ints(a) => {
-            put_len(buf, key(5, LEN), ints_len(a));
+            put_len(buf, key(pb::any_value::ARRAY, LEN), ints_len(a));
             for &v in a.iter() {
-                put_len(buf, key(1, LEN), 1 + encoded_len_varint(v));
-                buf.push(key(3, VARINT));
+                put_len(buf, key(pb::list::VALUES, LEN), 1 + encoded_len_varint(v));
+                buf.push(key(pb::any_value::INT, VARINT));
                 varint(buf, v);
             }
         }
@@ -202,31 +191,31 @@ fn array_len(values: &[Value]) -> usize {
 
 fn put_value(buf: &mut Vec<u8>, v: &Value) {
     match v {
-        Value::Str(s) => put_bytes(buf, key(1, LEN), s.as_bytes()),
+        Value::Str(s) => put_bytes(buf, key(pb::any_value::STRING, LEN), s.as_bytes()),
         Value::Bool(b) => {
-            buf.push(key(2, VARINT));
+            buf.push(key(pb::any_value::BOOL, VARINT));
             buf.push(u8::from(*b));
         }
         Value::Int(i) => {
-            buf.push(key(3, VARINT));
+            buf.push(key(pb::any_value::INT, VARINT));
             varint(buf, *i as u64);
         }
         Value::F64(f) => {
-            buf.push(key(4, I64));
+            buf.push(key(pb::any_value::DOUBLE, I64));
             buf.extend_from_slice(&f.to_le_bytes());
         }
         Value::Array(values) => {
-            put_len(buf, key(5, LEN), array_len(values));
+            put_len(buf, key(pb::any_value::ARRAY, LEN), array_len(values));
             for v in values.iter() {
-                put_len(buf, key(1, LEN), value_len(v));
+                put_len(buf, key(pb::list::VALUES, LEN), value_len(v));
                 put_value(buf, v);
             }
         }
         Value::Map(attrs) => {
-            put_len(buf, key(6, LEN), kvs_len(attrs));
-            put_kvs(buf, key(1, LEN), attrs);
+            put_len(buf, key(pb::any_value::KVLIST, LEN), kvs_len(attrs));
+            put_kvs(buf, key(pb::list::VALUES, LEN), attrs);
         }
-        Value::Bytes(b) => put_bytes(buf, key(7, LEN), b),
+        Value::Bytes(b) => put_bytes(buf, key(pb::any_value::BYTES, LEN), b),
         _ => {}
     }
 }
@@ -270,8 +259,8 @@ fn kv_len(k: &str, value_len: usize) -> usize {
 fn put_kv(buf: &mut Vec<u8>, field_key: u8, k: &str, v: &AnyRef<'_>) {
     let vl = any_len(v);
     put_len(buf, field_key, kv_len(k, vl));
-    put_str(buf, key(1, LEN), k);
-    put_len(buf, key(2, LEN), vl);
+    put_str(buf, key(pb::key_value::KEY, LEN), k);
+    put_len(buf, key(pb::key_value::VALUE, LEN), vl);
     put_any(buf, v);
 }
 
@@ -391,46 +380,72 @@ fn link_len(l: &oxeye_api::Link) -> usize {
 }
 
 fn put_span(buf: &mut Vec<u8>, s: &Span, stacktrace: Option<&str>) {
-    put_id(buf, key(1, LEN), &s.trace_id.0);
-    put_id(buf, key(2, LEN), &s.span_id.0);
-    put_str(buf, key(3, LEN), opt(&s.trace_state));
+    put_id(buf, key(pb::span::TRACE_ID, LEN), &s.trace_id.0);
+    put_id(buf, key(pb::span::SPAN_ID, LEN), &s.span_id.0);
+    put_str(buf, key(pb::span::TRACE_STATE, LEN), opt(&s.trace_state));
     if let Some(p) = s.parent_span_id {
-        put_id(buf, key(4, LEN), &p.0);
+        put_id(buf, key(pb::span::PARENT_SPAN_ID, LEN), &p.0);
     }
-    put_str(buf, key(5, LEN), &s.name);
-    put_varint(buf, key(6, VARINT), kind(s.kind));
-    put_fixed64(buf, key(7, I64), s.start_unix_ns);
-    put_fixed64(buf, key(8, I64), s.end_unix_ns);
-    derived(s, stacktrace, |k, v| put_kv(buf, key(9, LEN), k, &v));
-    put_kvs(buf, key(9, LEN), &s.attributes);
-    put_varint(buf, key(10, VARINT), s.dropped.attributes.into());
+    put_str(buf, key(pb::span::NAME, LEN), &s.name);
+    put_varint(buf, key(pb::span::KIND, VARINT), kind(s.kind));
+    put_fixed64(
+        buf,
+        key(pb::span::START_TIME_UNIX_NANO, I64),
+        s.start_unix_ns,
+    );
+    put_fixed64(buf, key(pb::span::END_TIME_UNIX_NANO, I64), s.end_unix_ns);
+    derived(s, stacktrace, |k, v| {
+        put_kv(buf, key(pb::span::ATTRIBUTES, LEN), k, &v)
+    });
+    put_kvs(buf, key(pb::span::ATTRIBUTES, LEN), &s.attributes);
+    put_varint(
+        buf,
+        key(pb::span::DROPPED_ATTRIBUTES_COUNT, VARINT),
+        s.dropped.attributes.into(),
+    );
     for e in &s.events {
-        put_len(buf, key(11, LEN), event_len(e));
-        put_fixed64(buf, key(1, I64), e.time_unix_ns);
-        put_str(buf, key(2, LEN), &e.name);
-        put_kvs(buf, key(3, LEN), &e.attributes);
-        put_varint(buf, key(4, VARINT), e.dropped_attributes_count.into());
+        put_len(buf, key(pb::span::EVENTS, LEN), event_len(e));
+        put_fixed64(buf, key(pb::event::TIME_UNIX_NANO, I64), e.time_unix_ns);
+        put_str(buf, key(pb::event::NAME, LEN), &e.name);
+        put_kvs(buf, key(pb::event::ATTRIBUTES, LEN), &e.attributes);
+        put_varint(
+            buf,
+            key(pb::event::DROPPED_ATTRIBUTES_COUNT, VARINT),
+            e.dropped_attributes_count.into(),
+        );
     }
-    put_varint(buf, key(12, VARINT), s.dropped.events.into());
+    put_varint(
+        buf,
+        key(pb::span::DROPPED_EVENTS_COUNT, VARINT),
+        s.dropped.events.into(),
+    );
     for l in &s.links {
-        put_len(buf, key(13, LEN), link_len(l));
-        put_id(buf, key(1, LEN), &l.trace_id.0);
-        put_id(buf, key(2, LEN), &l.span_id.0);
-        put_str(buf, key(3, LEN), opt(&l.trace_state));
-        put_kvs(buf, key(4, LEN), &l.attributes);
-        put_varint(buf, key(5, VARINT), l.dropped_attributes_count.into());
+        put_len(buf, key(pb::span::LINKS, LEN), link_len(l));
+        put_id(buf, key(pb::link::TRACE_ID, LEN), &l.trace_id.0);
+        put_id(buf, key(pb::link::SPAN_ID, LEN), &l.span_id.0);
+        put_str(buf, key(pb::link::TRACE_STATE, LEN), opt(&l.trace_state));
+        put_kvs(buf, key(pb::link::ATTRIBUTES, LEN), &l.attributes);
+        put_varint(
+            buf,
+            key(pb::link::DROPPED_ATTRIBUTES_COUNT, VARINT),
+            l.dropped_attributes_count.into(),
+        );
         if l.flags != 0 {
-            buf.push(key(6, I32));
+            buf.push(key(pb::link::FLAGS, I32));
             buf.extend_from_slice(&l.flags.to_le_bytes());
         }
     }
-    put_varint(buf, key(14, VARINT), s.dropped.links.into());
+    put_varint(
+        buf,
+        key(pb::span::DROPPED_LINKS_COUNT, VARINT),
+        s.dropped.links.into(),
+    );
     // Always written, as the Collector does: an empty status is an unset one.
-    put_len(buf, key(15, LEN), status_len(s));
-    put_str(buf, key(2, LEN), opt(&s.status_message));
-    put_varint(buf, key(3, VARINT), status_code(s.status));
+    put_len(buf, key(pb::span::STATUS, LEN), status_len(s));
+    put_str(buf, key(pb::status::MESSAGE, LEN), opt(&s.status_message));
+    put_varint(buf, key(pb::status::CODE, VARINT), status_code(s.status));
     if s.flags != 0 {
-        buf.extend_from_slice(&SPAN_FLAGS_KEY);
+        buf.extend_from_slice(&pb::span::FLAGS_KEY);
         buf.extend_from_slice(&s.flags.to_le_bytes());
     }
 }
@@ -577,20 +592,24 @@ pub fn trace_message_with<'a>(
     let mut buf = Vec::with_capacity(FRAME_HEADER + total + raw);
     buf.resize(FRAME_HEADER, 0);
     for (g, (resource, rs_len, scopes)) in groups.iter().zip(sized) {
-        put_len(&mut buf, key(1, LEN), rs_len);
-        put_bytes(&mut buf, key(1, LEN), &resource);
+        put_len(&mut buf, key(pb::request::RESOURCE_SPANS, LEN), rs_len);
+        put_bytes(&mut buf, key(pb::resource_spans::RESOURCE, LEN), &resource);
         for (sg, (scope, schema, ss_len)) in g.scopes.iter().zip(scopes) {
-            put_len(&mut buf, key(2, LEN), ss_len);
-            put_bytes(&mut buf, key(1, LEN), &scope);
+            put_len(&mut buf, key(pb::resource_spans::SCOPE_SPANS, LEN), ss_len);
+            put_bytes(&mut buf, key(pb::scope_spans::SCOPE, LEN), &scope);
             for p in &sg.spans {
-                put_len(&mut buf, key(2, LEN), p.len);
+                put_len(&mut buf, key(pb::scope_spans::SPANS, LEN), p.len);
                 let start = buf.len();
                 put_span(&mut buf, p.span, p.stacktrace.as_deref());
                 debug_assert_eq!(buf.len() - start, p.len, "span length");
             }
-            put_str(&mut buf, key(3, LEN), schema);
+            put_str(&mut buf, key(pb::scope_spans::SCHEMA_URL, LEN), schema);
         }
-        put_str(&mut buf, key(3, LEN), opt(&g.resource.schema_url));
+        put_str(
+            &mut buf,
+            key(pb::resource_spans::SCHEMA_URL, LEN),
+            opt(&g.resource.schema_url),
+        );
     }
     debug_assert_eq!(buf.len(), FRAME_HEADER + total, "request length");
     for e in encoded {

@@ -19,12 +19,8 @@ use oxeye_api::{
 
 use crate::convert::{Converted, Keyed};
 
-const VARINT: u8 = 0;
-const I64: u8 = 1;
-const LEN: u8 = 2;
-const START_GROUP: u8 = 3;
-const END_GROUP: u8 = 4;
-const I32: u8 = 5;
+use oxeye_otlp_wire as pb;
+use oxeye_otlp_wire::{END_GROUP, I32, I64, LEN, START_GROUP, VARINT};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -260,39 +256,49 @@ fn any_value<'a>(
     while r.more() {
         let (field, wire) = r.key()?;
         v = match (field, wire) {
-            (1, LEN) => Value::Str(match at {
+            (pb::any_value::STRING, LEN) => Value::Str(match at {
                 Some(i) => ctx.value_at(i, r.bytes()?)?,
                 None => text(r.bytes()?)?,
             }),
-            (2, VARINT) => Value::Bool(r.varint()? != 0),
-            (3, VARINT) => Value::Int(r.varint()? as i64),
-            (4, I64) => Value::F64(f64::from_bits(r.fixed64()?)),
-            (5, LEN) => {
+            (pb::any_value::BOOL, VARINT) => Value::Bool(r.varint()? != 0),
+            (pb::any_value::INT, VARINT) => Value::Int(r.varint()? as i64),
+            (pb::any_value::DOUBLE, I64) => Value::F64(f64::from_bits(r.fixed64()?)),
+            (pb::any_value::ARRAY, LEN) => {
                 let mut items = Vec::new();
                 let mut a = Reader::new(r.bytes()?);
                 while a.more() {
                     match a.key()? {
-                        (1, LEN) => items.push(any_value(ctx, a.bytes()?, None, depth + 1)?),
-                        (1, w) => return Err(wrong_type("ArrayValue", 1, w)),
+                        (pb::list::VALUES, LEN) => {
+                            items.push(any_value(ctx, a.bytes()?, None, depth + 1)?)
+                        }
+                        (pb::list::VALUES, w) => {
+                            return Err(wrong_type("ArrayValue", pb::list::VALUES, w))
+                        }
                         (f, w) => a.skip(f, w)?,
                     }
                 }
                 Value::Array(items.into())
             }
-            (6, LEN) => {
+            (pb::any_value::KVLIST, LEN) => {
                 let mut attrs = Attributes::new();
                 let mut m = Reader::new(r.bytes()?);
                 while m.more() {
                     match m.key()? {
-                        (1, LEN) => nested_key_value(ctx, &mut attrs, m.bytes()?, depth + 1)?,
-                        (1, w) => return Err(wrong_type("KeyValueList", 1, w)),
+                        (pb::list::VALUES, LEN) => {
+                            nested_key_value(ctx, &mut attrs, m.bytes()?, depth + 1)?
+                        }
+                        (pb::list::VALUES, w) => {
+                            return Err(wrong_type("KeyValueList", pb::list::VALUES, w))
+                        }
                         (f, w) => m.skip(f, w)?,
                     }
                 }
                 Value::Map(Arc::new(attrs))
             }
-            (7, LEN) => Value::Bytes(r.bytes()?.into()),
-            (1..=7, w) => return Err(wrong_type("AnyValue", field, w)),
+            (pb::any_value::BYTES, LEN) => Value::Bytes(r.bytes()?.into()),
+            (pb::any_value::STRING..=pb::any_value::BYTES, w) => {
+                return Err(wrong_type("AnyValue", field, w))
+            }
             (f, w) => {
                 r.skip(f, w)?;
                 v
@@ -319,7 +325,7 @@ fn nested_key_value<'a>(
     let mut value = Value::Empty;
     while r.more() {
         match r.key()? {
-            (1, LEN) => {
+            (pb::key_value::KEY, LEN) => {
                 // A key written twice: the last one counts, but prost checks every one (an
                 // invalid one refuses the request), so must this (found by fuzzing).
                 if !key.is_empty() {
@@ -327,8 +333,10 @@ fn nested_key_value<'a>(
                 }
                 key = r.bytes()?;
             }
-            (2, LEN) => value = any_value(ctx, r.bytes()?, Some(at), depth)?,
-            (f @ 1..=2, w) => return Err(wrong_type("KeyValue", f, w)),
+            (pb::key_value::VALUE, LEN) => value = any_value(ctx, r.bytes()?, Some(at), depth)?,
+            (f @ pb::key_value::KEY..=pb::key_value::VALUE, w) => {
+                return Err(wrong_type("KeyValue", f, w))
+            }
             (f, w) => r.skip(f, w)?,
         }
     }
@@ -340,24 +348,32 @@ fn resource<'a>(ctx: &mut Ctx<'a>, out: &mut Resource, buf: &'a [u8]) -> Result<
     let mut r = Reader::new(buf);
     while r.more() {
         match r.key()? {
-            (1, LEN) => key_value(ctx, &mut out.attributes, r.bytes()?)?,
-            (2, VARINT) => out.dropped_attributes_count = r.varint()? as u32,
-            (3, LEN) => {
+            (pb::resource::ATTRIBUTES, LEN) => key_value(ctx, &mut out.attributes, r.bytes()?)?,
+            (pb::resource::DROPPED_ATTRIBUTES_COUNT, VARINT) => {
+                out.dropped_attributes_count = r.varint()? as u32
+            }
+            (pb::resource::ENTITY_REFS, LEN) => {
                 let mut e = EntityRef::default();
                 let mut er = Reader::new(r.bytes()?);
                 while er.more() {
                     match er.key()? {
-                        (1, LEN) => e.schema_url = optional(er.bytes()?)?,
-                        (2, LEN) => e.entity_type = text(er.bytes()?)?,
-                        (3, LEN) => e.id_keys.push(ctx.intern(er.bytes()?)?),
-                        (4, LEN) => e.description_keys.push(ctx.intern(er.bytes()?)?),
-                        (f @ 1..=4, w) => return Err(wrong_type("EntityRef", f, w)),
+                        (pb::entity_ref::SCHEMA_URL, LEN) => e.schema_url = optional(er.bytes()?)?,
+                        (pb::entity_ref::TYPE, LEN) => e.entity_type = text(er.bytes()?)?,
+                        (pb::entity_ref::ID_KEYS, LEN) => e.id_keys.push(ctx.intern(er.bytes()?)?),
+                        (pb::entity_ref::DESCRIPTION_KEYS, LEN) => {
+                            e.description_keys.push(ctx.intern(er.bytes()?)?)
+                        }
+                        (f @ pb::entity_ref::SCHEMA_URL..=pb::entity_ref::DESCRIPTION_KEYS, w) => {
+                            return Err(wrong_type("EntityRef", f, w))
+                        }
                         (f, w) => er.skip(f, w)?,
                     }
                 }
                 out.entity_refs.push(e);
             }
-            (f @ 1..=3, w) => return Err(wrong_type("Resource", f, w)),
+            (f @ pb::resource::ATTRIBUTES..=pb::resource::ENTITY_REFS, w) => {
+                return Err(wrong_type("Resource", f, w))
+            }
             (f, w) => r.skip(f, w)?,
         }
     }
@@ -368,11 +384,15 @@ fn scope<'a>(ctx: &mut Ctx<'a>, out: &mut Scope, buf: &'a [u8]) -> Result<()> {
     let mut r = Reader::new(buf);
     while r.more() {
         match r.key()? {
-            (1, LEN) => out.name = ctx.intern(r.bytes()?)?,
-            (2, LEN) => out.version = ctx.intern(r.bytes()?)?,
-            (3, LEN) => key_value(ctx, &mut out.attributes, r.bytes()?)?,
-            (4, VARINT) => out.dropped_attributes_count = r.varint()? as u32,
-            (f @ 1..=4, w) => return Err(wrong_type("InstrumentationScope", f, w)),
+            (pb::scope::NAME, LEN) => out.name = ctx.intern(r.bytes()?)?,
+            (pb::scope::VERSION, LEN) => out.version = ctx.intern(r.bytes()?)?,
+            (pb::scope::ATTRIBUTES, LEN) => key_value(ctx, &mut out.attributes, r.bytes()?)?,
+            (pb::scope::DROPPED_ATTRIBUTES_COUNT, VARINT) => {
+                out.dropped_attributes_count = r.varint()? as u32
+            }
+            (f @ pb::scope::NAME..=pb::scope::DROPPED_ATTRIBUTES_COUNT, w) => {
+                return Err(wrong_type("InstrumentationScope", f, w))
+            }
             (f, w) => r.skip(f, w)?,
         }
     }
@@ -417,65 +437,82 @@ fn span<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8]) -> Result<std::result::Result<Span
     let mut raw = Raw::default();
     while r.more() {
         match r.key()? {
-            (1, LEN) => raw.trace_id = r.bytes()?,
-            (2, LEN) => raw.span_id = r.bytes()?,
-            (3, LEN) => s.trace_state = optional(r.bytes()?)?,
-            (4, LEN) => raw.parent = r.bytes()?,
-            (5, LEN) => s.name = ctx.intern(r.bytes()?)?,
-            (6, VARINT) => raw.kind = r.varint()? as i32,
-            (7, I64) => s.start_unix_ns = r.fixed64()?,
-            (8, I64) => s.end_unix_ns = r.fixed64()?,
-            (9, LEN) => key_value(ctx, &mut s.attributes, r.bytes()?)?,
-            (10, VARINT) => s.dropped.attributes = r.varint()? as u32,
-            (11, LEN) => {
+            (pb::span::TRACE_ID, LEN) => raw.trace_id = r.bytes()?,
+            (pb::span::SPAN_ID, LEN) => raw.span_id = r.bytes()?,
+            (pb::span::TRACE_STATE, LEN) => s.trace_state = optional(r.bytes()?)?,
+            (pb::span::PARENT_SPAN_ID, LEN) => raw.parent = r.bytes()?,
+            (pb::span::NAME, LEN) => s.name = ctx.intern(r.bytes()?)?,
+            (pb::span::KIND, VARINT) => raw.kind = r.varint()? as i32,
+            (pb::span::START_TIME_UNIX_NANO, I64) => s.start_unix_ns = r.fixed64()?,
+            (pb::span::END_TIME_UNIX_NANO, I64) => s.end_unix_ns = r.fixed64()?,
+            (pb::span::ATTRIBUTES, LEN) => key_value(ctx, &mut s.attributes, r.bytes()?)?,
+            (pb::span::DROPPED_ATTRIBUTES_COUNT, VARINT) => {
+                s.dropped.attributes = r.varint()? as u32
+            }
+            (pb::span::EVENTS, LEN) => {
                 let mut e = Event::default();
                 let mut er = Reader::new(r.bytes()?);
                 while er.more() {
                     match er.key()? {
-                        (1, I64) => e.time_unix_ns = er.fixed64()?,
-                        (2, LEN) => e.name = ctx.intern(er.bytes()?)?,
-                        (3, LEN) => key_value(ctx, &mut e.attributes, er.bytes()?)?,
-                        (4, VARINT) => e.dropped_attributes_count = er.varint()? as u32,
-                        (f @ 1..=4, w) => return Err(wrong_type("Span.Event", f, w)),
+                        (pb::event::TIME_UNIX_NANO, I64) => e.time_unix_ns = er.fixed64()?,
+                        (pb::event::NAME, LEN) => e.name = ctx.intern(er.bytes()?)?,
+                        (pb::event::ATTRIBUTES, LEN) => {
+                            key_value(ctx, &mut e.attributes, er.bytes()?)?
+                        }
+                        (pb::event::DROPPED_ATTRIBUTES_COUNT, VARINT) => {
+                            e.dropped_attributes_count = er.varint()? as u32
+                        }
+                        (
+                            f @ pb::event::TIME_UNIX_NANO..=pb::event::DROPPED_ATTRIBUTES_COUNT,
+                            w,
+                        ) => return Err(wrong_type("Span.Event", f, w)),
                         (f, w) => er.skip(f, w)?,
                     }
                 }
                 s.events.push(e);
             }
-            (12, VARINT) => s.dropped.events = r.varint()? as u32,
-            (13, LEN) => {
+            (pb::span::DROPPED_EVENTS_COUNT, VARINT) => s.dropped.events = r.varint()? as u32,
+            (pb::span::LINKS, LEN) => {
                 let mut l = Link::default();
                 let (mut tid, mut sid): (&[u8], &[u8]) = (b"", b"");
                 let mut lr = Reader::new(r.bytes()?);
                 while lr.more() {
                     match lr.key()? {
-                        (1, LEN) => tid = lr.bytes()?,
-                        (2, LEN) => sid = lr.bytes()?,
-                        (3, LEN) => l.trace_state = optional(lr.bytes()?)?,
-                        (4, LEN) => key_value(ctx, &mut l.attributes, lr.bytes()?)?,
-                        (5, VARINT) => l.dropped_attributes_count = lr.varint()? as u32,
-                        (6, I32) => l.flags = lr.fixed32()?,
-                        (f @ 1..=6, w) => return Err(wrong_type("Span.Link", f, w)),
+                        (pb::link::TRACE_ID, LEN) => tid = lr.bytes()?,
+                        (pb::link::SPAN_ID, LEN) => sid = lr.bytes()?,
+                        (pb::link::TRACE_STATE, LEN) => l.trace_state = optional(lr.bytes()?)?,
+                        (pb::link::ATTRIBUTES, LEN) => {
+                            key_value(ctx, &mut l.attributes, lr.bytes()?)?
+                        }
+                        (pb::link::DROPPED_ATTRIBUTES_COUNT, VARINT) => {
+                            l.dropped_attributes_count = lr.varint()? as u32
+                        }
+                        (pb::link::FLAGS, I32) => l.flags = lr.fixed32()?,
+                        (f @ pb::link::TRACE_ID..=pb::link::FLAGS, w) => {
+                            return Err(wrong_type("Span.Link", f, w))
+                        }
                         (f, w) => lr.skip(f, w)?,
                     }
                 }
                 s.links.push(l);
                 raw.link_ids.push((tid, sid));
             }
-            (14, VARINT) => s.dropped.links = r.varint()? as u32,
-            (15, LEN) => {
+            (pb::span::DROPPED_LINKS_COUNT, VARINT) => s.dropped.links = r.varint()? as u32,
+            (pb::span::STATUS, LEN) => {
                 let mut st = Reader::new(r.bytes()?);
                 while st.more() {
                     match st.key()? {
-                        (2, LEN) => s.status_message = optional(st.bytes()?)?,
-                        (3, VARINT) => raw.status_code = st.varint()? as i32,
-                        (f @ 2..=3, w) => return Err(wrong_type("Status", f, w)),
+                        (pb::status::MESSAGE, LEN) => s.status_message = optional(st.bytes()?)?,
+                        (pb::status::CODE, VARINT) => raw.status_code = st.varint()? as i32,
+                        (f @ pb::status::MESSAGE..=pb::status::CODE, w) => {
+                            return Err(wrong_type("Status", f, w))
+                        }
                         (f, w) => st.skip(f, w)?,
                     }
                 }
             }
-            (16, I32) => s.flags = r.fixed32()?,
-            (f @ 1..=16, w) => return Err(wrong_type("Span", f, w)),
+            (pb::span::FLAGS, I32) => s.flags = r.fixed32()?,
+            (f @ pb::span::TRACE_ID..=pb::span::FLAGS, w) => return Err(wrong_type("Span", f, w)),
             (f, w) => r.skip(f, w)?,
         }
     }
@@ -523,8 +560,10 @@ pub fn request(buf: &[u8]) -> Result<Converted> {
     let mut r = Reader::new(buf);
     while r.more() {
         match r.key()? {
-            (1, LEN) => resource_spans(&mut ctx, &mut out, r.bytes()?)?,
-            (1, w) => return Err(wrong_type("ExportTraceServiceRequest", 1, w)),
+            (pb::request::RESOURCE_SPANS, LEN) => resource_spans(&mut ctx, &mut out, r.bytes()?)?,
+            (f @ pb::request::RESOURCE_SPANS, w) => {
+                return Err(wrong_type("ExportTraceServiceRequest", f, w))
+            }
             (f, w) => r.skip(f, w)?,
         }
     }
@@ -537,8 +576,8 @@ fn resource_spans<'a>(ctx: &mut Ctx<'a>, out: &mut Converted, buf: &'a [u8]) -> 
     let mut r = Reader::new(buf);
     while r.more() {
         match r.key()? {
-            (1, LEN) => resource(ctx, &mut res, r.bytes()?)?,
-            (2, LEN) => {
+            (pb::resource_spans::RESOURCE, LEN) => resource(ctx, &mut res, r.bytes()?)?,
+            (pb::resource_spans::SCOPE_SPANS, LEN) => {
                 // The scope may come after its spans: they get it once the message is read.
                 let first = spans.len();
                 let mut sc = Scope {
@@ -547,20 +586,24 @@ fn resource_spans<'a>(ctx: &mut Ctx<'a>, out: &mut Converted, buf: &'a [u8]) -> 
                     ..Scope::default()
                 };
                 let body = r.bytes()?;
-                spans.reserve(count(body, 2));
+                spans.reserve(count(body, pb::scope_spans::SPANS));
                 let mut ss = Reader::new(body);
                 while ss.more() {
                     match ss.key()? {
-                        (1, LEN) => scope(ctx, &mut sc, ss.bytes()?)?,
-                        (2, LEN) => match span(ctx, ss.bytes()?)? {
+                        (pb::scope_spans::SCOPE, LEN) => scope(ctx, &mut sc, ss.bytes()?)?,
+                        (pb::scope_spans::SPANS, LEN) => match span(ctx, ss.bytes()?)? {
                             Ok(s) => spans.push(s),
                             Err(why) => {
                                 out.rejected += 1;
                                 out.first_error.get_or_insert(why);
                             }
                         },
-                        (3, LEN) => sc.schema_url = optional(ss.bytes()?)?,
-                        (f @ 1..=3, w) => return Err(wrong_type("ScopeSpans", f, w)),
+                        (pb::scope_spans::SCHEMA_URL, LEN) => {
+                            sc.schema_url = optional(ss.bytes()?)?
+                        }
+                        (f @ pb::scope_spans::SCOPE..=pb::scope_spans::SCHEMA_URL, w) => {
+                            return Err(wrong_type("ScopeSpans", f, w))
+                        }
                         (f, w) => ss.skip(f, w)?,
                     }
                 }
@@ -569,8 +612,10 @@ fn resource_spans<'a>(ctx: &mut Ctx<'a>, out: &mut Converted, buf: &'a [u8]) -> 
                     s.scope = Some(Arc::clone(&sc));
                 }
             }
-            (3, LEN) => res.schema_url = optional(r.bytes()?)?,
-            (f @ 1..=3, w) => return Err(wrong_type("ResourceSpans", f, w)),
+            (pb::resource_spans::SCHEMA_URL, LEN) => res.schema_url = optional(r.bytes()?)?,
+            (f @ pb::resource_spans::RESOURCE..=pb::resource_spans::SCHEMA_URL, w) => {
+                return Err(wrong_type("ResourceSpans", f, w))
+            }
             (f, w) => r.skip(f, w)?,
         }
     }
@@ -610,7 +655,7 @@ pub fn encoded(buf: &bytes::Bytes) -> Option<Converted> {
     let mut r = Reader::new(buf);
     while r.more() {
         let start = r.pos;
-        if r.key().ok()? != (1, LEN) {
+        if r.key().ok()? != (pb::request::RESOURCE_SPANS, LEN) {
             return None;
         }
         let (res, spans) = checked_resource_spans(&mut ctx, r.bytes().ok()?)?;
@@ -651,22 +696,26 @@ fn checked_resource_spans<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8]) -> Option<(Resou
     let mut r = Reader::new(buf);
     while r.more() {
         match r.key().ok()? {
-            (1, LEN) => resource(ctx, &mut res, r.bytes().ok()?).ok()?,
-            (2, LEN) => {
+            (pb::resource_spans::RESOURCE, LEN) => resource(ctx, &mut res, r.bytes().ok()?).ok()?,
+            (pb::resource_spans::SCOPE_SPANS, LEN) => {
                 let mut ss = Reader::new(r.bytes().ok()?);
                 while ss.more() {
                     match ss.key().ok()? {
-                        (1, LEN) => scope(ctx, &mut Scope::default(), ss.bytes().ok()?).ok()?,
-                        (2, LEN) => {
+                        (pb::scope_spans::SCOPE, LEN) => {
+                            scope(ctx, &mut Scope::default(), ss.bytes().ok()?).ok()?
+                        }
+                        (pb::scope_spans::SPANS, LEN) => {
                             checked_span(ss.bytes().ok()?)?;
                             spans += 1;
                         }
-                        (3, LEN) => checked_str(ss.bytes().ok()?)?,
+                        (pb::scope_spans::SCHEMA_URL, LEN) => checked_str(ss.bytes().ok()?)?,
                         _ => return None,
                     }
                 }
             }
-            (3, LEN) => res.schema_url = optional(r.bytes().ok()?).ok()?,
+            (pb::resource_spans::SCHEMA_URL, LEN) => {
+                res.schema_url = optional(r.bytes().ok()?).ok()?
+            }
             _ => return None,
         }
     }
@@ -689,8 +738,8 @@ fn checked_kv(buf: &[u8], depth: usize) -> Option<()> {
     let mut r = Reader::new(buf);
     while r.more() {
         match r.key().ok()? {
-            (1, LEN) => checked_str(r.bytes().ok()?)?,
-            (2, LEN) => checked_any(r.bytes().ok()?, depth)?,
+            (pb::key_value::KEY, LEN) => checked_str(r.bytes().ok()?)?,
+            (pb::key_value::VALUE, LEN) => checked_any(r.bytes().ok()?, depth)?,
             _ => return None,
         }
     }
@@ -702,7 +751,7 @@ fn checked_items(buf: &[u8], item: impl Fn(&[u8]) -> Option<()>) -> Option<()> {
     let mut r = Reader::new(buf);
     while r.more() {
         match r.key().ok()? {
-            (1, LEN) => item(r.bytes().ok()?)?,
+            (pb::list::VALUES, LEN) => item(r.bytes().ok()?)?,
             _ => return None,
         }
     }
@@ -716,12 +765,16 @@ fn checked_any(buf: &[u8], depth: usize) -> Option<()> {
     let mut r = Reader::new(buf);
     while r.more() {
         match r.key().ok()? {
-            (1, LEN) => checked_str(r.bytes().ok()?)?,
-            (2 | 3, VARINT) => r.varint().ok().map(drop)?,
-            (4, I64) => r.fixed64().ok().map(drop)?,
-            (5, LEN) => checked_items(r.bytes().ok()?, |b| checked_any(b, depth + 1))?,
-            (6, LEN) => checked_items(r.bytes().ok()?, |b| checked_kv(b, depth + 1))?,
-            (7, LEN) => r.bytes().ok().map(drop)?,
+            (pb::any_value::STRING, LEN) => checked_str(r.bytes().ok()?)?,
+            (pb::any_value::BOOL | pb::any_value::INT, VARINT) => r.varint().ok().map(drop)?,
+            (pb::any_value::DOUBLE, I64) => r.fixed64().ok().map(drop)?,
+            (pb::any_value::ARRAY, LEN) => {
+                checked_items(r.bytes().ok()?, |b| checked_any(b, depth + 1))?
+            }
+            (pb::any_value::KVLIST, LEN) => {
+                checked_items(r.bytes().ok()?, |b| checked_kv(b, depth + 1))?
+            }
+            (pb::any_value::BYTES, LEN) => r.bytes().ok().map(drop)?,
             _ => return None,
         }
     }
@@ -734,45 +787,56 @@ fn checked_span(buf: &[u8]) -> Option<()> {
     let (mut trace, mut span) = (false, false);
     while r.more() {
         match r.key().ok()? {
-            (1, LEN) => trace = checked_id(r.bytes().ok()?, 16),
-            (2, LEN) => span = checked_id(r.bytes().ok()?, 8),
-            (3 | 5, LEN) => checked_str(r.bytes().ok()?)?,
-            (4, LEN) => {
+            (pb::span::TRACE_ID, LEN) => trace = checked_id(r.bytes().ok()?, 16),
+            (pb::span::SPAN_ID, LEN) => span = checked_id(r.bytes().ok()?, 8),
+            (pb::span::TRACE_STATE | pb::span::NAME, LEN) => checked_str(r.bytes().ok()?)?,
+            (pb::span::PARENT_SPAN_ID, LEN) => {
                 if !matches!(r.bytes().ok()?.len(), 0 | 8) {
                     return None;
                 }
             }
-            (6, VARINT) => {
+            (pb::span::KIND, VARINT) => {
                 if r.varint().ok()? > 5 {
                     return None;
                 }
             }
-            (7 | 8, I64) => r.fixed64().ok().map(drop)?,
-            (9, LEN) => checked_kv(r.bytes().ok()?, 0)?,
-            (10 | 12 | 14, VARINT) => r.varint().ok().map(drop)?,
-            (11, LEN) => {
+            (pb::span::START_TIME_UNIX_NANO | pb::span::END_TIME_UNIX_NANO, I64) => {
+                r.fixed64().ok().map(drop)?
+            }
+            (pb::span::ATTRIBUTES, LEN) => checked_kv(r.bytes().ok()?, 0)?,
+            (
+                pb::span::DROPPED_ATTRIBUTES_COUNT
+                | pb::span::DROPPED_EVENTS_COUNT
+                | pb::span::DROPPED_LINKS_COUNT,
+                VARINT,
+            ) => r.varint().ok().map(drop)?,
+            (pb::span::EVENTS, LEN) => {
                 let mut e = Reader::new(r.bytes().ok()?);
                 while e.more() {
                     match e.key().ok()? {
-                        (1, I64) => e.fixed64().ok().map(drop)?,
-                        (2, LEN) => checked_str(e.bytes().ok()?)?,
-                        (3, LEN) => checked_kv(e.bytes().ok()?, 0)?,
-                        (4, VARINT) => e.varint().ok().map(drop)?,
+                        (pb::event::TIME_UNIX_NANO, I64) => e.fixed64().ok().map(drop)?,
+                        (pb::event::NAME, LEN) => checked_str(e.bytes().ok()?)?,
+                        (pb::event::ATTRIBUTES, LEN) => checked_kv(e.bytes().ok()?, 0)?,
+                        (pb::event::DROPPED_ATTRIBUTES_COUNT, VARINT) => {
+                            e.varint().ok().map(drop)?
+                        }
                         _ => return None,
                     }
                 }
             }
-            (13, LEN) => {
+            (pb::span::LINKS, LEN) => {
                 let mut l = Reader::new(r.bytes().ok()?);
                 let (mut trace, mut span) = (false, false);
                 while l.more() {
                     match l.key().ok()? {
-                        (1, LEN) => trace = checked_id(l.bytes().ok()?, 16),
-                        (2, LEN) => span = checked_id(l.bytes().ok()?, 8),
-                        (3, LEN) => checked_str(l.bytes().ok()?)?,
-                        (4, LEN) => checked_kv(l.bytes().ok()?, 0)?,
-                        (5, VARINT) => l.varint().ok().map(drop)?,
-                        (6, I32) => l.fixed32().ok().map(drop)?,
+                        (pb::link::TRACE_ID, LEN) => trace = checked_id(l.bytes().ok()?, 16),
+                        (pb::link::SPAN_ID, LEN) => span = checked_id(l.bytes().ok()?, 8),
+                        (pb::link::TRACE_STATE, LEN) => checked_str(l.bytes().ok()?)?,
+                        (pb::link::ATTRIBUTES, LEN) => checked_kv(l.bytes().ok()?, 0)?,
+                        (pb::link::DROPPED_ATTRIBUTES_COUNT, VARINT) => {
+                            l.varint().ok().map(drop)?
+                        }
+                        (pb::link::FLAGS, I32) => l.fixed32().ok().map(drop)?,
                         _ => return None,
                     }
                 }
@@ -780,12 +844,12 @@ fn checked_span(buf: &[u8]) -> Option<()> {
                     return None;
                 }
             }
-            (15, LEN) => {
+            (pb::span::STATUS, LEN) => {
                 let mut st = Reader::new(r.bytes().ok()?);
                 while st.more() {
                     match st.key().ok()? {
-                        (2, LEN) => checked_str(st.bytes().ok()?)?,
-                        (3, VARINT) => {
+                        (pb::status::MESSAGE, LEN) => checked_str(st.bytes().ok()?)?,
+                        (pb::status::CODE, VARINT) => {
                             if st.varint().ok()? > 2 {
                                 return None;
                             }
@@ -794,7 +858,7 @@ fn checked_span(buf: &[u8]) -> Option<()> {
                     }
                 }
             }
-            (16, I32) => r.fixed32().ok().map(drop)?,
+            (pb::span::FLAGS, I32) => r.fixed32().ok().map(drop)?,
             _ => return None,
         }
     }
