@@ -11,8 +11,7 @@ use std::time::Instant;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use oxeye_api::Records;
-use oxeye_exporter_otlp::encode::Resources;
-use oxeye_exporter_otlp::wire::trace_message;
+use oxeye_exporter_otlp::bench::{trace_message, Resources};
 use oxeye_receiver_otlp::{convert, wire};
 use oxeye_tests::bench::{median, records_and_rounds};
 use oxeye_tests::{captured, run};

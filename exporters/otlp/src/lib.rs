@@ -25,11 +25,19 @@
 //! deliveries: records are "out" when the backend accepted them; rejected (partial success),
 //! given-up and abandoned-at-shutdown records are counted as dropped with a reason.
 
-pub mod balance;
-pub mod config;
-pub mod encode;
-pub mod transport;
-pub mod wire;
+mod balance;
+mod config;
+mod encode;
+mod transport;
+mod wire;
+
+/// The encoders, for the benchmarks beside oxeye's own (`tests/benches`); not an API.
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::encode::{trace_request, Resources};
+    pub use crate::transport::gzip_bytes;
+    pub use crate::wire::trace_message;
+}
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
