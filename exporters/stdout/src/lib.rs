@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::net::SocketAddr;
 
 use oxeye_api::blocking::{BlockingExport, OnThread};
 use oxeye_api::{
@@ -600,12 +601,11 @@ fn text_flow(out: &mut Vec<u8>, f: &Flow) {
     if f.is_ip() {
         let _ = write!(
             out,
-            "flow {iface} {dir} {} {}:{} -> {}:{} packets={} bytes={}",
+            "flow {iface} {dir} {} {} -> {} packets={} bytes={}",
             f.transport.as_str(),
-            f.src_addr,
-            f.src_port,
-            f.dst_addr,
-            f.dst_port,
+            // IPv6 in brackets ([::1]:80), as SocketAddr writes it.
+            SocketAddr::new(f.src_addr, f.src_port),
+            SocketAddr::new(f.dst_addr, f.dst_port),
             f.packets,
             f.bytes
         );
@@ -867,6 +867,19 @@ mod tests {
                 span.trace_id, span.span_id
             )
         );
+    }
+
+    #[test]
+    fn ipv6_addresses_are_in_brackets() {
+        let v6 = Flow {
+            src_addr: "fe80::1".parse().expect("ip"),
+            dst_addr: "2001:db8::2".parse().expect("ip"),
+            ether_type: 0x86dd,
+            ..flow()
+        };
+        let line = text(|o| text_flow(o, &v6));
+        assert!(line.contains(" [fe80::1]:"), "{line}");
+        assert!(line.contains(" -> [2001:db8::2]:"), "{line}");
     }
 
     #[test]
