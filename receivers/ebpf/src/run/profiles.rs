@@ -7,7 +7,6 @@ use oxeye_api::blocking::unblock;
 use oxeye_api::{Batch, BoxError, Mapping, ReceiverContext, Resource};
 use tracing::info;
 
-use super::emit_batches;
 use crate::config::ProfilesConfig;
 use crate::{profiles, sys};
 
@@ -69,7 +68,8 @@ async fn drain_profiles(probe: &mut profiles::ProfileProbe) {
     }
 }
 
-/// Emits closed windows; returns the number of records.
+/// Emits closed windows, one batch each, so exporters that merge by stack (folded, pprof)
+/// see a whole window at once; returns the number of records.
 async fn emit_windows(
     ctx: &ReceiverContext,
     resource: &Arc<Resource>,
@@ -78,7 +78,9 @@ async fn emit_windows(
     let mut n = 0;
     for (_, samples) in closed {
         n += samples.len();
-        emit_batches(ctx, resource, samples, Batch::samples).await;
+        if !samples.is_empty() {
+            ctx.emit(Batch::samples(resource.clone(), samples)).await;
+        }
     }
     n
 }
