@@ -257,6 +257,55 @@ fn udp_ipv6_exact_counts() {
     udp_exact("u6", true);
 }
 
+/// A run with nothing to show says what it watches: the interfaces at start, a line when a
+/// harvest finds no packets, and the packets seen per interface at the end — equal to the
+/// packets in the records written.
+#[test]
+fn a_quiet_run_says_what_it_watches() {
+    let pair = VethPair::new("qt");
+    let (ox, err) = OxeyeInNs::start(
+        &pair.ns_a,
+        &config(&pair, "qt"),
+        &format!("watching {}: a record per flow every 200ms", pair.va),
+    );
+    let quiet = format!("no packets on {} in the last 200ms", pair.va);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = String::new();
+    while !seen.contains(&quiet) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match err.recv_timeout(left) {
+            Ok(line) => seen.push_str(&(line + "\n")),
+            Err(_) => panic!("no `{quiet}` line in 10 s:\n{seen}"),
+        }
+    }
+    let (a, b) = pair.v4.clone();
+    let server = SocketAddr::new(a.parse().expect("ip"), 9999);
+    let sink = udp_sink(&pair.ns_a, server);
+    std::thread::sleep(Duration::from_millis(100));
+    in_ns(&pair.ns_b, move || {
+        let s = UdpSocket::bind((b.as_str(), 40000)).expect("bind client");
+        for _ in 0..5 {
+            s.send_to(b"hello", server).expect("send");
+        }
+    })
+    .join()
+    .expect("sender");
+    assert_eq!(sink.join().expect("sink"), 5);
+    let (out, stderr) = stop_and_check(&pair, ox, err);
+    let written: u64 = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+            v["packets"].as_u64().expect("packets")
+        })
+        .sum();
+    assert!(written >= 5, "{out}");
+    assert!(
+        stderr.contains(&format!("packets seen: {} {written};", pair.va)),
+        "{written} packets written:\n{stderr}"
+    );
+}
+
 /// 20 000 flows × 3 rounds through the kernel's front cache across 200 ms generations, on
 /// whichever CPU the sender ran; every count must still be exact. (Few of them find their set
 /// full: ~2 000 sequential ports a generation spread evenly over 8 192 sets.)

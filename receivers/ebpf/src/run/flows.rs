@@ -1,10 +1,11 @@
 //! The flows loop: harvest the flow maps every `flush_interval`, apply `interfaces` changes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use oxeye_api::blocking::unblock;
-use oxeye_api::{BoxError, ReceiverContext, Resource, Telemetry};
+use oxeye_api::{BoxError, Flow, ReceiverContext, Resource, Telemetry};
 use tracing::info;
 
 use super::{emit, Changes};
@@ -25,6 +26,11 @@ pub(super) async fn run_flows(
     let started = cfg.clone();
     let mut probe =
         unblock(move || crate::flows::FlowProbe::start(&started, &interfaces, t)).await?;
+    let mut seen = Seen::new(telemetry);
+    info!(
+        "watching {}: a record per flow every {flush_interval:?}",
+        probe.interfaces().join(", "),
+    );
     let mut tick = tokio::time::interval(flush_interval);
     tick.tick().await;
     loop {
@@ -39,7 +45,9 @@ pub(super) async fn run_flows(
                 })
                 .await;
                 probe = p;
-                emit(ctx, resource, flows?).await;
+                let flows = flows?;
+                seen.harvest(&flows, &probe.interfaces(), flush_interval);
+                emit(ctx, resource, flows).await;
             }
             Some((new, done)) = changes.recv() => {
                 let (result, p) = change_flows(probe, &mut cfg, new).await;
@@ -65,13 +73,83 @@ pub(super) async fn run_flows(
         })
         .map(|(name, source, n)| format!("{source}.{}={n}", name.trim_start_matches("ebpf_")))
         .collect();
+    seen.count(&flows);
     info!(
         flows = flows.len(),
-        "flow programs detached; final harvest; kernel counters: {}",
+        "flow programs detached; final harvest; packets seen: {}; kernel counters: {}",
+        seen.totals(),
         counters.join(" ")
     );
     emit(ctx, resource, flows).await;
     Ok(())
+}
+
+/// Packets seen per interface (`oxeye_ebpf_interface_packets_total{source=<interface>}`), so
+/// a quiet run says what it watches: one line when a harvest finds nothing, at most a minute
+/// apart.
+struct Seen {
+    telemetry: Telemetry,
+    packets: BTreeMap<String, u64>,
+    quiet_said: Option<tokio::time::Instant>,
+}
+
+impl Seen {
+    fn new(telemetry: &Telemetry) -> Self {
+        Seen {
+            telemetry: telemetry.clone(),
+            packets: BTreeMap::new(),
+            quiet_said: None,
+        }
+    }
+
+    fn count(&mut self, flows: &[Flow]) {
+        for f in flows {
+            let iface = f.interface.as_deref().unwrap_or("?");
+            match self.packets.get_mut(iface) {
+                Some(n) => *n += f.packets,
+                None => {
+                    self.packets.insert(iface.to_string(), f.packets);
+                }
+            }
+        }
+        for (iface, n) in &self.packets {
+            self.telemetry
+                .set_counter("ebpf_interface_packets", iface, *n);
+        }
+    }
+
+    fn harvest(&mut self, flows: &[Flow], watched: &[String], every: Duration) {
+        self.count(flows);
+        if !flows.is_empty() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if self
+            .quiet_said
+            .is_some_and(|at| now - at < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.quiet_said = Some(now);
+        info!(
+            "no packets on {} in the last {every:?}; packets seen so far: {}",
+            watched.join(", "),
+            self.totals()
+        );
+    }
+
+    /// `eth0 1234, lo 0` (none yet: `none`).
+    fn totals(&self) -> String {
+        if self.packets.is_empty() {
+            return "none".to_string();
+        }
+        let parts: Vec<String> = self
+            .packets
+            .iter()
+            .map(|(iface, n)| format!("{iface} {n}"))
+            .collect();
+        parts.join(", ")
+    }
 }
 
 /// Applies a new `flows:` whose only change is `interfaces`: the programs are attached to new
