@@ -167,8 +167,9 @@ fn map_info(map_fd: RawFd) -> std::io::Result<(u32, u32, u32)> {
 /// BPF_MAP_LOOKUP_AND_DELETE_BATCH, calling `each(key, values)` per entry: one value, or one per
 /// possible CPU (`cpus`) for a per-CPU map. `K` and `V` must be the map's key and value types:
 /// their sizes are checked against the map's before any buffer is handed to the kernel (a
-/// mismatch would make it write past our buffers).
-pub fn drain_hash<K: Copy + Default, V: Copy + Default>(
+/// mismatch would make it write past our buffers), and they are [`aya::Pod`] — plain data for
+/// which every byte pattern the kernel writes is a valid value.
+pub fn drain_hash<K: aya::Pod + Default, V: aya::Pod + Default>(
     map_fd: RawFd,
     cpus: usize,
     mut each: impl FnMut(&K, &[V]),
