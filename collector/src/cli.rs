@@ -4,9 +4,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use oxeye_api::{Kind, Registration};
+use oxeye_api::Kind;
 use tracing::{error, info, warn};
 
+use crate::components;
 use crate::config::{self, Loaded};
 use crate::engine::Engine;
 use crate::{reload, secs, telemetry, DEFAULT_PIPELINE};
@@ -21,6 +22,7 @@ Examples:
   oxeye validate -c config/pipeline.yaml     check a config and this host, starting nothing
   oxeye validate -c p.yaml --no-build        check the file only (a config for another host)
   oxeye components                           list the registered component types
+  oxeye components ebpf                      one type's settings and their defaults
   oxeye doctor                               what this kernel supports (kprobe, fentry, XDP, ...)
   RATE=5000 oxeye run -c p.yaml              values like ${env:RATE:-100} come from the environment
   OTLP_ENDPOINT=http://tempo:4317 oxeye run -c config/otlp.yaml
@@ -68,8 +70,16 @@ enum Command {
         #[arg(long)]
         no_build: bool,
     },
-    /// List registered component types and the signals each accepts.
-    Components,
+    /// List registered component types and the signals each accepts; with a TYPE, show its
+    /// settings and their defaults.
+    #[command(
+        after_help = "Examples:\n  oxeye components            every type, its kind, signals and crate\n  oxeye components ebpf       the ebpf receiver's settings and defaults\n  oxeye components otlp       both the otlp receiver and the otlp exporter"
+    )]
+    Components {
+        /// A component type (`ebpf`, `otlp`, `tail_sampling`, ...).
+        #[arg(value_name = "TYPE")]
+        type_name: Option<String>,
+    },
     /// Show which eBPF program and attach types this kernel supports, and what oxeye will use.
     Doctor,
 }
@@ -85,7 +95,8 @@ pub fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match cli.command {
-        Command::Components => components(),
+        Command::Components { type_name: None } => components::list(),
+        Command::Components { type_name: Some(t) } => components::show(&t),
         Command::Doctor => doctor(),
         Command::Validate { config, no_build } => match read(&config) {
             Ok((name, text)) => validate(&name, &text, !no_build),
@@ -119,27 +130,6 @@ fn read(path: &std::path::Path) -> Result<(String, String), ExitCode> {
             eprintln!("oxeye: error: cannot read config {name}: {e}");
             ExitCode::from(2)
         })
-}
-
-fn components() -> ExitCode {
-    let mut regs: Vec<&Registration> = Registration::all().collect();
-    regs.sort_by_key(|r| (r.kind, r.type_name));
-    println!(
-        "{:<10} {:<12} {:<14} {:<28} DESCRIPTION",
-        "KIND", "TYPE", "SIGNALS", "CRATE"
-    );
-    for r in regs {
-        let signals: Vec<&str> = r.signals.iter().map(|s| s.as_str()).collect();
-        println!(
-            "{:<10} {:<12} {:<14} {:<28} {}",
-            r.kind.as_str(),
-            r.type_name,
-            signals.join(","),
-            r.crate_name,
-            r.description
-        );
-    }
-    ExitCode::SUCCESS
 }
 
 fn doctor() -> ExitCode {

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod cli;
+mod components;
 pub mod config;
 pub mod engine;
 pub mod reload;

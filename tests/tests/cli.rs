@@ -192,6 +192,55 @@ fn components_lists_every_builtin() {
 }
 
 #[test]
+fn components_type_prints_its_settings_and_defaults() {
+    let out = output(&["components", "ebpf"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("ebpf receiver: "), "{text}");
+    for needle in [
+        "crate: oxeye-receiver-ebpf; applies config changes live",
+        "# Network flows\nreceivers:\n  ebpf:\n    flows:\n",
+        "flush_interval: 1s",
+        "frequency: 19",
+        "The whole reference: docs/components/receiver-ebpf.md",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    assert!(
+        !text.contains("```") && !text.contains("]("),
+        "markdown left in\n{text}"
+    );
+
+    // One type name, two kinds: both shown.
+    let text = String::from_utf8_lossy(&output(&["components", "otlp"]).stdout).to_string();
+    assert!(
+        text.contains("otlp receiver: ") && text.contains("otlp exporter: "),
+        "{text}"
+    );
+
+    // Every built-in type has its settings.
+    let listing = String::from_utf8_lossy(&output(&["components"]).stdout).to_string();
+    for line in listing.lines().skip(1) {
+        let t = line.split_whitespace().nth(1).expect("a type");
+        let out = output(&["components", t]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{t}: {text}");
+        assert!(
+            text.contains("\n# ") && text.contains(&format!("  {t}")),
+            "{t}: {text}"
+        );
+    }
+
+    let out = output(&["components", "ebfp"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no component type `ebfp`; registered types: ") && err.contains(" ebpf,"),
+        "{err}"
+    );
+}
+
+#[test]
 fn stdout_json_lines_carry_otel_names_and_exact_counts() {
     let cfg = temp_config(
         "json",

@@ -116,6 +116,10 @@ pub trait Factory: 'static {
     const SIGNALS: &'static [Signal];
     /// One line for `oxeye components`.
     const DESCRIPTION: &'static str;
+    /// The component's reference page (Markdown), shown by `oxeye components TYPE`: its intro
+    /// and its `yaml` blocks, which should show every setting with its default. Built-ins
+    /// `include_str!` their page under `docs/components/`.
+    const DOCS: &'static str = "";
     /// A receiver that applies config changes while it runs (through
     /// [`ReceiverContext::reconfigurations`](crate::ReceiverContext::reconfigurations)) instead of
     /// being replaced on reload.
@@ -140,6 +144,8 @@ pub struct Registration {
     pub signals: &'static [Signal],
     /// One-line description.
     pub description: &'static str,
+    /// See [`Factory::DOCS`].
+    pub docs: &'static str,
     /// The crate that registered it (for duplicate reports).
     pub crate_name: &'static str,
     /// See [`Factory::RECONFIGURABLE`].
@@ -194,6 +200,7 @@ impl Registration {
             kind: <F::Component as Component>::KIND,
             signals: F::SIGNALS,
             description: F::DESCRIPTION,
+            docs: F::DOCS,
             crate_name,
             reconfigurable: F::RECONFIGURABLE,
             check: check::<F>,

@@ -802,6 +802,7 @@ impl Factory for ArrowFactory {
     const TYPE: &'static str = "arrow";
     const SIGNALS: &'static [Signal] = Signal::ALL;
     const DESCRIPTION: &'static str = "Arrow IPC files (rotated, zstd/lz4) or a stream on stdout";
+    const DOCS: &'static str = include_str!("../../../docs/components/exporter-arrow.md");
 
     fn validate(c: &ArrowConfig) -> Result<(), ConfigErrors> {
         let mut e = ConfigErrors::new();

@@ -43,6 +43,7 @@ impl Factory for NopExporterFactory {
     const SIGNALS: &'static [Signal] = Signal::ALL;
     const DESCRIPTION: &'static str =
         "accepts and counts records, sends them nowhere (optional delay)";
+    const DOCS: &'static str = include_str!("../../../docs/components/exporter-nop.md");
 
     fn build(config: NopConfig, _ctx: BuildContext) -> Result<Self::Component, BoxError> {
         Ok(Box::new(NopExporter {

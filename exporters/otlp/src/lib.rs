@@ -78,6 +78,7 @@ impl Factory for OtlpFactory {
     const SIGNALS: &'static [Signal] = Signal::ALL;
     const DESCRIPTION: &'static str =
         "OTLP over gRPC or HTTP/protobuf: spans as traces, flows as delta-sum metrics, profiles";
+    const DOCS: &'static str = include_str!("../../../docs/components/exporter-otlp.md");
 
     fn validate(config: &OtlpConfig) -> Result<(), ConfigErrors> {
         config.check(&otlp_signals(Signal::ALL), &process_env)

@@ -313,6 +313,7 @@ impl Factory for PprofFactory {
     const SIGNALS: &'static [Signal] = &[Signal::Profiles];
     const DESCRIPTION: &'static str =
         "pprof files (gzip'd profile.proto), one per profile window: go tool pprof, Parca, speedscope";
+    const DOCS: &'static str = include_str!("../../../docs/components/exporter-pprof.md");
 
     fn validate(c: &PprofConfig) -> Result<(), ConfigErrors> {
         let mut e = ConfigErrors::new();

@@ -705,6 +705,7 @@ impl Factory for StdoutFactory {
     const SIGNALS: &'static [Signal] = Signal::ALL;
     const DESCRIPTION: &'static str =
         "writes one line per record to stdout (format: text | json | folded for profiles)";
+    const DOCS: &'static str = include_str!("../../../docs/components/exporter-stdout.md");
 
     fn build(config: StdoutConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {
         if config.format == Format::Folded {

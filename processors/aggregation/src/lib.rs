@@ -376,6 +376,7 @@ impl Factory for AggregationFactory {
     const SIGNALS: &'static [Signal] = &[Signal::Flows];
     const DESCRIPTION: &'static str =
         "tumbling flow windows with group_by; bounded, conserving packets and bytes";
+    const DOCS: &'static str = include_str!("../../../docs/components/processor-aggregation.md");
 
     fn validate(c: &AggregationConfig) -> Result<(), ConfigErrors> {
         let mut e = ConfigErrors::new();

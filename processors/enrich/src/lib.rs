@@ -176,6 +176,7 @@ impl Factory for EnrichFactory {
     const SIGNALS: &'static [Signal] = Signal::ALL;
     const DESCRIPTION: &'static str =
         "adds static attributes, and container.id from /proc/<pid>/cgroup (example crate)";
+    const DOCS: &'static str = include_str!("../../../docs/components/processor-enrich.md");
 
     fn validate(c: &EnrichConfig) -> Result<(), ConfigErrors> {
         let mut e = ConfigErrors::new();

@@ -158,6 +158,7 @@ impl Factory for FilterFactory {
     const TYPE: &'static str = "filter";
     const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
     const DESCRIPTION: &'static str = "drops spans and flows matching OTTL conditions";
+    const DOCS: &'static str = include_str!("../../../docs/components/processor-filter.md");
 
     fn validate(config: &FilterConfig) -> Result<(), ConfigErrors> {
         let mut errors = ConfigErrors::new();

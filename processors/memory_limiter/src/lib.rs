@@ -184,6 +184,7 @@ impl Factory for MemoryLimiterFactory {
     const SIGNALS: &'static [Signal] = Signal::ALL;
     const DESCRIPTION: &'static str =
         "refuses new data at the pipeline's entry while resident memory is above a soft limit";
+    const DOCS: &'static str = include_str!("../../../docs/components/processor-memory-limiter.md");
 
     fn validate(c: &MemoryLimiterConfig) -> Result<(), ConfigErrors> {
         let mut e = ConfigErrors::new();

@@ -36,6 +36,7 @@ impl Factory for NopFactory {
     const TYPE: &'static str = "nop";
     const SIGNALS: &'static [Signal] = Signal::ALL;
     const DESCRIPTION: &'static str = "passes batches through unchanged";
+    const DOCS: &'static str = include_str!("../../../docs/components/processor-nop.md");
 
     fn build(_config: NopConfig, _ctx: BuildContext) -> Result<Self::Component, BoxError> {
         Ok(Box::new(Nop))

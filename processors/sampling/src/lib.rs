@@ -158,6 +158,7 @@ impl Factory for SamplingFactory {
     const SIGNALS: &'static [Signal] = &[Signal::Traces];
     const DESCRIPTION: &'static str =
         "trace-id ratio (OTel-consistent), per-name rate limit, keep slow and error spans";
+    const DOCS: &'static str = include_str!("../../../docs/components/processor-sampling.md");
 
     fn validate(c: &SamplingConfig) -> Result<(), ConfigErrors> {
         let mut e = ConfigErrors::new();

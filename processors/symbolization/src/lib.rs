@@ -427,6 +427,7 @@ impl Factory for SymbolizationFactory {
     const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Profiles];
     const DESCRIPTION: &'static str =
         "stack addresses to functions (kallsyms, ELF/DWARF via blazesym), cached";
+    const DOCS: &'static str = include_str!("../../../docs/components/processor-symbolization.md");
 
     fn validate(c: &SymbolizationConfig) -> Result<(), ConfigErrors> {
         let mut e = ConfigErrors::new();

@@ -330,6 +330,7 @@ impl Factory for TransformFactory {
     const TYPE: &'static str = "transform";
     const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
     const DESCRIPTION: &'static str = "changes spans and flows with OTTL statements";
+    const DOCS: &'static str = include_str!("../../../docs/components/processor-transform.md");
 
     fn validate(config: &TransformConfig) -> Result<(), ConfigErrors> {
         let mut errors = ConfigErrors::new();

@@ -49,6 +49,7 @@ impl Factory for EbpfFactory {
     const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows, Signal::Profiles];
     const DESCRIPTION: &'static str =
         "kernel telemetry: network flows (XDP, TC), spans (tracepoints, u/kprobes, fentry), CPU profiles (perf events); needs root";
+    const DOCS: &'static str = include_str!("../../../docs/components/receiver-ebpf.md");
     // Span sources and flow interfaces change live; other changes replace the receiver.
     const RECONFIGURABLE: bool = true;
 

@@ -305,6 +305,7 @@ impl Factory for OtlpReceiverFactory {
     const SIGNALS: &'static [Signal] = &[Signal::Traces];
     const DESCRIPTION: &'static str =
         "OTLP traces over gRPC (4317) and HTTP (4318, protobuf and JSON) from OpenTelemetry SDKs and collectors";
+    const DOCS: &'static str = include_str!("../../../docs/components/receiver-otlp.md");
 
     fn validate(config: &OtlpReceiverConfig) -> Result<(), ConfigErrors> {
         config.validate()

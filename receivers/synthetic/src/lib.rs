@@ -591,6 +591,7 @@ impl Factory for SyntheticFactory {
     const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
     const DESCRIPTION: &'static str =
         "seeded generator of realistic spans and flows (no root needed)";
+    const DOCS: &'static str = include_str!("../../../docs/components/receiver-synthetic.md");
 
     fn validate(config: &SyntheticConfig) -> Result<(), ConfigErrors> {
         let mut errors = ConfigErrors::new();

@@ -1,0 +1,133 @@
+//! `oxeye components [TYPE]`: what this binary can build — every registered component type, or
+//! one type's settings and defaults, read from the page its crate ships (`Factory::DOCS`).
+
+use std::process::ExitCode;
+
+use oxeye_api::Registration;
+
+/// Every registered type: kind, type, signals, crate, description.
+pub(crate) fn list() -> ExitCode {
+    let mut regs: Vec<&Registration> = Registration::all().collect();
+    regs.sort_by_key(|r| (r.kind, r.type_name));
+    println!(
+        "{:<10} {:<12} {:<14} {:<28} DESCRIPTION",
+        "KIND", "TYPE", "SIGNALS", "CRATE"
+    );
+    for r in regs {
+        let signals: Vec<&str> = r.signals.iter().map(|s| s.as_str()).collect();
+        println!(
+            "{:<10} {:<12} {:<14} {:<28} {}",
+            r.kind.as_str(),
+            r.type_name,
+            signals.join(","),
+            r.crate_name,
+            r.description
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// One type's description, signals and settings (the YAML blocks of its page).
+pub(crate) fn show(type_name: &str) -> ExitCode {
+    let mut regs: Vec<&Registration> = Registration::all()
+        .filter(|r| r.type_name == type_name)
+        .collect();
+    if regs.is_empty() {
+        let mut types: Vec<&str> = Registration::all().map(|r| r.type_name).collect();
+        types.sort_unstable();
+        types.dedup();
+        eprintln!(
+            "oxeye: error: no component type `{type_name}`; registered types: {}",
+            types.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    regs.sort_by_key(|r| r.kind);
+    for (i, r) in regs.iter().enumerate() {
+        if i > 0 {
+            println!("\n");
+        }
+        let signals: Vec<&str> = r.signals.iter().map(|s| s.as_str()).collect();
+        println!("{} {}: {}", r.type_name, r.kind, r.description);
+        println!(
+            "  signals: {}; crate: {}{}",
+            signals.join(", "),
+            r.crate_name,
+            if r.reconfigurable {
+                "; applies config changes live"
+            } else {
+                ""
+            }
+        );
+        if r.docs.is_empty() {
+            println!("\n(the crate ships no settings page: see its own documentation)");
+            continue;
+        }
+        print!("{}", settings(r.docs));
+        if r.crate_name.starts_with("oxeye-") {
+            let page = format!("{}-{}", r.kind, r.type_name.replace('_', "-"));
+            println!("\nThe whole reference: docs/components/{page}.md");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// A component page for a terminal: its intro (links as their text), then each `yaml` block
+/// under the heading it belongs to.
+fn settings(md: &str) -> String {
+    let link = |line: &str| {
+        let mut out = String::new();
+        let mut rest = line;
+        while let Some(open) = rest.find('[') {
+            let Some(mid) = rest[open..].find("](").map(|m| open + m) else {
+                break;
+            };
+            let Some(close) = rest[mid..].find(')').map(|c| mid + c) else {
+                break;
+            };
+            out.push_str(&rest[..open]);
+            out.push_str(&rest[open + 1..mid]);
+            rest = &rest[close + 1..];
+        }
+        out.push_str(rest);
+        out.replace("**", "")
+    };
+    let mut out = String::new();
+    let mut heading = "Example".to_string();
+    let mut intro = true;
+    let mut lines = md.lines();
+    while let Some(line) = lines.next() {
+        let trimmed = line.trim_start();
+        if let Some(h) = trimmed.strip_prefix("## ").or(trimmed.strip_prefix("### ")) {
+            intro = false;
+            heading = h.trim().to_string();
+        } else if trimmed.starts_with("```") {
+            let indent = line.len() - trimmed.len();
+            let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+            if trimmed == "```yaml" {
+                out.push_str(&format!("\n# {heading}\n"));
+                for l in body {
+                    out.push_str(l.get(indent..).unwrap_or(""));
+                    out.push('\n');
+                }
+            }
+            intro = false;
+        } else if intro && !line.starts_with("# ") {
+            out.push_str(&link(line));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_page_becomes_its_intro_and_yaml_blocks() {
+        let md = "# `x` receiver\n\nMakes **spans**; see [kernels](../kernels.md).\n\n```yaml\nreceivers:\n  x: {rate: 1}\n```\n\n## Config\n\n- `rate`: per second\n\n```sh\nnot settings\n```\n\n1. step:\n\n   ```yaml\n   receivers:\n     x: {rate: 2}   # the default\n   ```\n";
+        assert_eq!(
+            super::settings(md),
+            "\nMakes spans; see kernels.\n\n\n# Example\nreceivers:\n  x: {rate: 1}\n\n# Config\nreceivers:\n  x: {rate: 2}   # the default\n"
+        );
+    }
+}
