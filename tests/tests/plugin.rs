@@ -23,11 +23,70 @@ fn copy_template(dst: &Path) {
         std::fs::create_dir_all(out.parent().expect("parent")).expect("dir");
         std::fs::write(out, text.replace("@OXEYE@", &oxeye.display().to_string())).expect("write");
     }
+    guide_crate(dst, &oxeye);
     // Same dependency versions and toolchain as oxeye (a fresh resolution could pick crates that
     // need a newer compiler).
     for f in ["Cargo.lock", "rust-toolchain.toml"] {
         std::fs::copy(oxeye.join(f), dst.join(f)).expect("copy");
     }
+}
+
+/// The fenced blocks of `lang` in `text`, in order.
+fn fenced(text: &str, lang: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == format!("```{lang}") {
+            let indent = line.len() - line.trim_start().len();
+            let body: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| l.trim() != "```")
+                .map(|l| l.get(indent..).unwrap_or("").trim_end())
+                .collect();
+            blocks.push(body.join("\n") + "\n");
+        }
+    }
+    blocks
+}
+
+/// The plugin guide's own example (docs/plugins.md: the Cargo.toml of step 1, "A processor in
+/// one file" and its harness test), written as the crate `my-tag-processor` that a reader would
+/// make from it — so the guide cannot rot.
+fn guide_crate(dst: &Path, oxeye: &Path) {
+    let guide = std::fs::read_to_string(Path::new(WORKSPACE).join("docs/plugins.md"))
+        .expect("docs/plugins.md");
+    let toml = fenced(&guide, "toml");
+    let one_file = &guide[guide
+        .find("## A processor in one file")
+        .expect("the one-file section")..];
+    let rust = fenced(one_file, "rust");
+    assert!(
+        rust.len() >= 2,
+        "the guide's processor and its harness test"
+    );
+    let dir = dst.join("my-tag-processor");
+    std::fs::create_dir_all(dir.join("src")).expect("dir");
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"my-tag-processor\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n{}",
+            toml[0].replace("/path/to/oxeye", &oxeye.display().to_string())
+        ),
+    )
+    .expect("write");
+    let test = rust[1]
+        .lines()
+        .map(|l| format!("        {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(
+        dir.join("src/lib.rs"),
+        format!(
+            "{}\n#[cfg(test)]\nmod guide_test {{\n    use super::*;\n\n    #[test]\n    fn as_the_guide_shows() -> Result<(), oxeye_api::BoxError> {{\n{test}\n        assert_eq!(out.len(), 1);\n        Ok(())\n    }}\n}}\n",
+            rust[0]
+        ),
+    )
+    .expect("write");
 }
 
 fn cargo(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -62,13 +121,16 @@ fn a_processor_crate_from_outside_the_tree() {
     let _ = std::fs::remove_dir_all(&dir);
     copy_template(&dir);
 
-    // The plugin's own unit test, through the API crate's harness.
-    let out = cargo(&dir, &["test", "--offline", "-p", "shout"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The plugins' own unit tests, through the API crate's harness: the template's and the
+    // guide's.
+    for plugin in ["shout", "my-tag-processor"] {
+        let out = cargo(&dir, &["test", "--offline", "-p", plugin]);
+        assert!(
+            out.status.success(),
+            "{plugin}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     let bin = build(&dir, &[]);
     let components = Command::new(&bin)
@@ -88,6 +150,42 @@ fn a_processor_crate_from_outside_the_tree() {
         listing.contains("receiver   synthetic"),
         "built-ins are still there: {listing}"
     );
+    assert!(
+        listing.contains("processor  tag          traces"),
+        "the guide's processor: {listing}"
+    );
+
+    // The guide's pipeline fragment, in a whole pipeline.
+    let guide = std::fs::read_to_string(Path::new(WORKSPACE).join("docs/plugins.md"))
+        .expect("docs/plugins.md");
+    let fragment = fenced(&guide, "yaml")
+        .into_iter()
+        .find(|y| y.contains("tag:"))
+        .expect("the guide's pipeline");
+    let tagged = dir.join("tag.yaml");
+    std::fs::write(
+        &tagged,
+        format!(
+            "receivers:\n  synthetic: {{seed: 3, spans: {{count: 20}}}}\nexporters:\n  stdout: {{format: json}}\n{fragment}"
+        ),
+    )
+    .expect("config");
+    let run = Command::new(&bin)
+        .args(["run", "-c"])
+        .arg(&tagged)
+        .output()
+        .expect("run");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let spans: Vec<serde_json::Value> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(spans.len(), 20);
+    assert!(spans.iter().all(|s| s["team"] == "red"), "{spans:?}");
 
     let cfg = dir.join("pipeline.yaml");
     let pipeline = |extra: &str| {

@@ -1,4 +1,5 @@
-// oxeye with one more processor: link the crate, then run oxeye's own command line.
+// oxeye with two more processors: link the crates, then run oxeye's own command line.
+use my_tag_processor as _;
 use shout as _;
 
 fn main() -> std::process::ExitCode {
