@@ -115,6 +115,24 @@ fn build(dir: &Path, features: &[&str]) -> PathBuf {
     Path::new(WORKSPACE).join("target/plugin-test/debug/my-oxeye")
 }
 
+/// `bin run -c cfg`, which must succeed: its JSON lines.
+fn json_lines_of(bin: &Path, cfg: &Path) -> Vec<serde_json::Value> {
+    let run = Command::new(bin)
+        .args(["run", "-c"])
+        .arg(cfg)
+        .output()
+        .expect("run");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect()
+}
+
 #[test]
 fn a_processor_crate_from_outside_the_tree() {
     let dir = std::env::temp_dir().join(format!("oxeye-plugin-{}", std::process::id()));
@@ -170,20 +188,7 @@ fn a_processor_crate_from_outside_the_tree() {
         ),
     )
     .expect("config");
-    let run = Command::new(&bin)
-        .args(["run", "-c"])
-        .arg(&tagged)
-        .output()
-        .expect("run");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let spans: Vec<serde_json::Value> = String::from_utf8_lossy(&run.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect();
+    let spans = json_lines_of(&bin, &tagged);
     assert_eq!(spans.len(), 20);
     assert!(spans.iter().all(|s| s["team"] == "red"), "{spans:?}");
 
@@ -194,20 +199,7 @@ fn a_processor_crate_from_outside_the_tree() {
         )
     };
     std::fs::write(&cfg, pipeline("")).expect("config");
-    let run = Command::new(&bin)
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .output()
-        .expect("run");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&run.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect();
+    let lines = json_lines_of(&bin, &cfg);
     assert_eq!(lines.len(), 200);
     for s in &lines {
         let name = s["name"].as_str().expect("name");
