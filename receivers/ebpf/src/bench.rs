@@ -14,7 +14,7 @@ pub fn program_object() -> &'static [u8] {
 
 /// The flow programs loaded exactly as `oxeye run` loads them for `cfg` (globals, map sizes),
 /// not attached; the object's `oxeye_xdp_pass` baseline is left unloaded.
-pub fn flow_programs(cfg: &crate::FlowsConfig) -> Result<aya::Ebpf, String> {
+pub fn flow_programs(cfg: &crate::FlowsConfig) -> Result<aya::Ebpf, crate::FlowError> {
     crate::flows::load_programs(cfg)
 }
 

@@ -148,12 +148,14 @@ pub fn report() -> Vec<Check> {
     let flows = crate::FlowsConfig::default();
     checks.push(check(
         "flow programs",
-        crate::flows::load_programs(&flows).map(|_| {
-            format!(
-                "XDP and TC programs load (`max_flows: {}`, BPF atomics)",
-                flows.max_flows
-            )
-        }),
+        crate::flows::load_programs(&flows)
+            .map(|_| {
+                format!(
+                    "XDP and TC programs load (`max_flows: {}`, BPF atomics)",
+                    flows.max_flows
+                )
+            })
+            .map_err(|e| e.to_string()),
     ));
     checks.push(Check {
         what: "XDP",

@@ -19,35 +19,34 @@ use oxeye_ebpf_common::{
 use tracing::{info, warn};
 
 use crate::sys;
-use crate::{FlowsConfig, Interfaces, XdpModeConfig};
+use crate::{FlowError, FlowsConfig, Interfaces, XdpModeConfig};
 
 /// The programs, compiled for bpfel-unknown-none by build.rs.
 pub(crate) static PROGRAMS: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oxeye-ebpf"));
 
 /// Fails, naming what is missing and how to grant it, unless the process may load and attach.
-pub fn check_privileges() -> Result<(), String> {
+pub fn check_privileges() -> Result<(), FlowError> {
     let missing = sys::missing_capabilities();
     if missing.is_empty() {
         return Ok(());
     }
-    Err(format!(
-        "the ebpf receiver needs root or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; this process lacks {}. \
-         Run as root, or grant them: setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v oxeye)",
-        missing.join(", ")
-    ))
+    Err(FlowError::Privileges { missing })
 }
 
 /// Resolves the configured interfaces to names, checking that each exists.
-pub fn resolve_interfaces(spec: &Interfaces) -> Result<Vec<String>, String> {
+pub fn resolve_interfaces(spec: &Interfaces) -> Result<Vec<String>, FlowError> {
     let names = match spec {
-        Interfaces::Default => vec![sys::default_route_interface().ok_or(
-            "no default route in this network namespace: list the interfaces to watch under `flows.interfaces`",
-        )?],
+        Interfaces::Default => {
+            vec![sys::default_route_interface().ok_or(FlowError::NoDefaultRoute)?]
+        }
         Interfaces::All => {
-            let all: Vec<String> = sys::interfaces().into_iter().filter(|n| !sys::is_loopback(n)).collect();
+            let all: Vec<String> = sys::interfaces()
+                .into_iter()
+                .filter(|n| !sys::is_loopback(n))
+                .collect();
             if all.is_empty() {
-                return Err("`interfaces: all` found no non-loopback interface".into());
+                return Err(FlowError::NoInterface);
             }
             all
         }
@@ -55,10 +54,10 @@ pub fn resolve_interfaces(spec: &Interfaces) -> Result<Vec<String>, String> {
     };
     for name in &names {
         if sys::if_index(name).is_none() {
-            return Err(format!(
-                "interface `{name}` does not exist (interfaces here: {})",
-                sys::interfaces().join(", ")
-            ));
+            return Err(FlowError::NoSuchInterface {
+                name: name.clone(),
+                present: sys::interfaces(),
+            });
         }
     }
     Ok(names)
@@ -72,25 +71,31 @@ pub(crate) struct Clock {
     mono_ns: u64,
 }
 
-fn clock_sample(ebpf: &mut Ebpf) -> Result<(u64, u64), String> {
-    let prog: &mut Xdp = crate::sys::program(ebpf, "oxeye_clock")?;
+fn clock_sample(ebpf: &mut Ebpf) -> Result<(u64, u64), FlowError> {
+    let prog: &mut Xdp = crate::sys::program(ebpf, "oxeye_clock").map_err(FlowError::Load)?;
     let fd = prog
         .fd()
-        .map_err(|e| format!("oxeye_clock: {e}"))?
+        .map_err(|e| FlowError::Load(format!("oxeye_clock: {e}")))?
         .as_fd()
         .as_raw_fd();
-    sys::test_run(fd, &sys::sample_frame(), 1)
-        .map_err(|e| format!("sampling the kernel clock: {e}"))?;
-    let clock: Array<_, u64> = Array::try_from(ebpf.map("CLOCK").ok_or("map CLOCK missing")?)
-        .map_err(|e| format!("CLOCK: {e}"))?;
-    let get = |i| clock.get(&i, 0).map_err(|e| format!("CLOCK: {e}"));
+    sys::test_run(fd, &sys::sample_frame(), 1).map_err(|io_error| FlowError::Syscall {
+        what: "sampling the kernel clock",
+        io_error,
+    })?;
+    let map = |source| FlowError::Map {
+        what: "CLOCK",
+        source,
+    };
+    let clock: Array<_, u64> =
+        Array::try_from(ebpf.map("CLOCK").ok_or(FlowError::MissingMap("CLOCK"))?).map_err(map)?;
+    let get = |i| clock.get(&i, 0).map_err(map);
     Ok((get(0)?, get(1)?))
 }
 
 impl Clock {
     /// Two samples 200 ms apart give the kernel's HZ (one of the values Linux allows). Runs
     /// with the rest of the start-up on the blocking pool.
-    fn calibrate(ebpf: &mut Ebpf) -> Result<Clock, String> {
+    fn calibrate(ebpf: &mut Ebpf) -> Result<Clock, FlowError> {
         let (j1, n1) = clock_sample(ebpf)?;
         std::thread::sleep(std::time::Duration::from_millis(200));
         let (j2, n2) = clock_sample(ebpf)?;
@@ -130,7 +135,7 @@ struct CacheMmap {
 unsafe impl Send for CacheMmap {}
 
 impl CacheMmap {
-    fn new(map: MapData, slots: usize) -> Result<CacheMmap, String> {
+    fn new(map: MapData, slots: usize) -> Result<CacheMmap, FlowError> {
         let len = slots * std::mem::size_of::<CacheSlot>();
         // SAFETY: a shared read-write mapping of an mmapable array map of exactly `len` bytes
         // (a multiple of the page size: slots come in regions of CACHE_SLOTS lines).
@@ -145,10 +150,10 @@ impl CacheMmap {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(format!(
-                "mapping the flow cache: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(FlowError::Syscall {
+                what: "mapping the flow cache",
+                io_error: std::io::Error::last_os_error(),
+            });
         }
         Ok(CacheMmap {
             _map: map,
@@ -344,12 +349,13 @@ fn attach_interface(
     iface: &str,
     mode: XdpModeConfig,
     egress: bool,
-) -> Result<Attached, String> {
-    let xdp: &mut Xdp = crate::sys::program(ebpf, "oxeye_xdp")?;
-    let (how, link) = attach_xdp(xdp, iface, mode)?;
+) -> Result<Attached, FlowError> {
+    let xdp: &mut Xdp = crate::sys::program(ebpf, "oxeye_xdp").map_err(FlowError::Attach)?;
+    let (how, link) = attach_xdp(xdp, iface, mode).map_err(FlowError::Attach)?;
     info!(interface = %iface, mode = how, "XDP flow program attached (ingress)");
     let tc = if egress {
-        let tc: &mut SchedClassifier = crate::sys::program(ebpf, "oxeye_tc")?;
+        let tc: &mut SchedClassifier =
+            crate::sys::program(ebpf, "oxeye_tc").map_err(FlowError::Attach)?;
         match clsact_before_tcx(iface).and_then(|()| {
             tc.attach(iface, TcAttachType::Egress)
                 .map_err(|e| chain(&e))
@@ -363,7 +369,7 @@ fn attach_interface(
                 if let Ok(xdp) = crate::sys::program::<Xdp>(ebpf, "oxeye_xdp") {
                     let _ = xdp.detach(link);
                 }
-                return Err(format!("TC egress on `{iface}`: {e}"));
+                return Err(FlowError::Attach(format!("TC egress on `{iface}`: {e}")));
             }
         }
     } else {
@@ -377,14 +383,14 @@ fn attach_interface(
 }
 
 /// Possible CPUs: the programs' per-CPU state is sized for every one.
-fn cpus() -> Result<usize, String> {
-    aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))
+fn cpus() -> Result<usize, FlowError> {
+    aya::util::nr_cpus().map_err(|(what, io_error)| FlowError::Syscall { what, io_error })
 }
 
 /// Loads the flow programs into the kernel as `oxeye run` does — `SAMPLE_EVERY` and the maps'
 /// size from `cfg`; the clock program, XDP, and TC when `cfg.egress` — without attaching them.
 /// The flow benchmark measures what this returns.
-pub(crate) fn load_programs(cfg: &FlowsConfig) -> Result<Ebpf, String> {
+pub(crate) fn load_programs(cfg: &FlowsConfig) -> Result<Ebpf, FlowError> {
     let sample_every: u32 = cfg.sample_every;
     let mut ebpf = EbpfLoader::new()
         .override_global("SAMPLE_EVERY", &sample_every, true)
@@ -392,23 +398,27 @@ pub(crate) fn load_programs(cfg: &FlowsConfig) -> Result<Ebpf, String> {
         .map_max_entries("FLOWS_B", cfg.max_flows)
         .map_max_entries("CACHE", cache_entries(cpus()? as u32))
         .load(PROGRAMS)
-        .map_err(|e| format!("loading the flow programs: {}", chain(&e)))?;
-    let clock: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_clock")?;
-    clock
-        .load()
-        .map_err(|e| format!("the kernel rejected the clock program: {}", chain(&e)))?;
+        .map_err(|e| FlowError::Load(format!("loading the flow programs: {}", chain(&e))))?;
+    let clock: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_clock").map_err(FlowError::Load)?;
+    clock.load().map_err(|e| {
+        FlowError::Load(format!(
+            "the kernel rejected the clock program: {}",
+            chain(&e)
+        ))
+    })?;
     let release = crate::sys::kernel_release();
     let rejected = |what: &str, e: &aya::programs::ProgramError| {
-        crate::sys::explain_flow_load_error(
+        FlowError::Load(crate::sys::explain_flow_load_error(
             &format!("the kernel rejected the {what} program"),
             chain(e),
             &release,
-        )
+        ))
     };
-    let xdp: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_xdp")?;
+    let xdp: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_xdp").map_err(FlowError::Load)?;
     xdp.load().map_err(|e| rejected("XDP", &e))?;
     if cfg.egress {
-        let tc: &mut SchedClassifier = crate::sys::program(&mut ebpf, "oxeye_tc")?;
+        let tc: &mut SchedClassifier =
+            crate::sys::program(&mut ebpf, "oxeye_tc").map_err(FlowError::Load)?;
         tc.load().map_err(|e| rejected("TC", &e))?;
     }
     Ok(ebpf)
@@ -416,7 +426,7 @@ pub(crate) fn load_programs(cfg: &FlowsConfig) -> Result<Ebpf, String> {
 
 impl FlowProbe {
     /// Attaches the programs to one more interface while running.
-    pub fn add_interface(&mut self, iface: &str) -> Result<(), String> {
+    pub fn add_interface(&mut self, iface: &str) -> Result<(), FlowError> {
         let a = attach_interface(&mut self.ebpf, iface, self.mode, self.egress)?;
         self.names
             .insert(sys::if_index(iface).unwrap_or(0), Arc::from(iface));
@@ -461,7 +471,7 @@ impl FlowProbe {
         cfg: &FlowsConfig,
         interfaces: &[String],
         telemetry: Telemetry,
-    ) -> Result<FlowProbe, String> {
+    ) -> Result<FlowProbe, FlowError> {
         let mut ebpf = load_programs(cfg)?;
         let cpus = cpus()?;
         let clock = Clock::calibrate(&mut ebpf)?;
@@ -471,14 +481,14 @@ impl FlowProbe {
             attached.push(attach_interface(&mut ebpf, iface, cfg.mode, cfg.egress)?);
             names.insert(sys::if_index(iface).unwrap_or(0), Arc::from(iface.as_str()));
         }
-        let take = |ebpf: &mut Ebpf, name: &str| match ebpf.take_map(name) {
+        let take = |ebpf: &mut Ebpf, name: &'static str| match ebpf.take_map(name) {
             Some(Map::LruHashMap(m)) => Ok(m),
-            _ => Err(format!("map {name} missing or of the wrong type")),
+            _ => Err(FlowError::MissingMap(name)),
         };
         let maps = [take(&mut ebpf, "FLOWS_A")?, take(&mut ebpf, "FLOWS_B")?];
         let cache = match ebpf.take_map("CACHE") {
             Some(Map::Array(m)) => CacheMmap::new(m, cache_entries(cpus as u32) as usize)?,
-            _ => return Err("map CACHE missing or of the wrong type".into()),
+            _ => return Err(FlowError::MissingMap("CACHE")),
         };
         Ok(FlowProbe {
             ebpf,
@@ -499,20 +509,28 @@ impl FlowProbe {
         })
     }
 
-    fn set_active(&mut self, index: usize) -> Result<(), String> {
-        let mut control: Array<_, u32> =
-            Array::try_from(self.ebpf.map_mut("CONTROL").ok_or("map CONTROL missing")?)
-                .map_err(|e| format!("CONTROL: {e}"))?;
+    fn set_active(&mut self, index: usize) -> Result<(), FlowError> {
+        let map = self
+            .ebpf
+            .map_mut("CONTROL")
+            .ok_or(FlowError::MissingMap("CONTROL"))?;
+        let mut control: Array<_, u32> = Array::try_from(map).map_err(|source| FlowError::Map {
+            what: "CONTROL",
+            source,
+        })?;
         control
             .set(CONTROL_ACTIVE_MAP, index as u32, 0)
-            .map_err(|e| format!("switching flow maps: {e}"))?;
+            .map_err(|source| FlowError::Map {
+                what: "switching flow maps",
+                source,
+            })?;
         self.active = index;
         Ok(())
     }
 
     /// Switches the programs to the other map; returns the old one, to [`FlowProbe::harvest`]
     /// once the programs still running on it are done (microseconds).
-    pub fn flip(&mut self) -> Result<usize, String> {
+    pub fn flip(&mut self) -> Result<usize, FlowError> {
         let old = self.active;
         self.set_active(1 - old)?;
         self.created_at_flip = Some(self.created());
@@ -521,14 +539,14 @@ impl FlowProbe {
 
     /// Drains map `old` (after [`FlowProbe::flip`]): batched map syscalls and a scan of the
     /// cache (4 MiB per CPU), so call it off the async workers.
-    pub fn harvest(&mut self, old: usize) -> Result<Vec<Flow>, String> {
+    pub fn harvest(&mut self, old: usize) -> Result<Vec<Flow>, FlowError> {
         let flows = self.drain(old)?;
         self.update_counters();
         Ok(flows)
     }
 
     /// Drains both maps (at shutdown, after detaching).
-    pub fn drain_all(&mut self) -> Result<Vec<Flow>, String> {
+    pub fn drain_all(&mut self) -> Result<Vec<Flow>, FlowError> {
         let mut flows = self.drain(self.active)?;
         flows.extend(self.drain(1 - self.active)?);
         self.update_counters();
@@ -542,7 +560,7 @@ impl FlowProbe {
         }
     }
 
-    fn drain(&mut self, index: usize) -> Result<Vec<Flow>, String> {
+    fn drain(&mut self, index: usize) -> Result<Vec<Flow>, FlowError> {
         let now = sys::unix_now_ns();
         let window = (self.last_harvest_ns, now);
         self.last_harvest_ns = now;
@@ -559,7 +577,10 @@ impl FlowProbe {
             Some(&self.clock),
             cached,
         )
-        .map_err(|e| format!("draining flow map: {e}"))?;
+        .map_err(|io_error| FlowError::Syscall {
+            what: "draining flow map",
+            io_error,
+        })?;
         self.harvested += from_map;
         Ok(flows)
     }
@@ -755,6 +776,22 @@ fn to_flow(
 mod tests {
     use super::*;
     use oxeye_ebpf_common::widen_jiffies;
+
+    #[test]
+    fn a_missing_interface_is_a_variant_naming_it_and_the_ones_there() {
+        let spec = Interfaces::List(vec!["oxeye-nope0".into()]);
+        let e = resolve_interfaces(&spec).expect_err("no such interface");
+        let FlowError::NoSuchInterface { name, present } = &e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(name, "oxeye-nope0");
+        assert!(present.iter().any(|i| i == "lo"), "{present:?}");
+        assert!(
+            e.to_string()
+                .starts_with("interface `oxeye-nope0` does not exist (interfaces here: "),
+            "{e}"
+        );
+    }
 
     #[test]
     fn jiffies_widen_across_a_32_bit_wrap() {

@@ -24,6 +24,7 @@ pub mod bench;
 mod btf;
 mod config;
 pub mod doctor;
+mod error;
 mod flows;
 mod preflight;
 pub mod profiles;
@@ -33,6 +34,8 @@ mod run;
 mod spans;
 mod sys;
 mod validate;
+
+pub use error::FlowError;
 
 use oxeye_api::{BoxError, BuildContext, ConfigErrors, Factory, Receiver, Signal};
 

@@ -57,7 +57,7 @@ fn interfaces(spec: &Interfaces, e: &mut ConfigErrors) -> Option<Vec<String>> {
         return match crate::flows::resolve_interfaces(spec) {
             Ok(names) => Some(names),
             Err(why) => {
-                e.push("flows.interfaces", why);
+                e.push("flows.interfaces", why.to_string());
                 None
             }
         };

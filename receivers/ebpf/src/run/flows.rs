@@ -173,7 +173,7 @@ async fn change_flows(
     let (result, probe) = unblock(move || {
         let wanted = match crate::flows::resolve_interfaces(&spec) {
             Ok(w) => w,
-            Err(e) => return (Err(e), probe),
+            Err(e) => return (Err(e.to_string()), probe),
         };
         let now = probe.interfaces();
         for iface in now.iter().filter(|i| !wanted.contains(i)) {
@@ -181,7 +181,7 @@ async fn change_flows(
         }
         for iface in wanted.iter().filter(|i| !now.contains(i)) {
             if let Err(e) = probe.add_interface(iface) {
-                return (Err(e), probe);
+                return (Err(e.to_string()), probe);
             }
         }
         (Ok(()), probe)
