@@ -16,7 +16,10 @@ pub const END_GROUP: u8 = 4;
 /// 4 bytes (fixed32).
 pub const I32: u8 = 5;
 
-/// The one-byte key of a field numbered up to 15 (every field here but `Span.flags`).
+/// The one-byte key of a field numbered up to 15 (every field here but `Span.flags`). Inlined
+/// so the encoder's keys fold into constants (without it, each is a call across crates: the
+/// exporter's direct writer ran 11 % slower).
+#[inline(always)]
 pub const fn key(field: u32, wire: u8) -> u8 {
     assert!(matches!(field, 1..=15), "a one-byte key");
     ((field as u8) << 3) | wire
