@@ -138,7 +138,7 @@ impl Seen {
         );
     }
 
-    /// `eth0 1234, lo 0` (none yet: `none`).
+    /// `eth0 1234, veth0 56`: the interfaces records came from (none yet: `none`).
     fn totals(&self) -> String {
         if self.packets.is_empty() {
             return "none".to_string();
