@@ -68,6 +68,15 @@ impl Registry {
         self.edges.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Records sent to the component labelled `label` over every edge into it.
+    pub fn sent_to(&self, label: &str) -> u64 {
+        self.edges()
+            .iter()
+            .filter(|e| e.to == label)
+            .map(|e| e.sent_records())
+            .sum()
+    }
+
     /// Config reloads `(applied, rejected)`.
     pub fn reloads(&self) -> (u64, u64) {
         (
@@ -161,11 +170,7 @@ impl Registry {
         }
         for c in components.iter().filter(|c| c.kind == Kind::Exporter) {
             let label = c.label();
-            let sent: u64 = edges
-                .iter()
-                .filter(|e| e.to == label)
-                .map(|e| e.sent_records())
-                .sum();
+            let sent = self.sent_to(&label);
             let t = &c.telemetry;
             let mut line = format!("exporter {}: {sent} in, {} out", c.id, t.emitted());
             if t.dropped_total() > 0 {
