@@ -121,13 +121,14 @@ pub enum EmptyPair {
 /// They stay attached until the returned object is dropped.
 pub fn empty_pair(kind: EmptyPair) -> Result<aya::Ebpf, String> {
     use aya::programs::{RawTracePoint, TracePoint};
-    crate::sys::tracefs()?;
+    crate::sys::tracefs().map_err(|e| e.to_string())?;
     let mut ebpf = crate::sys::thread_state_loader()
         .load(crate::spans::PROGRAMS)
         .map_err(|e| format!("loading the span programs: {e}"))?;
     match kind {
         EmptyPair::Tracepoint => {
-            let p: &mut TracePoint = crate::sys::program(&mut ebpf, "oxeye_empty_tp")?;
+            let p: &mut TracePoint =
+                crate::sys::program(&mut ebpf, "oxeye_empty_tp").map_err(|e| e.to_string())?;
             p.load().map_err(|e| e.to_string())?;
             for event in ["sys_enter_getppid", "sys_exit_getppid"] {
                 p.attach("syscalls", event).map_err(|e| e.to_string())?;
@@ -139,7 +140,8 @@ pub fn empty_pair(kind: EmptyPair) -> Result<aya::Ebpf, String> {
                 _ => ["oxeye_clock_raw_enter", "oxeye_clock_raw_exit"],
             };
             for (name, tp) in names.into_iter().zip(["sys_enter", "sys_exit"]) {
-                let p: &mut RawTracePoint = crate::sys::program(&mut ebpf, name)?;
+                let p: &mut RawTracePoint =
+                    crate::sys::program(&mut ebpf, name).map_err(|e| e.to_string())?;
                 p.load().map_err(|e| e.to_string())?;
                 p.attach(tp).map_err(|e| e.to_string())?;
             }
@@ -351,9 +353,9 @@ pub fn sample_exit(
         SampleExit::RingBuffer => "oxeye_profile",
         SampleExit::InKernelCounts => "oxeye_profile_counted",
     };
-    let prog: &mut PerfEvent = crate::sys::program(&mut ebpf, name)?;
+    let prog: &mut PerfEvent = crate::sys::program(&mut ebpf, name).map_err(|e| e.to_string())?;
     prog.load().map_err(|e| crate::flows::chain(&e))?;
-    crate::profiles::attach_cpu_clock(prog, frequency)?;
+    crate::profiles::attach_cpu_clock(prog, frequency).map_err(|e| e.to_string())?;
     let mut agg = crate::profiles::Aggregator::new(1_000_000_000, 1_000_000_000 / frequency, 16384);
     let mut user = Duration::ZERO;
     let mut records = 0;

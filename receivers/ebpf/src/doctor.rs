@@ -81,15 +81,17 @@ pub fn report() -> Vec<Check> {
     match loaded {
         Ok(mut ebpf) => {
             let tp = (|| -> Result<String, String> {
-                let root = sys::tracefs()?;
-                let p: &mut TracePoint = crate::sys::program(&mut ebpf, "oxeye_sys_enter")?;
+                let root = sys::tracefs().map_err(|e| e.to_string())?;
+                let p: &mut TracePoint =
+                    crate::sys::program(&mut ebpf, "oxeye_sys_enter").map_err(|e| e.to_string())?;
                 p.load().map_err(|e| crate::flows::chain(&e))?;
                 Ok(format!("syscalls:* tracepoints under {}", root.display()))
             })();
             checks.push(check("tracepoint", tp));
             let raw = (|| -> Result<String, String> {
                 for prog in ["oxeye_raw_enter", "oxeye_raw_exit"] {
-                    let p: &mut RawTracePoint = crate::sys::program(&mut ebpf, prog)?;
+                    let p: &mut RawTracePoint =
+                        crate::sys::program(&mut ebpf, prog).map_err(|e| e.to_string())?;
                     p.load().map_err(|e| crate::flows::chain(&e))?;
                 }
                 Ok(if cfg!(target_arch = "x86_64") {
@@ -110,7 +112,8 @@ pub fn report() -> Vec<Check> {
             ));
             let (fentry, kprobe) = crate::spans::kernel_function_support(&mut ebpf);
             let kprobe = kprobe.and_then(|()| {
-                let p: &mut KProbe = crate::sys::program(&mut ebpf, "oxeye_kprobe")?;
+                let p: &mut KProbe =
+                    crate::sys::program(&mut ebpf, "oxeye_kprobe").map_err(|e| e.to_string())?;
                 p.load().map_err(|e| crate::flows::chain(&e))?;
                 let link = p
                     .attach("do_sys_openat2", 0)
@@ -178,10 +181,11 @@ fn perf_events() -> Result<String, String> {
         .map_max_entries("COUNTS", 1)
         .load(crate::profiles::PROGRAMS)
         .map_err(|e| crate::flows::chain(&e))?;
-    let p: &mut PerfEvent = crate::sys::program(&mut ebpf, "oxeye_profile")?;
+    let p: &mut PerfEvent =
+        crate::sys::program(&mut ebpf, "oxeye_profile").map_err(|e| e.to_string())?;
     p.load().map_err(|e| crate::flows::chain(&e))?;
     let default = crate::ProfilesConfig::default().frequency;
-    let cpus = crate::profiles::attach_cpu_clock(p, default)?;
+    let cpus = crate::profiles::attach_cpu_clock(p, default).map_err(|e| e.to_string())?;
     let max =
         crate::profiles::max_sample_rate().map_or("unknown".to_string(), |m| format!("{m} Hz"));
     Ok(format!(

@@ -47,6 +47,9 @@ pub enum FlowError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// A program is missing from the object or of another type.
+    #[error(transparent)]
+    Program(#[from] ProbeError),
     /// A system call failed.
     #[error("{what}: {io_error}")]
     Syscall {
@@ -56,4 +59,117 @@ pub enum FlowError {
         #[source]
         io_error: std::io::Error,
     },
+}
+
+/// Why span sources or the profiler cannot load, attach or be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// The kernel refused to load the object (the text explains why and what to do).
+    #[error("{0}")]
+    Load(String),
+    /// A program the code expects is not in the object.
+    #[error("program {0} missing from the eBPF object")]
+    NoProgram(String),
+    /// A program is of another type than the code expects.
+    #[error("{name}: {source}")]
+    ProgramType {
+        /// The program.
+        name: String,
+        /// aya's error.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// The verifier or the kernel refused a program.
+    #[error("the kernel rejected {program}: {}", crate::flows::chain(source))]
+    Rejected {
+        /// The program (or what it is for).
+        program: String,
+        /// aya's error.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// Attaching (or loading for a target) failed.
+    #[error("{what}: {}", crate::flows::chain(source))]
+    Attach {
+        /// What was being attached, e.g. `uprobe:/bin/bash:readline: attaching`.
+        what: String,
+        /// aya's error.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map the programs define is missing.
+    #[error("map {0} missing")]
+    MissingMap(&'static str),
+    /// A map operation failed.
+    #[error("{what}: {source}")]
+    Map {
+        /// What was being done.
+        what: String,
+        /// aya's error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A system call or file operation failed.
+    #[error("{what}: {io_error}")]
+    Syscall {
+        /// What was being done.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        io_error: std::io::Error,
+    },
+    /// Neither fentry nor kprobe can trace kernel functions here.
+    #[error(
+        "kprobe:{func}: kernel functions cannot be traced on this kernel: fentry failed ({fentry}); \
+         kprobe failed ({kprobe}). Use a `syscall:` source (tracepoints work here), or run where \
+         CONFIG_KPROBES or fentry is available (`oxeye doctor` shows what this kernel supports)"
+    )]
+    KernelFunctions {
+        /// The function.
+        func: String,
+        /// Why fentry cannot be used.
+        fentry: String,
+        /// Why kprobe cannot be used.
+        kprobe: String,
+    },
+    /// The kernel has no such function.
+    #[error("kprobe:{0}: no such kernel function in /proc/kallsyms")]
+    NoKernelFunction(String),
+    /// The kernel has no `syscalls:` tracepoint for this name.
+    #[error(
+        "{label}: no tracepoint syscalls:{tracepoint} on this kernel (is `{name}` a syscall name?)"
+    )]
+    NoTracepoint {
+        /// The source, e.g. `syscall:opnat`.
+        label: String,
+        /// The tracepoint looked for, e.g. `sys_enter_opnat`.
+        tracepoint: String,
+        /// The syscall name given.
+        name: String,
+    },
+    /// A source cannot be attached the way it asks (the text says why and what to write).
+    #[error("{0}")]
+    Source(String),
+    /// A source's or the profiler's filter names something absent (a cgroup, a process).
+    #[error("{0}")]
+    Filter(String),
+    /// A CPU-clock perf event could not be opened (the text names the kernel feature or
+    /// setting).
+    #[error("{}", crate::profiles::perf_message(source, *cpu, *frequency))]
+    PerfEvent {
+        /// The CPU.
+        cpu: u32,
+        /// The sampling frequency asked for.
+        frequency: u64,
+        /// aya's error.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// The programs were detached (the receiver is stopping).
+    #[error("the span programs are detached")]
+    Detached,
+    /// No BTF or tracefs, or bpffs could not be mounted (the text says what is needed).
+    #[error("{0}")]
+    Kernel(String),
 }

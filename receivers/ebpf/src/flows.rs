@@ -72,7 +72,7 @@ pub(crate) struct Clock {
 }
 
 fn clock_sample(ebpf: &mut Ebpf) -> Result<(u64, u64), FlowError> {
-    let prog: &mut Xdp = crate::sys::program(ebpf, "oxeye_clock").map_err(FlowError::Load)?;
+    let prog: &mut Xdp = crate::sys::program(ebpf, "oxeye_clock")?;
     let fd = prog
         .fd()
         .map_err(|e| FlowError::Load(format!("oxeye_clock: {e}")))?
@@ -350,12 +350,11 @@ fn attach_interface(
     mode: XdpModeConfig,
     egress: bool,
 ) -> Result<Attached, FlowError> {
-    let xdp: &mut Xdp = crate::sys::program(ebpf, "oxeye_xdp").map_err(FlowError::Attach)?;
+    let xdp: &mut Xdp = crate::sys::program(ebpf, "oxeye_xdp")?;
     let (how, link) = attach_xdp(xdp, iface, mode).map_err(FlowError::Attach)?;
     info!(interface = %iface, mode = how, "XDP flow program attached (ingress)");
     let tc = if egress {
-        let tc: &mut SchedClassifier =
-            crate::sys::program(ebpf, "oxeye_tc").map_err(FlowError::Attach)?;
+        let tc: &mut SchedClassifier = crate::sys::program(ebpf, "oxeye_tc")?;
         match clsact_before_tcx(iface).and_then(|()| {
             tc.attach(iface, TcAttachType::Egress)
                 .map_err(|e| chain(&e))
@@ -399,7 +398,7 @@ pub(crate) fn load_programs(cfg: &FlowsConfig) -> Result<Ebpf, FlowError> {
         .map_max_entries("CACHE", cache_entries(cpus()? as u32))
         .load(PROGRAMS)
         .map_err(|e| FlowError::Load(format!("loading the flow programs: {}", chain(&e))))?;
-    let clock: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_clock").map_err(FlowError::Load)?;
+    let clock: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_clock")?;
     clock.load().map_err(|e| {
         FlowError::Load(format!(
             "the kernel rejected the clock program: {}",
@@ -414,11 +413,10 @@ pub(crate) fn load_programs(cfg: &FlowsConfig) -> Result<Ebpf, FlowError> {
             &release,
         ))
     };
-    let xdp: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_xdp").map_err(FlowError::Load)?;
+    let xdp: &mut Xdp = crate::sys::program(&mut ebpf, "oxeye_xdp")?;
     xdp.load().map_err(|e| rejected("XDP", &e))?;
     if cfg.egress {
-        let tc: &mut SchedClassifier =
-            crate::sys::program(&mut ebpf, "oxeye_tc").map_err(FlowError::Load)?;
+        let tc: &mut SchedClassifier = crate::sys::program(&mut ebpf, "oxeye_tc")?;
         tc.load().map_err(|e| rejected("TC", &e))?;
     }
     Ok(ebpf)

@@ -35,7 +35,7 @@ mod spans;
 mod sys;
 mod validate;
 
-pub use error::FlowError;
+pub use error::{FlowError, ProbeError};
 
 use oxeye_api::{BoxError, BuildContext, ConfigErrors, Factory, Receiver, Signal};
 

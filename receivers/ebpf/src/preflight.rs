@@ -92,7 +92,7 @@ fn syscall(name: &str, attach: AttachMode, path: &str, e: &mut ConfigErrors) {
     let root = match sys::tracefs() {
         Ok(root) => root,
         Err(why) => {
-            e.push(path, why);
+            e.push(path, why.to_string());
             return;
         }
     };

@@ -17,6 +17,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use aya::maps::{Map, MapData};
+use tokio::io::unix::AsyncFd;
+
+use crate::ProbeError;
 
 const BUSY: u32 = 1 << 31;
 const DISCARD: u32 = 1 << 30;
@@ -45,14 +48,29 @@ unsafe impl Send for Ring {}
 unsafe impl Sync for Ring {}
 
 impl Ring {
+    /// Takes ring buffer map `name` out of `ebpf`, maps it, and watches it for wakeups.
+    pub fn watch(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<AsyncFd<Ring>, ProbeError> {
+        let ring = Ring::new(ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?)?;
+        // SAFETY: the Ring owns its fd for as long as the AsyncFd owns the Ring.
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(
+            |e| ProbeError::Syscall {
+                what: format!("watching ring buffer {name}"),
+                io_error: e.into_parts().1,
+            },
+        )
+    }
+
     /// Maps the ring of `map` (a `BPF_MAP_TYPE_RINGBUF`).
-    pub fn new(map: Map) -> Result<Ring, String> {
+    pub fn new(map: Map) -> Result<Ring, ProbeError> {
         let Map::RingBuf(map) = map else {
-            return Err("not a ring buffer map".into());
+            return Err(ProbeError::Kernel("not a ring buffer map".into()));
         };
         let size = map
             .info()
-            .map_err(|e| format!("ring buffer info: {e}"))?
+            .map_err(|source| ProbeError::Map {
+                what: "ring buffer info".into(),
+                source,
+            })?
             .max_entries() as usize;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
@@ -140,7 +158,7 @@ impl Ring {
     }
 }
 
-fn mmap(fd: RawFd, len: usize, prot: i32, offset: usize) -> Result<*mut u8, String> {
+fn mmap(fd: RawFd, len: usize, prot: i32, offset: usize) -> Result<*mut u8, ProbeError> {
     // SAFETY: a fresh shared mapping of the map's fd; checked for MAP_FAILED.
     let p = unsafe {
         libc::mmap(
@@ -153,10 +171,10 @@ fn mmap(fd: RawFd, len: usize, prot: i32, offset: usize) -> Result<*mut u8, Stri
         )
     };
     if p == libc::MAP_FAILED {
-        return Err(format!(
-            "mapping the ring buffer: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(ProbeError::Syscall {
+            what: "mapping the ring buffer".into(),
+            io_error: std::io::Error::last_os_error(),
+        });
     }
     Ok(p.cast())
 }

@@ -18,7 +18,7 @@ use oxeye_ebpf_common::{
 use tokio::io::unix::AsyncFd;
 use tracing::info;
 
-use crate::sys;
+use crate::{sys, ProbeError};
 use crate::{AttachMode, SourceKind, SourceSpec, SpansConfig, StackMode};
 
 /// The span programs, compiled for bpfel-unknown-none by build.rs.
@@ -64,7 +64,8 @@ struct Source {
 pub fn kernel_function_support(ebpf: &mut Ebpf) -> (Result<(), String>, Result<(), String>) {
     let fentry = (|| -> Result<(), String> {
         let btf = Btf::from_sys_fs().map_err(sys::no_btf)?;
-        let p: &mut FEntry = crate::sys::program(ebpf, "oxeye_fentry_probe")?;
+        let p: &mut FEntry =
+            crate::sys::program(ebpf, "oxeye_fentry_probe").map_err(|e| e.to_string())?;
         p.load("do_sys_openat2", &btf)
             .map_err(|e| crate::flows::chain(&e))
     })();
@@ -74,14 +75,6 @@ pub fn kernel_function_support(ebpf: &mut Ebpf) -> (Result<(), String>, Result<(
         Err("this kernel has no kprobe PMU (CONFIG_KPROBES is off)".to_string())
     };
     (fentry, kprobe)
-}
-
-fn kernel_function_error(func: &str, fentry: &str, kprobe: &str) -> String {
-    format!(
-        "kprobe:{func}: kernel functions cannot be traced on this kernel: fentry failed ({fentry}); \
-         kprobe failed ({kprobe}). Use a `syscall:` source (tracepoints work here), or run where \
-         CONFIG_KPROBES or fentry is available (`oxeye doctor` shows what this kernel supports)"
-    )
 }
 
 /// Loaded programs with every source attached. Dropping it detaches everything.
@@ -112,7 +105,7 @@ impl SpanProbe {
         cfg: &SpansConfig,
         telemetry: Telemetry,
         share_threads: bool,
-    ) -> Result<(SpanProbe, Option<PinDir>), String> {
+    ) -> Result<(SpanProbe, Option<PinDir>), ProbeError> {
         let wakeup = cfg.wakeup_bytes;
         // Kernel functions: fentry or kprobe, per source, from what this kernel supports.
         let mut mechanisms = Vec::new();
@@ -139,33 +132,17 @@ impl SpanProbe {
         let mut ebpf = loader(cfg, &wakeup, pins.as_ref().map(|p| p.0.as_path()))
             .load(PROGRAMS)
             .map_err(|e| {
-                sys::explain_load_error(
+                ProbeError::Load(sys::explain_load_error(
                     "loading the span programs",
                     crate::flows::chain(&e),
                     &sys::kernel_release(),
-                )
+                ))
             })?;
-        let configs: Array<MapData, SourceConfig> =
-            Array::try_from(ebpf.take_map("SOURCES").ok_or("map SOURCES missing")?)
-                .map_err(|e| format!("SOURCES: {e}"))?;
-        let kfuncs: BpfHashMap<MapData, u64, u32> =
-            BpfHashMap::try_from(ebpf.take_map("KFUNCS").ok_or("map KFUNCS missing")?)
-                .map_err(|e| format!("KFUNCS: {e}"))?;
-        let syscall_sources: Array<MapData, u32> = Array::try_from(
-            ebpf.take_map("SYSCALL_SOURCES")
-                .ok_or("map SYSCALL_SOURCES missing")?,
-        )
-        .map_err(|e| format!("SYSCALL_SOURCES: {e}"))?;
-        let ring = crate::ring::Ring::new(ebpf.take_map("EVENTS").ok_or("map EVENTS missing")?)
-            .map_err(|e| format!("EVENTS: {e}"))?;
-        // SAFETY: the Ring owns its fd for as long as the AsyncFd owns the Ring.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| format!("watching the ring buffer: {}", e.into_parts().1))?;
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map("SPAN_COUNTERS")
-                .ok_or("map SPAN_COUNTERS missing")?,
-        )
-        .map_err(|e| format!("SPAN_COUNTERS: {e}"))?;
+        let configs: Array<MapData, SourceConfig> = take_map(&mut ebpf, "SOURCES")?;
+        let kfuncs: BpfHashMap<MapData, u64, u32> = take_map(&mut ebpf, "KFUNCS")?;
+        let syscall_sources: Array<MapData, u32> = take_map(&mut ebpf, "SYSCALL_SOURCES")?;
+        let ring = crate::ring::Ring::watch(&mut ebpf, "EVENTS")?;
+        let counters = take_map(&mut ebpf, "SPAN_COUNTERS")?;
         let mut probe = SpanProbe {
             ebpf: Some(ebpf),
             counters,
@@ -194,12 +171,12 @@ impl SpanProbe {
 
     /// Attaches one more source while running. A `kprobe:` source that would use fentry
     /// cannot be added live (its instance needs the maps pinned at start): `attach: kprobe`.
-    pub fn add(&mut self, spec: &SourceSpec) -> Result<(), String> {
+    pub fn add(&mut self, spec: &SourceSpec) -> Result<(), ProbeError> {
         let how = match spec.kind() {
             SourceKind::Kprobe(func) => {
                 let m = mechanism(&func, spec.attach, &support()?)?;
                 if m == Mechanism::Fentry {
-                    return Err(format!("kprobe:{func} would use fentry, which cannot be added to a running receiver; write `attach: kprobe` to add it live"));
+                    return Err(ProbeError::Source(format!("kprobe:{func} would use fentry, which cannot be added to a running receiver; write `attach: kprobe` to add it live")));
                 }
                 Some(m)
             }
@@ -308,13 +285,13 @@ impl SpanProbe {
         spec: &SourceSpec,
         how: Option<Mechanism>,
         pins: Option<&std::path::Path>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProbeError> {
         let index = self.sources.len() as u32;
         if index >= oxeye_ebpf_common::MAX_SOURCES {
-            return Err(format!(
+            return Err(ProbeError::Source(format!(
                 "at most {} span sources per run, removed ones included: restart oxeye",
                 oxeye_ebpf_common::MAX_SOURCES
-            ));
+            )));
         }
         let kind = spec.kind();
         let (name, label, syscall) = match &kind {
@@ -326,19 +303,25 @@ impl SpanProbe {
         };
         self.configs
             .set(index, source_config(spec)?, 0)
-            .map_err(|e| format!("{label}: writing its config: {e}"))?;
+            .map_err(|source| ProbeError::Map {
+                what: format!("{label}: writing its config"),
+                source,
+            })?;
         let raw_nr = match &kind {
             SourceKind::Syscall(name) => self.raw_syscall(name, spec.attach, &label)?,
             _ => None,
         };
-        let ebpf = self.ebpf.as_mut().ok_or("the span programs are detached")?;
+        let ebpf = self.ebpf.as_mut().ok_or(ProbeError::Detached)?;
         let links = match &kind {
             SourceKind::Syscall(_) if raw_nr.is_some() => {
                 let nr = raw_nr.unwrap_or_default();
                 self.attach_raw_syscalls()?;
                 self.syscall_sources
                     .set(nr, index + 1, 0)
-                    .map_err(|e| format!("{label}: SYSCALL_SOURCES: {e}"))?;
+                    .map_err(|source| ProbeError::Map {
+                        what: format!("{label}: SYSCALL_SOURCES"),
+                        source,
+                    })?;
                 Links::RawSyscall(nr)
             }
             SourceKind::Syscall(name) => {
@@ -352,21 +335,31 @@ impl SpanProbe {
                 ] {
                     let id_path = root.join(format!("events/syscalls/{dir}_{name}/id"));
                     let id: u64 = std::fs::read_to_string(&id_path)
-                        .map_err(|_| format!("{label}: no tracepoint syscalls:{dir}_{name} on this kernel (is `{name}` a syscall name?)"))?
+                        .map_err(|_| ProbeError::NoTracepoint {
+                            label: label.clone(),
+                            tracepoint: format!("{dir}_{name}"),
+                            name: name.clone(),
+                        })?
                         .trim()
                         .parse()
-                        .map_err(|e| format!("{}: {e}", id_path.display()))?;
+                        .map_err(|e| ProbeError::Kernel(format!("{}: {e}", id_path.display())))?;
                     let p: &mut TracePoint = crate::sys::program(ebpf, prog)?;
-                    if p.fd().is_err() {
-                        p.load().map_err(|e| {
-                            format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
-                        })?;
-                    }
-                    let fd = p.fd().map_err(|e| format!("{e}"))?.as_fd().as_raw_fd();
+                    load_once(p, prog)?;
+                    let fd = p
+                        .fd()
+                        .map_err(|source| ProbeError::Rejected {
+                            program: prog.to_string(),
+                            source,
+                        })?
+                        .as_fd()
+                        .as_raw_fd();
                     links.push(
-                        sys::attach_tracepoint_with_cookie(fd, id, index as u64).map_err(|e| {
-                            format!("{label}: attaching syscalls:{dir}_{name}: {e}")
-                        })?,
+                        sys::attach_tracepoint_with_cookie(fd, id, index as u64).map_err(
+                            |io_error| ProbeError::Syscall {
+                                what: format!("{label}: attaching syscalls:{dir}_{name}"),
+                                io_error,
+                            },
+                        )?,
                     );
                 }
                 Links::Tracepoints(links)
@@ -380,45 +373,41 @@ impl SpanProbe {
                 // The return probe first (see above).
                 for prog in ["oxeye_uretprobe", "oxeye_uprobe"] {
                     let p: &mut UProbe = crate::sys::program(ebpf, prog)?;
-                    if p.fd().is_err() {
-                        p.load().map_err(|e| {
-                            format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
-                        })?;
-                    }
+                    load_once(p, prog)?;
                     let point = UProbeAttachPoint {
                         location: UProbeAttachLocation::Symbol(symbol),
                         cookie: Some(index as u64),
                     };
                     let id = p
                         .attach(point, path, scope)
-                        .map_err(|e| format!("{label}: attaching: {}", crate::flows::chain(&e)))?;
+                        .map_err(attaching(format!("{label}: attaching")))?;
                     links.push((prog, id));
                 }
                 Links::Uprobe(links)
             }
             SourceKind::Kprobe(func) => match how {
                 Some(Mechanism::Fentry) => {
-                    let pins = pins.ok_or("fentry needs the maps pinned at start")?;
+                    let pins = pins.ok_or_else(|| {
+                        ProbeError::Source("fentry needs the maps pinned at start".into())
+                    })?;
                     let source = index;
                     let wakeup = self.spans_config.wakeup_bytes;
                     let mut l = loader(&self.spans_config, &wakeup, Some(pins));
                     l.override_global("FENTRY_SOURCE", &source, true);
-                    let mut e = l
-                        .load(PROGRAMS)
-                        .map_err(|e| format!("{label}: loading: {}", crate::flows::chain(&e)))?;
-                    let btf =
-                        Btf::from_sys_fs().map_err(|e| format!("{label}: {}", sys::no_btf(e)))?;
+                    let mut e = l.load(PROGRAMS).map_err(|e| {
+                        ProbeError::Load(format!("{label}: loading: {}", crate::flows::chain(&e)))
+                    })?;
+                    let btf = Btf::from_sys_fs()
+                        .map_err(|e| ProbeError::Kernel(format!("{label}: {}", sys::no_btf(e))))?;
                     // fexit first (see above).
                     let p: &mut FExit = crate::sys::program(&mut e, "oxeye_fexit")?;
                     p.load(func, &btf)
-                        .map_err(|e| format!("{label}: fexit: {}", crate::flows::chain(&e)))?;
-                    p.attach()
-                        .map_err(|e| format!("{label}: fexit: {}", crate::flows::chain(&e)))?;
+                        .map_err(attaching(format!("{label}: fexit")))?;
+                    p.attach().map_err(attaching(format!("{label}: fexit")))?;
                     let p: &mut FEntry = crate::sys::program(&mut e, "oxeye_fentry")?;
                     p.load(func, &btf)
-                        .map_err(|e| format!("{label}: fentry: {}", crate::flows::chain(&e)))?;
-                    p.attach()
-                        .map_err(|e| format!("{label}: fentry: {}", crate::flows::chain(&e)))?;
+                        .map_err(attaching(format!("{label}: fentry")))?;
+                    p.attach().map_err(attaching(format!("{label}: fentry")))?;
                     Links::Fentry(Box::new(e))
                 }
                 _ => {
@@ -460,7 +449,7 @@ impl SpanProbe {
         name: &str,
         mode: AttachMode,
         label: &str,
-    ) -> Result<Option<u32>, String> {
+    ) -> Result<Option<u32>, ProbeError> {
         if mode != AttachMode::RawTracepoint {
             return Ok(None);
         }
@@ -483,32 +472,28 @@ impl SpanProbe {
                 },
             }
         };
-        Err(format!(
+        Err(ProbeError::Source(format!(
             "{label}: attach: raw_tracepoint is not possible: {why_not}; leave `attach` out to use the syscall's tracepoint pair"
-        ))
+        )))
     }
 
     /// Attaches the shared `raw_syscalls` pair unless it is already attached (exit first, as
     /// for every pair).
-    fn attach_raw_syscalls(&mut self) -> Result<(), String> {
+    fn attach_raw_syscalls(&mut self) -> Result<(), ProbeError> {
         if !self.raw_links.is_empty() {
             return Ok(());
         }
-        let ebpf = self.ebpf.as_mut().ok_or("the span programs are detached")?;
+        let ebpf = self.ebpf.as_mut().ok_or(ProbeError::Detached)?;
         let mut links = Vec::new();
         for (prog, tp) in [
             ("oxeye_raw_exit", "sys_exit"),
             ("oxeye_raw_enter", "sys_enter"),
         ] {
             let p: &mut RawTracePoint = crate::sys::program(ebpf, prog)?;
-            if p.fd().is_err() {
-                p.load().map_err(|e| {
-                    format!("the kernel rejected {prog}: {}", crate::flows::chain(&e))
-                })?;
-            }
+            load_once(p, prog)?;
             let id = p
                 .attach(tp)
-                .map_err(|e| format!("attaching raw_syscalls:{tp}: {}", crate::flows::chain(&e)))?;
+                .map_err(attaching(format!("attaching raw_syscalls:{tp}")))?;
             links.push((prog, id));
         }
         self.raw_links = links;
@@ -609,43 +594,39 @@ fn attach_kprobe(
     kfuncs: &mut BpfHashMap<MapData, u64, u32>,
     func: &str,
     index: u32,
-) -> Result<(KprobeLinks, u64), String> {
+) -> Result<(KprobeLinks, u64), ProbeError> {
     let addr = sys::kallsyms_address(func)
-        .ok_or_else(|| format!("kprobe:{func}: no such kernel function in /proc/kallsyms"))?;
+        .ok_or_else(|| ProbeError::NoKernelFunction(func.to_string()))?;
     kfuncs
         .insert(addr, index, 0)
-        .map_err(|e| format!("KFUNCS: {e}"))?;
+        .map_err(|source| ProbeError::Map {
+            what: "KFUNCS".into(),
+            source,
+        })?;
     let mut ids = Vec::new();
     // The return probe first: see `SpanProbe::attach`.
     for prog in ["oxeye_kretprobe", "oxeye_kprobe"] {
         let p: &mut KProbe = crate::sys::program(ebpf, prog)?;
-        if p.fd().is_err() {
-            p.load()
-                .map_err(|e| format!("the kernel rejected {prog}: {}", crate::flows::chain(&e)))?;
-        }
+        load_once(p, prog)?;
         ids.push((
             prog,
-            p.attach(func, 0).map_err(|e| {
-                format!(
-                    "kprobe:{func}: attaching {prog}: {}",
-                    crate::flows::chain(&e)
-                )
-            })?,
+            p.attach(func, 0)
+                .map_err(attaching(format!("kprobe:{func}: attaching {prog}")))?,
         ));
     }
     Ok((ids, addr))
 }
 
 /// What this kernel allows for kernel functions (loads the programs once to find out).
-fn support() -> Result<Support, String> {
+fn support() -> Result<Support, ProbeError> {
     let mut loader = crate::sys::thread_state_loader();
     with_task_offsets(&mut loader);
     let mut probe = loader.load(PROGRAMS).map_err(|e| {
-        sys::explain_load_error(
+        ProbeError::Load(sys::explain_load_error(
             "loading the span programs",
             crate::flows::chain(&e),
             &sys::kernel_release(),
-        )
+        ))
     })?;
     Ok(kernel_function_support(&mut probe))
 }
@@ -658,26 +639,25 @@ enum Mechanism {
 }
 
 /// Picks fentry or kprobe per the source's `attach` and what the kernel supports.
-fn mechanism(func: &str, mode: AttachMode, support: &Support) -> Result<Mechanism, String> {
+fn mechanism(func: &str, mode: AttachMode, support: &Support) -> Result<Mechanism, ProbeError> {
     let (fentry, kprobe) = support;
+    let neither = |fentry: &str, kprobe: &str| ProbeError::KernelFunctions {
+        func: func.to_string(),
+        fentry: fentry.to_string(),
+        kprobe: kprobe.to_string(),
+    };
     match (mode, fentry, kprobe) {
         (AttachMode::Auto | AttachMode::Fentry, Ok(()), _) => Ok(Mechanism::Fentry),
         (AttachMode::Auto | AttachMode::Kprobe, _, Ok(())) => Ok(Mechanism::Kprobe),
-        (AttachMode::Kprobe, _, Err(k)) => Err(kernel_function_error(
-            func,
-            "not requested (attach: kprobe)",
-            k,
-        )),
-        (AttachMode::Fentry, Err(f), _) => Err(kernel_function_error(
-            func,
-            f,
-            "not requested (attach: fentry)",
-        )),
-        (AttachMode::Auto, Err(f), Err(k)) => Err(kernel_function_error(func, f, k)),
+        (AttachMode::Kprobe, _, Err(k)) => Err(neither("not requested (attach: kprobe)", k)),
+        (AttachMode::Fentry, Err(f), _) => Err(neither(f, "not requested (attach: fentry)")),
+        (AttachMode::Auto, Err(f), Err(k)) => Err(neither(f, k)),
         // Rejected by validation: these modes are for `syscall:` sources.
-        (AttachMode::Tracepoint | AttachMode::RawTracepoint, _, _) => Err(format!(
-            "kprobe:{func}: attach: tracepoint and raw_tracepoint apply to `syscall:` sources"
-        )),
+        (AttachMode::Tracepoint | AttachMode::RawTracepoint, _, _) => {
+            Err(ProbeError::Source(format!(
+                "kprobe:{func}: attach: tracepoint and raw_tracepoint apply to `syscall:` sources"
+            )))
+        }
     }
 }
 
@@ -696,7 +676,7 @@ const SHARED_MAPS: [&str; 6] = [
 pub struct PinDir(std::path::PathBuf);
 
 impl PinDir {
-    fn create() -> Result<PinDir, String> {
+    fn create() -> Result<PinDir, ProbeError> {
         pin_dir().map(PinDir)
     }
 
@@ -715,7 +695,7 @@ impl Drop for PinDir {
 }
 
 /// A fresh bpffs directory to pin the shared maps in while the instances load.
-fn pin_dir() -> Result<std::path::PathBuf, String> {
+fn pin_dir() -> Result<std::path::PathBuf, ProbeError> {
     let root = std::path::Path::new("/sys/fs/bpf");
     let is_bpffs = std::fs::read_to_string("/proc/self/mounts")
         .map(|m| {
@@ -735,16 +715,67 @@ fn pin_dir() -> Result<std::path::PathBuf, String> {
             )
         };
         if rc != 0 {
-            return Err(format!(
-                "mounting bpffs at /sys/fs/bpf (needed for fentry sources): {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(ProbeError::Syscall {
+                what: "mounting bpffs at /sys/fs/bpf (needed for fentry sources)".into(),
+                io_error: std::io::Error::last_os_error(),
+            });
         }
     }
     let dir = root.join(format!("oxeye-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir(&dir).map_err(|io_error| ProbeError::Syscall {
+        what: dir.display().to_string(),
+        io_error,
+    })?;
     Ok(dir)
+}
+
+/// Takes map `name` out of the object as its typed form.
+pub(crate) fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, ProbeError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    M::try_from(map).map_err(|source| ProbeError::Map {
+        what: name.into(),
+        source,
+    })
+}
+
+/// Loads a shared program the first time a source needs it.
+fn load_once<P: Loadable>(p: &mut P, name: &str) -> Result<(), ProbeError> {
+    if p.fd().is_err() {
+        p.load().map_err(|source| ProbeError::Rejected {
+            program: name.to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The program types `load_once` loads: those whose `load` takes no target.
+trait Loadable {
+    fn fd(&self) -> Result<&aya::programs::ProgramFd, aya::programs::ProgramError>;
+    fn load(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+macro_rules! loadable {
+    ($($t:ty),*) => {$(
+        impl Loadable for $t {
+            fn fd(&self) -> Result<&aya::programs::ProgramFd, aya::programs::ProgramError> {
+                <$t>::fd(self)
+            }
+            fn load(&mut self) -> Result<(), aya::programs::ProgramError> {
+                <$t>::load(self)
+            }
+        }
+    )*};
+}
+loadable!(TracePoint, UProbe, KProbe, RawTracePoint);
+
+/// An attach error's wrapper naming what was attached.
+fn attaching(what: String) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError {
+    move |source| ProbeError::Attach { what, source }
 }
 
 fn loader<'a>(
@@ -797,7 +828,7 @@ pub(crate) fn with_task_offsets(l: &mut EbpfLoader<'_>) {
     }
 }
 
-fn source_config(spec: &SourceSpec) -> Result<SourceConfig, String> {
+fn source_config(spec: &SourceSpec) -> Result<SourceConfig, ProbeError> {
     let mut comm = [0u8; 16];
     if let Some(c) = &spec.comm {
         comm[..c.len().min(15)].copy_from_slice(&c.as_bytes()[..c.len().min(15)]);
@@ -806,7 +837,7 @@ fn source_config(spec: &SourceSpec) -> Result<SourceConfig, String> {
         Some(path) => {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(path)
-                .map_err(|e| format!("cgroup `{path}`: {e} (give a cgroup v2 directory, e.g. /sys/fs/cgroup/system.slice/foo.service)"))?
+                .map_err(|e| ProbeError::Filter(format!("cgroup `{path}`: {e} (give a cgroup v2 directory, e.g. /sys/fs/cgroup/system.slice/foo.service)")))?
                 .ino()
         }
         None => 0,

@@ -1,6 +1,7 @@
 //! Small Linux facts and syscalls the receiver needs: capabilities, interfaces, clocks, and the
 //! batch lookup-and-delete that aya 0.14 does not wrap.
 
+use crate::ProbeError;
 use std::os::fd::RawFd;
 
 /// Capabilities an eBPF receiver needs, with the bit of each in `CapEff`.
@@ -298,15 +299,18 @@ pub fn sample_frame() -> [u8; 60] {
     f
 }
 
-/// A program of a loaded object as its type (`Xdp`, `TracePoint`, ...), or a message naming it.
-pub fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T, String>
+/// A program of a loaded object as its type (`Xdp`, `TracePoint`, ...).
+pub fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T, ProbeError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     ebpf.program_mut(name)
-        .ok_or_else(|| format!("program {name} missing from the eBPF object"))?
+        .ok_or_else(|| ProbeError::NoProgram(name.to_string()))?
         .try_into()
-        .map_err(|e| format!("{name}: {e}"))
+        .map_err(|source| ProbeError::ProgramType {
+            name: name.to_string(),
+            source,
+        })
 }
 
 /// A loader for the span and profile objects: their per-thread `THREADS` is task storage,
@@ -323,7 +327,7 @@ pub fn syscall_number(name: &str) -> Option<u32> {
 }
 
 /// The tracefs mount, mounting it at /sys/kernel/tracing if nothing is mounted yet.
-pub fn tracefs() -> Result<std::path::PathBuf, String> {
+pub fn tracefs() -> Result<std::path::PathBuf, ProbeError> {
     for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
         if std::path::Path::new(p).join("events").is_dir() {
             return Ok(p.into());
@@ -341,10 +345,10 @@ pub fn tracefs() -> Result<std::path::PathBuf, String> {
         )
     };
     if rc != 0 {
-        return Err(format!(
+        return Err(ProbeError::Kernel(format!(
             "tracefs is not mounted and mounting it failed ({}); mount it: mount -t tracefs nodev /sys/kernel/tracing",
             std::io::Error::last_os_error()
-        ));
+        )));
     }
     tracing::info!("mounted tracefs at /sys/kernel/tracing");
     Ok("/sys/kernel/tracing".into())

@@ -23,7 +23,8 @@ use tokio::io::unix::AsyncFd;
 
 pub use aggregate::{Aggregator, RawSample};
 
-use crate::{sys, ProfilesConfig, StackMode};
+use crate::spans::take_map;
+use crate::{sys, ProbeError, ProfilesConfig, StackMode};
 
 /// The profile programs, compiled for bpfel-unknown-none by build.rs.
 pub(crate) static PROGRAMS: &[u8] =
@@ -44,8 +45,11 @@ pub fn max_sample_rate() -> Option<u64> {
 
 /// Opens a CPU-clock perf event on each online CPU for `prog` at `frequency` Hz; a failure says
 /// which kernel feature or setting is missing.
-pub fn attach_cpu_clock(prog: &mut PerfEvent, frequency: u64) -> Result<usize, String> {
-    let cpus = aya::util::online_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
+pub fn attach_cpu_clock(prog: &mut PerfEvent, frequency: u64) -> Result<usize, ProbeError> {
+    let cpus = aya::util::online_cpus().map_err(|(what, io_error)| ProbeError::Syscall {
+        what: what.to_string(),
+        io_error,
+    })?;
     for &cpu in &cpus {
         prog.attach(
             PerfEventConfig::Software(SoftwareEvent::CpuClock),
@@ -53,12 +57,17 @@ pub fn attach_cpu_clock(prog: &mut PerfEvent, frequency: u64) -> Result<usize, S
             SamplePolicy::Frequency(frequency),
             false,
         )
-        .map_err(|e| perf_error(&e, cpu, frequency))?;
+        .map_err(|source| ProbeError::PerfEvent {
+            cpu,
+            frequency,
+            source,
+        })?;
     }
     Ok(cpus.len())
 }
 
-fn perf_error(e: &ProgramError, cpu: u32, frequency: u64) -> String {
+/// What a failed `perf_event_open` on `cpu` means: the kernel feature or setting missing.
+pub(crate) fn perf_message(e: &ProgramError, cpu: u32, frequency: u64) -> String {
     let errno = match e {
         ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
         _ => None,
@@ -85,17 +94,17 @@ fn perf_error(e: &ProgramError, cpu: u32, frequency: u64) -> String {
     }
 }
 
-/// [`perf_error`] for a `perf_event_open` that failed with `errno` (unit tests).
+/// [`perf_message`] for a `perf_event_open` that failed with `errno` (unit tests).
 #[cfg(test)]
 pub(crate) fn perf_error_for_test(errno: i32, cpu: u32, frequency: u64) -> String {
     let e = ProgramError::SyscallError(aya::sys::SyscallError {
         call: "perf_event_open",
         io_error: std::io::Error::from_raw_os_error(errno),
     });
-    perf_error(&e, cpu, frequency)
+    perf_message(&e, cpu, frequency)
 }
 
-fn profile_config(cfg: &ProfilesConfig) -> Result<ProfileConfig, String> {
+fn profile_config(cfg: &ProfilesConfig) -> Result<ProfileConfig, ProbeError> {
     let mut comm = [0u8; 16];
     if let Some(c) = &cfg.comm {
         let n = c.len().min(15);
@@ -103,18 +112,18 @@ fn profile_config(cfg: &ProfilesConfig) -> Result<ProfileConfig, String> {
     }
     if let Some(pid) = cfg.pid {
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            return Err(format!(
+            return Err(ProbeError::Filter(format!(
                 "profiles.pid: no process {pid} is running, so nothing would ever be sampled"
-            ));
+            )));
         }
     }
     let cgroup_id = match &cfg.cgroup {
         Some(path) => std::fs::metadata(path)
             .map_err(|e| {
-                format!(
+                ProbeError::Filter(format!(
                     "profiles.cgroup `{path}`: {e} (give a cgroup v2 directory, e.g. \
                      /sys/fs/cgroup/system.slice/foo.service)"
-                )
+                ))
             })?
             .ino(),
         None => 0,
@@ -191,14 +200,14 @@ impl ProfileProbe {
         cfg: &ProfilesConfig,
         telemetry: Telemetry,
         threads: Option<&Path>,
-    ) -> Result<ProfileProbe, String> {
+    ) -> Result<ProfileProbe, ProbeError> {
         if let Some(max) = max_sample_rate() {
             if cfg.frequency > max {
-                return Err(format!(
+                return Err(ProbeError::Source(format!(
                     "profiles.frequency: {} Hz is above this kernel's limit, kernel.perf_event_max_sample_rate = {max} \
                      (the kernel lowers it by itself when sampling takes too long); use at most {max}",
                     cfg.frequency
-                ));
+                )));
             }
         }
         let config = profile_config(cfg)?;
@@ -219,36 +228,25 @@ impl ProfileProbe {
             loader.map_pin_path("THREADS", path);
         }
         let mut ebpf = loader.load(PROGRAMS).map_err(|e| {
-            crate::sys::explain_load_error(
+            ProbeError::Load(crate::sys::explain_load_error(
                 "loading the profile program",
                 crate::flows::chain(&e),
                 &crate::sys::kernel_release(),
-            )
+            ))
         })?;
-        let mut configs: Array<MapData, ProfileConfig> = Array::try_from(
-            ebpf.take_map("PROFILE_CONFIG")
-                .ok_or("map PROFILE_CONFIG missing")?,
-        )
-        .map_err(|e| format!("PROFILE_CONFIG: {e}"))?;
+        let mut configs: Array<MapData, ProfileConfig> = take_map(&mut ebpf, "PROFILE_CONFIG")?;
         configs
             .set(0, config, 0)
-            .map_err(|e| format!("PROFILE_CONFIG: {e}"))?;
-        let ring = crate::ring::Ring::new(ebpf.take_map("SAMPLES").ok_or("map SAMPLES missing")?)
-            .map_err(|e| format!("SAMPLES: {e}"))?;
-        // SAFETY: the Ring owns its fd for as long as the AsyncFd owns the Ring.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| format!("watching the ring buffer: {}", e.into_parts().1))?;
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map("PROFILE_COUNTERS")
-                .ok_or("map PROFILE_COUNTERS missing")?,
-        )
-        .map_err(|e| format!("PROFILE_COUNTERS: {e}"))?;
+            .map_err(|source| ProbeError::Map {
+                what: "PROFILE_CONFIG".into(),
+                source,
+            })?;
+        let ring = crate::ring::Ring::watch(&mut ebpf, "SAMPLES")?;
+        let counters = take_map(&mut ebpf, "PROFILE_COUNTERS")?;
         let prog: &mut PerfEvent = sys::program(&mut ebpf, "oxeye_profile")?;
-        prog.load().map_err(|e| {
-            format!(
-                "the kernel rejected the profile program: {}",
-                crate::flows::chain(&e)
-            )
+        prog.load().map_err(|source| ProbeError::Rejected {
+            program: "the profile program".into(),
+            source,
         })?;
         let cpus = attach_cpu_clock(prog, cfg.frequency)?;
         let filtered_by = [

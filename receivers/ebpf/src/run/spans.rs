@@ -19,7 +19,7 @@ pub(super) fn start_probes(
     spans: Option<&SpansConfig>,
     profiles: Option<&ProfilesConfig>,
     telemetry: Telemetry,
-) -> Result<(Option<spans::SpanProbe>, Option<profiles::ProfileProbe>), String> {
+) -> Result<(Option<spans::SpanProbe>, Option<profiles::ProfileProbe>), crate::ProbeError> {
     let link = spans.is_some() && profiles.is_some();
     let (span_probe, pins) = match spans {
         Some(cfg) => {
@@ -148,7 +148,7 @@ async fn change_spans(
         let mut result = Ok(());
         for spec in &added {
             if let Err(e) = probe.add(spec) {
-                result = Err(e);
+                result = Err(e.to_string());
                 break;
             }
         }
