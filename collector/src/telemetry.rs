@@ -227,24 +227,41 @@ pub fn render(registry: &Registry) -> String {
         .unwrap_or_else(|e| format!("# oxeye: cannot render metrics: {e}\n"))
 }
 
+/// Why the metrics endpoint cannot listen where it is told to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddressError {
+    /// Not `host:port` or `:port`.
+    #[error("`{0}` is not an address: write host:port, e.g. 127.0.0.1:8888, or :8888")]
+    Invalid(String),
+    /// The address is taken, or not this host's.
+    #[error("cannot listen on {addr} for /metrics: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The kernel's answer.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Parses `host:port` or `:port` (loopback).
-pub fn parse_address(address: &str) -> Result<SocketAddr, String> {
+pub fn parse_address(address: &str) -> Result<SocketAddr, AddressError> {
     let full = if address.starts_with(':') {
         format!("127.0.0.1{address}")
     } else {
         address.to_string()
     };
-    full.parse().map_err(|_| {
-        format!("`{address}` is not an address: write host:port, e.g. 127.0.0.1:8888, or :8888")
-    })
+    full.parse()
+        .map_err(|_| AddressError::Invalid(address.to_string()))
 }
 
 /// Binds the metrics endpoint (so a bad address fails before anything starts).
-pub async fn bind(address: &str) -> Result<TcpListener, String> {
+pub async fn bind(address: &str) -> Result<TcpListener, AddressError> {
     let addr = parse_address(address)?;
     TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr} for /metrics: {e}"))
+        .map_err(|source| AddressError::Bind { addr, source })
 }
 
 async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
@@ -384,12 +401,12 @@ mod tests {
     #[test]
     fn addresses() {
         assert_eq!(
-            parse_address(":8888"),
-            Ok("127.0.0.1:8888".parse().expect("addr"))
+            parse_address(":8888").ok(),
+            Some("127.0.0.1:8888".parse().expect("addr"))
         );
         assert_eq!(
-            parse_address("0.0.0.0:9"),
-            Ok("0.0.0.0:9".parse().expect("addr"))
+            parse_address("0.0.0.0:9").ok(),
+            Some("0.0.0.0:9".parse().expect("addr"))
         );
         assert!(parse_address("localhost").is_err());
     }
