@@ -1,9 +1,10 @@
 //! The plugin API's public surface is a checked-in snapshot (collector/api/public-api.txt), so
 //! changing it is a deliberate act: rustdoc's JSON output (the pinned nightly) lists every public item.
 //! After an intended change: `OXEYE_BLESS=1 cargo test -p oxeye-tests --test public_api`. A
-//! change that can break a user's crate (an item gone, a variant added to an exhaustive enum, a
-//! field to a struct built with a literal, a required method to a trait) fails until oxeye-api's
-//! version is bumped (semver: 0.x bumps the minor) and the CHANGELOG has that version.
+//! change that can break a user's crate (an item gone, a function's signature changed, a variant
+//! added to an exhaustive enum, a field to a struct built with a literal, a required method to a
+//! trait) fails until oxeye-api's version is bumped (semver: 0.x bumps the minor) and the
+//! CHANGELOG has that version.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -78,6 +79,37 @@ fn public_items() -> BTreeSet<String> {
             .unwrap_or("?")
             .to_string()
     };
+    // The type (and trait) each impl's items belong to, to tell methods of the same name apart.
+    let mut owners = std::collections::HashMap::new();
+    for (id, item) in index {
+        if let Some(t) = item["inner"].get("trait") {
+            let name = json["paths"][id.as_str()]["path"]
+                .as_array()
+                .and_then(|p| p.last())
+                .and_then(|n| n.as_str())
+                .unwrap_or("?")
+                .to_string();
+            for i in t["items"].as_array().into_iter().flatten() {
+                let key = i.as_u64().map(|n| n.to_string());
+                if let Some(k) = key.or_else(|| i.as_str().map(String::from)) {
+                    owners.insert(k, name.clone());
+                }
+            }
+        }
+        let Some(imp) = item["inner"].get("impl") else {
+            continue;
+        };
+        let mut owner = ty(&imp["for"]);
+        if !imp["trait"].is_null() {
+            owner = format!("<{owner} as {}>", last(&imp["trait"]["path"]));
+        }
+        for i in imp["items"].as_array().into_iter().flatten() {
+            let key = i.as_u64().map(|n| n.to_string());
+            if let Some(k) = key.or_else(|| i.as_str().map(String::from)) {
+                owners.insert(k, owner.clone());
+            }
+        }
+    }
     for (id, item) in index {
         let public = item["visibility"] == "public" || item["visibility"] == "default";
         let Some(name) = item["name"].as_str() else {
@@ -95,6 +127,26 @@ fn public_items() -> BTreeSet<String> {
             "struct_field" | "variant" | "function" | "assoc_const" | "assoc_type"
         ) {
             items.insert(format!("member {kind} {name}"));
+        }
+        // A function's signature: changing what it takes or returns breaks a caller too.
+        if kind == "function" {
+            // Methods by their type or trait, free functions by their module path.
+            let module: Option<String> = json["paths"][id.as_str()]["path"].as_array().map(|p| {
+                let names: Vec<&str> = p.iter().skip(1).filter_map(|s| s.as_str()).collect();
+                names[..names.len().saturating_sub(1)]
+                    .iter()
+                    .map(|s| format!("{s}::"))
+                    .collect()
+            });
+            let owner = match (owners.get(id.as_str()), module) {
+                (Some(o), _) => format!("{o}::"),
+                (None, Some(m)) => m,
+                (None, None) => String::new(),
+            };
+            items.insert(format!(
+                "fn {owner}{name}{}",
+                signature(&item["inner"]["function"])
+            ));
         }
         // What a user's crate may rely on beyond the names: an exhaustive enum's variants (a
         // new one breaks their `match`), a struct they can build with a literal (a new field
@@ -165,6 +217,178 @@ fn public_items() -> BTreeSet<String> {
         }
     }
     items
+}
+
+/// A path's last segment (`crate::BoxError` and `BoxError` are the same type).
+fn last(path: &serde_json::Value) -> String {
+    let p = path.as_str().unwrap_or("?");
+    p.rsplit("::").next().unwrap_or(p).to_string()
+}
+
+/// `<T: Bound>(a: A, b: B) -> R` of a rustdoc JSON function.
+fn signature(f: &serde_json::Value) -> String {
+    let params: Vec<String> = f["generics"]["params"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        // `impl Trait` arguments show as themselves.
+        .filter(|p| p["kind"]["type"]["is_synthetic"] != true)
+        .map(|p| {
+            let bounds = bounds(&p["kind"]["type"]["bounds"]);
+            let name = p["name"].as_str().unwrap_or("?");
+            if bounds.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}: {bounds}")
+            }
+        })
+        .collect();
+    let generics = if params.is_empty() {
+        String::new()
+    } else {
+        format!("<{}>", params.join(", "))
+    };
+    let inputs: Vec<String> = f["sig"]["inputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| ty(&i[1]))
+        .collect();
+    let output = match &f["sig"]["output"] {
+        serde_json::Value::Null => String::new(),
+        t => format!(" -> {}", ty(t)),
+    };
+    format!("{generics}({}){output}", inputs.join(", "))
+}
+
+fn bounds(b: &serde_json::Value) -> String {
+    let all: Vec<String> = b
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| match b.get("trait_bound") {
+            Some(t) => format!("{}{}", last(&t["trait"]["path"]), args(&t["trait"]["args"])),
+            None => b["outlives"].as_str().unwrap_or("?").to_string(),
+        })
+        .collect();
+    all.join(" + ")
+}
+
+fn args(a: &serde_json::Value) -> String {
+    if let Some(p) = a.get("parenthesized") {
+        let inputs: Vec<String> = p["inputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(ty)
+            .collect();
+        let output = match &p["output"] {
+            serde_json::Value::Null => String::new(),
+            t => format!(" -> {}", ty(t)),
+        };
+        return format!("({}){output}", inputs.join(", "));
+    }
+    let Some(list) = a.get("angle_bracketed") else {
+        return String::new();
+    };
+    let mut all: Vec<String> = list["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| match (a.get("type"), a.get("lifetime")) {
+            (Some(t), _) => ty(t),
+            (_, Some(l)) => l.as_str().unwrap_or("?").to_string(),
+            _ => stripped(a),
+        })
+        .collect();
+    all.extend(
+        list["constraints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                format!(
+                    "{} = {}",
+                    c["name"].as_str().unwrap_or("?"),
+                    ty(&c["binding"]["equality"]["type"])
+                )
+            }),
+    );
+    if all.is_empty() {
+        String::new()
+    } else {
+        format!("<{}>", all.join(", "))
+    }
+}
+
+/// A rustdoc JSON type, written as Rust (the rare kinds as their JSON without ids).
+fn ty(t: &serde_json::Value) -> String {
+    let Some((kind, v)) = t.as_object().and_then(|o| o.iter().next()) else {
+        return "?".into();
+    };
+    match kind.as_str() {
+        "primitive" | "generic" => v.as_str().unwrap_or("?").to_string(),
+        "resolved_path" => format!("{}{}", last(&v["path"]), args(&v["args"])),
+        "borrowed_ref" => format!(
+            "&{}{}{}",
+            v["lifetime"]
+                .as_str()
+                .map_or(String::new(), |l| format!("{l} ")),
+            if v["is_mutable"] == true { "mut " } else { "" },
+            ty(&v["type"])
+        ),
+        "tuple" => {
+            let all: Vec<String> = v.as_array().into_iter().flatten().map(ty).collect();
+            format!("({})", all.join(", "))
+        }
+        "slice" => format!("[{}]", ty(v)),
+        "array" => format!("[{}; {}]", ty(&v["type"]), v["len"].as_str().unwrap_or("?")),
+        "raw_pointer" => format!(
+            "*{} {}",
+            if v["is_mutable"] == true {
+                "mut"
+            } else {
+                "const"
+            },
+            ty(&v["type"])
+        ),
+        "impl_trait" => format!("impl {}", bounds(v)),
+        "dyn_trait" => {
+            let traits: Vec<String> = v["traits"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| format!("{}{}", last(&t["trait"]["path"]), args(&t["trait"]["args"])))
+                .collect();
+            format!("dyn {}", traits.join(" + "))
+        }
+        "function_pointer" => format!("fn{}", signature(v)),
+        "qualified_path" => {
+            let on = ty(&v["self_type"]);
+            let name = v["name"].as_str().unwrap_or("?");
+            match last(&v["trait"]["path"]).as_str() {
+                "" => format!("{on}::{name}"),
+                t => format!("<{on} as {t}>::{name}"),
+            }
+        }
+        _ => stripped(t),
+    }
+}
+
+/// JSON without rustdoc's ids (they change whenever any item is added).
+fn stripped(v: &serde_json::Value) -> String {
+    fn strip(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| k.as_str() != "id")
+                .map(|(k, v)| (k.clone(), strip(v)))
+                .collect(),
+            serde_json::Value::Array(a) => a.iter().map(strip).collect(),
+            v => v.clone(),
+        }
+    }
+    strip(v).to_string()
 }
 
 /// `version = "x.y.z"` of oxeye-api's Cargo.toml.

@@ -78,16 +78,39 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Why a duration does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurationError {
+    /// A number without a unit (`10`).
+    #[error("`{0}` has no unit: write e.g. `10s`, `250ms`, `1m`")]
+    NoUnit(String),
+    /// Not a number followed by a unit.
+    #[error("`{0}` is not a duration: write e.g. `10s`, `250ms`, `1m`")]
+    NotANumber(String),
+    /// A unit other than ns, us, ms, s, m and h.
+    #[error("unknown unit `{unit}` in `{text}`: use ns, us, ms, s, m or h")]
+    UnknownUnit {
+        /// The unit written.
+        unit: String,
+        /// The whole duration written.
+        text: String,
+    },
+    /// Longer than 10^12 seconds, or not finite.
+    #[error("`{0}` is out of range")]
+    OutOfRange(String),
+}
+
 /// Parses durations written like `10s`, `250ms`, `1.5s`, `2m`, `1h`, `500us`, `100ns`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let s = text.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("`{text}` has no unit: write e.g. `10s`, `250ms`, `1m`"))?;
+        .ok_or_else(|| DurationError::NoUnit(text.to_string()))?;
     let (num, unit) = s.split_at(split);
     let value: f64 = num
         .parse()
-        .map_err(|_| format!("`{text}` is not a duration: write e.g. `10s`, `250ms`, `1m`"))?;
+        .map_err(|_| DurationError::NotANumber(text.to_string()))?;
     let secs = match unit.trim() {
         "ns" => value / 1e9,
         "us" | "µs" => value / 1e6,
@@ -96,13 +119,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => value * 60.0,
         "h" => value * 3600.0,
         other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}`: use ns, us, ms, s, m or h"
-            ))
+            return Err(DurationError::UnknownUnit {
+                unit: other.to_string(),
+                text: text.to_string(),
+            })
         }
     };
     if !secs.is_finite() || secs > 1e12 {
-        return Err(format!("`{text}` is out of range"));
+        return Err(DurationError::OutOfRange(text.to_string()));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -154,9 +178,13 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("100ns"), Ok(Duration::from_nanos(100)));
-        assert!(parse_duration("10").unwrap_err().contains("no unit"));
+        assert!(parse_duration("10")
+            .unwrap_err()
+            .to_string()
+            .contains("no unit"));
         assert!(parse_duration("10 parsecs")
             .unwrap_err()
+            .to_string()
             .contains("unknown unit"));
         assert!(parse_duration("x1s").is_err());
     }

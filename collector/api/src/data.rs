@@ -800,7 +800,7 @@ impl Sample {
 pub struct EncodedSpans {
     bytes: bytes::Bytes,
     spans: usize,
-    decode: fn(&[u8]) -> Result<Vec<Span>, String>,
+    decode: fn(&[u8]) -> Result<Vec<Span>, crate::BoxError>,
 }
 
 impl EncodedSpans {
@@ -809,7 +809,7 @@ impl EncodedSpans {
     pub fn new(
         bytes: bytes::Bytes,
         spans: usize,
-        decode: fn(&[u8]) -> Result<Vec<Span>, String>,
+        decode: fn(&[u8]) -> Result<Vec<Span>, crate::BoxError>,
     ) -> Self {
         EncodedSpans {
             bytes,
@@ -834,7 +834,7 @@ impl EncodedSpans {
     }
 
     /// The spans, decoded (without their resource: that is the batch's).
-    pub fn decode(&self) -> Result<Vec<Span>, String> {
+    pub fn decode(&self) -> Result<Vec<Span>, crate::BoxError> {
         (self.decode)(&self.bytes)
     }
 }
@@ -941,7 +941,7 @@ impl Batch {
 
     /// The batch with encoded spans decoded into [`Records::Spans`] (others as they are). The
     /// original stays with any other holder of the `Arc`.
-    pub fn decoded(batch: Arc<Batch>) -> Result<Arc<Batch>, String> {
+    pub fn decoded(batch: Arc<Batch>) -> Result<Arc<Batch>, crate::BoxError> {
         match &batch.records {
             Records::Encoded(e) => Ok(Arc::new(Batch {
                 resource: Arc::clone(&batch.resource),

@@ -21,7 +21,7 @@ pub fn create_new(path: &Path) -> io::Result<File> {
 /// folder above it (exporters create the missing ones), takes a new entry — a trial file,
 /// created and removed at once. So a missing permission or a read-only mount is refused when the
 /// exporter is built (and by `oxeye validate`), not at its first write.
-pub fn check_prefix(prefix: &str) -> Result<(), String> {
+pub fn check_prefix(prefix: &str) -> Result<(), PrefixError> {
     let mut dir = match Path::new(prefix).parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -30,10 +30,10 @@ pub fn check_prefix(prefix: &str) -> Result<(), String> {
         dir = dir.parent().unwrap_or(Path::new("/"));
     }
     if !dir.is_dir() {
-        return Err(format!(
-            "{} is not a folder (files are named {prefix}…)",
-            dir.display()
-        ));
+        return Err(PrefixError::NotAFolder {
+            dir: dir.to_path_buf(),
+            prefix: prefix.to_string(),
+        });
     }
     let trial = dir.join(format!(".oxeye-write-check.{}", std::process::id()));
     match create_new(&trial) {
@@ -41,11 +41,37 @@ pub fn check_prefix(prefix: &str) -> Result<(), String> {
             let _ = std::fs::remove_file(&trial);
             Ok(())
         }
-        Err(e) => Err(format!(
-            "cannot create files in {} (files are named {prefix}…): {e}",
-            dir.display()
-        )),
+        Err(source) => Err(PrefixError::NotWritable {
+            dir: dir.to_path_buf(),
+            prefix: prefix.to_string(),
+            source,
+        }),
     }
+}
+
+/// Why files cannot be created under an output prefix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrefixError {
+    /// The nearest existing path above the files is not a folder.
+    #[error("{} is not a folder (files are named {prefix}…)", dir.display())]
+    NotAFolder {
+        /// That path.
+        dir: PathBuf,
+        /// The prefix checked.
+        prefix: String,
+    },
+    /// The folder does not take a new entry (permissions, a read-only mount, ...).
+    #[error("cannot create files in {} (files are named {prefix}…): {source}", dir.display())]
+    NotWritable {
+        /// The folder.
+        dir: PathBuf,
+        /// The prefix checked.
+        prefix: String,
+        /// Why creating a trial file failed.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// `<base><ext>`, then `<base>.1<ext>`, `<base>.2<ext>`, …
@@ -122,7 +148,7 @@ mod tests {
         let d = dir("prefix");
         // A folder the exporter will create, under one that takes new entries.
         let nested = d.join("a/b/spans").display().to_string();
-        assert_eq!(check_prefix(&nested), Ok(()));
+        assert!(check_prefix(&nested).is_ok());
         assert!(!d.join("a").exists(), "checking creates nothing");
         assert_eq!(
             std::fs::read_dir(&d).expect("read").count(),
@@ -132,9 +158,11 @@ mod tests {
         let file = d.join("plain");
         std::fs::write(&file, b"x").expect("write");
         let under_file = file.join("spans").display().to_string();
-        let e = check_prefix(&under_file).unwrap_err();
+        let e = check_prefix(&under_file).unwrap_err().to_string();
         assert!(e.contains("is not a folder"), "{e}");
-        let e = check_prefix("/proc/oxeye-nope/spans").unwrap_err();
+        let e = check_prefix("/proc/oxeye-nope/spans")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("cannot create files in /proc "), "{e}");
     }
 

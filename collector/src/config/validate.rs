@@ -224,7 +224,7 @@ pub(super) fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
     let shutdown_timeout = match sget("shutdown_timeout") {
         None => Duration::from_secs(10),
         Some(Yaml::String(s)) => oxeye_api::config::parse_duration(s).unwrap_or_else(|e| {
-            ctx.error("service.shutdown_timeout", e);
+            ctx.error("service.shutdown_timeout", e.to_string());
             Duration::from_secs(10)
         }),
         Some(_) => {

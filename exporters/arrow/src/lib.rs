@@ -825,7 +825,7 @@ impl Factory for ArrowFactory {
         if c.path != "-" {
             if let Err(why) = oxeye_api::files::check_prefix(&c.path) {
                 let mut e = ConfigErrors::new();
-                e.push("path", why);
+                e.push("path", why.to_string());
                 return Err(e.into());
             }
         }

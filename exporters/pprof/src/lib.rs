@@ -326,7 +326,7 @@ impl Factory for PprofFactory {
     fn build(c: PprofConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {
         if let Err(why) = oxeye_api::files::check_prefix(&c.path) {
             let mut e = ConfigErrors::new();
-            e.push("path", why);
+            e.push("path", why.to_string());
             return Err(e.into());
         }
         let tick = Some(Duration::from_millis(500));

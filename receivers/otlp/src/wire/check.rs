@@ -45,10 +45,10 @@ pub fn encoded(buf: &bytes::Bytes) -> Option<Converted> {
 }
 
 /// The decoder behind [`EncodedSpans`]: the spans of a request [`encoded`] passed.
-fn decode_spans(buf: &[u8]) -> Result<Vec<oxeye_api::Span>, String> {
-    let c = super::request(buf).map_err(|e| e.to_string())?;
+fn decode_spans(buf: &[u8]) -> Result<Vec<oxeye_api::Span>, oxeye_api::BoxError> {
+    let c = super::request(buf)?;
     if let Some(why) = c.first_error {
-        return Err(why);
+        return Err(why.into());
     }
     let mut spans = Vec::with_capacity(c.accepted as usize);
     for b in c.batches {
