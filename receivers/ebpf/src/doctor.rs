@@ -111,7 +111,8 @@ pub fn report() -> Vec<Check> {
                 },
             ));
             let (fentry, kprobe) = crate::spans::kernel_function_support(&mut ebpf);
-            let kprobe = kprobe.and_then(|()| {
+            let fentry = fentry.map_err(|e| e.to_string());
+            let kprobe = kprobe.map_err(|e| e.to_string()).and_then(|()| {
                 let p: &mut KProbe =
                     crate::sys::program(&mut ebpf, "oxeye_kprobe").map_err(|e| e.to_string())?;
                 p.load().map_err(|e| crate::flows::chain(&e))?;

@@ -61,18 +61,19 @@ struct Source {
 }
 
 /// Why kernel functions cannot be traced here, if they cannot: (fentry error, kprobe error).
-pub fn kernel_function_support(ebpf: &mut Ebpf) -> (Result<(), String>, Result<(), String>) {
-    let fentry = (|| -> Result<(), String> {
-        let btf = Btf::from_sys_fs().map_err(sys::no_btf)?;
-        let p: &mut FEntry =
-            crate::sys::program(ebpf, "oxeye_fentry_probe").map_err(|e| e.to_string())?;
+pub fn kernel_function_support(ebpf: &mut Ebpf) -> Support {
+    let fentry = (|| -> Result<(), ProbeError> {
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Kernel(sys::no_btf(e)))?;
+        let p: &mut FEntry = crate::sys::program(ebpf, "oxeye_fentry_probe")?;
         p.load("do_sys_openat2", &btf)
-            .map_err(|e| crate::flows::chain(&e))
+            .map_err(|e| ProbeError::Load(crate::flows::chain(&e)))
     })();
     let kprobe = if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         Ok(())
     } else {
-        Err("this kernel has no kprobe PMU (CONFIG_KPROBES is off)".to_string())
+        Err(ProbeError::Kernel(
+            "this kernel has no kprobe PMU (CONFIG_KPROBES is off)".into(),
+        ))
     };
     (fentry, kprobe)
 }
@@ -587,7 +588,7 @@ fn lost_as(counter: &str) -> Option<(&'static str, LostUnit)> {
 type KprobeLinks = Vec<(&'static str, KProbeLinkId)>;
 
 /// Whether fentry and kprobe work here: `Err(why not)` for each.
-type Support = (Result<(), String>, Result<(), String>);
+pub type Support = (Result<(), ProbeError>, Result<(), ProbeError>);
 
 fn attach_kprobe(
     ebpf: &mut Ebpf,
@@ -641,16 +642,18 @@ enum Mechanism {
 /// Picks fentry or kprobe per the source's `attach` and what the kernel supports.
 fn mechanism(func: &str, mode: AttachMode, support: &Support) -> Result<Mechanism, ProbeError> {
     let (fentry, kprobe) = support;
-    let neither = |fentry: &str, kprobe: &str| ProbeError::KernelFunctions {
-        func: func.to_string(),
-        fentry: fentry.to_string(),
-        kprobe: kprobe.to_string(),
+    let neither = |fentry: &dyn std::fmt::Display, kprobe: &dyn std::fmt::Display| {
+        ProbeError::KernelFunctions {
+            func: func.to_string(),
+            fentry: fentry.to_string(),
+            kprobe: kprobe.to_string(),
+        }
     };
     match (mode, fentry, kprobe) {
         (AttachMode::Auto | AttachMode::Fentry, Ok(()), _) => Ok(Mechanism::Fentry),
         (AttachMode::Auto | AttachMode::Kprobe, _, Ok(())) => Ok(Mechanism::Kprobe),
-        (AttachMode::Kprobe, _, Err(k)) => Err(neither("not requested (attach: kprobe)", k)),
-        (AttachMode::Fentry, Err(f), _) => Err(neither(f, "not requested (attach: fentry)")),
+        (AttachMode::Kprobe, _, Err(k)) => Err(neither(&"not requested (attach: kprobe)", k)),
+        (AttachMode::Fentry, Err(f), _) => Err(neither(f, &"not requested (attach: fentry)")),
         (AttachMode::Auto, Err(f), Err(k)) => Err(neither(f, k)),
         // Rejected by validation: these modes are for `syscall:` sources.
         (AttachMode::Tracepoint | AttachMode::RawTracepoint, _, _) => {
