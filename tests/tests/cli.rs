@@ -563,6 +563,24 @@ fn the_final_lines_say_where_each_pipelines_records_went() {
 }
 
 #[test]
+fn a_metrics_address_that_does_not_parse_is_the_files_error() {
+    let config = temp_config(
+        "metrics-address",
+        "receivers:\n  synthetic: {spans: {count: 10}}\nexporters:\n  nop:\nservice:\n  telemetry: {metrics: {address: localhost}}\n  pipelines:\n    traces: {receivers: [synthetic], exporters: [nop]}\n",
+    );
+    let path = config.to_str().expect("utf8");
+    for command in ["validate", "run"] {
+        let out = output(&[command, "-c", path]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{path}:6:")) && stderr.contains("error: service.telemetry.metrics.address: `localhost` is not an address: write host:port"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn a_bad_log_filter_is_refused_and_json_logs_parse() {
     let config = temp_config(
         "logs",

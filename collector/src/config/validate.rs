@@ -221,6 +221,12 @@ pub(super) fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
     let telemetry = sget("telemetry")
         .and_then(|v| ctx.typed::<TelemetryConfig>("service.telemetry", v))
         .unwrap_or_default();
+    // `run` binds it before anything starts; an address that cannot parse is the file's error.
+    if let Some(address) = &telemetry.metrics.address {
+        if let Err(e) = crate::telemetry::parse_address(address) {
+            ctx.error("service.telemetry.metrics.address", e.to_string());
+        }
+    }
     let shutdown_timeout = match sget("shutdown_timeout") {
         None => Duration::from_secs(10),
         Some(Yaml::String(s)) => oxeye_api::config::parse_duration(s).unwrap_or_else(|e| {
