@@ -662,7 +662,9 @@ fn memory_limiter_refuses_clients_retryably_above_its_limit_then_takes_data_agai
     let refusals = metric(metrics, "oxeye_memory_limiter_refusals_total", "");
     println!("memory_limiter: {ok} accepted, {refused} refused ({counted} counted), refusing {refusals} time(s)");
     assert!(refusals >= 1, "the limiter refused at least once");
-    assert!(ok > 0 && refused > 0);
+    // Whether any request got in before the first check saw the load depends on the host's
+    // pace (one CI run had all 179 refused); taking data again is checked below, at rest.
+    assert!(refused > 0, "{ok} accepted, none refused");
     assert_eq!(counted, refused);
     // The load gone, memory falls back under the soft limit and data is taken again.
     let deadline = Instant::now() + Duration::from_secs(20);
