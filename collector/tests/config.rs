@@ -137,7 +137,7 @@ service:
       exporters: [nop]
     flows:
       receivers: []
-    logs:
+    events:
       receivers: [synthetic]
 ";
     let errs = errors(text);
@@ -163,9 +163,18 @@ service:
     assert_eq!(flows.len(), 2, "{flows:#?}");
     assert!(flows.iter().any(|d| d.message.contains("no receivers")));
     assert!(flows.iter().any(|d| d.message.contains("no exporters")));
-    let e = at(&errs, "service.pipelines.logs");
-    assert!(e.message.contains("unknown signal `logs`"), "{}", e.message);
-    assert!(e.message.contains("traces or flows"), "{}", e.message);
+    let e = at(&errs, "service.pipelines.events");
+    assert!(
+        e.message.contains("unknown signal `events`"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message
+            .contains("traces or metrics or logs or flows or profiles"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]

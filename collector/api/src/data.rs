@@ -1,4 +1,5 @@
-//! The data model: spans and flows, moved in batches that carry their resource.
+//! The data model: spans, flows and profile samples (metrics and logs in [`crate::metrics`] and
+//! [`crate::logs`]), moved in batches that carry their resource.
 //!
 //! Batches travel between stages as `Arc<Batch>`: a receiver feeding several pipelines shares one
 //! allocation. A processor that changes a batch calls [`std::sync::Arc::make_mut`], which copies
@@ -18,22 +19,34 @@ pub enum Signal {
     Flows,
     /// CPU profiles: stacks sampled on a timer, counted per window ([`Sample`]).
     Profiles,
+    /// Metrics: the OTLP metric model ([`Metric`](crate::Metric)).
+    Metrics,
+    /// Log records and events ([`LogRecord`](crate::LogRecord)).
+    Logs,
 }
 
 impl Signal {
     /// Every signal, in display order.
-    pub const ALL: &'static [Signal] = &[Signal::Traces, Signal::Flows, Signal::Profiles];
+    pub const ALL: &'static [Signal] = &[
+        Signal::Traces,
+        Signal::Metrics,
+        Signal::Logs,
+        Signal::Flows,
+        Signal::Profiles,
+    ];
 
-    /// The name used in config (`traces`, `flows`, `profiles`).
+    /// The name used in config (`traces`, `metrics`, `logs`, `flows`, `profiles`).
     pub fn as_str(self) -> &'static str {
         match self {
             Signal::Traces => "traces",
             Signal::Flows => "flows",
             Signal::Profiles => "profiles",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
         }
     }
 
-    /// Parses a config name (`traces`, `flows`, `profiles`).
+    /// Parses a config name (`traces`, `metrics`, `logs`, `flows`, `profiles`).
     pub fn parse(s: &str) -> Option<Signal> {
         Signal::ALL.iter().copied().find(|sig| sig.as_str() == s)
     }
@@ -45,8 +58,8 @@ impl fmt::Display for Signal {
     }
 }
 
-/// An attribute value.
-#[derive(Clone, Debug, PartialEq)]
+/// An attribute value (or a log body).
+#[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub enum Value {
     /// A string.
@@ -64,6 +77,7 @@ pub enum Value {
     /// Nested key/values (OTLP `kvlist_value`).
     Map(Arc<Attributes>),
     /// No value (an OTLP `AnyValue` with nothing set).
+    #[default]
     Empty,
 }
 
@@ -864,6 +878,10 @@ pub enum Records {
     Flows(Vec<Flow>),
     /// Profile samples.
     Samples(Vec<Sample>),
+    /// Metrics.
+    Metrics(Vec<crate::Metric>),
+    /// Log records.
+    Logs(Vec<crate::LogRecord>),
     /// Spans still encoded as they arrived (see [`EncodedSpans`]); only exporters that say they
     /// take them see this variant.
     Encoded(EncodedSpans),
@@ -876,15 +894,20 @@ impl Records {
             Records::Spans(_) | Records::Encoded(_) => Signal::Traces,
             Records::Flows(_) => Signal::Flows,
             Records::Samples(_) => Signal::Profiles,
+            Records::Metrics(_) => Signal::Metrics,
+            Records::Logs(_) => Signal::Logs,
         }
     }
 
-    /// Number of records.
+    /// Number of records: spans, flows, samples, log records — and for metrics their data
+    /// points (what OTLP counts and a pipeline's throughput is measured in).
     pub fn len(&self) -> usize {
         match self {
             Records::Spans(v) => v.len(),
             Records::Flows(v) => v.len(),
             Records::Samples(v) => v.len(),
+            Records::Metrics(v) => v.iter().map(crate::Metric::points).sum(),
+            Records::Logs(v) => v.len(),
             Records::Encoded(e) => e.len(),
         }
     }
@@ -926,6 +949,22 @@ impl Batch {
         Batch {
             resource,
             records: Records::Samples(samples),
+        }
+    }
+
+    /// A batch of metrics.
+    pub fn metrics(resource: Arc<Resource>, metrics: Vec<crate::Metric>) -> Self {
+        Batch {
+            resource,
+            records: Records::Metrics(metrics),
+        }
+    }
+
+    /// A batch of log records.
+    pub fn logs(resource: Arc<Resource>, logs: Vec<crate::LogRecord>) -> Self {
+        Batch {
+            resource,
+            records: Records::Logs(logs),
         }
     }
 

@@ -4,7 +4,8 @@
 //! is built against this crate alone:
 //!
 //! * [`data`]: the records that move through a pipeline ([`Span`], [`Flow`], [`Sample`]) in
-//!   [`Batch`]es.
+//!   [`Batch`]es; [`metrics`] ([`Metric`]) and [`logs`] ([`LogRecord`]) the OTLP metric and log
+//!   models.
 //! * [`component`]: the [`Receiver`], [`Processor`] and [`Exporter`] traits. The engine owns the
 //!   loops around them (input, ticks, flush, output, counting, shutdown, backpressure).
 //! * [`blocking`]: [`blocking::OnThread`] runs an exporter whose work blocks (files, stdout,
@@ -25,6 +26,8 @@ pub mod config;
 pub mod data;
 pub mod factory;
 pub mod files;
+pub mod logs;
+pub mod metrics;
 pub mod profile;
 pub mod size;
 #[cfg(feature = "testing")]
@@ -41,6 +44,11 @@ pub use data::{
     TaskContext, TcpFlags, TraceId, Transport, Value,
 };
 pub use factory::{Factory, Instance, Kind, Registration};
+pub use logs::{LogRecord, Severity};
+pub use metrics::{
+    Buckets, Exemplar, ExponentialHistogram, ExponentialHistogramPoint, Histogram, HistogramPoint,
+    Metric, MetricData, Number, NumberPoint, PointError, Quantile, Sum, SummaryPoint, Temporality,
+};
 
 /// Re-exports used by the [`register!`] macro. Not part of the stable API.
 #[doc(hidden)]

@@ -11,6 +11,8 @@ use std::mem::size_of;
 use std::sync::Arc;
 
 use crate::data::{Attributes, Event, Frame, Link, Span, Value};
+use crate::logs::LogRecord;
+use crate::metrics::{Exemplar, Metric, MetricData};
 
 /// Allocator header and rounding per heap block (an estimate; mimalloc and glibc are near it).
 const BLOCK: usize = 16;
@@ -101,6 +103,76 @@ impl Span {
     /// [`Span::heap_bytes`] plus the span itself.
     pub fn size_bytes(&self) -> usize {
         size_of::<Span>() + self.heap_bytes()
+    }
+}
+
+fn exemplars_bytes(e: &Vec<Exemplar>) -> usize {
+    vec_bytes(e.capacity(), size_of::<Exemplar>())
+        + e.iter()
+            .map(|e| attributes_bytes(&e.filtered_attributes))
+            .sum::<usize>()
+}
+
+/// A vector of data points: its buffer and what each point owns (`own`).
+fn points_bytes<P>(points: &Vec<P>, own: impl Fn(&P) -> usize) -> usize {
+    vec_bytes(points.capacity(), size_of::<P>()) + points.iter().map(own).sum::<usize>()
+}
+
+impl Metric {
+    /// Estimated heap memory this metric owns: names, metadata, every data point with its
+    /// attributes, buckets and exemplars.
+    pub fn heap_bytes(&self) -> usize {
+        let data = match &self.data {
+            MetricData::Empty => 0,
+            MetricData::Gauge(p) => points_bytes(p, |p| {
+                attributes_bytes(&p.attributes) + exemplars_bytes(&p.exemplars)
+            }),
+            MetricData::Sum(s) => points_bytes(&s.points, |p| {
+                attributes_bytes(&p.attributes) + exemplars_bytes(&p.exemplars)
+            }),
+            MetricData::Histogram(h) => points_bytes(&h.points, |p| {
+                attributes_bytes(&p.attributes)
+                    + exemplars_bytes(&p.exemplars)
+                    + vec_bytes(p.bucket_counts.capacity(), 8)
+                    + vec_bytes(p.explicit_bounds.capacity(), 8)
+            }),
+            MetricData::ExponentialHistogram(h) => points_bytes(&h.points, |p| {
+                attributes_bytes(&p.attributes)
+                    + exemplars_bytes(&p.exemplars)
+                    + vec_bytes(p.positive.bucket_counts.capacity(), 8)
+                    + vec_bytes(p.negative.bucket_counts.capacity(), 8)
+            }),
+            MetricData::Summary(p) => points_bytes(p, |p| {
+                attributes_bytes(&p.attributes) + vec_bytes(p.quantiles.capacity(), 16)
+            }),
+        };
+        str_bytes(&self.name)
+            + opt_str_bytes(&self.description)
+            + opt_str_bytes(&self.unit)
+            + attributes_bytes(&self.metadata)
+            + data
+            + self.scope.as_ref().map_or(0, |s| arc_share(s, 64))
+    }
+
+    /// [`Metric::heap_bytes`] plus the metric itself.
+    pub fn size_bytes(&self) -> usize {
+        size_of::<Metric>() + self.heap_bytes()
+    }
+}
+
+impl LogRecord {
+    /// Estimated heap memory this record owns: body, attributes, strings.
+    pub fn heap_bytes(&self) -> usize {
+        self.body.as_ref().map_or(0, value_bytes)
+            + attributes_bytes(&self.attributes)
+            + opt_str_bytes(&self.severity_text)
+            + opt_str_bytes(&self.event_name)
+            + self.scope.as_ref().map_or(0, |s| arc_share(s, 64))
+    }
+
+    /// [`LogRecord::heap_bytes`] plus the record itself.
+    pub fn size_bytes(&self) -> usize {
+        size_of::<LogRecord>() + self.heap_bytes()
     }
 }
 

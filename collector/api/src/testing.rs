@@ -123,6 +123,118 @@ pub fn sample_batch(n: usize) -> Batch {
     Batch::samples(Arc::new(Resource::default()), samples)
 }
 
+/// `n` data points: one of each metric type in turn (`gauge`, `counter`, `updown`,
+/// `histogram`, `exp_histogram`, `summary`), one point each with `k = i % 4`, at Unix 1 000 s.
+pub fn metric_batch(n: usize) -> Batch {
+    use crate::metrics::*;
+    let metrics = (0..n)
+        .map(|i| {
+            let mut attributes = crate::Attributes::new();
+            attributes.set("k", (i % 4) as i64);
+            let (start_unix_ns, time_unix_ns) = (999_000_000_000, 1_000_000_000_000);
+            let number = |v: Number| NumberPoint {
+                attributes: attributes.clone(),
+                start_unix_ns,
+                time_unix_ns,
+                value: Some(v),
+                ..NumberPoint::default()
+            };
+            let (name, data) = match i % 6 {
+                0 => (
+                    "gauge",
+                    MetricData::Gauge(vec![number(Number::F64(i as f64))]),
+                ),
+                1 | 2 => (
+                    if i % 6 == 1 { "counter" } else { "updown" },
+                    MetricData::Sum(Sum {
+                        points: vec![number(Number::Int(i as i64))],
+                        temporality: Temporality::Cumulative,
+                        monotonic: i % 6 == 1,
+                    }),
+                ),
+                3 => (
+                    "histogram",
+                    MetricData::Histogram(Histogram {
+                        points: vec![HistogramPoint {
+                            attributes: attributes.clone(),
+                            start_unix_ns,
+                            time_unix_ns,
+                            count: 3,
+                            sum: Some(7.5),
+                            bucket_counts: vec![1, 2, 0],
+                            explicit_bounds: vec![1.0, 5.0],
+                            min: Some(0.5),
+                            max: Some(4.0),
+                            ..HistogramPoint::default()
+                        }],
+                        temporality: Temporality::Delta,
+                    }),
+                ),
+                4 => (
+                    "exp_histogram",
+                    MetricData::ExponentialHistogram(ExponentialHistogram {
+                        points: vec![ExponentialHistogramPoint {
+                            attributes: attributes.clone(),
+                            start_unix_ns,
+                            time_unix_ns,
+                            count: 4,
+                            sum: Some(10.0),
+                            scale: 2,
+                            zero_count: 1,
+                            positive: Buckets {
+                                offset: 3,
+                                bucket_counts: vec![2, 1],
+                            },
+                            ..ExponentialHistogramPoint::default()
+                        }],
+                        temporality: Temporality::Delta,
+                    }),
+                ),
+                _ => (
+                    "summary",
+                    MetricData::Summary(vec![SummaryPoint {
+                        attributes: attributes.clone(),
+                        start_unix_ns,
+                        time_unix_ns,
+                        count: 2,
+                        sum: 3.0,
+                        quantiles: vec![Quantile {
+                            quantile: 0.5,
+                            value: 1.0,
+                        }],
+                        ..SummaryPoint::default()
+                    }]),
+                ),
+            };
+            Metric {
+                name: name.into(),
+                unit: Some("1".into()),
+                data,
+                ..Metric::default()
+            }
+        })
+        .collect();
+    Batch::metrics(Arc::new(Resource::default()), metrics)
+}
+
+/// `n` log records: body `message <i>`, INFO, at Unix 1 000 s + i µs, every second one in span
+/// `i` of trace 1.
+pub fn log_batch(n: usize) -> Batch {
+    let logs = (0..n)
+        .map(|i| crate::LogRecord {
+            time_unix_ns: 1_000_000_000_000 + i as u64 * 1_000,
+            observed_time_unix_ns: 1_000_000_000_000 + i as u64 * 1_000,
+            severity_number: crate::Severity::INFO,
+            severity_text: Some("INFO".into()),
+            body: Some(format!("message {i}").into()),
+            trace_id: (i % 2 == 0).then_some(TraceId(1u128.to_be_bytes())),
+            span_id: (i % 2 == 0).then(|| SpanId((i as u64 + 1).to_be_bytes())),
+            ..crate::LogRecord::default()
+        })
+        .collect();
+    Batch::logs(Arc::new(Resource::default()), logs)
+}
+
 /// Drives one processor: batches in, ticks and a final flush, output and counters out.
 pub struct ProcessorHarness {
     processor: Box<dyn Processor>,
@@ -315,6 +427,28 @@ pub fn spans(batches: &[Arc<Batch>]) -> Vec<&Span> {
         .flat_map(|b| match &b.records {
             Records::Spans(s) => s.iter(),
             other => panic!("expected spans, got {}", other.signal()),
+        })
+        .collect()
+}
+
+/// Metrics of a list of batches, in order (panics on a batch of another signal).
+pub fn metrics(batches: &[Arc<Batch>]) -> Vec<&crate::Metric> {
+    batches
+        .iter()
+        .flat_map(|b| match &b.records {
+            Records::Metrics(m) => m.iter(),
+            other => panic!("expected metrics, got {}", other.signal()),
+        })
+        .collect()
+}
+
+/// Log records of a list of batches, in order (panics on a batch of another signal).
+pub fn logs(batches: &[Arc<Batch>]) -> Vec<&crate::LogRecord> {
+    batches
+        .iter()
+        .flat_map(|b| match &b.records {
+            Records::Logs(l) => l.iter(),
+            other => panic!("expected log records, got {}", other.signal()),
         })
         .collect()
 }
