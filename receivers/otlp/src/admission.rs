@@ -1,7 +1,7 @@
 //! The receiver-wide in-flight byte budget (`admission.request_limit_mib`).
 //!
 //! Every request is charged as it is read: its bytes as they arrive, its decompressed bytes,
-//! and an estimate of its decoded spans. The charge then travels with the request's batches
+//! and an estimate of its decoded records. The charge then travels with the request's batches
 //! through the pipeline's queues (the engine keeps it beside them) and is released when the
 //! first stage has taken them all. A request that does not fit is refused at once — 429 with
 //! Retry-After, RESOURCE_EXHAUSTED with RetryInfo — and counted, never buffered; so what clients
@@ -9,6 +9,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use oxeye_api::Signal;
+use prost::Message;
 
 /// Bytes charged per byte of protobuf before a request is decoded (then the charge is set to
 /// what the decoded spans take, measured with [`oxeye_api::Span::size_bytes`]): most requests
@@ -29,7 +34,7 @@ pub(crate) enum Refused {
     /// Decoded, this request alone takes more than the whole budget: it can never be taken
     /// (413 / RESOURCE_EXHAUSTED without retry).
     TooLarge(u64),
-    /// Not an OTLP trace request.
+    /// Not an OTLP request of its signal.
     Malformed(String),
 }
 
@@ -40,15 +45,17 @@ pub(crate) enum Body {
     Json,
 }
 
-/// Decodes a request, charging its spans: a precharge before (refused if the budget cannot
-/// take it), then the charge set to what the spans take. A request kept encoded (`keep`, and
-/// clean) holds its bytes only.
+/// Decodes a request of `signal` (traces, metrics or logs), charging its records: a precharge
+/// before (refused if the budget cannot take it), then the charge set to what the records take.
+/// A trace request kept encoded (`keep`, and clean) holds its bytes only.
 pub(crate) fn decode(
+    signal: Signal,
     body: &bytes::Bytes,
     kind: Body,
     keep: bool,
     charge: &mut Charge,
 ) -> Result<crate::convert::Converted, Refused> {
+    let keep = keep && signal == Signal::Traces;
     let len = body.len() as u64;
     let before = charge.bytes;
     let precharge = if keep && kind == Body::Protobuf {
@@ -59,15 +66,33 @@ pub(crate) fn decode(
     if !charge.grow(precharge) {
         return Err(refusal(charge, before + precharge));
     }
-    let read = || match kind {
-        Body::Protobuf => crate::wire::read(body, keep)
+    use crate::convert::{self, logs, metrics};
+    let sized = |mut c: convert::Converted| {
+        c.held_bytes = convert::decoded_size(&c.batches);
+        c
+    };
+    let protobuf = |what: &str, e: prost::DecodeError| {
+        Refused::Malformed(format!("not an OTLP {what} request: {e}"))
+    };
+    // Metrics and logs are decoded by prost: their share of a node's telemetry is small next to
+    // spans, for which `wire` was written.
+    let read = || match (signal, kind) {
+        (Signal::Metrics, Body::Protobuf) => ExportMetricsServiceRequest::decode(body.as_ref())
+            .map(|r| sized(metrics::request(r)))
+            .map_err(|e| protobuf("metrics", e)),
+        (Signal::Metrics, Body::Json) => convert::from_json(body, "metrics")
+            .map(|r| sized(metrics::request(r)))
+            .map_err(Refused::Malformed),
+        (Signal::Logs, Body::Protobuf) => ExportLogsServiceRequest::decode(body.as_ref())
+            .map(|r| sized(logs::request(r)))
+            .map_err(|e| protobuf("logs", e)),
+        (Signal::Logs, Body::Json) => convert::from_json(body, "logs")
+            .map(|r| sized(logs::request(r)))
+            .map_err(Refused::Malformed),
+        (_, Body::Protobuf) => crate::wire::read(body, keep)
             .map_err(|e| Refused::Malformed(format!("not an OTLP trace request: {e}"))),
-        Body::Json => crate::convert::from_json(body)
-            .map(|r| {
-                let mut c = crate::convert::request(r);
-                c.held_bytes = crate::convert::decoded_size(&c.batches);
-                c
-            })
+        (_, Body::Json) => convert::from_json(body, "trace")
+            .map(|r| sized(convert::request(r)))
             .map_err(Refused::Malformed),
     };
     // Decoded on the async worker: handing large ones to another thread (`block_in_place`)

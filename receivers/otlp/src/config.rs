@@ -135,6 +135,10 @@ pub struct HttpConfig {
     pub max_request_body_size: u64,
     /// Path of the traces endpoint.
     pub traces_url_path: String,
+    /// Path of the metrics endpoint.
+    pub metrics_url_path: String,
+    /// Path of the logs endpoint.
+    pub logs_url_path: String,
     /// Connections open at once; more are closed when accepted, and counted.
     pub max_connections: usize,
     /// Concurrent requests per HTTP/2 connection (HTTP/1.1 takes one at a time).
@@ -160,6 +164,8 @@ impl Default for HttpConfig {
             endpoint: "localhost:4318".into(),
             max_request_body_size: 20 << 20,
             traces_url_path: "/v1/traces".into(),
+            metrics_url_path: "/v1/metrics".into(),
+            logs_url_path: "/v1/logs".into(),
             max_connections: 4096,
             max_concurrent_streams: 100,
             read_header_timeout: Duration::from_secs(10),
@@ -352,16 +358,25 @@ impl OtlpReceiverConfig {
                 1,
                 1 << 30,
             );
-            if !h.traces_url_path.starts_with('/') {
-                errors.push(
-                    "protocols.http.traces_url_path",
-                    format!("must start with `/`, got `{}`", h.traces_url_path),
-                );
-            } else if ["/v1/metrics", "/v1/logs"].contains(&h.traces_url_path.as_str()) {
-                errors.push(
-                    "protocols.http.traces_url_path",
-                    format!("`{}` is the path of another signal", h.traces_url_path),
-                );
+            let paths = [
+                ("traces_url_path", &h.traces_url_path),
+                ("metrics_url_path", &h.metrics_url_path),
+                ("logs_url_path", &h.logs_url_path),
+            ];
+            for (i, (key, path)) in paths.iter().enumerate() {
+                if !path.starts_with('/') {
+                    errors.push(
+                        format!("protocols.http.{key}"),
+                        format!("must start with `/`, got `{path}`"),
+                    );
+                } else if let Some((other, _)) = paths[..i].iter().find(|(_, p)| p == path) {
+                    errors.push(
+                        format!("protocols.http.{key}"),
+                        format!(
+                            "`{path}` is already the path of `{other}`: each signal needs its own"
+                        ),
+                    );
+                }
             }
             check_range(
                 &mut errors,

@@ -1,24 +1,12 @@
-//! OTLP/gRPC: a TraceService reading requests with [`crate::wire`] (gzip, message size limit,
-//! every byte charged to the in-flight budget), with tonic's routes served by [`crate::serve`]
-//! (limits, timeouts, TLS/mTLS); MetricsService and LogsService answer UNIMPLEMENTED with a
-//! reason.
+//! OTLP/gRPC: the TraceService, MetricsService and LogsService `Export` methods as one service
+//! (gzip, message size limit, every byte charged to the in-flight budget; traces read with
+//! [`crate::wire`], metrics and logs with prost), served by [`crate::serve`] (limits, timeouts,
+//! TLS/mTLS). A signal the receiver is in no pipeline of answers UNIMPLEMENTED with a reason.
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
-use oxeye_api::{BoxError, Shutdown};
+use oxeye_api::{BoxError, Shutdown, Signal};
 use prost::bytes::Buf;
 use prost::Message;
 use std::sync::Mutex;
@@ -28,21 +16,36 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::admission::{self, Charge, Refused};
 use crate::convert::Converted;
-use crate::{unsupported, GrpcConfig, Shared};
+use crate::{GrpcConfig, Shared};
 
-/// The TraceService by hand rather than the generated `TraceServiceServer`: its prost codec
-/// would decode into generated structs first; this one reads requests with [`crate::wire`]
-/// (a third of the gateway's CPU went to prost decoding and the copy after it), and charges
-/// every byte to the receiver's in-flight budget as it arrives.
+/// The three services by hand rather than the generated `TraceServiceServer` and its like:
+/// their prost codec would decode spans into generated structs first, where this one reads
+/// them with [`crate::wire`] (a third of the gateway's CPU went to prost decoding and the copy
+/// after it); and it charges every byte to the receiver's in-flight budget as it arrives,
+/// whatever the signal.
 #[derive(Clone)]
-struct Traces {
+struct Otlp {
     shared: Arc<Shared>,
     limit: usize,
 }
 
-const TRACES_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The `Export` method of each signal's service.
+const EXPORTS: [(&str, Signal); 3] = [
+    (
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        Signal::Traces,
+    ),
+    (
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        Signal::Metrics,
+    ),
+    (
+        "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+        Signal::Logs,
+    ),
+];
 
-impl tonic::server::NamedService for Traces {
+impl tonic::server::NamedService for Otlp {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
 }
 
@@ -127,7 +130,7 @@ where
     }
 }
 
-impl tower::Service<http::Request<tonic::body::Body>> for Traces {
+impl tower::Service<http::Request<tonic::body::Body>> for Otlp {
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
     type Future = std::pin::Pin<
@@ -144,10 +147,12 @@ impl tower::Service<http::Request<tonic::body::Body>> for Traces {
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            if req.uri().path() != TRACES_EXPORT {
-                return Ok(
-                    Status::unimplemented(format!("no method {}", req.uri().path())).into_http(),
-                );
+            let path = req.uri().path();
+            let Some(&(_, signal)) = EXPORTS.iter().find(|(p, _)| *p == path) else {
+                return Ok(Status::unimplemented(format!("no method {path}")).into_http());
+            };
+            if !this.shared.takes(signal) {
+                return Ok(Status::unimplemented(crate::not_wired(signal)).into_http());
             }
             let Some(_request_slot) = this.shared.request_slot() else {
                 return Ok(over_budget(&this.shared).into_http());
@@ -169,12 +174,13 @@ impl tower::Service<http::Request<tonic::body::Body>> for Traces {
                 shared: Arc::clone(&this.shared),
                 slot,
                 compressed,
+                signal,
             };
             let mut grpc = tonic::server::Grpc::new(codec)
                 .apply_compression_config(gzip, gzip)
                 .apply_max_message_size_config(Some(this.limit), None);
             let shared = Arc::clone(&this.shared);
-            let mut response = grpc.unary(Export(this.shared), req).await;
+            let mut response = grpc.unary(Export(this.shared, signal), req).await;
             oversized(&shared, &mut response);
             Ok(response)
         })
@@ -203,7 +209,7 @@ fn oversized<B>(shared: &Shared, response: &mut http::Response<B>) {
     }
 }
 
-struct Export(Arc<Shared>);
+struct Export(Arc<Shared>, Signal);
 
 /// A request as the codec read it, with its charge.
 struct Decoded {
@@ -218,10 +224,10 @@ impl tonic::server::UnaryService<Decoded> for Export {
     >;
 
     fn call(&mut self, request: Request<Decoded>) -> Self::Future {
-        let shared = Arc::clone(&self.0);
+        let (shared, signal) = (Arc::clone(&self.0), self.1);
         Box::pin(async move {
             let Decoded { converted, charge } = request.into_inner();
-            match shared.accept("grpc", converted, charge).await {
+            match shared.accept("grpc", signal, converted, charge).await {
                 Ok(response) => Ok(Response::new(response)),
                 Err(crate::Busy) => Err(Status::with_error_details(
                     Code::ResourceExhausted,
@@ -233,13 +239,16 @@ impl tonic::server::UnaryService<Decoded> for Export {
     }
 }
 
-/// Requests are read by [`crate::wire`] (a bad one is counted and answered INVALID_ARGUMENT);
-/// responses are small and written by prost.
+/// Requests are read by [`crate::admission::decode`] (a bad one is counted and answered
+/// INVALID_ARGUMENT); responses are small and written by prost. The three signals' responses
+/// are one message on the wire (`partial_success` = 1 holding `rejected_<records>` = 1 and
+/// `error_message` = 2), so the trace response's type writes all three.
 struct Codec {
     shared: Arc<Shared>,
     slot: Slot,
     /// The message came compressed: tonic holds it twice, compressed and not.
     compressed: bool,
+    signal: Signal,
 }
 
 impl tonic::codec::Codec for Codec {
@@ -263,6 +272,7 @@ impl Clone for Codec {
             shared: Arc::clone(&self.shared),
             slot: Arc::clone(&self.slot),
             compressed: self.compressed,
+            signal: self.signal,
         }
     }
 }
@@ -297,7 +307,13 @@ impl tonic::codec::Decoder for Codec {
         // and encoded batches keep slices of it.
         let bytes = src.copy_to_bytes(len);
         let keep = self.shared.keeps_encoded();
-        match admission::decode(&bytes, admission::Body::Protobuf, keep, &mut charge) {
+        match admission::decode(
+            self.signal,
+            &bytes,
+            admission::Body::Protobuf,
+            keep,
+            &mut charge,
+        ) {
             Ok(converted) => Ok(Some(Decoded { converted, charge })),
             Err(Refused::OverBudget) => Err(over_budget(&self.shared)),
             Err(Refused::TooLarge(n)) => {
@@ -316,25 +332,36 @@ impl tonic::codec::Decoder for Codec {
     }
 }
 
-struct Unsupported;
+/// [`Otlp`] under another service's name (tonic routes by it).
+#[derive(Clone)]
+struct Named<N>(Otlp, std::marker::PhantomData<N>);
 
-#[tonic::async_trait]
-impl MetricsService for Unsupported {
-    async fn export(
-        &self,
-        _: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        Err(Status::unimplemented(unsupported("metrics")))
-    }
+#[derive(Clone)]
+struct Metrics;
+#[derive(Clone)]
+struct Logs;
+
+impl tonic::server::NamedService for Named<Metrics> {
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+}
+impl tonic::server::NamedService for Named<Logs> {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
 }
 
-#[tonic::async_trait]
-impl LogsService for Unsupported {
-    async fn export(
-        &self,
-        _: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        Err(Status::unimplemented(unsupported("logs")))
+impl<N> tower::Service<http::Request<tonic::body::Body>> for Named<N> {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = <Otlp as tower::Service<http::Request<tonic::body::Body>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        self.0.call(req)
     }
 }
 
@@ -345,7 +372,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     shutdown: Shutdown,
 ) -> Result<(), BoxError> {
-    let traces = Traces {
+    let otlp = Otlp {
         shared: Arc::clone(&shared),
         limit: cfg.limit(),
     };
@@ -353,9 +380,10 @@ pub(crate) async fn serve(
         Some(t) => Some(crate::tls::server_config(t, &[b"h2"])?),
         None => None,
     };
-    let routes = tonic::service::Routes::new(traces)
-        .add_service(MetricsServiceServer::new(Unsupported))
-        .add_service(LogsServiceServer::new(Unsupported))
+    // One route per service name, all served by `otlp`.
+    let routes = tonic::service::Routes::new(otlp.clone())
+        .add_service(Named::<Metrics>(otlp.clone(), std::marker::PhantomData))
+        .add_service(Named::<Logs>(otlp, std::marker::PhantomData))
         .prepare();
     crate::serve::announce("OTLP/gRPC", &listeners, tls.is_some(), "");
     crate::serve::serve(

@@ -1,5 +1,5 @@
-//! OTLP/HTTP: `POST /v1/traces` with `application/x-protobuf` or `application/json`, gzip or
-//! not, answered in the request's encoding as the OTLP specification says: 200 with a (partial)
+//! OTLP/HTTP: `POST /v1/traces`, `/v1/metrics`, `/v1/logs` with `application/x-protobuf` or
+//! `application/json`, gzip or not, answered in the request's encoding as the OTLP specification says: 200 with a (partial)
 //! success, 400/413/415 with a `google.rpc.Status` for a request that cannot be read, 429 with
 //! Retry-After when the pipeline is full. Served by axum over hyper, HTTP/1.1 and h2, plain or
 //! TLS (rustls).
@@ -16,11 +16,11 @@ use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use oxeye_api::{BoxError, Shutdown};
+use oxeye_api::{BoxError, Shutdown, Signal};
 use prost::Message;
 
 use crate::admission::{self, Body as BodyKind, Charge, Refused};
-use crate::{unsupported, Counter, HttpConfig, Shared};
+use crate::{Counter, HttpConfig, Shared};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Encoding {
@@ -248,8 +248,16 @@ fn retry_later(shared: &Shared, message: String, enc: Encoding) -> Response {
     r
 }
 
-async fn traces(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+async fn export(signal: Signal, app: App, headers: HeaderMap, body: Body) -> Response {
     let shared = &app.shared;
+    if !shared.takes(signal) {
+        return status(
+            StatusCode::NOT_FOUND,
+            tonic::Code::Unimplemented,
+            crate::not_wired(signal),
+            Encoding::Json,
+        );
+    }
     let enc = match encoding_of(&headers) {
         Ok(enc) => enc,
         Err(why) => {
@@ -315,7 +323,7 @@ async fn traces(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
         Encoding::Protobuf => BodyKind::Protobuf,
         Encoding::Json => BodyKind::Json,
     };
-    let request = admission::decode(&bytes, kind, shared.keeps_encoded(), &mut charge);
+    let request = admission::decode(signal, &bytes, kind, shared.keeps_encoded(), &mut charge);
     drop(bytes);
     let request = match request {
         Ok(r) => r,
@@ -345,11 +353,12 @@ async fn traces(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
             );
         }
     };
-    match shared.accept("http", request, charge).await {
+    match shared.accept("http", signal, request, charge).await {
         Ok(response) => {
             let body = match enc {
+                // The three signals' responses are one message on the wire (see `grpc`).
                 Encoding::Protobuf => response.encode_to_vec(),
-                Encoding::Json => serde_json::to_vec(&response).unwrap_or_default(),
+                Encoding::Json => json_response(signal, response),
             };
             (
                 StatusCode::OK,
@@ -362,13 +371,33 @@ async fn traces(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
     }
 }
 
-fn not_supported(signal: &'static str) -> Response {
-    status(
-        StatusCode::NOT_IMPLEMENTED,
-        tonic::Code::Unimplemented,
-        unsupported(signal),
-        Encoding::Json,
-    )
+/// A response in OTLP/JSON, whose names differ by signal (`rejectedSpans`,
+/// `rejectedDataPoints`, `rejectedLogRecords`).
+fn json_response(
+    signal: Signal,
+    r: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+) -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::{logs, metrics};
+    match signal {
+        Signal::Metrics => serde_json::to_vec(&metrics::v1::ExportMetricsServiceResponse {
+            partial_success: r
+                .partial_success
+                .map(|p| metrics::v1::ExportMetricsPartialSuccess {
+                    rejected_data_points: p.rejected_spans,
+                    error_message: p.error_message,
+                }),
+        }),
+        Signal::Logs => serde_json::to_vec(&logs::v1::ExportLogsServiceResponse {
+            partial_success: r
+                .partial_success
+                .map(|p| logs::v1::ExportLogsPartialSuccess {
+                    rejected_log_records: p.rejected_spans,
+                    error_message: p.error_message,
+                }),
+        }),
+        _ => serde_json::to_vec(&r),
+    }
+    .unwrap_or_default()
 }
 
 /// Serves until shutdown, then lets open requests finish (`backpressure.wait` + 1 s at most).
@@ -387,16 +416,26 @@ pub(crate) async fn serve(
         limit: cfg.max_request_body_size as usize,
         read_timeout: (!cfg.read_timeout.is_zero()).then_some(cfg.read_timeout),
     };
+    let route = |signal: Signal| {
+        post(
+            move |State(app): State<App>, headers: HeaderMap, body: Body| {
+                export(signal, app, headers, body)
+            },
+        )
+    };
     let router = Router::new()
-        .route(&cfg.traces_url_path, post(traces))
-        .route("/v1/metrics", post(|| async { not_supported("metrics") }))
-        .route("/v1/logs", post(|| async { not_supported("logs") }))
+        .route(&cfg.traces_url_path, route(Signal::Traces))
+        .route(&cfg.metrics_url_path, route(Signal::Metrics))
+        .route(&cfg.logs_url_path, route(Signal::Logs))
         .with_state(app);
     crate::serve::announce(
         "OTLP/HTTP",
         &listeners,
         tls.is_some(),
-        &format!(" ({})", cfg.traces_url_path),
+        &format!(
+            " ({}, {}, {})",
+            cfg.traces_url_path, cfg.metrics_url_path, cfg.logs_url_path
+        ),
     );
     crate::serve::serve(
         "OTLP/HTTP",

@@ -36,6 +36,10 @@ pub(crate) enum Counter {
     RefusedRequests,
     /// Spans in those requests.
     RefusedSpans,
+    /// Metric data points in those requests.
+    RefusedDataPoints,
+    /// Log records in those requests.
+    RefusedLogRecords,
     /// Requests refused before they were read whole: over `admission.request_limit_mib`.
     RefusedOverBudget,
     /// Requests that could not be read (bad protobuf/JSON, content type, size).
@@ -51,9 +55,11 @@ pub(crate) enum Counter {
 }
 
 impl Counter {
-    const ALL: [Counter; 8] = [
+    const ALL: [Counter; 10] = [
         Counter::RefusedRequests,
         Counter::RefusedSpans,
+        Counter::RefusedDataPoints,
+        Counter::RefusedLogRecords,
         Counter::RefusedOverBudget,
         Counter::MalformedRequests,
         Counter::RefusedConnections,
@@ -66,6 +72,8 @@ impl Counter {
         match self {
             Counter::RefusedRequests => "otlp_refused_requests",
             Counter::RefusedSpans => "otlp_refused_spans",
+            Counter::RefusedDataPoints => "otlp_refused_data_points",
+            Counter::RefusedLogRecords => "otlp_refused_log_records",
             Counter::RefusedOverBudget => "otlp_refused_over_budget_requests",
             Counter::MalformedRequests => "otlp_malformed_requests",
             Counter::RefusedConnections => "otlp_refused_connections",
@@ -91,17 +99,31 @@ pub(crate) struct Shared {
 /// A request the pipeline could not take in time: the client is told to retry.
 pub(crate) struct Busy;
 
-/// Spans of an accepted request not sent into the pipeline yet: counted as dropped
+/// Records of an accepted request not sent into the pipeline yet: counted as dropped
 /// (`receiver_stopped`) if the request is abandoned.
 struct Unsent<'a> {
     telemetry: &'a Telemetry,
-    spans: u64,
+    records: u64,
 }
 
 impl Drop for Unsent<'_> {
     fn drop(&mut self) {
-        self.telemetry.add_dropped("receiver_stopped", self.spans);
+        self.telemetry.add_dropped("receiver_stopped", self.records);
     }
+}
+
+/// The refused-records counter and the malformed-record drop reason of a signal.
+fn record_names(signal: Signal) -> (Counter, &'static str) {
+    match signal {
+        Signal::Metrics => (Counter::RefusedDataPoints, "malformed_data_point"),
+        Signal::Logs => (Counter::RefusedLogRecords, "malformed_log_record"),
+        _ => (Counter::RefusedSpans, "malformed_span"),
+    }
+}
+
+/// Why a signal is refused by a receiver in no pipeline of it.
+pub(crate) fn not_wired(signal: Signal) -> String {
+    format!("this otlp receiver is in no {signal} pipeline: add it to one (service.pipelines.{signal}.receivers) to take {signal}")
 }
 
 impl Shared {
@@ -137,6 +159,11 @@ impl Shared {
         self.ctx.takes_encoded(Signal::Traces)
     }
 
+    /// True when a pipeline of `signal` takes this receiver's output.
+    pub(crate) fn takes(&self, signal: Signal) -> bool {
+        self.ctx.wants(signal)
+    }
+
     /// Counts a request that could not be read (bad protobuf/JSON, content type, size).
     pub(crate) fn malformed(&self, source: &'static str) {
         self.bump(Counter::MalformedRequests, source, 1);
@@ -162,6 +189,7 @@ impl Shared {
     pub(crate) async fn accept(
         &self,
         source: &'static str,
+        signal: Signal,
         converted: convert::Converted,
         mut charge: admission::Charge,
     ) -> Result<ExportTraceServiceResponse, Busy> {
@@ -177,7 +205,7 @@ impl Shared {
                 .is_err()
             {
                 self.bump(Counter::RefusedRequests, source, 1);
-                self.bump(Counter::RefusedSpans, source, converted.accepted);
+                self.bump(record_names(signal).0, source, converted.accepted);
                 return Err(Busy);
             }
             // The rest of an accepted request follows whatever the wait: the client was not
@@ -186,16 +214,16 @@ impl Shared {
             // dropped.
             let mut rest = Unsent {
                 telemetry: &self.telemetry,
-                spans: batches.as_slice().iter().map(|b| b.len() as u64).sum(),
+                records: batches.as_slice().iter().map(|b| b.len() as u64).sum(),
             };
             for batch in batches {
                 let n = batch.len() as u64;
                 self.ctx.emit_holding(batch, Arc::clone(&hold)).await;
-                rest.spans -= n;
+                rest.records -= n;
             }
         }
         self.telemetry
-            .add_dropped("malformed_span", converted.rejected);
+            .add_dropped(record_names(signal).1, converted.rejected);
         Ok(ExportTraceServiceResponse {
             partial_success: (converted.rejected > 0).then(|| ExportTracePartialSuccess {
                 rejected_spans: converted.rejected as i64,
@@ -203,11 +231,6 @@ impl Shared {
             }),
         })
     }
-}
-
-/// The message for a signal this receiver does not take yet.
-pub(crate) fn unsupported(signal: &str) -> String {
-    format!("{signal} are not supported by this receiver: oxeye's otlp receiver takes traces only")
 }
 
 /// Resolves `host:port` to the addresses to bind (all of `localhost`'s, as the Collector does).
@@ -302,9 +325,9 @@ impl Factory for OtlpReceiverFactory {
     type Config = OtlpReceiverConfig;
     type Component = Box<dyn Receiver>;
     const TYPE: &'static str = "otlp";
-    const SIGNALS: &'static [Signal] = &[Signal::Traces];
+    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Metrics, Signal::Logs];
     const DESCRIPTION: &'static str =
-        "OTLP traces over gRPC (4317) and HTTP (4318, protobuf and JSON) from OpenTelemetry SDKs and collectors";
+        "OTLP traces, metrics and logs over gRPC (4317) and HTTP (4318, protobuf and JSON) from OpenTelemetry SDKs and collectors";
     const DOCS: &'static str = include_str!("../../../docs/components/receiver-otlp.md");
 
     fn validate(config: &OtlpReceiverConfig) -> Result<(), ConfigErrors> {
@@ -346,7 +369,7 @@ mod tests {
         let e = errors(
             "protocols:
   grpc: {endpoint: 'nowhere', max_recv_msg_size_mib: 0, tls: {cert_file: /no/cert, key_file: /no/key}}
-  http: {endpoint: 'nowhere', traces_url_path: /v1/logs}",
+  http: {endpoint: 'nowhere', traces_url_path: /v1/logs, metrics_url_path: v1/metrics}",
         );
         let paths: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
@@ -357,7 +380,8 @@ mod tests {
                 "protocols.grpc.tls.cert_file",
                 "protocols.grpc.tls.key_file",
                 "protocols.http.endpoint",
-                "protocols.http.traces_url_path",
+                "protocols.http.metrics_url_path",
+                "protocols.http.logs_url_path",
                 "protocols.http.endpoint",
             ],
             "{e:?}"

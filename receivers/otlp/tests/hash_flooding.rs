@@ -179,7 +179,7 @@ fn a_request_of_colliding_keys_decodes_in_linear_time() {
     let json = |keys: &[String]| {
         let body = serde_json::to_vec(&request(keys)).expect("json");
         move || {
-            let r = oxeye_receiver_otlp::convert::from_json(&body).expect("json decodes");
+            let r = oxeye_receiver_otlp::convert::from_json(&body, "trace").expect("json decodes");
             assert_eq!(oxeye_receiver_otlp::convert::request(r).accepted, 1);
         }
     };

@@ -1,7 +1,11 @@
-//! OTLP trace requests → oxeye batches, field for field: what the exporter writes back out is
+//! OTLP requests → oxeye batches, field for field (metrics in [`metrics`], logs in [`logs`]).
+//! For traces: what the exporter writes back out is
 //! what came in (kind, status, every attribute value type, events, links, trace state, flags,
 //! dropped counts, resource, scope and schema URLs). Spans with invalid ids or enum values are
 //! rejected one by one and reported back as a partial success.
+
+pub mod logs;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,11 +22,11 @@ use oxeye_api::{
 /// What one request turned into.
 #[derive(Debug, Default)]
 pub struct Converted {
-    /// One batch per `ResourceSpans` that kept a span.
+    /// One batch per `ResourceSpans` (`ResourceMetrics`, `ResourceLogs`) that kept a record.
     pub batches: Vec<Batch>,
-    /// Spans in the batches.
+    /// Spans (data points, log records) in the batches.
     pub accepted: u64,
-    /// Spans refused as malformed.
+    /// Spans (data points, log records) refused as malformed.
     pub rejected: u64,
     /// Why the first refused span was refused.
     pub first_error: Option<String>,
@@ -31,16 +35,20 @@ pub struct Converted {
     pub held_bytes: u64,
 }
 
-/// Memory the decoded spans of `batches` take ([`oxeye_api::Span::size_bytes`]).
+/// Memory the decoded records of `batches` take ([`oxeye_api::Span::size_bytes`] and its
+/// like for metrics and logs).
 pub(crate) fn decoded_size(batches: &[Batch]) -> u64 {
+    use oxeye_api::Records;
     batches
         .iter()
-        .map(|b| match &b.records {
-            oxeye_api::Records::Spans(spans) => {
-                spans.iter().map(|s| s.size_bytes() as u64).sum::<u64>()
-                    + std::mem::size_of::<Batch>() as u64
-            }
-            _ => 0,
+        .map(|b| {
+            let records: usize = match &b.records {
+                Records::Spans(spans) => spans.iter().map(Span::size_bytes).sum(),
+                Records::Metrics(m) => m.iter().map(oxeye_api::Metric::size_bytes).sum(),
+                Records::Logs(l) => l.iter().map(oxeye_api::LogRecord::size_bytes).sum(),
+                _ => 0,
+            };
+            (records + std::mem::size_of::<Batch>()) as u64
         })
         .sum()
 }
@@ -52,10 +60,10 @@ pub(crate) type Keyed = foldhash::fast::RandomState;
 /// Interns attribute keys (and other repeated strings) within one request: a key repeated on
 /// every span is allocated once.
 #[derive(Default)]
-struct Strings(HashMap<String, Arc<str>, Keyed>);
+pub(super) struct Strings(HashMap<String, Arc<str>, Keyed>);
 
 impl Strings {
-    fn get(&mut self, s: String) -> Arc<str> {
+    pub(super) fn get(&mut self, s: String) -> Arc<str> {
         if let Some(a) = self.0.get(&s) {
             return Arc::clone(a);
         }
@@ -65,11 +73,11 @@ impl Strings {
     }
 }
 
-fn optional(s: String) -> Option<Arc<str>> {
+pub(super) fn optional(s: String) -> Option<Arc<str>> {
     (!s.is_empty()).then(|| Arc::from(s))
 }
 
-fn value(strings: &mut Strings, v: Option<AnyValue>) -> Value {
+pub(super) fn value(strings: &mut Strings, v: Option<AnyValue>) -> Value {
     match v.and_then(|v| v.value) {
         None => Value::Empty,
         Some(any_value::Value::StringValue(s)) => Value::Str(s.into()),
@@ -89,7 +97,7 @@ fn value(strings: &mut Strings, v: Option<AnyValue>) -> Value {
     }
 }
 
-fn attributes(strings: &mut Strings, kvs: Vec<KeyValue>) -> Attributes {
+pub(super) fn attributes(strings: &mut Strings, kvs: Vec<KeyValue>) -> Attributes {
     let mut out = Attributes::new();
     out.reserve(kvs.len());
     for kv in kvs {
@@ -99,7 +107,11 @@ fn attributes(strings: &mut Strings, kvs: Vec<KeyValue>) -> Attributes {
     out
 }
 
-fn resource(strings: &mut Strings, r: Option<ProtoResource>, schema_url: String) -> Resource {
+pub(super) fn resource(
+    strings: &mut Strings,
+    r: Option<ProtoResource>,
+    schema_url: String,
+) -> Resource {
     let r = r.unwrap_or_default();
     Resource {
         attributes: attributes(strings, r.attributes),
@@ -122,7 +134,11 @@ fn resource(strings: &mut Strings, r: Option<ProtoResource>, schema_url: String)
     }
 }
 
-fn scope(strings: &mut Strings, s: Option<InstrumentationScope>, schema_url: String) -> Scope {
+pub(super) fn scope(
+    strings: &mut Strings,
+    s: Option<InstrumentationScope>,
+    schema_url: String,
+) -> Scope {
     let s = s.unwrap_or_default();
     Scope {
         name: strings.get(s.name),
@@ -255,31 +271,49 @@ pub fn request(req: ExportTraceServiceRequest) -> Converted {
     out
 }
 
-/// OTLP/JSON → the generated message. The specification lets int64 fields be JSON numbers or
-/// strings; the generated serde code takes strings only, so numbers in the time fields are
-/// turned into strings first.
-pub fn from_json(body: &[u8]) -> Result<ExportTraceServiceRequest, String> {
-    let mut v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
-    fn fix(v: &mut serde_json::Value) {
+/// OTLP/JSON → the generated message of one signal (`what`: `trace`, `metrics`, `logs`).
+///
+/// The specification lets 64-bit integers be JSON numbers or strings. The generated serde code
+/// takes one form per field, and not the same everywhere: strings for most `*UnixNano` times,
+/// numbers for the times of exemplars, exponential histogram and summary points, and for counts
+/// and integer values. Each is turned into the form its field takes first.
+pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, String> {
+    use serde_json::Value as J;
+    let mut v: J = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    fn as_number(v: &mut J) {
+        if let Some(n) = v.as_str().and_then(|s| s.parse::<i128>().ok()) {
+            if let Ok(n) = serde_json::from_str::<J>(&n.to_string()) {
+                *v = n;
+            }
+        }
+    }
+    fn fix(v: &mut J, numeric_times: bool) {
         match v {
-            serde_json::Value::Object(map) => {
+            J::Object(map) => {
                 for (k, v) in map.iter_mut() {
-                    if k.ends_with("UnixNano") {
-                        if let serde_json::Value::Number(n) = v {
-                            *v = serde_json::Value::String(n.to_string());
+                    match k.as_str() {
+                        k if k.ends_with("UnixNano") => match v {
+                            J::Number(n) if !numeric_times => *v = J::String(n.to_string()),
+                            J::String(_) if numeric_times => as_number(v),
+                            _ => {}
+                        },
+                        "count" | "zeroCount" | "asInt" => as_number(v),
+                        "bucketCounts" => {
+                            if let J::Array(items) = v {
+                                items.iter_mut().for_each(as_number);
+                            }
                         }
-                    } else {
-                        fix(v);
+                        "exemplars" | "exponentialHistogram" | "summary" => fix(v, true),
+                        _ => fix(v, numeric_times),
                     }
                 }
             }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(fix),
+            J::Array(items) => items.iter_mut().for_each(|v| fix(v, numeric_times)),
             _ => {}
         }
     }
-    fix(&mut v);
-    serde_json::from_value(v).map_err(|e| format!("not an OTLP/JSON trace request: {e}"))
+    fix(&mut v, false);
+    serde_json::from_value(v).map_err(|e| format!("not an OTLP/JSON {what} request: {e}"))
 }
 
 #[cfg(test)]
@@ -362,10 +396,12 @@ mod tests {
             {"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708",
              "name":"a","kind":1,"startTimeUnixNano":1700000000000000000,
              "endTimeUnixNano":"1700000000000000001"}]}]}]}"#;
-        let req = from_json(body).unwrap();
+        let req: ExportTraceServiceRequest = from_json(body, "trace").unwrap();
         let s = &req.resource_spans[0].scope_spans[0].spans[0];
         assert_eq!(s.start_time_unix_nano, 1_700_000_000_000_000_000);
         assert_eq!(s.end_time_unix_nano, 1_700_000_000_000_000_001);
-        assert!(from_json(b"{").unwrap_err().starts_with("invalid JSON"));
+        assert!(from_json::<ExportTraceServiceRequest>(b"{", "trace")
+            .unwrap_err()
+            .starts_with("invalid JSON"));
     }
 }
