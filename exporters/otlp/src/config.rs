@@ -215,8 +215,10 @@ pub struct OtlpConfig {
     pub endpoints: Vec<String>,
     /// What load balancing routes by: `traceID` (the default with `endpoints`).
     pub routing_key: Option<String>,
-    /// HTTP/gRPC URL for metrics (flows), used as is.
+    /// HTTP/gRPC URL for metrics (and flows), used as is.
     pub metrics_endpoint: Option<String>,
+    /// HTTP/gRPC URL for logs, used as is.
+    pub logs_endpoint: Option<String>,
     /// HTTP/gRPC URL for profiles, used as is.
     pub profiles_endpoint: Option<String>,
     /// Extra request headers (`authorization: Bearer ...`); added to `OTEL_EXPORTER_OTLP_HEADERS`.
@@ -243,19 +245,30 @@ pub struct OtlpConfig {
 pub enum OtlpSignal {
     /// Spans.
     Traces,
-    /// Flows as metrics.
+    /// Metrics, and flows as metrics.
     Metrics,
     /// CPU profiles (OTLP profiles, v1development).
     Profiles,
+    /// Log records.
+    Logs,
 }
 
 impl OtlpSignal {
-    /// `traces`, `metrics` or `profiles`.
+    /// Every signal, in the order of [`OtlpSignal`] (its index in per-signal counters).
+    pub const ALL: [OtlpSignal; 4] = [
+        OtlpSignal::Traces,
+        OtlpSignal::Metrics,
+        OtlpSignal::Profiles,
+        OtlpSignal::Logs,
+    ];
+
+    /// `traces`, `metrics`, `profiles` or `logs`.
     pub fn as_str(self) -> &'static str {
         match self {
             OtlpSignal::Traces => "traces",
             OtlpSignal::Metrics => "metrics",
             OtlpSignal::Profiles => "profiles",
+            OtlpSignal::Logs => "logs",
         }
     }
     fn env_part(self) -> &'static str {
@@ -263,6 +276,7 @@ impl OtlpSignal {
             OtlpSignal::Traces => "TRACES",
             OtlpSignal::Metrics => "METRICS",
             OtlpSignal::Profiles => "PROFILES",
+            OtlpSignal::Logs => "LOGS",
         }
     }
 }
@@ -338,11 +352,13 @@ impl OtlpConfig {
             OtlpSignal::Traces => "/v1/traces",
             OtlpSignal::Metrics => "/v1/metrics",
             OtlpSignal::Profiles => "/v1development/profiles",
+            OtlpSignal::Logs => "/v1/logs",
         };
         let (signal_key, config_signal_endpoint) = match signal {
             OtlpSignal::Traces => ("traces_endpoint", &self.traces_endpoint),
             OtlpSignal::Metrics => ("metrics_endpoint", &self.metrics_endpoint),
             OtlpSignal::Profiles => ("profiles_endpoint", &self.profiles_endpoint),
+            OtlpSignal::Logs => ("logs_endpoint", &self.logs_endpoint),
         };
         let specific_var = format!("OTEL_EXPORTER_OTLP_{s}_ENDPOINT");
         // (where it came from, URL, whether the signal path must be appended)
@@ -496,12 +512,14 @@ impl OtlpConfig {
                 "endpoint",
                 "traces_endpoint",
                 "metrics_endpoint",
+                "logs_endpoint",
                 "profiles_endpoint",
             ] {
                 let set = match key {
                     "endpoint" => &self.endpoint,
                     "traces_endpoint" => &self.traces_endpoint,
                     "metrics_endpoint" => &self.metrics_endpoint,
+                    "logs_endpoint" => &self.logs_endpoint,
                     _ => &self.profiles_endpoint,
                 };
                 if set.is_some() {

@@ -1,12 +1,12 @@
-//! `otlp` exporter: spans as OTLP traces, flows as OTLP metrics (monotonic delta Sums
-//! `network.flow.bytes` / `network.flow.packets`) and CPU profiles as OTLP profiles
-//! (v1development), over gRPC or HTTP/protobuf.
+//! `otlp` exporter: spans as OTLP traces, metrics and logs as they are, flows as OTLP metrics
+//! (monotonic delta Sums `network.flow.bytes` / `network.flow.packets`) and CPU profiles as OTLP
+//! profiles (v1development), over gRPC or HTTP/protobuf.
 //!
 //! ```yaml
 //! exporters:
 //!   otlp:
 //!     protocol: grpc                    # grpc | http/protobuf  (OTEL_EXPORTER_OTLP_PROTOCOL)
-//!     endpoint: http://127.0.0.1:4317   # HTTP: base URL, /v1/traces and /v1/metrics appended
+//!     endpoint: http://127.0.0.1:4317   # HTTP: base URL, /v1/traces, /v1/metrics, /v1/logs appended
 //!     headers: {authorization: "Bearer ${TOKEN}"}
 //!     compression: gzip                 # gzip | none
 //!     timeout: 10s
@@ -31,10 +31,11 @@ mod encode;
 mod transport;
 mod wire;
 
-/// The encoders, for the benchmarks beside oxeye's own (`tests/benches`); not an API.
+/// The encoders, for the benchmarks beside oxeye's own (`tests/benches`) and the fuzz targets;
+/// not an API.
 #[doc(hidden)]
 pub mod bench {
-    pub use crate::encode::{trace_request, Resources};
+    pub use crate::encode::{logs, metrics, trace_request, Resources};
     pub use crate::transport::gzip_bytes;
     pub use crate::wire::trace_message;
 }
@@ -60,8 +61,9 @@ fn otlp_signals(signals: &[Signal]) -> Vec<OtlpSignal> {
         .iter()
         .filter_map(|s| match s {
             Signal::Traces => Some(OtlpSignal::Traces),
-            Signal::Flows => Some(OtlpSignal::Metrics),
+            Signal::Flows | Signal::Metrics => Some(OtlpSignal::Metrics),
             Signal::Profiles => Some(OtlpSignal::Profiles),
+            Signal::Logs => Some(OtlpSignal::Logs),
             // The factory declares the signals it takes: no other one is sent here.
             _ => None,
         })
@@ -77,7 +79,7 @@ impl Factory for OtlpFactory {
     const TYPE: &'static str = "otlp";
     const SIGNALS: &'static [Signal] = Signal::ALL;
     const DESCRIPTION: &'static str =
-        "OTLP over gRPC or HTTP/protobuf: spans as traces, flows as delta-sum metrics, profiles";
+        "OTLP over gRPC or HTTP/protobuf: traces, metrics, logs, flows as delta-sum metrics, profiles";
     const DOCS: &'static str = include_str!("../../../docs/components/exporter-otlp.md");
 
     fn validate(config: &OtlpConfig) -> Result<(), ConfigErrors> {
@@ -107,6 +109,7 @@ struct Shared {
     traces: Option<Client>,
     metrics: Option<Client>,
     profiles: Option<Client>,
+    logs: Option<Client>,
     /// Several trace endpoints, balanced by trace id (`endpoints:`); then `traces` is `None`.
     balancer: Option<balance::Balancer>,
     /// Spans moved off each failed endpoint, by member.
@@ -122,9 +125,9 @@ struct Shared {
 struct Stats {
     /// Spans sent on as they were received (never decoded here).
     forwarded: u64,
-    requests: [u64; 3],
-    retries: [u64; 3],
-    failed: [u64; 3],
+    requests: [u64; OtlpSignal::ALL.len()],
+    retries: [u64; OtlpSignal::ALL.len()],
+    failed: [u64; OtlpSignal::ALL.len()],
 }
 
 impl Shared {
@@ -439,6 +442,7 @@ async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receive
                 OtlpSignal::Traces => shared.traces.as_ref(),
                 OtlpSignal::Metrics => shared.metrics.as_ref(),
                 OtlpSignal::Profiles => shared.profiles.as_ref(),
+                OtlpSignal::Logs => shared.logs.as_ref(),
             };
             match client {
                 Some(c) => shared.deliver(signal, c, request, n).await,
@@ -463,6 +467,8 @@ fn requests(
     let mut spans = Vec::new();
     let mut flows = Vec::new();
     let mut samples = Vec::new();
+    let mut metrics = Vec::new();
+    let mut logs = Vec::new();
     for b in batches {
         match &b.records {
             Records::Spans(s) => s
@@ -472,6 +478,12 @@ fn requests(
             Records::Encoded(e) => spans.push(SpanPart::Encoded(e.bytes(), e.len())),
             Records::Flows(f) => f.chunks(max).for_each(|c| flows.push((&b.resource, c))),
             Records::Samples(p) => p.chunks(max).for_each(|c| samples.push((&b.resource, c))),
+            Records::Metrics(m) => {
+                for c in by_points(m, max) {
+                    metrics.push((&b.resource, c));
+                }
+            }
+            Records::Logs(l) => l.chunks(max).for_each(|c| logs.push((&b.resource, c))),
             _ => {}
         }
     }
@@ -503,12 +515,35 @@ fn requests(
         let req = encode::metrics_request(resources, flows[range].iter().copied());
         out.push((OtlpSignal::Metrics, Request::Metrics(req), n));
     }
+    let lens: Vec<usize> = metrics
+        .iter()
+        .map(|p| p.1.iter().map(oxeye_api::Metric::points).sum())
+        .collect();
+    for (range, n) in fill(&lens, max) {
+        let req = encode::metrics::request(resources, metrics[range].iter().copied());
+        out.push((OtlpSignal::Metrics, Request::Metrics(req), n));
+    }
+    let lens: Vec<usize> = logs.iter().map(|p| p.1.len()).collect();
+    for (range, n) in fill(&lens, max) {
+        let req = encode::logs::request(resources, logs[range].iter().copied());
+        out.push((OtlpSignal::Logs, Request::Logs(req), n));
+    }
     let lens: Vec<usize> = samples.iter().map(|p| p.1.len()).collect();
     for (range, n) in fill(&lens, max) {
         let req = encode::profiles_request(resources, samples[range].iter().copied());
         out.push((OtlpSignal::Profiles, Request::Profiles(req), n));
     }
     out
+}
+
+/// Metrics cut into runs of at most `max` data points (a metric is never split: one with more
+/// goes alone).
+fn by_points(metrics: &[oxeye_api::Metric], max: usize) -> Vec<&[oxeye_api::Metric]> {
+    let lens: Vec<usize> = metrics.iter().map(oxeye_api::Metric::points).collect();
+    fill(&lens, max)
+        .into_iter()
+        .map(|(range, _)| &metrics[range])
+        .collect()
 }
 
 /// Spans for a trace request: decoded (with their resource), or a request as received.
@@ -593,6 +628,7 @@ impl OtlpExporter {
         };
         let metrics = client(OtlpSignal::Metrics)?;
         let profiles = client(OtlpSignal::Profiles)?;
+        let logs = client(OtlpSignal::Logs)?;
         let q = &config.sending_queue;
         // Every batch takes at least one unit of room, so the channel never fills first.
         let (tx, rx) = mpsc::channel(q.queue_size);
@@ -606,6 +642,7 @@ impl OtlpExporter {
                 traces,
                 metrics,
                 profiles,
+                logs,
                 rerouted: Mutex::new(vec![0; balancer.as_ref().map_or(0, |b| b.members().len())]),
                 balancer,
                 retry: config.retry_on_failure,
@@ -839,6 +876,8 @@ mod tests {
             Arc::new(Batch::flows(Arc::clone(&r), vec![flow; 10])),
             Arc::new(Batch::spans(Arc::clone(&r), vec![Span::default(); 100])),
             Arc::new(oxeye_api::testing::sample_batch(1500)),
+            Arc::new(oxeye_api::testing::metric_batch(2500)),
+            Arc::new(oxeye_api::testing::log_batch(1200)),
         ];
         let mut resources = encode::Resources::new(&Default::default());
         let reqs = requests(&mut resources, &batches, 1000);
@@ -850,6 +889,11 @@ mod tests {
                 (OtlpSignal::Traces, 1000),
                 (OtlpSignal::Traces, 600),
                 (OtlpSignal::Metrics, 10),
+                (OtlpSignal::Metrics, 1000),
+                (OtlpSignal::Metrics, 1000),
+                (OtlpSignal::Metrics, 500),
+                (OtlpSignal::Logs, 1000),
+                (OtlpSignal::Logs, 200),
                 (OtlpSignal::Profiles, 1000),
                 (OtlpSignal::Profiles, 500)
             ]
@@ -863,16 +907,29 @@ mod tests {
                     .flat_map(|rs| &rs.scope_spans)
                     .map(|ss| ss.spans.len())
                     .sum(),
-                Request::Metrics(m) => m.resource_metrics[0].scope_metrics[0].metrics[0]
-                    .data
-                    .as_ref()
-                    .map(|d| match d {
-                        opentelemetry_proto::tonic::metrics::v1::metric::Data::Sum(s) => {
-                            s.data_points.len()
+                // A flow is two points (bytes, packets) counted once: packets are left out.
+                Request::Metrics(m) => m.resource_metrics[0].scope_metrics[0]
+                    .metrics
+                    .iter()
+                    .filter(|m| m.name != encode::FLOW_PACKETS)
+                    .map(|m| {
+                        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+                        match m.data.as_ref() {
+                            Some(Data::Sum(s)) => s.data_points.len(),
+                            Some(Data::Gauge(g)) => g.data_points.len(),
+                            Some(Data::Histogram(h)) => h.data_points.len(),
+                            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+                            Some(Data::Summary(s)) => s.data_points.len(),
+                            None => 0,
                         }
-                        _ => 0,
                     })
-                    .unwrap_or(0),
+                    .sum(),
+                Request::Logs(l) => l
+                    .resource_logs
+                    .iter()
+                    .flat_map(|rl| &rl.scope_logs)
+                    .map(|sl| sl.log_records.len())
+                    .sum(),
                 Request::Profiles(p) => p
                     .resource_profiles
                     .iter()

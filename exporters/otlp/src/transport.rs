@@ -12,6 +12,9 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RET
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -36,8 +39,10 @@ use crate::wire::{TraceMessage, FRAME_HEADER};
 pub enum Request {
     /// Spans, already encoded (see [`crate::wire`]).
     Traces(TraceMessage),
-    /// Flows as metrics.
+    /// Metrics, and flows as metrics.
     Metrics(ExportMetricsServiceRequest),
+    /// Log records.
+    Logs(ExportLogsServiceRequest),
     /// CPU profiles.
     Profiles(ExportProfilesServiceRequest),
 }
@@ -260,6 +265,7 @@ impl Client {
             Request::Traces(r) => (OtlpSignal::Traces, r),
             Request::Metrics(r) => (OtlpSignal::Metrics, r),
             Request::Profiles(r) => (OtlpSignal::Profiles, r),
+            Request::Logs(r) => (OtlpSignal::Logs, r),
         };
         let body = match self {
             Client::Http { gzip, .. } => {
@@ -302,6 +308,7 @@ impl Client {
                     OtlpSignal::Profiles => {
                         "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export"
                     }
+                    OtlpSignal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
                 };
                 let exchange = grpc_unary(channel, path, headers, *gzip, *timeout, payload);
                 let result = match tokio::time::timeout(*timeout, exchange).await {
@@ -320,6 +327,9 @@ impl Client {
                         }
                         OtlpSignal::Profiles => {
                             ExportProfilesServiceResponse::decode(message).map(profiles_partial)
+                        }
+                        OtlpSignal::Logs => {
+                            ExportLogsServiceResponse::decode(message).map(logs_partial)
                         }
                     };
                     decoded
@@ -482,6 +492,12 @@ fn profiles_partial(r: ExportProfilesServiceResponse) -> (u64, String) {
         .unwrap_or_default()
 }
 
+fn logs_partial(r: ExportLogsServiceResponse) -> (u64, String) {
+    r.partial_success
+        .map(|p| (p.rejected_log_records.max(0) as u64, p.error_message))
+        .unwrap_or_default()
+}
+
 fn metrics_partial(r: ExportMetricsServiceResponse) -> (u64, String) {
     r.partial_success
         .map(|p| (p.rejected_data_points.max(0) as u64, p.error_message))
@@ -522,6 +538,7 @@ fn http_outcome(signal: OtlpSignal, parts: &hyper::http::response::Parts, body: 
             OtlpSignal::Profiles => {
                 ExportProfilesServiceResponse::decode(body).map(profiles_partial)
             }
+            OtlpSignal::Logs => ExportLogsServiceResponse::decode(body).map(logs_partial),
         };
         let (rejected, message) = partial.unwrap_or_default();
         return Outcome::Delivered { rejected, message };

@@ -7,7 +7,9 @@ use oxeye_receiver_otlp::{convert, wire};
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(request) = convert::from_json(data) else {
+    let Ok(request) = convert::from_json::<
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    >(data, "trace") else {
         return;
     };
     let protobuf = bytes::Bytes::from(request.encode_to_vec());

@@ -1,4 +1,5 @@
-//! oxeye records → generated OTLP messages (opentelemetry-proto).
+//! oxeye records → generated OTLP messages (opentelemetry-proto). Metrics and logs, field for
+//! field, in [`metrics`] and [`logs`].
 //!
 //! Spans become `ResourceSpans/ScopeSpans/Span`; flows become two monotonic delta Sums,
 //! `network.flow.bytes` and `network.flow.packets`, one data point per flow record with the
@@ -7,6 +8,9 @@
 //! window, sample type `samples/count` with period `cpu/nanoseconds`, and one
 //! `ProfilesDictionary` per request holding every mapping, location, function, stack, link and
 //! attribute once.
+
+pub mod logs;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -33,14 +37,14 @@ pub const FLOW_BYTES: &str = "network.flow.bytes";
 /// Name of the metric carrying flow packets.
 pub const FLOW_PACKETS: &str = "network.flow.packets";
 
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
+pub(crate) fn kv(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue {
         key: key.to_string(),
         value: Some(AnyValue { value: Some(value) }),
     }
 }
 
-fn str_value(s: &str) -> any_value::Value {
+pub(crate) fn str_value(s: &str) -> any_value::Value {
     any_value::Value::StringValue(s.to_string())
 }
 
@@ -75,7 +79,7 @@ fn hex_addresses(values: &[u64]) -> any_value::Value {
     any_value::Value::StringValue(out)
 }
 
-fn any_value(v: &Value) -> AnyValue {
+pub(crate) fn any_value(v: &Value) -> AnyValue {
     AnyValue {
         value: match v {
             Value::Str(s) => Some(str_value(s)),
@@ -153,7 +157,7 @@ impl Resources {
         bytes
     }
 
-    fn get(&mut self, resource: &Arc<Resource>) -> ProtoResource {
+    pub(crate) fn get(&mut self, resource: &Arc<Resource>) -> ProtoResource {
         if let Some((_, p)) = self.cache.iter().find(|(r, _)| Arc::ptr_eq(r, resource)) {
             return p.clone();
         }
@@ -200,7 +204,7 @@ pub(crate) fn oxeye_scope() -> InstrumentationScope {
 }
 
 /// A span's scope and the `ScopeSpans.schema_url` (oxeye's own scope for spans oxeye made).
-fn scope(s: Option<&Arc<Scope>>) -> (InstrumentationScope, String) {
+pub(crate) fn scope(s: Option<&Arc<Scope>>) -> (InstrumentationScope, String) {
     match s {
         None => (oxeye_scope(), String::new()),
         Some(s) => (
@@ -215,7 +219,7 @@ fn scope(s: Option<&Arc<Scope>>) -> (InstrumentationScope, String) {
     }
 }
 
-fn opt_str(s: &Option<Arc<str>>) -> String {
+pub(crate) fn opt_str(s: &Option<Arc<str>>) -> String {
     s.as_deref().unwrap_or_default().to_string()
 }
 
@@ -324,7 +328,7 @@ pub fn span(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
 }
 
 /// Groups records by resource (by identity, in first-seen order): one `Resource*` message each.
-fn by_resource<'a, T>(
+pub(crate) fn by_resource<'a, T>(
     parts: impl IntoIterator<Item = (&'a Arc<Resource>, &'a [T])>,
 ) -> Vec<(&'a Arc<Resource>, Vec<&'a T>)> {
     let mut groups: Vec<(&Arc<Resource>, Vec<&T>)> = Vec::new();
@@ -337,11 +341,14 @@ fn by_resource<'a, T>(
     groups
 }
 
-/// Groups a resource's spans by scope (by identity, in first-seen order).
-fn by_scope(spans: Vec<&Span>) -> Vec<(Option<&Arc<Scope>>, Vec<&Span>)> {
-    let mut groups: Vec<(Option<&Arc<Scope>>, Vec<&Span>)> = Vec::new();
-    for s in spans {
-        let key = s.scope.as_ref();
+/// Groups a resource's records by scope (by identity, in first-seen order).
+pub(crate) fn by_scope<'a, T>(
+    records: Vec<&'a T>,
+    scope_of: impl Fn(&'a T) -> Option<&'a Arc<Scope>>,
+) -> Vec<(Option<&'a Arc<Scope>>, Vec<&'a T>)> {
+    let mut groups: Vec<(Option<&Arc<Scope>>, Vec<&T>)> = Vec::new();
+    for s in records {
+        let key = scope_of(s);
         let same = |g: &Option<&Arc<Scope>>| match (g, key) {
             (None, None) => true,
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -385,7 +392,7 @@ pub fn trace_request_of<'a>(
             .into_iter()
             .map(|(resource, spans)| ResourceSpans {
                 resource: Some(resources.get(resource)),
-                scope_spans: by_scope(spans)
+                scope_spans: by_scope(spans, |s| s.scope.as_ref())
                     .into_iter()
                     .map(|(sc, spans)| {
                         let (scope, schema_url) = scope(sc);
