@@ -800,7 +800,7 @@ impl Factory for ArrowFactory {
     type Config = ArrowConfig;
     type Component = Box<dyn Exporter>;
     const TYPE: &'static str = "arrow";
-    const SIGNALS: &'static [Signal] = Signal::ALL;
+    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows, Signal::Profiles];
     const DESCRIPTION: &'static str = "Arrow IPC files (rotated, zstd/lz4) or a stream on stdout";
     const DOCS: &'static str = include_str!("../../../docs/components/exporter-arrow.md");
 

@@ -1,11 +1,13 @@
-//! `stdout` exporter: one line per record, as text for people or JSON lines for `jq`, and CPU
-//! profiles as folded stacks for flame graphs.
+//! `stdout` exporter: one line per record (per data point for metrics), as text for people or
+//! JSON lines for `jq`, and CPU profiles as folded stacks for flame graphs.
 //!
 //! JSON keys are the OpenTelemetry names (`name`, `trace_id`, `span_id`, `parent_span_id`,
 //! `source.address`, `source.port`, `network.transport`, `packets`, ...); resource attributes
 //! are under `resource`. `format: folded` (profiles only) writes one line per stack,
 //! `comm;outermost;...;innermost count` — what `flamegraph.pl` and speedscope read; kernel
 //! frames end in `_[k]`, as `stackcollapse-perf.pl` marks them.
+
+mod signals;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -47,7 +49,7 @@ pub struct Renderer {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
     for &b in bytes {
         out.extend_from_slice(&[HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
     }
@@ -70,7 +72,7 @@ fn hex_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+pub(crate) fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
@@ -94,7 +96,7 @@ fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
-fn json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     if !bytes.iter().any(|&b| needs_escape(b)) {
@@ -118,7 +120,7 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-fn json_value(out: &mut Vec<u8>, v: &Value) {
+pub(crate) fn json_value(out: &mut Vec<u8>, v: &Value) {
     match v {
         Value::Str(s) => json_str(out, s),
         Value::Int(i) => int(out, *i),
@@ -155,7 +157,7 @@ fn json_value(out: &mut Vec<u8>, v: &Value) {
 /// A string in text output, where one record is one line and a terminal shows it: control
 /// characters (C0, DEL, C1 — newlines, escape sequences) and the backslash are escaped, so a
 /// client-sent string can neither split a line nor drive the terminal.
-fn text_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn text_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     // C1 controls are U+0080..U+009F: 0xC2 then 0x80..0x9F in UTF-8.
     let plain = !bytes
@@ -182,7 +184,7 @@ fn text_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-fn text_value(out: &mut Vec<u8>, v: &Value) {
+pub(crate) fn text_value(out: &mut Vec<u8>, v: &Value) {
     match v {
         Value::Str(s) => text_str(out, s),
         Value::Int(i) => int(out, *i),
@@ -193,7 +195,7 @@ fn text_value(out: &mut Vec<u8>, v: &Value) {
 }
 
 /// Writes `,"key":` (`"key":` right after the opening brace).
-fn key(out: &mut Vec<u8>, k: &str) {
+pub(crate) fn key(out: &mut Vec<u8>, k: &str) {
     if out.last() != Some(&b'{') {
         out.push(b',');
     }
@@ -201,7 +203,7 @@ fn key(out: &mut Vec<u8>, k: &str) {
     out.push(b':');
 }
 
-fn json_attrs(out: &mut Vec<u8>, attrs: &Attributes) {
+pub(crate) fn json_attrs(out: &mut Vec<u8>, attrs: &Attributes) {
     for (k, v) in attrs.iter() {
         key(out, k);
         json_value(out, v);
@@ -666,9 +668,20 @@ impl Renderer {
             (Records::Samples(samples), Format::Text) => {
                 samples.iter().for_each(|s| text_sample(out, s))
             }
+            (Records::Metrics(metrics), Format::Json) => metrics
+                .iter()
+                .for_each(|m| signals::json_metric(out, m, resource)),
+            (Records::Metrics(metrics), Format::Text) => {
+                metrics.iter().for_each(|m| signals::text_metric(out, m))
+            }
+            (Records::Logs(logs), Format::Json) => logs
+                .iter()
+                .for_each(|l| signals::json_log(out, l, resource)),
+            (Records::Logs(logs), Format::Text) => {
+                logs.iter().for_each(|l| signals::text_log(out, l))
+            }
             (Records::Samples(samples), Format::Folded) => folded(out, samples),
-            // Refused at build: folded is for profiles only.
-            (Records::Spans(_) | Records::Flows(_), Format::Folded) => {}
+            // Refused at build: folded is for profiles only (and the other signals below).
             // Never here: this exporter does not take encoded spans, the engine decodes them.
             _ => {}
         }

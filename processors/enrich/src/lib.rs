@@ -1,8 +1,9 @@
 //! `enrich` processor — the worked example of a processor crate (see collector/api/README.md).
 //!
-//! Adds attributes to spans and flows:
-//! - `attributes:` a static table (`{deployment.environment: prod, team: edge}`) set on every record;
-//! - `container_id: true` — for spans and profile samples, reads `/proc/<pid>/cgroup` once per
+//! Adds attributes to records of every signal:
+//! - `attributes:` a static table (`{deployment.environment: prod, team: edge}`) set on every
+//!   record (every data point of a metric);
+//! - `container_id: true` — for spans, profile samples and log records with `process.pid`, reads `/proc/<pid>/cgroup` once per
 //!   process (a process gone by then gets none) and sets the
 //!   OTel attribute `container.id` when the cgroup path names a container (a 64-hex-digit id, as
 //!   Docker, containerd and CRI-O use), and `oxeye.cgroup` to the cgroup path.
@@ -81,6 +82,7 @@ impl Enrich {
         let mut pids: Vec<u32> = match &batch.records {
             Records::Spans(spans) => spans.iter().filter_map(|s| s.task.map(|t| t.pid)).collect(),
             Records::Samples(samples) => samples.iter().map(|s| s.pid).collect(),
+            Records::Logs(logs) => logs.iter().filter_map(log_pid).collect(),
             // Encoded spans never reach a processor: the engine decodes them.
             _ => return,
         };
@@ -159,10 +161,32 @@ impl Processor for Enrich {
                     self.set_static(&mut f.attributes);
                 }
             }
+            // On every data point, as the Collector's attributes processor does.
+            Records::Metrics(metrics) => {
+                for m in metrics.iter_mut() {
+                    m.data.for_each_point(|a| self.set_static(a));
+                }
+            }
+            Records::Logs(logs) => {
+                for l in logs.iter_mut() {
+                    self.set_static(&mut l.attributes);
+                    if let (true, Some(pid)) = (self.container_id, log_pid(l)) {
+                        self.set_cgroup(pid, &mut l.attributes);
+                    }
+                }
+            }
             _ => {}
         }
         out.push(batch);
         Ok(())
+    }
+}
+
+/// The process a log record is about: its `process.pid` attribute (process events carry it).
+fn log_pid(l: &oxeye_api::LogRecord) -> Option<u32> {
+    match l.attributes.get("process.pid") {
+        Some(oxeye_api::Value::Int(pid)) => u32::try_from(*pid).ok(),
+        _ => None,
     }
 }
 
@@ -216,6 +240,41 @@ mod tests {
     use super::*;
     use oxeye_api::testing::{check, flow_batch, span_batch, spans, ProcessorHarness};
     use oxeye_api::TaskContext;
+
+    #[test]
+    fn every_data_point_and_log_record_and_the_container_of_a_process_event() {
+        use oxeye_api::testing::{log_batch, logs, metric_batch, metrics};
+        let mut h = ProcessorHarness::new::<EnrichFactory>(
+            "{attributes: {team: edge}, container_id: true}",
+        )
+        .unwrap();
+        let out = h.process(metric_batch(6)).unwrap();
+        for mut m in metrics(&out).into_iter().cloned() {
+            let mut seen = 0;
+            m.data.for_each_point(|a| {
+                assert_eq!(a.get("team"), Some(&"edge".into()));
+                seen += 1;
+            });
+            assert_eq!(seen, 1, "{}", m.name);
+        }
+        let mut batch = log_batch(2);
+        if let Records::Logs(l) = &mut batch.records {
+            l[0].attributes
+                .set("process.pid", std::process::id() as i64);
+        }
+        let out = h.process(batch).unwrap();
+        let l = logs(&out);
+        assert_eq!(l[1].attributes.get("team"), Some(&"edge".into()));
+        assert!(
+            l[0].attributes.get("oxeye.cgroup").is_some(),
+            "this process's cgroup: {:?}",
+            l[0].attributes
+        );
+        assert!(
+            l[1].attributes.get("oxeye.cgroup").is_none(),
+            "no pid, no cgroup"
+        );
+    }
 
     #[test]
     fn static_attributes_on_spans_and_flows() {
