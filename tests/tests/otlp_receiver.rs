@@ -24,44 +24,8 @@ use oxeye_tests::free_port;
 
 mod common;
 use common::otlp::{gzip, http_post, sink_endpoint, Sink};
+use common::run::{component, counter, sdk_python, Oxeye};
 use prost::Message;
-
-/// oxeye running in-process on a thread of its own until `stop`.
-struct Oxeye {
-    stop: tokio::sync::mpsc::Sender<()>,
-    handle: std::thread::JoinHandle<oxeye::engine::Report>,
-}
-
-impl Oxeye {
-    fn start(yaml: &str, ports: &[u16]) -> Oxeye {
-        let (stop, rx) = tokio::sync::mpsc::channel(1);
-        let yaml = yaml.to_string();
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                match oxeye::run_config("test.yaml", &yaml, rx).await {
-                    Ok(report) => report,
-                    Err(errors) => panic!("config rejected: {errors:#?}"),
-                }
-            })
-        });
-        for &port in ports {
-            oxeye_tests::wait_port(port);
-        }
-        Oxeye { stop, handle }
-    }
-
-    fn stop(self) -> oxeye::engine::Report {
-        let _ = self.stop.blocking_send(());
-        let report = self.handle.join().expect("oxeye thread");
-        drop(self.stop);
-        report
-    }
-}
 
 /// otlp receiver (gRPC on `grpc`, HTTP on `http`) → otlp exporter to the sink on `sink`; with
 /// `nop`, a processor between them, so spans are decoded and encoded again instead of being
@@ -127,21 +91,6 @@ fn assert_same(sent: &[ExportTraceServiceRequest], got: &[ExportTraceServiceRequ
     for (s, g) in sent.iter().zip(&got) {
         assert_eq!(s, g, "a span changed on its way through oxeye");
     }
-}
-
-fn sdk_python() -> PathBuf {
-    let venv = std::env::var("OXEYE_OTEL_SDK_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".local/share/oxeye/otel-sdk")
-        });
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run tests/setup.sh (it installs the OpenTelemetry Python SDK)",
-        python.display()
-    );
-    python
 }
 
 #[test]
@@ -420,25 +369,6 @@ fn every_field_survives(nop: bool) {
     assert_eq!(forwarded, if nop { 0 } else { 8 }, "nop: {nop}");
 }
 
-/// The counters of the component labelled `label` (`receivers/otlp`, `exporters/otlp`).
-fn component(report: &oxeye::engine::Report, label: &str) -> oxeye_api::Telemetry {
-    report
-        .registry
-        .components()
-        .iter()
-        .find(|c| c.label() == label)
-        .map(|c| c.telemetry.clone())
-        .unwrap_or_else(|| panic!("no component {label}"))
-}
-
-fn counter(report: &oxeye::engine::Report, label: &str, name: &str, source: &str) -> u64 {
-    component(report, label)
-        .counters()
-        .iter()
-        .find(|(n, s, _)| *n == name && s == source)
-        .map_or(0, |(_, _, v)| *v)
-}
-
 #[test]
 fn bad_input_gets_a_clear_status_and_is_counted() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -513,10 +443,14 @@ fn bad_input_gets_a_clear_status_and_is_counted() {
         b"x",
     );
     assert_eq!(code, 415);
-    // Metrics are not taken (yet), and say so.
+    // Metrics are taken only by a receiver in a metrics pipeline; this one says so.
     let (code, _, body) = http_post(http, "/v1/metrics", &proto, b"");
-    assert_eq!(code, 501);
-    assert!(text(&body).contains("not supported by this receiver"));
+    assert_eq!(code, 404);
+    assert!(
+        text(&body).contains("in no metrics pipeline"),
+        "{}",
+        text(&body)
+    );
 
     // Malformed spans: refused one by one, the rest delivered.
     let mut request = every_field_request(true);
@@ -599,16 +533,13 @@ fn bad_input_gets_a_clear_status_and_is_counted() {
             err.message().starts_with("not an OTLP trace request: "),
             "{err:?}"
         );
-        // Metrics: UNIMPLEMENTED with the reason.
+        // Metrics, with no metrics pipeline: UNIMPLEMENTED with the reason.
         let err = MetricsServiceClient::new(channel)
             .export(ExportMetricsServiceRequest::default())
             .await
             .expect_err("metrics are not taken");
         assert_eq!(err.code(), tonic::Code::Unimplemented);
-        assert!(
-            err.message().contains("not supported by this receiver"),
-            "{err:?}"
-        );
+        assert!(err.message().contains("in no metrics pipeline"), "{err:?}");
     });
     sink.wait_for(2 + 3, Duration::from_secs(10));
     let report = oxeye.stop();
@@ -891,8 +822,7 @@ fn captured_ids(id: &str) -> Vec<([u8; 16], [u8; 8])> {
 
 /// Waits until the agent's exporter has settled all `n` spans (delivered or dropped).
 fn agent_done(agent: Oxeye, n: u64) -> oxeye_api::Telemetry {
-    let report = agent.handle.join().expect("agent");
-    drop(agent.stop);
+    let report = agent.join();
     let t = component(&report, "exporters/otlp");
     assert_eq!(t.emitted() + t.dropped_total(), n, "every span settled");
     t

@@ -6,6 +6,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -13,10 +25,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
-/// A loopback OTLP/gRPC traces endpoint that keeps every request (optionally slow).
+/// A loopback OTLP/gRPC endpoint that keeps every request (optionally slow; the delay and
+/// `count_only` apply to traces).
 #[derive(Default)]
 pub struct Sink {
     pub got: Mutex<Vec<ExportTraceServiceRequest>>,
+    pub metrics: Mutex<Vec<ExportMetricsServiceRequest>>,
+    pub logs: Mutex<Vec<ExportLogsServiceRequest>>,
     pub delay: Duration,
     /// Count the spans of each request and drop it (for loads too large to keep).
     pub count_only: bool,
@@ -38,10 +53,70 @@ impl Sink {
     }
 
     pub fn wait_for(&self, n: usize, within: Duration) {
+        self.wait_until(within, || self.spans() >= n);
+    }
+
+    /// Data points received.
+    pub fn points(&self) -> usize {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        let got = self.metrics.lock().expect("lock");
+        got.iter()
+            .flat_map(|r| &r.resource_metrics)
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+            .map(|m| match &m.data {
+                Some(Data::Gauge(g)) => g.data_points.len(),
+                Some(Data::Sum(s)) => s.data_points.len(),
+                Some(Data::Histogram(h)) => h.data_points.len(),
+                Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+                Some(Data::Summary(s)) => s.data_points.len(),
+                None => 0,
+            })
+            .sum()
+    }
+
+    /// Log records received.
+    pub fn log_records(&self) -> usize {
+        let got = self.logs.lock().expect("lock");
+        got.iter()
+            .flat_map(|r| &r.resource_logs)
+            .flat_map(|rl| &rl.scope_logs)
+            .map(|sl| sl.log_records.len())
+            .sum()
+    }
+
+    /// Waits until `done` or `within` passed.
+    pub fn wait_until(&self, within: Duration, done: impl Fn() -> bool) {
         let deadline = Instant::now() + within;
-        while self.spans() < n && Instant::now() < deadline {
+        while !done() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0
+            .metrics
+            .lock()
+            .expect("lock")
+            .push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.0.logs.lock().expect("lock").push(request.into_inner());
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
 }
 
@@ -77,9 +152,17 @@ pub fn sink_endpoint(rt: &tokio::runtime::Runtime, sink: Arc<Sink>) -> u16 {
     rt.spawn(
         tonic::transport::Server::builder()
             .add_service(
-                TraceServiceServer::new(Grpc(sink))
+                TraceServiceServer::new(Grpc(Arc::clone(&sink)))
                     .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
                     .max_decoding_message_size(64 << 20),
+            )
+            .add_service(
+                MetricsServiceServer::new(Grpc(Arc::clone(&sink)))
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            )
+            .add_service(
+                LogsServiceServer::new(Grpc(sink))
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
             )
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
