@@ -1,4 +1,5 @@
-//! `synthetic` receiver: a seeded, deterministic generator of realistic spans and flows.
+//! `synthetic` receiver: a seeded, deterministic generator of realistic spans, flows, metrics
+//! and logs.
 //!
 //! Needs no root. The same seed gives the same records (ids, names, durations, tuples, counts);
 //! only timestamps follow the wall clock.
@@ -9,7 +10,12 @@
 //!     seed: 7
 //!     spans: {count: 100000, rate: 0}   # rate 0 = as fast as possible
 //!     flows: {count: 200000}            # a signal that is not configured is not generated
+//!     metrics: {count: 100000, series: 256}
+//!     logs: {count: 100000}
 //! ```
+
+mod logs;
+mod metrics;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -35,6 +41,10 @@ pub struct SyntheticConfig {
     pub spans: Option<SpanConfig>,
     /// Generate flows (absent: no flows).
     pub flows: Option<FlowConfig>,
+    /// Generate metric data points (absent: none).
+    pub metrics: Option<MetricConfig>,
+    /// Generate log records (absent: none).
+    pub logs: Option<LogConfig>,
 }
 
 impl Default for SyntheticConfig {
@@ -44,6 +54,8 @@ impl Default for SyntheticConfig {
             batch_size: 1024,
             spans: None,
             flows: None,
+            metrics: None,
+            logs: None,
         }
     }
 }
@@ -60,6 +72,38 @@ pub struct SpanConfig {
     /// `http.request.method`, `http.route`, `http.response.status_code`, `server.address`,
     /// `url.scheme`; child spans: `code.function.name`). Off by default.
     pub attributes: bool,
+}
+
+/// Metric generation: one data point per record.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricConfig {
+    /// Stop after this many data points (absent: run until shutdown).
+    pub count: Option<u64>,
+    /// Data points per second; 0 = as fast as possible.
+    pub rate: u64,
+    /// Distinct attribute sets (series) per metric.
+    pub series: usize,
+}
+
+impl Default for MetricConfig {
+    fn default() -> Self {
+        MetricConfig {
+            count: None,
+            rate: 0,
+            series: 64,
+        }
+    }
+}
+
+/// Log generation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Stop after this many records (absent: run until shutdown).
+    pub count: Option<u64>,
+    /// Records per second; 0 = as fast as possible.
+    pub rate: u64,
 }
 
 /// Routes of the `attributes` mode, most popular first.
@@ -133,13 +177,13 @@ impl Default for FlowConfig {
 
 /// SplitMix64: tiny, fast, and stable across versions (unlike a crate's default RNG).
 #[derive(Clone)]
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
     }
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -147,19 +191,19 @@ impl Rng {
         z ^ (z >> 31)
     }
     /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }
     /// Standard normal (Box–Muller).
-    fn normal(&mut self) -> f64 {
+    pub(crate) fn normal(&mut self) -> f64 {
         let u1 = self.unit().max(f64::MIN_POSITIVE);
         let u2 = self.unit();
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
-    fn nonzero_u64(&mut self) -> u64 {
+    pub(crate) fn nonzero_u64(&mut self) -> u64 {
         self.next_u64().max(1)
     }
 }
@@ -576,7 +620,37 @@ impl Receiver for Synthetic {
                 .await;
             }
         };
-        tokio::join!(spans, flows);
+        let metrics = async {
+            if let Some(m) = cfg.metrics.as_ref().filter(|_| ctx.wants(Signal::Metrics)) {
+                let mut gen = metrics::MetricGen::new(cfg.seed.wrapping_add(2), m.series);
+                generate(
+                    &ctx,
+                    &self.resource,
+                    cfg.batch_size,
+                    m.count,
+                    m.rate,
+                    |now| gen.next(now),
+                    Batch::metrics,
+                )
+                .await;
+            }
+        };
+        let logs = async {
+            if let Some(l) = cfg.logs.as_ref().filter(|_| ctx.wants(Signal::Logs)) {
+                let mut gen = logs::LogGen::new(cfg.seed.wrapping_add(3));
+                generate(
+                    &ctx,
+                    &self.resource,
+                    cfg.batch_size,
+                    l.count,
+                    l.rate,
+                    |now| gen.next(now),
+                    Batch::logs,
+                )
+                .await;
+            }
+        };
+        tokio::join!(spans, flows, metrics, logs);
         Ok(())
     }
 }
@@ -588,9 +662,10 @@ impl Factory for SyntheticFactory {
     type Config = SyntheticConfig;
     type Component = Box<dyn Receiver>;
     const TYPE: &'static str = "synthetic";
-    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
+    const SIGNALS: &'static [Signal] =
+        &[Signal::Traces, Signal::Flows, Signal::Metrics, Signal::Logs];
     const DESCRIPTION: &'static str =
-        "seeded generator of realistic spans and flows (no root needed)";
+        "seeded generator of realistic spans, flows, metrics and logs (no root needed)";
     const DOCS: &'static str = include_str!("../../../docs/components/receiver-synthetic.md");
 
     fn validate(config: &SyntheticConfig) -> Result<(), ConfigErrors> {
@@ -598,11 +673,18 @@ impl Factory for SyntheticFactory {
         if config.batch_size == 0 {
             errors.push("batch_size", "must be at least 1");
         }
-        if config.spans.is_none() && config.flows.is_none() {
+        if config.spans.is_none()
+            && config.flows.is_none()
+            && config.metrics.is_none()
+            && config.logs.is_none()
+        {
             errors.push(
                 "",
-                "configure `spans:` and/or `flows:`, or nothing is generated",
+                "configure `spans:`, `flows:`, `metrics:` and/or `logs:`, or nothing is generated",
             );
+        }
+        if config.metrics.as_ref().is_some_and(|m| m.series == 0) {
+            errors.push("metrics.series", "must be at least 1");
         }
         if let Some(f) = &config.flows {
             if f.distinct == 0 {
@@ -720,6 +802,42 @@ mod harness_tests {
         assert!(batches
             .iter()
             .all(|b| b.signal() == Signal::Traces && b.len() <= 100));
+    }
+
+    #[test]
+    fn metrics_and_logs_are_valid_otlp_and_counted_by_point() {
+        let batches = run_receiver::<SyntheticFactory>(
+            "{batch_size: 64, metrics: {count: 500, series: 8}, logs: {count: 300}}",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let by = |s: Signal| -> usize {
+            batches
+                .iter()
+                .filter(|b| b.signal() == s)
+                .map(|b| b.len())
+                .sum()
+        };
+        assert_eq!((by(Signal::Metrics), by(Signal::Logs)), (500, 300));
+        let metrics: Vec<&oxeye_api::Metric> = batches
+            .iter()
+            .filter_map(|b| match &b.records {
+                oxeye_api::Records::Metrics(m) => Some(m),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let types: std::collections::BTreeSet<&str> =
+            metrics.iter().map(|m| m.data.type_name()).collect();
+        assert_eq!(
+            types.into_iter().collect::<Vec<_>>(),
+            ["ExponentialHistogram", "Gauge", "Histogram", "Sum"]
+        );
+        for m in &metrics {
+            m.check().unwrap();
+        }
+        let a = metrics::MetricGen::new(5, 4).next(1);
+        assert_eq!(a, metrics::MetricGen::new(5, 4).next(1), "deterministic");
     }
 
     #[test]
