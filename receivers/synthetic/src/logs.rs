@@ -41,7 +41,7 @@ impl LogGen {
             attributes.set("exception.type", "TimeoutError");
             attributes.set("exception.message", "upstream did not answer in 2 s");
         }
-        let body: Value = if roll % 7 == 0 {
+        let body: Value = if roll.is_multiple_of(7) {
             let mut m = Attributes::new();
             m.set("route", route);
             m.set("duration_ms", duration_ms);
