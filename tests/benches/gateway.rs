@@ -266,8 +266,8 @@ fn main() {
     let n: u64 = if quick { 20_000 } else { 500_000 };
     let runs = if quick { 1 } else { 5 };
     let only = std::env::var("OXEYE_BENCH_ONLY").unwrap_or_default();
-    let signals = std::env::var("OXEYE_BENCH_SIGNALS")
-        .unwrap_or_else(|_| "traces,metrics,logs".to_string());
+    let signals =
+        std::env::var("OXEYE_BENCH_SIGNALS").unwrap_or_else(|_| "traces,metrics,logs".to_string());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

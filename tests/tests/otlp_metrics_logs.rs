@@ -651,10 +651,20 @@ service:
 /// Rotel's `rotel-agent` on `grpc`, sending OTLP/gRPC on to `to`; killed when dropped.
 fn rotel(grpc: u16, to: u16, dir: &std::path::Path) -> oxeye_tests::KillOnDrop {
     let child = std::process::Command::new(oxeye_tests::rotel_agent())
-        .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
-        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "start",
+            "--otlp-grpc-endpoint",
+            &format!("127.0.0.1:{grpc}"),
+        ])
+        .args([
+            "--otlp-http-endpoint",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
         .args(["--exporter", "otlp"])
-        .args(["--otlp-exporter-endpoint", &format!("http://127.0.0.1:{to}")])
+        .args([
+            "--otlp-exporter-endpoint",
+            &format!("http://127.0.0.1:{to}"),
+        ])
         .arg("--pid-file")
         .arg(dir.join("rotel.pid"))
         .arg("--log-file")
@@ -701,7 +711,11 @@ service:
     let report = agent.join();
     for e in ["exporters/otlp/rotel", "exporters/otlp/direct"] {
         let t = component(&report, e);
-        assert_eq!((t.emitted(), t.dropped_total()), ((points + records) as u64, 0), "{e}");
+        assert_eq!(
+            (t.emitted(), t.dropped_total()),
+            ((points + records) as u64, 0),
+            "{e}"
+        );
     }
     // Rotel batches for up to its timeout.
     through.wait_until(Duration::from_secs(20), || {

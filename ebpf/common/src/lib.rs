@@ -445,9 +445,62 @@ pub struct CountedKey {
 }
 
 #[cfg(feature = "user")]
+mod process_pod {
+    // SAFETY: plain #[repr(C)] data: four u32 then two u64 at 8-aligned offsets (16 and 24),
+    // a u32 and two u16 filling 8 bytes, then byte arrays; 568 bytes, no padding.
+    unsafe impl aya::Pod for super::ProcessEvent {}
+}
+
+#[cfg(feature = "user")]
 mod profile_pod {
     // SAFETY: plain #[repr(C)] data with explicit padding.
     unsafe impl aya::Pod for super::ProfileConfig {}
     // SAFETY: as above (four 4-byte integers and a u64: no padding).
     unsafe impl aya::Pod for super::CountedKey {}
 }
+
+/// Longest executable path kept from an exec (bytes, with the NUL).
+pub const PROCESS_PATH_MAX: usize = 256;
+/// Longest command line kept from an exec (bytes; arguments NUL-separated).
+pub const PROCESS_CMDLINE_MAX: usize = 256;
+/// [`ProcessEvent::kind`]: a process replaced its program (`sched_process_exec`).
+pub const PROCESS_EXEC: u32 = 1;
+/// [`ProcessEvent::kind`]: the last thread of a process exited (`sched_process_exit`).
+pub const PROCESS_EXIT: u32 = 2;
+
+/// One process lifecycle event in the `PROCESS_EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProcessEvent {
+    /// [`PROCESS_EXEC`] or [`PROCESS_EXIT`].
+    pub kind: u32,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// The thread that ran the event.
+    pub tid: u32,
+    /// Parent's process id (0: unknown).
+    pub ppid: u32,
+    /// When, kernel monotonic ns.
+    pub time_ns: u64,
+    /// cgroup v2 id (the inode of its directory).
+    pub cgroup_id: u64,
+    /// Exit: the wait status (`code << 8 | signal`).
+    pub exit_code: u32,
+    /// Bytes of `filename` used, without the NUL.
+    pub filename_len: u16,
+    /// Bytes of `cmdline` used.
+    pub cmdline_len: u16,
+    /// The thread's comm (after exec: the new program's name).
+    pub comm: [u8; 16],
+    /// Exec: the path given to execve.
+    pub filename: [u8; PROCESS_PATH_MAX],
+    /// Exec: the arguments, NUL-separated, cut at [`PROCESS_CMDLINE_MAX`].
+    pub cmdline: [u8; PROCESS_CMDLINE_MAX],
+}
+
+/// `PROCESS_COUNTERS` index: exec events written.
+pub const PR_EXECS: u32 = 0;
+/// Exit events written.
+pub const PR_EXITS: u32 = 1;
+/// Events lost: the ring buffer was full.
+pub const PR_RINGBUF_FULL: u32 = 2;

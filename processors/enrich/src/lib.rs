@@ -82,7 +82,12 @@ impl Enrich {
         let mut pids: Vec<u32> = match &batch.records {
             Records::Spans(spans) => spans.iter().filter_map(|s| s.task.map(|t| t.pid)).collect(),
             Records::Samples(samples) => samples.iter().map(|s| s.pid).collect(),
-            Records::Logs(logs) => logs.iter().filter_map(log_pid).collect(),
+            // Process events carry their cgroup already (the process may be gone by now).
+            Records::Logs(logs) => logs
+                .iter()
+                .filter(|l| l.attributes.get("oxeye.cgroup").is_none())
+                .filter_map(log_pid)
+                .collect(),
             // Encoded spans never reach a processor: the engine decodes them.
             _ => return,
         };
@@ -170,8 +175,21 @@ impl Processor for Enrich {
             Records::Logs(logs) => {
                 for l in logs.iter_mut() {
                     self.set_static(&mut l.attributes);
-                    if let (true, Some(pid)) = (self.container_id, log_pid(l)) {
-                        self.set_cgroup(pid, &mut l.attributes);
+                    if !self.container_id {
+                        continue;
+                    }
+                    let known = match l.attributes.get("oxeye.cgroup") {
+                        Some(Value::Str(path)) => Some(Arc::clone(path)),
+                        _ => None,
+                    };
+                    match (known, log_pid(l)) {
+                        (Some(path), _) => {
+                            if let Some(id) = container_id(&path) {
+                                l.attributes.set("container.id", id);
+                            }
+                        }
+                        (None, Some(pid)) => self.set_cgroup(pid, &mut l.attributes),
+                        (None, None) => {}
                     }
                 }
             }

@@ -97,19 +97,51 @@ impl<'a> Btf<'a> {
             if kind != KIND_STRUCT || self.string(self.u32_at(at)?) != name.as_bytes() {
                 continue;
             }
-            let bitfields = self.u32_at(at + 4)? >> 31 == 1;
-            for m in 0..vlen {
-                let rec = at + 12 + 12 * m;
-                if self.string(self.u32_at(rec)?) == member.as_bytes() {
-                    // With the kind flag, the low 24 bits are the bit offset.
-                    let bits = self.u32_at(rec + 8)?;
-                    let bits = if bitfields { bits & 0xff_ffff } else { bits };
-                    return Ok((bits / 8, self.u32_at(rec + 4)?));
-                }
-            }
-            return Err(format!("struct {name} has no member {member}"));
+            return self
+                .member_at(at, vlen, member, 0)?
+                .ok_or_else(|| format!("struct {name} has no member {member}"));
         }
         Err(format!("no struct {name} in the kernel's BTF"))
+    }
+
+    /// `member` in the struct or union at `at` (with `vlen` members), looking inside its
+    /// anonymous structs and unions too (`mm_struct` keeps most fields in one); nested at most
+    /// `depth` 4 deep.
+    fn member_at(
+        &self,
+        at: usize,
+        vlen: usize,
+        member: &str,
+        depth: u32,
+    ) -> Result<Option<(u32, u32)>, String> {
+        let bitfields = self.u32_at(at + 4)? >> 31 == 1;
+        for m in 0..vlen {
+            let rec = at + 12 + 12 * m;
+            let name = self.string(self.u32_at(rec)?);
+            // With the kind flag, the low 24 bits are the bit offset.
+            let bits = self.u32_at(rec + 8)?;
+            let bytes = if bitfields { bits & 0xff_ffff } else { bits } / 8;
+            let type_id = self.u32_at(rec + 4)?;
+            if name == member.as_bytes() {
+                return Ok(Some((bytes, type_id)));
+            }
+            if name.is_empty() && depth < 4 {
+                let Some(&inner) = type_id
+                    .checked_sub(1)
+                    .and_then(|i| self.types.get(i as usize))
+                else {
+                    continue;
+                };
+                let (kind, inner_vlen) = self.kind_vlen(inner)?;
+                // STRUCT or UNION.
+                if kind == KIND_STRUCT || kind == 5 {
+                    if let Some((off, t)) = self.member_at(inner, inner_vlen, member, depth + 1)? {
+                        return Ok(Some((bytes + off, t)));
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Type `id` under its typedefs and qualifiers (a chain of at most 32).
@@ -184,6 +216,48 @@ fn task_offsets_in(data: &[u8]) -> Result<TaskOffsets, String> {
         ));
     }
     Ok(TaskOffsets { comm, pid })
+}
+
+/// Where the process-event programs read a task's parent, exit status and arguments: offsets
+/// of `task_struct` (`real_parent`, `tgid`, `exit_code`, `mm`) and `mm_struct` (`arg_start`,
+/// `arg_end`) in the running kernel, from its BTF, read once. A field not found is `u32::MAX`
+/// (the programs then leave it out). `'static` because loaders borrow the globals they set.
+pub fn process_offsets() -> &'static ProcessOffsets {
+    static OFFSETS: OnceLock<ProcessOffsets> = OnceLock::new();
+    OFFSETS.get_or_init(|| {
+        let data = std::fs::read("/sys/kernel/btf/vmlinux").unwrap_or_default();
+        let btf = Btf::parse(&data).ok();
+        let at = |s: &str, m: &str| {
+            btf.as_ref()
+                .and_then(|b| b.member(s, m).ok())
+                .map_or(u32::MAX, |(offset, _)| offset)
+        };
+        ProcessOffsets {
+            real_parent: at("task_struct", "real_parent"),
+            tgid: at("task_struct", "tgid"),
+            exit_code: at("task_struct", "exit_code"),
+            mm: at("task_struct", "mm"),
+            arg_start: at("mm_struct", "arg_start"),
+            arg_end: at("mm_struct", "arg_end"),
+        }
+    })
+}
+
+/// Offsets the process-event programs read; `u32::MAX`: not found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessOffsets {
+    /// `task_struct.real_parent`.
+    pub real_parent: u32,
+    /// `task_struct.tgid`.
+    pub tgid: u32,
+    /// `task_struct.exit_code`.
+    pub exit_code: u32,
+    /// `task_struct.mm`.
+    pub mm: u32,
+    /// `mm_struct.arg_start`.
+    pub arg_start: u32,
+    /// `mm_struct.arg_end`.
+    pub arg_end: u32,
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The receiver's config: `flows:`, `spans:` (sources) and `profiles:`, with their defaults.
+//! The receiver's config: `flows:`, `spans:` (sources), `profiles:` and `process:`, with their
+//! defaults.
 
 use std::fmt;
 use std::time::Duration;
@@ -275,6 +276,27 @@ impl Default for ProfilesConfig {
     }
 }
 
+/// `process:` settings: process lifecycle events as logs.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// Ring buffer bytes (a power of two; an event takes 576).
+    pub ring_size: u32,
+    /// Keep exec'd command lines (`process.command_line`; off: the executable path only, for
+    /// hosts where arguments may hold secrets).
+    pub command_line: bool,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            // About 1 800 events: a burst of process starts between two drains.
+            ring_size: 1 << 20,
+            command_line: true,
+        }
+    }
+}
+
 /// Highest `profiles.frequency` accepted by validation (the kernel may allow less).
 pub const MAX_PROFILE_FREQUENCY: u64 = 10_000;
 
@@ -288,4 +310,6 @@ pub struct EbpfConfig {
     pub spans: Option<SpansConfig>,
     /// CPU profiles.
     pub profiles: Option<ProfilesConfig>,
+    /// Process lifecycle events (exec, exit) as logs.
+    pub process: Option<ProcessConfig>,
 }

@@ -4,6 +4,8 @@
 //! each watched interface, harvested every `flush_interval` into `flows` batches.
 //! `spans:` — one span per probed call (syscall tracepoint pairs, uprobes, kprobes), nested per
 //! thread into traces, with optional stacks, drained from a ring buffer into `traces` batches.
+//! `process:` — process lifecycle events (`process.exec`, `process.exit`) from the
+//! `sched_process_exec`/`sched_process_exit` tracepoints, as `logs`.
 //! `profiles:` — CPU profiles: stacks sampled by a perf_event program on a CPU clock of every
 //! online CPU, counted per (thread, stack, span) in user space and emitted once per `window` as
 //! `profiles` batches; with `spans:` too, a sample carries the span open on its thread.
@@ -27,6 +29,7 @@ pub mod doctor;
 mod error;
 mod flows;
 mod preflight;
+mod process;
 pub mod profiles;
 mod ring;
 mod run;
@@ -49,9 +52,14 @@ impl Factory for EbpfFactory {
     type Config = EbpfConfig;
     type Component = Box<dyn Receiver>;
     const TYPE: &'static str = "ebpf";
-    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows, Signal::Profiles];
+    const SIGNALS: &'static [Signal] = &[
+        Signal::Traces,
+        Signal::Flows,
+        Signal::Profiles,
+        Signal::Logs,
+    ];
     const DESCRIPTION: &'static str =
-        "kernel telemetry: network flows (XDP, TC), spans (tracepoints, u/kprobes, fentry), CPU profiles (perf events); needs root";
+        "kernel telemetry: network flows (XDP, TC), spans (tracepoints, u/kprobes, fentry), CPU profiles (perf events), process events (logs); needs root";
     const DOCS: &'static str = include_str!("../../../docs/components/receiver-ebpf.md");
     // Span sources and flow interfaces change live; other changes replace the receiver.
     const RECONFIGURABLE: bool = true;
@@ -68,6 +76,7 @@ impl Factory for EbpfFactory {
             flows: config.flows.zip(interfaces),
             spans: config.spans,
             profiles: config.profiles,
+            process: config.process,
             resource: ctx.resource,
             telemetry: ctx.telemetry,
         }))

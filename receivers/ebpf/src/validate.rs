@@ -10,12 +10,23 @@ use crate::config::*;
 /// Checks values serde cannot: ranges, combinations, the shape of each source.
 pub(crate) fn check(c: &EbpfConfig) -> Result<(), ConfigErrors> {
     let mut e = ConfigErrors::new();
-    if c.flows.is_none() && c.spans.is_none() && c.profiles.is_none() {
+    if c.flows.is_none() && c.spans.is_none() && c.profiles.is_none() && c.process.is_none() {
         e.push(
             "",
-            "configure `flows:`, `spans:` and/or `profiles:`, or nothing is collected",
+            "configure `flows:`, `spans:`, `profiles:` and/or `process:`, or nothing is collected",
         );
         return Err(e);
+    }
+    if let Some(p) = &c.process {
+        if p.ring_size < 4096 || !p.ring_size.is_power_of_two() {
+            e.push(
+                "process.ring_size",
+                format!(
+                    "must be a power of two of at least 4096 bytes, got {}",
+                    p.ring_size
+                ),
+            );
+        }
     }
     if let Some(s) = &c.spans {
         validate_spans(s, &mut e);

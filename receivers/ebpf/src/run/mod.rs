@@ -2,6 +2,7 @@
 //! live config changes are handed to the half they concern.
 
 mod flows;
+mod process;
 mod profiles;
 mod spans;
 
@@ -22,6 +23,7 @@ pub struct EbpfReceiver {
     pub(crate) flows: Option<(FlowsConfig, Vec<String>)>,
     pub(crate) spans: Option<SpansConfig>,
     pub(crate) profiles: Option<ProfilesConfig>,
+    pub(crate) process: Option<ProcessConfig>,
     pub(crate) resource: Arc<Resource>,
     pub(crate) telemetry: Telemetry,
 }
@@ -62,6 +64,13 @@ impl Receiver for EbpfReceiver {
         let (flow_tx, flow_rx) = tokio::sync::mpsc::unbounded_channel();
         let (span_tx, span_rx) = tokio::sync::mpsc::unbounded_channel();
         let profiles_now = this.profiles.clone();
+        let process_now = this.process.clone();
+        let process = async {
+            match this.process.clone().filter(|_| ctx.wants(Signal::Logs)) {
+                Some(cfg) => process::run_process(&ctx, cfg, &this.resource, &this.telemetry).await,
+                None => Ok(()),
+            }
+        };
         let flows_on = this.flows.is_some() && ctx.wants(Signal::Flows);
         let spans_on = this.spans.is_some() && ctx.wants(Signal::Traces);
         let flows = async {
@@ -143,6 +152,9 @@ impl Receiver for EbpfReceiver {
                             return Err(format!("`{part}:` added, removed or not running"));
                         }
                     }
+                    if new.process != process_now {
+                        return Err("`process:` changed (its programs restart)".to_string());
+                    }
                     if new.profiles != profiles_now {
                         return Err("`profiles:` changed (the profiler restarts)".to_string());
                     }
@@ -176,7 +188,7 @@ impl Receiver for EbpfReceiver {
         // Either half failing ends the receiver at once (the other half is dropped, which
         // detaches its programs); the engine then marks it unhealthy and shuts everything down.
         tokio::select! {
-            r = async { tokio::try_join!(flows, tracing).map(|_| ()) } => r,
+            r = async { tokio::try_join!(flows, tracing, process).map(|_| ()) } => r,
             _ = dispatch => unreachable!("pends forever"),
         }
     }
