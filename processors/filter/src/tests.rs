@@ -121,3 +121,30 @@ fn validation() {
         .contains("no conditions"));
     assert!(check::<FilterFactory>("error_mode: loud\ntraces: {span: ['true']}").is_err());
 }
+
+#[test]
+fn metrics_datapoints_and_log_records() {
+    use oxeye_api::testing::{log_batch, logs, metric_batch, metrics};
+    // Whole metrics by name; then points by attribute (k = i % 4) — the summary (i = 5, k = 1)
+    // loses its only point and goes too.
+    let mut h = ProcessorHarness::new::<FilterFactory>(
+        r#"metrics:
+  metric: ['name == "gauge"', 'type == METRIC_DATA_TYPE_EXPONENTIAL_HISTOGRAM']
+  datapoint: ['attributes["k"] == 1']"#,
+    )
+    .unwrap();
+    let out = h.process(metric_batch(6)).unwrap();
+    let names: Vec<&str> = metrics(&out).iter().map(|m| &*m.name).collect();
+    assert_eq!(names, ["updown", "histogram"]);
+    assert_eq!(h.telemetry().dropped(), [("filtered", 4)]);
+    let mut h = ProcessorHarness::new::<FilterFactory>(
+        "logs: {log_record: ['trace_id == nil', 'severity_number < SEVERITY_NUMBER_INFO']}",
+    )
+    .unwrap();
+    let out = h.process(log_batch(4)).unwrap();
+    assert_eq!(logs(&out).len(), 2, "the records without a trace go");
+    // A metric condition that names point attributes is refused at validate.
+    let e = check::<FilterFactory>(r#"metrics: {metric: ['attributes["k"] == 1']}"#).unwrap_err();
+    assert_eq!(e.0[0].path, "metrics.metric[0]");
+    assert!(e.0[0].message.contains("its data points do"), "{e}");
+}

@@ -91,14 +91,68 @@ pub(crate) enum Field {
     Direction,
     Packets,
     Bytes,
+    Body,
+    SeverityNumber,
+    SeverityText,
+    Time,
+    ObservedTime,
+    EventName,
+    Flags,
+    Description,
+    Unit,
+    MetricType,
+    Temporality,
+    Monotonic,
+    ValueInt,
+    ValueDouble,
+    Count,
+    Sum,
+    MetricName,
+    MetricUnit,
 }
 
 const SPAN: u8 = 1;
 const FLOW: u8 = 2;
+const LOG: u8 = 4;
+const METRIC: u8 = 8;
+const POINT: u8 = 16;
 
 /// Path, field, type, settable, contexts.
 const FIELDS: &[(&str, Field, Ty, bool, u8)] = &[
-    ("name", Field::Name, Ty::Str, true, SPAN),
+    ("name", Field::Name, Ty::Str, true, SPAN | METRIC),
+    ("description", Field::Description, Ty::Str, true, METRIC),
+    ("unit", Field::Unit, Ty::Str, true, METRIC),
+    ("type", Field::MetricType, Ty::Int, false, METRIC),
+    (
+        "aggregation_temporality",
+        Field::Temporality,
+        Ty::Int,
+        false,
+        METRIC,
+    ),
+    ("is_monotonic", Field::Monotonic, Ty::Bool, false, METRIC),
+    ("metric.name", Field::MetricName, Ty::Str, false, POINT),
+    ("metric.unit", Field::MetricUnit, Ty::Str, false, POINT),
+    ("metric.type", Field::MetricType, Ty::Int, false, POINT),
+    ("body", Field::Body, Ty::Any, true, LOG),
+    ("severity_number", Field::SeverityNumber, Ty::Int, true, LOG),
+    ("severity_text", Field::SeverityText, Ty::Str, true, LOG),
+    ("event_name", Field::EventName, Ty::Str, true, LOG),
+    ("flags", Field::Flags, Ty::Int, false, LOG | POINT),
+    ("time_unix_nano", Field::Time, Ty::Int, true, LOG),
+    ("time_unix_nano", Field::Time, Ty::Int, false, POINT),
+    (
+        "observed_time_unix_nano",
+        Field::ObservedTime,
+        Ty::Int,
+        true,
+        LOG,
+    ),
+    ("start_time_unix_nano", Field::Start, Ty::Int, false, POINT),
+    ("value_int", Field::ValueInt, Ty::Int, false, POINT),
+    ("value_double", Field::ValueDouble, Ty::Float, false, POINT),
+    ("count", Field::Count, Ty::Int, false, POINT),
+    ("sum", Field::Sum, Ty::Float, false, POINT),
     ("kind", Field::Kind, Ty::Int, true, SPAN),
     ("status", Field::StatusCode, Ty::Int, true, SPAN),
     ("status.code", Field::StatusCode, Ty::Int, true, SPAN),
@@ -108,8 +162,8 @@ const FIELDS: &[(&str, Field, Ty, bool, u8)] = &[
     ("start_time_unix_nano", Field::Start, Ty::Int, false, FLOW),
     ("end_time_unix_nano", Field::End, Ty::Int, false, FLOW),
     ("duration", Field::Duration, Ty::Int, false, SPAN | FLOW),
-    ("trace_id", Field::TraceId, Ty::Bytes, false, SPAN),
-    ("span_id", Field::SpanId, Ty::Bytes, false, SPAN),
+    ("trace_id", Field::TraceId, Ty::Bytes, false, SPAN | LOG),
+    ("span_id", Field::SpanId, Ty::Bytes, false, SPAN | LOG),
     (
         "parent_span_id",
         Field::ParentSpanId,
@@ -122,9 +176,15 @@ const FIELDS: &[(&str, Field, Ty, bool, u8)] = &[
         Field::TraceIdString,
         Ty::Str,
         false,
-        SPAN,
+        SPAN | LOG,
     ),
-    ("span_id.string", Field::SpanIdString, Ty::Str, false, SPAN),
+    (
+        "span_id.string",
+        Field::SpanIdString,
+        Ty::Str,
+        false,
+        SPAN | LOG,
+    ),
     (
         "parent_span_id.string",
         Field::ParentSpanIdString,
@@ -177,6 +237,40 @@ const ENUMS: &[(&str, i64)] = &[
     ("STATUS_CODE_UNSET", 0),
     ("STATUS_CODE_OK", 1),
     ("STATUS_CODE_ERROR", 2),
+    ("METRIC_DATA_TYPE_NONE", 0),
+    ("METRIC_DATA_TYPE_GAUGE", 1),
+    ("METRIC_DATA_TYPE_SUM", 2),
+    ("METRIC_DATA_TYPE_HISTOGRAM", 3),
+    ("METRIC_DATA_TYPE_EXPONENTIAL_HISTOGRAM", 4),
+    ("METRIC_DATA_TYPE_SUMMARY", 5),
+    ("AGGREGATION_TEMPORALITY_UNSPECIFIED", 0),
+    ("AGGREGATION_TEMPORALITY_DELTA", 1),
+    ("AGGREGATION_TEMPORALITY_CUMULATIVE", 2),
+    ("SEVERITY_NUMBER_UNSPECIFIED", 0),
+    ("SEVERITY_NUMBER_TRACE", 1),
+    ("SEVERITY_NUMBER_TRACE2", 2),
+    ("SEVERITY_NUMBER_TRACE3", 3),
+    ("SEVERITY_NUMBER_TRACE4", 4),
+    ("SEVERITY_NUMBER_DEBUG", 5),
+    ("SEVERITY_NUMBER_DEBUG2", 6),
+    ("SEVERITY_NUMBER_DEBUG3", 7),
+    ("SEVERITY_NUMBER_DEBUG4", 8),
+    ("SEVERITY_NUMBER_INFO", 9),
+    ("SEVERITY_NUMBER_INFO2", 10),
+    ("SEVERITY_NUMBER_INFO3", 11),
+    ("SEVERITY_NUMBER_INFO4", 12),
+    ("SEVERITY_NUMBER_WARN", 13),
+    ("SEVERITY_NUMBER_WARN2", 14),
+    ("SEVERITY_NUMBER_WARN3", 15),
+    ("SEVERITY_NUMBER_WARN4", 16),
+    ("SEVERITY_NUMBER_ERROR", 17),
+    ("SEVERITY_NUMBER_ERROR2", 18),
+    ("SEVERITY_NUMBER_ERROR3", 19),
+    ("SEVERITY_NUMBER_ERROR4", 20),
+    ("SEVERITY_NUMBER_FATAL", 21),
+    ("SEVERITY_NUMBER_FATAL2", 22),
+    ("SEVERITY_NUMBER_FATAL3", 23),
+    ("SEVERITY_NUMBER_FATAL4", 24),
 ];
 
 /// Paths readable in `context` (for docs and error messages).
@@ -187,12 +281,11 @@ pub fn path_names(context: Context) -> Vec<&'static str> {
         .filter(|f| f.4 & mask != 0)
         .map(|f| f.0)
         .collect();
-    names.extend([
-        "attributes",
-        "attributes[\"key\"]",
-        "resource.attributes",
-        "resource.attributes[\"key\"]",
-    ]);
+    names.dedup();
+    if context != Context::Metric {
+        names.extend(["attributes", "attributes[\"key\"]"]);
+    }
+    names.extend(["resource.attributes", "resource.attributes[\"key\"]"]);
     names
 }
 
@@ -200,6 +293,9 @@ fn mask(context: Context) -> u8 {
     match context {
         Context::Span => SPAN,
         Context::Flow => FLOW,
+        Context::Log => LOG,
+        Context::Metric => METRIC,
+        Context::DataPoint => POINT,
     }
 }
 
@@ -747,6 +843,12 @@ impl<'t> Compiler<'t> {
         }
         let dotted = segments.join(".");
         let map = match dotted.as_str() {
+            "attributes" if self.context == Context::Metric => {
+                return Err(self.err(
+                    at,
+                    "a metric has no attributes, its data points do: use `metrics.datapoint` (filter) or `context: datapoint` (transform)",
+                ));
+            }
             "attributes" => Some(Map::Record),
             "resource.attributes" => Some(Map::Resource),
             _ => None,

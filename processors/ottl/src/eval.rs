@@ -4,7 +4,8 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use oxeye_api::{Attributes, Resource, SpanKind, StatusCode, Value};
+use oxeye_api::metrics::{MetricData, Number, Sum};
+use oxeye_api::{Attributes, LogRecord, Metric, Resource, SpanKind, StatusCode, Value};
 
 use crate::compile::{Call, CmpOp, Editor, Expr, Field, Map, MathOp, Target};
 use crate::{EvalError, Outcome, Record, RecordMut, ResourceRef};
@@ -209,8 +210,14 @@ fn field<'a>(f: Field, record: Record<'a>) -> Val<'a> {
             Field::Bytes => Val::Int(fl.bytes as i64),
             _ => Val::Nil,
         },
+        Record::Log(l) => log_field(f, l),
+        Record::Metric(m) => metric_field(f, m),
+        Record::DataPoint(m, i) => point_field(f, m, i),
     }
 }
+
+/// No attributes (a data point index past the end, a metric's type this version cannot read).
+static NO_ATTRIBUTES: Attributes = Attributes::new();
 
 fn attrs<'a>(map: Map, env: &Env<'a>) -> &'a Attributes {
     match map {
@@ -218,7 +225,149 @@ fn attrs<'a>(map: Map, env: &Env<'a>) -> &'a Attributes {
         Map::Record => match env.record {
             Record::Span(s) => &s.attributes,
             Record::Flow(f) => &f.attributes,
+            Record::Log(l) => &l.attributes,
+            // Refused at compile time: a metric's attributes are its points'.
+            Record::Metric(_) => &NO_ATTRIBUTES,
+            Record::DataPoint(m, i) => point(m, i).map_or(&NO_ATTRIBUTES, |p| p.attributes()),
         },
+    }
+}
+
+/// One data point of any type, read.
+enum Point<'a> {
+    Number(&'a oxeye_api::NumberPoint),
+    Histogram(&'a oxeye_api::HistogramPoint),
+    Exponential(&'a oxeye_api::ExponentialHistogramPoint),
+    Summary(&'a oxeye_api::SummaryPoint),
+}
+
+impl<'a> Point<'a> {
+    fn attributes(&self) -> &'a Attributes {
+        match self {
+            Point::Number(p) => &p.attributes,
+            Point::Histogram(p) => &p.attributes,
+            Point::Exponential(p) => &p.attributes,
+            Point::Summary(p) => &p.attributes,
+        }
+    }
+
+    fn times(&self) -> (u64, u64) {
+        match self {
+            Point::Number(p) => (p.start_unix_ns, p.time_unix_ns),
+            Point::Histogram(p) => (p.start_unix_ns, p.time_unix_ns),
+            Point::Exponential(p) => (p.start_unix_ns, p.time_unix_ns),
+            Point::Summary(p) => (p.start_unix_ns, p.time_unix_ns),
+        }
+    }
+}
+
+/// Point `i` of metric `m`.
+fn point(m: &Metric, i: usize) -> Option<Point<'_>> {
+    Some(match &m.data {
+        MetricData::Gauge(p) | MetricData::Sum(Sum { points: p, .. }) => Point::Number(p.get(i)?),
+        MetricData::Histogram(h) => Point::Histogram(h.points.get(i)?),
+        MetricData::ExponentialHistogram(h) => Point::Exponential(h.points.get(i)?),
+        MetricData::Summary(p) => Point::Summary(p.get(i)?),
+        _ => return None,
+    })
+}
+
+/// The attributes of point `i` of metric `m`, to change.
+fn point_attrs_mut(m: &mut Metric, i: usize) -> Option<&mut Attributes> {
+    Some(match &mut m.data {
+        MetricData::Gauge(p) | MetricData::Sum(Sum { points: p, .. }) => {
+            &mut p.get_mut(i)?.attributes
+        }
+        MetricData::Histogram(h) => &mut h.points.get_mut(i)?.attributes,
+        MetricData::ExponentialHistogram(h) => &mut h.points.get_mut(i)?.attributes,
+        MetricData::Summary(p) => &mut p.get_mut(i)?.attributes,
+        _ => return None,
+    })
+}
+
+/// OTTL's metric type numbers (`METRIC_DATA_TYPE_*`).
+fn metric_type(d: &MetricData) -> i64 {
+    match d {
+        MetricData::Gauge(_) => 1,
+        MetricData::Sum(_) => 2,
+        MetricData::Histogram(_) => 3,
+        MetricData::ExponentialHistogram(_) => 4,
+        MetricData::Summary(_) => 5,
+        _ => 0,
+    }
+}
+
+fn opt_text(s: &Option<Arc<str>>) -> Val<'_> {
+    s.as_ref().map_or(Val::Str(Cow::Borrowed("")), Val::Arc)
+}
+
+fn log_field(f: Field, l: &LogRecord) -> Val<'_> {
+    match f {
+        Field::Body => l.body.as_ref().map_or(Val::Nil, Val::Value),
+        Field::SeverityNumber => Val::Int(l.severity_number.into()),
+        Field::SeverityText => opt_text(&l.severity_text),
+        Field::EventName => opt_text(&l.event_name),
+        Field::Time => Val::Int(l.time_unix_ns as i64),
+        Field::ObservedTime => Val::Int(l.observed_time_unix_ns as i64),
+        Field::Flags => Val::Int(l.flags.into()),
+        Field::TraceId => l.trace_id.as_ref().map_or(Val::Nil, |t| Val::Bytes(&t.0)),
+        Field::SpanId => l.span_id.as_ref().map_or(Val::Nil, |s| Val::Bytes(&s.0)),
+        Field::TraceIdString => {
+            Val::Str(Cow::Owned(l.trace_id.map_or(String::new(), |t| hex(&t.0))))
+        }
+        Field::SpanIdString => Val::Str(Cow::Owned(l.span_id.map_or(String::new(), |s| hex(&s.0)))),
+        _ => Val::Nil,
+    }
+}
+
+fn metric_field(f: Field, m: &Metric) -> Val<'_> {
+    match f {
+        Field::Name | Field::MetricName => Val::Arc(&m.name),
+        Field::Description => opt_text(&m.description),
+        Field::Unit | Field::MetricUnit => opt_text(&m.unit),
+        Field::MetricType => Val::Int(metric_type(&m.data)),
+        Field::Temporality => m
+            .data
+            .temporality()
+            .map_or(Val::Nil, |t| Val::Int(t.as_i32().into())),
+        Field::Monotonic => match &m.data {
+            MetricData::Sum(s) => Val::Bool(s.monotonic),
+            _ => Val::Bool(false),
+        },
+        _ => Val::Nil,
+    }
+}
+
+fn point_field(f: Field, m: &Metric, i: usize) -> Val<'_> {
+    if matches!(f, Field::MetricName | Field::MetricUnit | Field::MetricType) {
+        return metric_field(f, m);
+    }
+    let Some(p) = point(m, i) else {
+        return Val::Nil;
+    };
+    let float = |v: Option<f64>| v.map_or(Val::Nil, Val::F64);
+    match (f, &p) {
+        (Field::Start, _) => Val::Int(p.times().0 as i64),
+        (Field::Time, _) => Val::Int(p.times().1 as i64),
+        (Field::ValueInt, Point::Number(n)) => match n.value {
+            Some(Number::Int(v)) => Val::Int(v),
+            _ => Val::Nil,
+        },
+        (Field::ValueDouble, Point::Number(n)) => match n.value {
+            Some(Number::F64(v)) => Val::F64(v),
+            _ => Val::Nil,
+        },
+        (Field::Count, Point::Histogram(h)) => Val::Int(h.count as i64),
+        (Field::Count, Point::Exponential(h)) => Val::Int(h.count as i64),
+        (Field::Count, Point::Summary(s)) => Val::Int(s.count as i64),
+        (Field::Sum, Point::Histogram(h)) => float(h.sum),
+        (Field::Sum, Point::Exponential(h)) => float(h.sum),
+        (Field::Sum, Point::Summary(s)) => Val::F64(s.sum),
+        (Field::Flags, Point::Number(n)) => Val::Int(n.flags.into()),
+        (Field::Flags, Point::Histogram(h)) => Val::Int(h.flags.into()),
+        (Field::Flags, Point::Exponential(h)) => Val::Int(h.flags.into()),
+        (Field::Flags, Point::Summary(s)) => Val::Int(s.flags.into()),
+        _ => Val::Nil,
     }
 }
 
@@ -472,6 +621,17 @@ fn attrs_mut<'r>(
         Map::Record => Ok(match record {
             RecordMut::Span(s) => &mut s.attributes,
             RecordMut::Flow(f) => &mut f.attributes,
+            RecordMut::Log(l) => &mut l.attributes,
+            RecordMut::Metric(_) => {
+                return Err(EvalError(
+                    "a metric has no attributes, its data points do".into(),
+                ))
+            }
+            RecordMut::DataPoint(m, i) => {
+                let name = Arc::clone(&m.name);
+                point_attrs_mut(m, *i)
+                    .ok_or_else(|| EvalError(format!("metric `{name}` has no data point {i}")))?
+            }
         }),
         Map::Resource => match resource {
             ResourceRef::Mut(r) => Ok(&mut r.attributes),
@@ -483,13 +643,60 @@ fn attrs_mut<'r>(
     }
 }
 
-fn set_field(f: Field, record: &mut RecordMut<'_>, v: Value) -> Result<(), EvalError> {
-    let RecordMut::Span(s) = record else {
-        return Err(EvalError("flow fields are read-only".into()));
-    };
-    let int = |v: &Value| match v {
+fn int(v: &Value) -> Result<i64, EvalError> {
+    match v {
         Value::Int(i) => Ok(*i),
         other => Err(EvalError(format!("expected an int, got {other:?}"))),
+    }
+}
+
+fn text(v: Value) -> Result<Arc<str>, EvalError> {
+    match v {
+        Value::Str(s) => Ok(s),
+        other => Err(EvalError(format!("expected a string, got {other:?}"))),
+    }
+}
+
+fn time(v: &Value) -> Result<u64, EvalError> {
+    u64::try_from(int(v)?).map_err(|_| EvalError("timestamps are not negative".into()))
+}
+
+/// Sets a field of a log record (compile time checked it is settable).
+fn set_log_field(f: Field, l: &mut LogRecord, v: Value) -> Result<(), EvalError> {
+    match f {
+        Field::Body => l.body = Some(v),
+        Field::SeverityNumber => {
+            l.severity_number = i32::try_from(int(&v)?)
+                .ok()
+                .filter(|n| (0..=24).contains(n))
+                .ok_or_else(|| EvalError(format!("{v:?} is not a severity number (0-24)")))?
+        }
+        Field::SeverityText => l.severity_text = Some(text(v)?).filter(|t| !t.is_empty()),
+        Field::EventName => l.event_name = Some(text(v)?).filter(|t| !t.is_empty()),
+        Field::Time => l.time_unix_ns = time(&v)?,
+        Field::ObservedTime => l.observed_time_unix_ns = time(&v)?,
+        other => return Err(EvalError(format!("{other:?} is read-only"))),
+    }
+    Ok(())
+}
+
+/// Sets a field of a metric.
+fn set_metric_field(f: Field, m: &mut Metric, v: Value) -> Result<(), EvalError> {
+    match f {
+        Field::Name => m.name = text(v)?,
+        Field::Description => m.description = Some(text(v)?).filter(|t| !t.is_empty()),
+        Field::Unit => m.unit = Some(text(v)?).filter(|t| !t.is_empty()),
+        other => return Err(EvalError(format!("{other:?} is read-only"))),
+    }
+    Ok(())
+}
+
+fn set_field(f: Field, record: &mut RecordMut<'_>, v: Value) -> Result<(), EvalError> {
+    let s = match record {
+        RecordMut::Span(s) => s,
+        RecordMut::Log(l) => return set_log_field(f, l, v),
+        RecordMut::Metric(m) => return set_metric_field(f, m, v),
+        _ => return Err(EvalError("this record's fields are read-only".into())),
     };
     match f {
         Field::Name | Field::StatusMessage => {

@@ -1,4 +1,5 @@
-//! OTTL for oxeye: conditions and statements over spans and flows.
+//! OTTL for oxeye: conditions and statements over spans, flows, log records, metrics and
+//! metric data points.
 //!
 //! The syntax is the OpenTelemetry Collector's OTTL (parsed by a [pest] grammar, `ottl.pest`):
 //! `set(attributes["env"], "prod") where name == "GET /"`. Text compiles once, at config
@@ -16,7 +17,7 @@ pub mod testing;
 
 use std::fmt;
 
-use oxeye_api::{Flow, Resource, Span};
+use oxeye_api::{Flow, LogRecord, Metric, Resource, Span};
 
 pub use compile::{converter_names, editor_names, path_names};
 
@@ -27,14 +28,25 @@ pub enum Context {
     Span,
     /// Flow records (`flow_statements`, `flows.flow`).
     Flow,
+    /// Log records (`log_statements`, `logs.log_record`).
+    Log,
+    /// Metrics as a whole: name, description, unit, type (`metric_statements` with
+    /// `context: metric`, `metrics.metric`).
+    Metric,
+    /// One data point of a metric: its attributes, times and values, and its metric's name,
+    /// unit and type read-only as `metric.*` (`context: datapoint`, `metrics.datapoint`).
+    DataPoint,
 }
 
 impl Context {
-    /// `span` or `flow`.
+    /// `span`, `flow`, `log`, `metric` or `datapoint` (the Collector's names).
     pub fn as_str(self) -> &'static str {
         match self {
             Context::Span => "span",
             Context::Flow => "flow",
+            Context::Log => "log",
+            Context::Metric => "metric",
+            Context::DataPoint => "datapoint",
         }
     }
 }
@@ -76,6 +88,12 @@ pub enum Record<'a> {
     Span(&'a Span),
     /// A flow record.
     Flow(&'a Flow),
+    /// A log record.
+    Log(&'a LogRecord),
+    /// A metric.
+    Metric(&'a Metric),
+    /// Data point `.1` of a metric (in the order of its points).
+    DataPoint(&'a Metric, usize),
 }
 
 /// A record to change.
@@ -85,13 +103,38 @@ pub enum RecordMut<'a> {
     Span(&'a mut Span),
     /// A flow record.
     Flow(&'a mut Flow),
+    /// A log record.
+    Log(&'a mut LogRecord),
+    /// A metric.
+    Metric(&'a mut Metric),
+    /// Data point `.1` of a metric.
+    DataPoint(&'a mut Metric, usize),
 }
 
 impl RecordMut<'_> {
+    /// The record, to read.
+    pub fn view(&self) -> Record<'_> {
+        self.as_ref()
+    }
+
+    /// The same record, borrowed again (to apply several statements in turn).
+    pub fn reborrow(&mut self) -> RecordMut<'_> {
+        match self {
+            RecordMut::Span(s) => RecordMut::Span(s),
+            RecordMut::Flow(f) => RecordMut::Flow(f),
+            RecordMut::Log(l) => RecordMut::Log(l),
+            RecordMut::Metric(m) => RecordMut::Metric(m),
+            RecordMut::DataPoint(m, i) => RecordMut::DataPoint(m, *i),
+        }
+    }
+
     fn as_ref(&self) -> Record<'_> {
         match self {
             RecordMut::Span(s) => Record::Span(s),
             RecordMut::Flow(f) => Record::Flow(f),
+            RecordMut::Log(l) => Record::Log(l),
+            RecordMut::Metric(m) => Record::Metric(m),
+            RecordMut::DataPoint(m, i) => Record::DataPoint(m, *i),
         }
     }
 }

@@ -65,11 +65,92 @@ fn resource() -> Resource {
 fn holds(text: &str, context: Context) -> bool {
     let c = Condition::compile(text, context).unwrap_or_else(|e| panic!("{text}: {e}"));
     let (s, f, r) = (span(), flow(), resource());
+    let (l, m) = (log(), histogram());
     let rec = match context {
         Context::Span => Record::Span(&s),
         Context::Flow => Record::Flow(&f),
+        Context::Log => Record::Log(&l),
+        Context::Metric => Record::Metric(&m),
+        Context::DataPoint => Record::DataPoint(&m, 0),
     };
     c.eval(rec, &r).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+fn log() -> oxeye_api::LogRecord {
+    let mut l = oxeye_api::testing::log_batch(1);
+    let oxeye_api::Records::Logs(v) = &mut l.records else {
+        unreachable!()
+    };
+    let mut l = v.remove(0);
+    l.attributes.set("process.pid", 42i64);
+    l.event_name = Some("process.exec".into());
+    l
+}
+
+/// The histogram of `metric_batch` (count 3, sum 7.5, attribute k = 3).
+fn histogram() -> oxeye_api::Metric {
+    let mut b = oxeye_api::testing::metric_batch(4);
+    let oxeye_api::Records::Metrics(v) = &mut b.records else {
+        unreachable!()
+    };
+    v.remove(3)
+}
+
+#[test]
+fn log_metric_and_datapoint_conditions() {
+    for (text, context, want) in [
+        (r#"body == "message 0""#, Context::Log, true),
+        (r#"log.body == "message 1""#, Context::Log, false),
+        (
+            "severity_number >= SEVERITY_NUMBER_INFO",
+            Context::Log,
+            true,
+        ),
+        (
+            "severity_number >= SEVERITY_NUMBER_WARN",
+            Context::Log,
+            false,
+        ),
+        (r#"severity_text == "INFO""#, Context::Log, true),
+        (r#"event_name == "process.exec""#, Context::Log, true),
+        (r#"attributes["process.pid"] == 42"#, Context::Log, true),
+        ("trace_id != nil", Context::Log, true),
+        (r#"name == "histogram""#, Context::Metric, true),
+        (r#"metric.name == "histogram""#, Context::Metric, true),
+        ("type == METRIC_DATA_TYPE_HISTOGRAM", Context::Metric, true),
+        (
+            "aggregation_temporality == AGGREGATION_TEMPORALITY_DELTA",
+            Context::Metric,
+            true,
+        ),
+        (r#"unit == "1""#, Context::Metric, true),
+        ("is_monotonic", Context::Metric, false),
+        (r#"metric.name == "histogram""#, Context::DataPoint, true),
+        (
+            "metric.type == METRIC_DATA_TYPE_HISTOGRAM",
+            Context::DataPoint,
+            true,
+        ),
+        ("count == 3 and sum > 7.0", Context::DataPoint, true),
+        (r#"attributes["k"] == 3"#, Context::DataPoint, true),
+        (
+            r#"datapoint.attributes["k"] == 2"#,
+            Context::DataPoint,
+            false,
+        ),
+        ("value_int == nil", Context::DataPoint, true),
+        (
+            "time_unix_nano > start_time_unix_nano",
+            Context::DataPoint,
+            true,
+        ),
+    ] {
+        assert_eq!(holds(text, context), want, "{text} in {}", context.as_str());
+    }
+    let e = Condition::compile(r#"attributes["k"] == 1"#, Context::Metric).unwrap_err();
+    assert!(e.message.contains("its data points do"), "{e}");
+    let e = Condition::compile(r#"body == "x""#, Context::Span).unwrap_err();
+    assert!(e.message.contains("not a field of a span"), "{e}");
 }
 
 #[test]

@@ -23,12 +23,18 @@ pub struct TransformConfig {
     pub trace_statements: Vec<Group>,
     /// Statements for flow records.
     pub flow_statements: Vec<Group>,
+    /// Statements for metrics (`context: metric`, the default) and their data points
+    /// (`context: datapoint`).
+    pub metric_statements: Vec<Group>,
+    /// Statements for log records.
+    pub log_statements: Vec<Group>,
 }
 
 /// One item of a statement list: a lone statement, or statements guarded by conditions.
 #[derive(Debug, Default)]
 pub struct Group {
-    /// `span` or `flow` (must match the list; absent means the list's own).
+    /// The group's context: the list's own (`span`, `flow`, `log`, `metric`), or `datapoint` in
+    /// `metric_statements`; absent means the list's own.
     pub context: Option<String>,
     /// The statements run when any of these holds (none: always).
     pub conditions: Vec<String>,
@@ -78,36 +84,46 @@ impl<'de> Deserialize<'de> for Group {
 
 /// A compiled group.
 struct Compiled {
+    context: Context,
     conditions: Vec<Condition>,
     statements: Vec<(Statement, String)>,
 }
 
+/// Compiles a list whose groups run in `contexts` (the first is the default).
 fn compile_groups(
     groups: &[Group],
     list: &str,
-    context: Context,
+    contexts: &[Context],
     errors: &mut ConfigErrors,
 ) -> Vec<Compiled> {
     let mut out = Vec::new();
     for (i, g) in groups.iter().enumerate() {
         let base = format!("{list}[{i}]");
+        let mut context = contexts[0];
         if let Some(c) = &g.context {
-            if c != context.as_str() {
-                let hint = if c == "resource" {
-                    format!(
-                        ": write resource.attributes[\"key\"] in {} context",
-                        context.as_str()
-                    )
-                } else {
-                    String::new()
-                };
-                errors.push(
-                    format!("{base}.context"),
-                    format!(
-                        "`{list}` run in context `{}`, not `{c}`{hint}",
-                        context.as_str()
-                    ),
-                );
+            match contexts.iter().find(|x| x.as_str() == c) {
+                Some(x) => context = *x,
+                None => {
+                    let hint = if c == "resource" {
+                        format!(
+                            ": write resource.attributes[\"key\"] in {} context",
+                            context.as_str()
+                        )
+                    } else {
+                        String::new()
+                    };
+                    let names: Vec<_> = contexts
+                        .iter()
+                        .map(|c| format!("`{}`", c.as_str()))
+                        .collect();
+                    errors.push(
+                        format!("{base}.context"),
+                        format!(
+                            "`{list}` run in context {}, not `{c}`{hint}",
+                            names.join(" or ")
+                        ),
+                    );
+                }
             }
         }
         let (stmt_path, cond_path) = if g.single {
@@ -143,6 +159,7 @@ fn compile_groups(
             )
         };
         out.push(Compiled {
+            context,
             conditions,
             statements: statements
                 .into_iter()
@@ -153,37 +170,75 @@ fn compile_groups(
     out
 }
 
-fn compile(c: &TransformConfig, errors: &mut ConfigErrors) -> (Vec<Compiled>, Vec<Compiled>) {
-    if c.trace_statements.is_empty() && c.flow_statements.is_empty() {
+/// Every list compiled: spans, flows, metrics (and data points), log records.
+fn compile(c: &TransformConfig, errors: &mut ConfigErrors) -> [Vec<Compiled>; 4] {
+    let lists = [
+        &c.trace_statements,
+        &c.flow_statements,
+        &c.metric_statements,
+        &c.log_statements,
+    ];
+    if lists.iter().all(|l| l.is_empty()) {
         errors.push(
             "",
-            "no statements: list some under `trace_statements` or `flow_statements`",
+            "no statements: list some under `trace_statements`, `flow_statements`, `metric_statements` or `log_statements`",
         );
     }
-    (
+    [
         compile_groups(
             &c.trace_statements,
             "trace_statements",
-            Context::Span,
+            &[Context::Span],
             errors,
         ),
-        compile_groups(&c.flow_statements, "flow_statements", Context::Flow, errors),
-    )
+        compile_groups(
+            &c.flow_statements,
+            "flow_statements",
+            &[Context::Flow],
+            errors,
+        ),
+        compile_groups(
+            &c.metric_statements,
+            "metric_statements",
+            &[Context::Metric, Context::DataPoint],
+            errors,
+        ),
+        compile_groups(&c.log_statements, "log_statements", &[Context::Log], errors),
+    ]
+}
+
+/// The statements of one signal and whether any writes the resource.
+struct Program {
+    groups: Vec<Compiled>,
+    writes_resource: bool,
+}
+
+impl Program {
+    fn new(groups: Vec<Compiled>) -> Program {
+        let writes_resource = groups
+            .iter()
+            .flat_map(|g| &g.statements)
+            .any(|(s, _)| s.writes_resource());
+        Program {
+            groups,
+            writes_resource,
+        }
+    }
 }
 
 /// The processor.
 pub struct Transform {
-    spans: Vec<Compiled>,
-    flows: Vec<Compiled>,
-    spans_write_resource: bool,
-    flows_write_resource: bool,
+    spans: Program,
+    flows: Program,
+    metrics: Program,
+    logs: Program,
     errors: Errors,
     telemetry: Telemetry,
 }
 
 /// Runs every group on one record; `Err` when the batch is to be dropped (propagate).
-fn run(
-    groups: &[Compiled],
+fn run<'g>(
+    groups: impl IntoIterator<Item = &'g Compiled>,
     mut record: RecordMut<'_>,
     resource: &mut ResourceRef<'_>,
     errors: &mut Errors,
@@ -191,10 +246,7 @@ fn run(
     let mut outcome = Outcome::Skipped;
     for g in groups {
         if !g.conditions.is_empty() {
-            let view = match &record {
-                RecordMut::Span(s) => Record::Span(s),
-                RecordMut::Flow(f) => Record::Flow(f),
-            };
+            let view: Record<'_> = record.view();
             let res = match resource {
                 ResourceRef::Shared(r) => &**r,
                 ResourceRef::Mut(r) => &**r,
@@ -220,11 +272,7 @@ fn run(
             }
         }
         for (st, text) in &g.statements {
-            let rec = match &mut record {
-                RecordMut::Span(s) => RecordMut::Span(s),
-                RecordMut::Flow(f) => RecordMut::Flow(f),
-            };
-            match st.apply(rec, resource) {
+            match st.apply(record.reborrow(), resource) {
                 Ok(Outcome::Drop) => return Ok(Outcome::Drop),
                 Ok(Outcome::Applied) => outcome = Outcome::Applied,
                 Ok(Outcome::Skipped) => {}
@@ -244,16 +292,19 @@ impl Transform {
     /// Changes the batch in place; the number of records dropped, or `Err` to drop it whole.
     fn transform(&mut self, batch: &mut Batch) -> Result<usize, ()> {
         let Batch { resource, records } = batch;
-        let (groups, writes) = match records {
-            Records::Spans(_) => (&self.spans, self.spans_write_resource),
-            Records::Flows(_) => (&self.flows, self.flows_write_resource),
+        let program = match records {
+            Records::Spans(_) => &self.spans,
+            Records::Flows(_) => &self.flows,
+            Records::Metrics(_) => &self.metrics,
+            Records::Logs(_) => &self.logs,
             // Encoded spans never reach a processor: the engine decodes them.
             _ => return Ok(0),
         };
+        let groups = &program.groups;
         if groups.is_empty() {
             return Ok(0);
         }
-        let mut res = if writes {
+        let mut res = if program.writes_resource {
             ResourceRef::Mut(Arc::make_mut(resource))
         } else {
             ResourceRef::Shared(resource)
@@ -284,6 +335,35 @@ impl Transform {
                     }
                 }
             }
+            Records::Logs(v) => {
+                let n = v.len();
+                for (i, l) in v.iter_mut().enumerate() {
+                    if run(groups, RecordMut::Log(l), &mut res, errors)? == Outcome::Drop {
+                        mark(i, n);
+                    }
+                }
+            }
+            Records::Metrics(v) => {
+                let (mut dropped, mut index) = (0, 0);
+                let mut failed = false;
+                v.retain_mut(|m| {
+                    index += 1;
+                    if failed {
+                        return true;
+                    }
+                    match run_metric(groups, m, &mut res, errors) {
+                        Ok((keep, n)) => {
+                            dropped += n;
+                            keep
+                        }
+                        Err(()) => {
+                            failed = true;
+                            true
+                        }
+                    }
+                });
+                return if failed { Err(()) } else { Ok(dropped) };
+            }
             _ => {}
         }
         if dropped.is_empty() {
@@ -295,10 +375,48 @@ impl Transform {
             Records::Spans(v) => v.retain(|_| keep()),
             Records::Flows(v) => v.retain(|_| keep()),
             Records::Samples(v) => v.retain(|_| keep()),
+            Records::Logs(v) => v.retain(|_| keep()),
             _ => {}
         }
         Ok(dropped.iter().filter(|d| **d).count())
     }
+}
+
+/// Runs the groups on one metric in order: a `metric` group on the metric, a `datapoint` group
+/// on each of its points (points it drops are gone for the groups after it). Whether to keep
+/// the metric (not dropped, and some points left if it had any) and how many points went.
+fn run_metric(
+    groups: &[Compiled],
+    m: &mut oxeye_api::Metric,
+    res: &mut ResourceRef<'_>,
+    errors: &mut Errors,
+) -> Result<(bool, usize), ()> {
+    let had = m.points();
+    let mut dropped = 0;
+    for g in groups {
+        let one = std::iter::once(g);
+        match g.context {
+            Context::DataPoint => {
+                let mut gone = Vec::new();
+                for i in 0..m.points() {
+                    let outcome = run(one.clone(), RecordMut::DataPoint(m, i), res, errors)?;
+                    gone.push(outcome == Outcome::Drop);
+                }
+                if gone.iter().any(|g| *g) {
+                    let mut verdict = gone.iter();
+                    dropped += m
+                        .data
+                        .retain_points(|_| !verdict.next().copied().unwrap_or(false));
+                }
+            }
+            _ => {
+                if run(one, RecordMut::Metric(m), res, errors)? == Outcome::Drop {
+                    return Ok((false, dropped + m.points()));
+                }
+            }
+        }
+    }
+    Ok((had == 0 || !m.data.is_empty(), dropped))
 }
 
 #[async_trait]
@@ -328,8 +446,10 @@ impl Factory for TransformFactory {
     type Config = TransformConfig;
     type Component = Box<dyn Processor>;
     const TYPE: &'static str = "transform";
-    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows];
-    const DESCRIPTION: &'static str = "changes spans and flows with OTTL statements";
+    const SIGNALS: &'static [Signal] =
+        &[Signal::Traces, Signal::Flows, Signal::Metrics, Signal::Logs];
+    const DESCRIPTION: &'static str =
+        "changes spans, flows, metrics, data points and log records with OTTL statements";
     const DOCS: &'static str = include_str!("../../../docs/components/processor-transform.md");
 
     fn validate(config: &TransformConfig) -> Result<(), ConfigErrors> {
@@ -340,18 +460,13 @@ impl Factory for TransformFactory {
 
     fn build(config: TransformConfig, ctx: BuildContext) -> Result<Self::Component, BoxError> {
         let mut errors = ConfigErrors::new();
-        let (spans, flows) = compile(&config, &mut errors);
+        let [spans, flows, metrics, logs] = compile(&config, &mut errors);
         errors.into_result()?;
-        let writes = |g: &[Compiled]| {
-            g.iter()
-                .flat_map(|g| &g.statements)
-                .any(|(s, _)| s.writes_resource())
-        };
         Ok(Box::new(Transform {
-            spans_write_resource: writes(&spans),
-            flows_write_resource: writes(&flows),
-            spans,
-            flows,
+            spans: Program::new(spans),
+            flows: Program::new(flows),
+            metrics: Program::new(metrics),
+            logs: Program::new(logs),
             errors: Errors::new(config.error_mode, "transform_errors", &ctx.id),
             telemetry: ctx.telemetry,
         }))

@@ -162,3 +162,49 @@ fn validation() {
         .to_string()
         .contains("no statements"));
 }
+
+#[test]
+fn metrics_datapoints_and_log_records() {
+    use oxeye_api::testing::{log_batch, logs, metric_batch, metrics, ProcessorHarness};
+    let mut h = ProcessorHarness::new::<TransformFactory>(
+        r#"metric_statements:
+  - 'set(description, "renamed") where name == "counter"'
+  - context: datapoint
+    statements:
+      - 'set(attributes["metric"], metric.name)'
+      - 'drop() where attributes["k"] == 0'
+log_statements:
+  - 'set(severity_text, "NOTICE")'
+  - 'set(attributes["len"], Len(body))'
+  - 'set(body, Concat(["[", body, "]"], ""))'"#,
+    )
+    .unwrap();
+    let out = h.process(metric_batch(6)).unwrap();
+    let ms = metrics(&out);
+    // The gauge and the exponential histogram (k = 0) lost their only point and went; every
+    // other point is labelled.
+    let names: Vec<&str> = ms.iter().map(|m| &*m.name).collect();
+    assert_eq!(names, ["counter", "updown", "histogram", "summary"]);
+    assert_eq!(h.telemetry().dropped(), [("transform_drop", 2)]);
+    assert_eq!(ms[0].description.as_deref(), Some("renamed"));
+    for m in &ms {
+        let mut m = (*m).clone();
+        m.data.for_each_point(|a| {
+            assert_eq!(
+                a.get("metric"),
+                Some(&oxeye_api::Value::Str(m.name.clone()))
+            )
+        });
+    }
+    let out = h.process(log_batch(2)).unwrap();
+    let l = logs(&out);
+    assert_eq!(l[0].severity_text.as_deref(), Some("NOTICE"));
+    assert_eq!(l[0].body, Some("[message 0]".into()));
+    assert_eq!(l[0].attributes.get("len"), Some(&oxeye_api::Value::Int(9)));
+    let e = oxeye_api::testing::check::<TransformFactory>(
+        "metric_statements: [{context: span, statements: ['set(name, \"x\")']}]",
+    )
+    .unwrap_err();
+    assert_eq!(e.0[0].path, "metric_statements[0].context");
+    assert!(e.0[0].message.contains("`metric` or `datapoint`"), "{e}");
+}
