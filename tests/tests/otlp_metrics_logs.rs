@@ -3,6 +3,7 @@
 //! requests with every field arrive unchanged over gRPC, HTTP/protobuf (gzip) and HTTP/JSON;
 //! data points OTLP says cannot be right are refused with a partial success and counted.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -747,4 +748,98 @@ service:
         &logs(&through.logs.lock().expect("lock")),
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An oxeye gateway on `port` whose metrics and logs go to `capture/<id>`.
+fn capture_gateway(port: u16, id: &str) -> Oxeye {
+    Oxeye::start(
+        &format!(
+            "receivers:\n  otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{port}'}}}}}}\nexporters:\n  capture/{id}:\nservice:\n  pipelines:\n    metrics: {{receivers: [otlp], exporters: [capture/{id}]}}\n    logs: {{receivers: [otlp], exporters: [capture/{id}]}}\n"
+        ),
+        &[port],
+    )
+}
+
+/// Data points by stream and log records by trace over three gateways: each stream's points
+/// and each trace's records on one gateway, every one once, shares fair.
+#[test]
+fn metrics_by_stream_and_logs_by_trace_over_three_gateways() {
+    use oxeye_api::Records;
+    let ports = [free_port(), free_port(), free_port()];
+    let gws: Vec<Oxeye> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| capture_gateway(p, &format!("lb-ml-{i}")))
+        .collect();
+    let endpoints: Vec<String> = ports
+        .iter()
+        .map(|p| format!("'http://127.0.0.1:{p}'"))
+        .collect();
+    let (points, records) = (6000usize, 3000usize);
+    // The synthetic metrics are one point each over 256 series; the logs carry their own
+    // traces (half of them) or none (those go by resource: one gateway).
+    let agent = Oxeye::start(
+        &format!(
+            "receivers:
+  synthetic: {{seed: 3, batch_size: 250, metrics: {{count: {points}, series: 256}}, logs: {{count: {records}}}}}
+exporters:
+  otlp/metrics: {{endpoints: [{e}], routing_key: streamID, batch: {{timeout: 20ms}}}}
+  otlp/logs: {{endpoints: [{e}], batch: {{timeout: 20ms}}}}
+service:
+  pipelines:
+    metrics: {{receivers: [synthetic], exporters: [otlp/metrics]}}
+    logs: {{receivers: [synthetic], exporters: [otlp/logs]}}
+",
+            e = endpoints.join(", ")
+        ),
+        &[],
+    );
+    let report = agent.join();
+    for e in ["exporters/otlp/metrics", "exporters/otlp/logs"] {
+        assert_eq!(component(&report, e).dropped_total(), 0, "{e}");
+    }
+    for g in gws {
+        g.stop();
+    }
+    let mut stream_at = HashMap::new();
+    let mut trace_at = HashMap::new();
+    let (mut got_points, mut got_records) = (0, 0);
+    for i in 0..3 {
+        let batches = oxeye_tests::captured(&format!("capture/lb-ml-{i}"));
+        let mut mine = 0;
+        for b in &batches {
+            match &b.records {
+                Records::Metrics(ms) => {
+                    for m in ms {
+                        for a in m.data.point_attributes() {
+                            let stream = format!("{}{a:?}", m.name);
+                            let at = *stream_at.entry(stream).or_insert(i);
+                            assert_eq!(at, i, "a stream of {} split over gateways", m.name);
+                            mine += 1;
+                            got_points += 1;
+                        }
+                    }
+                }
+                Records::Logs(ls) => {
+                    for l in ls {
+                        if let Some(t) = l.trace_id {
+                            let at = *trace_at.entry(t).or_insert(i);
+                            assert_eq!(at, i, "a trace's records split over gateways");
+                        }
+                        got_records += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            mine > points / 6,
+            "gateway {i} got a fair share of points: {mine}"
+        );
+    }
+    assert_eq!(
+        (got_points, got_records),
+        (points, records),
+        "every one once"
+    );
 }

@@ -130,6 +130,13 @@ pub trait Factory: 'static {
         Ok(())
     }
 
+    /// Checks what depends on the signals of the pipelines the component is in (a setting that
+    /// suits traces but not metrics). `oxeye validate` calls it with those signals, and so
+    /// does every build ([`BuildContext::signals`]). Must not start anything.
+    fn validate_signals(_config: &Self::Config, _signals: &[Signal]) -> Result<(), ConfigErrors> {
+        Ok(())
+    }
+
     /// Builds an instance from a validated config.
     fn build(config: Self::Config, ctx: BuildContext) -> Result<Self::Component, BoxError>;
 }
@@ -151,6 +158,7 @@ pub struct Registration {
     /// See [`Factory::RECONFIGURABLE`].
     pub reconfigurable: bool,
     check: fn(&serde_yaml::Value) -> Result<(), ConfigErrors>,
+    check_signals: fn(&serde_yaml::Value, &[Signal]) -> Result<(), ConfigErrors>,
     build: fn(&serde_yaml::Value, BuildContext) -> Result<Instance, BoxError>,
 }
 
@@ -186,9 +194,17 @@ fn check<F: Factory>(value: &serde_yaml::Value) -> Result<(), ConfigErrors> {
     F::validate(&parse::<F>(value)?)
 }
 
+fn check_signals<F: Factory>(
+    value: &serde_yaml::Value,
+    signals: &[Signal],
+) -> Result<(), ConfigErrors> {
+    F::validate_signals(&parse::<F>(value)?, signals)
+}
+
 fn build<F: Factory>(value: &serde_yaml::Value, ctx: BuildContext) -> Result<Instance, BoxError> {
     let config = parse::<F>(value)?;
     F::validate(&config)?;
+    F::validate_signals(&config, &ctx.signals)?;
     Ok(F::build(config, ctx)?.into_instance())
 }
 
@@ -204,6 +220,7 @@ impl Registration {
             crate_name,
             reconfigurable: F::RECONFIGURABLE,
             check: check::<F>,
+            check_signals: check_signals::<F>,
             build: build::<F>,
         }
     }
@@ -216,6 +233,16 @@ impl Registration {
     /// Deserializes and validates a config without building anything.
     pub fn check(&self, config: &serde_yaml::Value) -> Result<(), ConfigErrors> {
         (self.check)(config)
+    }
+
+    /// The checks that depend on the signals the component serves
+    /// ([`Factory::validate_signals`]).
+    pub fn check_signals(
+        &self,
+        config: &serde_yaml::Value,
+        signals: &[Signal],
+    ) -> Result<(), ConfigErrors> {
+        (self.check_signals)(config, signals)
     }
 
     /// Deserializes, validates and builds an instance.

@@ -105,6 +105,19 @@ impl MetricData {
         before - self.len()
     }
 
+    /// The attributes of every data point, in order.
+    pub fn point_attributes(&self) -> Vec<&Attributes> {
+        match self {
+            MetricData::Gauge(p) | MetricData::Sum(Sum { points: p, .. }) => {
+                p.iter().map(|p| &p.attributes).collect()
+            }
+            MetricData::Histogram(h) => h.points.iter().map(|p| &p.attributes).collect(),
+            MetricData::ExponentialHistogram(h) => h.points.iter().map(|p| &p.attributes).collect(),
+            MetricData::Summary(p) => p.iter().map(|p| &p.attributes).collect(),
+            MetricData::Empty => Vec::new(),
+        }
+    }
+
     /// Calls `f` with the attributes of every data point.
     pub fn for_each_point(&mut self, mut f: impl FnMut(&mut Attributes)) {
         self.retain_points(|a| {

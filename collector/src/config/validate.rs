@@ -258,6 +258,8 @@ pub(super) fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
     // Pipelines.
     let mut pipelines = Vec::new();
     let mut used: BTreeSet<(Kind, String)> = BTreeSet::new();
+    // The signals each component serves, for the checks that depend on them.
+    let mut serves: BTreeMap<(Kind, String), BTreeSet<Signal>> = BTreeMap::new();
     let entries = mapping(ctx, "service.pipelines", sget("pipelines"));
     if entries.is_empty() {
         ctx.error(
@@ -307,6 +309,7 @@ pub(super) fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
                     continue;
                 }
                 used.insert((kind, id.clone()));
+                serves.entry((kind, id.clone())).or_default().insert(signal);
                 let is_declared = declared.get(&kind).is_some_and(|s| s.contains(id));
                 if !is_declared {
                     let have: Vec<String> = declared
@@ -395,6 +398,22 @@ pub(super) fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
     }
 
     defs.retain(|key, _| used.contains(key));
+    for ((kind, id), def) in &defs {
+        let signals: Vec<Signal> = serves
+            .get(&(*kind, id.clone()))
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        if let Err(errors) = def.registration.check_signals(&def.config, &signals) {
+            let path = join(kind.section(), id);
+            for e in errors.0 {
+                let p = field_path(&path, &e.path);
+                match e.offset {
+                    Some(offset) => ctx.error_in_text(p, offset, e.message),
+                    None => ctx.error(p, e.message),
+                }
+            }
+        }
+    }
     Some(Config {
         file: ctx.file.to_string(),
         components: defs,

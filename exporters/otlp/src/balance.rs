@@ -1,6 +1,7 @@
-//! Load balancing by trace id over several endpoints (`endpoints:` + `routing_key: traceID`):
-//! a consistent-hash ring, so every span of a trace goes to the same gateway and adding or
-//! removing one moves only its share. An endpoint that fails is taken off the ring for a while
+//! Load balancing over several endpoints (`endpoints:` + `routing_key:`): a consistent-hash
+//! ring, so every record with the same key — the spans of a trace, the points of a metric
+//! stream, the records of a service — goes to the same gateway, and adding or removing one
+//! moves only its share. The keys are the Collector's loadbalancing exporter's ([`RoutingKey`]). An endpoint that fails is taken off the ring for a while
 //! (1 s, doubling to 30 s while it keeps failing); its traces go to the next endpoint on the ring
 //! and come back when it answers again.
 //!
@@ -10,8 +11,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use oxeye_api::TraceId;
+use oxeye_api::{Attributes, Metric, Resource, Scope, TraceId, Value};
 
+use crate::config::OtlpSignal;
 use crate::transport::Client;
 
 /// Most endpoints one exporter balances over.
@@ -45,6 +47,128 @@ pub fn trace_key(id: &TraceId) -> u64 {
     hash(&[&id.0])
 }
 
+/// What records are routed by (`routing_key:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoutingKey {
+    /// Trace id: every span (log record) of a trace to one endpoint.
+    TraceId,
+    /// The resource's `service.name`.
+    Service,
+    /// Every resource attribute.
+    Resource,
+    /// The metric's name (and its resource's service).
+    Metric,
+    /// The metric stream: resource, scope, metric name and the data point's attributes.
+    StreamId,
+}
+
+impl RoutingKey {
+    /// The config names, in the Collector's spelling.
+    pub const NAMES: [&'static str; 5] = ["traceID", "service", "resource", "metric", "streamID"];
+
+    /// From its config name.
+    pub fn parse(s: &str) -> Option<RoutingKey> {
+        Some(match s {
+            "traceID" => RoutingKey::TraceId,
+            "service" => RoutingKey::Service,
+            "resource" => RoutingKey::Resource,
+            "metric" => RoutingKey::Metric,
+            "streamID" => RoutingKey::StreamId,
+            _ => return None,
+        })
+    }
+
+    /// The key `signal` is routed by when `routing_key` says `key` (`None`: not set), or why it
+    /// cannot be: traces by trace id (default), service or resource; metrics by service
+    /// (default), resource, metric or stream; logs by trace id (default) or resource.
+    pub fn for_signal(key: Option<RoutingKey>, signal: OtlpSignal) -> Result<RoutingKey, String> {
+        use RoutingKey::*;
+        match (signal, key) {
+            (OtlpSignal::Traces, None) => Ok(TraceId),
+            (OtlpSignal::Traces, Some(k @ (TraceId | Service | Resource))) => Ok(k),
+            (OtlpSignal::Metrics, None) => Ok(Service),
+            (OtlpSignal::Metrics, Some(k @ (Service | Resource | Metric | StreamId))) => Ok(k),
+            (OtlpSignal::Logs, None) => Ok(TraceId),
+            (OtlpSignal::Logs, Some(k @ (TraceId | Resource))) => Ok(k),
+            (OtlpSignal::Traces, Some(_)) => {
+                Err("traces are routed by `traceID`, `service` or `resource`".into())
+            }
+            (OtlpSignal::Metrics, Some(_)) => Err(
+                "metrics have no trace id: route them by `service`, `resource`, `metric` or `streamID`"
+                    .into(),
+            ),
+            (OtlpSignal::Logs, Some(_)) => {
+                Err("logs are routed by `traceID` or `resource`".into())
+            }
+            (OtlpSignal::Profiles, _) => Err(
+                "profiles (and flows) are not load balanced: send them through another otlp exporter"
+                    .into(),
+            ),
+        }
+    }
+}
+
+fn value_bytes(v: &Value, out: &mut Vec<u8>) {
+    out.extend_from_slice(v.to_string().as_bytes());
+    out.push(0);
+}
+
+fn attributes_key(a: &Attributes, out: &mut Vec<u8>) {
+    // Sorted: the same attributes in another order are the same stream.
+    let mut pairs: Vec<(&str, &Value)> = a.iter().collect();
+    pairs.sort_by(|x, y| x.0.cmp(y.0));
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(b'=');
+        value_bytes(v, out);
+    }
+}
+
+fn service(resource: &Resource) -> &[u8] {
+    match resource.attributes.get("service.name") {
+        Some(Value::Str(s)) => s.as_bytes(),
+        _ => b"",
+    }
+}
+
+/// The ring position of a resource's service.
+pub fn service_key(resource: &Resource) -> u64 {
+    hash(&[service(resource)])
+}
+
+/// The ring position of a resource (all its attributes).
+pub fn resource_key(resource: &Resource) -> u64 {
+    let mut bytes = Vec::new();
+    attributes_key(&resource.attributes, &mut bytes);
+    hash(&[&bytes])
+}
+
+/// The ring position of a metric: its service and name.
+pub fn metric_key(resource: &Resource, metric: &Metric) -> u64 {
+    hash(&[service(resource), metric.name.as_bytes()])
+}
+
+/// The ring position of a metric stream: resource, scope, metric name, point attributes.
+pub fn stream_key(
+    resource: &Resource,
+    scope: Option<&Scope>,
+    name: &str,
+    point: &Attributes,
+) -> u64 {
+    let mut bytes = Vec::new();
+    attributes_key(&resource.attributes, &mut bytes);
+    if let Some(s) = scope {
+        bytes.extend_from_slice(s.name.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(s.version.as_bytes());
+    }
+    bytes.push(0);
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.push(0);
+    attributes_key(point, &mut bytes);
+    hash(&[&bytes])
+}
+
 #[derive(Default)]
 struct Health {
     /// Off the ring until then.
@@ -57,9 +181,19 @@ struct Health {
 pub struct Member {
     /// Its URL.
     pub url: String,
-    /// Its client.
-    pub client: Client,
+    /// Its client for each signal it takes (over HTTP each has its own path).
+    clients: Vec<(OtlpSignal, Client)>,
     health: Mutex<Health>,
+}
+
+impl Member {
+    /// Its client for `signal`.
+    pub fn client(&self, signal: OtlpSignal) -> Option<&Client> {
+        self.clients
+            .iter()
+            .find(|(s, _)| *s == signal)
+            .map(|(_, c)| c)
+    }
 }
 
 /// The ring of endpoints.
@@ -70,8 +204,8 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// A ring over `members` (URL and client each).
-    pub fn new(members: Vec<(String, Client)>) -> Balancer {
+    /// A ring over `members` (URL and a client per signal each).
+    pub fn new(members: Vec<(String, Vec<(OtlpSignal, Client)>)>) -> Balancer {
         let mut ring = Vec::with_capacity(members.len() * POINTS as usize);
         for (i, (url, _)) in members.iter().enumerate() {
             for p in 0..POINTS {
@@ -82,9 +216,9 @@ impl Balancer {
         Balancer {
             members: members
                 .into_iter()
-                .map(|(url, client)| Member {
+                .map(|(url, clients)| Member {
                     url,
-                    client,
+                    clients,
                     health: Mutex::default(),
                 })
                 .collect(),
@@ -188,7 +322,10 @@ mod tests {
                 let r = cfg
                     .resolve(crate::config::OtlpSignal::Traces, &|_| None)
                     .unwrap();
-                (u.to_string(), Client::new(&r).unwrap())
+                (
+                    u.to_string(),
+                    vec![(crate::config::OtlpSignal::Traces, Client::new(&r).unwrap())],
+                )
             })
             .collect();
         Balancer::new(members)

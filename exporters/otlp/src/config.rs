@@ -490,14 +490,56 @@ impl OtlpConfig {
         }
     }
 
+    /// The routing key load balancing uses for `signal` (see
+    /// [`RoutingKey::for_signal`](crate::balance::RoutingKey::for_signal)).
+    pub fn routing(&self, signal: OtlpSignal) -> Result<crate::balance::RoutingKey, String> {
+        let key = self
+            .routing_key
+            .as_deref()
+            .and_then(crate::balance::RoutingKey::parse);
+        crate::balance::RoutingKey::for_signal(key, signal)
+    }
+
+    /// With `endpoints:`, that every signal served can be balanced by `routing_key`.
+    pub fn check_balancing(&self, signals: &[OtlpSignal]) -> Result<(), ConfigErrors> {
+        let mut errors = ConfigErrors::new();
+        if self.endpoints.is_empty() {
+            return Ok(());
+        }
+        let mut seen = Vec::new();
+        for &s in signals {
+            if seen.contains(&s) {
+                continue;
+            }
+            seen.push(s);
+            if let Err(why) = self.routing(s) {
+                let key = if self.routing_key.is_some() {
+                    "routing_key"
+                } else {
+                    "endpoints"
+                };
+                errors.push(
+                    key,
+                    format!("a {} pipeline uses this exporter: {why}", s.as_str()),
+                );
+            }
+        }
+        errors.into_result()
+    }
+
     /// Checks what serde cannot: sizes, intervals, and (for every signal) the env-derived values.
     pub fn check(&self, signals: &[OtlpSignal], env: Env) -> Result<(), ConfigErrors> {
         let mut errors = ConfigErrors::new();
         if let Some(key) = &self.routing_key {
-            if key != "traceID" {
+            if crate::balance::RoutingKey::parse(key).is_none() {
                 errors.push(
                     "routing_key",
-                    format!("`{key}` is not supported: use `traceID` (every span of a trace to one endpoint)"),
+                    format!(
+                        "`{key}` is not a routing key: use {}",
+                        crate::balance::RoutingKey::NAMES
+                            .map(|n| format!("`{n}`"))
+                            .join(", ")
+                    ),
                 );
             }
             if self.endpoints.is_empty() {
@@ -768,6 +810,44 @@ mod tests {
         assert_eq!(
             c.resolve(OtlpSignal::Traces, &none).unwrap().url,
             "http://tempo:4317"
+        );
+    }
+
+    #[test]
+    fn routing_keys_per_signal() {
+        use OtlpSignal::*;
+        let lb = |key: &str| {
+            yaml(&format!(
+                "{{endpoints: [http://a:4317, http://b:4317]{key}}}"
+            ))
+        };
+        let none = lb("");
+        assert!(
+            none.check_balancing(&[Traces, Metrics, Logs]).is_ok(),
+            "defaults fit all"
+        );
+        use crate::balance::RoutingKey as K;
+        assert_eq!(none.routing(Metrics), Ok(K::Service));
+        assert_eq!(none.routing(Logs), Ok(K::TraceId));
+        let stream = lb(", routing_key: streamID");
+        assert_eq!(stream.routing(Metrics), Ok(K::StreamId));
+        let e = stream
+            .check_balancing(&[Traces, Metrics, Logs])
+            .unwrap_err();
+        let paths: Vec<&str> = e.0.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["routing_key", "routing_key"], "{e}");
+        assert!(e.0[0].message.contains("a traces pipeline"), "{e}");
+        let bad = lb(", routing_key: span");
+        let e = bad.check(&[Traces], &|_| None).unwrap_err();
+        assert!(
+            e.0[0]
+                .message
+                .contains("`traceID`, `service`, `resource`, `metric`, `streamID`"),
+            "{e}"
+        );
+        assert!(
+            yaml("{}").check_balancing(&[Metrics]).is_ok(),
+            "no endpoints, nothing to check"
         );
     }
 

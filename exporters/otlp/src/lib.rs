@@ -14,8 +14,9 @@
 //!     resource: {service.name: edge-7}
 //!     batch: {send_batch_size: 1024, timeout: 200ms}
 //!     sending_queue: {sizer: items, queue_size: 8192, num_consumers: 2, when_full: block}
-//!     # endpoints: [http://gw-0:4317, http://gw-1:4317]  # instead of endpoint: balance by
-//!     # routing_key: traceID                           # trace id over gateways (traces only)
+//!     # endpoints: [http://gw-0:4317, http://gw-1:4317]  # instead of endpoint: load balancing
+//!     # routing_key: traceID      # traces: traceID|service|resource; metrics: service|resource|
+//!     #                           # metric|streamID; logs: traceID|resource
 //!     retry_on_failure: {enabled: true, initial_interval: 5s, max_interval: 30s, max_elapsed_time: 300s}
 //! ```
 //!
@@ -45,8 +46,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use oxeye_api::{
-    Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Records, Resource, Signal,
-    Span, Telemetry,
+    Attributes, Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Records, Resource,
+    Signal, Span, Telemetry,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -86,6 +87,30 @@ impl Factory for OtlpFactory {
         config.check(&otlp_signals(Signal::ALL), &process_env)
     }
 
+    fn validate_signals(config: &OtlpConfig, signals: &[Signal]) -> Result<(), ConfigErrors> {
+        if config.endpoints.is_empty() {
+            return Ok(());
+        }
+        let mut errors = ConfigErrors::new();
+        for s in signals {
+            if matches!(s, Signal::Flows | Signal::Profiles) {
+                errors.push(
+                    "endpoints",
+                    format!("load balancing takes traces, metrics and logs, but a {s} pipeline uses this exporter: send {s} through another otlp exporter"),
+                );
+            }
+        }
+        let balanced: Vec<Signal> = signals
+            .iter()
+            .copied()
+            .filter(|s| matches!(s, Signal::Traces | Signal::Metrics | Signal::Logs))
+            .collect();
+        if let Err(e) = config.check_balancing(&otlp_signals(&balanced)) {
+            errors.0.extend(e.0);
+        }
+        errors.into_result()
+    }
+
     fn build(config: OtlpConfig, ctx: BuildContext) -> Result<Box<dyn Exporter>, BoxError> {
         Ok(Box::new(OtlpExporter::new(config, ctx)?))
     }
@@ -110,10 +135,11 @@ struct Shared {
     metrics: Option<Client>,
     profiles: Option<Client>,
     logs: Option<Client>,
-    /// Several trace endpoints, balanced by trace id (`endpoints:`); then `traces` is `None`.
-    balancer: Option<balance::Balancer>,
-    /// Spans moved off each failed endpoint, by member.
-    rerouted: Mutex<Vec<u64>>,
+    /// Several endpoints, balanced by `routing_key` (`endpoints:`); then `traces`, `metrics`
+    /// and `logs` are `None`.
+    balancer: Option<Balanced>,
+    /// Records moved off each failed endpoint, by member and signal.
+    rerouted: Mutex<Vec<[u64; OtlpSignal::ALL.len()]>>,
     retry: RetryConfig,
     send_batch_size: usize,
     batch_timeout: Duration,
@@ -230,30 +256,148 @@ impl Shared {
     }
 }
 
+/// Load balancing: the ring and the routing key of each signal served.
+struct Balanced {
+    ring: balance::Balancer,
+    traces: Option<balance::RoutingKey>,
+    metrics: Option<balance::RoutingKey>,
+    logs: Option<balance::RoutingKey>,
+}
+
+/// One record to route, with its resource.
+#[derive(Clone, Copy)]
+enum Item<'a> {
+    Span(&'a Arc<Resource>, &'a Span),
+    Metric(&'a Arc<Resource>, &'a oxeye_api::Metric),
+    Log(&'a Arc<Resource>, &'a oxeye_api::LogRecord),
+}
+
+impl Item<'_> {
+    fn signal(&self) -> OtlpSignal {
+        match self {
+            Item::Span(..) => OtlpSignal::Traces,
+            Item::Metric(..) => OtlpSignal::Metrics,
+            Item::Log(..) => OtlpSignal::Logs,
+        }
+    }
+
+    /// Records it counts for: a metric's data points, else 1.
+    fn weight(&self) -> u64 {
+        match self {
+            Item::Metric(_, m) => m.points() as u64,
+            _ => 1,
+        }
+    }
+
+    /// Its ring position under `key` (a log record without a trace goes by its resource).
+    fn key(&self, key: balance::RoutingKey) -> u64 {
+        use balance::RoutingKey as K;
+        match (self, key) {
+            (Item::Span(_, s), K::TraceId) => balance::trace_key(&s.trace_id),
+            (Item::Log(_, l), K::TraceId) if l.trace_id.is_some() => {
+                balance::trace_key(&l.trace_id.unwrap_or_default())
+            }
+            (Item::Metric(r, m), K::Metric) => balance::metric_key(r, m),
+            // One point per item (split before routing).
+            (Item::Metric(r, m), K::StreamId) => {
+                let empty = Attributes::new();
+                let points = m.data.point_attributes();
+                let point = points.first().copied().unwrap_or(&empty);
+                balance::stream_key(r, m.scope.as_deref(), &m.name, point)
+            }
+            (Item::Span(r, _) | Item::Metric(r, _) | Item::Log(r, _), K::Service) => {
+                balance::service_key(r)
+            }
+            (Item::Span(r, _) | Item::Metric(r, _) | Item::Log(r, _), _) => {
+                balance::resource_key(r)
+            }
+        }
+    }
+}
+
+/// Metrics with one data point each (for `routing_key: streamID`, which routes points).
+fn split_points(m: &oxeye_api::Metric) -> Vec<oxeye_api::Metric> {
+    (0..m.points())
+        .map(|i| {
+            let mut one = m.clone();
+            let mut at = 0;
+            one.data.retain_points(|_| {
+                at += 1;
+                at - 1 == i
+            });
+            one
+        })
+        .collect()
+}
+
+/// One request of `items` (all of one signal).
+fn balanced_request(resources: &mut encode::Resources, items: &[Item<'_>]) -> Request {
+    match items.first().map(Item::signal) {
+        Some(OtlpSignal::Metrics) => {
+            let parts: Vec<_> = items
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Metric(r, m) => Some((*r, std::slice::from_ref(*m))),
+                    _ => None,
+                })
+                .collect();
+            Request::Metrics(encode::metrics::request(resources, parts))
+        }
+        Some(OtlpSignal::Logs) => {
+            let parts: Vec<_> = items
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Log(r, l) => Some((*r, std::slice::from_ref(*l))),
+                    _ => None,
+                })
+                .collect();
+            Request::Logs(encode::logs::request(resources, parts))
+        }
+        _ => Request::Traces(wire::trace_message(
+            resources,
+            items.iter().filter_map(|i| match i {
+                Item::Span(r, s) => Some((*r, *s)),
+                _ => None,
+            }),
+        )),
+    }
+}
+
+/// The counter of records moved off a failed endpoint, per signal.
+fn rerouted_counter(signal: OtlpSignal) -> &'static str {
+    match signal {
+        OtlpSignal::Metrics => "otlp_rerouted_data_points",
+        OtlpSignal::Logs => "otlp_rerouted_log_records",
+        _ => "otlp_rerouted_spans",
+    }
+}
+
 impl Shared {
-    /// Load balancing: routes each span by its trace id, sends each endpoint its share (all
-    /// at once), and moves the share of an endpoint that fails to the next ones on the ring
-    /// (counted) until every span is settled. When every endpoint is down it waits, as a single
-    /// endpoint's retries would, and gives up after `max_elapsed_time`.
+    /// Load balancing: routes each record by `key`, sends each endpoint its share (all at
+    /// once), and moves the share of an endpoint that fails to the next ones on the ring
+    /// (counted) until every record is settled. When every endpoint is down it waits, as a
+    /// single endpoint's retries would, and gives up after `max_elapsed_time`.
     async fn deliver_balanced(
         &self,
         balancer: &balance::Balancer,
         resources: &mut encode::Resources,
-        mut pending: Vec<(&Arc<Resource>, &oxeye_api::Span)>,
+        signal: OtlpSignal,
+        key: balance::RoutingKey,
+        mut pending: Vec<Item<'_>>,
     ) {
         let started = tokio::time::Instant::now();
         let mut interval = self.retry.initial_interval;
+        let weight = |items: &[Item<'_>]| items.iter().map(Item::weight).sum::<u64>();
         while !pending.is_empty() {
             let now = std::time::Instant::now();
-            let mut shares: Vec<Vec<(&Arc<Resource>, &oxeye_api::Span)>> =
-                vec![Vec::new(); balancer.members().len()];
+            let mut shares: Vec<Vec<Item<'_>>> = vec![Vec::new(); balancer.members().len()];
             let mut unroutable = Vec::new();
             let mut moved = vec![0u64; shares.len()];
             for item in pending.drain(..) {
-                match balancer.route(balance::trace_key(&item.1.trace_id), now) {
+                match balancer.route(item.key(key), now) {
                     Some((i, owner)) => {
                         if i != owner {
-                            moved[owner] += 1;
+                            moved[owner] += item.weight();
                         }
                         shares[i].push(item)
                     }
@@ -263,46 +407,42 @@ impl Shared {
             if moved.iter().any(|&n| n > 0) {
                 let mut r = self.rerouted.lock().unwrap_or_else(|p| p.into_inner());
                 for (i, n) in moved.into_iter().enumerate().filter(|(_, n)| *n > 0) {
-                    r[i] += n;
+                    r[i][signal as usize] += n;
                     self.telemetry.set_counter(
-                        "otlp_rerouted_spans",
+                        rerouted_counter(signal),
                         &balancer.members()[i].url,
-                        r[i],
+                        r[i][signal as usize],
                     );
                 }
             }
-            let sends = shares
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| !s.is_empty())
-                .flat_map(|(i, share)| {
-                    share
-                        .chunks(self.send_batch_size)
-                        .map(move |chunk| (i, chunk))
-                });
-            let sends: Vec<_> = sends
-                .map(|(i, chunk)| {
-                    let request =
-                        Request::Traces(wire::trace_message(resources, chunk.iter().copied()));
-                    (i, chunk, request)
-                })
-                .collect();
+            let mut sends = Vec::new();
+            for (i, share) in shares.iter().enumerate() {
+                let lens: Vec<usize> = share.iter().map(|it| it.weight() as usize).collect();
+                for (range, _) in fill(&lens, self.send_batch_size) {
+                    let chunk = &share[range];
+                    sends.push((i, chunk, balanced_request(resources, chunk)));
+                }
+            }
             let attempts = sends.into_iter().map(|(i, chunk, request)| async move {
                 let member = &balancer.members()[i];
-                let payload = member.client.prepare(request);
-                self.count(OtlpSignal::Traces, |s, k| s.requests[k] += 1);
-                (i, chunk, member.client.send(&payload).await)
+                let Some(client) = member.client(signal) else {
+                    let reason = format!("no {} client for this endpoint", signal.as_str());
+                    return (i, chunk, Outcome::Permanent { reason });
+                };
+                let payload = client.prepare(request);
+                self.count(signal, |s, k| s.requests[k] += 1);
+                (i, chunk, client.send(&payload).await)
             });
-            // The longest delay an endpoint asked for (it is alive, only busy: its traces wait
-            // for it rather than move, which would split them).
+            // The longest delay an endpoint asked for (it is alive, only busy: its records
+            // wait for it rather than move, which would split their traces or streams).
             let mut asked: Option<Duration> = None;
             for (i, chunk, outcome) in futures_util::future::join_all(attempts).await {
-                let n = chunk.len() as u64;
+                let n = weight(chunk);
                 let url = &balancer.members()[i].url;
                 match outcome {
                     Outcome::Delivered { rejected, message } => {
                         if balancer.mark_up(i) {
-                            info!(exporter = %self.id, endpoint = %url, "endpoint is back: it takes its traces again");
+                            info!(exporter = %self.id, endpoint = %url, "endpoint is back: it takes its records again");
                         }
                         if rejected > 0 {
                             warn!(exporter = %self.id, endpoint = %url, rejected, %message, "backend accepted the request but rejected some records");
@@ -310,14 +450,14 @@ impl Shared {
                         self.settle(n, n - rejected.min(n), "rejected_by_backend");
                     }
                     Outcome::Permanent { reason } => {
-                        self.count(OtlpSignal::Traces, |s, k| s.failed[k] += 1);
+                        self.count(signal, |s, k| s.failed[k] += 1);
                         error!(exporter = %self.id, endpoint = %url, records = n, %reason, "export failed permanently; records dropped");
                         self.settle(n, 0, "export_failed");
                     }
                     Outcome::Retryable {
                         after: Some(after), ..
                     } => {
-                        self.count(OtlpSignal::Traces, |s, k| s.retries[k] += 1);
+                        self.count(signal, |s, k| s.retries[k] += 1);
                         asked = Some(asked.map_or(after, |a| a.max(after)));
                         pending.extend_from_slice(chunk);
                     }
@@ -327,16 +467,16 @@ impl Shared {
                     } => {
                         let (newly, off) = balancer.mark_down(i);
                         if newly {
-                            warn!(exporter = %self.id, endpoint = %url, %reason, ?off, "endpoint failed: its traces go to the next endpoints on the ring");
+                            warn!(exporter = %self.id, endpoint = %url, %reason, ?off, "endpoint failed: its records go to the next endpoints on the ring");
                         }
                         let total = {
                             let mut r = self.rerouted.lock().unwrap_or_else(|p| p.into_inner());
-                            r[i] += n;
-                            r[i]
+                            r[i][signal as usize] += n;
+                            r[i][signal as usize]
                         };
                         self.telemetry
-                            .set_counter("otlp_rerouted_spans", url, total);
-                        self.count(OtlpSignal::Traces, |s, k| s.retries[k] += 1);
+                            .set_counter(rerouted_counter(signal), url, total);
+                        self.count(signal, |s, k| s.retries[k] += 1);
                         pending.extend_from_slice(chunk);
                     }
                 }
@@ -353,8 +493,8 @@ impl Shared {
                         .max(jitter(interval, self.retry.randomization_factor)),
                 };
                 if !self.retry.enabled || started.elapsed() + wait > self.retry.max_elapsed_time {
-                    let n = unroutable.len() as u64 + pending.len() as u64;
-                    self.count(OtlpSignal::Traces, |s, k| s.failed[k] += 1);
+                    let n = weight(&unroutable) + weight(&pending);
+                    self.count(signal, |s, k| s.failed[k] += 1);
                     error!(exporter = %self.id, records = n, "every endpoint failed, no more retries; records dropped");
                     self.settle(n, 0, "retries_exhausted");
                     return;
@@ -414,14 +554,59 @@ async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receive
                 }
             }
         }
-        if let Some(balancer) = &shared.balancer {
-            let spans = batches.iter().flat_map(|b| match &b.records {
-                Records::Spans(spans) => spans.iter().map(|s| (&b.resource, s)).collect(),
-                _ => Vec::new(),
-            });
-            shared
-                .deliver_balanced(balancer, &mut resources, spans.collect())
-                .await;
+        if let Some(balanced) = &shared.balancer {
+            let streams = balanced.metrics == Some(balance::RoutingKey::StreamId);
+            // Routed by stream, a metric's points part ways: one metric per point.
+            let split: Vec<(&Arc<Resource>, Vec<oxeye_api::Metric>)> = if streams {
+                batches
+                    .iter()
+                    .filter_map(|b| match &b.records {
+                        Records::Metrics(m) => {
+                            Some((&b.resource, m.iter().flat_map(split_points).collect()))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let (mut spans, mut metrics, mut logs) = (Vec::new(), Vec::new(), Vec::new());
+            for b in &batches {
+                let r = &b.resource;
+                match &b.records {
+                    Records::Spans(v) => spans.extend(v.iter().map(|s| Item::Span(r, s))),
+                    Records::Metrics(v) if !streams => {
+                        metrics.extend(v.iter().map(|m| Item::Metric(r, m)))
+                    }
+                    Records::Logs(v) => logs.extend(v.iter().map(|l| Item::Log(r, l))),
+                    _ => {}
+                }
+            }
+            for (r, v) in &split {
+                metrics.extend(v.iter().map(|m| Item::Metric(r, m)));
+            }
+            for (signal, key, items) in [
+                (OtlpSignal::Traces, balanced.traces, spans),
+                (OtlpSignal::Metrics, balanced.metrics, metrics),
+                (OtlpSignal::Logs, balanced.logs, logs),
+            ] {
+                if items.is_empty() {
+                    continue;
+                }
+                match key {
+                    Some(key) => {
+                        shared
+                            .deliver_balanced(&balanced.ring, &mut resources, signal, key, items)
+                            .await
+                    }
+                    // Refused by validation; counted if it ever happens.
+                    None => shared.settle(
+                        items.iter().map(Item::weight).sum(),
+                        0,
+                        "signal_not_configured",
+                    ),
+                }
+            }
             drop(room);
             continue;
         }
@@ -607,28 +792,39 @@ impl OtlpExporter {
         let balancer = if config.endpoints.is_empty() {
             None
         } else {
-            if signals.iter().any(|s| *s != OtlpSignal::Traces) {
-                return Err("load balancing (`endpoints:`) routes spans by trace id: send flows and profiles through another otlp exporter".into());
-            }
             let mut members = Vec::new();
             for e in &config.endpoints {
-                let r = config
-                    .for_endpoint(e)
-                    .resolve(OtlpSignal::Traces, &process_env)
-                    .map_err(|e| e.to_string())?;
-                info!(exporter = %ctx.id, url = %r.url, protocol = r.protocol.as_str(), "otlp exporter: load-balanced endpoint");
-                members.push((e.clone(), Client::new(&r)?));
+                let mut clients = Vec::new();
+                for &s in &signals {
+                    if clients.iter().any(|(x, _)| *x == s) {
+                        continue;
+                    }
+                    let r = config
+                        .for_endpoint(e)
+                        .resolve(s, &process_env)
+                        .map_err(|e| e.to_string())?;
+                    info!(exporter = %ctx.id, signal = s.as_str(), url = %r.url, protocol = r.protocol.as_str(), routing_key = ?config.routing(s), "otlp exporter: load-balanced endpoint");
+                    clients.push((s, Client::new(&r)?));
+                }
+                members.push((e.clone(), clients));
             }
-            Some(balance::Balancer::new(members))
+            Some(Balanced {
+                ring: balance::Balancer::new(members),
+                traces: config.routing(OtlpSignal::Traces).ok(),
+                metrics: config.routing(OtlpSignal::Metrics).ok(),
+                logs: config.routing(OtlpSignal::Logs).ok(),
+            })
         };
-        let traces = if balancer.is_some() {
-            None
+        let (traces, metrics, logs) = if balancer.is_some() {
+            (None, None, None)
         } else {
-            client(OtlpSignal::Traces)?
+            (
+                client(OtlpSignal::Traces)?,
+                client(OtlpSignal::Metrics)?,
+                client(OtlpSignal::Logs)?,
+            )
         };
-        let metrics = client(OtlpSignal::Metrics)?;
         let profiles = client(OtlpSignal::Profiles)?;
-        let logs = client(OtlpSignal::Logs)?;
         let q = &config.sending_queue;
         // Every batch takes at least one unit of room, so the channel never fills first.
         let (tx, rx) = mpsc::channel(q.queue_size);
@@ -643,7 +839,10 @@ impl OtlpExporter {
                 metrics,
                 profiles,
                 logs,
-                rerouted: Mutex::new(vec![0; balancer.as_ref().map_or(0, |b| b.members().len())]),
+                rerouted: Mutex::new(vec![
+                    [0; OtlpSignal::ALL.len()];
+                    balancer.as_ref().map_or(0, |b| b.ring.members().len())
+                ]),
                 balancer,
                 retry: config.retry_on_failure,
                 send_batch_size: config.batch.send_batch_size,
