@@ -139,3 +139,95 @@ fn an_idle_file_is_completed_at_max_age_while_oxeye_runs() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const METRICS_LOGS: &str = r#"
+import glob, json, sys
+import pyarrow as pa, pyarrow.ipc as ipc, duckdb
+prefix = sys.argv[1]
+tables = {}
+assert not glob.glob(prefix + "*.partial"), "a partial file was left behind"
+for path in sorted(glob.glob(prefix + "*.arrow")):
+    t = ipc.open_file(pa.memory_map(path)).read_all()
+    sig = t.schema.metadata[b"oxeye.signal"].decode()
+    tables[sig] = pa.concat_tables([tables[sig], t]) if sig in tables else t
+metrics, logs = tables["metrics"], tables["logs"]
+con = duckdb.connect()
+out = {
+    "metric_rows": metrics.num_rows,
+    "log_rows": logs.num_rows,
+    "types": con.execute("SELECT type, count(*) FROM metrics GROUP BY type ORDER BY type").fetchall(),
+    # Every histogram row's buckets add up to its count.
+    "bad_histograms": con.execute(
+        "SELECT count(*) FROM metrics WHERE type = 'Histogram' AND list_sum(bucket_counts) != count").fetchone()[0],
+    "counters_monotonic": con.execute(
+        "SELECT bool_and(is_monotonic) FROM metrics WHERE name = 'http.server.requests'").fetchone()[0],
+    "gauge_values": con.execute(
+        "SELECT count(value_int) FROM metrics WHERE type = 'Gauge'").fetchone()[0],
+    "severities": con.execute(
+        "SELECT severity_text, count(*) FROM logs GROUP BY 1 ORDER BY 1").fetchall(),
+    "traced": con.execute("SELECT count(trace_id) FROM logs").fetchone()[0],
+    "body": logs.column("body").to_pylist()[0],
+}
+print(json.dumps(out))
+"#;
+
+#[test]
+fn metrics_and_logs_read_back_with_pyarrow_and_duckdb() {
+    let dir = std::env::temp_dir().join(format!("oxeye-arrow-ml-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let prefix = dir.join("out").display().to_string();
+    let cfg = temp_config(
+        "arrow-ml",
+        &format!(
+            "receivers:\n  synthetic: {{seed: 4, batch_size: 300, metrics: {{count: 3000, series: 32}}, logs: {{count: 2000}}}}\nexporters:\n  arrow: {{path: '{prefix}', compression: zstd}}\nservice:\n  pipelines:\n    metrics: {{receivers: [synthetic], exporters: [arrow]}}\n    logs: {{receivers: [synthetic], exporters: [arrow]}}\n"
+        ),
+    );
+    let run = Command::new(oxeye_bin())
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .output()
+        .expect("run oxeye");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let out = Command::new("python3")
+        .args(["-c", METRICS_LOGS, &prefix])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "pyarrow/duckdb check failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (v["metric_rows"].as_u64(), v["log_rows"].as_u64()),
+        (Some(3000), Some(2000)),
+        "{v}"
+    );
+    assert_eq!(
+        v["types"],
+        serde_json::json!([
+            ["ExponentialHistogram", 600],
+            ["Gauge", 600],
+            ["Histogram", 600],
+            ["Sum", 1200]
+        ]),
+        "{v}"
+    );
+    assert_eq!(v["bad_histograms"], 0, "{v}");
+    assert_eq!(v["counters_monotonic"], true, "{v}");
+    assert_eq!(v["gauge_values"], 600, "{v}");
+    let traced = v["traced"].as_u64().unwrap_or(0);
+    assert!(
+        (800..1200).contains(&traced),
+        "about half the logs in a trace: {v}"
+    );
+    assert!(
+        v["body"].as_str().is_some_and(|b| b.contains("answered")),
+        "{v}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

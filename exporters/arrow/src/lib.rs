@@ -1,4 +1,5 @@
-//! `arrow` exporter: spans, flows and profile samples as Arrow IPC, for DuckDB, Polars, pandas.
+//! `arrow` exporter: spans, flows, profile samples, metrics and logs as Arrow IPC, for DuckDB,
+//! Polars, pandas.
 //!
 //! ```yaml
 //! exporters:
@@ -12,10 +13,14 @@
 //! Files are `<path>-<start unix ms>.arrow` (`<path>-<signal>-<start>.arrow` when the exporter
 //! serves several signals). A file is written as `….arrow.partial` and renamed when complete, so
 //! every `.arrow` file is readable. Schemas: [`span_schema`], [`flow_schema`],
-//! [`profile_schema`]; column names are
+//! [`profile_schema`], [`metric_schema`] (a row per data point), [`log_schema`]; column names are
 //! the OTel attribute names; low-cardinality strings are dictionary-encoded; stacks are
 //! `list<uint64>` and symbolized frames `list<struct>`; the schema metadata carries
 //! `oxeye.schema.version`.
+
+mod signals;
+
+pub use signals::{log_schema, logs_to_arrow, metric_schema, metrics_to_arrow};
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -104,11 +109,11 @@ pub struct ArrowConfig {
     pub rotate: Rotate,
 }
 
-fn dict() -> DataType {
+pub(crate) fn dict() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
 }
 
-fn attributes_field() -> Field {
+pub(crate) fn attributes_field() -> Field {
     let entries = Field::new(
         "entries",
         DataType::Struct(Fields::from(vec![
@@ -144,7 +149,7 @@ fn frames_field() -> Field {
     )
 }
 
-fn u64_list(name: &str) -> Field {
+pub(crate) fn u64_list(name: &str) -> Field {
     Field::new(
         name,
         DataType::List(Arc::new(Field::new("item", DataType::UInt64, true))),
@@ -152,7 +157,7 @@ fn u64_list(name: &str) -> Field {
     )
 }
 
-fn with_meta(fields: Vec<Field>, signal: &str) -> SchemaRef {
+pub(crate) fn with_meta(fields: Vec<Field>, signal: &str) -> SchemaRef {
     let meta = [
         (
             "oxeye.schema.version".to_string(),
@@ -254,7 +259,10 @@ pub fn flow_schema() -> SchemaRef {
 pub struct Dicts(std::collections::HashMap<usize, arrow_array::StringArray>);
 
 impl Dicts {
-    fn builder(&self, column: usize) -> Result<StringDictionaryBuilder<Int32Type>, BoxError> {
+    pub(crate) fn builder(
+        &self,
+        column: usize,
+    ) -> Result<StringDictionaryBuilder<Int32Type>, BoxError> {
         Ok(match self.0.get(&column) {
             Some(values) => StringDictionaryBuilder::new_with_dictionary(0, values)?,
             None => StringDictionaryBuilder::new(),
@@ -263,7 +271,7 @@ impl Dicts {
 
     /// A column with the same value (or null) in all `n` rows, such as the resource's
     /// `service.name`: the keys are written at once instead of hashing one string per row.
-    fn constant(
+    pub(crate) fn constant(
         &mut self,
         column: usize,
         value: Option<&str>,
@@ -290,7 +298,7 @@ impl Dicts {
         ))
     }
 
-    fn finish(
+    pub(crate) fn finish(
         &mut self,
         column: usize,
         mut b: StringDictionaryBuilder<Int32Type>,
@@ -307,7 +315,7 @@ impl Dicts {
     }
 }
 
-fn append_attributes(
+pub(crate) fn append_attributes(
     b: &mut MapBuilder<StringBuilder, StringBuilder>,
     attrs: &Attributes,
 ) -> Result<(), BoxError> {
@@ -319,7 +327,7 @@ fn append_attributes(
     Ok(())
 }
 
-fn resource_str(resource: &oxeye_api::Resource, key: &str) -> Option<String> {
+pub(crate) fn resource_str(resource: &oxeye_api::Resource, key: &str) -> Option<String> {
     resource.attributes.get(key).map(|v| v.to_string())
 }
 
@@ -659,7 +667,7 @@ pub struct ArrowExporter {
     options: IpcWriteOptions,
     /// More than one signal: the signal goes into file names.
     several_signals: bool,
-    outputs: [Option<Output>; 3],
+    outputs: [Option<Output>; 5],
     /// The start time in the last file name: a new file never reuses it.
     last_ms: u128,
 }
@@ -668,6 +676,8 @@ fn slot(signal: Signal) -> usize {
     match signal {
         Signal::Traces => 0,
         Signal::Flows => 1,
+        Signal::Metrics => 3,
+        Signal::Logs => 4,
         _ => 2,
     }
 }
@@ -738,6 +748,8 @@ impl BlockingExport for ArrowExporter {
             Records::Spans(_) | Records::Encoded(_) => (Signal::Traces, span_schema()),
             Records::Flows(_) => (Signal::Flows, flow_schema()),
             Records::Samples(_) => (Signal::Profiles, profile_schema()),
+            Records::Metrics(_) => (Signal::Metrics, metric_schema()),
+            Records::Logs(_) => (Signal::Logs, log_schema()),
             _ => return Err("arrow: records of a signal this exporter has no schema for".into()),
         };
         let i = slot(signal);
@@ -749,6 +761,8 @@ impl BlockingExport for ArrowExporter {
             Records::Spans(s) => spans_to_arrow(s, &batch.resource, &mut out.dicts)?,
             Records::Flows(f) => flows_to_arrow(f, &batch.resource, &mut out.dicts)?,
             Records::Samples(p) => samples_to_arrow(p, &batch.resource, &mut out.dicts)?,
+            Records::Metrics(m) => metrics_to_arrow(m, &batch.resource, &mut out.dicts)?,
+            Records::Logs(l) => logs_to_arrow(l, &batch.resource, &mut out.dicts)?,
             // The engine decodes them before this exporter; decoded here too for direct callers.
             Records::Encoded(e) => spans_to_arrow(&e.decode()?, &batch.resource, &mut out.dicts)?,
             _ => return Err("arrow: records of a signal this exporter has no schema for".into()),
@@ -800,7 +814,7 @@ impl Factory for ArrowFactory {
     type Config = ArrowConfig;
     type Component = Box<dyn Exporter>;
     const TYPE: &'static str = "arrow";
-    const SIGNALS: &'static [Signal] = &[Signal::Traces, Signal::Flows, Signal::Profiles];
+    const SIGNALS: &'static [Signal] = Signal::ALL;
     const DESCRIPTION: &'static str = "Arrow IPC files (rotated, zstd/lz4) or a stream on stdout";
     const DOCS: &'static str = include_str!("../../../docs/components/exporter-arrow.md");
 
@@ -852,7 +866,7 @@ impl Factory for ArrowFactory {
             config: c,
             options,
             several_signals: ctx.signals.len() > 1,
-            outputs: [None, None, None],
+            outputs: Default::default(),
             last_ms: 0,
         };
         Ok(Box::new(OnThread::spawn(
