@@ -187,6 +187,20 @@ fn python_sdk_metrics_and_logs_arrive_unchanged_over_grpc_and_http() {
             ((points + l.len()) as u64, 0),
             "{protocol}"
         );
+        // Without a processor, forwarded as received (never decoded); with one, decoded.
+        let forwarded = |name, source| counter(&report, "exporters/otlp", name, source);
+        assert_eq!(
+            (
+                forwarded("otlp_forwarded_data_points", "metrics"),
+                forwarded("otlp_forwarded_log_records", "logs")
+            ),
+            if nop {
+                (0, 0)
+            } else {
+                (points as u64, l.len() as u64)
+            },
+            "{protocol}, nop: {nop}"
+        );
     }
 }
 
@@ -458,11 +472,18 @@ fn encoded(m: &[FlatMetric]) -> Vec<Vec<u8>> {
 
 #[test]
 fn every_metric_and_log_field_survives_grpc_http_protobuf_gzip_and_json() {
+    // Forwarded as received, and decoded and encoded again (a processor between).
+    for nop in [false, true] {
+        every_field_survives(nop);
+    }
+}
+
+fn every_field_survives(nop: bool) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let sink = Arc::new(Sink::default());
     let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
     let (grpc, http) = (free_port(), free_port());
-    let oxeye = Oxeye::start(&yaml(grpc, http, sink_port, true), &[grpc, http]);
+    let oxeye = Oxeye::start(&yaml(grpc, http, sink_port, nop), &[grpc, http]);
     let (m, l) = (every_metric_field(), every_log_field());
     // gRPC.
     rt.block_on(async {

@@ -868,6 +868,74 @@ impl PartialEq for EncodedSpans {
     }
 }
 
+/// Metrics or log records still in the form they arrived in, like [`EncodedSpans`]: an OTLP
+/// `ExportMetricsServiceRequest` (`ExportLogsServiceRequest`) holding one `ResourceMetrics`
+/// (`ResourceLogs`), already checked by the receiver that made it, counted in data points (log
+/// records). Exporters that forward requests as received take them; the engine decodes them
+/// for everyone else ([`Batch::decoded`]).
+#[derive(Clone)]
+pub struct EncodedRecords<T> {
+    bytes: bytes::Bytes,
+    count: usize,
+    decode: fn(&[u8]) -> Result<Vec<T>, crate::BoxError>,
+}
+
+/// Metrics as they arrived ([`EncodedRecords`]).
+pub type EncodedMetrics = EncodedRecords<crate::Metric>;
+/// Log records as they arrived ([`EncodedRecords`]).
+pub type EncodedLogs = EncodedRecords<crate::LogRecord>;
+
+impl<T> EncodedRecords<T> {
+    /// `count` records (data points for metrics) in `bytes`, and the function that decodes
+    /// them (it must accept every record the receiver counted).
+    pub fn new(
+        bytes: bytes::Bytes,
+        count: usize,
+        decode: fn(&[u8]) -> Result<Vec<T>, crate::BoxError>,
+    ) -> Self {
+        EncodedRecords {
+            bytes,
+            count,
+            decode,
+        }
+    }
+
+    /// The encoded request.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Number of records (data points for metrics).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when there is none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The records, decoded (without their resource: that is the batch's).
+    pub fn decode(&self) -> Result<Vec<T>, crate::BoxError> {
+        (self.decode)(&self.bytes)
+    }
+}
+
+impl<T> fmt::Debug for EncodedRecords<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncodedRecords")
+            .field("count", &self.count)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl<T> PartialEq for EncodedRecords<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.count == other.count && self.bytes == other.bytes
+    }
+}
+
 /// The records of one batch: all of one signal.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -885,6 +953,11 @@ pub enum Records {
     /// Spans still encoded as they arrived (see [`EncodedSpans`]); only exporters that say they
     /// take them see this variant.
     Encoded(EncodedSpans),
+    /// Metrics still encoded as they arrived ([`EncodedRecords`]); like `Encoded`, only
+    /// exporters that take encoded records see it.
+    EncodedMetrics(EncodedMetrics),
+    /// Log records still encoded as they arrived.
+    EncodedLogs(EncodedLogs),
 }
 
 impl Records {
@@ -894,8 +967,8 @@ impl Records {
             Records::Spans(_) | Records::Encoded(_) => Signal::Traces,
             Records::Flows(_) => Signal::Flows,
             Records::Samples(_) => Signal::Profiles,
-            Records::Metrics(_) => Signal::Metrics,
-            Records::Logs(_) => Signal::Logs,
+            Records::Metrics(_) | Records::EncodedMetrics(_) => Signal::Metrics,
+            Records::Logs(_) | Records::EncodedLogs(_) => Signal::Logs,
         }
     }
 
@@ -909,6 +982,8 @@ impl Records {
             Records::Metrics(v) => v.iter().map(crate::Metric::points).sum(),
             Records::Logs(v) => v.len(),
             Records::Encoded(e) => e.len(),
+            Records::EncodedMetrics(e) => e.len(),
+            Records::EncodedLogs(e) => e.len(),
         }
     }
 
@@ -973,21 +1048,29 @@ impl Batch {
         self.records.signal()
     }
 
-    /// True when the records are still encoded ([`Records::Encoded`]).
+    /// True when the records are still encoded ([`Records::Encoded`],
+    /// [`Records::EncodedMetrics`], [`Records::EncodedLogs`]).
     pub fn is_encoded(&self) -> bool {
-        matches!(self.records, Records::Encoded(_))
+        matches!(
+            self.records,
+            Records::Encoded(_) | Records::EncodedMetrics(_) | Records::EncodedLogs(_)
+        )
     }
 
-    /// The batch with encoded spans decoded into [`Records::Spans`] (others as they are). The
-    /// original stays with any other holder of the `Arc`.
+    /// The batch with encoded records decoded ([`Records::Spans`], [`Records::Metrics`],
+    /// [`Records::Logs`]; others as they are). The original stays with any other holder of the
+    /// `Arc`.
     pub fn decoded(batch: Arc<Batch>) -> Result<Arc<Batch>, crate::BoxError> {
-        match &batch.records {
-            Records::Encoded(e) => Ok(Arc::new(Batch {
-                resource: Arc::clone(&batch.resource),
-                records: Records::Spans(e.decode()?),
-            })),
-            _ => Ok(batch),
-        }
+        let records = match &batch.records {
+            Records::Encoded(e) => Records::Spans(e.decode()?),
+            Records::EncodedMetrics(e) => Records::Metrics(e.decode()?),
+            Records::EncodedLogs(e) => Records::Logs(e.decode()?),
+            _ => return Ok(batch),
+        };
+        Ok(Arc::new(Batch {
+            resource: Arc::clone(&batch.resource),
+            records,
+        }))
     }
 
     /// Number of records.

@@ -39,9 +39,9 @@ pub use component::{
 };
 pub use config::{ConfigErrors, FieldError};
 pub use data::{
-    Attributes, Batch, Comm, Direction, DroppedCounts, EncodedSpans, EntityRef, Event, Flow, Frame,
-    Link, Mapping, Records, Resource, Sample, Scope, Signal, Span, SpanId, SpanKind, StatusCode,
-    TaskContext, TcpFlags, TraceId, Transport, Value,
+    Attributes, Batch, Comm, Direction, DroppedCounts, EncodedLogs, EncodedMetrics, EncodedRecords,
+    EncodedSpans, EntityRef, Event, Flow, Frame, Link, Mapping, Records, Resource, Sample, Scope,
+    Signal, Span, SpanId, SpanKind, StatusCode, TaskContext, TcpFlags, TraceId, Transport, Value,
 };
 pub use factory::{Factory, Instance, Kind, Registration};
 pub use logs::{LogRecord, Severity};

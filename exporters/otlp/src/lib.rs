@@ -149,8 +149,8 @@ struct Shared {
 
 #[derive(Default)]
 struct Stats {
-    /// Spans sent on as they were received (never decoded here).
-    forwarded: u64,
+    /// Records sent on as they were received (never decoded here), per signal.
+    forwarded: [u64; OtlpSignal::ALL.len()],
     requests: [u64; OtlpSignal::ALL.len()],
     retries: [u64; OtlpSignal::ALL.len()],
     failed: [u64; OtlpSignal::ALL.len()],
@@ -610,17 +610,31 @@ async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receive
             drop(room);
             continue;
         }
-        let forwarded: usize = batches
-            .iter()
-            .filter(|b| b.is_encoded())
-            .map(|b| b.len())
-            .sum();
-        if forwarded > 0 {
+        let mut forwarded = [0u64; OtlpSignal::ALL.len()];
+        for b in batches.iter().filter(|b| b.is_encoded()) {
+            let signal = match b.signal() {
+                Signal::Metrics => OtlpSignal::Metrics,
+                Signal::Logs => OtlpSignal::Logs,
+                _ => OtlpSignal::Traces,
+            };
+            forwarded[signal as usize] += b.len() as u64;
+        }
+        if forwarded.iter().any(|&n| n > 0) {
             let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
-            s.forwarded += forwarded as u64;
-            shared
-                .telemetry
-                .set_counter("otlp_forwarded_spans", "traces", s.forwarded);
+            for signal in [OtlpSignal::Traces, OtlpSignal::Metrics, OtlpSignal::Logs] {
+                let i = signal as usize;
+                if forwarded[i] > 0 {
+                    s.forwarded[i] += forwarded[i];
+                    let name = match signal {
+                        OtlpSignal::Metrics => "otlp_forwarded_data_points",
+                        OtlpSignal::Logs => "otlp_forwarded_log_records",
+                        _ => "otlp_forwarded_spans",
+                    };
+                    shared
+                        .telemetry
+                        .set_counter(name, signal.as_str(), s.forwarded[i]);
+                }
+            }
         }
         for (signal, request, n) in requests(&mut resources, &batches, shared.send_batch_size) {
             let client = match signal {
@@ -654,6 +668,8 @@ fn requests(
     let mut samples = Vec::new();
     let mut metrics = Vec::new();
     let mut logs = Vec::new();
+    // Requests received and forwarded as they came: (bytes, records), per signal.
+    let (mut raw_metrics, mut raw_logs) = (Vec::new(), Vec::new());
     for b in batches {
         match &b.records {
             Records::Spans(s) => s
@@ -669,6 +685,8 @@ fn requests(
                 }
             }
             Records::Logs(l) => l.chunks(max).for_each(|c| logs.push((&b.resource, c))),
+            Records::EncodedMetrics(e) => raw_metrics.push((e.bytes(), e.len())),
+            Records::EncodedLogs(e) => raw_logs.push((e.bytes(), e.len())),
             _ => {}
         }
     }
@@ -712,6 +730,21 @@ fn requests(
     for (range, n) in fill(&lens, max) {
         let req = encode::logs::request(resources, logs[range].iter().copied());
         out.push((OtlpSignal::Logs, Request::Logs(req), n));
+    }
+    for (signal, raw) in [
+        (OtlpSignal::Metrics, raw_metrics),
+        (OtlpSignal::Logs, raw_logs),
+    ] {
+        let lens: Vec<usize> = raw.iter().map(|p| p.1).collect();
+        for (range, n) in fill(&lens, max) {
+            let mut bytes = Vec::with_capacity(raw[range.clone()].iter().map(|p| p.0.len()).sum());
+            raw[range].iter().for_each(|p| bytes.extend_from_slice(p.0));
+            out.push((
+                signal,
+                Request::Encoded(signal, transport::Encoded(bytes)),
+                n,
+            ));
+        }
     }
     let lens: Vec<usize> = samples.iter().map(|p| p.1.len()).collect();
     for (range, n) in fill(&lens, max) {
@@ -1129,6 +1162,7 @@ mod tests {
                     .flat_map(|rl| &rl.scope_logs)
                     .map(|sl| sl.log_records.len())
                     .sum(),
+                Request::Encoded(..) => unreachable!("no encoded batches here"),
                 Request::Profiles(p) => p
                     .resource_profiles
                     .iter()

@@ -45,7 +45,14 @@ pub enum Request {
     Logs(ExportLogsServiceRequest),
     /// CPU profiles.
     Profiles(ExportProfilesServiceRequest),
+    /// A metrics or logs request already encoded: requests received and forwarded as they
+    /// came, concatenated (protobuf merges their repeated `Resource*` fields into one request).
+    Encoded(OtlpSignal, Encoded),
 }
+
+/// An encoded request ([`Request::Encoded`]).
+#[derive(Clone, Debug)]
+pub struct Encoded(pub Vec<u8>);
 
 /// A request encoded once (and, over HTTP with gzip, compressed once), sent as is on every
 /// attempt: a retry does not copy or re-encode the request.
@@ -266,6 +273,7 @@ impl Client {
             Request::Metrics(r) => (OtlpSignal::Metrics, r),
             Request::Profiles(r) => (OtlpSignal::Profiles, r),
             Request::Logs(r) => (OtlpSignal::Logs, r),
+            Request::Encoded(s, r) => (*s, r),
         };
         let body = match self {
             Client::Http { gzip, .. } => {
@@ -579,6 +587,16 @@ impl EncodeInto for TraceMessage {
             gzip_into(self.bytes(), out);
         } else {
             out.extend_from_slice(self.bytes());
+        }
+    }
+}
+
+impl EncodeInto for Encoded {
+    fn encode_into(&self, out: &mut Vec<u8>, gzip: bool) {
+        if gzip {
+            gzip_into(&self.0, out);
+        } else {
+            out.extend_from_slice(&self.0);
         }
     }
 }

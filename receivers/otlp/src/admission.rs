@@ -47,7 +47,7 @@ pub(crate) enum Body {
 
 /// Decodes a request of `signal` (traces, metrics or logs), charging its records: a precharge
 /// before (refused if the budget cannot take it), then the charge set to what the records take.
-/// A trace request kept encoded (`keep`, and clean) holds its bytes only.
+/// A request kept encoded (`keep`, and clean) holds its bytes only.
 pub(crate) fn decode(
     signal: Signal,
     body: &bytes::Bytes,
@@ -55,7 +55,6 @@ pub(crate) fn decode(
     keep: bool,
     charge: &mut Charge,
 ) -> Result<crate::convert::Converted, Refused> {
-    let keep = keep && signal == Signal::Traces;
     let len = body.len() as u64;
     let before = charge.bytes;
     let precharge = if keep && kind == Body::Protobuf {
@@ -74,18 +73,25 @@ pub(crate) fn decode(
     let protobuf = |what: &str, e: prost::DecodeError| {
         Refused::Malformed(format!("not an OTLP {what} request: {e}"))
     };
-    // Metrics and logs are decoded by prost: their share of a node's telemetry is small next to
-    // spans, for which `wire` was written.
+    // Metrics and logs are checked off the wire to be forwarded as received, and otherwise
+    // decoded by prost (spans have a decoder of their own: the bulk of a node's telemetry).
     let read = || match (signal, kind) {
-        (Signal::Metrics, Body::Protobuf) => ExportMetricsServiceRequest::decode(body.as_ref())
-            .map(|r| sized(metrics::request(r)))
-            .map_err(|e| protobuf("metrics", e)),
+        (Signal::Metrics, Body::Protobuf) => match keep.then(|| crate::wire::encoded_metrics(body))
+        {
+            Some(Some(c)) => Ok(c),
+            _ => ExportMetricsServiceRequest::decode(body.as_ref())
+                .map(|r| sized(metrics::request(r)))
+                .map_err(|e| protobuf("metrics", e)),
+        },
         (Signal::Metrics, Body::Json) => convert::from_json(body, "metrics")
             .map(|r| sized(metrics::request(r)))
             .map_err(Refused::Malformed),
-        (Signal::Logs, Body::Protobuf) => ExportLogsServiceRequest::decode(body.as_ref())
-            .map(|r| sized(logs::request(r)))
-            .map_err(|e| protobuf("logs", e)),
+        (Signal::Logs, Body::Protobuf) => match keep.then(|| crate::wire::encoded_logs(body)) {
+            Some(Some(c)) => Ok(c),
+            _ => ExportLogsServiceRequest::decode(body.as_ref())
+                .map(|r| sized(logs::request(r)))
+                .map_err(|e| protobuf("logs", e)),
+        },
         (Signal::Logs, Body::Json) => convert::from_json(body, "logs")
             .map(|r| sized(logs::request(r)))
             .map_err(Refused::Malformed),

@@ -306,7 +306,7 @@ impl tonic::codec::Decoder for Codec {
         // tonic hands over one message in one `BytesMut`: taking it as `Bytes` copies nothing,
         // and encoded batches keep slices of it.
         let bytes = src.copy_to_bytes(len);
-        let keep = self.shared.keeps_encoded();
+        let keep = self.shared.keeps_encoded(self.signal);
         match admission::decode(
             self.signal,
             &bytes,

@@ -323,7 +323,13 @@ async fn export(signal: Signal, app: App, headers: HeaderMap, body: Body) -> Res
         Encoding::Protobuf => BodyKind::Protobuf,
         Encoding::Json => BodyKind::Json,
     };
-    let request = admission::decode(signal, &bytes, kind, shared.keeps_encoded(), &mut charge);
+    let request = admission::decode(
+        signal,
+        &bytes,
+        kind,
+        shared.keeps_encoded(signal),
+        &mut charge,
+    );
     drop(bytes);
     let request = match request {
         Ok(r) => r,

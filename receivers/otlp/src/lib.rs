@@ -153,10 +153,11 @@ impl Shared {
         Arc::clone(&self.requests).try_acquire_owned().ok()
     }
 
-    /// True when the pipeline sends spans straight to exporters that forward them as received:
-    /// clean requests are then kept as they came, not decoded ([`wire::encoded`]).
-    pub(crate) fn keeps_encoded(&self) -> bool {
-        self.ctx.takes_encoded(Signal::Traces)
+    /// True when the pipeline sends `signal` straight to exporters that forward requests as
+    /// received: clean requests are then kept as they came, not decoded ([`wire::encoded`],
+    /// [`wire::encoded_metrics`], [`wire::encoded_logs`]).
+    pub(crate) fn keeps_encoded(&self, signal: Signal) -> bool {
+        self.ctx.takes_encoded(signal)
     }
 
     /// True when a pipeline of `signal` takes this receiver's output.

@@ -1,6 +1,7 @@
-//! OTLP metrics and logs, protobuf: never a panic, and what the receiver takes, written back by
+//! OTLP metrics and logs, protobuf: never a panic; what the receiver takes, written back by
 //! the exporter's encoders and read again, gives the same records — the round trip that keeps
-//! every field (the first byte picks the signal).
+//! every field; and what the forwarding check (`wire::encoded_*`) passes, prost decodes and
+//! `convert` takes whole, with the same count and records (the first byte picks the signal).
 #![no_main]
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use oxeye_api::Records;
 use oxeye_exporter_otlp::bench::{logs, metrics, Resources};
-use oxeye_receiver_otlp::convert;
+use oxeye_receiver_otlp::{convert, wire};
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,8 +19,15 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut resources = Resources::new(&Default::default());
+    let bytes = bytes::Bytes::copy_from_slice(data);
+    let checked = if signal % 2 == 0 {
+        wire::encoded_metrics(&bytes)
+    } else {
+        wire::encoded_logs(&bytes)
+    };
     let (first, again) = if signal % 2 == 0 {
         let Ok(request) = ExportMetricsServiceRequest::decode(data) else {
+            assert!(checked.is_none(), "the check passed what prost refuses");
             return;
         };
         let first = convert::metrics::request(request);
@@ -38,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         (first, again)
     } else {
         let Ok(request) = ExportLogsServiceRequest::decode(data) else {
+            assert!(checked.is_none(), "the check passed what prost refuses");
             return;
         };
         let first = convert::logs::request(request);
@@ -66,4 +75,20 @@ fuzz_target!(|data: &[u8]| {
             .concat()
     };
     assert_eq!(flat(&first), flat(&again));
+    if let Some(c) = checked {
+        assert_eq!(first.rejected, 0, "the check passed {:?}", first.first_error);
+        assert_eq!(c.accepted, first.accepted);
+        // Decoding the forwarded batches gives what decoding the request gave.
+        let decoded: Vec<_> = c
+            .batches
+            .into_iter()
+            .map(|b| oxeye_api::Batch::decoded(Arc::new(b)).expect("a checked batch decodes"))
+            .collect();
+        let flat_decoded: String = decoded
+            .iter()
+            .map(|b| format!("{:?}", (Arc::as_ref(&b.resource), &b.records)))
+            .collect::<Vec<_>>()
+            .concat();
+        assert_eq!(flat_decoded, flat(&first));
+    }
 });

@@ -61,7 +61,7 @@ fn decode_spans(buf: &[u8]) -> Result<Vec<oxeye_api::Span>, oxeye_api::BoxError>
 
 /// A field this walk takes: read, and one its message has.
 #[inline(always)]
-fn known<T>(field: super::reader::Result<Option<T>>) -> Option<T> {
+pub(super) fn known<T>(field: super::reader::Result<Option<T>>) -> Option<T> {
     field.ok().flatten()
 }
 
@@ -93,7 +93,7 @@ fn resource_spans<'a>(ctx: &mut Ctx<'a>, buf: &'a [u8]) -> Option<(Resource, usi
     Some((res, spans))
 }
 
-fn str(b: &[u8]) -> Option<()> {
+pub(super) fn str(b: &[u8]) -> Option<()> {
     utf8(b).ok().map(drop)
 }
 
@@ -153,7 +153,7 @@ fn span(buf: &[u8]) -> Option<()> {
     clean.then_some(())
 }
 
-fn key_value(buf: &[u8], depth: usize) -> Option<()> {
+pub(super) fn key_value(buf: &[u8], depth: usize) -> Option<()> {
     for field in fields(buf) {
         match known(field)? {
             fields::KeyValue::Key(b) => str(b)?,
@@ -163,7 +163,7 @@ fn key_value(buf: &[u8], depth: usize) -> Option<()> {
     Some(())
 }
 
-fn any_value(buf: &[u8], depth: usize) -> Option<()> {
+pub(super) fn any_value(buf: &[u8], depth: usize) -> Option<()> {
     use fields::AnyValue as F;
     if depth > MAX_DEPTH {
         return None;

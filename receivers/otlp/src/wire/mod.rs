@@ -16,12 +16,14 @@ mod check;
 mod decode;
 mod fields;
 mod reader;
+mod signals;
 #[cfg(test)]
 mod tests;
 
 pub use check::encoded;
 pub use decode::request;
 pub use reader::WireError;
+pub use signals::{encoded_logs, encoded_metrics};
 
 use crate::convert::Converted;
 
