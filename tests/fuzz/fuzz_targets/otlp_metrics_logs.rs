@@ -1,7 +1,8 @@
 //! OTLP metrics and logs, protobuf: never a panic; what the receiver takes, written back by
 //! the exporter's encoders and read again, gives the same records — the round trip that keeps
 //! every field; and what the forwarding check (`wire::encoded_*`) passes, prost decodes and
-//! `convert` takes whole, with the same count and records (the first byte picks the signal).
+//! `convert` takes whole, with the same count and records; the JSON path never panics (the
+//! first byte picks the signal and the encoding).
 #![no_main]
 
 use std::sync::Arc;
@@ -18,6 +19,21 @@ fuzz_target!(|data: &[u8]| {
     let Some((&signal, data)) = data.split_first() else {
         return;
     };
+    // 2 and 3: the JSON path, which must never panic and never pass what convert refuses
+    // silently (its counts add up).
+    if signal % 4 >= 2 {
+        let c = if signal % 2 == 0 {
+            convert::from_json::<ExportMetricsServiceRequest>(data, "metrics")
+                .map(convert::metrics::request)
+        } else {
+            convert::from_json::<ExportLogsServiceRequest>(data, "logs").map(convert::logs::request)
+        };
+        if let Ok(c) = c {
+            let held: u64 = c.batches.iter().map(|b| b.len() as u64).sum();
+            assert_eq!(held, c.accepted);
+        }
+        return;
+    }
     let mut resources = Resources::new(&Default::default());
     let bytes = bytes::Bytes::copy_from_slice(data);
     let checked = if signal % 2 == 0 {
