@@ -997,7 +997,7 @@ fn mtls_on_grpc_and_http_and_a_client_without_certificate_refused() {
         "{{cert_file: '{d}/server.pem', key_file: '{d}/server.key', client_ca_file: '{d}/ca.pem'}}"
     );
     let gw = Oxeye::start(
-        &format!("receivers:\n  otlp:\n    protocols:\n      grpc: {{endpoint: '127.0.0.1:{grpc}', tls: {tls}}}\n      http: {{endpoint: '127.0.0.1:{http}', tls: {tls}}}\nexporters:\n  capture/mtls:\nservice:\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [capture/mtls]}}\n"),
+        &format!("receivers:\n  otlp:\n    protocols:\n      grpc: {{endpoint: '127.0.0.1:{grpc}', tls: {tls}}}\n      http: {{endpoint: '127.0.0.1:{http}', tls: {tls}}}\nexporters:\n  capture/mtls:\nservice:\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [capture/mtls]}}\n    metrics: {{receivers: [otlp], exporters: [capture/mtls]}}\n    logs: {{receivers: [otlp], exporters: [capture/mtls]}}\n"),
         &[grpc, http],
     );
     let agent = |protocol: &str, endpoint: String, client_cert: bool| {
@@ -1006,30 +1006,47 @@ fn mtls_on_grpc_and_http_and_a_client_without_certificate_refused() {
         } else {
             String::new()
         };
-        let yaml = format!("receivers:\n  synthetic: {{seed: 5, batch_size: 100, spans: {{count: 1000}}}}\nexporters:\n  otlp: {{protocol: {protocol}, endpoint: '{endpoint}', tls: {{ca_file: '{d}/ca.pem'{cert}}}, retry_on_failure: {{enabled: false}}}}\nservice:\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [otlp]}}\n");
+        // Spans, metric data points and log records: one server, one TLS set-up for all three.
+        let yaml = format!("receivers:\n  synthetic: {{seed: 5, batch_size: 100, spans: {{count: 1000}}, metrics: {{count: 500}}, logs: {{count: 300}}}}\nexporters:\n  otlp: {{protocol: {protocol}, endpoint: '{endpoint}', tls: {{ca_file: '{d}/ca.pem'{cert}}}, retry_on_failure: {{enabled: false}}}}\nservice:\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [otlp]}}\n    metrics: {{receivers: [synthetic], exporters: [otlp]}}\n    logs: {{receivers: [synthetic], exporters: [otlp]}}\n");
         let report = oxeye_tests::run(&yaml);
         component(&report, "exporters/otlp")
     };
     let t = agent("grpc", format!("https://127.0.0.1:{grpc}"), true);
     assert_eq!(
         (t.emitted(), t.dropped_total()),
-        (1000, 0),
+        (1800, 0),
         "gRPC over mTLS"
     );
     let t = agent("http/protobuf", format!("https://127.0.0.1:{http}"), true);
     assert_eq!(
         (t.emitted(), t.dropped_total()),
-        (1000, 0),
+        (1800, 0),
         "HTTPS with a client certificate"
     );
     // No client certificate: the handshake fails, nothing gets in, the agent counts the loss.
     let t = agent("grpc", format!("https://127.0.0.1:{grpc}"), false);
     assert_eq!(
         (t.emitted(), t.dropped_total()),
-        (0, 1000),
+        (0, 1800),
         "no client certificate"
     );
     gw.stop();
-    assert_eq!(captured_ids("mtls").len(), 2000);
+    let batches = oxeye_tests::captured("capture/mtls");
+    let count = |signal: oxeye_api::Signal| -> usize {
+        batches
+            .iter()
+            .filter(|b| b.signal() == signal)
+            .map(|b| b.len())
+            .sum()
+    };
+    assert_eq!(
+        (
+            count(oxeye_api::Signal::Traces),
+            count(oxeye_api::Signal::Metrics),
+            count(oxeye_api::Signal::Logs)
+        ),
+        (2000, 1000, 600),
+        "spans, data points and log records over mTLS, gRPC and HTTPS"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
