@@ -181,6 +181,11 @@ impl Charge {
         ok
     }
 
+    /// Bytes charged now.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Keeps at most `n` bytes charged (what the request's batches still hold).
     pub(crate) fn shrink_to(&mut self, n: u64) {
         if n < self.bytes {

@@ -4,7 +4,6 @@
 //! Retry-After when the pipeline is full. Served by axum over hyper, HTTP/1.1 and h2, plain or
 //! TLS (rustls).
 
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use oxeye_api::{BoxError, Shutdown, Signal};
 use prost::Message;
 
 use crate::admission::{self, Body as BodyKind, Charge, Refused};
+use crate::gzip::Inflate;
 use crate::{Counter, HttpConfig, Shared};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -164,24 +164,13 @@ async fn read_body(
     match encoding.as_str() {
         "" | "identity" => Ok(raw),
         "gzip" => {
-            let mut out = Vec::with_capacity((raw.len() * 4).min(limit));
-            let mut inflate = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
-            let mut chunk = [0u8; 64 << 10];
-            loop {
-                let n = inflate.read(&mut chunk).map_err(|e| {
-                    Unread::Status(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}"))
-                })?;
-                if n == 0 {
-                    break;
+            let out = crate::gzip::gunzip(&raw, limit, charge).map_err(|e| match e {
+                Inflate::TooLarge => too_large("the decompressed body", limit),
+                Inflate::OverBudget => Unread::OverBudget,
+                Inflate::Invalid(why) => {
+                    Unread::Status(StatusCode::BAD_REQUEST, format!("invalid gzip body: {why}"))
                 }
-                if out.len() + n > limit {
-                    return Err(too_large("the decompressed body", limit));
-                }
-                if !charge.grow(n as u64) {
-                    return Err(Unread::OverBudget);
-                }
-                out.extend_from_slice(&chunk[..n]);
-            }
+            })?;
             // The compressed bytes are freed; what stays charged is the decompressed ones.
             charge.shrink_to(out.len() as u64);
             Ok(out.into())

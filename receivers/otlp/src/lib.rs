@@ -18,6 +18,7 @@ mod admission;
 mod config;
 pub mod convert;
 mod grpc;
+mod gzip;
 mod http;
 mod serve;
 mod tls;
