@@ -203,8 +203,12 @@ fn validate(name: &str, text: &str, build_here: bool) -> ExitCode {
 fn print_graph(name: &str, cfg: &config::Config) {
     let count = |k: Kind| cfg.components.keys().filter(|(kind, _)| *kind == k).count();
     let pipelines: Vec<&str> = cfg.pipelines.iter().map(|p| p.id.as_str()).collect();
+    let connectors = match count(Kind::Connector) {
+        0 => String::new(),
+        n => format!(", {n} connector(s)"),
+    };
     println!(
-        "{name}: valid: {} pipeline(s) ({}), {} receiver(s), {} processor(s), {} exporter(s)",
+        "{name}: valid: {} pipeline(s) ({}), {} receiver(s), {} processor(s), {} exporter(s){connectors}",
         pipelines.len(),
         pipelines.join(", "),
         count(Kind::Receiver),

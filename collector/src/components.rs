@@ -10,16 +10,15 @@ pub(crate) fn list() -> ExitCode {
     let mut regs: Vec<&Registration> = Registration::all().collect();
     regs.sort_by_key(|r| (r.kind, r.type_name));
     println!(
-        "{:<10} {:<12} {:<14} {:<28} DESCRIPTION",
+        "{:<10} {:<14} {:<16} {:<28} DESCRIPTION",
         "KIND", "TYPE", "SIGNALS", "CRATE"
     );
     for r in regs {
-        let signals: Vec<&str> = r.signals.iter().map(|s| s.as_str()).collect();
         println!(
-            "{:<10} {:<12} {:<14} {:<28} {}",
+            "{:<10} {:<14} {:<16} {:<28} {}",
             r.kind.as_str(),
             r.type_name,
-            signals.join(","),
+            signals(r, ","),
             r.crate_name,
             r.description
         );
@@ -47,11 +46,10 @@ pub(crate) fn show(type_name: &str) -> ExitCode {
         if i > 0 {
             println!("\n");
         }
-        let signals: Vec<&str> = r.signals.iter().map(|s| s.as_str()).collect();
         println!("{} {}: {}", r.type_name, r.kind, r.description);
         println!(
             "  signals: {}; crate: {}{}",
-            signals.join(", "),
+            signals(r, ", "),
             r.crate_name,
             if r.reconfigurable {
                 "; applies config changes live"
@@ -118,6 +116,16 @@ fn settings(md: &str) -> String {
         }
     }
     out
+}
+
+/// `traces,metrics`; a connector's as `traces->metrics` (what it takes, then what it makes).
+fn signals(r: &Registration, sep: &str) -> String {
+    let list = |s: &[oxeye_api::Signal]| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(sep);
+    if r.output_signals.is_empty() {
+        list(r.signals)
+    } else {
+        format!("{}->{}", list(r.signals), list(r.output_signals))
+    }
 }
 
 #[cfg(test)]

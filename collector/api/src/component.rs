@@ -71,6 +71,16 @@ pub trait Processor: Send {
     }
 }
 
+/// Ends the pipelines of one signal and starts pipelines of another (spans → RED metrics,
+/// flows → metrics): listed under `connectors:`, then in the `exporters:` of the pipelines it
+/// takes from and the `receivers:` of those it feeds. It runs as a processor does —
+/// [`Processor::process`] gets the batches of every pipeline it ends, what it pushes to its
+/// [`Output`] goes into every pipeline it starts, `tick`, `flush` and `held` as for a processor
+/// — so a connector implements [`Processor`] and marks itself with this trait. Its factory's
+/// [`SIGNALS`](crate::Factory::SIGNALS) are those it takes and
+/// [`OUTPUT_SIGNALS`](crate::Factory::OUTPUT_SIGNALS) those it makes.
+pub trait Connector: Processor {}
+
 /// A pipeline's entry gate (see [`Processor::admission`]).
 pub trait Admission: Send + Sync + 'static {
     /// `Some(why)` while data entering the pipeline must be refused, e.g. `"memory_limit"`.

@@ -22,11 +22,11 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
-use crate::component::{BoxError, BuildContext, Exporter, Processor, Receiver};
+use crate::component::{BoxError, BuildContext, Connector, Exporter, Processor, Receiver};
 use crate::config::ConfigErrors;
 use crate::data::Signal;
 
-/// The three kinds of component.
+/// The kinds of component.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Kind {
@@ -36,6 +36,8 @@ pub enum Kind {
     Processor,
     /// Sends data out.
     Exporter,
+    /// Ends pipelines of one signal and starts pipelines of another ([`crate::Connector`]).
+    Connector,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Receiver => "receiver",
             Kind::Processor => "processor",
             Kind::Exporter => "exporter",
+            Kind::Connector => "connector",
         }
     }
 
@@ -54,6 +57,7 @@ impl Kind {
             Kind::Receiver => "receivers",
             Kind::Processor => "processors",
             Kind::Exporter => "exporters",
+            Kind::Connector => "connectors",
         }
     }
 }
@@ -73,13 +77,16 @@ pub enum Instance {
     Processor(Box<dyn Processor>),
     /// An exporter.
     Exporter(Box<dyn Exporter>),
+    /// A connector.
+    Connector(Box<dyn Connector>),
 }
 
 mod sealed {
     pub trait Sealed {}
 }
 
-/// Implemented by `Box<dyn Receiver>`, `Box<dyn Processor>` and `Box<dyn Exporter>`: what a
+/// Implemented by `Box<dyn Receiver>`, `Box<dyn Processor>`, `Box<dyn Exporter>` and
+/// `Box<dyn Connector>`: what a
 /// [`Factory`] builds, and so which [`Kind`] it registers.
 pub trait Component: sealed::Sealed + Send + 'static {
     /// The kind of component.
@@ -102,18 +109,21 @@ macro_rules! component_kind {
 component_kind!(Receiver, Receiver);
 component_kind!(Processor, Processor);
 component_kind!(Exporter, Exporter);
+component_kind!(Connector, Connector);
 
 /// Describes one component type: its name, signals, typed config, validation and construction.
 pub trait Factory: 'static {
     /// The typed config. Use `#[serde(deny_unknown_fields)]`; `#[serde(default)]` lets users
     /// write just the component id. An absent config deserializes from an empty mapping.
     type Config: DeserializeOwned;
-    /// `Box<dyn Receiver>`, `Box<dyn Processor>` or `Box<dyn Exporter>`.
+    /// `Box<dyn Receiver>`, `Box<dyn Processor>`, `Box<dyn Exporter>` or `Box<dyn Connector>`.
     type Component: Component;
     /// The type name used in config keys (`type` or `type/name`).
     const TYPE: &'static str;
-    /// Signals this component accepts or produces.
+    /// Signals this component accepts or produces (a connector: those it takes).
     const SIGNALS: &'static [Signal];
+    /// A connector's: the signals it makes, for the pipelines it is a receiver of. Others: none.
+    const OUTPUT_SIGNALS: &'static [Signal] = &[];
     /// One line for `oxeye components`.
     const DESCRIPTION: &'static str;
     /// The component's reference page (Markdown), shown by `oxeye components TYPE`: its intro
@@ -147,8 +157,10 @@ pub struct Registration {
     pub type_name: &'static str,
     /// Kind of component.
     pub kind: Kind,
-    /// Signals accepted.
+    /// Signals accepted (a connector: those it takes).
     pub signals: &'static [Signal],
+    /// A connector's [`Factory::OUTPUT_SIGNALS`].
+    pub output_signals: &'static [Signal],
     /// One-line description.
     pub description: &'static str,
     /// See [`Factory::DOCS`].
@@ -215,6 +227,7 @@ impl Registration {
             type_name: F::TYPE,
             kind: <F::Component as Component>::KIND,
             signals: F::SIGNALS,
+            output_signals: F::OUTPUT_SIGNALS,
             description: F::DESCRIPTION,
             docs: F::DOCS,
             crate_name,
@@ -257,6 +270,11 @@ impl Registration {
     /// True when the component accepts `signal`.
     pub fn supports(&self, signal: Signal) -> bool {
         self.signals.contains(&signal)
+    }
+
+    /// True when a connector makes `signal`.
+    pub fn makes(&self, signal: Signal) -> bool {
+        self.output_signals.contains(&signal)
     }
 }
 

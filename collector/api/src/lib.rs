@@ -34,8 +34,8 @@ pub mod size;
 pub mod testing;
 
 pub use component::{
-    Admission, BoxError, BuildContext, Exporter, Hold, LostCount, LostUnit, Output, Processor,
-    Receiver, ReceiverContext, Reconfigure, Shutdown, Telemetry,
+    Admission, BoxError, BuildContext, Connector, Exporter, Hold, LostCount, LostUnit, Output,
+    Processor, Receiver, ReceiverContext, Reconfigure, Shutdown, Telemetry,
 };
 pub use config::{ConfigErrors, FieldError};
 pub use data::{

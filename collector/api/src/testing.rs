@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use crate::component::{
-    BatchSink, BoxError, BuildContext, Exporter, Output, Processor, ReceiverContext, Shutdown,
-    Telemetry,
+    BatchSink, BoxError, BuildContext, Connector, Exporter, Output, Processor, ReceiverContext,
+    Shutdown, Telemetry,
 };
 use crate::config::ConfigErrors;
 use crate::data::{
@@ -247,16 +247,30 @@ impl ProcessorHarness {
     pub fn new<F: Factory<Component = Box<dyn Processor>>>(
         config_yaml: &str,
     ) -> Result<Self, BoxError> {
+        Self::built::<F>(config_yaml)
+    }
+
+    /// Builds connector `F` from its config as YAML text: it runs as a processor does, its
+    /// output going to the pipelines it starts.
+    pub fn connector<F: Factory<Component = Box<dyn Connector>>>(
+        config_yaml: &str,
+    ) -> Result<Self, BoxError> {
+        Self::built::<F>(config_yaml)
+    }
+
+    fn built<F: Factory>(config_yaml: &str) -> Result<Self, BoxError> {
         let ctx = BuildContext::for_test(F::TYPE);
         let telemetry = ctx.telemetry.clone();
-        match build::<F>(config_yaml, ctx)? {
-            Instance::Processor(processor) => Ok(ProcessorHarness {
-                processor,
-                telemetry,
-                rt: runtime(),
-            }),
-            _ => unreachable!("Component = Box<dyn Processor>"),
-        }
+        let processor: Box<dyn Processor> = match build::<F>(config_yaml, ctx)? {
+            Instance::Processor(processor) => processor,
+            Instance::Connector(connector) => connector,
+            _ => unreachable!("Component = Box<dyn Processor> or Box<dyn Connector>"),
+        };
+        Ok(ProcessorHarness {
+            processor,
+            telemetry,
+            rt: runtime(),
+        })
     }
 
     /// Feeds one batch; returns what the processor emitted for it.

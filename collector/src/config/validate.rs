@@ -124,7 +124,13 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-const TOP_KEYS: &[&str] = &["receivers", "processors", "exporters", "service"];
+const TOP_KEYS: &[&str] = &[
+    "receivers",
+    "processors",
+    "exporters",
+    "connectors",
+    "service",
+];
 const SERVICE_KEYS: &[&str] = &["pipelines", "telemetry", "resource", "shutdown_timeout"];
 
 fn mapping<'a>(ctx: &mut Ctx, path: &str, v: Option<&'a Yaml>) -> Vec<(String, &'a Yaml)> {
@@ -164,7 +170,12 @@ pub(super) fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
     // Components: id syntax, registered type, config valid.
     let mut defs: BTreeMap<(Kind, String), ComponentDef> = BTreeMap::new();
     let mut declared: BTreeMap<Kind, BTreeSet<String>> = BTreeMap::new();
-    for kind in [Kind::Receiver, Kind::Processor, Kind::Exporter] {
+    for kind in [
+        Kind::Receiver,
+        Kind::Processor,
+        Kind::Exporter,
+        Kind::Connector,
+    ] {
         let section = kind.section();
         let known = registered(kind);
         for (id, cfg) in mapping(ctx, section, get(section)) {
@@ -260,6 +271,8 @@ pub(super) fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
     let mut used: BTreeSet<(Kind, String)> = BTreeSet::new();
     // The signals each component serves, for the checks that depend on them.
     let mut serves: BTreeMap<(Kind, String), BTreeSet<Signal>> = BTreeMap::new();
+    // Per connector, the pipelines it ends (it is an exporter there) and those it starts.
+    let mut connects: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
     let entries = mapping(ctx, "service.pipelines", sget("pipelines"));
     if entries.is_empty() {
         ctx.error(
@@ -308,8 +321,33 @@ pub(super) fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
                     );
                     continue;
                 }
+                let is = |kind: Kind| declared.get(&kind).is_some_and(|s| s.contains(id));
+                let side = kind;
+                let kind = if kind != Kind::Processor && is(Kind::Connector) {
+                    if is(kind) {
+                        ctx.error(
+                            &p,
+                            format!(
+                                "`{id}` is declared under both `{}:` and `connectors:`: rename one",
+                                kind.section()
+                            ),
+                        );
+                        continue;
+                    }
+                    let (ends, starts) = connects.entry(id.clone()).or_default();
+                    match side {
+                        Kind::Exporter => ends.push(pid.clone()),
+                        _ => starts.push(pid.clone()),
+                    }
+                    Kind::Connector
+                } else {
+                    kind
+                };
                 used.insert((kind, id.clone()));
-                serves.entry((kind, id.clone())).or_default().insert(signal);
+                if side != Kind::Receiver || kind != Kind::Connector {
+                    // A connector's signals, for its checks, are those it takes.
+                    serves.entry((kind, id.clone())).or_default().insert(signal);
+                }
                 let is_declared = declared.get(&kind).is_some_and(|s| s.contains(id));
                 if !is_declared {
                     let have: Vec<String> = declared
@@ -329,7 +367,9 @@ pub(super) fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
                         ),
                     );
                 } else if let Some(def) = defs.get(&(kind, id.clone())) {
-                    if !def.registration.supports(signal) {
+                    if kind == Kind::Connector {
+                        connector_signal(ctx, &p, id, def, side, signal);
+                    } else if !def.registration.supports(signal) {
                         let sigs: Vec<&str> = def
                             .registration
                             .signals
@@ -385,6 +425,7 @@ pub(super) fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
         });
     }
 
+    connections(ctx, &connects, &pipelines);
     for (kind, ids) in &declared {
         for id in ids {
             if !used.contains(&(*kind, id.clone())) {
@@ -422,4 +463,88 @@ pub(super) fn validate(ctx: &mut Ctx, root: &Yaml) -> Option<Config> {
         resource: Arc::new(Resource::new(attributes)),
         shutdown_timeout,
     })
+}
+
+/// A connector listed in a pipeline of `signal`: it must take that signal where it ends the
+/// pipeline (an exporter there) and make it where it starts it (a receiver there).
+fn connector_signal(
+    ctx: &mut Ctx,
+    path: &str,
+    id: &str,
+    def: &ComponentDef,
+    side: Kind,
+    signal: Signal,
+) {
+    let r = def.registration;
+    let names = |s: &[Signal]| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+    let (fits, does, what) = match side {
+        Kind::Exporter => (r.supports(signal), "takes", names(r.signals)),
+        _ => (r.makes(signal), "makes", names(r.output_signals)),
+    };
+    if !fits {
+        ctx.error(
+            path,
+            format!(
+                "connector `{id}` {does} {what}, not {signal}: type `{}` ends pipelines of {} and starts pipelines of {}",
+                r.type_name,
+                names(r.signals),
+                names(r.output_signals)
+            ),
+        );
+    }
+}
+
+/// Each connector ends a pipeline and starts one, and no chain of connectors leads a pipeline
+/// back to itself (its records would go round for ever).
+fn connections(
+    ctx: &mut Ctx,
+    connects: &BTreeMap<String, (Vec<String>, Vec<String>)>,
+    pipelines: &[PipelineDef],
+) {
+    for (id, (ends, starts)) in connects {
+        let path = join("connectors", id);
+        if ends.is_empty() {
+            ctx.error(&path, format!("connector `{id}` is a receiver of {} but an exporter of no pipeline: list it under `exporters:` of the pipeline it takes from", starts.join(", ")));
+        }
+        if starts.is_empty() {
+            ctx.error(&path, format!("connector `{id}` is an exporter of {} but a receiver of no pipeline: list it under `receivers:` of the pipeline it feeds", ends.join(", ")));
+        }
+    }
+    // Pipeline → the pipelines its connectors feed.
+    let mut next: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+    for (id, (ends, starts)) in connects {
+        for from in ends {
+            for to in starts {
+                next.entry(from).or_default().push((id, to));
+            }
+        }
+    }
+    // Depth-first from every pipeline; a pipeline met again on the current path is a cycle,
+    // reported once, from the first pipeline of it in id order.
+    let mut reported = BTreeSet::new();
+    for start in pipelines.iter().map(|p| p.id.as_str()) {
+        let mut path: Vec<(&str, &str)> = Vec::new(); // (pipeline, connector out of it)
+        let mut stack: Vec<(&str, usize)> = vec![(start, 0)];
+        while let Some((at, i)) = stack.pop() {
+            let outs = next.get(at).map(Vec::as_slice).unwrap_or(&[]);
+            path.truncate(stack.len());
+            let Some(&(via, to)) = outs.get(i) else {
+                continue;
+            };
+            stack.push((at, i + 1));
+            path.push((at, via));
+            if to == start {
+                let ring: BTreeSet<&str> = path.iter().map(|(p, _)| *p).collect();
+                if reported.insert(ring) {
+                    let route: String = path.iter().map(|(p, c)| format!("{p} → {c} → ")).collect();
+                    ctx.error(
+                        join("service.pipelines", start),
+                        format!("connectors make a cycle: {route}{start}; records would go round for ever"),
+                    );
+                }
+            } else if !path.iter().any(|(p, _)| *p == to) {
+                stack.push((to, 0));
+            }
+        }
+    }
 }

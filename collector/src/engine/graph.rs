@@ -95,6 +95,17 @@ struct LivePipeline {
     into_exporters: Vec<(String, QueueConfig, Edge)>,
 }
 
+/// A connector: an exporter at its inputs (edges reach it through `adder`), a processor at its
+/// outputs (the entry edges of the pipelines it starts, set through `control`).
+struct LiveConnector {
+    config: Yaml,
+    /// Signals of the pipelines it ends, and of those it starts.
+    signals: (Vec<Signal>, Vec<Signal>),
+    adder: mpsc::UnboundedSender<InputEnd>,
+    control: mpsc::UnboundedSender<Control>,
+    takes_encoded: bool,
+}
+
 struct LiveExporter {
     config: Yaml,
     signals: Vec<Signal>,
@@ -111,6 +122,7 @@ pub(super) struct Live {
     receivers: BTreeMap<String, LiveReceiver>,
     pipelines: BTreeMap<String, LivePipeline>,
     exporters: BTreeMap<String, LiveExporter>,
+    connectors: BTreeMap<String, LiveConnector>,
     /// Counters by label: a replaced component's successor keeps counting where it left off.
     telemetry: HashMap<String, Telemetry>,
     /// `service.resource` the running components were built with: it is stamped on their
@@ -254,6 +266,7 @@ impl Live {
         self.receivers.clear();
         self.pipelines.clear();
         self.exporters.clear();
+        self.connectors.clear();
     }
 
     /// Applies `config`: builds what is new or changed (nothing running is touched if any build
@@ -275,15 +288,30 @@ impl Live {
         let mut fresh_infos = Vec::new();
         // Signals per receiver and exporter in the new config.
         let mut signals: BTreeMap<(Kind, &str), Vec<Signal>> = BTreeMap::new();
+        // Per connector, the signals of the pipelines it ends and of those it starts.
+        let mut connects: BTreeMap<&str, (Vec<Signal>, Vec<Signal>)> = BTreeMap::new();
+        let add = |s: &mut Vec<Signal>, signal: Signal| {
+            if !s.contains(&signal) {
+                s.push(signal);
+            }
+        };
         for p in &config.pipelines {
             for (kind, ids) in [
                 (Kind::Receiver, &p.receivers),
                 (Kind::Exporter, &p.exporters),
             ] {
                 for id in ids {
-                    let s = signals.entry((kind, id.as_str())).or_default();
-                    if !s.contains(&p.signal) {
-                        s.push(p.signal);
+                    if config
+                        .components
+                        .contains_key(&(Kind::Connector, id.clone()))
+                    {
+                        let (ends, starts) = connects.entry(id.as_str()).or_default();
+                        match kind {
+                            Kind::Exporter => add(ends, p.signal),
+                            _ => add(starts, p.signal),
+                        }
+                    } else {
+                        add(signals.entry((kind, id.as_str())).or_default(), p.signal);
                     }
                 }
             }
@@ -359,6 +387,11 @@ impl Live {
                 .get(id)
                 .is_some_and(|x| x.config == def(Kind::Exporter, id).config && &x.signals == sigs)
         };
+        let kept_connector = |this: &Live, id: &str, sigs: &(Vec<Signal>, Vec<Signal>)| {
+            this.connectors
+                .get(id)
+                .is_some_and(|c| c.config == def(Kind::Connector, id).config && &c.signals == sigs)
+        };
         // Index of the old processor kept for (pipeline, position).
         let kept_processor =
             |this: &Live, p: &crate::config::PipelineDef, i: usize| -> Option<usize> {
@@ -377,6 +410,19 @@ impl Live {
             };
             if !keep {
                 build(self, &mut fresh_infos, *kind, id, None, sigs.clone());
+            }
+        }
+        for (id, sigs) in &connects {
+            if !kept_connector(self, id, sigs) {
+                // Built with the signals it takes.
+                build(
+                    self,
+                    &mut fresh_infos,
+                    Kind::Connector,
+                    id,
+                    None,
+                    sigs.0.clone(),
+                );
             }
         }
         for p in &config.pipelines {
@@ -451,6 +497,46 @@ impl Live {
             changes.push(format!("-{}", label(Kind::Exporter, id, None)));
         }
 
+        // Connectors: their inputs are wired like an exporter's, their outputs once the
+        // pipelines they start are (below). A replaced one ends once the edges into it close,
+        // passing on what it holds into the pipelines it fed.
+        let mut connectors = BTreeMap::new();
+        let mut kept_connectors = Vec::new();
+        let mut new_connectors = Vec::new();
+        for (id, sigs) in &connects {
+            let l = label(Kind::Connector, id, None);
+            let old = self.connectors.remove(*id);
+            match built.remove(&l) {
+                None => {
+                    unchanged += 1;
+                    kept_connectors.push(id.to_string());
+                    connectors.insert(id.to_string(), old.expect("kept"));
+                }
+                Some(b) => {
+                    changes.push(format!("{}{l}", if old.is_some() { "~" } else { "+" }));
+                    let Instance::Connector(c) = b.instance else {
+                        unreachable!("a connector")
+                    };
+                    let (adder, adds) = mpsc::unbounded_channel();
+                    let (control, control_rx) = mpsc::unbounded_channel();
+                    connectors.insert(
+                        id.to_string(),
+                        LiveConnector {
+                            config: def(Kind::Connector, id).config.clone(),
+                            signals: sigs.clone(),
+                            adder,
+                            control,
+                            takes_encoded: c.takes_encoded(),
+                        },
+                    );
+                    new_connectors.push((id.to_string(), b.info, c, adds, control_rx));
+                }
+            }
+        }
+        for id in self.connectors.keys() {
+            changes.push(format!("-{}", label(Kind::Connector, id, None)));
+        }
+
         // Pipelines, last stage first: each stage's outputs are the next stage's input.
         let mut pipelines = BTreeMap::new();
         let mut entries: BTreeMap<String, (Signal, Vec<Edge>)> = BTreeMap::new();
@@ -469,7 +555,24 @@ impl Live {
             let mut into_exporters = Vec::new();
             for x in &p.exporters {
                 let queue = p.queue_into(x);
-                let exporter_kept = kept_exporters.contains(x);
+                // An exporter, or a connector this pipeline ends.
+                let (kind, exporter_kept, adder, takes_encoded) = match connectors.get(x) {
+                    Some(c) => (
+                        Kind::Connector,
+                        kept_connectors.contains(x),
+                        &c.adder,
+                        c.takes_encoded,
+                    ),
+                    None => {
+                        let live = &exporters[x.as_str()];
+                        (
+                            Kind::Exporter,
+                            kept_exporters.contains(x),
+                            &live.adder,
+                            live.takes_encoded,
+                        )
+                    }
+                };
                 let reuse = old.as_mut().and_then(|o| {
                     let i = o
                         .into_exporters
@@ -477,20 +580,19 @@ impl Live {
                         .position(|(id, q, _)| id == x && *q == queue)?;
                     Some(o.into_exporters.swap_remove(i))
                 });
-                let live = &exporters[x.as_str()];
                 match reuse.filter(|_| exporter_kept) {
                     Some(e) => into_exporters.push(e),
                     None => {
-                        let t = &self.telemetry[&label(Kind::Exporter, x, None)];
+                        let t = &self.telemetry[&label(kind, x, None)];
                         let (edge, end) = new_edge(
                             &p.id,
                             last_label.clone(),
-                            label(Kind::Exporter, x, None),
+                            label(kind, x, None),
                             queue,
                             t,
-                            live.takes_encoded,
+                            takes_encoded,
                         );
-                        let _ = live.adder.send(end);
+                        let _ = adder.send(end);
                         into_exporters.push((x.clone(), queue, edge));
                     }
                 }
@@ -611,6 +713,36 @@ impl Live {
             }
         }
 
+        // Connectors' outputs: the entries of the pipelines they start.
+        let outputs_of = |id: &str| -> Vec<Edge> {
+            config
+                .pipelines
+                .iter()
+                .filter(|p| p.receivers.iter().any(|r| r == id))
+                .flat_map(|p| entries[&p.id].1.iter().map(Edge::clone_sender))
+                .collect()
+        };
+        for id in &kept_connectors {
+            let _ = connectors[id]
+                .control
+                .send(Control::SetOutputs(outputs_of(id)));
+        }
+        for (id, info, c, adds, control_rx) in new_connectors {
+            let inputs = Inputs {
+                rxs: Vec::new(),
+                next: 0,
+                owner: info.telemetry.clone(),
+                adder: Some(adds),
+            };
+            let outputs = outputs_of(&id);
+            stages.push(Stage {
+                info,
+                task: Task::Processor(c, inputs, outputs, control_rx),
+                input_edges: Vec::new(),
+                routes: None,
+            });
+        }
+
         // Receivers: new routes for the kept ones; start the new; stop the rest. A changed one
         // that can take its new config live is asked to (by the engine, right after), with a
         // replacement built and ready in case it cannot.
@@ -710,6 +842,7 @@ impl Live {
         self.receivers = receivers;
         self.pipelines = pipelines;
         self.exporters = exporters;
+        self.connectors = connectors;
         Ok(Applied {
             stages,
             changes,

@@ -135,11 +135,14 @@ impl Registry {
         let mut lines = Vec::new();
         for p in &pipelines {
             let entry = format!("pipelines/{p}");
+            // Every edge out of the entry gets every record (one into the first processor, or
+            // one into each exporter of a pipeline without processors).
             let input: u64 = edges
                 .iter()
                 .filter(|e| e.pipeline == *p && e.from == entry)
                 .map(|e| e.sent_records())
-                .sum();
+                .max()
+                .unwrap_or(0);
             let mut line = format!("pipeline {p}: {input} in");
             for c in components
                 .iter()
@@ -157,8 +160,13 @@ impl Registry {
             for e in edges
                 .iter()
                 .filter(|e| e.pipeline == *p && e.to.starts_with("exporters/"))
+                .chain(
+                    edges
+                        .iter()
+                        .filter(|e| e.pipeline == *p && e.to.starts_with("connectors/")),
+                )
             {
-                let x = e.to.trim_start_matches("exporters/").to_string();
+                let x = e.to.split_once('/').map_or("", |(_, x)| x).to_string();
                 match into.iter_mut().find(|(id, _)| *id == x) {
                     Some(entry) => entry.1 += e.sent_records(),
                     None => into.push((x, e.sent_records())),
@@ -168,11 +176,18 @@ impl Registry {
             line.push_str(&format!(" → {}", into.join(", ")));
             lines.push(line);
         }
-        for c in components.iter().filter(|c| c.kind == Kind::Exporter) {
+        for c in components
+            .iter()
+            .filter(|c| matches!(c.kind, Kind::Exporter | Kind::Connector))
+        {
             let label = c.label();
             let sent = self.sent_to(&label);
             let t = &c.telemetry;
-            let mut line = format!("exporter {}: {sent} in, {} out", c.id, t.emitted());
+            let mut line = format!("{} {}: {sent} in, {} out", c.kind, c.id, t.emitted());
+            if t.merged() > 0 {
+                // A connector's records in become series: its out counts data points.
+                line.push_str(&format!(", {} merged", t.merged()));
+            }
             if t.dropped_total() > 0 {
                 line.push_str(&format!(", {}", dropped(t)));
             }
