@@ -390,3 +390,119 @@ service:
     );
     assert_eq!(errs.len(), 5, "{errs:#?}");
 }
+
+#[test]
+fn connectors_are_checked_on_both_sides_and_cycles_refused() {
+    let good = "\
+receivers:
+  synthetic: {spans: {count: 10}}
+exporters:
+  nop:
+connectors:
+  spanmetrics:
+service:
+  pipelines:
+    traces:
+      receivers: [synthetic]
+      exporters: [nop, spanmetrics]
+    metrics:
+      receivers: [spanmetrics]
+      exporters: [nop]
+";
+    assert_eq!(errors(good), vec![], "a traces -> metrics connector");
+    // Wrong signal on either side, and one side only.
+    let text = "\
+receivers:
+  synthetic: {spans: {count: 10}}
+exporters:
+  nop:
+connectors:
+  spanmetrics:
+  spanmetrics/one_sided:
+service:
+  pipelines:
+    traces:
+      receivers: [synthetic, spanmetrics]
+      exporters: [nop, spanmetrics/one_sided]
+    logs:
+      receivers: [synthetic]
+      exporters: [spanmetrics]
+";
+    let errs = errors(text);
+    let e = at(&errs, "service.pipelines.traces.receivers[1]");
+    assert!(
+        e.message
+            .contains("connector `spanmetrics` makes metrics, not traces"),
+        "{}",
+        e.message
+    );
+    let e = at(&errs, "service.pipelines.logs.exporters[0]");
+    assert!(
+        e.message.contains("takes traces, not logs"),
+        "{}",
+        e.message
+    );
+    let e = at(&errs, "connectors.spanmetrics/one_sided");
+    assert!(
+        e.message.contains("a receiver of no pipeline"),
+        "{}",
+        e.message
+    );
+    // A cycle: traces -> (spanmetrics) -> metrics -> (back) -> traces.
+    let text = "\
+receivers:
+  synthetic: {spans: {count: 10}}
+exporters:
+  nop:
+connectors:
+  spanmetrics:
+  spanmetrics/back:
+service:
+  pipelines:
+    metrics:
+      receivers: [spanmetrics]
+      exporters: [spanmetrics/back]
+    traces:
+      receivers: [synthetic, spanmetrics/back]
+      exporters: [nop, spanmetrics]
+";
+    let errs = errors(text);
+    let cycle: Vec<&Diagnostic> = errs
+        .iter()
+        .filter(|d| d.message.contains("cycle"))
+        .collect();
+    assert_eq!(cycle.len(), 1, "reported once: {errs:#?}");
+    assert_eq!(cycle[0].path, "service.pipelines.metrics");
+    assert!(
+        cycle[0]
+            .message
+            .contains("metrics → spanmetrics/back → traces → spanmetrics → metrics"),
+        "{}",
+        cycle[0].message
+    );
+    // A name under both receivers: and connectors:.
+    let text = "\
+receivers:
+  synthetic: {spans: {count: 10}}
+  spanmetrics/x: {}
+exporters:
+  nop:
+connectors:
+  spanmetrics/x:
+service:
+  pipelines:
+    traces:
+      receivers: [synthetic]
+      exporters: [nop, spanmetrics/x]
+    metrics:
+      receivers: [spanmetrics/x]
+      exporters: [nop]
+";
+    let errs = errors(text);
+    assert!(
+        errs.iter().any(|d| d
+            .message
+            .contains("declared under both `receivers:` and `connectors:`")),
+        "{errs:#?}"
+    );
+}

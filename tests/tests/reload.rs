@@ -403,3 +403,98 @@ fn a_reload_applies_shutdown_timeout_and_refuses_a_new_resource() {
     assert!(took < Duration::from_secs(3), "{took:?}");
     assert_eq!(report.abandoned.len(), 1, "{:?}", report.abandoned);
 }
+
+/// Spans → a `spanmetrics` connector (delta, so each span counts in exactly one point) →
+/// metrics; the connector's dimension default is the reload's number.
+fn connector_config(i: usize) -> String {
+    format!(
+        "receivers:
+  synthetic: {{seed: 22, batch_size: 512, spans: {{count: 400000, rate: 200000}}}}
+exporters:
+  capture/connector-spans:
+  capture/connector-metrics:
+connectors:
+  spanmetrics:
+    aggregation_temporality: AGGREGATION_TEMPORALITY_DELTA
+    metrics_flush_interval: 100ms
+    histogram: {{disable: true}}
+    dimensions: [{{name: reload, default: '{i}'}}]
+service:
+  telemetry: {{logs: {{summary_interval: 0s}}}}
+  pipelines:
+    traces: {{receivers: [synthetic], exporters: [capture/connector-spans, spanmetrics]}}
+    metrics: {{receivers: [spanmetrics], exporters: [capture/connector-metrics]}}
+"
+    )
+}
+
+#[test]
+fn a_connector_replaced_under_load_counts_every_span_once() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let first = load("reload.yaml", &connector_config(0))
+        .config
+        .expect("valid");
+    let engine = Engine::build(&first).expect("builds");
+    let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    let report = rt.block_on(async move {
+        let run = tokio::spawn(engine.run_with_reloads(stop_rx, reload_rx));
+        for i in 1..=4 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let cfg = load("reload.yaml", &connector_config(i))
+                .config
+                .expect("valid");
+            let (done, result) = tokio::sync::oneshot::channel();
+            reload_tx
+                .send(Reload { config: cfg, done })
+                .await
+                .expect("engine runs");
+            let msg = result.await.expect("answered").expect("applied");
+            assert!(msg.contains("~connectors/spanmetrics"), "{msg}");
+        }
+        let report = run.await.expect("engine task");
+        drop(stop_tx);
+        report
+    });
+    assert!(report.clean(), "{:?}", report.failures);
+    let reg = &report.registry;
+    assert_eq!(reg.records_dropped(), 0, "nothing dropped anywhere");
+    let spans: usize = captured("capture/connector-spans")
+        .iter()
+        .map(|b| b.len())
+        .sum();
+    assert_eq!(spans, 400_000);
+    // Every span in exactly one calls point, whichever connector instance counted it.
+    let mut calls = 0;
+    let mut instances = HashSet::new();
+    for b in captured("capture/connector-metrics") {
+        let Records::Metrics(metrics) = &b.records else {
+            panic!("metrics")
+        };
+        for m in metrics {
+            let oxeye_api::MetricData::Sum(s) = &m.data else {
+                panic!("calls only")
+            };
+            for p in &s.points {
+                let Some(oxeye_api::metrics::Number::Int(n)) = p.value else {
+                    panic!("an integer count")
+                };
+                calls += n;
+                instances.insert(format!("{:?}", p.attributes.get("reload")));
+            }
+        }
+    }
+    assert_eq!(calls, 400_000, "calls over every flush of every instance");
+    assert!(
+        instances.len() >= 3,
+        "several instances counted: {instances:?}"
+    );
+    assert_eq!(
+        report.received(oxeye_api::Kind::Connector, "spanmetrics"),
+        400_000
+    );
+}
