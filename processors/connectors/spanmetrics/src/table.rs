@@ -257,8 +257,16 @@ impl Table {
         }
         let g = self.group(resource);
         let empty: Arc<str> = Arc::from("");
+        // What each dimension is when a span does not have it: its resource's value (the same
+        // for the whole batch), else the default.
+        let fallback: Vec<Option<Value>> = self
+            .spec
+            .dims
+            .iter()
+            .map(|(key, default)| resource.attributes.get(key).or(default.as_ref()).cloned())
+            .collect();
         for span in spans {
-            self.add_span(g, resource, span, &empty, now_ns);
+            self.add_span(g, &fallback, span, &empty, now_ns);
         }
         self.since_flush += spans.len() as u64;
     }
@@ -266,7 +274,7 @@ impl Table {
     fn add_span(
         &mut self,
         g: usize,
-        resource: &Resource,
+        fallback: &[Option<Value>],
         span: &Span,
         empty: &Arc<str>,
         now_ns: u64,
@@ -285,12 +293,8 @@ impl Table {
             StatusCode::Unset
         };
         let mut dims: [Option<&Value>; MAX_DIMENSIONS] = [None; MAX_DIMENSIONS];
-        for (slot, (key, default)) in dims.iter_mut().zip(&spec.dims) {
-            *slot = span
-                .attributes
-                .get(key)
-                .or_else(|| resource.attributes.get(key))
-                .or(default.as_ref());
+        for ((slot, (key, _)), fallback) in dims.iter_mut().zip(&spec.dims).zip(fallback) {
+            *slot = span.attributes.get(key).or(fallback.as_ref());
         }
         let dims = &dims[..spec.dims.len()];
         let hash = key_hash(&self.hasher, name, kind, status, dims.iter().copied());
