@@ -7,12 +7,14 @@
 //! - the connector alone in the test harness, on pre-built batches of 10 000 spans over 1 000
 //!   series, beside the `nop` processor in the same harness.
 //!
-//!     cargo build --release -p oxeye && cargo bench -p oxeye-tests --bench spanmetrics
-//!     OXEYE_BENCH_RECORDS=2000000 ...   # spans per run
+//! ```sh
+//! cargo build --release -p oxeye && cargo bench -p oxeye-tests --bench spanmetrics
+//! OXEYE_BENCH_RECORDS=2000000 ...   # spans per run
+//! ```
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use oxeye_api::testing::ProcessorHarness;
 use oxeye_api::{Attributes, Batch, Resource, Span, SpanId, SpanKind, StatusCode, TraceId};
@@ -104,7 +106,7 @@ fn batches(n: u64, series: usize) -> Vec<Arc<Batch>> {
                         span_id: SpanId((k as u64 + 1).to_be_bytes()),
                         name: Arc::clone(&names[k % names.len()]),
                         kind: SpanKind::Server,
-                        status: if (k / names.len()) % 2 == 0 {
+                        status: if (k / names.len()).is_multiple_of(2) {
                             StatusCode::Unset
                         } else {
                             StatusCode::Error
