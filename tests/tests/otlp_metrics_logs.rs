@@ -864,3 +864,182 @@ service:
         "every one once"
     );
 }
+
+/// A metrics request of `n` gauge points (distinct attributes) and a logs request of `n`
+/// records, both tagged `seed`.
+fn load(seed: u64, n: usize) -> (ExportMetricsServiceRequest, ExportLogsServiceRequest) {
+    let points = (0..n)
+        .map(|i| NumberDataPoint {
+            attributes: vec![kv(
+                "i",
+                any_value::Value::IntValue((seed * 100_000 + i as u64) as i64),
+            )],
+            time_unix_nano: 1_700_000_000_000_000_000,
+            value: Some(number_data_point::Value::AsDouble(i as f64)),
+            ..NumberDataPoint::default()
+        })
+        .collect();
+    let metrics = ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource()),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(scope()),
+                metrics: vec![Metric {
+                    name: "queue.depth".into(),
+                    data: Some(Data::Gauge(Gauge {
+                        data_points: points,
+                    })),
+                    ..Metric::default()
+                }],
+                ..ScopeMetrics::default()
+            }],
+            ..ResourceMetrics::default()
+        }],
+    };
+    let records = (0..n)
+        .map(|i| LogRecord {
+            time_unix_nano: 1_700_000_000_000_000_000,
+            severity_number: 9,
+            body: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(format!(
+                    "{seed} {i} GET /api/orders 200"
+                ))),
+            }),
+            ..LogRecord::default()
+        })
+        .collect();
+    let logs = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(resource()),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(scope()),
+                log_records: records,
+                ..ScopeLogs::default()
+            }],
+            ..ResourceLogs::default()
+        }],
+    };
+    (metrics, logs)
+}
+
+#[test]
+fn a_full_pipeline_makes_metrics_and_logs_clients_back_off_and_loses_nothing() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // The exporter's far end: 100 ms a request, so the pipeline fills.
+    let sink = Arc::new(Sink {
+        delay: Duration::from_millis(100),
+        ..Sink::default()
+    });
+    let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
+    let (grpc, http) = (free_port(), free_port());
+    let oxeye = Oxeye::start(
+        &format!(
+            "receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: '127.0.0.1:{grpc}'}}
+      http: {{endpoint: '127.0.0.1:{http}'}}
+    backpressure: {{wait: 50ms, retry_after: 2s}}
+exporters:
+  otlp: {{endpoint: 'http://127.0.0.1:{sink_port}', batch: {{timeout: 20ms}}}}
+service:
+  pipelines:
+    metrics: {{receivers: [otlp], exporters: [otlp], queue: {{capacity: 4}}}}
+    logs: {{receivers: [otlp], exporters: [otlp], queue: {{capacity: 4}}}}
+"
+        ),
+        &[grpc, http],
+    );
+    const N: usize = 500;
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    // An HTTP metrics client meanwhile: 429 with Retry-After when refused.
+    let http_client = std::thread::spawn(move || {
+        let (mut ok, mut refusal) = (0usize, None);
+        let mut seed = 1_000;
+        while std::time::Instant::now() < until {
+            seed += 1;
+            let body = load(seed, N).0.encode_to_vec();
+            let (code, head, _) = http_post(
+                http,
+                "/v1/metrics",
+                &[("content-type", "application/x-protobuf")],
+                &body,
+            );
+            match code {
+                200 => ok += N,
+                429 => refusal = Some(head),
+                other => panic!("HTTP {other}: {head}"),
+            }
+        }
+        (ok, refusal)
+    });
+    // gRPC: a metrics client and a logs client, each as fast as it is let.
+    let (points, records, refused) = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let metrics = {
+            let mut client = MetricsServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut refused) = (0, 0);
+                let mut seed = 0;
+                while std::time::Instant::now() < until {
+                    seed += 1;
+                    match client.export(load(seed, N).0).await {
+                        Ok(_) => ok += N,
+                        Err(e) => {
+                            refused += refusal(&e);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+                (ok, refused)
+            })
+        };
+        let mut client = LogsServiceClient::new(channel);
+        let (mut records, mut refused) = (0, 0);
+        let mut seed = 500;
+        while std::time::Instant::now() < until {
+            seed += 1;
+            match client.export(load(seed, N).1).await {
+                Ok(_) => records += N,
+                Err(e) => {
+                    refused += refusal(&e);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        let (points, m_refused) = metrics.await.expect("metrics client");
+        (points, records, refused + m_refused)
+    });
+    let (http_points, http_refusal) = http_client.join().expect("http client");
+    let points = points + http_points;
+    println!("accepted {points} points and {records} records; {refused} gRPC refusals");
+    assert!(refused > 0, "the full pipeline refused some gRPC requests");
+    let head = http_refusal.expect("an HTTP client saw a 429 while the pipeline was full");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 2"),
+        "{head}"
+    );
+    // Everything accepted arrives once; nothing refused does.
+    sink.wait_until(Duration::from_secs(30), || {
+        sink.points() >= points && sink.log_records() >= records
+    });
+    let report = oxeye.stop();
+    assert_eq!((sink.points(), sink.log_records()), (points, records));
+    assert_eq!(report.registry.records_dropped(), 0);
+}
+
+/// A gRPC refusal of a full pipeline: RESOURCE_EXHAUSTED with RetryInfo saying 2 s.
+fn refusal(e: &tonic::Status) -> usize {
+    use tonic_types::StatusExt;
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert_eq!(
+        e.get_details_retry_info().and_then(|r| r.retry_delay),
+        Some(Duration::from_secs(2)),
+        "{e:?}"
+    );
+    1
+}

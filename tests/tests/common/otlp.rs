@@ -25,8 +25,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
-/// A loopback OTLP/gRPC endpoint that keeps every request (optionally slow; the delay and
-/// `count_only` apply to traces).
+/// A loopback OTLP/gRPC endpoint that keeps every request (optionally slow, every signal;
+/// `count_only` applies to traces).
 #[derive(Default)]
 pub struct Sink {
     pub got: Mutex<Vec<ExportTraceServiceRequest>>,
@@ -100,6 +100,9 @@ impl MetricsService for Grpc {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        if !self.0.delay.is_zero() {
+            tokio::time::sleep(self.0.delay).await;
+        }
         self.0
             .metrics
             .lock()
@@ -115,6 +118,9 @@ impl LogsService for Grpc {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        if !self.0.delay.is_zero() {
+            tokio::time::sleep(self.0.delay).await;
+        }
         self.0.logs.lock().expect("lock").push(request.into_inner());
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
