@@ -49,7 +49,29 @@ pub(crate) fn check(c: &EbpfConfig) -> Result<Option<Vec<String>>, ConfigErrors>
     if let Some(pid) = c.profiles.as_ref().and_then(|p| p.pid) {
         running(pid, "profiles.pid", &mut e);
     }
+    if c.process.is_some() {
+        process_tracepoints(&mut e);
+    }
     e.into_result().map(|()| interfaces)
+}
+
+/// `process:` attaches to `sched:sched_process_exec` and `sched:sched_process_exit`.
+fn process_tracepoints(e: &mut ConfigErrors) {
+    let root = match sys::tracefs() {
+        Ok(root) => root,
+        Err(why) => {
+            e.push("process", why.to_string());
+            return;
+        }
+    };
+    for tp in ["sched_process_exec", "sched_process_exit"] {
+        if !root.join("events/sched").join(tp).is_dir() {
+            e.push(
+                "process",
+                format!("this kernel has no tracepoint sched:{tp} (events/sched/{tp} in tracefs): process events cannot be watched here; spans of the exec and exit syscalls (`spans: {{sources: [{{syscall: execve}}]}}`) are the nearest"),
+            );
+        }
+    }
 }
 
 fn interfaces(spec: &Interfaces, e: &mut ConfigErrors) -> Option<Vec<String>> {
