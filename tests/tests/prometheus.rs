@@ -1,12 +1,18 @@
 //! Self-metrics against the real tools: `promtool check metrics` (Debian's `prometheus`
 //! package, installed by tests/setup.sh) on a real scrape of a run with two OTLP exporters,
 //! aggregation and sampling; then a real Prometheus server scrapes oxeye on loopback and its
-//! HTTP API answers `up == 1` and an oxeye counter with the value oxeye counted.
+//! HTTP API answers `up == 1` and an oxeye counter with the value oxeye counted. And the
+//! `prometheus` exporter the same way: RED metrics of spans, scraped by `promtool` and by a real
+//! Prometheus server whose queries give the spans' count and the sum of their durations.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oxeye_tests::{free_port, http_get, signal, spawn, temp_config, KillOnDrop};
+use oxeye_api::Records;
+use oxeye_tests::{captured, free_port, http_get, signal, spawn, temp_config, KillOnDrop};
+
+mod common;
+use common::run::Oxeye;
 
 /// A loopback OTLP/HTTP endpoint that accepts everything (an empty protobuf response is a
 /// full success), so both OTLP exporters deliver.
@@ -63,6 +69,176 @@ fn query(prometheus: u16, promql: &str) -> Option<String> {
     json["data"]["result"][0]["value"][1]
         .as_str()
         .map(str::to_string)
+}
+
+/// `promtool check metrics` on a scrape: no problem at all (it prints one line per problem and
+/// exits non-zero).
+fn promtool_check(metrics: &str) {
+    let scrape = std::env::temp_dir().join(format!(
+        "oxeye-scrape-{}-{}.txt",
+        std::process::id(),
+        metrics.len()
+    ));
+    std::fs::write(&scrape, metrics).expect("write scrape");
+    let check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&scrape).expect("scrape"))
+        .output()
+        .expect("promtool (tests/setup.sh installs Debian's prometheus package)");
+    let _ = std::fs::remove_file(&scrape);
+    assert!(
+        check.status.success() && check.stdout.is_empty() && check.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+/// A real Prometheus server on loopback scraping `target` every second as job `job`; removed
+/// (and its data) when dropped.
+struct Prometheus {
+    _server: KillOnDrop,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Prometheus {
+    fn scrape(job: &str, target: u16) -> Prometheus {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("oxeye-prometheus-{}-{job}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+            ),
+        )
+        .expect("prometheus.yml");
+        let server = KillOnDrop(
+            Command::new("prometheus")
+                .arg(format!(
+                    "--config.file={}",
+                    dir.join("prometheus.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("prometheus server"),
+        );
+        Prometheus {
+            _server: server,
+            dir,
+            port,
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn the_prometheus_exporter_is_scraped_with_the_spans_counts_and_durations() {
+    const SPANS: usize = 20_000;
+    let exporter = free_port();
+    let oxeye = Oxeye::start(
+        &format!(
+            "receivers:
+  synthetic: {{seed: 11, spans: {{count: {SPANS}, attributes: true}}}}
+  synthetic/idle: {{seed: 2, spans: {{rate: 10}}}}
+exporters:
+  capture/prometheus-spans:
+  nop:
+  prometheus: {{endpoint: '127.0.0.1:{exporter}', const_labels: {{cluster: test}}}}
+connectors:
+  spanmetrics:
+    metrics_flush_interval: 500ms
+    histogram: {{unit: s}}               # Prometheus' base unit (promtool says so)
+    dimensions: [{{name: http.request.method}}]
+service:
+  telemetry: {{logs: {{summary_interval: 0s}}}}
+  pipelines:
+    traces: {{receivers: [synthetic], exporters: [capture/prometheus-spans, spanmetrics]}}
+    traces/idle: {{receivers: [synthetic/idle], exporters: [nop]}}
+    metrics: {{receivers: [spanmetrics], exporters: [prometheus]}}
+"
+        ),
+        &[],
+    );
+    // The spans as they left: their count and the sum of their durations.
+    let mut spans = 0;
+    let mut total_s = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while spans < SPANS && Instant::now() < deadline {
+        for b in captured("capture/prometheus-spans") {
+            if let Records::Spans(s) = &b.records {
+                spans += s.len();
+                total_s += s
+                    .iter()
+                    .map(|s| (s.end_unix_ns - s.start_unix_ns) as f64 / 1e9)
+                    .sum::<f64>();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(spans, SPANS);
+    oxeye_tests::wait_port(exporter);
+    let calls = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("traces_span_metrics_calls_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let scrape = wait_for("every span in the scrape", Duration::from_secs(30), || {
+        let r = http_get(exporter, "/metrics").ok()?;
+        let text = body(&r).to_string();
+        (calls(&text) == SPANS as f64).then_some(text)
+    });
+    for needle in [
+        "# TYPE traces_span_metrics_calls_total counter",
+        "# TYPE traces_span_metrics_duration_seconds histogram",
+        "cluster=\"test\"",
+        "span_kind=\"SPAN_KIND_INTERNAL\"",
+        "le=\"+Inf\"",
+        "target_info{",
+    ] {
+        assert!(scrape.contains(needle), "{needle} not in\n{scrape}");
+    }
+    promtool_check(&scrape);
+
+    let prometheus = Prometheus::scrape("spanmetrics", exporter);
+    let number = |q: &str| -> Option<f64> { query(prometheus.port, q)?.parse().ok() };
+    let count = wait_for(
+        "Prometheus to hold every span",
+        Duration::from_secs(60),
+        || number("sum(traces_span_metrics_calls_total)").filter(|n| *n == SPANS as f64),
+    );
+    assert_eq!(count, SPANS as f64);
+    assert_eq!(
+        number("sum(traces_span_metrics_duration_seconds_count)"),
+        Some(SPANS as f64)
+    );
+    let sum = number("sum(traces_span_metrics_duration_seconds_sum)").expect("sum");
+    assert!(
+        (sum - total_s).abs() <= 1e-6 * total_s,
+        "Prometheus says {sum} s, the spans took {total_s} s"
+    );
+    assert_eq!(
+        number("sum(traces_span_metrics_calls_total{cluster=\"test\",http_request_method=\"GET\"}) > 0").map(|n| n > 0.0),
+        Some(true)
+    );
+    drop(prometheus);
+    let report = oxeye.stop();
+    assert_eq!(report.registry.records_dropped(), 0);
 }
 
 #[test]
