@@ -5,17 +5,44 @@ use std::process::ExitCode;
 
 use oxeye_api::Registration;
 
+/// Writes into the `String` a command prints at its end.
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+macro_rules! outp {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = write!($out, $($arg)*);
+    }};
+}
+
+/// Prints `text`; a closed pipe (`oxeye components | head`) ends the output quietly.
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    ExitCode::SUCCESS
+}
+
 /// Every registered type: kind, type, signals, crate, description.
 pub(crate) fn list() -> ExitCode {
     let mut regs: Vec<&Registration> = Registration::all().collect();
     regs.sort_by_key(|r| (r.kind, r.type_name));
-    println!(
-        "{:<10} {:<14} {:<16} {:<28} DESCRIPTION",
-        "KIND", "TYPE", "SIGNALS", "CRATE"
+    let mut out = String::new();
+    outln!(
+        out,
+        "{:<10} {:<14} {:<26} {:<28} DESCRIPTION",
+        "KIND",
+        "TYPE",
+        "SIGNALS",
+        "CRATE"
     );
     for r in regs {
-        println!(
-            "{:<10} {:<14} {:<16} {:<28} {}",
+        outln!(
+            out,
+            "{:<10} {:<14} {:<26} {:<28} {}",
             r.kind.as_str(),
             r.type_name,
             signals(r, ","),
@@ -23,7 +50,7 @@ pub(crate) fn list() -> ExitCode {
             r.description
         );
     }
-    ExitCode::SUCCESS
+    emit(&out)
 }
 
 /// One type's description, signals and settings (the YAML blocks of its page).
@@ -42,12 +69,14 @@ pub(crate) fn show(type_name: &str) -> ExitCode {
         return ExitCode::from(2);
     }
     regs.sort_by_key(|r| r.kind);
+    let mut out = String::new();
     for (i, r) in regs.iter().enumerate() {
         if i > 0 {
-            println!("\n");
+            outln!(out, "\n");
         }
-        println!("{} {}: {}", r.type_name, r.kind, r.description);
-        println!(
+        outln!(out, "{} {}: {}", r.type_name, r.kind, r.description);
+        outln!(
+            out,
             "  signals: {}; crate: {}{}",
             signals(r, ", "),
             r.crate_name,
@@ -58,16 +87,19 @@ pub(crate) fn show(type_name: &str) -> ExitCode {
             }
         );
         if r.docs.is_empty() {
-            println!("\n(the crate ships no settings page: see its own documentation)");
+            outln!(
+                out,
+                "\n(the crate ships no settings page: see its own documentation)"
+            );
             continue;
         }
-        print!("{}", settings(r.docs));
+        outp!(out, "{}", settings(r.docs));
         if r.crate_name.starts_with("oxeye-") {
             let page = format!("{}-{}", r.kind, r.type_name.replace('_', "-"));
-            println!("\nThe whole reference: docs/components/{page}.md");
+            outln!(out, "\nThe whole reference: docs/components/{page}.md");
         }
     }
-    ExitCode::SUCCESS
+    emit(&out)
 }
 
 /// A component page for a terminal: its intro (links as their text), then each `yaml` block

@@ -183,7 +183,7 @@ fn components_lists_every_builtin() {
         "processor  nop",
         "exporter   stdout",
         "exporter   nop",
-        "connector  spanmetrics    traces->metrics",
+        "connector  spanmetrics    traces->metrics            oxeye-connector-spanmetrics",
         "traces,flows",
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
