@@ -8,6 +8,36 @@
 mod names;
 mod store;
 
+/// What `tests/benches/prometheus.rs` measures without the endpoint: not an API.
+#[doc(hidden)]
+pub mod bench {
+    use std::time::Instant;
+
+    use oxeye_api::Batch;
+
+    /// A store with the defaults holding `batches`, rendered as a scrape: the text and how long
+    /// rendering took.
+    pub fn scrape(batches: &[Batch]) -> (String, std::time::Duration) {
+        let mut store = crate::store::Store::new(crate::store::Settings {
+            namespace: String::new(),
+            const_labels: Vec::new(),
+            resource_labels: false,
+            suffixes: true,
+            expiration: std::time::Duration::from_secs(300),
+        });
+        let now = Instant::now();
+        for b in batches {
+            if let oxeye_api::Records::Metrics(m) = &b.records {
+                store.add(&b.resource, m, now);
+            }
+        }
+        let store = std::sync::Mutex::new(store);
+        let t0 = Instant::now();
+        let text = crate::scrape(&store);
+        (text, t0.elapsed())
+    }
+}
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -142,10 +172,7 @@ pub struct PrometheusExporter {
 
 /// One scrape: every series, through the `prometheus` crate's text encoder.
 fn scrape(store: &Mutex<Store>) -> String {
-    let families = store.lock().unwrap_or_else(|p| p.into_inner()).families();
-    prometheus::TextEncoder::new()
-        .encode_to_string(&families)
-        .unwrap_or_else(|e| format!("# oxeye: cannot render metrics: {e}\n"))
+    store.lock().unwrap_or_else(|p| p.into_inner()).render()
 }
 
 impl PrometheusExporter {

@@ -1,6 +1,7 @@
-//! The series a scrape shows: one per Prometheus name and label set, updated by every point
-//! (cumulative points replace, delta points add up), expired when not updated for
-//! `metric_expiration`; and the families a scrape renders.
+//! The series a scrape shows, kept as the `prometheus` crate's families so that a scrape is
+//! one pass of its text encoder over them (no copy of 100 000 series a scrape): one series per
+//! Prometheus name and label set, updated in place by every point (cumulative points replace,
+//! delta points add up), expired when not updated for `metric_expiration`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -23,34 +24,6 @@ pub struct Refused {
     pub collisions: u64,
 }
 
-enum Sample {
-    Number(f64),
-    Histogram {
-        count: u64,
-        sum: f64,
-        bounds: Vec<f64>,
-        /// Per bucket, not cumulative.
-        counts: Vec<u64>,
-    },
-    Summary {
-        count: u64,
-        sum: f64,
-        quantiles: Vec<(f64, f64)>,
-    },
-}
-
-struct Series {
-    sample: Sample,
-    updated: Instant,
-}
-
-struct Family {
-    shape: Shape,
-    /// The OTel name it came from (a second name mapping here with another type collides).
-    help: String,
-    series: Map<Labels, Series>,
-}
-
 /// Settings the store follows.
 pub struct Settings {
     pub namespace: String,
@@ -60,12 +33,23 @@ pub struct Settings {
     pub expiration: Duration,
 }
 
+/// One family's series: the rendered protos, and beside them, at the same index, their label
+/// sets and when they were last updated.
+struct Family {
+    shape: Shape,
+    index: Map<Labels, usize>,
+    keys: Vec<Labels>,
+    updated: Vec<Instant>,
+}
+
 /// Every series.
 pub struct Store {
     settings: Settings,
-    families: Map<String, Family>,
-    /// `target_info` per job/instance: the resource attributes.
-    targets: Map<Labels, (Labels, Instant)>,
+    /// What a scrape encodes, `target_info` among them.
+    protos: Vec<proto::MetricFamily>,
+    /// Name → position in `protos` and its series.
+    families: Map<String, usize>,
+    meta: Vec<Family>,
 }
 
 fn sorted(mut labels: Labels) -> Labels {
@@ -107,18 +91,191 @@ fn target(resource: &Resource) -> Labels {
     t
 }
 
+/// A point's value, to set into a series or add to it.
+enum Sample {
+    Number(f64),
+    Histogram(proto::Histogram),
+    Summary(proto::Summary),
+}
+
+fn number_points(points: &[NumberPoint], mut each: impl FnMut(&NumberPoint, Sample)) {
+    for p in points
+        .iter()
+        .filter(|p| p.flags & FLAG_NO_RECORDED_VALUE == 0)
+    {
+        if let Some(v) = p.value {
+            each(p, Sample::Number(v.as_f64()));
+        }
+    }
+}
+
+fn histogram(p: &HistogramPoint) -> Sample {
+    let mut h = proto::Histogram::default();
+    h.set_sample_count(p.count);
+    h.set_sample_sum(p.sum.unwrap_or(0.0));
+    let mut cumulative = 0;
+    h.set_bucket(
+        p.explicit_bounds
+            .iter()
+            .zip(&p.bucket_counts)
+            .map(|(le, n)| {
+                cumulative += n;
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(*le);
+                b.set_cumulative_count(cumulative);
+                b
+            })
+            .collect(),
+    );
+    Sample::Histogram(h)
+}
+
+fn summary(p: &SummaryPoint) -> Sample {
+    let mut s = proto::Summary::default();
+    s.set_sample_count(p.count);
+    s.set_sample_sum(p.sum);
+    s.set_quantile(
+        p.quantiles
+            .iter()
+            .map(|q| {
+                let mut x = proto::Quantile::default();
+                x.set_quantile(q.quantile);
+                x.set_value(q.value);
+                x
+            })
+            .collect(),
+    );
+    Sample::Summary(s)
+}
+
+/// Sets `sample` into `m` (a delta adds to what it holds: histograms with the same bounds
+/// bucket by bucket, else it replaces).
+fn apply(m: &mut proto::Metric, shape: Shape, sample: Sample, delta: bool) {
+    match sample {
+        Sample::Number(v) => {
+            if shape == Shape::Counter {
+                let v = if delta {
+                    m.get_counter().get_value() + v
+                } else {
+                    v
+                };
+                let mut c = proto::Counter::default();
+                c.set_value(v);
+                m.set_counter(c);
+            } else {
+                let v = if delta {
+                    m.get_gauge().get_value() + v
+                } else {
+                    v
+                };
+                let mut g = proto::Gauge::default();
+                g.set_value(v);
+                m.set_gauge(g);
+            }
+        }
+        Sample::Histogram(mut h) => {
+            let old = m.get_histogram();
+            let same_bounds = old.get_bucket().len() == h.get_bucket().len()
+                && old
+                    .get_bucket()
+                    .iter()
+                    .zip(h.get_bucket())
+                    .all(|(a, b)| a.upper_bound() == b.upper_bound());
+            if delta && same_bounds {
+                h.set_sample_count(h.get_sample_count() + old.get_sample_count());
+                h.set_sample_sum(h.get_sample_sum() + old.get_sample_sum());
+                let buckets = h
+                    .get_bucket()
+                    .iter()
+                    .zip(old.get_bucket())
+                    .map(|(new, old)| {
+                        let mut b = new.clone();
+                        b.set_cumulative_count(new.cumulative_count() + old.cumulative_count());
+                        b
+                    })
+                    .collect();
+                h.set_bucket(buckets);
+            }
+            m.set_histogram(h);
+        }
+        Sample::Summary(s) => m.set_summary(s),
+    }
+}
+
+fn label_pairs(labels: &Labels) -> Vec<proto::LabelPair> {
+    labels
+        .iter()
+        .map(|(k, v)| {
+            let mut l = proto::LabelPair::default();
+            l.set_name(k.clone());
+            l.set_value(v.clone());
+            l
+        })
+        .collect()
+}
+
 impl Store {
     pub fn new(settings: Settings) -> Store {
         Store {
             settings,
+            protos: Vec::new(),
             families: Map::default(),
-            targets: Map::default(),
+            meta: Vec::new(),
         }
     }
 
-    /// Series held now (all families).
+    /// Series held now (all families, `target_info` aside).
     pub fn len(&self) -> usize {
-        self.families.values().map(|f| f.series.len()).sum()
+        self.protos
+            .iter()
+            .zip(&self.meta)
+            .filter(|(f, _)| f.name() != "target_info")
+            .map(|(_, m)| m.keys.len())
+            .sum()
+    }
+
+    /// The family `name`, made if new; `None` if it has another shape.
+    fn family(&mut self, name: String, help: &str, shape: Shape) -> Option<usize> {
+        if let Some(&i) = self.families.get(&name) {
+            return (self.meta[i].shape == shape).then_some(i);
+        }
+        let mut f = proto::MetricFamily::default();
+        f.set_name(name.clone());
+        f.set_help(help.to_string());
+        f.set_field_type(match shape {
+            Shape::Counter => proto::MetricType::COUNTER,
+            Shape::Gauge => proto::MetricType::GAUGE,
+            Shape::Histogram => proto::MetricType::HISTOGRAM,
+            Shape::Summary => proto::MetricType::SUMMARY,
+        });
+        let i = self.protos.len();
+        self.protos.push(f);
+        self.meta.push(Family {
+            shape,
+            index: Map::default(),
+            keys: Vec::new(),
+            updated: Vec::new(),
+        });
+        self.families.insert(name, i);
+        Some(i)
+    }
+
+    /// Sets a point into series `labels` of family `f`.
+    fn put(&mut self, f: usize, labels: Labels, sample: Sample, delta: bool, now: Instant) {
+        let meta = &mut self.meta[f];
+        let metrics = self.protos[f].mut_metric();
+        let at = match meta.index.get(&labels) {
+            Some(&at) => at,
+            None => {
+                metrics.push(proto::Metric::from_label(label_pairs(&labels)));
+                meta.index.insert(labels.clone(), meta.keys.len());
+                meta.keys.push(labels);
+                meta.updated.push(now);
+                meta.keys.len() - 1
+            }
+        };
+        apply(&mut metrics[at], meta.shape, sample, delta);
+        meta.updated[at] = now;
     }
 
     /// Takes one batch's metrics.
@@ -126,10 +283,24 @@ impl Store {
         let mut refused = Refused::default();
         let mut base = target(resource);
         if !base.is_empty() {
-            let mut attrs = Vec::new();
-            push_attributes(&mut attrs, &resource.attributes);
-            self.targets
-                .insert(sorted(base.clone()), (sorted(attrs), now));
+            let mut info = base.clone();
+            push_attributes(
+                &mut info,
+                &resource
+                    .attributes
+                    .iter()
+                    .filter(|(k, _)| {
+                        !matches!(
+                            *k,
+                            "service.name" | "service.namespace" | "service.instance.id"
+                        )
+                    })
+                    .map(|(k, v)| (k, v.clone()))
+                    .collect(),
+            );
+            if let Some(f) = self.family("target_info".into(), "Target metadata", Shape::Gauge) {
+                self.put(f, sorted(info), Sample::Number(1.0), false, now);
+            }
         }
         if self.settings.resource_labels {
             push_attributes(&mut base, &resource.attributes);
@@ -163,45 +334,23 @@ impl Store {
         };
         let s = &self.settings;
         let name = names::metric(&s.namespace, &m.name, unit, shape, s.suffixes);
-        let family = self.families.entry(name).or_insert_with(|| Family {
-            shape,
-            help: m.description.as_deref().unwrap_or(&m.name).to_string(),
-            series: Map::default(),
-        });
-        if family.shape != shape {
+        let help = m.description.as_deref().unwrap_or(&m.name).to_string();
+        let Some(f) = self.family(name, &help, shape) else {
             refused.collisions += m.points() as u64;
             return;
-        }
+        };
         let labels = |attributes: &Attributes| {
             let mut l = base.clone();
             push_attributes(&mut l, attributes);
             sorted(l)
         };
-        let mut put = |labels: Labels, sample: Sample| {
-            match family.series.get_mut(&labels) {
-                Some(old) if delta => old.sample.add(sample),
-                Some(old) => old.sample = sample,
-                None => {
-                    family.series.insert(
-                        labels,
-                        Series {
-                            sample,
-                            updated: now,
-                        },
-                    );
-                    return;
-                }
-            }
-            if let Some(s) = family.series.get_mut(&labels) {
-                s.updated = now;
-            }
-        };
+        let mut points = Vec::new();
         match &m.data {
-            MetricData::Gauge(points) => {
-                number_points(points, |p, v| put(labels(&p.attributes), v))
+            MetricData::Gauge(p) => {
+                number_points(p, |p, v| points.push((labels(&p.attributes), v)))
             }
             MetricData::Sum(sum) => {
-                number_points(&sum.points, |p, v| put(labels(&p.attributes), v))
+                number_points(&sum.points, |p, v| points.push((labels(&p.attributes), v)))
             }
             MetricData::Histogram(h) => {
                 for p in h
@@ -209,215 +358,56 @@ impl Store {
                     .iter()
                     .filter(|p| p.flags & FLAG_NO_RECORDED_VALUE == 0)
                 {
-                    put(labels(&p.attributes), histogram(p));
+                    points.push((labels(&p.attributes), histogram(p)));
                 }
             }
-            MetricData::Summary(points) => {
-                for p in points
-                    .iter()
-                    .filter(|p| p.flags & FLAG_NO_RECORDED_VALUE == 0)
-                {
-                    put(labels(&p.attributes), summary(p));
+            MetricData::Summary(ps) => {
+                for p in ps.iter().filter(|p| p.flags & FLAG_NO_RECORDED_VALUE == 0) {
+                    points.push((labels(&p.attributes), summary(p)));
                 }
             }
             _ => {}
         }
+        for (l, sample) in points {
+            self.put(f, l, sample, delta, now);
+        }
     }
 
-    /// Forgets series (and targets) not updated within `metric_expiration`.
+    /// Forgets series not updated within `metric_expiration`.
     pub fn expire(&mut self, now: Instant) {
         let ttl = self.settings.expiration;
-        let fresh = |t: Instant| now.saturating_duration_since(t) <= ttl;
-        for f in self.families.values_mut() {
-            f.series.retain(|_, s| fresh(s.updated));
-        }
-        self.families.retain(|_, f| !f.series.is_empty());
-        self.targets.retain(|_, (_, t)| fresh(*t));
-    }
-
-    /// The families a scrape shows, sorted by name.
-    pub fn families(&self) -> Vec<proto::MetricFamily> {
-        let mut out: Vec<proto::MetricFamily> = Vec::with_capacity(self.families.len() + 1);
-        for (name, f) in &self.families {
-            let metrics = f
-                .series
-                .iter()
-                .map(|(labels, s)| s.sample.render(labels))
-                .collect();
-            out.push(family(name, &f.help, f.shape, metrics));
-        }
-        if !self.targets.is_empty() {
-            let metrics = self
-                .targets
-                .iter()
-                .map(|(target, (attrs, _))| {
-                    let mut l = target.clone();
-                    l.extend(
-                        attrs
-                            .iter()
-                            .filter(|(k, _)| k != "job" && k != "instance")
-                            .cloned(),
-                    );
-                    Sample::Number(1.0).render(&sorted(l))
-                })
-                .collect();
-            out.push(family(
-                "target_info",
-                "Target metadata",
-                Shape::Gauge,
-                metrics,
-            ));
-        }
-        out.sort_by(|a, b| a.name().cmp(b.name()));
-        out
-    }
-}
-
-fn family(
-    name: &str,
-    help: &str,
-    shape: Shape,
-    metrics: Vec<proto::Metric>,
-) -> proto::MetricFamily {
-    let mut f = proto::MetricFamily::default();
-    f.set_name(name.to_string());
-    f.set_help(help.to_string());
-    f.set_field_type(match shape {
-        Shape::Counter => proto::MetricType::COUNTER,
-        Shape::Gauge => proto::MetricType::GAUGE,
-        Shape::Histogram => proto::MetricType::HISTOGRAM,
-        Shape::Summary => proto::MetricType::SUMMARY,
-    });
-    f.set_metric(metrics);
-    f
-}
-
-fn number_points(points: &[NumberPoint], mut each: impl FnMut(&NumberPoint, Sample)) {
-    for p in points
-        .iter()
-        .filter(|p| p.flags & FLAG_NO_RECORDED_VALUE == 0)
-    {
-        if let Some(v) = p.value {
-            each(p, Sample::Number(v.as_f64()));
-        }
-    }
-}
-
-fn histogram(p: &HistogramPoint) -> Sample {
-    Sample::Histogram {
-        count: p.count,
-        sum: p.sum.unwrap_or(0.0),
-        bounds: p.explicit_bounds.clone(),
-        counts: p.bucket_counts.clone(),
-    }
-}
-
-fn summary(p: &SummaryPoint) -> Sample {
-    Sample::Summary {
-        count: p.count,
-        sum: p.sum,
-        quantiles: p.quantiles.iter().map(|q| (q.quantile, q.value)).collect(),
-    }
-}
-
-impl Sample {
-    /// A delta point added to what the series holds (histograms with other bounds replace it).
-    fn add(&mut self, other: Sample) {
-        match (self, other) {
-            (Sample::Number(a), Sample::Number(b)) => *a += b,
-            (
-                Sample::Histogram {
-                    count,
-                    sum,
-                    bounds,
-                    counts,
-                },
-                Sample::Histogram {
-                    count: c,
-                    sum: s,
-                    bounds: b,
-                    counts: n,
-                },
-            ) if *bounds == b && counts.len() == n.len() => {
-                *count += c;
-                *sum += s;
-                for (x, y) in counts.iter_mut().zip(n) {
-                    *x += y;
+        for (proto, meta) in self.protos.iter_mut().zip(&mut self.meta) {
+            let metrics = proto.mut_metric();
+            let mut i = 0;
+            while i < meta.keys.len() {
+                if now.saturating_duration_since(meta.updated[i]) <= ttl {
+                    i += 1;
+                    continue;
+                }
+                // Swap the last series into its place.
+                let gone = meta.keys.swap_remove(i);
+                meta.index.remove(&gone);
+                meta.updated.swap_remove(i);
+                metrics.swap_remove(i);
+                if let Some(moved) = meta.keys.get(i) {
+                    meta.index.insert(moved.clone(), i);
                 }
             }
-            (this, other) => *this = other,
         }
     }
 
-    fn render(&self, labels: &Labels) -> proto::Metric {
-        let mut m = proto::Metric::from_label(
-            labels
-                .iter()
-                .map(|(k, v)| {
-                    let mut l = proto::LabelPair::default();
-                    l.set_name(k.clone());
-                    l.set_value(v.clone());
-                    l
-                })
-                .collect(),
-        );
-        match self {
-            Sample::Number(v) => {
-                // The family's type decides which the encoder reads; both carry the value.
-                let mut g = proto::Gauge::default();
-                g.set_value(*v);
-                m.set_gauge(g);
-                let mut c = proto::Counter::default();
-                c.set_value(*v);
-                m.set_counter(c);
-            }
-            Sample::Histogram {
-                count,
-                sum,
-                bounds,
-                counts,
-            } => {
-                let mut h = proto::Histogram::default();
-                h.set_sample_count(*count);
-                h.set_sample_sum(*sum);
-                let mut cumulative = 0;
-                let buckets = bounds
-                    .iter()
-                    .zip(counts)
-                    .map(|(le, n)| {
-                        cumulative += n;
-                        let mut b = proto::Bucket::default();
-                        b.set_upper_bound(*le);
-                        b.set_cumulative_count(cumulative);
-                        b
-                    })
-                    .collect();
-                h.set_bucket(buckets);
-                m.set_histogram(h);
-            }
-            Sample::Summary {
-                count,
-                sum,
-                quantiles,
-            } => {
-                let mut s = proto::Summary::default();
-                s.set_sample_count(*count);
-                s.set_sample_sum(*sum);
-                s.set_quantile(
-                    quantiles
-                        .iter()
-                        .map(|(q, v)| {
-                            let mut x = proto::Quantile::default();
-                            x.set_quantile(*q);
-                            x.set_value(*v);
-                            x
-                        })
-                        .collect(),
-                );
-                m.set_summary(s);
+    /// A scrape: every family with a series, in the text format.
+    pub fn render(&self) -> String {
+        let encoder = prometheus::TextEncoder::new();
+        let mut out = String::with_capacity(self.len() * 160);
+        // Family by family: the encoder refuses one without series (all expired, or a metric
+        // that came without points).
+        for f in self.protos.iter().filter(|f| !f.get_metric().is_empty()) {
+            if let Err(e) = encoder.encode_utf8(std::slice::from_ref(f), &mut out) {
+                out.push_str(&format!("# oxeye: cannot render {}: {e}\n", f.name()));
             }
         }
-        m
+        out
     }
 }
 
@@ -457,9 +447,7 @@ mod tests {
     }
 
     fn render(store: &Store) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&store.families())
-            .expect("encode")
+        store.render()
     }
 
     #[test]
@@ -553,7 +541,7 @@ mod tests {
             r#"traces_span_metrics_duration_milliseconds_bucket{cluster="eu-1",job="checkout",span_name="GET /",le="+Inf"} 6"#,
             r#"traces_span_metrics_duration_milliseconds_sum{cluster="eu-1",job="checkout",span_name="GET /"} 123.5"#,
             r#"traces_span_metrics_duration_milliseconds_count{cluster="eu-1",job="checkout",span_name="GET /"} 6"#,
-            r#"target_info{host_name="n1",job="checkout",service_name="checkout"} 1"#,
+            r#"target_info{host_name="n1",job="checkout"} 1"#,
         ] {
             assert!(text.contains(line), "{line}\nnot in\n{text}");
         }
