@@ -18,6 +18,7 @@ pub mod telemetry;
 /// The built-in components, linked into every binary that uses this library. Each registers
 /// itself with `oxeye_api::register!`, exactly as a third-party crate does.
 pub mod builtin {
+    pub use oxeye_connector_flowmetrics as flowmetrics;
     pub use oxeye_connector_spanmetrics as spanmetrics;
     pub use oxeye_exporter_arrow as arrow;
     pub use oxeye_exporter_nop as nop_exporter;

@@ -32,7 +32,7 @@ struct Counts {
 /// Sums oxeye's JSON flow records (several windows) per tuple and direction.
 fn oxeye_flows(stdout: &str) -> HashMap<Tuple, Counts> {
     let mut m: HashMap<Tuple, Counts> = HashMap::new();
-    for line in stdout.lines() {
+    for line in stdout.lines().filter(|l| !l.starts_with(METRIC_LINE)) {
         let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
         let t: Tuple = (
             v["source.address"].as_str().expect("src").to_string(),
@@ -69,6 +69,65 @@ fn oxeye_flows(stdout: &str) -> HashMap<Tuple, Counts> {
     m
 }
 
+/// How the stdout exporter's JSON lines of metrics start.
+const METRIC_LINE: &str = "{\"signal\":\"metrics\"";
+
+/// Flows to stdout as JSON and through `flowmetrics` (delta, every tuple dimension) to stdout too.
+fn config_with_flowmetrics(pair: &VethPair, name: &str) -> std::path::PathBuf {
+    temp_config(
+        name,
+        &format!(
+            "receivers:
+  ebpf:
+    flows: {{interfaces: [{}], flush_interval: 200ms}}
+exporters:
+  stdout: {{format: json}}
+connectors:
+  flowmetrics:
+    aggregation_temporality: AGGREGATION_TEMPORALITY_DELTA
+    metrics_flush_interval: 300ms
+    dimensions: [source.address, destination.address, source.port, destination.port, network.transport, network.io.direction]
+service:
+  telemetry: {{logs: {{summary_interval: 0s}}}}
+  pipelines:
+    flows: {{receivers: [ebpf], exporters: [stdout, flowmetrics]}}
+    metrics: {{receivers: [flowmetrics], exporters: [stdout]}}
+",
+            pair.va
+        ),
+    )
+}
+
+/// Sums the `flowmetrics` points (delta) in oxeye's JSON lines per tuple and direction.
+fn flow_metrics(stdout: &str) -> HashMap<Tuple, Counts> {
+    let mut m: HashMap<Tuple, Counts> = HashMap::new();
+    for line in stdout.lines().filter(|l| l.starts_with(METRIC_LINE)) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        let t: Tuple = (
+            v["source.address"].as_str().expect("src").to_string(),
+            v["destination.address"].as_str().expect("dst").to_string(),
+            v["source.port"].as_u64().expect("sport") as u16,
+            v["destination.port"].as_u64().expect("dport") as u16,
+            v["network.transport"]
+                .as_str()
+                .expect("transport")
+                .to_string(),
+            v["network.io.direction"]
+                .as_str()
+                .expect("direction")
+                .to_string(),
+        );
+        let value = v["value"].as_u64().expect("an integer");
+        let c = m.entry(t).or_default();
+        match v["name"].as_str() {
+            Some("network.flow.io") => c.bytes += value,
+            Some("network.flow.packets") => c.packets += value,
+            other => panic!("unexpected metric {other:?}"),
+        }
+    }
+    m
+}
+
 fn stop_and_check(
     pair: &VethPair,
     ox: OxeyeInNs,
@@ -101,9 +160,19 @@ fn udp_sink(ns: &str, server: SocketAddr) -> std::thread::JoinHandle<usize> {
 }
 
 fn udp_exact(tag: &str, v6: bool) {
+    udp_exact_with(tag, v6, false);
+}
+
+/// `metrics`: through `flowmetrics` too, whose sums must equal the flows' per tuple.
+fn udp_exact_with(tag: &str, v6: bool, metrics: bool) {
     let pair = VethPair::new(tag);
     let (a, b) = if v6 { pair.v6.clone() } else { pair.v4.clone() };
-    let (ox, err) = OxeyeInNs::start(&pair.ns_a, &config(&pair, tag), READY);
+    let cfg = if metrics {
+        config_with_flowmetrics(&pair, tag)
+    } else {
+        config(&pair, tag)
+    };
+    let (ox, err) = OxeyeInNs::start(&pair.ns_a, &cfg, READY);
     let server: SocketAddr = SocketAddr::new(a.parse().expect("ip"), 9999);
     let client: SocketAddr = SocketAddr::new(b.parse().expect("ip"), 40000);
     let sink = udp_sink(&pair.ns_a, server);
@@ -131,7 +200,7 @@ fn udp_exact(tag: &str, v6: bool) {
         .as_nanos() as u64;
     for line in out
         .lines()
-        .filter(|l| l.contains("\"destination.port\":9999"))
+        .filter(|l| l.contains("\"destination.port\":9999") && !l.starts_with(METRIC_LINE))
     {
         let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
         let (first, last) = (
@@ -165,6 +234,10 @@ fn udp_exact(tag: &str, v6: bool) {
     );
     let back: Tuple = (a, b, 9999, 40000, "udp".into(), "transmit".into());
     assert!(!flows.contains_key(&back), "no datagram went back");
+    if metrics {
+        // Every tuple's byte and packet sums, exactly the flow records' (and so the traffic's).
+        assert_eq!(flow_metrics(&out), flows);
+    }
 }
 
 fn tcp_exact(tag: &str, v6: bool) {
@@ -250,6 +323,11 @@ fn tcp_exact(tag: &str, v6: bool) {
 #[test]
 fn udp_ipv4_exact_counts() {
     udp_exact("u4", false);
+}
+
+#[test]
+fn flowmetrics_sums_are_the_exact_traffic() {
+    udp_exact_with("fm", false, true);
 }
 
 #[test]
