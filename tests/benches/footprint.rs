@@ -1,8 +1,9 @@
 //! Footprint (root): the release `oxeye run` with the embedded default pipeline (flows on the
-//! default-route interface, text to stdout) inside a test-made namespace whose default route
-//! is a veth. Prints RSS after 10 s idle, the peak RSS while the peer namespace sends UDP to
-//! 16 384 ports for 8 s, and the binary's size with line tables and stripped. Prints figures;
-//! never fails on size.
+//! default-route interface, text to stdout), first as users run it — on this host's own
+//! default-route interface: RSS after 10 s idle, anonymous and file-backed — then inside a
+//! test-made namespace whose default route is a veth: RSS after 10 s idle, the peak RSS while
+//! the peer namespace sends UDP to 16 384 ports for 8 s. And the binary's size with line tables
+//! and stripped. Prints figures; never fails on size.
 //!
 //!     cargo build --release -p oxeye && cargo bench -p oxeye-tests --bench footprint
 
@@ -21,10 +22,41 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// `VmRSS`, `RssAnon` and `RssFile` of a process, KiB.
+fn rss_split(pid: u32) -> (u64, u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"), field("RssFile:"))
+}
+
 fn main() {
     oxeye_tests::netns::require_root();
     let quick = quick();
     let bin = oxeye_tests::bench::release_oxeye(quick);
+    let idle = if quick { 2 } else { 10 };
+    // As users run it: the host's own default-route interface.
+    let host = {
+        let mut ox = oxeye_tests::KillOnDrop(
+            Command::new(&bin)
+                .arg("run")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("oxeye run"),
+        );
+        std::thread::sleep(Duration::from_secs(idle));
+        let rss = rss_split(ox.0.id());
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(ox.0.id() as i32, libc::SIGINT) };
+        let _ = ox.0.wait();
+        rss
+    };
     let pair = VethPair::new("fp");
     let route = Command::new("ip")
         .args([
@@ -45,7 +77,6 @@ fn main() {
             .expect("oxeye run"),
     );
     let pid = ox.0.id();
-    let idle = if quick { 2 } else { 10 };
     std::thread::sleep(Duration::from_secs(idle));
     let idle_rss = rss_kib(pid);
 
@@ -86,7 +117,13 @@ fn main() {
     let _ = std::fs::remove_file(&stripped);
     println!("oxeye footprint, default pipeline ({}):", bin.display());
     println!(
-        "  RSS after {idle} s idle                {:>6.1} MiB",
+        "  oxeye run on this host's default-route interface: RSS after {idle} s idle {:>6.1} MiB ({:.1} anonymous, {:.1} file-backed)",
+        host.0 as f64 / 1024.0,
+        host.1 as f64 / 1024.0,
+        host.2 as f64 / 1024.0
+    );
+    println!(
+        "  in a test namespace: RSS after {idle} s idle {:>6.1} MiB",
         idle_rss as f64 / 1024.0
     );
     println!(
