@@ -491,6 +491,28 @@ fn bad_input_gets_a_clear_status_and_is_counted() {
         // Not retryable (no RetryInfo): the same message would be refused again.
         assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
         assert!(err.metadata().get("grpc-status-details-bin").is_none());
+        // Compressed and still over the limit (random bytes do not compress): refused from the
+        // message's header, not retryable either.
+        let mut incompressible = every_field_request(true);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..5 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        incompressible.resource_spans[0].scope_spans[0].spans[0]
+            .attributes
+            .push(kv("noise", any_value::Value::BytesValue(noise)));
+        let err = client
+            .export(incompressible)
+            .await
+            .expect_err("over the limit compressed");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("size limit"), "{err:?}");
+        assert!(err.metadata().get("grpc-status-details-bin").is_none());
         // Over the limit without compression: tonic says OUT_OF_RANGE, which OTLP clients
         // retry; answered RESOURCE_EXHAUSTED like the Collector does.
         let mut plain =
@@ -551,8 +573,8 @@ fn bad_input_gets_a_clear_status_and_is_counted() {
     );
     assert_eq!(
         counter(&report, "receivers/otlp", "otlp_malformed_requests", "grpc"),
-        3,
-        "garbage, a gzip bomb, an oversized message"
+        4,
+        "garbage, a gzip bomb, an oversized compressed message, an oversized message"
     );
     assert_eq!(component(&report, "exporters/otlp").emitted(), 5);
     assert_eq!(sink.spans(), 5, "the well-formed spans of both requests");

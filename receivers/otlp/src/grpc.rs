@@ -223,7 +223,6 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     use http_body_util::BodyExt;
-    let raw = body.collect().await.map_err(Status::from_error)?.to_bytes();
     let refuse = |status: Status| {
         shared.malformed("grpc");
         status
@@ -233,6 +232,20 @@ where
             "{what} is larger than the size limit ({limit} bytes): send smaller requests"
         )))
     };
+    // Read frame by frame: a message whose header says it is over the limit is refused before
+    // the rest of it is read (and charged), as tonic does.
+    let mut body = std::pin::pin!(body);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Status::from_error)?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
+        if buf.len() >= 5 && u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize > limit {
+            return Err(too_large("the message"));
+        }
+    }
+    let raw = buf.freeze();
     let Some((&flag, rest)) = raw.split_first().filter(|_| raw.len() >= 5) else {
         return Err(refuse(Status::invalid_argument(
             "the request holds no message",
