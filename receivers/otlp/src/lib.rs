@@ -19,6 +19,17 @@ mod config;
 pub mod convert;
 mod grpc;
 mod gzip;
+
+/// Inflating as the receiver does, for the fuzz target (`tests/fuzz`): not the receiver's
+/// interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// [`crate::gzip::gunzip`] with a budget of `limit`: the inflated bytes, `None` when refused.
+    pub fn gunzip(raw: &[u8], limit: usize) -> Option<Vec<u8>> {
+        let budget = crate::admission::Budget::new(limit as u64);
+        crate::gzip::gunzip(raw, limit, &mut budget.charge()).ok()
+    }
+}
 mod http;
 mod serve;
 mod tls;
