@@ -236,13 +236,25 @@ where
     // the rest of it is read (and charged), as tonic does.
     let mut body = std::pin::pin!(body);
     let mut buf = bytes::BytesMut::new();
+    let mut declared = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(Status::from_error)?;
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
         }
-        if buf.len() >= 5 && u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize > limit {
-            return Err(too_large("the message"));
+        if declared.is_none() && buf.len() >= 5 {
+            let n = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if n > limit {
+                return Err(too_large("the message"));
+            }
+            buf.reserve((5 + n).saturating_sub(buf.len()));
+            declared = Some(n);
+        }
+        // More than the one message a unary call holds: refused at once, not read on.
+        if declared.is_some_and(|n| buf.len() > 5 + n) {
+            return Err(refuse(Status::invalid_argument(
+                "a unary call holds exactly one whole message",
+            )));
         }
     }
     let raw = buf.freeze();
