@@ -43,6 +43,9 @@ pub struct FlowMetricsConfig {
     /// How often the metrics are emitted (and once more at shutdown).
     #[serde(with = "oxeye_api::config::duration")]
     pub metrics_flush_interval: Duration,
+    /// A cumulative series with no record for this long is dropped; `0s`: never.
+    #[serde(with = "oxeye_api::config::duration")]
+    pub metrics_expiration: Duration,
     /// Series at most; `0`: no limit.
     #[serde(alias = "max_series")]
     pub aggregation_cardinality_limit: usize,
@@ -61,6 +64,7 @@ impl Default for FlowMetricsConfig {
             .to_vec(),
             aggregation_temporality: "AGGREGATION_TEMPORALITY_CUMULATIVE".into(),
             metrics_flush_interval: Duration::from_secs(60),
+            metrics_expiration: Duration::from_secs(300),
             aggregation_cardinality_limit: 10_000,
         }
     }
@@ -113,6 +117,7 @@ struct Counts {
     bytes: u64,
     packets: u64,
     start_ns: u64,
+    updated_ns: u64,
 }
 
 /// The factory.
@@ -177,6 +182,7 @@ impl Factory for FlowMetricsFactory {
             packets: named("packets"),
             delta: c.aggregation_temporality == DELTA,
             limit: c.aggregation_cardinality_limit,
+            expiration_ns: c.metrics_expiration.as_nanos() as u64,
             every: c.metrics_flush_interval,
             groups: Vec::new(),
             series: 0,
@@ -217,6 +223,8 @@ pub struct FlowMetrics {
     packets: Arc<str>,
     delta: bool,
     limit: usize,
+    /// 0: never.
+    expiration_ns: u64,
     every: Duration,
     groups: Vec<Group>,
     series: usize,
@@ -269,12 +277,28 @@ impl FlowMetrics {
             };
             counts.bytes += f.bytes;
             counts.packets += f.packets;
+            counts.updated_ns = now_ns;
         }
         self.since_flush += flows.len() as u64;
     }
 
     fn emit(&mut self, now: SystemTime, out: &mut Output) {
         let now_ns = unix_ns(now);
+        if !self.delta && self.expiration_ns > 0 {
+            // Series with no record for `metrics_expiration` go, freeing their places.
+            let ttl = self.expiration_ns;
+            let fresh = |c: &Counts| now_ns.saturating_sub(c.updated_ns) <= ttl;
+            for g in &mut self.groups {
+                let before = g.series.len();
+                g.series.retain(|_, c| fresh(c));
+                self.series -= before - g.series.len();
+                if g.overflow.as_ref().is_some_and(|c| !fresh(c)) {
+                    g.overflow = None;
+                }
+            }
+            self.groups
+                .retain(|g| !g.series.is_empty() || g.overflow.is_some());
+        }
         self.telemetry.add_merged(self.since_flush);
         for g in &self.groups {
             let mut io = Vec::new();

@@ -32,6 +32,10 @@ pub struct SpanMetricsConfig {
     /// How often the metrics are emitted (and once more at shutdown).
     #[serde(with = "oxeye_api::config::duration")]
     pub metrics_flush_interval: Duration,
+    /// A cumulative series with no span for this long is no longer emitted, and frees its
+    /// place under the cardinality limit; `0s`: never.
+    #[serde(with = "oxeye_api::config::duration")]
+    pub metrics_expiration: Duration,
     /// Series at most; spans of any further series fold into one `otel.metric.overflow` series
     /// per resource, counted. `0`: no limit.
     #[serde(alias = "max_series")]
@@ -49,6 +53,7 @@ impl Default for SpanMetricsConfig {
             histogram: HistogramConfig::default(),
             aggregation_temporality: Temporality::Cumulative,
             metrics_flush_interval: Duration::from_secs(60),
+            metrics_expiration: Duration::from_secs(300),
             aggregation_cardinality_limit: 10_000,
             exemplars: ExemplarsConfig::default(),
         }

@@ -33,6 +33,8 @@ struct Spec {
     temporality: Temporality,
     exemplars: usize,
     limit: usize,
+    /// A cumulative series with no span for this long is dropped (0: never).
+    expiration_ns: u64,
     scope: Arc<Scope>,
 }
 
@@ -43,6 +45,8 @@ struct Series {
     dims: Box<[Option<Value>]>,
     /// When the series (cumulative) or its current interval (delta) started.
     start_ns: u64,
+    /// When its last span was counted.
+    updated_ns: u64,
     count: u64,
     sum: f64,
     buckets: Box<[u64]>,
@@ -124,12 +128,24 @@ fn hash_value(h: &mut impl Hasher, v: &Value) {
     }
 }
 
-/// Equal as dimension values: floats by bits, so a NaN series is found again.
+/// Equal as dimension values: floats by bits (in lists and maps too), so a NaN series or
+/// resource is found again.
 fn same_value(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::F64(x), Value::F64(y)) => x.to_bits() == y.to_bits(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y.iter()).all(|(a, b)| same_value(a, b))
+        }
+        (Value::Map(x), Value::Map(y)) => same_attributes(x, y),
         _ => a == b,
     }
+}
+
+fn same_attributes(a: &Attributes, b: &Attributes) -> bool {
+    a.iter().count() == b.iter().count()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, va), (kb, vb))| ka == kb && same_value(va, vb))
 }
 
 /// A series' hash, from its key.
@@ -199,6 +215,7 @@ impl Table {
                     0
                 },
                 limit: config.aggregation_cardinality_limit,
+                expiration_ns: config.metrics_expiration.as_nanos() as u64,
                 scope: Arc::new(Scope {
                     name: "spanmetricsconnector".into(),
                     ..Scope::default()
@@ -230,7 +247,8 @@ impl Table {
         let groups = &self.groups;
         let found = self.by_resource.find(hash, |&i| {
             let g = &groups[i as usize];
-            Arc::ptr_eq(&g.resource, resource) || g.resource.attributes == resource.attributes
+            Arc::ptr_eq(&g.resource, resource)
+                || same_attributes(&g.resource.attributes, &resource.attributes)
         });
         if let Some(&i) = found {
             return i as usize;
@@ -318,6 +336,7 @@ impl Table {
             status,
             dims: dims.iter().map(|d| d.cloned()).collect(),
             start_ns: now_ns,
+            updated_ns: now_ns,
             count: 0,
             sum: 0.0,
             buckets: vec![0; spec.bounds.len() + 1].into(),
@@ -355,6 +374,7 @@ impl Table {
             }
         };
         series.count += 1;
+        series.updated_ns = now_ns;
         series.sum += value;
         let bucket = spec.bounds.partition_point(|b| *b < value);
         series.buckets[bucket] += 1;
@@ -371,8 +391,11 @@ impl Table {
 
     /// The metrics of every series, a batch per resource; a delta table starts afresh.
     pub fn flush(&mut self, now_ns: u64) -> Vec<Batch> {
+        let delta = self.spec.temporality == Temporality::Delta;
+        if !delta && self.spec.expiration_ns > 0 {
+            self.expire(now_ns);
+        }
         let spec = &self.spec;
-        let delta = spec.temporality == Temporality::Delta;
         let mut out = Vec::new();
         for group in &mut self.groups {
             let all = group.series.iter_mut().chain(group.overflow.as_mut());
@@ -451,6 +474,58 @@ impl Table {
         self.last_flush_ns = now_ns;
         self.since_flush = 0;
         out
+    }
+}
+
+impl Table {
+    /// Drops the cumulative series (and resources) with no span for `metrics_expiration`,
+    /// freeing their places under the cardinality limit.
+    fn expire(&mut self, now_ns: u64) {
+        let ttl = self.spec.expiration_ns;
+        let fresh = |updated: u64| now_ns.saturating_sub(updated) <= ttl;
+        let hasher = &self.hasher;
+        let mut removed = 0;
+        for g in &mut self.groups {
+            let before = g.series.len();
+            g.series.retain(|s| fresh(s.updated_ns));
+            if g.overflow.as_ref().is_some_and(|o| !fresh(o.updated_ns)) {
+                g.overflow = None;
+            }
+            if g.series.len() == before {
+                continue;
+            }
+            removed += before - g.series.len();
+            let hash = |s: &Series| {
+                key_hash(
+                    hasher,
+                    &s.name,
+                    s.kind,
+                    s.status,
+                    s.dims.iter().map(Option::as_ref),
+                )
+            };
+            g.index.clear();
+            let list = &g.series;
+            for (i, s) in list.iter().enumerate() {
+                g.index
+                    .insert_unique(hash(s), i as u32, |&j| hash(&list[j as usize]));
+            }
+        }
+        self.series -= removed;
+        if self
+            .groups
+            .iter()
+            .any(|g| g.series.is_empty() && g.overflow.is_none())
+        {
+            self.groups
+                .retain(|g| !g.series.is_empty() || g.overflow.is_some());
+            self.by_resource.clear();
+            let groups = &self.groups;
+            for (i, g) in groups.iter().enumerate() {
+                self.by_resource
+                    .insert_unique(g.hash, i as u32, |&j| groups[j as usize].hash);
+            }
+        }
     }
 }
 

@@ -287,3 +287,35 @@ metrics_flush_interval: 0s
     assert!(check::<SpanMetricsFactory>("aggregation_temporality: DELTA").is_err());
     assert!(check::<SpanMetricsFactory>("").is_ok());
 }
+
+#[test]
+fn idle_series_expire_and_a_nan_resource_is_one_resource() {
+    let mut h = ProcessorHarness::connector::<SpanMetricsFactory>(
+        "metrics_expiration: 1s\nhistogram: {disable: true}",
+    )
+    .expect("build");
+    // Two batches from resources equal but for being distinct, with a NaN attribute.
+    let nan = || {
+        let mut a = Attributes::new();
+        a.set("service.name", "a");
+        a.set("weight", Value::F64(f64::NAN));
+        Arc::new(Resource::new(a))
+    };
+    h.process(spans(10, 2, &nan())).expect("process");
+    h.process(spans(10, 2, &nan())).expect("process");
+    let now = SystemTime::now();
+    let out = h.tick(now).expect("tick");
+    assert_eq!(out.len(), 1, "one resource, however many Arcs");
+    let ms = metrics(&out);
+    assert_eq!(sum_points(ms[0]).iter().map(int).sum::<i64>(), 20);
+    // No span for longer than metrics_expiration: the series are no longer emitted.
+    assert!(h
+        .tick(now + Duration::from_secs(2))
+        .expect("tick")
+        .is_empty());
+    h.process(spans(3, 1, &service("b"))).expect("process");
+    let out = h.tick(SystemTime::now()).expect("tick");
+    let ms = metrics(&out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(sum_points(ms[0]).iter().map(int).sum::<i64>(), 3);
+}
