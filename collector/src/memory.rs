@@ -16,9 +16,10 @@ pub(crate) fn return_freed() -> tokio::task::JoinHandle<()> {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            // SAFETY: mi_collect takes no pointers; with `force` it also purges the arenas'
-            // freed segments, whatever thread freed them. Harmless when mimalloc is not the
-            // global allocator (a custom binary's choice): it then holds nothing.
+            // SAFETY: mi_collect takes no pointers. With `force` it collects this thread's heap
+            // and purges the arenas' freed segments, where the start-up work's memory ends up
+            // (other live threads' own heaps are theirs to collect). Harmless when mimalloc is
+            // not the global allocator (a custom binary's choice): it then holds nothing.
             let _ =
                 tokio::task::spawn_blocking(|| unsafe { libmimalloc_sys::mi_collect(true) }).await;
         }

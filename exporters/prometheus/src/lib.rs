@@ -48,7 +48,7 @@ use oxeye_api::{
     Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Records, Signal, Telemetry,
 };
 use serde::Deserialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use store::{Settings, Store};
 
@@ -153,6 +153,7 @@ impl Factory for PrometheusFactory {
             store: Arc::new(Mutex::new(store)),
             endpoint,
             server: None,
+            bind_failures: 0,
             source: ctx.id,
             telemetry: ctx.telemetry,
         }))
@@ -166,6 +167,8 @@ pub struct PrometheusExporter {
     store: Arc<Mutex<Store>>,
     endpoint: SocketAddr,
     server: Option<tokio::task::JoinHandle<()>>,
+    /// Binds tried and failed, in all.
+    bind_failures: u64,
     source: String,
     telemetry: Telemetry,
 }
@@ -177,19 +180,28 @@ fn scrape(store: &Mutex<Store>) -> String {
 
 impl PrometheusExporter {
     /// Starts the endpoint (on the first batch or tick: building, as `validate` does, binds
-    /// nothing).
+    /// nothing); while the port is taken, tries again at the next one.
     async fn serve(&mut self) -> Result<(), BoxError> {
         if self.server.is_some() {
             return Ok(());
         }
-        let listener = tokio::net::TcpListener::bind(self.endpoint)
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot listen on {} for Prometheus scrapes: {e}",
-                    self.endpoint
-                )
-            })?;
+        // Not fatal: on reload, the instance this one replaces may hold the port until it has
+        // drained; batches are kept meanwhile and the bind is tried again every tick.
+        let listener = match tokio::net::TcpListener::bind(self.endpoint).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.bind_failures += 1;
+                self.telemetry.set_counter(
+                    "prometheus_bind_failures",
+                    &self.source,
+                    self.bind_failures,
+                );
+                if self.bind_failures == 1 || self.bind_failures.is_multiple_of(120) {
+                    warn!(endpoint = %self.endpoint, failures = self.bind_failures, "prometheus exporter: cannot listen for scrapes: {e}; trying again every 500 ms");
+                }
+                return Ok(());
+            }
+        };
         let store = Arc::clone(&self.store);
         let app = axum::Router::new().route(
             "/metrics",

@@ -13,6 +13,8 @@ use prometheus::proto;
 use crate::names::{self, Shape};
 
 type Labels = Vec<(String, String)>;
+/// Attributes as labels before they are merged: (label name, original key, value).
+type Raw = Vec<(String, String, String)>;
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What was not shown, and why; read after each batch.
@@ -52,11 +54,13 @@ pub struct Store {
     meta: Vec<Family>,
 }
 
-fn sorted(mut labels: Labels) -> Labels {
-    labels.sort();
-    // Attributes that sanitize to one name: their values joined with `;`, as the spec says.
-    let mut out: Labels = Vec::with_capacity(labels.len());
-    for (k, v) in labels {
+/// Attribute labels merged and sorted: attributes whose names sanitize to one label have their
+/// values joined with `;` in the order of their original keys, as the specification says; then
+/// `overrides` (`job`, `instance`, const labels) replace any label of their name.
+fn merged(mut raw: Raw, overrides: &Labels) -> Labels {
+    raw.sort();
+    let mut out: Labels = Vec::with_capacity(raw.len() + overrides.len());
+    for (k, _, v) in raw {
         match out.last_mut() {
             Some((lk, lv)) if *lk == k => {
                 lv.push(';');
@@ -65,12 +69,19 @@ fn sorted(mut labels: Labels) -> Labels {
             _ => out.push((k, v)),
         }
     }
+    for (k, v) in overrides {
+        match out.iter_mut().find(|(lk, _)| lk == k) {
+            Some(l) => l.1 = v.clone(),
+            None => out.push((k.clone(), v.clone())),
+        }
+    }
+    out.sort();
     out
 }
 
-fn push_attributes(labels: &mut Labels, attributes: &Attributes) {
+fn push_attributes(raw: &mut Raw, attributes: &Attributes) {
     for (k, v) in attributes.iter() {
-        labels.push((names::label(k), v.to_string()));
+        raw.push((names::label(k), k.to_string(), v.to_string()));
     }
 }
 
@@ -281,38 +292,43 @@ impl Store {
     /// Takes one batch's metrics.
     pub fn add(&mut self, resource: &Resource, metrics: &[Metric], now: Instant) -> Refused {
         let mut refused = Refused::default();
-        let mut base = target(resource);
-        if !base.is_empty() {
-            let mut info = base.clone();
-            push_attributes(
-                &mut info,
-                &resource
-                    .attributes
-                    .iter()
-                    .filter(|(k, _)| {
-                        !matches!(
-                            *k,
-                            "service.name" | "service.namespace" | "service.instance.id"
-                        )
-                    })
-                    .map(|(k, v)| (k, v.clone()))
-                    .collect(),
-            );
+        let target = target(resource);
+        let identity = |k: &str| {
+            matches!(
+                k,
+                "service.name" | "service.namespace" | "service.instance.id"
+            )
+        };
+        if !target.is_empty() {
+            let mut info = Raw::new();
+            for (k, v) in resource.attributes.iter().filter(|(k, _)| !identity(k)) {
+                info.push((names::label(k), k.to_string(), v.to_string()));
+            }
             if let Some(f) = self.family("target_info".into(), "Target metadata", Shape::Gauge) {
-                self.put(f, sorted(info), Sample::Number(1.0), false, now);
+                self.put(f, merged(info, &target), Sample::Number(1.0), false, now);
             }
         }
+        // Resource attributes count as attributes; job, instance and const labels override.
+        let mut base = Raw::new();
         if self.settings.resource_labels {
             push_attributes(&mut base, &resource.attributes);
         }
-        base.extend(self.settings.const_labels.iter().cloned());
+        let mut overrides = target;
+        overrides.extend(self.settings.const_labels.iter().cloned());
         for m in metrics {
-            self.add_metric(m, &base, now, &mut refused);
+            self.add_metric(m, &base, &overrides, now, &mut refused);
         }
         refused
     }
 
-    fn add_metric(&mut self, m: &Metric, base: &Labels, now: Instant, refused: &mut Refused) {
+    fn add_metric(
+        &mut self,
+        m: &Metric,
+        base: &Raw,
+        overrides: &Labels,
+        now: Instant,
+        refused: &mut Refused,
+    ) {
         let unit = m.unit.as_deref().unwrap_or("");
         let (shape, delta) = match &m.data {
             MetricData::Gauge(_) => (Shape::Gauge, false),
@@ -342,7 +358,7 @@ impl Store {
         let labels = |attributes: &Attributes| {
             let mut l = base.clone();
             push_attributes(&mut l, attributes);
-            sorted(l)
+            merged(l, overrides)
         };
         let mut points = Vec::new();
         match &m.data {
@@ -393,6 +409,18 @@ impl Store {
                     meta.index.insert(moved.clone(), i);
                 }
             }
+        }
+        // A family with no series left goes too: its name is free for a metric of another type.
+        if self.meta.iter().any(|m| m.keys.is_empty()) {
+            let mut keep = self.meta.iter().map(|m| !m.keys.is_empty());
+            self.protos.retain(|_| keep.next().unwrap_or(true));
+            self.meta.retain(|m| !m.keys.is_empty());
+            self.families = self
+                .protos
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.name().to_string(), i))
+                .collect();
         }
     }
 
@@ -550,5 +578,62 @@ mod tests {
         store.expire(t0 + Duration::from_secs(61));
         assert_eq!(store.len(), 0);
         assert_eq!(render(&store), "");
+    }
+
+    #[test]
+    fn job_and_const_labels_override_colliding_attributes_and_empty_families_go() {
+        let mut store = Store::new(Settings {
+            namespace: String::new(),
+            const_labels: vec![("cluster".into(), "eu-1".into())],
+            resource_labels: false,
+            suffixes: true,
+            expiration: Duration::from_secs(60),
+        });
+        let resource = Resource::new(attrs(&[("service.name", "checkout")]));
+        let t0 = Instant::now();
+        let gauge = |name: &str, a: Attributes| {
+            metric(
+                name,
+                "",
+                MetricData::Gauge(vec![NumberPoint {
+                    attributes: a,
+                    value: Some(Number::Int(1)),
+                    ..NumberPoint::default()
+                }]),
+            )
+        };
+        store.add(
+            &resource,
+            &[gauge(
+                "queue",
+                attrs(&[
+                    ("job", "mine"),
+                    ("cluster", "x"),
+                    ("a.b", "1"),
+                    ("a_b", "2"),
+                ]),
+            )],
+            t0,
+        );
+        let text = render(&store);
+        assert!(
+            text.contains(r#"queue{a_b="1;2",cluster="eu-1",job="checkout"} 1"#),
+            "{text}"
+        );
+        // Once its series expire, the name is free for another type.
+        store.expire(t0 + Duration::from_secs(61));
+        let later = t0 + Duration::from_secs(62);
+        let histogram = MetricData::Histogram(Histogram {
+            points: vec![HistogramPoint {
+                count: 1,
+                bucket_counts: vec![1, 0],
+                explicit_bounds: vec![1.0],
+                ..HistogramPoint::default()
+            }],
+            temporality: Temporality::Cumulative,
+        });
+        let refused = store.add(&resource, &[metric("queue", "", histogram)], later);
+        assert_eq!(refused, Refused::default(), "`queue` is a histogram now");
+        assert!(render(&store).contains("# TYPE queue histogram"));
     }
 }
