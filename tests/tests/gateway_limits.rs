@@ -20,6 +20,15 @@ mod common;
 use common::otlp::{http_post, sink_endpoint, Sink};
 
 /// Lets this test process open thousands of sockets (soft limit up to the hard one).
+
+/// These tests measure a gateway's peak memory and its answers under load, each with a process
+/// of its own: run side by side on two cores they slowed each other, and a peak bound failed
+/// now and then. One at a time.
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn raise_open_files() {
     // SAFETY: getrlimit/setrlimit on owned locals.
     unsafe {
@@ -168,6 +177,7 @@ fn stop(mut child: KillOnDrop, log: std::thread::JoinHandle<String>) -> (i32, f6
 
 #[test]
 fn slow_and_silent_connections_do_not_stop_a_good_client() {
+    let _one_at_a_time = alone();
     raise_open_files();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let sink = Arc::new(Sink::default());
@@ -279,6 +289,7 @@ fn slow_and_silent_connections_do_not_stop_a_good_client() {
 
 #[test]
 fn a_flood_of_large_requests_keeps_memory_bounded_and_every_refusal_counted() {
+    let _one_at_a_time = alone();
     // The defaults: 128 MiB of requests in flight, 20 MiB requests at most.
     flood(("", ""), 256.0);
     // A budget of 64 MiB (16 MiB requests at most): the peak stays within the budget plus the
@@ -388,6 +399,7 @@ fn flood(settings: (&str, &str), limit_mib: f64) {
 
 #[test]
 fn a_client_stalled_mid_request_does_not_hold_a_shutdown() {
+    let _one_at_a_time = alone();
     raise_open_files();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let sink = Arc::new(Sink::default());
@@ -463,6 +475,7 @@ fn tail_flood(processor: &str) -> (f64, u64, u64) {
 
 #[test]
 fn tail_sampling_holds_otlp_spans_with_large_attributes_within_max_bytes() {
+    let _one_at_a_time = alone();
     let (nop, _, _) = tail_flood("nop:");
     let (capped, kept, dropped) = tail_flood(
         "tail_sampling: {decision_wait: 1h, num_traces: 1000000, max_bytes: 33554432, policies: [{name: some, type: probabilistic, probabilistic: {sampling_percentage: 10}}]}",
@@ -482,6 +495,7 @@ fn tail_sampling_holds_otlp_spans_with_large_attributes_within_max_bytes() {
 
 #[test]
 fn connection_budget_and_timeout_limits_answer_retryably_and_count() {
+    let _one_at_a_time = alone();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let sink = Arc::new(Sink {
         count_only: true,
@@ -600,6 +614,7 @@ fn connection_budget_and_timeout_limits_answer_retryably_and_count() {
 
 #[test]
 fn memory_limiter_refuses_clients_retryably_above_its_limit_then_takes_data_again() {
+    let _one_at_a_time = alone();
     let (grpc, http, metrics) = (free_port(), free_port(), free_port());
     // A soft limit of 40 MiB: above oxeye at rest, below it under this load.
     let mut child = gateway_with(
