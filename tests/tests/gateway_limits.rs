@@ -19,8 +19,6 @@ use prost::Message;
 mod common;
 use common::otlp::{http_post, sink_endpoint, Sink};
 
-/// Lets this test process open thousands of sockets (soft limit up to the hard one).
-
 /// These tests measure a gateway's peak memory and its answers under load, each with a process
 /// of its own: run side by side on two cores they slowed each other, and a peak bound failed
 /// now and then. One at a time.
@@ -29,6 +27,7 @@ fn alone() -> std::sync::MutexGuard<'static, ()> {
     ONE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Lets this test process open thousands of sockets (soft limit up to the hard one).
 fn raise_open_files() {
     // SAFETY: getrlimit/setrlimit on owned locals.
     unsafe {
