@@ -29,25 +29,26 @@ struct Counts {
     flags: u8,
 }
 
+/// The tuple and direction of a JSON line, a flow record's or a `flowmetrics` point's.
+fn tuple(v: &serde_json::Value) -> Tuple {
+    let text = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("{k}")).to_string();
+    let port = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k}")) as u16;
+    (
+        text("source.address"),
+        text("destination.address"),
+        port("source.port"),
+        port("destination.port"),
+        text("network.transport"),
+        text("network.io.direction"),
+    )
+}
+
 /// Sums oxeye's JSON flow records (several windows) per tuple and direction.
 fn oxeye_flows(stdout: &str) -> HashMap<Tuple, Counts> {
     let mut m: HashMap<Tuple, Counts> = HashMap::new();
     for line in stdout.lines().filter(|l| !l.starts_with(METRIC_LINE)) {
         let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
-        let t: Tuple = (
-            v["source.address"].as_str().expect("src").to_string(),
-            v["destination.address"].as_str().expect("dst").to_string(),
-            v["source.port"].as_u64().expect("sport") as u16,
-            v["destination.port"].as_u64().expect("dport") as u16,
-            v["network.transport"]
-                .as_str()
-                .expect("transport")
-                .to_string(),
-            v["network.io.direction"]
-                .as_str()
-                .expect("direction")
-                .to_string(),
-        );
+        let t = tuple(&v);
         let flags = v["oxeye.tcp_flags"]
             .as_array()
             .expect("flags")
@@ -103,20 +104,7 @@ fn flow_metrics(stdout: &str) -> HashMap<Tuple, Counts> {
     let mut m: HashMap<Tuple, Counts> = HashMap::new();
     for line in stdout.lines().filter(|l| l.starts_with(METRIC_LINE)) {
         let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
-        let t: Tuple = (
-            v["source.address"].as_str().expect("src").to_string(),
-            v["destination.address"].as_str().expect("dst").to_string(),
-            v["source.port"].as_u64().expect("sport") as u16,
-            v["destination.port"].as_u64().expect("dport") as u16,
-            v["network.transport"]
-                .as_str()
-                .expect("transport")
-                .to_string(),
-            v["network.io.direction"]
-                .as_str()
-                .expect("direction")
-                .to_string(),
-        );
+        let t = tuple(&v);
         let value = v["value"].as_u64().expect("an integer");
         let c = m.entry(t).or_default();
         match v["name"].as_str() {

@@ -243,7 +243,7 @@ service:
 
 #[test]
 fn promtool_and_a_real_prometheus_accept_the_metrics() {
-    let (sink_port, metrics_port, prometheus_port) = (free_port(), free_port(), free_port());
+    let (sink_port, metrics_port) = (free_port(), free_port());
     let _sink = otlp_sink(sink_port);
     let cfg = temp_config(
         "prometheus",
@@ -307,49 +307,11 @@ service:
         types.len()
     );
 
-    // promtool: no problem at all (it prints one line per problem and exits non-zero).
-    let scrape = std::env::temp_dir().join(format!("oxeye-scrape-{}.txt", std::process::id()));
-    std::fs::write(&scrape, &metrics).expect("write scrape");
-    let check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&scrape).expect("scrape"))
-        .output()
-        .expect("promtool (tests/setup.sh installs Debian's prometheus package)");
-    let _ = std::fs::remove_file(&scrape);
-    assert!(
-        check.status.success() && check.stdout.is_empty() && check.stderr.is_empty(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    promtool_check(&metrics);
 
     // A real Prometheus server scraping oxeye every second, on loopback.
-    let dir = std::env::temp_dir().join(format!("oxeye-prometheus-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: oxeye\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"
-        ),
-    )
-    .expect("prometheus.yml");
-    let server = KillOnDrop(
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus server"),
-    );
+    let server = Prometheus::scrape("oxeye", metrics_port);
+    let prometheus_port = server.port;
     let up = wait_for(
         "Prometheus to scrape oxeye",
         Duration::from_secs(60),
@@ -364,7 +326,6 @@ service:
     });
     assert_eq!(counted, "25000");
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 
     signal(&oxeye.0, libc::SIGINT);
     let status = oxeye.0.wait().expect("wait");
