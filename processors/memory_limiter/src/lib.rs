@@ -7,8 +7,8 @@
 //! it is, but only a first processor also avoids decoding what it passes on).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use oxeye_api::config::duration;
@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 mod memory;
 
 /// `processors: {memory_limiter: ...}`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryLimiterConfig {
     /// How often memory is read (required; the Collector recommends 1s).
@@ -38,6 +38,27 @@ pub struct MemoryLimiterConfig {
     pub limit_percentage: u64,
     /// The spike limit as a share of the same total.
     pub spike_limit_percentage: u64,
+    /// Above the soft limit, freed memory is handed back to the system (the allocator's
+    /// collect: oxeye's counterpart of the Collector's forced GC) at most this often. Default 10s.
+    #[serde(with = "duration")]
+    pub min_gc_interval_when_soft_limited: Duration,
+    /// The same above the hard limit. Default 0s: every check.
+    #[serde(with = "duration")]
+    pub min_gc_interval_when_hard_limited: Duration,
+}
+
+impl Default for MemoryLimiterConfig {
+    fn default() -> Self {
+        MemoryLimiterConfig {
+            check_interval: Duration::ZERO,
+            limit_mib: 0,
+            spike_limit_mib: 0,
+            limit_percentage: 0,
+            spike_limit_percentage: 0,
+            min_gc_interval_when_soft_limited: Duration::from_secs(10),
+            min_gc_interval_when_hard_limited: Duration::ZERO,
+        }
+    }
 }
 
 /// The limits in bytes: `(soft, hard)`.
@@ -71,6 +92,10 @@ struct Limiter {
     soft: u64,
     hard: u64,
     every: Duration,
+    /// Least time between releases of freed memory: above the soft, the hard limit.
+    release_every: (Duration, Duration),
+    /// When freed memory was last released.
+    released: Mutex<Option<Instant>>,
     refusing: AtomicBool,
     /// Resident bytes at the last check.
     resident: AtomicU64,
@@ -104,9 +129,15 @@ impl Limiter {
     }
 
     fn check(&self) {
-        let Some(rss) = memory::resident() else {
+        let Some(mut rss) = memory::resident() else {
             return;
         };
+        if rss > self.soft && self.release_due(rss > self.hard) {
+            // Memory freed after a burst may still be held by the allocator: hand it back
+            // before deciding, as the Collector forces a GC.
+            memory::release();
+            rss = memory::resident().unwrap_or(rss);
+        }
         self.resident.store(rss, Ordering::Relaxed);
         let mib = |b: u64| b >> 20;
         let was = self.refusing.load(Ordering::Relaxed);
@@ -128,7 +159,7 @@ impl Limiter {
             );
         }
         if rss > self.hard {
-            // No garbage collector to force: say it, every check while it lasts.
+            // Even after a release: say it, every check while it lasts.
             error!(
                 "memory_limiter: resident memory {} MiB is above the hard limit {} MiB",
                 mib(rss),
@@ -136,6 +167,21 @@ impl Limiter {
             );
         }
         self.refusing.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether the least interval between releases has passed (and if so, starts a new one).
+    fn release_due(&self, hard: bool) -> bool {
+        let least = if hard {
+            self.release_every.1
+        } else {
+            self.release_every.0
+        };
+        let mut last = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= least);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
     }
 }
 
@@ -254,6 +300,11 @@ impl Factory for MemoryLimiterFactory {
                 soft,
                 hard,
                 every: c.check_interval,
+                release_every: (
+                    c.min_gc_interval_when_soft_limited,
+                    c.min_gc_interval_when_hard_limited,
+                ),
+                released: Mutex::new(None),
                 refusing: AtomicBool::new(false),
                 resident: AtomicU64::new(0),
                 refusals: AtomicU64::new(0),
@@ -279,6 +330,7 @@ mod tests {
             spike_limit_mib: spike,
             limit_percentage: pct,
             spike_limit_percentage: spike_pct,
+            ..MemoryLimiterConfig::default()
         };
         assert_eq!(limits(&c(100, 0, 0, 0), None), Ok((80 << 20, 100 << 20)));
         assert_eq!(limits(&c(100, 30, 50, 0), None), Ok((70 << 20, 100 << 20)));
