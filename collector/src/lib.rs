@@ -25,6 +25,7 @@ pub mod builtin {
     pub use oxeye_exporter_otlp as otlp;
     pub use oxeye_exporter_pprof as pprof;
     pub use oxeye_exporter_prometheus as prometheus;
+    pub use oxeye_exporter_prometheusremotewrite as prometheusremotewrite;
     pub use oxeye_exporter_stdout as stdout;
     pub use oxeye_processor_aggregation as aggregation;
     pub use oxeye_processor_enrich as enrich;

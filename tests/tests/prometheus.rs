@@ -3,7 +3,8 @@
 //! aggregation and sampling; then a real Prometheus server scrapes oxeye on loopback and its
 //! HTTP API answers `up == 1` and an oxeye counter with the value oxeye counted. And the
 //! `prometheus` exporter the same way: RED metrics of spans, scraped by `promtool` and by a real
-//! Prometheus server whose queries give the spans' count and the sum of their durations.
+//! Prometheus server whose queries give the spans' count and the sum of their durations; and
+//! the `prometheusremotewrite` exporter into a real Prometheus's remote-write receiver.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use oxeye_api::Records;
 use oxeye_tests::{captured, free_port, http_get, signal, spawn, temp_config, KillOnDrop};
 
 mod common;
-use common::run::Oxeye;
+use common::run::{component, Oxeye};
 
 /// A loopback OTLP/HTTP endpoint that accepts everything (an empty protobuf response is a
 /// full success), so both OTLP exporters deliver.
@@ -104,20 +105,41 @@ struct Prometheus {
 
 impl Prometheus {
     fn scrape(job: &str, target: u16) -> Prometheus {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("oxeye-prometheus-{}-{job}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            format!(
+        Prometheus::start(
+            job,
+            &format!(
                 "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
             ),
+            &[],
         )
-        .expect("prometheus.yml");
+    }
+
+    /// A server scraping nothing that takes remote write on `/api/v1/write`; ready when this
+    /// returns.
+    fn receiver(name: &str) -> Prometheus {
+        let p = Prometheus::start(
+            name,
+            "global: {}\n",
+            &["--web.enable-remote-write-receiver"],
+        );
+        wait_for("Prometheus to be ready", Duration::from_secs(30), || {
+            http_get(p.port, "/-/ready")
+                .ok()
+                .filter(|r| r.starts_with("HTTP/1.1 200"))
+        });
+        p
+    }
+
+    fn start(name: &str, config: &str, flags: &[&str]) -> Prometheus {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("oxeye-prometheus-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus.yml");
         let server = KillOnDrop(
             Command::new("prometheus")
+                .args(flags)
                 .arg(format!(
                     "--config.file={}",
                     dir.join("prometheus.yml").display()
@@ -239,6 +261,102 @@ service:
     drop(prometheus);
     let report = oxeye.stop();
     assert_eq!(report.registry.records_dropped(), 0);
+}
+
+#[test]
+fn remote_write_lands_in_a_real_prometheus_and_refusals_are_counted() {
+    const SPANS: usize = 20_000;
+    let prometheus = Prometheus::receiver("remote-write");
+    let closed = free_port();
+    let write = format!("http://127.0.0.1:{}/api/v1/write", prometheus.port);
+    // Delta spanmetrics: the exporter sends their running totals.
+    let oxeye = Oxeye::start(
+        &format!(
+            "receivers:
+  synthetic: {{seed: 11, spans: {{count: {SPANS}, attributes: true}}}}
+exporters:
+  capture/remote-write-spans:
+  prometheusremotewrite:
+    endpoint: {write}
+    external_labels: {{cluster: test}}
+    max_batch_size_bytes: 4096         # many requests a batch, sent five at once
+  prometheusremotewrite/wrong-path:
+    endpoint: http://127.0.0.1:{port}/api/v1/writ
+  prometheusremotewrite/down:
+    endpoint: http://127.0.0.1:{closed}/api/v1/write
+    retry_on_failure: {{max_elapsed_time: 300ms}}
+connectors:
+  spanmetrics:
+    metrics_flush_interval: 500ms
+    aggregation_temporality: AGGREGATION_TEMPORALITY_DELTA
+    histogram: {{unit: s}}
+    dimensions: [{{name: http.request.method}}]
+service:
+  telemetry: {{logs: {{summary_interval: 0s}}}}
+  pipelines:
+    traces: {{receivers: [synthetic], exporters: [capture/remote-write-spans, spanmetrics]}}
+    metrics: {{receivers: [spanmetrics], exporters: [prometheusremotewrite, prometheusremotewrite/wrong-path, prometheusremotewrite/down]}}
+",
+            port = prometheus.port
+        ),
+        &[],
+    );
+    let mut spans = 0;
+    let mut total_s = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while spans < SPANS && Instant::now() < deadline {
+        for b in captured("capture/remote-write-spans") {
+            if let Records::Spans(s) = &b.records {
+                spans += s.len();
+                total_s += s
+                    .iter()
+                    .map(|s| (s.end_unix_ns - s.start_unix_ns) as f64 / 1e9)
+                    .sum::<f64>();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(spans, SPANS);
+    let number = |q: &str| -> Option<f64> { query(prometheus.port, q)?.parse().ok() };
+    let count = wait_for(
+        "Prometheus to hold every span",
+        Duration::from_secs(60),
+        || number("sum(traces_span_metrics_calls_total)").filter(|n| *n == SPANS as f64),
+    );
+    assert_eq!(count, SPANS as f64);
+    assert_eq!(
+        number("sum(traces_span_metrics_duration_seconds_count)"),
+        Some(SPANS as f64)
+    );
+    assert_eq!(
+        number("sum(traces_span_metrics_duration_seconds_bucket{le=\"+Inf\"})"),
+        Some(SPANS as f64)
+    );
+    let sum = number("sum(traces_span_metrics_duration_seconds_sum)").expect("sum");
+    assert!(
+        (sum - total_s).abs() <= 1e-6 * total_s,
+        "Prometheus says {sum} s, the spans took {total_s} s"
+    );
+    assert_eq!(
+        number("count(traces_span_metrics_calls_total{cluster=\"test\",http_request_method=\"GET\"}) > 0").map(|n| n > 0.0),
+        Some(true)
+    );
+    assert_eq!(
+        number("count(target_info{cluster=\"test\"})").map(|n| n > 0.0),
+        Some(true)
+    );
+    // The receiver is finite: oxeye drains (the `down` exporter retrying) and ends by itself.
+    let report = oxeye.join();
+    // Every point the good exporter took was delivered; the others counted each one, by reason.
+    let good = component(&report, "exporters/prometheusremotewrite");
+    assert!(good.received() > 0);
+    assert_eq!(good.emitted(), good.received());
+    assert_eq!(good.dropped_total(), 0);
+    let wrong = component(&report, "exporters/prometheusremotewrite/wrong-path");
+    assert_eq!(wrong.dropped(), [("rejected", wrong.received())]);
+    let down = component(&report, "exporters/prometheusremotewrite/down");
+    assert_eq!(down.dropped(), [("retries_exhausted", down.received())]);
+    drop(prometheus);
 }
 
 #[test]

@@ -1,12 +1,9 @@
 //! `prometheus` exporter: metrics on a Prometheus scrape endpoint (`GET /metrics`, text format
 //! 0.0.4), with the settings of the Collector's `prometheus` exporter. Names follow the
-//! OpenTelemetry specification's Prometheus rules ([`names`]); delta points add up into
+//! OpenTelemetry specification's Prometheus rules (`oxeye-prometheus-series`); delta points add up into
 //! cumulative series; a series not updated for `metric_expiration` is dropped from the
 //! endpoint. Exponential histogram points (the text format cannot show them) and points whose
 //! Prometheus name another metric of another type holds are counted as dropped, with the reason.
-
-mod names;
-mod store;
 
 /// What `tests/benches/prometheus.rs` measures without the endpoint: not an API.
 #[doc(hidden)]
@@ -14,16 +11,18 @@ pub mod bench {
     use std::time::Instant;
 
     use oxeye_api::Batch;
+    use oxeye_prometheus_series::store::{Settings, Store};
 
     /// A store with the defaults holding `batches`, rendered as a scrape: the text and how long
     /// rendering took.
     pub fn scrape(batches: &[Batch]) -> (String, std::time::Duration) {
-        let mut store = crate::store::Store::new(crate::store::Settings {
+        let mut store = Store::new(Settings {
             namespace: String::new(),
             const_labels: Vec::new(),
             resource_labels: false,
             suffixes: true,
             expiration: std::time::Duration::from_secs(300),
+            track_updates: false,
         });
         let now = Instant::now();
         for b in batches {
@@ -50,7 +49,8 @@ use oxeye_api::{
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use store::{Settings, Store};
+use oxeye_prometheus_series::store::{Settings, Store};
+use oxeye_prometheus_series::valid_label;
 
 /// `exporters.prometheus`.
 #[derive(Debug, Deserialize)]
@@ -90,12 +90,6 @@ impl Default for PrometheusConfig {
             add_metric_suffixes: true,
         }
     }
-}
-
-fn valid_label(name: &str) -> bool {
-    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !name.starts_with("__")
 }
 
 /// The factory.
@@ -148,6 +142,7 @@ impl Factory for PrometheusFactory {
             resource_labels: c.resource_to_telemetry_conversion.enabled,
             suffixes: c.add_metric_suffixes,
             expiration: c.metric_expiration,
+            track_updates: false,
         });
         Ok(Box::new(PrometheusExporter {
             store: Arc::new(Mutex::new(store)),

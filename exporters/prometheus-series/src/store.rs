@@ -1,7 +1,8 @@
 //! The series a scrape shows, kept as the `prometheus` crate's families so that a scrape is
 //! one pass of its text encoder over them (no copy of 100 000 series a scrape): one series per
 //! Prometheus name and label set, updated in place by every point (cumulative points replace,
-//! delta points add up), expired when not updated for `metric_expiration`.
+//! delta points add up), expired when not updated for `metric_expiration`. With
+//! `track_updates`, it also notes which series each batch updated, for remote write to send.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -33,6 +34,8 @@ pub struct Settings {
     pub resource_labels: bool,
     pub suffixes: bool,
     pub expiration: Duration,
+    /// Note the series each [`Store::add`] updates, for [`Store::drain_updated`].
+    pub track_updates: bool,
 }
 
 /// One family's series: the rendered protos, and beside them, at the same index, their label
@@ -42,6 +45,24 @@ struct Family {
     index: Map<Labels, usize>,
     keys: Vec<Labels>,
     updated: Vec<Instant>,
+    /// Time of the last point, Unix ms.
+    times: Vec<i64>,
+    /// In `Store::fresh` already.
+    noted: Vec<bool>,
+    /// Points (of the batches' records) set into it since the last drain.
+    points: Vec<u64>,
+}
+
+/// A series a batch updated, from [`Store::drain_updated`].
+pub struct Updated<'a> {
+    /// Its family: name, type.
+    pub family: &'a proto::MetricFamily,
+    /// Its labels and values.
+    pub series: &'a proto::Metric,
+    /// The time of its last point, Unix ms (0: the point gave none).
+    pub time_ms: i64,
+    /// The records (points) it took since the last drain.
+    pub points: u64,
 }
 
 /// Every series.
@@ -52,6 +73,8 @@ pub struct Store {
     /// Name → position in `protos` and its series.
     families: Map<String, usize>,
     meta: Vec<Family>,
+    /// Series updated since the last drain: (family, series), with `track_updates`.
+    fresh: Vec<(usize, usize)>,
 }
 
 /// Attribute labels merged and sorted: attributes whose names sanitize to one label have their
@@ -118,6 +141,19 @@ fn number_points(points: &[NumberPoint], mut each: impl FnMut(&NumberPoint, Samp
             each(p, Sample::Number(v.as_f64()));
         }
     }
+}
+
+/// The time of a metric's latest point, Unix ns.
+fn latest_time(m: &Metric) -> u64 {
+    let t = match &m.data {
+        MetricData::Gauge(p) => p.iter().map(|p| p.time_unix_ns).max(),
+        MetricData::Sum(s) => s.points.iter().map(|p| p.time_unix_ns).max(),
+        MetricData::Histogram(h) => h.points.iter().map(|p| p.time_unix_ns).max(),
+        MetricData::Summary(p) => p.iter().map(|p| p.time_unix_ns).max(),
+        MetricData::ExponentialHistogram(h) => h.points.iter().map(|p| p.time_unix_ns).max(),
+        _ => None,
+    };
+    t.unwrap_or(0)
 }
 
 fn histogram(p: &HistogramPoint) -> Sample {
@@ -232,7 +268,13 @@ impl Store {
             protos: Vec::new(),
             families: Map::default(),
             meta: Vec::new(),
+            fresh: Vec::new(),
         }
+    }
+
+    /// Whether it holds no series.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Series held now (all families, `target_info` aside).
@@ -266,13 +308,25 @@ impl Store {
             index: Map::default(),
             keys: Vec::new(),
             updated: Vec::new(),
+            times: Vec::new(),
+            noted: Vec::new(),
+            points: Vec::new(),
         });
         self.families.insert(name, i);
         Some(i)
     }
 
-    /// Sets a point into series `labels` of family `f`.
-    fn put(&mut self, f: usize, labels: Labels, sample: Sample, delta: bool, now: Instant) {
+    /// Sets a point into series `labels` of family `f`; `time_ns` is the point's time, `points`
+    /// how many records it stands for (0 for `target_info`).
+    fn put(
+        &mut self,
+        f: usize,
+        labels: Labels,
+        sample: Sample,
+        delta: bool,
+        at: (Instant, u64, u64),
+    ) {
+        let (now, time_ns, points) = at;
         let meta = &mut self.meta[f];
         let metrics = self.protos[f].mut_metric();
         let at = match meta.index.get(&labels) {
@@ -282,15 +336,41 @@ impl Store {
                 meta.index.insert(labels.clone(), meta.keys.len());
                 meta.keys.push(labels);
                 meta.updated.push(now);
+                meta.times.push(0);
+                meta.noted.push(false);
+                meta.points.push(0);
                 meta.keys.len() - 1
             }
         };
         apply(&mut metrics[at], meta.shape, sample, delta);
         meta.updated[at] = now;
+        meta.times[at] = (time_ns / 1_000_000) as i64;
+        meta.points[at] += points;
+        if self.settings.track_updates && !meta.noted[at] {
+            meta.noted[at] = true;
+            self.fresh.push((f, at));
+        }
+    }
+
+    /// Hands over each series updated since the last drain and forgets them. Drain after each
+    /// [`Store::add`]: [`Store::expire`] moves series, so it forgets what was not drained.
+    pub fn drain_updated(&mut self, mut each: impl FnMut(Updated<'_>)) {
+        for (f, at) in self.fresh.drain(..) {
+            let meta = &mut self.meta[f];
+            meta.noted[at] = false;
+            each(Updated {
+                family: &self.protos[f],
+                series: &self.protos[f].get_metric()[at],
+                time_ms: meta.times[at],
+                points: std::mem::take(&mut meta.points[at]),
+            });
+        }
     }
 
     /// Takes one batch's metrics.
     pub fn add(&mut self, resource: &Resource, metrics: &[Metric], now: Instant) -> Refused {
+        // target_info's time: the batch's latest point.
+        let latest = metrics.iter().map(latest_time).max().unwrap_or(0);
         let mut refused = Refused::default();
         let target = target(resource);
         let identity = |k: &str| {
@@ -299,22 +379,24 @@ impl Store {
                 "service.name" | "service.namespace" | "service.instance.id"
             )
         };
-        if !target.is_empty() {
+        // Resource attributes count as attributes; job, instance and const labels override
+        // (on target_info too).
+        let mut overrides = target;
+        overrides.extend(self.settings.const_labels.iter().cloned());
+        if overrides.iter().any(|(k, _)| k == "job" || k == "instance") {
             let mut info = Raw::new();
             for (k, v) in resource.attributes.iter().filter(|(k, _)| !identity(k)) {
                 info.push((names::label(k), k.to_string(), v.to_string()));
             }
             if let Some(f) = self.family("target_info".into(), "Target metadata", Shape::Gauge) {
-                self.put(f, merged(info, &target), Sample::Number(1.0), false, now);
+                let info = merged(info, &overrides);
+                self.put(f, info, Sample::Number(1.0), false, (now, latest, 0));
             }
         }
-        // Resource attributes count as attributes; job, instance and const labels override.
         let mut base = Raw::new();
         if self.settings.resource_labels {
             push_attributes(&mut base, &resource.attributes);
         }
-        let mut overrides = target;
-        overrides.extend(self.settings.const_labels.iter().cloned());
         for m in metrics {
             self.add_metric(m, &base, &overrides, now, &mut refused);
         }
@@ -362,36 +444,40 @@ impl Store {
         };
         let mut points = Vec::new();
         match &m.data {
-            MetricData::Gauge(p) => {
-                number_points(p, |p, v| points.push((labels(&p.attributes), v)))
-            }
-            MetricData::Sum(sum) => {
-                number_points(&sum.points, |p, v| points.push((labels(&p.attributes), v)))
-            }
+            MetricData::Gauge(p) => number_points(p, |p, v| {
+                points.push((labels(&p.attributes), v, p.time_unix_ns))
+            }),
+            MetricData::Sum(sum) => number_points(&sum.points, |p, v| {
+                points.push((labels(&p.attributes), v, p.time_unix_ns))
+            }),
             MetricData::Histogram(h) => {
                 for p in h
                     .points
                     .iter()
                     .filter(|p| p.flags & FLAG_NO_RECORDED_VALUE == 0)
                 {
-                    points.push((labels(&p.attributes), histogram(p)));
+                    points.push((labels(&p.attributes), histogram(p), p.time_unix_ns));
                 }
             }
             MetricData::Summary(ps) => {
                 for p in ps.iter().filter(|p| p.flags & FLAG_NO_RECORDED_VALUE == 0) {
-                    points.push((labels(&p.attributes), summary(p)));
+                    points.push((labels(&p.attributes), summary(p), p.time_unix_ns));
                 }
             }
             _ => {}
         }
-        for (l, sample) in points {
-            self.put(f, l, sample, delta, now);
+        for (l, sample, time_ns) in points {
+            self.put(f, l, sample, delta, (now, time_ns, 1));
         }
     }
 
     /// Forgets series not updated within `metric_expiration`.
     pub fn expire(&mut self, now: Instant) {
         let ttl = self.settings.expiration;
+        for (f, at) in self.fresh.drain(..) {
+            self.meta[f].noted[at] = false;
+            self.meta[f].points[at] = 0;
+        }
         for (proto, meta) in self.protos.iter_mut().zip(&mut self.meta) {
             let metrics = proto.mut_metric();
             let mut i = 0;
@@ -404,6 +490,9 @@ impl Store {
                 let gone = meta.keys.swap_remove(i);
                 meta.index.remove(&gone);
                 meta.updated.swap_remove(i);
+                meta.times.swap_remove(i);
+                meta.noted.swap_remove(i);
+                meta.points.swap_remove(i);
                 metrics.swap_remove(i);
                 if let Some(moved) = meta.keys.get(i) {
                     meta.index.insert(moved.clone(), i);
@@ -486,6 +575,7 @@ mod tests {
             resource_labels: false,
             suffixes: true,
             expiration: Duration::from_secs(60),
+            track_updates: false,
         });
         let resource = Resource::new(attrs(&[("service.name", "checkout"), ("host.name", "n1")]));
         let t0 = Instant::now();
@@ -569,7 +659,7 @@ mod tests {
             r#"traces_span_metrics_duration_milliseconds_bucket{cluster="eu-1",job="checkout",span_name="GET /",le="+Inf"} 6"#,
             r#"traces_span_metrics_duration_milliseconds_sum{cluster="eu-1",job="checkout",span_name="GET /"} 123.5"#,
             r#"traces_span_metrics_duration_milliseconds_count{cluster="eu-1",job="checkout",span_name="GET /"} 6"#,
-            r#"target_info{host_name="n1",job="checkout"} 1"#,
+            r#"target_info{cluster="eu-1",host_name="n1",job="checkout"} 1"#,
         ] {
             assert!(text.contains(line), "{line}\nnot in\n{text}");
         }
@@ -588,6 +678,7 @@ mod tests {
             resource_labels: false,
             suffixes: true,
             expiration: Duration::from_secs(60),
+            track_updates: false,
         });
         let resource = Resource::new(attrs(&[("service.name", "checkout")]));
         let t0 = Instant::now();

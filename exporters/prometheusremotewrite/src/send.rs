@@ -1,0 +1,289 @@
+//! Sending one request: HTTP POST with the remote-write headers, and retries as the
+//! Collector's exporter makes them — 5xx, 429 and failures to connect or answer in time are
+//! retried with exponential backoff and jitter (a `Retry-After` the endpoint gives is waited
+//! instead), any other answer is final.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{
+    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
+};
+use hyper::{Method, StatusCode, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use oxeye_api::BoxError;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::config::{RemoteWriteConfig, Retry};
+
+/// Why a request was given up: the reason its points are counted under, and what to log.
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Done,
+    /// May pass: try again (after the delay the endpoint asked for, if any).
+    Again(String, Option<Duration>),
+    Final(Failure),
+}
+
+/// The HTTP client and what every request carries.
+pub struct Sender {
+    client: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    url: Uri,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    timeout: Duration,
+    retry: Retry,
+}
+
+/// Roots from `ca_file`, else the system's.
+fn tls(c: &RemoteWriteConfig) -> Result<rustls::ClientConfig, BoxError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match c.tls.ca_file.as_deref().filter(|p| !p.is_empty()) {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("tls.ca_file `{path}`: {e}"))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("tls.ca_file `{path}`: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("tls.ca_file `{path}`: {e}"))?;
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl Sender {
+    /// A client for the endpoint (no connection until the first request).
+    pub fn new(c: &RemoteWriteConfig) -> Result<Sender, BoxError> {
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls(c)?)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let mut headers = vec![
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-protobuf"),
+            ),
+            (CONTENT_ENCODING, HeaderValue::from_static("snappy")),
+            (
+                HeaderName::from_static("x-prometheus-remote-write-version"),
+                HeaderValue::from_static("0.1.0"),
+            ),
+            (
+                USER_AGENT,
+                HeaderValue::from_static(concat!("oxeye/", env!("CARGO_PKG_VERSION"))),
+            ),
+        ];
+        for (k, v) in &c.headers {
+            headers.push((
+                HeaderName::from_bytes(k.as_bytes())?,
+                HeaderValue::from_str(v)?,
+            ));
+        }
+        Ok(Sender {
+            client: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .build(connector),
+            url: c.endpoint.parse()?,
+            headers,
+            timeout: c.timeout,
+            retry: c.retry_on_failure.clone(),
+        })
+    }
+
+    /// Sends `body` until it is taken, refused for good, or retries run out.
+    pub async fn send(&self, body: Bytes) -> Result<(), Failure> {
+        let started = Instant::now();
+        let mut interval = self.retry.initial_interval;
+        loop {
+            let (why, asked) = match self.attempt(body.clone()).await {
+                Attempt::Done => return Ok(()),
+                Attempt::Final(f) => return Err(f),
+                Attempt::Again(why, asked) => (why, asked),
+            };
+            if !self.retry.enabled {
+                return Err(Failure {
+                    reason: "send_failed",
+                    message: format!("{why} (retry_on_failure is off)"),
+                });
+            }
+            let wait = asked.unwrap_or_else(|| jitter(interval, self.retry.randomization_factor));
+            if started.elapsed() + wait > self.retry.max_elapsed_time {
+                return Err(Failure {
+                    reason: "retries_exhausted",
+                    message: format!(
+                        "{why}; gave up after {:.1} s (retry_on_failure.max_elapsed_time {:?})",
+                        started.elapsed().as_secs_f64(),
+                        self.retry.max_elapsed_time
+                    ),
+                });
+            }
+            tracing::debug!("prometheusremotewrite: {why}; retrying in {wait:?}");
+            tokio::time::sleep(wait).await;
+            interval = Duration::try_from_secs_f64(interval.as_secs_f64() * self.retry.multiplier)
+                .unwrap_or(self.retry.max_interval)
+                .min(self.retry.max_interval);
+        }
+    }
+
+    async fn attempt(&self, body: Bytes) -> Attempt {
+        let mut request = hyper::Request::builder()
+            .method(Method::POST)
+            .uri(self.url.clone());
+        for (k, v) in &self.headers {
+            request = request.header(k, v);
+        }
+        let request = match request.body(Full::new(body)) {
+            Ok(r) => r,
+            Err(e) => {
+                return Attempt::Final(Failure {
+                    reason: "send_failed",
+                    message: e.to_string(),
+                })
+            }
+        };
+        let answer = async {
+            let response = self.client.request(request).await?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, BoxError>((parts, body))
+        };
+        let (parts, body) = match tokio::time::timeout(self.timeout, answer).await {
+            Err(_) => return Attempt::Again(format!("no answer within {:?}", self.timeout), None),
+            Ok(Err(e)) => return Attempt::Again(format!("cannot send to {}: {e}", self.url), None),
+            Ok(Ok(answer)) => answer,
+        };
+        let status = parts.status;
+        if status.is_success() {
+            return Attempt::Done;
+        }
+        let text = String::from_utf8_lossy(&body[..body.len().min(512)])
+            .trim()
+            .to_string();
+        let why = format!("{} answered {status}: {text}", self.url);
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            let asked = parts
+                .headers
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry_after(v, SystemTime::now()));
+            Attempt::Again(why, asked)
+        } else {
+            Attempt::Final(Failure {
+                reason: "rejected",
+                message: why,
+            })
+        }
+    }
+}
+
+/// `wait × (1 ± factor)`, uniformly, saturating.
+fn jitter(wait: Duration, factor: f64) -> Duration {
+    let r: f64 = rand::random::<f64>() * 2.0 - 1.0;
+    Duration::try_from_secs_f64(wait.as_secs_f64() * (1.0 + factor * r).max(0.0))
+        .unwrap_or(Duration::MAX)
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date.
+fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An endpoint answering each request with the next of `answers` (status line and headers),
+    /// on a connection of its own; returns its URL and the times requests arrived.
+    async fn scripted(
+        answers: &'static [&'static str],
+    ) -> (String, Arc<std::sync::Mutex<Vec<Instant>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "http://{}/api/v1/write",
+            listener.local_addr().expect("addr")
+        );
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            for answer in answers {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 65536];
+                let _ = conn.read(&mut buf).await;
+                log.lock().expect("log").push(Instant::now());
+                let reply =
+                    format!("{answer}\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope");
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, seen)
+    }
+
+    fn sender(url: String) -> Sender {
+        let config: RemoteWriteConfig = serde_yaml::from_str(&format!(
+            "endpoint: {url}\nretry_on_failure: {{max_elapsed_time: 5s}}"
+        ))
+        .expect("config");
+        Sender::new(&config).expect("sender")
+    }
+
+    #[tokio::test]
+    async fn retries_5xx_and_429_waiting_as_asked_and_stops_at_other_answers() {
+        let (url, seen) = scripted(&[
+            "HTTP/1.1 503 Service Unavailable",
+            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 1",
+            "HTTP/1.1 204 No Content",
+        ])
+        .await;
+        sender(url)
+            .send(Bytes::from_static(b"x"))
+            .await
+            .map_err(|f| f.message)
+            .expect("delivered");
+        let times = seen.lock().expect("log").clone();
+        assert_eq!(times.len(), 3);
+        assert!(
+            times[2] - times[1] >= Duration::from_secs(1),
+            "Retry-After waited"
+        );
+
+        let (url, seen) = scripted(&["HTTP/1.1 400 Bad Request", "HTTP/1.1 204 No Content"]).await;
+        let failure = sender(url)
+            .send(Bytes::from_static(b"x"))
+            .await
+            .expect_err("refused");
+        assert_eq!(failure.reason, "rejected");
+        assert!(
+            failure.message.contains("400") && failure.message.contains("nope"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(seen.lock().expect("log").len(), 1, "a 400 is not retried");
+    }
+}
