@@ -3,7 +3,6 @@
 //! loopback endpoint of the test unchanged; bad input gets a clear status and is counted;
 //! a full pipeline makes clients back off instead of oxeye buffering.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ use oxeye_tests::free_port;
 mod common;
 use common::otlp::{gzip, http_post, sink_endpoint, Sink};
 use common::run::{component, counter, sdk_python, Oxeye};
+use common::tls::pki;
 use prost::Message;
 
 /// otlp receiver (gRPC on `grpc`, HTTP on `http`) → otlp exporter to the sink on `sink`; with
@@ -986,28 +986,6 @@ fn agent_to_rotel_to_gateway_every_span_once() {
         "every span id once at the gateway"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// PEM files in a fresh dir: a CA, a server certificate for 127.0.0.1 and a client one.
-fn pki(tag: &str) -> PathBuf {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let dir = std::env::temp_dir().join(format!("oxeye-recv-tls-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
-    for (name, san) in [("server", "127.0.0.1"), ("client", "oxeye-agent")] {
-        let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec![san.to_string()])
-            .expect("params")
-            .signed_by(&key, &ca, &ca_key)
-            .expect("sign");
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
-    }
-    dir
 }
 
 #[test]

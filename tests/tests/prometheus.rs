@@ -14,6 +14,7 @@ use oxeye_tests::{captured, free_port, http_get, signal, spawn, temp_config, Kil
 
 mod common;
 use common::run::{component, Oxeye};
+use common::tls::{https_get, pki};
 
 /// A loopback OTLP/HTTP endpoint that accepts everything (an empty protobuf response is a
 /// full success), so both OTLP exporters deliver.
@@ -58,6 +59,11 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
 
 /// The value of an instant query's single result, from the Prometheus HTTP API.
 fn query(prometheus: u16, promql: &str) -> Option<String> {
+    query_with(|path| http_get(prometheus, path), promql)
+}
+
+/// The same through `get` (a GET of a path: plain, or HTTPS).
+fn query_with(get: impl Fn(&str) -> std::io::Result<String>, promql: &str) -> Option<String> {
     let encoded: String = promql
         .bytes()
         .map(|b| match b {
@@ -65,7 +71,7 @@ fn query(prometheus: u16, promql: &str) -> Option<String> {
             _ => format!("%{b:02X}"),
         })
         .collect();
-    let response = http_get(prometheus, &format!("/api/v1/query?query={encoded}")).ok()?;
+    let response = get(&format!("/api/v1/query?query={encoded}")).ok()?;
     let json: serde_json::Value = serde_json::from_str(body(&response)).ok()?;
     json["data"]["result"][0]["value"][1]
         .as_str()
@@ -357,6 +363,77 @@ service:
     let down = component(&report, "exporters/prometheusremotewrite/down");
     assert_eq!(down.dropped(), [("retries_exhausted", down.received())]);
     drop(prometheus);
+}
+
+#[test]
+fn remote_write_over_mutual_tls_and_a_client_without_certificate_refused() {
+    let dir = pki("remote-write");
+    let d = dir.display();
+    let web = dir.join("web.yml");
+    std::fs::write(
+        &web,
+        format!("tls_server_config:\n  cert_file: {d}/server.pem\n  key_file: {d}/server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {d}/ca.pem\n"),
+    )
+    .expect("web.yml");
+    let prometheus = Prometheus::start(
+        "remote-write-tls",
+        "global: {}\n",
+        &[
+            "--web.enable-remote-write-receiver",
+            &format!("--web.config.file={}", web.display()),
+        ],
+    );
+    let port = prometheus.port;
+    let number = |q: &str| -> Option<f64> {
+        query_with(|path| https_get(&dir, port, path), q)?
+            .parse()
+            .ok()
+    };
+    wait_for("Prometheus over TLS", Duration::from_secs(30), || {
+        number("vector(1)")
+    });
+    let oxeye = Oxeye::start(
+        &format!(
+            "receivers:
+  synthetic: {{seed: 3, spans: {{count: 2000}}}}
+exporters:
+  prometheusremotewrite:
+    endpoint: https://127.0.0.1:{port}/api/v1/write
+    tls: {{ca_file: '{d}/ca.pem', cert_file: '{d}/client.pem', key_file: '{d}/client.key'}}
+  prometheusremotewrite/no-client-certificate:
+    endpoint: https://127.0.0.1:{port}/api/v1/write
+    tls: {{ca_file: '{d}/ca.pem'}}
+    retry_on_failure: {{max_elapsed_time: 300ms}}
+connectors:
+  spanmetrics: {{metrics_flush_interval: 200ms}}
+service:
+  telemetry: {{logs: {{summary_interval: 0s}}}}
+  pipelines:
+    traces: {{receivers: [synthetic], exporters: [spanmetrics]}}
+    metrics: {{receivers: [spanmetrics], exporters: [prometheusremotewrite, prometheusremotewrite/no-client-certificate]}}
+"
+        ),
+        &[],
+    );
+    wait_for(
+        "Prometheus to hold every span",
+        Duration::from_secs(60),
+        || number("sum(traces_span_metrics_calls_total)").filter(|n| *n == 2000.0),
+    );
+    let report = oxeye.join();
+    let good = component(&report, "exporters/prometheusremotewrite");
+    assert!(good.received() > 0);
+    assert_eq!((good.emitted(), good.dropped_total()), (good.received(), 0));
+    let refused = component(
+        &report,
+        "exporters/prometheusremotewrite/no-client-certificate",
+    );
+    assert_eq!(
+        refused.dropped(),
+        [("retries_exhausted", refused.received())]
+    );
+    drop(prometheus);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -55,6 +55,8 @@ use tracing::{debug, error, info, warn};
 
 pub use config::OtlpConfig;
 use config::{process_env, OtlpSignal, RetryConfig, Sizer, WhenFull};
+use oxeye_sending::retry::{backoff, jitter};
+use oxeye_sending::Ledger;
 use transport::{Client, Outcome, Request};
 
 fn otlp_signals(signals: &[Signal]) -> Vec<OtlpSignal> {
@@ -118,19 +120,11 @@ impl Factory for OtlpFactory {
 
 oxeye_api::register!(OtlpFactory);
 
-/// Records accepted by `export` and not yet settled (delivered or dropped). Settling and
-/// abandoning take the same lock, so a record is counted exactly once.
-#[derive(Default)]
-struct Ledger {
-    outstanding: u64,
-    abandoned: bool,
-}
-
 /// What the senders share.
 struct Shared {
     id: String,
     telemetry: Telemetry,
-    ledger: Mutex<Ledger>,
+    ledger: Ledger,
     traces: Option<Client>,
     metrics: Option<Client>,
     profiles: Option<Client>,
@@ -158,30 +152,12 @@ struct Stats {
 
 impl Shared {
     fn add_outstanding(&self, n: u64) {
-        self.ledger
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .outstanding += n;
+        self.ledger.add(n);
     }
 
     /// Settles `n` records: `delivered` of them are out, the rest dropped for `reason`.
     fn settle(&self, n: u64, delivered: u64, reason: &'static str) {
-        let mut l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        if l.abandoned {
-            return; // already counted as dropped at the deadline
-        }
-        l.outstanding = l.outstanding.saturating_sub(n);
-        self.telemetry.add_emitted(delivered);
-        self.telemetry.add_dropped(reason, n - delivered);
-    }
-
-    /// At the shutdown deadline: everything unsettled is dropped.
-    fn abandon(&self) -> u64 {
-        let mut l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        l.abandoned = true;
-        let n = std::mem::take(&mut l.outstanding);
-        self.telemetry.add_dropped("shutdown_deadline", n);
-        n
+        self.ledger.settle(n, delivered, reason);
     }
 
     fn count(&self, signal: OtlpSignal, f: impl FnOnce(&mut Stats, usize)) {
@@ -234,7 +210,8 @@ impl Shared {
                 Outcome::Retryable { reason, after } => {
                     let wait =
                         after.unwrap_or_else(|| jitter(interval, self.retry.randomization_factor));
-                    if !self.retry.enabled || started.elapsed() + wait > self.retry.max_elapsed_time
+                    if !self.retry.enabled
+                        || started.elapsed().saturating_add(wait) > self.retry.max_elapsed_time
                     {
                         self.count(signal, |s, i| s.failed[i] += 1);
                         error!(exporter = %self.id, signal = signal.as_str(), records = n, attempts = attempt + 1, %reason, "export failed, no more retries; records dropped");
@@ -492,7 +469,9 @@ impl Shared {
                         .unwrap_or(interval)
                         .max(jitter(interval, self.retry.randomization_factor)),
                 };
-                if !self.retry.enabled || started.elapsed() + wait > self.retry.max_elapsed_time {
+                if !self.retry.enabled
+                    || started.elapsed().saturating_add(wait) > self.retry.max_elapsed_time
+                {
                     let n = weight(&unroutable) + weight(&pending);
                     self.count(signal, |s, k| s.failed[k] += 1);
                     error!(exporter = %self.id, records = n, "every endpoint failed, no more retries; records dropped");
@@ -505,20 +484,6 @@ impl Shared {
             }
         }
     }
-}
-
-/// `wait × (1 ± factor)`, uniformly (`Duration::mul_f64` panics on overflow: this saturates).
-fn jitter(wait: Duration, factor: f64) -> Duration {
-    let r: f64 = rand::random::<f64>() * 2.0 - 1.0;
-    Duration::try_from_secs_f64(wait.as_secs_f64() * (1.0 + factor * r).max(0.0))
-        .unwrap_or(Duration::MAX)
-}
-
-/// The next retry interval: `interval × multiplier`, at most `max`, never a panic.
-fn backoff(interval: Duration, multiplier: f64, max: Duration) -> Duration {
-    Duration::try_from_secs_f64(interval.as_secs_f64() * multiplier)
-        .unwrap_or(max)
-        .min(max)
 }
 
 /// Takes batches off the queue, groups them into requests of at most `send_batch_size` records
@@ -866,8 +831,8 @@ impl OtlpExporter {
         Ok(OtlpExporter {
             shared: Arc::new(Shared {
                 id: ctx.id,
+                ledger: Ledger::new(ctx.telemetry.clone()),
                 telemetry: ctx.telemetry,
-                ledger: Mutex::default(),
                 traces,
                 metrics,
                 profiles,
@@ -1028,7 +993,7 @@ impl Drop for OtlpExporter {
     fn drop(&mut self) {
         // Aborted at the shutdown deadline (or shut down normally: nothing left then).
         self.senders.abort_all();
-        let n = self.shared.abandon();
+        let n = self.shared.ledger.abandon();
         if n > 0 {
             error!(exporter = %self.shared.id, records = n, "shutdown deadline passed with records still queued or retrying: dropped");
         }
@@ -1066,19 +1031,6 @@ mod tests {
         let failed = failed.expect("the exporter fails once its senders died");
         assert!(failed.contains("an otlp sender panicked"), "{failed}");
         assert!(failed.contains("a deliberate panic"), "{failed}");
-    }
-
-    #[test]
-    fn backoff_saturates_instead_of_panicking() {
-        let max = Duration::from_secs(30);
-        assert_eq!(
-            backoff(Duration::from_secs(5), 1.5, max),
-            Duration::from_millis(7500)
-        );
-        assert_eq!(backoff(Duration::from_secs(29), 1e20, max), max);
-        assert_eq!(backoff(Duration::from_secs(29), f64::INFINITY, max), max);
-        assert_eq!(backoff(Duration::MAX, 2.0, max), max);
-        assert!(jitter(Duration::MAX, 0.5) > Duration::ZERO);
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! specification says: retryable (with the server's delay, if it gave one) or permanent.
 
 use std::io::Read;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -23,9 +22,9 @@ use opentelemetry_proto::tonic::collector::profiles::v1development::{
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use oxeye_api::BoxError;
+use oxeye_sending::retry::retry_after;
+use oxeye_sending::tls::{client_config, ClientTls};
 use prost::Message;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -118,60 +117,15 @@ pub enum Client {
     },
 }
 
-fn read(path: &str, what: &str) -> Result<Vec<u8>, BoxError> {
-    std::fs::read(path).map_err(|e| format!("cannot read {what} `{path}`: {e}").into())
-}
-
-/// The rustls client config: roots from `ca_file` or the system, optional client certificate.
-/// (hyper-rustls sets ALPN from the enabled HTTP versions.)
+/// The rustls client config for `r` (shared with the other exporters that send).
 fn tls_config(r: &Resolved) -> Result<rustls::ClientConfig, BoxError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()?;
-    let builder = if r.insecure_skip_verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        match &r.ca_file {
-            Some(path) => {
-                let pem = read(path, "CA file")?;
-                for cert in CertificateDer::pem_slice_iter(&pem) {
-                    let cert = cert.map_err(|e| format!("CA file `{path}`: {e}"))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("CA file `{path}`: {e}"))?;
-                }
-                if roots.is_empty() {
-                    return Err(format!("CA file `{path}` holds no PEM certificate").into());
-                }
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                let (added, _) = roots.add_parsable_certificates(found.certs);
-                if added == 0 && r.url.starts_with("https://") {
-                    return Err("no system CA certificates found: set `tls.ca_file`".into());
-                }
-            }
-        }
-        builder.with_root_certificates(roots)
+    let tls = ClientTls {
+        ca_file: r.ca_file.clone(),
+        cert_file: r.cert_file.clone(),
+        key_file: r.key_file.clone(),
+        insecure_skip_verify: r.insecure_skip_verify,
     };
-    let config = match (&r.cert_file, &r.key_file) {
-        (Some(cert), Some(key)) => {
-            let pem = read(cert, "client certificate")?;
-            let chain = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("client certificate `{cert}`: {e}"))?;
-            let key_der = PrivateKeyDer::from_pem_slice(&read(key, "client key")?)
-                .map_err(|e| format!("client key `{key}`: {e}"))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| format!("client certificate `{cert}`: {e}"))?
-        }
-        _ => builder.with_no_client_auth(),
-    };
-    Ok(config)
+    client_config(&tls, r.url.starts_with("https://"))
 }
 
 impl Client {
@@ -566,16 +520,6 @@ fn http_outcome(signal: OtlpSignal, parts: &hyper::http::response::Parts, body: 
     }
 }
 
-/// `Retry-After`: delay-seconds or an HTTP date.
-pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
 /// A request message appended to a buffer, gzip'd or not, without an intermediate copy.
 trait EncodeInto {
     fn encode_into(&self, out: &mut Vec<u8>, gzip: bool);
@@ -639,55 +583,6 @@ pub fn gzip_bytes(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `tls.insecure_skip_verify`: accepts any certificate but still checks handshake signatures.
-#[derive(Debug)]
-struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -712,15 +607,6 @@ mod tests {
                 after: Some(Duration::from_millis(1500)),
             }
         );
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
-        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(retry_after(&later, now), Some(Duration::from_secs(30)));
-        assert_eq!(retry_after("soon", now), None);
     }
 
     #[test]

@@ -51,12 +51,18 @@ pub struct Enabled {
     pub enabled: bool,
 }
 
-/// `tls`.
+/// `tls`, as the `otlp` exporter's.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     /// PEM file of CA certificates to trust instead of the system roots.
     pub ca_file: Option<String>,
+    /// PEM client certificate (mutual TLS); needs `key_file`.
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<String>,
+    /// Accept any server certificate (testing only).
+    pub insecure_skip_verify: bool,
 }
 
 /// `retry_on_failure`: exponential backoff with jitter, as the Collector's exporters retry.
@@ -75,11 +81,16 @@ pub struct Retry {
     pub randomization_factor: f64,
 }
 
-/// `remote_write_queue`. oxeye's queue is the pipeline's channel into the exporter, so only
-/// the concurrency is set here.
+/// `remote_write_queue`: requests waiting to be sent, and how many are sent at once. Full, it
+/// holds the pipeline back (its receivers back off) rather than drop.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Queue {
+    /// Off: each batch's requests are sent before the next batch is taken.
+    pub enabled: bool,
+    /// Requests it holds (each at most `max_batch_size_bytes`).
+    pub queue_size: usize,
+    /// Requests sent at once.
     pub num_consumers: usize,
 }
 
@@ -120,7 +131,12 @@ impl Default for Retry {
 
 impl Default for Queue {
     fn default() -> Self {
-        Queue { num_consumers: 5 }
+        // The contrib exporter's defaults.
+        Queue {
+            enabled: true,
+            queue_size: 10_000,
+            num_consumers: 5,
+        }
     }
 }
 
@@ -220,8 +236,18 @@ impl RemoteWriteConfig {
                 );
             }
         }
-        if self.remote_write_queue.num_consumers == 0 {
+        let q = &self.remote_write_queue;
+        if q.num_consumers == 0 {
             e.push("remote_write_queue.num_consumers", "must be at least 1");
+        }
+        if q.enabled && !(1..=1_000_000).contains(&q.queue_size) {
+            e.push(
+                "remote_write_queue.queue_size",
+                format!("must be 1 to 1000000 requests, got {}", q.queue_size),
+            );
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            e.push("tls", "`cert_file` and `key_file` go together (mutual TLS)");
         }
         if self.metric_expiration.is_zero() {
             e.push("metric_expiration", "must be longer than 0s");

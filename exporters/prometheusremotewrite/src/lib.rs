@@ -4,9 +4,10 @@
 //! specification rules as the `prometheus` exporter (the shared `oxeye-prometheus-series`);
 //! delta points are accumulated into cumulative series, as remote write has no deltas.
 //!
-//! Each batch is sent before the next is taken, so a slow or failing endpoint holds the
-//! pipeline back (its receivers back off) instead of piling batches up; a request given up
-//! after its retries, or refused for good, has its points counted as dropped with the reason.
+//! A batch's series go out as requests through `remote_write_queue` (bounded: full, it holds
+//! the pipeline back and its receivers back off, nothing is dropped); `num_consumers` send them.
+//! A request given up after its retries, or refused for good, has its points counted as
+//! dropped with the reason; at the shutdown deadline, what is still queued is counted too.
 
 mod config;
 mod send;
@@ -22,7 +23,10 @@ use oxeye_api::{
     Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Records, Signal, Telemetry,
 };
 use oxeye_prometheus_series::store::{Settings, Store};
-use tracing::warn;
+use oxeye_sending::Ledger;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{error, warn};
 
 pub use config::RemoteWriteConfig;
 use send::Sender;
@@ -44,8 +48,19 @@ impl Factory for RemoteWriteFactory {
     }
 
     fn build(c: RemoteWriteConfig, ctx: BuildContext) -> Result<Box<dyn Exporter>, BoxError> {
-        let sender = Arc::new(Sender::new(&c)?);
+        let q = &c.remote_write_queue;
+        let (tx, rx) = if q.enabled {
+            let (tx, rx) = mpsc::channel(q.queue_size);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         Ok(Box::new(RemoteWriteExporter {
+            shared: Arc::new(Shared {
+                sender: Sender::new(&c)?,
+                ledger: Ledger::new(ctx.telemetry.clone()),
+                id: ctx.id,
+            }),
             store: Store::new(Settings {
                 namespace: c.namespace,
                 const_labels: c.external_labels.into_iter().collect(),
@@ -54,11 +69,12 @@ impl Factory for RemoteWriteFactory {
                 expiration: c.metric_expiration,
                 track_updates: true,
             }),
-            sender,
+            tx,
+            rx,
+            consumers: JoinSet::new(),
+            num_consumers: c.remote_write_queue.num_consumers,
             max_bytes: c.max_batch_size_bytes,
-            consumers: c.remote_write_queue.num_consumers,
             target_info: c.target_info.enabled,
-            source: ctx.id,
             telemetry: ctx.telemetry,
         }))
     }
@@ -66,19 +82,69 @@ impl Factory for RemoteWriteFactory {
 
 oxeye_api::register!(RemoteWriteFactory);
 
-/// The exporter: the series (deltas accumulate there) and the client.
+/// What the consumers share.
+struct Shared {
+    sender: Sender,
+    ledger: Ledger,
+    id: String,
+}
+
+impl Shared {
+    /// Sends one request (retrying as configured) and settles its points.
+    async fn deliver(&self, r: write::Request) {
+        match self.sender.send(Bytes::from(r.body)).await {
+            Ok(()) => self.ledger.settle(r.points, r.points, "delivered"),
+            Err(f) => {
+                warn!(exporter = %self.id, points = r.points, "prometheusremotewrite: dropped a request: {}", f.message);
+                self.ledger.settle(r.points, 0, f.reason);
+            }
+        }
+    }
+}
+
+/// Takes requests off the queue and delivers them, until the queue is closed and empty.
+async fn consumer(
+    shared: Arc<Shared>,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<write::Request>>>,
+) {
+    loop {
+        let next = queue.lock().await.recv().await;
+        match next {
+            Some(r) => shared.deliver(r).await,
+            None => return,
+        }
+    }
+}
+
+/// The exporter: the series (deltas accumulate there), the queue and its consumers.
 pub struct RemoteWriteExporter {
+    shared: Arc<Shared>,
     store: Store,
-    sender: Arc<Sender>,
+    /// The queue (`None` once shut down, or with the queue off).
+    tx: Option<mpsc::Sender<write::Request>>,
+    /// Until the consumers start.
+    rx: Option<mpsc::Receiver<write::Request>>,
+    consumers: JoinSet<()>,
+    num_consumers: usize,
     max_bytes: usize,
-    consumers: usize,
     target_info: bool,
-    source: String,
     telemetry: Telemetry,
 }
 
 impl RemoteWriteExporter {
-    /// The requests carrying the series `metrics` updated.
+    /// Starts the consumers on the current runtime (on first use).
+    fn start(&mut self) {
+        if let Some(rx) = self.rx.take() {
+            let queue = Arc::new(tokio::sync::Mutex::new(rx));
+            for _ in 0..self.num_consumers {
+                self.consumers
+                    .spawn(consumer(Arc::clone(&self.shared), Arc::clone(&queue)));
+            }
+        }
+    }
+
+    /// The requests carrying the series `metrics` updated; points that cannot be shown are
+    /// counted as dropped here.
     fn requests(
         &mut self,
         batch: &Batch,
@@ -112,25 +178,30 @@ impl Exporter for RemoteWriteExporter {
         let Records::Metrics(metrics) = &batch.records else {
             return Ok(());
         };
+        self.start();
         let (requests, refused) = self.requests(&batch, metrics);
-        let sends = requests.into_iter().map(|r| {
-            let sender = Arc::clone(&self.sender);
-            async move { (r.points, sender.send(Bytes::from(r.body)).await) }
-        });
-        let results: Vec<_> = futures_util::stream::iter(sends)
-            .buffer_unordered(self.consumers)
-            .collect()
-            .await;
-        let mut failed = 0;
-        for (points, result) in results {
-            if let Err(f) = result {
-                warn!(exporter = %self.source, points, "prometheusremotewrite: dropped a request: {}", f.message);
-                self.telemetry.add_dropped(f.reason, points);
-                failed += points;
+        // Points with no value (flagged "no recorded value") have nothing to send: done.
+        let queued: u64 = requests.iter().map(|r| r.points).sum();
+        self.telemetry
+            .add_emitted((batch.len() as u64).saturating_sub(refused + queued));
+        self.shared.ledger.add(queued);
+        let Some(tx) = &self.tx else {
+            // No queue: this batch's requests go out before the next batch is taken.
+            let shared = &self.shared;
+            futures_util::stream::iter(requests.into_iter().map(|r| shared.deliver(r)))
+                .buffer_unordered(self.num_consumers)
+                .collect::<Vec<()>>()
+                .await;
+            return Ok(());
+        };
+        for r in requests {
+            // Waits while the queue is full: the pipeline behind waits too.
+            if let Err(unsent) = tx.send(r).await {
+                let r = unsent.0;
+                self.shared.ledger.settle(r.points, 0, "component_stopped");
+                return Err("prometheusremotewrite: its consumers stopped".into());
             }
         }
-        self.telemetry
-            .add_emitted((batch.len() as u64).saturating_sub(refused + failed));
         Ok(())
     }
 
@@ -144,6 +215,34 @@ impl Exporter for RemoteWriteExporter {
 
     async fn tick(&mut self, _now: SystemTime) -> Result<(), BoxError> {
         self.store.expire(Instant::now());
+        if let Some(ended) = self.consumers.try_join_next() {
+            return Err(format!("prometheusremotewrite: a consumer stopped: {ended:?}").into());
+        }
         Ok(())
+    }
+
+    async fn shutdown(&mut self) -> Result<(), BoxError> {
+        // Closing the queue lets the consumers drain it and stop; the engine's deadline bounds this.
+        self.tx = None;
+        self.start();
+        while let Some(r) = self.consumers.join_next().await {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    return Err(format!("a prometheusremotewrite consumer panicked: {e}").into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RemoteWriteExporter {
+    fn drop(&mut self) {
+        // Aborted at the shutdown deadline (or shut down normally: nothing left then).
+        self.consumers.abort_all();
+        let n = self.shared.ledger.abandon();
+        if n > 0 {
+            error!(exporter = %self.shared.id, points = n, "shutdown deadline passed with requests still queued or retrying: dropped");
+        }
     }
 }

@@ -3,7 +3,6 @@
 //! retried with exponential backoff and jitter (a `Retry-After` the endpoint gives is waited
 //! instead), any other answer is final.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -16,8 +15,8 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use oxeye_api::BoxError;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use oxeye_sending::retry::{backoff, jitter, retry_after};
+use oxeye_sending::tls::{client_config, ClientTls};
 
 use crate::config::{RemoteWriteConfig, Retry};
 
@@ -44,28 +43,15 @@ pub struct Sender {
     retry: Retry,
 }
 
-/// Roots from `ca_file`, else the system's.
 fn tls(c: &RemoteWriteConfig) -> Result<rustls::ClientConfig, BoxError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    match c.tls.ca_file.as_deref().filter(|p| !p.is_empty()) {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("tls.ca_file `{path}`: {e}"))?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("tls.ca_file `{path}`: {e}"))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("tls.ca_file `{path}`: {e}"))?;
-            }
-        }
-        None => {
-            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        }
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    let t = &c.tls;
+    let tls = ClientTls {
+        ca_file: t.ca_file.clone(),
+        cert_file: t.cert_file.clone(),
+        key_file: t.key_file.clone(),
+        insecure_skip_verify: t.insecure_skip_verify,
+    };
+    client_config(&tls, c.endpoint.starts_with("https://"))
 }
 
 impl Sender {
@@ -124,7 +110,7 @@ impl Sender {
                 });
             }
             let wait = asked.unwrap_or_else(|| jitter(interval, self.retry.randomization_factor));
-            if started.elapsed() + wait > self.retry.max_elapsed_time {
+            if started.elapsed().saturating_add(wait) > self.retry.max_elapsed_time {
                 return Err(Failure {
                     reason: "retries_exhausted",
                     message: format!(
@@ -136,9 +122,7 @@ impl Sender {
             }
             tracing::debug!("prometheusremotewrite: {why}; retrying in {wait:?}");
             tokio::time::sleep(wait).await;
-            interval = Duration::try_from_secs_f64(interval.as_secs_f64() * self.retry.multiplier)
-                .unwrap_or(self.retry.max_interval)
-                .min(self.retry.max_interval);
+            interval = backoff(interval, self.retry.multiplier, self.retry.max_interval);
         }
     }
 
@@ -193,26 +177,10 @@ impl Sender {
     }
 }
 
-/// `wait × (1 ± factor)`, uniformly, saturating.
-fn jitter(wait: Duration, factor: f64) -> Duration {
-    let r: f64 = rand::random::<f64>() * 2.0 - 1.0;
-    Duration::try_from_secs_f64(wait.as_secs_f64() * (1.0 + factor * r).max(0.0))
-        .unwrap_or(Duration::MAX)
-}
-
-/// `Retry-After`: delay-seconds or an HTTP date.
-fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// An endpoint answering each request with the next of `answers` (status line and headers),

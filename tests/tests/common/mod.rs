@@ -3,3 +3,4 @@
 
 pub mod otlp;
 pub mod run;
+pub mod tls;
