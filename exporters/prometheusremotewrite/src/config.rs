@@ -246,7 +246,8 @@ impl RemoteWriteConfig {
                 format!("must be 1 to 1000000 requests, got {}", q.queue_size),
             );
         }
-        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+        let given = |f: &Option<String>| f.as_deref().is_some_and(|p| !p.is_empty());
+        if given(&self.tls.cert_file) != given(&self.tls.key_file) {
             e.push("tls", "`cert_file` and `key_file` go together (mutual TLS)");
         }
         if self.metric_expiration.is_zero() {

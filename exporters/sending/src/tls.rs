@@ -7,7 +7,7 @@ use oxeye_api::BoxError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// The files and switches of a `tls:` section.
+/// The files and switches of a `tls:` section (an empty path is no path).
 #[derive(Clone, Debug, Default)]
 pub struct ClientTls {
     /// PEM CA certificates to trust instead of the system's roots.
@@ -59,13 +59,14 @@ pub fn client_config(tls: &ClientTls, https: bool) -> Result<rustls::ClientConfi
         }
         builder.with_root_certificates(roots)
     };
-    let config = match (&tls.cert_file, &tls.key_file) {
+    let set = |f: &Option<String>| f.clone().filter(|p| !p.is_empty());
+    let config = match (set(&tls.cert_file), set(&tls.key_file)) {
         (Some(cert), Some(key)) => {
-            let pem = read(cert, "client certificate")?;
+            let pem = read(&cert, "client certificate")?;
             let chain = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("client certificate `{cert}`: {e}"))?;
-            let key_der = PrivateKeyDer::from_pem_slice(&read(key, "client key")?)
+            let key_der = PrivateKeyDer::from_pem_slice(&read(&key, "client key")?)
                 .map_err(|e| format!("client key `{key}`: {e}"))?;
             builder
                 .with_client_auth_cert(chain, key_der)
