@@ -5,7 +5,10 @@
 //! delta points are accumulated into cumulative series, as remote write has no deltas.
 //!
 //! A batch's series go out as requests through `remote_write_queue` (bounded: full, it holds
-//! the pipeline back and its receivers back off, nothing is dropped); `num_consumers` send them.
+//! the pipeline back and its receivers back off, nothing is dropped), split into
+//! `num_consumers` shards by series, each sent in order by a consumer of its own — so
+//! concurrent requests never put one series' samples out of order, as Prometheus's own remote
+//! write shards.
 //! A request given up after its retries, or refused for good, has its points counted as
 //! dropped with the reason; at the shutdown deadline, what is still queued is counted too.
 
@@ -18,7 +21,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use oxeye_api::{
     Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Records, Signal, Telemetry,
 };
@@ -49,12 +51,16 @@ impl Factory for RemoteWriteFactory {
 
     fn build(c: RemoteWriteConfig, ctx: BuildContext) -> Result<Box<dyn Exporter>, BoxError> {
         let q = &c.remote_write_queue;
-        let (tx, rx) = if q.enabled {
-            let (tx, rx) = mpsc::channel(q.queue_size);
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
+        let (mut tx, mut rx) = (Vec::new(), Vec::new());
+        if q.enabled {
+            // queue_size in all, shared out among the shards.
+            let each = q.queue_size.div_ceil(q.num_consumers);
+            for _ in 0..q.num_consumers {
+                let (t, r) = mpsc::channel(each);
+                tx.push(t);
+                rx.push(r);
+            }
+        }
         Ok(Box::new(RemoteWriteExporter {
             shared: Arc::new(Shared {
                 sender: Sender::new(&c)?,
@@ -69,6 +75,7 @@ impl Factory for RemoteWriteFactory {
                 expiration: c.metric_expiration,
                 track_updates: true,
             }),
+            queued: q.enabled,
             tx,
             rx,
             consumers: JoinSet::new(),
@@ -102,17 +109,10 @@ impl Shared {
     }
 }
 
-/// Takes requests off the queue and delivers them, until the queue is closed and empty.
-async fn consumer(
-    shared: Arc<Shared>,
-    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<write::Request>>>,
-) {
-    loop {
-        let next = queue.lock().await.recv().await;
-        match next {
-            Some(r) => shared.deliver(r).await,
-            None => return,
-        }
+/// Delivers one shard's requests in order, until its queue is closed and empty.
+async fn consumer(shared: Arc<Shared>, mut queue: mpsc::Receiver<write::Request>) {
+    while let Some(r) = queue.recv().await {
+        shared.deliver(r).await;
     }
 }
 
@@ -120,10 +120,12 @@ async fn consumer(
 pub struct RemoteWriteExporter {
     shared: Arc<Shared>,
     store: Store,
-    /// The queue (`None` once shut down, or with the queue off).
-    tx: Option<mpsc::Sender<write::Request>>,
+    /// `remote_write_queue.enabled`.
+    queued: bool,
+    /// Each shard's queue (none once shut down, or with the queue off).
+    tx: Vec<mpsc::Sender<write::Request>>,
     /// Until the consumers start.
-    rx: Option<mpsc::Receiver<write::Request>>,
+    rx: Vec<mpsc::Receiver<write::Request>>,
     consumers: JoinSet<()>,
     num_consumers: usize,
     max_bytes: usize,
@@ -134,12 +136,8 @@ pub struct RemoteWriteExporter {
 impl RemoteWriteExporter {
     /// Starts the consumers on the current runtime (on first use).
     fn start(&mut self) {
-        if let Some(rx) = self.rx.take() {
-            let queue = Arc::new(tokio::sync::Mutex::new(rx));
-            for _ in 0..self.num_consumers {
-                self.consumers
-                    .spawn(consumer(Arc::clone(&self.shared), Arc::clone(&queue)));
-            }
+        for rx in self.rx.drain(..) {
+            self.consumers.spawn(consumer(Arc::clone(&self.shared), rx));
         }
     }
 
@@ -158,7 +156,7 @@ impl RemoteWriteExporter {
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let mut requests = write::Builder::new(self.max_bytes, now_ms);
+        let mut requests = write::Builder::new(self.max_bytes, now_ms, self.num_consumers);
         let target_info = self.target_info;
         self.store.drain_updated(|u| {
             if target_info || u.family.name() != "target_info" {
@@ -185,17 +183,29 @@ impl Exporter for RemoteWriteExporter {
         self.telemetry
             .add_emitted((batch.len() as u64).saturating_sub(refused + queued));
         self.shared.ledger.add(queued);
-        let Some(tx) = &self.tx else {
-            // No queue: this batch's requests go out before the next batch is taken.
+        if !self.queued {
+            // No queue: this batch's requests go out before the next batch is taken, the
+            // shards side by side, each shard's in order.
+            let mut shards: Vec<Vec<write::Request>> =
+                (0..self.num_consumers).map(|_| Vec::new()).collect();
+            for r in requests {
+                shards[r.shard].push(r);
+            }
             let shared = &self.shared;
-            futures_util::stream::iter(requests.into_iter().map(|r| shared.deliver(r)))
-                .buffer_unordered(self.num_consumers)
-                .collect::<Vec<()>>()
-                .await;
+            futures_util::future::join_all(shards.into_iter().map(|shard| async move {
+                for r in shard {
+                    shared.deliver(r).await;
+                }
+            }))
+            .await;
             return Ok(());
-        };
+        }
         for r in requests {
-            // Waits while the queue is full: the pipeline behind waits too.
+            let Some(tx) = self.tx.get(r.shard) else {
+                self.shared.ledger.settle(r.points, 0, "component_stopped");
+                return Err("prometheusremotewrite: export after shutdown".into());
+            };
+            // Waits while the shard's queue is full: the pipeline behind waits too.
             if let Err(unsent) = tx.send(r).await {
                 let r = unsent.0;
                 self.shared.ledger.settle(r.points, 0, "component_stopped");
@@ -223,7 +233,7 @@ impl Exporter for RemoteWriteExporter {
 
     async fn shutdown(&mut self) -> Result<(), BoxError> {
         // Closing the queue lets the consumers drain it and stop; the engine's deadline bounds this.
-        self.tx = None;
+        self.tx.clear();
         self.start();
         while let Some(r) = self.consumers.join_next().await {
             if let Err(e) = r {

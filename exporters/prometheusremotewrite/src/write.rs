@@ -1,7 +1,9 @@
 //! Remote write 1.0 requests: the `prometheus.WriteRequest` protobuf (prompb's messages,
 //! declared here with prost's derive), one `TimeSeries` per Prometheus sample series the way
 //! the Collector's translator lays them out (a histogram is `_bucket{le}`…, `_sum`, `_count`),
-//! split into requests below `max_batch_size_bytes` and snappy-compressed.
+//! split into requests below `max_batch_size_bytes` and snappy-compressed. A series always goes
+//! to the same shard (by a hash of its name and labels), and a shard's requests are sent in
+//! order, so requests sent side by side never put a series' samples out of order.
 
 use oxeye_prometheus_series::store::Updated;
 use prometheus::proto::MetricType;
@@ -43,31 +45,39 @@ pub struct Sample {
     pub timestamp: i64,
 }
 
-/// One request's body and how many records (points) it carries.
+/// One request's body, its shard, and how many records (points) it carries.
 pub struct Request {
     pub body: Vec<u8>,
+    pub shard: usize,
     pub points: u64,
+}
+
+/// One shard's request being filled.
+#[derive(Default)]
+struct Filling {
+    request: WriteRequest,
+    bytes: usize,
+    points: u64,
 }
 
 /// Requests being filled.
 pub struct Builder {
     max_bytes: usize,
     now_ms: i64,
-    current: WriteRequest,
-    current_bytes: usize,
-    current_points: u64,
+    shards: Vec<Filling>,
+    /// The shard of the series being added.
+    shard: usize,
     done: Vec<Request>,
 }
 
 impl Builder {
-    /// `now_ms` stands for a point that came without a time.
-    pub fn new(max_bytes: usize, now_ms: i64) -> Builder {
+    /// `now_ms` stands for a point that came without a time; `shards` is at least 1.
+    pub fn new(max_bytes: usize, now_ms: i64, shards: usize) -> Builder {
         Builder {
             max_bytes,
             now_ms,
-            current: WriteRequest::default(),
-            current_bytes: 0,
-            current_points: 0,
+            shards: (0..shards.max(1)).map(|_| Filling::default()).collect(),
+            shard: 0,
             done: Vec::new(),
         }
     }
@@ -75,6 +85,7 @@ impl Builder {
     /// Adds the sample series of one updated series.
     pub fn add(&mut self, u: &Updated<'_>) {
         let name = u.family.name();
+        self.shard = shard(name, u.series.get_label(), self.shards.len());
         let at = if u.time_ms > 0 {
             u.time_ms
         } else {
@@ -145,35 +156,58 @@ impl Builder {
 
     fn push(&mut self, ts: TimeSeries, points: u64) {
         let bytes = prost::encoding::message::encoded_len(1, &ts);
-        if self.current_bytes > 0 && self.current_bytes + bytes > self.max_bytes {
-            self.finish();
+        let shard = self.shard;
+        let f = &self.shards[shard];
+        if f.bytes > 0 && f.bytes + bytes > self.max_bytes {
+            self.finish(shard);
         }
-        self.current.timeseries.push(ts);
-        self.current_bytes += bytes;
-        self.current_points += points;
+        let f = &mut self.shards[shard];
+        f.request.timeseries.push(ts);
+        f.bytes += bytes;
+        f.points += points;
     }
 
-    fn finish(&mut self) {
-        let request = std::mem::take(&mut self.current);
+    fn finish(&mut self, shard: usize) {
+        let f = std::mem::take(&mut self.shards[shard]);
         // A fresh encoder a request: it holds a 16 KiB table only while compressing. It fails
         // only above snappy's ~4 GiB input limit, which max_batch_size_bytes keeps far from.
         let body = snap::raw::Encoder::new()
-            .compress_vec(&request.encode_to_vec())
+            .compress_vec(&f.request.encode_to_vec())
             .unwrap_or_default();
         self.done.push(Request {
             body,
-            points: std::mem::take(&mut self.current_points),
+            shard,
+            points: f.points,
         });
-        self.current_bytes = 0;
     }
 
-    /// The requests, compressed.
+    /// The requests, compressed; a shard's in the order they must be sent.
     pub fn requests(mut self) -> Vec<Request> {
-        if !self.current.timeseries.is_empty() {
-            self.finish();
+        for shard in 0..self.shards.len() {
+            if !self.shards[shard].request.timeseries.is_empty() {
+                self.finish(shard);
+            }
         }
         self.done
     }
+}
+
+/// The shard of a series: a hash of its name and labels.
+fn shard(name: &str, labels: &[prometheus::proto::LabelPair], shards: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    if shards == 1 {
+        return 0;
+    }
+    // Fixed seed: a series keeps its shard for the exporter's life.
+    let mut h = foldhash::fast::FixedState::with_seed(0x006f_7865_7965).build_hasher();
+    h.write(name.as_bytes());
+    for l in labels {
+        h.write(l.name().as_bytes());
+        h.write_u8(0xff);
+        h.write(l.value().as_bytes());
+        h.write_u8(0xfe);
+    }
+    (h.finish() % shards as u64) as usize
 }
 
 /// A bucket bound or quantile as the Collector writes it (Go's `FormatFloat(f, 'f', -1, 64)`):
@@ -281,7 +315,7 @@ mod tests {
             &[counter(3, 1_000_000_000), histogram],
             Instant::now(),
         );
-        let mut b = Builder::new(3_000_000, 99);
+        let mut b = Builder::new(3_000_000, 99, 1);
         store.drain_updated(|u| b.add(&u));
         let requests = b.requests();
         assert_eq!(requests.len(), 1);
@@ -328,7 +362,7 @@ mod tests {
 
         // A second delta adds up; only the series it updated go out.
         store.add(&resource, &[counter(4, 3_000_000_000)], Instant::now());
-        let mut b = Builder::new(3_000_000, 99);
+        let mut b = Builder::new(3_000_000, 99, 1);
         store.drain_updated(|u| b.add(&u));
         let series = decoded(&b.requests());
         assert_eq!(series.len(), 2, "{series:?}");
@@ -356,7 +390,7 @@ mod tests {
             ..Metric::default()
         };
         store.add(&Resource::default(), &[gauge], Instant::now());
-        let mut b = Builder::new(4096, 42);
+        let mut b = Builder::new(4096, 42, 3);
         store.drain_updated(|u| b.add(&u));
         let requests = b.requests();
         assert!(requests.len() > 10, "{}", requests.len());
@@ -373,5 +407,45 @@ mod tests {
             series.iter().all(|(_, _, t)| *t == 42),
             "no time: the send time"
         );
+    }
+
+    #[test]
+    fn a_series_keeps_its_shard() {
+        let mut store = store();
+        let gauge = |v: f64| Metric {
+            name: "queue.depth".into(),
+            data: MetricData::Gauge(
+                (0..100)
+                    .map(|i| NumberPoint {
+                        attributes: attrs(&[("queue", &format!("q{i}"))]),
+                        value: Some(Number::F64(v)),
+                        ..NumberPoint::default()
+                    })
+                    .collect(),
+            ),
+            ..Metric::default()
+        };
+        let mut shards = Vec::new();
+        for v in [1.0, 2.0] {
+            store.add(&Resource::default(), &[gauge(v)], Instant::now());
+            let mut b = Builder::new(3_000_000, 42, 4);
+            store.drain_updated(|u| b.add(&u));
+            let mut of: Vec<(String, usize)> = Vec::new();
+            for r in b.requests() {
+                for (labels, value, _) in decoded(std::slice::from_ref(&r)) {
+                    assert_eq!(value, v);
+                    of.push((labels, r.shard));
+                }
+            }
+            of.sort();
+            shards.push(of);
+        }
+        assert_eq!(shards[0].len(), 100);
+        assert_eq!(
+            shards[0], shards[1],
+            "each series in the same shard both times"
+        );
+        let used: std::collections::BTreeSet<usize> = shards[0].iter().map(|(_, s)| *s).collect();
+        assert_eq!(used.len(), 4, "the series spread over every shard");
     }
 }
