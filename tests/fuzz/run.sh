@@ -12,7 +12,7 @@ secs=${1:-20}
 work=$(mktemp -d)
 log="$work/log"
 trap 'rm -rf "$work"' EXIT
-for target in otlp_protobuf otlp_json otlp_metrics_logs config kernel_records gzip; do
+for target in otlp_protobuf otlp_json otlp_metrics_logs config kernel_records gzip prompb; do
   # New inputs go to a scratch corpus (the first directory); the seeds stay as committed.
   mkdir -p "$work/$target"
   echo "[fuzz] $target for ${secs}s"

@@ -49,3 +49,13 @@ for name, size in [("span-brief", 96), ("span-header", 104), ("span-stacks", 104
     rec = bytearray(size)
     struct.pack_into("<QQ", rec, 0, 0x0102030405060708, 42)
     open(corpus("kernel_records", name), "wb").write(bytes(rec))
+# Remote-write series: value, time (little-endian), then name\0value\0 pairs.
+os.makedirs(os.path.join(here, "corpus", "prompb"), exist_ok=True)
+for name, value, ms, labels in [
+    ("histogram-bucket", 17.0, 1_700_000_000_123,
+     [("__name__", "http_server_request_duration_seconds_bucket"), ("job", "checkout"), ("le", "0.25")]),
+    ("defaults", 0.0, 0, [("__name__", "up"), ("empty", "")]),
+    ("negative-time", -1.5, -1, [("__name__", "x"), ("région", "été")]),
+]:
+    pairs = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in labels)
+    open(corpus("prompb", name), "wb").write(struct.pack("<dq", value, ms) + pairs)

@@ -16,6 +16,44 @@ mod config;
 mod send;
 mod write;
 
+/// What `tests/benches/remotewrite.rs` measures without the network, and what the `prompb`
+/// fuzz target checks: not an API.
+#[doc(hidden)]
+pub mod bench {
+    use oxeye_api::{Batch, Records};
+    use oxeye_prometheus_series::store::{Settings, Store};
+
+    pub use crate::write::{encode_series, prompb, series_len};
+
+    /// Every batch through a store with the defaults into requests of `shards` shards, as the
+    /// exporter makes them: (requests, compressed bytes, points).
+    pub fn requests(batches: &[std::sync::Arc<Batch>], shards: usize) -> (usize, usize, u64) {
+        let mut store = Store::new(Settings {
+            namespace: String::new(),
+            const_labels: Vec::new(),
+            resource_labels: false,
+            suffixes: true,
+            expiration: std::time::Duration::from_secs(300),
+            track_updates: true,
+        });
+        let (mut requests, mut bytes, mut points) = (0, 0, 0);
+        for b in batches {
+            let Records::Metrics(m) = &b.records else {
+                continue;
+            };
+            store.add(&b.resource, m, std::time::Instant::now());
+            let mut w = crate::write::Builder::new(3_000_000, 0, shards);
+            store.drain_updated(|u| w.add(&u));
+            for r in w.requests() {
+                requests += 1;
+                bytes += r.body.len();
+                points += r.points;
+            }
+        }
+        (requests, bytes, points)
+    }
+}
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
