@@ -13,6 +13,7 @@ use oxeye_api::Records;
 use oxeye_tests::{captured, free_port, http_get, signal, spawn, temp_config, KillOnDrop};
 
 mod common;
+use common::otlp::http_post;
 use common::run::{component, Oxeye};
 use common::tls::{https_get, pki};
 
@@ -362,6 +363,102 @@ service:
     assert_eq!(wrong.dropped(), [("rejected", wrong.received())]);
     let down = component(&report, "exporters/prometheusremotewrite/down");
     assert_eq!(down.dropped(), [("retries_exhausted", down.received())]);
+    drop(prometheus);
+}
+
+/// A gauge point of `name` at `time` (Unix ns), as an OTLP/HTTP request body.
+fn gauge_request(name: &str, time: u64) -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        metric::Data, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics,
+        ScopeMetrics,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use prost::Message;
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue("checkout".into())),
+                    }),
+                }],
+                ..Resource::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: name.into(),
+                    data: Some(Data::Gauge(Gauge {
+                        data_points: vec![NumberDataPoint {
+                            time_unix_nano: time,
+                            value: Some(number_data_point::Value::AsDouble(7.0)),
+                            ..NumberDataPoint::default()
+                        }],
+                    })),
+                    ..Metric::default()
+                }],
+                ..ScopeMetrics::default()
+            }],
+            ..ResourceMetrics::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn samples_prometheus_refuses_are_counted_with_its_reason() {
+    let prometheus = Prometheus::receiver("remote-write-refused");
+    let http = free_port();
+    let oxeye = Oxeye::start(
+        &format!(
+            "receivers:
+  otlp: {{protocols: {{http: {{endpoint: '127.0.0.1:{http}'}}}}}}
+exporters:
+  prometheusremotewrite: {{endpoint: 'http://127.0.0.1:{}/api/v1/write'}}
+service:
+  telemetry: {{logs: {{summary_interval: 0s}}}}
+  pipelines:
+    metrics: {{receivers: [otlp], exporters: [prometheusremotewrite]}}
+",
+            prometheus.port
+        ),
+        &[http],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    let post = |body: &[u8]| {
+        let (code, head, _) = http_post(
+            http,
+            "/v1/metrics",
+            &[("content-type", "application/x-protobuf")],
+            body,
+        );
+        assert_eq!(code, 200, "{head}");
+    };
+    // A fresh sample is stored; one three hours old is outside Prometheus's head (out of bounds).
+    post(&gauge_request("fresh.gauge", now));
+    let number = |q: &str| -> Option<f64> { query(prometheus.port, q)?.parse().ok() };
+    wait_for("the fresh sample", Duration::from_secs(30), || {
+        number("fresh_gauge{job=\"checkout\"}").filter(|v| *v == 7.0)
+    });
+    post(&gauge_request(
+        "stale.gauge",
+        now - 3 * 3600 * 1_000_000_000,
+    ));
+    // Stopping drains the exporter's queue: the refusal is in the report.
+    let report = oxeye.stop();
+    let t = component(&report, "exporters/prometheusremotewrite");
+    assert_eq!(t.received(), 2);
+    assert_eq!((t.emitted(), t.dropped()), (1, vec![("rejected", 1)]));
+    assert_eq!(
+        number("count(stale_gauge)"),
+        None,
+        "Prometheus did not store it"
+    );
     drop(prometheus);
 }
 
