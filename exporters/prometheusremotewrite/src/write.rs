@@ -533,7 +533,8 @@ mod tests {
     /// default value, and decode to the same message when one does.
     #[test]
     fn encode_series_writes_what_prost_writes() {
-        let cases: &[(&[(&str, &str)], f64, i64)] = &[
+        type Labels<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Labels, f64, i64)] = &[
             (
                 &[("__name__", "up"), ("job", "checkout")],
                 1.0,
