@@ -115,7 +115,8 @@ fn unknown_type_lists_registered_types() {
         e.message
     );
     assert!(
-        e.message.contains("nop, otlp, pprof, prometheus, stdout"),
+        e.message
+            .contains("nop, otlp, pprof, prometheus, prometheusremotewrite, stdout"),
         "{}",
         e.message
     );

@@ -462,6 +462,43 @@ service:
     drop(prometheus);
 }
 
+/// An endpoint that never answers, retried without end, a queue of one request: at the
+/// shutdown deadline every point the exporter took is counted once — the queued ones as
+/// `shutdown_deadline`, the batch waiting for room as `component_stopped`.
+#[test]
+fn at_the_shutdown_deadline_every_point_is_counted_once() {
+    let closed = free_port();
+    let oxeye = Oxeye::start(
+        &format!(
+            "receivers:
+  synthetic: {{seed: 5, metrics: {{count: 20000, series: 50}}}}
+exporters:
+  prometheusremotewrite:
+    endpoint: http://127.0.0.1:{closed}/api/v1/write
+    retry_on_failure: {{max_elapsed_time: 0s}}
+    remote_write_queue: {{queue_size: 1, num_consumers: 1}}
+service:
+  shutdown_timeout: 1s
+  telemetry: {{logs: {{summary_interval: 0s}}}}
+  pipelines:
+    metrics: {{receivers: [synthetic], exporters: [prometheusremotewrite]}}
+"
+        ),
+        &[],
+    );
+    let report = oxeye.join();
+    let t = component(&report, "exporters/prometheusremotewrite");
+    let dropped: std::collections::HashMap<_, _> = t.dropped().into_iter().collect();
+    assert!(t.received() > 0);
+    assert_eq!(t.emitted(), 0, "{dropped:?}");
+    assert!(dropped.contains_key("shutdown_deadline"), "{dropped:?}");
+    assert!(dropped.contains_key("component_stopped"), "{dropped:?}");
+    // What it took, each point once; with what was still queued before it, every point made.
+    let queued = dropped.get("queued_at_stop").copied().unwrap_or(0);
+    assert_eq!(t.dropped_total() - queued, t.received(), "{dropped:?}");
+    assert_eq!(t.dropped_total(), 20_000, "{dropped:?}");
+}
+
 #[test]
 fn remote_write_over_mutual_tls_and_a_client_without_certificate_refused() {
     let dir = pki("remote-write");

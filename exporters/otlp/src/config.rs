@@ -452,16 +452,19 @@ impl OtlpConfig {
             .tls
             .ca_file
             .clone()
+            .filter(|p| !p.is_empty()) // an empty path is no path
             .or_else(|| var("CERTIFICATE").map(|(_, v)| v));
         let cert_file = self
             .tls
             .cert_file
             .clone()
+            .filter(|p| !p.is_empty()) // an empty path is no path
             .or_else(|| var("CLIENT_CERTIFICATE").map(|(_, v)| v));
         let key_file = self
             .tls
             .key_file
             .clone()
+            .filter(|p| !p.is_empty()) // an empty path is no path
             .or_else(|| var("CLIENT_KEY").map(|(_, v)| v));
         if cert_file.is_some() != key_file.is_some() {
             errors.push("tls", "`cert_file` and `key_file` go together (mutual TLS)");

@@ -344,7 +344,8 @@ impl Store {
         };
         apply(&mut metrics[at], meta.shape, sample, delta);
         meta.updated[at] = now;
-        meta.times[at] = (time_ns / 1_000_000) as i64;
+        // Never back in time (an older point, or target_info from a batch of older points).
+        meta.times[at] = meta.times[at].max((time_ns / 1_000_000) as i64);
         meta.points[at] += points;
         if self.settings.track_updates && !meta.noted[at] {
             meta.noted[at] = true;

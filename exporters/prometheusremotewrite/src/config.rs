@@ -28,11 +28,11 @@ pub struct RemoteWriteConfig {
     /// Labels on every series (they replace a label of the same name).
     pub external_labels: BTreeMap<String, String>,
     /// Every resource attribute as a label too (`job` and `instance` always are).
-    pub resource_to_telemetry_conversion: Enabled,
+    pub resource_to_telemetry_conversion: Conversion,
     /// Unit and `_total` suffixes on names.
     pub add_metric_suffixes: bool,
     /// `target_info` series with the resource attributes.
-    pub target_info: Enabled,
+    pub target_info: TargetInfo,
     /// Largest uncompressed request; a batch's series are split into requests below it.
     pub max_batch_size_bytes: usize,
     /// Retries of a request that failed for a reason that may pass.
@@ -44,11 +44,24 @@ pub struct RemoteWriteConfig {
     pub metric_expiration: Duration,
 }
 
-/// `{enabled: bool}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Enabled {
+/// `resource_to_telemetry_conversion`: off unless `enabled: true`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Conversion {
     pub enabled: bool,
+}
+
+/// `target_info`: on unless `enabled: false`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetInfo {
+    pub enabled: bool,
+}
+
+impl Default for TargetInfo {
+    fn default() -> Self {
+        TargetInfo { enabled: true }
+    }
 }
 
 /// `tls`, as the `otlp` exporter's.
@@ -65,6 +78,18 @@ pub struct Tls {
     pub insecure_skip_verify: bool,
 }
 
+impl Tls {
+    /// As the shared TLS code takes them.
+    pub fn settings(&self) -> oxeye_sending::tls::ClientTls {
+        oxeye_sending::tls::ClientTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            insecure_skip_verify: self.insecure_skip_verify,
+        }
+    }
+}
+
 /// `retry_on_failure`: exponential backoff with jitter, as the Collector's exporters retry.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -74,7 +99,7 @@ pub struct Retry {
     pub initial_interval: Duration,
     #[serde(with = "duration")]
     pub max_interval: Duration,
-    /// After this long a request is given up and its points counted as dropped.
+    /// After this long a request is given up and its points counted as dropped; 0: never.
     #[serde(with = "duration")]
     pub max_elapsed_time: Duration,
     pub multiplier: f64,
@@ -104,9 +129,9 @@ impl Default for RemoteWriteConfig {
             tls: Tls::default(),
             namespace: String::new(),
             external_labels: BTreeMap::new(),
-            resource_to_telemetry_conversion: Enabled { enabled: false },
+            resource_to_telemetry_conversion: Conversion::default(),
             add_metric_suffixes: true,
-            target_info: Enabled { enabled: true },
+            target_info: TargetInfo::default(),
             max_batch_size_bytes: 3_000_000,
             retry_on_failure: Retry::default(),
             remote_write_queue: Queue::default(),
@@ -249,6 +274,12 @@ impl RemoteWriteConfig {
         let given = |f: &Option<String>| f.as_deref().is_some_and(|p| !p.is_empty());
         if given(&self.tls.cert_file) != given(&self.tls.key_file) {
             e.push("tls", "`cert_file` and `key_file` go together (mutual TLS)");
+        } else if let Err(why) = oxeye_sending::tls::client_config(
+            &self.tls.settings(),
+            self.endpoint.starts_with("https://"),
+        ) {
+            // The files are read as `run` reads them: what it would refuse, refused here.
+            e.push("tls", why.to_string());
         }
         if self.metric_expiration.is_zero() {
             e.push("metric_expiration", "must be longer than 0s");

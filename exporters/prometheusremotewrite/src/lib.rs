@@ -8,9 +8,10 @@
 //! the pipeline back and its receivers back off, nothing is dropped), split into
 //! `num_consumers` shards by series, each sent in order by a consumer of its own — so
 //! concurrent requests never put one series' samples out of order, as Prometheus's own remote
-//! write shards.
-//! A request given up after its retries, or refused for good, has its points counted as
-//! dropped with the reason; at the shutdown deadline, what is still queued is counted too.
+//! write shards. A request given up after its retries, or refused for good, has its points
+//! counted as dropped with the reason; at the shutdown deadline, what is still queued is counted
+//! too. `export` waits for room for all of a batch's requests before it counts or queues any:
+//! cancelled at the deadline while waiting, the engine counts the whole batch, once.
 
 mod config;
 mod send;
@@ -64,7 +65,7 @@ use oxeye_api::{
 };
 use oxeye_prometheus_series::store::{Settings, Store};
 use oxeye_sending::Ledger;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{error, warn};
 
@@ -89,15 +90,22 @@ impl Factory for RemoteWriteFactory {
 
     fn build(c: RemoteWriteConfig, ctx: BuildContext) -> Result<Box<dyn Exporter>, BoxError> {
         let q = &c.remote_write_queue;
-        let (mut tx, mut rx) = (Vec::new(), Vec::new());
-        if q.enabled {
-            // queue_size in all, shared out among the shards.
-            let each = q.queue_size.div_ceil(q.num_consumers);
-            for _ in 0..q.num_consumers {
-                let (t, r) = mpsc::channel(each);
-                tx.push(t);
-                rx.push(r);
-            }
+        // queue_size shared out among the shards; off, one request a shard.
+        let room = if q.enabled {
+            q.queue_size.div_ceil(q.num_consumers)
+        } else {
+            1
+        };
+        let mut shards = Vec::new();
+        let mut queues = Vec::new();
+        for _ in 0..q.num_consumers {
+            let (tx, rx) = mpsc::unbounded_channel();
+            shards.push(Shard {
+                tx,
+                room: Arc::new(Semaphore::new(room)),
+                capacity: room as u32,
+            });
+            queues.push(rx);
         }
         Ok(Box::new(RemoteWriteExporter {
             shared: Arc::new(Shared {
@@ -113,11 +121,9 @@ impl Factory for RemoteWriteFactory {
                 expiration: c.metric_expiration,
                 track_updates: true,
             }),
-            queued: q.enabled,
-            tx,
-            rx,
+            shards,
+            queues,
             consumers: JoinSet::new(),
-            num_consumers: c.remote_write_queue.num_consumers,
             max_bytes: c.max_batch_size_bytes,
             target_info: c.target_info.enabled,
             telemetry: ctx.telemetry,
@@ -147,64 +153,97 @@ impl Shared {
     }
 }
 
+/// A queued request and the room it takes in its shard's queue, freed once it is settled
+/// (none for the requests of a batch beyond a whole queue).
+type Queued = (write::Request, Option<OwnedSemaphorePermit>);
+
+/// One shard's queue: room counted in requests by a semaphore, so `export` can wait for room
+/// for a whole batch before queueing any of it.
+struct Shard {
+    tx: mpsc::UnboundedSender<Queued>,
+    room: Arc<Semaphore>,
+    capacity: u32,
+}
+
 /// Delivers one shard's requests in order, until its queue is closed and empty.
-async fn consumer(shared: Arc<Shared>, mut queue: mpsc::Receiver<write::Request>) {
-    while let Some(r) = queue.recv().await {
+async fn consumer(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Queued>) {
+    while let Some((r, room)) = queue.recv().await {
         shared.deliver(r).await;
+        drop(room);
     }
 }
 
-/// The exporter: the series (deltas accumulate there), the queue and its consumers.
+/// The exporter: the series (deltas accumulate there), the shards and their consumers.
 pub struct RemoteWriteExporter {
     shared: Arc<Shared>,
     store: Store,
-    /// `remote_write_queue.enabled`.
-    queued: bool,
-    /// Each shard's queue (none once shut down, or with the queue off).
-    tx: Vec<mpsc::Sender<write::Request>>,
+    /// Each shard's queue (none once shut down).
+    shards: Vec<Shard>,
     /// Until the consumers start.
-    rx: Vec<mpsc::Receiver<write::Request>>,
+    queues: Vec<mpsc::UnboundedReceiver<Queued>>,
     consumers: JoinSet<()>,
-    num_consumers: usize,
     max_bytes: usize,
     target_info: bool,
     telemetry: Telemetry,
 }
 
+/// A batch's requests and what is counted with them.
+struct Outgoing {
+    requests: Vec<write::Request>,
+    /// Points that cannot be shown: (exponential histograms, name collisions).
+    refused: (u64, u64),
+}
+
 impl RemoteWriteExporter {
     /// Starts the consumers on the current runtime (on first use).
     fn start(&mut self) {
-        for rx in self.rx.drain(..) {
+        for rx in self.queues.drain(..) {
             self.consumers.spawn(consumer(Arc::clone(&self.shared), rx));
         }
     }
 
-    /// The requests carrying the series `metrics` updated; points that cannot be shown are
-    /// counted as dropped here.
-    fn requests(
-        &mut self,
-        batch: &Batch,
-        metrics: &[oxeye_api::Metric],
-    ) -> (Vec<write::Request>, u64) {
+    /// The requests carrying the series `metrics` updated.
+    fn requests(&mut self, batch: &Batch, metrics: &[oxeye_api::Metric]) -> Outgoing {
         let refused = self.store.add(&batch.resource, metrics, Instant::now());
-        self.telemetry
-            .add_dropped("unsupported_type", refused.unsupported);
-        self.telemetry
-            .add_dropped("name_collision", refused.collisions);
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let mut requests = write::Builder::new(self.max_bytes, now_ms, self.num_consumers);
+        let mut requests = write::Builder::new(self.max_bytes, now_ms, self.shards.len());
         let target_info = self.target_info;
         self.store.drain_updated(|u| {
             if target_info || u.family.name() != "target_info" {
                 requests.add(&u);
             }
         });
-        (
-            requests.requests(),
-            refused.unsupported + refused.collisions,
-        )
+        Outgoing {
+            requests: requests.requests(),
+            refused: (refused.unsupported, refused.collisions),
+        }
+    }
+
+    /// Room for every request of a batch, shard by shard (a shard wanting more than its whole
+    /// queue takes all of it). Cancel-safe: nothing is counted or queued yet.
+    async fn room(
+        &self,
+        requests: &[write::Request],
+    ) -> Result<Vec<Option<OwnedSemaphorePermit>>, BoxError> {
+        let mut want = vec![0u32; self.shards.len()];
+        for r in requests {
+            want[r.shard] += 1;
+        }
+        let mut permits = Vec::with_capacity(self.shards.len());
+        for (shard, n) in self.shards.iter().zip(want) {
+            if n == 0 {
+                permits.push(None);
+                continue;
+            }
+            let permit = Arc::clone(&shard.room)
+                .acquire_many_owned(n.min(shard.capacity))
+                .await
+                .map_err(|_| "prometheusremotewrite: its queue is closed")?;
+            permits.push(Some(permit));
+        }
+        Ok(permits)
     }
 }
 
@@ -214,40 +253,32 @@ impl Exporter for RemoteWriteExporter {
         let Records::Metrics(metrics) = &batch.records else {
             return Ok(());
         };
-        self.start();
-        let (requests, refused) = self.requests(&batch, metrics);
-        // Points with no value (flagged "no recorded value") have nothing to send: done.
-        let queued: u64 = requests.iter().map(|r| r.points).sum();
-        self.telemetry
-            .add_emitted((batch.len() as u64).saturating_sub(refused + queued));
-        self.shared.ledger.add(queued);
-        if !self.queued {
-            // No queue: this batch's requests go out before the next batch is taken, the
-            // shards side by side, each shard's in order.
-            let mut shards: Vec<Vec<write::Request>> =
-                (0..self.num_consumers).map(|_| Vec::new()).collect();
-            for r in requests {
-                shards[r.shard].push(r);
-            }
-            let shared = &self.shared;
-            futures_util::future::join_all(shards.into_iter().map(|shard| async move {
-                for r in shard {
-                    shared.deliver(r).await;
-                }
-            }))
-            .await;
-            return Ok(());
+        if self.shards.is_empty() {
+            return Err("prometheusremotewrite: export after shutdown".into());
         }
-        for r in requests {
-            let Some(tx) = self.tx.get(r.shard) else {
-                self.shared.ledger.settle(r.points, 0, "component_stopped");
-                return Err("prometheusremotewrite: export after shutdown".into());
+        self.start();
+        let out = self.requests(&batch, metrics);
+        let mut permits = self.room(&out.requests).await?;
+        // From here on nothing awaits: the batch is counted and queued whole.
+        let (unsupported, collisions) = out.refused;
+        self.telemetry.add_dropped("unsupported_type", unsupported);
+        self.telemetry.add_dropped("name_collision", collisions);
+        let queued: u64 = out.requests.iter().map(|r| r.points).sum();
+        // Points with no value (flagged "no recorded value") have nothing to send: done.
+        self.telemetry
+            .add_emitted((batch.len() as u64).saturating_sub(unsupported + collisions + queued));
+        self.shared.ledger.add(queued);
+        for r in out.requests {
+            let shard = &self.shards[r.shard];
+            // Each request holds one unit of its shard's room; past a whole queue's worth (a
+            // batch larger than the queue took all of it), none.
+            let room = match permits[r.shard].as_mut() {
+                Some(p) if p.num_permits() > 1 => p.split(1),
+                _ => permits[r.shard].take(),
             };
-            // Waits while the shard's queue is full: the pipeline behind waits too.
-            if let Err(unsent) = tx.send(r).await {
-                let r = unsent.0;
+            if let Err(unsent) = shard.tx.send((r, room)) {
+                let (r, _) = unsent.0;
                 self.shared.ledger.settle(r.points, 0, "component_stopped");
-                return Err("prometheusremotewrite: its consumers stopped".into());
             }
         }
         Ok(())
@@ -270,9 +301,10 @@ impl Exporter for RemoteWriteExporter {
     }
 
     async fn shutdown(&mut self) -> Result<(), BoxError> {
-        // Closing the queue lets the consumers drain it and stop; the engine's deadline bounds this.
-        self.tx.clear();
+        // Closing the queues lets the consumers drain them and stop; the engine's deadline
+        // bounds this.
         self.start();
+        self.shards.clear();
         while let Some(r) = self.consumers.join_next().await {
             if let Err(e) = r {
                 if e.is_panic() {

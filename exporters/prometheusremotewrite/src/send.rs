@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{
-    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
+    HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
 };
 use hyper::{Method, StatusCode, Uri};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use oxeye_api::BoxError;
 use oxeye_sending::retry::{backoff, jitter, retry_after};
-use oxeye_sending::tls::{client_config, ClientTls};
+use oxeye_sending::tls::client_config;
 
 use crate::config::{RemoteWriteConfig, Retry};
 
@@ -38,20 +38,13 @@ enum Attempt {
 pub struct Sender {
     client: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: Uri,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    headers: HeaderMap,
     timeout: Duration,
     retry: Retry,
 }
 
 fn tls(c: &RemoteWriteConfig) -> Result<rustls::ClientConfig, BoxError> {
-    let t = &c.tls;
-    let tls = ClientTls {
-        ca_file: t.ca_file.clone(),
-        cert_file: t.cert_file.clone(),
-        key_file: t.key_file.clone(),
-        insecure_skip_verify: t.insecure_skip_verify,
-    };
-    client_config(&tls, c.endpoint.starts_with("https://"))
+    client_config(&c.tls.settings(), c.endpoint.starts_with("https://"))
 }
 
 impl Sender {
@@ -62,26 +55,26 @@ impl Sender {
             .https_or_http()
             .enable_http1()
             .build();
-        let mut headers = vec![
-            (
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/x-protobuf"),
-            ),
-            (CONTENT_ENCODING, HeaderValue::from_static("snappy")),
-            (
-                HeaderName::from_static("x-prometheus-remote-write-version"),
-                HeaderValue::from_static("0.1.0"),
-            ),
-            (
-                USER_AGENT,
-                HeaderValue::from_static(concat!("oxeye/", env!("CARGO_PKG_VERSION"))),
-            ),
-        ];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("snappy"));
+        headers.insert(
+            HeaderName::from_static("x-prometheus-remote-write-version"),
+            HeaderValue::from_static("0.1.0"),
+        );
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("oxeye/", env!("CARGO_PKG_VERSION"))),
+        );
+        // A configured header replaces the default of its name (names are case-insensitive).
         for (k, v) in &c.headers {
-            headers.push((
+            headers.insert(
                 HeaderName::from_bytes(k.as_bytes())?,
                 HeaderValue::from_str(v)?,
-            ));
+            );
         }
         Ok(Sender {
             client: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -110,7 +103,10 @@ impl Sender {
                 });
             }
             let wait = asked.unwrap_or_else(|| jitter(interval, self.retry.randomization_factor));
-            if started.elapsed().saturating_add(wait) > self.retry.max_elapsed_time {
+            // max_elapsed_time 0: no limit (the Collector's meaning); the shutdown deadline
+            // still bounds it.
+            let limit = self.retry.max_elapsed_time;
+            if !limit.is_zero() && started.elapsed().saturating_add(wait) > limit {
                 return Err(Failure {
                     reason: "retries_exhausted",
                     message: format!(
@@ -130,8 +126,8 @@ impl Sender {
         let mut request = hyper::Request::builder()
             .method(Method::POST)
             .uri(self.url.clone());
-        for (k, v) in &self.headers {
-            request = request.header(k, v);
+        if let Some(h) = request.headers_mut() {
+            h.clone_from(&self.headers);
         }
         let request = match request.body(Full::new(body)) {
             Ok(r) => r,
@@ -144,9 +140,23 @@ impl Sender {
         };
         let answer = async {
             let response = self.client.request(request).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, BoxError>((parts, body))
+            let (parts, mut body) = response.into_parts();
+            // The status is the answer; of a refusal's reason, the first 512 bytes are kept
+            // (an endpoint may send any amount, or stall).
+            let mut text = Vec::new();
+            if !parts.status.is_success() {
+                while text.len() < 512 {
+                    match body.frame().await {
+                        Some(Ok(frame)) => {
+                            if let Some(data) = frame.data_ref() {
+                                text.extend_from_slice(data);
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            Ok::<_, BoxError>((parts, text))
         };
         let (parts, body) = match tokio::time::timeout(self.timeout, answer).await {
             Err(_) => return Attempt::Again(format!("no answer within {:?}", self.timeout), None),
@@ -162,11 +172,13 @@ impl Sender {
             .to_string();
         let why = format!("{} answered {status}: {text}", self.url);
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            // Never sooner than the first interval, whatever the endpoint asks (0, a past date).
             let asked = parts
                 .headers
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| retry_after(v, SystemTime::now()));
+                .and_then(|v| retry_after(v, SystemTime::now()))
+                .map(|d| d.max(self.retry.initial_interval));
             Attempt::Again(why, asked)
         } else {
             Attempt::Final(Failure {
@@ -187,7 +199,7 @@ mod tests {
     /// on a connection of its own; returns its URL and the times requests arrived.
     async fn scripted(
         answers: &'static [&'static str],
-    ) -> (String, Arc<std::sync::Mutex<Vec<Instant>>>) {
+    ) -> (String, Arc<std::sync::Mutex<Vec<(Instant, String)>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -203,8 +215,9 @@ mod tests {
                     return;
                 };
                 let mut buf = vec![0u8; 65536];
-                let _ = conn.read(&mut buf).await;
-                log.lock().expect("log").push(Instant::now());
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                log.lock().expect("log").push((Instant::now(), head));
                 let reply =
                     format!("{answer}\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope");
                 let _ = conn.write_all(reply.as_bytes()).await;
@@ -214,11 +227,46 @@ mod tests {
     }
 
     fn sender(url: String) -> Sender {
+        sender_with(url, "")
+    }
+
+    fn sender_with(url: String, more: &str) -> Sender {
         let config: RemoteWriteConfig = serde_yaml::from_str(&format!(
-            "endpoint: {url}\nretry_on_failure: {{max_elapsed_time: 5s}}"
+            "endpoint: {url}\nretry_on_failure: {{max_elapsed_time: 5s}}\n{more}"
         ))
         .expect("config");
         Sender::new(&config).expect("sender")
+    }
+
+    #[tokio::test]
+    async fn configured_headers_replace_defaults_and_a_zero_retry_after_still_waits() {
+        let (url, seen) = scripted(&[
+            "HTTP/1.1 503 Service Unavailable\r\nretry-after: 0",
+            "HTTP/1.1 204 No Content",
+        ])
+        .await;
+        sender_with(url, "headers: {User-Agent: probe/1, X-Scope-OrgID: team-a}")
+            .send(Bytes::from_static(b"x"))
+            .await
+            .map_err(|f| f.message)
+            .expect("delivered");
+        let seen = seen.lock().expect("log").clone();
+        let (first, second) = (&seen[0], &seen[1]);
+        assert!(
+            second.0 - first.0 >= Duration::from_millis(50),
+            "initial_interval at least"
+        );
+        let head = &first.1;
+        assert_eq!(head.matches("user-agent:").count(), 1, "{head}");
+        for line in [
+            "user-agent: probe/1",
+            "x-scope-orgid: team-a",
+            "content-encoding: snappy",
+            "content-type: application/x-protobuf",
+            "x-prometheus-remote-write-version: 0.1.0",
+        ] {
+            assert!(head.contains(line), "{line} not in {head}");
+        }
     }
 
     #[tokio::test]
@@ -234,7 +282,7 @@ mod tests {
             .await
             .map_err(|f| f.message)
             .expect("delivered");
-        let times = seen.lock().expect("log").clone();
+        let times: Vec<Instant> = seen.lock().expect("log").iter().map(|(t, _)| *t).collect();
         assert_eq!(times.len(), 3);
         assert!(
             times[2] - times[1] >= Duration::from_secs(1),

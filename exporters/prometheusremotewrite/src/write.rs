@@ -213,12 +213,13 @@ impl Builder {
         labels.extend_from_slice(before);
         labels.push(("__name__", name));
         match extra {
-            // `le` and `quantile` sort after `__name__`.
+            // `le` and `quantile` sort after `__name__`; they replace an attribute of their name.
             Some(l) => {
                 let at = after.partition_point(|(k, _)| *k < l.0);
                 labels.extend_from_slice(&after[..at]);
                 labels.push(l);
-                labels.extend_from_slice(&after[at..]);
+                let past = after[at..].iter().take_while(|(k, _)| *k == l.0).count();
+                labels.extend_from_slice(&after[at + past..]);
             }
             None => labels.extend_from_slice(after),
         }
@@ -294,6 +295,8 @@ fn bound(out: &mut String, f: f64) {
     out.clear();
     if f == f64::INFINITY {
         out.push_str("+Inf");
+    } else if f == f64::NEG_INFINITY {
+        out.push_str("-Inf");
     } else {
         let _ = write!(out, "{f}");
     }
@@ -621,6 +624,42 @@ mod tests {
                 "__name__=b_bucket,cluster=eu-1,le=+Inf",
                 "__name__=c_bucket,cluster=eu-1,le=0.5",
                 "__name__=c_bucket,cluster=eu-1,le=+Inf",
+            ]
+        );
+    }
+
+    /// A point attribute named `le` gives way to the bucket's bound (one label of a name).
+    #[test]
+    fn le_replaces_an_attribute_of_its_name() {
+        let mut store = store();
+        let m = Metric {
+            name: "h".into(),
+            data: MetricData::Histogram(Histogram {
+                points: vec![HistogramPoint {
+                    attributes: attrs(&[("le", "bogus"), ("z", "1")]),
+                    count: 2,
+                    bucket_counts: vec![1, 1],
+                    explicit_bounds: vec![f64::NEG_INFINITY],
+                    time_unix_ns: 1_000_000,
+                    ..HistogramPoint::default()
+                }],
+                temporality: Temporality::Cumulative,
+            }),
+            ..Metric::default()
+        };
+        store.add(&Resource::default(), &[m], Instant::now());
+        let mut b = Builder::new(3_000_000, 1, 1);
+        store.drain_updated(|u| b.add(&u));
+        let buckets: Vec<String> = decoded(&b.requests())
+            .into_iter()
+            .filter(|(l, _, _)| l.contains("_bucket"))
+            .map(|(l, _, _)| l)
+            .collect();
+        assert_eq!(
+            buckets,
+            [
+                "__name__=h_bucket,cluster=eu-1,le=-Inf,z=1",
+                "__name__=h_bucket,cluster=eu-1,le=+Inf,z=1",
             ]
         );
     }
