@@ -379,6 +379,7 @@ fn run(
         if !every.is_zero() {
             background.push(tokio::spawn(telemetry::summarize(Arc::clone(&registry), every)));
         }
+        background.push(crate::memory::return_freed());
         let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(4);
         background.push(tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};

@@ -12,6 +12,7 @@ pub mod cli;
 mod components;
 pub mod config;
 pub mod engine;
+mod memory;
 pub mod reload;
 pub mod telemetry;
 
