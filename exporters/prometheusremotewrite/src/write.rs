@@ -7,51 +7,18 @@
 //!
 //! Each `TimeSeries` is written straight into its request's buffer (`encode_series`): building
 //! prost messages first cost a label list, names and values copied for every sample series
-//! (measured: a third of the exporter). [`prompb`] declares the messages with prost's derive;
-//! the tests and the `prompb` fuzz target check the bytes against them.
+//! (measured: a third of the exporter). [`prompb`] holds the messages generated from
+//! Prometheus's own protos; the tests and the `prompb` fuzz target check the bytes against them.
 
 use oxeye_prometheus_series::store::Updated;
 use prometheus::proto::MetricType;
 use prost::encoding::{encode_varint, encoded_len_varint};
 
-/// The remote-write messages (prompb's `types.proto` and `remote.proto`, samples only: oxeye
-/// sends no exemplars or native histograms), for decoding what [`encode_series`] writes.
+/// The remote-write messages, generated from Prometheus's own `types.proto` and `remote.proto`
+/// (`proto/`), for decoding what [`encode_series`] writes.
+#[allow(clippy::all, missing_docs)]
 pub mod prompb {
-    /// `prometheus.WriteRequest`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct WriteRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub timeseries: Vec<TimeSeries>,
-    }
-
-    /// `prometheus.TimeSeries`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TimeSeries {
-        /// Sorted by name, `__name__` among them.
-        #[prost(message, repeated, tag = "1")]
-        pub labels: Vec<Label>,
-        #[prost(message, repeated, tag = "2")]
-        pub samples: Vec<Sample>,
-    }
-
-    /// `prometheus.Label`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Label {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub value: String,
-    }
-
-    /// `prometheus.Sample`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Sample {
-        #[prost(double, tag = "1")]
-        pub value: f64,
-        /// Unix ms.
-        #[prost(int64, tag = "2")]
-        pub timestamp: i64,
-    }
+    include!(concat!(env!("OUT_DIR"), "/prometheus.rs"));
 }
 
 /// Bytes of a length-delimited field holding `n` bytes (tag, length, content).
@@ -566,7 +533,9 @@ mod tests {
                         })
                         .collect(),
                     samples: vec![prompb::Sample { value, timestamp }],
+                    ..prompb::TimeSeries::default()
                 }],
+                ..prompb::WriteRequest::default()
             };
             let defaults =
                 value == 0.0 || timestamp == 0 || labels.iter().any(|(_, v)| v.is_empty());
