@@ -58,6 +58,49 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
     }
 }
 
+/// Waits for `n` spans in `capture/<id>` (at most 30 s) and returns the sum of their durations
+/// in seconds: the spans as they left.
+fn spans_left(capture: &str, n: usize) -> f64 {
+    let mut spans = 0;
+    let mut total_s = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while spans < n && Instant::now() < deadline {
+        for b in captured(capture) {
+            if let Records::Spans(s) = &b.records {
+                spans += s.len();
+                total_s += s
+                    .iter()
+                    .map(|s| (s.end_unix_ns - s.start_unix_ns) as f64 / 1e9)
+                    .sum::<f64>();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(spans, n);
+    total_s
+}
+
+/// What a Prometheus holding `spans` spans' RED metrics answers (`number`: an instant query's
+/// value): once every span is in, calls and histogram count equal the spans, and the sum of
+/// durations is theirs (`total_s`).
+fn assert_red_metrics(number: &dyn Fn(&str) -> Option<f64>, spans: usize, total_s: f64) {
+    let count = wait_for(
+        "Prometheus to hold every span",
+        Duration::from_secs(60),
+        || number("sum(traces_span_metrics_calls_total)").filter(|n| *n == spans as f64),
+    );
+    assert_eq!(count, spans as f64);
+    assert_eq!(
+        number("sum(traces_span_metrics_duration_seconds_count)"),
+        Some(spans as f64)
+    );
+    let sum = number("sum(traces_span_metrics_duration_seconds_sum)").expect("sum");
+    assert!(
+        (sum - total_s).abs() <= 1e-6 * total_s,
+        "Prometheus says {sum} s, the spans took {total_s} s"
+    );
+}
+
 /// The value of an instant query's single result, from the Prometheus HTTP API.
 fn query(prometheus: u16, promql: &str) -> Option<String> {
     query_with(|path| http_get(prometheus, path), promql)
@@ -203,23 +246,7 @@ service:
         ),
         &[],
     );
-    // The spans as they left: their count and the sum of their durations.
-    let mut spans = 0;
-    let mut total_s = 0.0;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while spans < SPANS && Instant::now() < deadline {
-        for b in captured("capture/prometheus-spans") {
-            if let Records::Spans(s) = &b.records {
-                spans += s.len();
-                total_s += s
-                    .iter()
-                    .map(|s| (s.end_unix_ns - s.start_unix_ns) as f64 / 1e9)
-                    .sum::<f64>();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(spans, SPANS);
+    let total_s = spans_left("capture/prometheus-spans", SPANS);
     oxeye_tests::wait_port(exporter);
     let calls = |text: &str| -> f64 {
         text.lines()
@@ -246,21 +273,7 @@ service:
 
     let prometheus = Prometheus::scrape("spanmetrics", exporter);
     let number = |q: &str| -> Option<f64> { query(prometheus.port, q)?.parse().ok() };
-    let count = wait_for(
-        "Prometheus to hold every span",
-        Duration::from_secs(60),
-        || number("sum(traces_span_metrics_calls_total)").filter(|n| *n == SPANS as f64),
-    );
-    assert_eq!(count, SPANS as f64);
-    assert_eq!(
-        number("sum(traces_span_metrics_duration_seconds_count)"),
-        Some(SPANS as f64)
-    );
-    let sum = number("sum(traces_span_metrics_duration_seconds_sum)").expect("sum");
-    assert!(
-        (sum - total_s).abs() <= 1e-6 * total_s,
-        "Prometheus says {sum} s, the spans took {total_s} s"
-    );
+    assert_red_metrics(&number, SPANS, total_s);
     assert_eq!(
         number("sum(traces_span_metrics_calls_total{cluster=\"test\",http_request_method=\"GET\"}) > 0").map(|n| n > 0.0),
         Some(true)
@@ -308,41 +321,12 @@ service:
         ),
         &[],
     );
-    let mut spans = 0;
-    let mut total_s = 0.0;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while spans < SPANS && Instant::now() < deadline {
-        for b in captured("capture/remote-write-spans") {
-            if let Records::Spans(s) = &b.records {
-                spans += s.len();
-                total_s += s
-                    .iter()
-                    .map(|s| (s.end_unix_ns - s.start_unix_ns) as f64 / 1e9)
-                    .sum::<f64>();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(spans, SPANS);
+    let total_s = spans_left("capture/remote-write-spans", SPANS);
     let number = |q: &str| -> Option<f64> { query(prometheus.port, q)?.parse().ok() };
-    let count = wait_for(
-        "Prometheus to hold every span",
-        Duration::from_secs(60),
-        || number("sum(traces_span_metrics_calls_total)").filter(|n| *n == SPANS as f64),
-    );
-    assert_eq!(count, SPANS as f64);
-    assert_eq!(
-        number("sum(traces_span_metrics_duration_seconds_count)"),
-        Some(SPANS as f64)
-    );
+    assert_red_metrics(&number, SPANS, total_s);
     assert_eq!(
         number("sum(traces_span_metrics_duration_seconds_bucket{le=\"+Inf\"})"),
         Some(SPANS as f64)
-    );
-    let sum = number("sum(traces_span_metrics_duration_seconds_sum)").expect("sum");
-    assert!(
-        (sum - total_s).abs() <= 1e-6 * total_s,
-        "Prometheus says {sum} s, the spans took {total_s} s"
     );
     assert_eq!(
         number("count(traces_span_metrics_calls_total{cluster=\"test\",http_request_method=\"GET\"}) > 0").map(|n| n > 0.0),
