@@ -75,26 +75,30 @@ if [ ${#vm_pkgs[@]} -gt 0 ]; then
   apt_install "${vm_pkgs[@]}"
 fi
 
-# Metrics peer: the Prometheus server and promtool. The tests start their own server on a port
-# of their choosing, so the package's service must not be left running (on :9090): a
-# policy-rc.d that forbids starts is in place while the package installs (unless one already is).
-step "metrics test peer: prometheus, promtool (Debian prometheus)"
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
-  say "  installing prometheus"
+# apt_install_no_services PACKAGE...: apt_install with a policy-rc.d of ours in place (unless
+# one already is), so no service a package brings starts; under systemd its unit is disabled
+# too (the tests start their own servers, on ports of their choosing).
+apt_install_no_services() {
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     policy_rc_d=/usr/sbin/policy-rc.d
     printf '#!/bin/sh\n# oxeye tests/setup.sh: no service starts while packages install\nexit 101\n' >"$policy_rc_d"
     chmod +x "$policy_rc_d"
   fi
-  apt_install --no-install-recommends prometheus
+  apt_install --no-install-recommends "$@"
   if [ -n "$policy_rc_d" ]; then
     rm -f "$policy_rc_d"
     policy_rc_d=""
   fi
-  # Under systemd the unit is enabled all the same, for the next boot: disable it.
   if [ -d /run/systemd/system ]; then
-    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    for unit in "$@"; do systemctl disable --now "$unit.service" >/dev/null 2>&1 || true; done
   fi
+}
+
+# Metrics peer: the Prometheus server and promtool.
+step "metrics test peer: prometheus, promtool (Debian prometheus)"
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  say "  installing prometheus"
+  apt_install_no_services prometheus
   # (ss output captured first: `ss | grep -q` can fail with SIGPIPE under pipefail.)
   if [[ "$(ss -Hltnp 'sport = :9090')" == *prometheus* ]]; then
     say "  stopping the prometheus service the package started"
@@ -103,6 +107,21 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     [[ "$(ss -Hltnp 'sport = :9090')" != *prometheus* ]] ||
       die "a prometheus service is still listening on :9090: stop it (the tests run their own)"
   fi
+fi
+
+# Request-span peers: servers and clients that speak HTTP, DNS and Redis (the tests run their
+# own servers on loopback with configs of their own).
+step "request-span peers: nginx, redis, dnsmasq, dig, wrk (Debian)"
+req_pkgs=()
+command -v nginx >/dev/null || req_pkgs+=(nginx)
+command -v redis-server >/dev/null || req_pkgs+=(redis-server)
+command -v redis-benchmark >/dev/null || req_pkgs+=(redis-tools)
+command -v dnsmasq >/dev/null || req_pkgs+=(dnsmasq-base)
+command -v dig >/dev/null || req_pkgs+=(bind9-dnsutils)
+command -v wrk >/dev/null || req_pkgs+=(wrk)
+if [ ${#req_pkgs[@]} -gt 0 ]; then
+  say "  installing ${req_pkgs[*]}"
+  apt_install_no_services "${req_pkgs[@]}"
 fi
 
 # Fuzzing: cargo-fuzz (tests/fuzz/run.sh runs the targets on the pinned nightly).
