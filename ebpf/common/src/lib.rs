@@ -504,3 +504,184 @@ pub const PR_EXECS: u32 = 0;
 pub const PR_EXITS: u32 = 1;
 /// Events lost: the ring buffer was full.
 pub const PR_RINGBUF_FULL: u32 = 2;
+
+// ---------------------------------------------------------------------------------------------
+// Requests (L7): connections and the first bytes of their messages
+
+/// Bytes of a message a request event can carry at most (`capture_bytes` is 1..=this).
+pub const L7_DATA_MAX: usize = 1024;
+/// Ports the `ports:` filter holds at most.
+pub const L7_MAX_PORTS: usize = 16;
+
+/// [`L7Conn::role`]: the traced process accepted the connection (it answers requests).
+pub const ROLE_SERVER: u8 = 1;
+/// The traced process connected (it makes requests).
+pub const ROLE_CLIENT: u8 = 2;
+
+/// [`L7Conn::proto`] before the first message is seen.
+pub const PROTO_UNKNOWN: u8 = 0;
+/// HTTP/1.x.
+pub const PROTO_HTTP: u8 = 1;
+/// DNS over UDP or TCP.
+pub const PROTO_DNS: u8 = 2;
+/// Redis (RESP).
+pub const PROTO_REDIS: u8 = 3;
+/// None of the configured protocols: the connection's data is not captured.
+pub const PROTO_OTHER: u8 = 0xff;
+
+/// Settings of the request programs (slot 0 of `L7_CONFIG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L7Config {
+    /// Only this process (tgid); 0 = any.
+    pub pid: u32,
+    /// Bytes captured per message (1..=L7_DATA_MAX).
+    pub capture_bytes: u32,
+    /// Only this cgroup (v2 id); 0 = any.
+    pub cgroup_id: u64,
+    /// Only tasks with this comm (NUL-padded); all zero = any.
+    pub comm: [u8; 16],
+    /// Ports of interest (the server's port of a connection); 0 ends the list, empty = any.
+    pub ports: [u16; L7_MAX_PORTS],
+    /// Bit `1 << PROTO_*` for each protocol to detect.
+    pub protocols: u32,
+    /// Not this process (oxeye's own).
+    pub exclude_pid: u32,
+}
+
+/// A tracked connection (value of `L7_CONNS`, keyed by `pid << 32 | fd`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L7Conn {
+    /// Unique per connection over the programs' life (never 0).
+    pub id: u64,
+    /// Local address (IPv4 in the first 4 bytes, network order).
+    pub local: [u8; 16],
+    /// Peer address.
+    pub remote: [u8; 16],
+    /// Local port (host order).
+    pub local_port: u16,
+    /// Peer port (host order).
+    pub remote_port: u16,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// ROLE_SERVER or ROLE_CLIENT.
+    pub role: u8,
+    /// PROTO_* (detected from the first message).
+    pub proto: u8,
+}
+
+/// [`L7Event::kind`]: bytes read from the connection.
+pub const L7_READ: u8 = 1;
+/// Bytes written to it.
+pub const L7_WRITE: u8 = 2;
+/// The connection was closed by the process (`close`).
+pub const L7_CLOSE: u8 = 3;
+
+/// One read, write or close of a tracked connection, as written to the ring buffer: the header,
+/// then `captured` bytes of data (the record is only as long as that).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct L7Event {
+    /// The connection, as tracked when it was opened.
+    pub conn: L7Conn,
+    /// Syscall entry, kernel monotonic ns.
+    pub start_ns: u64,
+    /// Syscall exit.
+    pub end_ns: u64,
+    /// Bytes the syscall moved (all of them, captured or not).
+    pub bytes: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The connection's file descriptor.
+    pub fd: u32,
+    /// CPU of the syscall's exit.
+    pub cpu: u32,
+    /// Bytes of data that follow (at most `capture_bytes`).
+    pub captured: u16,
+    /// L7_READ, L7_WRITE or L7_CLOSE.
+    pub kind: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+    /// Explicit padding.
+    pub _pad32: u32,
+    /// Task comm.
+    pub comm: [u8; 16],
+}
+
+/// Bytes of an [`L7Event`] header in the ring (its data follows).
+pub const L7_EVENT_LEN: usize = core::mem::size_of::<L7Event>();
+
+/// Slots of the request programs' per-CPU `L7_COUNTERS`.
+pub const L7_C_EVENTS: u32 = 0;
+/// Events lost: the ring buffer was full.
+pub const L7_C_RINGBUF_FULL: u32 = 1;
+/// Connections accepted or made and tracked.
+pub const L7_C_CONNECTIONS: u32 = 2;
+/// Connections not tracked: the connection map was full.
+pub const L7_C_MAP_FULL: u32 = 3;
+/// Messages longer than `capture_bytes`: the rest was not captured.
+pub const L7_C_TRUNCATED: u32 = 4;
+/// Connections whose first message is none of the configured protocols (not captured).
+pub const L7_C_OTHER_PROTOCOL: u32 = 5;
+/// Connections whose socket could not be read (addresses unknown; not tracked).
+pub const L7_C_SOCKET_UNREADABLE: u32 = 6;
+/// Counter names, by slot.
+pub const L7_COUNTER_NAMES: [&str; 7] = [
+    "ebpf_l7_events",
+    "ebpf_l7_ringbuf_full",
+    "ebpf_l7_connections",
+    "ebpf_l7_connections_map_full",
+    "ebpf_l7_capture_truncated",
+    "ebpf_l7_other_protocol",
+    "ebpf_l7_socket_unreadable",
+];
+
+/// Offsets the request programs follow from a task to a socket's addresses (from the kernel's
+/// BTF; slot 0 of `L7_OFFSETS`; `u32::MAX`: unknown).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketOffsets {
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.fd`.
+    pub fdt_fd: u32,
+    /// `file.private_data`.
+    pub file_private_data: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// `sock_common.skc_family` (in `struct sock` at 0).
+    pub skc_family: u32,
+    /// `sock_common.skc_num` (local port, host order).
+    pub skc_num: u32,
+    /// `sock_common.skc_dport` (peer port, network order).
+    pub skc_dport: u32,
+    /// `sock_common.skc_rcv_saddr`.
+    pub skc_rcv_saddr: u32,
+    /// `sock_common.skc_daddr`.
+    pub skc_daddr: u32,
+    /// `sock_common.skc_v6_rcv_saddr` (`u32::MAX` without IPv6).
+    pub skc_v6_rcv_saddr: u32,
+    /// `sock_common.skc_v6_daddr`.
+    pub skc_v6_daddr: u32,
+}
+
+#[cfg(feature = "user")]
+mod l7_pod {
+    // SAFETY: plain #[repr(C)] data: u32s, a u64 at 8, bytes, u16s; 72 bytes, no padding.
+    unsafe impl aya::Pod for super::L7Config {}
+    // SAFETY: a u64, 32 bytes, three u16s and two u8s: 48 bytes, no padding.
+    unsafe impl aya::Pod for super::L7Conn {}
+    // SAFETY: twelve u32s.
+    unsafe impl aya::Pod for super::SocketOffsets {}
+}
+
+const _: () = assert!(
+    core::mem::size_of::<L7Config>() == 72
+        && core::mem::size_of::<L7Conn>() == 48
+        && core::mem::size_of::<L7Event>() == 48 + 24 + 24 + 16
+);

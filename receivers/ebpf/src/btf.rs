@@ -260,6 +260,38 @@ pub struct ProcessOffsets {
     pub arg_end: u32,
 }
 
+/// Where the request programs find a connection's addresses: from the task to its socket
+/// (`task_struct.files`, `files_struct.fdt`, `fdtable.fd`, `file.private_data`, `socket.sk`)
+/// and the addresses in `sock_common`, in the running kernel, from its BTF. The IPv6 fields
+/// are `u32::MAX` in a kernel without IPv6; any other field missing is an error naming it.
+pub fn socket_offsets() -> Result<oxeye_ebpf_common::SocketOffsets, String> {
+    let data = std::fs::read("/sys/kernel/btf/vmlinux")
+        .map_err(|e| format!("reading /sys/kernel/btf/vmlinux: {e}"))?;
+    socket_offsets_in(&data)
+}
+
+fn socket_offsets_in(data: &[u8]) -> Result<oxeye_ebpf_common::SocketOffsets, String> {
+    let btf = Btf::parse(data)?;
+    let at = |s: &str, m: &str| btf.member(s, m).map(|(offset, _)| offset);
+    // `struct sock` begins with its `sock_common`; add where, should that ever change.
+    let common = at("sock", "__sk_common")?;
+    let skc = |m: &str| at("sock_common", m).map(|o| o + common);
+    Ok(oxeye_ebpf_common::SocketOffsets {
+        task_files: at("task_struct", "files")?,
+        files_fdt: at("files_struct", "fdt")?,
+        fdt_fd: at("fdtable", "fd")?,
+        file_private_data: at("file", "private_data")?,
+        socket_sk: at("socket", "sk")?,
+        skc_family: skc("skc_family")?,
+        skc_num: skc("skc_num")?,
+        skc_dport: skc("skc_dport")?,
+        skc_rcv_saddr: skc("skc_rcv_saddr")?,
+        skc_daddr: skc("skc_daddr")?,
+        skc_v6_rcv_saddr: skc("skc_v6_rcv_saddr").unwrap_or(u32::MAX),
+        skc_v6_daddr: skc("skc_v6_daddr").unwrap_or(u32::MAX),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +387,17 @@ mod tests {
         }
         assert!(member_offset(&blob(false)[..30], "s", "a").is_err());
         assert!(member_offset(b"nope", "s", "a").is_err());
+    }
+
+    #[test]
+    fn this_kernel_gives_the_socket_path_of_the_request_programs() {
+        let o = socket_offsets().expect("this host's kernel has BTF");
+        // sock_common's layout since 4.x: the address pair first, then the port pair.
+        assert_eq!(o.skc_daddr, 0);
+        assert_eq!(o.skc_rcv_saddr, 4);
+        assert_eq!(o.skc_dport, 12);
+        assert_eq!(o.skc_num, 14);
+        assert!(o.skc_v6_daddr != u32::MAX);
     }
 
     #[test]

@@ -297,6 +297,66 @@ impl Default for ProcessConfig {
     }
 }
 
+/// A protocol `requests:` makes spans of.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Protocol {
+    /// HTTP/1.0 and 1.1.
+    Http,
+    /// Redis (RESP2 and RESP3 commands in arrays, as clients send them).
+    Redis,
+}
+
+/// `requests:` settings: one span per request a process served or made, from the bytes its
+/// connections carry (syscall tracepoints; no change to the application).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestsConfig {
+    /// Protocols to recognise.
+    pub protocols: Vec<Protocol>,
+    /// Only connections whose server port (the local port where the process accepted, the
+    /// peer's where it connected) is one of these; empty = any.
+    pub ports: Vec<u16>,
+    /// Only this process.
+    pub pid: Option<u32>,
+    /// Only tasks with this comm (at most 15 bytes).
+    pub comm: Option<String>,
+    /// Only tasks in this cgroup v2 directory.
+    pub cgroup: Option<String>,
+    /// Bytes of each read and write captured (16..=1024): a request's head should fit.
+    pub capture_bytes: u32,
+    /// Connections tracked at once (kernel map and user-space state).
+    pub max_connections: u32,
+    /// `http.route` patterns for server spans, first match wins: `/users/{id}`, `/static/*`.
+    pub routes: Vec<String>,
+    /// Ring buffer bytes (a power of two, at least 4096).
+    pub ring_size: u32,
+    /// Longest an event waits in the ring buffer.
+    #[serde(with = "oxeye_api::config::duration")]
+    pub drain_interval: Duration,
+    /// Trace oxeye's own connections too (off: its exporters' requests would trace themselves).
+    pub include_oxeye: bool,
+}
+
+impl Default for RequestsConfig {
+    fn default() -> Self {
+        RequestsConfig {
+            protocols: vec![Protocol::Http, Protocol::Redis],
+            ports: Vec::new(),
+            pid: None,
+            comm: None,
+            cgroup: None,
+            capture_bytes: 512,
+            max_connections: 65536,
+            routes: Vec::new(),
+            ring_size: 8 << 20,
+            drain_interval: Duration::from_millis(100),
+            include_oxeye: false,
+        }
+    }
+}
+
 /// Highest `profiles.frequency` accepted by validation (the kernel may allow less).
 pub const MAX_PROFILE_FREQUENCY: u64 = 10_000;
 
@@ -312,4 +372,6 @@ pub struct EbpfConfig {
     pub profiles: Option<ProfilesConfig>,
     /// Process lifecycle events (exec, exit) as logs.
     pub process: Option<ProcessConfig>,
+    /// Request spans (HTTP, Redis) from the connections processes serve and make.
+    pub requests: Option<RequestsConfig>,
 }

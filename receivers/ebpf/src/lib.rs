@@ -4,6 +4,9 @@
 //! each watched interface, harvested every `flush_interval` into `flows` batches.
 //! `spans:` — one span per probed call (syscall tracepoint pairs, uprobes, kprobes), nested per
 //! thread into traces, with optional stacks, drained from a ring buffer into `traces` batches.
+//! `requests:` — one span per HTTP request or Redis command a process served (SERVER) or made (CLIENT), from
+//! the first bytes of what its connections carry (syscall tracepoints), joined to the caller's
+//! trace through `traceparent`.
 //! `process:` — process lifecycle events (`process.exec`, `process.exit`) from the
 //! `sched_process_exec`/`sched_process_exit` tracepoints, as `logs`.
 //! `profiles:` — CPU profiles: stacks sampled by a perf_event program on a CPU clock of every
@@ -31,6 +34,7 @@ mod flows;
 mod preflight;
 mod process;
 pub mod profiles;
+mod requests;
 mod ring;
 mod run;
 
@@ -59,7 +63,7 @@ impl Factory for EbpfFactory {
         Signal::Logs,
     ];
     const DESCRIPTION: &'static str =
-        "kernel telemetry: network flows (XDP, TC), spans (tracepoints, u/kprobes, fentry), CPU profiles (perf events), process events (logs); needs root";
+        "kernel telemetry: network flows (XDP, TC), spans (tracepoints, u/kprobes, fentry), HTTP and Redis request spans, CPU profiles (perf events), process events (logs); needs root";
     const DOCS: &'static str = include_str!("../../../docs/components/receiver-ebpf.md");
     // Span sources and flow interfaces change live; other changes replace the receiver.
     const RECONFIGURABLE: bool = true;
@@ -77,6 +81,7 @@ impl Factory for EbpfFactory {
             spans: config.spans,
             profiles: config.profiles,
             process: config.process,
+            requests: config.requests,
             resource: ctx.resource,
             telemetry: ctx.telemetry,
         }))
@@ -92,6 +97,12 @@ pub mod fuzzing {
     /// A span record (any of its three sizes) → a span, or `None`.
     pub fn span_record(item: &[u8]) -> Option<oxeye_api::Span> {
         crate::spans::record_to_span(item)
+    }
+
+    /// Request events (ring records, back to back with a u16 length before each) through one
+    /// connection tracker.
+    pub fn request_events(bytes: &[u8]) -> Vec<oxeye_api::Span> {
+        crate::requests::fuzz_events(bytes)
     }
 
     /// A profile sample record counted into a window.

@@ -52,7 +52,48 @@ pub(crate) fn check(c: &EbpfConfig) -> Result<Option<Vec<String>>, ConfigErrors>
     if c.process.is_some() {
         process_tracepoints(&mut e);
     }
+    if let Some(r) = &c.requests {
+        requests(r, &mut e);
+    }
     e.into_result().map(|()| interfaces)
+}
+
+/// `requests:` attaches to the syscall tracepoints of `requests::tracepoints()` and reads
+/// sockets at offsets from the kernel's BTF.
+fn requests(r: &RequestsConfig, e: &mut ConfigErrors) {
+    if let Some(pid) = r.pid {
+        running(pid, "requests.pid", e);
+    }
+    if let Some(path) = &r.cgroup {
+        if !Path::new(path).is_dir() {
+            e.push(
+                "requests.cgroup",
+                format!("`{path}` is not a directory: give a cgroup v2 directory, e.g. /sys/fs/cgroup/system.slice/foo.service"),
+            );
+        }
+    }
+    if let Err(why) = crate::btf::socket_offsets() {
+        e.push(
+            "requests",
+            format!("{why}: request spans read each connection's addresses from the kernel's socket at offsets its BTF gives (a kernel built with CONFIG_DEBUG_INFO_BTF)"),
+        );
+    }
+    let root = match sys::tracefs() {
+        Ok(root) => root,
+        Err(why) => {
+            e.push("requests", why.to_string());
+            return;
+        }
+    };
+    let missing: Vec<&str> = crate::requests::tracepoints()
+        .filter(|tp| !root.join("events/syscalls").join(tp).is_dir())
+        .collect();
+    if !missing.is_empty() {
+        e.push(
+            "requests",
+            format!("this kernel has no syscall tracepoints {} (CONFIG_FTRACE_SYSCALLS): request spans cannot be made here", missing.join(", ")),
+        );
+    }
 }
 
 /// `process:` attaches to `sched:sched_process_exec` and `sched:sched_process_exit`.

@@ -10,10 +10,15 @@ use crate::config::*;
 /// Checks values serde cannot: ranges, combinations, the shape of each source.
 pub(crate) fn check(c: &EbpfConfig) -> Result<(), ConfigErrors> {
     let mut e = ConfigErrors::new();
-    if c.flows.is_none() && c.spans.is_none() && c.profiles.is_none() && c.process.is_none() {
+    if c.flows.is_none()
+        && c.spans.is_none()
+        && c.profiles.is_none()
+        && c.process.is_none()
+        && c.requests.is_none()
+    {
         e.push(
             "",
-            "configure `flows:`, `spans:`, `profiles:` and/or `process:`, or nothing is collected",
+            "configure `flows:`, `spans:`, `requests:`, `profiles:` and/or `process:`, or nothing is collected",
         );
         return Err(e);
     }
@@ -33,6 +38,9 @@ pub(crate) fn check(c: &EbpfConfig) -> Result<(), ConfigErrors> {
     }
     if let Some(p) = &c.profiles {
         validate_profiles(p, &mut e);
+    }
+    if let Some(r) = &c.requests {
+        validate_requests(r, &mut e);
     }
     let Some(f) = &c.flows else {
         return e.into_result();
@@ -66,6 +74,63 @@ pub(crate) fn check(c: &EbpfConfig) -> Result<(), ConfigErrors> {
         }
     }
     e.into_result()
+}
+
+fn validate_requests(r: &RequestsConfig, e: &mut ConfigErrors) {
+    use oxeye_ebpf_common::{L7_DATA_MAX, L7_MAX_PORTS};
+    if r.protocols.is_empty() {
+        e.push(
+            "requests.protocols",
+            "empty: name at least one (http, redis)",
+        );
+    }
+    if r.ports.len() > L7_MAX_PORTS {
+        e.push(
+            "requests.ports",
+            format!("{} ports: at most {L7_MAX_PORTS}", r.ports.len()),
+        );
+    }
+    if let Some(i) = r.ports.iter().position(|&p| p == 0) {
+        e.push(
+            format!("requests.ports[{i}]"),
+            "port 0 matches no connection",
+        );
+    }
+    if !(16..=L7_DATA_MAX as u32).contains(&r.capture_bytes) {
+        e.push(
+            "requests.capture_bytes",
+            format!(
+                "{} is out of range: 16 to {L7_DATA_MAX} (a request's head should fit; 512 is usual)",
+                r.capture_bytes
+            ),
+        );
+    }
+    if r.max_connections == 0 {
+        e.push("requests.max_connections", "must be at least 1");
+    }
+    if r.ring_size < 4096 || !r.ring_size.is_power_of_two() {
+        e.push(
+            "requests.ring_size",
+            format!(
+                "must be a power of two of at least 4096 bytes, got {}",
+                r.ring_size
+            ),
+        );
+    }
+    if r.drain_interval.is_zero() {
+        e.push("requests.drain_interval", "must be greater than 0");
+    }
+    if let Some(c) = &r.comm {
+        if c.is_empty() || c.len() > 15 {
+            e.push(
+                "requests.comm",
+                format!("`{c}`: a comm is 1 to 15 bytes (the kernel cuts names there)"),
+            );
+        }
+    }
+    if let Err(why) = crate::requests::Routes::new(&r.routes) {
+        e.push("requests.routes", why);
+    }
 }
 
 fn validate_profiles(p: &ProfilesConfig, e: &mut ConfigErrors) {
@@ -217,6 +282,39 @@ fn validate_spans(s: &SpansConfig, e: &mut ConfigErrors) {
 mod tests {
     use crate::EbpfFactory;
     use oxeye_api::testing::check;
+
+    #[test]
+    fn request_config_validation() {
+        assert!(check::<EbpfFactory>("requests: {}").is_ok());
+        assert!(check::<EbpfFactory>(
+            "requests: {protocols: [http], ports: [80, 8080], comm: nginx, routes: ['/users/{id}', '/static/*']}"
+        )
+        .is_ok());
+        let e = check::<EbpfFactory>("requests: {protocols: [http, smtp]}").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unknown variant `smtp`, expected `http` or `redis`"),
+            "{e}"
+        );
+        let e = check::<EbpfFactory>(
+            "requests: {protocols: [], ports: [0], capture_bytes: 4, max_connections: 0, ring_size: 1000, drain_interval: 0s, comm: a-name-longer-than-15, routes: [users]}",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = e.0.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "requests.protocols",
+                "requests.ports[0]",
+                "requests.capture_bytes",
+                "requests.max_connections",
+                "requests.ring_size",
+                "requests.drain_interval",
+                "requests.comm",
+                "requests.routes"
+            ]
+        );
+    }
 
     #[test]
     fn config_validation() {

@@ -4,6 +4,7 @@
 mod flows;
 mod process;
 mod profiles;
+mod requests;
 mod spans;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub struct EbpfReceiver {
     pub(crate) spans: Option<SpansConfig>,
     pub(crate) profiles: Option<ProfilesConfig>,
     pub(crate) process: Option<ProcessConfig>,
+    pub(crate) requests: Option<RequestsConfig>,
     pub(crate) resource: Arc<Resource>,
     pub(crate) telemetry: Telemetry,
 }
@@ -68,6 +70,15 @@ impl Receiver for EbpfReceiver {
         let process = async {
             match this.process.clone().filter(|_| ctx.wants(Signal::Logs)) {
                 Some(cfg) => process::run_process(&ctx, cfg, &this.resource, &this.telemetry).await,
+                None => Ok(()),
+            }
+        };
+        let requests_now = this.requests.clone();
+        let requests = async {
+            match this.requests.clone().filter(|_| ctx.wants(Signal::Traces)) {
+                Some(cfg) => {
+                    requests::run_requests(&ctx, cfg, &this.resource, &this.telemetry).await
+                }
                 None => Ok(()),
             }
         };
@@ -152,6 +163,9 @@ impl Receiver for EbpfReceiver {
                             return Err(format!("`{part}:` added, removed or not running"));
                         }
                     }
+                    if new.requests != requests_now {
+                        return Err("`requests:` changed (its programs restart)".to_string());
+                    }
                     if new.process != process_now {
                         return Err("`process:` changed (its programs restart)".to_string());
                     }
@@ -188,7 +202,7 @@ impl Receiver for EbpfReceiver {
         // Either half failing ends the receiver at once (the other half is dropped, which
         // detaches its programs); the engine then marks it unhealthy and shuts everything down.
         tokio::select! {
-            r = async { tokio::try_join!(flows, tracing, process).map(|_| ()) } => r,
+            r = async { tokio::try_join!(flows, tracing, process, requests).map(|_| ()) } => r,
             _ = dispatch => unreachable!("pends forever"),
         }
     }

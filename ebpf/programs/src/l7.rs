@@ -1,0 +1,528 @@
+//! Requests (L7): the connections processes accept and make, and the first bytes of what they
+//! read and write on them, for user space to parse into request spans.
+//!
+//! Syscall tracepoints only (what every kernel with tracepoints has): `accept`/`accept4` and
+//! `connect` exits start tracking a connection (`L7_CONNS`, keyed by process and fd, with its
+//! addresses read from the socket at offsets user space takes from the kernel's BTF); `read`,
+//! `write`, `readv`, `writev`, `recvfrom`, `sendto`, `recvmsg`, `sendmsg` and `sendfile` on a
+//! tracked connection write one [`L7Event`] each with up to `capture_bytes` of the data;
+//! `close` ends the tracking. The protocol is detected from the first message: a connection
+//! that speaks none of the configured protocols is marked and costs one map lookup a call from
+//! then on, as does any untracked fd.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, generated,
+    },
+    macros::{btf_map, map, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+mod task_storage;
+use oxeye_ebpf_common::{
+    L7Config, L7Conn, L7Event, SocketOffsets, L7_CLOSE, L7_C_CONNECTIONS, L7_C_EVENTS,
+    L7_C_MAP_FULL, L7_C_OTHER_PROTOCOL, L7_C_RINGBUF_FULL, L7_C_SOCKET_UNREADABLE, L7_C_TRUNCATED,
+    L7_DATA_MAX, L7_EVENT_LEN, L7_MAX_PORTS, L7_READ, L7_WRITE, PROTO_DNS, PROTO_HTTP, PROTO_OTHER,
+    PROTO_REDIS, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER,
+};
+use task_storage::TaskStorage;
+
+#[map]
+static L7_CONFIG: Array<L7Config> = Array::with_max_entries(1, 0);
+#[map]
+static L7_OFFSETS: Array<SocketOffsets> = Array::with_max_entries(1, 0);
+/// `pid << 32 | fd` → connection. User space sets the size (`max_connections`) and removes
+/// the entries of processes that exited without closing.
+#[map]
+static L7_CONNS: HashMap<u64, L7Conn> = HashMap::with_max_entries(65536, 0);
+/// User space sets the size (`ring_size`).
+#[map]
+static L7_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+/// Where an event is put together before it is copied to the ring at its own length.
+#[map]
+static L7_SCRATCH: PerCpuArray<[u8; L7_EVENT_LEN + L7_DATA_MAX]> =
+    PerCpuArray::with_max_entries(1, 0);
+/// Indexed by `L7_C_*`.
+#[map]
+static L7_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
+/// Per-CPU count of connections, for their ids.
+#[map]
+static L7_NEXT_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A syscall in progress on a thread, from its entry to its exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Pending {
+    /// One of the `CALL_*`; 0: none.
+    call: u32,
+    fd: u32,
+    /// The data buffer, iovec array or msghdr, by call.
+    buf: u64,
+    start_ns: u64,
+}
+
+#[btf_map]
+static L7_PENDING: TaskStorage<Pending> = TaskStorage::new();
+
+/// Wake the reader once this many bytes wait in the ring (set at load).
+#[unsafe(no_mangle)]
+static L7_WAKEUP_BYTES: u64 = 262144;
+
+const CALL_ACCEPT: u32 = 1;
+const CALL_CONNECT: u32 = 2;
+const CALL_READ: u32 = 3;
+const CALL_WRITE: u32 = 4;
+
+/// How a data call's buffer argument points at its bytes.
+const BUF_PLAIN: u32 = 0;
+/// An iovec array (readv, writev): the first iovec is captured.
+const BUF_IOV: u32 = 1 << 4;
+/// A msghdr (recvmsg, sendmsg): its first iovec is captured.
+const BUF_MSG: u32 = 2 << 4;
+/// No bytes to capture (sendfile: the count only).
+const BUF_NONE: u32 = 3 << 4;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EINPROGRESS: i64 = 115;
+
+#[inline(always)]
+fn count(counter: u32) {
+    if let Some(c) = L7_COUNTERS.get_ptr_mut(counter) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn conn_key(fd: u64) -> u64 {
+    (bpf_get_current_pid_tgid() & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff)
+}
+
+/// Whether the current task passes the pid, comm and cgroup filters.
+#[inline(always)]
+fn admitted(cfg: &L7Config) -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if (cfg.pid != 0 && cfg.pid != tgid) || tgid == cfg.exclude_pid {
+        return false;
+    }
+    if cfg.comm[0] != 0 {
+        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        let (a, b) = (comm.as_ptr() as *const u64, cfg.comm.as_ptr() as *const u64);
+        if unsafe { a.read_unaligned() != b.read() || a.add(1).read_unaligned() != b.add(1).read() }
+        {
+            return false;
+        }
+    }
+    cfg.cgroup_id == 0 || unsafe { bpf_get_current_cgroup_id() } == cfg.cgroup_id
+}
+
+/// The `T` at `base + offset` in kernel memory (`None`: offset unknown or the read failed).
+#[inline(always)]
+fn kernel<T: Copy>(base: u64, offset: u32) -> Option<T> {
+    if offset == u32::MAX || base == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
+}
+
+#[inline(always)]
+fn user<T: Copy>(at: u64) -> Option<T> {
+    if at == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_user(at as *const T) }.ok()
+}
+
+/// The addresses of the socket open as `fd` in the current task: task → files → fdtable →
+/// file → socket → sock.
+#[inline(always)]
+fn socket_of(fd: u64, role: u8) -> Option<L7Conn> {
+    let o = L7_OFFSETS.get(0)?;
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = kernel(task, o.task_files)?;
+    let fdt: u64 = kernel(files, o.files_fdt)?;
+    let fds: u64 = kernel(fdt, o.fdt_fd)?;
+    let file: u64 = kernel(fds + (fd & 0xffff_ffff) * 8, 0)?;
+    let sock: u64 = kernel(file, o.file_private_data)?;
+    let sk: u64 = kernel(sock, o.socket_sk)?;
+    let family: u16 = kernel(sk, o.skc_family)?;
+    let mut c = L7Conn {
+        role,
+        family,
+        local_port: kernel(sk, o.skc_num)?,
+        remote_port: u16::from_be(kernel(sk, o.skc_dport)?),
+        ..L7Conn::default()
+    };
+    match family {
+        AF_INET => {
+            let l: [u8; 4] = kernel(sk, o.skc_rcv_saddr)?;
+            let r: [u8; 4] = kernel(sk, o.skc_daddr)?;
+            c.local[..4].copy_from_slice(&l);
+            c.remote[..4].copy_from_slice(&r);
+        }
+        AF_INET6 => {
+            c.local = kernel(sk, o.skc_v6_rcv_saddr)?;
+            c.remote = kernel(sk, o.skc_v6_daddr)?;
+        }
+        _ => return None,
+    }
+    Some(c)
+}
+
+/// Whether the connection's server port (local for a server, peer for a client) is one of the
+/// configured ports (any, when none is configured).
+#[inline(always)]
+fn port_wanted(cfg: &L7Config, c: &L7Conn) -> bool {
+    let port = if c.role == ROLE_SERVER {
+        c.local_port
+    } else {
+        c.remote_port
+    };
+    if cfg.ports[0] == 0 {
+        return true;
+    }
+    let mut hit = false;
+    for i in 0..L7_MAX_PORTS {
+        hit |= cfg.ports[i] == port;
+    }
+    hit
+}
+
+/// Starts tracking the connection just opened as `fd`.
+#[inline(always)]
+fn track(fd: u64, role: u8) {
+    let Some(cfg) = L7_CONFIG.get(0) else { return };
+    let Some(mut c) = socket_of(fd, role) else {
+        count(L7_C_SOCKET_UNREADABLE);
+        return;
+    };
+    if !port_wanted(cfg, &c) {
+        return;
+    }
+    let Some(n) = L7_NEXT_ID.get_ptr_mut(0) else {
+        return;
+    };
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    unsafe { *n += 1 };
+    c.id = (unsafe { *n } << 12) | (cpu & 0xfff);
+    if cfg.protocols & (1 << PROTO_DNS) != 0
+        && ((role == ROLE_SERVER && c.local_port == 53)
+            || (role == ROLE_CLIENT && c.remote_port == 53))
+    {
+        c.proto = PROTO_DNS;
+    }
+    if L7_CONNS.insert(&conn_key(fd), &c, BPF_ANY as u64).is_err() {
+        count(L7_C_MAP_FULL);
+        return;
+    }
+    count(L7_C_CONNECTIONS);
+}
+
+/// Records a call in progress for its exit.
+#[inline(always)]
+fn begin(call: u32, fd: u64, buf: u64) {
+    let Some(p) = L7_PENDING.get_or_create() else {
+        return;
+    };
+    let p = unsafe { &mut *p };
+    p.call = call;
+    p.fd = fd as u32;
+    p.buf = buf;
+    p.start_ns = unsafe { bpf_ktime_get_ns() };
+}
+
+/// The call begun on this thread, taken (`None`: none, or a different call).
+#[inline(always)]
+fn finish(call: u32) -> Option<Pending> {
+    let p = unsafe { &mut *L7_PENDING.get()? };
+    let taken = *p;
+    p.call = 0;
+    (taken.call == call).then_some(taken)
+}
+
+#[tracepoint]
+pub fn oxeye_l7_accept_enter(_ctx: TracePointContext) -> u32 {
+    if L7_CONFIG.get(0).is_some_and(admitted) {
+        begin(CALL_ACCEPT, 0, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn oxeye_l7_accept_exit(ctx: TracePointContext) -> u32 {
+    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
+    if finish(CALL_ACCEPT).is_some() && ret >= 0 {
+        track(ret as u64, ROLE_SERVER);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn oxeye_l7_connect_enter(ctx: TracePointContext) -> u32 {
+    let fd: u64 = unsafe { ctx.read_at(16) }.unwrap_or(u64::MAX);
+    if L7_CONFIG.get(0).is_some_and(admitted) {
+        begin(CALL_CONNECT, fd, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn oxeye_l7_connect_exit(ctx: TracePointContext) -> u32 {
+    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
+    if let Some(p) = finish(CALL_CONNECT) {
+        if ret == 0 || ret == -EINPROGRESS {
+            track(p.fd as u64, ROLE_CLIENT);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn oxeye_l7_close(ctx: TracePointContext) -> u32 {
+    let fd: u64 = unsafe { ctx.read_at(16) }.unwrap_or(u64::MAX);
+    let key = conn_key(fd);
+    let Some(c) = (unsafe { L7_CONNS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = L7_CONNS.remove(&key);
+    if c.proto != PROTO_OTHER {
+        let now = unsafe { bpf_ktime_get_ns() };
+        emit(&c, L7_CLOSE, fd, now, now, 0, 0, 0);
+    }
+    0
+}
+
+/// Entry of a data call: remembered only on a tracked connection of a wanted protocol.
+#[inline(always)]
+fn data_enter(ctx: &TracePointContext, call: u32) -> u32 {
+    let fd: u64 = unsafe { ctx.read_at(16) }.unwrap_or(u64::MAX);
+    let Some(c) = (unsafe { L7_CONNS.get(&conn_key(fd)) }) else {
+        return 0;
+    };
+    if c.proto == PROTO_OTHER {
+        return 0;
+    }
+    let buf: u64 = unsafe { ctx.read_at(24) }.unwrap_or(0);
+    begin(call, fd, buf);
+    0
+}
+
+/// Where the bytes of a data call start, and how many of them one read can take.
+#[inline(always)]
+fn data_start(p: &Pending, ret: u64) -> Option<(u64, u64)> {
+    match p.call & 0xf0 {
+        BUF_PLAIN => Some((p.buf, ret)),
+        BUF_IOV => {
+            let base: u64 = user(p.buf)?;
+            let len: u64 = user(p.buf + 8)?;
+            Some((base, len.min(ret)))
+        }
+        BUF_MSG => {
+            // struct user_msghdr: msg_iov at 16.
+            let iov: u64 = user(p.buf + 16)?;
+            let base: u64 = user(iov)?;
+            let len: u64 = user(iov + 8)?;
+            Some((base, len.min(ret)))
+        }
+        _ => None,
+    }
+}
+
+/// The protocol the first bytes of a connection speak (among the configured ones).
+#[inline(always)]
+fn detect(cfg: &L7Config, head: u64) -> u8 {
+    let w = head as u32;
+    let http = [
+        *b"GET ", *b"POST", *b"PUT ", *b"HEAD", *b"DELE", *b"PATC", *b"OPTI", *b"CONN", *b"TRAC",
+        *b"HTTP",
+    ];
+    if cfg.protocols & (1 << PROTO_HTTP) != 0 {
+        let mut hit = false;
+        for m in http {
+            hit |= w == u32::from_le_bytes(m);
+        }
+        if hit {
+            return PROTO_HTTP;
+        }
+    }
+    let (b0, b1) = (head as u8, (head >> 8) as u8);
+    if cfg.protocols & (1 << PROTO_REDIS) != 0 && b0 == b'*' && b1.is_ascii_digit() {
+        return PROTO_REDIS;
+    }
+    PROTO_OTHER
+}
+
+/// Exit of a data call: the event, with the first bytes.
+#[inline(always)]
+fn data_exit(ctx: &TracePointContext, call: u32, kind: u8) -> u32 {
+    let Some(p) = finish(call) else { return 0 };
+    let end_ns = unsafe { bpf_ktime_get_ns() };
+    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
+    if ret <= 0 {
+        return 0;
+    }
+    let fd = p.fd as u64;
+    let Some(c) = L7_CONNS.get_ptr_mut(&conn_key(fd)) else {
+        return 0;
+    };
+    let c = unsafe { &mut *c };
+    let Some(cfg) = L7_CONFIG.get(0) else {
+        return 0;
+    };
+    let (start, len) = data_start(&p, ret as u64).unwrap_or((0, 0));
+    if c.proto == PROTO_UNKNOWN {
+        if p.call & 0xf0 == BUF_NONE || len < 4 {
+            return 0;
+        }
+        c.proto = detect(cfg, user::<u32>(start).unwrap_or(0) as u64);
+        if c.proto == PROTO_OTHER {
+            count(L7_C_OTHER_PROTOCOL);
+            return 0;
+        }
+    }
+    let cap = (cfg.capture_bytes as u64).min(L7_DATA_MAX as u64);
+    let take = if start == 0 { 0 } else { len.min(cap) };
+    if (ret as u64) > take {
+        count(L7_C_TRUNCATED);
+    }
+    emit(c, kind, fd, p.start_ns, end_ns, ret as u64, start, take);
+    0
+}
+
+/// Writes one event with `take` bytes from user memory at `src`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit(
+    c: &L7Conn,
+    kind: u8,
+    fd: u64,
+    start_ns: u64,
+    end_ns: u64,
+    bytes: u64,
+    src: u64,
+    take: u64,
+) {
+    let Some(buf) = L7_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let ev = buf as *mut L7Event;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut take = take;
+    unsafe {
+        (*ev).conn = *c;
+        (*ev).start_ns = start_ns;
+        (*ev).end_ns = end_ns;
+        (*ev).bytes = bytes;
+        (*ev).pid = (pid_tgid >> 32) as u32;
+        (*ev).tid = pid_tgid as u32;
+        (*ev).fd = fd as u32;
+        (*ev).cpu = bpf_get_smp_processor_id();
+        (*ev).kind = kind;
+        (*ev)._pad = 0;
+        (*ev)._pad32 = 0;
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        if take > L7_DATA_MAX as u64 {
+            take = L7_DATA_MAX as u64;
+        }
+        if take > 0 {
+            let dst = (buf as *mut u8).add(L7_EVENT_LEN);
+            let r = generated::bpf_probe_read_user(
+                dst.cast(),
+                take as u32,
+                src as *const core::ffi::c_void,
+            );
+            if r != 0 {
+                take = 0;
+            }
+        }
+        (*ev).captured = take as u16;
+    }
+    let len = (L7_EVENT_LEN as u64 + take) as usize;
+    if len > L7_EVENT_LEN + L7_DATA_MAX {
+        return;
+    }
+    let flags = if L7_EVENTS.query(BPF_RB_AVAIL_DATA as u64)
+        >= unsafe { core::ptr::read_volatile(&L7_WAKEUP_BYTES) }
+    {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    } as u64;
+    let data = unsafe { core::slice::from_raw_parts(buf as *const u8, len) };
+    if L7_EVENTS.output::<[u8]>(data, flags).is_err() {
+        count(L7_C_RINGBUF_FULL);
+        return;
+    }
+    count(L7_C_EVENTS);
+}
+
+macro_rules! data_pair {
+    ($enter:ident, $exit:ident, $call:expr, $kind:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            data_enter(&ctx, $call)
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            data_exit(&ctx, $call, $kind)
+        }
+    };
+}
+
+data_pair!(
+    oxeye_l7_read_enter,
+    oxeye_l7_read_exit,
+    CALL_READ | BUF_PLAIN,
+    L7_READ
+);
+data_pair!(
+    oxeye_l7_write_enter,
+    oxeye_l7_write_exit,
+    CALL_WRITE | BUF_PLAIN,
+    L7_WRITE
+);
+data_pair!(
+    oxeye_l7_readv_enter,
+    oxeye_l7_readv_exit,
+    CALL_READ | BUF_IOV,
+    L7_READ
+);
+data_pair!(
+    oxeye_l7_writev_enter,
+    oxeye_l7_writev_exit,
+    CALL_WRITE | BUF_IOV,
+    L7_WRITE
+);
+data_pair!(
+    oxeye_l7_recvmsg_enter,
+    oxeye_l7_recvmsg_exit,
+    CALL_READ | BUF_MSG,
+    L7_READ
+);
+data_pair!(
+    oxeye_l7_sendmsg_enter,
+    oxeye_l7_sendmsg_exit,
+    CALL_WRITE | BUF_MSG,
+    L7_WRITE
+);
+data_pair!(
+    oxeye_l7_sendfile_enter,
+    oxeye_l7_sendfile_exit,
+    CALL_WRITE | BUF_NONE,
+    L7_WRITE
+);
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,513 @@
+//! Kernel test (root): request spans. A real nginx on loopback, driven by curl and by a Python
+//! `http.client` load (keep-alive, pipelining), gives one SERVER span per request — method,
+//! path, route, status, and a duration inside what the client measured — and a request with a
+//! `traceparent` joins that trace. A Python `http.server` that calls nginx while it answers
+//! gives a CLIENT span that is its SERVER span's child. All through `oxeye run` to JSON lines.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use oxeye_tests::netns::require_root;
+use oxeye_tests::{free_port, oxeye_bin, temp_config, wait_port, KillOnDrop};
+use serde_json::Value;
+
+/// nginx in the foreground, with a config of the test's own, serving on `port`.
+fn nginx(dir: &Path, port: u16) -> KillOnDrop {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;
+master_process off;
+worker_processes 1;
+error_log {d}/error.log;
+pid {d}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_requests 1000;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /ok {{ return 200 \"ok\\n\"; }}
+    location /users/ {{ return 200 \"user\\n\"; }}
+    location = /missing {{ return 404; }}
+    location = /fail {{ return 500 \"boom\\n\"; }}
+    location = /big {{ alias {d}/big.txt; }}
+  }}
+}}
+",
+            d = dir.display()
+        ),
+    )
+    .expect("nginx.conf");
+    std::fs::write(dir.join("big.txt"), "x".repeat(100_000)).expect("big.txt");
+    let child = Command::new("nginx")
+        .args(["-c"])
+        .arg(&conf)
+        .args(["-p"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start nginx (tests/setup.sh installs it)");
+    let child = KillOnDrop(child);
+    wait_port(port);
+    child
+}
+
+/// `oxeye run` with `requests:` on `ports`, spans to JSON lines; returns once attached.
+fn oxeye(
+    name: &str,
+    ports: &[u16],
+) -> (
+    KillOnDrop,
+    Receiver<String>,
+    std::thread::JoinHandle<String>,
+    std::thread::JoinHandle<String>,
+) {
+    let cfg = temp_config(
+        name,
+        &format!(
+            "receivers:
+  ebpf:
+    requests:
+      ports: {ports:?}
+      routes: ['/users/{{id}}', '/ok']
+exporters:
+  stdout: {{format: json}}
+service:
+  pipelines:
+    traces: {{receivers: [ebpf], exporters: [stdout]}}
+"
+        ),
+    );
+    let mut ox = KillOnDrop(
+        Command::new(oxeye_bin())
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .env_remove("OXEYE_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start oxeye"),
+    );
+    let (rx, reader) = oxeye_tests::follow(ox.0.stderr.take().expect("stderr"));
+    let mut pipe = ox.0.stdout.take().expect("stdout");
+    let stdout = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = pipe.read_to_string(&mut out);
+        out
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("oxeye did not attach the request programs");
+        assert!(!line.contains("ERROR"), "{line}");
+        if line.contains("syscall tracepoints attached") {
+            break;
+        }
+    }
+    (ox, rx, reader, stdout)
+}
+
+/// Stops oxeye; its spans (JSON lines) and stderr.
+fn stop(
+    mut ox: KillOnDrop,
+    reader: std::thread::JoinHandle<String>,
+    stdout: std::thread::JoinHandle<String>,
+) -> (Vec<Value>, String) {
+    // The reader drains every 100 ms.
+    std::thread::sleep(Duration::from_millis(400));
+    oxeye_tests::signal(&ox.0, libc::SIGINT);
+    let status = ox.0.wait().expect("oxeye exit");
+    let stderr = reader.join().expect("stderr reader");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let spans = stdout
+        .join()
+        .expect("stdout reader")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    (spans, stderr)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run client");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn python() -> Command {
+    Command::new("python3")
+}
+
+/// A client load: keep-alive requests over one `http.client` connection, then three requests
+/// pipelined in one write; prints one JSON line per request with the client's own times.
+const CLIENT: &str = r#"
+import http.client, json, socket, sys, time
+port = int(sys.argv[1])
+c = http.client.HTTPConnection("127.0.0.1", port)
+for i in range(20):
+    path = ["/ok", "/users/%d" % i, "/missing", "/fail"][i % 4]
+    t0 = time.time_ns()
+    c.request("GET", path, headers={"X-Req": str(i)})
+    r = c.getresponse()
+    r.read()
+    t1 = time.time_ns()
+    print(json.dumps({"path": path, "status": r.status, "start": t0, "end": t1}))
+c.close()
+s = socket.create_connection(("127.0.0.1", port))
+t0 = time.time_ns()
+s.sendall(b"".join(b"GET /users/p%d HTTP/1.1\r\nHost: pipelined\r\n\r\n" % i for i in range(3)))
+got = b""
+while got.count(b"HTTP/1.1 200") < 3 or not got.endswith(b"user\n"):
+    got += s.recv(65536)
+t1 = time.time_ns()
+s.close()
+for i in range(3):
+    print(json.dumps({"path": "/users/p%d" % i, "status": 200, "start": t0, "end": t1}))
+"#;
+
+fn attr<'a>(s: &'a Value, k: &str) -> &'a Value {
+    &s[k]
+}
+
+#[test]
+fn nginx_requests_become_server_spans_joined_to_their_callers_traces() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("oxeye-requests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let (ox, _rx, reader, stdout) = oxeye("requests-nginx", &[port]);
+    let _nginx = nginx(&dir, port);
+
+    // curl: one connection, several requests (keep-alive), and one with a traceparent.
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    run(Command::new("curl").args(["-s", "-o", "/dev/null"]).args([
+        url("/ok"),
+        url("/missing"),
+        url("/big"),
+    ]));
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    run(Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-H"])
+        .arg(format!("traceparent: {tp}"))
+        .arg(url("/users/7")));
+    let client: Vec<Value> = run(python().args(["-c", CLIENT, &port.to_string()]))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("client line"))
+        .collect();
+    assert_eq!(client.len(), 23);
+
+    let (spans, stderr) = stop(ox, reader, stdout);
+    let nginx_spans: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["process.executable.name"] == "nginx")
+        .collect();
+    for s in &nginx_spans {
+        assert_eq!(s["kind"], "server", "{s}");
+        assert_eq!(attr(s, "server.port"), port, "{s}");
+        assert_eq!(attr(s, "client.address"), "127.0.0.1", "{s}");
+        assert_eq!(attr(s, "network.protocol.version"), "1.1", "{s}");
+    }
+    // curl's four requests.
+    let by_path = |p: &str| -> Vec<&Value> {
+        nginx_spans
+            .iter()
+            .copied()
+            .filter(|s| attr(s, "url.path") == p)
+            .collect()
+    };
+    let ok = by_path("/ok");
+    assert_eq!(
+        ok.len(),
+        1 + 5,
+        "curl's /ok and the client's five: {stderr}"
+    );
+    assert!(ok
+        .iter()
+        .all(|s| s["name"] == "GET /ok" && attr(s, "http.route") == "/ok"));
+    let missing = by_path("/missing");
+    assert_eq!(missing.len(), 1 + 5);
+    assert!(missing
+        .iter()
+        .all(|s| attr(s, "http.response.status_code") == 404 && s["status"] == "unset"));
+    let fail = by_path("/fail");
+    assert_eq!(fail.len(), 5);
+    assert!(fail
+        .iter()
+        .all(|s| attr(s, "http.response.status_code") == 500 && s["status"] == "error"));
+    let big = by_path("/big");
+    assert_eq!(big.len(), 1);
+    assert_eq!(attr(big[0], "http.response.status_code"), 200);
+    assert!(big[0]["name"] == "GET", "no route for /big: {}", big[0]);
+    // The traceparent request joins the caller's trace, as the child of its span.
+    let joined = by_path("/users/7");
+    assert_eq!(joined.len(), 1);
+    assert_eq!(joined[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(joined[0]["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(joined[0]["name"], "GET /users/{id}");
+    // Every client request: one span, inside the client's own measured time.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for c in &client {
+        let path = c["path"].as_str().expect("path");
+        let candidates: Vec<&&Value> = nginx_spans
+            .iter()
+            .filter(|s| attr(s, "url.path") == path)
+            .filter(|s| {
+                let (start, end) = (
+                    s["start_time_unix_nano"].as_u64().unwrap(),
+                    s["end_time_unix_nano"].as_u64().unwrap(),
+                );
+                // 1 ms for the two clocks' conversion.
+                start + 1_000_000 >= c["start"].as_u64().unwrap()
+                    && end <= c["end"].as_u64().unwrap() + 1_000_000
+            })
+            .collect();
+        *seen.entry(path.to_string()).or_default() += 1;
+        assert!(
+            !candidates.is_empty(),
+            "no span of {path} inside the client's time {c}: {:?}",
+            by_path(path)
+        );
+        assert!(candidates
+            .iter()
+            .all(|s| *attr(s, "http.response.status_code") == c["status"]));
+    }
+    for p in ["/users/p0", "/users/p1", "/users/p2"] {
+        let s = by_path(p);
+        assert_eq!(s.len(), 1, "pipelined {p}");
+        assert_eq!(attr(s[0], "server.address"), "pipelined");
+    }
+    let total = 4 + 23;
+    assert_eq!(
+        nginx_spans.len(),
+        total,
+        "one span per request, no more: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Python `http.server` that calls nginx's /ok while it answers.
+const SERVER: &str = r#"
+import http.client, http.server, sys
+upstream = int(sys.argv[2])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        c = http.client.HTTPConnection("127.0.0.1", upstream)
+        c.request("GET", "/ok")
+        body = c.getresponse().read()
+        c.close()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+#[test]
+fn a_call_made_while_serving_is_the_server_spans_child() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("oxeye-requests-child-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (nginx_port, py_port) = (free_port(), free_port());
+    let (ox, _rx, reader, stdout) = oxeye("requests-child", &[nginx_port, py_port]);
+    let _nginx = nginx(&dir, nginx_port);
+    let server: Child = python()
+        .args(["-c", SERVER, &py_port.to_string(), &nginx_port.to_string()])
+        .spawn()
+        .expect("python server");
+    let server = KillOnDrop(server);
+    wait_port(py_port);
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    for _ in 0..3 {
+        run(Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-H"])
+            .arg(format!("traceparent: {tp}"))
+            .arg(format!("http://127.0.0.1:{py_port}/front")));
+    }
+    drop(server);
+    let (spans, stderr) = stop(ox, reader, stdout);
+    let py: Vec<&Value> = spans
+        .iter()
+        .filter(|s| {
+            s["process.executable.name"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("python"))
+        })
+        .collect();
+    let servers: Vec<&&Value> = py.iter().filter(|s| s["kind"] == "server").collect();
+    let clients: Vec<&&Value> = py.iter().filter(|s| s["kind"] == "client").collect();
+    assert_eq!(servers.len(), 3, "{stderr}\n{py:#?}");
+    assert_eq!(clients.len(), 3, "{py:#?}");
+    for c in &clients {
+        assert_eq!(attr(c, "url.path"), "/ok");
+        assert_eq!(attr(c, "server.port"), nginx_port);
+        assert_eq!(attr(c, "http.response.status_code"), 200);
+        let parent = servers
+            .iter()
+            .find(|s| s["span_id"] == c["parent_span_id"])
+            .unwrap_or_else(|| panic!("the client span's parent is no server span: {c}"));
+        assert_eq!(parent["trace_id"], c["trace_id"]);
+        assert_eq!(parent["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(parent["parent_span_id"], "b7ad6b7169203331");
+        assert_eq!(parent["thread.id"], c["thread.id"]);
+        let (ps, pe) = (
+            parent["start_time_unix_nano"].as_u64().unwrap(),
+            parent["end_time_unix_nano"].as_u64().unwrap(),
+        );
+        let (cs, ce) = (
+            c["start_time_unix_nano"].as_u64().unwrap(),
+            c["end_time_unix_nano"].as_u64().unwrap(),
+        );
+        assert!(
+            ps <= cs && ce <= pe,
+            "the child runs inside its parent: {parent} {c}"
+        );
+    }
+    // nginx saw the three calls as SERVER spans of its own.
+    let upstream = spans
+        .iter()
+        .filter(|s| s["process.executable.name"] == "nginx" && s["kind"] == "server")
+        .count();
+    assert_eq!(upstream, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_port_filter_that_matches_nothing_says_so() {
+    require_root();
+    let port = free_port();
+    let (ox, rx, reader, stdout) = oxeye("requests-nothing", &[port]);
+    // The start warning comes right after the attach line.
+    let warned = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a warning after the attach line");
+    assert!(
+        warned.contains(&format!("nothing on this host listens on port {port} now")),
+        "{warned}"
+    );
+    let (spans, stderr) = stop(ox, reader, stdout);
+    assert!(spans.is_empty());
+    assert!(
+        stderr.contains("requests: no connection was opened that the filters let through"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn redis_commands_become_spans_one_per_command() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("oxeye-requests-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let (ox, _rx, reader, stdout) = oxeye("requests-redis", &[port]);
+    let server = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server (tests/setup.sh installs it)");
+    let _server = KillOnDrop(server);
+    wait_port(port);
+    let cli = |args: &[&str]| {
+        run(Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args))
+    };
+    cli(&["SET", "greeting", "hello"]);
+    assert_eq!(cli(&["GET", "greeting"]).trim(), "hello");
+    // An error reply: INCR of a string.
+    assert!(cli(&["INCR", "greeting"]).contains("not an integer"));
+    // A value far larger than what is captured, then a command after it on the same
+    // connection (pipelined through stdin).
+    let big = "x".repeat(100_000);
+    let mut pipe = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-cli");
+    {
+        use std::io::Write;
+        let mut stdin = pipe.stdin.take().expect("stdin");
+        writeln!(stdin, "SET big {big}").expect("write");
+        writeln!(stdin, "STRLEN big").expect("write");
+    }
+    assert!(pipe.wait().expect("redis-cli").success());
+    // redis-benchmark: 5 connections, 1 000 SETs and 1 000 GETs, 10 pipelined at a time.
+    run(Command::new("redis-benchmark").args([
+        "-p",
+        &port.to_string(),
+        "-n",
+        "1000",
+        "-c",
+        "5",
+        "-P",
+        "10",
+        "-t",
+        "set,get",
+        "-q",
+    ]));
+    let (spans, stderr) = stop(ox, reader, stdout);
+    let server: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["process.executable.name"] == "redis-server")
+        .collect();
+    let count = |op: &str| {
+        server
+            .iter()
+            .filter(|s| attr(s, "db.operation.name") == op)
+            .count()
+    };
+    for s in &server {
+        assert_eq!(s["kind"], "server", "{s}");
+        assert_eq!(attr(s, "db.system.name"), "redis", "{s}");
+        assert_eq!(attr(s, "server.port"), port, "{s}");
+    }
+    // The benchmark's 1 000 of each, and the CLI's.
+    assert_eq!(count("SET"), 1000 + 2, "{stderr}");
+    assert_eq!(count("GET"), 1000 + 1);
+    assert_eq!(count("STRLEN"), 1);
+    let incr: Vec<&&Value> = server.iter().filter(|s| s["name"] == "INCR").collect();
+    assert_eq!(incr.len(), 1);
+    assert_eq!(incr[0]["status"], "error");
+    assert_eq!(attr(incr[0], "db.response.status_code"), "ERR");
+    assert!(server
+        .iter()
+        .filter(|s| s["name"] != "INCR")
+        .all(|s| s["status"] == "unset"));
+    // The clients' side: redis-benchmark's commands as CLIENT spans.
+    let client_sets = spans
+        .iter()
+        .filter(|s| s["process.executable.name"] == "redis-benchmark" && s["name"] == "SET")
+        .count();
+    assert_eq!(client_sets, 1000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
