@@ -362,10 +362,15 @@ fn cpu_profiles_split_3_to_1(series: &str) {
         err.contains(" 0 dropped, 0 lost in the kernel"),
         "oxeye lost samples\n{context}"
     );
+    // The split is a ratio of two sample counts: besides the emulator's late timers, it moves
+    // by chance with about 3·√(1/a + 1/b) (0.1 for 4 600 samples: CI saw 2.69). The host tier
+    // holds 3.0 ± 0.3; here the bound is that or four of those deviations, whichever is wider —
+    // a wrong attribution (2 : 1, 1 : 1) still fails.
     let ratio = a as f64 / b.max(1) as f64;
+    let spread = (4.0 * 3.0 * (1.0 / a.max(1) as f64 + 1.0 / b.max(1) as f64).sqrt()).max(0.3);
     assert!(
-        (2.7..=3.3).contains(&ratio),
-        "hot_a {a} : hot_b {b} = {ratio:.2}, expected 3.0 ± 0.3\n{context}"
+        (3.0 - spread..=3.0 + spread).contains(&ratio),
+        "hot_a {a} : hot_b {b} = {ratio:.2}, expected 3.0 ± {spread:.2}\n{context}"
     );
 }
 
