@@ -106,11 +106,13 @@ pub fn harvest(n: u32) -> Result<HarvestFigures, String> {
     Ok(figures)
 }
 
-/// Which empty program pair [`empty_pair`] attaches around `getppid`.
+/// Which empty program pair [`empty_pair`] attaches (around `getppid`, unless named).
 #[derive(Clone, Copy, Debug)]
 pub enum EmptyPair {
     /// `syscalls:sys_enter_getppid` / `sys_exit_getppid` tracepoints.
     Tracepoint,
+    /// `syscalls:sys_enter_write` / `sys_exit_write` tracepoints (what request spans hook).
+    WriteTracepoint,
     /// `raw_syscalls` `sys_enter` / `sys_exit` raw tracepoints (every syscall).
     RawTracepoint,
     /// The raw pair with a clock read on each edge (stored in a per-CPU array), nothing else.
@@ -126,11 +128,15 @@ pub fn empty_pair(kind: EmptyPair) -> Result<aya::Ebpf, String> {
         .load(crate::spans::PROGRAMS)
         .map_err(|e| format!("loading the span programs: {e}"))?;
     match kind {
-        EmptyPair::Tracepoint => {
+        EmptyPair::Tracepoint | EmptyPair::WriteTracepoint => {
             let p: &mut TracePoint =
                 crate::sys::program(&mut ebpf, "oxeye_empty_tp").map_err(|e| e.to_string())?;
             p.load().map_err(|e| e.to_string())?;
-            for event in ["sys_enter_getppid", "sys_exit_getppid"] {
+            let events = match kind {
+                EmptyPair::Tracepoint => ["sys_enter_getppid", "sys_exit_getppid"],
+                _ => ["sys_enter_write", "sys_exit_write"],
+            };
+            for event in events {
                 p.attach("syscalls", event).map_err(|e| e.to_string())?;
             }
         }

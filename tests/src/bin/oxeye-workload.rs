@@ -60,6 +60,18 @@ fn main() {
                 std::hint::black_box(unsafe { libc::getppid() });
             }
         }
+        "write" => {
+            // One byte to /dev/null: a write on an fd no request source tracks.
+            let null = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .expect("/dev/null");
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+            for _ in 0..n {
+                // SAFETY: a valid fd and a one-byte buffer we own.
+                std::hint::black_box(unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) });
+            }
+        }
         "getuid" => {
             for _ in 0..n {
                 // SAFETY: getuid has no preconditions.
