@@ -4,6 +4,7 @@
 pub mod burn;
 pub mod chaos;
 pub mod netns;
+pub mod peers;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -511,6 +512,64 @@ pub fn follow(
         all
     });
     (rx, handle)
+}
+
+/// `oxeye run -c <config>` (the debug binary) with its stdout collected and its stderr followed
+/// line by line; killed if dropped before [`Running::stop`].
+pub struct Running {
+    child: KillOnDrop,
+    /// stderr, line by line as it comes.
+    pub lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+    stdout: std::thread::JoinHandle<String>,
+}
+
+impl Running {
+    /// Starts oxeye on `config` and waits (at most 30 s) for a stderr line containing `ready`;
+    /// an ERROR line before it fails the test.
+    pub fn start(config: &std::path::Path, ready: &str) -> Running {
+        let mut child = KillOnDrop(
+            Command::new(oxeye_bin())
+                .args(["run", "-c"])
+                .arg(config)
+                .env_remove("OXEYE_LOG")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start oxeye"),
+        );
+        let (lines, stderr) = follow(child.0.stderr.take().expect("stderr"));
+        let mut pipe = child.0.stdout.take().expect("stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut out);
+            out
+        });
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("oxeye did not log `{ready}` within 30 s"));
+            assert!(!line.contains("ERROR"), "{line}");
+            if line.contains(ready) {
+                break;
+            }
+        }
+        Running {
+            child,
+            lines,
+            stderr,
+            stdout,
+        }
+    }
+
+    /// Stops oxeye with SIGINT; asserts it exits 0; its stdout and stderr.
+    pub fn stop(mut self) -> (String, String) {
+        signal(&self.child.0, libc::SIGINT);
+        let status = self.child.0.wait().expect("oxeye exit");
+        let stderr = self.stderr.join().expect("stderr reader");
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        (self.stdout.join().expect("stdout reader"), stderr)
+    }
 }
 
 /// Parses `N lost in the kernel` from a summary line.

@@ -41,6 +41,35 @@ fn sh_out(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// A network namespace of the test's own with only its loopback, up; deleted on drop (with
+/// whatever runs in it left to the caller to stop first).
+pub struct Netns(pub String);
+
+impl Netns {
+    /// Creates namespace `oxe<pid><tag>` (a leftover of a crashed run is replaced).
+    pub fn new(tag: &str) -> Netns {
+        require_root();
+        let ns = Netns(format!("oxe{}{tag}", std::process::id() % 10000));
+        let _ = Command::new("ip").args(["netns", "del", &ns.0]).output();
+        sh(&["ip", "netns", "add", &ns.0]);
+        sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A command that runs `program` in the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
 /// Two namespaces `a` and `b` joined by veth `va` (in a) and `vb` (in b), with IPv4 and IPv6
 /// addresses, and offloads off (frames on the wire are what the programs see).
 pub struct VethPair {

@@ -4,12 +4,11 @@
 //! as lost in the summary.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use oxeye_tests::netns::require_root;
-use oxeye_tests::{oxeye_bin, temp_config, KillOnDrop};
+use oxeye_tests::{temp_config, Running};
 
 const PROCESSES: usize = 1000;
 
@@ -29,32 +28,11 @@ service:
     logs: {receivers: [ebpf], processors: [enrich], exporters: [stdout]}
 ",
     );
-    let ox = Command::new(oxeye_bin())
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .env_remove("OXEYE_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start oxeye");
     // Killed if anything below fails, so no program stays attached.
-    let mut ox = KillOnDrop(ox);
-    let (rx, reader) = oxeye_tests::follow(ox.0.stderr.take().expect("stderr"));
-    let mut pipe = ox.0.stdout.take().expect("stdout");
-    let stdout = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = pipe.read_to_string(&mut out);
-        out
-    });
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("oxeye did not attach the process programs");
-        assert!(!line.contains("ERROR"), "{line}");
-        if line.contains("process events: sched_process_exec and sched_process_exit attached") {
-            break;
-        }
-    }
+    let ox = Running::start(
+        &cfg,
+        "process events: sched_process_exec and sched_process_exit attached",
+    );
     // Bounded in count and time: 1 000 processes, 60 s at most.
     let started = Instant::now();
     let mut expected = HashMap::new();
@@ -72,11 +50,7 @@ service:
     }
     // The reader drains every 100 ms: let the last events through, then stop.
     std::thread::sleep(Duration::from_millis(500));
-    oxeye_tests::signal(&ox.0, libc::SIGINT);
-    let status = ox.0.wait().expect("oxeye exit");
-    let stderr = reader.join().expect("stderr reader");
-    assert_eq!(status.code(), Some(0), "{stderr}");
-    let out = stdout.join().expect("stdout reader");
+    let (out, stderr) = ox.stop();
 
     let me = std::process::id() as i64;
     let (mut execs, mut exits) = (HashMap::new(), HashMap::new());

@@ -5,75 +5,16 @@
 //! gives a CLIENT span that is its SERVER span's child. All through `oxeye run` to JSON lines.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use oxeye_tests::netns::require_root;
-use oxeye_tests::{free_port, oxeye_bin, temp_config, wait_port, KillOnDrop};
+use oxeye_tests::peers::nginx;
+use oxeye_tests::{free_port, temp_config, wait_port, KillOnDrop, Running};
 use serde_json::Value;
 
-/// nginx in the foreground, with a config of the test's own, serving on `port`.
-fn nginx(dir: &Path, port: u16) -> KillOnDrop {
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;
-master_process off;
-worker_processes 1;
-error_log {d}/error.log;
-pid {d}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  keepalive_requests 1000;
-  server {{
-    listen 127.0.0.1:{port};
-    location = /ok {{ return 200 \"ok\\n\"; }}
-    location /users/ {{ return 200 \"user\\n\"; }}
-    location = /missing {{ return 404; }}
-    location = /fail {{ return 500 \"boom\\n\"; }}
-    location = /big {{ alias {d}/big.txt; }}
-  }}
-}}
-",
-            d = dir.display()
-        ),
-    )
-    .expect("nginx.conf");
-    std::fs::write(dir.join("big.txt"), "x".repeat(100_000)).expect("big.txt");
-    let child = Command::new("nginx")
-        .args(["-c"])
-        .arg(&conf)
-        .args(["-p"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start nginx (tests/setup.sh installs it)");
-    let child = KillOnDrop(child);
-    wait_port(port);
-    child
-}
-
 /// `oxeye run` with `requests:` on `ports`, spans to JSON lines; returns once attached.
-fn oxeye(
-    name: &str,
-    ports: &[u16],
-) -> (
-    KillOnDrop,
-    Receiver<String>,
-    std::thread::JoinHandle<String>,
-    std::thread::JoinHandle<String>,
-) {
+fn oxeye(name: &str, ports: &[u16]) -> Running {
     let cfg = temp_config(
         name,
         &format!(
@@ -90,50 +31,15 @@ service:
 "
         ),
     );
-    let mut ox = KillOnDrop(
-        Command::new(oxeye_bin())
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .env_remove("OXEYE_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start oxeye"),
-    );
-    let (rx, reader) = oxeye_tests::follow(ox.0.stderr.take().expect("stderr"));
-    let mut pipe = ox.0.stdout.take().expect("stdout");
-    let stdout = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = pipe.read_to_string(&mut out);
-        out
-    });
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("oxeye did not attach the request programs");
-        assert!(!line.contains("ERROR"), "{line}");
-        if line.contains("syscall tracepoints attached") {
-            break;
-        }
-    }
-    (ox, rx, reader, stdout)
+    Running::start(&cfg, "syscall tracepoints attached")
 }
 
-/// Stops oxeye; its spans (JSON lines) and stderr.
-fn stop(
-    mut ox: KillOnDrop,
-    reader: std::thread::JoinHandle<String>,
-    stdout: std::thread::JoinHandle<String>,
-) -> (Vec<Value>, String) {
+/// Stops oxeye once the reader's last drain is through; its spans (JSON lines) and stderr.
+fn stop(ox: Running) -> (Vec<Value>, String) {
     // The reader drains every 100 ms.
     std::thread::sleep(Duration::from_millis(400));
-    oxeye_tests::signal(&ox.0, libc::SIGINT);
-    let status = ox.0.wait().expect("oxeye exit");
-    let stderr = reader.join().expect("stderr reader");
-    assert_eq!(status.code(), Some(0), "{stderr}");
-    let spans = stdout
-        .join()
-        .expect("stdout reader")
+    let (out, stderr) = ox.stop();
+    let spans = out
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
@@ -191,7 +97,7 @@ fn nginx_requests_become_server_spans_joined_to_their_callers_traces() {
     let dir = std::env::temp_dir().join(format!("oxeye-requests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let port = free_port();
-    let (ox, _rx, reader, stdout) = oxeye("requests-nginx", &[port]);
+    let ox = oxeye("requests-nginx", &[port]);
     let _nginx = nginx(&dir, port);
 
     // curl: one connection, several requests (keep-alive), and one with a traceparent.
@@ -212,7 +118,7 @@ fn nginx_requests_become_server_spans_joined_to_their_callers_traces() {
         .collect();
     assert_eq!(client.len(), 23);
 
-    let (spans, stderr) = stop(ox, reader, stdout);
+    let (spans, stderr) = stop(ox);
     let nginx_spans: Vec<&Value> = spans
         .iter()
         .filter(|s| s["process.executable.name"] == "nginx")
@@ -327,7 +233,7 @@ fn a_call_made_while_serving_is_the_server_spans_child() {
     let dir = std::env::temp_dir().join(format!("oxeye-requests-child-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let (nginx_port, py_port) = (free_port(), free_port());
-    let (ox, _rx, reader, stdout) = oxeye("requests-child", &[nginx_port, py_port]);
+    let ox = oxeye("requests-child", &[nginx_port, py_port]);
     let _nginx = nginx(&dir, nginx_port);
     let server: Child = python()
         .args(["-c", SERVER, &py_port.to_string(), &nginx_port.to_string()])
@@ -343,7 +249,7 @@ fn a_call_made_while_serving_is_the_server_spans_child() {
             .arg(format!("http://127.0.0.1:{py_port}/front")));
     }
     drop(server);
-    let (spans, stderr) = stop(ox, reader, stdout);
+    let (spans, stderr) = stop(ox);
     let py: Vec<&Value> = spans
         .iter()
         .filter(|s| {
@@ -394,16 +300,17 @@ fn a_call_made_while_serving_is_the_server_spans_child() {
 fn a_port_filter_that_matches_nothing_says_so() {
     require_root();
     let port = free_port();
-    let (ox, rx, reader, stdout) = oxeye("requests-nothing", &[port]);
+    let ox = oxeye("requests-nothing", &[port]);
     // The start warning comes right after the attach line.
-    let warned = rx
+    let warned = ox
+        .lines
         .recv_timeout(Duration::from_secs(5))
         .expect("a warning after the attach line");
     assert!(
         warned.contains(&format!("nothing on this host listens on port {port} now")),
         "{warned}"
     );
-    let (spans, stderr) = stop(ox, reader, stdout);
+    let (spans, stderr) = stop(ox);
     assert!(spans.is_empty());
     assert!(
         stderr.contains("requests: no connection was opened that the filters let through"),
@@ -417,7 +324,7 @@ fn redis_commands_become_spans_one_per_command() {
     let dir = std::env::temp_dir().join(format!("oxeye-requests-redis-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let port = free_port();
-    let (ox, _rx, reader, stdout) = oxeye("requests-redis", &[port]);
+    let ox = oxeye("requests-redis", &[port]);
     let server = Command::new("redis-server")
         .args([
             "--port",
@@ -475,7 +382,7 @@ fn redis_commands_become_spans_one_per_command() {
         "set,get",
         "-q",
     ]));
-    let (spans, stderr) = stop(ox, reader, stdout);
+    let (spans, stderr) = stop(ox);
     let server: Vec<&Value> = spans
         .iter()
         .filter(|s| s["process.executable.name"] == "redis-server")
@@ -509,5 +416,94 @@ fn redis_commands_become_spans_one_per_command() {
         .filter(|s| s["process.executable.name"] == "redis-benchmark" && s["name"] == "SET")
         .count();
     assert_eq!(client_sets, 1000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dns_lookups_become_client_spans_with_their_answers_codes() {
+    require_root();
+    // dnsmasq on port 53 of a namespace of our own, so nothing of the host's is in the way.
+    let ns = oxeye_tests::netns::Netns::new("dns");
+    let dir = std::env::temp_dir().join(format!("oxeye-requests-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ox = oxeye("requests-dns", &[53]);
+    let dnsmasq = ns
+        .command("dnsmasq")
+        .args([
+            "--no-daemon",
+            "--port=53",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--address=/example.test/10.1.2.3",
+            "--address=/example.test/::1",
+            // An empty address: NXDOMAIN for the whole domain.
+            "--address=/nx.test/",
+        ])
+        .arg(format!("--pid-file={}/dnsmasq.pid", dir.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dnsmasq (tests/setup.sh installs dnsmasq-base)");
+    let _dnsmasq = KillOnDrop(dnsmasq);
+    let dig = |args: &[&str]| {
+        let out = ns
+            .command("dig")
+            .args(["@127.0.0.1", "+tries=1", "+time=2"])
+            .args(args)
+            .output()
+            .expect("dig (tests/setup.sh installs bind9-dnsutils)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Until dnsmasq answers (bounded: 50 tries).
+    let mut ready = false;
+    for _ in 0..50 {
+        if dig(&["+short", "warmup.example.test"]).contains("10.1.2.3") {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ready, "dnsmasq did not answer");
+    assert!(dig(&["+short", "a.example.test"]).contains("10.1.2.3"));
+    assert!(dig(&["-t", "AAAA", "a.example.test"]).contains("status: NOERROR"));
+    assert!(dig(&["www.nx.test"]).contains("status: NXDOMAIN"));
+    drop(_dnsmasq);
+    let (spans, stderr) = stop(ox);
+    // dig's lookups run on a thread of its own (`isc-net-0000`): spans carry the thread's name.
+    let digs: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["kind"] == "client" && s["dns.question.name"].is_string())
+        .collect();
+    let find = |name: &str, t: &str| -> &Value {
+        let hits: Vec<&&Value> = digs
+            .iter()
+            .filter(|s| {
+                attr(s, "dns.question.name") == name && attr(s, "oxeye.dns.question.type") == t
+            })
+            .collect();
+        assert_eq!(hits.len(), 1, "{name} {t}: {digs:#?}\n{stderr}");
+        hits[0]
+    };
+    let a = find("a.example.test", "A");
+    assert_eq!(a["name"], "DNS A");
+    assert_eq!(a["kind"], "client");
+    assert_eq!(a["status"], "unset");
+    assert_eq!(attr(a, "oxeye.dns.response_code"), "NOERROR");
+    assert_eq!(attr(a, "server.port"), 53);
+    assert_eq!(attr(a, "network.transport"), "udp");
+    let aaaa = find("a.example.test", "AAAA");
+    assert_eq!(aaaa["status"], "unset");
+    let nx = find("www.nx.test", "A");
+    assert_eq!(nx["status"], "error");
+    assert_eq!(attr(nx, "error.type"), "NXDOMAIN");
+    // The warm-up lookups and these three: one span each, no more.
+    let warmups = digs
+        .iter()
+        .filter(|s| attr(s, "dns.question.name") == "warmup.example.test")
+        .count();
+    assert_eq!(digs.len(), warmups + 3);
     let _ = std::fs::remove_dir_all(&dir);
 }

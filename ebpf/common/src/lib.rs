@@ -569,6 +569,14 @@ pub struct L7Conn {
     pub role: u8,
     /// PROTO_* (detected from the first message).
     pub proto: u8,
+    /// The socket's type: SOCK_STREAM (1) or SOCK_DGRAM (2); 0: unknown.
+    pub sock_type: u8,
+    /// Explicit padding.
+    pub _pad8: u8,
+    /// Explicit padding.
+    pub _pad16: u16,
+    /// Explicit padding.
+    pub _pad32: u32,
 }
 
 /// [`L7Event::kind`]: bytes read from the connection.
@@ -668,20 +676,24 @@ pub struct SocketOffsets {
     pub skc_v6_rcv_saddr: u32,
     /// `sock_common.skc_v6_daddr`.
     pub skc_v6_daddr: u32,
+    /// `sock.sk_type` (a u16 since Linux 5.6; `u32::MAX` where it is a bitfield).
+    pub sk_type: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
 mod l7_pod {
     // SAFETY: plain #[repr(C)] data: u32s, a u64 at 8, bytes, u16s; 72 bytes, no padding.
     unsafe impl aya::Pod for super::L7Config {}
-    // SAFETY: a u64, 32 bytes, three u16s and two u8s: 48 bytes, no padding.
+    // SAFETY: a u64, 32 bytes, three u16s, four u8s, a u16 and a u32: 56 bytes, no padding.
     unsafe impl aya::Pod for super::L7Conn {}
-    // SAFETY: twelve u32s.
+    // SAFETY: fourteen u32s.
     unsafe impl aya::Pod for super::SocketOffsets {}
 }
 
 const _: () = assert!(
     core::mem::size_of::<L7Config>() == 72
-        && core::mem::size_of::<L7Conn>() == 48
-        && core::mem::size_of::<L7Event>() == 48 + 24 + 24 + 16
+        && core::mem::size_of::<L7Conn>() == 56
+        && core::mem::size_of::<L7Event>() == 56 + 24 + 24 + 16
 );

@@ -4,8 +4,8 @@
 //! Syscall tracepoints only (what every kernel with tracepoints has): `accept`/`accept4` and
 //! `connect` exits start tracking a connection (`L7_CONNS`, keyed by process and fd, with its
 //! addresses read from the socket at offsets user space takes from the kernel's BTF); `read`,
-//! `write`, `readv`, `writev`, `recvfrom`, `sendto`, `recvmsg`, `sendmsg` and `sendfile` on a
-//! tracked connection write one [`L7Event`] each with up to `capture_bytes` of the data;
+//! `write`, `readv`, `writev`, `recvfrom`, `sendto`, `recvmsg`, `sendmsg`, `recvmmsg`,
+//! `sendmmsg` (their first message) and `sendfile` on a tracked connection write one [`L7Event`] each with up to `capture_bytes` of the data;
 //! `close` ends the tracking. The protocol is detected from the first message: a connection
 //! that speaks none of the configured protocols is marked and costs one map lookup a call from
 //! then on, as does any untracked fd.
@@ -16,14 +16,15 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user, generated,
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated,
     },
     macros::{btf_map, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 mod task_storage;
+use oxeye_ebpf::helpers::kernel;
 use oxeye_ebpf_common::{
     L7Config, L7Conn, L7Event, SocketOffsets, L7_CLOSE, L7_C_CONNECTIONS, L7_C_EVENTS,
     L7_C_MAP_FULL, L7_C_OTHER_PROTOCOL, L7_C_RINGBUF_FULL, L7_C_SOCKET_UNREADABLE, L7_C_TRUNCATED,
@@ -86,6 +87,9 @@ const BUF_IOV: u32 = 1 << 4;
 const BUF_MSG: u32 = 2 << 4;
 /// No bytes to capture (sendfile: the count only).
 const BUF_NONE: u32 = 3 << 4;
+/// An mmsghdr array (recvmmsg, sendmmsg): the first message's first iovec is captured, and
+/// its length (not the call's return, a message count) is the event's byte count.
+const BUF_MMSG: u32 = 4 << 4;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -121,15 +125,6 @@ fn admitted(cfg: &L7Config) -> bool {
     cfg.cgroup_id == 0 || unsafe { bpf_get_current_cgroup_id() } == cfg.cgroup_id
 }
 
-/// The `T` at `base + offset` in kernel memory (`None`: offset unknown or the read failed).
-#[inline(always)]
-fn kernel<T: Copy>(base: u64, offset: u32) -> Option<T> {
-    if offset == u32::MAX || base == 0 {
-        return None;
-    }
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
-}
-
 #[inline(always)]
 fn user<T: Copy>(at: u64) -> Option<T> {
     if at == 0 {
@@ -154,6 +149,7 @@ fn socket_of(fd: u64, role: u8) -> Option<L7Conn> {
     let mut c = L7Conn {
         role,
         family,
+        sock_type: kernel::<u16>(sk, o.sk_type).unwrap_or(0) as u8,
         local_port: kernel(sk, o.skc_num)?,
         remote_port: u16::from_be(kernel(sk, o.skc_dport)?),
         ..L7Conn::default()
@@ -312,22 +308,31 @@ fn data_enter(ctx: &TracePointContext, call: u32) -> u32 {
     0
 }
 
-/// Where the bytes of a data call start, and how many of them one read can take.
+/// Where the bytes of a data call start, how many of them one read can take, and how many the
+/// call moved (for all but mmsg calls, its return).
 #[inline(always)]
-fn data_start(p: &Pending, ret: u64) -> Option<(u64, u64)> {
+fn data_start(p: &Pending, ret: u64) -> Option<(u64, u64, u64)> {
     match p.call & 0xf0 {
-        BUF_PLAIN => Some((p.buf, ret)),
+        BUF_PLAIN => Some((p.buf, ret, ret)),
         BUF_IOV => {
             let base: u64 = user(p.buf)?;
             let len: u64 = user(p.buf + 8)?;
-            Some((base, len.min(ret)))
+            Some((base, len.min(ret), ret))
         }
         BUF_MSG => {
             // struct user_msghdr: msg_iov at 16.
             let iov: u64 = user(p.buf + 16)?;
             let base: u64 = user(iov)?;
             let len: u64 = user(iov + 8)?;
-            Some((base, len.min(ret)))
+            Some((base, len.min(ret), ret))
+        }
+        BUF_MMSG => {
+            // struct mmsghdr: a user_msghdr (56 bytes), then msg_len.
+            let moved = user::<u32>(p.buf + 56)? as u64;
+            let iov: u64 = user(p.buf + 16)?;
+            let base: u64 = user(iov)?;
+            let len: u64 = user(iov + 8)?;
+            Some((base, len.min(moved), moved))
         }
         _ => None,
     }
@@ -374,7 +379,10 @@ fn data_exit(ctx: &TracePointContext, call: u32, kind: u8) -> u32 {
     let Some(cfg) = L7_CONFIG.get(0) else {
         return 0;
     };
-    let (start, len) = data_start(&p, ret as u64).unwrap_or((0, 0));
+    let (start, len, moved) = data_start(&p, ret as u64).unwrap_or((0, 0, ret as u64));
+    if moved == 0 {
+        return 0;
+    }
     if c.proto == PROTO_UNKNOWN {
         if p.call & 0xf0 == BUF_NONE || len < 4 {
             return 0;
@@ -387,10 +395,10 @@ fn data_exit(ctx: &TracePointContext, call: u32, kind: u8) -> u32 {
     }
     let cap = (cfg.capture_bytes as u64).min(L7_DATA_MAX as u64);
     let take = if start == 0 { 0 } else { len.min(cap) };
-    if (ret as u64) > take {
+    if moved > take {
         count(L7_C_TRUNCATED);
     }
-    emit(c, kind, fd, p.start_ns, end_ns, ret as u64, start, take);
+    emit(c, kind, fd, p.start_ns, end_ns, moved, start, take);
     0
 }
 
@@ -514,6 +522,19 @@ data_pair!(
     oxeye_l7_sendfile_enter,
     oxeye_l7_sendfile_exit,
     CALL_WRITE | BUF_NONE,
+    L7_WRITE
+);
+
+data_pair!(
+    oxeye_l7_recvmmsg_enter,
+    oxeye_l7_recvmmsg_exit,
+    CALL_READ | BUF_MMSG,
+    L7_READ
+);
+data_pair!(
+    oxeye_l7_sendmmsg_enter,
+    oxeye_l7_sendmmsg_exit,
+    CALL_WRITE | BUF_MMSG,
     L7_WRITE
 );
 

@@ -13,14 +13,14 @@ use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes, generated,
+        bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, generated,
     },
     macros::{map, tracepoint},
     maps::{PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext,
 };
+use oxeye_ebpf::helpers::kernel;
 use oxeye_ebpf_common::{
     ProcessEvent, PROCESS_CMDLINE_MAX, PROCESS_EXEC, PROCESS_EXIT, PR_EXECS, PR_EXITS,
     PR_RINGBUF_FULL,
@@ -66,15 +66,6 @@ fn count(counter: u32) {
     if let Some(c) = PROCESS_COUNTERS.get_ptr_mut(counter) {
         unsafe { *c += 1 };
     }
-}
-
-/// The `T` at `base + offset` in kernel memory (`None`: offset unknown or the read failed).
-#[inline(always)]
-fn kernel<T: Copy>(base: u64, offset: u32) -> Option<T> {
-    if offset == u32::MAX || base == 0 {
-        return None;
-    }
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
 }
 
 /// Fills what both events carry.

@@ -289,6 +289,12 @@ fn socket_offsets_in(data: &[u8]) -> Result<oxeye_ebpf_common::SocketOffsets, St
         skc_daddr: skc("skc_daddr")?,
         skc_v6_rcv_saddr: skc("skc_v6_rcv_saddr").unwrap_or(u32::MAX),
         skc_v6_daddr: skc("skc_v6_daddr").unwrap_or(u32::MAX),
+        // A plain u16 since Linux 5.6 (a bitfield before, which the programs cannot load).
+        sk_type: match btf.member("sock", "sk_type") {
+            Ok((offset, t)) if btf.resolve(t)? == Resolved::Int(2) => offset,
+            _ => u32::MAX,
+        },
+        _pad: 0,
     })
 }
 
@@ -398,6 +404,7 @@ mod tests {
         assert_eq!(o.skc_dport, 12);
         assert_eq!(o.skc_num, 14);
         assert!(o.skc_v6_daddr != u32::MAX);
+        assert!(o.sk_type != u32::MAX, "sock.sk_type is a u16 on 6.x");
     }
 
     #[test]

@@ -306,6 +306,9 @@ pub enum Protocol {
     Http,
     /// Redis (RESP2 and RESP3 commands in arrays, as clients send them).
     Redis,
+    /// DNS over UDP and TCP, on connections to or from port 53 (the client side of UDP
+    /// lookups: a resolver that connects its socket, as glibc's and dig do).
+    Dns,
 }
 
 /// `requests:` settings: one span per request a process served or made, from the bytes its
@@ -342,7 +345,7 @@ pub struct RequestsConfig {
 impl Default for RequestsConfig {
     fn default() -> Self {
         RequestsConfig {
-            protocols: vec![Protocol::Http, Protocol::Redis],
+            protocols: vec![Protocol::Http, Protocol::Dns, Protocol::Redis],
             ports: Vec::new(),
             pid: None,
             comm: None,

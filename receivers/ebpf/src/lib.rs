@@ -4,7 +4,7 @@
 //! each watched interface, harvested every `flush_interval` into `flows` batches.
 //! `spans:` — one span per probed call (syscall tracepoint pairs, uprobes, kprobes), nested per
 //! thread into traces, with optional stacks, drained from a ring buffer into `traces` batches.
-//! `requests:` — one span per HTTP request or Redis command a process served (SERVER) or made (CLIENT), from
+//! `requests:` — one span per HTTP request, Redis command or DNS lookup a process served (SERVER) or made (CLIENT), from
 //! the first bytes of what its connections carry (syscall tracepoints), joined to the caller's
 //! trace through `traceparent`.
 //! `process:` — process lifecycle events (`process.exec`, `process.exit`) from the
@@ -63,7 +63,7 @@ impl Factory for EbpfFactory {
         Signal::Logs,
     ];
     const DESCRIPTION: &'static str =
-        "kernel telemetry: network flows (XDP, TC), spans (tracepoints, u/kprobes, fentry), HTTP and Redis request spans, CPU profiles (perf events), process events (logs); needs root";
+        "kernel telemetry: network flows (XDP, TC), spans (tracepoints, u/kprobes, fentry), HTTP, DNS and Redis request spans, CPU profiles (perf events), process events (logs); needs root";
     const DOCS: &'static str = include_str!("../../../docs/components/receiver-ebpf.md");
     // Span sources and flow interfaces change live; other changes replace the receiver.
     const RECONFIGURABLE: bool = true;

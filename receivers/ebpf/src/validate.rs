@@ -81,7 +81,7 @@ fn validate_requests(r: &RequestsConfig, e: &mut ConfigErrors) {
     if r.protocols.is_empty() {
         e.push(
             "requests.protocols",
-            "empty: name at least one (http, redis)",
+            "empty: name at least one (http, dns, redis)",
         );
     }
     if r.ports.len() > L7_MAX_PORTS {
@@ -293,7 +293,7 @@ mod tests {
         let e = check::<EbpfFactory>("requests: {protocols: [http, smtp]}").unwrap_err();
         assert!(
             e.to_string()
-                .contains("unknown variant `smtp`, expected `http` or `redis`"),
+                .contains("unknown variant `smtp`, expected one of `http`, `redis`, `dns`"),
             "{e}"
         );
         let e = check::<EbpfFactory>(

@@ -5,8 +5,9 @@
 //! hides the framing (a head longer than the capture, a chunk-size line not captured), the
 //! message is `Lost`: it ends where the other direction speaks next.
 
-/// What a message's head says (the fields spans use). Redis commands and replies use it too:
-/// the command's name in `method`, an error reply in `error`.
+/// What a message's head says (the fields spans use). Redis and DNS use it too: a Redis
+/// command's name in `method`, an error reply in `error`; a DNS question's type in `method`, its
+/// name in `target`, the response code in `status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Head {
     /// Request: the method.
@@ -27,6 +28,8 @@ pub struct Head {
     pub user_agent: Option<String>,
     /// Redis: an error reply's message (`ERR unknown command`, `WRONGTYPE …`).
     pub error: Option<String>,
+    /// DNS: the message id (a response answers the query with the same id).
+    pub id: Option<u16>,
     /// The head did not fit in what was captured: the fields above are those that did.
     pub truncated: bool,
 }
@@ -76,8 +79,10 @@ pub enum Piece {
     Ended,
 }
 
-/// Longest head collected across segments (larger heads are parsed as far as they go).
-const MAX_HEAD: usize = 16 * 1024;
+/// Longest head collected across segments (larger heads are parsed as far as they go): with
+/// `max_connections` connections each holding a head under way (a slow client sends a byte at
+/// a time), this bounds what they hold.
+const MAX_HEAD: usize = 4 * 1024;
 /// Headers parsed per head at most.
 const MAX_HEADERS: usize = 64;
 

@@ -1,7 +1,8 @@
 //! Requests: load the request programs (`ebpf/programs/src/l7.rs`), attach them to the
 //! syscall tracepoints, and turn what they capture into request spans (`tracker`): HTTP/1.x
-//! (`http`) and Redis (`redis`).
+//! (`http`), DNS (`dns`) and Redis (`redis`).
 
+mod dns;
 mod http;
 mod redis;
 mod route;
@@ -15,7 +16,7 @@ use aya::programs::TracePoint;
 use aya::Ebpf;
 use oxeye_api::{LostUnit, Span, Telemetry};
 use oxeye_ebpf_common::{
-    L7Config, L7Conn, L7Event, L7_COUNTER_NAMES, L7_EVENT_LEN, L7_MAX_PORTS, PROTO_HTTP,
+    L7Config, L7Conn, L7Event, L7_COUNTER_NAMES, L7_EVENT_LEN, L7_MAX_PORTS, PROTO_DNS, PROTO_HTTP,
     PROTO_REDIS,
 };
 use tokio::io::unix::AsyncFd;
@@ -68,6 +69,10 @@ const ATTACH: &[(&str, &[&str])] = &[
     ("oxeye_l7_sendmsg_exit", &["sys_exit_sendmsg"]),
     ("oxeye_l7_sendfile_enter", &["sys_enter_sendfile64"]),
     ("oxeye_l7_sendfile_exit", &["sys_exit_sendfile64"]),
+    ("oxeye_l7_recvmmsg_enter", &["sys_enter_recvmmsg"]),
+    ("oxeye_l7_recvmmsg_exit", &["sys_exit_recvmmsg"]),
+    ("oxeye_l7_sendmmsg_enter", &["sys_enter_sendmmsg"]),
+    ("oxeye_l7_sendmmsg_exit", &["sys_exit_sendmmsg"]),
 ];
 
 /// Every tracepoint the request programs need (for `validate` and `doctor`).
@@ -324,6 +329,7 @@ fn settings(cfg: &RequestsConfig) -> Result<L7Config, ProbeError> {
         protocols |= match p {
             Protocol::Http => 1 << PROTO_HTTP,
             Protocol::Redis => 1 << PROTO_REDIS,
+            Protocol::Dns => 1 << PROTO_DNS,
         };
     }
     Ok(L7Config {

@@ -10,33 +10,38 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use oxeye_api::{Attributes, Comm, Span, SpanId, SpanKind, StatusCode, TaskContext, TraceId};
-use oxeye_ebpf_common::{L7Conn, L7Event, L7_CLOSE, L7_READ, PROTO_HTTP, PROTO_REDIS, ROLE_SERVER};
+use oxeye_ebpf_common::{
+    L7Conn, L7Event, L7_CLOSE, L7_READ, PROTO_DNS, PROTO_HTTP, PROTO_REDIS, ROLE_SERVER,
+};
 
 use super::http::{self, Head, Piece};
-use super::redis;
 use super::route::Routes;
+use super::{dns, redis};
 
 /// One direction of a connection, framed by its protocol.
 #[derive(Debug)]
 enum Stream {
     Http(http::Stream),
+    Dns(dns::Stream),
     // Boxed: it holds a whole head while a command's name is read.
     Redis(Box<redis::Stream>),
 }
 
 impl Stream {
-    /// Requests (`responses` false) or responses of protocol `proto`.
-    fn new(proto: u8, responses: bool) -> Stream {
-        if proto == PROTO_REDIS {
-            Stream::Redis(Box::new(redis::Stream::new(responses)))
-        } else {
-            Stream::Http(http::Stream::new(responses))
+    /// Requests (`responses` false) or responses of connection `c`'s protocol.
+    fn new(c: &L7Conn, responses: bool) -> Stream {
+        match c.proto {
+            PROTO_REDIS => Stream::Redis(Box::new(redis::Stream::new(responses))),
+            // SOCK_STREAM: DNS over TCP.
+            PROTO_DNS => Stream::Dns(dns::Stream::new(c.sock_type == 1)),
+            _ => Stream::Http(http::Stream::new(responses)),
         }
     }
 
     fn feed(&mut self, data: &[u8], gap: u64, head_req: bool, out: &mut Vec<Piece>) {
         match self {
             Stream::Http(s) => s.feed(data, gap, head_req, out),
+            Stream::Dns(s) => s.feed(data, gap, out),
             Stream::Redis(s) => s.feed(data, gap, out),
         }
     }
@@ -44,6 +49,7 @@ impl Stream {
     fn end_open(&mut self) -> bool {
         match self {
             Stream::Http(s) => s.end_open(),
+            Stream::Dns(s) => s.end_open(),
             Stream::Redis(s) => s.end_open(),
         }
     }
@@ -51,6 +57,7 @@ impl Stream {
     fn in_message(&self) -> bool {
         match self {
             Stream::Http(s) => s.in_message(),
+            Stream::Dns(s) => s.in_message(),
             Stream::Redis(s) => s.in_message(),
         }
     }
@@ -160,7 +167,7 @@ impl Tracker {
             }
             return;
         }
-        if ev.conn.proto != PROTO_HTTP && ev.conn.proto != PROTO_REDIS {
+        if !matches!(ev.conn.proto, PROTO_HTTP | PROTO_DNS | PROTO_REDIS) {
             return;
         }
         if !self.conns.contains_key(&id) && self.conns.len() >= self.max_connections {
@@ -174,8 +181,8 @@ impl Tracker {
             info: ev.conn,
             pid: ev.pid,
             comm: ev.comm,
-            requests: Stream::new(ev.conn.proto, false),
-            responses: Stream::new(ev.conn.proto, true),
+            requests: Stream::new(&ev.conn, false),
+            responses: Stream::new(&ev.conn, true),
             pending: VecDeque::new(),
         });
         let meta = (conn.info, conn.pid, conn.comm);
@@ -217,14 +224,18 @@ impl Tracker {
                 match p {
                     Piece::Began(head) => {
                         self.counts.truncated_heads += head.truncated as u64;
-                        match conn.pending.iter_mut().find(|r| r.response.is_none()) {
+                        // In order; a DNS response answers the query with its id.
+                        let answers = |r: &Request| {
+                            r.response.is_none() && (head.id.is_none() || r.head.id == head.id)
+                        };
+                        match conn.pending.iter_mut().find(|r| answers(r)) {
                             Some(r) => r.response = Some(head),
                             None => self.counts.unmatched_responses += 1,
                         }
                     }
                     Piece::Ended => {
-                        if conn.pending.front().is_some_and(|r| r.response.is_some()) {
-                            let mut r = conn.pending.pop_front().expect("checked");
+                        let answered = conn.pending.iter().position(|r| r.response.is_some());
+                        if let Some(mut r) = answered.and_then(|i| conn.pending.remove(i)) {
                             r.response_end_ns = ev.end_ns;
                             r.cpu = ev.cpu;
                             done.push(r);
@@ -276,15 +287,18 @@ impl Tracker {
     fn span(&self, meta: Meta, r: Request, end_ns: u64, error: Option<&str>) -> Span {
         let (info, pid, comm) = meta;
         let server = info.role == ROLE_SERVER;
-        let (name, mut a, failed) = if info.proto == PROTO_REDIS {
-            redis_span(&r, &info)
-        } else {
-            self.http_span(&r, &info)
+        let (name, mut a, failed) = match info.proto {
+            PROTO_REDIS => redis_span(&r, &info),
+            PROTO_DNS => dns_span(&r, &info),
+            _ => self.http_span(&r, &info),
         };
         let peer = addr(&info.remote, info.family);
         a.set("network.peer.address", peer.to_string());
         a.set("network.peer.port", info.remote_port as i64);
-        a.set("network.transport", "tcp");
+        a.set(
+            "network.transport",
+            if info.sock_type == 2 { "udp" } else { "tcp" },
+        );
         if r.head.truncated || r.response.as_ref().is_some_and(|h| h.truncated) {
             a.set("oxeye.l7.truncated", true);
         }
@@ -401,6 +415,25 @@ impl Tracker {
     }
 }
 
+/// A DNS query's span name (`DNS A`), attributes and error type (the response code's name
+/// when it is not NOERROR).
+fn dns_span(r: &Request, info: &L7Conn) -> (String, Attributes, Option<String>) {
+    let mut a = Attributes::new();
+    if let Some(name) = &r.head.target {
+        a.set("dns.question.name", name.as_str());
+    }
+    if let Some(t) = &r.head.method {
+        a.set("oxeye.dns.question.type", t.as_str());
+    }
+    set_server(&mut a, info);
+    let rcode = r.response.as_ref().and_then(|h| h.status);
+    let failed = rcode.map(dns::rcode_name).inspect(|name| {
+        a.set("oxeye.dns.response_code", name.clone());
+    });
+    let name = format!("DNS {}", r.head.method.as_deref().unwrap_or("query"));
+    (name, a, failed.filter(|n| n != "NOERROR"))
+}
+
 /// A Redis command's span name, attributes (database conventions) and error type.
 fn redis_span(r: &Request, info: &L7Conn) -> (String, Attributes, Option<String>) {
     let mut a = Attributes::new();
@@ -409,13 +442,7 @@ fn redis_span(r: &Request, info: &L7Conn) -> (String, Attributes, Option<String>
     if let Some(op) = &op {
         a.set("db.operation.name", op.as_str());
     }
-    let (address, port) = if info.role == ROLE_SERVER {
-        (addr(&info.local, info.family), info.local_port)
-    } else {
-        (addr(&info.remote, info.family), info.remote_port)
-    };
-    a.set("server.address", address.to_string());
-    a.set("server.port", port as i64);
+    set_server(&mut a, info);
     // An error reply's first word is its kind: `ERR`, `WRONGTYPE`, `NOAUTH`...
     let failed = r
         .response
@@ -466,6 +493,17 @@ fn new_request(
         response_end_ns: start_ns,
         cpu: ev.cpu,
     }
+}
+
+/// `server.address`/`.port`: the local end where the process serves, the peer where it calls.
+fn set_server(a: &mut Attributes, info: &L7Conn) {
+    let (address, port) = if info.role == ROLE_SERVER {
+        (addr(&info.local, info.family), info.local_port)
+    } else {
+        (addr(&info.remote, info.family), info.remote_port)
+    };
+    a.set("server.address", address.to_string());
+    a.set("server.port", port as i64);
 }
 
 fn nonzero_id() -> u64 {
@@ -578,6 +616,7 @@ mod tests {
                 family: 2,
                 role,
                 proto: PROTO_HTTP,
+                ..L7Conn::default()
             },
             start_ns: at,
             end_ns: at + 10,
