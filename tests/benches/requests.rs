@@ -78,7 +78,7 @@ fn oxeye(port: u16) -> (KillOnDrop, std::thread::JoinHandle<String>) {
     let cfg = oxeye_tests::temp_config(
         "bench-requests",
         &format!(
-            "receivers:\n  ebpf:\n    requests: {{ports: [{port}]}}\nexporters:\n  nop: {{}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [nop]}}\n"
+            "receivers:\n  ebpf:\n    requests: {{ports: [{port}], comm: nginx}}\nexporters:\n  nop: {{}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [nop]}}\n"
         ),
     );
     let mut ox = Command::new(release_oxeye(quick()))

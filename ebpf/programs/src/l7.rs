@@ -51,6 +51,11 @@ static L7_SCRATCH: PerCpuArray<[u8; L7_EVENT_LEN + L7_DATA_MAX]> =
 /// Indexed by `L7_C_*`.
 #[map]
 static L7_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
+/// Processes with tracked connections, by `pid & 0xffff` (never cleared: a stale bit costs only
+/// a map lookup): a call of any other process returns after this one array read, which the
+/// verifier inlines, instead of a hash lookup.
+#[map]
+static L7_PIDS: Array<u8> = Array::with_max_entries(65536, 0);
 /// Per-CPU count of connections, for their ids.
 #[map]
 static L7_NEXT_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -216,6 +221,10 @@ fn track(fd: u64, role: u8) {
         count(L7_C_MAP_FULL);
         return;
     }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(bit) = L7_PIDS.get_ptr_mut(tgid & 0xffff) {
+        unsafe { *bit = 1 };
+    }
     count(L7_C_CONNECTIONS);
 }
 
@@ -280,6 +289,9 @@ pub fn oxeye_l7_connect_exit(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn oxeye_l7_close(ctx: TracePointContext) -> u32 {
+    if !pid_tracked() {
+        return 0;
+    }
     let fd: u64 = unsafe { ctx.read_at(16) }.unwrap_or(u64::MAX);
     let key = conn_key(fd);
     let Some(c) = (unsafe { L7_CONNS.get(&key) }).copied() else {
@@ -293,16 +305,21 @@ pub fn oxeye_l7_close(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Entry of a data call: remembered only on a tracked connection of a wanted protocol.
+/// Whether the current process may have tracked connections (see `L7_PIDS`).
+#[inline(always)]
+fn pid_tracked() -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    L7_PIDS.get(tgid & 0xffff).is_some_and(|b| *b != 0)
+}
+
+/// Entry of a data call of a process with tracked connections: remembered for the exit, which
+/// looks the connection up (one hash lookup a call, not two).
 #[inline(always)]
 fn data_enter(ctx: &TracePointContext, call: u32) -> u32 {
-    let fd: u64 = unsafe { ctx.read_at(16) }.unwrap_or(u64::MAX);
-    let Some(c) = (unsafe { L7_CONNS.get(&conn_key(fd)) }) else {
-        return 0;
-    };
-    if c.proto == PROTO_OTHER {
+    if !pid_tracked() {
         return 0;
     }
+    let fd: u64 = unsafe { ctx.read_at(16) }.unwrap_or(u64::MAX);
     let buf: u64 = unsafe { ctx.read_at(24) }.unwrap_or(0);
     begin(call, fd, buf);
     0
@@ -365,6 +382,9 @@ fn detect(cfg: &L7Config, head: u64) -> u8 {
 /// Exit of a data call: the event, with the first bytes.
 #[inline(always)]
 fn data_exit(ctx: &TracePointContext, call: u32, kind: u8) -> u32 {
+    if !pid_tracked() {
+        return 0;
+    }
     let Some(p) = finish(call) else { return 0 };
     let end_ns = unsafe { bpf_ktime_get_ns() };
     let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
@@ -376,6 +396,9 @@ fn data_exit(ctx: &TracePointContext, call: u32, kind: u8) -> u32 {
         return 0;
     };
     let c = unsafe { &mut *c };
+    if c.proto == PROTO_OTHER {
+        return 0;
+    }
     let Some(cfg) = L7_CONFIG.get(0) else {
         return 0;
     };
@@ -422,7 +445,12 @@ fn emit(
     let pid_tgid = bpf_get_current_pid_tgid();
     let mut take = take;
     unsafe {
-        (*ev).conn = *c;
+        // Word by word: a struct assignment is a byte-at-a-time memcpy in BPF.
+        let to = (&raw mut (*ev).conn).cast::<u64>();
+        let from = (c as *const L7Conn).cast::<u64>();
+        for k in 0..core::mem::size_of::<L7Conn>() / 8 {
+            to.add(k).write_volatile(from.add(k).read());
+        }
         (*ev).start_ns = start_ns;
         (*ev).end_ns = end_ns;
         (*ev).bytes = bytes;
@@ -433,7 +461,8 @@ fn emit(
         (*ev).kind = kind;
         (*ev)._pad = 0;
         (*ev)._pad32 = 0;
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        // Straight into the record: aya's wrapper zeroes a copy first, byte by byte.
+        generated::bpf_get_current_comm((&raw mut (*ev).comm).cast(), 16);
         if take > L7_DATA_MAX as u64 {
             take = L7_DATA_MAX as u64;
         }
@@ -454,8 +483,14 @@ fn emit(
     if len > L7_EVENT_LEN + L7_DATA_MAX {
         return;
     }
-    let flags = if L7_EVENTS.query(BPF_RB_AVAIL_DATA as u64)
-        >= unsafe { core::ptr::read_volatile(&L7_WAKEUP_BYTES) }
+    // How much waits is asked every 64th event of a CPU only (the query reads both ring
+    // positions, lines the reader writes from another CPU); the reader also drains on a timer.
+    let seen = L7_COUNTERS
+        .get_ptr(L7_C_EVENTS)
+        .map_or(0, |c| unsafe { *c });
+    let flags = if seen % 64 == 0
+        && L7_EVENTS.query(BPF_RB_AVAIL_DATA as u64)
+            >= unsafe { core::ptr::read_volatile(&L7_WAKEUP_BYTES) }
     {
         BPF_RB_FORCE_WAKEUP
     } else {
