@@ -59,18 +59,21 @@ for name, value, ms, labels in [
 ]:
     pairs = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in labels)
     open(corpus("prompb", name), "wb").write(struct.pack("<dq", value, ms) + pairs)
-# Request events (kernel_records too): a u16 length, then an L7Event header (112 bytes, layout
-# in ebpf/common) and its captured bytes; a server connection's request, response and close.
-def l7(kind, data, total=None, role=1, t=1000, proto=1):
-    h = bytearray(112)
+# Request events (kernel_records too): a u16 length, then an L7Event header (120 bytes, layout
+# in ebpf/common: the 56-byte L7Conn, three u64 times and counts, four u32 ids, captured, kind,
+# padding, comm) and its captured bytes.
+def l7(kind, data, total=None, role=1, t=1000, proto=1, sock_type=1, port=8080):
+    h = bytearray(120)
     struct.pack_into("<Q", h, 0, 7)                        # connection id
     h[8:12], h[24:28] = bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1])
-    struct.pack_into("<HHHBB", h, 40, 8080, 40000, 2, role, proto)  # ports, AF_INET, role, protocol
-    struct.pack_into("<QQQIIII", h, 48, t, t + 10, len(data) if total is None else total, 1, 1, 3, 0)
-    struct.pack_into("<HB", h, 88, len(data), kind)
-    h[96:100] = b"test"
+    # ports, AF_INET, role, protocol, socket type
+    struct.pack_into("<HHHBBB", h, 40, port, 40000, 2, role, proto, sock_type)
+    struct.pack_into("<QQQIIII", h, 56, t, t + 10, len(data) if total is None else total, 1, 1, 3, 0)
+    struct.pack_into("<HB", h, 96, len(data), kind)
+    h[104:108] = b"test"
     rec = bytes(h) + data
     return struct.pack("<H", len(rec)) + rec
+# A server connection's request, response and close.
 seq = (l7(1, b"GET /a/1 HTTP/1.1\r\nHost: x\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n")
        + l7(2, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", t=2000)
        + l7(1, b"POST /b HTTP/1.1\r\nContent-Length: 100\r\n\r\n", total=140, t=3000)
@@ -82,3 +85,13 @@ redis = (l7(1, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100\r\nxx", total=130, proto=3)
          + l7(1, b"*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n", proto=3, t=3000)
          + l7(2, b"-ERR value is not an integer\r\n+PONG\r\n", proto=3, t=4000))
 open(corpus("kernel_records", "requests-redis"), "wb").write(redis)
+# DNS: a client's query and its NXDOMAIN answer over UDP, then the same over TCP with the
+# length prefix written apart from the message.
+query = bytes.fromhex("1234010000010000000000000377777702") + b"nx" + bytes.fromhex("04746573740000010001")
+answer = bytes([0x12, 0x34, 0x81, 0x83]) + query[4:]
+dns = (l7(2, query, role=2, proto=2, sock_type=2, port=53)
+       + l7(1, answer, role=2, proto=2, sock_type=2, port=53, t=2000))
+tcp = (l7(2, struct.pack(">H", len(query)), role=2, proto=2, port=53)
+       + l7(2, query, role=2, proto=2, port=53, t=1500)
+       + l7(1, struct.pack(">H", len(answer)) + answer, role=2, proto=2, port=53, t=2000))
+open(corpus("kernel_records", "requests-dns"), "wb").write(dns + tcp)
