@@ -70,6 +70,8 @@ struct Pending {
     /// The data buffer, iovec array or msghdr, by call.
     buf: u64,
     start_ns: u64,
+    /// A plain buffer's size (a truncated datagram's return can exceed it).
+    size: u64,
 }
 
 #[btf_map]
@@ -95,6 +97,9 @@ const BUF_NONE: u32 = 3 << 4;
 /// An mmsghdr array (recvmmsg, sendmmsg): the first message's first iovec is captured, and
 /// its length (not the call's return, a message count) is the event's byte count.
 const BUF_MMSG: u32 = 4 << 4;
+
+/// `recv*` flag: look without taking.
+const MSG_PEEK: u64 = 2;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -198,6 +203,16 @@ fn port_wanted(cfg: &L7Config, c: &L7Conn) -> bool {
 #[inline(always)]
 fn track(fd: u64, role: u8) {
     let Some(cfg) = L7_CONFIG.get(0) else { return };
+    // Whatever was tracked under this fd before is gone: its close was missed (dup2, exec,
+    // close_range).
+    let key = conn_key(fd);
+    if let Some(old) = unsafe { L7_CONNS.get(&key) }.copied() {
+        let _ = L7_CONNS.remove(&key);
+        if old.proto != PROTO_OTHER {
+            let now = unsafe { bpf_ktime_get_ns() };
+            emit(&old, L7_CLOSE, fd, now, now, 0, 0, 0);
+        }
+    }
     let Some(mut c) = socket_of(fd, role) else {
         count(L7_C_SOCKET_UNREADABLE);
         return;
@@ -230,7 +245,7 @@ fn track(fd: u64, role: u8) {
 
 /// Records a call in progress for its exit.
 #[inline(always)]
-fn begin(call: u32, fd: u64, buf: u64) {
+fn begin(call: u32, fd: u64, buf: u64, size: u64) {
     let Some(p) = L7_PENDING.get_or_create() else {
         return;
     };
@@ -238,6 +253,7 @@ fn begin(call: u32, fd: u64, buf: u64) {
     p.call = call;
     p.fd = fd as u32;
     p.buf = buf;
+    p.size = size;
     p.start_ns = unsafe { bpf_ktime_get_ns() };
 }
 
@@ -253,7 +269,7 @@ fn finish(call: u32) -> Option<Pending> {
 #[tracepoint]
 pub fn oxeye_l7_accept_enter(_ctx: TracePointContext) -> u32 {
     if L7_CONFIG.get(0).is_some_and(admitted) {
-        begin(CALL_ACCEPT, 0, 0);
+        begin(CALL_ACCEPT, 0, 0, 0);
     }
     0
 }
@@ -271,7 +287,7 @@ pub fn oxeye_l7_accept_exit(ctx: TracePointContext) -> u32 {
 pub fn oxeye_l7_connect_enter(ctx: TracePointContext) -> u32 {
     let fd: u64 = unsafe { ctx.read_at(16) }.unwrap_or(u64::MAX);
     if L7_CONFIG.get(0).is_some_and(admitted) {
-        begin(CALL_CONNECT, fd, 0);
+        begin(CALL_CONNECT, fd, 0, 0);
     }
     0
 }
@@ -315,13 +331,23 @@ fn pid_tracked() -> bool {
 /// Entry of a data call of a process with tracked connections: remembered for the exit, which
 /// looks the connection up (one hash lookup a call, not two).
 #[inline(always)]
-fn data_enter(ctx: &TracePointContext, call: u32) -> u32 {
+fn data_enter(ctx: &TracePointContext, call: u32, flags_at: usize) -> u32 {
     if !pid_tracked() {
+        return 0;
+    }
+    // A peek reads what the next read reads again: only the real read is captured.
+    if flags_at != 0 && unsafe { ctx.read_at::<u64>(flags_at) }.unwrap_or(0) & MSG_PEEK != 0 {
         return 0;
     }
     let fd: u64 = unsafe { ctx.read_at(16) }.unwrap_or(u64::MAX);
     let buf: u64 = unsafe { ctx.read_at(24) }.unwrap_or(0);
-    begin(call, fd, buf);
+    // A plain buffer's size is the third argument of read, write, recvfrom and sendto.
+    let size: u64 = if call & 0xf0 == BUF_PLAIN {
+        unsafe { ctx.read_at(32) }.unwrap_or(0)
+    } else {
+        u64::MAX
+    };
+    begin(call, fd, buf, size);
     0
 }
 
@@ -330,7 +356,7 @@ fn data_enter(ctx: &TracePointContext, call: u32) -> u32 {
 #[inline(always)]
 fn data_start(p: &Pending, ret: u64) -> Option<(u64, u64, u64)> {
     match p.call & 0xf0 {
-        BUF_PLAIN => Some((p.buf, ret, ret)),
+        BUF_PLAIN => Some((p.buf, ret.min(p.size), ret)),
         BUF_IOV => {
             let base: u64 = user(p.buf)?;
             let len: u64 = user(p.buf + 8)?;
@@ -504,11 +530,16 @@ fn emit(
     count(L7_C_EVENTS);
 }
 
+/// The entry and exit programs of a data call; `$flags_at`: where the tracepoint record holds
+/// its `recv` flags (0: it has none).
 macro_rules! data_pair {
     ($enter:ident, $exit:ident, $call:expr, $kind:expr) => {
+        data_pair!($enter, $exit, $call, $kind, 0);
+    };
+    ($enter:ident, $exit:ident, $call:expr, $kind:expr, $flags_at:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            data_enter(&ctx, $call)
+            data_enter(&ctx, $call, $flags_at)
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
@@ -542,10 +573,18 @@ data_pair!(
     L7_WRITE
 );
 data_pair!(
+    oxeye_l7_recvfrom_enter,
+    oxeye_l7_recvfrom_exit,
+    CALL_READ | BUF_PLAIN,
+    L7_READ,
+    40
+);
+data_pair!(
     oxeye_l7_recvmsg_enter,
     oxeye_l7_recvmsg_exit,
     CALL_READ | BUF_MSG,
-    L7_READ
+    L7_READ,
+    32
 );
 data_pair!(
     oxeye_l7_sendmsg_enter,
@@ -564,7 +603,8 @@ data_pair!(
     oxeye_l7_recvmmsg_enter,
     oxeye_l7_recvmmsg_exit,
     CALL_READ | BUF_MMSG,
-    L7_READ
+    L7_READ,
+    40
 );
 data_pair!(
     oxeye_l7_sendmmsg_enter,

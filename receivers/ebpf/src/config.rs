@@ -375,6 +375,6 @@ pub struct EbpfConfig {
     pub profiles: Option<ProfilesConfig>,
     /// Process lifecycle events (exec, exit) as logs.
     pub process: Option<ProcessConfig>,
-    /// Request spans (HTTP, Redis) from the connections processes serve and make.
+    /// Request spans (HTTP, DNS, Redis) from the connections processes serve and make.
     pub requests: Option<RequestsConfig>,
 }

@@ -13,12 +13,22 @@ pub struct Stream {
     tcp: bool,
     /// TCP: bytes left of the message under way.
     left: u64,
+    /// TCP: the message under way was announced by its length only (glibc and Go write or
+    /// read the prefix apart from the message): its head is in the next bytes.
+    head_due: bool,
+    /// TCP: a gap hid a length prefix; framing starts again at the next read or write.
+    lost: bool,
 }
 
 impl Stream {
     /// A stream of messages over TCP (`tcp`) or UDP.
     pub fn new(tcp: bool) -> Stream {
-        Stream { tcp, left: 0 }
+        Stream {
+            tcp,
+            left: 0,
+            head_due: false,
+            lost: false,
+        }
     }
 
     /// Whether a message is under way (TCP only; a datagram is always whole).
@@ -38,34 +48,49 @@ impl Stream {
             out.push(Piece::Ended);
             return;
         }
+        if self.lost {
+            // Request and response alternate: a new read or write starts with a prefix.
+            self.lost = false;
+            self.left = 0;
+            self.head_due = false;
+        }
         let mut data = data;
         let mut gap = gap;
         loop {
             if self.left > 0 {
-                let n = (self.left).min(data.len() as u64);
+                if self.head_due {
+                    let have = data.len().min(self.left as usize);
+                    let cut = (have as u64) < self.left;
+                    out.push(Piece::Began(parse(&data[..have], cut)));
+                    self.head_due = false;
+                }
+                let n = self.left.min(data.len() as u64);
                 self.left -= n;
                 data = &data[n as usize..];
                 let g = self.left.min(gap);
                 self.left -= g;
                 gap -= g;
-                if self.left == 0 {
-                    out.push(Piece::Ended);
+                if self.left > 0 {
+                    return;
                 }
+                out.push(Piece::Ended);
             }
             if data.len() < 2 {
-                // A length prefix not captured: framing unknown from here; the rest is skipped.
+                // A prefix cut in two, or not captured: framing is lost until the next call.
+                self.lost = !data.is_empty() || gap > 0;
                 return;
             }
             let len = u16::from_be_bytes([data[0], data[1]]) as u64;
-            let body = &data[2..];
-            let have = body.len().min(len as usize);
-            out.push(Piece::Began(parse(&body[..have], (have as u64) < len)));
-            self.left = len;
+            data = &data[2..];
             if len == 0 {
+                out.push(Piece::Began(parse(&[], true)));
                 out.push(Piece::Ended);
+                continue;
             }
-            data = body;
+            self.left = len;
+            self.head_due = true;
             if data.is_empty() && gap == 0 {
+                // The prefix alone: the message follows in the next call.
                 return;
             }
         }
@@ -236,6 +261,31 @@ mod tests {
         assert_eq!(cut.id, Some(9));
         assert!(cut.truncated);
         assert!(parse(&bytes[..5], true).id.is_none());
+    }
+
+    #[test]
+    fn a_length_prefix_sent_apart_from_its_message() {
+        let q = query(3, "split.test", simple_dns::TYPE::AAAA);
+        let mut s = Stream::new(true);
+        let mut out = Vec::new();
+        s.feed(&(q.len() as u16).to_be_bytes(), 0, &mut out);
+        assert!(out.is_empty());
+        s.feed(&q, 0, &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        match &out[0] {
+            Piece::Began(h) => {
+                assert_eq!(h.target.as_deref(), Some("split.test"));
+                assert_eq!(h.id, Some(3));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A prefix lost in a gap: the next call starts framing again.
+        let mut out = Vec::new();
+        s.feed(b"\x00", 40, &mut out);
+        let mut two = (q.len() as u16).to_be_bytes().to_vec();
+        two.extend_from_slice(&q);
+        s.feed(&two, 0, &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
     }
 
     #[test]

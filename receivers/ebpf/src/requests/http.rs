@@ -220,6 +220,9 @@ impl Stream {
                     }
                     None => {
                         line.extend_from_slice(data);
+                        if line.len() > 1024 {
+                            self.state = State::Lost;
+                        }
                         data.len()
                     }
                 },
@@ -248,7 +251,16 @@ impl Stream {
                     *left -= n;
                 }
             }
-            State::Chunked(Chunk::Data(left)) if n < *left => *left -= n,
+            State::Chunked(Chunk::Data(left)) => {
+                if n < *left {
+                    *left -= n;
+                } else if n == *left {
+                    // The gap ended with the chunk (and its CRLF): a size line comes next.
+                    self.state = State::Chunked(Chunk::Size(Vec::new()));
+                } else {
+                    self.state = State::Lost;
+                }
+            }
             State::Head(_) => self.lose_in_head(out),
             State::UntilClose | State::Lost => {}
             State::Idle => {
@@ -503,6 +515,20 @@ mod tests {
         out.extend(feed(&mut s, b"lo\r\n0\r\n", 0));
         assert_eq!(out.len(), 1, "not ended before the final CRLF");
         out.extend(feed(&mut s, b"\r\n", 0));
+        assert_eq!(out[1], Piece::Ended);
+    }
+
+    #[test]
+    fn a_gap_that_ends_with_a_chunk_leaves_the_next_size_line_readable() {
+        let mut s = Stream::new(true);
+        // Head and the size line captured; the chunk's 1000 bytes and CRLF are not.
+        let mut out = feed(
+            &mut s,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n",
+            1002,
+        );
+        out.extend(feed(&mut s, b"0\r\n\r\n", 0));
+        assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(out[1], Piece::Ended);
     }
 

@@ -23,13 +23,18 @@ enum State {
 const MAX_LINE: usize = 512;
 /// Bytes of a command name kept.
 const MAX_NAME: usize = 32;
+/// Aggregates nested at most (deeper framing is lost rather than held).
+const MAX_DEPTH: usize = 32;
 
 /// One direction of a RESP connection.
 #[derive(Debug)]
 pub struct Stream {
     state: State,
-    /// Elements left in each open aggregate, outermost first.
-    open: Vec<u64>,
+    /// Elements left in each open aggregate, outermost first, and whether it is an attribute
+    /// (RESP3 `|`: metadata before a value, not an element of anything).
+    open: Vec<(u64, bool)>,
+    /// The frame under way is an out-of-band push (RESP3 `>` from the server), not a reply.
+    push: bool,
     /// A frame is under way.
     started: bool,
     /// Requests: the head of the command under way, sent once its name is known.
@@ -48,6 +53,7 @@ impl Stream {
             started: false,
             pending: None,
             naming: false,
+            push: false,
             replies,
         }
     }
@@ -72,6 +78,7 @@ impl Stream {
         self.started = false;
         self.pending = None;
         self.naming = false;
+        self.push = false;
     }
 
     /// Feeds one syscall's bytes: `data` captured, then `gap` more not captured.
@@ -185,13 +192,20 @@ impl Stream {
             // A bare line end between frames.
             return;
         };
-        let top = !self.started;
+        // Top level: no aggregate open (a frame's first line, or what follows its attribute).
+        let top = self.open.is_empty();
+        if top && !self.started && self.replies && kind == '>' {
+            // A push the server sends on its own (pub/sub, client tracking): no reply.
+            self.started = true;
+            self.push = true;
+        }
         self.begin(out);
         let rest = &text[kind.len_utf8()..];
         let count = || rest.trim().parse::<i64>().ok();
         match kind {
             // Aggregates: array, set, push (n elements), map and attribute (2n).
             '*' | '~' | '>' | '%' | '|' => match count() {
+                Some(_) if self.open.len() >= MAX_DEPTH => self.lose(out),
                 Some(n) if n > 0 => {
                     let n = if matches!(kind, '%' | '|') {
                         n.saturating_mul(2)
@@ -200,7 +214,7 @@ impl Stream {
                     };
                     // A command's name is the first element of its top-level array.
                     self.naming = top && !self.replies && kind == '*';
-                    self.open.push(n as u64);
+                    self.open.push((n as u64, kind == '|'));
                 }
                 Some(_) => self.element_done(out),
                 None => self.lose(out),
@@ -236,15 +250,24 @@ impl Stream {
     /// a whole command or reply.
     fn element_done(&mut self, out: &mut Vec<Piece>) {
         self.state = State::Line(Vec::new());
-        while let Some(left) = self.open.last_mut() {
+        while let Some((left, attribute)) = self.open.last_mut() {
             *left -= 1;
             if *left > 0 {
                 return;
             }
+            let attribute = *attribute;
             self.open.pop();
+            if attribute {
+                // Metadata ended; the value it describes comes next.
+                return;
+            }
         }
-        self.flush_pending(out);
-        out.push(Piece::Ended);
+        if self.push {
+            self.push = false;
+        } else {
+            self.flush_pending(out);
+            out.push(Piece::Ended);
+        }
         self.started = false;
         self.naming = false;
     }
@@ -328,6 +351,31 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert!(s.end_open());
         assert!(!s.in_message());
+    }
+
+    #[test]
+    fn pushes_and_attributes_are_not_replies_of_their_own() {
+        let mut s = Stream::new(true);
+        // A client-tracking invalidation push, then an attribute before a reply's value.
+        let out = feed(
+            &mut s,
+            b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n|1\r\n+ttl\r\n:3\r\n-ERR x\r\n",
+            0,
+        );
+        assert_eq!(out.len(), 2, "one reply: {out:?}");
+        match &out[0] {
+            Piece::Began(h) => assert_eq!(h.error.as_deref(), Some("ERR x")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut s = Stream::new(true);
+        let deep = b"*1\r\n".repeat(1000);
+        let _ = feed(&mut s, &deep, 0);
+        assert!(s.open.len() <= MAX_DEPTH);
+        assert!(s.end_open());
     }
 
     #[test]

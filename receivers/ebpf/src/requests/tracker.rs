@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use oxeye_api::{Attributes, Comm, Span, SpanId, SpanKind, StatusCode, TaskContext, TraceId};
@@ -32,8 +33,9 @@ impl Stream {
     fn new(c: &L7Conn, responses: bool) -> Stream {
         match c.proto {
             PROTO_REDIS => Stream::Redis(Box::new(redis::Stream::new(responses))),
-            // SOCK_STREAM: DNS over TCP.
-            PROTO_DNS => Stream::Dns(dns::Stream::new(c.sock_type == 1)),
+            // Datagrams only on a SOCK_DGRAM socket; an unknown type (0) is taken as TCP, as
+            // `network.transport` says.
+            PROTO_DNS => Stream::Dns(dns::Stream::new(c.sock_type != 2)),
             _ => Stream::Http(http::Stream::new(responses)),
         }
     }
@@ -63,14 +65,17 @@ impl Stream {
     }
 }
 
-/// Requests waiting for their responses on one connection at most (deeper pipelines are
-/// counted and not traced).
+/// Requests waiting for their responses on one connection at most: deeper ones are counted and
+/// not traced, but hold a place (up to 4x this) so that their responses pair with them.
 const MAX_PENDING: usize = 64;
+/// How long a DNS query waits for its response (a lost datagram is never answered).
+const DNS_TIMEOUT_NS: u64 = 5_000_000_000;
 
 /// A request seen, waiting for its response to end.
 struct Request {
     head: Head,
-    /// Its first byte: read (server) or the write began (client), kernel ns.
+    /// When it began: the read that completed its head returned (server), or its first write
+    /// began (client), kernel ns.
     start_ns: u64,
     tid: u32,
     trace_id: TraceId,
@@ -84,6 +89,8 @@ struct Request {
     response_end_ns: u64,
     /// CPU of the last event of the pair.
     cpu: u32,
+    /// Not traced (beyond MAX_PENDING): holds its place for its response only.
+    skipped: bool,
 }
 
 /// What a span takes from its connection: addresses and role, pid, comm.
@@ -119,13 +126,13 @@ pub struct TrackerCounts {
 
 /// Every tracked connection's state.
 pub struct Tracker {
-    conns: HashMap<u64, Conn>,
+    /// By connection id, least recently used first out when `max_connections` are held.
+    conns: lru::LruCache<u64, Conn>,
     /// (pid, tid) → the server span the thread is serving.
     serving: HashMap<(u32, u32), (TraceId, SpanId)>,
     routes: Routes,
     /// Kernel monotonic ns → Unix ns.
     offset: u64,
-    max_connections: usize,
     counts: TrackerCounts,
 }
 
@@ -133,11 +140,10 @@ impl Tracker {
     /// A tracker keeping at most `max_connections` connections' state.
     pub fn new(routes: Routes, offset: u64, max_connections: usize) -> Tracker {
         Tracker {
-            conns: HashMap::new(),
+            conns: lru::LruCache::new(NonZeroUsize::new(max_connections.max(1)).expect("not 0")),
             serving: HashMap::new(),
             routes,
             offset,
-            max_connections,
             counts: TrackerCounts::default(),
         }
     }
@@ -154,7 +160,15 @@ impl Tracker {
 
     /// Forgets the connections of processes that exited (the kernel never saw them closed).
     pub fn retain_pids(&mut self, alive: impl Fn(u32) -> bool) {
-        self.conns.retain(|_, c| alive(c.pid));
+        let gone: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !alive(c.pid))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.conns.pop(&id);
+        }
         self.serving.retain(|(pid, _), _| alive(*pid));
     }
 
@@ -162,7 +176,7 @@ impl Tracker {
     pub fn event(&mut self, ev: &L7Event, data: &[u8], out: &mut Vec<Span>) {
         let id = ev.conn.id;
         if ev.kind == L7_CLOSE {
-            if let Some(conn) = self.conns.remove(&id) {
+            if let Some(conn) = self.conns.pop(&id) {
                 self.close(conn, ev.end_ns, out);
             }
             return;
@@ -170,42 +184,68 @@ impl Tracker {
         if !matches!(ev.conn.proto, PROTO_HTTP | PROTO_DNS | PROTO_REDIS) {
             return;
         }
-        if !self.conns.contains_key(&id) && self.conns.len() >= self.max_connections {
-            // Bounded: drop the connection with the oldest id (ids grow with time).
-            if let Some(&oldest) = self.conns.keys().min() {
-                self.conns.remove(&oldest);
+        if !self.conns.contains(&id) {
+            let fresh = Conn {
+                info: ev.conn,
+                pid: ev.pid,
+                comm: ev.comm,
+                requests: Stream::new(&ev.conn, false),
+                responses: Stream::new(&ev.conn, true),
+                pending: VecDeque::new(),
+            };
+            // Bounded: the connection least recently heard from makes room.
+            if let Some((_, old)) = self.conns.push(id, fresh) {
                 self.counts.connections_evicted += 1;
+                for r in &old.pending {
+                    self.unserve(old.pid, r);
+                }
             }
         }
-        let conn = self.conns.entry(id).or_insert_with(|| Conn {
-            info: ev.conn,
-            pid: ev.pid,
-            comm: ev.comm,
-            requests: Stream::new(&ev.conn, false),
-            responses: Stream::new(&ev.conn, true),
-            pending: VecDeque::new(),
-        });
+        let conn = self.conns.get_mut(&id).expect("just inserted");
         let meta = (conn.info, conn.pid, conn.comm);
         let server = conn.info.role == ROLE_SERVER;
         let gap = ev.bytes.saturating_sub(data.len() as u64);
         let mut pieces = Vec::new();
         let mut done = Vec::new();
+        let mut timed_out = Vec::new();
         if server == (ev.kind == L7_READ) {
-            // Request bytes: a response whose end only the other side's turn shows has ended.
+            // Request bytes: a response whose end only the other side's turn shows has ended,
+            // and with it any responses pipelined behind it (not seen: the framing was lost).
             if conn.responses.end_open() {
-                done.extend(conn.pending.pop_front());
+                let end = conn.pending.front().map_or(0, |r| r.response_end_ns);
+                for (i, mut r) in conn.pending.drain(..).enumerate() {
+                    if i > 0 {
+                        r.head.truncated = true;
+                        r.response_end_ns = end.max(r.start_ns);
+                    }
+                    done.push(r);
+                }
             }
             conn.requests.feed(data, gap, false, &mut pieces);
             let start = if server { ev.end_ns } else { ev.start_ns };
             for p in pieces {
                 let Piece::Began(head) = p else { continue };
                 self.counts.truncated_heads += head.truncated as u64;
+                // A DNS query unanswered for long was lost on the way: it ends in error.
+                if conn.info.proto == PROTO_DNS {
+                    while conn
+                        .pending
+                        .front()
+                        .is_some_and(|r| r.start_ns.saturating_add(DNS_TIMEOUT_NS) < ev.end_ns)
+                    {
+                        let mut r = conn.pending.pop_front().expect("checked");
+                        r.response_end_ns = r.start_ns.saturating_add(DNS_TIMEOUT_NS);
+                        timed_out.push(r);
+                    }
+                }
+                let mut req = new_request(head, start, ev, server, &self.serving);
                 if conn.pending.len() >= MAX_PENDING {
                     self.counts.pipeline_overflow += 1;
-                    continue;
-                }
-                let req = new_request(head, start, ev, server, &self.serving);
-                if server {
+                    if conn.pending.len() >= 4 * MAX_PENDING {
+                        continue;
+                    }
+                    req.skipped = true;
+                } else if server {
                     self.serving
                         .insert((ev.pid, ev.tid), (req.trace_id, req.span_id));
                 }
@@ -248,9 +288,13 @@ impl Tracker {
                 r.cpu = ev.cpu;
             }
         }
-        for r in done {
+        for r in done.into_iter().filter(|r| !r.skipped) {
             let end = r.response_end_ns;
             out.push(self.finish(meta, r, end, None));
+        }
+        for r in timed_out.into_iter().filter(|r| !r.skipped) {
+            let end = r.response_end_ns;
+            out.push(self.finish(meta, r, end, Some("no response within 5 s")));
         }
     }
 
@@ -259,12 +303,15 @@ impl Tracker {
     fn close(&mut self, mut conn: Conn, at_ns: u64, out: &mut Vec<Span>) {
         let meta = (conn.info, conn.pid, conn.comm);
         if conn.responses.end_open() {
-            if let Some(done) = conn.pending.pop_front() {
+            if let Some(done) = conn.pending.pop_front().filter(|r| !r.skipped) {
                 let end = done.response_end_ns;
                 out.push(self.finish(meta, done, end, None));
             }
         }
         while let Some(r) = conn.pending.pop_front() {
+            if r.skipped {
+                continue;
+            }
             self.counts.closed_mid_response += 1;
             let end = r.response_end_ns.max(at_ns);
             let why = if r.response.is_some() {
@@ -279,9 +326,16 @@ impl Tracker {
     /// The span of a request and its response; the thread no longer serves it.
     fn finish(&mut self, meta: Meta, r: Request, end_ns: u64, error: Option<&str>) -> Span {
         self.counts.spans += 1;
-        let key = (r.trace_id, r.span_id);
-        self.serving.retain(|_, v| *v != key);
+        self.unserve(meta.1, &r);
         self.span(meta, r, end_ns, error)
+    }
+
+    /// The thread that read request `r` no longer serves it.
+    fn unserve(&mut self, pid: u32, r: &Request) {
+        let key = (pid, r.tid);
+        if self.serving.get(&key) == Some(&(r.trace_id, r.span_id)) {
+            self.serving.remove(&key);
+        }
     }
 
     fn span(&self, meta: Meta, r: Request, end_ns: u64, error: Option<&str>) -> Span {
@@ -492,6 +546,7 @@ fn new_request(
         response: None,
         response_end_ns: start_ns,
         cpu: ev.cpu,
+        skipped: false,
     }
 }
 
@@ -733,6 +788,34 @@ mod tests {
         let spans = feed(&mut t, ev(2, ROLE_SERVER, L7_CLOSE, 7, 500, 0), b"");
         assert_eq!(spans[0].status, StatusCode::Error);
         assert_eq!(t.counts().closed_mid_response, 1);
+    }
+
+    #[test]
+    fn a_reply_whose_framing_was_lost_takes_the_pipelined_ones_with_it() {
+        let mut t = Tracker::new(Routes::default(), 0, 100);
+        let redis = |kind, tid, at, data: &[u8], total: u64| {
+            let mut e = ev(5, ROLE_CLIENT, kind, tid, at, total);
+            e.conn.proto = PROTO_REDIS;
+            (e, data.to_vec())
+        };
+        let mut spans = Vec::new();
+        for (e, d) in [
+            redis(L7_WRITE, 1, 100, b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*4\r\n$6\r\nLRANGE\r\n$3\r\nbig\r\n$1\r\n0\r\n$2\r\n-1\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\n", 0),
+            // GET a's reply, then LRANGE's: its elements run past the capture (framing lost,
+            // GET b's reply swallowed).
+            redis(L7_READ, 1, 200, b"$1\r\na\r\n*1000\r\n$5\r\nxx", 9000),
+            redis(L7_WRITE, 1, 300, b"*2\r\n$3\r\nGET\r\n$1\r\nc\r\n", 0),
+            redis(L7_READ, 1, 400, b"$1\r\nc\r\n", 0),
+        ] {
+            let total = if e.bytes == 0 { d.len() as u64 } else { e.bytes };
+            let mut e = e;
+            e.bytes = total;
+            t.event(&e, &d, &mut spans);
+        }
+        let names: Vec<&str> = spans.iter().map(|s| &*s.name).collect();
+        assert_eq!(names, ["GET", "LRANGE", "GET", "GET"]);
+        // GET c pairs with its own reply, at its own time.
+        assert_eq!((spans[3].start_unix_ns, spans[3].end_unix_ns), (300, 410));
     }
 
     #[test]
