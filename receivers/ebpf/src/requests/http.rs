@@ -83,6 +83,8 @@ pub enum Piece {
 /// `max_connections` connections each holding a head under way (a slow client sends a byte at
 /// a time), this bounds what they hold.
 const MAX_HEAD: usize = 4 * 1024;
+/// Longest chunk-size or trailer line kept (a longer one loses the framing).
+const MAX_LINE: usize = 1024;
 /// Headers parsed per head at most.
 const MAX_HEADERS: usize = 64;
 
@@ -177,9 +179,9 @@ impl Stream {
                 n as usize
             }
             State::Chunked(chunk) => match chunk {
-                Chunk::Size(line) => match data.iter().position(|&b| b == b'\n') {
-                    Some(nl) => {
-                        line.extend_from_slice(&data[..=nl]);
+                Chunk::Size(line) => {
+                    let (used, whole) = collect_line(line, data);
+                    if whole {
                         match httparse::parse_chunk_size(line) {
                             Ok(httparse::Status::Complete((_, 0))) => {
                                 *chunk = Chunk::Trailer(Vec::new());
@@ -189,16 +191,11 @@ impl Stream {
                             }
                             _ => self.state = State::Lost,
                         }
-                        nl + 1
+                    } else if line.len() > MAX_LINE {
+                        self.state = State::Lost;
                     }
-                    None => {
-                        line.extend_from_slice(data);
-                        if line.len() > 1024 {
-                            self.state = State::Lost;
-                        }
-                        data.len()
-                    }
-                },
+                    used
+                }
                 Chunk::Data(left) => {
                     let n = (*left).min(data.len() as u64);
                     *left -= n;
@@ -207,25 +204,20 @@ impl Stream {
                     }
                     n as usize
                 }
-                Chunk::Trailer(line) => match data.iter().position(|&b| b == b'\n') {
-                    Some(nl) => {
-                        line.extend_from_slice(&data[..=nl]);
+                Chunk::Trailer(line) => {
+                    let (used, whole) = collect_line(line, data);
+                    if whole {
                         if line.iter().all(|&b| b == b'\r' || b == b'\n') {
                             self.state = State::Idle;
                             out.push(Piece::Ended);
                         } else {
                             line.clear();
                         }
-                        nl + 1
+                    } else if line.len() > MAX_LINE {
+                        self.state = State::Lost;
                     }
-                    None => {
-                        line.extend_from_slice(data);
-                        if line.len() > 1024 {
-                            self.state = State::Lost;
-                        }
-                        data.len()
-                    }
-                },
+                    used
+                }
             },
             State::UntilClose | State::Lost => data.len(),
         }
@@ -381,6 +373,21 @@ impl Stream {
                 Body::Length(length.unwrap_or(0))
             };
             return Some((head, body, dropped + len));
+        }
+    }
+}
+
+/// Appends `data` to `line` up to and with its first newline: (bytes used, whether the line is
+/// now whole).
+fn collect_line(line: &mut Vec<u8>, data: &[u8]) -> (usize, bool) {
+    match data.iter().position(|&b| b == b'\n') {
+        Some(nl) => {
+            line.extend_from_slice(&data[..=nl]);
+            (nl + 1, true)
+        }
+        None => {
+            line.extend_from_slice(data);
+            (data.len(), false)
         }
     }
 }
