@@ -111,7 +111,7 @@ fi
 
 # Request-span peers: servers and clients that speak HTTP, DNS and Redis (the tests run their
 # own servers on loopback with configs of their own).
-step "request-span peers: nginx, redis, dnsmasq, dig, wrk (Debian)"
+step "request-span peers: nginx, redis, dnsmasq, dig, wrk, curl, openssl (Debian)"
 req_pkgs=()
 command -v nginx >/dev/null || req_pkgs+=(nginx)
 command -v redis-server >/dev/null || req_pkgs+=(redis-server)
@@ -119,6 +119,9 @@ command -v redis-benchmark >/dev/null || req_pkgs+=(redis-tools)
 command -v dnsmasq >/dev/null || req_pkgs+=(dnsmasq-base)
 command -v dig >/dev/null || req_pkgs+=(bind9-dnsutils)
 command -v wrk >/dev/null || req_pkgs+=(wrk)
+command -v curl >/dev/null || req_pkgs+=(curl)
+# The TLS test's certificate; nginx and curl bring OpenSSL's libssl the probes attach to.
+command -v openssl >/dev/null || req_pkgs+=(openssl)
 if [ ${#req_pkgs[@]} -gt 0 ]; then
   say "  installing ${req_pkgs[*]}"
   apt_install_no_services "${req_pkgs[@]}"

@@ -10,6 +10,34 @@ use crate::{wait_port, KillOnDrop};
 /// `/ok` (200 "ok"), `/users/*` (200), `/missing` (404), `/fail` (500), `/big` (a 100 kB file).
 /// Killed when the returned value drops.
 pub fn nginx(dir: &Path, port: u16) -> KillOnDrop {
+    start_nginx(dir, &format!("listen 127.0.0.1:{port};"), port)
+}
+
+/// [`nginx`] over TLS (a self-signed certificate for `localhost`, made here with `openssl`).
+pub fn nginx_tls(dir: &Path, port: u16) -> KillOnDrop {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl (tests/setup.sh installs it)");
+    assert!(made.success(), "openssl req failed");
+    let listen = format!(
+        "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};",
+        cert.display(),
+        key.display()
+    );
+    start_nginx(dir, &listen, port)
+}
+
+fn start_nginx(dir: &Path, listen: &str, port: u16) -> KillOnDrop {
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -29,7 +57,7 @@ http {{
   scgi_temp_path {d}/scgi;
   keepalive_requests 1000000;
   server {{
-    listen 127.0.0.1:{port};
+    {listen}
     location = /ok {{ return 200 \"ok\\n\"; }}
     location /users/ {{ return 200 \"user\\n\"; }}
     location = /missing {{ return 404; }}

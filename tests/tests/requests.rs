@@ -9,12 +9,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use oxeye_tests::netns::require_root;
-use oxeye_tests::peers::nginx;
+use oxeye_tests::peers::{nginx, nginx_tls};
 use oxeye_tests::{free_port, temp_config, wait_port, KillOnDrop, Running};
 use serde_json::Value;
 
 /// `oxeye run` with `requests:` on `ports`, spans to JSON lines; returns once attached.
 fn oxeye(name: &str, ports: &[u16]) -> Running {
+    oxeye_with(name, ports, "")
+}
+
+/// [`oxeye`] with more `requests:` settings (`key: value` lines).
+fn oxeye_with(name: &str, ports: &[u16], more: &str) -> Running {
+    let more: String = more.lines().map(|l| format!("      {l}\n")).collect();
     let cfg = temp_config(
         name,
         &format!(
@@ -23,7 +29,7 @@ fn oxeye(name: &str, ports: &[u16]) -> Running {
     requests:
       ports: {ports:?}
       routes: ['/users/{{id}}', '/ok']
-exporters:
+{more}exporters:
   stdout: {{format: json}}
 service:
   pipelines:
@@ -294,6 +300,126 @@ fn a_call_made_while_serving_is_the_server_spans_child() {
         .count();
     assert_eq!(upstream, 3);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// curl over HTTPS to nginx with `tls: true`: the same spans as in plain HTTP, on both sides
+/// (nginx and curl both call the system's libssl), marked `tls`.
+#[test]
+fn https_requests_are_seen_through_libssl() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("oxeye-requests-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let ox = oxeye_with("requests-tls", &[port], "tls: true");
+    let _nginx = nginx_tls(&dir, port);
+    let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
+    // One connection, three requests; then one with a traceparent.
+    run(Command::new("curl")
+        .args([
+            "-sk",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+        ])
+        .args([url("/ok"), url("/missing"), url("/big")]));
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    run(Command::new("curl")
+        .args(["-sk", "--http1.1", "-o", "/dev/null", "-H"])
+        .arg(format!("traceparent: {tp}"))
+        .arg(url("/users/7")));
+    let (spans, stderr) = stop(ox);
+    let side = |comm: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| s["process.executable.name"] == comm)
+            .collect()
+    };
+    let (server, client) = (side("nginx"), side("curl"));
+    let paths = |v: &[&Value]| -> Vec<(String, i64)> {
+        let mut p: Vec<(String, i64)> = v
+            .iter()
+            .map(|s| {
+                (
+                    attr(s, "url.path").as_str().unwrap_or("?").to_string(),
+                    attr(s, "http.response.status_code").as_i64().unwrap_or(0),
+                )
+            })
+            .collect();
+        p.sort();
+        p
+    };
+    let want: Vec<(String, i64)> = [
+        ("/big", 200),
+        ("/missing", 404),
+        ("/ok", 200),
+        ("/users/7", 200),
+    ]
+    .iter()
+    .map(|(p, s)| (p.to_string(), *s))
+    .collect();
+    assert_eq!(paths(&server), want, "nginx's spans: {stderr}");
+    assert_eq!(paths(&client), want, "curl's spans: {stderr}");
+    for s in server.iter().chain(&client) {
+        assert_eq!(attr(s, "tls"), true, "{s}");
+    }
+    for s in &server {
+        assert_eq!(s["kind"], "server", "{s}");
+        assert_eq!(attr(s, "url.scheme"), "https", "{s}");
+    }
+    for s in &client {
+        assert_eq!(s["kind"], "client", "{s}");
+        let full = attr(s, "url.full").as_str().unwrap_or("");
+        assert!(full.starts_with("https://127.0.0.1:"), "{s}");
+    }
+    let joined: Vec<&&Value> = server
+        .iter()
+        .filter(|s| attr(s, "url.path") == "/users/7")
+        .collect();
+    assert_eq!(joined[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(joined[0]["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(joined[0]["name"], "GET /users/{id}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tls: true` for a process that does not load libssl: `validate` and `run` both refuse it
+/// and say why.
+#[test]
+fn tls_for_a_process_without_libssl_is_refused() {
+    require_root();
+    let sleeper = KillOnDrop(Command::new("sleep").arg("30").spawn().expect("sleep"));
+    let pid = sleeper.0.id();
+    let cfg = temp_config(
+        "requests-tls-nolib",
+        &format!(
+            "receivers:
+  ebpf:
+    requests: {{pid: {pid}, tls: true}}
+exporters:
+  nop: {{}}
+service:
+  pipelines:
+    traces: {{receivers: [ebpf], exporters: [nop]}}
+"
+        ),
+    );
+    for cmd in ["validate", "run"] {
+        let out = Command::new(oxeye_tests::oxeye_bin())
+            .args([cmd, "-c"])
+            .arg(&cfg)
+            .output()
+            .expect("oxeye");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}: {err}");
+        assert!(
+            err.contains("requests.tls")
+                && err.contains(&format!("process {pid} (sleep) does not load libssl")),
+            "{cmd}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -543,11 +543,15 @@ pub struct L7Config {
     pub comm: [u8; 16],
     /// Ports of interest (the server's port of a connection); 0 ends the list, empty = any.
     pub ports: [u16; L7_MAX_PORTS],
-    /// Bit `1 << PROTO_*` for each protocol to detect.
+    /// Bit `1 << PROTO_*` for each protocol to detect, and [`L7_FOLLOW_TLS`].
     pub protocols: u32,
     /// Not this process (oxeye's own).
     pub exclude_pid: u32,
 }
+
+/// [`L7Config::protocols`] bit: connections that start with a TLS record are followed through
+/// the libssl uprobes (their plaintext) instead of being left as another protocol.
+pub const L7_FOLLOW_TLS: u32 = 1 << 16;
 
 /// A tracked connection (value of `L7_CONNS`, keyed by `pid << 32 | fd`).
 #[repr(C)]
@@ -571,8 +575,9 @@ pub struct L7Conn {
     pub proto: u8,
     /// The socket's type: SOCK_STREAM (1) or SOCK_DGRAM (2); 0: unknown.
     pub sock_type: u8,
-    /// Explicit padding.
-    pub _pad8: u8,
+    /// 1: the connection carries TLS; its events hold the plaintext `SSL_read`/`SSL_write`
+    /// saw, not the bytes on the wire.
+    pub tls: u8,
     /// Explicit padding.
     pub _pad16: u16,
     /// Explicit padding.
@@ -636,8 +641,11 @@ pub const L7_C_TRUNCATED: u32 = 4;
 pub const L7_C_OTHER_PROTOCOL: u32 = 5;
 /// Connections whose socket could not be read (addresses unknown; not tracked).
 pub const L7_C_SOCKET_UNREADABLE: u32 = 6;
+/// TLS reads and writes whose connection was not known (no socket call inside any `SSL_*`
+/// call of that `SSL` object yet): not captured.
+pub const L7_C_TLS_UNLINKED: u32 = 7;
 /// Counter names, by slot.
-pub const L7_COUNTER_NAMES: [&str; 7] = [
+pub const L7_COUNTER_NAMES: [&str; 8] = [
     "ebpf_l7_events",
     "ebpf_l7_ringbuf_full",
     "ebpf_l7_connections",
@@ -645,6 +653,7 @@ pub const L7_COUNTER_NAMES: [&str; 7] = [
     "ebpf_l7_capture_truncated",
     "ebpf_l7_other_protocol",
     "ebpf_l7_socket_unreadable",
+    "ebpf_l7_tls_unlinked",
 ];
 
 /// Offsets the request programs follow from a task to a socket's addresses (from the kernel's

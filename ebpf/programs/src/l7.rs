@@ -9,6 +9,12 @@
 //! `close` ends the tracking. The protocol is detected from the first message: a connection
 //! that speaks none of the configured protocols is marked and costs one map lookup a call from
 //! then on, as does any untracked fd.
+//!
+//! TLS (with `L7_FOLLOW_TLS`): a connection whose first bytes are a TLS record is marked `tls`
+//! and its socket data is not captured. Uprobes on libssl's `SSL_read`/`SSL_write` (and `_ex`)
+//! capture the plaintext instead. Which connection an `SSL` object speaks on is learnt from the
+//! socket call it makes while inside an `SSL_*` call (`L7_SSL_FDS`): no offsets into OpenSSL's
+//! private structures.
 #![no_std]
 #![no_main]
 
@@ -19,17 +25,18 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
         generated,
     },
-    macros::{btf_map, map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    macros::{btf_map, map, tracepoint, uprobe, uretprobe},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 mod task_storage;
 use oxeye_ebpf::helpers::kernel;
 use oxeye_ebpf_common::{
     L7Config, L7Conn, L7Event, SocketOffsets, L7_CLOSE, L7_C_CONNECTIONS, L7_C_EVENTS,
-    L7_C_MAP_FULL, L7_C_OTHER_PROTOCOL, L7_C_RINGBUF_FULL, L7_C_SOCKET_UNREADABLE, L7_C_TRUNCATED,
-    L7_DATA_MAX, L7_EVENT_LEN, L7_MAX_PORTS, L7_READ, L7_WRITE, PROTO_DNS, PROTO_HTTP, PROTO_OTHER,
-    PROTO_REDIS, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER,
+    L7_C_MAP_FULL, L7_C_OTHER_PROTOCOL, L7_C_RINGBUF_FULL, L7_C_SOCKET_UNREADABLE,
+    L7_C_TLS_UNLINKED, L7_C_TRUNCATED, L7_DATA_MAX, L7_EVENT_LEN, L7_FOLLOW_TLS, L7_MAX_PORTS,
+    L7_READ, L7_WRITE, PROTO_DNS, PROTO_HTTP, PROTO_OTHER, PROTO_REDIS, PROTO_UNKNOWN, ROLE_CLIENT,
+    ROLE_SERVER,
 };
 use task_storage::TaskStorage;
 
@@ -76,6 +83,32 @@ struct Pending {
 
 #[btf_map]
 static L7_PENDING: TaskStorage<Pending> = TaskStorage::new();
+
+/// An `SSL_read`/`SSL_write` (or `_ex`) in progress on a thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SslCall {
+    /// The `SSL *` (0: no call in progress).
+    ssl: u64,
+    buf: u64,
+    /// `_ex` calls: where the byte count is written; 0 for the others.
+    count_at: u64,
+    /// The buffer's size argument.
+    size: u64,
+    start_ns: u64,
+    /// The socket the call used, when it made a socket call (`u32::MAX`: none yet).
+    fd: u32,
+    /// L7_READ or L7_WRITE.
+    kind: u32,
+}
+
+#[btf_map]
+static L7_SSL: TaskStorage<SslCall> = TaskStorage::new();
+
+/// `[tgid, SSL *]` → the fd that `SSL` object was last seen using. LRU: an object freed
+/// without notice leaves only a stale entry that newer ones push out.
+#[map]
+static L7_SSL_FDS: LruHashMap<[u64; 2], u32> = LruHashMap::with_max_entries(65536, 0);
 
 /// Wake the reader once this many bytes wait in the ring (set at load).
 #[unsafe(no_mangle)]
@@ -422,6 +455,11 @@ fn data_exit(ctx: &TracePointContext, call: u32, kind: u8) -> u32 {
         return 0;
     };
     let c = unsafe { &mut *c };
+    if c.tls != 0 {
+        // Ciphertext: the plaintext comes from the SSL uprobes; learn which SSL object this is.
+        ssl_link(fd);
+        return 0;
+    }
     if c.proto == PROTO_OTHER {
         return 0;
     }
@@ -432,14 +470,57 @@ fn data_exit(ctx: &TracePointContext, call: u32, kind: u8) -> u32 {
     if moved == 0 {
         return 0;
     }
-    if c.proto == PROTO_UNKNOWN {
-        if p.call & 0xf0 == BUF_NONE || len < 4 {
+    if c.proto == PROTO_UNKNOWN && p.call & 0xf0 != BUF_NONE && len >= 4 {
+        let head = user::<u32>(start).unwrap_or(0);
+        // A TLS record: content type 20..=23 (handshake, alert...), then version 3.x.
+        if cfg.protocols & L7_FOLLOW_TLS != 0
+            && (20..=23).contains(&(head as u8))
+            && (head >> 8) as u8 == 3
+        {
+            c.tls = 1;
+            ssl_link(fd);
             return 0;
+        }
+    }
+    capture(
+        c,
+        cfg,
+        kind,
+        fd,
+        p.start_ns,
+        end_ns,
+        start,
+        len,
+        moved,
+        p.call & 0xf0 == BUF_NONE,
+    );
+    0
+}
+
+/// Detects the protocol of a connection's first message and writes the event of a message
+/// with `len` of its `moved` bytes readable at `start`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn capture(
+    c: &mut L7Conn,
+    cfg: &L7Config,
+    kind: u8,
+    fd: u64,
+    start_ns: u64,
+    end_ns: u64,
+    start: u64,
+    len: u64,
+    moved: u64,
+    no_bytes: bool,
+) {
+    if c.proto == PROTO_UNKNOWN {
+        if no_bytes || len < 4 {
+            return;
         }
         c.proto = detect(cfg, user::<u32>(start).unwrap_or(0) as u64);
         if c.proto == PROTO_OTHER {
             count(L7_C_OTHER_PROTOCOL);
-            return 0;
+            return;
         }
     }
     let cap = (cfg.capture_bytes as u64).min(L7_DATA_MAX as u64);
@@ -447,7 +528,132 @@ fn data_exit(ctx: &TracePointContext, call: u32, kind: u8) -> u32 {
     if moved > take {
         count(L7_C_TRUNCATED);
     }
-    emit(c, kind, fd, p.start_ns, end_ns, moved, start, take);
+    emit(c, kind, fd, start_ns, end_ns, moved, start, take);
+}
+
+/// A socket call on TLS connection `fd` made inside an `SSL_*` call: that `SSL` object speaks
+/// on `fd`.
+#[inline(always)]
+fn ssl_link(fd: u64) {
+    let Some(s) = L7_SSL.get() else { return };
+    let s = unsafe { &mut *s };
+    if s.ssl == 0 {
+        return;
+    }
+    s.fd = fd as u32;
+    let key = [bpf_get_current_pid_tgid() >> 32, s.ssl];
+    let _ = L7_SSL_FDS.insert(&key, &(fd as u32), BPF_ANY as u64);
+}
+
+/// Entry of `SSL_read(ssl, buf, num)`, `SSL_write(ssl, buf, num)` and their `_ex` forms (a
+/// fourth argument: where the byte count goes).
+#[inline(always)]
+fn ssl_enter(ctx: &ProbeContext, kind: u8, ex: bool) -> u32 {
+    if !pid_tracked() {
+        return 0;
+    }
+    let Some(s) = L7_SSL.get_or_create() else {
+        return 0;
+    };
+    let s = unsafe { &mut *s };
+    s.ssl = ctx.arg::<u64>(0).unwrap_or(0);
+    s.buf = ctx.arg::<u64>(1).unwrap_or(0);
+    s.size = ctx.arg::<u64>(2).unwrap_or(0) & 0xffff_ffff;
+    s.count_at = if ex {
+        ctx.arg::<u64>(3).unwrap_or(0)
+    } else {
+        0
+    };
+    s.start_ns = unsafe { bpf_ktime_get_ns() };
+    s.fd = u32::MAX;
+    s.kind = kind as u32;
+    0
+}
+
+#[uprobe]
+pub fn oxeye_l7_ssl_read(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, L7_READ, false)
+}
+
+#[uprobe]
+pub fn oxeye_l7_ssl_read_ex(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, L7_READ, true)
+}
+
+#[uprobe]
+pub fn oxeye_l7_ssl_write(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, L7_WRITE, false)
+}
+
+#[uprobe]
+pub fn oxeye_l7_ssl_write_ex(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, L7_WRITE, true)
+}
+
+/// Return of any of the four: the plaintext moved, as an event of the connection.
+#[uretprobe]
+pub fn oxeye_l7_ssl_return(ctx: RetProbeContext) -> u32 {
+    if !pid_tracked() {
+        return 0;
+    }
+    let Some(s) = L7_SSL.get() else { return 0 };
+    let s = unsafe { &mut *s };
+    let call = *s;
+    s.ssl = 0;
+    if call.ssl == 0 {
+        return 0;
+    }
+    let end_ns = unsafe { bpf_ktime_get_ns() };
+    // An `int`: the upper half of the register is not part of it.
+    let ret = ctx.ret::<u64>() as u32 as i32;
+    let moved = if call.count_at != 0 {
+        if ret != 1 {
+            return 0;
+        }
+        user::<u64>(call.count_at).unwrap_or(0)
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        return 0;
+    };
+    if moved == 0 {
+        return 0;
+    }
+    let fd = if call.fd != u32::MAX {
+        call.fd
+    } else {
+        let key = [bpf_get_current_pid_tgid() >> 32, call.ssl];
+        match unsafe { L7_SSL_FDS.get(&key) } {
+            Some(fd) => *fd,
+            None => {
+                count(L7_C_TLS_UNLINKED);
+                return 0;
+            }
+        }
+    } as u64;
+    let Some(c) = L7_CONNS.get_ptr_mut(&conn_key(fd)) else {
+        return 0;
+    };
+    let c = unsafe { &mut *c };
+    if c.tls == 0 || c.proto == PROTO_OTHER {
+        return 0;
+    }
+    let Some(cfg) = L7_CONFIG.get(0) else {
+        return 0;
+    };
+    let len = moved.min(call.size);
+    capture(
+        c,
+        cfg,
+        call.kind as u8,
+        fd,
+        call.start_ns,
+        end_ns,
+        call.buf,
+        len,
+        moved,
+        false,
+    );
     0
 }
 

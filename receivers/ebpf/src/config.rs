@@ -340,6 +340,9 @@ pub struct RequestsConfig {
     pub drain_interval: Duration,
     /// Trace oxeye's own connections too (off: its exporters' requests would trace themselves).
     pub include_oxeye: bool,
+    /// Follow TLS connections through uprobes on OpenSSL's `SSL_read`/`SSL_write` (processes
+    /// using the shared libssl): their spans as for plaintext, with `tls: true`.
+    pub tls: bool,
 }
 
 impl Default for RequestsConfig {
@@ -356,6 +359,7 @@ impl Default for RequestsConfig {
             ring_size: 8 << 20,
             drain_interval: Duration::from_millis(100),
             include_oxeye: false,
+            tls: false,
         }
     }
 }

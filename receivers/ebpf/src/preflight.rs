@@ -64,6 +64,11 @@ fn requests(r: &RequestsConfig, e: &mut ConfigErrors) {
     if let Some(pid) = r.pid {
         running(pid, "requests.pid", e);
     }
+    if r.tls {
+        if let Err(why) = crate::requests::tls::libraries(r) {
+            e.push("requests.tls", why);
+        }
+    }
     if let Some(path) = &r.cgroup {
         if !Path::new(path).is_dir() {
             e.push(
@@ -244,7 +249,7 @@ fn uprobe(target: &str, symbol: &str) -> Result<(), String> {
 
 /// Looks `symbol` up as aya does when it attaches: the dynamic symbols and the symbol table,
 /// then the file a `.gnu_debuglink` names next to the binary.
-fn find_symbol(file: &Path, symbol: &str) -> Result<(), String> {
+pub(crate) fn find_symbol(file: &Path, symbol: &str) -> Result<(), String> {
     let shown = file.display();
     let mapped = map(file)?;
     let obj = object::File::parse(&*mapped)

@@ -6,6 +6,7 @@ mod dns;
 mod http;
 mod redis;
 mod route;
+pub(crate) mod tls;
 mod tracker;
 
 use std::os::unix::fs::MetadataExt;
@@ -16,8 +17,8 @@ use aya::programs::TracePoint;
 use aya::Ebpf;
 use oxeye_api::{LostUnit, Span, Telemetry};
 use oxeye_ebpf_common::{
-    L7Config, L7Conn, L7Event, L7_COUNTER_NAMES, L7_EVENT_LEN, L7_MAX_PORTS, PROTO_DNS, PROTO_HTTP,
-    PROTO_REDIS,
+    L7Config, L7Conn, L7Event, L7_COUNTER_NAMES, L7_EVENT_LEN, L7_FOLLOW_TLS, L7_MAX_PORTS,
+    PROTO_DNS, PROTO_HTTP, PROTO_REDIS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -148,6 +149,19 @@ impl RequestProbe {
                         source,
                     })?;
             }
+        }
+        if cfg.tls {
+            let (libraries, warnings) = tls::libraries(cfg)
+                .map_err(|why| ProbeError::Filter(format!("requests.tls: {why}")))?;
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            tls::attach(&mut ebpf, &libraries, cfg.pid)?;
+            let names: Vec<String> = libraries
+                .iter()
+                .map(|l| l.path.display().to_string())
+                .collect();
+            tracing::info!(libraries = ?names, "requests.tls: SSL_read/SSL_write uprobes attached");
         }
         let routes = Routes::new(&cfg.routes).map_err(ProbeError::Filter)?;
         tracing::info!(
@@ -331,6 +345,9 @@ fn settings(cfg: &RequestsConfig) -> Result<L7Config, ProbeError> {
             Protocol::Redis => 1 << PROTO_REDIS,
             Protocol::Dns => 1 << PROTO_DNS,
         };
+    }
+    if cfg.tls {
+        protocols |= L7_FOLLOW_TLS;
     }
     Ok(L7Config {
         pid: cfg.pid.unwrap_or(0),

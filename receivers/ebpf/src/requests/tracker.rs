@@ -353,6 +353,9 @@ impl Tracker {
             "network.transport",
             if info.sock_type == 2 { "udp" } else { "tcp" },
         );
+        if info.tls != 0 {
+            a.set("tls", true);
+        }
         if r.head.truncated || r.response.as_ref().is_some_and(|h| h.truncated) {
             a.set("oxeye.l7.truncated", true);
         }
@@ -435,6 +438,7 @@ impl Tracker {
         }
         let (host, port) = split_host(r.head.host.as_deref());
         if server {
+            a.set("url.scheme", if info.tls != 0 { "https" } else { "http" });
             let local = addr(&info.local, info.family);
             a.set("server.address", host.unwrap_or_else(|| local.to_string()));
             a.set("server.port", port.unwrap_or(info.local_port) as i64);
@@ -447,7 +451,8 @@ impl Tracker {
             let host = host.unwrap_or_else(|| addr(&info.remote, info.family).to_string());
             let port = port.unwrap_or(info.remote_port);
             if let Some(t) = r.head.target.as_deref().filter(|t| t.starts_with('/')) {
-                a.set("url.full", format!("http://{host}:{port}{t}"));
+                let scheme = if info.tls != 0 { "https" } else { "http" };
+                a.set("url.full", format!("{scheme}://{host}:{port}{t}"));
             }
             a.set("server.address", host);
             a.set("server.port", port as i64);
