@@ -84,3 +84,18 @@ http {{
     wait_port(port);
     child
 }
+
+/// redis-server on 127.0.0.1:`port`, nothing saved; killed when the returned value drops.
+pub fn redis(dir: &Path, port: u16) -> KillOnDrop {
+    let server = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server (tests/setup.sh installs it)");
+    let server = KillOnDrop(server);
+    wait_port(port);
+    server
+}

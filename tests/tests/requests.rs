@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use oxeye_tests::netns::require_root;
-use oxeye_tests::peers::{nginx, nginx_tls};
+use oxeye_tests::peers::{nginx, nginx_tls, redis};
 use oxeye_tests::{free_port, temp_config, wait_port, KillOnDrop, Running};
 use serde_json::Value;
 
@@ -422,6 +422,120 @@ service:
     }
 }
 
+/// In a metrics pipeline (and no traces pipeline), the request spans become the semantic
+/// conventions' duration histograms: nginx's `http.server.request.duration`, curl's
+/// `http.client.request.duration`, redis-cli's `db.client.operation.duration`, one count per
+/// request, by route, status and error type.
+#[test]
+fn requests_give_the_conventions_red_metrics() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("oxeye-requests-red-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (web, db) = (free_port(), free_port());
+    let cfg = temp_config(
+        "requests-red",
+        &format!(
+            "receivers:
+  ebpf:
+    requests:
+      ports: [{web}, {db}]
+      routes: ['/users/{{id}}', '/ok', '/fail']
+      metrics: {{interval: 1s}}
+exporters:
+  stdout: {{format: json}}
+service:
+  pipelines:
+    metrics: {{receivers: [ebpf], exporters: [stdout]}}
+"
+        ),
+    );
+    let ox = Running::start(&cfg, "syscall tracepoints attached");
+    let _nginx = nginx(&dir, web);
+    let _redis = redis(&dir, db);
+    let url = |p: &str| format!("http://127.0.0.1:{web}{p}");
+    for p in ["/ok", "/users/1", "/users/2", "/fail", "/ok", "/users/3"] {
+        run(Command::new("curl")
+            .args(["-s", "-o", "/dev/null"])
+            .arg(url(p)));
+    }
+    for args in [["SET", "k", "v"], ["GET", "k", ""], ["INCR", "k", ""]] {
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        run(Command::new("redis-cli")
+            .args(["-p", &db.to_string()])
+            .args(&args));
+    }
+    // Past one interval, so a periodic flush is seen before the last one at shutdown.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (points, stderr) = stop(ox);
+    assert!(
+        points.iter().all(|p| p.get("kind").is_none()),
+        "no spans without a traces pipeline"
+    );
+    // Cumulative: a series' last point has its totals.
+    let mut last: HashMap<String, &Value> = HashMap::new();
+    for p in &points {
+        let mut key = p.as_object().expect("object").clone();
+        for k in [
+            "count",
+            "sum",
+            "min",
+            "max",
+            "bucket_counts",
+            "time_unix_nano",
+        ] {
+            key.remove(k);
+        }
+        last.insert(Value::Object(key).to_string(), p);
+    }
+    assert!(points.len() > last.len(), "flushed every second: {stderr}");
+    let count = |name: &str, f: &dyn Fn(&Value) -> bool| -> u64 {
+        last.values()
+            .filter(|p| p["name"] == name && f(p))
+            .map(|p| p["count"].as_u64().expect("count"))
+            .sum()
+    };
+    let server = "http.server.request.duration";
+    let route = |r: &'static str| move |p: &Value| p["http.route"] == r;
+    assert_eq!(count(server, &route("/users/{id}")), 3, "{stderr}");
+    assert_eq!(count(server, &route("/ok")), 2);
+    assert_eq!(count(server, &route("/fail")), 1);
+    assert_eq!(
+        count(server, &|p| p["error.type"] == "500"
+            && p["http.response.status_code"] == 500),
+        1
+    );
+    let client = "http.client.request.duration";
+    assert_eq!(count(client, &|p| p["server.port"] == web), 6);
+    let redis_ops = "db.client.operation.duration";
+    for op in ["SET", "GET", "INCR"] {
+        assert_eq!(
+            count(redis_ops, &|p| p["db.operation.name"] == op
+                && p["db.system.name"] == "redis"),
+            1,
+            "{op}"
+        );
+    }
+    assert_eq!(
+        count(redis_ops, &|p| p.get("error.type").is_some()),
+        1,
+        "INCR of a string"
+    );
+    for p in last.values() {
+        assert_eq!(p["type"], "Histogram");
+        assert_eq!(p["unit"], "s");
+        assert_eq!(p["temporality"], "Cumulative");
+        let buckets: u64 = p["bucket_counts"]
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .map(|b| b.as_u64().unwrap())
+            .sum();
+        assert_eq!(buckets, p["count"].as_u64().unwrap());
+        assert!(p.get("url.path").is_none(), "never the raw path: {p}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_port_filter_that_matches_nothing_says_so() {
     require_root();
@@ -451,24 +565,7 @@ fn redis_commands_become_spans_one_per_command() {
     std::fs::create_dir_all(&dir).expect("dir");
     let port = free_port();
     let ox = oxeye("requests-redis", &[port]);
-    let server = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start redis-server (tests/setup.sh installs it)");
-    let _server = KillOnDrop(server);
-    wait_port(port);
+    let _server = redis(&dir, port);
     let cli = |args: &[&str]| {
         run(Command::new("redis-cli")
             .args(["-p", &port.to_string()])

@@ -343,6 +343,29 @@ pub struct RequestsConfig {
     /// Follow TLS connections through uprobes on OpenSSL's `SSL_read`/`SSL_write` (processes
     /// using the shared libssl): their spans as for plaintext, with `tls: true`.
     pub tls: bool,
+    /// The RED metrics made when the receiver is in a metrics pipeline.
+    pub metrics: RequestMetricsConfig,
+}
+
+/// `requests.metrics`: the semantic conventions' duration histograms of the request spans.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestMetricsConfig {
+    /// How often the histograms are emitted (and once more at shutdown).
+    #[serde(with = "oxeye_api::config::duration")]
+    pub interval: Duration,
+    /// Series at most, over all four metrics; requests of any further series count in their
+    /// metric's `otel.metric.overflow` series.
+    pub max_series: usize,
+}
+
+impl Default for RequestMetricsConfig {
+    fn default() -> Self {
+        RequestMetricsConfig {
+            interval: Duration::from_secs(60),
+            max_series: 2000,
+        }
+    }
 }
 
 impl Default for RequestsConfig {
@@ -360,6 +383,7 @@ impl Default for RequestsConfig {
             drain_interval: Duration::from_millis(100),
             include_oxeye: false,
             tls: false,
+            metrics: RequestMetricsConfig::default(),
         }
     }
 }

@@ -58,6 +58,7 @@ impl Factory for EbpfFactory {
     const TYPE: &'static str = "ebpf";
     const SIGNALS: &'static [Signal] = &[
         Signal::Traces,
+        Signal::Metrics,
         Signal::Flows,
         Signal::Profiles,
         Signal::Logs,

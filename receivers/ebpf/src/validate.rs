@@ -117,6 +117,12 @@ fn validate_requests(r: &RequestsConfig, e: &mut ConfigErrors) {
             ),
         );
     }
+    if r.metrics.interval.is_zero() {
+        e.push("requests.metrics.interval", "must be greater than 0");
+    }
+    if r.metrics.max_series == 0 {
+        e.push("requests.metrics.max_series", "must be at least 1");
+    }
     if r.drain_interval.is_zero() {
         e.push("requests.drain_interval", "must be greater than 0");
     }

@@ -4,6 +4,7 @@
 
 mod dns;
 mod http;
+mod metrics;
 mod redis;
 mod route;
 pub(crate) mod tls;
@@ -22,6 +23,7 @@ use oxeye_ebpf_common::{
 };
 use tokio::io::unix::AsyncFd;
 
+pub use metrics::RedMetrics;
 pub use route::Routes;
 pub use tracker::TrackerCounts;
 

@@ -75,7 +75,8 @@ impl Receiver for EbpfReceiver {
         };
         let requests_now = this.requests.clone();
         let requests = async {
-            match this.requests.clone().filter(|_| ctx.wants(Signal::Traces)) {
+            let wanted = ctx.wants(Signal::Traces) || ctx.wants(Signal::Metrics);
+            match this.requests.clone().filter(|_| wanted) {
                 Some(cfg) => {
                     requests::run_requests(&ctx, cfg, &this.resource, &this.telemetry).await
                 }
