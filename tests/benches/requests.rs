@@ -6,7 +6,9 @@
 //! statistics on: time in the request programs per request. Second part: what the programs
 //! cost a process that is not traced — a loop of one-byte writes to /dev/null, untraced, with
 //! an empty `syscalls:` tracepoint pair on write (the floor of the hook), and with oxeye's
-//! request programs attached. Prints figures only.
+//! request programs attached. Third part: oxeye's resident memory with 10 000 connections to
+//! nginx open (idle, or each with half a request), tracked on nginx's side or on both. Prints
+//! figures only.
 //!
 //!     cargo build --release -p oxeye && cargo bench -p oxeye-tests --bench requests
 
@@ -15,7 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use oxeye_tests::bench::{median, quick, release_oxeye};
-use oxeye_tests::{free_port, peers::nginx, KillOnDrop};
+use oxeye_tests::peers::{nginx, nginx_many, Flood};
+use oxeye_tests::{free_port, KillOnDrop};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_oxeye-workload");
 
@@ -75,10 +78,15 @@ fn wrk(port: u16, secs: u64, conns: u32) -> (u64, f64) {
 
 /// `oxeye run` tracing requests to `port`, spans to `nop`; returns once attached.
 fn oxeye(port: u16) -> (KillOnDrop, std::thread::JoinHandle<String>) {
+    oxeye_with(&format!("{{ports: [{port}], comm: nginx}}"))
+}
+
+/// `oxeye run` with these `requests:` settings, spans to `nop`; returns once attached.
+fn oxeye_with(requests: &str) -> (KillOnDrop, std::thread::JoinHandle<String>) {
     let cfg = oxeye_tests::temp_config(
         "bench-requests",
         &format!(
-            "receivers:\n  ebpf:\n    requests: {{ports: [{port}], comm: nginx}}\nexporters:\n  nop: {{}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [nop]}}\n"
+            "receivers:\n  ebpf:\n    requests: {requests}\nexporters:\n  nop: {{}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [nop]}}\n"
         ),
     );
     let mut ox = Command::new(release_oxeye(quick()))
@@ -285,5 +293,58 @@ fn main() {
         a - e,
         a / u
     );
+    memory(&dir, if quick { 1000 } else { 10_000 });
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Resident memory of a process, bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// oxeye's RSS at start and at its peak while `n` connections are open to a fresh nginx.
+fn memory(dir: &std::path::Path, n: usize) {
+    let port = free_port();
+    let _nginx = nginx_many(dir, port, n as u32 + 100);
+    println!("`oxeye run` resident memory, {n} connections open to nginx (release build):");
+    for (label, requests, half) in [
+        (
+            "idle, nginx's side tracked",
+            format!("{{ports: [{port}], comm: nginx}}"),
+            false,
+        ),
+        (
+            "half a request each, nginx's side tracked",
+            format!("{{ports: [{port}], comm: nginx}}"),
+            true,
+        ),
+        (
+            "half a request each, both sides tracked",
+            format!("{{ports: [{port}]}}"),
+            true,
+        ),
+    ] {
+        let (ox, stderr) = oxeye_with(&requests);
+        let pid = ox.0.id();
+        let start = rss(pid);
+        let flood = Flood::start(port, n, half);
+        let mut peak = 0;
+        for _ in 0..15 {
+            peak = peak.max(rss(pid));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        drop(flood);
+        stop(ox, stderr);
+        println!(
+            "  {label:<42} {:>6.1} MB at start, {:>6.1} MB peak",
+            start as f64 / 1e6,
+            peak as f64 / 1e6
+        );
+    }
 }

@@ -563,6 +563,23 @@ impl Running {
     }
 
     /// Stops oxeye with SIGINT; asserts it exits 0; its stdout and stderr.
+    /// oxeye's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Resident memory of oxeye now, bytes (`VmRSS`).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("oxeye's /proc status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kb * 1024
+    }
+
     pub fn stop(mut self) -> (String, String) {
         signal(&self.child.0, libc::SIGINT);
         let status = self.child.0.wait().expect("oxeye exit");

@@ -10,7 +10,12 @@ use crate::{wait_port, KillOnDrop};
 /// `/ok` (200 "ok"), `/users/*` (200), `/missing` (404), `/fail` (500), `/big` (a 100 kB file).
 /// Killed when the returned value drops.
 pub fn nginx(dir: &Path, port: u16) -> KillOnDrop {
-    start_nginx(dir, &format!("listen 127.0.0.1:{port};"), port)
+    start_nginx(dir, &format!("listen 127.0.0.1:{port};"), port, 1024)
+}
+
+/// [`nginx`] that holds up to `connections` connections at once.
+pub fn nginx_many(dir: &Path, port: u16, connections: u32) -> KillOnDrop {
+    start_nginx(dir, &format!("listen 127.0.0.1:{port};"), port, connections)
 }
 
 /// [`nginx`] over TLS (a self-signed certificate for `localhost`, made here with `openssl`).
@@ -34,10 +39,10 @@ pub fn nginx_tls(dir: &Path, port: u16) -> KillOnDrop {
         cert.display(),
         key.display()
     );
-    start_nginx(dir, &listen, port)
+    start_nginx(dir, &listen, port, 1024)
 }
 
-fn start_nginx(dir: &Path, listen: &str, port: u16) -> KillOnDrop {
+fn start_nginx(dir: &Path, listen: &str, port: u16, connections: u32) -> KillOnDrop {
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -45,9 +50,10 @@ fn start_nginx(dir: &Path, listen: &str, port: u16) -> KillOnDrop {
             "daemon off;
 master_process off;
 worker_processes 1;
+worker_rlimit_nofile {files};
 error_log {d}/error.log;
 pid {d}/nginx.pid;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {connections}; }}
 http {{
   access_log off;
   client_body_temp_path {d}/body;
@@ -66,7 +72,8 @@ http {{
   }}
 }}
 ",
-            d = dir.display()
+            d = dir.display(),
+            files = connections * 2 + 64,
         ),
     )
     .expect("nginx.conf");
@@ -98,4 +105,58 @@ pub fn redis(dir: &Path, port: u16) -> KillOnDrop {
     let server = KillOnDrop(server);
     wait_port(port);
     server
+}
+
+/// Opens `n` connections to the port, sends half a request on each (a 900-byte header, no
+/// blank line) when `half`, prints `open`, and holds them until its stdin closes.
+const FLOOD: &str = r#"
+import resource, socket, sys
+port, n, half = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "half"
+resource.setrlimit(resource.RLIMIT_NOFILE, (n + 256, n + 256))
+head = b"GET /ok HTTP/1.1\r\nHost: flood\r\nX-Pad: " + b"a" * 900 + b"\r\n"
+socks = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if half:
+        s.sendall(head)
+    socks.append(s)
+print("open", flush=True)
+sys.stdin.read()
+"#;
+
+/// Many connections held open to a local server by one Python process (idle, or each with half
+/// a request sent); they close when this drops.
+pub struct Flood {
+    child: KillOnDrop,
+}
+
+impl Flood {
+    /// Returns once all `n` connections are open.
+    pub fn start(port: u16, n: usize, half: bool) -> Flood {
+        let mut child = KillOnDrop(
+            Command::new("python3")
+                .args(["-c", FLOOD, &port.to_string(), &n.to_string()])
+                .arg(if half { "half" } else { "idle" })
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python3"),
+        );
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.0.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("the flood's line");
+        assert_eq!(line.trim(), "open", "the flood opened its connections");
+        Flood { child }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        // Its stdin closing ends it.
+        drop(self.child.0.stdin.take());
+        let _ = self.child.0.wait();
+    }
 }

@@ -105,6 +105,24 @@ impl Stream {
         }
     }
 
+    /// Bytes this stream holds while it waits for the rest of a head or line.
+    pub fn held(&self) -> usize {
+        match &self.state {
+            State::Head(buf) => buf.capacity(),
+            State::Chunked(Chunk::Size(line) | Chunk::Trailer(line)) => line.capacity(),
+            _ => 0,
+        }
+    }
+
+    /// Gives up the head being collected, to free its bytes: what parsed so far begins a
+    /// message marked truncated, whose end the other side's turn shows. False when no head
+    /// was being collected.
+    pub fn shed(&mut self, out: &mut Vec<Piece>) -> bool {
+        let collecting = matches!(self.state, State::Head(_));
+        self.lose_in_head(out);
+        collecting
+    }
+
     /// Whether a message is under way (begun, not ended).
     pub fn in_message(&self) -> bool {
         self.state != State::Idle

@@ -256,6 +256,7 @@ impl RequestProbe {
             ("ebpf_l7_closed_mid_response", c.closed_mid_response),
             ("ebpf_l7_truncated_heads", c.truncated_heads),
             ("ebpf_l7_inflight_evicted", c.connections_evicted),
+            ("ebpf_l7_heads_shed", c.heads_shed),
         ] {
             self.telemetry.set_counter(name, "requests", value);
         }

@@ -56,6 +56,22 @@ impl Stream {
         }
     }
 
+    /// Bytes buffered (HTTP heads and lines; the other protocols hold a few hundred at most).
+    fn held(&self) -> usize {
+        match self {
+            Stream::Http(s) => s.held(),
+            _ => 0,
+        }
+    }
+
+    /// Drops a head being buffered (see [`http::Stream::shed`]).
+    fn shed(&mut self, out: &mut Vec<Piece>) -> bool {
+        match self {
+            Stream::Http(s) => s.shed(out),
+            _ => false,
+        }
+    }
+
     fn in_message(&self) -> bool {
         match self {
             Stream::Http(s) => s.in_message(),
@@ -68,6 +84,10 @@ impl Stream {
 /// Requests waiting for their responses on one connection at most: deeper ones are counted and
 /// not traced, but hold a place (up to 4x this) so that their responses pair with them.
 const MAX_PENDING: usize = 64;
+/// Bytes of unfinished heads held over all connections at most: past it, the head that grew
+/// is given up (its span marked truncated), so a flood of half-sent heads on many connections
+/// costs at most this much besides each connection's fixed state.
+const HEAD_BUDGET: usize = 16 << 20;
 /// How long a DNS query waits for its response (a lost datagram is never answered).
 const DNS_TIMEOUT_NS: u64 = 5_000_000_000;
 
@@ -105,6 +125,13 @@ struct Conn {
     pending: VecDeque<Request>,
 }
 
+impl Conn {
+    /// Bytes its streams hold.
+    fn held(&self) -> usize {
+        self.requests.held() + self.responses.held()
+    }
+}
+
 /// What the tracker counted (totals since start).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackerCounts {
@@ -122,6 +149,8 @@ pub struct TrackerCounts {
     pub truncated_heads: u64,
     /// Connections dropped from user space because more than `max_connections` were open.
     pub connections_evicted: u64,
+    /// Unfinished heads given up to stay within the buffer budget (their spans truncated).
+    pub heads_shed: u64,
 }
 
 /// Every tracked connection's state.
@@ -134,6 +163,8 @@ pub struct Tracker {
     /// Kernel monotonic ns → Unix ns.
     offset: u64,
     counts: TrackerCounts,
+    /// Bytes the connections' streams hold (see [`HEAD_BUDGET`]).
+    held: usize,
 }
 
 impl Tracker {
@@ -145,6 +176,7 @@ impl Tracker {
             routes,
             offset,
             counts: TrackerCounts::default(),
+            held: 0,
         }
     }
 
@@ -167,7 +199,9 @@ impl Tracker {
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            self.conns.pop(&id);
+            if let Some(c) = self.conns.pop(&id) {
+                self.held = self.held.saturating_sub(c.held());
+            }
         }
         self.serving.retain(|(pid, _), _| alive(*pid));
     }
@@ -177,6 +211,7 @@ impl Tracker {
         let id = ev.conn.id;
         if ev.kind == L7_CLOSE {
             if let Some(conn) = self.conns.pop(&id) {
+                self.held = self.held.saturating_sub(conn.held());
                 self.close(conn, ev.end_ns, out);
             }
             return;
@@ -196,6 +231,7 @@ impl Tracker {
             // Bounded: the connection least recently heard from makes room.
             if let Some((_, old)) = self.conns.push(id, fresh) {
                 self.counts.connections_evicted += 1;
+                self.held = self.held.saturating_sub(old.held());
                 for r in &old.pending {
                     self.unserve(old.pid, r);
                 }
@@ -221,7 +257,16 @@ impl Tracker {
                     done.push(r);
                 }
             }
+            let before = conn.requests.held();
             conn.requests.feed(data, gap, false, &mut pieces);
+            self.held = (self.held + conn.requests.held()).saturating_sub(before);
+            if self.held > HEAD_BUDGET {
+                let h = conn.requests.held();
+                if conn.requests.shed(&mut pieces) {
+                    self.held = self.held.saturating_sub(h);
+                    self.counts.heads_shed += 1;
+                }
+            }
             let start = if server { ev.end_ns } else { ev.start_ns };
             for p in pieces {
                 let Piece::Began(head) = p else { continue };
@@ -259,7 +304,16 @@ impl Tracker {
                 .iter()
                 .find(|r| r.response.is_none() || conn.responses.in_message())
                 .is_some_and(|r| r.head.method.as_deref() == Some("HEAD"));
+            let before = conn.responses.held();
             conn.responses.feed(data, gap, head_req, &mut pieces);
+            self.held = (self.held + conn.responses.held()).saturating_sub(before);
+            if self.held > HEAD_BUDGET {
+                let h = conn.responses.held();
+                if conn.responses.shed(&mut pieces) {
+                    self.held = self.held.saturating_sub(h);
+                    self.counts.heads_shed += 1;
+                }
+            }
             for p in pieces {
                 match p {
                     Piece::Began(head) => {
@@ -664,6 +718,42 @@ fn split_host(host: Option<&str>) -> (Option<String>, Option<u16>) {
 mod tests {
     use super::*;
     use oxeye_ebpf_common::{L7_WRITE, ROLE_CLIENT};
+
+    #[test]
+    fn unfinished_heads_are_given_up_past_the_budget_and_their_bytes_freed() {
+        // Half a head (no blank line) on each of many connections.
+        let half = format!(
+            "GET /x HTTP/1.1\r\nHost: h\r\nX-Pad: {}\r\n",
+            "a".repeat(900)
+        );
+        let n = HEAD_BUDGET / half.len() + 1000;
+        let mut t = Tracker::new(Routes::default(), 0, n + 1);
+        let mut spans = Vec::new();
+        for id in 1..=n as u64 {
+            let e = ev(id, ROLE_SERVER, L7_READ, 7, id, half.len() as u64);
+            t.event(&e, half.as_bytes(), &mut spans);
+            assert!(t.held <= HEAD_BUDGET, "{} after {id}", t.held);
+        }
+        let c = t.counts();
+        assert!(c.heads_shed >= 900, "{c:?}");
+        assert_eq!(c.truncated_heads, c.heads_shed);
+        assert!(spans.is_empty());
+        // Closing every connection frees every byte, and each shed head still gives its span.
+        for id in 1..=n as u64 {
+            t.event(
+                &ev(id, ROLE_SERVER, L7_CLOSE, 7, n as u64 + id, 0),
+                &[],
+                &mut spans,
+            );
+        }
+        assert_eq!(t.held, 0);
+        assert_eq!(t.connections(), 0);
+        let truncated = spans
+            .iter()
+            .filter(|s| s.attributes.get("oxeye.l7.truncated").is_some())
+            .count() as u64;
+        assert_eq!(truncated, c.heads_shed);
+    }
 
     fn ev(id: u64, role: u8, kind: u8, tid: u32, at: u64, bytes: u64) -> L7Event {
         L7Event {

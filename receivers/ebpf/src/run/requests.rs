@@ -68,6 +68,7 @@ pub(super) async fn run_requests(
     }
     info!(
         spans = c.spans,
+        connections_tracked = probe.connections_tracked(),
         unmatched_responses = c.unmatched_responses,
         closed_mid_response = c.closed_mid_response,
         truncated_heads = c.truncated_heads,
