@@ -43,6 +43,25 @@ pub fn nginx_tls(dir: &Path, port: u16) -> KillOnDrop {
 }
 
 fn start_nginx(dir: &Path, listen: &str, port: u16, connections: u32) -> KillOnDrop {
+    let conf = nginx_conf(dir, listen, connections);
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start nginx (tests/setup.sh installs it)");
+    let child = KillOnDrop(child);
+    wait_port(port);
+    child
+}
+
+/// Writes the config of [`nginx`] (in the foreground, everything under `dir`, `listen` the
+/// server's listen directives) and its `/big` file; returns the config's path. For nginx run
+/// elsewhere (the VM tier): `nginx -c CONF -p DIR -e DIR/error.log`.
+pub fn nginx_conf(dir: &Path, listen: &str, connections: u32) -> std::path::PathBuf {
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -78,18 +97,7 @@ http {{
     )
     .expect("nginx.conf");
     std::fs::write(dir.join("big.txt"), "x".repeat(100_000)).expect("big.txt");
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start nginx (tests/setup.sh installs it)");
-    let child = KillOnDrop(child);
-    wait_port(port);
-    child
+    conf
 }
 
 /// redis-server on 127.0.0.1:`port`, nothing saved; killed when the returned value drops.

@@ -4,9 +4,10 @@
 //! qemu (sharing this filesystem, ~40 s under TCG; boots one at a time) runs one script: oxeye
 //! with one `kprobe:` source in fentry mode and one in kprobe mode on functions a workload calls
 //! a known number of times; syscall spans (through the raw_syscalls pair) nested in uprobe
-//! spans; flows counted exactly in a namespace made inside the VM; `oxeye doctor`; then the
-//! profile workload test (3:1 split, frequency × CPU time). Each test checks its part of the outputs here, once per kernel, with the same oxeye
-//! binary. `tests/setup.sh` installs qemu, both kernels and virtme-ng.
+//! spans; flows counted exactly in a namespace made inside the VM; request spans from nginx
+//! and curl on the VM's loopback; `oxeye doctor`; then the profile workload test (3:1 split,
+//! frequency × CPU time). Each test checks its part of the outputs here, once per kernel, with
+//! the same oxeye binary. `tests/setup.sh` installs qemu, both kernels and virtme-ng.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -146,6 +147,18 @@ fn boot(series: &str) -> VmRun {
         format!("receivers:\n  ebpf:\n    profiles: {{frequency: {FREQUENCY}, window: 2s, comm: burn}}\nprocessors:\n  symbolization: {{}}\nexporters:\n  stdout: {{format: folded}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [stdout]}}\n"),
     )
     .expect("profiles config");
+    // Request spans: nginx in the VM (its own loopback), curl as the client.
+    let nginx_dir = out_dir.join("nginx");
+    std::fs::create_dir_all(&nginx_dir).expect("nginx dir");
+    let nginx_conf =
+        oxeye_tests::peers::nginx_conf(&nginx_dir, &format!("listen 127.0.0.1:{HTTP_PORT};"), 64);
+    let requests = out_dir.join("requests.yaml");
+    std::fs::write(
+        &requests,
+        format!("receivers:\n  ebpf:\n    requests: {{ports: [{HTTP_PORT}], routes: ['/users/{{id}}']}}\nexporters:\n  stdout: {{format: json}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [ebpf], exporters: [stdout]}}\n"),
+    )
+    .expect("requests config");
+    let url = |p: &str| format!("http://127.0.0.1:{HTTP_PORT}{p}");
     let oxeye = oxeye_bin();
     // Inside the VM: start oxeye, wait until both sources are attached, let the workload make
     // N openat calls, stop oxeye. Then the profile test: oxeye profiling, the burn workload
@@ -174,6 +187,13 @@ fn boot(series: &str) -> VmRun {
          for i in $(seq 1 600); do grep -q 'TC flow program attached' flows.err && break; grep -q ERROR flows.err && break; sleep 0.1; done; \
          echo go | ip netns exec oxb {WORKLOAD} udp@10.9.0.1:9 {DATAGRAMS} > udp.out; \
          sleep 1; kill -INT $OX; wait $OX; echo $? > flows.exit; \
+         ip link set lo up; nginx -c {nginx_conf} -p {nginx_dir} -e {nginx_dir}/error.log & NG=$!; \
+         for i in $(seq 1 300); do curl -s -o /dev/null {ok} && break; sleep 0.1; done; \
+         {oxeye} run -c {requests} > requests.json 2> requests.err & OX=$!; \
+         for i in $(seq 1 600); do grep -q 'syscall tracepoints attached' requests.err && break; grep -q ERROR requests.err && break; sleep 0.1; done; \
+         curl -s -o /dev/null -o /dev/null -o /dev/null {ok} {missing} {fail}; \
+         curl -s -o /dev/null -H 'traceparent: {TRACEPARENT}' {user}; echo $? > curl.exit; \
+         sleep 1; kill -INT $OX; wait $OX; echo $? > requests.exit; kill $NG; \
          mkfifo /tmp/go2; {burn} 16 1 < /tmp/go2 > burn.out & exec 3> /tmp/go2; \
          {oxeye} run -c {profiles} > profile.folded 2> profile.err & OX=$!; \
          for i in $(seq 1 600); do grep -q 'perf events attached' profile.err && break; grep -q ERROR profile.err && break; sleep 0.1; done; \
@@ -186,6 +206,13 @@ fn boot(series: &str) -> VmRun {
         profiles = profiles.display(),
         spans2 = spans2.display(),
         flows = flows.display(),
+        nginx_conf = nginx_conf.display(),
+        nginx_dir = nginx_dir.display(),
+        requests = requests.display(),
+        ok = url("/ok"),
+        missing = url("/missing"),
+        fail = url("/fail"),
+        user = url("/users/7"),
     );
     // The script goes in a file: passed inline it would overflow the kernel's command line
     // (2 KiB on x86), where virtme-ng puts it.
@@ -255,6 +282,7 @@ per_kernel!(kprobe_and_fentry_spans: kprobe_and_fentry_spans_on_6_1 = "6.1", kpr
 per_kernel!(syscall_and_uprobe_spans: syscall_and_uprobe_spans_on_6_1 = "6.1", syscall_and_uprobe_spans_on_6_12 = "6.12");
 per_kernel!(flows_exact_in_a_namespace: flows_exact_in_a_namespace_on_6_1 = "6.1", flows_exact_in_a_namespace_on_6_12 = "6.12");
 per_kernel!(cpu_profiles_split_3_to_1: cpu_profiles_split_3_to_1_on_6_1 = "6.1", cpu_profiles_split_3_to_1_on_6_12 = "6.12");
+per_kernel!(request_spans_from_nginx_and_curl: request_spans_from_nginx_and_curl_on_6_1 = "6.1", request_spans_from_nginx_and_curl_on_6_12 = "6.12");
 per_kernel!(doctor_reports_the_kernel: doctor_reports_the_kernel_on_6_1 = "6.1", doctor_reports_the_kernel_on_6_12 = "6.12");
 
 fn json_lines(text: &str) -> Vec<serde_json::Value> {
@@ -468,4 +496,58 @@ fn doctor_reports_the_kernel(series: &str) {
             "{what} on {series}:\n{doctor}"
         );
     }
+}
+
+/// The port nginx listens on inside the VM (its loopback is its own).
+const HTTP_PORT: u16 = 18080;
+/// The caller's trace context on the request to /users/7.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// curl's four requests to nginx: one SERVER span each for nginx, one CLIENT span each for
+/// curl, with path, status, route and the caller's trace.
+fn request_spans_from_nginx_and_curl(series: &str) {
+    let run = vm_run(series);
+    let log = run.read("requests.err");
+    let context = format!("vng: {}\noxeye: {log}", run.vng);
+    assert_eq!(run.read("requests.exit").trim(), "0", "{context}");
+    assert_eq!(run.read("curl.exit").trim(), "0", "{context}");
+    let spans = json_lines(&run.read("requests.json"));
+    let side = |comm: &str| -> Vec<(String, i64, String)> {
+        let mut v: Vec<(String, i64, String)> = spans
+            .iter()
+            .filter(|s| s["process.executable.name"] == comm)
+            .map(|s| {
+                (
+                    s["url.path"].as_str().unwrap_or("?").to_string(),
+                    s["http.response.status_code"].as_i64().unwrap_or(0),
+                    s["kind"].as_str().unwrap_or("?").to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let want = |kind: &str| -> Vec<(String, i64, String)> {
+        [
+            ("/fail", 500),
+            ("/missing", 404),
+            ("/ok", 200),
+            ("/users/7", 200),
+        ]
+        .iter()
+        .map(|(p, s)| (p.to_string(), *s, kind.to_string()))
+        .collect()
+    };
+    assert_eq!(side("nginx"), want("server"), "{context}");
+    assert_eq!(side("curl"), want("client"), "{context}");
+    let joined = spans
+        .iter()
+        .find(|s| s["process.executable.name"] == "nginx" && s["url.path"] == "/users/7")
+        .expect("the /users/7 span");
+    assert_eq!(
+        joined["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{joined}"
+    );
+    assert_eq!(joined["parent_span_id"], "00f067aa0ba902b7", "{joined}");
+    assert_eq!(joined["name"], "GET /users/{id}", "{joined}");
 }

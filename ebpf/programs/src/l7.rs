@@ -695,6 +695,11 @@ fn emit(
         (*ev)._pad32 = 0;
         // Straight into the record: aya's wrapper zeroes a copy first, byte by byte.
         generated::bpf_get_current_comm((&raw mut (*ev).comm).cast(), 16);
+        // Bounded here, right before the read, from a value the compiler cannot see the range
+        // of: it would drop a check it proves redundant and spill the size across the calls
+        // above, and the 6.1 verifier loses a spilled size's bounds ("R2 min value is
+        // negative"; seen in the VM tier).
+        take = unsafe { core::ptr::read_volatile(&take) };
         if take > L7_DATA_MAX as u64 {
             take = L7_DATA_MAX as u64;
         }

@@ -379,7 +379,7 @@ impl Default for RequestsConfig {
             capture_bytes: 512,
             max_connections: 65536,
             routes: Vec::new(),
-            ring_size: 8 << 20,
+            ring_size: 4 << 20,
             drain_interval: Duration::from_millis(100),
             include_oxeye: false,
             tls: false,

@@ -103,8 +103,9 @@ struct Request {
     parent: Option<SpanId>,
     flags: u32,
     trace_state: Option<Arc<str>>,
-    /// The response's head, once it began.
-    response: Option<Head>,
+    /// The response's head, once it began (boxed: most requests wait without one, and a
+    /// connection's queue holds a few).
+    response: Option<Box<Head>>,
     /// The last byte of the response so far.
     response_end_ns: u64,
     /// CPU of the last event of the pair.
@@ -294,6 +295,10 @@ impl Tracker {
                     self.serving
                         .insert((ev.pid, ev.tid), (req.trace_id, req.span_id));
                 }
+                if conn.pending.capacity() == 0 {
+                    // One at a time is the usual case: not the four `push_back` would make room for.
+                    conn.pending.reserve_exact(1);
+                }
                 conn.pending.push_back(req);
             }
         } else {
@@ -323,7 +328,7 @@ impl Tracker {
                             r.response.is_none() && (head.id.is_none() || r.head.id == head.id)
                         };
                         match conn.pending.iter_mut().find(|r| answers(r)) {
-                            Some(r) => r.response = Some(head),
+                            Some(r) => r.response = Some(Box::new(head)),
                             None => self.counts.unmatched_responses += 1,
                         }
                     }
