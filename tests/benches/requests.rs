@@ -332,6 +332,8 @@ fn memory(dir: &std::path::Path, n: usize) {
     ] {
         let (ox, stderr) = oxeye_with(&requests);
         let pid = ox.0.id();
+        // Past the start's transient peak (the kernel's BTF read and parsed).
+        std::thread::sleep(Duration::from_secs(2));
         let start = rss(pid);
         let flood = Flood::start(port, n, half);
         let mut peak = 0;

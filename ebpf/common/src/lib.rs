@@ -687,8 +687,12 @@ pub struct SocketOffsets {
     pub skc_v6_daddr: u32,
     /// `sock.sk_type` (a u16 since Linux 5.6; `u32::MAX` where it is a bitfield).
     pub sk_type: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Where a syscall's first four arguments are in `struct pt_regs` (x86-64: `di`, `si`,
+    /// `dx`, `r10`; arm64: `orig_x0`, `regs[1..4]`): the exit programs read them there.
+    pub args: [u32; 4],
+    /// Where the x86-64 window `r10..=di` begins (64 bytes: `r10` first, `dx`, `si`, `di`
+    /// last), read in one go; `u32::MAX`: not that layout, each argument is read alone.
+    pub args_window: u32,
 }
 
 #[cfg(feature = "user")]
@@ -697,7 +701,7 @@ mod l7_pod {
     unsafe impl aya::Pod for super::L7Config {}
     // SAFETY: a u64, 32 bytes, three u16s, four u8s, a u16 and a u32: 56 bytes, no padding.
     unsafe impl aya::Pod for super::L7Conn {}
-    // SAFETY: fourteen u32s.
+    // SAFETY: eighteen u32s.
     unsafe impl aya::Pod for super::SocketOffsets {}
 }
 

@@ -1,8 +1,9 @@
 //! Requests (L7): the connections processes accept and make, and the first bytes of what they
 //! read and write on them, for user space to parse into request spans.
 //!
-//! Syscall tracepoints only (what every kernel with tracepoints has): `accept`/`accept4` and
-//! `connect` exits start tracking a connection (`L7_CONNS`, keyed by process and fd, with its
+//! Syscall exit tracepoints only (what every kernel with tracepoints has; no entry programs:
+//! a call's arguments are read at its exit from the registers the kernel saved at its entry,
+//! `bpf_task_pt_regs`): `accept`/`accept4` and `connect` exits start tracking a connection (`L7_CONNS`, keyed by process and fd, with its
 //! addresses read from the socket at offsets user space takes from the kernel's BTF); `read`,
 //! `write`, `readv`, `writev`, `recvfrom`, `sendto`, `recvmsg`, `sendmsg`, `recvmmsg`,
 //! `sendmmsg` (their first message) and `sendfile` on a tracked connection write one [`L7Event`] each with up to `capture_bytes` of the data;
@@ -67,22 +68,16 @@ static L7_PIDS: Array<u8> = Array::with_max_entries(65536, 0);
 #[map]
 static L7_NEXT_ID: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// A syscall in progress on a thread, from its entry to its exit.
-#[repr(C)]
+/// A data call at its exit: its arguments and when it returned.
 #[derive(Clone, Copy)]
 struct Pending {
-    /// One of the `CALL_*`; 0: none.
+    /// `CALL_*` with `BUF_*`.
     call: u32,
-    fd: u32,
     /// The data buffer, iovec array or msghdr, by call.
     buf: u64,
-    start_ns: u64,
     /// A plain buffer's size (a truncated datagram's return can exceed it).
     size: u64,
 }
-
-#[btf_map]
-static L7_PENDING: TaskStorage<Pending> = TaskStorage::new();
 
 /// An `SSL_read`/`SSL_write` (or `_ex`) in progress on a thread.
 #[repr(C)]
@@ -114,8 +109,6 @@ static L7_SSL_FDS: LruHashMap<[u64; 2], u32> = LruHashMap::with_max_entries(6553
 #[unsafe(no_mangle)]
 static L7_WAKEUP_BYTES: u64 = 262144;
 
-const CALL_ACCEPT: u32 = 1;
-const CALL_CONNECT: u32 = 2;
 const CALL_READ: u32 = 3;
 const CALL_WRITE: u32 = 4;
 
@@ -276,51 +269,29 @@ fn track(fd: u64, role: u8) {
     count(L7_C_CONNECTIONS);
 }
 
-/// Records a call in progress for its exit.
+/// The current syscall's first four arguments, from the registers saved at its entry: on
+/// x86-64 one read of the window that holds them all.
 #[inline(always)]
-fn begin(call: u32, fd: u64, buf: u64, size: u64) {
-    let Some(p) = L7_PENDING.get_or_create() else {
-        return;
-    };
-    let p = unsafe { &mut *p };
-    p.call = call;
-    p.fd = fd as u32;
-    p.buf = buf;
-    p.size = size;
-    p.start_ns = unsafe { bpf_ktime_get_ns() };
-}
-
-/// The call begun on this thread, taken (`None`: none, or a different call).
-#[inline(always)]
-fn finish(call: u32) -> Option<Pending> {
-    let p = unsafe { &mut *L7_PENDING.get()? };
-    let taken = *p;
-    p.call = 0;
-    (taken.call == call).then_some(taken)
-}
-
-#[tracepoint]
-pub fn oxeye_l7_accept_enter(_ctx: TracePointContext) -> u32 {
-    if L7_CONFIG.get(0).is_some_and(admitted) {
-        begin(CALL_ACCEPT, 0, 0, 0);
+fn args() -> Option<[u64; 4]> {
+    let o = L7_OFFSETS.get(0)?;
+    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as u64;
+    if o.args_window != u32::MAX {
+        let w: [u64; 8] = kernel(regs, o.args_window)?;
+        return Some([w[7], w[6], w[5], w[0]]);
     }
-    0
+    Some([
+        kernel(regs, o.args[0])?,
+        kernel(regs, o.args[1])?,
+        kernel(regs, o.args[2])?,
+        kernel(regs, o.args[3])?,
+    ])
 }
 
 #[tracepoint]
 pub fn oxeye_l7_accept_exit(ctx: TracePointContext) -> u32 {
     let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
-    if finish(CALL_ACCEPT).is_some() && ret >= 0 {
+    if ret >= 0 && L7_CONFIG.get(0).is_some_and(admitted) {
         track(ret as u64, ROLE_SERVER);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn oxeye_l7_connect_enter(ctx: TracePointContext) -> u32 {
-    let fd: u64 = unsafe { ctx.read_at(16) }.unwrap_or(u64::MAX);
-    if L7_CONFIG.get(0).is_some_and(admitted) {
-        begin(CALL_CONNECT, fd, 0, 0);
     }
     0
 }
@@ -328,9 +299,9 @@ pub fn oxeye_l7_connect_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn oxeye_l7_connect_exit(ctx: TracePointContext) -> u32 {
     let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
-    if let Some(p) = finish(CALL_CONNECT) {
-        if ret == 0 || ret == -EINPROGRESS {
-            track(p.fd as u64, ROLE_CLIENT);
+    if (ret == 0 || ret == -EINPROGRESS) && L7_CONFIG.get(0).is_some_and(admitted) {
+        if let Some([fd, ..]) = args() {
+            track(fd & 0xffff_ffff, ROLE_CLIENT);
         }
     }
     0
@@ -359,29 +330,6 @@ pub fn oxeye_l7_close(ctx: TracePointContext) -> u32 {
 fn pid_tracked() -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     L7_PIDS.get(tgid & 0xffff).is_some_and(|b| *b != 0)
-}
-
-/// Entry of a data call of a process with tracked connections: remembered for the exit, which
-/// looks the connection up (one hash lookup a call, not two).
-#[inline(always)]
-fn data_enter(ctx: &TracePointContext, call: u32, flags_at: usize) -> u32 {
-    if !pid_tracked() {
-        return 0;
-    }
-    // A peek reads what the next read reads again: only the real read is captured.
-    if flags_at != 0 && unsafe { ctx.read_at::<u64>(flags_at) }.unwrap_or(0) & MSG_PEEK != 0 {
-        return 0;
-    }
-    let fd: u64 = unsafe { ctx.read_at(16) }.unwrap_or(u64::MAX);
-    let buf: u64 = unsafe { ctx.read_at(24) }.unwrap_or(0);
-    // A plain buffer's size is the third argument of read, write, recvfrom and sendto.
-    let size: u64 = if call & 0xf0 == BUF_PLAIN {
-        unsafe { ctx.read_at(32) }.unwrap_or(0)
-    } else {
-        u64::MAX
-    };
-    begin(call, fd, buf, size);
-    0
 }
 
 /// Where the bytes of a data call start, how many of them one read can take, and how many the
@@ -438,21 +386,36 @@ fn detect(cfg: &L7Config, head: u64) -> u8 {
     PROTO_OTHER
 }
 
-/// Exit of a data call: the event, with the first bytes.
+/// Exit of a data call: the event, with the first bytes. `flags_arg`: which argument holds
+/// its `recv` flags (0: it has none).
 #[inline(always)]
-fn data_exit(ctx: &TracePointContext, call: u32, kind: u8) -> u32 {
+fn data_exit(ctx: &TracePointContext, call: u32, kind: u8, flags_arg: usize) -> u32 {
     if !pid_tracked() {
         return 0;
     }
-    let Some(p) = finish(call) else { return 0 };
-    let end_ns = unsafe { bpf_ktime_get_ns() };
     let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
     if ret <= 0 {
         return 0;
     }
-    let fd = p.fd as u64;
+    let end_ns = unsafe { bpf_ktime_get_ns() };
+    let Some(a) = args() else { return 0 };
+    let fd = a[0] & 0xffff_ffff;
     let Some(c) = L7_CONNS.get_ptr_mut(&conn_key(fd)) else {
         return 0;
+    };
+    // A peek reads what the next read reads again: only the real read is captured.
+    if flags_arg != 0 && a[flags_arg & 3] & MSG_PEEK != 0 {
+        return 0;
+    }
+    let p = Pending {
+        call,
+        buf: a[1],
+        // A plain buffer's size is the third argument of read, write, recvfrom and sendto.
+        size: if call & 0xf0 == BUF_PLAIN {
+            a[2]
+        } else {
+            u64::MAX
+        },
     };
     let c = unsafe { &mut *c };
     if c.tls != 0 {
@@ -482,12 +445,13 @@ fn data_exit(ctx: &TracePointContext, call: u32, kind: u8) -> u32 {
             return 0;
         }
     }
+    // The exit is all these programs see of a call: it starts and ends there.
     capture(
         c,
         cfg,
         kind,
         fd,
-        p.start_ns,
+        end_ns,
         end_ns,
         start,
         len,
@@ -699,7 +663,7 @@ fn emit(
         // of: it would drop a check it proves redundant and spill the size across the calls
         // above, and the 6.1 verifier loses a spilled size's bounds ("R2 min value is
         // negative"; seen in the VM tier).
-        take = unsafe { core::ptr::read_volatile(&take) };
+        take = core::ptr::read_volatile(&take);
         if take > L7_DATA_MAX as u64 {
             take = L7_DATA_MAX as u64;
         }
@@ -741,88 +705,31 @@ fn emit(
     count(L7_C_EVENTS);
 }
 
-/// The entry and exit programs of a data call; `$flags_at`: where the tracepoint record holds
-/// its `recv` flags (0: it has none).
-macro_rules! data_pair {
-    ($enter:ident, $exit:ident, $call:expr, $kind:expr) => {
-        data_pair!($enter, $exit, $call, $kind, 0);
+/// The exit program of a data call; `$flags_arg`: which argument holds its `recv` flags (0:
+/// it has none).
+macro_rules! data_exit {
+    ($exit:ident, $call:expr, $kind:expr) => {
+        data_exit!($exit, $call, $kind, 0);
     };
-    ($enter:ident, $exit:ident, $call:expr, $kind:expr, $flags_at:expr) => {
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            data_enter(&ctx, $call, $flags_at)
-        }
+    ($exit:ident, $call:expr, $kind:expr, $flags_arg:expr) => {
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            data_exit(&ctx, $call, $kind)
+            data_exit(&ctx, $call, $kind, $flags_arg)
         }
     };
 }
 
-data_pair!(
-    oxeye_l7_read_enter,
-    oxeye_l7_read_exit,
-    CALL_READ | BUF_PLAIN,
-    L7_READ
-);
-data_pair!(
-    oxeye_l7_write_enter,
-    oxeye_l7_write_exit,
-    CALL_WRITE | BUF_PLAIN,
-    L7_WRITE
-);
-data_pair!(
-    oxeye_l7_readv_enter,
-    oxeye_l7_readv_exit,
-    CALL_READ | BUF_IOV,
-    L7_READ
-);
-data_pair!(
-    oxeye_l7_writev_enter,
-    oxeye_l7_writev_exit,
-    CALL_WRITE | BUF_IOV,
-    L7_WRITE
-);
-data_pair!(
-    oxeye_l7_recvfrom_enter,
-    oxeye_l7_recvfrom_exit,
-    CALL_READ | BUF_PLAIN,
-    L7_READ,
-    40
-);
-data_pair!(
-    oxeye_l7_recvmsg_enter,
-    oxeye_l7_recvmsg_exit,
-    CALL_READ | BUF_MSG,
-    L7_READ,
-    32
-);
-data_pair!(
-    oxeye_l7_sendmsg_enter,
-    oxeye_l7_sendmsg_exit,
-    CALL_WRITE | BUF_MSG,
-    L7_WRITE
-);
-data_pair!(
-    oxeye_l7_sendfile_enter,
-    oxeye_l7_sendfile_exit,
-    CALL_WRITE | BUF_NONE,
-    L7_WRITE
-);
+data_exit!(oxeye_l7_read_exit, CALL_READ | BUF_PLAIN, L7_READ);
+data_exit!(oxeye_l7_write_exit, CALL_WRITE | BUF_PLAIN, L7_WRITE);
+data_exit!(oxeye_l7_readv_exit, CALL_READ | BUF_IOV, L7_READ);
+data_exit!(oxeye_l7_writev_exit, CALL_WRITE | BUF_IOV, L7_WRITE);
+data_exit!(oxeye_l7_recvfrom_exit, CALL_READ | BUF_PLAIN, L7_READ, 3);
+data_exit!(oxeye_l7_recvmsg_exit, CALL_READ | BUF_MSG, L7_READ, 2);
+data_exit!(oxeye_l7_sendmsg_exit, CALL_WRITE | BUF_MSG, L7_WRITE);
+data_exit!(oxeye_l7_sendfile_exit, CALL_WRITE | BUF_NONE, L7_WRITE);
 
-data_pair!(
-    oxeye_l7_recvmmsg_enter,
-    oxeye_l7_recvmmsg_exit,
-    CALL_READ | BUF_MMSG,
-    L7_READ,
-    40
-);
-data_pair!(
-    oxeye_l7_sendmmsg_enter,
-    oxeye_l7_sendmmsg_exit,
-    CALL_WRITE | BUF_MMSG,
-    L7_WRITE
-);
+data_exit!(oxeye_l7_recvmmsg_exit, CALL_READ | BUF_MMSG, L7_READ, 3);
+data_exit!(oxeye_l7_sendmmsg_exit, CALL_WRITE | BUF_MMSG, L7_WRITE);
 
 #[cfg(not(test))]
 #[panic_handler]

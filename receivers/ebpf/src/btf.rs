@@ -276,6 +276,12 @@ fn socket_offsets_in(data: &[u8]) -> Result<oxeye_ebpf_common::SocketOffsets, St
     // `struct sock` begins with its `sock_common`; add where, should that ever change.
     let common = at("sock", "__sk_common")?;
     let skc = |m: &str| at("sock_common", m).map(|o| o + common);
+    let args = syscall_args(&btf)?;
+    // x86-64: r10 at the window's start, dx, si, di its last three words.
+    let args_window = match args {
+        [di, si, dx, r10] if dx + 8 == si && si + 8 == di && di == r10 + 56 => r10,
+        _ => u32::MAX,
+    };
     Ok(oxeye_ebpf_common::SocketOffsets {
         task_files: at("task_struct", "files")?,
         files_fdt: at("files_struct", "fdt")?,
@@ -294,8 +300,23 @@ fn socket_offsets_in(data: &[u8]) -> Result<oxeye_ebpf_common::SocketOffsets, St
             Ok((offset, t)) if btf.resolve(t)? == Resolved::Int(2) => offset,
             _ => u32::MAX,
         },
-        _pad: 0,
+        args,
+        args_window,
     })
+}
+
+/// Where `struct pt_regs` keeps a syscall's first four arguments (as the kernel saved them at
+/// entry; at exit, arm64 keeps the first only in `orig_x0`, its `x0` being the return value).
+fn syscall_args(btf: &Btf) -> Result<[u32; 4], String> {
+    let at = |m: &str| btf.member("pt_regs", m).map(|(offset, _)| offset);
+    if let (Ok(di), Ok(si), Ok(dx), Ok(r10)) = (at("di"), at("si"), at("dx"), at("r10")) {
+        return Ok([di, si, dx, r10]);
+    }
+    if let Ok(orig_x0) = at("orig_x0") {
+        // arm64: `user_pt_regs regs[31]` begins the struct.
+        return Ok([orig_x0, 8, 16, 24]);
+    }
+    Err("this kernel's `struct pt_regs` is neither x86-64's nor arm64's: request spans read syscall arguments from it".into())
 }
 
 #[cfg(test)]

@@ -33,48 +33,27 @@ use crate::{sys, ProbeError, Protocol, RequestsConfig};
 /// The request programs, compiled for bpfel-unknown-none by build.rs.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oxeye-l7"));
 
-/// Each program and the `syscalls:` tracepoints it runs on.
+/// Each program and the `syscalls:` tracepoints it runs on: exits only (the programs read a
+/// call's arguments from the registers saved at its entry), and `close`'s entry.
 const ATTACH: &[(&str, &[&str])] = &[
-    (
-        "oxeye_l7_accept_enter",
-        &["sys_enter_accept", "sys_enter_accept4"],
-    ),
     (
         "oxeye_l7_accept_exit",
         &["sys_exit_accept", "sys_exit_accept4"],
     ),
-    ("oxeye_l7_connect_enter", &["sys_enter_connect"]),
     ("oxeye_l7_connect_exit", &["sys_exit_connect"]),
     ("oxeye_l7_close", &["sys_enter_close"]),
-    (
-        "oxeye_l7_read_enter",
-        &["sys_enter_read", "sys_enter_recvfrom"],
-    ),
-    (
-        "oxeye_l7_read_exit",
-        &["sys_exit_read", "sys_exit_recvfrom"],
-    ),
-    (
-        "oxeye_l7_write_enter",
-        &["sys_enter_write", "sys_enter_sendto"],
-    ),
+    ("oxeye_l7_read_exit", &["sys_exit_read"]),
+    ("oxeye_l7_recvfrom_exit", &["sys_exit_recvfrom"]),
     (
         "oxeye_l7_write_exit",
         &["sys_exit_write", "sys_exit_sendto"],
     ),
-    ("oxeye_l7_readv_enter", &["sys_enter_readv"]),
     ("oxeye_l7_readv_exit", &["sys_exit_readv"]),
-    ("oxeye_l7_writev_enter", &["sys_enter_writev"]),
     ("oxeye_l7_writev_exit", &["sys_exit_writev"]),
-    ("oxeye_l7_recvmsg_enter", &["sys_enter_recvmsg"]),
     ("oxeye_l7_recvmsg_exit", &["sys_exit_recvmsg"]),
-    ("oxeye_l7_sendmsg_enter", &["sys_enter_sendmsg"]),
     ("oxeye_l7_sendmsg_exit", &["sys_exit_sendmsg"]),
-    ("oxeye_l7_sendfile_enter", &["sys_enter_sendfile64"]),
     ("oxeye_l7_sendfile_exit", &["sys_exit_sendfile64"]),
-    ("oxeye_l7_recvmmsg_enter", &["sys_enter_recvmmsg"]),
     ("oxeye_l7_recvmmsg_exit", &["sys_exit_recvmmsg"]),
-    ("oxeye_l7_sendmmsg_enter", &["sys_enter_sendmmsg"]),
     ("oxeye_l7_sendmmsg_exit", &["sys_exit_sendmmsg"]),
 ];
 
