@@ -8,7 +8,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+use rustc_hash::FxHashMap;
 
 use oxeye_api::{Attributes, Comm, Span, SpanId, SpanKind, StatusCode, TaskContext, TraceId};
 use oxeye_ebpf_common::{
@@ -79,6 +81,32 @@ impl Stream {
             Stream::Redis(s) => s.in_message(),
         }
     }
+}
+
+/// A string made once per place it is written: a request span's attribute keys (and a few
+/// values) are `Arc` clones — an atomic increment, no allocation, no copy, nothing freed with
+/// the span.
+macro_rules! k {
+    ($s:literal) => {{
+        static K: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from($s));
+        Arc::clone(&K)
+    }};
+}
+
+/// Values from a short list of words (methods, versions), shared as [`k!`] shares keys.
+static WORDS: LazyLock<FxHashMap<&'static str, Arc<str>>> = LazyLock::new(|| {
+    [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "_OTHER",
+        "1.0", "1.1",
+    ]
+    .into_iter()
+    .map(|k| (k, Arc::from(k)))
+    .collect()
+});
+
+/// One of [`WORDS`] as a value.
+fn word(w: &'static str) -> oxeye_api::Value {
+    oxeye_api::Value::Str(WORDS.get(w).cloned().unwrap_or_else(|| Arc::from(w)))
 }
 
 /// Requests waiting for their responses on one connection at most: deeper ones are counted and
@@ -406,25 +434,29 @@ impl Tracker {
             _ => self.http_span(&r, &info),
         };
         let peer = addr(&info.remote, info.family);
-        a.set("network.peer.address", peer.to_string());
-        a.set("network.peer.port", info.remote_port as i64);
+        a.set(k!("network.peer.address"), peer.to_string());
+        a.set(k!("network.peer.port"), info.remote_port as i64);
         a.set(
-            "network.transport",
-            if info.sock_type == 2 { "udp" } else { "tcp" },
+            k!("network.transport"),
+            oxeye_api::Value::Str(if info.sock_type == 2 {
+                k!("udp")
+            } else {
+                k!("tcp")
+            }),
         );
         if info.tls != 0 {
-            a.set("tls", true);
+            a.set(k!("tls"), true);
         }
         if r.head.truncated || r.response.as_ref().is_some_and(|h| h.truncated) {
-            a.set("oxeye.l7.truncated", true);
+            a.set(k!("oxeye.l7.truncated"), true);
         }
         let (status, message) = match (error, failed) {
             (Some(why), _) => {
-                a.set("error.type", "connection_closed");
+                a.set(k!("error.type"), "connection_closed");
                 (StatusCode::Error, Some(Arc::from(why)))
             }
             (None, Some(kind)) => {
-                a.set("error.type", kind);
+                a.set(k!("error.type"), kind);
                 (StatusCode::Error, None)
             }
             _ => (StatusCode::Unset, None),
@@ -473,51 +505,61 @@ impl Tracker {
             None
         };
         let mut a = Attributes::new();
-        a.set("http.request.method", method);
+        a.set(k!("http.request.method"), word(method));
         if method == "_OTHER" {
             if let Some(m) = &r.head.method {
-                a.set("http.request.method_original", m.as_str());
+                a.set(k!("http.request.method_original"), m.as_str());
             }
         }
         if let Some(p) = path {
-            a.set("url.path", p);
+            a.set(k!("url.path"), p);
         }
         if let Some(q) = query {
-            a.set("url.query", q);
+            a.set(k!("url.query"), q);
         }
         if let Some(route) = &route {
-            a.set("http.route", route.clone());
+            a.set(k!("http.route"), route.clone());
         }
         let status = r.response.as_ref().and_then(|h| h.status);
         if let Some(s) = status {
-            a.set("http.response.status_code", s as i64);
+            a.set(k!("http.response.status_code"), s as i64);
         }
         if let Some(v) = r.head.version {
-            a.set("network.protocol.version", v);
+            a.set(k!("network.protocol.version"), word(v));
         }
         let (host, port) = split_host(r.head.host.as_deref());
         if server {
-            a.set("url.scheme", if info.tls != 0 { "https" } else { "http" });
-            let local = addr(&info.local, info.family);
-            a.set("server.address", host.unwrap_or_else(|| local.to_string()));
-            a.set("server.port", port.unwrap_or(info.local_port) as i64);
             a.set(
-                "client.address",
+                k!("url.scheme"),
+                oxeye_api::Value::Str(if info.tls != 0 {
+                    k!("https")
+                } else {
+                    k!("http")
+                }),
+            );
+            let local = addr(&info.local, info.family);
+            a.set(
+                k!("server.address"),
+                host.unwrap_or_else(|| local.to_string()),
+            );
+            a.set(k!("server.port"), port.unwrap_or(info.local_port) as i64);
+            a.set(
+                k!("client.address"),
                 addr(&info.remote, info.family).to_string(),
             );
-            a.set("client.port", info.remote_port as i64);
+            a.set(k!("client.port"), info.remote_port as i64);
         } else {
             let host = host.unwrap_or_else(|| addr(&info.remote, info.family).to_string());
             let port = port.unwrap_or(info.remote_port);
             if let Some(t) = r.head.target.as_deref().filter(|t| t.starts_with('/')) {
                 let scheme = if info.tls != 0 { "https" } else { "http" };
-                a.set("url.full", format!("{scheme}://{host}:{port}{t}"));
+                a.set(k!("url.full"), format!("{scheme}://{host}:{port}{t}"));
             }
-            a.set("server.address", host);
-            a.set("server.port", port as i64);
+            a.set(k!("server.address"), host);
+            a.set(k!("server.port"), port as i64);
         }
         if let Some(ua) = &r.head.user_agent {
-            a.set("user_agent.original", ua.as_str());
+            a.set(k!("user_agent.original"), ua.as_str());
         }
         // Per the HTTP span conventions: 5xx is an error on both sides, 4xx only on the
         // client's.
@@ -538,15 +580,15 @@ impl Tracker {
 fn dns_span(r: &Request, info: &L7Conn) -> (String, Attributes, Option<String>) {
     let mut a = Attributes::new();
     if let Some(name) = &r.head.target {
-        a.set("dns.question.name", name.as_str());
+        a.set(k!("dns.question.name"), name.as_str());
     }
     if let Some(t) = &r.head.method {
-        a.set("oxeye.dns.question.type", t.as_str());
+        a.set(k!("oxeye.dns.question.type"), t.as_str());
     }
     set_server(&mut a, info);
     let rcode = r.response.as_ref().and_then(|h| h.status);
     let failed = rcode.map(dns::rcode_name).inspect(|name| {
-        a.set("oxeye.dns.response_code", name.clone());
+        a.set(k!("oxeye.dns.response_code"), name.clone());
     });
     let name = format!("DNS {}", r.head.method.as_deref().unwrap_or("query"));
     (name, a, failed.filter(|n| n != "NOERROR"))
@@ -555,10 +597,10 @@ fn dns_span(r: &Request, info: &L7Conn) -> (String, Attributes, Option<String>) 
 /// A Redis command's span name, attributes (database conventions) and error type.
 fn redis_span(r: &Request, info: &L7Conn) -> (String, Attributes, Option<String>) {
     let mut a = Attributes::new();
-    a.set("db.system.name", "redis");
+    a.set(k!("db.system.name"), oxeye_api::Value::Str(k!("redis")));
     let op = r.head.method.clone();
     if let Some(op) = &op {
-        a.set("db.operation.name", op.as_str());
+        a.set(k!("db.operation.name"), op.as_str());
     }
     set_server(&mut a, info);
     // An error reply's first word is its kind: `ERR`, `WRONGTYPE`, `NOAUTH`...
@@ -568,7 +610,7 @@ fn redis_span(r: &Request, info: &L7Conn) -> (String, Attributes, Option<String>
         .and_then(|h| h.error.as_deref())
         .map(|e| {
             let kind = e.split_whitespace().next().unwrap_or("ERR").to_string();
-            a.set("db.response.status_code", kind.clone());
+            a.set(k!("db.response.status_code"), kind.clone());
             kind
         });
     (op.unwrap_or_else(|| "redis".to_string()), a, failed)
@@ -621,8 +663,8 @@ fn set_server(a: &mut Attributes, info: &L7Conn) {
     } else {
         (addr(&info.remote, info.family), info.remote_port)
     };
-    a.set("server.address", address.to_string());
-    a.set("server.port", port as i64);
+    a.set(k!("server.address"), address.to_string());
+    a.set(k!("server.port"), port as i64);
 }
 
 fn nonzero_id() -> u64 {
@@ -681,9 +723,17 @@ pub fn parse_traceparent(v: &str) -> Option<(TraceId, SpanId, u8)> {
 }
 
 /// The methods the HTTP conventions name; any other is `_OTHER`.
-fn normal_method(m: &str) -> &str {
+fn normal_method(m: &str) -> &'static str {
     match m {
-        "GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "PATCH" | "OPTIONS" | "CONNECT" | "TRACE" => m,
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
         _ => "_OTHER",
     }
 }
