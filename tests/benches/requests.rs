@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use oxeye_tests::bench::{median, quick, release_oxeye};
 use oxeye_tests::peers::{nginx, nginx_many, Flood};
-use oxeye_tests::{free_port, KillOnDrop};
+use oxeye_tests::{free_port, rss, KillOnDrop};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_oxeye-workload");
 
@@ -295,17 +295,6 @@ fn main() {
     );
     memory(&dir, if quick { 1000 } else { 10_000 });
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Resident memory of a process, bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
 }
 
 /// oxeye's RSS at start and at its peak while `n` connections are open to a fresh nginx.

@@ -570,14 +570,7 @@ impl Running {
 
     /// Resident memory of oxeye now, bytes (`VmRSS`).
     pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("oxeye's /proc status");
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS");
-        kb * 1024
+        rss(self.pid())
     }
 
     pub fn stop(mut self) -> (String, String) {
@@ -587,6 +580,17 @@ impl Running {
         assert_eq!(status.code(), Some(0), "{stderr}");
         (self.stdout.join().expect("stdout reader"), stderr)
     }
+}
+
+/// Resident memory of a live process now, bytes (`VmRSS` of /proc/PID/status).
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
 }
 
 /// Parses `N lost in the kernel` from a summary line.
