@@ -147,6 +147,9 @@ pub fn report() -> Vec<Check> {
         Err(e) => checks.push(check("span programs", Err(e))),
     }
     checks.push(check("perf events", perf_events()));
+    let (programs, tls) = crate::requests::check();
+    checks.push(check("request programs", programs));
+    checks.push(check("TLS (libssl)", tls));
     // The flow programs as `oxeye run` loads them (verified, not attached), with the cache and
     // maps they allocate: 4 MiB per possible CPU plus two maps of `max_flows` entries.
     let flows = crate::FlowsConfig::default();

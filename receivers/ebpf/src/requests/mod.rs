@@ -78,46 +78,13 @@ pub struct RequestProbe {
 impl RequestProbe {
     /// Loads the programs with `cfg`'s settings and attaches them.
     pub fn start(cfg: &RequestsConfig, telemetry: Telemetry) -> Result<RequestProbe, ProbeError> {
-        let settings = settings(cfg)?;
-        let offsets = crate::btf::socket_offsets().map_err(|why| {
-            ProbeError::Kernel(format!(
-                "requests: {why}; request spans read each connection's addresses from the kernel's socket at offsets its BTF gives (CONFIG_DEBUG_INFO_BTF)"
-            ))
-        })?;
-        // Per-thread calls in progress are task storage (see `sys::thread_state_loader`).
-        let mut loader = sys::thread_state_loader();
-        loader
-            .map_max_entries("L7_EVENTS", cfg.ring_size)
-            .map_max_entries("L7_CONNS", cfg.max_connections);
-        let mut ebpf = loader.load(PROGRAMS).map_err(|e| {
-            ProbeError::Load(sys::explain_load_error(
-                "loading the request programs",
-                crate::flows::chain(&e),
-                &sys::kernel_release(),
-            ))
-        })?;
-        let mut config: Array<MapData, L7Config> = take_map(&mut ebpf, "L7_CONFIG")?;
-        let mut offs: Array<MapData, oxeye_ebpf_common::SocketOffsets> =
-            take_map(&mut ebpf, "L7_OFFSETS")?;
-        let set_err = |what: &str, e: aya::maps::MapError| ProbeError::Map {
-            what: what.into(),
-            source: e,
-        };
-        config
-            .set(0, settings, 0)
-            .map_err(|e| set_err("L7_CONFIG", e))?;
-        offs.set(0, offsets, 0)
-            .map_err(|e| set_err("L7_OFFSETS", e))?;
+        let mut ebpf = load(cfg)?;
         let ring = crate::ring::Ring::watch(&mut ebpf, "L7_EVENTS")?;
         let counters = take_map(&mut ebpf, "L7_COUNTERS")?;
         let conns = take_map(&mut ebpf, "L7_CONNS")?;
         let tracefs = sys::tracefs()?;
         for (prog, tracepoints) in ATTACH {
             let p: &mut TracePoint = sys::program(&mut ebpf, prog)?;
-            p.load().map_err(|source| ProbeError::Rejected {
-                program: prog.to_string(),
-                source,
-            })?;
             for tp in *tracepoints {
                 if !tracefs.join("events/syscalls").join(tp).exists() {
                     return Err(ProbeError::Kernel(format!(
@@ -275,6 +242,76 @@ impl RequestProbe {
     pub fn detach(&mut self) {
         self.ebpf = None;
     }
+}
+
+/// The request programs with `cfg`'s settings, loaded and verified; nothing attached.
+fn load(cfg: &RequestsConfig) -> Result<Ebpf, ProbeError> {
+    let settings = settings(cfg)?;
+    let offsets = crate::btf::socket_offsets().map_err(|why| {
+        ProbeError::Kernel(format!(
+            "requests: {why}; request spans read each connection's addresses from the kernel's socket at offsets its BTF gives (CONFIG_DEBUG_INFO_BTF)"
+        ))
+    })?;
+    // The SSL calls in progress are task storage (see `sys::thread_state_loader`).
+    let mut loader = sys::thread_state_loader();
+    loader
+        .map_max_entries("L7_EVENTS", cfg.ring_size)
+        .map_max_entries("L7_CONNS", cfg.max_connections);
+    let mut ebpf = loader.load(PROGRAMS).map_err(|e| {
+        ProbeError::Load(sys::explain_load_error(
+            "loading the request programs",
+            crate::flows::chain(&e),
+            &sys::kernel_release(),
+        ))
+    })?;
+    let mut config: Array<MapData, L7Config> = take_map(&mut ebpf, "L7_CONFIG")?;
+    let mut offs: Array<MapData, oxeye_ebpf_common::SocketOffsets> =
+        take_map(&mut ebpf, "L7_OFFSETS")?;
+    let set_err = |what: &str, e: aya::maps::MapError| ProbeError::Map {
+        what: what.into(),
+        source: e,
+    };
+    config
+        .set(0, settings, 0)
+        .map_err(|e| set_err("L7_CONFIG", e))?;
+    offs.set(0, offsets, 0)
+        .map_err(|e| set_err("L7_OFFSETS", e))?;
+    // Loaded here, while `config` and `offs` are open: a program takes the maps it uses when
+    // it is loaded.
+    for (prog, _) in ATTACH {
+        let p: &mut TracePoint = sys::program(&mut ebpf, prog)?;
+        p.load().map_err(|source| ProbeError::Rejected {
+            program: prog.to_string(),
+            source,
+        })?;
+    }
+    if cfg.tls {
+        tls::load(&mut ebpf)?;
+    }
+    Ok(ebpf)
+}
+
+/// For `oxeye doctor`: whether the request programs load here as `oxeye run` loads them, and
+/// where TLS would be seen.
+pub fn check() -> (Result<String, String>, Result<String, String>) {
+    let cfg = RequestsConfig {
+        tls: true,
+        ..RequestsConfig::default()
+    };
+    let programs = load(&cfg).map(|_| {
+        format!(
+            "{} syscall exit programs and the TLS uprobe programs load (arguments from the saved registers, socket addresses at BTF offsets)",
+            ATTACH.len()
+        )
+    });
+    let tls = tls::libraries(&cfg).map(|(libs, _)| {
+        let names: Vec<String> = libs.iter().map(|l| l.path.display().to_string()).collect();
+        format!(
+            "`tls: true` probes SSL_read/SSL_write in {}",
+            names.join(", ")
+        )
+    });
+    (programs.map_err(|e| e.to_string()), tls)
 }
 
 /// TCP ports something on this host listens on (IPv4 and IPv6), from /proc/net/tcp{,6}.

@@ -116,6 +116,18 @@ pub(crate) fn libraries(cfg: &RequestsConfig) -> Result<(Vec<Library>, Vec<Strin
     Ok((libraries, warnings))
 }
 
+/// Loads (verifies) the uprobe programs: while the maps they use are open, as with the others.
+pub(crate) fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    for prog in std::iter::once(RETURN).chain(PROBES.iter().map(|(p, _, _)| *p)) {
+        let p: &mut UProbe = sys::program(ebpf, prog)?;
+        p.load().map_err(|source| ProbeError::Rejected {
+            program: prog.to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// Attaches the return program, then the entry programs, to each library (a return without
 /// its entry is ignored; the other order could leave an entry without its return).
 pub(crate) fn attach(
@@ -127,13 +139,6 @@ pub(crate) fn attach(
         Some(pid) => UProbeScope::OneProcess(pid),
         None => UProbeScope::AllProcesses,
     };
-    for prog in std::iter::once(RETURN).chain(PROBES.iter().map(|(p, _, _)| *p)) {
-        let p: &mut UProbe = sys::program(ebpf, prog)?;
-        p.load().map_err(|source| ProbeError::Rejected {
-            program: prog.to_string(),
-            source,
-        })?;
-    }
     for lib in libraries {
         for (_, symbol, required) in PROBES {
             if !required && !lib.has_ex {
