@@ -562,7 +562,6 @@ impl Running {
         }
     }
 
-    /// Stops oxeye with SIGINT; asserts it exits 0; its stdout and stderr.
     /// oxeye's process id.
     pub fn pid(&self) -> u32 {
         self.child.0.id()
@@ -573,6 +572,7 @@ impl Running {
         rss(self.pid())
     }
 
+    /// Stops oxeye with SIGINT; asserts it exits 0; its stdout and stderr.
     pub fn stop(mut self) -> (String, String) {
         signal(&self.child.0, libc::SIGINT);
         let status = self.child.0.wait().expect("oxeye exit");

@@ -364,7 +364,7 @@ fn https_requests_are_seen_through_libssl() {
     assert_eq!(paths(&server), want, "nginx's spans: {stderr}");
     assert_eq!(paths(&client), want, "curl's spans: {stderr}");
     for s in server.iter().chain(&client) {
-        assert_eq!(attr(s, "tls"), true, "{s}");
+        assert_eq!(attr(s, "tls.established"), true, "{s}");
     }
     for s in &server {
         assert_eq!(s["kind"], "server", "{s}");

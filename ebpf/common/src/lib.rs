@@ -641,11 +641,16 @@ pub const L7_C_TRUNCATED: u32 = 4;
 pub const L7_C_OTHER_PROTOCOL: u32 = 5;
 /// Connections whose socket could not be read (addresses unknown; not tracked).
 pub const L7_C_SOCKET_UNREADABLE: u32 = 6;
-/// TLS reads and writes whose connection was not known (no socket call inside any `SSL_*`
-/// call of that `SSL` object yet): not captured.
+/// `SSL_read`/`SSL_write` calls of a traced process whose `SSL` object is tied to no tracked
+/// connection: its socket is not tracked (filtered out, opened before oxeye), or it made no
+/// socket call inside an `SSL_*` call yet (a memory BIO does its socket I/O outside them).
+/// Not captured.
 pub const L7_C_TLS_UNLINKED: u32 = 7;
+/// TLS connections closed without any plaintext seen: their process does not call a probed
+/// libssl (Go's crypto/tls, rustls, OpenSSL linked in statically).
+pub const L7_C_TLS_NO_PLAINTEXT: u32 = 8;
 /// Counter names, by slot.
-pub const L7_COUNTER_NAMES: [&str; 8] = [
+pub const L7_COUNTER_NAMES: [&str; 9] = [
     "ebpf_l7_events",
     "ebpf_l7_ringbuf_full",
     "ebpf_l7_connections",
@@ -654,6 +659,7 @@ pub const L7_COUNTER_NAMES: [&str; 8] = [
     "ebpf_l7_other_protocol",
     "ebpf_l7_socket_unreadable",
     "ebpf_l7_tls_unlinked",
+    "ebpf_l7_tls_no_plaintext",
 ];
 
 /// Offsets the request programs follow from a task to a socket's addresses (from the kernel's

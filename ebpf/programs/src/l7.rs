@@ -35,9 +35,9 @@ use oxeye_ebpf::helpers::kernel;
 use oxeye_ebpf_common::{
     L7Config, L7Conn, L7Event, SocketOffsets, L7_CLOSE, L7_C_CONNECTIONS, L7_C_EVENTS,
     L7_C_MAP_FULL, L7_C_OTHER_PROTOCOL, L7_C_RINGBUF_FULL, L7_C_SOCKET_UNREADABLE,
-    L7_C_TLS_UNLINKED, L7_C_TRUNCATED, L7_DATA_MAX, L7_EVENT_LEN, L7_FOLLOW_TLS, L7_MAX_PORTS,
-    L7_READ, L7_WRITE, PROTO_DNS, PROTO_HTTP, PROTO_OTHER, PROTO_REDIS, PROTO_UNKNOWN, ROLE_CLIENT,
-    ROLE_SERVER,
+    L7_C_TLS_NO_PLAINTEXT, L7_C_TLS_UNLINKED, L7_C_TRUNCATED, L7_DATA_MAX, L7_EVENT_LEN,
+    L7_FOLLOW_TLS, L7_MAX_PORTS, L7_READ, L7_WRITE, PROTO_DNS, PROTO_HTTP, PROTO_OTHER,
+    PROTO_REDIS, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER,
 };
 use task_storage::TaskStorage;
 
@@ -58,7 +58,7 @@ static L7_SCRATCH: PerCpuArray<[u8; L7_EVENT_LEN + L7_DATA_MAX]> =
     PerCpuArray::with_max_entries(1, 0);
 /// Indexed by `L7_C_*`.
 #[map]
-static L7_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
+static L7_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(16, 0);
 /// Processes with tracked connections, by `pid & 0xffff` (never cleared: a stale bit costs only
 /// a map lookup): a call of any other process returns after this one array read, which the
 /// verifier inlines, instead of a hash lookup.
@@ -318,6 +318,9 @@ pub fn oxeye_l7_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = L7_CONNS.remove(&key);
+    if c.tls != 0 && c.proto == PROTO_UNKNOWN {
+        count(L7_C_TLS_NO_PLAINTEXT);
+    }
     if c.proto != PROTO_OTHER {
         let now = unsafe { bpf_ktime_get_ns() };
         emit(&c, L7_CLOSE, fd, now, now, 0, 0, 0);

@@ -111,8 +111,10 @@ pub fn harvest(n: u32) -> Result<HarvestFigures, String> {
 pub enum EmptyPair {
     /// `syscalls:sys_enter_getppid` / `sys_exit_getppid` tracepoints.
     Tracepoint,
-    /// `syscalls:sys_enter_write` / `sys_exit_write` tracepoints (what request spans hook).
+    /// `syscalls:sys_enter_write` / `sys_exit_write` tracepoints.
     WriteTracepoint,
+    /// `syscalls:sys_exit_write` alone (what request spans hook: exits only).
+    WriteExitTracepoint,
     /// `raw_syscalls` `sys_enter` / `sys_exit` raw tracepoints (every syscall).
     RawTracepoint,
     /// The raw pair with a clock read on each edge (stored in a per-CPU array), nothing else.
@@ -128,13 +130,14 @@ pub fn empty_pair(kind: EmptyPair) -> Result<aya::Ebpf, String> {
         .load(crate::spans::PROGRAMS)
         .map_err(|e| format!("loading the span programs: {e}"))?;
     match kind {
-        EmptyPair::Tracepoint | EmptyPair::WriteTracepoint => {
+        EmptyPair::Tracepoint | EmptyPair::WriteTracepoint | EmptyPair::WriteExitTracepoint => {
             let p: &mut TracePoint =
                 crate::sys::program(&mut ebpf, "oxeye_empty_tp").map_err(|e| e.to_string())?;
             p.load().map_err(|e| e.to_string())?;
-            let events = match kind {
-                EmptyPair::Tracepoint => ["sys_enter_getppid", "sys_exit_getppid"],
-                _ => ["sys_enter_write", "sys_exit_write"],
+            let events: &[&str] = match kind {
+                EmptyPair::Tracepoint => &["sys_enter_getppid", "sys_exit_getppid"],
+                EmptyPair::WriteTracepoint => &["sys_enter_write", "sys_exit_write"],
+                _ => &["sys_exit_write"],
             };
             for event in events {
                 p.attach("syscalls", event).map_err(|e| e.to_string())?;

@@ -104,11 +104,7 @@ impl RequestProbe {
             for w in warnings {
                 tracing::warn!("{w}");
             }
-            tls::attach(&mut ebpf, &libraries, cfg.pid)?;
-            let names: Vec<String> = libraries
-                .iter()
-                .map(|l| l.path.display().to_string())
-                .collect();
+            let names = tls::attach(&mut ebpf, &libraries, cfg.pid)?;
             tracing::info!(libraries = ?names, "requests.tls: SSL_read/SSL_write uprobes attached");
         }
         let routes = Routes::new(&cfg.routes).map_err(ProbeError::Filter)?;

@@ -99,18 +99,20 @@ pub(crate) fn libraries(cfg: &RequestsConfig) -> Result<(Vec<Library>, Vec<Strin
         }
         let has = |symbol| crate::preflight::find_symbol(&path, symbol).is_ok();
         if let Some((_, missing, _)) = PROBES.iter().find(|(_, f, required)| *required && !has(f)) {
-            return Err(format!(
-                "{} has no {missing}: it is not an OpenSSL libssl oxeye can probe",
+            warnings.push(format!(
+                "requests.tls: {} has no {missing}: not an OpenSSL libssl, left out",
                 path.display()
             ));
+            continue;
         }
         let has_ex = has("SSL_read_ex") && has("SSL_write_ex");
         libraries.push(Library { path, has_ex });
     }
     if libraries.is_empty() {
         return Err(format!(
-            "no libssl.so* on this host (looked in {} and in the maps of running processes): TLS plaintext is seen through OpenSSL's shared libssl",
-            LIBRARY_DIRS.join(", ")
+            "no OpenSSL libssl.so* on this host (looked in {} and in the maps of running processes){}: TLS plaintext is seen through OpenSSL's shared libssl",
+            LIBRARY_DIRS.join(", "),
+            if warnings.is_empty() { String::new() } else { format!(" ({})", warnings.join("; ")) }
         ));
     }
     Ok((libraries, warnings))
@@ -129,17 +131,37 @@ pub(crate) fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
 }
 
 /// Attaches the return program, then the entry programs, to each library (a return without
-/// its entry is ignored; the other order could leave an entry without its return).
+/// its entry is ignored; the other order could leave an entry without its return). A library
+/// that cannot be probed (gone since it was found: a short-lived process's) is left out with a
+/// warning; none probed is an error. Returns the libraries probed.
 pub(crate) fn attach(
     ebpf: &mut Ebpf,
     libraries: &[Library],
     pid: Option<u32>,
-) -> Result<(), ProbeError> {
+) -> Result<Vec<String>, ProbeError> {
+    let mut probed = Vec::new();
+    let mut last = None;
+    for lib in libraries {
+        match attach_one(ebpf, lib, pid) {
+            Ok(()) => probed.push(lib.path.display().to_string()),
+            Err(e) => {
+                tracing::warn!("requests.tls: {} left out: {e}", lib.path.display());
+                last = Some(e);
+            }
+        }
+    }
+    match last {
+        Some(e) if probed.is_empty() => Err(e),
+        _ => Ok(probed),
+    }
+}
+
+fn attach_one(ebpf: &mut Ebpf, lib: &Library, pid: Option<u32>) -> Result<(), ProbeError> {
     let scope = match pid.and_then(std::num::NonZeroU32::new) {
         Some(pid) => UProbeScope::OneProcess(pid),
         None => UProbeScope::AllProcesses,
     };
-    for lib in libraries {
+    {
         for (_, symbol, required) in PROBES {
             if !required && !lib.has_ex {
                 continue;
@@ -177,12 +199,19 @@ fn mapped_libssl(pid: u32) -> Vec<PathBuf> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     let mut out: Vec<PathBuf> = Vec::new();
     for line in maps.lines() {
-        let Some(path) = line.split_whitespace().nth(5) else {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(path)) = (fields.next(), fields.nth(4)) else {
             continue;
         };
         let name = Path::new(path).file_name().map(|n| n.to_string_lossy());
         if name.is_some_and(|n| is_libssl(&n)) {
-            let full = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            // A library replaced on disk since the process mapped it (an upgrade) is open
+            // through map_files: its path now names the new file, not the one running.
+            let full = if line.ends_with(" (deleted)") {
+                PathBuf::from(format!("/proc/{pid}/map_files/{range}"))
+            } else {
+                PathBuf::from(format!("/proc/{pid}/root{path}"))
+            };
             if !out.contains(&full) {
                 out.push(full);
             }

@@ -445,7 +445,8 @@ impl Tracker {
             }),
         );
         if info.tls != 0 {
-            a.set(k!("tls"), true);
+            // The conventions' flag for a connection that completed its TLS handshake.
+            a.set(k!("tls.established"), true);
         }
         if r.head.truncated || r.response.as_ref().is_some_and(|h| h.truncated) {
             a.set(k!("oxeye.l7.truncated"), true);

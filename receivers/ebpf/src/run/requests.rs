@@ -72,6 +72,7 @@ pub(super) async fn run_requests(
         unmatched_responses = c.unmatched_responses,
         closed_mid_response = c.closed_mid_response,
         truncated_heads = c.truncated_heads,
+        heads_shed = c.heads_shed,
         metric_series = out.metrics.as_ref().map_or(0, |m| m.series()),
         "requests: programs detached"
     );
