@@ -267,21 +267,29 @@ fn main() {
 
     // What a process no request source tracks pays per write.
     let n = if quick { 100_000 } else { 3_000_000 };
-    let (mut untraced, mut empty, mut attached) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut untraced, mut empty, mut empty_exit, mut attached) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    use oxeye_receiver_ebpf::bench::{empty_pair, EmptyPair};
     for _ in 0..rounds {
         untraced.push(writes(n));
         {
-            let _pair = oxeye_receiver_ebpf::bench::empty_pair(
-                oxeye_receiver_ebpf::bench::EmptyPair::WriteTracepoint,
-            )
-            .expect("empty tracepoint pair");
+            let _pair = empty_pair(EmptyPair::WriteTracepoint).expect("empty tracepoint pair");
             empty.push(writes(n));
+        }
+        {
+            let _exit = empty_pair(EmptyPair::WriteExitTracepoint).expect("empty exit tracepoint");
+            empty_exit.push(writes(n));
         }
         let (ox, stderr) = oxeye(free_port());
         attached.push(writes(n));
         stop(ox, stderr);
     }
-    let (u, e, a) = (median(untraced), median(empty), median(attached));
+    let (u, e, x, a) = (
+        median(untraced),
+        median(empty),
+        median(empty_exit),
+        median(attached),
+    );
     println!("one-byte writes to /dev/null by a process that is not traced, median of {rounds}:");
     println!("  untraced:                                   {u:>6.0} ns/write");
     println!(
@@ -289,7 +297,12 @@ fn main() {
         e - u
     );
     println!(
-        "  `oxeye run` with requests: attached:        {a:>6.0} ns/write  (+{:.0} ns over the empty pair; {:.2}x untraced)",
+        "  empty syscalls: exit tracepoint on write:   {x:>6.0} ns/write  (+{:.0} ns: what oxeye hooks)",
+        x - u
+    );
+    println!(
+        "  `oxeye run` with requests: attached:        {a:>6.0} ns/write  (+{:.0} ns over the empty exit, {:+.0} over the empty pair; {:.2}x untraced)",
+        a - x,
         a - e,
         a / u
     );
