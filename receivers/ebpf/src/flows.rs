@@ -224,17 +224,29 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
         text.push_str(&format!(": {s}"));
         source = s.source();
     }
-    // A verifier log runs to thousands of lines; its end says what failed.
+    // A verifier log runs to thousands of lines; its end says what failed, and the whole of it
+    // goes to a file (the lines before the end are where a bound was lost).
     let lines: Vec<&str> = text.lines().collect();
     if lines.len() > 12 {
         let tail = lines[lines.len() - 10..].join("\n");
+        let whole = whole_log(&text)
+            .map(|path| format!("; whole log: {}", path.display()))
+            .unwrap_or_default();
         text = format!(
-            "{}\n[... {} lines of verifier log ...]\n{tail}",
+            "{}\n[... {} lines of verifier log{whole} ...]\n{tail}",
             lines[0],
             lines.len() - 11
         );
     }
     text
+}
+
+/// Writes a long error (a verifier log) to a file of its own under the temp directory.
+fn whole_log(text: &str) -> Option<std::path::PathBuf> {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("oxeye-verifier-{}-{n}.log", std::process::id()));
+    std::fs::write(&path, text).ok().map(|()| path)
 }
 
 fn os_error(e: &aya::programs::ProgramError) -> Option<i32> {
@@ -773,6 +785,26 @@ fn to_flow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_error_keeps_its_end_and_points_at_the_whole_of_it() {
+        let log: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let e = std::io::Error::other(log);
+        let text = chain(&e);
+        assert!(
+            text.starts_with("line 0\n[... 89 lines of verifier log; whole log: "),
+            "{text}"
+        );
+        assert!(text.ends_with("line 99"), "{text}");
+        let path = text
+            .split("whole log: ")
+            .nth(1)
+            .and_then(|r| r.split(" ...]").next())
+            .expect("path");
+        let whole = std::fs::read_to_string(path).expect("the whole log");
+        assert!(whole.contains("line 50\n"));
+        let _ = std::fs::remove_file(path);
+    }
     use oxeye_ebpf_common::widen_jiffies;
 
     #[test]
