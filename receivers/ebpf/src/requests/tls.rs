@@ -161,29 +161,24 @@ fn attach_one(ebpf: &mut Ebpf, lib: &Library, pid: Option<u32>) -> Result<(), Pr
         Some(pid) => UProbeScope::OneProcess(pid),
         None => UProbeScope::AllProcesses,
     };
-    {
-        for (_, symbol, required) in PROBES {
-            if !required && !lib.has_ex {
-                continue;
-            }
-            for prog in [
-                RETURN,
-                PROBES.iter().find(|p| p.1 == *symbol).map_or("", |p| p.0),
-            ] {
-                let p: &mut UProbe = sys::program(ebpf, prog)?;
-                let point = UProbeAttachPoint {
-                    location: UProbeAttachLocation::Symbol(symbol),
-                    cookie: None,
-                };
-                p.attach(point, &lib.path, scope)
-                    .map_err(|source| ProbeError::Attach {
-                        what: format!(
-                            "requests.tls: attaching {prog} to {}:{symbol}",
-                            lib.path.display()
-                        ),
-                        source,
-                    })?;
-            }
+    for (entry, symbol, required) in PROBES {
+        if !required && !lib.has_ex {
+            continue;
+        }
+        for prog in [RETURN, entry] {
+            let p: &mut UProbe = sys::program(ebpf, prog)?;
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::Symbol(symbol),
+                cookie: None,
+            };
+            p.attach(point, &lib.path, scope)
+                .map_err(|source| ProbeError::Attach {
+                    what: format!(
+                        "requests.tls: attaching {prog} to {}:{symbol}",
+                        lib.path.display()
+                    ),
+                    source,
+                })?;
         }
     }
     Ok(())
