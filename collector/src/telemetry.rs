@@ -167,6 +167,22 @@ fn families(reg: &Registry) -> Vec<MetricFamily> {
             samples,
         ));
     }
+    let mut gauges: BTreeMap<&'static str, Vec<(Labels, u64)>> = BTreeMap::new();
+    for c in &components {
+        for (name, source, n) in c.telemetry.gauges() {
+            let mut l = component_labels(c);
+            l.push(("source", source));
+            gauges.entry(name).or_default().push((l, n));
+        }
+    }
+    for (name, samples) in gauges {
+        out.push(family(
+            &format!("oxeye_{name}"),
+            &format!("Measured by the component itself ({name}), per source: see its README."),
+            MetricType::GAUGE,
+            samples,
+        ));
+    }
     out.extend([
         edge_gauge(
             "oxeye_queue_depth_batches",

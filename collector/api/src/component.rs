@@ -356,6 +356,7 @@ pub struct Counters {
     errors: AtomicU64,
     dropped: Mutex<Vec<(&'static str, u64)>>,
     extra: Mutex<Vec<(&'static str, String, u64)>>,
+    gauges: Mutex<Vec<(&'static str, String, u64)>>,
     lost: Mutex<Vec<LostCount>>,
 }
 
@@ -450,6 +451,25 @@ impl Telemetry {
             Some(entry) => entry.2 = value,
             None => list.push((name, source.to_string(), value)),
         }
+    }
+
+    /// Sets a component-specific gauge, exported as `oxeye_<name>{source="<source>"}` (e.g.
+    /// what a queue holds on disk now).
+    pub fn set_gauge(&self, name: &'static str, source: &str, value: u64) {
+        let mut list = self.0.gauges.lock().unwrap_or_else(|p| p.into_inner());
+        match list.iter_mut().find(|(n, s, _)| *n == name && s == source) {
+            Some(entry) => entry.2 = value,
+            None => list.push((name, source.to_string(), value)),
+        }
+    }
+
+    /// Component-specific gauges as `(name, source, value)`.
+    pub fn gauges(&self) -> Vec<(&'static str, String, u64)> {
+        self.0
+            .gauges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Sets the total lost before the pipeline for `reason` at `source` (a receiver reads these

@@ -199,6 +199,21 @@ impl Registry {
             if queued > 0 {
                 line.push_str(&format!(", {queued} queued"));
             }
+            let gauge = |name: &str| {
+                t.gauges()
+                    .iter()
+                    .filter(|(n, _, _)| *n == name)
+                    .map(|g| g.2)
+                    .sum::<u64>()
+            };
+            let (on_disk, bytes) = (gauge("queue_disk_records"), gauge("queue_disk_bytes"));
+            if on_disk > 0 {
+                // Kept for the next start: not lost, and not out yet.
+                line.push_str(&format!(
+                    ", {on_disk} on disk ({:.1} MB)",
+                    bytes as f64 / 1e6
+                ));
+            }
             lines.push(line);
         }
         lines
