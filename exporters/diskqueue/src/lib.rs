@@ -22,7 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-pub use open::OpenError;
+pub use open::{check, check_writable, OpenError};
 use position::{Pos, PositionFile, Saved};
 
 /// How the queue is bounded and synced.
@@ -192,7 +192,14 @@ impl Queue {
         Ok(Appended::Written { dropped })
     }
 
-    /// Deletes the oldest segment that is not being written; returns its unsent records.
+    /// Deletes the oldest segment not being written (e.g. when the disk itself is full);
+    /// returns its unsent records, counted in `dropped_oldest`, or `None` if there is none.
+    pub fn drop_oldest_segment(&self) -> Option<u64> {
+        let w = lock(&self.writer);
+        let mut s = lock(&self.state);
+        self.drop_oldest(&mut s, w.segment)
+    }
+
     fn drop_oldest(&self, s: &mut State, writing: u64) -> Option<u64> {
         let seg = s.segments.front().filter(|g| g.id != writing)?;
         let unsent = seg.records.saturating_sub(seg.handed);

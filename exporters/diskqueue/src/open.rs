@@ -192,9 +192,22 @@ impl Queue {
 
 /// Refuses a directory that holds anything but an oxeye queue of this format; marks a new one.
 fn check_format(dir: &Path) -> Result<(), OpenError> {
+    if !format_of(dir)? {
+        let path = dir.join("format");
+        fs::write(&path, FORMAT).map_err(io_err(&path, "write the format file"))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir, "sync the directory"))?;
+    }
+    Ok(())
+}
+
+/// `true` for a queue of this format, `false` for a directory without one that holds nothing
+/// else (a lock file at most); refused otherwise.
+fn format_of(dir: &Path) -> Result<bool, OpenError> {
     let path = dir.join("format");
     match fs::read(&path) {
-        Ok(found) if found == FORMAT.as_bytes() => Ok(()),
+        Ok(found) if found == FORMAT.as_bytes() => Ok(true),
         Ok(found) => Err(OpenError::Foreign {
             dir: dir.to_path_buf(),
             found: format!(
@@ -209,16 +222,13 @@ fn check_format(dir: &Path) -> Result<(), OpenError> {
                 .filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .find(|n| n != "lock");
-            if let Some(name) = other {
-                return Err(OpenError::Foreign {
+            match other {
+                Some(name) => Err(OpenError::Foreign {
                     dir: dir.to_path_buf(),
                     found: format!("it holds `{name}` and no `format` file"),
-                });
+                }),
+                None => Ok(false),
             }
-            fs::write(&path, FORMAT).map_err(io_err(&path, "write the format file"))?;
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(dir, "sync the directory"))
         }
         Err(e) => Err(io_err(&path, "read the format file")(e)),
     }
@@ -256,4 +266,70 @@ fn count_records(file: &File, mut from: u64, len: u64) -> io::Result<u64> {
         from += HEADER as u64 + u64::from(h.len);
     }
     Ok(n)
+}
+
+/// What [`Queue::open`] would refuse, without creating or locking anything that stays (for
+/// `validate`): a directory of another format or holding other files; a directory (or the
+/// nearest existing one above it) where no file can be created. A lock held by a running
+/// process is not checked: validating a running agent's config must not fail on it.
+pub fn check(dir: &Path) -> Result<(), OpenError> {
+    if dir.is_dir() {
+        format_of(dir)?;
+    }
+    check_writable(dir)
+}
+
+/// Whether files can be created in `dir`, or (when it does not exist yet) in the nearest
+/// existing directory above it; nothing is left behind.
+pub fn check_writable(dir: &Path) -> Result<(), OpenError> {
+    let mut at = dir;
+    while !at.exists() {
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => {
+                at = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !at.is_dir() {
+        return Err(OpenError::Io {
+            path: at.to_path_buf(),
+            what: "use it as a directory",
+            error: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    let probe = at.join(format!(".oxeye-check-{}", std::process::id()));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(io_err(at, "create files in it"))?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Queues open in this process by directory: a component rebuilt by a config reload takes over
+/// its predecessor's queue (the lock keeps other processes out, not this one).
+static OPEN: Mutex<Vec<(PathBuf, std::sync::Weak<Queue>)>> = Mutex::new(Vec::new());
+
+impl Queue {
+    /// [`Queue::open`], or the queue this process already has open in `dir` (then with the
+    /// options it was opened with).
+    pub fn open_shared(dir: &Path, options: Options) -> Result<std::sync::Arc<Queue>, OpenError> {
+        let mut open = crate::lock(&OPEN);
+        open.retain(|(_, q)| q.strong_count() > 0);
+        let key = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        if let Some(q) = open
+            .iter()
+            .find(|(p, _)| *p == key)
+            .and_then(|(_, q)| q.upgrade())
+        {
+            return Ok(q);
+        }
+        let q = std::sync::Arc::new(Queue::open(dir, options)?);
+        let key = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        open.push((key, std::sync::Arc::downgrade(&q)));
+        Ok(q)
+    }
 }

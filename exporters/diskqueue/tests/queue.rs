@@ -97,7 +97,7 @@ fn a_restart_resends_only_what_was_in_flight_and_counts_it() {
     }
     // The lock died with the "process" only if the file is closed: a forgotten queue keeps it.
     // Release it the way the kernel would at exit.
-    release_locks();
+    release_locks(dir.path());
     let q = Queue::open(dir.path(), options(1 << 20)).unwrap();
     let seen = drain(&q);
     let s = q.stats();
@@ -116,15 +116,16 @@ fn a_restart_resends_only_what_was_in_flight_and_counts_it() {
     );
 }
 
-/// `mem::forget` leaks the lock's file descriptor; close every descriptor of this process that
-/// points at a queue's `lock` file, as exit would.
-fn release_locks() {
+/// `mem::forget` leaks the lock's file descriptor; close the descriptors of this process that
+/// point at `dir`'s `lock` file, as exit would (other tests' queues are left alone).
+fn release_locks(dir: &Path) {
+    let lock = dir.join("lock");
     for fd in fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(Result::ok)
     {
         if let Ok(target) = fs::read_link(fd.path()) {
-            if target.file_name().is_some_and(|n| n == "lock") {
+            if target == lock {
                 let fd: i32 = fd.file_name().to_str().unwrap().parse().unwrap();
                 // SAFETY: the descriptor belongs to a leaked File nobody uses again.
                 drop(unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) });

@@ -29,6 +29,7 @@
 mod balance;
 mod config;
 mod encode;
+mod persist;
 mod transport;
 mod wire;
 
@@ -139,6 +140,9 @@ struct Shared {
     batch_timeout: Duration,
     resource: std::collections::BTreeMap<String, config::ResourceValue>,
     stats: Mutex<Stats>,
+    /// The queue is on disk: a retryable failure is retried until it succeeds (the records
+    /// wait there, bounded by `storage.max_size`), not given up after `max_elapsed_time`.
+    persistent: bool,
 }
 
 #[derive(Default)]
@@ -211,7 +215,8 @@ impl Shared {
                     let wait =
                         after.unwrap_or_else(|| jitter(interval, self.retry.randomization_factor));
                     if !self.retry.enabled
-                        || started.elapsed().saturating_add(wait) > self.retry.max_elapsed_time
+                        || (!self.persistent
+                            && started.elapsed().saturating_add(wait) > self.retry.max_elapsed_time)
                     {
                         self.count(signal, |s, i| s.failed[i] += 1);
                         error!(exporter = %self.id, signal = signal.as_str(), records = n, attempts = attempt + 1, %reason, "export failed, no more retries; records dropped");
@@ -773,6 +778,14 @@ pub struct OtlpExporter {
     when_full: WhenFull,
     num_consumers: usize,
     senders: JoinSet<()>,
+    /// `sending_queue.storage`: the queue on disk, instead of `tx`/`rx`; opened by `start`
+    /// (building, as `validate` does, takes no lock).
+    disk: Option<Arc<persist::Disk>>,
+    storage: Option<(config::StorageConfig, String, Telemetry)>,
+    /// Set at shutdown: the disk senders stop once the queue is drained.
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// For encoding batches before they are written to disk.
+    resources: encode::Resources,
 }
 
 impl OtlpExporter {
@@ -828,6 +841,14 @@ impl OtlpExporter {
         let (tx, rx) = mpsc::channel(q.queue_size);
         let room = Arc::new(tokio::sync::Semaphore::new(q.queue_size));
         let (sizer, queue_size) = (q.sizer, q.queue_size);
+        if let Some(storage) = &q.storage {
+            persist::check(storage, &ctx.id)?;
+        }
+        let storage = q
+            .storage
+            .clone()
+            .map(|s| (s, ctx.id.clone(), ctx.telemetry.clone()));
+        let resources = encode::Resources::new(&config.resource);
         Ok(OtlpExporter {
             shared: Arc::new(Shared {
                 id: ctx.id,
@@ -847,6 +868,7 @@ impl OtlpExporter {
                 batch_timeout: config.batch.timeout,
                 resource: config.resource,
                 stats: Mutex::default(),
+                persistent: storage.is_some(),
             }),
             tx: Some(tx),
             rx: Some(rx),
@@ -856,25 +878,52 @@ impl OtlpExporter {
             when_full: config.sending_queue.when_full,
             num_consumers: config.sending_queue.num_consumers,
             senders: JoinSet::new(),
+            disk: None,
+            storage,
+            closing: Arc::new(tokio::sync::watch::Sender::new(false)),
+            resources,
         })
     }
 
-    /// Starts the senders on the current runtime (on first use).
-    fn start(&mut self) {
-        if let Some(rx) = self.rx.take() {
-            let queue = Arc::new(tokio::sync::Mutex::new(rx));
-            for _ in 0..self.num_consumers {
-                self.senders
-                    .spawn(sender(Arc::clone(&self.shared), Arc::clone(&queue)));
+    /// Starts the senders on the current runtime (on first use), opening the queue on disk
+    /// first when there is one.
+    fn start(&mut self) -> Result<(), BoxError> {
+        if let Some((storage, id, telemetry)) = &self.storage {
+            if self.disk.is_none() {
+                let disk = persist::Disk::open(storage, id, telemetry.clone())?;
+                self.disk = Some(Arc::new(disk));
             }
         }
+        let Some(rx) = self.rx.take() else {
+            return Ok(()); // started already
+        };
+        match &self.disk {
+            Some(disk) => {
+                for _ in 0..self.num_consumers {
+                    self.senders.spawn(persist::sender(
+                        Arc::clone(&self.shared),
+                        Arc::clone(disk),
+                        Arc::clone(&self.closing),
+                    ));
+                }
+                self.senders.spawn(Arc::clone(disk).sync_loop());
+            }
+            None => {
+                let queue = Arc::new(tokio::sync::Mutex::new(rx));
+                for _ in 0..self.num_consumers {
+                    self.senders
+                        .spawn(sender(Arc::clone(&self.shared), Arc::clone(&queue)));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Exporter for OtlpExporter {
     async fn export(&mut self, batch: Arc<Batch>) -> Result<(), BoxError> {
-        self.start();
+        self.start()?;
         // Encoded spans go out as they came, a part of a request never split; more of them than
         // a request may hold are decoded here, so requests stay within `send_batch_size`.
         let batch = if batch.is_encoded() && batch.len() > self.shared.send_batch_size {
@@ -895,17 +944,20 @@ impl Exporter for OtlpExporter {
         if self.tx.is_none() {
             return Err("export after shutdown".into());
         }
+        if let Some(ended) = self.senders.try_join_next() {
+            return Err(sender_died(ended).into());
+        }
+        if let Some(disk) = &self.disk {
+            let (max, when_full) = (self.shared.send_batch_size, self.when_full);
+            return disk
+                .append(&mut self.resources, batch, max, when_full)
+                .await;
+        }
         // A batch larger than the whole queue takes all of it (it is then sent alone).
         let units = match self.sizer {
             Sizer::Items => batch.len().clamp(1, self.queue_size),
             Sizer::Requests => 1,
         } as u32;
-        // A sender that ended while the exporter runs has died (panicked): say so and fail,
-        // rather than let the queue fill unseen (its records count as dropped when the
-        // exporter is dropped).
-        if let Some(ended) = self.senders.try_join_next() {
-            return Err(sender_died(ended).into());
-        }
         let room = match self.when_full {
             // Cancel-safe: nothing is counted unless the batch is queued. A sender dying while
             // this waits for room ends the wait.
@@ -917,16 +969,19 @@ impl Exporter for OtlpExporter {
                     Err(_) => return Err(self.why_stopped().await.into()),
                 },
             },
-            WhenFull::DropNewest => match Arc::clone(&self.room).try_acquire_many_owned(units) {
-                Ok(room) => room,
-                Err(tokio::sync::TryAcquireError::NoPermits) => {
-                    self.shared.telemetry.add_dropped("sending_queue_full", n);
-                    return Ok(());
+            // `drop_oldest` needs storage (refused by validation otherwise).
+            WhenFull::DropNewest | WhenFull::DropOldest => {
+                match Arc::clone(&self.room).try_acquire_many_owned(units) {
+                    Ok(room) => room,
+                    Err(tokio::sync::TryAcquireError::NoPermits) => {
+                        self.shared.telemetry.add_dropped("sending_queue_full", n);
+                        return Ok(());
+                    }
+                    Err(tokio::sync::TryAcquireError::Closed) => {
+                        return Err(self.why_stopped().await.into())
+                    }
                 }
-                Err(tokio::sync::TryAcquireError::Closed) => {
-                    return Err(self.why_stopped().await.into())
-                }
-            },
+            }
         };
         let tx = self.tx.as_ref().expect("checked above");
         if let Ok(permit) = tx.reserve().await {
@@ -941,6 +996,17 @@ impl Exporter for OtlpExporter {
         true
     }
 
+    /// With the queue on disk, a tick starts the senders if the exporter was built outside a
+    /// runtime: a backlog goes out before the first batch comes.
+    fn tick_interval(&self) -> Option<Duration> {
+        self.storage.as_ref().map(|_| Duration::from_millis(250))
+    }
+
+    async fn tick(&mut self, _now: std::time::SystemTime) -> Result<(), BoxError> {
+        self.start()?;
+        Ok(())
+    }
+
     /// Requests as received go out as they came, unless spans must be read: load balancing
     /// routes each span by its trace id, and `resource:` extras rewrite the resource.
     fn takes_encoded(&self) -> bool {
@@ -948,9 +1014,30 @@ impl Exporter for OtlpExporter {
     }
 
     async fn shutdown(&mut self) -> Result<(), BoxError> {
-        self.start();
+        self.start()?;
         // Closing the queue lets the senders drain it and stop; the engine's deadline bounds this.
         self.tx = None;
+        self.closing.send_replace(true);
+        if let Some(disk) = &self.disk {
+            // The sync loop never ends by itself; the senders drain the disk, then stop.
+            let disk = Arc::clone(disk);
+            let senders = std::mem::take(&mut self.senders);
+            let mut senders = senders;
+            while let Some(r) = senders.join_next().await {
+                if let Err(e) = r {
+                    if e.is_panic() {
+                        return Err(format!("an otlp sender panicked: {e}").into());
+                    }
+                }
+                if senders.len() == 1 {
+                    senders.abort_all(); // only the sync loop is left
+                }
+            }
+            tokio::task::spawn_blocking(move || disk.queue.sync())
+                .await
+                .map_err(|e| e.to_string())??;
+            return Ok(());
+        }
         while let Some(r) = self.senders.join_next().await {
             if let Err(e) = r {
                 if e.is_panic() {
@@ -993,6 +1080,14 @@ impl Drop for OtlpExporter {
     fn drop(&mut self) {
         // Aborted at the shutdown deadline (or shut down normally: nothing left then).
         self.senders.abort_all();
+        if let Some(disk) = &self.disk {
+            // Unacknowledged records stay on disk and go out at the next start: not lost.
+            let s = disk.queue.stats();
+            if s.records > 0 {
+                warn!(exporter = %self.shared.id, records = s.records, bytes = s.bytes, dir = %disk.dir.display(), "records kept in the sending queue on disk: sent at the next start");
+            }
+            return;
+        }
         let n = self.shared.ledger.abandon();
         if n > 0 {
             error!(exporter = %self.shared.id, records = n, "shutdown deadline passed with records still queued or retrying: dropped");

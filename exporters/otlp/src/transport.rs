@@ -520,6 +520,22 @@ fn http_outcome(signal: OtlpSignal, parts: &hyper::http::response::Parts, body: 
     }
 }
 
+impl Request {
+    /// The request's protobuf bytes, uncompressed (as the sending queue on disk keeps them).
+    pub fn to_protobuf(&self) -> Vec<u8> {
+        let message: &dyn EncodeInto = match self {
+            Request::Traces(r) => r,
+            Request::Metrics(r) => r,
+            Request::Profiles(r) => r,
+            Request::Logs(r) => r,
+            Request::Encoded(_, r) => r,
+        };
+        let mut out = Vec::new();
+        message.encode_into(&mut out, false);
+        out
+    }
+}
+
 /// A request message appended to a buffer, gzip'd or not, without an intermediate copy.
 trait EncodeInto {
     fn encode_into(&self, out: &mut Vec<u8>, gzip: bool);

@@ -151,8 +151,13 @@ impl TraceService for Grpc {
 
 /// Starts the sink on `rt`; returns its port.
 pub fn sink_endpoint(rt: &tokio::runtime::Runtime, sink: Arc<Sink>) -> u16 {
+    sink_endpoint_at(rt, sink, 0)
+}
+
+/// Starts the sink on `rt` at `port` (0: any); returns its port.
+pub fn sink_endpoint_at(rt: &tokio::runtime::Runtime, sink: Arc<Sink>, port: u16) -> u16 {
     let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     rt.spawn(

@@ -1,0 +1,490 @@
+//! `sending_queue.storage` with the real binary: spans sent over OTLP/gRPC to an agent whose
+//! backend is down, the agent killed with SIGKILL (once with everything on disk, once in the
+//! middle of draining), restarted, the backend brought back: every span arrives, duplicates are
+//! no more than the batches in flight and are counted. A disk that fills up (a 4 MiB tmpfs)
+//! slows the receiver with `block` and is counted with `drop_oldest`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use oxeye_tests::{free_port, KillOnDrop};
+
+mod common;
+use common::otlp::{sink_endpoint_at, Sink};
+
+const PER_REQUEST: u64 = 100;
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Request `r`: spans with ids `r * PER_REQUEST + 1 ..`.
+fn request(r: u64) -> ExportTraceServiceRequest {
+    let spans = (0..PER_REQUEST)
+        .map(|i| {
+            let id = r * PER_REQUEST + i + 1;
+            Span {
+                trace_id: [&r.to_be_bytes()[..], &[7; 8]].concat(),
+                span_id: id.to_be_bytes().to_vec(),
+                name: "GET /api/orders".into(),
+                start_time_unix_nano: 1_700_000_000_000_000_000 + id,
+                end_time_unix_nano: 1_700_000_000_001_000_000 + id,
+                ..Span::default()
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        }],
+    }
+}
+
+struct Ports {
+    grpc: u16,
+    metrics: u16,
+    backend: u16,
+}
+
+/// An agent: otlp in, otlp out with the queue on disk in `dir` (`storage` and `queue`:
+/// more settings of each, `, key: value` each).
+fn agent(ports: &Ports, dir: &Path, storage: &str, queue: &str) -> KillOnDrop {
+    let yaml = format!(
+        "receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: 127.0.0.1:{grpc}}}
+exporters:
+  otlp:
+    endpoint: http://127.0.0.1:{backend}
+    retry_on_failure: {{initial_interval: 100ms, max_interval: 300ms}}
+    sending_queue:
+      storage: {{directory: {dir}{storage}}}{queue}
+service:
+  telemetry:
+    metrics: {{address: 127.0.0.1:{metrics}}}
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [otlp]}}
+",
+        grpc = ports.grpc,
+        backend = ports.backend,
+        metrics = ports.metrics,
+        dir = dir.display(),
+    );
+    let config = oxeye_tests::temp_config(&format!("persistent-queue-{}", ports.grpc), &yaml);
+    let child = KillOnDrop(oxeye_tests::spawn(&[
+        "run",
+        "-c",
+        config.to_str().expect("path"),
+    ]));
+    oxeye_tests::wait_port(ports.grpc);
+    oxeye_tests::wait_port(ports.metrics);
+    child
+}
+
+/// A sample of oxeye's `/metrics` (the sum over labels), or 0.
+fn metric(port: u16, name: &str) -> u64 {
+    let Ok(page) = oxeye_tests::http_get(port, "/metrics") else {
+        return 0;
+    };
+    page.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn wait(what: &str, within: Duration, done: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill9(mut child: KillOnDrop) {
+    oxeye_tests::signal(&child.0, libc::SIGKILL);
+    let _ = child.0.wait();
+}
+
+/// Stops oxeye with SIGTERM; its stderr.
+fn stop(mut child: KillOnDrop) -> String {
+    use std::io::Read;
+    oxeye_tests::signal(&child.0, libc::SIGTERM);
+    let mut err = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = child.0.wait().expect("wait");
+    assert!(status.success(), "oxeye failed: {status}\n{err}");
+    err
+}
+
+/// Sends requests `range` (spaced to `per_second` spans, each given 2 s); the ones accepted.
+/// Stops after 3 refused in a row (the agent is pushing back).
+fn send(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    range: std::ops::Range<u64>,
+    per_second: u64,
+) -> Vec<u64> {
+    rt.block_on(async {
+        let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        let gap = Duration::from_secs_f64(PER_REQUEST as f64 / per_second as f64);
+        let mut next = tokio::time::Instant::now();
+        let mut accepted = Vec::new();
+        let mut refused = 0;
+        for r in range {
+            tokio::time::sleep_until(next).await;
+            next += gap;
+            let sent = tokio::time::timeout(Duration::from_secs(2), client.export(request(r)));
+            if matches!(sent.await, Ok(Ok(_))) {
+                accepted.push(r);
+                refused = 0;
+            } else {
+                refused += 1;
+                if refused == 3 {
+                    break;
+                }
+            }
+        }
+        accepted
+    })
+}
+
+/// Span id → times received.
+fn received(sink: &Sink) -> HashMap<u64, u32> {
+    let mut seen = HashMap::new();
+    for req in sink.got.lock().expect("lock").iter() {
+        for span in req
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+        {
+            let id = u64::from_be_bytes(span.span_id[..8].try_into().expect("8 bytes"));
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    seen
+}
+
+#[test]
+fn spans_survive_an_outage_and_two_kill_9s() {
+    let _one = alone();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = Ports {
+        grpc: free_port(),
+        metrics: free_port(),
+        backend: free_port(),
+    };
+    const REQUESTS: u64 = 2_000; // 200 000 spans at 20 000/s
+    let total = REQUESTS * PER_REQUEST;
+
+    // The backend is down: everything accepted goes to disk.
+    let a = agent(&ports, dir.path(), "", "");
+    let accepted = send(&rt, ports.grpc, 0..REQUESTS, 20_000);
+    assert_eq!(accepted.len() as u64, REQUESTS, "every request accepted");
+    wait("all spans on disk", Duration::from_secs(30), || {
+        metric(ports.metrics, "oxeye_queue_disk_records") == total
+    });
+    kill9(a);
+
+    // Restarted, still no backend: the backlog is found.
+    let a = agent(&ports, dir.path(), "", "");
+    wait("the backlog found", Duration::from_secs(10), || {
+        metric(ports.metrics, "oxeye_queue_disk_records") == total
+    });
+    // The backend comes back (slow: 20 ms a request), and the agent is killed mid-drain.
+    let sink = Arc::new(Sink {
+        delay: Duration::from_millis(20),
+        ..Sink::default()
+    });
+    sink_endpoint_at(&rt, Arc::clone(&sink), ports.backend);
+    wait("a third delivered", Duration::from_secs(60), || {
+        sink.spans() as u64 >= total / 3
+    });
+    kill9(a);
+    let before_restart = sink.spans() as u64;
+    assert!(before_restart < total, "killed before the end of the drain");
+
+    // The third run delivers the rest.
+    let a = agent(&ports, dir.path(), "", "");
+    wait("every span delivered", Duration::from_secs(90), || {
+        received(&sink).len() as u64 == total
+    });
+    wait("the queue empty", Duration::from_secs(10), || {
+        metric(ports.metrics, "oxeye_queue_disk_records") == 0
+    });
+    let seen = received(&sink);
+    assert!(
+        (1..=total).all(|id| seen.contains_key(&id)),
+        "a span id is missing"
+    );
+    let duplicates: u64 = seen.values().map(|&n| u64::from(n - 1)).sum();
+    let resent = metric(ports.metrics, "oxeye_queue_resent_records_total");
+    // In flight at the kill: at most one chunk (send_batch_size records) per sender.
+    assert!(resent <= 2 * 1024, "resent {resent}");
+    assert!(
+        duplicates <= resent,
+        "{duplicates} duplicates, {resent} counted as resent"
+    );
+    assert_eq!(
+        metric(ports.metrics, "oxeye_queue_corrupt_records_total"),
+        0
+    );
+    let err = stop(a);
+    let line = err
+        .lines()
+        .rfind(|l| l.contains("exporter otlp:"))
+        .unwrap_or_else(|| panic!("no exporter line:\n{err}"));
+    assert!(
+        !line.contains("dropped") && !line.contains("on disk"),
+        "{line}"
+    );
+    eprintln!(
+        "{total} spans, {before_restart} delivered before the second kill, {duplicates} duplicates, {resent} counted as resent"
+    );
+}
+
+/// A 4 MiB tmpfs mounted on `dir` for the test's length.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Tmpfs {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mount tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn exited(child: &mut Child) -> bool {
+    child.try_wait().ok().flatten().is_some()
+}
+
+#[test]
+fn a_full_disk_blocks_or_drops_the_oldest_and_nothing_panics() {
+    let _one = alone();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    const REQUESTS: u64 = 1_500;
+    for when_full in ["block", "drop_oldest"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _fs = Tmpfs::mount(dir.path());
+        let ports = Ports {
+            grpc: free_port(),
+            metrics: free_port(),
+            backend: free_port(),
+        };
+        // max_size above the disk (segments of 1 MiB): the disk fills first.
+        let mut a = agent(
+            &ports,
+            dir.path(),
+            ", max_size: 16MiB",
+            &format!("\n      when_full: {when_full}"),
+        );
+        // ~14 MB of spans into 4 MB of disk.
+        let accepted = send(&rt, ports.grpc, 0..REQUESTS, 100_000);
+        assert!(!exited(&mut a.0), "{when_full}: oxeye ended");
+        let on_disk = metric(ports.metrics, "oxeye_queue_disk_bytes");
+        assert!(
+            on_disk <= 4 << 20,
+            "{when_full}: {on_disk} bytes on a 4 MiB disk"
+        );
+        let dropped = metric(ports.metrics, "oxeye_component_dropped_records_total");
+        match when_full {
+            // The receiver was slowed: some requests refused, none accepted and dropped.
+            "block" => {
+                assert!(
+                    accepted.len() < REQUESTS as usize,
+                    "block: every request accepted"
+                );
+                assert_eq!(dropped, 0, "block drops nothing");
+            }
+            _ => {
+                assert_eq!(
+                    accepted.len(),
+                    REQUESTS as usize,
+                    "drop_oldest keeps accepting"
+                );
+                assert!(dropped > 0, "drop_oldest counts what it dropped");
+            }
+        }
+        // The backend comes back: everything kept arrives.
+        let sink = Arc::new(Sink::default());
+        sink_endpoint_at(&rt, Arc::clone(&sink), ports.backend);
+        wait("the queue drained", Duration::from_secs(60), || {
+            metric(ports.metrics, "oxeye_queue_disk_records") == 0
+        });
+        let seen = received(&sink);
+        if when_full == "block" {
+            for r in &accepted {
+                let id = r * PER_REQUEST + 1;
+                assert!(seen.contains_key(&id), "block: accepted request {r} lost");
+            }
+        } else {
+            let dropped = metric(ports.metrics, "oxeye_component_dropped_records_total");
+            assert_eq!(
+                seen.len() as u64 + dropped,
+                accepted.len() as u64 * PER_REQUEST,
+                "drop_oldest: delivered + dropped = accepted"
+            );
+        }
+        let err = stop(a);
+        assert!(!err.contains("panicked"), "{err}");
+        eprintln!(
+            "{when_full}: {} of {REQUESTS} requests accepted, {on_disk} bytes on disk when full, {} spans delivered, {dropped} dropped",
+            accepted.len(),
+            seen.len()
+        );
+    }
+}
+
+#[test]
+fn bad_storage_settings_are_refused_by_validate_and_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir_all(foreign.join("otlp_c")).expect("mkdir");
+    std::fs::write(foreign.join("otlp_c/data.db"), "not a queue").expect("write");
+    let yaml = format!(
+        "receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: 127.0.0.1:{grpc}}}
+exporters:
+  otlp/a:
+    endpoint: http://127.0.0.1:1
+    sending_queue: {{when_full: drop_oldest}}
+  otlp/b:
+    endpoint: http://127.0.0.1:1
+    sending_queue:
+      storage: {{directory: /proc/oxeye-nope, max_size: 1000, fsync: 0s}}
+service:
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [otlp/a, otlp/b]}}
+",
+        grpc = free_port()
+    );
+    let config = oxeye_tests::temp_config("persistent-queue-bad", &yaml);
+    let path = config.to_str().expect("path");
+    for command in ["validate", "run"] {
+        let out = std::process::Command::new(oxeye_tests::oxeye_bin())
+            .args([command, "-c", path])
+            .output()
+            .expect("oxeye");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {err}");
+        for want in [
+            "8:21: error: exporters.otlp/a.sending_queue.when_full: `drop_oldest` needs `storage`",
+            "12:17: error: exporters.otlp/b.sending_queue.storage.directory: /proc: cannot create files in it",
+            "12:46: error: exporters.otlp/b.sending_queue.storage.max_size: must be at least 1MiB",
+            "12:62: error: exporters.otlp/b.sending_queue.storage.fsync: must be `every_batch` or an interval more than 0",
+        ] {
+            assert!(err.contains(&format!("{path}:{want}")), "{command}: no `{want}` in\n{err}");
+        }
+    }
+
+    // A directory holding something else is refused by both, and left as it was.
+    let yaml = format!(
+        "receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: 127.0.0.1:{grpc}}}
+exporters:
+  otlp/c:
+    endpoint: http://127.0.0.1:1
+    sending_queue: {{storage: {{directory: {dir}}}}}
+service:
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [otlp/c]}}
+",
+        grpc = free_port(),
+        dir = foreign.display()
+    );
+    let config = oxeye_tests::temp_config("persistent-queue-foreign", &yaml);
+    for command in ["validate", "run"] {
+        let out = std::process::Command::new(oxeye_tests::oxeye_bin())
+            .args([command, "-c", config.to_str().expect("path")])
+            .output()
+            .expect("oxeye");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {err}");
+        assert!(
+            err.contains("otlp_c: not an oxeye queue of this version (it holds `data.db`"),
+            "{command}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("otlp_c/data.db")).expect("read"),
+        "not a queue"
+    );
+
+    // Two processes on one queue: the second is refused at start and says why.
+    let ports = Ports {
+        grpc: free_port(),
+        metrics: free_port(),
+        backend: free_port(),
+    };
+    let first = agent(&ports, dir.path(), "", "");
+    let second = Ports {
+        grpc: free_port(),
+        metrics: free_port(),
+        backend: ports.backend,
+    };
+    let config = oxeye_tests::temp_config(
+        "persistent-queue-second",
+        &format!(
+            "receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: 127.0.0.1:{grpc}}}
+exporters:
+  otlp:
+    endpoint: http://127.0.0.1:{backend}
+    sending_queue: {{storage: {{directory: {dir}}}}}
+service:
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [otlp]}}
+",
+            grpc = second.grpc,
+            backend = second.backend,
+            dir = dir.path().display()
+        ),
+    );
+    let out = std::process::Command::new(oxeye_tests::oxeye_bin())
+        .args(["run", "-c", config.to_str().expect("path")])
+        .output()
+        .expect("oxeye");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the queue directory is in use by another process"),
+        "{err}"
+    );
+    let _ = stop(first);
+}
