@@ -20,6 +20,10 @@ pub struct OtlpReceiverConfig {
     pub admission: Admission,
     /// What happens when the pipeline is full.
     pub backpressure: Backpressure,
+    /// Answer a request only once every exporter of its pipelines has taken its records
+    /// (queued them: on disk, with an exporter's `sending_queue.storage`), instead of once the
+    /// pipeline's first queue has. With a queue on disk, nothing answered is lost to a crash.
+    pub acknowledgements: bool,
 }
 
 /// `protocols: {grpc: ..., http: ...}`; `grpc:` alone (no settings) serves with the defaults.

@@ -101,11 +101,27 @@ pub(crate) struct Shared {
     ctx: ReceiverContext,
     telemetry: Telemetry,
     backpressure: Backpressure,
+    /// `acknowledgements`: answer once the exporters have taken the records.
+    acknowledgements: bool,
     budget: Arc<admission::Budget>,
     /// `admission.max_concurrent_requests`, both protocols together.
     requests: Arc<tokio::sync::Semaphore>,
     /// Per source (gRPC, HTTP), per [`Counter`].
     counts: [[AtomicU64; Counter::ALL.len()]; 2],
+}
+
+/// A request's charge that, once the pipeline lets go of it, says so (`acknowledgements`).
+struct Acknowledged(
+    #[allow(dead_code)] admission::Charge,
+    Option<tokio::sync::oneshot::Sender<()>>,
+);
+
+impl Drop for Acknowledged {
+    fn drop(&mut self) {
+        if let Some(tx) = self.1.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// A request the pipeline could not take in time: the client is told to retry.
@@ -208,7 +224,14 @@ impl Shared {
     ) -> Result<ExportTraceServiceResponse, Busy> {
         // What the batches hold from here on: their encoded bytes, or their decoded spans.
         charge.shrink_to(converted.held_bytes);
-        let hold: Hold = Arc::new(charge);
+        // With acknowledgements, the hold says when the last stage let go of the batches: the
+        // exporters' `export` returned for all of them (or a processor dropped them).
+        let (hold, taken): (Hold, _) = if self.acknowledgements {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Arc::new(Acknowledged(charge, Some(tx))), Some(rx))
+        } else {
+            (Arc::new(charge), None)
+        };
         let mut batches = converted.batches.into_iter();
         if let Some(first) = batches.next() {
             if self
@@ -234,6 +257,10 @@ impl Shared {
                 self.ctx.emit_holding(batch, Arc::clone(&hold)).await;
                 rest.records -= n;
             }
+        }
+        drop(hold);
+        if let Some(taken) = taken {
+            let _ = taken.await;
         }
         self.telemetry
             .add_dropped(record_names(signal).1, converted.rejected);
@@ -294,6 +321,7 @@ impl Receiver for OtlpReceiver {
             ctx,
             telemetry: self.telemetry,
             backpressure: self.config.backpressure.clone(),
+            acknowledgements: self.config.acknowledgements,
             budget: admission::Budget::new(self.config.admission.request_limit_mib << 20),
             requests: Arc::new(tokio::sync::Semaphore::new(
                 self.config.admission.max_concurrent_requests,

@@ -36,6 +36,8 @@ pub struct Sink {
     /// Count the spans of each request and drop it (for loads too large to keep).
     pub count_only: bool,
     pub counted: AtomicUsize,
+    /// With `count_only`: also how many times each span id (its first 8 bytes) came.
+    pub span_ids: Option<Mutex<std::collections::HashMap<u64, u32>>>,
 }
 
 fn spans_of(r: &ExportTraceServiceRequest) -> usize {
@@ -139,6 +141,21 @@ impl TraceService for Grpc {
         }
         let request = request.into_inner();
         if self.0.count_only {
+            if let Some(ids) = &self.0.span_ids {
+                let mut ids = ids.lock().expect("lock");
+                for span in request
+                    .resource_spans
+                    .iter()
+                    .flat_map(|r| &r.scope_spans)
+                    .flat_map(|s| &s.spans)
+                {
+                    let id = span
+                        .span_id
+                        .get(..8)
+                        .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+                    *ids.entry(id).or_default() += 1;
+                }
+            }
             self.0
                 .counted
                 .fetch_add(spans_of(&request), Ordering::Relaxed);
