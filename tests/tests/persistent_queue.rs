@@ -311,6 +311,56 @@ fn spans_survive_an_outage_and_kill_9s_under_load() {
     );
 }
 
+/// With `acknowledgements`, an answered request is on disk: a queue full to `max_size` blocks
+/// the exporter, requests wait in the pipeline unanswered, the agent is killed, and every span
+/// of every request that was answered arrives once the backend is back. (Without it, the
+/// requests answered while their batches waited in the pipeline's queues are lost to the kill.)
+#[test]
+fn an_answered_request_survives_a_kill_while_the_pipeline_is_full() {
+    let _one = alone();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = Ports {
+        grpc: free_port(),
+        metrics: free_port(),
+        backend: free_port(),
+    };
+    let ack = "\n    acknowledgements: true";
+    let a = agent_with(&ports, dir.path(), ack, ", max_size: 1MiB", "");
+    // Far more than 1 MiB: the queue fills, then requests go unanswered.
+    let accepted = send(&rt, ports.grpc, 0..2_000, 50_000);
+    assert!(
+        !accepted.is_empty() && accepted.len() < 2_000,
+        "{} accepted",
+        accepted.len()
+    );
+    kill9(a);
+    let sink = Arc::new(Sink::default());
+    sink_endpoint_at(&rt, Arc::clone(&sink), ports.backend);
+    let a = agent_with(&ports, dir.path(), ack, ", max_size: 1MiB", "");
+    wait("the queue drained", Duration::from_secs(60), || {
+        metric(ports.metrics, "oxeye_queue_disk_records") == 0 && sink.spans() > 0
+    });
+    let seen = received(&sink);
+    let lost: Vec<u64> = accepted
+        .iter()
+        .copied()
+        .filter(|r| (1..=PER_REQUEST).any(|i| !seen.contains_key(&(r * PER_REQUEST + i))))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} answered requests lost, e.g. {:?}",
+        lost.len(),
+        accepted.len(),
+        &lost[..lost.len().min(5)]
+    );
+    stop(a);
+    eprintln!(
+        "{} requests answered before the kill, all delivered",
+        accepted.len()
+    );
+}
+
 /// A 4 MiB tmpfs mounted on `dir` for the test's length.
 struct Tmpfs(std::path::PathBuf);
 
