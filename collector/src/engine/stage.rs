@@ -197,7 +197,12 @@ pub(super) async fn run_exporter(
                 };
                 let n = batch.len() as u64;
                 let in_flight = InFlight::new(&telemetry, batch.len());
-                e.export(batch).await?;
+                if let Err(err) = e.export(batch).await {
+                    // Not taken: the receiver must not acknowledge it (`acknowledgements`).
+                    // The collector is stopping; the client hears of it when it closes.
+                    std::mem::forget(item.hold);
+                    return Err(err);
+                }
                 in_flight.done();
                 // The exporter has the records now: what the receiver kept alive for them goes.
                 drop(item.hold);

@@ -51,8 +51,9 @@ impl Options {
 pub enum Appended {
     /// Written; `dropped` older records were deleted unsent to make room (only when asked to).
     Written { dropped: u64 },
-    /// No room (`max_size`, or the disk itself when `disk_full`); nothing written.
-    Full { disk_full: bool },
+    /// No room (`max_size`, or the disk itself when `disk_full`); nothing written, though
+    /// `dropped` older records may have been deleted trying.
+    Full { disk_full: bool, dropped: u64 },
 }
 
 /// Records handed to a sender: one kind, consecutive, from one segment. Acknowledge with
@@ -102,14 +103,24 @@ struct Segment {
 
 struct State {
     segments: VecDeque<Segment>,
-    /// Chunks handed out and not acknowledged: start → (segment id, records).
-    inflight: BTreeMap<Pos, (u64, u64)>,
+    /// Chunks handed out and not acknowledged: start → where they are.
+    inflight: BTreeMap<Pos, Span>,
+    /// Chunks handed out and given back unsent ([`Queue::unread`]): read again first.
+    redo: BTreeMap<Pos, Span>,
     /// The reader's next position.
     read_at: Pos,
     /// Handed out before the last restart: chunks starting before this may be duplicates.
     resend_until: Pos,
     position: PositionFile,
     stats: Stats,
+}
+
+/// Where a chunk's records are: a segment, the end of the last record, how many.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    segment: u64,
+    end: u64,
+    records: u64,
 }
 
 struct Writer {
@@ -146,20 +157,36 @@ impl Queue {
         let need = (record::HEADER + payload.len()) as u64;
         let mut w = lock(&self.writer);
         let mut dropped = 0;
-        {
+        loop {
             let mut s = lock(&self.state);
-            while s.stats.bytes + need > self.options.max_size && s.stats.bytes > 0 {
-                if !make_room {
-                    return Ok(Appended::Full { disk_full: false });
-                }
-                match self.drop_oldest(&mut s, w.segment) {
-                    Some(n) => dropped += n,
-                    None => return Ok(Appended::Full { disk_full: false }),
+            // A record larger than `max_size` goes when nothing else is left.
+            if s.stats.bytes + need <= self.options.max_size || s.stats.bytes == 0 {
+                break;
+            }
+            if make_room {
+                if let Some(n) = self.drop_oldest(&mut s, w.segment) {
+                    dropped += n;
+                    continue;
                 }
             }
+            if w.offset == 0 {
+                return Ok(Appended::Full {
+                    disk_full: false,
+                    dropped,
+                });
+            }
+            // Seal the segment being written: once acknowledged (or, with `make_room`, at
+            // once) it can go; only sealed segments are ever deleted.
+            drop(s);
+            if let Err(e) = self.rotate(&mut w) {
+                return full_or(e, dropped);
+            }
+            self.collect(&mut lock(&self.state))?;
         }
         if w.offset > 0 && w.offset + need > self.options.segment_size {
-            self.rotate(&mut w)?;
+            if let Err(e) = self.rotate(&mut w) {
+                return full_or(e, dropped);
+            }
         }
         let at = w.offset;
         let written = w
@@ -176,11 +203,7 @@ impl Queue {
         if let Err(e) = written {
             // Nothing half-written stays behind (a reader stops at `len` anyway).
             let _ = w.file.set_len(at);
-            return if disk_full(&e) {
-                Ok(Appended::Full { disk_full: true })
-            } else {
-                Err(e)
-            };
+            return full_or(e, dropped);
         }
         w.offset += need;
         let mut s = lock(&self.state);
@@ -217,8 +240,12 @@ impl Queue {
     }
 
     fn rotate(&self, w: &mut Writer) -> io::Result<()> {
+        // What the interval sync has not reached yet in the old file is not left to writeback.
+        if !self.options.fsync_every_append {
+            w.file.sync_data()?;
+        }
         let id = w.segment + 1;
-        let file = open::create_segment(&self.dir, id, self.options.fsync_every_append)?;
+        let file = open::create_segment(&self.dir, id, true)?;
         let mut s = lock(&self.state);
         if let Some(last) = s.segments.back_mut() {
             last.sealed = true;
@@ -240,26 +267,45 @@ impl Queue {
     }
 
     /// The next records of one kind, up to `max_records` (at least one record) and about
-    /// `max_bytes`; `None` when nothing is waiting.
-    pub fn next_chunk(&self, max_records: u64, max_bytes: usize) -> io::Result<Option<Chunk>> {
+    /// `max_bytes`, several only of a kind that is `joinable`; `None` when nothing is waiting.
+    /// Chunks given back with [`Queue::unread`] come first.
+    pub fn next_chunk(
+        &self,
+        max_records: u64,
+        max_bytes: usize,
+        joinable: &dyn Fn(u8) -> bool,
+    ) -> io::Result<Option<Chunk>> {
         let mut r = lock(&self.reader);
-        r.next_chunk(self, max_records, max_bytes)
+        r.next_chunk(self, max_records, max_bytes, joinable)
     }
 
     /// The backend has the chunk's records (or they were dropped and counted): they will not
     /// be sent again, and segments wholly acknowledged are deleted.
     pub fn ack(&self, chunk: &Chunk) -> io::Result<()> {
         let mut s = lock(&self.state);
-        let Some((segment, records)) = s.inflight.remove(&chunk.start) else {
+        let Some(span) = s.inflight.remove(&chunk.start) else {
             return Ok(()); // acknowledged already
         };
-        if let Some(seg) = s.segments.iter_mut().find(|g| g.id == segment) {
-            seg.done += records;
+        if let Some(seg) = s.segments.iter_mut().find(|g| g.id == span.segment) {
+            seg.done += span.records;
         }
-        self.save_position(&mut s)?;
-        let acked = acked(&s);
-        // Whole segments before the acknowledged position go. The position is made durable
-        // first: a crash must never find it pointing into a deleted file's predecessor.
+        self.collect(&mut s)
+    }
+
+    /// The chunk was not sent (its sender stopped): it is handed out again, first.
+    pub fn unread(&self, chunk: &Chunk) {
+        let mut s = lock(&self.state);
+        if let Some(span) = s.inflight.remove(&chunk.start) {
+            s.redo.insert(chunk.start, span);
+        }
+    }
+
+    /// Saves the position and deletes the sealed segments wholly before it. The position is
+    /// made durable first: a crash must never find it pointing at a deleted file's successor
+    /// with the file's records unacknowledged.
+    fn collect(&self, s: &mut State) -> io::Result<()> {
+        self.save_position(s)?;
+        let acked = acked(s);
         let mut synced = false;
         while let Some(front) = s.segments.front() {
             if front.id >= acked.segment || !front.sealed {
@@ -316,14 +362,35 @@ impl Queue {
     }
 }
 
-/// Everything before this is acknowledged: the oldest chunk in flight, or where the reader is.
+/// Everything before this is acknowledged: the oldest chunk in flight or given back, or where
+/// the reader is. The end of a sealed segment is the start of the next.
 fn acked(s: &State) -> Pos {
-    s.inflight
-        .keys()
-        .next()
+    let p = [s.inflight.keys().next(), s.redo.keys().next()]
+        .into_iter()
+        .flatten()
         .copied()
-        .unwrap_or(s.read_at)
-        .min(s.read_at)
+        .fold(s.read_at, Pos::min);
+    match s.segments.iter().position(|g| g.id == p.segment) {
+        Some(i) if s.segments[i].sealed && p.offset >= s.segments[i].len => {
+            s.segments.get(i + 1).map_or(p, |g| Pos {
+                segment: g.id,
+                offset: 0,
+            })
+        }
+        _ => p,
+    }
+}
+
+/// A failed write: `Full` when the disk is full, else the error.
+fn full_or(e: io::Error, dropped: u64) -> io::Result<Appended> {
+    if disk_full(&e) {
+        Ok(Appended::Full {
+            disk_full: true,
+            dropped,
+        })
+    } else {
+        Err(e)
+    }
 }
 
 fn disk_full(e: &io::Error) -> bool {

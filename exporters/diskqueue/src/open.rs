@@ -177,6 +177,7 @@ impl Queue {
             state: Mutex::new(State {
                 segments,
                 inflight: BTreeMap::new(),
+                redo: BTreeMap::new(),
                 read_at,
                 resend_until: saved.handed_out,
                 position,
@@ -193,8 +194,13 @@ impl Queue {
 /// Refuses a directory that holds anything but an oxeye queue of this format; marks a new one.
 fn check_format(dir: &Path) -> Result<(), OpenError> {
     if !format_of(dir)? {
+        // Written whole or not at all: a crash must not leave an empty `format` behind.
         let path = dir.join("format");
-        fs::write(&path, FORMAT).map_err(io_err(&path, "write the format file"))?;
+        let tmp = dir.join("format.tmp");
+        fs::write(&tmp, FORMAT)
+            .and_then(|()| File::open(&tmp)?.sync_all())
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(io_err(&path, "write the format file"))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(dir, "sync the directory"))?;
@@ -221,7 +227,7 @@ fn format_of(dir: &Path) -> Result<bool, OpenError> {
             let other = entries
                 .filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .find(|n| n != "lock");
+                .find(|n| n != "lock" && n != "format.tmp");
             match other {
                 Some(name) => Err(OpenError::Foreign {
                     dir: dir.to_path_buf(),

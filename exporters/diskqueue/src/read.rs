@@ -9,7 +9,28 @@ use std::os::unix::fs::FileExt;
 
 use crate::position::Pos;
 use crate::record::{self, Header, HEADER};
-use crate::{lock, Chunk, Queue};
+use crate::{lock, Chunk, Queue, Span};
+
+/// A listed, sealed segment whose file is gone (deleted by someone else): forgotten, its unsent
+/// records counted as one corrupt stretch. `false` for the segment being written.
+fn gone(q: &Queue, segment: u64) -> bool {
+    let mut s = lock(&q.state);
+    let Some(i) = s.segments.iter().position(|g| g.id == segment && g.sealed) else {
+        return false;
+    };
+    let g = s.segments.remove(i).expect("listed");
+    s.stats.bytes -= g.len;
+    s.stats.corrupt += 1;
+    if s.read_at.segment == segment {
+        if let Some(next) = s.segments.iter().find(|g| g.id > segment) {
+            s.read_at = Pos {
+                segment: next.id,
+                offset: 0,
+            };
+        }
+    }
+    true
+}
 
 const WINDOW: usize = 64 << 10;
 
@@ -31,18 +52,30 @@ impl Reader {
         q: &Queue,
         max_records: u64,
         max_bytes: usize,
+        joinable: &dyn Fn(u8) -> bool,
     ) -> io::Result<Option<Chunk>> {
+        if let Some(chunk) = self.redo(q, joinable)? {
+            return Ok(Some(chunk));
+        }
         loop {
             let Some(at) = self.locate(q) else {
                 return Ok(None);
             };
             let file = match self.file_for(q, at.pos.segment) {
                 Ok(f) => f,
-                // Deleted by `drop_oldest` meanwhile: look again.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && gone(q, at.pos.segment) => {
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
-            let read = read_records(file, at.pos.offset, at.len, max_records, max_bytes)?;
+            let read = read_records(
+                file,
+                at.pos.offset,
+                at.len,
+                max_records,
+                max_bytes,
+                joinable,
+            )?;
             let mut s = lock(&q.state);
             // Moved meanwhile (`drop_oldest` deleted the segment): what was read is not ours.
             if s.read_at != at.pos {
@@ -57,9 +90,11 @@ impl Reader {
                 seg.handed += read.records + read.corrupt;
                 seg.done += read.corrupt;
             }
-            if read.records == 0 {
-                q.save_position(&mut s)?;
-                continue; // only corruption was skipped
+            if !read.taken {
+                // Only corruption was skipped (perhaps a segment's torn tail: it can go now).
+                // A position not saved costs resends, not data.
+                let _ = q.collect(&mut s);
+                continue;
             }
             let resent = if at.pos < s.resend_until {
                 read.records
@@ -67,14 +102,51 @@ impl Reader {
                 0
             };
             s.stats.resent += resent;
-            s.inflight.insert(at.pos, (at.pos.segment, read.records));
-            q.save_position(&mut s)?;
+            let span = Span {
+                segment: at.pos.segment,
+                end: read.end,
+                records: read.records,
+            };
+            s.inflight.insert(at.pos, span);
+            let _ = q.save_position(&mut s);
             return Ok(Some(Chunk {
                 kind: read.kind,
                 records: read.records,
                 bytes: read.bytes,
                 resent,
                 start: at.pos,
+            }));
+        }
+    }
+
+    /// A chunk given back ([`Queue::unread`]), read again as it was.
+    fn redo(&mut self, q: &Queue, joinable: &dyn Fn(u8) -> bool) -> io::Result<Option<Chunk>> {
+        loop {
+            let Some((start, span)) = lock(&q.state).redo.pop_first() else {
+                return Ok(None);
+            };
+            let file = match self.file_for(q, span.segment) {
+                Ok(f) => f,
+                // Deleted by `drop_oldest` meanwhile: its records count as dropped there.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    lock(&q.state).stats.dropped_oldest += span.records;
+                    continue;
+                }
+                Err(e) => {
+                    lock(&q.state).redo.insert(start, span);
+                    return Err(e);
+                }
+            };
+            let read = read_records(file, start.offset, span.end, u64::MAX, usize::MAX, joinable)?;
+            let mut s = lock(&q.state);
+            s.stats.resent += read.records;
+            s.inflight.insert(start, span);
+            return Ok(Some(Chunk {
+                kind: read.kind,
+                records: read.records,
+                bytes: read.bytes,
+                resent: read.records,
+                start,
             }));
         }
     }
@@ -122,6 +194,8 @@ impl Reader {
 }
 
 struct Read {
+    /// At least one record was read (a record may hold no records, e.g. an empty request).
+    taken: bool,
     kind: u8,
     records: u64,
     bytes: Vec<u8>,
@@ -137,8 +211,10 @@ fn read_records(
     len: u64,
     max_records: u64,
     max_bytes: usize,
+    joinable: &dyn Fn(u8) -> bool,
 ) -> io::Result<Read> {
     let mut out = Read {
+        taken: false,
         kind: 0,
         records: 0,
         bytes: Vec::new(),
@@ -150,13 +226,14 @@ fn read_records(
         let Some(h) = header_at(file, at, len)? else {
             out.corrupt += 1;
             out.end = resync(file, at + 1, len)?;
-            if out.records > 0 {
+            if out.taken {
                 break; // hand out what is whole; the reader goes on from the next record
             }
             continue;
         };
-        if out.records > 0
-            && (h.kind != out.kind
+        if out.taken
+            && (!joinable(out.kind)
+                || h.kind != out.kind
                 || out.records + u64::from(h.records) > max_records
                 || out.bytes.len() + h.len as usize > max_bytes)
         {
@@ -169,11 +246,12 @@ fn read_records(
             out.bytes.truncate(start);
             out.corrupt += 1;
             out.end = resync(file, at + 1, len)?;
-            if out.records > 0 {
+            if out.taken {
                 break;
             }
             continue;
         }
+        out.taken = true;
         out.kind = h.kind;
         out.records += u64::from(h.records);
         out.end = at + HEADER as u64 + u64::from(h.len);

@@ -34,7 +34,7 @@ fn fill(q: &Queue, n: u32) {
 /// Every record's index found in the chunks' bytes, acknowledging each chunk.
 fn drain(q: &Queue) -> Vec<u32> {
     let mut seen = Vec::new();
-    while let Some(c) = q.next_chunk(1000, 1 << 20).unwrap() {
+    while let Some(c) = q.next_chunk(1000, 1 << 20, &|_| true).unwrap() {
         let text = String::from_utf8(c.bytes.clone()).unwrap();
         let mut last = None;
         for word in text.split("record ").filter(|w| !w.is_empty()) {
@@ -87,10 +87,10 @@ fn a_restart_resends_only_what_was_in_flight_and_counts_it() {
         let q = Queue::open(dir.path(), options(1 << 20)).unwrap();
         fill(&q, 100);
         // Three chunks: the first acknowledged, two in flight when the process dies.
-        let a = q.next_chunk(10, 1 << 20).unwrap().unwrap();
+        let a = q.next_chunk(10, 1 << 20, &|_| true).unwrap().unwrap();
         q.ack(&a).unwrap();
-        let b = q.next_chunk(10, 1 << 20).unwrap().unwrap();
-        let _c = q.next_chunk(10, 1 << 20).unwrap().unwrap();
+        let b = q.next_chunk(10, 1 << 20, &|_| true).unwrap().unwrap();
+        let _c = q.next_chunk(10, 1 << 20, &|_| true).unwrap().unwrap();
         let first_unacked = b.records;
         assert!(first_unacked > 0);
         std::mem::forget(q); // as kill -9: nothing runs at exit
@@ -173,7 +173,7 @@ fn a_torn_tail_at_any_offset_loses_only_the_torn_record() {
 /// Reads without acknowledging (the next round starts from the same files).
 fn q_read_all(q: &Queue) -> Vec<u32> {
     let mut seen = Vec::new();
-    while let Some(c) = q.next_chunk(1, 1 << 20).unwrap() {
+    while let Some(c) = q.next_chunk(1, 1 << 20, &|_| true).unwrap() {
         let text = String::from_utf8(c.bytes).unwrap();
         let i: u32 = text
             .split("record ")
@@ -296,9 +296,80 @@ fn chunks_hold_one_kind_and_at_most_max_records() {
         q.append(kind, n, b"x", false).unwrap();
     }
     let mut got = Vec::new();
-    while let Some(c) = q.next_chunk(8, 1 << 20).unwrap() {
+    while let Some(c) = q.next_chunk(8, 1 << 20, &|_| true).unwrap() {
         got.push((c.kind, c.records, c.bytes.len()));
         q.ack(&c).unwrap();
     }
     assert_eq!(got, vec![(1, 8, 2), (1, 4, 1), (2, 1, 1), (1, 4, 1)]);
+}
+
+#[test]
+fn a_queue_of_one_segment_frees_room_once_acknowledged() {
+    // max_size 1 MiB gives segments of 1 MiB: the one being written must be sealed to go.
+    let dir = tempfile::tempdir().unwrap();
+    let max = 1 << 20;
+    let q = Queue::open(
+        dir.path(),
+        Options {
+            max_size: max,
+            segment_size: Options::segment_size_for(max),
+            fsync_every_append: false,
+        },
+    )
+    .unwrap();
+    let payload = vec![7u8; 10_000];
+    for round in 0..5 {
+        let mut written = 0;
+        while let Appended::Written { .. } = q.append(1, 1, &payload, false).unwrap() {
+            written += 1;
+        }
+        assert!(written > 50, "round {round}: only {written} fit");
+        let mut read = 0;
+        while let Some(c) = q.next_chunk(1000, 1 << 20, &|_| true).unwrap() {
+            read += c.records;
+            q.ack(&c).unwrap();
+        }
+        assert_eq!(read, written, "round {round}");
+        // Everything acknowledged: the next append fits again.
+        assert_eq!(
+            q.append(1, 1, &payload, false).unwrap(),
+            Appended::Written { dropped: 0 },
+            "round {round}"
+        );
+        let c = q.next_chunk(1000, 1 << 20, &|_| true).unwrap().unwrap();
+        q.ack(&c).unwrap();
+        assert!(q.stats().bytes <= max, "round {round}: {:?}", q.stats());
+    }
+}
+
+#[test]
+fn a_chunk_given_back_is_handed_out_again_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), options(1 << 20)).unwrap();
+    fill(&q, 10);
+    let a = q.next_chunk(2, 1 << 20, &|_| true).unwrap().unwrap();
+    let b = q.next_chunk(2, 1 << 20, &|_| true).unwrap().unwrap();
+    q.unread(&a);
+    let again = q.next_chunk(2, 1 << 20, &|_| true).unwrap().unwrap();
+    assert_eq!(again.bytes, a.bytes);
+    assert_eq!(again.resent, a.records);
+    q.ack(&again).unwrap();
+    q.ack(&b).unwrap();
+    let rest = drain(&q);
+    assert!(!rest.is_empty() && !rest.contains(&0), "{rest:?}");
+}
+
+#[test]
+fn kinds_that_cannot_be_joined_go_one_record_a_chunk_and_empty_records_join_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), options(1 << 20)).unwrap();
+    for (kind, n) in [(4, 3), (4, 3), (2, 0), (3, 2), (3, 2)] {
+        q.append(kind, n, b"y", false).unwrap();
+    }
+    let mut got = Vec::new();
+    while let Some(c) = q.next_chunk(100, 1 << 20, &|k| k != 4).unwrap() {
+        got.push((c.kind, c.records, c.bytes.len()));
+        q.ack(&c).unwrap();
+    }
+    assert_eq!(got, vec![(4, 3, 1), (4, 3, 1), (2, 0, 1), (3, 4, 2)]);
 }

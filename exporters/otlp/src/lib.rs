@@ -177,8 +177,17 @@ impl Shared {
             .set_counter("otlp_failed_requests", src, s.failed[i]);
     }
 
-    /// Sends one request, retrying retryable failures; settles its records.
-    async fn deliver(&self, signal: OtlpSignal, client: &Client, request: Request, n: u64) {
+    /// Sends one request, retrying retryable failures; settles its records. `false` when it
+    /// stopped retrying unsettled because `handed_over` said so (a reload's new instance took
+    /// the queue on disk over, and sends the request itself).
+    async fn deliver(
+        &self,
+        signal: OtlpSignal,
+        client: &Client,
+        request: Request,
+        n: u64,
+        handed_over: &(dyn Fn() -> bool + Sync),
+    ) -> bool {
         let started = tokio::time::Instant::now();
         let mut interval = self.retry.initial_interval;
         let mut attempt = 0u32;
@@ -203,13 +212,13 @@ impl Shared {
                         rejected.min(n)
                     };
                     self.settle(n, n - rejected, "rejected_by_backend");
-                    return;
+                    return true;
                 }
                 Outcome::Permanent { reason } => {
                     self.count(signal, |s, i| s.failed[i] += 1);
                     error!(exporter = %self.id, signal = signal.as_str(), records = n, %reason, "export failed permanently; records dropped");
                     self.settle(n, 0, "export_failed");
-                    return;
+                    return true;
                 }
                 Outcome::Retryable { reason, after } => {
                     let wait =
@@ -221,7 +230,10 @@ impl Shared {
                         self.count(signal, |s, i| s.failed[i] += 1);
                         error!(exporter = %self.id, signal = signal.as_str(), records = n, attempts = attempt + 1, %reason, "export failed, no more retries; records dropped");
                         self.settle(n, 0, "retries_exhausted");
-                        return;
+                        return true;
+                    }
+                    if handed_over() {
+                        return false;
                     }
                     self.count(signal, |s, i| s.retries[i] += 1);
                     if attempt == 0 {
@@ -614,7 +626,9 @@ async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receive
                 OtlpSignal::Logs => shared.logs.as_ref(),
             };
             match client {
-                Some(c) => shared.deliver(signal, c, request, n).await,
+                Some(c) => {
+                    shared.deliver(signal, c, request, n, &|| false).await;
+                }
                 // Not wired for this signal (cannot happen through the engine): count it.
                 None => shared.settle(n, 0, "signal_not_configured"),
             }
@@ -784,6 +798,8 @@ pub struct OtlpExporter {
     storage: Option<(config::StorageConfig, String, Telemetry)>,
     /// Set at shutdown: the disk senders stop once the queue is drained.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The queue on disk's fsync interval task.
+    sync_task: Option<tokio::task::AbortHandle>,
     /// For encoding batches before they are written to disk.
     resources: encode::Resources,
 }
@@ -879,6 +895,7 @@ impl OtlpExporter {
             num_consumers: config.sending_queue.num_consumers,
             senders: JoinSet::new(),
             disk: None,
+            sync_task: None,
             storage,
             closing: Arc::new(tokio::sync::watch::Sender::new(false)),
             resources,
@@ -887,10 +904,16 @@ impl OtlpExporter {
 
     /// Starts the senders on the current runtime (on first use), opening the queue on disk
     /// first when there is one.
-    fn start(&mut self) -> Result<(), BoxError> {
+    async fn start(&mut self) -> Result<(), BoxError> {
         if let Some((storage, id, telemetry)) = &self.storage {
             if self.disk.is_none() {
-                let disk = persist::Disk::open(storage, id, telemetry.clone())?;
+                // Recovery reads the backlog's headers: off the async workers.
+                let (storage, id, telemetry) = (storage.clone(), id.clone(), telemetry.clone());
+                let disk = tokio::task::spawn_blocking(move || {
+                    persist::Disk::open(&storage, &id, telemetry)
+                })
+                .await
+                .map_err(|e| e.to_string())??;
                 self.disk = Some(Arc::new(disk));
             }
         }
@@ -906,7 +929,9 @@ impl OtlpExporter {
                         Arc::clone(&self.closing),
                     ));
                 }
-                self.senders.spawn(Arc::clone(disk).sync_loop());
+                self.sync_task = Arc::clone(disk)
+                    .sync_loop()
+                    .map(|f| tokio::spawn(f).abort_handle());
             }
             None => {
                 let queue = Arc::new(tokio::sync::Mutex::new(rx));
@@ -923,7 +948,7 @@ impl OtlpExporter {
 #[async_trait]
 impl Exporter for OtlpExporter {
     async fn export(&mut self, batch: Arc<Batch>) -> Result<(), BoxError> {
-        self.start()?;
+        self.start().await?;
         // Encoded spans go out as they came, a part of a request never split; more of them than
         // a request may hold are decoded here, so requests stay within `send_batch_size`.
         let batch = if batch.is_encoded() && batch.len() > self.shared.send_batch_size {
@@ -1003,7 +1028,7 @@ impl Exporter for OtlpExporter {
     }
 
     async fn tick(&mut self, _now: std::time::SystemTime) -> Result<(), BoxError> {
-        self.start()?;
+        self.start().await?;
         Ok(())
     }
 
@@ -1014,25 +1039,24 @@ impl Exporter for OtlpExporter {
     }
 
     async fn shutdown(&mut self) -> Result<(), BoxError> {
-        self.start()?;
+        self.start().await?;
         // Closing the queue lets the senders drain it and stop; the engine's deadline bounds this.
         self.tx = None;
         self.closing.send_replace(true);
         if let Some(disk) = &self.disk {
-            // The sync loop never ends by itself; the senders drain the disk, then stop.
-            let disk = Arc::clone(disk);
-            let senders = std::mem::take(&mut self.senders);
-            let mut senders = senders;
-            while let Some(r) = senders.join_next().await {
+            // The senders drain the disk (or, once a reload's new instance has the queue, give
+            // it what they hold and stop), then end.
+            while let Some(r) = self.senders.join_next().await {
                 if let Err(e) = r {
                     if e.is_panic() {
                         return Err(format!("an otlp sender panicked: {e}").into());
                     }
                 }
-                if senders.len() == 1 {
-                    senders.abort_all(); // only the sync loop is left
-                }
             }
+            if let Some(task) = self.sync_task.take() {
+                task.abort();
+            }
+            let disk = Arc::clone(disk);
             tokio::task::spawn_blocking(move || disk.queue.sync())
                 .await
                 .map_err(|e| e.to_string())??;
@@ -1080,10 +1104,13 @@ impl Drop for OtlpExporter {
     fn drop(&mut self) {
         // Aborted at the shutdown deadline (or shut down normally: nothing left then).
         self.senders.abort_all();
+        if let Some(task) = self.sync_task.take() {
+            task.abort();
+        }
         if let Some(disk) = &self.disk {
             // Unacknowledged records stay on disk and go out at the next start: not lost.
             let s = disk.queue.stats();
-            if s.records > 0 {
+            if s.records > 0 && !disk.taken_over() {
                 warn!(exporter = %self.shared.id, records = s.records, bytes = s.bytes, dir = %disk.dir.display(), "records kept in the sending queue on disk: sent at the next start");
             }
             return;

@@ -3,8 +3,8 @@
 //! `export` encodes each batch into OTLP requests and appends their protobuf bytes (one record
 //! per request, its kind the signal); it returns once they are written, so what the pipeline
 //! handed over survives a kill. Senders read consecutive records of one signal (concatenated
-//! protobuf requests are one request), send them with retries, and acknowledge them: only then
-//! can their segment be deleted. A retryable failure is retried until it succeeds — the
+//! protobuf requests are one request; not profiles, whose requests each carry a dictionary),
+//! send them with retries, and acknowledge them: only then can their segment be deleted. A retryable failure is retried until it succeeds — the
 //! records wait on disk, bounded by `max_size`, instead of being given up after
 //! `max_elapsed_time`. Disk I/O runs on blocking threads.
 
@@ -32,31 +32,32 @@ pub(crate) struct Disk {
     /// Signalled after an acknowledgement: a blocked `export` tries again.
     space: Notify,
     pub(crate) dir: PathBuf,
+    instance: u64,
     fsync: Fsync,
     telemetry: Telemetry,
 }
 
-/// Live [`Disk`]s per directory: after a reload the new instance of an exporter shares its
-/// predecessor's queue, and the predecessor's senders stop instead of draining it.
-static INSTANCES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+/// Live [`Disk`]s (directory, instance number): after a reload the new instance of an exporter
+/// shares its predecessor's queue, and the predecessor's senders stop instead of draining it.
+static INSTANCES: std::sync::Mutex<Vec<(PathBuf, u64)>> = std::sync::Mutex::new(Vec::new());
+static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn instances() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+fn instances() -> std::sync::MutexGuard<'static, Vec<(PathBuf, u64)>> {
     INSTANCES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Disk {
-    /// Another instance (built by a reload) uses this queue now.
-    fn taken_over(&self) -> bool {
-        instances().iter().filter(|d| **d == self.dir).count() > 1
+    /// A newer instance (built by a reload) uses this queue now.
+    pub(crate) fn taken_over(&self) -> bool {
+        instances()
+            .iter()
+            .any(|(d, n)| *d == self.dir && *n > self.instance)
     }
 }
 
 impl Drop for Disk {
     fn drop(&mut self) {
-        let mut list = instances();
-        if let Some(i) = list.iter().position(|d| *d == self.dir) {
-            list.swap_remove(i);
-        }
+        instances().retain(|(_, n)| *n != self.instance);
     }
 }
 
@@ -112,13 +113,18 @@ impl Disk {
         )
         .map_err(|e| format!("sending_queue.storage: {e}"))?;
         let stats = queue.stats();
-        if stats.records > 0 {
+        let shared = instances().iter().any(|(d, _)| *d == dir);
+        if shared {
+            info!(exporter = %id, dir = %dir.display(), "sending queue on disk taken over from the instance before the reload");
+        } else if stats.records > 0 {
             info!(exporter = %id, records = stats.records, bytes = stats.bytes, dir = %dir.display(), "records queued on disk by a previous run: sending them first");
         } else {
             info!(exporter = %id, dir = %dir.display(), max_size, "sending queue on disk");
         }
-        instances().push(dir.clone());
+        let instance = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        instances().push((dir.clone(), instance));
         let disk = Disk {
+            instance,
             queue,
             data: Notify::new(),
             space: Notify::new(),
@@ -169,7 +175,11 @@ impl Disk {
                         self.publish();
                         break;
                     }
-                    Appended::Full { disk_full: true } if when_full == WhenFull::DropOldest => {
+                    Appended::Full {
+                        disk_full: true,
+                        dropped,
+                    } if when_full == WhenFull::DropOldest => {
+                        self.telemetry.add_dropped("sending_queue_full", dropped);
                         let disk = Arc::clone(self);
                         let freed = blocking(move || Ok(disk.queue.drop_oldest_segment()))
                             .await
@@ -185,14 +195,16 @@ impl Disk {
                             }
                         }
                     }
-                    Appended::Full { disk_full } if when_full == WhenFull::Block => {
+                    Appended::Full { disk_full, dropped } if when_full == WhenFull::Block => {
+                        self.telemetry.add_dropped("sending_queue_full", dropped);
                         if disk_full {
                             warn!(dir = %self.dir.display(), "the disk under the sending queue is full: waiting for room");
                         }
                         // Room comes with acknowledgements; a full disk may clear by itself.
                         let _ = tokio::time::timeout(Duration::from_secs(1), space).await;
                     }
-                    Appended::Full { disk_full } => {
+                    Appended::Full { disk_full, dropped } => {
+                        self.telemetry.add_dropped("sending_queue_full", dropped);
                         let reason = if disk_full {
                             "disk_full"
                         } else {
@@ -207,19 +219,39 @@ impl Disk {
         Ok(())
     }
 
-    /// Makes appended records durable on the `fsync` interval (nothing to do with
-    /// `every_batch`), until the exporter is dropped.
-    pub(crate) async fn sync_loop(self: Arc<Self>) {
+    /// The task that makes appended records durable on the `fsync` interval, until aborted
+    /// (none with `every_batch`).
+    pub(crate) fn sync_loop(
+        self: Arc<Self>,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let Fsync::Interval(every) = self.fsync else {
-            return;
+            return None;
         };
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            let disk = Arc::clone(&self);
-            if let Err(e) = blocking(move || disk.queue.sync()).await {
-                error!(dir = %self.dir.display(), "cannot sync the sending queue on disk: {e}");
+        Some(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let disk = Arc::clone(&self);
+                if let Err(e) = blocking(move || disk.queue.sync()).await {
+                    error!(dir = %self.dir.display(), "cannot sync the sending queue on disk: {e}");
+                }
             }
+        })
+    }
+}
+
+/// A chunk handed to a sender: given back to the queue unless acknowledged, so a sender
+/// stopped mid-way (aborted, handed over) leaves nothing unaccounted in flight.
+struct Pending {
+    queue: Arc<Queue>,
+    chunk: Chunk,
+    acked: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.acked {
+            self.queue.unread(&self.chunk);
         }
     }
 }
@@ -233,17 +265,43 @@ pub(crate) async fn sender(
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 ) {
     let mut closed = closing.subscribe();
+    let handed_over = || *closing.borrow() && disk.taken_over();
     loop {
-        if *closed.borrow() && disk.taken_over() {
+        if handed_over() {
             return;
         }
         // Registered before looking, so an append in between is not missed.
         let data = disk.data.notified();
         let q = Arc::clone(&disk.queue);
         let max = shared.send_batch_size as u64;
-        let chunk: Option<Chunk> = match blocking(move || q.next_chunk(max, MAX_CHUNK_BYTES)).await
-        {
-            Ok(c) => c,
+        // The guard is made on the blocking thread: if this task is aborted meanwhile, the
+        // chunk is given back all the same.
+        let next = blocking(move || {
+            let profiles = kind(OtlpSignal::Profiles);
+            // Concatenated requests merge, except profiles' one dictionary each.
+            let chunk = q.next_chunk(max, MAX_CHUNK_BYTES, &|k| k != profiles)?;
+            Ok(chunk.map(|chunk| Pending {
+                queue: q,
+                chunk,
+                acked: false,
+            }))
+        })
+        .await;
+        let mut pending = match next {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                if *closed.borrow() {
+                    return;
+                }
+                // Also a look every second: chunks given back by a reload's previous instance
+                // come without this instance's notification.
+                tokio::select! {
+                    _ = data => {}
+                    _ = closed.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
             Err(e) => {
                 error!(exporter = %shared.id, dir = %disk.dir.display(), "cannot read the sending queue on disk: {e}");
                 shared.telemetry.add_error();
@@ -251,18 +309,8 @@ pub(crate) async fn sender(
                 continue;
             }
         };
-        let Some(mut chunk) = chunk else {
-            if *closed.borrow() {
-                return;
-            }
-            tokio::select! {
-                _ = data => {}
-                _ = closed.changed() => {}
-            }
-            continue;
-        };
-        let records = chunk.records;
-        match signal(chunk.kind) {
+        let records = pending.chunk.records;
+        match signal(pending.chunk.kind) {
             Some(signal) => {
                 let client = match signal {
                     OtlpSignal::Traces => shared.traces.as_ref(),
@@ -270,18 +318,31 @@ pub(crate) async fn sender(
                     OtlpSignal::Profiles => shared.profiles.as_ref(),
                     OtlpSignal::Logs => shared.logs.as_ref(),
                 };
-                let request = Request::Encoded(signal, Encoded(std::mem::take(&mut chunk.bytes)));
+                let bytes = std::mem::take(&mut pending.chunk.bytes);
+                let request = Request::Encoded(signal, Encoded(bytes));
                 shared.add_outstanding(records);
-                match client {
-                    Some(c) => shared.deliver(signal, c, request, records).await,
+                let settled = match client {
+                    Some(c) => {
+                        shared
+                            .deliver(signal, c, request, records, &handed_over)
+                            .await
+                    }
                     // Queued by a run whose pipelines had this signal; this one has not.
-                    None => shared.settle(records, 0, "signal_not_configured"),
+                    None => {
+                        shared.settle(records, 0, "signal_not_configured");
+                        true
+                    }
+                };
+                if !settled {
+                    return; // given back (the guard) to the instance that took over
                 }
             }
             None => shared.telemetry.add_dropped("unknown_record_kind", records),
         }
-        let (q, c) = (Arc::clone(&disk.queue), chunk);
-        if let Err(e) = blocking(move || q.ack(&c)).await {
+        pending.acked = true;
+        let q = Arc::clone(&disk.queue);
+        let acked = blocking(move || q.ack(&pending.chunk)).await;
+        if let Err(e) = acked {
             error!(exporter = %shared.id, dir = %disk.dir.display(), "cannot record delivery in the sending queue on disk (the records may be sent again after a restart): {e}");
             shared.telemetry.add_error();
         }
