@@ -14,38 +14,14 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use oxeye_tests::bench::{median, quick};
 
-/// Counts the spans it receives and throws them away.
-struct Blackhole(Arc<AtomicU64>);
-
-#[tonic::async_trait]
-impl TraceService for Blackhole {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let n: usize = request
-            .into_inner()
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
-        self.0.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
+#[allow(dead_code)]
+#[path = "../tests/common/otlp.rs"]
+mod otlp;
 
 /// The sum of a family's samples on oxeye's `/metrics`, or 0.
 fn metric(port: u16, name: &str) -> u64 {
@@ -88,6 +64,17 @@ fn segment_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// `oxeye run -c cfg`, quiet.
+fn spawn(bin: &Path, cfg: &Path) -> std::process::Child {
+    Command::new(bin)
+        .args(["run", "-c"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start oxeye")
+}
+
 fn main() {
     let quick = quick();
     let bin = oxeye_tests::bench::release_oxeye(quick);
@@ -96,20 +83,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let received = Arc::new(AtomicU64::new(0));
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    rt.spawn(
-        tonic::transport::Server::builder()
-            .add_service(
-                TraceServiceServer::new(Blackhole(Arc::clone(&received)))
-                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-                    .max_decoding_message_size(64 << 20),
-            )
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    // The blackhole: counts spans, keeps nothing.
+    let sink = Arc::new(otlp::Sink {
+        count_only: true,
+        ..otlp::Sink::default()
+    });
+    let port = otlp::sink_endpoint(&rt, Arc::clone(&sink));
+    let received = || sink.spans() as u64;
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
 
     // 1. Write path.
@@ -136,23 +116,12 @@ fn main() {
     for _ in 0..runs {
         for (i, (_, y)) in cases.iter().enumerate() {
             let cfg = oxeye_tests::temp_config("bench-persistent-queue", y);
-            let before = received.load(Ordering::Relaxed);
+            let before = received();
             let t0 = Instant::now();
-            let child = Command::new(&bin)
-                .args(["run", "-c"])
-                .arg(&cfg)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start oxeye");
+            let child = spawn(&bin, &cfg);
             let (cpu, rss) = oxeye_tests::wait_with_rusage(child, Duration::from_secs(600));
             let wall = t0.elapsed().as_secs_f64();
-            assert_eq!(
-                received.load(Ordering::Relaxed) - before,
-                n,
-                "{}: every span arrived",
-                cases[i].0
-            );
+            assert_eq!(received() - before, n, "{}: every span arrived", cases[i].0);
             rows[i].0.push(n as f64 / wall);
             rows[i].1.push(cpu / n as f64 * 1e6);
             rows[i].2.push(rss);
@@ -186,15 +155,7 @@ fn main() {
         &agent("synthetic: {seed: 9, spans: {rate: 0}}", dead),
     );
     let t0 = Instant::now();
-    let mut writer = oxeye_tests::KillOnDrop(
-        Command::new(&bin)
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start oxeye"),
-    );
+    let mut writer = oxeye_tests::KillOnDrop(spawn(&bin, &cfg));
     wait_until("the backlog written", Duration::from_secs(900), || {
         segment_bytes(&queue_dir) >= target
     });
@@ -223,22 +184,14 @@ fn main() {
     let dd = bytes as f64 / t0.elapsed().as_secs_f64() / 1e6;
     drop_caches(quick);
     // Restarted with the backend up: recovery, then the drain.
-    let before = received.load(Ordering::Relaxed);
+    let before = received();
     let idle_receiver = format!(
         "otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{}'}}}}}}",
         oxeye_tests::free_port()
     );
     let cfg = oxeye_tests::temp_config("bench-persistent-drain", &agent(&idle_receiver, port));
     let t0 = Instant::now();
-    let drainer = oxeye_tests::KillOnDrop(
-        Command::new(&bin)
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start oxeye"),
-    );
+    let drainer = oxeye_tests::KillOnDrop(spawn(&bin, &cfg));
     let pid = drainer.0.id();
     let peak = std::sync::Mutex::new(0.0f64);
     wait_until("the backlog drained", Duration::from_secs(1800), || {
@@ -246,12 +199,12 @@ fn main() {
             let mut m = peak.lock().expect("lock");
             *m = m.max(p);
         }
-        received.load(Ordering::Relaxed) > before
+        received() > before
             && oxeye_tests::http_get(metrics, "/metrics").is_ok()
             && metric(metrics, "oxeye_queue_disk_records") == 0
     });
     let took = t0.elapsed().as_secs_f64();
-    let spans = received.load(Ordering::Relaxed) - before;
+    let spans = received() - before;
     drop(drainer);
     println!(
         "drain of a {:.2} GB backlog ({spans} spans, written in {written_in:.1} s), {} cache:",

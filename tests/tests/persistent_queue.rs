@@ -58,6 +58,16 @@ struct Ports {
     backend: u16,
 }
 
+impl Ports {
+    fn new() -> Ports {
+        Ports {
+            grpc: free_port(),
+            metrics: free_port(),
+            backend: free_port(),
+        }
+    }
+}
+
 /// An agent: otlp in, otlp out with the queue on disk in `dir` (`storage` and `queue`:
 /// more settings of each, `, key: value` each).
 fn agent(ports: &Ports, dir: &Path, storage: &str, queue: &str) -> Agent {
@@ -240,11 +250,7 @@ fn spans_survive_an_outage_and_kill_9s_under_load() {
     let _one = alone();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = Ports {
-        grpc: free_port(),
-        metrics: free_port(),
-        backend: free_port(),
-    };
+    let ports = Ports::new();
     const REQUESTS: u64 = 10_000; // 1 000 000 spans at 20 000/s: 50 s
     let total = REQUESTS * PER_REQUEST;
     let ack = "\n    acknowledgements: true";
@@ -335,11 +341,7 @@ fn an_answered_request_survives_a_kill_while_the_pipeline_is_full() {
     let _one = alone();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = Ports {
-        grpc: free_port(),
-        metrics: free_port(),
-        backend: free_port(),
-    };
+    let ports = Ports::new();
     let ack = "\n    acknowledgements: true";
     let a = agent_with(&ports, dir.path(), ack, ", max_size: 1MiB", "");
     // Far more than 1 MiB: the queue fills, then requests go unanswered.
@@ -384,11 +386,7 @@ fn a_damaged_queue_delivers_every_intact_record_and_counts_the_rest() {
     let _one = alone();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = Ports {
-        grpc: free_port(),
-        metrics: free_port(),
-        backend: free_port(),
-    };
+    let ports = Ports::new();
     // Segments of 4 MiB (max_size 64 MiB), batches of 100 spans: a record per request, each
     // synced before it is acknowledged.
     let storage = ", max_size: 64MiB, fsync: every_batch";
@@ -533,11 +531,7 @@ fn a_full_disk_blocks_or_drops_the_oldest_and_nothing_panics() {
     for when_full in ["block", "drop_oldest"] {
         let dir = tempfile::tempdir().expect("tempdir");
         let _fs = Tmpfs::mount(dir.path());
-        let ports = Ports {
-            grpc: free_port(),
-            metrics: free_port(),
-            backend: free_port(),
-        };
+        let ports = Ports::new();
         // max_size above the disk (segments of 1 MiB): the disk fills first.
         let mut a = agent(
             &ports,
@@ -692,11 +686,7 @@ service:
     );
 
     // Two processes on one queue: the second is refused at start and says why.
-    let ports = Ports {
-        grpc: free_port(),
-        metrics: free_port(),
-        backend: free_port(),
-    };
+    let ports = Ports::new();
     let first = agent(&ports, dir.path(), "", "");
     let second = Ports {
         grpc: free_port(),

@@ -101,6 +101,19 @@ struct Segment {
     sealed: bool,
 }
 
+impl Segment {
+    fn new(id: u64, len: u64, records: u64, sealed: bool) -> Segment {
+        Segment {
+            id,
+            len,
+            records,
+            handed: 0,
+            done: 0,
+            sealed,
+        }
+    }
+}
+
 struct State {
     segments: VecDeque<Segment>,
     /// Chunks handed out and not acknowledged: start → where they are.
@@ -250,14 +263,7 @@ impl Queue {
         if let Some(last) = s.segments.back_mut() {
             last.sealed = true;
         }
-        s.segments.push_back(Segment {
-            id,
-            len: 0,
-            records: 0,
-            handed: 0,
-            done: 0,
-            sealed: false,
-        });
+        s.segments.push_back(Segment::new(id, 0, 0, false));
         *w = Writer {
             file,
             segment: id,

@@ -136,26 +136,12 @@ impl Queue {
             let records =
                 count_records(&file, from, len).map_err(io_err(&path, "read a segment"))?;
             bytes += len;
-            segments.push_back(Segment {
-                id,
-                len,
-                records,
-                handed: 0,
-                done: 0,
-                sealed: true,
-            });
+            segments.push_back(Segment::new(id, len, records, true));
         }
         let last = segments.back().map_or(0, |g| g.id);
         let id = last.max(saved.acked.segment) + 1;
         let file = create_segment(dir, id, true).map_err(io_err(dir, "create a segment"))?;
-        segments.push_back(Segment {
-            id,
-            len: 0,
-            records: 0,
-            handed: 0,
-            done: 0,
-            sealed: false,
-        });
+        segments.push_back(Segment::new(id, 0, 0, false));
         let first = segments.front().expect("one was just added");
         let read_at = if first.id == saved.acked.segment {
             saved.acked
