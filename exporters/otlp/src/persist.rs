@@ -4,9 +4,10 @@
 //! per request, its kind the signal); it returns once they are written, so what the pipeline
 //! handed over survives a kill. Senders read consecutive records of one signal (concatenated
 //! protobuf requests are one request; not profiles, whose requests each carry a dictionary),
-//! send them with retries, and acknowledge them: only then can their segment be deleted. A retryable failure is retried until it succeeds — the
-//! records wait on disk, bounded by `max_size`, instead of being given up after
-//! `max_elapsed_time`. Disk I/O runs on blocking threads.
+//! send them with retries, and acknowledge them: only then can their segment be deleted. A
+//! retryable failure is retried until it succeeds — the records wait on disk, bounded by
+//! `max_size`, instead of being given up after `max_elapsed_time`. Disk I/O runs on blocking
+//! threads.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -155,6 +156,7 @@ impl Disk {
         max: usize,
         when_full: WhenFull,
     ) -> Result<(), BoxError> {
+        let mut warned = false;
         for (signal, request, n) in crate::requests(resources, &[batch], max) {
             let bytes = Arc::new(request.to_protobuf());
             loop {
@@ -197,8 +199,9 @@ impl Disk {
                     }
                     Appended::Full { disk_full, dropped } if when_full == WhenFull::Block => {
                         self.telemetry.add_dropped("sending_queue_full", dropped);
-                        if disk_full {
+                        if disk_full && !warned {
                             warn!(dir = %self.dir.display(), "the disk under the sending queue is full: waiting for room");
+                            warned = true;
                         }
                         // Room comes with acknowledgements; a full disk may clear by itself.
                         let _ = tokio::time::timeout(Duration::from_secs(1), space).await;
