@@ -150,38 +150,30 @@ fn families(reg: &Registry) -> Vec<MetricFamily> {
             }),
         ),
     ];
-    // Components' own counters: one family per name, every component's samples together.
-    let mut named: BTreeMap<&'static str, Vec<(Labels, u64)>> = BTreeMap::new();
-    for c in &components {
-        for (name, source, n) in c.telemetry.counters() {
-            let mut l = component_labels(c);
-            l.push(("source", source));
-            named.entry(name).or_default().push((l, n));
+    // Components' own counters and gauges: one family per name, every component's samples
+    // together.
+    type Own = fn(&oxeye_api::Telemetry) -> Vec<(&'static str, String, u64)>;
+    let own: [(Own, &str, &str, MetricType); 2] = [
+        (|t| t.counters(), "_total", "Counted", MetricType::COUNTER),
+        (|t| t.gauges(), "", "Measured", MetricType::GAUGE),
+    ];
+    for (get, suffix, how, kind) in own {
+        let mut named: BTreeMap<&'static str, Vec<(Labels, u64)>> = BTreeMap::new();
+        for c in &components {
+            for (name, source, n) in get(&c.telemetry) {
+                let mut l = component_labels(c);
+                l.push(("source", source));
+                named.entry(name).or_default().push((l, n));
+            }
         }
-    }
-    for (name, samples) in named {
-        out.push(family(
-            &format!("oxeye_{name}_total"),
-            &format!("Counted by the component itself ({name}), per source: see its README."),
-            MetricType::COUNTER,
-            samples,
-        ));
-    }
-    let mut gauges: BTreeMap<&'static str, Vec<(Labels, u64)>> = BTreeMap::new();
-    for c in &components {
-        for (name, source, n) in c.telemetry.gauges() {
-            let mut l = component_labels(c);
-            l.push(("source", source));
-            gauges.entry(name).or_default().push((l, n));
+        for (name, samples) in named {
+            out.push(family(
+                &format!("oxeye_{name}{suffix}"),
+                &format!("{how} by the component itself ({name}), per source: see its README."),
+                kind,
+                samples,
+            ));
         }
-    }
-    for (name, samples) in gauges {
-        out.push(family(
-            &format!("oxeye_{name}"),
-            &format!("Measured by the component itself ({name}), per source: see its README."),
-            MetricType::GAUGE,
-            samples,
-        ));
     }
     out.extend([
         edge_gauge(

@@ -68,6 +68,16 @@ fn io_err(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> OpenErro
     move |error| OpenError::Io { path, what, error }
 }
 
+/// Opens a file for reading and writing, creating it if needed, keeping what it holds.
+fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
 pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.seg"))
 }
@@ -90,13 +100,7 @@ impl Queue {
     pub fn open(dir: &Path, options: Options) -> Result<Queue, OpenError> {
         fs::create_dir_all(dir).map_err(io_err(dir, "create the directory"))?;
         let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path, "open the lock file"))?;
+        let lock = open_rw(&lock_path).map_err(io_err(&lock_path, "open the lock file"))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(dir.to_path_buf())),
@@ -106,13 +110,8 @@ impl Queue {
         }
         check_format(dir)?;
         let position_path = dir.join("position");
-        let position = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&position_path)
-            .map_err(io_err(&position_path, "open the position file"))?;
+        let position =
+            open_rw(&position_path).map_err(io_err(&position_path, "open the position file"))?;
         let (position, saved) = PositionFile::open(position)
             .map_err(io_err(&position_path, "read the position file"))?;
         let saved = saved.unwrap_or_default();
