@@ -29,6 +29,7 @@
 mod balance;
 mod config;
 mod encode;
+pub mod messages;
 mod persist;
 mod transport;
 mod wire;

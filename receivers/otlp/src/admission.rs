@@ -10,10 +10,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use oxeye_api::Signal;
-use prost::Message;
+
+pub(crate) use crate::body::Body;
 
 /// Bytes charged per byte of protobuf before a request is decoded (then the charge is set to
 /// what the decoded spans take, measured with [`oxeye_api::Span::size_bytes`]): most requests
@@ -38,13 +37,6 @@ pub(crate) enum Refused {
     Malformed(String),
 }
 
-/// How a request's body is encoded.
-#[derive(Clone, Copy, PartialEq)]
-pub(crate) enum Body {
-    Protobuf,
-    Json,
-}
-
 /// Decodes a request of `signal` (traces, metrics or logs), charging its records: a precharge
 /// before (refused if the budget cannot take it), then the charge set to what the records take.
 /// A request kept encoded (`keep`, and clean) holds its bytes only.
@@ -65,46 +57,10 @@ pub(crate) fn decode(
     if !charge.grow(precharge) {
         return Err(refusal(charge, before + precharge));
     }
-    use crate::convert::{self, logs, metrics};
-    let sized = |mut c: convert::Converted| {
-        c.held_bytes = convert::decoded_size(&c.batches);
-        c
-    };
-    let protobuf = |what: &str, e: prost::DecodeError| {
-        Refused::Malformed(format!("not an OTLP {what} request: {e}"))
-    };
-    // Metrics and logs are checked off the wire to be forwarded as received, and otherwise
-    // decoded by prost (spans have a decoder of their own: the bulk of a node's telemetry).
-    let read = || match (signal, kind) {
-        (Signal::Metrics, Body::Protobuf) => match keep.then(|| crate::wire::encoded_metrics(body))
-        {
-            Some(Some(c)) => Ok(c),
-            _ => ExportMetricsServiceRequest::decode(body.as_ref())
-                .map(|r| sized(metrics::request(r)))
-                .map_err(|e| protobuf("metrics", e)),
-        },
-        (Signal::Metrics, Body::Json) => convert::from_json(body, "metrics")
-            .map(|r| sized(metrics::request(r)))
-            .map_err(Refused::Malformed),
-        (Signal::Logs, Body::Protobuf) => match keep.then(|| crate::wire::encoded_logs(body)) {
-            Some(Some(c)) => Ok(c),
-            _ => ExportLogsServiceRequest::decode(body.as_ref())
-                .map(|r| sized(logs::request(r)))
-                .map_err(|e| protobuf("logs", e)),
-        },
-        (Signal::Logs, Body::Json) => convert::from_json(body, "logs")
-            .map(|r| sized(logs::request(r)))
-            .map_err(Refused::Malformed),
-        (_, Body::Protobuf) => crate::wire::read(body, keep)
-            .map_err(|e| Refused::Malformed(format!("not an OTLP trace request: {e}"))),
-        (_, Body::Json) => convert::from_json(body, "trace")
-            .map(|r| sized(convert::request(r)))
-            .map_err(Refused::Malformed),
-    };
     // Decoded on the async worker: handing large ones to another thread (`block_in_place`)
     // was measured to cost ~50 MiB of RSS under a flood of 15 MiB requests (each thread's
     // allocator heap), more than the stall it saves.
-    let converted = read()?;
+    let converted = crate::body::read(signal, body, kind, keep).map_err(Refused::Malformed)?;
     // The body and the spans both exist until the body is dropped: charge both.
     let needed = before + converted.held_bytes;
     if needed > charge.bytes && !charge.grow(needed - charge.bytes) {

@@ -15,6 +15,7 @@ use oxeye_api::{
 use tracing::info;
 
 mod admission;
+pub mod body;
 mod config;
 pub mod convert;
 mod grpc;
