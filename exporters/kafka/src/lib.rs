@@ -1,0 +1,275 @@
+//! The `kafka` exporter: OTLP requests as Kafka messages (see the crate's README).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use oxeye_api::{Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Records, Signal};
+use oxeye_exporter_otlp::messages::{self, Message, Resources};
+use oxeye_kafka::rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use oxeye_kafka::rdkafka::producer::{
+    DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig,
+};
+use oxeye_kafka::{creation_error, Context, Encoding};
+use oxeye_sending::Ledger;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+mod config;
+mod json;
+
+pub use config::KafkaExporterConfig;
+
+/// Records per message at most (spans, data points, log records): fewer when a message would
+/// pass `producer.max_message_bytes`.
+const MAX_RECORDS: usize = 8192;
+
+/// How long the brokers have to answer the check at start.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long shutdown waits for messages still in librdkafka's queue to be delivered.
+const FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(10);
+
+/// Registers `kafka`.
+pub struct KafkaExporterFactory;
+
+impl Factory for KafkaExporterFactory {
+    type Config = KafkaExporterConfig;
+    type Component = Box<dyn Exporter>;
+    const TYPE: &'static str = "kafka";
+    const SIGNALS: &'static [Signal] =
+        &[Signal::Traces, Signal::Metrics, Signal::Logs, Signal::Flows];
+    const DESCRIPTION: &'static str =
+        "OTLP (protobuf or JSON) messages on Kafka topics: traces (keyed by trace id if asked), metrics, logs, flows as metrics";
+    const DOCS: &'static str = include_str!("../../../docs/components/exporter-kafka.md");
+
+    fn validate(config: &KafkaExporterConfig) -> Result<(), ConfigErrors> {
+        config.check()
+    }
+
+    fn build(
+        config: KafkaExporterConfig,
+        ctx: BuildContext,
+    ) -> Result<Box<dyn Exporter>, BoxError> {
+        Ok(Box::new(KafkaExporter::new(config, ctx)?))
+    }
+}
+
+oxeye_api::register!(KafkaExporterFactory);
+
+/// A message handed to librdkafka, waiting for its delivery report.
+struct InFlight {
+    delivery: DeliveryFuture,
+    records: u64,
+}
+
+pub struct KafkaExporter {
+    config: KafkaExporterConfig,
+    id: String,
+    producer: Arc<FutureProducer<Context>>,
+    resources: Resources,
+    ledger: Arc<Ledger>,
+    signals: Vec<Signal>,
+    /// To the task that awaits delivery reports; set by `start`.
+    reports: Option<(mpsc::UnboundedSender<InFlight>, tokio::task::JoinHandle<()>)>,
+}
+
+impl KafkaExporter {
+    pub fn new(config: KafkaExporterConfig, ctx: BuildContext) -> Result<Self, BoxError> {
+        let producer: FutureProducer<Context> = config
+            .producer_config()
+            .create_with_context(Context::new(&ctx.id))
+            .map_err(creation_error)?;
+        Ok(KafkaExporter {
+            id: ctx.id,
+            producer: Arc::new(producer),
+            resources: Resources::new(&Default::default()),
+            ledger: Arc::new(Ledger::new(ctx.telemetry)),
+            signals: ctx.signals,
+            config,
+            reports: None,
+        })
+    }
+
+    fn topic(&self, signal: Signal) -> &str {
+        match signal {
+            Signal::Traces => self.config.traces.topic_or("otlp_spans"),
+            Signal::Logs => self.config.logs.topic_or("otlp_logs"),
+            _ => self.config.metrics.topic_or("otlp_metrics"),
+        }
+    }
+
+    fn encoding(&self, signal: Signal) -> Encoding {
+        match signal {
+            Signal::Traces => self.config.traces.encoding,
+            Signal::Logs => self.config.logs.encoding,
+            _ => self.config.metrics.encoding,
+        }
+    }
+
+    /// The topics of the pipelines this exporter is in.
+    fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .signals
+            .iter()
+            .map(|&s| self.topic(s).to_string())
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    /// Checks the brokers and topics, then starts the task that settles delivery reports.
+    async fn start(&mut self) -> Result<(), BoxError> {
+        let (producer, brokers, topics) = (
+            Arc::clone(&self.producer),
+            self.config.brokers.clone(),
+            self.topics(),
+        );
+        let checked = tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let metadata = |t| producer.client().fetch_metadata(None, t);
+            oxeye_kafka::check(metadata, &brokers, &names, CHECK_TIMEOUT)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let partitions = checked.map_err(|e| format!("kafka exporter `{}`: {e}", self.id))?;
+        info!(exporter = %self.id, brokers = %self.config.brokers.join(","), topics = %self.topics().iter().zip(&partitions).map(|(t, p)| format!("{t} ({p} partitions)")).collect::<Vec<_>>().join(", "), "kafka exporter connected");
+        let (tx, mut rx) = mpsc::unbounded_channel::<InFlight>();
+        let ledger = Arc::clone(&self.ledger);
+        let id = self.id.clone();
+        let task = tokio::spawn(async move {
+            let mut warned = false;
+            while let Some(m) = rx.recv().await {
+                match m.delivery.await {
+                    Ok(Ok(_)) => ledger.settle(m.records, m.records, ""),
+                    Ok(Err((e, _))) => {
+                        if !warned {
+                            warn!(exporter = %id, error = %e, "kafka: messages not delivered (counted as dropped, `kafka_error`); more are not logged");
+                            warned = true;
+                        }
+                        ledger.settle(m.records, 0, "kafka_error");
+                    }
+                    // Purged at the shutdown deadline: counted by `abandon`.
+                    Err(_) => ledger.settle(m.records, 0, "shutdown_deadline"),
+                }
+            }
+        });
+        self.reports = Some((tx, task));
+        Ok(())
+    }
+
+    /// `batch` as messages: (key, payload, records, signal).
+    fn encode(&mut self, batch: &Arc<Batch>) -> Vec<(Option<[u8; 16]>, Message)> {
+        let batches = std::slice::from_ref(batch);
+        if self.config.partition_traces_by_id && matches!(batch.records, Records::Spans(_)) {
+            return messages::requests_per_trace(&mut self.resources, batches)
+                .into_iter()
+                .map(|(k, m)| (Some(k), m))
+                .collect();
+        }
+        // Cut smaller until every message fits (a single record that does not is sent anyway,
+        // and its refusal counted).
+        let limit = self.config.producer.max_message_bytes as usize;
+        let mut max = MAX_RECORDS;
+        loop {
+            let out = messages::requests(&mut self.resources, batches, max);
+            if max == 1 || out.iter().all(|m| m.protobuf.len() <= limit) {
+                return out.into_iter().map(|m| (None, m)).collect();
+            }
+            max = (max / 2).max(1);
+        }
+    }
+}
+
+#[async_trait]
+impl Exporter for KafkaExporter {
+    async fn export(&mut self, batch: Arc<Batch>) -> Result<(), BoxError> {
+        if self.reports.is_none() {
+            self.start().await?;
+        }
+        let messages = self.encode(&batch);
+        for (key, message) in messages {
+            let topic = self.topic(message.signal).to_string();
+            let payload = match self.encoding(message.signal) {
+                Encoding::OtlpJson => json::from_protobuf(message.signal, &message.protobuf)?,
+                _ => message.protobuf,
+            };
+            self.ledger.add(message.records);
+            let mut record = FutureRecord::<[u8], [u8]>::to(&topic).payload(&payload);
+            if let Some(k) = &key {
+                record = record.key(&k[..]);
+            }
+            // librdkafka's queue full (`producer.max_buffered_mib`): wait for room.
+            let delivery = loop {
+                match self.producer.send_result(record) {
+                    Ok(d) => break Some(d),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((e, _)) => {
+                        warn!(exporter = %self.id, topic = %topic, bytes = payload.len(), error = %e, "kafka: message refused (its records are counted as dropped, `kafka_error`)");
+                        self.ledger.settle(message.records, 0, "kafka_error");
+                        break None;
+                    }
+                }
+            };
+            if let (Some(delivery), Some((tx, _))) = (delivery, &self.reports) {
+                let _ = tx.send(InFlight {
+                    delivery,
+                    records: message.records,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn counts_delivery(&self) -> bool {
+        true
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(Duration::from_millis(250))
+    }
+
+    /// Checks the brokers and topics soon after start, before any record comes.
+    async fn tick(&mut self, _now: std::time::SystemTime) -> Result<(), BoxError> {
+        if self.reports.is_none() {
+            self.start().await?;
+        }
+        Ok(())
+    }
+
+    fn takes_encoded(&self) -> bool {
+        // Received requests go out as they came, unless they must be cut per trace or
+        // rewritten as JSON.
+        !self.config.partition_traces_by_id
+            && [&self.config.traces, &self.config.metrics, &self.config.logs]
+                .iter()
+                .all(|t| t.encoding == Encoding::OtlpProto)
+    }
+
+    async fn shutdown(&mut self) -> Result<(), BoxError> {
+        let Some((tx, task)) = self.reports.take() else {
+            return Ok(());
+        };
+        drop(tx);
+        let producer = Arc::clone(&self.producer);
+        let flushed = tokio::task::spawn_blocking(move || {
+            let flushed = producer.flush(FLUSH_AT_SHUTDOWN);
+            if flushed.is_err() {
+                producer.purge(PurgeConfig::default().queue().inflight());
+            }
+            flushed
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if flushed.is_err() {
+            let n = self.ledger.abandon();
+            warn!(exporter = %self.id, records = n, "kafka: not delivered within {FLUSH_AT_SHUTDOWN:?} of shutdown (counted as dropped, `shutdown_deadline`)");
+        }
+        let _ = task.await;
+        Ok(())
+    }
+}
