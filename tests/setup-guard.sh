@@ -2,7 +2,7 @@
 # Guard for the set-up's "not installed yet" path, run by CI on every run: the Python part of
 # tests/setup.sh (tests/setup-python-peers.sh) against a throwaway venv that has none of the
 # peers and throwaway peer venv dirs, and the toolchain (ebpf/setup.sh) into a throwaway
-# RUSTUP_HOME. It must install every pin from tests/pins.env and exit
+# RUSTUP_HOME, and nisshi's install (a dry run). It must install every pin from tests/pins.env and exit
 # 0, a second run must install nothing, and a failing step must say where and why.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
@@ -94,6 +94,13 @@ RUSTUP_HOME="$tmp/rustup" OXEYE_LLVM_DIR="$tmp/llvm" ebpf/setup.sh >"$tmp/tc2.lo
   { cat "$tmp/tc2.log" >&2; fail "ebpf/setup.sh failed on the second run"; }
 if grep -q "installing\|adding" "$tmp/tc2.log"; then cat "$tmp/tc2.log" >&2; fail "ebpf/setup.sh installed something on the second run"; fi
 say "  second run installs nothing"
+
+say "kafka broker: nisshi $NISSHI resolves from nothing (cargo install --dry-run: no build)"
+# shellcheck source=tests/setup-lib.sh
+(. tests/setup-lib.sh; install_nisshi --root "$tmp/nisshi" -Z unstable-options --dry-run) >"$tmp/nisshi.log" 2>&1 ||
+  { cat "$tmp/nisshi.log" >&2; fail "installing nisshi $NISSHI would fail"; }
+grep -q "Installing $tmp/nisshi/bin/nisshi" "$tmp/nisshi.log" || { cat "$tmp/nisshi.log" >&2; fail "the dry run did not reach nisshi's binary"; }
+say "  nisshi $NISSHI, its features and lock file resolve"
 
 rm -rf "$tmp"
 say "passed in $((SECONDS - start)) s (clean-up included)"

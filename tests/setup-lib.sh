@@ -12,3 +12,10 @@ on_err() {   # on_err EXIT-STATUS LINE COMMAND
   fi
 }
 trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
+
+# install_nisshi [CARGO INSTALL OPTIONS]: the Kafka test broker from crates.io, in-memory storage
+# only, built by the pinned nightly (it needs rustc 1.96). tests/setup-guard.sh runs it with
+# `--root DIR -Z unstable-options --dry-run` to check the pin resolves without the long build.
+install_nisshi() {
+  cargo "+$RUST_NIGHTLY" install --locked "nisshi@$NISSHI" --no-default-features --features dynostore "$@"
+}

@@ -135,6 +135,26 @@ if [ "${have##* }" != "$CARGO_FUZZ" ]; then
   cargo install --locked "cargo-fuzz@$CARGO_FUZZ"
 fi
 
+# Kafka peer: nisshi (tansu's new name), a Kafka-compatible broker in Rust, with its in-memory
+# storage only (no database drivers); tansu 0.6.0 did not move a dead group leader's partitions here,
+# nisshi does. It needs rustc 1.96: built with the pinned nightly. The kafka tests start it on
+# loopback and make their topics with `nisshi topic create`. The kafka crates' librdkafka builds
+# from its vendored source against the system's OpenSSL and zlib headers.
+step "kafka: nisshi $NISSHI (crates.io), libssl-dev, zlib1g-dev"
+kafka_pkgs=()
+for p in libssl-dev zlib1g-dev pkg-config; do
+  dpkg -s "$p" >/dev/null 2>&1 || kafka_pkgs+=("$p")
+done
+if [ ${#kafka_pkgs[@]} -gt 0 ]; then
+  say "  installing ${kafka_pkgs[*]}"
+  apt_install --no-install-recommends "${kafka_pkgs[@]}"
+fi
+have=$(nisshi --version 2>/dev/null || true)
+if [ "${have##* }" != "$NISSHI" ]; then
+  say "  installing nisshi $NISSHI (about 9 minutes)"
+  install_nisshi
+fi
+
 # Python peers: virtme-ng (vng), pyarrow and DuckDB (they read what the arrow exporter writes)
 # and Arize Phoenix (OTLP traces backend) in a venv of its own so its dependencies cannot move
 # the pins above.
