@@ -36,7 +36,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use oxeye_tests::bench::{median, quick};
+use oxeye_tests::bench::{cpu_seconds, median, quick};
 use oxeye_tests::free_port;
 
 /// Counts the records it receives (spans, data points, log records) and throws them away.
@@ -104,17 +104,6 @@ impl TraceService for Blackhole {
         self.0.fetch_add(n as u64, Ordering::Relaxed);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
-}
-
-/// CPU seconds (user + system) of a live process, from /proc/<pid>/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// Peak RSS (VmHWM) of a live process, MiB.

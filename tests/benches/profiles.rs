@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use oxeye_receiver_ebpf::bench::{aggregate, sample_exit, sample_records, SampleExit};
-use oxeye_tests::bench::{median, quick};
+use oxeye_tests::bench::{cpu_seconds, median, quick};
 use oxeye_tests::burn::Burn;
 
 fn counting(quick: bool) {
@@ -36,28 +36,6 @@ fn counting(quick: bool) {
         "user-space counting: {n} samples of 5000 stacks over 20 windows -> {out} records: {ns:.0} ns/sample ({:.2} M samples/s on one core; target >= 1 M/s)",
         1e3 / ns
     );
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
-}
-
-/// utime + stime of a process, seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the command: state is field 0, utime 11, stime 12.
-    (tick(11) + tick(12)) / clock_ticks()
 }
 
 fn sample_exits(quick: bool) {

@@ -421,6 +421,8 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+pub mod broker;
+
 /// Helpers shared by the benchmarks.
 pub mod bench {
     /// `cargo bench` passes `--bench`; `cargo test --benches` does not: then run small and fast,
@@ -480,6 +482,25 @@ pub mod bench {
         let bytes = std::fs::read(&out).expect("reference object");
         let _ = std::fs::remove_file(&out);
         bytes
+    }
+
+    /// utime + stime of a live process, seconds (/proc/<pid>/stat; 0 when it is gone).
+    pub fn cpu_seconds(pid: u32) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let tick = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        // After the command: state is field 0, utime 11, stime 12.
+        (tick(11) + tick(12)) / per_second
     }
 
     /// The median of some figures.

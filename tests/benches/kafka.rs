@@ -1,0 +1,176 @@
+//! The kafka exporter side by side with Rotel's (both on librdkafka), on one nisshi broker: the
+//! same N spans sent over OTLP/gRPC by a load generator (oxeye synthetic → otlp exporter,
+//! pinned to CPU 0) into (a) `oxeye run` with an otlp receiver and the kafka exporter at its
+//! defaults, (a') the same with `partition_traces_by_id` (one message per trace), (b)
+//! `rotel-agent` (OTLP receiver → kafka exporter, protobuf), each pinned to CPU 1. A consumer in
+//! this process reads the topic and counts the spans until all N are there. Per exporter: CPU
+//! seconds per million spans (utime + stime of the exporter's process), spans/s, peak RSS;
+//! runs interleaved, medians.
+//!
+//!     cargo build --release -p oxeye && cargo bench -p oxeye-tests --bench kafka
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use oxeye_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use oxeye_kafka::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use oxeye_tests::bench::{cpu_seconds, median, quick};
+use oxeye_tests::broker::Broker;
+use oxeye_tests::free_port;
+use prost::Message as _;
+
+const PARTITIONS: i32 = 4;
+
+fn pinned(cpu: &str, bin: &Path) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", cpu]).arg(bin);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+/// The exporter under test: OTLP/gRPC in on `port`, Kafka out to `topic`.
+fn start(kind: &str, oxeye: &Path, broker: &Broker, port: u16, topic: &str, dir: &Path) -> Child {
+    if kind == "rotel" {
+        let http = free_port();
+        return pinned("1", &oxeye_tests::rotel_agent())
+            .args([
+                "start",
+                "--otlp-grpc-endpoint",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .args([
+                "--exporter",
+                "kafka",
+                "--kafka-exporter-brokers",
+                &broker.address(),
+            ])
+            .args([
+                "--kafka-exporter-traces-topic",
+                topic,
+                "--kafka-exporter-format",
+                "protobuf",
+            ])
+            .arg("--pid-file")
+            .arg(dir.join("rotel.pid"))
+            .arg("--log-file")
+            .arg(dir.join("rotel.log"))
+            .spawn()
+            .expect("rotel-agent");
+    }
+    let by_id = kind.ends_with("by trace id");
+    let yaml = format!(
+        "receivers:\n  otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{port}', max_recv_msg_size_mib: 16}}}}}}\nexporters:\n  kafka: {{brokers: ['{}'], traces: {{topic: {topic}}}, partition_traces_by_id: {by_id}}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [kafka]}}\n",
+        broker.address()
+    );
+    let cfg = dir.join("exporter.yaml");
+    std::fs::write(&cfg, yaml).expect("config");
+    pinned("1", oxeye)
+        .args(["run", "-c"])
+        .arg(cfg)
+        .spawn()
+        .expect("oxeye")
+}
+
+/// Counts the spans in `topic` (every partition from its start) until `n` are there.
+fn count_spans(broker: &Broker, topic: &str, n: u64, within: Duration) -> u64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .set("group.id", format!("bench-{topic}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + within;
+    let mut spans = 0;
+    while spans < n && Instant::now() < deadline {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let req = ExportTraceServiceRequest::decode(m.payload().unwrap_or_default()).expect("OTLP");
+        spans += req
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len() as u64)
+            .sum::<u64>();
+    }
+    spans
+}
+
+struct Row {
+    cpu_s: f64,
+    per_s: f64,
+    rss: f64,
+}
+
+fn run(kind: &str, oxeye: &Path, broker: &Broker, n: u64, round: usize) -> Row {
+    let dir = std::env::temp_dir().join(format!("oxeye-bench-kafka-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let topic = format!("spans-{}-{round}", kind.replace(' ', "-"));
+    broker.create_topic(&topic, PARTITIONS as u32);
+    let port = free_port();
+    let mut exporter = start(kind, oxeye, broker, port, &topic, &dir);
+    oxeye_tests::wait_port(port);
+    let load = format!(
+        "receivers:\n  synthetic: {{seed: 21, batch_size: 512, spans: {{count: {n}, attributes: true}}}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{port}', compression: none, retry_on_failure: {{initial_interval: 20ms, max_interval: 200ms}}}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    traces: {{receivers: [synthetic], exporters: [otlp]}}\n"
+    );
+    let cfg = dir.join("load.yaml");
+    std::fs::write(&cfg, load).expect("config");
+    let cpu0 = cpu_seconds(exporter.id());
+    let started = Instant::now();
+    let mut loadgen = pinned("0", oxeye)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .spawn()
+        .expect("load");
+    let got = count_spans(broker, &topic, n, Duration::from_secs(600));
+    let wall = started.elapsed().as_secs_f64();
+    let row = Row {
+        cpu_s: cpu_seconds(exporter.id()) - cpu0,
+        per_s: n as f64 / wall,
+        rss: oxeye_tests::peak_rss_mib(exporter.id()).unwrap_or(0.0),
+    };
+    let _ = loadgen.wait();
+    let _ = exporter.kill();
+    let _ = exporter.wait();
+    assert_eq!(got, n, "{kind}: spans in the topic");
+    let _ = std::fs::remove_dir_all(&dir);
+    row
+}
+
+fn main() {
+    let quick = quick();
+    let oxeye = oxeye_tests::bench::release_oxeye(quick);
+    let n: u64 = if quick { 20_000 } else { 500_000 };
+    let runs = if quick { 1 } else { 5 };
+    let broker = Broker::start();
+    let kinds = ["oxeye", "oxeye by trace id", "rotel"];
+    let mut rows: Vec<Vec<Row>> = kinds.iter().map(|_| Vec::new()).collect();
+    for round in 0..runs {
+        for (i, kind) in kinds.iter().enumerate() {
+            rows[i].push(run(kind, &oxeye, &broker, n, round));
+        }
+    }
+    println!("kafka exporter: {n} spans over OTLP/gRPC into each, to nisshi (memory), {runs} interleaved runs, medians");
+    let mut cpu = Vec::new();
+    for (kind, r) in kinds.iter().zip(&rows) {
+        let cpu_per_m = median(r.iter().map(|r| r.cpu_s * 1e6 / n as f64).collect());
+        let per_s = median(r.iter().map(|r| r.per_s).collect());
+        let rss = median(r.iter().map(|r| r.rss).collect());
+        println!("  {kind:<18} {cpu_per_m:>6.2} CPU-s per million spans ({:.2} µs/span), {per_s:>8.0} spans/s, peak RSS {rss:.1} MiB", cpu_per_m);
+        cpu.push(cpu_per_m);
+    }
+    println!(
+        "  spans per CPU-second vs rotel: oxeye {:.2}x, oxeye by trace id {:.2}x",
+        cpu[2] / cpu[0],
+        cpu[2] / cpu[1]
+    );
+}
