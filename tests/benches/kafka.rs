@@ -2,7 +2,8 @@
 //! same N spans sent over OTLP/gRPC by a load generator (oxeye synthetic → otlp exporter,
 //! pinned to CPU 0) into (a) `oxeye run` with an otlp receiver and the kafka exporter at its
 //! defaults, (a') the same with `partition_traces_by_id` (one message per trace), (b)
-//! `rotel-agent` (OTLP receiver → kafka exporter, protobuf), each pinned to CPU 1. A consumer in
+//! `rotel-agent` (OTLP receiver → kafka exporter, protobuf, batches of 2048 spans: its default
+//! 8192 make messages the broker refuses), each pinned to CPU 1. A consumer in
 //! this process reads the topic and counts the spans until all N are there. Per exporter: CPU
 //! seconds per million spans (utime + stime of the exporter's process), spans/s, peak RSS;
 //! runs interleaved, medians.
@@ -47,6 +48,9 @@ fn start(kind: &str, oxeye: &Path, broker: &Broker, port: u16, topic: &str, dir:
                 "--kafka-exporter-brokers",
                 &broker.address(),
             ])
+            // Rotel sends each batch as one message: its default 8192 spans make messages over
+            // the broker's 1 MB limit, refused and lost. 2048 fit.
+            .args(["--batch-max-size", "2048"])
             .args([
                 "--kafka-exporter-traces-topic",
                 topic,

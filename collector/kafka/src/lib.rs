@@ -16,6 +16,11 @@ pub fn default_brokers() -> Vec<String> {
     vec!["localhost:9092".into()]
 }
 
+/// `oxeye`: the client id brokers log and quota by.
+pub fn default_client_id() -> String {
+    "oxeye".into()
+}
+
 /// How OTLP requests are written in messages.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

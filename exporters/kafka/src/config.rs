@@ -13,7 +13,7 @@ use serde::Deserialize;
 pub struct KafkaExporterConfig {
     #[serde(default = "oxeye_kafka::default_brokers")]
     pub brokers: Vec<String>,
-    #[serde(default = "client_id")]
+    #[serde(default = "oxeye_kafka::default_client_id")]
     pub client_id: String,
     /// Topic `otlp_spans` by default.
     #[serde(default)]
@@ -39,10 +39,6 @@ pub struct KafkaExporterConfig {
     /// librdkafka properties passed through, set last.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
-}
-
-fn client_id() -> String {
-    "oxeye".into()
 }
 
 fn timeout() -> Duration {

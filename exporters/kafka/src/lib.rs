@@ -70,6 +70,8 @@ pub struct KafkaExporter {
     resources: Resources,
     ledger: Arc<Ledger>,
     signals: Vec<Signal>,
+    /// Records per message at most: [`MAX_RECORDS`], fewer while messages would not fit.
+    per_message: usize,
     /// To the task that awaits delivery reports; set by `start`.
     reports: Option<(mpsc::UnboundedSender<InFlight>, tokio::task::JoinHandle<()>)>,
 }
@@ -86,6 +88,7 @@ impl KafkaExporter {
             resources: Resources::new(&Default::default()),
             ledger: Arc::new(Ledger::new(ctx.telemetry)),
             signals: ctx.signals,
+            per_message: MAX_RECORDS,
             config,
             reports: None,
         })
@@ -168,16 +171,23 @@ impl KafkaExporter {
                 .map(|(k, m)| (Some(k), m))
                 .collect();
         }
-        // Cut smaller until every message fits (a single record that does not is sent anyway,
-        // and its refusal counted).
+        // Records per message are learned: cut smaller (in proportion to the overshoot) until
+        // every message fits, and grown back while messages use under half the limit, so a
+        // steady stream is encoded once. A single record that does not fit is sent anyway and
+        // its refusal counted.
         let limit = self.config.producer.max_message_bytes as usize;
-        let mut max = MAX_RECORDS;
         loop {
+            let max = self.per_message;
             let out = messages::requests(&mut self.resources, batches, max);
-            if max == 1 || out.iter().all(|m| m.protobuf.len() <= limit) {
-                return out.into_iter().map(|m| (None, m)).collect();
+            let largest = out.iter().map(|m| m.protobuf.len()).max().unwrap_or(0);
+            if largest > limit && max > 1 {
+                self.per_message = (max * limit / largest * 9 / 10).clamp(1, max - 1);
+                continue;
             }
-            max = (max / 2).max(1);
+            if largest < limit / 2 && out.iter().any(|m| m.records as usize == max) {
+                self.per_message = (max * 2).min(MAX_RECORDS);
+            }
+            return out.into_iter().map(|m| (None, m)).collect();
         }
     }
 }
@@ -271,5 +281,119 @@ impl Exporter for KafkaExporter {
         }
         let _ = task.await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashSet;
+
+    use oxeye_api::testing::{check, span_batch};
+    use prost::Message as _;
+
+    use super::*;
+
+    fn exporter(yaml: &str) -> KafkaExporter {
+        let config: KafkaExporterConfig = serde_yaml::from_str(yaml).unwrap();
+        KafkaExporter::new(config, BuildContext::for_test("kafka")).unwrap()
+    }
+
+    fn spans_in(m: &Message) -> usize {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        let r = ExportTraceServiceRequest::decode(m.protobuf.as_slice()).unwrap();
+        r.resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum()
+    }
+
+    #[test]
+    fn messages_fit_max_message_bytes_and_the_size_is_learned() {
+        let mut e = exporter("producer: {max_message_bytes: 20000}");
+        let batch = Arc::new(span_batch(10_000));
+        for _ in 0..3 {
+            let out = e.encode(&batch);
+            assert!(out
+                .iter()
+                .all(|(k, m)| k.is_none() && m.protobuf.len() <= 20_000));
+            let n: usize = out.iter().map(|(_, m)| spans_in(m)).sum();
+            assert_eq!(n, 10_000);
+            assert_eq!(out.iter().map(|(_, m)| m.records).sum::<u64>(), 10_000);
+        }
+        // Learned: fewer than the 8192 default, and not cut to a handful.
+        assert!(
+            (50..MAX_RECORDS).contains(&e.per_message),
+            "{}",
+            e.per_message
+        );
+    }
+
+    #[test]
+    fn partition_traces_by_id_makes_one_message_per_trace_keyed_by_its_id() {
+        let mut e = exporter("partition_traces_by_id: true");
+        let batch = Arc::new(span_batch(400)); // 4 spans a trace
+        let out = e.encode(&batch);
+        assert_eq!(out.len(), 100);
+        let keys: HashSet<[u8; 16]> = out.iter().map(|(k, _)| k.unwrap()).collect();
+        assert_eq!(keys.len(), 100);
+        for (k, m) in &out {
+            use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+            let r = ExportTraceServiceRequest::decode(m.protobuf.as_slice()).unwrap();
+            let ids: HashSet<Vec<u8>> = r
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+                .map(|s| s.trace_id.clone())
+                .collect();
+            assert_eq!(ids, HashSet::from([k.unwrap().to_vec()]));
+            assert_eq!(m.records, 4);
+        }
+    }
+
+    #[test]
+    fn otlp_json_is_the_request_in_json() {
+        let mut e = exporter("{}");
+        let out = e.encode(&Arc::new(span_batch(3)));
+        let json = json::from_protobuf(Signal::Traces, &out[0].1.protobuf).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let spans = &v["resourceSpans"][0]["scopeSpans"][0]["spans"];
+        assert_eq!(spans.as_array().unwrap().len(), 3);
+        // OTLP/JSON ids are hex strings.
+        assert_eq!(spans[0]["traceId"], "00000000000000000000000000000001");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_their_paths() {
+        let err = check::<KafkaExporterFactory>(
+            "brokers: ['host'] \nproducer: {required_acks: 3, max_message_bytes: 10}\ntimeout: 0s\ntls: {cert_file: /nonexistent.pem}",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "brokers[0]",
+            "producer.required_acks",
+            "producer.max_message_bytes",
+            "timeout",
+            "tls.cert_file",
+            "tls",
+        ] {
+            assert!(paths.contains(&p), "{p} not in {paths:?}");
+        }
+        assert!(check::<KafkaExporterFactory>("{}").is_ok());
+    }
+
+    #[test]
+    fn an_unknown_librdkafka_property_is_an_error_at_build() {
+        let config: KafkaExporterConfig =
+            serde_yaml::from_str("librdkafka: {no.such.property: x}").unwrap();
+        let err = KafkaExporter::new(config, BuildContext::for_test("kafka"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no.such.property"), "{err}");
     }
 }

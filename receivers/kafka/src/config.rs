@@ -13,7 +13,7 @@ use serde::Deserialize;
 pub struct KafkaReceiverConfig {
     #[serde(default = "oxeye_kafka::default_brokers")]
     pub brokers: Vec<String>,
-    #[serde(default = "client_id")]
+    #[serde(default = "oxeye_kafka::default_client_id")]
     pub client_id: String,
     /// Receivers with the same group share the topics' partitions.
     #[serde(default = "group_id")]
@@ -42,9 +42,6 @@ pub struct KafkaReceiverConfig {
     pub librdkafka: BTreeMap<String, String>,
 }
 
-fn client_id() -> String {
-    "oxeye".into()
-}
 fn group_id() -> String {
     "oxeye".into()
 }

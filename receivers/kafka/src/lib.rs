@@ -209,3 +209,50 @@ fn rejected_reason(signal: Signal) -> &'static str {
         _ => "malformed_span",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use oxeye_api::testing::check;
+
+    use super::*;
+
+    #[test]
+    fn bad_settings_are_refused_with_their_paths() {
+        let err = check::<KafkaReceiverFactory>(
+            "brokers: []\ngroup_id: ''\nsession_timeout: 5s\nheartbeat_interval: 5s\nlogs: {topic: otlp_spans}",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        for p in ["brokers", "group_id", "heartbeat_interval", "logs.topic"] {
+            assert!(paths.contains(&p), "{p} not in {paths:?}");
+        }
+        assert!(check::<KafkaReceiverFactory>("{}").is_ok());
+        assert!(check::<KafkaReceiverFactory>("initial_offset: newest").is_err());
+    }
+
+    #[tokio::test]
+    async fn offsets_are_committed_only_up_to_the_first_message_not_done() {
+        let config: KafkaReceiverConfig = serde_yaml::from_str("{}").unwrap();
+        let consumer: StreamConsumer<Context> = config
+            .consumer_config()
+            .create_with_context(Context::new("test"))
+            .unwrap();
+        let offsets = Offsets::new(Arc::new(consumer));
+        let topic: Arc<str> = Arc::from("t");
+        let held: Vec<_> = (10..13)
+            .map(|o| offsets.start(Arc::clone(&topic), 0, o))
+            .collect();
+        assert_eq!(offsets.pending(), 3);
+        let mut held = held.into_iter();
+        let first = held.next().unwrap();
+        drop(held.next()); // 11 done, 10 not: nothing committable past 9
+        assert_eq!(offsets.committable("t", 0), Some(9));
+        drop(first); // 10 and 11 done, 12 not
+        assert_eq!(offsets.committable("t", 0), Some(11));
+        drop(held);
+        assert_eq!(offsets.committable("t", 0), Some(12));
+        assert_eq!(offsets.pending(), 0);
+    }
+}

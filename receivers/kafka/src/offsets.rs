@@ -62,15 +62,27 @@ impl Offsets {
         self.lock().values().map(|p| p.pending.len()).sum()
     }
 
+    /// Everything before the first pending message is done: the last of those (librdkafka
+    /// commits the stored offset + 1, the next message to read).
+    fn last_done(p: &Partition) -> i64 {
+        p.pending.first().map_or(p.next, |&first| first) - 1
+    }
+
+    /// The offset stored for `topic`/`partition` so far, if any is done (for tests).
+    #[cfg(test)]
+    pub(crate) fn committable(&self, topic: &str, partition: i32) -> Option<i64> {
+        let parts = self.lock();
+        let p = parts.get(&(Arc::from(topic), partition))?;
+        Some(Self::last_done(p)).filter(|&o| o >= 0)
+    }
+
     fn done(&self, topic: &Arc<str>, partition: i32, offset: i64) {
         let mut parts = self.lock();
         let Some(p) = parts.get_mut(&(Arc::clone(topic), partition)) else {
             return;
         };
         p.pending.remove(&offset);
-        // Everything before the first pending message is done (librdkafka commits the stored
-        // offset + 1: the next message to read).
-        let last_done = p.pending.first().map_or(p.next, |&first| first) - 1;
+        let last_done = Self::last_done(p);
         if last_done >= 0 {
             // Fails for a partition no longer assigned (rebalanced away): its new owner reads
             // from the last commit, so this message may come twice, never zero times.
