@@ -210,7 +210,10 @@ fn a_gateway_killed_mid_run_hands_its_partitions_over_and_nothing_is_lost() {
     assert!(most <= 2, "a span came {most} times");
     // Read again only what the killed gateway had read and not committed: it had delivered it.
     let killed = s.sinks[0].spans() as u64;
-    assert!(twice <= killed, "{twice} duplicates, but the killed gateway delivered {killed}");
+    assert!(
+        twice <= killed,
+        "{twice} duplicates, but the killed gateway delivered {killed}"
+    );
     stop(agent);
     let err = stop(second);
     assert!(err.contains("kafka receiver consuming"), "{err}");
