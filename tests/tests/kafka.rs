@@ -283,6 +283,152 @@ service:
     assert!(err.contains("12000 out"), "{err}");
 }
 
+#[test]
+fn spans_cross_a_tls_only_broker() {
+    let _one = alone();
+    let pki = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = rsa_pki(pki.path());
+    let broker = Broker::start_tls(&cert, &key, &ca);
+    broker.create_topic("otlp_spans", 2);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sink = Arc::new(Sink::default());
+    let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
+    let (grpc, am, gm) = (free_port(), free_port(), free_port());
+    let tls = format!("tls: {{ca_file: {}}}", ca.display());
+    let gateway = oxeye(
+        "kafka-tls-gateway",
+        &format!(
+            "receivers:
+  kafka: {{brokers: [{broker}], initial_offset: earliest, {tls}}}
+exporters:
+  otlp: {{endpoint: http://127.0.0.1:{sink_port}}}
+service:
+  telemetry:
+    metrics: {{address: 127.0.0.1:{gm}}}
+  pipelines:
+    traces: {{receivers: [kafka], exporters: [otlp]}}
+",
+            broker = broker.address(),
+        ),
+        &[gm],
+    );
+    let agent = oxeye(
+        "kafka-tls-agent",
+        &format!(
+            "receivers:
+  otlp: {{protocols: {{grpc: {{endpoint: 127.0.0.1:{grpc}}}}}}}
+exporters:
+  kafka: {{brokers: [{broker}], {tls}}}
+service:
+  telemetry:
+    metrics: {{address: 127.0.0.1:{am}}}
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [kafka]}}
+",
+            broker = broker.address(),
+        ),
+        &[grpc, am],
+    );
+    assert_eq!(send_until_accepted(grpc, 0..100, 20_000), 0);
+    sink.wait_for(100 * PER_REQUEST as usize, Duration::from_secs(30));
+    assert_eq!(received(&sink).len(), 100 * PER_REQUEST as usize);
+    stop(agent);
+    stop(gateway);
+
+    // Without `tls:`, the TLS-only broker never answers: an error at start.
+    let yaml = format!(
+        "receivers:
+  otlp: {{protocols: {{grpc: {{endpoint: 127.0.0.1:{grpc}}}}}}}
+exporters:
+  kafka: {{brokers: [{}]}}
+service:
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [kafka]}}
+",
+        broker.address()
+    );
+    let config = oxeye_tests::temp_config("kafka-tls-plain", &yaml);
+    let out = oxeye_tests::spawn(&["run", "-c", config.to_str().expect("path")])
+        .wait_with_output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("did not answer"), "{err}");
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, RSA, made with the openssl
+/// command (nisshi does not load the ECDSA keys rcgen makes): (CA, certificate, key) files.
+fn rsa_pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (installed by tests/setup.sh)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let rsa = ["-newkey", "rsa:2048", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &rsa,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=oxeye-test-ca",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &rsa,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("write");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
 /// Waits for oxeye to end by itself (its receivers done); its stderr.
 fn stop_when_done(mut a: Agent) -> String {
     let status = a.child.0.wait().expect("wait");
