@@ -185,6 +185,18 @@ impl KafkaExporterConfig {
         if !(1..=2_097_151 / 1024).contains(&self.producer.max_buffered_mib) {
             errs.push("producer.max_buffered_mib", "must be between 1 and 2047");
         }
+        if self.librdkafka.contains_key("message.max.bytes") {
+            errs.push(
+                "librdkafka.message.max.bytes",
+                "set by the exporter from producer.max_message_bytes (messages are cut to it): set that instead",
+            );
+        }
+        if self.producer.max_message_bytes > self.producer.max_buffered_mib << 20 {
+            errs.push(
+                "producer.max_message_bytes",
+                format!("{} is more than producer.max_buffered_mib ({} MiB): such a message could never be queued", self.producer.max_message_bytes, self.producer.max_buffered_mib),
+            );
+        }
         if self.linger_ms() > 900_000 {
             errs.push("producer.linger", "at most 900s");
         }

@@ -4,7 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use oxeye_api::{Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Records, Signal};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use oxeye_api::{
+    Batch, BoxError, BuildContext, ConfigErrors, Exporter, Factory, Records, Signal, Telemetry,
+};
 use oxeye_exporter_otlp::messages::{self, Message, Resources};
 use oxeye_kafka::rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use oxeye_kafka::rdkafka::producer::{
@@ -27,8 +30,9 @@ const MAX_RECORDS: usize = 8192;
 /// How long the brokers have to answer the check at start.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long shutdown waits for messages still in librdkafka's queue to be delivered.
-const FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(10);
+/// How long shutdown waits for messages still in librdkafka's queue to be delivered: within
+/// the engine's default 10 s `shutdown_timeout`, after the receivers' drain.
+const FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(4);
 
 /// Registers `kafka`.
 pub struct KafkaExporterFactory;
@@ -66,9 +70,11 @@ struct InFlight {
 pub struct KafkaExporter {
     config: KafkaExporterConfig,
     id: String,
-    producer: Arc<FutureProducer<Context>>,
+    /// Taken by `Drop`, to be dropped off the async workers (closing it blocks).
+    producer: Option<Arc<FutureProducer<Context>>>,
     resources: Resources,
     ledger: Arc<Ledger>,
+    telemetry: Telemetry,
     signals: Vec<Signal>,
     /// Records per message at most: [`MAX_RECORDS`], fewer while messages would not fit.
     per_message: usize,
@@ -84,14 +90,19 @@ impl KafkaExporter {
             .map_err(creation_error)?;
         Ok(KafkaExporter {
             id: ctx.id,
-            producer: Arc::new(producer),
+            producer: Some(Arc::new(producer)),
             resources: Resources::new(&Default::default()),
-            ledger: Arc::new(Ledger::new(ctx.telemetry)),
+            ledger: Arc::new(Ledger::new(ctx.telemetry.clone())),
+            telemetry: ctx.telemetry,
             signals: ctx.signals,
             per_message: MAX_RECORDS,
             config,
             reports: None,
         })
+    }
+
+    fn producer(&self) -> &Arc<FutureProducer<Context>> {
+        self.producer.as_ref().expect("taken only by drop")
     }
 
     fn topic(&self, signal: Signal) -> &str {
@@ -125,7 +136,7 @@ impl KafkaExporter {
     /// Checks the brokers and topics, then starts the task that settles delivery reports.
     async fn start(&mut self) -> Result<(), BoxError> {
         let (producer, brokers, topics) = (
-            Arc::clone(&self.producer),
+            Arc::clone(self.producer()),
             self.config.brokers.clone(),
             self.topics(),
         );
@@ -141,20 +152,32 @@ impl KafkaExporter {
         let (tx, mut rx) = mpsc::unbounded_channel::<InFlight>();
         let ledger = Arc::clone(&self.ledger);
         let id = self.id.clone();
+        // Reports settle as they come (a message stuck on one partition holds up no other).
         let task = tokio::spawn(async move {
             let mut warned = false;
-            while let Some(m) = rx.recv().await {
-                match m.delivery.await {
-                    Ok(Ok(_)) => ledger.settle(m.records, m.records, ""),
-                    Ok(Err((e, _))) => {
-                        if !warned {
-                            warn!(exporter = %id, error = %e, "kafka: messages not delivered (counted as dropped, `kafka_error`); more are not logged");
-                            warned = true;
+            let mut inflight = FuturesUnordered::new();
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    m = rx.recv(), if open => match m {
+                        Some(m) => inflight.push(async move { (m.delivery.await, m.records) }),
+                        None => open = false,
+                    },
+                    Some((report, n)) = inflight.next(), if !inflight.is_empty() => match report {
+                        Ok(Ok(_)) => ledger.settle(n, n, ""),
+                        Ok(Err((KafkaError::MessageProduction(
+                            RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight,
+                        ), _)))
+                        | Err(_) => ledger.settle(n, 0, "shutdown_deadline"),
+                        Ok(Err((e, _))) => {
+                            if !warned {
+                                warn!(exporter = %id, error = %e, "kafka: messages not delivered (counted as dropped, `kafka_error`); more are not logged");
+                                warned = true;
+                            }
+                            ledger.settle(n, 0, "kafka_error");
                         }
-                        ledger.settle(m.records, 0, "kafka_error");
-                    }
-                    // Purged at the shutdown deadline: counted by `abandon`.
-                    Err(_) => ledger.settle(m.records, 0, "shutdown_deadline"),
+                    },
+                    else => break,
                 }
             }
         });
@@ -162,34 +185,74 @@ impl KafkaExporter {
         Ok(())
     }
 
-    /// `batch` as messages: (key, payload, records, signal).
-    fn encode(&mut self, batch: &Arc<Batch>) -> Vec<(Option<[u8; 16]>, Message)> {
+    /// A request as its message's payload: protobuf, or OTLP/JSON.
+    fn payload(&self, m: Message) -> Result<Vec<u8>, BoxError> {
+        match self.encoding(m.signal) {
+            Encoding::OtlpJson => json::from_protobuf(m.signal, &m.protobuf),
+            _ => Ok(m.protobuf),
+        }
+    }
+
+    /// `batch` as messages. A request that cannot be written as JSON (values nested deeper
+    /// than prost reads) has its records counted as dropped, `unencodable`.
+    fn encode(&mut self, batch: &Arc<Batch>) -> Vec<Out> {
         let batches = std::slice::from_ref(batch);
         if self.config.partition_traces_by_id && matches!(batch.records, Records::Spans(_)) {
-            return messages::requests_per_trace(&mut self.resources, batches)
+            let messages = messages::requests_per_trace(&mut self.resources, batches);
+            return messages
                 .into_iter()
-                .map(|(k, m)| (Some(k), m))
+                .filter_map(|(key, m)| self.out(Some(key), m))
                 .collect();
         }
         // Records per message are learned: cut smaller (in proportion to the overshoot) until
-        // every message fits, and grown back while messages use under half the limit, so a
+        // every payload fits, and grown back while payloads use under half the limit, so a
         // steady stream is encoded once. A single record that does not fit is sent anyway and
         // its refusal counted.
         let limit = self.config.producer.max_message_bytes as usize;
         loop {
             let max = self.per_message;
-            let out = messages::requests(&mut self.resources, batches, max);
-            let largest = out.iter().map(|m| m.protobuf.len()).max().unwrap_or(0);
+            let messages = messages::requests(&mut self.resources, batches, max);
+            let full = messages.iter().any(|m| m.records as usize == max);
+            let out: Vec<Out> = messages
+                .into_iter()
+                .filter_map(|m| self.out(None, m))
+                .collect();
+            let largest = out.iter().map(|o| o.payload.len()).max().unwrap_or(0);
             if largest > limit && max > 1 {
                 self.per_message = (max * limit / largest * 9 / 10).clamp(1, max - 1);
                 continue;
             }
-            if largest < limit / 2 && out.iter().any(|m| m.records as usize == max) {
+            if largest < limit / 2 && full {
                 self.per_message = (max * 2).min(MAX_RECORDS);
             }
-            return out.into_iter().map(|m| (None, m)).collect();
+            return out;
         }
     }
+
+    fn out(&self, key: Option<[u8; 16]>, m: Message) -> Option<Out> {
+        let (signal, records) = (m.signal, m.records);
+        match self.payload(m) {
+            Ok(payload) => Some(Out {
+                key,
+                signal,
+                records,
+                payload,
+            }),
+            Err(e) => {
+                warn!(exporter = %self.id, records, error = %e, "kafka: a request cannot be written as OTLP/JSON: its records are counted as dropped, `unencodable`");
+                self.telemetry.add_dropped("unencodable", records);
+                None
+            }
+        }
+    }
+}
+
+/// One message, ready to send.
+struct Out {
+    key: Option<[u8; 16]>,
+    signal: Signal,
+    records: u64,
+    payload: Vec<u8>,
 }
 
 #[async_trait]
@@ -198,13 +261,9 @@ impl Exporter for KafkaExporter {
         if self.reports.is_none() {
             self.start().await?;
         }
-        let messages = self.encode(&batch);
-        for (key, message) in messages {
+        for message in self.encode(&batch) {
             let topic = self.topic(message.signal).to_string();
-            let payload = match self.encoding(message.signal) {
-                Encoding::OtlpJson => json::from_protobuf(message.signal, &message.protobuf)?,
-                _ => message.protobuf,
-            };
+            let (key, payload) = (message.key, message.payload);
             self.ledger.add(message.records);
             let mut record = FutureRecord::<[u8], [u8]>::to(&topic).payload(&payload);
             if let Some(k) = &key {
@@ -212,7 +271,7 @@ impl Exporter for KafkaExporter {
             }
             // librdkafka's queue full (`producer.max_buffered_mib`): wait for room.
             let delivery = loop {
-                match self.producer.send_result(record) {
+                match self.producer().send_result(record) {
                     Ok(d) => break Some(d),
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         record = r;
@@ -261,26 +320,49 @@ impl Exporter for KafkaExporter {
     }
 
     async fn shutdown(&mut self) -> Result<(), BoxError> {
-        let Some((tx, task)) = self.reports.take() else {
+        let Some((tx, mut task)) = self.reports.take() else {
             return Ok(());
         };
         drop(tx);
-        let producer = Arc::clone(&self.producer);
+        let producer = Arc::clone(self.producer());
         let flushed = tokio::task::spawn_blocking(move || {
             let flushed = producer.flush(FLUSH_AT_SHUTDOWN);
             if flushed.is_err() {
+                // What is left is reported as purged: counted `shutdown_deadline`.
                 producer.purge(PurgeConfig::default().queue().inflight());
             }
             flushed
         })
         .await
         .map_err(|e| e.to_string())?;
-        if flushed.is_err() {
-            let n = self.ledger.abandon();
-            warn!(exporter = %self.id, records = n, "kafka: not delivered within {FLUSH_AT_SHUTDOWN:?} of shutdown (counted as dropped, `shutdown_deadline`)");
+        if tokio::time::timeout(Duration::from_secs(1), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
         }
-        let _ = task.await;
+        let left = self.ledger.abandon();
+        if flushed.is_err() || left > 0 {
+            warn!(exporter = %self.id, "kafka: not all delivered within {FLUSH_AT_SHUTDOWN:?} of shutdown: the rest is counted as dropped (`shutdown_deadline`)");
+        }
         Ok(())
+    }
+}
+
+impl Drop for KafkaExporter {
+    fn drop(&mut self) {
+        // Aborted at the engine's deadline (or shut down: nothing left then).
+        if let Some((_, task)) = self.reports.take() {
+            task.abort();
+        }
+        let n = self.ledger.abandon();
+        if n > 0 {
+            tracing::error!(exporter = %self.id, records = n, "shutdown deadline passed with messages not delivered: dropped");
+        }
+        // Dropping the producer joins its thread and flushes: not on an async worker.
+        if let Some(producer) = self.producer.take() {
+            std::thread::spawn(move || drop(producer));
+        }
     }
 }
 
@@ -290,6 +372,7 @@ mod tests {
 
     use std::collections::HashSet;
 
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use oxeye_api::testing::{check, span_batch};
     use prost::Message as _;
 
@@ -300,9 +383,12 @@ mod tests {
         KafkaExporter::new(config, BuildContext::for_test("kafka")).unwrap()
     }
 
-    fn spans_in(m: &Message) -> usize {
-        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-        let r = ExportTraceServiceRequest::decode(m.protobuf.as_slice()).unwrap();
+    fn request(m: &Out) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest::decode(m.payload.as_slice()).unwrap()
+    }
+
+    fn spans_in(m: &Out) -> usize {
+        let r = request(m);
         r.resource_spans
             .iter()
             .flat_map(|r| &r.scope_spans)
@@ -318,10 +404,9 @@ mod tests {
             let out = e.encode(&batch);
             assert!(out
                 .iter()
-                .all(|(k, m)| k.is_none() && m.protobuf.len() <= 20_000));
-            let n: usize = out.iter().map(|(_, m)| spans_in(m)).sum();
-            assert_eq!(n, 10_000);
-            assert_eq!(out.iter().map(|(_, m)| m.records).sum::<u64>(), 10_000);
+                .all(|m| m.key.is_none() && m.payload.len() <= 20_000));
+            assert_eq!(out.iter().map(spans_in).sum::<usize>(), 10_000);
+            assert_eq!(out.iter().map(|m| m.records).sum::<u64>(), 10_000);
         }
         // Learned: fewer than the 8192 default, and not cut to a handful.
         assert!(
@@ -334,42 +419,42 @@ mod tests {
     #[test]
     fn partition_traces_by_id_makes_one_message_per_trace_keyed_by_its_id() {
         let mut e = exporter("partition_traces_by_id: true");
-        let batch = Arc::new(span_batch(400)); // 4 spans a trace
-        let out = e.encode(&batch);
+        let out = e.encode(&Arc::new(span_batch(400))); // 4 spans a trace
         assert_eq!(out.len(), 100);
-        let keys: HashSet<[u8; 16]> = out.iter().map(|(k, _)| k.unwrap()).collect();
+        let keys: HashSet<[u8; 16]> = out.iter().map(|m| m.key.unwrap()).collect();
         assert_eq!(keys.len(), 100);
-        for (k, m) in &out {
-            use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-            let r = ExportTraceServiceRequest::decode(m.protobuf.as_slice()).unwrap();
-            let ids: HashSet<Vec<u8>> = r
+        for m in &out {
+            let ids: HashSet<Vec<u8>> = request(m)
                 .resource_spans
                 .iter()
                 .flat_map(|r| &r.scope_spans)
                 .flat_map(|s| &s.spans)
                 .map(|s| s.trace_id.clone())
                 .collect();
-            assert_eq!(ids, HashSet::from([k.unwrap().to_vec()]));
+            assert_eq!(ids, HashSet::from([m.key.unwrap().to_vec()]));
             assert_eq!(m.records, 4);
         }
     }
 
     #[test]
-    fn otlp_json_is_the_request_in_json() {
-        let mut e = exporter("{}");
+    fn otlp_json_is_the_request_in_json_and_fits_the_limit() {
+        let mut e = exporter("traces: {encoding: otlp_json}\nproducer: {max_message_bytes: 20000}");
         let out = e.encode(&Arc::new(span_batch(3)));
-        let json = json::from_protobuf(Signal::Traces, &out[0].1.protobuf).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out[0].payload).unwrap();
         let spans = &v["resourceSpans"][0]["scopeSpans"][0]["spans"];
         assert_eq!(spans.as_array().unwrap().len(), 3);
         // OTLP/JSON ids are hex strings.
         assert_eq!(spans[0]["traceId"], "00000000000000000000000000000001");
+        // Sized as sent: JSON is larger than the protobuf it is made from.
+        let out = e.encode(&Arc::new(span_batch(5_000)));
+        assert!(out.iter().all(|m| m.payload.len() <= 20_000));
+        assert_eq!(out.iter().map(|m| m.records).sum::<u64>(), 5_000);
     }
 
     #[test]
     fn bad_settings_are_refused_with_their_paths() {
         let err = check::<KafkaExporterFactory>(
-            "brokers: ['host'] \nproducer: {required_acks: 3, max_message_bytes: 10}\ntimeout: 0s\ntls: {cert_file: /nonexistent.pem}",
+            "brokers: ['host'] \nproducer: {required_acks: 3, max_message_bytes: 10}\ntimeout: 0s\ntls: {cert_file: /nonexistent.pem}\nlibrdkafka: {message.max.bytes: '5'}",
         )
         .unwrap_err();
         let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
@@ -380,9 +465,15 @@ mod tests {
             "timeout",
             "tls.cert_file",
             "tls",
+            "librdkafka.message.max.bytes",
         ] {
             assert!(paths.contains(&p), "{p} not in {paths:?}");
         }
+        let err = check::<KafkaExporterFactory>(
+            "producer: {max_message_bytes: 5000000, max_buffered_mib: 1}",
+        )
+        .unwrap_err();
+        assert_eq!(err.0[0].path, "producer.max_message_bytes");
         assert!(check::<KafkaExporterFactory>("{}").is_ok());
     }
 

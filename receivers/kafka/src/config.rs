@@ -115,6 +115,14 @@ impl KafkaReceiverConfig {
                 "must be more than 0s and less than session_timeout (a third of it is usual)",
             );
         }
+        for key in ["group.id", "enable.auto.commit", "enable.auto.offset.store"] {
+            if self.librdkafka.contains_key(key) {
+                errs.push(
+                    format!("librdkafka.{key}"),
+                    "set by the receiver (offsets are stored once the pipeline is done, then committed): use group_id / commit_interval",
+                );
+            }
+        }
         if self.commit_interval.is_zero() {
             errs.push("commit_interval", "must be more than 0s");
         }

@@ -27,7 +27,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a stopping receiver waits for the pipeline to be done with what it handed out, so
 /// that their offsets are committed as it leaves the group (what is not done is read again by
 /// the next owner of its partition).
-const DRAIN_AT_SHUTDOWN: Duration = Duration::from_secs(10);
+/// Within the engine's default 10 s `shutdown_timeout`, with the exporters' own drain after it.
+const DRAIN_AT_SHUTDOWN: Duration = Duration::from_secs(4);
 
 /// Registers `kafka`.
 pub struct KafkaReceiverFactory;
@@ -72,8 +73,9 @@ pub struct KafkaReceiver {
 }
 
 /// Messages that are no OTLP request of their topic's signal: skipped (their offset is
-/// committed, or they would stop the partition forever) and counted.
-const MALFORMED: &str = "oxeye_kafka_malformed_messages_total";
+/// committed, or they would stop the partition forever) and counted, per signal, as
+/// `oxeye_kafka_malformed_messages_total{source="traces"}`.
+const MALFORMED: &str = "kafka_malformed_messages";
 
 impl KafkaReceiver {
     /// (topic, signal, encoding) of every signal a pipeline takes from this receiver.
@@ -128,8 +130,8 @@ impl Receiver for KafkaReceiver {
             topics = %names.iter().zip(&partitions).map(|(t, p)| format!("{t} ({p} partitions)")).collect::<Vec<_>>().join(", "),
             "kafka receiver consuming"
         );
-        let offsets = Offsets::new(Arc::clone(&self.consumer));
-        let malformed = AtomicU64::new(0);
+        let offsets = Offsets::new(Arc::downgrade(&self.consumer));
+        let malformed: [AtomicU64; 3] = Default::default();
         let topic_names: Vec<Arc<str>> = names.iter().map(|n| Arc::from(n.as_str())).collect();
         loop {
             let message = tokio::select! {
@@ -168,10 +170,15 @@ impl Receiver for KafkaReceiver {
                     }
                 }
                 Err(e) => {
-                    let n = malformed.fetch_add(1, Ordering::Relaxed) + 1;
+                    let n = malformed[i].fetch_add(1, Ordering::Relaxed) + 1;
                     self.telemetry.set_counter(MALFORMED, signal.as_str(), n);
-                    if n == 1 {
-                        warn!(receiver = %self.id, topic = %names[i], partition, offset, error = %e, "kafka: a message is not an OTLP {signal} request: skipped and counted ({MALFORMED}); more are not logged");
+                    if malformed
+                        .iter()
+                        .map(|m| m.load(Ordering::Relaxed))
+                        .sum::<u64>()
+                        == 1
+                    {
+                        warn!(receiver = %self.id, topic = %names[i], partition, offset, error = %e, "kafka: a message is not an OTLP {signal} request: skipped and counted (oxeye_kafka_malformed_messages_total); more are not logged");
                     }
                 }
             }
@@ -221,11 +228,17 @@ mod tests {
     #[test]
     fn bad_settings_are_refused_with_their_paths() {
         let err = check::<KafkaReceiverFactory>(
-            "brokers: []\ngroup_id: ''\nsession_timeout: 5s\nheartbeat_interval: 5s\nlogs: {topic: otlp_spans}",
+            "brokers: []\ngroup_id: ''\nsession_timeout: 5s\nheartbeat_interval: 5s\nlogs: {topic: otlp_spans}\nlibrdkafka: {enable.auto.offset.store: 'true'}",
         )
         .unwrap_err();
         let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
-        for p in ["brokers", "group_id", "heartbeat_interval", "logs.topic"] {
+        for p in [
+            "brokers",
+            "group_id",
+            "heartbeat_interval",
+            "logs.topic",
+            "librdkafka.enable.auto.offset.store",
+        ] {
             assert!(paths.contains(&p), "{p} not in {paths:?}");
         }
         assert!(check::<KafkaReceiverFactory>("{}").is_ok());
@@ -239,7 +252,8 @@ mod tests {
             .consumer_config()
             .create_with_context(Context::new("test"))
             .unwrap();
-        let offsets = Offsets::new(Arc::new(consumer));
+        let consumer = Arc::new(consumer);
+        let offsets = Offsets::new(Arc::downgrade(&consumer));
         let topic: Arc<str> = Arc::from("t");
         let held: Vec<_> = (10..13)
             .map(|o| offsets.start(Arc::clone(&topic), 0, o))

@@ -5,7 +5,7 @@
 //! receiver dies is consumed again by the member that gets its partitions.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use oxeye_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
 use oxeye_kafka::Context;
@@ -21,12 +21,14 @@ struct Partition {
 
 /// The offsets of every partition this receiver consumes.
 pub(crate) struct Offsets {
-    consumer: Arc<StreamConsumer<Context>>,
+    /// Weak: the receiver owns the consumer and closes it on a blocking thread; a hold dropped
+    /// on an async worker must never be the last owner (closing blocks).
+    consumer: Weak<StreamConsumer<Context>>,
     partitions: Mutex<HashMap<(Arc<str>, i32), Partition>>,
 }
 
 impl Offsets {
-    pub(crate) fn new(consumer: Arc<StreamConsumer<Context>>) -> Arc<Offsets> {
+    pub(crate) fn new(consumer: Weak<StreamConsumer<Context>>) -> Arc<Offsets> {
         Arc::new(Offsets {
             consumer,
             partitions: Mutex::default(),
@@ -48,7 +50,9 @@ impl Offsets {
         let mut parts = self.lock();
         let p = parts.entry((Arc::clone(&topic), partition)).or_default();
         p.pending.insert(offset);
-        p.next = p.next.max(offset + 1);
+        // A partition's messages come in order: a lower offset means its log restarted (a
+        // reset, a truncation), and nothing past it may be stored as done.
+        p.next = offset + 1;
         Arc::new(Done {
             offsets: Arc::clone(self),
             topic,
@@ -86,7 +90,10 @@ impl Offsets {
         if last_done >= 0 {
             // Fails for a partition no longer assigned (rebalanced away): its new owner reads
             // from the last commit, so this message may come twice, never zero times.
-            if let Err(e) = self.consumer.store_offset(topic, partition, last_done) {
+            let Some(consumer) = self.consumer.upgrade() else {
+                return; // closed: what was not committed is read again
+            };
+            if let Err(e) = consumer.store_offset(topic, partition, last_done) {
                 debug!(%topic, partition, offset = last_done, error = %e, "kafka: offset not stored");
             }
         }
