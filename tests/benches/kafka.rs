@@ -8,7 +8,12 @@
 //! seconds per million spans (utime + stime of the exporter's process), spans/s, peak RSS;
 //! runs interleaved, medians.
 //!
+//! First, the client crates alone, producing the same messages (OTLP requests of 100 spans) to
+//! the same broker: `rdkafka` (librdkafka, what oxeye uses) and `rskafka` (pure Rust, no
+//! consumer groups), CPU seconds of this process and wall time per message.
+//!
 //!     cargo build --release -p oxeye && cargo bench -p oxeye-tests --bench kafka
+//!     OXEYE_BENCH_ONLY=clients cargo bench ...     # one part: clients or exporters
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -23,6 +28,9 @@ use oxeye_tests::free_port;
 use prost::Message as _;
 
 const PARTITIONS: i32 = 4;
+
+/// Messages per rskafka produce request (under the broker's 1 MB limit).
+const BATCH: usize = 50;
 
 fn pinned(cpu: &str, bin: &Path) -> Command {
     let mut c = Command::new("taskset");
@@ -150,12 +158,174 @@ fn run(kind: &str, oxeye: &Path, broker: &Broker, n: u64, round: usize) -> Row {
     row
 }
 
+/// An OTLP trace request of 100 spans with a few attributes each.
+fn payload() -> Vec<u8> {
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+    };
+    let spans = (0..100u64)
+        .map(|i| Span {
+            trace_id: [i.to_be_bytes(), [7; 8]].concat(),
+            span_id: (i + 1).to_be_bytes().to_vec(),
+            name: "GET /api/orders/{id}".into(),
+            start_time_unix_nano: 1_700_000_000_000_000_000 + i,
+            end_time_unix_nano: 1_700_000_000_001_000_000 + i,
+            attributes: vec![
+                kv("http.request.method", "GET"),
+                kv("url.path", "/api/orders/12345"),
+                kv("server.address", "orders.internal"),
+            ],
+            ..Span::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// This process's CPU seconds (user + system, all threads: librdkafka's too).
+fn own_cpu() -> f64 {
+    oxeye_tests::bench::cpu_seconds(std::process::id())
+}
+
+/// `n` messages through librdkafka (a FutureProducer at oxeye's defaults), all delivered:
+/// (CPU µs, wall µs) per message.
+fn rdkafka_client(broker: &Broker, topic: &str, body: &[u8], n: usize) -> (f64, f64) {
+    use oxeye_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker.address())
+            .set("linger.ms", "10")
+            .set("acks", "1")
+            .create()
+            .expect("producer");
+        let (cpu0, t0) = (own_cpu(), Instant::now());
+        let mut pending = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut record = FutureRecord::<(), [u8]>::to(topic).payload(body);
+            loop {
+                match producer.send_result(record) {
+                    Ok(d) => break pending.push(d),
+                    Err((_, r)) => {
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        }
+        for d in pending {
+            d.await.expect("delivery").expect("delivered");
+        }
+        let per = |x: f64| x * 1e6 / n as f64;
+        (per(own_cpu() - cpu0), per(t0.elapsed().as_secs_f64()))
+    })
+}
+
+/// The same through rskafka: one produce request of [`BATCH`] messages at a time per
+/// partition, partitions in parallel (it has no batching of its own).
+fn rskafka_client(broker: &Broker, topic: &str, body: &[u8], n: usize) -> (f64, f64) {
+    use rskafka::client::partition::{Compression, UnknownTopicHandling};
+    use rskafka::client::ClientBuilder;
+    use rskafka::record::Record;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = ClientBuilder::new(vec![broker.address()])
+            .build()
+            .await
+            .expect("rskafka client");
+        let mut partitions = Vec::new();
+        for p in 0..PARTITIONS {
+            partitions.push(
+                client
+                    .partition_client(topic, p, UnknownTopicHandling::Retry)
+                    .await
+                    .expect("partition client"),
+            );
+        }
+        let (cpu0, t0) = (own_cpu(), Instant::now());
+        let per_partition = n / PARTITIONS as usize;
+        let body = std::sync::Arc::new(body.to_vec());
+        let sends = partitions.into_iter().map(|pc| {
+            let body = std::sync::Arc::clone(&body);
+            async move {
+                for _ in 0..per_partition / BATCH {
+                    let records = (0..BATCH)
+                        .map(|_| Record {
+                            key: None,
+                            value: Some(body.to_vec()),
+                            headers: Default::default(),
+                            timestamp: chrono::Utc::now(),
+                        })
+                        .collect();
+                    pc.produce(records, Compression::NoCompression)
+                        .await
+                        .expect("produce");
+                }
+            }
+        });
+        let tasks: Vec<_> = sends.map(tokio::spawn).collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let per = |x: f64| x * 1e6 / n as f64;
+        (per(own_cpu() - cpu0), per(t0.elapsed().as_secs_f64()))
+    })
+}
+
+fn clients(broker: &Broker, quick: bool) {
+    let n = if quick { 2_000 } else { 20_000 };
+    let runs = if quick { 1 } else { 5 };
+    let body = payload();
+    let mut rows = [(); 2].map(|_| (Vec::new(), Vec::new()));
+    for round in 0..runs {
+        for (i, name) in ["rdkafka", "rskafka"].iter().enumerate() {
+            let topic = format!("clients-{name}-{round}");
+            broker.create_topic(&topic, PARTITIONS as u32);
+            let (cpu, wall) = if i == 0 {
+                rdkafka_client(broker, &topic, &body, n)
+            } else {
+                rskafka_client(broker, &topic, &body, n)
+            };
+            rows[i].0.push(cpu);
+            rows[i].1.push(wall);
+        }
+    }
+    println!(
+        "kafka clients: {n} messages of {} bytes (an OTLP request of 100 spans), {runs} interleaved runs, medians",
+        body.len()
+    );
+    for (name, (cpu, wall)) in ["rdkafka", "rskafka"].iter().zip(rows) {
+        let (cpu, wall) = (median(cpu), median(wall));
+        println!("  {name:<8} {cpu:>6.2} µs CPU per message, {wall:>6.2} µs wall per message ({:.0} messages/s)", 1e6 / wall);
+    }
+}
+
 fn main() {
     let quick = quick();
     let oxeye = oxeye_tests::bench::release_oxeye(quick);
     let n: u64 = if quick { 20_000 } else { 500_000 };
     let runs = if quick { 1 } else { 5 };
     let broker = Broker::start();
+    let only = std::env::var("OXEYE_BENCH_ONLY").unwrap_or_default();
+    if "clients".contains(&only) {
+        clients(&broker, quick);
+    }
+    if !"exporters".contains(&only) {
+        return;
+    }
     let kinds = ["oxeye", "oxeye by trace id", "rotel"];
     let mut rows: Vec<Vec<Row>> = kinds.iter().map(|_| Vec::new()).collect();
     for round in 0..runs {
