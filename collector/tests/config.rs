@@ -107,10 +107,10 @@ fn component_validation_errors_carry_the_path() {
 
 #[test]
 fn unknown_type_lists_registered_types() {
-    let errs = errors(&GOOD.replace("  nop:\n", "  nop:\n  kafka:\n"));
-    let e = at(&errs, "exporters.kafka");
+    let errs = errors(&GOOD.replace("  nop:\n", "  nop:\n  zipkin:\n"));
+    let e = at(&errs, "exporters.zipkin");
     assert!(
-        e.message.contains("unknown exporter type `kafka`"),
+        e.message.contains("unknown exporter type `zipkin`"),
         "{}",
         e.message
     );
