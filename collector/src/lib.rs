@@ -22,6 +22,7 @@ pub mod builtin {
     pub use oxeye_connector_flowmetrics as flowmetrics;
     pub use oxeye_connector_spanmetrics as spanmetrics;
     pub use oxeye_exporter_arrow as arrow;
+    #[cfg(feature = "kafka")]
     pub use oxeye_exporter_kafka as kafka;
     pub use oxeye_exporter_nop as nop_exporter;
     pub use oxeye_exporter_otlp as otlp;
@@ -39,6 +40,7 @@ pub mod builtin {
     pub use oxeye_processor_tail_sampling as tail_sampling;
     pub use oxeye_processor_transform as transform;
     pub use oxeye_receiver_ebpf as ebpf;
+    #[cfg(feature = "kafka")]
     pub use oxeye_receiver_kafka as kafka_receiver;
     pub use oxeye_receiver_otlp as otlp_receiver;
     pub use oxeye_receiver_synthetic as synthetic;
