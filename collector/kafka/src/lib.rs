@@ -8,7 +8,7 @@ use serde::Deserialize;
 mod check;
 mod context;
 pub use check::check;
-pub use context::Context;
+pub use context::{Context, QUIET};
 pub use rdkafka;
 
 /// `localhost:9092`, as the Collector's Kafka components default.

@@ -133,6 +133,7 @@ impl Receiver for KafkaReceiver {
         let offsets = Offsets::new(Arc::downgrade(&self.consumer));
         let malformed: [AtomicU64; 3] = Default::default();
         let topic_names: Vec<Arc<str>> = names.iter().map(|n| Arc::from(n.as_str())).collect();
+        let mut last_error: Option<(String, std::time::Instant)> = None;
         loop {
             let message = tokio::select! {
                 _ = ctx.shutdown().wait() => break,
@@ -142,8 +143,15 @@ impl Receiver for KafkaReceiver {
                 Ok(m) => m,
                 Err(e) => {
                     // librdkafka reconnects by itself; errors here are transient (a broker
-                    // down, a rebalance): say so and go on.
-                    warn!(receiver = %self.id, error = %e, "kafka: consumer error");
+                    // down, a rebalance): say so (once per error and QUIET) and go on.
+                    let said = e.to_string();
+                    if last_error
+                        .as_ref()
+                        .is_none_or(|(m, t)| *m != said || t.elapsed() > oxeye_kafka::QUIET)
+                    {
+                        warn!(receiver = %self.id, error = %said, "kafka: consumer error (librdkafka retries; repeats within {:?} are not logged)", oxeye_kafka::QUIET);
+                        last_error = Some((said, std::time::Instant::now()));
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
