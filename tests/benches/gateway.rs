@@ -13,7 +13,7 @@
 //!     OXEYE_BENCH_SIGNALS=metrics,logs ...    # these signals only (default: all three)
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use oxeye_tests::bench::{cpu_seconds, median, quick};
+use oxeye_tests::bench::{cpu_seconds, median, pinned, quick};
 use oxeye_tests::free_port;
 
 /// Counts the records it receives (spans, data points, log records) and throws them away.
@@ -115,13 +115,6 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .expect("VmHWM")
         / 1024.0
-}
-
-fn pinned(cpu: &str, bin: &Path) -> Command {
-    let mut c = Command::new("taskset");
-    c.args(["-c", cpu]).arg(bin);
-    c.stdout(Stdio::null()).stderr(Stdio::null());
-    c
 }
 
 /// The gateway under test, listening on `port`, sending to the sink on `sink`.

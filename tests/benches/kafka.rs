@@ -16,13 +16,13 @@
 //!     OXEYE_BENCH_ONLY=clients cargo bench ...     # one part: clients or exporters
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use oxeye_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use oxeye_kafka::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use oxeye_tests::bench::{cpu_seconds, median, quick};
+use oxeye_tests::bench::{cpu_seconds, median, pinned, quick};
 use oxeye_tests::broker::Broker;
 use oxeye_tests::free_port;
 use prost::Message as _;
@@ -31,13 +31,6 @@ const PARTITIONS: i32 = 4;
 
 /// Messages per rskafka produce request (under the broker's 1 MB limit).
 const BATCH: usize = 50;
-
-fn pinned(cpu: &str, bin: &Path) -> Command {
-    let mut c = Command::new("taskset");
-    c.args(["-c", cpu]).arg(bin);
-    c.stdout(Stdio::null()).stderr(Stdio::null());
-    c
-}
 
 /// The exporter under test: OTLP/gRPC in on `port`, Kafka out to `topic`.
 fn start(kind: &str, oxeye: &Path, broker: &Broker, port: u16, topic: &str, dir: &Path) -> Child {

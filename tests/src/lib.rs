@@ -484,6 +484,16 @@ pub mod bench {
         bytes
     }
 
+    /// `bin` pinned to `cpu` with taskset, its output thrown away (a process under
+    /// measurement must not pay for writing logs).
+    pub fn pinned(cpu: &str, bin: &std::path::Path) -> std::process::Command {
+        let mut c = std::process::Command::new("taskset");
+        c.args(["-c", cpu]).arg(bin);
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    }
+
     /// utime + stime of a live process, seconds (/proc/<pid>/stat; 0 when it is gone).
     pub fn cpu_seconds(pid: u32) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
