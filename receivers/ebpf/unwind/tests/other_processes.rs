@@ -1,0 +1,333 @@
+//! The walk on other processes stopped at random moments (ptrace): a C program built with
+//! `-O2 -fomit-frame-pointer`, a Rust release binary without frame pointers, and Debian's `xz`.
+//! Each sample's stack must reach the process's start; frame pointers alone must not.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oxeye_unwind::{walk, End, Objects, Process, Regs, Rule};
+
+const C_PROGRAM: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+volatile unsigned long sink;
+__attribute__((noinline)) void leaf_a(void) { for (int i = 0; i < 300000; i++) sink += i * 7; }
+__attribute__((noinline)) void leaf_b(void) { for (int i = 0; i < 100000; i++) sink += i * 3; }
+__attribute__((noinline)) void level4(void) { leaf_a(); leaf_b(); sink++; }
+__attribute__((noinline)) void level3(void) { level4(); sink++; }
+/* A path on the stack: what a frame-pointer walk reads as return addresses here. */
+__attribute__((noinline)) void level2(const char *p) {
+  char path[64]; strncpy(path, p, sizeof path); sink += path[5]; level3(); sink += path[9];
+}
+__attribute__((noinline)) void level1(void) { level2("/usr/lib/oxeye/bar/baz.so"); sink++; }
+int main(int argc, char **argv) {
+  time_t end = time(0) + atoi(argv[1]);
+  while (time(0) < end) level1();
+  return 0;
+}
+"#;
+
+const RUST_PROGRAM: &str = r#"
+use std::hint::black_box;
+#[inline(never)] fn leaf_a(s: &mut u64) { for i in 0..300_000u64 { *s = black_box(*s + i * 7); } }
+#[inline(never)] fn leaf_b(s: &mut u64) { for i in 0..100_000u64 { *s = black_box(*s + i * 3); } }
+#[inline(never)] fn level4(s: &mut u64) -> u64 { leaf_a(s); leaf_b(s); black_box(*s) + 1 }
+#[inline(never)] fn level3(s: &mut u64) -> u64 { black_box(level4(s)) + 1 }
+#[inline(never)] fn level2(s: &mut u64) -> u64 { black_box(level3(s)) + 1 }
+#[inline(never)] fn level1(s: &mut u64) -> u64 { black_box(level2(s)) + 1 }
+fn main() {
+    let secs: u64 = std::env::args().nth(1).unwrap().parse().unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut s = 0;
+    while std::time::Instant::now() < end { black_box(level1(&mut s)); }
+}
+"#;
+
+/// A traced child, killed on drop.
+struct Traced(Child);
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ptrace(req: libc::c_uint, pid: u32, data: *mut libc::c_void) -> i64 {
+    unsafe {
+        libc::ptrace(
+            req,
+            pid as libc::pid_t,
+            std::ptr::null_mut::<libc::c_void>(),
+            data,
+        )
+    }
+}
+
+/// The registers of `pid` at a moment it is running: interrupt, read, let go.
+fn stop_and_read(pid: u32) -> Option<libc::user_regs_struct> {
+    if ptrace(libc::PTRACE_INTERRUPT, pid, std::ptr::null_mut()) != 0 {
+        return None;
+    }
+    let mut status = 0;
+    unsafe { libc::waitpid(pid as i32, &mut status, libc::__WALL) };
+    if !libc::WIFSTOPPED(status) {
+        return None;
+    }
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    let ok = ptrace(
+        libc::PTRACE_GETREGS,
+        pid,
+        (&mut regs as *mut libc::user_regs_struct).cast(),
+    ) == 0;
+    ptrace(libc::PTRACE_CONT, pid, std::ptr::null_mut());
+    ok.then_some(regs)
+}
+
+struct Stack {
+    names: Vec<String>,
+    end: End,
+}
+
+/// `n` samples of `child`'s stack (about 0.5 ms apart), each walked with the tables and, when
+/// `tables` is false, with frame pointers only.
+fn sample(child: &Child, n: usize, tables: bool) -> Vec<Stack> {
+    let pid = child.id();
+    assert_eq!(
+        unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid as i32, 0, 0) },
+        0,
+        "PTRACE_SEIZE: {}",
+        std::io::Error::last_os_error()
+    );
+    // Past the dynamic loader: the mappings are those of the running program.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut objects = Objects::default();
+    let process = Process::load(pid, &mut objects).unwrap();
+    let mut names = common::Names::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stacks = Vec::new();
+    while stacks.len() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(300 + fastrand::u64(..400)));
+        let Some(r) = stop_and_read(pid) else {
+            continue;
+        };
+        let regs = Regs {
+            pc: r.rip,
+            sp: r.rsp,
+            bp: r.rbp,
+        };
+        let rule = |pc| {
+            if tables {
+                process.rule(pc)
+            } else {
+                None::<Rule>
+            }
+        };
+        let (pcs, end) = walk(rule, |a| common::read(pid, a), regs, 127);
+        let names = pcs
+            .iter()
+            .map(|&pc| {
+                names
+                    .name(&process, pc)
+                    .unwrap_or_else(|| format!("{pc:#x}"))
+            })
+            .collect();
+        stacks.push(Stack { names, end });
+    }
+    assert_eq!(stacks.len(), n, "sampling took longer than 30 s");
+    stacks
+}
+
+fn build_c(dir: &Path) -> std::path::PathBuf {
+    let src = dir.join("tree.c");
+    std::fs::write(&src, C_PROGRAM).unwrap();
+    let bin = dir.join("tree-c");
+    let st = Command::new("cc")
+        .args(["-O2", "-fomit-frame-pointer", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    bin
+}
+
+fn build_rust(dir: &Path) -> std::path::PathBuf {
+    let src = dir.join("tree.rs");
+    std::fs::write(&src, RUST_PROGRAM).unwrap();
+    let bin = dir.join("tree-rust");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let st = Command::new(rustc)
+        .args(["-O", "-C", "force-frame-pointers=no", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    bin
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("oxeye-unwind-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The call tree's frames, outermost first, that a complete stack must end with.
+fn tree_from_main(names: &[String], tree: &[&str]) -> bool {
+    // Innermost first: [leaf, level4, level3, level2, level1, main, ...].
+    let inner: Vec<&String> = names.iter().take(tree.len()).collect();
+    inner.len() == tree.len() && inner.iter().zip(tree).all(|(n, t)| n.contains(t))
+}
+
+fn check_tree(stacks: &[Stack], main: &str, what: &str) {
+    let n = stacks.len();
+    let tree = |leaf| [leaf, "level4", "level3", "level2", "level1", main];
+    let (mut a, mut b, mut complete) = (0, 0, 0);
+    for s in stacks {
+        if s.end == End::Complete {
+            complete += 1;
+        }
+        if s.end == End::Complete && tree_from_main(&s.names, &tree("leaf_a")) {
+            a += 1;
+        } else if s.end == End::Complete && tree_from_main(&s.names, &tree("leaf_b")) {
+            b += 1;
+        }
+    }
+    let in_leaves = stacks
+        .iter()
+        .filter(|s| s.names.first().is_some_and(|f| f.contains("leaf_")))
+        .count();
+    let ratio = a as f64 / b.max(1) as f64;
+    eprintln!("{what}: {n} samples, {complete} complete; in a leaf: {in_leaves}, of which the whole tree to {main}: {a} leaf_a + {b} leaf_b = {:.1} %; split {ratio:.2} : 1", 100.0 * (a + b) as f64 / in_leaves as f64);
+    for s in stacks.iter().filter(|s| s.end != End::Complete).take(3) {
+        eprintln!("  incomplete ({:?}): {}", s.end, s.names.join(" ← "));
+    }
+    assert!(
+        in_leaves * 10 >= n * 8,
+        "{what}: only {in_leaves} of {n} samples in a leaf"
+    );
+    assert!(
+        (a + b) * 100 >= in_leaves * 95,
+        "{what}: {} of {in_leaves} leaf samples carry the whole stack to {main}",
+        a + b
+    );
+    assert!(
+        (ratio - 3.0).abs() <= 0.4,
+        "{what}: split {ratio:.2} : 1, not 3 : 1"
+    );
+}
+
+#[test]
+fn c_without_frame_pointers_unwinds_to_main() {
+    let dir = tempdir("c");
+    let bin = build_c(&dir);
+    let child = Traced(
+        Command::new(&bin)
+            .arg("60")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stacks = sample(&child.0, 3000, true);
+    check_tree(&stacks, "main", "C -O2 -fomit-frame-pointer, tables");
+    // The same process with frame pointers only: never the tree, and nothing made up is
+    // presented as complete.
+    let fp = sample_again(&child, 300);
+    let complete = fp.iter().filter(|s| s.end == End::Complete).count();
+    eprintln!("frame pointers only: {complete} of {} complete", fp.len());
+    assert!(
+        complete * 10 < fp.len(),
+        "frame pointers alone walked {complete} stacks to the end"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// More samples of an already traced child, frame pointers only.
+fn sample_again(child: &Traced, n: usize) -> Vec<Stack> {
+    let pid = child.0.id();
+    let mut objects = Objects::default();
+    let process = Process::load(pid, &mut objects).unwrap();
+    let mut names = common::Names::default();
+    let mut out = Vec::new();
+    while out.len() < n {
+        std::thread::sleep(Duration::from_micros(300));
+        let Some(r) = stop_and_read(pid) else {
+            continue;
+        };
+        let regs = Regs {
+            pc: r.rip,
+            sp: r.rsp,
+            bp: r.rbp,
+        };
+        let (pcs, end) = walk(|_| None, |a| common::read(pid, a), regs, 127);
+        let names = pcs
+            .iter()
+            .map(|&pc| names.name(&process, pc).unwrap_or_default())
+            .collect();
+        out.push(Stack { names, end });
+    }
+    out
+}
+
+#[test]
+fn rust_release_without_frame_pointers_unwinds_to_main() {
+    let dir = tempdir("rust");
+    let bin = build_rust(&dir);
+    let child = Traced(Command::new(&bin).arg("60").spawn().unwrap());
+    let stacks = sample(&child.0, 3000, true);
+    check_tree(&stacks, "main", "Rust release, no frame pointers, tables");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn debian_xz_unwinds_to_libc_start_main() {
+    let dir = tempdir("xz");
+    // 40 MB that compress slowly enough to sample: text with numbers in it.
+    let mut data = String::with_capacity(40 << 20);
+    let mut i = 0u64;
+    while data.len() < 40 << 20 {
+        i = i
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        data.push_str(&format!(
+            "span {} took {} µs on node-{}\n",
+            i >> 40,
+            (i >> 20) & 0xfff,
+            i & 7
+        ));
+    }
+    let input = dir.join("input.txt");
+    std::fs::write(&input, data).unwrap();
+    let child = Traced(
+        Command::new("xz")
+            .args(["-6", "-T1", "-c"])
+            .arg(&input)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stacks = sample(&child.0, 1000, true);
+    let reached = stacks
+        .iter()
+        .filter(|s| s.end == End::Complete && s.names.iter().any(|n| n == "__libc_start_main"))
+        .count();
+    eprintln!(
+        "xz: {reached} of {} samples complete through __libc_start_main",
+        stacks.len()
+    );
+    for s in stacks.iter().filter(|s| s.end != End::Complete).take(3) {
+        eprintln!("  incomplete ({:?}): {}", s.end, s.names.join(" ← "));
+    }
+    assert!(
+        reached * 100 >= stacks.len() * 95,
+        "xz: {reached} of {} samples reach __libc_start_main",
+        stacks.len()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
