@@ -125,3 +125,58 @@ impl Drop for Burn {
         let _ = self.child.wait();
     }
 }
+
+/// Builds the unwinding workload (tests/workloads/tree.c) into `dir/tree-c` with `-O2
+/// -fomit-frame-pointer`, and tests/workloads/tree.rs into `dir/tree-rust` with `rustc -O`
+/// and no frame pointers; returns both paths.
+pub fn build_trees(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let (c, rust) = (dir.join("tree-c"), dir.join("tree-rust"));
+    let src = |name: &str| format!("{}/workloads/{name}", env!("CARGO_MANIFEST_DIR"));
+    let built = |what: &str, out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let out = Command::new("gcc")
+        .args(["-O2", "-fomit-frame-pointer", "-o"])
+        .arg(&c)
+        .arg(src("tree.c"))
+        .output()
+        .expect("gcc");
+    built("gcc", out);
+    let out = Command::new("rustc")
+        .args(["-O", "-C", "force-frame-pointers=no", "-o"])
+        .arg(&rust)
+        .arg(src("tree.rs"))
+        .output()
+        .expect("rustc");
+    built("rustc", out);
+    (c, rust)
+}
+
+/// Samples of one process (its comm) in folded stack lines: (whole tree from `_start` through
+/// `main` down to leaf_a, the same to leaf_b, all).
+pub fn tree_counts(folded: &str, comm: &str) -> (u64, u64, u64) {
+    let (mut a, mut b, mut all) = (0, 0, 0);
+    for line in folded
+        .lines()
+        .filter(|l| l.starts_with(&format!("{comm};")))
+    {
+        let (stack, n) = line.rsplit_once(' ').expect("`stack count`");
+        let n: u64 = n.parse().expect("count");
+        all += n;
+        // Rust names carry their crate (`tree_rust::level1`).
+        let frames: Vec<&str> = stack
+            .split(';')
+            .map(|f| f.rsplit("::").next().unwrap_or(f))
+            .collect();
+        let complete = frames.get(1) == Some(&"_start");
+        let tree = |leaf| frames.ends_with(&["main", "level1", "level2", "level3", "level4", leaf]);
+        a += n * (complete && tree("leaf_a")) as u64;
+        b += n * (complete && tree("leaf_b")) as u64;
+    }
+    (a, b, all)
+}

@@ -525,3 +525,116 @@ fn a_filter_that_matches_nothing_and_a_missing_process_say_so() {
         "{stderr}"
     );
 }
+
+/// Profiles `bin SECONDS` (pid-filtered, 999 Hz) with `unwind`; returns the folded stacks and
+/// oxeye's stderr.
+fn profile_run(bin: &std::path::Path, args: &[&str], unwind: &str) -> (String, String) {
+    let mut child = KillOnDrop(
+        Command::new(bin)
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the workload"),
+    );
+    let yaml = format!(
+        "receivers:\n  ebpf:\n    profiles: {{frequency: {FREQUENCY}, window: 2s, pid: {pid}, stacks: user, unwind: {unwind}}}\n\
+         processors:\n  symbolization: {{}}\n\
+         exporters:\n  stdout: {{format: folded}}\n\
+         service:\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [stdout]}}\n",
+        pid = child.0.id(),
+    );
+    let ox = Oxeye::start("unwind", &yaml, 0);
+    child.0.wait().expect("workload exit");
+    ox.stop()
+}
+
+#[test]
+fn stacks_without_frame_pointers_reach_main_with_unwind_tables() {
+    require_root();
+    let _one = serial();
+    let dir = std::env::temp_dir().join(format!("oxeye-tree-{}", std::process::id()));
+    let (c, rust) = oxeye_tests::burn::build_trees(&dir);
+    for (bin, comm) in [(&c, "tree-c"), (&rust, "tree-rust")] {
+        let (folded, stderr) = profile_run(bin, &["6"], "tables");
+        let (a, b, all) = oxeye_tests::burn::tree_counts(&folded, comm);
+        let ratio = a as f64 / b.max(1) as f64;
+        eprintln!("{comm}, unwind tables: {all} samples, whole stack to main: {a} leaf_a + {b} leaf_b ({:.1} %), split {ratio:.3}", 100.0 * (a + b) as f64 / all.max(1) as f64);
+        assert!(all >= 3000, "{comm}: {all} samples\n{stderr}");
+        assert!(
+            (a + b) * 100 >= all * 95,
+            "{comm}: {} of {all} samples carry the whole stack to main\n{folded}",
+            a + b
+        );
+        assert!(
+            (2.7..=3.3).contains(&ratio),
+            "{comm}: split {ratio:.2}, expected 3.0 ± 0.3\n{folded}"
+        );
+        assert!(
+            stderr.contains("profiles: user stacks walked with unwind tables"),
+            "{stderr}"
+        );
+    }
+    // Frame pointers alone: the same C program's stacks stop short of main.
+    let (folded, _) = profile_run(&c, &["2"], "frame_pointers");
+    let (a, b, all) = oxeye_tests::burn::tree_counts(&folded, "tree-c");
+    eprintln!(
+        "tree-c, frame pointers: {all} samples, {} with the whole stack",
+        a + b
+    );
+    assert!(
+        all > 500 && (a + b) * 10 < all,
+        "frame pointers walked {} of {all} stacks to main\n{folded}",
+        a + b
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn debian_xz_stacks_reach_libc_start_with_unwind_tables() {
+    require_root();
+    let _one = serial();
+    let dir = std::env::temp_dir().join(format!("oxeye-xz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // 12 MB of text with numbers: about 6 s of compression.
+    let mut data = String::with_capacity(12 << 20);
+    let mut i = 0u64;
+    while data.len() < 12 << 20 {
+        i = i
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        data.push_str(&format!(
+            "span {} took {} us on node-{}\n",
+            i >> 40,
+            (i >> 20) & 0xfff,
+            i & 7
+        ));
+    }
+    let input = dir.join("input.txt");
+    std::fs::write(&input, data).expect("input");
+    let input = input.display().to_string();
+    let (folded, stderr) = profile_run(
+        std::path::Path::new("/usr/bin/xz"),
+        &["-6", "-T1", "-c", &input],
+        "tables",
+    );
+    let (mut reached, mut all) = (0, 0);
+    for line in folded.lines().filter(|l| l.starts_with("xz;")) {
+        let (stack, n) = line.rsplit_once(' ').expect("`stack count`");
+        let n: u64 = n.parse().expect("count");
+        let frames: Vec<&str> = stack.split(';').collect();
+        all += n;
+        // xz is stripped (its `_start` and `main` are addresses): the root is xz's `_start`,
+        // then libc's start, then xz's main and liblzma's frames (at least two).
+        reached += n
+            * (frames[1].starts_with("xz+")
+                && frames.get(2) == Some(&"__libc_start_main_impl")
+                && frames.get(3) == Some(&"__libc_start_call_main")
+                && frames.len() >= 6) as u64;
+    }
+    eprintln!(
+        "xz, unwind tables: {reached} of {all} samples from _start through __libc_start_call_main"
+    );
+    assert!(all >= 1000, "{all} samples\n{stderr}");
+    assert!(reached * 100 >= all * 95, "{reached} of {all}\n{folded}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -372,6 +372,72 @@ pub struct ProfileConfig {
     pub exclude_pid: u32,
 }
 
+// Unwinding user stacks with tables (`profiles.unwind: tables`, program `oxeye_profile_unwind`).
+
+/// Executable mappings per process the walker knows (sorted by start; further ones have none).
+pub const UNWIND_MAX_MAPPINGS: usize = 64;
+/// Distinct rules over all objects (`UNWIND_RULES`).
+pub const UNWIND_MAX_RULES: u32 = 1 << 14;
+
+/// One executable mapping of a process: `pc - bias` is an address of its object, whose deltas
+/// are `UNWIND_DELTAS[first..first + count]` (count 0: no table).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    pub start: u64,
+    pub end: u64,
+    pub bias: u64,
+    pub first: u32,
+    pub count: u32,
+}
+
+/// A process's mappings (`UNWIND_PROCS`, by tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnwindProcess {
+    /// Mappings used, sorted by start.
+    pub n: u32,
+    pub _pad: u32,
+    pub mappings: [UnwindMapping; UNWIND_MAX_MAPPINGS],
+}
+
+/// A rule (`UNWIND_RULES`): how to find the caller's registers (see `oxeye_unwind::Rule`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UnwindRule {
+    /// `UR_*`.
+    pub kind: u8,
+    /// `CFA_*` (kind `UR_FRAME`).
+    pub cfa: u8,
+    /// `RBP_*` (kind `UR_FRAME`).
+    pub rbp: u8,
+    /// `UR_PLT`'s threshold.
+    pub threshold: u8,
+    pub cfa_off: i32,
+    pub rbp_off: i32,
+}
+
+pub const UR_FRAME: u8 = 0;
+pub const UR_PLT: u8 = 1;
+pub const UR_SIGNAL: u8 = 2;
+pub const UR_STOP: u8 = 3;
+pub const UR_INVALID: u8 = 4;
+pub const CFA_RSP: u8 = 0;
+pub const CFA_RBP: u8 = 1;
+pub const CFA_DEREF_RSP: u8 = 2;
+pub const CFA_DEREF_RBP: u8 = 3;
+pub const RBP_SAME: u8 = 0;
+pub const RBP_AT_CFA: u8 = 1;
+pub const RBP_AT_RBP: u8 = 2;
+
+/// `ProfileSampleEvent::flags`: the user stack was walked with tables and ended at the
+/// outermost frame.
+pub const SAMPLE_UNWOUND_COMPLETE: u32 = 1;
+/// Walked with tables, and cut short (no table and no frame pointer, unreadable memory, depth).
+pub const SAMPLE_UNWOUND_TRUNCATED: u32 = 2;
+/// The process has no tables loaded yet: frame pointers were used; user space loads them.
+pub const SAMPLE_UNWIND_UNKNOWN_PROCESS: u32 = 4;
+
 /// One stack sample, as written to the ring buffer (fixed size: a reservation must be).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -392,8 +458,8 @@ pub struct ProfileSampleEvent {
     pub kstack_len: u32,
     /// User frames in `user[..ustack_len]`.
     pub ustack_len: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// `SAMPLE_*` bits (0 with frame pointers only).
+    pub flags: u32,
     /// Task comm.
     pub comm: [u8; 16],
     /// Kernel stack, innermost first.
@@ -416,8 +482,14 @@ pub const P_FILTERED: u32 = 4;
 pub const P_IDLE: u32 = 5;
 /// Samples of oxeye itself (`include_oxeye: false`): not sent.
 pub const P_OWN: u32 = 6;
+/// User stacks walked with tables to the outermost frame.
+pub const P_UNWOUND_COMPLETE: u32 = 7;
+/// User stacks walked with tables and cut short.
+pub const P_UNWOUND_TRUNCATED: u32 = 8;
+/// Samples of processes without tables yet (frame pointers used).
+pub const P_UNWIND_UNKNOWN_PROCESS: u32 = 9;
 /// Counter names, by slot.
-pub const PROFILE_COUNTER_NAMES: [&str; 7] = [
+pub const PROFILE_COUNTER_NAMES: [&str; 10] = [
     "ebpf_profile_samples",
     "ebpf_profile_ringbuf_full",
     "ebpf_profile_kernel_stack_failures",
@@ -425,6 +497,9 @@ pub const PROFILE_COUNTER_NAMES: [&str; 7] = [
     "ebpf_profile_filtered_samples",
     "ebpf_profile_idle_samples",
     "ebpf_profile_own_samples",
+    "ebpf_profile_unwound_complete",
+    "ebpf_profile_unwound_truncated",
+    "ebpf_profile_unwind_unknown_process",
 ];
 
 /// Key of the benchmark-only in-kernel aggregation (`oxeye_profile_counted`): one count per
@@ -457,6 +532,12 @@ mod profile_pod {
     unsafe impl aya::Pod for super::ProfileConfig {}
     // SAFETY: as above (four 4-byte integers and a u64: no padding).
     unsafe impl aya::Pod for super::CountedKey {}
+    // SAFETY: plain #[repr(C)] data: u64s and u32s, no padding (32 bytes).
+    unsafe impl aya::Pod for super::UnwindMapping {}
+    // SAFETY: two u32s then 32-byte mappings: no padding.
+    unsafe impl aya::Pod for super::UnwindProcess {}
+    // SAFETY: four u8s then two i32s: no padding (12 bytes).
+    unsafe impl aya::Pod for super::UnwindRule {}
 }
 
 /// Longest executable path kept from an exec (bytes, with the NUL).

@@ -28,10 +28,13 @@ use aya_ebpf::{
 mod task_storage;
 use oxeye_ebpf_common::{
     CountedKey, ProfileConfig, ProfileSampleEvent, ThreadState, MAX_DEPTH, PROFILE_STACK_DEPTH,
-    P_FILTERED, P_IDLE, P_KSTACK_FAILURES, P_OWN, P_RINGBUF_FULL, P_SAMPLES, P_USTACK_FAILURES,
-    STACK_KERNEL, STACK_USER,
+    P_FILTERED, P_IDLE, P_KSTACK_FAILURES, P_OWN, P_RINGBUF_FULL, P_SAMPLES,
+    P_UNWIND_UNKNOWN_PROCESS, P_UNWOUND_COMPLETE, P_UNWOUND_TRUNCATED, P_USTACK_FAILURES,
+    SAMPLE_UNWIND_UNKNOWN_PROCESS, SAMPLE_UNWOUND_COMPLETE, STACK_KERNEL, STACK_USER,
 };
 use task_storage::TaskStorage;
+mod unwind;
+use unwind::UNWIND_PROCS;
 
 /// The span programs' per-thread state (same definition as in `spans.rs`): reused through a
 /// pin when spans run, so a sample knows the span open on its thread.
@@ -44,7 +47,7 @@ static SAMPLES: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 static PROFILE_CONFIG: Array<ProfileConfig> = Array::with_max_entries(1, 0);
 /// Indexed by `P_*`.
 #[map]
-static PROFILE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
+static PROFILE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(16, 0);
 
 /// Wake the reader once this many bytes wait in the ring (set at load).
 #[unsafe(no_mangle)]
@@ -106,6 +109,17 @@ fn open_span() -> ([u8; 16], u64) {
 
 #[perf_event]
 pub fn oxeye_profile(ctx: PerfEventContext) -> u32 {
+    sample(ctx, false)
+}
+
+/// The same, with user stacks walked with unwind tables (`profiles.unwind: tables`).
+#[perf_event]
+pub fn oxeye_profile_unwind(ctx: PerfEventContext) -> u32 {
+    sample(ctx, true)
+}
+
+#[inline(always)]
+fn sample(ctx: PerfEventContext, tables: bool) -> u32 {
     let Some(cfg) = PROFILE_CONFIG.get(0) else {
         return 0;
     };
@@ -122,7 +136,7 @@ pub fn oxeye_profile(ctx: PerfEventContext) -> u32 {
     ev.tid = tid;
     ev.cpu = unsafe { bpf_get_smp_processor_id() };
     ev.comm = comm;
-    ev._pad = 0;
+    ev.flags = 0;
     (ev.trace_id, ev.span_id) = open_span();
     let mut depth = cfg.max_depth as usize;
     if depth > PROFILE_STACK_DEPTH {
@@ -139,7 +153,24 @@ pub fn oxeye_profile(ctx: PerfEventContext) -> u32 {
             ev.kstack_len = (r / 8) as u32;
         }
     }
-    if cfg.stack & STACK_USER != 0 {
+    if cfg.stack & STACK_USER != 0 && tables && UNWIND_PROCS.get_ptr(&tgid).is_some() {
+        let (n, flags) = unwind::walk(tgid, depth as u32);
+        if let Some(state) = unwind::STATE.get_ptr(0) {
+            // A fixed-size copy (the verifier wants constant bounds); frames past `n` unused.
+            ev.user = unsafe { (*state).frames };
+        }
+        ev.ustack_len = n;
+        ev.flags = flags;
+        count(if flags == SAMPLE_UNWOUND_COMPLETE {
+            P_UNWOUND_COMPLETE
+        } else {
+            P_UNWOUND_TRUNCATED
+        });
+    } else if cfg.stack & STACK_USER != 0 {
+        if tables {
+            ev.flags = SAMPLE_UNWIND_UNKNOWN_PROCESS;
+            count(P_UNWIND_UNKNOWN_PROCESS);
+        }
         let r = unsafe {
             bpf_get_stack(
                 ctx.as_ptr(),

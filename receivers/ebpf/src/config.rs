@@ -256,6 +256,25 @@ pub struct ProfilesConfig {
     /// Sample oxeye's own threads too (off: its CPU is on /metrics, and symbolizing its own
     /// large binary would cost the symbolization processor tens of MB).
     pub include_oxeye: bool,
+    /// How user stacks are walked: `tables` (unwind tables from each binary's `.eh_frame`:
+    /// binaries built without frame pointers too), `frame_pointers` (the kernel's walk), or
+    /// `auto` (tables where this kernel can run the walker).
+    pub unwind: Unwind,
+}
+
+/// `profiles.unwind`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Unwind {
+    /// `tables` where the kernel verifies the walker, else `frame_pointers` (said at start).
+    #[default]
+    Auto,
+    /// `bpf_get_stack`: stops at the first frame of code built without frame pointers.
+    FramePointers,
+    /// Unwind tables built from `.eh_frame`, walked in the profile program (kernel 5.17+:
+    /// `bpf_loop`); frame pointers where an object has none.
+    Tables,
 }
 
 impl Default for ProfilesConfig {
@@ -272,6 +291,7 @@ impl Default for ProfilesConfig {
             // 512 samples; with wakeups at a quarter full, ample for 99 Hz on 128 CPUs.
             ring_size: 1 << 20,
             include_oxeye: false,
+            unwind: Unwind::Auto,
         }
     }
 }

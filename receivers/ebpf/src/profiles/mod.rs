@@ -2,6 +2,7 @@
 //! ring buffer into the [`Aggregator`], and close windows into `profiles` records.
 
 pub mod aggregate;
+pub mod tables;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -16,13 +17,15 @@ use aya::Ebpf;
 use oxeye_api::{LostUnit, Mapping, Sample, Telemetry};
 use oxeye_ebpf_common::{
     ProfileConfig, ProfileSampleEvent, PROFILE_COUNTER_NAMES, PROFILE_STACK_DEPTH, P_FILTERED,
-    P_IDLE, P_KSTACK_FAILURES, P_OWN, P_RINGBUF_FULL, P_SAMPLES, P_USTACK_FAILURES, STACK_KERNEL,
-    STACK_USER,
+    P_IDLE, P_KSTACK_FAILURES, P_OWN, P_RINGBUF_FULL, P_SAMPLES, P_UNWIND_UNKNOWN_PROCESS,
+    P_UNWOUND_COMPLETE, P_UNWOUND_TRUNCATED, P_USTACK_FAILURES, SAMPLE_UNWIND_UNKNOWN_PROCESS,
+    SAMPLE_UNWOUND_TRUNCATED, STACK_KERNEL, STACK_USER,
 };
 use tokio::io::unix::AsyncFd;
 
 pub use aggregate::{Aggregator, RawSample};
 
+use crate::config::Unwind;
 use crate::spans::take_map;
 use crate::{sys, ProbeError, ProfilesConfig, StackMode};
 
@@ -177,6 +180,21 @@ pub(crate) fn add_record(agg: &mut Aggregator, item: &[u8], offset: u64) -> Opti
     }))
 }
 
+/// How often a process's tables are read again at most.
+const RELOAD_TABLES: Duration = Duration::from_secs(10);
+
+/// The pid of a sample whose process had no unwind tables in the kernel, or whose walk was cut
+/// short.
+fn needs_tables(item: &[u8]) -> Option<u32> {
+    if item.len() < std::mem::size_of::<ProfileSampleEvent>() {
+        return None;
+    }
+    let at = |o: usize| u32::from_ne_bytes(item[o..o + 4].try_into().unwrap_or_default());
+    let flags = at(std::mem::offset_of!(ProfileSampleEvent, flags));
+    (flags & (SAMPLE_UNWIND_UNKNOWN_PROCESS | SAMPLE_UNWOUND_TRUNCATED) != 0)
+        .then(|| at(std::mem::offset_of!(ProfileSampleEvent, pid)))
+}
+
 /// The profile program attached to every online CPU. Dropping it detaches everything.
 pub struct ProfileProbe {
     /// The program and its perf links; `None` once detached.
@@ -191,6 +209,12 @@ pub struct ProfileProbe {
     filtered_by: String,
     /// Pids whose mappings the aggregator asked for.
     pending: Vec<u32>,
+    /// `unwind: tables`: the tables loaded in the kernel.
+    unwind: Option<std::sync::Arc<std::sync::Mutex<tables::Tables>>>,
+    /// Processes sampled without tables, to load.
+    unwind_pending: Vec<u32>,
+    /// When each process was last asked for.
+    unwind_requested: rustc_hash::FxHashMap<u32, std::time::Instant>,
 }
 
 impl ProfileProbe {
@@ -200,6 +224,30 @@ impl ProfileProbe {
         cfg: &ProfilesConfig,
         telemetry: Telemetry,
         threads: Option<&Path>,
+    ) -> Result<ProfileProbe, ProbeError> {
+        match cfg.unwind {
+            Unwind::FramePointers => Self::start_with(cfg, telemetry, threads, false),
+            Unwind::Tables => Self::start_with(cfg, telemetry, threads, true),
+            _ => match Self::start_with(cfg, telemetry.clone(), threads, true) {
+                Err(ProbeError::Rejected { source, .. }) => {
+                    tracing::warn!(
+                        "profiles: this kernel refused the table walker ({}): user stacks are walked with frame pointers \
+                         and stop at the first frame of code built without them (it needs bpf_loop, Linux 5.17+; \
+                         `unwind: frame_pointers` says so without trying)",
+                        crate::flows::chain(&source).lines().next().unwrap_or_default()
+                    );
+                    Self::start_with(cfg, telemetry, threads, false)
+                }
+                other => other,
+            },
+        }
+    }
+
+    fn start_with(
+        cfg: &ProfilesConfig,
+        telemetry: Telemetry,
+        threads: Option<&Path>,
+        tables: bool,
     ) -> Result<ProfileProbe, ProbeError> {
         if let Some(max) = max_sample_rate() {
             if cfg.frequency > max {
@@ -224,6 +272,11 @@ impl ProfileProbe {
             // The benchmark-only counting program's maps: unused here.
             .map_max_entries("STACK_IDS", 1)
             .map_max_entries("COUNTS", 1);
+        if tables {
+            loader
+                .map_max_entries("UNWIND_PROCS", tables::MAX_PROCESSES)
+                .map_max_entries("UNWIND_DELTAS", tables::MAX_DELTAS);
+        }
         if let Some(path) = threads {
             loader.map_pin_path("THREADS", path);
         }
@@ -243,7 +296,22 @@ impl ProfileProbe {
             })?;
         let ring = crate::ring::Ring::watch(&mut ebpf, "SAMPLES")?;
         let counters = take_map(&mut ebpf, "PROFILE_COUNTERS")?;
-        let prog: &mut PerfEvent = sys::program(&mut ebpf, "oxeye_profile")?;
+        let unwind = if tables {
+            let mut t = tables::Tables::new(&mut ebpf)?;
+            // The process asked for is known from the first sample on.
+            if let Some(pid) = cfg.pid {
+                t.load(pid);
+            }
+            Some(std::sync::Arc::new(std::sync::Mutex::new(t)))
+        } else {
+            None
+        };
+        let name = if tables {
+            "oxeye_profile_unwind"
+        } else {
+            "oxeye_profile"
+        };
+        let prog: &mut PerfEvent = sys::program(&mut ebpf, name)?;
         prog.load().map_err(|source| ProbeError::Rejected {
             program: "the profile program".into(),
             source,
@@ -264,6 +332,7 @@ impl ProfileProbe {
             window = ?cfg.window,
             linked_to_spans = threads.is_some(),
             filter = %filtered_by,
+            unwind = if tables { "tables" } else { "frame_pointers" },
             "profiling: cpu-clock perf events attached"
         );
         Ok(ProfileProbe {
@@ -280,6 +349,9 @@ impl ProfileProbe {
             last: [0; 4],
             filtered_by,
             pending: Vec::new(),
+            unwind,
+            unwind_pending: Vec::new(),
+            unwind_requested: rustc_hash::FxHashMap::default(),
         })
     }
 
@@ -296,8 +368,24 @@ impl ProfileProbe {
         self.offset = sys::monotonic_to_unix_offset();
         let ring = self.ring.get_mut();
         let (aggregator, pending, offset) = (&mut self.aggregator, &mut self.pending, self.offset);
+        let (unwind_pending, requested) = (&mut self.unwind_pending, &mut self.unwind_requested);
+        if requested.len() > 4096 {
+            requested.retain(|_, t| t.elapsed() < RELOAD_TABLES);
+        }
         let mut n = 0;
         ring.drain(usize::MAX, |item| {
+            if let Some(pid) = needs_tables(item) {
+                // Each process at most once per RELOAD_TABLES: a truncated stack may be code
+                // mapped since (dlopen), or code without tables for good.
+                let now = std::time::Instant::now();
+                let due = requested
+                    .get(&pid)
+                    .is_none_or(|t| now.duration_since(*t) >= RELOAD_TABLES);
+                if due {
+                    requested.insert(pid, now);
+                    unwind_pending.push(pid);
+                }
+            }
             match add_record(aggregator, item, offset) {
                 Some(Some(pid)) => {
                     pending.push(pid);
@@ -308,6 +396,20 @@ impl ProfileProbe {
             }
         });
         n
+    }
+
+    /// Processes to load unwind tables for, and where (`unwind: tables`; taken once).
+    pub fn pending_tables(
+        &mut self,
+    ) -> Option<(Vec<u32>, std::sync::Arc<std::sync::Mutex<tables::Tables>>)> {
+        let t = self.unwind.as_ref()?;
+        if self.unwind_pending.is_empty() {
+            return None;
+        }
+        Some((
+            std::mem::take(&mut self.unwind_pending),
+            std::sync::Arc::clone(t),
+        ))
     }
 
     /// Pids whose mappings should be read now (taken once).
@@ -394,6 +496,20 @@ impl ProfileProbe {
     /// Detaches the perf events (the ring buffer stays readable for a final drain).
     pub fn detach(&mut self) {
         self.ebpf = None;
+        if let Some(t) = &self.unwind {
+            let s = t.lock().unwrap_or_else(|p| p.into_inner()).stats;
+            tracing::info!(
+                processes = s.processes,
+                objects = s.objects,
+                objects_without_table = s.objects_without_table,
+                deltas = s.deltas,
+                kernel_kib = s.deltas * 8 / 1024,
+                complete = self.counter(P_UNWOUND_COMPLETE),
+                truncated = self.counter(P_UNWOUND_TRUNCATED),
+                before_tables = self.counter(P_UNWIND_UNKNOWN_PROCESS),
+                "profiles: user stacks walked with unwind tables"
+            );
+        }
     }
 }
 

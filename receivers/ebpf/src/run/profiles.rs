@@ -56,6 +56,15 @@ pub(super) async fn run_profiles(
 /// async workers.
 async fn drain_profiles(probe: &mut profiles::ProfileProbe) {
     probe.drain();
+    if let Some((pids, tables)) = probe.pending_tables() {
+        unblock(move || {
+            let mut t = tables.lock().unwrap_or_else(|p| p.into_inner());
+            for pid in pids {
+                t.load(pid);
+            }
+        })
+        .await;
+    }
     let pids = probe.pending_snapshots();
     if !pids.is_empty() {
         let read = unblock(move || {

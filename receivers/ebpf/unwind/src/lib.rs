@@ -15,7 +15,7 @@ pub mod table;
 pub mod walk;
 
 pub use cfi::{rule_at, CfiCounts};
-pub use process::{Objects, Process};
+pub use process::{object, ObjectKey, Objects, Process};
 pub use rule::{Cfa, Rbp, Rule};
 pub use table::{Delta, Table};
 pub use walk::{walk, End, Regs};

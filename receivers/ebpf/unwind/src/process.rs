@@ -8,11 +8,39 @@ use std::sync::Arc;
 use crate::maps::{self, Mapping};
 use crate::{Rule, Table};
 
+/// An object file's identity: device, inode, size, modification time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: i64,
+}
+
+/// The file behind `mapping` as process `pid` sees it (through `/proc/PID/root`, so across
+/// mount namespaces), and its identity.
+pub fn object(pid: u32, mapping: &Mapping) -> std::io::Result<(PathBuf, ObjectKey)> {
+    use std::os::unix::fs::MetadataExt;
+    let relative = mapping
+        .path
+        .strip_prefix("/")
+        .map_err(|_| std::io::Error::other("not an absolute path"))?;
+    let path = PathBuf::from(format!("/proc/{pid}/root")).join(relative);
+    let m = std::fs::metadata(&path)?;
+    let key = ObjectKey {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime: m.mtime(),
+    };
+    Ok((path, key))
+}
+
 /// Tables built so far, by object. A failed build is remembered too (as an empty table), so an
 /// object is read at most once.
 #[derive(Default)]
 pub struct Objects {
-    tables: HashMap<(u64, u64, u64, i64), Arc<Table>>,
+    tables: HashMap<ObjectKey, Arc<Table>>,
     /// Objects that could not be read or parsed, with why.
     pub failures: Vec<(PathBuf, String)>,
 }
@@ -35,18 +63,14 @@ impl Objects {
     /// The table of `mapping` of process `pid` (read through `/proc/PID/root`, so it works across
     /// mount namespaces), and the mapping's bias.
     fn get(&mut self, pid: u32, mapping: &Mapping) -> Option<(u64, Arc<Table>)> {
-        use std::os::unix::fs::MetadataExt;
-        let path =
-            PathBuf::from(format!("/proc/{pid}/root")).join(mapping.path.strip_prefix("/").ok()?);
         let fail = |objects: &mut Objects, e: String| {
             objects.failures.push((mapping.path.clone(), e));
             None
         };
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
+        let (path, key) = match object(pid, mapping) {
+            Ok(o) => o,
             Err(e) => return fail(self, e.to_string()),
         };
-        let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
         let data = match std::fs::read(&path) {
             Ok(d) => d,
             Err(e) => return fail(self, e.to_string()),

@@ -11,42 +11,9 @@ use std::time::{Duration, Instant};
 
 use oxeye_unwind::{walk, End, Objects, Process, Regs, Rule};
 
-const C_PROGRAM: &str = r#"
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-volatile unsigned long sink;
-__attribute__((noinline)) void leaf_a(void) { for (int i = 0; i < 300000; i++) sink += i * 7; }
-__attribute__((noinline)) void leaf_b(void) { for (int i = 0; i < 100000; i++) sink += i * 3; }
-__attribute__((noinline)) void level4(void) { leaf_a(); leaf_b(); sink++; }
-__attribute__((noinline)) void level3(void) { level4(); sink++; }
-/* A path on the stack: what a frame-pointer walk reads as return addresses here. */
-__attribute__((noinline)) void level2(const char *p) {
-  char path[64]; strncpy(path, p, sizeof path); sink += path[5]; level3(); sink += path[9];
-}
-__attribute__((noinline)) void level1(void) { level2("/usr/lib/oxeye/bar/baz.so"); sink++; }
-int main(int argc, char **argv) {
-  time_t end = time(0) + atoi(argv[1]);
-  while (time(0) < end) level1();
-  return 0;
-}
-"#;
-
-const RUST_PROGRAM: &str = r#"
-use std::hint::black_box;
-#[inline(never)] fn leaf_a(s: &mut u64) { for i in 0..300_000u64 { *s = black_box(*s + i * 7); } }
-#[inline(never)] fn leaf_b(s: &mut u64) { for i in 0..100_000u64 { *s = black_box(*s + i * 3); } }
-#[inline(never)] fn level4(s: &mut u64) -> u64 { leaf_a(s); leaf_b(s); black_box(*s) + 1 }
-#[inline(never)] fn level3(s: &mut u64) -> u64 { black_box(level4(s)) + 1 }
-#[inline(never)] fn level2(s: &mut u64) -> u64 { black_box(level3(s)) + 1 }
-#[inline(never)] fn level1(s: &mut u64) -> u64 { black_box(level2(s)) + 1 }
-fn main() {
-    let secs: u64 = std::env::args().nth(1).unwrap().parse().unwrap();
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    let mut s = 0;
-    while std::time::Instant::now() < end { black_box(level1(&mut s)); }
-}
-"#;
+/// The workloads the kernel tests profile too (tests/workloads/tree.*).
+const C_PROGRAM: &str = include_str!("../../../../tests/workloads/tree.c");
+const RUST_PROGRAM: &str = include_str!("../../../../tests/workloads/tree.rs");
 
 /// A traced child, killed on drop.
 struct Traced(Child);

@@ -1,0 +1,226 @@
+//! `profiles.unwind: tables`: what the walker of `oxeye_profile_unwind` reads — each sampled
+//! process's executable mappings (`UNWIND_PROCS`), each object's stack deltas packed one after
+//! another in `UNWIND_DELTAS` (built once per object by [`oxeye_unwind`]), and the distinct
+//! rules they index (`UNWIND_RULES`). Runs off the async workers (building a table reads and
+//! parses the object). A table is dropped once in the kernel: user space keeps only where each
+//! object's deltas are.
+
+use std::collections::HashMap;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use oxeye_ebpf_common::{
+    UnwindMapping, UnwindProcess, UnwindRule, CFA_DEREF_RBP, CFA_DEREF_RSP, CFA_RBP, CFA_RSP,
+    RBP_AT_CFA, RBP_AT_RBP, RBP_SAME, UNWIND_MAX_MAPPINGS, UNWIND_MAX_RULES, UR_FRAME, UR_INVALID,
+    UR_PLT, UR_SIGNAL, UR_STOP,
+};
+use oxeye_unwind::maps::{self, Mapping};
+use oxeye_unwind::{Cfa, ObjectKey, Rbp, Rule, Table};
+
+use crate::ProbeError;
+
+/// Processes whose mappings the kernel holds at once (the least recently sampled are evicted,
+/// and loaded again when sampled again).
+pub const MAX_PROCESSES: u32 = 1024;
+/// Deltas over all objects: 4 Mi (32 MiB of kernel memory), about 130 MiB of `.text`.
+pub const MAX_DELTAS: u32 = 1 << 22;
+
+/// The maps and what has been put in them.
+pub struct Tables {
+    procs: BpfHashMap<MapData, u32, UnwindProcess>,
+    deltas: Array<MapData, u64>,
+    rules: Array<MapData, UnwindRule>,
+    /// Each object seen: where its deltas are, and its address at each mapped file offset.
+    objects: HashMap<ObjectKey, Placed>,
+    rule_index: HashMap<UnwindRule, u32>,
+    next_delta: u32,
+    /// Counters for the final line and `/metrics`.
+    pub stats: Stats,
+}
+
+/// An object's deltas in `UNWIND_DELTAS` (count 0: none), and the object address each mapped
+/// file offset starts at (so a mapping's bias is `start - vaddr`).
+struct Placed {
+    first: u32,
+    count: u32,
+    vaddrs: Vec<(u64, u64)>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub processes: u64,
+    pub objects: u64,
+    pub deltas: u64,
+    /// Objects left without table: no room, addresses above 4 GiB, or no CFI.
+    pub objects_without_table: u64,
+}
+
+fn encode(rule: Rule) -> UnwindRule {
+    let mut r = UnwindRule {
+        kind: UR_FRAME,
+        ..UnwindRule::default()
+    };
+    match rule {
+        Rule::Frame { cfa, rbp } => {
+            (r.cfa, r.cfa_off) = match cfa {
+                Cfa::Rsp(n) => (CFA_RSP, n),
+                Cfa::Rbp(n) => (CFA_RBP, n),
+                Cfa::DerefRsp(n) => (CFA_DEREF_RSP, n),
+                Cfa::DerefRbp(n) => (CFA_DEREF_RBP, n),
+                _ => return invalid(),
+            };
+            (r.rbp, r.rbp_off) = match rbp {
+                Rbp::Same => (RBP_SAME, 0),
+                Rbp::AtCfa(n) => (RBP_AT_CFA, n),
+                Rbp::AtRbp(n) => (RBP_AT_RBP, n),
+                _ => return invalid(),
+            };
+        }
+        Rule::Plt { threshold } => {
+            r.kind = UR_PLT;
+            r.threshold = threshold;
+        }
+        Rule::Signal => r.kind = UR_SIGNAL,
+        Rule::Stop => r.kind = UR_STOP,
+        _ => return invalid(),
+    }
+    r
+}
+
+fn invalid() -> UnwindRule {
+    UnwindRule {
+        kind: UR_INVALID,
+        ..UnwindRule::default()
+    }
+}
+
+impl Tables {
+    pub fn new(ebpf: &mut aya::Ebpf) -> Result<Tables, ProbeError> {
+        use crate::spans::take_map;
+        Ok(Tables {
+            procs: take_map(ebpf, "UNWIND_PROCS")?,
+            deltas: take_map(ebpf, "UNWIND_DELTAS")?,
+            rules: take_map(ebpf, "UNWIND_RULES")?,
+            objects: HashMap::new(),
+            rule_index: HashMap::new(),
+            next_delta: 0,
+            stats: Stats::default(),
+        })
+    }
+
+    /// Reads process `pid`'s mappings, builds and loads the tables it lacks, and hands the
+    /// mappings to the walker. A process that exited meanwhile is skipped.
+    pub fn load(&mut self, pid: u32) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return;
+        };
+        let mut mapped: Vec<UnwindMapping> = maps::parse(&text)
+            .iter()
+            .filter_map(|m| self.mapping(pid, m))
+            .collect();
+        mapped.sort_by_key(|m| m.start);
+        mapped.truncate(UNWIND_MAX_MAPPINGS);
+        let mut value = UnwindProcess {
+            n: mapped.len() as u32,
+            _pad: 0,
+            mappings: [UnwindMapping::default(); UNWIND_MAX_MAPPINGS],
+        };
+        value.mappings[..mapped.len()].copy_from_slice(&mapped);
+        if self.procs.insert(pid, value, 0).is_ok() {
+            self.stats.processes += 1;
+        }
+    }
+
+    /// One mapping for the walker, its object's table loaded first if it is new.
+    fn mapping(&mut self, pid: u32, m: &Mapping) -> Option<UnwindMapping> {
+        let (path, key) = oxeye_unwind::object(pid, m).ok()?;
+        let known = self.objects.get(&key).and_then(|p| {
+            let vaddr = p.vaddrs.iter().find(|v| v.0 == m.offset)?.1;
+            Some((p.first, p.count, vaddr))
+        });
+        let (first, count, vaddr) = match known {
+            Some(k) => k,
+            None => {
+                let data = std::fs::read(&path).ok()?;
+                let file = object::File::parse(&*data).ok()?;
+                let vaddr = m.start.wrapping_sub(maps::bias(&file, m)?);
+                let (first, count) = match self.objects.get_mut(&key) {
+                    Some(p) => {
+                        p.vaddrs.push((m.offset, vaddr));
+                        (p.first, p.count)
+                    }
+                    None => {
+                        let (first, count) = match Table::from_elf(&data) {
+                            Ok(table) => self.place(&table),
+                            Err(_) => {
+                                self.stats.objects_without_table += 1;
+                                (0, 0)
+                            }
+                        };
+                        let vaddrs = vec![(m.offset, vaddr)];
+                        self.objects.insert(
+                            key,
+                            Placed {
+                                first,
+                                count,
+                                vaddrs,
+                            },
+                        );
+                        (first, count)
+                    }
+                };
+                (first, count, vaddr)
+            }
+        };
+        Some(UnwindMapping {
+            start: m.start,
+            end: m.end,
+            bias: m.start.wrapping_sub(vaddr),
+            first,
+            count,
+        })
+    }
+
+    /// Loads a table into `UNWIND_DELTAS`: `(first, count)`, count 0 when it does not fit.
+    fn place(&mut self, table: &Table) -> (u32, u32) {
+        let deltas = table.deltas();
+        let fits = (self.next_delta as u64 + deltas.len() as u64) <= MAX_DELTAS as u64;
+        let small = deltas.last().is_none_or(|d| d.addr <= u32::MAX as u64);
+        if deltas.is_empty() || !fits || !small {
+            self.stats.objects_without_table += 1;
+            return (0, 0);
+        }
+        let first = self.next_delta;
+        for (i, d) in deltas.iter().enumerate() {
+            let Some(rule) = self.rule(d.rule) else {
+                self.stats.objects_without_table += 1;
+                return (0, 0);
+            };
+            if self
+                .deltas
+                .set(first + i as u32, (d.addr << 32) | rule as u64, 0)
+                .is_err()
+            {
+                self.stats.objects_without_table += 1;
+                return (0, 0);
+            }
+        }
+        self.next_delta += deltas.len() as u32;
+        self.stats.objects += 1;
+        self.stats.deltas += deltas.len() as u64;
+        (first, deltas.len() as u32)
+    }
+
+    /// The rule's index in `UNWIND_RULES`, adding it the first time; `None` when full.
+    fn rule(&mut self, rule: Rule) -> Option<u32> {
+        let r = encode(rule);
+        if let Some(&i) = self.rule_index.get(&r) {
+            return Some(i);
+        }
+        let i = self.rule_index.len() as u32;
+        if i >= UNWIND_MAX_RULES || self.rules.set(i, r, 0).is_err() {
+            return None;
+        }
+        self.rule_index.insert(r, i);
+        Some(i)
+    }
+}
