@@ -1,7 +1,7 @@
 //! CPU profiling costs. Prints figures; never fails on speed.
 //!
 //!     cargo build --release -p oxeye && cargo bench -p oxeye-tests --bench profiles
-//!     OXEYE_BENCH_ONLY=exit cargo bench -p oxeye-tests --bench profiles   # counting | exit | overhead
+//!     OXEYE_BENCH_ONLY=exit cargo bench -p oxeye-tests --bench profiles   # counting | exit | overhead | tables
 //!
 //! 1. User-space counting: ring records of a realistic mix (5 000 stacks of 8–64 frames, Zipf
 //!    popularity, 16 threads, a tenth in spans) parsed and counted as the receiver does.
@@ -12,7 +12,9 @@
 //! 3. (root) What `oxeye run` costs while both CPUs are busy: the release binary profiling at
 //!    19 Hz and 99 Hz (symbolization, pprof files), interleaved with runs without it: the
 //!    workload's throughput, oxeye's own CPU per second (steady state, /proc/<pid>/stat) and its
-//!    peak RSS.
+//!    peak RSS; user stacks from unwind tables (`auto`) and frame pointers.
+//! 4. Unwind tables: build time and size for large objects, and (root) `oxeye run` at 99 Hz
+//!    while 200 busy processes of five kinds share both CPUs.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,8 +43,12 @@ fn counting(quick: bool) {
 fn sample_exits(quick: bool) {
     let secs = if quick { 1 } else { 5 };
     let rounds = if quick { 1 } else { 5 };
-    let mut figures = [(); 2].map(|_| Vec::new());
-    let designs = [SampleExit::RingBuffer, SampleExit::InKernelCounts];
+    let mut figures = [(); 3].map(|_| Vec::new());
+    let designs = [
+        SampleExit::RingBuffer,
+        SampleExit::InKernelCounts,
+        SampleExit::RingBufferTables,
+    ];
     for _ in 0..rounds {
         for (i, design) in designs.into_iter().enumerate() {
             // Both CPUs busy, stacks 4 to 28 frames deep.
@@ -60,8 +66,9 @@ fn sample_exits(quick: bool) {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (i, name) in [
-        "ring buffer, counted in user space (oxeye)",
+        "ring buffer, counted in user space (oxeye, `unwind: frame_pointers`)",
         "stack map + in-kernel counts, read once a window",
+        "ring buffer, user stacks walked from unwind tables (oxeye, `unwind: tables`)",
     ]
     .iter()
     .enumerate()
@@ -84,6 +91,7 @@ fn sample_exits(quick: bool) {
 struct Setting {
     frequency: u64,
     debug_info: bool,
+    unwind: &'static str,
 }
 
 /// One run: the workload alone (`frequency` None) or with `oxeye run` profiling it.
@@ -111,8 +119,9 @@ fn overhead_run(bin: &std::path::Path, setting: Option<Setting>, secs: f64) -> R
     let _ = std::fs::remove_dir_all(&dir);
     let ox = setting.map(|s| {
         let yaml = format!(
-            "receivers:\n  ebpf:\n    profiles: {{frequency: {}, window: 10s}}\nprocessors:\n  symbolization: {{debug_info: {}}}\nexporters:\n  pprof: {{path: {}/cpu}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [pprof]}}\n",
+            "receivers:\n  ebpf:\n    profiles: {{frequency: {}, window: 10s, unwind: {}}}\nprocessors:\n  symbolization: {{debug_info: {}}}\nexporters:\n  pprof: {{path: {}/cpu}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [pprof]}}\n",
             s.frequency,
+            s.unwind,
             s.debug_info,
             dir.display()
         );
@@ -174,13 +183,21 @@ fn overhead(quick: bool) {
     let bin = oxeye_tests::bench::release_oxeye(quick);
     let secs = if quick { 1.0 } else { 30.0 };
     let rounds = if quick { 1 } else { 3 };
-    let at = |frequency, debug_info| {
+    let at = |frequency, debug_info, unwind| {
         Some(Setting {
             frequency,
             debug_info,
+            unwind,
         })
     };
-    let settings = [None, at(19, true), at(19, false), at(99, false)];
+    let settings = [
+        None,
+        at(19, true, "auto"),
+        at(19, false, "auto"),
+        at(19, false, "frame_pointers"),
+        at(99, false, "auto"),
+        at(99, false, "frame_pointers"),
+    ];
     let mut runs: Vec<Vec<Run>> = settings.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
         for (i, f) in settings.iter().enumerate() {
@@ -200,8 +217,9 @@ fn overhead(quick: bool) {
         match f {
             None => println!("| off | {r:.0} | | | | | |"),
             Some(s) => println!(
-                "| {} Hz, symbolization {} | {r:.0} | {:.2} % | {:.2} % of a core | {:.2} % | {:.1} MiB | {:.1} MiB |",
+                "| {} Hz, `unwind: {}`, symbolization {} | {r:.0} | {:.2} % | {:.2} % of a core | {:.2} % | {:.1} MiB | {:.1} MiB |",
                 s.frequency,
+                s.unwind,
                 if s.debug_info { "with DWARF (default)" } else { "`debug_info: false`" },
                 100.0 * (1.0 - r / base),
                 100.0 * m(|r| r.oxeye_cpu_per_s),
@@ -211,6 +229,148 @@ fn overhead(quick: bool) {
             ),
         }
     }
+}
+
+/// Unwind tables: how long large objects take to build and what they take, and `oxeye run`
+/// (the defaults, 99 Hz, whole host) while 200 busy processes of five kinds share both CPUs.
+fn tables(quick: bool) {
+    use std::os::unix::fs::MetadataExt;
+    let mut objects = vec![
+        "/usr/lib/x86_64-linux-gnu/libc.so.6".to_string(),
+        "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0".to_string(),
+        oxeye_tests::bench::release_oxeye(quick)
+            .display()
+            .to_string(),
+    ];
+    // The largest shared object of the Rust toolchain (librustc_driver, about 150 MB).
+    let home = std::env::var("HOME").unwrap_or_default();
+    if let Ok(dirs) = std::fs::read_dir(format!("{home}/.rustup/toolchains")) {
+        let mut drivers: Vec<(u64, String)> = dirs
+            .filter_map(|d| std::fs::read_dir(d.ok()?.path().join("lib")).ok())
+            .flatten()
+            .filter_map(|f| {
+                let p = f.ok()?.path();
+                let name = p.file_name()?.to_string_lossy().to_string();
+                (name.starts_with("librustc_driver") && name.ends_with(".so")).then(|| {
+                    (
+                        p.metadata().map_or(0, |m| m.size()),
+                        p.display().to_string(),
+                    )
+                })
+            })
+            .collect();
+        drivers.sort();
+        objects.extend(drivers.pop().map(|d| d.1));
+    }
+    println!("unwind tables built from .eh_frame (one core, median of 3):");
+    println!("| object | size | FDEs | deltas | distinct rules | build time | kernel memory | user memory while building |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for path in objects {
+        let Ok(data) = std::fs::read(&path) else {
+            continue;
+        };
+        let mut times = Vec::new();
+        let mut table = None;
+        for _ in 0..if quick { 1 } else { 3 } {
+            let t0 = Instant::now();
+            table = oxeye_unwind::Table::from_elf(&data).ok();
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        let Some(t) = table else { continue };
+        let n = t.deltas().len();
+        println!(
+            "| `{}` | {:.1} MB | {} | {n} | {} | {:.1} ms | {:.0} KiB | {:.1} MiB |",
+            path.rsplit('/').next().unwrap_or(&path),
+            data.len() as f64 / 1e6,
+            t.cfi.fdes,
+            t.distinct_rules(),
+            median(times),
+            n as f64 * 8.0 / 1024.0,
+            (n * std::mem::size_of::<oxeye_unwind::Delta>()) as f64 / (1 << 20) as f64,
+        );
+    }
+    many_processes(quick);
+}
+
+fn many_processes(quick: bool) {
+    let bin = oxeye_tests::bench::release_oxeye(quick);
+    let dir = std::env::temp_dir().join(format!("oxeye-unwind-bench-{}", std::process::id()));
+    let (tree_c, tree_rust) = oxeye_tests::burn::build_trees(&dir);
+    let input = dir.join("input.txt");
+    std::fs::write(&input, "oxeye ".repeat(4 << 20)).expect("input");
+    let secs = if quick { 3 } else { 20 };
+    let n = if quick { 20 } else { 200 };
+    let cfg = oxeye_tests::temp_config(
+        "unwind-bench",
+        &format!("receivers:\n  ebpf:\n    profiles: {{frequency: 99}}\nprocessors:\n  symbolization: {{debug_info: false}}\nexporters:\n  pprof: {{path: {}/cpu}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [pprof]}}\n", dir.display()),
+    );
+    let mut ox = oxeye_tests::KillOnDrop(
+        Command::new(&bin)
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("oxeye"),
+    );
+    let (rx, reader) = oxeye_tests::follow(ox.0.stderr.take().expect("stderr"));
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("profiler attached");
+        assert!(!line.contains("ERROR"), "{line}");
+        if line.contains("perf events attached") {
+            break;
+        }
+    }
+    let secs_arg = (secs + 2).to_string();
+    let mut children: Vec<oxeye_tests::KillOnDrop> = (0..n)
+        .map(|i| {
+            let mut c = match i % 5 {
+                0 => Command::new(&tree_c),
+                1 => Command::new(&tree_rust),
+                2 => {
+                    let mut c = Command::new("python3");
+                    c.args(["-c", "while True: pass"]);
+                    c
+                }
+                3 => {
+                    let mut c = Command::new("xz");
+                    c.args(["-9", "-T1", "-c"]).arg(&input);
+                    c
+                }
+                _ => {
+                    let mut c = Command::new("bash");
+                    c.args(["-c", "while :; do :; done"]);
+                    c
+                }
+            };
+            if i % 5 < 2 {
+                c.arg(&secs_arg);
+            }
+            oxeye_tests::KillOnDrop(c.stdout(Stdio::null()).spawn().expect("workload"))
+        })
+        .collect();
+    let pid = ox.0.id();
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
+    let peak = rss_mib(pid, "VmHWM:");
+    children.clear();
+    oxeye_tests::signal(&ox.0, libc::SIGINT);
+    let _ = ox.0.wait();
+    let stderr = reader.join().unwrap_or_default();
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains("user stacks walked with unwind tables"))
+        .and_then(|l| l.split_once("tables ").map(|(_, r)| r.to_string()))
+        .unwrap_or_else(|| "(no table summary: frame pointers only?)".into());
+    println!(
+        "`oxeye run` (99 Hz, whole host, `unwind: auto`, symbolization `debug_info: false`, pprof) for {secs} s while {n} busy processes (C and Rust without frame pointers, python3, xz, bash) share both CPUs: oxeye {:.2} % of a core, peak RSS {peak:.1} MiB; {summary}",
+        100.0 * cpu
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn main() {
@@ -230,5 +390,8 @@ fn main() {
     }
     if run("overhead") {
         overhead(quick);
+    }
+    if run("tables") {
+        tables(quick);
     }
 }

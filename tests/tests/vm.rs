@@ -147,6 +147,17 @@ fn boot(series: &str) -> VmRun {
         format!("receivers:\n  ebpf:\n    profiles: {{frequency: {FREQUENCY}, window: 2s, comm: burn}}\nprocessors:\n  symbolization: {{}}\nexporters:\n  stdout: {{format: folded}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [stdout]}}\n"),
     )
     .expect("profiles config");
+    // Unwinding: the C tree built with -O2 -fomit-frame-pointer, profiled with unwind tables.
+    // By pid, so its tables are loaded before the perf events are attached (a process first
+    // sampled without them is walked with frame pointers until they are: about a second for
+    // the debug binary under emulation).
+    let (tree, _) = oxeye_tests::burn::build_trees(&out_dir.join("trees"));
+    let unwind = out_dir.join("unwind.yaml");
+    std::fs::write(
+        &unwind,
+        format!("receivers:\n  ebpf:\n    profiles: {{frequency: {FREQUENCY}, window: 2s, pid: ${{env:TREE_PID}}, stacks: user, unwind: tables}}\nprocessors:\n  symbolization: {{}}\nexporters:\n  stdout: {{format: folded}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [stdout]}}\n"),
+    )
+    .expect("unwind config");
     // Request spans: nginx in the VM (its own loopback), curl as the client.
     let nginx_dir = out_dir.join("nginx");
     std::fs::create_dir_all(&nginx_dir).expect("nginx dir");
@@ -198,12 +209,17 @@ fn boot(series: &str) -> VmRun {
          {oxeye} run -c {profiles} > profile.folded 2> profile.err & OX=$!; \
          for i in $(seq 1 600); do grep -q 'perf events attached' profile.err && break; grep -q ERROR profile.err && break; sleep 0.1; done; \
          echo go >&3; for i in $(seq 1 1200); do grep -q done burn.out && break; sleep 0.1; done; \
-         exec 3>&-; sleep 1; kill -INT $OX; wait $OX; echo $? > profile.exit",
+         exec 3>&-; sleep 1; kill -INT $OX; wait $OX; echo $? > profile.exit; \
+         {tree} 12 & T=$!; TREE_PID=$T {oxeye} run -c {unwind} > unwind.folded 2> unwind.err & OX=$!; \
+         for i in $(seq 1 600); do grep -q 'perf events attached' unwind.err && break; grep -q ERROR unwind.err && break; sleep 0.1; done; \
+         wait $T; sleep 1; kill -INT $OX; wait $OX; echo $? > unwind.exit",
         oxeye = oxeye.display(),
         cfg = config.display(),
         failing = failing.display(),
         burn = burn.display(),
         profiles = profiles.display(),
+        unwind = unwind.display(),
+        tree = tree.display(),
         spans2 = spans2.display(),
         flows = flows.display(),
         nginx_conf = nginx_conf.display(),
@@ -282,6 +298,7 @@ per_kernel!(kprobe_and_fentry_spans: kprobe_and_fentry_spans_on_6_1 = "6.1", kpr
 per_kernel!(syscall_and_uprobe_spans: syscall_and_uprobe_spans_on_6_1 = "6.1", syscall_and_uprobe_spans_on_6_12 = "6.12");
 per_kernel!(flows_exact_in_a_namespace: flows_exact_in_a_namespace_on_6_1 = "6.1", flows_exact_in_a_namespace_on_6_12 = "6.12");
 per_kernel!(cpu_profiles_split_3_to_1: cpu_profiles_split_3_to_1_on_6_1 = "6.1", cpu_profiles_split_3_to_1_on_6_12 = "6.12");
+per_kernel!(stacks_without_frame_pointers: stacks_without_frame_pointers_on_6_1 = "6.1", stacks_without_frame_pointers_on_6_12 = "6.12");
 per_kernel!(request_spans_from_nginx_and_curl: request_spans_from_nginx_and_curl_on_6_1 = "6.1", request_spans_from_nginx_and_curl_on_6_12 = "6.12");
 per_kernel!(doctor_reports_the_kernel: doctor_reports_the_kernel_on_6_1 = "6.1", doctor_reports_the_kernel_on_6_12 = "6.12");
 
@@ -399,6 +416,35 @@ fn cpu_profiles_split_3_to_1(series: &str) {
     assert!(
         (3.0 - spread..=3.0 + spread).contains(&ratio),
         "hot_a {a} : hot_b {b} = {ratio:.2}, expected 3.0 ± {spread:.2}\n{context}"
+    );
+}
+
+/// tests/workloads/tree.c built with `-O2 -fomit-frame-pointer`, profiled with `unwind:
+/// tables`: the walker loads on this kernel and its stacks reach `main`.
+fn stacks_without_frame_pointers(series: &str) {
+    let run = vm_run(series);
+    let err = run.read("unwind.err");
+    let folded = run.read("unwind.folded");
+    let context = format!("vng: {}\noxeye: {err}\n{folded}", run.vng);
+    assert_eq!(run.read("unwind.exit").trim(), "0", "{context}");
+    assert!(
+        err.contains("profiles: user stacks walked with unwind tables"),
+        "{context}"
+    );
+    let (a, b, all) = oxeye_tests::burn::tree_counts(&folded, "tree-c");
+    assert!(all >= 300, "{all} samples\n{context}");
+    assert!(
+        (a + b) * 100 >= all * 95,
+        "{} of {all} samples carry the whole stack to main\n{context}",
+        a + b
+    );
+    // As for burn: 3.0 ± 0.3, or four deviations of the ratio when the emulator gives fewer
+    // samples.
+    let ratio = a as f64 / b.max(1) as f64;
+    let spread = (4.0 * 3.0 * (1.0 / a.max(1) as f64 + 1.0 / b.max(1) as f64).sqrt()).max(0.3);
+    assert!(
+        (3.0 - spread..=3.0 + spread).contains(&ratio),
+        "leaf_a {a} : leaf_b {b} = {ratio:.2}, expected 3.0 ± {spread:.2}\n{context}"
     );
 }
 

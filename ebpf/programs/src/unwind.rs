@@ -82,6 +82,9 @@ pub fn walk(pid: u32, max: u32) -> (u32, u32) {
     let (Some(pc), Some(sp), Some(bp)) = (reg(REG_IP), reg(REG_SP), reg(REG_BP)) else {
         return (0, SAMPLE_UNWOUND_TRUNCATED);
     };
+    if pc == 0 {
+        return (0, SAMPLE_UNWOUND_TRUNCATED);
+    }
     s.pid = pid;
     s.n = 0;
     s.max = max;

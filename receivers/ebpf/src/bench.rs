@@ -297,6 +297,8 @@ pub enum SampleExit {
     /// Stacks hashed into a stack map and counted per (thread, stacks) in a hash map in the
     /// kernel; user space reads both once a window.
     InKernelCounts,
+    /// As `RingBuffer`, with user stacks walked from unwind tables (`unwind: tables`).
+    RingBufferTables,
 }
 
 /// What one design cost while profiling a workload.
@@ -329,11 +331,27 @@ pub fn sample_exit(
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.to_string())?;
     // Both designs look up the span open on the sampled thread, as with `spans:` running.
     let link = 1u32;
-    let mut ebpf = crate::sys::thread_state_loader()
+    let tables = design == SampleExit::RingBufferTables;
+    let mut loader = crate::sys::thread_state_loader();
+    loader
         .override_global("LINK_SPANS", &link, true)
-        .map_max_entries("SAMPLES", 16 << 20)
+        .map_max_entries("SAMPLES", 16 << 20);
+    if tables {
+        loader
+            .map_max_entries("UNWIND_PROCS", crate::profiles::tables::MAX_PROCESSES)
+            .map_max_entries("UNWIND_DELTAS", crate::profiles::tables::MAX_DELTAS);
+    }
+    let mut ebpf = loader
         .load(crate::profiles::PROGRAMS)
         .map_err(|e| crate::flows::chain(&e))?;
+    // The tables are in place before the first sample (as for a process sampled before).
+    let _tables = if tables {
+        let mut t = crate::profiles::tables::Tables::new(&mut ebpf).map_err(|e| e.to_string())?;
+        t.load(pid);
+        Some(t)
+    } else {
+        None
+    };
     let mut cfg: Array<MapData, ProfileConfig> =
         Array::try_from(ebpf.take_map("PROFILE_CONFIG").ok_or("PROFILE_CONFIG")?)
             .map_err(|e| e.to_string())?;
@@ -361,6 +379,7 @@ pub fn sample_exit(
     let name = match design {
         SampleExit::RingBuffer => "oxeye_profile",
         SampleExit::InKernelCounts => "oxeye_profile_counted",
+        SampleExit::RingBufferTables => "oxeye_profile_unwind",
     };
     let prog: &mut PerfEvent = crate::sys::program(&mut ebpf, name).map_err(|e| e.to_string())?;
     prog.load().map_err(|e| crate::flows::chain(&e))?;
@@ -393,7 +412,7 @@ pub fn sample_exit(
         std::thread::sleep(Duration::from_millis(50));
         let t0 = thread_cpu();
         match design {
-            SampleExit::RingBuffer => {
+            SampleExit::RingBuffer | SampleExit::RingBufferTables => {
                 while let Some(item) = ring.next() {
                     let _ = crate::profiles::add_record(&mut agg, &item, offset);
                 }

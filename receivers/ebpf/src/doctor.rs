@@ -147,6 +147,7 @@ pub fn report() -> Vec<Check> {
         Err(e) => checks.push(check("span programs", Err(e))),
     }
     checks.push(check("perf events", perf_events()));
+    checks.push(check("stack unwinding", unwinding()));
     let (programs, tls) = crate::requests::check();
     checks.push(check("request programs", programs));
     checks.push(check("TLS (libssl)", tls));
@@ -175,6 +176,28 @@ pub fn report() -> Vec<Check> {
         detail: "egress via tcx links on kernels >= 6.6, else clsact + netlink filter".into(),
     });
     checks
+}
+
+/// Whether user stacks can be walked from unwind tables here: the walker program loads
+/// (verified, not attached) on an x86-64 kernel with `bpf_loop`.
+fn unwinding() -> Result<String, String> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err("unwind tables are built for x86-64 only: user stacks are walked with frame pointers (`unwind: auto`)".into());
+    }
+    let mut ebpf = crate::sys::thread_state_loader()
+        .map_max_entries("STACK_IDS", 1)
+        .map_max_entries("COUNTS", 1)
+        .load(crate::profiles::PROGRAMS)
+        .map_err(|e| crate::flows::chain(&e))?;
+    let p: &mut PerfEvent =
+        crate::sys::program(&mut ebpf, "oxeye_profile_unwind").map_err(|e| e.to_string())?;
+    p.load().map_err(|e| {
+        format!(
+            "the kernel refused the table walker (it needs bpf_loop, Linux 5.17+): {}; `unwind: auto` walks user stacks with frame pointers here",
+            crate::flows::chain(&e).lines().next().unwrap_or_default()
+        )
+    })?;
+    Ok("user stacks from unwind tables (.eh_frame): native code without frame pointers unwinds (C, C++, Rust, Go); interpreters' own frames (Python, Java, Node) are not read yet".into())
 }
 
 /// Whether the profiler can run: the profile program loads and a CPU-clock perf event opens on

@@ -225,7 +225,14 @@ impl ProfileProbe {
         telemetry: Telemetry,
         threads: Option<&Path>,
     ) -> Result<ProfileProbe, ProbeError> {
+        // The tables and the walker's registers are x86-64's.
+        let x86_64 = cfg!(target_arch = "x86_64");
         match cfg.unwind {
+            Unwind::Tables if !x86_64 => Err(ProbeError::Source(
+                "profiles.unwind: tables are built for x86-64 only; use `frame_pointers` (or `auto`) here"
+                    .into(),
+            )),
+            Unwind::Auto if !x86_64 => Self::start_with(cfg, telemetry, threads, false),
             Unwind::FramePointers => Self::start_with(cfg, telemetry, threads, false),
             Unwind::Tables => Self::start_with(cfg, telemetry, threads, true),
             _ => match Self::start_with(cfg, telemetry.clone(), threads, true) {

@@ -117,6 +117,10 @@ impl Tables {
             .iter()
             .filter_map(|m| self.mapping(pid, m))
             .collect();
+        // Kernel threads have none: they keep the kernel's walk (no user stack).
+        if mapped.is_empty() {
+            return;
+        }
         mapped.sort_by_key(|m| m.start);
         mapped.truncate(UNWIND_MAX_MAPPINGS);
         let mut value = UnwindProcess {
