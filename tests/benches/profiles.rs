@@ -286,7 +286,7 @@ fn tables(quick: bool) {
             t.distinct_rules(),
             median(times),
             n as f64 * 8.0 / 1024.0,
-            (n * std::mem::size_of::<oxeye_unwind::Delta>()) as f64 / (1 << 20) as f64,
+            std::mem::size_of_val(t.deltas()) as f64 / (1 << 20) as f64,
         );
     }
     many_processes(quick);
