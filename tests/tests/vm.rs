@@ -533,6 +533,7 @@ fn doctor_reports_the_kernel(series: &str) {
         ("fentry/fexit", "do_sys_openat2".to_string()),
         ("kprobe/kretprobe", "do_sys_openat2".to_string()),
         ("perf events", "cpu-clock".to_string()),
+        ("stack unwinding", "unwind tables".to_string()),
         ("flow programs", "BPF atomics".to_string()),
         ("request programs", "syscall exit programs".to_string()),
         ("TLS (libssl)", "SSL_read".to_string()),
