@@ -289,10 +289,12 @@ fn tables(quick: bool) {
             std::mem::size_of_val(t.deltas()) as f64 / (1 << 20) as f64,
         );
     }
-    many_processes(quick);
+    for unwind in ["auto", "frame_pointers"] {
+        many_processes(quick, unwind);
+    }
 }
 
-fn many_processes(quick: bool) {
+fn many_processes(quick: bool, unwind: &str) {
     let bin = oxeye_tests::bench::release_oxeye(quick);
     let dir = std::env::temp_dir().join(format!("oxeye-unwind-bench-{}", std::process::id()));
     let (tree_c, tree_rust) = oxeye_tests::burn::build_trees(&dir);
@@ -302,7 +304,7 @@ fn many_processes(quick: bool) {
     let n = if quick { 20 } else { 200 };
     let cfg = oxeye_tests::temp_config(
         "unwind-bench",
-        &format!("receivers:\n  ebpf:\n    profiles: {{frequency: 99}}\nprocessors:\n  symbolization: {{debug_info: false}}\nexporters:\n  pprof: {{path: {}/cpu}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [pprof]}}\n", dir.display()),
+        &format!("receivers:\n  ebpf:\n    profiles: {{frequency: 99, unwind: {unwind}}}\nprocessors:\n  symbolization: {{debug_info: false}}\nexporters:\n  pprof: {{path: {}/cpu}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [pprof]}}\n", dir.display()),
     );
     let mut ox = oxeye_tests::KillOnDrop(
         Command::new(&bin)
@@ -367,7 +369,7 @@ fn many_processes(quick: bool) {
         .and_then(|l| l.split_once("tables ").map(|(_, r)| r.to_string()))
         .unwrap_or_else(|| "(no table summary: frame pointers only?)".into());
     println!(
-        "`oxeye run` (99 Hz, whole host, `unwind: auto`, symbolization `debug_info: false`, pprof) for {secs} s while {n} busy processes (C and Rust without frame pointers, python3, xz, bash) share both CPUs: oxeye {:.2} % of a core, peak RSS {peak:.1} MiB; {summary}",
+        "`oxeye run` (99 Hz, whole host, `unwind: {unwind}`, symbolization `debug_info: false`, pprof) for {secs} s while {n} busy processes (C and Rust without frame pointers, python3, xz, bash) share both CPUs: oxeye {:.2} % of a core, peak RSS {peak:.1} MiB; {summary}",
         100.0 * cpu
     );
     let _ = std::fs::remove_dir_all(dir);

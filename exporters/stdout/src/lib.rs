@@ -578,6 +578,11 @@ fn folded(out: &mut Vec<u8>, samples: &[Sample]) {
             }
         }
         line.push(b';');
+        // A stack that does not reach the outermost frame is rooted apart, not beside the
+        // complete ones as if it were one.
+        if s.attributes.get("oxeye.profile.truncated").is_some() {
+            line.extend_from_slice(b"[truncated];");
+        }
         stack_line(&mut line, s, b';');
         match index.get(&line) {
             Some(&i) => lines[i].1 += s.count,
@@ -757,6 +762,24 @@ mod tests {
         let mut out = Vec::new();
         f(&mut out);
         String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn a_truncated_stack_is_rooted_apart_in_folded_lines() {
+        let whole = Sample {
+            comm: oxeye_api::Comm::new("app"),
+            user_stack: vec![0x30, 0x20, 0x10],
+            count: 3,
+            ..Sample::default()
+        };
+        let mut cut = Sample {
+            user_stack: vec![0x30, 0x20],
+            count: 2,
+            ..whole.clone()
+        };
+        cut.attributes.set("oxeye.profile.truncated", true);
+        let lines = text(|o| folded(o, &[whole, cut]));
+        assert_eq!(lines, "app;0x10;0x20;0x30 3\napp;[truncated];0x20;0x30 2\n");
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct RawSample<'a> {
     pub kernel: &'a [u64],
     /// User stack, innermost first.
     pub user: &'a [u64],
+    /// The user stack was walked with unwind tables and cut short: it does not reach the
+    /// outermost frame.
+    pub truncated: bool,
 }
 
 /// One counted stack of a window; its frames live in the window's arena.
@@ -51,6 +54,7 @@ struct Entry {
     at: u32,
     klen: u16,
     ulen: u16,
+    truncated: bool,
     count: u64,
 }
 
@@ -85,11 +89,15 @@ pub struct Aggregator {
     overflowed: u64,
 }
 
+/// The attribute of samples whose user stack was cut short (`unwind: tables`): the stack
+/// does not reach the outermost frame, and exporters say so (folded: a `[truncated]` root).
+pub const TRUNCATED: &str = "oxeye.profile.truncated";
+
 fn hash(s: &RawSample<'_>) -> u64 {
     let mut h = FxHasher::default();
     h.write_u64((s.pid as u64) << 32 | s.tid as u64);
     h.write_u64(s.span_id);
-    h.write_usize(s.kernel.len());
+    h.write_usize(s.kernel.len() | (s.truncated as usize) << 16);
     for &a in s.kernel.iter().chain(s.user) {
         h.write_u64(a);
     }
@@ -132,6 +140,7 @@ impl Aggregator {
                 && e.trace_id == s.trace_id
                 && e.klen as usize == klen
                 && e.ulen as usize == ulen
+                && e.truncated == s.truncated
                 && frames[..klen] == *s.kernel
                 && frames[klen..] == *s.user
             {
@@ -159,6 +168,7 @@ impl Aggregator {
                 at: w.arena.len() as u32,
                 klen: klen as u16,
                 ulen: ulen as u16,
+                truncated: s.truncated,
                 count: 1,
             });
             w.arena.extend_from_slice(s.kernel);
@@ -252,7 +262,13 @@ impl Aggregator {
                     .get(&e.pid)
                     .map(|s| s.mappings.clone())
                     .unwrap_or_else(|| Arc::from([])),
-                attributes: Attributes::new(),
+                attributes: if e.truncated {
+                    let mut a = Attributes::new();
+                    a.set(TRUNCATED, true);
+                    a
+                } else {
+                    Attributes::new()
+                },
             });
         }
         if w.overflow > 0 {
@@ -286,6 +302,7 @@ mod tests {
             span_id: span,
             kernel: &[],
             user,
+            truncated: false,
         }
     }
 
@@ -367,5 +384,27 @@ mod tests {
             "every sample counted"
         );
         assert_eq!(a.totals(), (20, 14));
+    }
+
+    #[test]
+    fn a_truncated_stack_is_counted_apart_and_marked() {
+        let s = 1_000_000_000;
+        let mut a = Aggregator::new(10 * s, s / 19, 100);
+        a.add(&raw(10 * s, 1, 0, &[1, 2, 3]));
+        a.add(&RawSample {
+            truncated: true,
+            ..raw(10 * s, 1, 0, &[1, 2, 3])
+        });
+        a.add(&RawSample {
+            truncated: true,
+            ..raw(10 * s, 1, 0, &[1, 2, 3])
+        });
+        let recs = &a.close_all()[0].1;
+        assert_eq!(recs.len(), 2);
+        let marked: Vec<(u64, bool)> = recs
+            .iter()
+            .map(|r| (r.count, r.attributes.get(TRUNCATED).is_some()))
+            .collect();
+        assert_eq!(marked, vec![(1, false), (2, true)]);
     }
 }

@@ -177,6 +177,7 @@ pub(crate) fn add_record(agg: &mut Aggregator, item: &[u8], offset: u64) -> Opti
         span_id: ev.span_id,
         kernel: &ev.kernel[..klen],
         user: &ev.user[..ulen],
+        truncated: ev.flags & SAMPLE_UNWOUND_TRUNCATED != 0,
     }))
 }
 
@@ -488,6 +489,22 @@ impl ProfileProbe {
             "profile",
             stack_failures,
         );
+        if let Some(t) = &self.unwind {
+            let s = t.lock().unwrap_or_else(|p| p.into_inner()).stats;
+            let t = &self.telemetry;
+            t.set_counter(
+                "ebpf_profile_unwind_processes_loaded",
+                "profile",
+                s.processes,
+            );
+            t.set_gauge("ebpf_profile_unwind_objects", "profile", s.objects);
+            t.set_gauge("ebpf_profile_unwind_deltas", "profile", s.deltas);
+            t.set_gauge(
+                "ebpf_profile_unwind_objects_without_table",
+                "profile",
+                s.objects_without_table,
+            );
+        }
         let (_, overflowed) = self.aggregator.totals();
         self.telemetry
             .set_counter("ebpf_profile_stacks_overflowed", "profile", overflowed);

@@ -144,8 +144,10 @@ impl Tables {
         let (first, count, vaddr) = match known {
             Some(k) => k,
             None => {
-                let data = std::fs::read(&path).ok()?;
-                let file = object::File::parse(&*data).ok()?;
+                // Only the headers and the CFI sections are read (`ReadCache`).
+                let f = std::fs::File::open(&path).ok()?;
+                let cache = object::ReadCache::new(&f);
+                let file = object::File::parse(&cache).ok()?;
                 let vaddr = m.start.wrapping_sub(maps::bias(&file, m)?);
                 let (first, count) = match self.objects.get_mut(&key) {
                     Some(p) => {
@@ -153,8 +155,13 @@ impl Tables {
                         (p.first, p.count)
                     }
                     None => {
-                        let (first, count) = match Table::from_elf(&data) {
-                            Ok(table) => self.place(&table),
+                        let t0 = std::time::Instant::now();
+                        let (first, count) = match Table::from_object(&file) {
+                            Ok(table) => {
+                                let placed = self.place(&table);
+                                tracing::debug!(object = %m.path.display(), deltas = placed.1, took = ?t0.elapsed(), "profiles: unwind table loaded");
+                                placed
+                            }
                             Err(_) => {
                                 self.stats.objects_without_table += 1;
                                 (0, 0)

@@ -33,7 +33,9 @@ pub struct CfiCounts {
 }
 
 /// The blocks of `.eh_frame`, or of `.debug_frame` when there is no `.eh_frame`.
-pub(crate) fn blocks(file: &object::File<'_>) -> Result<(Vec<Block>, CfiCounts), Error> {
+pub(crate) fn blocks<'data, D: object::ReadRef<'data>>(
+    file: &object::File<'data, D>,
+) -> Result<(Vec<Block>, CfiCounts), Error> {
     let endian = if file.is_little_endian() {
         RunTimeEndian::Little
     } else {

@@ -40,7 +40,10 @@ fn line(l: &str) -> Option<Mapping> {
 
 /// The bias of `mapping` for an object: `pc - bias` is the object's own virtual address.
 /// `None` when no loadable segment holds the mapping's file offset.
-pub fn bias(file: &object::File<'_>, mapping: &Mapping) -> Option<u64> {
+pub fn bias<'data, D: object::ReadRef<'data>>(
+    file: &object::File<'data, D>,
+    mapping: &Mapping,
+) -> Option<u64> {
     use object::{Object, ObjectSegment};
     file.segments().find_map(|s| {
         let executable = matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0);

@@ -32,13 +32,22 @@ pub struct Table {
 }
 
 impl Table {
-    /// The table of an ELF object (an executable or a shared library).
+    /// The table of an ELF object (an executable or a shared library), in memory.
     pub fn from_elf(data: &[u8]) -> Result<Table, Error> {
-        let file = object::File::parse(data)?;
+        Table::from_object(&object::File::parse(data)?)
+    }
+
+    /// The table of a parsed object. Over an `object::ReadCache` of an open file only the
+    /// headers and the CFI sections are read (a 150 MB binary read whole would be 150 MB of
+    /// memory for a moment; mapped, it would crash the reader if the file were truncated
+    /// meanwhile).
+    pub fn from_object<'data, D: object::ReadRef<'data>>(
+        file: &object::File<'data, D>,
+    ) -> Result<Table, Error> {
         if file.architecture() != object::Architecture::X86_64 {
             return Err(Error::Architecture(file.architecture()));
         }
-        let (mut blocks, cfi) = cfi::blocks(&file)?;
+        let (mut blocks, cfi) = cfi::blocks(file)?;
         // Stubs with no FDE (`.plt.sec`, `.plt.got` with IBT) jump without touching the stack.
         let mut synthesized = 0;
         for name in [".plt", ".plt.sec", ".plt.got"] {
