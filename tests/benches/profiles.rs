@@ -114,6 +114,33 @@ fn rss_mib(pid: u32, field: &str) -> f64 {
         .map_or(0.0, |k| k / 1024.0)
 }
 
+/// Starts `oxeye run -c cfg` and waits until the profiler is attached; its stderr's reader.
+fn start_profiling(
+    bin: &std::path::Path,
+    cfg: &std::path::Path,
+) -> (oxeye_tests::KillOnDrop, std::thread::JoinHandle<String>) {
+    let mut child = oxeye_tests::KillOnDrop(
+        Command::new(bin)
+            .args(["run", "-c"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("oxeye"),
+    );
+    let (rx, reader) = oxeye_tests::follow(child.0.stderr.take().expect("stderr"));
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("profiler attached");
+        assert!(!line.contains("ERROR"), "{line}");
+        if line.contains("perf events attached") {
+            break;
+        }
+    }
+    (child, reader)
+}
+
 fn overhead_run(bin: &std::path::Path, setting: Option<Setting>, secs: f64) -> Run {
     let dir = std::env::temp_dir().join(format!("oxeye-prof-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -125,27 +152,7 @@ fn overhead_run(bin: &std::path::Path, setting: Option<Setting>, secs: f64) -> R
             s.debug_info,
             dir.display()
         );
-        let cfg = oxeye_tests::temp_config("prof-bench", &yaml);
-        let mut child = oxeye_tests::KillOnDrop(
-            Command::new(bin)
-                .args(["run", "-c"])
-                .arg(&cfg)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("oxeye"),
-        );
-        let (rx, _reader) = oxeye_tests::follow(child.0.stderr.take().expect("stderr"));
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("profiler attached");
-            assert!(!line.contains("ERROR"), "{line}");
-            if line.contains("perf events attached") {
-                break;
-            }
-        }
-        (child, _reader)
+        start_profiling(bin, &oxeye_tests::temp_config("prof-bench", &yaml))
     });
     let mut burn = Burn::start(&["-", "2", "2000", "24"]);
     burn.go();
@@ -306,25 +313,7 @@ fn many_processes(quick: bool, unwind: &str) {
         "unwind-bench",
         &format!("receivers:\n  ebpf:\n    profiles: {{frequency: 99, unwind: {unwind}}}\nprocessors:\n  symbolization: {{debug_info: false}}\nexporters:\n  pprof: {{path: {}/cpu}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [pprof]}}\n", dir.display()),
     );
-    let mut ox = oxeye_tests::KillOnDrop(
-        Command::new(&bin)
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("oxeye"),
-    );
-    let (rx, reader) = oxeye_tests::follow(ox.0.stderr.take().expect("stderr"));
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("profiler attached");
-        assert!(!line.contains("ERROR"), "{line}");
-        if line.contains("perf events attached") {
-            break;
-        }
-    }
+    let (mut ox, reader) = start_profiling(&bin, &cfg);
     let secs_arg = (secs + 2).to_string();
     let mut children: Vec<oxeye_tests::KillOnDrop> = (0..n)
         .map(|i| {

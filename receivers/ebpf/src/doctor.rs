@@ -178,17 +178,22 @@ pub fn report() -> Vec<Check> {
     checks
 }
 
+/// The profile object, its benchmark-only maps left small.
+fn profile_object() -> Result<aya::Ebpf, String> {
+    crate::sys::thread_state_loader()
+        .map_max_entries("STACK_IDS", 1)
+        .map_max_entries("COUNTS", 1)
+        .load(crate::profiles::PROGRAMS)
+        .map_err(|e| crate::flows::chain(&e))
+}
+
 /// Whether user stacks can be walked from unwind tables here: the walker program loads
 /// (verified, not attached) on an x86-64 kernel with `bpf_loop`.
 fn unwinding() -> Result<String, String> {
     if !cfg!(target_arch = "x86_64") {
         return Err("unwind tables are built for x86-64 only: user stacks are walked with frame pointers (`unwind: auto`)".into());
     }
-    let mut ebpf = crate::sys::thread_state_loader()
-        .map_max_entries("STACK_IDS", 1)
-        .map_max_entries("COUNTS", 1)
-        .load(crate::profiles::PROGRAMS)
-        .map_err(|e| crate::flows::chain(&e))?;
+    let mut ebpf = profile_object()?;
     let p: &mut PerfEvent =
         crate::sys::program(&mut ebpf, "oxeye_profile_unwind").map_err(|e| e.to_string())?;
     p.load().map_err(|e| {
@@ -203,11 +208,7 @@ fn unwinding() -> Result<String, String> {
 /// Whether the profiler can run: the profile program loads and a CPU-clock perf event opens on
 /// every online CPU at the default frequency (then closes); and the kernel's ceiling.
 fn perf_events() -> Result<String, String> {
-    let mut ebpf = crate::sys::thread_state_loader()
-        .map_max_entries("STACK_IDS", 1)
-        .map_max_entries("COUNTS", 1)
-        .load(crate::profiles::PROGRAMS)
-        .map_err(|e| crate::flows::chain(&e))?;
+    let mut ebpf = profile_object()?;
     let p: &mut PerfEvent =
         crate::sys::program(&mut ebpf, "oxeye_profile").map_err(|e| e.to_string())?;
     p.load().map_err(|e| crate::flows::chain(&e))?;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -110,33 +110,42 @@ fn sample(child: &Child, n: usize, tables: bool) -> Vec<Stack> {
     stacks
 }
 
-fn build_c(dir: &Path) -> std::path::PathBuf {
-    let src = dir.join("tree.c");
-    std::fs::write(&src, C_PROGRAM).unwrap();
-    let bin = dir.join("tree-c");
-    let st = Command::new("cc")
-        .args(["-O2", "-fomit-frame-pointer", "-o"])
+/// Writes `source` to `dir/name.src` and builds it into `dir/name` with `compiler args`.
+fn build(dir: &Path, name: &str, source: &str, compiler: &str, args: &[&str]) -> PathBuf {
+    let src = dir.join(format!("{name}.src"));
+    std::fs::write(&src, source).unwrap();
+    let bin = dir.join(name);
+    let st = Command::new(compiler)
+        .args(args)
+        .arg("-o")
         .arg(&bin)
         .arg(&src)
         .status()
         .unwrap();
-    assert!(st.success());
+    assert!(st.success(), "{compiler} {args:?}");
     bin
 }
 
-fn build_rust(dir: &Path) -> std::path::PathBuf {
-    let src = dir.join("tree.rs");
-    std::fs::write(&src, RUST_PROGRAM).unwrap();
-    let bin = dir.join("tree-rust");
+fn build_c(dir: &Path) -> PathBuf {
+    // `-x c`: the source's name does not end in `.c`.
+    build(
+        dir,
+        "tree-c",
+        C_PROGRAM,
+        "cc",
+        &["-O2", "-fomit-frame-pointer", "-x", "c"],
+    )
+}
+
+fn build_rust(dir: &Path) -> PathBuf {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let st = Command::new(rustc)
-        .args(["-O", "-C", "force-frame-pointers=no", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    bin
+    build(
+        dir,
+        "tree-rust",
+        RUST_PROGRAM,
+        &rustc,
+        &["-O", "-C", "force-frame-pointers=no"],
+    )
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
