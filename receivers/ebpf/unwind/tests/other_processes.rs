@@ -61,18 +61,20 @@ struct Stack {
     end: End,
 }
 
-/// `n` samples of `child`'s stack (about 0.5 ms apart), each walked with the tables and, when
-/// `tables` is false, with frame pointers only.
-fn sample(child: &Child, n: usize, tables: bool) -> Vec<Stack> {
+/// `n` samples of `child`'s stack (about 0.5 ms apart), each walked with the tables or, when
+/// `tables` is false, with frame pointers only; `seize`: start tracing it first.
+fn sample(child: &Child, n: usize, tables: bool, seize: bool) -> Vec<Stack> {
     let pid = child.id();
-    assert_eq!(
-        unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid as i32, 0, 0) },
-        0,
-        "PTRACE_SEIZE: {}",
-        std::io::Error::last_os_error()
-    );
-    // Past the dynamic loader: the mappings are those of the running program.
-    std::thread::sleep(Duration::from_millis(300));
+    if seize {
+        assert_eq!(
+            unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid as i32, 0, 0) },
+            0,
+            "PTRACE_SEIZE: {}",
+            std::io::Error::last_os_error()
+        );
+        // Past the dynamic loader: the mappings are those of the running program.
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let mut objects = Objects::default();
     let process = Process::load(pid, &mut objects).unwrap();
     let mut names = common::Names::default();
@@ -96,15 +98,10 @@ fn sample(child: &Child, n: usize, tables: bool) -> Vec<Stack> {
             }
         };
         let (pcs, end) = walk(rule, |a| common::read(pid, a), regs, 127);
-        let names = pcs
-            .iter()
-            .map(|&pc| {
-                names
-                    .name(&process, pc)
-                    .unwrap_or_else(|| format!("{pc:#x}"))
-            })
-            .collect();
-        stacks.push(Stack { names, end });
+        stacks.push(Stack {
+            names: names.stack(&process, &pcs),
+            end,
+        });
     }
     assert_eq!(stacks.len(), n, "sampling took longer than 30 s");
     stacks
@@ -210,11 +207,11 @@ fn c_without_frame_pointers_unwinds_to_main() {
             .spawn()
             .unwrap(),
     );
-    let stacks = sample(&child.0, 3000, true);
+    let stacks = sample(&child.0, 3000, true, true);
     check_tree(&stacks, "main", "C -O2 -fomit-frame-pointer, tables");
     // The same process with frame pointers only: never the tree, and nothing made up is
     // presented as complete.
-    let fp = sample_again(&child, 300);
+    let fp = sample(&child.0, 300, false, false);
     let complete = fp.iter().filter(|s| s.end == End::Complete).count();
     eprintln!("frame pointers only: {complete} of {} complete", fp.len());
     assert!(
@@ -224,39 +221,12 @@ fn c_without_frame_pointers_unwinds_to_main() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// More samples of an already traced child, frame pointers only.
-fn sample_again(child: &Traced, n: usize) -> Vec<Stack> {
-    let pid = child.0.id();
-    let mut objects = Objects::default();
-    let process = Process::load(pid, &mut objects).unwrap();
-    let mut names = common::Names::default();
-    let mut out = Vec::new();
-    while out.len() < n {
-        std::thread::sleep(Duration::from_micros(300));
-        let Some(r) = stop_and_read(pid) else {
-            continue;
-        };
-        let regs = Regs {
-            pc: r.rip,
-            sp: r.rsp,
-            bp: r.rbp,
-        };
-        let (pcs, end) = walk(|_| None, |a| common::read(pid, a), regs, 127);
-        let names = pcs
-            .iter()
-            .map(|&pc| names.name(&process, pc).unwrap_or_default())
-            .collect();
-        out.push(Stack { names, end });
-    }
-    out
-}
-
 #[test]
 fn rust_release_without_frame_pointers_unwinds_to_main() {
     let dir = tempdir("rust");
     let bin = build_rust(&dir);
     let child = Traced(Command::new(&bin).arg("60").spawn().unwrap());
-    let stacks = sample(&child.0, 3000, true);
+    let stacks = sample(&child.0, 3000, true, true);
     check_tree(&stacks, "main", "Rust release, no frame pointers, tables");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -288,7 +258,7 @@ fn debian_xz_unwinds_to_libc_start_main() {
             .spawn()
             .unwrap(),
     );
-    let stacks = sample(&child.0, 1000, true);
+    let stacks = sample(&child.0, 1000, true, true);
     let reached = stacks
         .iter()
         .filter(|s| s.end == End::Complete && s.names.iter().any(|n| n == "__libc_start_main"))

@@ -53,14 +53,7 @@ fn the_walk_finds_the_frames_libgcc_finds() {
     let process = Process::load(std::process::id(), &mut objects).unwrap();
     let (ours, end, theirs) = deeper(6, &process);
     let mut names = common::Names::default();
-    let named: Vec<String> = ours
-        .iter()
-        .map(|&pc| {
-            names
-                .name(&process, pc)
-                .unwrap_or_else(|| format!("{pc:#x}"))
-        })
-        .collect();
+    let named = names.stack(&process, &ours);
     eprintln!("walk ({end:?}): {}", named.join(" ← "));
     assert_eq!(
         end,

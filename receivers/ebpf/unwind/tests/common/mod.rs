@@ -29,6 +29,13 @@ pub struct Names {
 }
 
 impl Names {
+    /// Each pc's function, or the pc in hex.
+    pub fn stack(&mut self, process: &Process, pcs: &[u64]) -> Vec<String> {
+        pcs.iter()
+            .map(|&pc| self.name(process, pc).unwrap_or_else(|| format!("{pc:#x}")))
+            .collect()
+    }
+
     /// The function holding `pc` (a return address is looked up one byte earlier).
     pub fn name(&mut self, process: &Process, pc: u64) -> Option<String> {
         let m = process.mapped(pc)?;
