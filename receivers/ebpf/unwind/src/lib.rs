@@ -10,6 +10,7 @@
 mod cfi;
 pub mod maps;
 pub mod process;
+pub mod python;
 pub mod rule;
 pub mod table;
 pub mod walk;

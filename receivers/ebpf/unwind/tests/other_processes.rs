@@ -9,52 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{stop_and_read, Traced};
 use oxeye_unwind::{walk, End, Objects, Process, Regs, Rule};
 
 /// The workloads the kernel tests profile too (tests/workloads/tree.*).
 const C_PROGRAM: &str = include_str!("../../../../tests/workloads/tree.c");
 const RUST_PROGRAM: &str = include_str!("../../../../tests/workloads/tree.rs");
-
-/// A traced child, killed on drop.
-struct Traced(Child);
-
-impl Drop for Traced {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ptrace(req: libc::c_uint, pid: u32, data: *mut libc::c_void) -> i64 {
-    unsafe {
-        libc::ptrace(
-            req,
-            pid as libc::pid_t,
-            std::ptr::null_mut::<libc::c_void>(),
-            data,
-        )
-    }
-}
-
-/// The registers of `pid` at a moment it is running: interrupt, read, let go.
-fn stop_and_read(pid: u32) -> Option<libc::user_regs_struct> {
-    if ptrace(libc::PTRACE_INTERRUPT, pid, std::ptr::null_mut()) != 0 {
-        return None;
-    }
-    let mut status = 0;
-    unsafe { libc::waitpid(pid as i32, &mut status, libc::__WALL) };
-    if !libc::WIFSTOPPED(status) {
-        return None;
-    }
-    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-    let ok = ptrace(
-        libc::PTRACE_GETREGS,
-        pid,
-        (&mut regs as *mut libc::user_regs_struct).cast(),
-    ) == 0;
-    ptrace(libc::PTRACE_CONT, pid, std::ptr::null_mut());
-    ok.then_some(regs)
-}
 
 struct Stack {
     names: Vec<String>,
@@ -66,14 +26,7 @@ struct Stack {
 fn sample(child: &Child, n: usize, tables: bool, seize: bool) -> Vec<Stack> {
     let pid = child.id();
     if seize {
-        assert_eq!(
-            unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid as i32, 0, 0) },
-            0,
-            "PTRACE_SEIZE: {}",
-            std::io::Error::last_os_error()
-        );
-        // Past the dynamic loader: the mappings are those of the running program.
-        std::thread::sleep(Duration::from_millis(300));
+        common::seize(pid);
     }
     let mut objects = Objects::default();
     let process = Process::load(pid, &mut objects).unwrap();

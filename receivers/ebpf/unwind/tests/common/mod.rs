@@ -60,3 +60,55 @@ impl Names {
         (addr < start + size).then(|| name.clone())
     }
 }
+
+/// A traced child, killed on drop.
+pub struct Traced(pub std::process::Child);
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn ptrace(req: libc::c_uint, pid: u32, data: *mut libc::c_void) -> i64 {
+    unsafe {
+        libc::ptrace(
+            req,
+            pid as libc::pid_t,
+            std::ptr::null_mut::<libc::c_void>(),
+            data,
+        )
+    }
+}
+
+/// The registers of `pid` at a moment it is running: interrupt, read, let go.
+pub fn stop_and_read(pid: u32) -> Option<libc::user_regs_struct> {
+    if ptrace(libc::PTRACE_INTERRUPT, pid, std::ptr::null_mut()) != 0 {
+        return None;
+    }
+    let mut status = 0;
+    unsafe { libc::waitpid(pid as i32, &mut status, libc::__WALL) };
+    if !libc::WIFSTOPPED(status) {
+        return None;
+    }
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    let ok = ptrace(
+        libc::PTRACE_GETREGS,
+        pid,
+        (&mut regs as *mut libc::user_regs_struct).cast(),
+    ) == 0;
+    ptrace(libc::PTRACE_CONT, pid, std::ptr::null_mut());
+    ok.then_some(regs)
+}
+
+/// Starts tracing `pid` (`PTRACE_SEIZE`: it keeps running) and waits past its dynamic loader.
+pub fn seize(pid: u32) {
+    assert_eq!(
+        unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid as i32, 0, 0) },
+        0,
+        "PTRACE_SEIZE: {}",
+        std::io::Error::last_os_error()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
