@@ -529,6 +529,16 @@ fn a_filter_that_matches_nothing_and_a_missing_process_say_so() {
 /// Profiles `bin SECONDS` (pid-filtered, 999 Hz) with `unwind`; returns the folded stacks and
 /// oxeye's stderr.
 fn profile_run(bin: &std::path::Path, args: &[&str], unwind: &str) -> (String, String) {
+    profile_run_to(bin, args, unwind, None)
+}
+
+/// The same, with pprof files written under `pprof` too.
+fn profile_run_to(
+    bin: &std::path::Path,
+    args: &[&str],
+    unwind: &str,
+    pprof: Option<&std::path::Path>,
+) -> (String, String) {
     let mut child = KillOnDrop(
         Command::new(bin)
             .args(args)
@@ -539,9 +549,11 @@ fn profile_run(bin: &std::path::Path, args: &[&str], unwind: &str) -> (String, S
     let yaml = format!(
         "receivers:\n  ebpf:\n    profiles: {{frequency: {FREQUENCY}, window: 2s, pid: {pid}, stacks: user, unwind: {unwind}}}\n\
          processors:\n  symbolization: {{}}\n\
-         exporters:\n  stdout: {{format: folded}}\n\
-         service:\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [stdout]}}\n",
+         exporters:\n  stdout: {{format: folded}}\n{pprof_exporter}\
+         service:\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [stdout{pprof_name}]}}\n",
         pid = child.0.id(),
+        pprof_exporter = pprof.map_or(String::new(), |p| format!("  pprof: {{path: {}/cpu}}\n", p.display())),
+        pprof_name = if pprof.is_some() { ", pprof" } else { "" },
     );
     let ox = Oxeye::start("unwind", &yaml, 0);
     child.0.wait().expect("workload exit");
@@ -637,4 +649,152 @@ fn debian_xz_stacks_reach_libc_start_with_unwind_tables() {
     assert!(all >= 1000, "{all} samples\n{stderr}");
     assert!(reached * 100 >= all * 95, "{reached} of {all}\n{folded}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The pprof files' samples of the Python workload as Python's protobuf reads them: for each of
+/// hot_a, hot_b, outer, the file names and lines its frames carry.
+fn python_frames_in_pprof(files: &[PathBuf]) -> serde_json::Value {
+    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../exporters/pprof/proto");
+    let script = r#"
+import gzip, json, sys, tempfile
+from grpc_tools import protoc
+out = tempfile.mkdtemp()
+assert protoc.main(["protoc", "-I" + sys.argv[1], "--python_out=" + out, "profile.proto"]) == 0
+sys.path.insert(0, out)
+import profile_pb2
+r = {f: {"files": [], "lines": [], "samples": 0} for f in ("hot_a", "hot_b", "outer")}
+for path in sys.argv[2:]:
+    p = profile_pb2.Profile()
+    p.ParseFromString(gzip.open(path).read())
+    s = p.string_table
+    fn = {f.id: (s[f.name], s[f.filename]) for f in p.function}
+    loc = {l.id: [(fn[x.function_id], x.line) for x in l.line] for l in p.location}
+    for x in p.sample:
+        for i in x.location_id:
+            for (name, file), line in loc[i]:
+                if name in r:
+                    r[name]["samples"] += x.value[0]
+                    if file not in r[name]["files"]:
+                        r[name]["files"].append(file)
+                    if line not in r[name]["lines"]:
+                        r[name]["lines"].append(line)
+print(json.dumps(r))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(proto_dir)
+        .args(files)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python (run tests/setup.sh: grpcio-tools): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from python")
+}
+
+#[test]
+fn python_frames_interleave_with_native_frames_for_system_python_and_a_venv() {
+    require_root();
+    let _one = serial();
+    let dir = std::env::temp_dir().join(format!("oxeye-py-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let venv = dir.join("venv");
+    let made = Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv");
+    assert!(made.success(), "python3 -m venv");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/pytree.py");
+    for (python, what) in [
+        (PathBuf::from("/usr/bin/python3"), "system python3"),
+        (venv.join("bin/python3"), "venv"),
+    ] {
+        let pprof = dir.join(format!("pprof-{}", what.replace(' ', "-")));
+        let measured = dir.join("split");
+        let measured_arg = measured.display().to_string();
+        let (folded, stderr) = profile_run_to(
+            &python,
+            &[script, "6", &measured_arg],
+            "tables",
+            Some(&pprof),
+        );
+        // The CPU time the workload measured in each leaf (time.thread_time around the calls).
+        let measured: f64 = std::fs::read_to_string(&measured)
+            .expect("the workload's measured split")
+            .trim()
+            .parse()
+            .expect("a number");
+        let (mut a, mut b, mut all, mut complete) = (0, 0, 0, 0);
+        for line in folded.lines().filter(|l| l.starts_with("python3;")) {
+            let (stack, n) = line.rsplit_once(' ').expect("`stack count`");
+            let n: u64 = n.parse().expect("count");
+            all += n;
+            // Native frames from _start down to the eval loop, then the Python frames.
+            complete += n
+                * (stack.starts_with("python3;_start;")
+                    && stack.contains(";_PyEval_EvalFrameDefault;<module>;"))
+                    as u64;
+            a += n * stack.contains(";<module>;outer;hot_a") as u64;
+            b += n * stack.contains(";<module>;outer;hot_b") as u64;
+        }
+        let ratio = a as f64 / b.max(1) as f64;
+        eprintln!("{what}: {all} samples, {complete} from _start through the eval loop into <module>, outer;hot_a {a} : outer;hot_b {b} = {ratio:.2} (the workload measured {measured:.2})");
+        assert!(all >= 3000, "{what}: {all} samples\n{stderr}");
+        assert!(
+            complete * 100 >= all * 95,
+            "{what}: {complete} of {all} complete\n{folded}"
+        );
+        assert!(
+            (a + b) * 100 >= all * 90,
+            "{what}: {} of {all} in hot_a or hot_b under outer\n{folded}",
+            a + b
+        );
+        // About 3 : 1 by construction; the profile must agree with the process's own clock
+        // within 10 %.
+        assert!(
+            (2.5..=3.5).contains(&measured),
+            "{what}: the workload measured {measured}"
+        );
+        assert!(
+            (ratio / measured - 1.0).abs() <= 0.1,
+            "{what}: split {ratio:.2}, the workload measured {measured:.2} (± 10 %)\n{folded}"
+        );
+        let files: Vec<PathBuf> = std::fs::read_dir(&pprof)
+            .expect("pprof dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert!(
+            !files.is_empty()
+                && files
+                    .iter()
+                    .all(|f| f.to_string_lossy().ends_with(".pb.gz")),
+            "{what}: {files:?}"
+        );
+        let py = python_frames_in_pprof(&files);
+        // pytree.py: hot_a's body is lines 8–11, hot_b's 15–18, outer's 22–28.
+        for (f, lines) in [("hot_a", 8..=11), ("hot_b", 15..=18), ("outer", 22..=28)] {
+            let files = py[f]["files"].as_array().expect("files");
+            assert!(
+                !files.is_empty()
+                    && files
+                        .iter()
+                        .all(|x| x.as_str().is_some_and(|p| p.ends_with("/pytree.py"))),
+                "{what}: {f} in pprof: {py}"
+            );
+            let seen = py[f]["lines"].as_array().expect("lines");
+            assert!(
+                !seen.is_empty()
+                    && seen
+                        .iter()
+                        .all(|l| l.as_i64().is_some_and(|l| lines.contains(&l))),
+                "{what}: {f}'s lines in pprof: {py}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

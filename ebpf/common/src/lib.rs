@@ -437,6 +437,43 @@ pub const SAMPLE_UNWOUND_COMPLETE: u32 = 1;
 pub const SAMPLE_UNWOUND_TRUNCATED: u32 = 2;
 /// The process has no tables loaded yet: frame pointers were used; user space loads them.
 pub const SAMPLE_UNWIND_UNKNOWN_PROCESS: u32 = 4;
+/// The user stack holds Python frames: each a pair, `code object | PY_FRAME_TAG` then its
+/// instruction pointer, before the native `_PyEval_EvalFrameDefault` frame that ran it.
+pub const SAMPLE_PYTHON: u32 = 8;
+/// Marks the first word of a Python frame in a user stack (user addresses never have it).
+pub const PY_FRAME_TAG: u64 = 1 << 63;
+/// Python frames read per sample at most.
+pub const PY_MAX_FRAMES: usize = 64;
+
+/// A CPython process (`PY_PROCS`, by tgid): where its runtime and eval loop are, and the
+/// offsets of its version (see `oxeye_unwind::python::Layout`; 3.11+).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyProc {
+    /// `&_PyRuntime`.
+    pub runtime: u64,
+    /// `_PyEval_EvalFrameDefault`, [start, end).
+    pub eval_start: u64,
+    pub eval_end: u64,
+    pub interpreters_head: u16,
+    pub threads_head: u16,
+    pub tstate_next: u16,
+    /// `native_thread_id`.
+    pub tstate_thread: u16,
+    pub tstate_frame: u16,
+    /// `cframe->current_frame` (3.11, 3.12); `u16::MAX`: none (3.13).
+    pub cframe_frame: u16,
+    pub frame_code: u16,
+    pub frame_previous: u16,
+    pub frame_instr: u16,
+    /// `PY_ENTRY_IS_ENTRY` (3.11) or `PY_ENTRY_OWNER` (3.12+), at `entry_offset`.
+    pub entry_kind: u16,
+    pub entry_offset: u16,
+    pub _pad: u16,
+}
+
+pub const PY_ENTRY_IS_ENTRY: u16 = 1;
+pub const PY_ENTRY_OWNER: u16 = 2;
 
 /// One stack sample, as written to the ring buffer (fixed size: a reservation must be).
 #[repr(C)]
@@ -538,6 +575,8 @@ mod profile_pod {
     unsafe impl aya::Pod for super::UnwindProcess {}
     // SAFETY: four u8s then two i32s: no padding (12 bytes).
     unsafe impl aya::Pod for super::UnwindRule {}
+    // SAFETY: three u64s then twelve u16s: no padding (48 bytes).
+    unsafe impl aya::Pod for super::PyProc {}
 }
 
 /// Longest executable path kept from an exec (bytes, with the NUL).

@@ -154,14 +154,14 @@ fn sample(ctx: PerfEventContext, tables: bool) -> u32 {
         }
     }
     if cfg.stack & STACK_USER != 0 && tables && UNWIND_PROCS.get_ptr(&tgid).is_some() {
-        let (n, flags) = unwind::walk(tgid, depth as u32);
+        let (n, flags) = unwind::walk(tgid, tid, depth as u32);
         if let Some(state) = unwind::STATE.get_ptr(0) {
             // A fixed-size copy (the verifier wants constant bounds); frames past `n` unused.
             ev.user = unsafe { (*state).frames };
         }
         ev.ustack_len = n;
         ev.flags = flags;
-        count(if flags == SAMPLE_UNWOUND_COMPLETE {
+        count(if flags & SAMPLE_UNWOUND_COMPLETE != 0 {
             P_UNWOUND_COMPLETE
         } else {
             P_UNWOUND_TRUNCATED

@@ -12,8 +12,9 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray},
 };
 use oxeye_ebpf_common::{
-    UnwindProcess, UnwindRule, CFA_DEREF_RBP, CFA_DEREF_RSP, CFA_RBP, PROFILE_STACK_DEPTH,
-    RBP_AT_CFA, RBP_AT_RBP, SAMPLE_UNWOUND_COMPLETE, SAMPLE_UNWOUND_TRUNCATED, UNWIND_MAX_MAPPINGS,
+    PyProc, UnwindProcess, UnwindRule, CFA_DEREF_RBP, CFA_DEREF_RSP, CFA_RBP, PROFILE_STACK_DEPTH,
+    PY_ENTRY_IS_ENTRY, PY_ENTRY_OWNER, PY_FRAME_TAG, PY_MAX_FRAMES, RBP_AT_CFA, RBP_AT_RBP,
+    SAMPLE_PYTHON, SAMPLE_UNWOUND_COMPLETE, SAMPLE_UNWOUND_TRUNCATED, UNWIND_MAX_MAPPINGS,
     UNWIND_MAX_RULES, UR_FRAME, UR_PLT, UR_SIGNAL, UR_STOP,
 };
 
@@ -25,6 +26,9 @@ pub static UNWIND_PROCS: LruHashMap<u32, UnwindProcess> = LruHashMap::with_max_e
 static UNWIND_DELTAS: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static UNWIND_RULES: Array<UnwindRule> = Array::with_max_entries(UNWIND_MAX_RULES, 0);
+/// CPython processes, by tgid (user space sizes it).
+#[map]
+static PY_PROCS: LruHashMap<u32, PyProc> = LruHashMap::with_max_entries(1, 0);
 
 /// The walk in progress on this CPU (kept off the 512-byte stack).
 #[repr(C)]
@@ -41,6 +45,18 @@ pub struct State {
     lo: u32,
     hi: u32,
     key: u64,
+    /// Python: the frames read for this sample (innermost first), the next one to place, and
+    /// the eval loop's address range (0, 0: not a Python process).
+    py_n: u32,
+    py_at: u32,
+    eval_start: u64,
+    eval_end: u64,
+    /// While reading: the thread state found, and the frame being read.
+    py_tstate: u64,
+    py_frame: u64,
+    py_code: [u64; PY_MAX_FRAMES],
+    py_instr: [u64; PY_MAX_FRAMES],
+    py_entry: [u8; PY_MAX_FRAMES],
     pc: u64,
     sp: u64,
     bp: u64,
@@ -68,13 +84,14 @@ fn read(addr: u64) -> Option<u64> {
 }
 
 /// Walks the current task's user stack into `STATE.frames`; returns the frame count and the
-/// `SAMPLE_*` flag it ended with.
+/// `SAMPLE_*` flags it ended with. The state is only touched through its raw pointer: the
+/// `bpf_loop` callbacks write to it meanwhile, and a `&mut` held across the call would let the
+/// compiler keep stale copies.
 #[inline(always)]
-pub fn walk(pid: u32, max: u32) -> (u32, u32) {
+pub fn walk(pid: u32, tid: u32, max: u32) -> (u32, u32) {
     let Some(s) = STATE.get_ptr_mut(0) else {
         return (0, SAMPLE_UNWOUND_TRUNCATED);
     };
-    let s = unsafe { &mut *s };
     // The user registers: saved at the top of the kernel stack on any entry from user mode
     // (the sample's own registers are the kernel's when it hit in kernel mode).
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize;
@@ -85,14 +102,23 @@ pub fn walk(pid: u32, max: u32) -> (u32, u32) {
     if pc == 0 {
         return (0, SAMPLE_UNWOUND_TRUNCATED);
     }
-    s.pid = pid;
-    s.n = 0;
-    s.max = max;
-    s.exact = 1;
-    s.end = 0;
-    s.pc = pc;
-    s.sp = sp;
-    s.bp = bp;
+    unsafe {
+        (*s).pid = pid;
+        (*s).n = 0;
+        (*s).max = max;
+        (*s).exact = 1;
+        (*s).end = 0;
+        (*s).pc = pc;
+        (*s).sp = sp;
+        (*s).bp = bp;
+        (*s).py_n = 0;
+        (*s).py_at = 0;
+        (*s).eval_start = 0;
+        (*s).eval_end = 0;
+    }
+    if let Some(py) = PY_PROCS.get_ptr(&pid) {
+        python_frames(s, unsafe { &*py }, tid);
+    }
     unsafe {
         bpf_loop(
             PROFILE_STACK_DEPTH as u32,
@@ -101,12 +127,145 @@ pub fn walk(pid: u32, max: u32) -> (u32, u32) {
             0,
         )
     };
-    let end = if s.end == 0 {
+    let (n, end, placed) = unsafe {
+        (
+            core::ptr::read_volatile(&(*s).n),
+            core::ptr::read_volatile(&(*s).end),
+            core::ptr::read_volatile(&(*s).py_at),
+        )
+    };
+    let end = if end == 0 {
         SAMPLE_UNWOUND_TRUNCATED
     } else {
-        s.end
+        end
     };
-    (s.n, end)
+    let python = if placed > 0 { SAMPLE_PYTHON } else { 0 };
+    (n, end | python)
+}
+
+/// Reads the Python frames of thread `tid` into `s.py_*` (none when it has no thread state).
+#[inline(always)]
+fn python_frames(s: *mut State, py: &PyProc, tid: u32) {
+    let Some(interp) = read(py.runtime + py.interpreters_head as u64) else {
+        return;
+    };
+    let Some(first) = read(interp + py.threads_head as u64) else {
+        return;
+    };
+    unsafe {
+        (*s).key = tid as u64;
+        (*s).py_tstate = 0;
+        (*s).py_frame = first;
+        bpf_loop(64, find_tstate as *mut _, core::ptr::null_mut(), 0);
+    }
+    let tstate = unsafe { core::ptr::read_volatile(&(*s).py_tstate) };
+    if tstate == 0 {
+        return;
+    }
+    let Some(mut f) = read(tstate + py.tstate_frame as u64) else {
+        return;
+    };
+    if py.cframe_frame != u16::MAX && f != 0 {
+        let Some(current) = read(f + py.cframe_frame as u64) else {
+            return;
+        };
+        f = current;
+    }
+    unsafe {
+        (*s).py_frame = f;
+        (*s).eval_start = py.eval_start;
+        (*s).eval_end = py.eval_end;
+        bpf_loop(
+            PY_MAX_FRAMES as u32,
+            read_py_frame as *mut _,
+            core::ptr::null_mut(),
+            0,
+        );
+    }
+}
+
+/// One thread state of the interpreter's list: the one of thread `key` ends the search.
+extern "C" fn find_tstate(_i: u32, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(s) = state() else { return 1 };
+    let s = unsafe { &mut *s };
+    let Some(py) = PY_PROCS.get_ptr(&s.pid) else {
+        return 1;
+    };
+    let py = unsafe { &*py };
+    let t = s.py_frame;
+    if t == 0 {
+        return 1;
+    }
+    if read(t + py.tstate_thread as u64) == Some(s.key) {
+        s.py_tstate = t;
+        return 1;
+    }
+    match read(t + py.tstate_next as u64) {
+        Some(next) => {
+            s.py_frame = next;
+            0
+        }
+        None => 1,
+    }
+}
+
+/// Reads one Python frame (code, instruction, whether it ends a C-level call of the eval
+/// loop); shim frames (3.12+, owned by the C stack) are not kept but mark the frame before.
+extern "C" fn read_py_frame(_i: u32, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(s) = state() else { return 1 };
+    let s = unsafe { &mut *s };
+    let Some(py) = PY_PROCS.get_ptr(&s.pid) else {
+        return 1;
+    };
+    let py = unsafe { &*py };
+    let f = s.py_frame;
+    let n = s.py_n as usize;
+    if f == 0 || n >= PY_MAX_FRAMES {
+        return 1;
+    }
+    let (Some(code), Some(previous), Some(instr)) = (
+        read(f + py.frame_code as u64),
+        read(f + py.frame_previous as u64),
+        read(f + py.frame_instr as u64),
+    ) else {
+        return 1;
+    };
+    let mark =
+        unsafe { bpf_probe_read_user((f + py.entry_offset as u64) as *const u8) }.unwrap_or(0);
+    s.py_frame = previous;
+    if py.entry_kind == PY_ENTRY_OWNER && mark == 3 {
+        if n > 0 {
+            s.py_entry[(n - 1) & (PY_MAX_FRAMES - 1)] = 1;
+        }
+        return 0;
+    }
+    s.py_code[n] = code;
+    s.py_instr[n] = instr;
+    s.py_entry[n] = (py.entry_kind == PY_ENTRY_IS_ENTRY && mark != 0) as u8;
+    s.py_n += 1;
+    0
+}
+
+/// Places the next Python frame (two words) in the stack; stops after one that ends its
+/// C-level call, or when none or no room is left.
+extern "C" fn place_py_frame(_i: u32, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(s) = state() else { return 1 };
+    let s = unsafe { &mut *s };
+    let (at, n) = (s.py_at as usize, s.n as usize);
+    if at >= s.py_n as usize
+        || at >= PY_MAX_FRAMES
+        || n + 2 > PROFILE_STACK_DEPTH
+        || s.n + 2 > s.max
+    {
+        return 1;
+    }
+    s.frames[n] = s.py_code[at] | PY_FRAME_TAG;
+    if n + 1 < PROFILE_STACK_DEPTH {
+        s.frames[n + 1] = s.py_instr[at];
+    }
+    s.n += 2;
+    s.py_at += 1;
+    (s.py_entry[at] != 0) as i64
 }
 
 /// The walk's state on this CPU, as a raw pointer: the search callbacks below write to it
@@ -170,7 +329,7 @@ fn lookup(s: *mut State, pid: u32, pc: u64) -> Option<UnwindRule> {
         (*s).key = pc;
         bpf_loop(7, find_mapping as *mut _, core::ptr::null_mut(), 0);
     }
-    let lo = unsafe { (*s).lo };
+    let lo = unsafe { core::ptr::read_volatile(&(*s).lo) };
     if lo == 0 {
         return None;
     }
@@ -189,7 +348,7 @@ fn lookup(s: *mut State, pid: u32, pc: u64) -> Option<UnwindRule> {
         (*s).key = v;
         bpf_loop(24, find_delta as *mut _, core::ptr::null_mut(), 0);
     }
-    let lo = unsafe { (*s).lo };
+    let lo = unsafe { core::ptr::read_volatile(&(*s).lo) };
     if lo == m.first {
         return None;
     }
@@ -202,6 +361,18 @@ extern "C" fn step(_i: u32, _ctx: *mut core::ffi::c_void) -> i64 {
     let Some(sp) = state() else {
         return 1;
     };
+    // The eval loop running Python code: its Python frames go first (they are inside it).
+    let (pc, eval_start, eval_end) = unsafe { ((*sp).pc, (*sp).eval_start, (*sp).eval_end) };
+    if pc >= eval_start && pc < eval_end {
+        unsafe {
+            bpf_loop(
+                PY_MAX_FRAMES as u32,
+                place_py_frame as *mut _,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
+    }
     let (pid, at) = {
         let s = unsafe { &mut *sp };
         let i = s.n as usize;

@@ -314,13 +314,16 @@ pub fn stacktrace(frames: &[Frame]) -> String {
 }
 
 impl Resolver {
-    /// Kernel frames, then user frames, innermost first, at most `depth` of each.
+    /// Kernel frames, then user frames, innermost first, at most `depth` of each. `python`:
+    /// the Python frames the receiver named, in stack order, for the user stack's tagged pairs
+    /// (`PYTHON_TAG`: code object, then instruction), which are theirs.
     fn frames(
         &mut self,
         kernel: &[u64],
         user: &[u64],
         maps: impl FnOnce(&mut Self) -> Option<Arc<Vec<Mapping>>>,
         depth: usize,
+        python: &[Frame],
     ) -> Vec<Frame> {
         let mut frames = Vec::new();
         if self.stacks != Stacks::User {
@@ -330,8 +333,25 @@ impl Resolver {
         }
         if self.stacks != Stacks::Kernel && !user.is_empty() {
             let maps = maps(self);
-            for &a in user.iter().take(depth).filter(|&&a| a != 0) {
-                frames.push(self.user_frame(maps.as_deref().map(Vec::as_slice), a));
+            let mut python = python.iter();
+            let (mut i, mut n) = (0, 0);
+            while i < user.len() && n < depth {
+                let a = user[i];
+                i += 1;
+                if a & PYTHON_TAG != 0 {
+                    // Its instruction follows.
+                    i += 1;
+                    frames.push(python.next().cloned().unwrap_or(Frame {
+                        address: a,
+                        module: Some(PYTHON_MODULE.into()),
+                        ..Frame::default()
+                    }));
+                } else if a != 0 {
+                    frames.push(self.user_frame(maps.as_deref().map(Vec::as_slice), a));
+                } else {
+                    continue;
+                }
+                n += 1;
             }
         }
         frames
@@ -347,6 +367,7 @@ impl Resolver {
                         &s.user_stack,
                         |r| pid.and_then(|pid| r.maps(pid)),
                         self.max_depth,
+                        &[],
                     );
                     if self.code_stacktrace && !frames.is_empty() {
                         s.attributes.set("code.stacktrace", stacktrace(&frames));
@@ -360,6 +381,12 @@ impl Resolver {
                     FxHashMap::default();
                 for s in samples.iter_mut() {
                     let (pid, snapshot) = (s.pid, &s.mappings);
+                    let python: Vec<Frame> = s
+                        .frames
+                        .iter()
+                        .filter(|f| f.module.as_deref() == Some(PYTHON_MODULE))
+                        .cloned()
+                        .collect();
                     let frames = self.frames(
                         &s.kernel_stack,
                         &s.user_stack,
@@ -374,6 +401,7 @@ impl Resolver {
                             Some(maps.clone())
                         },
                         usize::MAX,
+                        &python,
                     );
                     s.frames = frames;
                 }
@@ -383,6 +411,12 @@ impl Resolver {
         self.publish();
     }
 }
+
+/// A Python frame in a user stack: its first word (the code object) carries this bit (no user
+/// address does), its second is the instruction. The `ebpf` receiver names them.
+pub const PYTHON_TAG: u64 = 1 << 63;
+/// The module of Python frames.
+pub const PYTHON_MODULE: &str = "[python]";
 
 type Job = (Arc<Batch>, tokio::sync::oneshot::Sender<Arc<Batch>>);
 

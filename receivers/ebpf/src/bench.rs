@@ -339,6 +339,7 @@ pub fn sample_exit(
     if tables {
         loader
             .map_max_entries("UNWIND_PROCS", crate::profiles::tables::MAX_PROCESSES)
+            .map_max_entries("PY_PROCS", crate::profiles::tables::MAX_PROCESSES)
             .map_max_entries("UNWIND_DELTAS", crate::profiles::tables::MAX_DELTAS);
     }
     let mut ebpf = loader

@@ -2,6 +2,7 @@
 //! ring buffer into the [`Aggregator`], and close windows into `profiles` records.
 
 pub mod aggregate;
+pub mod python;
 pub mod tables;
 
 use std::os::unix::fs::MetadataExt;
@@ -18,8 +19,8 @@ use oxeye_api::{LostUnit, Mapping, Sample, Telemetry};
 use oxeye_ebpf_common::{
     ProfileConfig, ProfileSampleEvent, PROFILE_COUNTER_NAMES, PROFILE_STACK_DEPTH, P_FILTERED,
     P_IDLE, P_KSTACK_FAILURES, P_OWN, P_RINGBUF_FULL, P_SAMPLES, P_UNWIND_UNKNOWN_PROCESS,
-    P_UNWOUND_COMPLETE, P_UNWOUND_TRUNCATED, P_USTACK_FAILURES, SAMPLE_UNWIND_UNKNOWN_PROCESS,
-    SAMPLE_UNWOUND_TRUNCATED, STACK_KERNEL, STACK_USER,
+    P_UNWOUND_COMPLETE, P_UNWOUND_TRUNCATED, P_USTACK_FAILURES, SAMPLE_PYTHON,
+    SAMPLE_UNWIND_UNKNOWN_PROCESS, SAMPLE_UNWOUND_TRUNCATED, STACK_KERNEL, STACK_USER,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -181,6 +182,25 @@ pub(crate) fn add_record(agg: &mut Aggregator, item: &[u8], offset: u64) -> Opti
     }))
 }
 
+/// The pid and user stack of a sample with Python frames in it.
+fn python_stack(item: &[u8]) -> Option<(u32, Vec<u64>)> {
+    if item.len() < std::mem::size_of::<ProfileSampleEvent>() {
+        return None;
+    }
+    let u32_at = |o: usize| u32::from_ne_bytes(item[o..o + 4].try_into().unwrap_or_default());
+    if u32_at(std::mem::offset_of!(ProfileSampleEvent, flags)) & SAMPLE_PYTHON == 0 {
+        return None;
+    }
+    let len = (u32_at(std::mem::offset_of!(ProfileSampleEvent, ustack_len)) as usize)
+        .min(PROFILE_STACK_DEPTH);
+    let at = std::mem::offset_of!(ProfileSampleEvent, user);
+    let user = item[at..at + len * 8]
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
+        .collect();
+    Some((u32_at(std::mem::offset_of!(ProfileSampleEvent, pid)), user))
+}
+
 /// How often a process's tables are read again at most.
 const RELOAD_TABLES: Duration = Duration::from_secs(10);
 
@@ -214,6 +234,8 @@ pub struct ProfileProbe {
     unwind: Option<std::sync::Arc<std::sync::Mutex<tables::Tables>>>,
     /// Processes sampled without tables, to load.
     unwind_pending: Vec<u32>,
+    /// Names of Python frames (with tables).
+    python: Option<python::PythonNames>,
     /// When each process was last asked for.
     unwind_requested: rustc_hash::FxHashMap<u32, std::time::Instant>,
 }
@@ -283,6 +305,7 @@ impl ProfileProbe {
         if tables {
             loader
                 .map_max_entries("UNWIND_PROCS", tables::MAX_PROCESSES)
+                .map_max_entries("PY_PROCS", tables::MAX_PROCESSES)
                 .map_max_entries("UNWIND_DELTAS", tables::MAX_DELTAS);
         }
         if let Some(path) = threads {
@@ -357,6 +380,11 @@ impl ProfileProbe {
             last: [0; 4],
             filtered_by,
             pending: Vec::new(),
+            python: unwind.as_ref().map(|t| {
+                python::PythonNames::new(std::sync::Arc::clone(
+                    &t.lock().unwrap_or_else(|p| p.into_inner()).python,
+                ))
+            }),
             unwind,
             unwind_pending: Vec::new(),
             unwind_requested: rustc_hash::FxHashMap::default(),
@@ -377,11 +405,15 @@ impl ProfileProbe {
         let ring = self.ring.get_mut();
         let (aggregator, pending, offset) = (&mut self.aggregator, &mut self.pending, self.offset);
         let (unwind_pending, requested) = (&mut self.unwind_pending, &mut self.unwind_requested);
+        let python = &mut self.python;
         if requested.len() > 4096 {
             requested.retain(|_, t| t.elapsed() < RELOAD_TABLES);
         }
         let mut n = 0;
         ring.drain(usize::MAX, |item| {
+            if let (Some(names), Some((pid, user))) = (python.as_mut(), python_stack(item)) {
+                names.see(pid, &user);
+            }
             if let Some(pid) = needs_tables(item) {
                 // Each process at most once per RELOAD_TABLES: a truncated stack may be code
                 // mapped since (dlopen), or code without tables for good.
@@ -435,11 +467,18 @@ impl ProfileProbe {
     /// At a window's end: the windows that ended by `now_unix_ns`, as records (a window without
     /// samples is logged with the reason). At shutdown (`all`): every window.
     pub fn close(&mut self, now_unix_ns: u64, all: bool) -> Vec<(u64, Vec<Sample>)> {
-        if all {
-            return self.aggregator.close_all();
+        let mut closed = if all {
+            self.aggregator.close_all()
+        } else {
+            self.check_empty();
+            self.aggregator.close(now_unix_ns)
+        };
+        if let Some(names) = &self.python {
+            for s in closed.iter_mut().flat_map(|(_, w)| w.iter_mut()) {
+                names.name(s);
+            }
         }
-        self.check_empty();
-        self.aggregator.close(now_unix_ns)
+        closed
     }
 
     /// Never a silent empty profile: a window without samples says why.
@@ -497,6 +536,16 @@ impl ProfileProbe {
                 "profile",
                 s.processes,
             );
+            t.set_counter(
+                "ebpf_profile_python_processes",
+                "profile",
+                s.python_processes,
+            );
+            t.set_counter(
+                "ebpf_profile_python_unsupported_processes",
+                "profile",
+                s.python_unsupported,
+            );
             t.set_gauge("ebpf_profile_unwind_objects", "profile", s.objects);
             t.set_gauge("ebpf_profile_unwind_deltas", "profile", s.deltas);
             t.set_gauge(
@@ -531,6 +580,8 @@ impl ProfileProbe {
                 complete = self.counter(P_UNWOUND_COMPLETE),
                 truncated = self.counter(P_UNWOUND_TRUNCATED),
                 before_tables = self.counter(P_UNWIND_UNKNOWN_PROCESS),
+                python_processes = s.python_processes,
+                python_unsupported = s.python_unsupported,
                 "profiles: user stacks walked with unwind tables"
             );
         }

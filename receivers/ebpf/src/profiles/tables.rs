@@ -6,14 +6,16 @@
 //! object's deltas are.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use oxeye_ebpf_common::{
-    UnwindMapping, UnwindProcess, UnwindRule, CFA_DEREF_RBP, CFA_DEREF_RSP, CFA_RBP, CFA_RSP,
-    RBP_AT_CFA, RBP_AT_RBP, RBP_SAME, UNWIND_MAX_MAPPINGS, UNWIND_MAX_RULES, UR_FRAME, UR_INVALID,
-    UR_PLT, UR_SIGNAL, UR_STOP,
+    PyProc, UnwindMapping, UnwindProcess, UnwindRule, CFA_DEREF_RBP, CFA_DEREF_RSP, CFA_RBP,
+    CFA_RSP, PY_ENTRY_IS_ENTRY, PY_ENTRY_OWNER, RBP_AT_CFA, RBP_AT_RBP, RBP_SAME,
+    UNWIND_MAX_MAPPINGS, UNWIND_MAX_RULES, UR_FRAME, UR_INVALID, UR_PLT, UR_SIGNAL, UR_STOP,
 };
 use oxeye_unwind::maps::{self, Mapping};
+use oxeye_unwind::python::{self, Entry, Interpreter, NotPython};
 use oxeye_unwind::{Cfa, ObjectKey, Rbp, Rule, Table};
 
 use crate::ProbeError;
@@ -27,6 +29,9 @@ pub const MAX_DELTAS: u32 = 1 << 22;
 /// The maps and what has been put in them.
 pub struct Tables {
     procs: BpfHashMap<MapData, u32, UnwindProcess>,
+    py_procs: BpfHashMap<MapData, u32, PyProc>,
+    /// The CPython processes seen, for naming their frames.
+    pub python: Arc<Mutex<HashMap<u32, Interpreter>>>,
     deltas: Array<MapData, u64>,
     rules: Array<MapData, UnwindRule>,
     /// Each object seen: where its deltas are, and its address at each mapped file offset.
@@ -52,6 +57,10 @@ pub struct Stats {
     pub deltas: u64,
     /// Objects left without table: no room, addresses above 4 GiB, or no CFI.
     pub objects_without_table: u64,
+    /// CPython processes whose frames are read, and those whose are not (a version oxeye has no
+    /// layout for, 3.10, or no `_PyEval_EvalFrameDefault` symbol).
+    pub python_processes: u64,
+    pub python_unsupported: u64,
 }
 
 fn encode(rule: Rule) -> UnwindRule {
@@ -98,6 +107,8 @@ impl Tables {
         use crate::spans::take_map;
         Ok(Tables {
             procs: take_map(ebpf, "UNWIND_PROCS")?,
+            py_procs: take_map(ebpf, "PY_PROCS")?,
+            python: Arc::default(),
             deltas: take_map(ebpf, "UNWIND_DELTAS")?,
             rules: take_map(ebpf, "UNWIND_RULES")?,
             objects: HashMap::new(),
@@ -113,7 +124,9 @@ impl Tables {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
             return;
         };
-        let mut mapped: Vec<UnwindMapping> = maps::parse(&text)
+        let mappings = maps::parse(&text);
+        self.python(pid, &mappings);
+        let mut mapped: Vec<UnwindMapping> = mappings
             .iter()
             .filter_map(|m| self.mapping(pid, m))
             .collect();
@@ -131,6 +144,53 @@ impl Tables {
         value.mappings[..mapped.len()].copy_from_slice(&mapped);
         if self.procs.insert(pid, value, 0).is_ok() {
             self.stats.processes += 1;
+        }
+    }
+
+    /// A CPython process: its frames are read with the native stack (3.11+).
+    fn python(&mut self, pid: u32, mappings: &[Mapping]) {
+        let interp = match python::find(pid, mappings) {
+            Ok(i) => i,
+            Err(NotPython::NoRuntime) => return,
+            Err(_) => {
+                self.stats.python_unsupported += 1;
+                return;
+            }
+        };
+        let l = interp.layout;
+        let (Some((eval_start, eval_end)), true) = (interp.eval, l.thread_is_tid) else {
+            self.stats.python_unsupported += 1;
+            return;
+        };
+        let (entry_kind, entry_offset) = match l.entry {
+            Entry::IsEntry(o) => (PY_ENTRY_IS_ENTRY, o),
+            Entry::Owner(o) => (PY_ENTRY_OWNER, o),
+            _ => (0, 0),
+        };
+        let off = |v: u64| v as u16;
+        let proc = PyProc {
+            runtime: interp.runtime,
+            eval_start,
+            eval_end,
+            interpreters_head: off(l.interpreters_head),
+            threads_head: off(l.threads_head),
+            tstate_next: off(l.tstate_next),
+            tstate_thread: off(l.tstate_thread),
+            tstate_frame: off(l.tstate_frame),
+            cframe_frame: l.cframe_frame.map_or(u16::MAX, off),
+            frame_code: off(l.frame_code),
+            frame_previous: off(l.frame_previous),
+            frame_instr: off(l.frame_instr),
+            entry_kind,
+            entry_offset: off(entry_offset),
+            _pad: 0,
+        };
+        if self.py_procs.insert(pid, proc, 0).is_ok() {
+            self.stats.python_processes += 1;
+            self.python
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pid, interp);
         }
     }
 

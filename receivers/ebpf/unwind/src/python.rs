@@ -159,9 +159,8 @@ pub fn version_of(path: &std::path::Path) -> Option<(u8, u8)> {
 pub struct Interpreter {
     pub layout: &'static Layout,
     pub runtime: u64,
-    /// The object defining `_PyRuntime` is mapped here (its executable mapping).
-    pub start: u64,
-    pub end: u64,
+    /// `_PyEval_EvalFrameDefault`, [start, end), when the object names it.
+    pub eval: Option<(u64, u64)>,
 }
 
 /// Why a process's Python frames cannot be read.
@@ -192,10 +191,13 @@ pub fn find(pid: u32, mappings: &[Mapping]) -> Result<Interpreter, NotPython> {
         let Ok(file) = object::File::parse(&cache) else {
             continue;
         };
-        let symbol = file
-            .dynamic_symbols()
-            .chain(file.symbols())
-            .find(|s| s.name() == Ok("_PyRuntime"));
+        let symbol = |name: &str| {
+            file.dynamic_symbols()
+                .chain(file.symbols())
+                .find(|s| s.name() == Ok(name))
+        };
+        let eval = symbol("_PyEval_EvalFrameDefault");
+        let symbol = symbol("_PyRuntime");
         let (Some(symbol), Some(bias)) = (symbol, crate::maps::bias(&file, m)) else {
             continue;
         };
@@ -205,8 +207,10 @@ pub fn find(pid: u32, mappings: &[Mapping]) -> Result<Interpreter, NotPython> {
         return Ok(Interpreter {
             layout,
             runtime: symbol.address().wrapping_add(bias),
-            start: m.start,
-            end: m.end,
+            eval: eval.filter(|e| e.size() > 0).map(|e| {
+                let start = e.address().wrapping_add(bias);
+                (start, start + e.size())
+            }),
         });
     }
     Err(NotPython::NoRuntime)
@@ -468,6 +472,27 @@ pub fn line_310(table: &[u8], first: i32, offset: usize) -> Option<i32> {
         }
     }
     None
+}
+
+/// The memory of process `pid`, read with `process_vm_readv` (a read of unmapped memory
+/// fails, never faults).
+pub struct ProcessMemory(pub u32);
+
+impl Memory for ProcessMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: the local iovec is `buf`, valid for its length; the remote one is only
+        // read by the kernel, which checks it.
+        let n = unsafe { libc::process_vm_readv(self.0 as i32, &local, 1, &remote, 1, 0) };
+        n == buf.len() as isize
+    }
 }
 
 #[cfg(test)]

@@ -143,8 +143,9 @@ fn check_tree(stacks: &[Stack], main: &str, what: &str) {
         "{what}: {} of {in_leaves} leaf samples carry the whole stack to {main}",
         a + b
     );
+    // About ±0.14 by chance with 3 000 stops: 0.5 is more than three of those.
     assert!(
-        (ratio - 3.0).abs() <= 0.4,
+        (ratio - 3.0).abs() <= 0.5,
         "{what}: split {ratio:.2} : 1, not 3 : 1"
     );
 }

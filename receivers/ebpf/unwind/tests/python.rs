@@ -12,29 +12,12 @@ use std::time::Duration;
 
 use common::{stop_and_read, Traced};
 use oxeye_unwind::maps;
-use oxeye_unwind::python::{self, Memory};
+use oxeye_unwind::python::{self, ProcessMemory};
 
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../../tests/workloads/pytree.py"
 );
-
-struct Process(u32);
-
-impl Memory for Process {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        let n = unsafe { libc::process_vm_readv(self.0 as i32, &local, 1, &remote, 1, 0) };
-        n == buf.len() as isize
-    }
-}
 
 /// Each interpreter installed here: (its binary, its include directory when it has headers).
 fn interpreters() -> Vec<(PathBuf, Option<PathBuf>)> {
@@ -197,7 +180,7 @@ fn python_stacks(bin: &Path, n: usize) -> Vec<Vec<String>> {
     std::thread::sleep(Duration::from_millis(200));
     let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let interp = python::find(pid, &maps::parse(&text)).unwrap();
-    let mem = Process(pid);
+    let mem = ProcessMemory(pid);
     let mut stacks = Vec::new();
     while stacks.len() < n {
         std::thread::sleep(Duration::from_micros(300 + fastrand::u64(..400)));
@@ -237,17 +220,17 @@ fn python_stacks(bin: &Path, n: usize) -> Vec<Vec<String>> {
 fn python_stacks_of_every_installed_version() {
     for (bin, _) in interpreters() {
         let stacks = python_stacks(&bin, 1500);
-        // hot_a's and hot_b's bodies are lines 8–11 and 15–18, outer's calls 22–23, the
-        // module's loop 27–28.
+        // hot_a's and hot_b's bodies are lines 8–11 and 15–18, outer's 22–28, the module's
+        // loop 34–35.
         let whole = |s: &Vec<String>, leaf: &str, lines: std::ops::RangeInclusive<i32>| {
             let line = |f: &String| f.rsplit(':').next().and_then(|l| l.parse::<i32>().ok());
             s.len() == 3
                 && s[0].starts_with(&format!("{leaf} pytree.py:"))
                 && line(&s[0]).is_some_and(|l| lines.contains(&l))
                 && s[1].starts_with("outer pytree.py:")
-                && line(&s[1]).is_some_and(|l| (22..=23).contains(&l))
+                && line(&s[1]).is_some_and(|l| (22..=28).contains(&l))
                 && s[2].starts_with("<module> pytree.py:")
-                && line(&s[2]).is_some_and(|l| (27..=28).contains(&l))
+                && line(&s[2]).is_some_and(|l| (34..=35).contains(&l))
         };
         let a = stacks.iter().filter(|s| whole(s, "hot_a", 8..=11)).count();
         let b = stacks.iter().filter(|s| whole(s, "hot_b", 15..=18)).count();
@@ -271,8 +254,11 @@ fn python_stacks_of_every_installed_version() {
             a + b,
             stacks.len()
         );
+        // 1 500 stops give the split within about ±0.2 by chance, and stopping a process with
+        // ptrace is no CPU clock: this bound only catches frames given to the wrong function
+        // (the kernel tests hold the split to the process's own clock within 10 %).
         assert!(
-            (ratio - 3.0).abs() <= 0.45,
+            (ratio - 3.0).abs() <= 0.8,
             "{}: split {ratio:.2}",
             bin.display()
         );
