@@ -466,11 +466,20 @@ pub struct PyProc {
     pub frame_code: u16,
     pub frame_previous: u16,
     pub frame_instr: u16,
-    /// `PY_ENTRY_IS_ENTRY` (3.11) or `PY_ENTRY_OWNER` (3.12+), at `entry_offset`.
+    /// `PY_ENTRY_EVERY` (3.10), `PY_ENTRY_IS_ENTRY` (3.11) or `PY_ENTRY_OWNER` (3.12+, at
+    /// `entry_offset`).
     pub entry_kind: u16,
     pub entry_offset: u16,
-    pub _pad: u16,
+    /// `PY_THREAD_TID`: `tstate_thread` holds the thread's tid (3.11+); `PY_THREAD_FSBASE`: its
+    /// `pthread_self()`, the task's fs base at `task_fsbase` in `task_struct` (3.10).
+    pub thread_kind: u16,
+    pub task_fsbase: u32,
+    pub _pad: u32,
 }
+
+pub const PY_ENTRY_EVERY: u16 = 0;
+pub const PY_THREAD_TID: u16 = 0;
+pub const PY_THREAD_FSBASE: u16 = 1;
 
 pub const PY_ENTRY_IS_ENTRY: u16 = 1;
 pub const PY_ENTRY_OWNER: u16 = 2;
@@ -575,7 +584,7 @@ mod profile_pod {
     unsafe impl aya::Pod for super::UnwindProcess {}
     // SAFETY: four u8s then two i32s: no padding (12 bytes).
     unsafe impl aya::Pod for super::UnwindRule {}
-    // SAFETY: three u64s then twelve u16s: no padding (48 bytes).
+    // SAFETY: three u64s, twelve u16s, two u32s: no padding (56 bytes).
     unsafe impl aya::Pod for super::PyProc {}
 }
 

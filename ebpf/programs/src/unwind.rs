@@ -13,9 +13,10 @@ use aya_ebpf::{
 };
 use oxeye_ebpf_common::{
     PyProc, UnwindProcess, UnwindRule, CFA_DEREF_RBP, CFA_DEREF_RSP, CFA_RBP, PROFILE_STACK_DEPTH,
-    PY_ENTRY_IS_ENTRY, PY_ENTRY_OWNER, PY_FRAME_TAG, PY_MAX_FRAMES, RBP_AT_CFA, RBP_AT_RBP,
-    SAMPLE_PYTHON, SAMPLE_UNWOUND_COMPLETE, SAMPLE_UNWOUND_TRUNCATED, UNWIND_MAX_MAPPINGS,
-    UNWIND_MAX_RULES, UR_FRAME, UR_PLT, UR_SIGNAL, UR_STOP,
+    PY_ENTRY_EVERY, PY_ENTRY_IS_ENTRY, PY_ENTRY_OWNER, PY_FRAME_TAG, PY_MAX_FRAMES,
+    PY_THREAD_FSBASE, RBP_AT_CFA, RBP_AT_RBP, SAMPLE_PYTHON, SAMPLE_UNWOUND_COMPLETE,
+    SAMPLE_UNWOUND_TRUNCATED, UNWIND_MAX_MAPPINGS, UNWIND_MAX_RULES, UR_FRAME, UR_PLT, UR_SIGNAL,
+    UR_STOP,
 };
 
 /// By tgid; the least recently sampled processes make room (user space loads them again when
@@ -152,8 +153,20 @@ fn python_frames(s: *mut State, py: &PyProc, tid: u32) {
     let Some(first) = read(interp + py.threads_head as u64) else {
         return;
     };
+    // 3.10 knows its threads by `pthread_self()`: the task's fs base.
+    let thread = if py.thread_kind == PY_THREAD_FSBASE {
+        let task = unsafe { bpf_get_current_task_btf() } as u64;
+        let Ok(fsbase) =
+            (unsafe { bpf_probe_read_kernel((task + py.task_fsbase as u64) as *const u64) })
+        else {
+            return;
+        };
+        fsbase
+    } else {
+        tid as u64
+    };
     unsafe {
-        (*s).key = tid as u64;
+        (*s).key = thread;
         (*s).py_tstate = 0;
         (*s).py_frame = first;
         bpf_loop(64, find_tstate as *mut _, core::ptr::null_mut(), 0);
@@ -241,7 +254,8 @@ extern "C" fn read_py_frame(_i: u32, _ctx: *mut core::ffi::c_void) -> i64 {
     }
     s.py_code[n] = code;
     s.py_instr[n] = instr;
-    s.py_entry[n] = (py.entry_kind == PY_ENTRY_IS_ENTRY && mark != 0) as u8;
+    s.py_entry[n] = (py.entry_kind == PY_ENTRY_EVERY
+        || (py.entry_kind == PY_ENTRY_IS_ENTRY && mark != 0)) as u8;
     s.py_n += 1;
     0
 }

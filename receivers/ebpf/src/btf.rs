@@ -189,6 +189,20 @@ pub fn task_offsets() -> Option<&'static TaskOffsets> {
         .as_ref()
 }
 
+/// The offset of `task_struct.thread.fsbase` (x86-64: the thread pointer, which glibc's
+/// `pthread_self()` returns) in the running kernel, from its BTF, read once; `None` without
+/// BTF or on other architectures. The profile walker finds a CPython 3.10 thread's state by it.
+pub fn fsbase_offset() -> Option<u32> {
+    static OFFSET: OnceLock<Option<u32>> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        let data = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+        let btf = Btf::parse(&data).ok()?;
+        let (thread, _) = btf.member("task_struct", "thread").ok()?;
+        let (fsbase, _) = btf.member("thread_struct", "fsbase").ok()?;
+        Some(thread + fsbase)
+    })
+}
+
 /// Offsets in `task_struct` the span programs read directly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskOffsets {

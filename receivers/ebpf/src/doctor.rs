@@ -202,7 +202,7 @@ fn unwinding() -> Result<String, String> {
             crate::flows::chain(&e).lines().next().unwrap_or_default()
         )
     })?;
-    Ok("user stacks from unwind tables (.eh_frame): native code without frame pointers unwinds (C, C++, Rust, Go), with Python frames for CPython 3.11–3.13; other interpreters (Java, Node, Ruby) show their native frames only".into())
+    Ok("user stacks from unwind tables (.eh_frame): native code without frame pointers unwinds (C, C++, Rust, Go), with Python frames for CPython 3.10–3.13; other interpreters (Java, Node, Ruby) show their native frames only".into())
 }
 
 /// Whether the profiler can run: the profile program loads and a CPU-clock perf event opens on

@@ -238,6 +238,8 @@ pub struct ProfileProbe {
     python: Option<python::PythonNames>,
     /// When each process was last asked for.
     unwind_requested: rustc_hash::FxHashMap<u32, std::time::Instant>,
+    /// The tables' flushes seen.
+    unwind_flushes: u64,
 }
 
 impl ProfileProbe {
@@ -388,6 +390,7 @@ impl ProfileProbe {
             unwind,
             unwind_pending: Vec::new(),
             unwind_requested: rustc_hash::FxHashMap::default(),
+            unwind_flushes: 0,
         })
     }
 
@@ -443,6 +446,15 @@ impl ProfileProbe {
         &mut self,
     ) -> Option<(Vec<u32>, std::sync::Arc<std::sync::Mutex<tables::Tables>>)> {
         let t = self.unwind.as_ref()?;
+        // After a flush every process must be loaded again: forget when each was asked for.
+        // `try_lock`: the loader holds it while it builds a table; the next drain looks again.
+        let flushes = t
+            .try_lock()
+            .map_or(self.unwind_flushes, |t| t.stats.flushes);
+        if flushes != self.unwind_flushes {
+            self.unwind_flushes = flushes;
+            self.unwind_requested.clear();
+        }
         if self.unwind_pending.is_empty() {
             return None;
         }
@@ -528,8 +540,10 @@ impl ProfileProbe {
             "profile",
             stack_failures,
         );
-        if let Some(t) = &self.unwind {
-            let s = t.lock().unwrap_or_else(|p| p.into_inner()).stats;
+        // `try_lock`: the loader holds it while it builds a table (the next window reports).
+        if let Some(Ok(t)) = self.unwind.as_ref().map(|t| t.try_lock()) {
+            let s = t.stats;
+            drop(t);
             let t = &self.telemetry;
             t.set_counter(
                 "ebpf_profile_unwind_processes_loaded",
@@ -580,6 +594,7 @@ impl ProfileProbe {
                 complete = self.counter(P_UNWOUND_COMPLETE),
                 truncated = self.counter(P_UNWOUND_TRUNCATED),
                 before_tables = self.counter(P_UNWIND_UNKNOWN_PROCESS),
+                flushes = s.flushes,
                 python_processes = s.python_processes,
                 python_unsupported = s.python_unsupported,
                 "profiles: user stacks walked with unwind tables"

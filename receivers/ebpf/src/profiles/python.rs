@@ -65,7 +65,12 @@ impl PythonNames {
         for key in pairs {
             let frame = PyFrame {
                 code: key.1 & !PY_FRAME_TAG,
-                instr: key.2,
+                // 3.10's is an `int f_lasti`: the kernel read 8 bytes.
+                instr: if interp.layout.version < (3, 11) {
+                    key.2 & 0xffff_ffff
+                } else {
+                    key.2
+                },
                 entry: false,
             };
             let f = match interp.describe(&mem, &frame) {

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use oxeye_ebpf_common::{
     PyProc, UnwindMapping, UnwindProcess, UnwindRule, CFA_DEREF_RBP, CFA_DEREF_RSP, CFA_RBP,
-    CFA_RSP, PY_ENTRY_IS_ENTRY, PY_ENTRY_OWNER, RBP_AT_CFA, RBP_AT_RBP, RBP_SAME,
-    UNWIND_MAX_MAPPINGS, UNWIND_MAX_RULES, UR_FRAME, UR_INVALID, UR_PLT, UR_SIGNAL, UR_STOP,
+    CFA_RSP, PY_ENTRY_EVERY, PY_ENTRY_IS_ENTRY, PY_ENTRY_OWNER, PY_THREAD_FSBASE, PY_THREAD_TID,
+    RBP_AT_CFA, RBP_AT_RBP, RBP_SAME, UNWIND_MAX_MAPPINGS, UNWIND_MAX_RULES, UR_FRAME, UR_INVALID,
+    UR_PLT, UR_SIGNAL, UR_STOP,
 };
 use oxeye_unwind::maps::{self, Mapping};
 use oxeye_unwind::python::{self, Entry, Interpreter, NotPython};
@@ -36,6 +37,8 @@ pub struct Tables {
     rules: Array<MapData, UnwindRule>,
     /// Each object seen: where its deltas are, and its address at each mapped file offset.
     objects: HashMap<ObjectKey, Placed>,
+    /// Where each build id's deltas are.
+    by_build_id: HashMap<Vec<u8>, (u32, u32)>,
     rule_index: HashMap<UnwindRule, u32>,
     next_delta: u32,
     /// Counters for the final line and `/metrics`.
@@ -57,6 +60,9 @@ pub struct Stats {
     pub deltas: u64,
     /// Objects left without table: no room, addresses above 4 GiB, or no CFI.
     pub objects_without_table: u64,
+    /// Times the deltas filled up and were all dropped (each process then loaded again when
+    /// next sampled).
+    pub flushes: u64,
     /// CPython processes whose frames are read, and those whose are not (a version oxeye has no
     /// layout for, 3.10, or no `_PyEval_EvalFrameDefault` symbol).
     pub python_processes: u64,
@@ -112,6 +118,7 @@ impl Tables {
             deltas: take_map(ebpf, "UNWIND_DELTAS")?,
             rules: take_map(ebpf, "UNWIND_RULES")?,
             objects: HashMap::new(),
+            by_build_id: HashMap::new(),
             rule_index: HashMap::new(),
             next_delta: 0,
             stats: Stats::default(),
@@ -126,10 +133,19 @@ impl Tables {
         };
         let mappings = maps::parse(&text);
         self.python(pid, &mappings);
+        let flushes = self.stats.flushes;
         let mut mapped: Vec<UnwindMapping> = mappings
             .iter()
             .filter_map(|m| self.mapping(pid, m))
             .collect();
+        // The deltas filled up and were flushed meanwhile: the mappings read before point at
+        // dropped tables. Once more (a process too large for all of them gets what fits).
+        if self.stats.flushes != flushes {
+            mapped = mappings
+                .iter()
+                .filter_map(|m| self.mapping(pid, m))
+                .collect();
+        }
         // Kernel threads have none: they keep the kernel's walk (no user stack).
         if mapped.is_empty() {
             return;
@@ -158,14 +174,22 @@ impl Tables {
             }
         };
         let l = interp.layout;
-        let (Some((eval_start, eval_end)), true) = (interp.eval, l.thread_is_tid) else {
+        // 3.10's threads are known by fs base: its offset in task_struct comes from BTF.
+        let thread = match (l.thread_is_tid, crate::btf::fsbase_offset()) {
+            (true, _) => Some((PY_THREAD_TID, 0)),
+            (false, Some(off)) => Some((PY_THREAD_FSBASE, off)),
+            (false, None) => None,
+        };
+        let (Some((eval_start, eval_end)), Some((thread_kind, task_fsbase))) =
+            (interp.eval, thread)
+        else {
             self.stats.python_unsupported += 1;
             return;
         };
         let (entry_kind, entry_offset) = match l.entry {
             Entry::IsEntry(o) => (PY_ENTRY_IS_ENTRY, o),
             Entry::Owner(o) => (PY_ENTRY_OWNER, o),
-            _ => (0, 0),
+            _ => (PY_ENTRY_EVERY, 0),
         };
         let off = |v: u64| v as u16;
         let proc = PyProc {
@@ -183,6 +207,8 @@ impl Tables {
             frame_instr: off(l.frame_instr),
             entry_kind,
             entry_offset: off(entry_offset),
+            thread_kind,
+            task_fsbase,
             _pad: 0,
         };
         if self.py_procs.insert(pid, proc, 0).is_ok() {
@@ -215,16 +241,26 @@ impl Tables {
                         (p.first, p.count)
                     }
                     None => {
-                        let t0 = std::time::Instant::now();
-                        let (first, count) = match Table::from_object(&file) {
-                            Ok(table) => {
-                                let placed = self.place(&table);
+                        use object::Object;
+                        // The same binary at another path (a container's copy): its table.
+                        let build_id = file.build_id().ok().flatten().map(<[u8]>::to_vec);
+                        let shared = build_id.as_ref().and_then(|b| self.by_build_id.get(b));
+                        let (first, count) = match shared {
+                            Some(&placed) => placed,
+                            None => {
+                                let t0 = std::time::Instant::now();
+                                let placed = match Table::from_object(&file) {
+                                    Ok(table) => self.place(&table),
+                                    Err(_) => {
+                                        self.stats.objects_without_table += 1;
+                                        (0, 0)
+                                    }
+                                };
                                 tracing::debug!(object = %m.path.display(), deltas = placed.1, took = ?t0.elapsed(), "profiles: unwind table loaded");
+                                if let Some(b) = build_id {
+                                    self.by_build_id.insert(b, placed);
+                                }
                                 placed
-                            }
-                            Err(_) => {
-                                self.stats.objects_without_table += 1;
-                                (0, 0)
                             }
                         };
                         let vaddrs = vec![(m.offset, vaddr)];
@@ -252,9 +288,15 @@ impl Tables {
     }
 
     /// Loads a table into `UNWIND_DELTAS`: `(first, count)`, count 0 when it does not fit.
+    /// When the deltas are full, all are dropped first (bounded memory: the processes sampled
+    /// from then on load theirs again).
     fn place(&mut self, table: &Table) -> (u32, u32) {
         let deltas = table.deltas();
-        let fits = (self.next_delta as u64 + deltas.len() as u64) <= MAX_DELTAS as u64;
+        let room = |next: u32| (next as u64 + deltas.len() as u64) <= MAX_DELTAS as u64;
+        if !room(self.next_delta) && room(0) {
+            self.flush();
+        }
+        let fits = room(self.next_delta);
         let small = deltas.last().is_none_or(|d| d.addr <= u32::MAX as u64);
         if deltas.is_empty() || !fits || !small {
             self.stats.objects_without_table += 1;
@@ -279,6 +321,24 @@ impl Tables {
         self.stats.objects += 1;
         self.stats.deltas += deltas.len() as u64;
         (first, deltas.len() as u32)
+    }
+
+    /// Drops every table: the walker forgets every process (each is loaded again when next
+    /// sampled, see `ProfileProbe`), and the deltas are written from the start.
+    fn flush(&mut self) {
+        let pids: Vec<u32> = self.procs.keys().filter_map(Result::ok).collect();
+        for pid in pids {
+            let _ = self.procs.remove(&pid);
+        }
+        self.objects.clear();
+        self.by_build_id.clear();
+        self.next_delta = 0;
+        self.stats.flushes += 1;
+        tracing::info!(
+            deltas = MAX_DELTAS,
+            flushes = self.stats.flushes,
+            "profiles: the unwind tables are full: all dropped, each process is loaded again when next sampled"
+        );
     }
 
     /// The rule's index in `UNWIND_RULES`, adding it the first time; `None` when full.
