@@ -534,6 +534,10 @@ fn doctor_reports_the_kernel(series: &str) {
         ("kprobe/kretprobe", "do_sys_openat2".to_string()),
         ("perf events", "cpu-clock".to_string()),
         ("stack unwinding", "unwind tables".to_string()),
+        (
+            "processes",
+            " native (call-frame information in ".to_string(),
+        ),
         ("flow programs", "BPF atomics".to_string()),
         ("request programs", "syscall exit programs".to_string()),
         ("TLS (libssl)", "SSL_read".to_string()),

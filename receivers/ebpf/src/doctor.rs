@@ -148,6 +148,7 @@ pub fn report() -> Vec<Check> {
     }
     checks.push(check("perf events", perf_events()));
     checks.push(check("stack unwinding", unwinding()));
+    checks.push(check("processes", process_kinds()));
     let (programs, tls) = crate::requests::check();
     checks.push(check("request programs", programs));
     checks.push(check("TLS (libssl)", tls));
@@ -176,6 +177,79 @@ pub fn report() -> Vec<Check> {
         detail: "egress via tcx links on kernels >= 6.6, else clsact + netlink filter".into(),
     });
     checks
+}
+
+/// What oxeye can unwind of the processes running now, by kind: native code (with how many of
+/// their objects have call-frame information), CPython by version, and runtimes whose own frames
+/// it does not read.
+fn process_kinds() -> Result<String, String> {
+    use object::{Object, ObjectSection};
+    use oxeye_unwind::python::{self, NotPython};
+    let mut native = 0;
+    let mut pythons: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut others: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut objects: std::collections::HashMap<oxeye_unwind::ObjectKey, bool> = Default::default();
+    let pids = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
+    for pid in pids.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            continue;
+        };
+        let maps = oxeye_unwind::maps::parse(&text);
+        if maps.is_empty() {
+            continue; // a kernel thread
+        }
+        for m in &maps {
+            let Ok((path, key)) = oxeye_unwind::object(pid, m) else {
+                continue;
+            };
+            objects.entry(key).or_insert_with(|| {
+                std::fs::File::open(&path).is_ok_and(|f| {
+                    let cache = object::ReadCache::new(&f);
+                    object::File::parse(&cache).is_ok_and(|o| {
+                        [".eh_frame", ".debug_frame"]
+                            .iter()
+                            .any(|n| o.section_by_name(n).is_some_and(|s| s.size() > 0))
+                    })
+                })
+            });
+        }
+        let named = |needle: &str| {
+            maps.iter().any(|m| {
+                m.path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(needle))
+            })
+        };
+        match python::find(pid, &maps) {
+            Ok(i) => {
+                let (a, b) = i.layout.version;
+                *pythons
+                    .entry(format!("CPython {a}.{b}: Python frames"))
+                    .or_default() += 1;
+            }
+            Err(NotPython::UnknownVersion(a, b)) => {
+                *pythons
+                    .entry(format!("CPython {a}.{b}: native frames only (no layout)"))
+                    .or_default() += 1;
+            }
+            Err(_) if named("libjvm") => *others.entry("JVM: native frames only").or_default() += 1,
+            Err(_) if named("node") || named("libnode") => {
+                *others.entry("Node.js: native frames only").or_default() += 1
+            }
+            Err(_) if named("ruby") || named("libruby") => {
+                *others.entry("Ruby: native frames only").or_default() += 1
+            }
+            Err(_) => native += 1,
+        }
+    }
+    let with_cfi = objects.values().filter(|&&c| c).count();
+    let mut parts = vec![format!(
+        "{native} native (call-frame information in {with_cfi} of their {} objects; the rest by frame pointers)",
+        objects.len()
+    )];
+    parts.extend(pythons.into_iter().map(|(k, n)| format!("{n} {k}")));
+    parts.extend(others.into_iter().map(|(k, n)| format!("{n} {k}")));
+    Ok(parts.join("; "))
 }
 
 /// The profile object, its benchmark-only maps left small.
