@@ -13,7 +13,7 @@
 //!    19 Hz and 99 Hz (symbolization, pprof files), interleaved with runs without it: the
 //!    workload's throughput, oxeye's own CPU per second (steady state, /proc/<pid>/stat) and its
 //!    peak RSS; user stacks from unwind tables (`auto`) and frame pointers.
-//! 4. Unwind tables: build time and size for large objects, and (root) `oxeye run` at 99 Hz
+//! 4. Unwind tables: build time and size for large objects, and (root) `oxeye run` at 19 and 99 Hz
 //!    while 200 busy processes of five kinds share both CPUs.
 
 use std::process::{Command, Stdio};
@@ -296,12 +296,12 @@ fn tables(quick: bool) {
             std::mem::size_of_val(t.deltas()) as f64 / (1 << 20) as f64,
         );
     }
-    for unwind in ["auto", "frame_pointers"] {
-        many_processes(quick, unwind);
+    for (frequency, unwind) in [(19, "auto"), (99, "auto"), (99, "frame_pointers")] {
+        many_processes(quick, frequency, unwind);
     }
 }
 
-fn many_processes(quick: bool, unwind: &str) {
+fn many_processes(quick: bool, frequency: u32, unwind: &str) {
     let bin = oxeye_tests::bench::release_oxeye(quick);
     let dir = std::env::temp_dir().join(format!("oxeye-unwind-bench-{}", std::process::id()));
     let (tree_c, tree_rust) = oxeye_tests::burn::build_trees(&dir);
@@ -311,7 +311,7 @@ fn many_processes(quick: bool, unwind: &str) {
     let n = if quick { 20 } else { 200 };
     let cfg = oxeye_tests::temp_config(
         "unwind-bench",
-        &format!("receivers:\n  ebpf:\n    profiles: {{frequency: 99, unwind: {unwind}}}\nprocessors:\n  symbolization: {{debug_info: false}}\nexporters:\n  pprof: {{path: {}/cpu}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [pprof]}}\n", dir.display()),
+        &format!("receivers:\n  ebpf:\n    profiles: {{frequency: {frequency}, unwind: {unwind}}}\nprocessors:\n  symbolization: {{debug_info: false}}\nexporters:\n  pprof: {{path: {}/cpu}}\nservice:\n  telemetry: {{logs: {{summary_interval: 0s}}}}\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [pprof]}}\n", dir.display()),
     );
     let (mut ox, reader) = start_profiling(&bin, &cfg);
     let secs_arg = (secs + 2).to_string();
@@ -358,7 +358,7 @@ fn many_processes(quick: bool, unwind: &str) {
         .and_then(|l| l.split_once("tables ").map(|(_, r)| r.to_string()))
         .unwrap_or_else(|| "(no table summary: frame pointers only?)".into());
     println!(
-        "`oxeye run` (99 Hz, whole host, `unwind: {unwind}`, symbolization `debug_info: false`, pprof) for {secs} s while {n} busy processes (C and Rust without frame pointers, python3, xz, bash) share both CPUs: oxeye {:.2} % of a core, peak RSS {peak:.1} MiB; {summary}",
+        "`oxeye run` ({frequency} Hz, whole host, `unwind: {unwind}`, symbolization `debug_info: false`, pprof) for {secs} s while {n} busy processes (C and Rust without frame pointers, python3, xz, bash) share both CPUs: oxeye {:.2} % of a core, peak RSS {peak:.1} MiB; {summary}",
         100.0 * cpu
     );
     let _ = std::fs::remove_dir_all(dir);

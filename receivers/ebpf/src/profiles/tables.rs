@@ -6,6 +6,7 @@
 //! object's deltas are.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
@@ -34,11 +35,15 @@ pub struct Tables {
     /// The CPython processes seen, for naming their frames.
     pub python: Arc<Mutex<HashMap<u32, Interpreter>>>,
     deltas: Array<MapData, u64>,
+    /// The same map's descriptor, for batch updates (aya 0.14 has none).
+    deltas_fd: std::os::fd::OwnedFd,
     rules: Array<MapData, UnwindRule>,
     /// Each object seen: where its deltas are, and its address at each mapped file offset.
     objects: HashMap<ObjectKey, Placed>,
     /// Where each build id's deltas are.
     by_build_id: HashMap<Vec<u8>, (u32, u32)>,
+    /// What each `python3.X`/`libpython3.X` object defines (its symbols read once).
+    python_objects: HashMap<ObjectKey, Option<python::Symbols>>,
     rule_index: HashMap<UnwindRule, u32>,
     next_delta: u32,
     /// Counters for the final line and `/metrics`.
@@ -67,6 +72,56 @@ pub struct Stats {
     /// layout for, 3.10, or no `_PyEval_EvalFrameDefault` symbol).
     pub python_processes: u64,
     pub python_unsupported: u64,
+}
+
+/// Writes `values` at keys `first..` of an array map in one `BPF_MAP_UPDATE_BATCH` (Linux 5.6).
+fn update_batch(
+    map: std::os::fd::BorrowedFd<'_>,
+    first: u32,
+    values: &[u64],
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    /// `union bpf_attr`'s `batch` member.
+    #[repr(C)]
+    struct Batch {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    let keys: Vec<u32> = (first..first + values.len() as u32).collect();
+    let mut attr = Batch {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: values.len() as u32,
+        map_fd: map.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: `attr` is the batch command's layout; `keys` and `values` outlive the call and
+    // hold `count` elements of the map's key and value sizes (u32, u64).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut Batch,
+            std::mem::size_of::<Batch>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if attr.count as usize != values.len() {
+        return Err(std::io::Error::other("batch update stopped short"));
+    }
+    Ok(())
 }
 
 fn encode(rule: Rule) -> UnwindRule {
@@ -111,14 +166,34 @@ fn invalid() -> UnwindRule {
 impl Tables {
     pub fn new(ebpf: &mut aya::Ebpf) -> Result<Tables, ProbeError> {
         use crate::spans::take_map;
+        use std::os::fd::AsFd;
+        let deltas = ebpf
+            .take_map("UNWIND_DELTAS")
+            .ok_or(ProbeError::MissingMap("UNWIND_DELTAS"))?;
+        let aya::maps::Map::Array(data) = &deltas else {
+            return Err(ProbeError::MissingMap("UNWIND_DELTAS"));
+        };
+        let deltas_fd =
+            data.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| ProbeError::Syscall {
+                    what: "dup of UNWIND_DELTAS".into(),
+                    io_error: e,
+                })?;
         Ok(Tables {
             procs: take_map(ebpf, "UNWIND_PROCS")?,
             py_procs: take_map(ebpf, "PY_PROCS")?,
             python: Arc::default(),
-            deltas: take_map(ebpf, "UNWIND_DELTAS")?,
+            deltas: Array::try_from(deltas).map_err(|source| ProbeError::Map {
+                what: "UNWIND_DELTAS".into(),
+                source,
+            })?,
+            deltas_fd,
             rules: take_map(ebpf, "UNWIND_RULES")?,
             objects: HashMap::new(),
             by_build_id: HashMap::new(),
+            python_objects: HashMap::new(),
             rule_index: HashMap::new(),
             next_delta: 0,
             stats: Stats::default(),
@@ -165,7 +240,7 @@ impl Tables {
 
     /// A CPython process: its frames are read with the native stack (3.11+).
     fn python(&mut self, pid: u32, mappings: &[Mapping]) {
-        let interp = match python::find(pid, mappings) {
+        let interp = match python::find_cached(pid, mappings, &mut self.python_objects) {
             Ok(i) => i,
             Err(NotPython::NoRuntime) => return,
             Err(_) => {
@@ -303,19 +378,23 @@ impl Tables {
             return (0, 0);
         }
         let first = self.next_delta;
-        for (i, d) in deltas.iter().enumerate() {
+        let mut values = Vec::with_capacity(deltas.len());
+        for d in deltas {
             let Some(rule) = self.rule(d.rule) else {
                 self.stats.objects_without_table += 1;
                 return (0, 0);
             };
-            if self
-                .deltas
-                .set(first + i as u32, (d.addr << 32) | rule as u64, 0)
-                .is_err()
-            {
-                self.stats.objects_without_table += 1;
-                return (0, 0);
-            }
+            values.push((d.addr << 32) | rule as u64);
+        }
+        // One syscall for the table; one per delta where the kernel has no batch updates.
+        let written = update_batch(self.deltas_fd.as_fd(), first, &values).is_ok()
+            || values
+                .iter()
+                .enumerate()
+                .all(|(i, &v)| self.deltas.set(first + i as u32, v, 0).is_ok());
+        if !written {
+            self.stats.objects_without_table += 1;
+            return (0, 0);
         }
         self.next_delta += deltas.len() as u32;
         self.stats.objects += 1;

@@ -173,32 +173,90 @@ pub enum NotPython {
     UnknownVersion(u8, u8),
 }
 
+/// What an object defines for CPython, in its own addresses: `_PyRuntime`, the eval loop, and
+/// its executable segments (file offset, size, address) to place a mapping of it. Callers
+/// cache it per object: reading the symbol tables is the costly part of [`find`].
+#[derive(Clone, Debug)]
+pub struct Symbols {
+    pub runtime: u64,
+    pub eval: Option<(u64, u64)>,
+    pub segments: Vec<(u64, u64, u64)>,
+}
+
+/// The [`Symbols`] of the object at `path`, `None` when it does not define `_PyRuntime`. One
+/// pass over its dynamic symbols, then its symbol table if needed.
+pub fn symbols(path: &std::path::Path) -> Option<Symbols> {
+    use object::{Object, ObjectSegment, ObjectSymbol};
+    let f = std::fs::File::open(path).ok()?;
+    let cache = object::ReadCache::new(&f);
+    let file = object::File::parse(&cache).ok()?;
+    let (mut runtime, mut eval) = (None, None);
+    for s in file.dynamic_symbols().chain(file.symbols()) {
+        match s.name() {
+            Ok("_PyRuntime") => runtime = Some(s.address()),
+            Ok("_PyEval_EvalFrameDefault") if s.size() > 0 => {
+                eval = Some((s.address(), s.address() + s.size()))
+            }
+            _ => {}
+        }
+        if runtime.is_some() && eval.is_some() {
+            break;
+        }
+    }
+    let segments = file
+        .segments()
+        .filter(|s| {
+            matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0)
+        })
+        .map(|s| {
+            let (offset, size) = s.file_range();
+            (offset, size, s.address())
+        })
+        .collect();
+    Some(Symbols {
+        runtime: runtime?,
+        eval,
+        segments,
+    })
+}
+
+impl Symbols {
+    /// `pc - bias` is an address of the object, for `mapping` of it (as `maps::bias`).
+    fn bias(&self, mapping: &Mapping) -> Option<u64> {
+        self.segments.iter().find_map(|&(offset, size, vaddr)| {
+            let page = offset & !0xfff;
+            (page <= mapping.offset && mapping.offset < offset + size.max(1)).then(|| {
+                let at = vaddr.wrapping_add(mapping.offset).wrapping_sub(offset);
+                mapping.start.wrapping_sub(at)
+            })
+        })
+    }
+}
+
 /// The interpreter of process `pid`, from its mappings: the first object whose symbols define
 /// `_PyRuntime`, read through `/proc/PID/root`.
 pub fn find(pid: u32, mappings: &[Mapping]) -> Result<Interpreter, NotPython> {
-    use object::{Object, ObjectSymbol};
+    find_cached(pid, mappings, &mut std::collections::HashMap::new())
+}
+
+/// [`find`], with each object's [`Symbols`] read once into `cache`.
+pub fn find_cached(
+    pid: u32,
+    mappings: &[Mapping],
+    cache: &mut std::collections::HashMap<crate::ObjectKey, Option<Symbols>>,
+) -> Result<Interpreter, NotPython> {
     for m in mappings {
         let Some(version) = version_of(&m.path) else {
             continue;
         };
-        let Ok((path, _)) = crate::object(pid, m) else {
+        let Ok((path, key)) = crate::object(pid, m) else {
             continue;
         };
-        let Ok(f) = std::fs::File::open(&path) else {
+        let symbols = cache.entry(key).or_insert_with(|| symbols(&path));
+        let Some(sym) = symbols.as_ref() else {
             continue;
         };
-        let cache = object::ReadCache::new(&f);
-        let Ok(file) = object::File::parse(&cache) else {
-            continue;
-        };
-        let symbol = |name: &str| {
-            file.dynamic_symbols()
-                .chain(file.symbols())
-                .find(|s| s.name() == Ok(name))
-        };
-        let eval = symbol("_PyEval_EvalFrameDefault");
-        let symbol = symbol("_PyRuntime");
-        let (Some(symbol), Some(bias)) = (symbol, crate::maps::bias(&file, m)) else {
+        let Some(bias) = sym.bias(m) else {
             continue;
         };
         let Some(layout) = layout(version) else {
@@ -206,11 +264,10 @@ pub fn find(pid: u32, mappings: &[Mapping]) -> Result<Interpreter, NotPython> {
         };
         return Ok(Interpreter {
             layout,
-            runtime: symbol.address().wrapping_add(bias),
-            eval: eval.filter(|e| e.size() > 0).map(|e| {
-                let start = e.address().wrapping_add(bias);
-                (start, start + e.size())
-            }),
+            runtime: sym.runtime.wrapping_add(bias),
+            eval: sym
+                .eval
+                .map(|(a, b)| (a.wrapping_add(bias), b.wrapping_add(bias))),
         });
     }
     Err(NotPython::NoRuntime)
@@ -359,7 +416,9 @@ fn string(mem: &impl Memory, l: &Layout, s: u64) -> Option<String> {
     let kind = (state >> 2) & 7;
     let compact = (state >> 5) & 1 == 1;
     let ascii = (state >> 6) & 1 == 1;
-    if !compact || len > 4096 {
+    // Whatever the memory holds (an object freed and reused meanwhile), never more than a
+    // well-formed string: kinds 1, 2 and 4 only.
+    if !compact || len > 4096 || !matches!(kind, 1 | 2 | 4) {
         return None;
     }
     let data = if ascii {
@@ -367,19 +426,19 @@ fn string(mem: &impl Memory, l: &Layout, s: u64) -> Option<String> {
     } else {
         s + l.unicode_compact
     };
-    let mut buf = vec![0; len * kind.max(1) as usize];
+    let mut buf = vec![0; len * kind as usize];
     if !mem.read(data, &mut buf) {
         return None;
     }
     Some(match kind {
         1 => buf.iter().map(|&b| b as char).collect(),
         2 => String::from_utf16_lossy(
-            &buf.chunks(2)
+            &buf.chunks_exact(2)
                 .map(|c| u16::from_le_bytes([c[0], c[1]]))
                 .collect::<Vec<_>>(),
         ),
         _ => buf
-            .chunks(4)
+            .chunks_exact(4)
             .map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])).unwrap_or('?'))
             .collect(),
     })
@@ -498,6 +557,48 @@ impl Memory for ProcessMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Memory of random bytes (a freed, reused object): reading it as a string or a frame
+    /// gives `None` or some text, never a panic.
+    struct Garbage(u64);
+
+    impl Memory for Garbage {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+            // Small numbers (a random low byte in each word): lengths and kinds that pass the
+            // first checks.
+            let mut x = self.0 ^ addr;
+            for (i, b) in buf.iter_mut().enumerate() {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                *b = if i % 8 == 0 { (x >> 56) as u8 } else { 0 };
+            }
+            true
+        }
+    }
+
+    #[test]
+    fn garbage_memory_never_panics() {
+        for seed in 0..2000u64 {
+            let mem = Garbage(seed);
+            for l in &LAYOUTS {
+                let _ = string(&mem, l, seed * 64);
+                let interp = Interpreter {
+                    layout: l,
+                    runtime: seed,
+                    eval: None,
+                };
+                let frame = PyFrame {
+                    code: seed * 128,
+                    instr: seed * 128 + 200,
+                    entry: false,
+                };
+                let _ = interp.describe(&mem, &frame);
+                let _ = interp.thread_state(&mem, seed);
+                let _ = interp.frames(&mem, seed);
+            }
+        }
+    }
 
     #[test]
     fn versions_from_file_names() {
