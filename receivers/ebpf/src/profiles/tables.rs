@@ -74,56 +74,6 @@ pub struct Stats {
     pub python_unsupported: u64,
 }
 
-/// Writes `values` at keys `first..` of an array map in one `BPF_MAP_UPDATE_BATCH` (Linux 5.6).
-fn update_batch(
-    map: std::os::fd::BorrowedFd<'_>,
-    first: u32,
-    values: &[u64],
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    /// `union bpf_attr`'s `batch` member.
-    #[repr(C)]
-    struct Batch {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    let keys: Vec<u32> = (first..first + values.len() as u32).collect();
-    let mut attr = Batch {
-        in_batch: 0,
-        out_batch: 0,
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: values.len() as u32,
-        map_fd: map.as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
-    // SAFETY: `attr` is the batch command's layout; `keys` and `values` outlive the call and
-    // hold `count` elements of the map's key and value sizes (u32, u64).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut Batch,
-            std::mem::size_of::<Batch>(),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if attr.count as usize != values.len() {
-        return Err(std::io::Error::other("batch update stopped short"));
-    }
-    Ok(())
-}
-
 fn encode(rule: Rule) -> UnwindRule {
     let mut r = UnwindRule {
         kind: UR_FRAME,
@@ -387,7 +337,7 @@ impl Tables {
             values.push((d.addr << 32) | rule as u64);
         }
         // One syscall for the table; one per delta where the kernel has no batch updates.
-        let written = update_batch(self.deltas_fd.as_fd(), first, &values).is_ok()
+        let written = crate::sys::update_batch(self.deltas_fd.as_fd(), first, &values).is_ok()
             || values
                 .iter()
                 .enumerate()
