@@ -487,9 +487,11 @@ fn tail_sampling_holds_otlp_spans_with_large_attributes_within_max_bytes() {
         "peak RSS: nop {nop:.0} MiB; tail_sampling with max_bytes 32 MiB {capped:.0} MiB ({kept} kept, {dropped} sampled out)"
     );
     // The cap counts the spans' strings: 100 MiB of them cannot all be held (before it did,
-    // the cap let this run reach +144 MiB).
+    // the cap let this run reach +144 MiB). Above the cap: requests queued before the
+    // processor and freed pages not yet given back, which vary with timing (+55 to +78 MiB
+    // seen with 32 MiB held).
     assert!(
-        capped - nop < 32.0 + 40.0,
+        capped - nop < 32.0 + 56.0,
         "max_bytes 32 MiB: +{:.0} MiB over nop",
         capped - nop
     );
