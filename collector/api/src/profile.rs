@@ -14,6 +14,9 @@ use crate::data::{Frame, Mapping, Sample};
 /// The module name the symbolization processor gives kernel frames.
 pub const KERNEL_MODULE: &str = "[kernel]";
 
+/// The module name of interpreted CPython frames (named from their code objects).
+pub const PYTHON_MODULE: &str = "[python]";
+
 /// A function: name and source file (indexes into [`Tables::strings`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FunctionEntry {
@@ -69,7 +72,9 @@ pub struct Tables {
     /// Keyed by range and path; its build id and `has_functions` may be filled in later.
     mapping_ids: HashMap<(u64, u64, u64, u32), u32>,
     location_ids: HashMap<LocationEntry, u32>,
+    /// The pseudo-mappings of kernel and of Python frames (0: none yet).
     kernel: u32,
+    python: u32,
 }
 
 impl Default for Tables {
@@ -92,6 +97,7 @@ impl Tables {
             mapping_ids: HashMap::new(),
             location_ids: HashMap::new(),
             kernel: 0,
+            python: 0,
         }
     }
 
@@ -134,17 +140,26 @@ impl Tables {
         })
     }
 
-    /// The kernel's pseudo-mapping (no range: kernel addresses are absolute).
-    fn kernel_mapping(&mut self) -> u32 {
-        if self.kernel == 0 {
-            let path = self.string(KERNEL_MODULE);
-            self.mappings.push(MappingEntry {
-                path,
-                ..MappingEntry::default()
-            });
-            self.kernel = self.mappings.len() as u32 - 1;
+    /// A pseudo-mapping named `module`, without a range: kernel addresses are absolute, and a
+    /// Python frame's "address" is its code object.
+    fn pseudo_mapping(&mut self, module: &str) -> u32 {
+        let path = self.string(module);
+        self.mappings.push(MappingEntry {
+            path,
+            ..MappingEntry::default()
+        });
+        self.mappings.len() as u32 - 1
+    }
+
+    /// What kind of code a location is, as OpenTelemetry's `profile.frame.type` names it:
+    /// `kernel`, `cpython` or `native`.
+    pub fn frame_type(&self, location: &LocationEntry) -> &'static str {
+        match location.mapping {
+            0 => "native",
+            m if m == self.kernel => "kernel",
+            m if m == self.python => "cpython",
+            _ => "native",
         }
-        self.kernel
     }
 
     fn location(&mut self, key: LocationEntry) -> u32 {
@@ -156,7 +171,15 @@ impl Tables {
 
     fn frame_location(&mut self, f: &Frame, mappings: &[Mapping], kernel: bool) -> u32 {
         let mapping = if kernel {
-            self.kernel_mapping()
+            if self.kernel == 0 {
+                self.kernel = self.pseudo_mapping(KERNEL_MODULE);
+            }
+            self.kernel
+        } else if f.module.as_deref() == Some(PYTHON_MODULE) {
+            if self.python == 0 {
+                self.python = self.pseudo_mapping(PYTHON_MODULE);
+            }
+            self.python
         } else {
             Mapping::find(mappings, f.address).map_or(0, |m| self.mapping(m))
         };
@@ -261,7 +284,7 @@ mod tests {
         let raw = Sample {
             kernel_stack: vec![0xffff_ffff_8100_0001],
             user_stack: vec![0x1010, 0x7777_0000],
-            mappings,
+            mappings: mappings.clone(),
             ..Sample::default()
         };
         let locs = t.stack(&raw);
@@ -271,5 +294,36 @@ mod tests {
             .collect();
         assert_eq!(m, [t.locations[1].mapping, t.locations[2].mapping, 0]);
         assert!(locs.iter().all(|&l| t.locations[l as usize].function == 0));
+        // A Python frame (its address a tagged code object, in no mapping) between native ones.
+        let py = Sample {
+            frames: vec![
+                frame(0x1010, "_PyEval_EvalFrameDefault"),
+                Frame {
+                    address: 1 << 63 | 0x7f00_1234_5678,
+                    function: Some("handler".into()),
+                    module: Some(PYTHON_MODULE.into()),
+                    file: Some("app.py".into()),
+                    line: Some(12),
+                    ..Frame::default()
+                },
+            ],
+            mappings,
+            ..Sample::default()
+        };
+        let locs = t.stack(&py);
+        let types = |locs: &[u32]| -> Vec<&str> {
+            locs.iter()
+                .map(|&l| t.frame_type(&t.locations[l as usize]))
+                .collect()
+        };
+        assert_eq!(types(&locs), ["native", "cpython"]);
+        assert_eq!(types(&a), ["kernel", "native", "native"]);
+        let python = &t.mappings[t.locations[locs[1] as usize].mapping as usize];
+        assert_eq!(&*t.strings[python.path as usize], PYTHON_MODULE);
+        assert_eq!(
+            t.frame_type(&t.locations[0]),
+            "native",
+            "no mapping: native"
+        );
     }
 }

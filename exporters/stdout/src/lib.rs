@@ -451,7 +451,7 @@ fn frame_name(out: &mut Vec<u8>, f: &Frame) {
 }
 
 fn is_kernel(f: &Frame) -> bool {
-    f.module.as_deref() == Some("[kernel]")
+    f.module.as_deref() == Some(oxeye_api::profile::KERNEL_MODULE)
 }
 
 /// A sample's stack, outermost first, frames separated by `sep`; kernel frames end in `_[k]`.

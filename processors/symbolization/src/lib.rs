@@ -27,6 +27,7 @@ pub mod kallsyms;
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use lru::LruCache;
+use oxeye_api::profile::{KERNEL_MODULE, PYTHON_MODULE};
 use oxeye_api::{
     Batch, BoxError, BuildContext, ConfigErrors, Factory, Frame, Output, Processor, Records,
     Signal, Telemetry,
@@ -415,8 +416,6 @@ impl Resolver {
 /// A Python frame in a user stack: its first word (the code object) carries this bit (no user
 /// address does), its second is the instruction. The `ebpf` receiver names them.
 pub const PYTHON_TAG: u64 = 1 << 63;
-/// The module of Python frames.
-pub const PYTHON_MODULE: &str = "[python]";
 
 type Job = (Arc<Batch>, tokio::sync::oneshot::Sender<Arc<Batch>>);
 
@@ -496,7 +495,7 @@ impl Factory for SymbolizationFactory {
                     processes: LruCache::new(size(c.cache.processes)),
                     paths: Vec::new(),
                     path_ids: FxHashMap::default(),
-                    kernel_module: Arc::from("[kernel]"),
+                    kernel_module: Arc::from(KERNEL_MODULE),
                     stats: Default::default(),
                     telemetry,
                 };

@@ -592,6 +592,7 @@ impl Dictionary {
 
     fn into_proto(mut self) -> prof::ProfilesDictionary {
         let build_id_key = self.tables.string("process.executable.build_id.gnu");
+        let frame_type_key = self.tables.string("profile.frame.type");
         let mut attributes = std::mem::take(&mut self.attributes);
         let mut build_ids = std::collections::HashMap::new();
         let t = &self.tables;
@@ -622,10 +623,13 @@ impl Dictionary {
                 }
             })
             .collect();
+        // `profile.frame.type` (kernel, native, cpython): one attribute entry per kind.
+        let mut frame_types = std::collections::HashMap::new();
         let location_table = t
             .locations
             .iter()
-            .map(|l| prof::Location {
+            .enumerate()
+            .map(|(i, l)| prof::Location {
                 mapping_index: l.mapping as i32,
                 address: l.address,
                 line: (l.function != 0)
@@ -636,7 +640,22 @@ impl Dictionary {
                     })
                     .into_iter()
                     .collect(),
-                attribute_indices: Vec::new(),
+                attribute_indices: (i != 0)
+                    .then(|| {
+                        let kind = t.frame_type(l);
+                        *frame_types.entry(kind).or_insert_with(|| {
+                            attributes.push(prof::KeyValueAndUnit {
+                                key_strindex: frame_type_key as i32,
+                                value: Some(AnyValue {
+                                    value: Some(str_value(kind)),
+                                }),
+                                unit_strindex: 0,
+                            });
+                            attributes.len() as i32 - 1
+                        })
+                    })
+                    .into_iter()
+                    .collect(),
             })
             .collect();
         let function_table = t

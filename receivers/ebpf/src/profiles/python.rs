@@ -8,12 +8,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use oxeye_api::profile::{KERNEL_MODULE, PYTHON_MODULE};
 use oxeye_api::{Frame, Sample};
 use oxeye_ebpf_common::PY_FRAME_TAG;
 use oxeye_unwind::python::{Interpreter, ProcessMemory, PyFrame};
-
-/// The module of Python frames.
-pub const PYTHON_MODULE: &str = "[python]";
 
 /// Named frames kept at most (then the cache starts again).
 const MAX_NAMES: usize = 65_536;
@@ -105,7 +103,7 @@ impl PythonNames {
             .iter()
             .map(|&a| Frame {
                 address: a,
-                module: Some("[kernel]".into()),
+                module: Some(KERNEL_MODULE.into()),
                 offset: a,
                 ..Frame::default()
             })
