@@ -150,7 +150,8 @@ fn boot(series: &str) -> VmRun {
     // Unwinding: the C tree built with -O2 -fomit-frame-pointer, profiled with unwind tables.
     // By pid, so its tables are loaded before the perf events are attached (a process first
     // sampled without them is walked with frame pointers until they are: about a second for
-    // the debug binary under emulation).
+    // the debug binary under emulation). It runs until stopped, 8 s after the attach, however
+    // long the start took (5 s here, more on a slower host).
     let (tree, _) = oxeye_tests::burn::build_trees(&out_dir.join("trees"));
     let unwind = out_dir.join("unwind.yaml");
     std::fs::write(
@@ -210,9 +211,9 @@ fn boot(series: &str) -> VmRun {
          for i in $(seq 1 600); do grep -q 'perf events attached' profile.err && break; grep -q ERROR profile.err && break; sleep 0.1; done; \
          echo go >&3; for i in $(seq 1 1200); do grep -q done burn.out && break; sleep 0.1; done; \
          exec 3>&-; sleep 1; kill -INT $OX; wait $OX; echo $? > profile.exit; \
-         {tree} 12 & T=$!; TREE_PID=$T {oxeye} run -c {unwind} > unwind.folded 2> unwind.err & OX=$!; \
+         {tree} 600 & T=$!; TREE_PID=$T {oxeye} run -c {unwind} > unwind.folded 2> unwind.err & OX=$!; \
          for i in $(seq 1 600); do grep -q 'perf events attached' unwind.err && break; grep -q ERROR unwind.err && break; sleep 0.1; done; \
-         wait $T; sleep 1; kill -INT $OX; wait $OX; echo $? > unwind.exit",
+         sleep 8; kill $T; wait $T; sleep 1; kill -INT $OX; wait $OX; echo $? > unwind.exit",
         oxeye = oxeye.display(),
         cfg = config.display(),
         failing = failing.display(),
