@@ -157,6 +157,33 @@ pub fn build_trees(dir: &Path) -> (PathBuf, PathBuf) {
     (c, rust)
 }
 
+/// Builds tests/workloads/dlopen.c into `dir/dlopen-c` and tests/workloads/plugin.c into
+/// `dir/libplugin.so`, both `-O2 -fomit-frame-pointer`; returns both paths.
+pub fn build_dlopen(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let (exe, lib) = (dir.join("dlopen-c"), dir.join("libplugin.so"));
+    let src = |name: &str| format!("{}/workloads/{name}", env!("CARGO_MANIFEST_DIR"));
+    for (out, args, source) in [
+        (&lib, &["-fPIC", "-shared"][..], "plugin.c"),
+        (&exe, &[][..], "dlopen.c"),
+    ] {
+        let built = Command::new("gcc")
+            .args(["-O2", "-fomit-frame-pointer"])
+            .args(args)
+            .arg("-o")
+            .arg(out)
+            .arg(src(source))
+            .output()
+            .expect("gcc");
+        assert!(
+            built.status.success(),
+            "gcc {source}: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+    (exe, lib)
+}
+
 /// Samples of one process (its comm) in folded stack lines: (whole tree from `_start` through
 /// `main` down to leaf_a, the same to leaf_b, all).
 pub fn tree_counts(folded: &str, comm: &str) -> (u64, u64, u64) {

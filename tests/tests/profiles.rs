@@ -292,6 +292,36 @@ fn otlp_samples(requests: &[ExportProfilesServiceRequest]) -> Vec<OtlpSample> {
     out
 }
 
+/// Each function's `profile.frame.type` values, over the locations of OTLP requests.
+fn frame_types(
+    requests: &[ExportProfilesServiceRequest],
+) -> std::collections::HashMap<String, std::collections::BTreeSet<String>> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let mut out: std::collections::HashMap<_, std::collections::BTreeSet<_>> = Default::default();
+    for r in requests {
+        let d = r.dictionary.as_ref().expect("dictionary");
+        let s = |i: i32| d.string_table[i as usize].clone();
+        for l in &d.location_table {
+            let kind = l.attribute_indices.iter().find_map(|&i| {
+                let a = &d.attribute_table[i as usize];
+                match a.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(Value::StringValue(v)) if s(a.key_strindex) == "profile.frame.type" => {
+                        Some(v.clone())
+                    }
+                    _ => None,
+                }
+            });
+            for line in &l.line {
+                let f = s(d.function_table[line.function_index as usize].name_strindex);
+                out.entry(f)
+                    .or_default()
+                    .insert(kind.clone().unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -529,19 +559,31 @@ fn a_filter_that_matches_nothing_and_a_missing_process_say_so() {
 /// Profiles `bin SECONDS` (pid-filtered, 999 Hz) with `unwind`; returns the folded stacks and
 /// oxeye's stderr.
 fn profile_run(bin: &std::path::Path, args: &[&str], unwind: &str) -> (String, String) {
-    profile_run_to(bin, args, unwind, None)
+    profile_run_to(bin, args, unwind, None, None)
 }
 
-/// The same, with pprof files written under `pprof` too.
+/// The same, with pprof files written under `pprof` and OTLP/gRPC sent to port `otlp` too.
 fn profile_run_to(
     bin: &std::path::Path,
     args: &[&str],
     unwind: &str,
     pprof: Option<&std::path::Path>,
+    otlp: Option<u16>,
+) -> (String, String) {
+    let mut workload = Command::new(bin);
+    workload.args(args);
+    profile_command(workload, unwind, pprof, otlp)
+}
+
+/// The same for a workload command as given (its environment, say).
+fn profile_command(
+    mut workload: Command,
+    unwind: &str,
+    pprof: Option<&std::path::Path>,
+    otlp: Option<u16>,
 ) -> (String, String) {
     let mut child = KillOnDrop(
-        Command::new(bin)
-            .args(args)
+        workload
             .stdout(Stdio::null())
             .spawn()
             .expect("start the workload"),
@@ -549,11 +591,13 @@ fn profile_run_to(
     let yaml = format!(
         "receivers:\n  ebpf:\n    profiles: {{frequency: {FREQUENCY}, window: 2s, pid: {pid}, stacks: user, unwind: {unwind}}}\n\
          processors:\n  symbolization: {{}}\n\
-         exporters:\n  stdout: {{format: folded}}\n{pprof_exporter}\
-         service:\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [stdout{pprof_name}]}}\n",
+         exporters:\n  stdout: {{format: folded}}\n{pprof_exporter}{otlp_exporter}\
+         service:\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [stdout{pprof_name}{otlp_name}]}}\n",
         pid = child.0.id(),
         pprof_exporter = pprof.map_or(String::new(), |p| format!("  pprof: {{path: {}/cpu}}\n", p.display())),
         pprof_name = if pprof.is_some() { ", pprof" } else { "" },
+        otlp_exporter = otlp.map_or(String::new(), |port| format!("  otlp: {{endpoint: 'http://127.0.0.1:{port}'}}\n")),
+        otlp_name = if otlp.is_some() { ", otlp" } else { "" },
     );
     let ox = Oxeye::start("unwind", &yaml, 0);
     child.0.wait().expect("workload exit");
@@ -612,6 +656,243 @@ fn stacks_without_frame_pointers_reach_main_with_unwind_tables() {
         "frame pointers walked {} of {all} stacks to main\n{folded}",
         a + b
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A number from the receiver's final line `profiles: user stacks walked with unwind tables
+/// processes=… deltas=… flushes=…`.
+fn walked(stderr: &str, key: &str) -> u64 {
+    stderr
+        .lines()
+        .find(|l| l.contains("profiles: user stacks walked with unwind tables"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in the final unwind line\n{stderr}"))
+}
+
+#[test]
+fn code_dlopened_after_the_tables_were_loaded_is_walked_once_the_process_is_read_again() {
+    require_root();
+    let _one = serial();
+    let dir = std::env::temp_dir().join(format!("oxeye-dlopen-{}", std::process::id()));
+    let (exe, lib) = oxeye_tests::burn::build_dlopen(&dir);
+    let lib_arg = lib.display().to_string();
+    // 3 s in the executable (its tables are loaded), then 6 s in the library it dlopens.
+    let (folded, stderr) = profile_run(&exe, &["3", &lib_arg, "6"], "tables");
+    let (mut plugin, mut whole) = (0, 0);
+    for line in folded.lines().filter(|l| l.starts_with("dlopen-c;")) {
+        let (stack, n) = line.rsplit_once(' ').expect("`stack count`");
+        let n: u64 = n.parse().expect("count");
+        if !stack.contains("plugin_") && !stack.contains("libplugin") {
+            continue;
+        }
+        plugin += n;
+        whole += n
+            * (stack.starts_with("dlopen-c;_start;")
+                && stack.ends_with(";main;plugin_burn;plugin_level;plugin_leaf"))
+                as u64;
+    }
+    let processes = walked(&stderr, "processes");
+    eprintln!("dlopen: {plugin} samples in the library, {whole} with the whole stack from _start; the process was read {processes} times");
+    assert!(plugin >= 3000, "{plugin} samples in the library\n{stderr}");
+    // Its mappings are read again at most 2 s after the first stack cut short in the library.
+    assert!(
+        whole * 2 >= plugin,
+        "{whole} of {plugin} library samples whole\n{folded}"
+    );
+    assert!(
+        processes >= 2,
+        "the process was read once only: the library was mapped before its tables were loaded, so this did not test reading it again\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_executable_without_unwind_tables_is_cut_short_marked_and_counted() {
+    require_root();
+    let _one = serial();
+    let dir = std::env::temp_dir().join(format!("oxeye-noeh-{}", std::process::id()));
+    let (c, _) = oxeye_tests::burn::build_trees(&dir);
+    // The same C tree without .eh_frame: no table can be built for it.
+    let bare = dir.join("tree-bare");
+    let stripped = Command::new("objcopy")
+        .args([
+            "--remove-section",
+            ".eh_frame",
+            "--remove-section",
+            ".eh_frame_hdr",
+        ])
+        .arg(&c)
+        .arg(&bare)
+        .status()
+        .expect("objcopy");
+    assert!(stripped.success(), "objcopy");
+    let (folded, stderr) = profile_run(&bare, &["3"], "tables");
+    let (a, b, all) = oxeye_tests::burn::tree_counts(&folded, "tree-bare");
+    let marked: u64 = folded
+        .lines()
+        .filter(|l| l.starts_with("tree-bare;[truncated];"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    let (without, truncated) = (
+        walked(&stderr, "objects_without_table"),
+        walked(&stderr, "truncated"),
+    );
+    eprintln!("no .eh_frame: {all} samples, {} whole, {marked} marked truncated; objects_without_table={without} truncated={truncated}", a + b);
+    assert!(all >= 1000, "{all} samples\n{stderr}");
+    // Never a made-up frame presented as whole: cut short, marked, and counted.
+    assert!(
+        (a + b) * 100 <= all,
+        "{} of {all} whole without tables\n{folded}",
+        a + b
+    );
+    assert!(marked * 10 >= all * 9, "{marked} of {all} marked\n{folded}");
+    assert!(without >= 1 && truncated >= marked, "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn full_unwind_tables_are_dropped_and_the_next_process_still_walks_whole() {
+    require_root();
+    let _one = serial();
+    let dir = std::env::temp_dir().join(format!("oxeye-flush-{}", std::process::id()));
+    let (c, rust) = oxeye_tests::burn::build_trees(&dir);
+    // Each tree's deltas alone (its executable, libc, the loader...).
+    let deltas = |bin| walked(&profile_run(bin, &["1"], "tables").1, "deltas");
+    let (dc, drust) = (deltas(&c), deltas(&rust));
+    // Room for either process, not both: the second one's tables fill it up. Both copies are
+    // named `oxeye-flush` (one comm to filter on).
+    let max = dc.max(drust).max(4096);
+    let copies = [dir.join("c"), dir.join("rust")].map(|d| d.join("oxeye-flush"));
+    for (from, to) in [(&c, &copies[0]), (&rust, &copies[1])] {
+        std::fs::create_dir_all(to.parent().expect("dir")).expect("dir");
+        std::fs::copy(from, to).expect("copy");
+    }
+    let ox = Oxeye::start(
+        "flush",
+        &format!(
+            "receivers:\n  ebpf:\n    profiles: {{frequency: {FREQUENCY}, window: 2s, comm: oxeye-flush, stacks: user, unwind: tables, unwind_max_deltas: {max}}}\n\
+             processors:\n  symbolization: {{}}\n\
+             exporters:\n  stdout: {{format: folded}}\n\
+             service:\n  pipelines:\n    profiles: {{receivers: [ebpf], processors: [symbolization], exporters: [stdout]}}\n"
+        ),
+        0,
+    );
+    for copy in &copies {
+        let ran = Command::new(copy)
+            .arg("3")
+            .stdout(Stdio::null())
+            .status()
+            .expect("tree");
+        assert!(ran.success());
+    }
+    let (folded, stderr) = ox.stop();
+    let (a, b, all) = oxeye_tests::burn::tree_counts(&folded, "oxeye-flush");
+    let flushes = walked(&stderr, "flushes");
+    eprintln!("unwind_max_deltas {max} (tree-c {dc}, tree-rust {drust}): {flushes} flushes; {all} samples, {} whole", a + b);
+    assert!(flushes >= 1, "{stderr}");
+    assert!(
+        stderr.contains("the unwind tables are full"),
+        "the flush is logged\n{stderr}"
+    );
+    assert!(all >= 4000, "{all} samples\n{stderr}");
+    assert!(
+        (a + b) * 100 >= all * 85,
+        "{} of {all} whole across the flush\n{folded}",
+        a + b
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn processes_gone_before_their_tables_are_read_keep_marked_stacks_and_are_counted() {
+    require_root();
+    let _one = serial();
+    let dir = std::env::temp_dir().join(format!("oxeye-short-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // dash under a name of its own (one comm to filter on), 40 times a loop of about 50 ms:
+    // each is sampled, and gone before the next drain reads its mappings.
+    let short = dir.join("oxeye-short");
+    std::fs::copy("/bin/dash", &short).expect("copy dash");
+    let ox = Oxeye::start(
+        "short",
+        &format!(
+            "receivers:\n  ebpf:\n    profiles: {{frequency: {FREQUENCY}, window: 2s, comm: oxeye-short, stacks: user, unwind: tables}}\n\
+             exporters:\n  stdout: {{format: folded}}\n\
+             service:\n  pipelines:\n    profiles: {{receivers: [ebpf], exporters: [stdout]}}\n"
+        ),
+        0,
+    );
+    for _ in 0..40 {
+        let ran = Command::new(&short)
+            .args(["-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done"])
+            .status()
+            .expect("dash");
+        assert!(ran.success());
+    }
+    let (folded, stderr) = ox.stop();
+    let (mut all, mut marked) = (0, 0);
+    for line in folded.lines().filter(|l| l.starts_with("oxeye-short;")) {
+        let n: u64 = line
+            .rsplit_once(' ')
+            .and_then(|(_, n)| n.parse().ok())
+            .expect("count");
+        all += n;
+        marked += n * line.starts_with("oxeye-short;[truncated];") as u64;
+    }
+    let (exited, before) = (walked(&stderr, "exited"), walked(&stderr, "before_tables"));
+    eprintln!("40 short processes: {all} samples, {marked} marked truncated; exited={exited} before_tables={before}");
+    assert!(all >= 500, "{all} samples\n{stderr}");
+    assert!(exited >= 10, "exited={exited}\n{stderr}");
+    // Whatever was walked before tables were loaded is marked, never presented as whole.
+    assert!(
+        before >= all / 2 && marked >= before.min(all),
+        "{folded}\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_cpython_version_without_a_layout_keeps_its_native_frames_and_is_counted() {
+    require_root();
+    let _one = serial();
+    let dir = std::env::temp_dir().join(format!("oxeye-py399-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // The system interpreter under a version's name oxeye has no layout for (its standard
+    // library found through PYTHONHOME).
+    let python = dir.join("python3.99");
+    std::fs::copy("/usr/bin/python3", &python).expect("copy python3");
+    let mut workload = Command::new(&python);
+    workload
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/workloads/pytree.py"))
+        .arg("3")
+        .arg(dir.join("split"))
+        .env("PYTHONHOME", "/usr");
+    let (folded, stderr) = profile_command(workload, "tables", None, None);
+    let (mut all, mut native) = (0, 0);
+    for line in folded.lines().filter(|l| l.starts_with("python3.99;")) {
+        let (stack, n) = line.rsplit_once(' ').expect("`stack count`");
+        let n: u64 = n.parse().expect("count");
+        all += n;
+        assert!(
+            !stack.contains("hot_a") && !stack.contains("<module>"),
+            "a Python frame from a layout oxeye does not have: {line}"
+        );
+        native += n
+            * (stack.starts_with("python3.99;_start;")
+                && stack.contains(";_PyEval_EvalFrameDefault")) as u64;
+    }
+    let (unsupported, read) = (
+        walked(&stderr, "python_unsupported"),
+        walked(&stderr, "python_processes"),
+    );
+    eprintln!("python3.99: {all} samples, {native} native from _start into the eval loop; python_unsupported={unsupported} python_processes={read}");
+    assert!(all >= 1000, "{all} samples\n{stderr}");
+    assert!(native * 100 >= all * 90, "{native} of {all}\n{folded}");
+    assert!(unsupported >= 1 && read == 0, "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -749,12 +1030,35 @@ fn python_frames_interleave_with_native_frames_for_system_python_and_a_venv() {
         let pprof = dir.join(format!("pprof-{}", what.replace(' ', "-")));
         let measured = dir.join("split");
         let measured_arg = measured.display().to_string();
+        // OTLP too for the system python: each location says what kind of frame it is.
+        let rt = runtime();
+        let received = Received::default();
+        let otlp = (what == "system python3").then(|| grpc_endpoint(&rt, received.clone()));
         let (folded, stderr) = profile_run_to(
             &python,
             &[script, "6", &measured_arg],
             "tables",
             Some(&pprof),
+            otlp,
         );
+        if otlp.is_some() {
+            let types = frame_types(&received.0.lock().expect("lock"));
+            for (f, kind) in [
+                ("hot_a", "cpython"),
+                ("outer", "cpython"),
+                ("<module>", "cpython"),
+                ("_PyEval_EvalFrameDefault", "native"),
+                ("_start", "native"),
+            ] {
+                assert_eq!(
+                    types
+                        .get(f)
+                        .map(|t| t.iter().map(String::as_str).collect::<Vec<_>>()),
+                    Some(vec![kind]),
+                    "{f}'s profile.frame.type in OTLP: {types:?}"
+                );
+            }
+        }
         // The CPU time the workload measured in each leaf (time.thread_time around the calls).
         let measured: f64 = std::fs::read_to_string(&measured)
             .expect("the workload's measured split")

@@ -336,18 +336,20 @@ pub fn sample_exit(
     loader
         .override_global("LINK_SPANS", &link, true)
         .map_max_entries("SAMPLES", 16 << 20);
+    let max_deltas = crate::config::ProfilesConfig::default().unwind_max_deltas;
     if tables {
         loader
             .map_max_entries("UNWIND_PROCS", crate::profiles::tables::MAX_PROCESSES)
             .map_max_entries("PY_PROCS", crate::profiles::tables::MAX_PROCESSES)
-            .map_max_entries("UNWIND_DELTAS", crate::profiles::tables::MAX_DELTAS);
+            .map_max_entries("UNWIND_DELTAS", max_deltas);
     }
     let mut ebpf = loader
         .load(crate::profiles::PROGRAMS)
         .map_err(|e| crate::flows::chain(&e))?;
     // The tables are in place before the first sample (as for a process sampled before).
     let _tables = if tables {
-        let mut t = crate::profiles::tables::Tables::new(&mut ebpf).map_err(|e| e.to_string())?;
+        let mut t = crate::profiles::tables::Tables::new(&mut ebpf, max_deltas)
+            .map_err(|e| e.to_string())?;
         t.load(pid);
         Some(t)
     } else {

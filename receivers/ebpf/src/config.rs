@@ -260,6 +260,9 @@ pub struct ProfilesConfig {
     /// binaries built without frame pointers too), `frame_pointers` (the kernel's walk), or
     /// `auto` (tables where this kernel can run the walker).
     pub unwind: Unwind,
+    /// Stack deltas the kernel holds for all objects' unwind tables (8 bytes of kernel memory
+    /// each; libc takes about 23 000). When full, all are dropped and reloaded as sampled.
+    pub unwind_max_deltas: u32,
 }
 
 /// `profiles.unwind`.
@@ -292,6 +295,8 @@ impl Default for ProfilesConfig {
             ring_size: 1 << 20,
             include_oxeye: false,
             unwind: Unwind::Auto,
+            // 32 MiB: about 130 MiB of machine code.
+            unwind_max_deltas: 1 << 22,
         }
     }
 }

@@ -180,6 +180,15 @@ fn validate_profiles(p: &ProfilesConfig, e: &mut ConfigErrors) {
             ),
         );
     }
+    if !(4096..=1 << 24).contains(&p.unwind_max_deltas) {
+        e.push(
+            "profiles.unwind_max_deltas",
+            format!(
+                "must be 4096 to 16777216 deltas (8 bytes of kernel memory each), got {}",
+                p.unwind_max_deltas
+            ),
+        );
+    }
     if p.comm
         .as_ref()
         .is_some_and(|c| c.is_empty() || c.len() > 15)
@@ -359,7 +368,7 @@ mod tests {
         )
         .is_ok());
         let e = check::<EbpfFactory>(
-            "profiles: {frequency: 0, window: 10ms, stacks: none, max_depth: 200, max_stacks: 0, ring_size: 4096, comm: ''}",
+            "profiles: {frequency: 0, window: 10ms, stacks: none, max_depth: 200, max_stacks: 0, ring_size: 4096, unwind_max_deltas: 100, comm: ''}",
         )
         .unwrap_err();
         let paths: Vec<&str> = e.0.iter().map(|f| f.path.as_str()).collect();
@@ -372,6 +381,7 @@ mod tests {
                 "profiles.max_depth",
                 "profiles.max_stacks",
                 "profiles.ring_size",
+                "profiles.unwind_max_deltas",
                 "profiles.comm"
             ]
         );

@@ -89,8 +89,9 @@ pub struct Aggregator {
     overflowed: u64,
 }
 
-/// The attribute of samples whose user stack was cut short (`unwind: tables`): the stack
-/// does not reach the outermost frame, and exporters say so (folded: a `[truncated]` root).
+/// The attribute of samples whose user stack was cut short (`unwind: tables`), or walked with
+/// frame pointers before its process's tables were loaded: the stack is not known to reach
+/// the outermost frame, and exporters say so (folded: a `[truncated]` root).
 pub const TRUNCATED: &str = "oxeye.profile.truncated";
 
 fn hash(s: &RawSample<'_>) -> u64 {

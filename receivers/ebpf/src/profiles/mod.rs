@@ -178,7 +178,9 @@ pub(crate) fn add_record(agg: &mut Aggregator, item: &[u8], offset: u64) -> Opti
         span_id: ev.span_id,
         kernel: &ev.kernel[..klen],
         user: &ev.user[..ulen],
-        truncated: ev.flags & SAMPLE_UNWOUND_TRUNCATED != 0,
+        // Walked with frame pointers before the process's tables were loaded: right for code
+        // built with them, made up for code without; not presented as whole either way.
+        truncated: ev.flags & (SAMPLE_UNWOUND_TRUNCATED | SAMPLE_UNWIND_UNKNOWN_PROCESS) != 0,
     }))
 }
 
@@ -202,7 +204,7 @@ fn python_stack(item: &[u8]) -> Option<(u32, Vec<u64>)> {
 }
 
 /// How often a process's tables are read again at most.
-const RELOAD_TABLES: Duration = Duration::from_secs(10);
+const RELOAD_TABLES: Duration = Duration::from_secs(2);
 
 /// The pid of a sample whose process had no unwind tables in the kernel, or whose walk was cut
 /// short.
@@ -308,7 +310,7 @@ impl ProfileProbe {
             loader
                 .map_max_entries("UNWIND_PROCS", tables::MAX_PROCESSES)
                 .map_max_entries("PY_PROCS", tables::MAX_PROCESSES)
-                .map_max_entries("UNWIND_DELTAS", tables::MAX_DELTAS);
+                .map_max_entries("UNWIND_DELTAS", cfg.unwind_max_deltas);
         }
         if let Some(path) = threads {
             loader.map_pin_path("THREADS", path);
@@ -330,7 +332,7 @@ impl ProfileProbe {
         let ring = crate::ring::Ring::watch(&mut ebpf, "SAMPLES")?;
         let counters = take_map(&mut ebpf, "PROFILE_COUNTERS")?;
         let unwind = if tables {
-            let mut t = tables::Tables::new(&mut ebpf)?;
+            let mut t = tables::Tables::new(&mut ebpf, cfg.unwind_max_deltas)?;
             // The process asked for is known from the first sample on.
             if let Some(pid) = cfg.pid {
                 t.load(pid);
@@ -542,7 +544,7 @@ impl ProfileProbe {
         );
         // `try_lock`: the loader holds it while it builds a table (the next window reports).
         if let Some(Ok(t)) = self.unwind.as_ref().map(|t| t.try_lock()) {
-            let s = t.stats;
+            let (s, (objects, deltas)) = (t.stats, t.loaded());
             drop(t);
             let t = &self.telemetry;
             t.set_counter(
@@ -560,8 +562,9 @@ impl ProfileProbe {
                 "profile",
                 s.python_unsupported,
             );
-            t.set_gauge("ebpf_profile_unwind_objects", "profile", s.objects);
-            t.set_gauge("ebpf_profile_unwind_deltas", "profile", s.deltas);
+            t.set_counter("ebpf_profile_unwind_processes_exited", "profile", s.exited);
+            t.set_gauge("ebpf_profile_unwind_objects", "profile", objects);
+            t.set_gauge("ebpf_profile_unwind_deltas", "profile", deltas);
             t.set_gauge(
                 "ebpf_profile_unwind_objects_without_table",
                 "profile",
@@ -595,6 +598,7 @@ impl ProfileProbe {
                 truncated = self.counter(P_UNWOUND_TRUNCATED),
                 before_tables = self.counter(P_UNWIND_UNKNOWN_PROCESS),
                 flushes = s.flushes,
+                exited = s.exited,
                 python_processes = s.python_processes,
                 python_unsupported = s.python_unsupported,
                 "profiles: user stacks walked with unwind tables"

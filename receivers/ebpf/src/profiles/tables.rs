@@ -25,8 +25,6 @@ use crate::ProbeError;
 /// Processes whose mappings the kernel holds at once (the least recently sampled are evicted,
 /// and loaded again when sampled again).
 pub const MAX_PROCESSES: u32 = 1024;
-/// Deltas over all objects: 4 Mi (32 MiB of kernel memory), about 130 MiB of `.text`.
-pub const MAX_DELTAS: u32 = 1 << 22;
 
 /// The maps and what has been put in them.
 pub struct Tables {
@@ -46,6 +44,8 @@ pub struct Tables {
     python_objects: HashMap<ObjectKey, Option<python::Symbols>>,
     rule_index: HashMap<UnwindRule, u32>,
     next_delta: u32,
+    /// `UNWIND_DELTAS`'s size (`profiles.unwind_max_deltas`).
+    max_deltas: u32,
     /// Counters for the final line and `/metrics`.
     pub stats: Stats,
 }
@@ -72,6 +72,9 @@ pub struct Stats {
     /// layout for, 3.10, or no `_PyEval_EvalFrameDefault` symbol).
     pub python_processes: u64,
     pub python_unsupported: u64,
+    /// Processes gone before their mappings were read (their samples keep the frame-pointer
+    /// walk they were taken with).
+    pub exited: u64,
 }
 
 fn encode(rule: Rule) -> UnwindRule {
@@ -114,7 +117,8 @@ fn invalid() -> UnwindRule {
 }
 
 impl Tables {
-    pub fn new(ebpf: &mut aya::Ebpf) -> Result<Tables, ProbeError> {
+    /// Takes the maps of a loaded profile program whose `UNWIND_DELTAS` holds `max_deltas`.
+    pub fn new(ebpf: &mut aya::Ebpf, max_deltas: u32) -> Result<Tables, ProbeError> {
         use crate::spans::take_map;
         use std::os::fd::AsFd;
         let deltas = ebpf
@@ -146,6 +150,7 @@ impl Tables {
             python_objects: HashMap::new(),
             rule_index: HashMap::new(),
             next_delta: 0,
+            max_deltas,
             stats: Stats::default(),
         })
     }
@@ -154,6 +159,7 @@ impl Tables {
     /// mappings to the walker. A process that exited meanwhile is skipped.
     pub fn load(&mut self, pid: u32) {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            self.stats.exited += 1;
             return;
         };
         let mappings = maps::parse(&text);
@@ -245,6 +251,12 @@ impl Tables {
         }
     }
 
+    /// Objects whose tables are in the kernel now, and their deltas (since the last flush).
+    pub fn loaded(&self) -> (u64, u64) {
+        let objects = self.objects.values().filter(|p| p.count > 0).count();
+        (objects as u64, self.next_delta.into())
+    }
+
     /// One mapping for the walker, its object's table loaded first if it is new.
     fn mapping(&mut self, pid: u32, m: &Mapping) -> Option<UnwindMapping> {
         let (path, key) = oxeye_unwind::object(pid, m).ok()?;
@@ -317,7 +329,8 @@ impl Tables {
     /// from then on load theirs again).
     fn place(&mut self, table: &Table) -> (u32, u32) {
         let deltas = table.deltas();
-        let room = |next: u32| (next as u64 + deltas.len() as u64) <= MAX_DELTAS as u64;
+        let max = self.max_deltas;
+        let room = |next: u32| (next as u64 + deltas.len() as u64) <= max as u64;
         if !room(self.next_delta) && room(0) {
             self.flush();
         }
@@ -364,7 +377,7 @@ impl Tables {
         self.next_delta = 0;
         self.stats.flushes += 1;
         tracing::info!(
-            deltas = MAX_DELTAS,
+            deltas = self.max_deltas,
             flushes = self.stats.flushes,
             "profiles: the unwind tables are full: all dropped, each process is loaded again when next sampled"
         );

@@ -48,6 +48,14 @@ impl Table {
             return Err(Error::Architecture(file.architecture()));
         }
         let (mut blocks, cfi) = cfi::blocks(file)?;
+        if blocks.is_empty() {
+            // No call-frame information (stripped of `.eh_frame`): no table, not one of PLT
+            // stubs alone, so the object is counted as without one.
+            return Ok(Table {
+                cfi,
+                ..Table::default()
+            });
+        }
         // Stubs with no FDE (`.plt.sec`, `.plt.got` with IBT) jump without touching the stack.
         let mut synthesized = 0;
         for name in [".plt", ".plt.sec", ".plt.got"] {
