@@ -5,11 +5,15 @@
 //! - `position.rs`: the acknowledged position, kept across restarts.
 //! - `open.rs`: the directory (lock, format) and recovery of what a previous run left.
 //! - `read.rs`: reading records back, skipping and counting corrupt ones.
+//! - `config.rs`: the settings exporters take (`storage`, `when_full`).
+//! - `asynch.rs`: [`Disk`], the queue as an exporter uses it on an async runtime.
 //!
-//! Everything here blocks on the disk: callers on an async runtime run it on blocking threads.
+//! [`Queue`] blocks on the disk: [`Disk`] runs it on blocking threads.
 //! A process killed at any point loses nothing that `append` returned for (the page cache
 //! outlives the process); with `fsync_every_append` nothing is lost to a power cut either.
 
+mod asynch;
+mod config;
 mod open;
 mod position;
 mod read;
@@ -22,6 +26,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+pub use asynch::{blocking, Disk, Pending};
+pub use config::{Fsync, StorageConfig, WhenFull};
 pub use open::{check, check_writable, OpenError};
 use position::{Pos, PositionFile, Saved};
 

@@ -66,70 +66,7 @@ impl Compression {
     }
 }
 
-/// What `export` does when the sending queue is full.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// Wait for room (back-pressure into the pipeline's own queue).
-    #[default]
-    Block,
-    /// Drop the incoming batch and count it (`reason="sending_queue_full"`).
-    DropNewest,
-    /// Delete the oldest queued records to make room, and count them
-    /// (`reason="sending_queue_full"`). Needs `storage`.
-    DropOldest,
-}
-
-/// `sending_queue.storage`: the queue kept on disk, so a restart, a crash or an OOM kill loses
-/// nothing that was queued.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct StorageConfig {
-    /// A directory of its own; the queue lives in a subdirectory named after the exporter.
-    pub directory: std::path::PathBuf,
-    /// Bytes on disk at most (`1GiB`, `512MiB`, or a number of bytes).
-    #[serde(default = "default_max_size")]
-    pub max_size: bytesize::ByteSize,
-    /// `every_batch` (an fdatasync per write: survives a power cut) or an interval such as
-    /// `1s` (the default: survives kill -9 and OOM kills; a power cut loses at most that long).
-    #[serde(default)]
-    pub fsync: Fsync,
-}
-
-fn default_max_size() -> bytesize::ByteSize {
-    bytesize::ByteSize::gib(1)
-}
-
-/// When the persistent queue's writes are made durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fsync {
-    /// After every write.
-    EveryBatch,
-    /// On this interval.
-    Interval(Duration),
-}
-
-impl Default for Fsync {
-    fn default() -> Self {
-        Fsync::Interval(Duration::from_secs(1))
-    }
-}
-
-impl<'de> Deserialize<'de> for Fsync {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected `every_batch` or an interval such as `1s`")
-        })?;
-        if s.trim() == "every_batch" {
-            return Ok(Fsync::EveryBatch);
-        }
-        oxeye_api::config::parse_duration(&s)
-            .map(Fsync::Interval)
-            .map_err(|e| {
-                serde::de::Error::custom(format!("expected `every_batch` or an interval: {e}"))
-            })
-    }
-}
+pub use oxeye_diskqueue::{StorageConfig, WhenFull};
 
 /// TLS settings (used for `https://` endpoints).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -667,20 +604,7 @@ impl OtlpConfig {
             ),
             None => {}
             Some(storage) => {
-                if storage.directory.as_os_str().is_empty() {
-                    errors.push("sending_queue.storage.directory", "must not be empty");
-                } else if let Err(e) = oxeye_diskqueue::check_writable(&storage.directory) {
-                    errors.push("sending_queue.storage.directory", e.to_string());
-                }
-                if storage.max_size.as_u64() < 1 << 20 {
-                    errors.push("sending_queue.storage.max_size", "must be at least 1MiB");
-                }
-                if matches!(storage.fsync, Fsync::Interval(d) if d.is_zero()) {
-                    errors.push(
-                        "sending_queue.storage.fsync",
-                        "must be `every_batch` or an interval more than 0",
-                    );
-                }
+                storage.check("sending_queue.storage", &mut errors);
                 if !self.endpoints.is_empty() {
                     errors.push(
                         "sending_queue.storage",

@@ -795,7 +795,7 @@ pub struct OtlpExporter {
     senders: JoinSet<()>,
     /// `sending_queue.storage`: the queue on disk, instead of `tx`/`rx`; opened by `start`
     /// (building, as `validate` does, takes no lock).
-    disk: Option<Arc<persist::Disk>>,
+    disk: Option<Arc<oxeye_diskqueue::Disk>>,
     storage: Option<(config::StorageConfig, String, Telemetry)>,
     /// Set at shutdown: the disk senders stop once the queue is drained.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
@@ -910,11 +910,10 @@ impl OtlpExporter {
             if self.disk.is_none() {
                 // Recovery reads the backlog's headers: off the async workers.
                 let (storage, id, telemetry) = (storage.clone(), id.clone(), telemetry.clone());
-                let disk = tokio::task::spawn_blocking(move || {
-                    persist::Disk::open(&storage, &id, telemetry)
-                })
-                .await
-                .map_err(|e| e.to_string())??;
+                let disk =
+                    tokio::task::spawn_blocking(move || persist::open(&storage, &id, telemetry))
+                        .await
+                        .map_err(|e| e.to_string())??;
                 self.disk = Some(Arc::new(disk));
             }
         }
@@ -975,9 +974,7 @@ impl Exporter for OtlpExporter {
         }
         if let Some(disk) = &self.disk {
             let (max, when_full) = (self.shared.send_batch_size, self.when_full);
-            return disk
-                .append(&mut self.resources, batch, max, when_full)
-                .await;
+            return persist::append(disk, &mut self.resources, batch, max, when_full).await;
         }
         // A batch larger than the whole queue takes all of it (it is then sent alone).
         let units = match self.sizer {
