@@ -167,10 +167,16 @@ impl Prometheus {
     /// A server scraping nothing that takes remote write on `/api/v1/write`; ready when this
     /// returns.
     fn receiver(name: &str) -> Prometheus {
-        let p = Prometheus::start(
+        Prometheus::receiver_at(name, free_port())
+    }
+
+    /// The same on `port`.
+    fn receiver_at(name: &str, port: u16) -> Prometheus {
+        let p = Prometheus::start_at(
             name,
             "global: {}\n",
             &["--web.enable-remote-write-receiver"],
+            port,
         );
         wait_for("Prometheus to be ready", Duration::from_secs(30), || {
             http_get(p.port, "/-/ready")
@@ -181,7 +187,10 @@ impl Prometheus {
     }
 
     fn start(name: &str, config: &str, flags: &[&str]) -> Prometheus {
-        let port = free_port();
+        Prometheus::start_at(name, config, flags, free_port())
+    }
+
+    fn start_at(name: &str, config: &str, flags: &[&str], port: u16) -> Prometheus {
         let dir =
             std::env::temp_dir().join(format!("oxeye-prometheus-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -347,6 +356,94 @@ service:
     assert_eq!(wrong.dropped(), [("rejected", wrong.received())]);
     let down = component(&report, "exporters/prometheusremotewrite/down");
     assert_eq!(down.dropped(), [("retries_exhausted", down.received())]);
+    drop(prometheus);
+}
+
+/// `remote_write_queue.storage`: 300 gauges written while Prometheus is not there yet, the
+/// agent killed with SIGKILL and started again, then Prometheus started: every series lands,
+/// with its value, and the queues on disk empty.
+#[test]
+fn remote_write_queued_on_disk_survives_kill_9_and_lands_once_prometheus_is_up() {
+    use common::load::{kill9, metric, stop, wait, Agent};
+    const SERIES: u64 = 300;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http, metrics, prometheus_port) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        "receivers:
+  otlp: {{protocols: {{http: {{endpoint: '127.0.0.1:{http}'}}}}}}
+exporters:
+  prometheusremotewrite:
+    endpoint: http://127.0.0.1:{prometheus_port}/api/v1/write
+    retry_on_failure: {{initial_interval: 100ms, max_interval: 300ms}}
+    remote_write_queue: {{num_consumers: 3, storage: {{directory: {dir}}}}}
+service:
+  telemetry:
+    metrics: {{address: 127.0.0.1:{metrics}}}
+  pipelines:
+    metrics: {{receivers: [otlp], exporters: [prometheusremotewrite]}}
+",
+        dir = dir.path().display()
+    );
+    let config = temp_config("remote-write-disk", &yaml);
+    let agent = || {
+        let a = Agent::spawn(&config);
+        oxeye_tests::wait_port(http);
+        oxeye_tests::wait_port(metrics);
+        a
+    };
+    let a = agent();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    for i in 0..SERIES {
+        let mut body = gauge_request(&format!("disk.gauge.{i}"), now);
+        // The value 7.0 as a double, replaced by i (8 little-endian bytes).
+        let at = body
+            .windows(8)
+            .position(|w| w == 7.0f64.to_le_bytes())
+            .expect("the value in the request");
+        body[at..at + 8].copy_from_slice(&(i as f64).to_le_bytes());
+        let (code, head, _) = http_post(
+            http,
+            "/v1/metrics",
+            &[("content-type", "application/x-protobuf")],
+            &body,
+        );
+        assert_eq!(code, 200, "{head}");
+    }
+    wait("every point on disk", Duration::from_secs(30), || {
+        metric(metrics, "oxeye_queue_disk_records") >= SERIES
+    });
+    kill9(a);
+    let a = agent();
+    let prometheus = Prometheus::receiver_at("remote-write-disk", prometheus_port);
+    let number = |q: &str| -> Option<f64> { query(prometheus.port, q)?.parse().ok() };
+    wait_for(
+        "every series in Prometheus",
+        Duration::from_secs(60),
+        || number("count({__name__=~\"disk_gauge_.*\"})").filter(|n| *n == SERIES as f64),
+    );
+    assert_eq!(
+        number("sum({__name__=~\"disk_gauge_.*\"})"),
+        Some((0..SERIES).sum::<u64>() as f64)
+    );
+    wait("the queues on disk empty", Duration::from_secs(30), || {
+        metric(metrics, "oxeye_queue_disk_records") == 0
+    });
+    let err = stop(a);
+    assert!(
+        err.contains("records queued on disk by a previous run"),
+        "the restart found the backlog:\n{err}"
+    );
+    let line = err
+        .lines()
+        .rfind(|l| l.contains("exporter prometheusremotewrite:"))
+        .unwrap_or_else(|| panic!("no exporter line:\n{err}"));
+    assert!(
+        !line.contains("dropped") && !line.contains("on disk"),
+        "{line}"
+    );
     drop(prometheus);
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use oxeye_api::config::duration;
 use oxeye_api::ConfigErrors;
+pub use oxeye_diskqueue::{StorageConfig, WhenFull};
 use oxeye_prometheus_series::valid_label;
 use serde::Deserialize;
 
@@ -117,6 +118,11 @@ pub struct Queue {
     pub queue_size: usize,
     /// Requests sent at once.
     pub num_consumers: usize,
+    /// The queue on disk instead of in memory (one per consumer, so each series stays in
+    /// order): a restart, a crash or an OOM kill loses nothing that was queued.
+    pub storage: Option<StorageConfig>,
+    /// Full: `block` (the default), `drop_newest`, or `drop_oldest` (with `storage`).
+    pub when_full: WhenFull,
 }
 
 impl Default for RemoteWriteConfig {
@@ -161,6 +167,8 @@ impl Default for Queue {
             enabled: true,
             queue_size: 10_000,
             num_consumers: 5,
+            storage: None,
+            when_full: WhenFull::Block,
         }
     }
 }
@@ -271,6 +279,22 @@ impl RemoteWriteConfig {
                 format!("must be 1 to 1000000 requests, got {}", q.queue_size),
             );
         }
+        match &q.storage {
+            Some(storage) => {
+                storage.check("remote_write_queue.storage", &mut e);
+                if !q.enabled {
+                    e.push(
+                        "remote_write_queue.storage",
+                        "needs the queue: `enabled: true`",
+                    );
+                }
+            }
+            None if q.when_full != WhenFull::Block => e.push(
+                "remote_write_queue.when_full",
+                "the queue in memory can only `block`: `drop_newest` and `drop_oldest` need `storage`",
+            ),
+            None => {}
+        }
         let given = |f: &Option<String>| f.as_deref().is_some_and(|p| !p.is_empty());
         if given(&self.tls.cert_file) != given(&self.tls.key_file) {
             e.push("tls", "`cert_file` and `key_file` go together (mutual TLS)");
@@ -319,6 +343,48 @@ mod tests {
         );
         assert!(
             check::<RemoteWriteFactory>("endpoint: http://127.0.0.1:9090/api/v1/write").is_ok()
+        );
+    }
+
+    #[test]
+    fn the_queue_on_disk_is_checked_where_it_is_configured() {
+        let at = |yaml: &str| -> Vec<String> {
+            let full = format!("endpoint: http://127.0.0.1:9090/api/v1/write\n{yaml}");
+            match check::<RemoteWriteFactory>(&full) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.iter().map(|f| f.path.clone()).collect(),
+            }
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display();
+        assert_eq!(
+            at(&format!(
+                "remote_write_queue: {{storage: {{directory: {d}}}}}"
+            )),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            at(&format!(
+                "remote_write_queue: {{when_full: drop_oldest, storage: {{directory: {d}, max_size: 1000, fsync: 0s}}}}"
+            )),
+            [
+                "remote_write_queue.storage.max_size",
+                "remote_write_queue.storage.fsync"
+            ]
+        );
+        assert_eq!(
+            at("remote_write_queue: {when_full: drop_newest}"),
+            ["remote_write_queue.when_full"]
+        );
+        assert_eq!(
+            at(&format!(
+                "remote_write_queue: {{enabled: false, storage: {{directory: {d}}}}}"
+            )),
+            ["remote_write_queue.storage"]
+        );
+        assert_eq!(
+            at("remote_write_queue: {storage: {directory: /proc/oxeye}}"),
+            ["remote_write_queue.storage.directory"]
         );
     }
 }

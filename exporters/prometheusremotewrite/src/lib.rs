@@ -12,8 +12,11 @@
 //! counted as dropped with the reason; at the shutdown deadline, what is still queued is counted
 //! too. `export` waits for room for all of a batch's requests before it counts or queues any:
 //! cancelled at the deadline while waiting, the engine counts the whole batch, once.
+//!
+//! With `remote_write_queue.storage` each shard's queue is on disk (`persist.rs`).
 
 mod config;
+mod persist;
 mod send;
 mod write;
 
@@ -90,6 +93,13 @@ impl Factory for RemoteWriteFactory {
 
     fn build(c: RemoteWriteConfig, ctx: BuildContext) -> Result<Box<dyn Exporter>, BoxError> {
         let q = &c.remote_write_queue;
+        let persistent = match &q.storage {
+            Some(storage) => {
+                persist::check(storage, &ctx.id, q.num_consumers)?;
+                Some(persist::Persistent::new(storage.clone(), q.when_full))
+            }
+            None => None,
+        };
         // queue_size shared out among the shards; off, one request a shard.
         let room = if q.enabled {
             q.queue_size.div_ceil(q.num_consumers)
@@ -123,6 +133,7 @@ impl Factory for RemoteWriteFactory {
             }),
             shards,
             queues,
+            persistent,
             consumers: JoinSet::new(),
             max_bytes: c.max_batch_size_bytes,
             target_info: c.target_info.enabled,
@@ -181,6 +192,8 @@ pub struct RemoteWriteExporter {
     shards: Vec<Shard>,
     /// Until the consumers start.
     queues: Vec<mpsc::UnboundedReceiver<Queued>>,
+    /// The shards' queues on disk instead (`remote_write_queue.storage`).
+    persistent: Option<persist::Persistent>,
     consumers: JoinSet<()>,
     max_bytes: usize,
     target_info: bool,
@@ -195,11 +208,28 @@ struct Outgoing {
 }
 
 impl RemoteWriteExporter {
-    /// Starts the consumers on the current runtime (on first use).
-    fn start(&mut self) {
+    /// Starts the consumers on the current runtime (on first use), opening the queues on disk
+    /// first when they are there.
+    async fn start(&mut self) -> Result<(), BoxError> {
+        if let Some(p) = &mut self.persistent {
+            if p.disks.is_empty() {
+                let (id, n) = (self.shared.id.clone(), self.shards.len());
+                let disks = p.open(&id, n, self.telemetry.clone()).await?;
+                for disk in &disks {
+                    self.consumers.spawn(persist::consumer(
+                        Arc::clone(&self.shared),
+                        Arc::clone(disk),
+                        Arc::clone(&p.closing),
+                    ));
+                }
+                p.started(disks);
+            }
+            return Ok(());
+        }
         for rx in self.queues.drain(..) {
             self.consumers.spawn(consumer(Arc::clone(&self.shared), rx));
         }
+        Ok(())
     }
 
     /// The requests carrying the series `metrics` updated.
@@ -256,8 +286,19 @@ impl Exporter for RemoteWriteExporter {
         if self.shards.is_empty() {
             return Err("prometheusremotewrite: export after shutdown".into());
         }
-        self.start();
+        self.start().await?;
         let out = self.requests(&batch, metrics);
+        if let Some(p) = &self.persistent {
+            let (unsupported, collisions) = out.refused;
+            self.telemetry.add_dropped("unsupported_type", unsupported);
+            self.telemetry.add_dropped("name_collision", collisions);
+            let queued: u64 = out.requests.iter().map(|r| r.points).sum();
+            self.telemetry.add_emitted(
+                (batch.len() as u64).saturating_sub(unsupported + collisions + queued),
+            );
+            // Counted as they are sent, when read back (perhaps by the next run).
+            return p.append(out.requests).await;
+        }
         let mut permits = self.room(&out.requests).await?;
         // From here on nothing awaits: the batch is counted and queued whole.
         let (unsupported, collisions) = out.refused;
@@ -288,11 +329,20 @@ impl Exporter for RemoteWriteExporter {
         true
     }
 
+    /// Every 5 s: series expire. With the queues on disk every second, so that a backlog a
+    /// previous run left goes out before the first batch comes.
     fn tick_interval(&self) -> Option<Duration> {
-        Some(Duration::from_secs(5))
+        Some(Duration::from_secs(if self.persistent.is_some() {
+            1
+        } else {
+            5
+        }))
     }
 
     async fn tick(&mut self, _now: SystemTime) -> Result<(), BoxError> {
+        if self.persistent.is_some() {
+            self.start().await?;
+        }
         self.store.expire(Instant::now());
         if let Some(ended) = self.consumers.try_join_next() {
             return Err(format!("prometheusremotewrite: a consumer stopped: {ended:?}").into());
@@ -303,14 +353,20 @@ impl Exporter for RemoteWriteExporter {
     async fn shutdown(&mut self) -> Result<(), BoxError> {
         // Closing the queues lets the consumers drain them and stop; the engine's deadline
         // bounds this.
-        self.start();
+        self.start().await?;
         self.shards.clear();
+        if let Some(p) = &self.persistent {
+            p.closing.send_replace(true);
+        }
         while let Some(r) = self.consumers.join_next().await {
             if let Err(e) = r {
                 if e.is_panic() {
                     return Err(format!("a prometheusremotewrite consumer panicked: {e}").into());
                 }
             }
+        }
+        if let Some(p) = &mut self.persistent {
+            p.sync().await?;
         }
         Ok(())
     }
@@ -320,6 +376,11 @@ impl Drop for RemoteWriteExporter {
     fn drop(&mut self) {
         // Aborted at the shutdown deadline (or shut down normally: nothing left then).
         self.consumers.abort_all();
+        if let Some(p) = &mut self.persistent {
+            // What is unsent stays on disk and goes out at the next start: not lost.
+            p.stop(&self.shared.id);
+            return;
+        }
         let n = self.shared.ledger.abandon();
         if n > 0 {
             error!(exporter = %self.shared.id, points = n, "shutdown deadline passed with requests still queued or retrying: dropped");

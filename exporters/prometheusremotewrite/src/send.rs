@@ -88,15 +88,38 @@ impl Sender {
 
     /// Sends `body` until it is taken, refused for good, or retries run out.
     pub async fn send(&self, body: Bytes) -> Result<(), Failure> {
+        self.send_until(body, false, &|| false).await.map(|_| ())
+    }
+
+    /// Sends `body` from the queue on disk: a retryable failure is retried until it passes
+    /// (the request waits on disk, not in memory) or `stop` says another instance took the
+    /// queue over: `Ok(false)`, not sent.
+    pub async fn send_persistent(
+        &self,
+        body: Bytes,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<bool, Failure> {
+        self.send_until(body, true, stop).await
+    }
+
+    async fn send_until(
+        &self,
+        body: Bytes,
+        persistent: bool,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<bool, Failure> {
         let started = Instant::now();
         let mut interval = self.retry.initial_interval;
         loop {
             let (why, asked) = match self.attempt(body.clone()).await {
-                Attempt::Done => return Ok(()),
+                Attempt::Done => return Ok(true),
                 Attempt::Final(f) => return Err(f),
                 Attempt::Again(why, asked) => (why, asked),
             };
-            if !self.retry.enabled {
+            if stop() {
+                return Ok(false);
+            }
+            if !self.retry.enabled && !persistent {
                 return Err(Failure {
                     reason: "send_failed",
                     message: format!("{why} (retry_on_failure is off)"),
@@ -106,7 +129,7 @@ impl Sender {
             // max_elapsed_time 0: no limit (the Collector's meaning); the shutdown deadline
             // still bounds it.
             let limit = self.retry.max_elapsed_time;
-            if !limit.is_zero() && started.elapsed().saturating_add(wait) > limit {
+            if !persistent && !limit.is_zero() && started.elapsed().saturating_add(wait) > limit {
                 return Err(Failure {
                     reason: "retries_exhausted",
                     message: format!(
