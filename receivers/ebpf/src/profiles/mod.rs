@@ -179,8 +179,10 @@ pub(crate) fn add_record(agg: &mut Aggregator, item: &[u8], offset: u64) -> Opti
         kernel: &ev.kernel[..klen],
         user: &ev.user[..ulen],
         // Walked with frame pointers before the process's tables were loaded: right for code
-        // built with them, made up for code without; not presented as whole either way.
-        truncated: ev.flags & (SAMPLE_UNWOUND_TRUNCATED | SAMPLE_UNWIND_UNKNOWN_PROCESS) != 0,
+        // built with them, made up for code without; not presented as whole either way. (A
+        // kernel thread has no user stack, and no tables ever: nothing to mark.)
+        truncated: ulen > 0
+            && ev.flags & (SAMPLE_UNWOUND_TRUNCATED | SAMPLE_UNWIND_UNKNOWN_PROCESS) != 0,
     }))
 }
 
@@ -207,14 +209,15 @@ fn python_stack(item: &[u8]) -> Option<(u32, Vec<u64>)> {
 const RELOAD_TABLES: Duration = Duration::from_secs(2);
 
 /// The pid of a sample whose process had no unwind tables in the kernel, or whose walk was cut
-/// short.
+/// short (not a kernel thread's: no user stack, nothing to load).
 fn needs_tables(item: &[u8]) -> Option<u32> {
     if item.len() < std::mem::size_of::<ProfileSampleEvent>() {
         return None;
     }
     let at = |o: usize| u32::from_ne_bytes(item[o..o + 4].try_into().unwrap_or_default());
     let flags = at(std::mem::offset_of!(ProfileSampleEvent, flags));
-    (flags & (SAMPLE_UNWIND_UNKNOWN_PROCESS | SAMPLE_UNWOUND_TRUNCATED) != 0)
+    let user = at(std::mem::offset_of!(ProfileSampleEvent, ustack_len));
+    (user > 0 && flags & (SAMPLE_UNWIND_UNKNOWN_PROCESS | SAMPLE_UNWOUND_TRUNCATED) != 0)
         .then(|| at(std::mem::offset_of!(ProfileSampleEvent, pid)))
 }
 

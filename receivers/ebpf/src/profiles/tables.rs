@@ -158,9 +158,16 @@ impl Tables {
     /// Reads process `pid`'s mappings, builds and loads the tables it lacks, and hands the
     /// mappings to the walker. A process that exited meanwhile is skipped.
     pub fn load(&mut self, pid: u32) {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            self.stats.exited += 1;
-            return;
+        let text = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            Ok(text) => text,
+            Err(e) => {
+                // Gone (ESRCH reads as NotFound); another error (hidepid) is not an exit.
+                if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
+                {
+                    self.stats.exited += 1;
+                }
+                return;
+            }
         };
         let mappings = maps::parse(&text);
         self.python(pid, &mappings);
