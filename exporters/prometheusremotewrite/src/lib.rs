@@ -121,6 +121,7 @@ impl Factory for RemoteWriteFactory {
             shared: Arc::new(Shared {
                 sender: Sender::new(&c)?,
                 ledger: Ledger::new(ctx.telemetry.clone()),
+                telemetry: ctx.telemetry.clone(),
                 id: ctx.id,
             }),
             store: Store::new(Settings {
@@ -138,6 +139,7 @@ impl Factory for RemoteWriteFactory {
             max_bytes: c.max_batch_size_bytes,
             target_info: c.target_info.enabled,
             telemetry: ctx.telemetry,
+            expired: Instant::now(),
         }))
     }
 }
@@ -148,6 +150,7 @@ oxeye_api::register!(RemoteWriteFactory);
 struct Shared {
     sender: Sender,
     ledger: Ledger,
+    telemetry: Telemetry,
     id: String,
 }
 
@@ -198,6 +201,8 @@ pub struct RemoteWriteExporter {
     max_bytes: usize,
     target_info: bool,
     telemetry: Telemetry,
+    /// When series last expired (every 5 s).
+    expired: Instant,
 }
 
 /// A batch's requests and what is counted with them.
@@ -251,6 +256,17 @@ impl RemoteWriteExporter {
         }
     }
 
+    /// Counts the points of a batch of `points` that no request carries: `refused`, and those
+    /// with no value (flagged "no recorded value": nothing to send, done). `queued` are in
+    /// requests.
+    fn count_unsent(&self, points: u64, refused: (u64, u64), queued: u64) {
+        let (unsupported, collisions) = refused;
+        self.telemetry.add_dropped("unsupported_type", unsupported);
+        self.telemetry.add_dropped("name_collision", collisions);
+        self.telemetry
+            .add_emitted(points.saturating_sub(unsupported + collisions + queued));
+    }
+
     /// Room for every request of a batch, shard by shard (a shard wanting more than its whole
     /// queue takes all of it). Cancel-safe: nothing is counted or queued yet.
     async fn room(
@@ -289,25 +305,20 @@ impl Exporter for RemoteWriteExporter {
         self.start().await?;
         let out = self.requests(&batch, metrics);
         if let Some(p) = &self.persistent {
-            let (unsupported, collisions) = out.refused;
-            self.telemetry.add_dropped("unsupported_type", unsupported);
-            self.telemetry.add_dropped("name_collision", collisions);
+            // The requests' points are counted as they are sent, when read back (perhaps by
+            // the next run); the rest once all are written. (Cancelled part way at the
+            // shutdown deadline, the engine counts the whole batch, and what was written is
+            // sent and counted again by the next run: at least once.)
+            let refused = out.refused;
             let queued: u64 = out.requests.iter().map(|r| r.points).sum();
-            self.telemetry.add_emitted(
-                (batch.len() as u64).saturating_sub(unsupported + collisions + queued),
-            );
-            // Counted as they are sent, when read back (perhaps by the next run).
-            return p.append(out.requests).await;
+            p.append(out.requests).await?;
+            self.count_unsent(batch.len() as u64, refused, queued);
+            return Ok(());
         }
         let mut permits = self.room(&out.requests).await?;
         // From here on nothing awaits: the batch is counted and queued whole.
-        let (unsupported, collisions) = out.refused;
-        self.telemetry.add_dropped("unsupported_type", unsupported);
-        self.telemetry.add_dropped("name_collision", collisions);
         let queued: u64 = out.requests.iter().map(|r| r.points).sum();
-        // Points with no value (flagged "no recorded value") have nothing to send: done.
-        self.telemetry
-            .add_emitted((batch.len() as u64).saturating_sub(unsupported + collisions + queued));
+        self.count_unsent(batch.len() as u64, out.refused, queued);
         self.shared.ledger.add(queued);
         for r in out.requests {
             let shard = &self.shards[r.shard];
@@ -343,7 +354,10 @@ impl Exporter for RemoteWriteExporter {
         if self.persistent.is_some() {
             self.start().await?;
         }
-        self.store.expire(Instant::now());
+        if self.expired.elapsed() >= Duration::from_secs(5) {
+            self.expired = Instant::now();
+            self.store.expire(self.expired);
+        }
         if let Some(ended) = self.consumers.try_join_next() {
             return Err(format!("prometheusremotewrite: a consumer stopped: {ended:?}").into());
         }

@@ -140,15 +140,15 @@ impl Persistent {
         for task in self.sync_tasks.drain(..) {
             task.abort();
         }
-        let (mut records, mut bytes) = (0, 0);
+        let (mut points, mut bytes) = (0, 0);
         for disk in self.disks.iter().filter(|d| !d.taken_over()) {
             let s = disk.queue.stats();
-            records += s.records;
+            points += s.records;
             bytes += s.bytes;
         }
-        if records > 0 {
+        if points > 0 {
             let dir = directory(&self.storage, id);
-            warn!(exporter = %id, requests = records, bytes, dir = %dir.display(), "requests kept in the queue on disk: sent at the next start");
+            warn!(exporter = %id, points, bytes, dir = %dir.display(), "points kept in the queue on disk: sent at the next start");
         }
     }
 }
@@ -187,6 +187,7 @@ pub(crate) async fn consumer(
             }
             Err(e) => {
                 error!(exporter = %shared.id, dir = %disk.dir.display(), "cannot read the queue on disk: {e}");
+                shared.telemetry.add_error();
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -209,6 +210,7 @@ pub(crate) async fn consumer(
         }
         if let Err(e) = disk.ack(pending).await {
             error!(exporter = %shared.id, dir = %disk.dir.display(), "cannot record delivery in the queue on disk (the requests may be sent again after a restart): {e}");
+            shared.telemetry.add_error();
         }
     }
 }

@@ -119,7 +119,7 @@ impl Sender {
             if stop() {
                 return Ok(false);
             }
-            if !self.retry.enabled && !persistent {
+            if !self.retry.enabled {
                 return Err(Failure {
                     reason: "send_failed",
                     message: format!("{why} (retry_on_failure is off)"),
