@@ -254,9 +254,9 @@ fn a_damaged_queue_delivers_every_intact_record_and_counts_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ports = Ports::new();
     // Segments of 4 MiB (max_size 64 MiB), batches of 100 spans: a record per request, each
-    // synced before it is acknowledged.
+    // synced before it is acknowledged; uncompressed, so that 3 000 requests fill several.
     let storage = ", max_size: 64MiB, fsync: every_batch";
-    let queue = "\n    batch: {send_batch_size: 100}";
+    let queue = "\n    batch: {send_batch_size: 100}\n    compression: none";
     let a = agent(&ports, dir.path(), storage, queue);
     send_until_accepted(ports.grpc, 0..3_000, 30_000);
     wait("all on disk", Duration::from_secs(30), || {
@@ -403,9 +403,9 @@ fn a_full_disk_blocks_or_drops_the_oldest_and_nothing_panics() {
             &ports,
             dir.path(),
             ", max_size: 16MiB",
-            &format!("\n      when_full: {when_full}"),
+            &format!("\n      when_full: {when_full}\n    compression: none"),
         );
-        // ~14 MB of spans into 4 MB of disk.
+        // ~14 MB of spans into 4 MB of disk (uncompressed: gzip'd they would fit).
         let accepted = send(&rt, ports.grpc, 0..REQUESTS, 100_000);
         assert!(!exited(&mut a.child.0), "{when_full}: oxeye ended");
         let on_disk = metric(ports.metrics, "oxeye_queue_disk_bytes");
@@ -595,12 +595,13 @@ service:
 /// A reload that changes the exporter (here its endpoint) hands the queue on disk to the new
 /// instance: what the old one held, retrying a dead endpoint, goes to the new endpoint.
 #[test]
-fn a_reload_hands_the_queue_to_the_new_exporter() {
+fn a_reload_hands_the_queue_to_the_new_exporter_which_inflates_what_was_written_gzipd() {
     let _one = alone();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let (grpc, metrics, dead, live) = (free_port(), free_port(), free_port(), free_port());
-    let yaml = |backend: u16| {
+    // The first run gzips what it writes; the second does not compress, so it inflates it.
+    let yaml = |backend: u16, compression: &str| {
         format!(
             "receivers:
   otlp:
@@ -609,6 +610,7 @@ fn a_reload_hands_the_queue_to_the_new_exporter() {
 exporters:
   otlp:
     endpoint: http://127.0.0.1:{backend}
+    compression: {compression}
     retry_on_failure: {{initial_interval: 100ms, max_interval: 300ms}}
     sending_queue: {{storage: {{directory: {dir}}}}}
 service:
@@ -620,7 +622,7 @@ service:
             dir = dir.path().display()
         )
     };
-    let config = oxeye_tests::temp_config("persistent-queue-reload", &yaml(dead));
+    let config = oxeye_tests::temp_config("persistent-queue-reload", &yaml(dead, "gzip"));
     let a = Agent::spawn(&config);
     oxeye_tests::wait_port(grpc);
     oxeye_tests::wait_port(metrics);
@@ -631,7 +633,7 @@ service:
     });
     let sink = Arc::new(Sink::default());
     sink_endpoint_at(&rt, Arc::clone(&sink), live);
-    std::fs::write(&config, yaml(live)).expect("write");
+    std::fs::write(&config, yaml(live, "none")).expect("write");
     oxeye_tests::signal(&a.child.0, libc::SIGHUP);
     let t0 = Instant::now();
     while received(&sink).len() as u64 != 100 * PER_REQUEST {

@@ -974,7 +974,15 @@ impl Exporter for OtlpExporter {
         }
         if let Some(disk) = &self.disk {
             let (max, when_full) = (self.shared.send_batch_size, self.when_full);
-            return persist::append(disk, &mut self.resources, batch, max, when_full).await;
+            return persist::append(
+                disk,
+                &self.shared,
+                &mut self.resources,
+                batch,
+                max,
+                when_full,
+            )
+            .await;
         }
         // A batch larger than the whole queue takes all of it (it is then sent alone).
         let units = match self.sizer {
@@ -1234,7 +1242,9 @@ mod tests {
                     .flat_map(|rl| &rl.scope_logs)
                     .map(|sl| sl.log_records.len())
                     .sum(),
-                Request::Encoded(..) => unreachable!("no encoded batches here"),
+                Request::Encoded(..) | Request::Gzipped(..) => {
+                    unreachable!("no encoded batches here")
+                }
                 Request::Profiles(p) => p
                     .resource_profiles
                     .iter()

@@ -33,7 +33,7 @@ pub fn requests(resources: &mut Resources, batches: &[Arc<Batch>], max: usize) -
                 OtlpSignal::Profiles => Signal::Profiles,
             },
             records,
-            protobuf: request.to_protobuf(),
+            protobuf: request.to_protobuf(false),
         })
         .collect()
 }

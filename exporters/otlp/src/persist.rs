@@ -1,10 +1,12 @@
 //! `sending_queue.storage`: the sending queue on disk ([`oxeye_diskqueue`]).
 //!
 //! `export` encodes each batch into OTLP requests and appends their protobuf bytes (one record
-//! per request, its kind the signal); it returns once they are written, so what the pipeline
-//! handed over survives a kill. Senders read consecutive records of one signal (concatenated
-//! protobuf requests are one request; not profiles, whose requests each carry a dictionary),
-//! send them with retries, and acknowledge them: only then can their segment be deleted. A
+//! per request, its kind the signal), gzip'd when the signal's client compresses: compressed
+//! once, when written, a backlog is sent as it lies on disk. It returns once they are written,
+//! so what the pipeline handed over survives a kill. Senders read the records back — several
+//! uncompressed ones of one signal at once (concatenated protobuf requests are one request;
+//! not profiles, whose requests each carry a dictionary), a gzip'd one alone — send them with
+//! retries, and acknowledge them: only then can their segment be deleted. A
 //! retryable failure is retried until it succeeds — the records wait on disk, bounded by
 //! `max_size`, instead of being given up after `max_elapsed_time`. Disk I/O runs on blocking
 //! threads.
@@ -30,6 +32,9 @@ fn directory(storage: &StorageConfig, id: &str) -> PathBuf {
     storage.directory.join(id.replace('/', "_"))
 }
 
+/// The kind bit of a gzip'd record.
+const GZIPPED: u8 = 0x80;
+
 fn kind(signal: OtlpSignal) -> u8 {
     match signal {
         OtlpSignal::Traces => 1,
@@ -40,7 +45,19 @@ fn kind(signal: OtlpSignal) -> u8 {
 }
 
 fn signal(kind: u8) -> Option<OtlpSignal> {
-    OtlpSignal::ALL.into_iter().find(|&s| self::kind(s) == kind)
+    OtlpSignal::ALL
+        .into_iter()
+        .find(|&s| self::kind(s) == kind & !GZIPPED)
+}
+
+/// The client of `signal`, if this run exports it.
+fn client(shared: &Shared, signal: OtlpSignal) -> Option<&crate::transport::Client> {
+    match signal {
+        OtlpSignal::Traces => shared.traces.as_ref(),
+        OtlpSignal::Metrics => shared.metrics.as_ref(),
+        OtlpSignal::Profiles => shared.profiles.as_ref(),
+        OtlpSignal::Logs => shared.logs.as_ref(),
+    }
 }
 
 /// What opening would refuse (for `validate`, which builds the exporter): nothing is created
@@ -64,14 +81,17 @@ pub(crate) fn open(
 /// on disk (or dropped and counted by `when_full`).
 pub(crate) async fn append(
     disk: &Arc<Disk>,
+    shared: &Shared,
     resources: &mut encode::Resources,
     batch: Arc<Batch>,
     max: usize,
     when_full: WhenFull,
 ) -> Result<(), BoxError> {
     for (signal, request, n) in crate::requests(resources, &[batch], max) {
-        let bytes = Arc::new(request.to_protobuf());
-        disk.append(kind(signal), n, bytes, when_full).await?;
+        let gzip = client(shared, signal).is_some_and(|c| c.gzip());
+        let bytes = Arc::new(request.to_protobuf(gzip));
+        let kind = kind(signal) | if gzip { GZIPPED } else { 0 };
+        disk.append(kind, n, bytes, when_full).await?;
     }
     Ok(())
 }
@@ -92,10 +112,10 @@ pub(crate) async fn sender(
         }
         // Registered before looking, so an append in between is not missed.
         let data = disk.data.notified();
-        // Concatenated requests merge, except profiles' one dictionary each.
+        // Concatenated requests merge, except profiles' one dictionary each and gzip'd ones.
         let next = disk
             .next(shared.send_batch_size as u64, MAX_CHUNK_BYTES, |k| {
-                k != kind(OtlpSignal::Profiles)
+                k != kind(OtlpSignal::Profiles) && k & GZIPPED == 0
             })
             .await;
         let mut pending = match next {
@@ -121,38 +141,58 @@ pub(crate) async fn sender(
             }
         };
         let records = pending.chunk.records;
-        match signal(pending.chunk.kind) {
-            Some(signal) => {
-                let client = match signal {
-                    OtlpSignal::Traces => shared.traces.as_ref(),
-                    OtlpSignal::Metrics => shared.metrics.as_ref(),
-                    OtlpSignal::Profiles => shared.profiles.as_ref(),
-                    OtlpSignal::Logs => shared.logs.as_ref(),
-                };
-                let bytes = std::mem::take(&mut pending.chunk.bytes);
-                let request = Request::Encoded(signal, Encoded(bytes));
-                shared.add_outstanding(records);
-                let settled = match client {
-                    Some(c) => {
-                        shared
-                            .deliver(signal, c, request, records, &handed_over)
-                            .await
-                    }
-                    // Queued by a run whose pipelines had this signal; this one has not.
-                    None => {
-                        shared.settle(records, 0, "signal_not_configured");
-                        true
-                    }
-                };
-                if !settled {
-                    return; // given back (the guard) to the instance that took over
+        let gzipped = pending.chunk.kind & GZIPPED != 0;
+        let Some(signal) = signal(pending.chunk.kind) else {
+            shared.telemetry.add_dropped("unknown_record_kind", records);
+            ack(&disk, pending, &shared).await;
+            continue;
+        };
+        let Some(client) = client(&shared, signal) else {
+            // Queued by a run whose pipelines had this signal; this one has not.
+            shared.add_outstanding(records);
+            shared.settle(records, 0, "signal_not_configured");
+            ack(&disk, pending, &shared).await;
+            continue;
+        };
+        let bytes = std::mem::take(&mut pending.chunk.bytes);
+        let request = match (gzipped, client.gzip()) {
+            (false, _) => Request::Encoded(signal, Encoded(bytes)),
+            (true, true) => Request::Gzipped(signal, bytes),
+            // Written by a run that compressed; this one does not: inflated off the workers.
+            (true, false) => match oxeye_diskqueue::blocking(move || Ok(gunzip(&bytes))).await {
+                Ok(Some(plain)) => Request::Encoded(signal, Encoded(plain)),
+                _ => {
+                    shared.telemetry.add_dropped("corrupt_record", records);
+                    ack(&disk, pending, &shared).await;
+                    continue;
                 }
-            }
-            None => shared.telemetry.add_dropped("unknown_record_kind", records),
+            },
+        };
+        shared.add_outstanding(records);
+        if !shared
+            .deliver(signal, client, request, records, &handed_over)
+            .await
+        {
+            return; // given back (the guard) to the instance that took over
         }
-        if let Err(e) = disk.ack(pending).await {
-            error!(exporter = %shared.id, dir = %disk.dir.display(), "cannot record delivery in the sending queue on disk (the records may be sent again after a restart): {e}");
-            shared.telemetry.add_error();
-        }
+        ack(&disk, pending, &shared).await;
+    }
+}
+
+/// A gzip'd record inflated (`None`: not gzip after all, though its checksum held).
+fn gunzip(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .ok()?;
+    Some(out)
+}
+
+/// Acknowledges `pending` (delivered, or dropped and counted).
+async fn ack(disk: &Arc<Disk>, pending: oxeye_diskqueue::Pending, shared: &Shared) {
+    if let Err(e) = disk.ack(pending).await {
+        error!(exporter = %shared.id, dir = %disk.dir.display(), "cannot record delivery in the sending queue on disk (the records may be sent again after a restart): {e}");
+        shared.telemetry.add_error();
     }
 }

@@ -47,6 +47,9 @@ pub enum Request {
     /// A metrics or logs request already encoded: requests received and forwarded as they
     /// came, concatenated (protobuf merges their repeated `Resource*` fields into one request).
     Encoded(OtlpSignal, Encoded),
+    /// An encoded request gzip'd (as the queue on disk keeps it with `compression: gzip`):
+    /// sent as it is, by a client that compresses.
+    Gzipped(OtlpSignal, Vec<u8>),
 }
 
 /// An encoded request ([`Request::Encoded`]).
@@ -209,12 +212,34 @@ impl Client {
         }
     }
 
+    /// Whether it sends requests gzip'd.
+    pub fn gzip(&self) -> bool {
+        match self {
+            Client::Http { gzip, .. } | Client::Grpc { gzip, .. } => *gzip,
+        }
+    }
+
     /// Encodes `request` once for every attempt of [`Client::send`].
     pub fn prepare(&self, request: Request) -> Payload {
-        let gzip = match self {
-            Client::Http { gzip, .. } | Client::Grpc { gzip, .. } => *gzip,
-        };
+        let gzip = self.gzip();
         let request = match request {
+            // Compressed already: the body as it is, in a gRPC frame where that is the protocol.
+            Request::Gzipped(signal, body) => {
+                let body = match self {
+                    Client::Http { .. } => body,
+                    Client::Grpc { .. } => {
+                        let mut frame = Vec::with_capacity(body.len() + 5);
+                        frame.push(1);
+                        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+                        frame.extend_from_slice(&body);
+                        frame
+                    }
+                };
+                return Payload {
+                    signal,
+                    body: Bytes::from(body),
+                };
+            }
             // Sent from the encoder's own buffer, where the frame header is already reserved.
             Request::Traces(r) if !gzip => {
                 let mut frame = r.into_buffer();
@@ -238,6 +263,7 @@ impl Client {
             Request::Profiles(r) => (OtlpSignal::Profiles, r),
             Request::Logs(r) => (OtlpSignal::Logs, r),
             Request::Encoded(s, r) => (*s, r),
+            Request::Gzipped(..) => unreachable!("sent as it is above"),
         };
         let body = match self {
             Client::Http { gzip, .. } => {
@@ -531,17 +557,19 @@ fn http_outcome(signal: OtlpSignal, parts: &hyper::http::response::Parts, body: 
 }
 
 impl Request {
-    /// The request's protobuf bytes, uncompressed (as the sending queue on disk keeps them).
-    pub fn to_protobuf(&self) -> Vec<u8> {
+    /// The request's protobuf bytes, gzip'd or not, as the sending queue on disk keeps them
+    /// (compressed once, when written, and sent as they are).
+    pub fn to_protobuf(&self, gzip: bool) -> Vec<u8> {
         let message: &dyn EncodeInto = match self {
             Request::Traces(r) => r,
             Request::Metrics(r) => r,
             Request::Profiles(r) => r,
             Request::Logs(r) => r,
             Request::Encoded(_, r) => r,
+            Request::Gzipped(_, body) => return body.clone(),
         };
         let mut out = Vec::new();
-        message.encode_into(&mut out, false);
+        message.encode_into(&mut out, gzip);
         out
     }
 }
