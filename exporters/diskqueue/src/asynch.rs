@@ -222,6 +222,45 @@ impl Disk {
         .await
     }
 
+    /// The next chunk for a sender, waiting for one: `None` once `stop` says so, or once
+    /// `closed` is set and nothing is left. Read errors are logged, counted, and retried.
+    pub async fn wait_next(
+        self: &Arc<Self>,
+        max_records: u64,
+        max_bytes: usize,
+        joinable: fn(u8) -> bool,
+        closed: &mut tokio::sync::watch::Receiver<bool>,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Option<Pending> {
+        loop {
+            if stop() {
+                return None;
+            }
+            // Registered before looking, so an append in between is not missed.
+            let data = self.data.notified();
+            match self.next(max_records, max_bytes, joinable).await {
+                Ok(Some(p)) => return Some(p),
+                Ok(None) => {
+                    if *closed.borrow() {
+                        return None;
+                    }
+                    // Also a look every second: chunks given back by a reload's previous
+                    // instance come without this instance's notification.
+                    tokio::select! {
+                        _ = data => {}
+                        _ = closed.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Err(e) => {
+                    error!(dir = %self.dir.display(), "cannot read the queue on disk: {e}");
+                    self.telemetry.add_error();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
     /// Records that `pending` is delivered (or dropped and counted): its segment may go.
     pub async fn ack(self: &Arc<Self>, mut pending: Pending) -> std::io::Result<()> {
         pending.acked = true;

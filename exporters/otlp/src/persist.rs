@@ -13,7 +13,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use oxeye_api::{Batch, BoxError, Telemetry};
 use oxeye_diskqueue::Disk;
@@ -107,38 +106,14 @@ pub(crate) async fn sender(
     let mut closed = closing.subscribe();
     let handed_over = || *closing.borrow() && disk.taken_over();
     loop {
-        if handed_over() {
-            return;
-        }
-        // Registered before looking, so an append in between is not missed.
-        let data = disk.data.notified();
         // Concatenated requests merge, except profiles' one dictionary each and gzip'd ones.
-        let next = disk
-            .next(shared.send_batch_size as u64, MAX_CHUNK_BYTES, |k| {
-                k != kind(OtlpSignal::Profiles) && k & GZIPPED == 0
-            })
-            .await;
-        let mut pending = match next {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                if *closed.borrow() {
-                    return;
-                }
-                // Also a look every second: chunks given back by a reload's previous instance
-                // come without this instance's notification.
-                tokio::select! {
-                    _ = data => {}
-                    _ = closed.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            }
-            Err(e) => {
-                error!(exporter = %shared.id, dir = %disk.dir.display(), "cannot read the sending queue on disk: {e}");
-                shared.telemetry.add_error();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let joinable = |k| k != kind(OtlpSignal::Profiles) && k & GZIPPED == 0;
+        let max = shared.send_batch_size as u64;
+        let Some(mut pending) = disk
+            .wait_next(max, MAX_CHUNK_BYTES, joinable, &mut closed, &handed_over)
+            .await
+        else {
+            return;
         };
         let records = pending.chunk.records;
         let gzipped = pending.chunk.kind & GZIPPED != 0;

@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use oxeye_api::{BoxError, Telemetry};
@@ -164,33 +163,12 @@ pub(crate) async fn consumer(
     let mut closed = closing.subscribe();
     let handed_over = || *closing.borrow() && disk.taken_over();
     loop {
-        if handed_over() {
-            return;
-        }
-        // Registered before looking, so an append in between is not missed.
-        let data = disk.data.notified();
         // One request a chunk: request bodies are snappy blocks, which do not concatenate.
-        let mut pending = match disk.next(1, usize::MAX, |_| false).await {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                if *closed.borrow() {
-                    return;
-                }
-                // Also a look every second: requests given back by a reload's previous
-                // instance come without this instance's notification.
-                tokio::select! {
-                    _ = data => {}
-                    _ = closed.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            }
-            Err(e) => {
-                error!(exporter = %shared.id, dir = %disk.dir.display(), "cannot read the queue on disk: {e}");
-                shared.telemetry.add_error();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let Some(mut pending) = disk
+            .wait_next(1, usize::MAX, |_| false, &mut closed, &handed_over)
+            .await
+        else {
+            return;
         };
         let points = pending.chunk.records;
         shared.ledger.add(points);
