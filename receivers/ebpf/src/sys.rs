@@ -114,6 +114,20 @@ struct BatchAttr {
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// `bpf(cmd, attr, sizeof attr)`: what it returns (an fd for some commands), or errno.
+///
+/// # Safety
+/// `attr` must be the layout `cmd` expects, and every pointer in it must point at a buffer the
+/// kernel may read or write as `cmd` says, alive across the call.
+unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<libc::c_long> {
+    // SAFETY: the caller's promise; the size is `attr`'s own.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc)
+}
 const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
@@ -150,17 +164,7 @@ fn map_info(map_fd: RawFd) -> std::io::Result<(u32, u32, u32)> {
         info: &mut info as *mut MapInfo as u64,
     };
     // SAFETY: attr points at `info`, sized as told; both live across the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &mut attr as *mut InfoAttr,
-            std::mem::size_of::<InfoAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     Ok((info.map_type, info.key_size, info.value_size))
 }
 
@@ -214,15 +218,7 @@ pub fn drain_hash<K: aya::Pod + Default, V: aya::Pod + Default>(
         };
         // SAFETY: attr points at buffers sized for `chunk` keys and `chunk * cpus` values, as
         // the kernel expects for this map (cpus = 1 unless per-CPU); all live across the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_AND_DELETE_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let err = (rc < 0).then(std::io::Error::last_os_error);
+        let err = unsafe { bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr) }.err();
         for i in 0..attr.count as usize {
             each(&keys[i], &values[i * cpus..(i + 1) * cpus]);
         }
@@ -272,17 +268,7 @@ pub fn test_run(prog_fd: RawFd, frame: &[u8], repeat: u32) -> std::io::Result<u3
         ..TestRunAttr::default()
     };
     // SAFETY: attr points at `frame`, which outlives the call; no output buffers are passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
     Ok(attr.duration)
 }
 
@@ -429,21 +415,8 @@ pub fn attach_tracepoint_with_cookie(
     attr[1] = BPF_PERF_EVENT as u64;
     attr[2] = cookie;
     // SAFETY: attr is a zeroed bpf_attr-sized buffer with the link_create fields set.
-    let link = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if link < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(std::io::Error::new(
-            e.kind(),
-            format!("BPF_LINK_CREATE: {e}"),
-        ));
-    }
+    let link = unsafe { bpf(BPF_LINK_CREATE, &mut attr) }
+        .map_err(|e| std::io::Error::new(e.kind(), format!("BPF_LINK_CREATE: {e}")))?;
     // SAFETY: a fresh fd we own.
     let link = unsafe { std::os::fd::OwnedFd::from_raw_fd(link as RawFd) };
     Ok([link, perf])
@@ -565,17 +538,7 @@ pub(crate) fn update_batch(
     };
     // SAFETY: `attr` is the batch command's layout; `keys` and `values` outlive the call and
     // hold `count` elements of the map's key and value sizes (u32, u64).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut Batch,
-            std::mem::size_of::<Batch>(),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }?;
     if attr.count as usize != values.len() {
         return Err(std::io::Error::other("batch update stopped short"));
     }
@@ -599,7 +562,7 @@ mod tests {
     }
 
     fn create(map_type: u32, key_size: u32, value_size: u32) -> Option<OwnedFd> {
-        let attr = CreateAttr {
+        let mut attr = CreateAttr {
             map_type,
             key_size,
             value_size,
@@ -607,16 +570,9 @@ mod tests {
             ..CreateAttr::default()
         };
         // SAFETY: a BPF_MAP_CREATE attr that lives across the call; a returned fd is ours.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                0 as libc::c_long,
-                &attr as *const CreateAttr,
-                std::mem::size_of::<CreateAttr>(),
-            )
-        };
+        let fd = unsafe { bpf(0, &mut attr) }.ok()?;
         // SAFETY: a fresh fd owned by nobody else.
-        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+        Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
     }
 
     #[test]
