@@ -143,10 +143,12 @@ fn check_tree(stacks: &[Stack], main: &str, what: &str) {
         "{what}: {} of {in_leaves} leaf samples carry the whole stack to {main}",
         a + b
     );
-    // About ±0.14 by chance with 3 000 stops: 0.5 is more than three of those.
+    // The split is CPU time (leaf_a loops three times as long), which a busy host skews
+    // beyond chance (±0.14 with 3 000 stops): CI saw 3.51. Leaves swapped or merged would
+    // give 0.33 or no leaf_b at all.
     assert!(
-        (ratio - 3.0).abs() <= 0.5,
-        "{what}: split {ratio:.2} : 1, not 3 : 1"
+        (2.0..=4.5).contains(&ratio),
+        "{what}: split {ratio:.2} : 1, not about 3 : 1"
     );
 }
 
