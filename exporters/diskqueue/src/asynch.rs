@@ -26,6 +26,9 @@ pub struct Disk {
     telemetry: Telemetry,
     /// The `source` of its gauges (an exporter with several queues has one per queue).
     source: String,
+    /// Deliveries recorded by [`Disk::ack`], applied on disk by the next read's blocking
+    /// call: one thread hop per chunk instead of two.
+    acks: std::sync::Mutex<Vec<Pending>>,
 }
 
 /// Live [`Disk`]s (directory, instance number): after a reload the new instance of an exporter
@@ -91,6 +94,7 @@ impl Disk {
             fsync: storage.fsync,
             telemetry,
             source: source.to_string(),
+            acks: std::sync::Mutex::default(),
         };
         disk.publish();
         Ok(disk)
@@ -203,7 +207,8 @@ impl Disk {
 
     /// The next chunk for a sender (see [`Queue::next_chunk`]), guarded: given back unless
     /// acknowledged. The guard is made on the blocking thread, so a sender aborted meanwhile
-    /// gives it back all the same.
+    /// gives it back all the same. The acknowledgements recorded since are applied first, on
+    /// the same blocking thread.
     pub async fn next(
         self: &Arc<Self>,
         max_records: u64,
@@ -211,15 +216,52 @@ impl Disk {
         joinable: fn(u8) -> bool,
     ) -> std::io::Result<Option<Pending>> {
         let q = Arc::clone(&self.queue);
-        blocking(move || {
-            let chunk = q.next_chunk(max_records, max_bytes, &joinable)?;
-            Ok(chunk.map(|chunk| Pending {
-                queue: q,
-                chunk,
-                acked: false,
-            }))
+        let acks = std::mem::take(&mut *self.lock_acks());
+        let applied = !acks.is_empty();
+        let (acked, chunk) = blocking(move || {
+            let acked = apply(&q, acks);
+            let chunk = q.next_chunk(max_records, max_bytes, &joinable);
+            Ok((
+                acked,
+                chunk.map(|c| {
+                    c.map(|chunk| Pending {
+                        queue: q,
+                        chunk,
+                        acked: false,
+                    })
+                }),
+            ))
         })
-        .await
+        .await?;
+        if applied {
+            self.acked(acked);
+        }
+        chunk
+    }
+
+    /// Applies the acknowledgements recorded by [`Disk::ack`] now (a sender stopping).
+    pub async fn apply_acks(self: &Arc<Self>) {
+        let acks = std::mem::take(&mut *self.lock_acks());
+        if acks.is_empty() {
+            return;
+        }
+        let q = Arc::clone(&self.queue);
+        let acked = blocking(move || Ok(apply(&q, acks))).await.and_then(|r| r);
+        self.acked(acked);
+    }
+
+    fn lock_acks(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+        self.acks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After acknowledgements were applied: blocked appends try again, the gauges move.
+    fn acked(&self, result: std::io::Result<()>) {
+        if let Err(e) = result {
+            error!(dir = %self.dir.display(), "cannot record delivery in the queue on disk (the records may be sent again after a restart): {e}");
+            self.telemetry.add_error();
+        }
+        self.space.notify_waiters();
+        self.publish();
     }
 
     /// The next chunk for a sender, waiting for one: `None` once `stop` says so, or once
@@ -234,6 +276,7 @@ impl Disk {
     ) -> Option<Pending> {
         loop {
             if stop() {
+                self.apply_acks().await;
                 return None;
             }
             // Registered before looking, so an append in between is not missed.
@@ -261,15 +304,23 @@ impl Disk {
         }
     }
 
-    /// Records that `pending` is delivered (or dropped and counted): its segment may go.
-    pub async fn ack(self: &Arc<Self>, mut pending: Pending) -> std::io::Result<()> {
-        pending.acked = true;
-        let q = Arc::clone(&self.queue);
-        let acked = blocking(move || q.ack(&pending.chunk)).await;
-        self.space.notify_waiters();
-        self.publish();
-        acked
+    /// Records that `pending` is delivered (or dropped and counted): the sender's next call
+    /// of [`Disk::next`] (or [`Disk::wait_next`]) applies it on disk, and its segment may go.
+    pub fn ack(&self, pending: Pending) {
+        self.lock_acks().push(pending);
     }
+}
+
+/// Applies acknowledgements (on a blocking thread); the first error, if any.
+fn apply(queue: &Queue, acks: Vec<Pending>) -> std::io::Result<()> {
+    let mut result = Ok(());
+    for mut p in acks {
+        p.acked = true;
+        if let Err(e) = queue.ack(&p.chunk) {
+            result = result.and(Err(e));
+        }
+    }
+    result
 }
 
 /// A chunk handed to a sender: given back to the queue unless acknowledged, so a sender

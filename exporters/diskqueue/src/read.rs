@@ -222,6 +222,9 @@ fn read_records(
         end: from,
     };
     while out.end < len {
+        if out.taken && !joinable(out.kind) {
+            break; // not even the next header is read
+        }
         let at = out.end;
         let Some(h) = header_at(file, at, len)? else {
             out.corrupt += 1;
@@ -232,8 +235,7 @@ fn read_records(
             continue;
         };
         if out.taken
-            && (!joinable(out.kind)
-                || h.kind != out.kind
+            && (h.kind != out.kind
                 || out.records + u64::from(h.records) > max_records
                 || out.bytes.len() + h.len as usize > max_bytes)
         {

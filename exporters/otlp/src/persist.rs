@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use oxeye_api::{Batch, BoxError, Telemetry};
 use oxeye_diskqueue::Disk;
-use tracing::error;
 
 use crate::config::{OtlpSignal, StorageConfig, WhenFull};
 use crate::transport::{Encoded, Request};
@@ -119,14 +118,14 @@ pub(crate) async fn sender(
         let gzipped = pending.chunk.kind & GZIPPED != 0;
         let Some(signal) = signal(pending.chunk.kind) else {
             shared.telemetry.add_dropped("unknown_record_kind", records);
-            ack(&disk, pending, &shared).await;
+            disk.ack(pending);
             continue;
         };
         let Some(client) = client(&shared, signal) else {
             // Queued by a run whose pipelines had this signal; this one has not.
             shared.add_outstanding(records);
             shared.settle(records, 0, "signal_not_configured");
-            ack(&disk, pending, &shared).await;
+            disk.ack(pending);
             continue;
         };
         let bytes = std::mem::take(&mut pending.chunk.bytes);
@@ -138,7 +137,7 @@ pub(crate) async fn sender(
                 Ok(Some(plain)) => Request::Encoded(signal, Encoded(plain)),
                 _ => {
                     shared.telemetry.add_dropped("corrupt_record", records);
-                    ack(&disk, pending, &shared).await;
+                    disk.ack(pending);
                     continue;
                 }
             },
@@ -150,7 +149,7 @@ pub(crate) async fn sender(
         {
             return; // given back (the guard) to the instance that took over
         }
-        ack(&disk, pending, &shared).await;
+        disk.ack(pending);
     }
 }
 
@@ -162,12 +161,4 @@ fn gunzip(bytes: &[u8]) -> Option<Vec<u8>> {
         .read_to_end(&mut out)
         .ok()?;
     Some(out)
-}
-
-/// Acknowledges `pending` (delivered, or dropped and counted).
-async fn ack(disk: &Arc<Disk>, pending: oxeye_diskqueue::Pending, shared: &Shared) {
-    if let Err(e) = disk.ack(pending).await {
-        error!(exporter = %shared.id, dir = %disk.dir.display(), "cannot record delivery in the sending queue on disk (the records may be sent again after a restart): {e}");
-        shared.telemetry.add_error();
-    }
 }

@@ -121,7 +121,6 @@ impl Factory for RemoteWriteFactory {
             shared: Arc::new(Shared {
                 sender: Sender::new(&c)?,
                 ledger: Ledger::new(ctx.telemetry.clone()),
-                telemetry: ctx.telemetry.clone(),
                 id: ctx.id,
             }),
             store: Store::new(Settings {
@@ -150,7 +149,6 @@ oxeye_api::register!(RemoteWriteFactory);
 struct Shared {
     sender: Sender,
     ledger: Ledger,
-    telemetry: Telemetry,
     id: String,
 }
 

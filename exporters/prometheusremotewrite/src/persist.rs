@@ -16,7 +16,7 @@ use bytes::Bytes;
 use oxeye_api::{BoxError, Telemetry};
 use oxeye_diskqueue::{Disk, StorageConfig, WhenFull};
 use tokio::sync::watch;
-use tracing::{error, warn};
+use tracing::warn;
 
 use crate::write::Request;
 use crate::Shared;
@@ -186,9 +186,6 @@ pub(crate) async fn consumer(
         } else {
             shared.ledger.settle(points, 0, "unknown_record_kind");
         }
-        if let Err(e) = disk.ack(pending).await {
-            error!(exporter = %shared.id, dir = %disk.dir.display(), "cannot record delivery in the queue on disk (the requests may be sent again after a restart): {e}");
-            shared.telemetry.add_error();
-        }
+        disk.ack(pending);
     }
 }
