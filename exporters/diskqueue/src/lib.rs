@@ -172,6 +172,9 @@ impl Queue {
         payload: &[u8],
         make_room: bool,
     ) -> io::Result<Appended> {
+        if kind == record::SEAL {
+            return Err(io::Error::other("record kind 0xFF is the queue's own"));
+        }
         let header = record::Header::new(kind, records, payload);
         let need = (record::HEADER + payload.len()) as u64;
         let mut w = lock(&self.writer);
@@ -259,15 +262,35 @@ impl Queue {
     }
 
     fn rotate(&self, w: &mut Writer) -> io::Result<()> {
-        // What the interval sync has not reached yet in the old file is not left to writeback.
-        if !self.options.fsync_every_append {
-            w.file.sync_data()?;
+        // The seal is optional: when it cannot be written, recovery counts the records itself.
+        let seal = record::seal(lock(&self.state).segments.back().map_or(0, |g| g.records));
+        let sealed = w.file.write_all_at(&seal, w.offset).is_ok();
+        let unseal = |w: &mut Writer| {
+            let _ = w.file.set_len(w.offset);
+        };
+        if !sealed {
+            unseal(w);
         }
+        // What the interval sync has not reached yet in the old file is not left to writeback.
         let id = w.segment + 1;
-        let file = open::create_segment(&self.dir, id, true)?;
+        let file = match w
+            .file
+            .sync_data()
+            .and_then(|()| open::create_segment(&self.dir, id, true))
+        {
+            Ok(f) => f,
+            Err(e) => {
+                unseal(w); // the segment goes on being written
+                return Err(e);
+            }
+        };
         let mut s = lock(&self.state);
         if let Some(last) = s.segments.back_mut() {
             last.sealed = true;
+            if sealed {
+                last.len += seal.len() as u64;
+                s.stats.bytes += seal.len() as u64;
+            }
         }
         s.segments.push_back(Segment::new(id, 0, 0, false));
         *w = Writer {

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 
 use crate::position::{Pos, PositionFile};
 use crate::read::Reader;
-use crate::record::{Header, HEADER};
+use crate::record::{self, Header, HEADER};
 use crate::{Options, Queue, Segment, State, Stats, Writer};
 
 const FORMAT: &str = "oxeye-queue 1\n";
@@ -132,8 +132,10 @@ impl Queue {
                 0
             };
             let file = File::open(&path).map_err(io_err(&path, "read a segment"))?;
-            let records =
-                count_records(&file, from, len).map_err(io_err(&path, "read a segment"))?;
+            let records = match seal_of(&file, len) {
+                Some(n) if from == 0 => n,
+                _ => count_records(&file, from, len).map_err(io_err(&path, "read a segment"))?,
+            };
             bytes += len;
             segments.push_back(Segment::new(id, len, records, true));
         }
@@ -242,6 +244,15 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, OpenError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// The records count in a segment's seal, if it ends with an intact one.
+fn seal_of(file: &File, len: u64) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; record::SEAL_LEN];
+    let at = len.checked_sub(record::SEAL_LEN as u64)?;
+    file.read_exact_at(&mut b, at).ok()?;
+    record::parse_seal(&b)
 }
 
 /// Records in a segment from `from`, by their headers; counting stops at a bad header (the

@@ -253,6 +253,12 @@ fn read_records(
             }
             continue;
         }
+        if h.kind == record::SEAL {
+            // The segment's own bookkeeping, not a record to send.
+            out.bytes.truncate(start);
+            out.end = at + HEADER as u64 + u64::from(h.len);
+            continue;
+        }
         out.taken = true;
         out.kind = h.kind;
         out.records += u64::from(h.records);
