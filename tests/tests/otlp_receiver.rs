@@ -685,6 +685,61 @@ fn forwarded_requests_stay_within_send_batch_size() {
     );
 }
 
+/// A request that came gzip'd in one member and is forwarded alone goes out as it came
+/// (counted in `otlp_forwarded_gzipped_requests`); one in two members, or through an exporter
+/// that sends without compression, is encoded again. Every span arrives as sent either way.
+#[test]
+fn gzipd_requests_are_forwarded_as_they_came() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for compression in ["gzip", "none"] {
+        let sink = Arc::new(Sink::default());
+        let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
+        let (grpc, http) = (free_port(), free_port());
+        let oxeye = Oxeye::start(
+            &format!(
+                "receivers:\n  otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{grpc}'}}, http: {{endpoint: '127.0.0.1:{http}'}}}}}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{sink_port}', compression: {compression}, batch: {{send_batch_size: 100, timeout: 20ms}}}}\nservice:\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [otlp]}}\n"
+            ),
+            &[grpc, http],
+        );
+        let requests = [
+            load_request(1, 60),
+            load_request(2, 60),
+            load_request(3, 60),
+        ];
+        rt.block_on(async {
+            let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+                .await
+                .expect("connect")
+                .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+            client.export(requests[0].clone()).await.expect("export");
+        });
+        let protobuf_gzip = [
+            ("content-type", "application/x-protobuf"),
+            ("content-encoding", "gzip"),
+        ];
+        let one = gzip(&requests[1].encode_to_vec());
+        let (code, head, _) = http_post(http, "/v1/traces", &protobuf_gzip, &one);
+        assert_eq!(code, 200, "{head}");
+        // Two members, as RFC 1952 allows: a reader that stops after the first would lose
+        // half of it, so it is never forwarded as it came.
+        let body = requests[2].encode_to_vec();
+        let (a, b) = body.split_at(body.len() / 2);
+        let two = [gzip(a), gzip(b)].concat();
+        let (code, head, _) = http_post(http, "/v1/traces", &protobuf_gzip, &two);
+        assert_eq!(code, 200, "{head}");
+        sink.wait_for(180, Duration::from_secs(10));
+        let report = oxeye.stop();
+        assert_same(&requests, &sink.got.lock().expect("lock"));
+        let counted = |name| counter(&report, "exporters/otlp", name, "traces");
+        assert_eq!(counted("otlp_forwarded_spans"), 180, "{compression}");
+        assert_eq!(
+            counted("otlp_forwarded_gzipped_requests"),
+            if compression == "gzip" { 2 } else { 0 },
+            "{compression}"
+        );
+    }
+}
+
 #[test]
 fn a_full_pipeline_makes_clients_back_off_and_memory_stays_bounded() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");

@@ -815,6 +815,7 @@ pub struct EncodedSpans {
     bytes: bytes::Bytes,
     spans: usize,
     decode: fn(&[u8]) -> Result<Vec<Span>, crate::BoxError>,
+    gzipped: Option<bytes::Bytes>,
 }
 
 impl EncodedSpans {
@@ -829,7 +830,21 @@ impl EncodedSpans {
             bytes,
             spans,
             decode,
+            gzipped: None,
         }
+    }
+
+    /// The same, with the request as it arrived gzip'd: one gzip member that inflates to
+    /// exactly [`EncodedSpans::bytes`] (the whole request, no more), which an exporter that
+    /// sends gzip may send as it is instead of deflating again.
+    pub fn with_gzipped(mut self, gzipped: bytes::Bytes) -> Self {
+        self.gzipped = Some(gzipped);
+        self
+    }
+
+    /// The request as it arrived gzip'd, if kept ([`EncodedSpans::with_gzipped`]).
+    pub fn gzipped(&self) -> Option<&bytes::Bytes> {
+        self.gzipped.as_ref()
     }
 
     /// The encoded request.
@@ -878,6 +893,7 @@ pub struct EncodedRecords<T> {
     bytes: bytes::Bytes,
     count: usize,
     decode: fn(&[u8]) -> Result<Vec<T>, crate::BoxError>,
+    gzipped: Option<bytes::Bytes>,
 }
 
 /// Metrics as they arrived ([`EncodedRecords`]).
@@ -897,7 +913,19 @@ impl<T> EncodedRecords<T> {
             bytes,
             count,
             decode,
+            gzipped: None,
         }
+    }
+
+    /// The same, with the request as it arrived gzip'd (see [`EncodedSpans::with_gzipped`]).
+    pub fn with_gzipped(mut self, gzipped: bytes::Bytes) -> Self {
+        self.gzipped = Some(gzipped);
+        self
+    }
+
+    /// The request as it arrived gzip'd, if kept.
+    pub fn gzipped(&self) -> Option<&bytes::Bytes> {
+        self.gzipped.as_ref()
     }
 
     /// The encoded request.

@@ -150,12 +150,38 @@ struct Shared {
 struct Stats {
     /// Records sent on as they were received (never decoded here), per signal.
     forwarded: [u64; OtlpSignal::ALL.len()],
+    /// Requests sent on gzip'd as they were received, per signal.
+    gzipped: [u64; OtlpSignal::ALL.len()],
     requests: [u64; OtlpSignal::ALL.len()],
     retries: [u64; OtlpSignal::ALL.len()],
     failed: [u64; OtlpSignal::ALL.len()],
 }
 
 impl Shared {
+    /// The client of `signal`, if this run exports it.
+    fn client(&self, signal: OtlpSignal) -> Option<&Client> {
+        match signal {
+            OtlpSignal::Traces => self.traces.as_ref(),
+            OtlpSignal::Metrics => self.metrics.as_ref(),
+            OtlpSignal::Profiles => self.profiles.as_ref(),
+            OtlpSignal::Logs => self.logs.as_ref(),
+        }
+    }
+
+    /// Counts `request` in `otlp_forwarded_gzipped_requests` if it goes out gzip'd as it came.
+    fn count_gzipped(&self, request: &Request) {
+        let Request::Gzipped(signal, _) = request else {
+            return;
+        };
+        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        s.gzipped[*signal as usize] += 1;
+        self.telemetry.set_counter(
+            "otlp_forwarded_gzipped_requests",
+            signal.as_str(),
+            s.gzipped[*signal as usize],
+        );
+    }
+
     fn add_outstanding(&self, n: u64) {
         self.ledger.add(n);
     }
@@ -619,14 +645,11 @@ async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receive
                 }
             }
         }
-        for (signal, request, n) in requests(&mut resources, &batches, shared.send_batch_size) {
-            let client = match signal {
-                OtlpSignal::Traces => shared.traces.as_ref(),
-                OtlpSignal::Metrics => shared.metrics.as_ref(),
-                OtlpSignal::Profiles => shared.profiles.as_ref(),
-                OtlpSignal::Logs => shared.logs.as_ref(),
-            };
-            match client {
+        let gzip = |signal| shared.client(signal).is_some_and(Client::gzip);
+        for (signal, request, n) in requests(&mut resources, &batches, shared.send_batch_size, gzip)
+        {
+            shared.count_gzipped(&request);
+            match shared.client(signal) {
                 Some(c) => {
                     shared.deliver(signal, c, request, n, &|| false).await;
                 }
@@ -641,11 +664,14 @@ async fn sender(shared: Arc<Shared>, queue: Arc<tokio::sync::Mutex<mpsc::Receive
 /// A queued batch and the room it takes in the queue.
 type Queued = (Arc<Batch>, tokio::sync::OwnedSemaphorePermit);
 
-/// Splits batches into requests of at most `max` records, one signal each.
+/// Splits batches into requests of at most `max` records, one signal each. A request received
+/// gzip'd and forwarded alone goes out as it came when `gzipped(signal)` (the client sends
+/// gzip): no deflating again, which was half of a gzip gateway's CPU.
 fn requests(
     resources: &mut encode::Resources,
     batches: &[Arc<Batch>],
     max: usize,
+    gzipped: impl Fn(OtlpSignal) -> bool,
 ) -> Vec<(OtlpSignal, Request, u64)> {
     let mut out = Vec::new();
     let mut spans = Vec::new();
@@ -661,7 +687,7 @@ fn requests(
                 .chunks(max)
                 .for_each(|c| spans.push(SpanPart::Spans(&b.resource, c))),
             // Forwarded as received: a part of its own, whatever its size.
-            Records::Encoded(e) => spans.push(SpanPart::Encoded(e.bytes(), e.len())),
+            Records::Encoded(e) => spans.push(SpanPart::Encoded(e.bytes(), e.len(), e.gzipped())),
             Records::Flows(f) => f.chunks(max).for_each(|c| flows.push((&b.resource, c))),
             Records::Samples(p) => p.chunks(max).for_each(|c| samples.push((&b.resource, c))),
             Records::Metrics(m) => {
@@ -670,18 +696,23 @@ fn requests(
                 }
             }
             Records::Logs(l) => l.chunks(max).for_each(|c| logs.push((&b.resource, c))),
-            Records::EncodedMetrics(e) => raw_metrics.push((e.bytes(), e.len())),
-            Records::EncodedLogs(e) => raw_logs.push((e.bytes(), e.len())),
+            Records::EncodedMetrics(e) => raw_metrics.push((e.bytes(), e.len(), e.gzipped())),
+            Records::EncodedLogs(e) => raw_logs.push((e.bytes(), e.len(), e.gzipped())),
             _ => {}
         }
     }
     let lens: Vec<usize> = spans.iter().map(SpanPart::len).collect();
     for (range, n) in fill(&lens, max) {
         let parts = &spans[range];
+        if let ([SpanPart::Encoded(_, _, Some(gz))], true) = (parts, gzipped(OtlpSignal::Traces)) {
+            let req = Request::Gzipped(OtlpSignal::Traces, gz.to_vec());
+            out.push((OtlpSignal::Traces, req, n));
+            continue;
+        }
         let encoded: Vec<&[u8]> = parts
             .iter()
             .filter_map(|p| match p {
-                SpanPart::Encoded(b, _) => Some(*b),
+                SpanPart::Encoded(b, ..) => Some(*b),
                 SpanPart::Spans(..) => None,
             })
             .collect();
@@ -722,6 +753,10 @@ fn requests(
     ] {
         let lens: Vec<usize> = raw.iter().map(|p| p.1).collect();
         for (range, n) in fill(&lens, max) {
+            if let ([(_, _, Some(gz))], true) = (&raw[range.clone()], gzipped(signal)) {
+                out.push((signal, Request::Gzipped(signal, gz.to_vec()), n));
+                continue;
+            }
             let mut bytes = Vec::with_capacity(raw[range.clone()].iter().map(|p| p.0.len()).sum());
             raw[range].iter().for_each(|p| bytes.extend_from_slice(p.0));
             out.push((
@@ -752,14 +787,15 @@ fn by_points(metrics: &[oxeye_api::Metric], max: usize) -> Vec<&[oxeye_api::Metr
 /// Spans for a trace request: decoded (with their resource), or a request as received.
 enum SpanPart<'a> {
     Spans(&'a Arc<Resource>, &'a [Span]),
-    Encoded(&'a [u8], usize),
+    /// A request as received, its span count, and the same gzip'd as it came (if kept).
+    Encoded(&'a [u8], usize, Option<&'a bytes::Bytes>),
 }
 
 impl SpanPart<'_> {
     fn len(&self) -> usize {
         match self {
             SpanPart::Spans(_, s) => s.len(),
-            SpanPart::Encoded(_, n) => *n,
+            SpanPart::Encoded(_, n, _) => *n,
         }
     }
 }
@@ -1192,7 +1228,7 @@ mod tests {
             Arc::new(oxeye_api::testing::log_batch(1200)),
         ];
         let mut resources = encode::Resources::new(&Default::default());
-        let reqs = requests(&mut resources, &batches, 1000);
+        let reqs = requests(&mut resources, &batches, 1000, |_| false);
         let sizes: Vec<(OtlpSignal, u64)> = reqs.iter().map(|(s, _, n)| (*s, *n)).collect();
         assert_eq!(
             sizes,
@@ -1302,7 +1338,7 @@ mod tests {
                 })
                 .collect()
         };
-        let one = requests(&mut resources, &batches, 1000);
+        let one = requests(&mut resources, &batches, 1000, |_| false);
         assert_eq!(count(&one), [(600, 600, 2)]);
         // The received request's spans are in it byte for byte.
         let Request::Traces(t) = &one[0].1 else {
@@ -1310,7 +1346,7 @@ mod tests {
         };
         assert!(t.bytes().ends_with(received.bytes()));
         // Encoded spans are never split; decoded ones fill around them.
-        let split = requests(&mut resources, &batches, 250);
+        let split = requests(&mut resources, &batches, 250, |_| false);
         assert_eq!(count(&split), [(250, 250, 1), (250, 250, 2), (100, 100, 1)]);
     }
 }

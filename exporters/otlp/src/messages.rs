@@ -23,7 +23,7 @@ pub struct Message {
 
 /// `batches` as requests of at most `max` records, one signal each.
 pub fn requests(resources: &mut Resources, batches: &[Arc<Batch>], max: usize) -> Vec<Message> {
-    crate::requests(resources, batches, max)
+    crate::requests(resources, batches, max, |_| false)
         .into_iter()
         .map(|(signal, request, records)| Message {
             signal: match signal {

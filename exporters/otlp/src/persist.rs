@@ -48,16 +48,6 @@ fn signal(kind: u8) -> Option<OtlpSignal> {
         .find(|&s| self::kind(s) == kind & !GZIPPED)
 }
 
-/// The client of `signal`, if this run exports it.
-fn client(shared: &Shared, signal: OtlpSignal) -> Option<&crate::transport::Client> {
-    match signal {
-        OtlpSignal::Traces => shared.traces.as_ref(),
-        OtlpSignal::Metrics => shared.metrics.as_ref(),
-        OtlpSignal::Profiles => shared.profiles.as_ref(),
-        OtlpSignal::Logs => shared.logs.as_ref(),
-    }
-}
-
 /// What opening would refuse (for `validate`, which builds the exporter): nothing is created
 /// or locked.
 pub(crate) fn check(storage: &StorageConfig, id: &str) -> Result<(), BoxError> {
@@ -85,8 +75,10 @@ pub(crate) async fn append(
     max: usize,
     when_full: WhenFull,
 ) -> Result<(), BoxError> {
-    for (signal, request, n) in crate::requests(resources, &[batch], max) {
-        let gzip = client(shared, signal).is_some_and(|c| c.gzip());
+    let gzip = |signal| shared.client(signal).is_some_and(|c| c.gzip());
+    for (signal, request, n) in crate::requests(resources, &[batch], max, gzip) {
+        let gzip = gzip(signal);
+        shared.count_gzipped(&request);
         let bytes = Arc::new(request.to_protobuf(gzip));
         let kind = kind(signal) | if gzip { GZIPPED } else { 0 };
         disk.append(kind, n, bytes, when_full).await?;
@@ -121,7 +113,7 @@ pub(crate) async fn sender(
             disk.ack(pending);
             continue;
         };
-        let Some(client) = client(&shared, signal) else {
+        let Some(client) = shared.client(signal) else {
             // Queued by a run whose pipelines had this signal; this one has not.
             shared.add_outstanding(records);
             shared.settle(records, 0, "signal_not_configured");

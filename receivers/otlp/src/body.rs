@@ -59,3 +59,23 @@ pub fn read(
         (_, Body::Json) => convert::from_json(body, "trace").map(|r| sized(convert::request(r))),
     }
 }
+
+/// Keeps `gzipped`, the request as it came (one gzip member that inflated to `message`), with
+/// a request forwarded as received whole: one batch whose encoded bytes are all of `message`.
+/// An exporter sending gzip sends it as it is. Anything else is left as it was.
+pub(crate) fn keep_gzipped(converted: &mut Converted, message: &[u8], gzipped: bytes::Bytes) {
+    use oxeye_api::Records;
+    let [batch] = converted.batches.as_mut_slice() else {
+        return;
+    };
+    let n = gzipped.len() as u64;
+    match &mut batch.records {
+        Records::Encoded(e) if e.bytes() == message => *e = e.clone().with_gzipped(gzipped),
+        Records::EncodedMetrics(e) if e.bytes() == message => {
+            *e = e.clone().with_gzipped(gzipped);
+        }
+        Records::EncodedLogs(e) if e.bytes() == message => *e = e.clone().with_gzipped(gzipped),
+        _ => return,
+    }
+    converted.held_bytes += n;
+}

@@ -55,8 +55,9 @@ impl tonic::server::NamedService for Otlp {
 type Slot = Arc<Mutex<Option<Charge>>>;
 
 /// A message inflated before tonic saw the request, taken by the codec (tonic is handed an
-/// empty message: copying the inflated one into its buffer was 2 % of a gzip gateway's CPU).
-type Inflated = Arc<Mutex<Option<bytes::Bytes>>>;
+/// empty message: copying the inflated one into its buffer was 2 % of a gzip gateway's CPU),
+/// and the message as it came gzip'd when it may be forwarded so.
+type Inflated = Arc<Mutex<Option<(bytes::Bytes, Option<bytes::Bytes>)>>>;
 
 /// RESOURCE_EXHAUSTED with RetryInfo: the client retries after `retry_after`.
 fn over_budget(shared: &Shared) -> Status {
@@ -176,7 +177,8 @@ impl tower::Service<http::Request<tonic::body::Body>> for Otlp {
                 deadline: Box::pin(tokio::time::sleep(READ_TIMEOUT)),
             };
             let body = if gzip {
-                match inflate(charged, this.limit, &slot, &held, &this.shared).await {
+                let keep = this.shared.keeps_encoded(signal);
+                match inflate(charged, this.limit, &slot, &held, &this.shared, keep).await {
                     Ok(message) => {
                         parts.headers.remove("grpc-encoding");
                         message
@@ -217,6 +219,7 @@ async fn inflate<B>(
     slot: &Slot,
     held: &Inflated,
     shared: &Shared,
+    keep: bool,
 ) -> Result<tonic::body::Body, Status>
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
@@ -278,7 +281,7 @@ where
         )))
     };
     if flag == 0 {
-        *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(raw.slice(5..));
+        *held.lock().unwrap_or_else(|p| p.into_inner()) = Some((raw.slice(5..), None));
         return Ok(empty());
     }
     let mut charge = slot
@@ -286,10 +289,9 @@ where
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .unwrap_or_else(|| shared.charge());
-    let inflated = crate::gzip::gunzip(&raw[5..], limit, &mut charge);
-    drop(raw);
-    let message = match inflated {
-        Ok(message) => message,
+    let inflated = crate::gzip::gunzip_member(&raw[5..], limit, &mut charge);
+    let (message, one_member) = match inflated {
+        Ok(inflated) => inflated,
         Err(Inflate::TooLarge) => return Err(too_large("decompressed, the message")),
         Err(Inflate::OverBudget) => return Err(over_budget(shared)),
         Err(Inflate::Invalid(why)) => {
@@ -298,10 +300,13 @@ where
             ))))
         }
     };
-    // The compressed bytes are freed; what stays charged is the inflated ones.
+    // The compressed bytes are freed, unless kept to be forwarded as they came (a fifth of
+    // the inflated ones, typically); what stays charged is what is held.
     charge.shrink_to(message.len() as u64);
+    let gzipped = (keep && one_member && charge.grow(raw.len() as u64 - 5)).then(|| raw.slice(5..));
+    drop(raw);
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(charge);
-    *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.into());
+    *held.lock().unwrap_or_else(|p| p.into_inner()) = Some((message.into(), gzipped));
     Ok(empty())
 }
 
@@ -430,7 +435,7 @@ impl tonic::codec::Decoder for Codec {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let bytes = inflated.unwrap_or_else(|| src.copy_to_bytes(len));
+        let (bytes, gzipped) = inflated.unwrap_or_else(|| (src.copy_to_bytes(len), None));
         let keep = self.shared.keeps_encoded(self.signal);
         match admission::decode(
             self.signal,
@@ -439,7 +444,12 @@ impl tonic::codec::Decoder for Codec {
             keep,
             &mut charge,
         ) {
-            Ok(converted) => Ok(Some(Decoded { converted, charge })),
+            Ok(mut converted) => {
+                if let Some(gz) = gzipped {
+                    crate::body::keep_gzipped(&mut converted, &bytes, gz);
+                }
+                Ok(Some(Decoded { converted, charge }))
+            }
             Err(Refused::OverBudget) => Err(over_budget(&self.shared)),
             Err(Refused::TooLarge(n)) => {
                 // Never retried (no RetryInfo): it can never fit.

@@ -24,12 +24,22 @@ pub(crate) enum Inflate {
 
 /// Inflates `raw` (one or more gzip members) into at most `limit` bytes, charging them.
 pub(crate) fn gunzip(raw: &[u8], limit: usize, charge: &mut Charge) -> Result<Vec<u8>, Inflate> {
+    gunzip_member(raw, limit, charge).map(|(out, _)| out)
+}
+
+/// [`gunzip`], and whether `raw` was one member (checked by its CRC and size) that any gzip
+/// reader inflates to the same bytes: only such a body may be forwarded as it came.
+pub(crate) fn gunzip_member(
+    raw: &[u8],
+    limit: usize,
+    charge: &mut Charge,
+) -> Result<(Vec<u8>, bool), Inflate> {
     let before = charge.bytes();
     match one_member(raw, limit, charge)? {
-        Some(out) => Ok(out),
+        Some(out) => Ok((out, true)),
         None => {
             charge.shrink_to(before);
-            streaming(raw, limit, charge)
+            streaming(raw, limit, charge).map(|out| (out, false))
         }
     }
 }

@@ -108,13 +108,15 @@ fn too_large(what: &str, limit: usize) -> Unread {
 }
 
 /// The body, decompressed, at most `limit` bytes (a gzip bomb stops at the limit), every byte
-/// charged to the in-flight budget as it arrives — never more than the budget allows.
+/// charged to the in-flight budget as it arrives — never more than the budget allows; with
+/// `keep`, also the body as it came when it is one gzip member (to be forwarded so).
 async fn read_body(
     headers: &HeaderMap,
     body: &mut Body,
     limit: usize,
     charge: &mut Charge,
-) -> Result<Bytes, Unread> {
+    keep: bool,
+) -> Result<(Bytes, Option<Bytes>), Unread> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -162,18 +164,20 @@ async fn read_body(
         .trim()
         .to_ascii_lowercase();
     match encoding.as_str() {
-        "" | "identity" => Ok(raw),
+        "" | "identity" => Ok((raw, None)),
         "gzip" => {
-            let out = crate::gzip::gunzip(&raw, limit, charge).map_err(|e| match e {
-                Inflate::TooLarge => too_large("the decompressed body", limit),
-                Inflate::OverBudget => Unread::OverBudget,
-                Inflate::Invalid(why) => {
-                    Unread::Status(StatusCode::BAD_REQUEST, format!("invalid gzip body: {why}"))
-                }
-            })?;
-            // The compressed bytes are freed; what stays charged is the decompressed ones.
+            let (out, one_member) =
+                crate::gzip::gunzip_member(&raw, limit, charge).map_err(|e| match e {
+                    Inflate::TooLarge => too_large("the decompressed body", limit),
+                    Inflate::OverBudget => Unread::OverBudget,
+                    Inflate::Invalid(why) => {
+                        Unread::Status(StatusCode::BAD_REQUEST, format!("invalid gzip body: {why}"))
+                    }
+                })?;
+            // The compressed bytes are freed unless kept; what stays charged is what is held.
             charge.shrink_to(out.len() as u64);
-            Ok(out.into())
+            let gzipped = (keep && one_member && charge.grow(raw.len() as u64)).then_some(raw);
+            Ok((out.into(), gzipped))
         }
         other => Err(Unread::Status(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -265,12 +269,13 @@ async fn export(signal: Signal, app: App, headers: HeaderMap, body: Body) -> Res
     let mut charge = shared.charge();
     let mut body = body;
     let deadline = app.read_timeout.map(|t| tokio::time::Instant::now() + t);
-    let read = read_body(&headers, &mut body, app.limit, &mut charge);
+    let keep = shared.keeps_encoded(signal) && enc == Encoding::Protobuf;
+    let read = read_body(&headers, &mut body, app.limit, &mut charge, keep);
     let read = match deadline {
         Some(d) => tokio::time::timeout_at(d, read).await,
         None => Ok(read.await),
     };
-    let bytes = match read {
+    let (bytes, gzipped) = match read {
         Ok(Ok(b)) => b,
         Ok(Err(Unread::Status(http, why))) => {
             shared.malformed("http");
@@ -312,13 +317,16 @@ async fn export(signal: Signal, app: App, headers: HeaderMap, body: Body) -> Res
         Encoding::Protobuf => BodyKind::Protobuf,
         Encoding::Json => BodyKind::Json,
     };
-    let request = admission::decode(
+    let mut request = admission::decode(
         signal,
         &bytes,
         kind,
         shared.keeps_encoded(signal),
         &mut charge,
     );
+    if let (Ok(converted), Some(gz)) = (&mut request, gzipped) {
+        crate::body::keep_gzipped(converted, &bytes, gz);
+    }
     drop(bytes);
     let request = match request {
         Ok(r) => r,
