@@ -105,6 +105,9 @@ struct Segment {
     done: u64,
     /// No more appends (a newer segment exists).
     sealed: bool,
+    /// Bytes of the seal record at its end (0 when it has none): a reader before it has read
+    /// every record.
+    seal: u64,
 }
 
 impl Segment {
@@ -116,6 +119,7 @@ impl Segment {
             handed: 0,
             done: 0,
             sealed,
+            seal: 0,
         }
     }
 }
@@ -181,8 +185,10 @@ impl Queue {
         let mut dropped = 0;
         loop {
             let mut s = lock(&self.state);
-            // A record larger than `max_size` goes when nothing else is left.
-            if s.stats.bytes + need <= self.options.max_size || s.stats.bytes == 0 {
+            // A record larger than `max_size` goes when nothing else is left. Room is kept for
+            // the seal the segment being written gets when it is sealed.
+            let seal = record::SEAL_LEN as u64;
+            if s.stats.bytes + need + seal <= self.options.max_size || s.stats.bytes == 0 {
                 break;
             }
             if make_room {
@@ -263,7 +269,8 @@ impl Queue {
 
     fn rotate(&self, w: &mut Writer) -> io::Result<()> {
         // The seal is optional: when it cannot be written, recovery counts the records itself.
-        let seal = record::seal(lock(&self.state).segments.back().map_or(0, |g| g.records));
+        let records = lock(&self.state).segments.back().map_or(0, |g| g.records);
+        let seal = record::seal(records, w.offset);
         let sealed = w.file.write_all_at(&seal, w.offset).is_ok();
         let unseal = |w: &mut Writer| {
             let _ = w.file.set_len(w.offset);
@@ -288,6 +295,7 @@ impl Queue {
         if let Some(last) = s.segments.back_mut() {
             last.sealed = true;
             if sealed {
+                last.seal = seal.len() as u64;
                 last.len += seal.len() as u64;
                 s.stats.bytes += seal.len() as u64;
             }
@@ -406,7 +414,7 @@ fn acked(s: &State) -> Pos {
         .copied()
         .fold(s.read_at, Pos::min);
     match s.segments.iter().position(|g| g.id == p.segment) {
-        Some(i) if s.segments[i].sealed && p.offset >= s.segments[i].len => {
+        Some(i) if s.segments[i].sealed && p.offset + s.segments[i].seal >= s.segments[i].len => {
             s.segments.get(i + 1).map_or(p, |g| Pos {
                 segment: g.id,
                 offset: 0,

@@ -117,7 +117,9 @@ impl Queue {
         let saved = saved.unwrap_or_default();
         let mut segments = VecDeque::new();
         let mut bytes = 0;
-        for (id, path) in list_segments(dir)? {
+        let listed = list_segments(dir)?;
+        let last_listed = listed.last().map(|(id, _)| *id);
+        for (id, path) in listed {
             let len = fs::metadata(&path)
                 .map_err(io_err(&path, "read a segment"))?
                 .len();
@@ -132,12 +134,18 @@ impl Queue {
                 0
             };
             let file = File::open(&path).map_err(io_err(&path, "read a segment"))?;
-            let records = match seal_of(&file, len) {
+            // The last one was being written: it has no seal of its own.
+            let seal = seal_of(&file, len).filter(|_| Some(id) != last_listed);
+            let records = match seal {
                 Some(n) if from == 0 => n,
                 _ => count_records(&file, from, len).map_err(io_err(&path, "read a segment"))?,
             };
             bytes += len;
-            segments.push_back(Segment::new(id, len, records, true));
+            let mut segment = Segment::new(id, len, records, true);
+            if seal.is_some() {
+                segment.seal = record::SEAL_LEN as u64;
+            }
+            segments.push_back(segment);
         }
         let last = segments.back().map_or(0, |g| g.id);
         let id = last.max(saved.acked.segment) + 1;
@@ -252,7 +260,7 @@ fn seal_of(file: &File, len: u64) -> Option<u64> {
     let mut b = [0u8; record::SEAL_LEN];
     let at = len.checked_sub(record::SEAL_LEN as u64)?;
     file.read_exact_at(&mut b, at).ok()?;
-    record::parse_seal(&b)
+    record::parse_seal(&b, at)
 }
 
 /// Records in a segment from `from`, by their headers; counting stops at a bad header (the

@@ -9,27 +9,30 @@
 //! for the next record, which needs both the magic and a matching checksum.
 
 /// The kind of the record that closes a sealed segment: its payload is the number of records
-/// before it (u64, little-endian), so that recovery need not read every header of a backlog
-/// (1.5 s of a cold 2 GB one). Never handed out; a segment without one is counted by reading.
+/// before it and where it starts (two u64, little-endian), so that recovery need not read every
+/// header of a backlog (1.5 s of a cold 2 GB one). Never handed out; a segment without one is
+/// counted by reading.
 pub const SEAL: u8 = 0xFF;
 
-/// The seal record of a segment of `records` records.
-pub fn seal(records: u64) -> Vec<u8> {
-    let payload = records.to_le_bytes();
+/// The seal record of a segment of `records` records in its first `at` bytes.
+pub fn seal(records: u64, at: u64) -> Vec<u8> {
+    let mut payload = records.to_le_bytes().to_vec();
+    payload.extend_from_slice(&at.to_le_bytes());
     let mut v = Header::new(SEAL, 0, &payload).to_bytes().to_vec();
     v.extend_from_slice(&payload);
     v
 }
 
 /// Bytes of a seal record.
-pub const SEAL_LEN: usize = HEADER + 8;
+pub const SEAL_LEN: usize = HEADER + 16;
 
-/// The records count a seal record holds, if `b` is one and intact.
-pub fn parse_seal(b: &[u8; SEAL_LEN]) -> Option<u64> {
+/// The records count a seal record holds, if `b` is one, intact, and says it starts at `at`
+/// (so a record's payload that merely ends in a seal's bytes is not taken for one).
+pub fn parse_seal(b: &[u8; SEAL_LEN], at: u64) -> Option<u64> {
     let h = Header::parse(b[..HEADER].try_into().expect("a header"))?;
     let payload = &b[HEADER..];
-    (h.kind == SEAL && h.matches(payload))
-        .then(|| u64::from_le_bytes(payload.try_into().expect("8 bytes")))
+    let u = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("8 bytes"));
+    (h.kind == SEAL && h.matches(payload) && u(8) == at).then(|| u(0))
 }
 
 /// Little-endian "OXQR".
@@ -141,13 +144,14 @@ mod tests {
 
     #[test]
     fn a_seal_round_trips_and_a_damaged_one_is_none() {
-        let b: [u8; SEAL_LEN] = seal(12_345).try_into().unwrap();
-        assert_eq!(parse_seal(&b), Some(12_345));
+        let b: [u8; SEAL_LEN] = seal(12_345, 4096).try_into().unwrap();
+        assert_eq!(parse_seal(&b, 4096), Some(12_345));
+        assert_eq!(parse_seal(&b, 4000), None, "a seal elsewhere is no seal");
         let mut bad = b;
         bad[HEADER + 2] ^= 1;
-        assert_eq!(parse_seal(&bad), None);
-        let data: [u8; SEAL_LEN] = framed(1, 3, &[7; 8]).try_into().unwrap();
-        assert_eq!(parse_seal(&data), None, "a data record is no seal");
+        assert_eq!(parse_seal(&bad, 4096), None);
+        let data: [u8; SEAL_LEN] = framed(1, 3, &[7; 16]).try_into().unwrap();
+        assert_eq!(parse_seal(&data, 4096), None, "a data record is no seal");
     }
 
     #[test]

@@ -374,15 +374,16 @@ fn kinds_that_cannot_be_joined_go_one_record_a_chunk_and_empty_records_join_noth
     assert_eq!(got, vec![(4, 3, 1), (4, 3, 1), (2, 0, 1), (3, 4, 2)]);
 }
 
-/// A seal record (kind 0xFF) holding `records`, as the queue writes one.
-fn seal(records: u64) -> Vec<u8> {
-    let payload = records.to_le_bytes();
+/// A seal record (kind 0xFF) holding `records`, written at `at`, as the queue writes one.
+fn seal(records: u64, at: u64) -> Vec<u8> {
+    let mut payload = records.to_le_bytes().to_vec();
+    payload.extend_from_slice(&at.to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
     crc.update(&0u32.to_le_bytes());
     crc.update(&[0xFF, 0, 0, 0]);
     crc.update(&payload);
     let mut v = b"OXQR".to_vec();
-    v.extend_from_slice(&8u32.to_le_bytes());
+    v.extend_from_slice(&16u32.to_le_bytes());
     v.extend_from_slice(&0u32.to_le_bytes());
     v.extend_from_slice(&[0xFF, 0, 0, 0]);
     v.extend_from_slice(&crc.finalize().to_le_bytes());
@@ -416,17 +417,18 @@ fn a_sealed_segment_is_counted_from_its_seal_and_a_damaged_seal_by_reading_it() 
                 ))
             })
             .sum();
-        assert_eq!(b[b.len() - 28..], seal(in_it)[..], "{}", s.display());
+        let at = b.len() as u64 - 36;
+        assert_eq!(b[b.len() - 36..], seal(in_it, at)[..], "{}", s.display());
         sealed += in_it;
     }
     assert!(sealed > 0 && sealed < records);
 
     // The count comes from the seal: a forged one shows (recovery read no other header).
     let first = fs::read(&segs[0]).unwrap();
-    let honest = u64::from_le_bytes(first[first.len() - 8..].try_into().unwrap());
+    let at = first.len() - 36;
+    let honest = u64::from_le_bytes(first[at + 20..at + 28].try_into().unwrap());
     let mut forged = first.clone();
-    let at = forged.len() - 28;
-    forged[at..].copy_from_slice(&seal(honest + 1000));
+    forged[at..].copy_from_slice(&seal(honest + 1000, at as u64));
     fs::write(&segs[0], &forged).unwrap();
     let q = Queue::open(dir.path(), options(1 << 20)).unwrap();
     assert_eq!(q.stats().records, records + 1000);
@@ -435,11 +437,49 @@ fn a_sealed_segment_is_counted_from_its_seal_and_a_damaged_seal_by_reading_it() 
     // A damaged seal: that segment is counted by reading it; every record is read back, the
     // seal is one corrupt stretch, no seal is handed out as a record.
     let mut damaged = first;
-    let at = damaged.len() - 3;
-    damaged[at] ^= 0x5a;
+    damaged[at + 22] ^= 0x5a;
     fs::write(&segs[0], &damaged).unwrap();
     let q = Queue::open(dir.path(), options(1 << 20)).unwrap();
     assert_eq!(q.stats().records, records);
     assert_eq!(q_read_all(&q), (0..n).collect::<Vec<_>>());
     assert_eq!(q.stats().corrupt, 1);
+}
+
+#[test]
+fn a_caught_up_reader_lets_the_sealed_segment_go_when_room_is_needed() {
+    // Everything read and acknowledged, the segment being written still counts against
+    // max_size until it is sealed; sealing it to make room must free it at once (the reader
+    // is at its seal, not before it).
+    let dir = tempfile::tempdir().unwrap();
+    let max = 1 << 20;
+    let q = Queue::open(
+        dir.path(),
+        Options {
+            max_size: max,
+            segment_size: Options::segment_size_for(max),
+            fsync_every_append: false,
+        },
+    )
+    .unwrap();
+    let payload = vec![7u8; 10_000];
+    let mut written = 0;
+    while let Appended::Written { .. } = q.append(1, 1, &payload, false).unwrap() {
+        written += 1;
+        // Stop just short of full: the next one needs the segment sealed and freed.
+        if q.stats().bytes + 10_100 > max {
+            break;
+        }
+    }
+    assert!(written > 90, "{written}");
+    while let Some(c) = q.next_chunk(1000, 1 << 20, &|_| true).unwrap() {
+        q.ack(&c).unwrap();
+    }
+    for i in 0..30 {
+        assert_eq!(
+            q.append(1, 1, &payload, false).unwrap(),
+            Appended::Written { dropped: 0 },
+            "append {i} after everything was acknowledged"
+        );
+    }
+    assert_eq!(q.stats().records, 30);
 }
