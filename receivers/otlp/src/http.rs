@@ -176,7 +176,9 @@ async fn read_body(
                 })?;
             // The compressed bytes are freed unless kept; what stays charged is what is held.
             charge.shrink_to(out.len() as u64);
-            let gzipped = (keep && one_member && charge.grow(raw.len() as u64)).then_some(raw);
+            // Copied to its size: the buffer it was read into may have twice the room.
+            let gzipped = (keep && one_member && charge.grow(raw.len() as u64))
+                .then(|| Bytes::copy_from_slice(&raw));
             Ok((out.into(), gzipped))
         }
         other => Err(Unread::Status(
