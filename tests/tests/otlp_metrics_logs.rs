@@ -867,6 +867,64 @@ service:
 
 /// A metrics request of `n` gauge points (distinct attributes) and a logs request of `n`
 /// records, both tagged `seed`.
+/// Metrics and logs received gzip'd in one member, each forwarded in a request of its own, go
+/// out as they came (`otlp_forwarded_gzipped_requests`), and arrive whole.
+#[test]
+fn gzipd_metrics_and_logs_are_forwarded_as_they_came() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sink = Arc::new(Sink::default());
+    let sink_port = sink_endpoint(&rt, Arc::clone(&sink));
+    let http = free_port();
+    let oxeye = Oxeye::start(
+        &format!(
+            "receivers:\n  otlp: {{protocols: {{http: {{endpoint: '127.0.0.1:{http}'}}}}}}\nexporters:\n  otlp: {{endpoint: 'http://127.0.0.1:{sink_port}', batch: {{send_batch_size: 50, timeout: 20ms}}}}\nservice:\n  pipelines:\n    metrics: {{receivers: [otlp], exporters: [otlp]}}\n    logs: {{receivers: [otlp], exporters: [otlp]}}\n"
+        ),
+        &[http],
+    );
+    // 30 points (records) a request, 50 a request at most: none is merged with another.
+    let loads: Vec<_> = (1..=3).map(|seed| load(seed, 30)).collect();
+    let zipped = [
+        ("content-type", "application/x-protobuf"),
+        ("content-encoding", "gzip"),
+    ];
+    for (m, l) in &loads {
+        for (path, body) in [
+            ("/v1/metrics", m.encode_to_vec()),
+            ("/v1/logs", l.encode_to_vec()),
+        ] {
+            let (status, head, _) = http_post(http, path, &zipped, &gzip(&body));
+            assert_eq!(status, 200, "{path}: {head}");
+        }
+    }
+    sink.wait_until(Duration::from_secs(10), || {
+        sink.points() >= 90 && sink.log_records() >= 90
+    });
+    let report = oxeye.stop();
+    let sent_m: Vec<_> = loads.iter().map(|(m, _)| m.clone()).collect();
+    let sent_l: Vec<_> = loads.iter().map(|(_, l)| l.clone()).collect();
+    assert_eq!(
+        encoded(&metrics(&sent_m)),
+        encoded(&metrics(&sink.metrics.lock().expect("lock")))
+    );
+    assert_same(
+        "log record",
+        &logs(&sent_l),
+        &logs(&sink.logs.lock().expect("lock")),
+    );
+    for signal in ["metrics", "logs"] {
+        assert_eq!(
+            counter(
+                &report,
+                "exporters/otlp",
+                "otlp_forwarded_gzipped_requests",
+                signal
+            ),
+            3,
+            "{signal}"
+        );
+    }
+}
+
 fn load(seed: u64, n: usize) -> (ExportMetricsServiceRequest, ExportLogsServiceRequest) {
     let points = (0..n)
         .map(|i| NumberDataPoint {
