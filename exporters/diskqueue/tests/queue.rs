@@ -303,20 +303,22 @@ fn chunks_hold_one_kind_and_at_most_max_records() {
     assert_eq!(got, vec![(1, 8, 2), (1, 4, 1), (2, 1, 1), (1, 4, 1)]);
 }
 
+/// A queue of 1 MiB (the least `max_size`), whose segments are 1 MiB too; and its size.
+fn one_segment_queue(dir: &Path) -> (Queue, u64) {
+    let max = 1 << 20;
+    let options = Options {
+        max_size: max,
+        segment_size: Options::segment_size_for(max),
+        fsync_every_append: false,
+    };
+    (Queue::open(dir, options).unwrap(), max)
+}
+
 #[test]
 fn a_queue_of_one_segment_frees_room_once_acknowledged() {
     // max_size 1 MiB gives segments of 1 MiB: the one being written must be sealed to go.
     let dir = tempfile::tempdir().unwrap();
-    let max = 1 << 20;
-    let q = Queue::open(
-        dir.path(),
-        Options {
-            max_size: max,
-            segment_size: Options::segment_size_for(max),
-            fsync_every_append: false,
-        },
-    )
-    .unwrap();
+    let (q, max) = one_segment_queue(dir.path());
     let payload = vec![7u8; 10_000];
     for round in 0..5 {
         let mut written = 0;
@@ -451,16 +453,7 @@ fn a_caught_up_reader_lets_the_sealed_segment_go_when_room_is_needed() {
     // max_size until it is sealed; sealing it to make room must free it at once (the reader
     // is at its seal, not before it).
     let dir = tempfile::tempdir().unwrap();
-    let max = 1 << 20;
-    let q = Queue::open(
-        dir.path(),
-        Options {
-            max_size: max,
-            segment_size: Options::segment_size_for(max),
-            fsync_every_append: false,
-        },
-    )
-    .unwrap();
+    let (q, max) = one_segment_queue(dir.path());
     let payload = vec![7u8; 10_000];
     let mut written = 0;
     while let Appended::Written { .. } = q.append(1, 1, &payload, false).unwrap() {
