@@ -246,7 +246,7 @@ impl Disk {
             return;
         }
         let q = Arc::clone(&self.queue);
-        let acked = blocking(move || Ok(apply(&q, acks))).await.and_then(|r| r);
+        let acked = blocking(move || apply(&q, acks)).await;
         self.acked(acked);
     }
 

@@ -705,7 +705,7 @@ fn requests(
     for (range, n) in fill(&lens, max) {
         let parts = &spans[range];
         if let ([SpanPart::Encoded(_, _, Some(gz))], true) = (parts, gzipped(OtlpSignal::Traces)) {
-            let req = Request::Gzipped(OtlpSignal::Traces, gz.to_vec());
+            let req = Request::Gzipped(OtlpSignal::Traces, (*gz).clone());
             out.push((OtlpSignal::Traces, req, n));
             continue;
         }
@@ -754,7 +754,7 @@ fn requests(
         let lens: Vec<usize> = raw.iter().map(|p| p.1).collect();
         for (range, n) in fill(&lens, max) {
             if let ([(_, _, Some(gz))], true) = (&raw[range.clone()], gzipped(signal)) {
-                out.push((signal, Request::Gzipped(signal, gz.to_vec()), n));
+                out.push((signal, Request::Gzipped(signal, (*gz).clone()), n));
                 continue;
             }
             let mut bytes = Vec::with_capacity(raw[range.clone()].iter().map(|p| p.0.len()).sum());

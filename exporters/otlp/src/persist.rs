@@ -123,7 +123,7 @@ pub(crate) async fn sender(
         let bytes = std::mem::take(&mut pending.chunk.bytes);
         let request = match (gzipped, client.gzip()) {
             (false, _) => Request::Encoded(signal, Encoded(bytes)),
-            (true, true) => Request::Gzipped(signal, bytes),
+            (true, true) => Request::Gzipped(signal, bytes.into()),
             // Written by a run that compressed; this one does not: inflated off the workers.
             (true, false) => match oxeye_diskqueue::blocking(move || Ok(gunzip(&bytes))).await {
                 Ok(Some(plain)) => Request::Encoded(signal, Encoded(plain)),

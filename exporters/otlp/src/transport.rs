@@ -47,9 +47,9 @@ pub enum Request {
     /// A metrics or logs request already encoded: requests received and forwarded as they
     /// came, concatenated (protobuf merges their repeated `Resource*` fields into one request).
     Encoded(OtlpSignal, Encoded),
-    /// An encoded request gzip'd (as the queue on disk keeps it with `compression: gzip`):
-    /// sent as it is, by a client that compresses.
-    Gzipped(OtlpSignal, Vec<u8>),
+    /// An encoded request gzip'd (as the queue on disk keeps it with `compression: gzip`, or as
+    /// a gateway received it): sent as it is, by a client that compresses.
+    Gzipped(OtlpSignal, Bytes),
 }
 
 /// An encoded request ([`Request::Encoded`]).
@@ -232,13 +232,10 @@ impl Client {
                         frame.push(1);
                         frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
                         frame.extend_from_slice(&body);
-                        frame
+                        Bytes::from(frame)
                     }
                 };
-                return Payload {
-                    signal,
-                    body: Bytes::from(body),
-                };
+                return Payload { signal, body };
             }
             // Sent from the encoder's own buffer, where the frame header is already reserved.
             Request::Traces(r) if !gzip => {
@@ -566,7 +563,7 @@ impl Request {
             Request::Profiles(r) => r,
             Request::Logs(r) => r,
             Request::Encoded(_, r) => r,
-            Request::Gzipped(_, body) => return body.clone(),
+            Request::Gzipped(_, body) => return body.to_vec(),
         };
         let mut out = Vec::new();
         message.encode_into(&mut out, gzip);
